@@ -1,0 +1,52 @@
+# CI in Go. `make demo` runs a local cluster; `make test` is what CI runs.
+GO        ?= go
+PKGS      ?= ./...
+FUZZTIME  ?= 5s
+BIN       := bin
+
+.PHONY: all build test vet lint fuzz-short fuzz bench demo generate check-generate clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ ./tools/...
+
+vet:
+	$(GO) vet $(PKGS)
+
+lint: vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+# Generated code must match its sources: regenerate and fail on any diff.
+check-generate:
+	$(GO) generate $(PKGS)
+	@git diff --exit-code --stat -- '*.go' || { echo "go generate changed committed files: commit the regenerated code"; exit 1; }
+
+# The whole suite under the race detector, plus each fuzz target briefly.
+test: lint check-generate
+	$(GO) test -race -count=1 -timeout 10m $(PKGS)
+	$(MAKE) fuzz-short
+
+# Every fuzz target for FUZZTIME each (a Go fuzz run takes one target at a time).
+fuzz-short:
+	@for pkg in $$($(GO) list $(PKGS)); do \
+	  for t in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
+	    echo "fuzz $$pkg $$t ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+# A longer fuzz run for humans: make fuzz FUZZTIME=10m
+fuzz: fuzz-short
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+demo: build
+	$(BIN)/cibench demo
+
+generate:
+	$(GO) generate $(PKGS)
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,306 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// basePeers are the peers that do not need the engine.
+var basePeers = []string{"raw", "netrpc", "grpc"}
+
+// startPeer serves and dials name in-process and stops both at test end.
+func startPeer(t testing.TB, name string) Client {
+	t.Helper()
+	p, err := ParsePeer(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Name() != name {
+		t.Fatalf("ParsePeer(%q).Name() = %q", name, p.Name())
+	}
+	addr, stop, err := p.Serve("127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("%s: serve: %v", name, err)
+	}
+	c, err := p.Dial(addr)
+	if err != nil {
+		stop()
+		t.Fatalf("%s: dial: %v", name, err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("%s: client close: %v", name, err)
+		}
+		if err := stop(); err != nil {
+			t.Errorf("%s: stop: %v", name, err)
+		}
+	})
+	return c
+}
+
+// checkEcho makes calls of assorted sizes and checks every reply byte.
+func checkEcho(t *testing.T, c Client) {
+	t.Helper()
+	sizes := []struct{ req, resp int }{
+		{4, 0}, {4, 4}, {64, 64}, {5, 1000}, {1000, 5}, {64 << 10, 64 << 10}, {300 << 10, 17},
+	}
+	var buf []byte
+	for _, s := range sizes {
+		req, err := NewRequest(s.req, s.resp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf, err = c.Call(req, buf[:0])
+		if err != nil {
+			t.Fatalf("call %d/%d: %v", s.req, s.resp, err)
+		}
+		if err := CheckReply(req, buf); err != nil {
+			t.Fatalf("call %d/%d: %v", s.req, s.resp, err)
+		}
+	}
+	// A reply appends to what resp already holds.
+	req, _ := NewRequest(8, 8)
+	out, err := c.Call(req, []byte("prefix"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(out, []byte("prefix")) || CheckReply(req, out[6:]) != nil {
+		t.Fatalf("reply not appended to resp: %q", out)
+	}
+}
+
+// checkConcurrent calls from several goroutines at once with distinct
+// requests, so that a reply delivered to the wrong caller is caught.
+func checkConcurrent(t *testing.T, c Client) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := range 8 {
+		wg.Go(func() {
+			req, _ := NewRequest(16+g, 32+g)
+			var buf []byte
+			for range 20 {
+				var err error
+				if buf, err = c.Call(req, buf[:0]); err == nil {
+					err = CheckReply(req, buf)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+func TestPeers(t *testing.T) {
+	for _, name := range basePeers {
+		t.Run(name, func(t *testing.T) {
+			c := startPeer(t, name)
+			checkEcho(t, c)
+			checkConcurrent(t, c)
+		})
+	}
+}
+
+func TestReply(t *testing.T) {
+	req, err := NewRequest(6, 15)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Reply([]byte("x"), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append([]byte("x"), append(append(append([]byte{}, req...), req...), req[:3]...)...)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("Reply = %x, want %x", got, want)
+	}
+	if _, err := Reply(nil, []byte{1, 2}); !errors.Is(err, ErrBadRequest) {
+		t.Fatalf("short request: %v", err)
+	}
+	if _, err := Reply(nil, []byte{0xff, 0xff, 0xff, 0xff}); !errors.Is(err, ErrBadRequest) {
+		t.Fatalf("oversized response: %v", err)
+	}
+	if _, err := NewRequest(3, 3); !errors.Is(err, ErrBadRequest) {
+		t.Fatalf("3-byte request: %v", err)
+	}
+}
+
+func TestParsePeer(t *testing.T) {
+	for _, bad := range []string{"", "tcp", "icsx", "ics-eventloop-handle", "raw2"} {
+		if _, err := ParsePeer(bad); !errors.Is(err, ErrUnknown) {
+			t.Errorf("ParsePeer(%q) = %v, want ErrUnknown", bad, err)
+		}
+	}
+}
+
+func TestHist(t *testing.T) {
+	h, o := NewHist(), NewHist()
+	for i := 1; i <= 1000; i++ {
+		h.Record(time.Duration(i) * time.Microsecond)
+	}
+	o.Record(time.Minute) // clamped to 10s and counted
+	h.Merge(o)
+	s := h.Summary()
+	near := func(name string, got, want time.Duration) {
+		t.Helper()
+		if d := got - want; d < -want/500 || d > want/500 { // 3 significant digits
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+	if s.Count != 1001 || s.Saturated != 1 {
+		t.Errorf("count %d saturated %d", s.Count, s.Saturated)
+	}
+	near("p50", s.P50, 501*time.Microsecond)
+	near("p90", s.P90, 901*time.Microsecond)
+	near("p99", s.P99, 991*time.Microsecond)
+	near("max", s.Max, 10*time.Second)
+	// Loopback latencies keep their precision (see histLowest).
+	h2 := NewHist()
+	h2.Record(20123 * time.Nanosecond)
+	near("20µs", h2.Quantile(50), 20123*time.Nanosecond)
+}
+
+func TestRun(t *testing.T) {
+	c := startPeer(t, "raw")
+	cfg := DefaultRunConfig()
+	cfg.Calls, cfg.Warmup, cfg.Concurrency = 300, 10, 4
+	var progress atomic.Int64
+	cfg.Progress = func(n int) { progress.Add(int64(n)) }
+	res, err := Run(context.Background(), c, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Calls != 300 || res.Latency.Count != 300 || res.CallsPerSec <= 0 {
+		t.Fatalf("result %+v", res)
+	}
+	if got := progress.Load(); got != 300 {
+		t.Fatalf("progress reported %d calls, want 300", got)
+	}
+
+	// A duration-bound run stops by itself.
+	cfg.Duration, cfg.Progress = 20*time.Millisecond, nil
+	if res, err = Run(context.Background(), c, cfg); err != nil || res.Calls == 0 {
+		t.Fatalf("duration run: %+v, %v", res, err)
+	}
+
+	// A cancelled context ends the run with its error.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := Run(ctx, c, cfg); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled run: %v", err)
+	}
+}
+
+// failClient fails its nth call.
+type failClient struct {
+	Client
+	mu sync.Mutex
+	n  int
+}
+
+func (f *failClient) Call(req, resp []byte) ([]byte, error) {
+	f.mu.Lock()
+	f.n--
+	fail := f.n == 0
+	f.mu.Unlock()
+	if fail {
+		return resp, errors.New("injected")
+	}
+	return f.Client.Call(req, resp)
+}
+
+func TestRunFails(t *testing.T) {
+	c := &failClient{Client: startPeer(t, "raw"), n: 50}
+	cfg := DefaultRunConfig()
+	cfg.Calls, cfg.Warmup, cfg.Concurrency = 200, 0, 3
+	if _, err := Run(context.Background(), c, cfg); err == nil || err.Error() != "injected" {
+		t.Fatalf("Run = %v, want the injected error", err)
+	}
+}
+
+func TestCompare(t *testing.T) {
+	targets := []Target{
+		{Name: "netrpc", Client: startPeer(t, "netrpc")},
+		{Name: "raw", Client: startPeer(t, "raw")},
+	}
+	cfg := CompareConfig{Rounds: 3, Run: DefaultRunConfig()}
+	cfg.Run.Calls, cfg.Run.Warmup = 50, 5
+	c, err := Compare(context.Background(), targets, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Baseline != "raw" || len(c.Peers) != 2 || len(c.PerRound) != 3 {
+		t.Fatalf("comparison %+v", c)
+	}
+	for r, round := range c.PerRound {
+		// The order rotates: netrpc leads round 1 and 3, raw round 2.
+		if want := targets[r%2].Name; round.Order[0] != want {
+			t.Errorf("round %d order %v, want %s first", r+1, round.Order, want)
+		}
+		if raw := round.Results[1]; raw.P50Ratio != 1 || raw.P99Ratio != 1 || raw.RateRatio != 1 {
+			t.Errorf("round %d: baseline ratios %+v", r+1, raw)
+		}
+	}
+	if p := c.Peers[1]; p.Peer != "raw" || p.P50Ratio != 1 || p.All.Count != 150 {
+		t.Errorf("raw stats %+v", p)
+	}
+
+	js, err := json.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Comparison
+	if err := json.Unmarshal(js, &back); err != nil {
+		t.Fatal(err)
+	}
+	if back.Peers[0].P50 != c.Peers[0].P50 || back.Peers[0].Peer != "netrpc" {
+		t.Errorf("JSON round trip: %+v", back.Peers[0])
+	}
+
+	var text strings.Builder
+	if err := c.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"netrpc", "raw", "p50/raw", "per round"} {
+		if !strings.Contains(text.String(), want) {
+			t.Errorf("text output lacks %q:\n%s", want, text.String())
+		}
+	}
+
+	if _, err := Compare(context.Background(), targets, CompareConfig{Rounds: 1, Baseline: "grpc", Run: cfg.Run}); err == nil {
+		t.Error("unknown baseline accepted")
+	}
+}
+
+func TestMedian(t *testing.T) {
+	for _, tc := range []struct {
+		in   []float64
+		want float64
+	}{
+		{nil, 0}, {[]float64{3}, 3}, {[]float64{3, 1, 2}, 2}, {[]float64{4, 1, 3, 2}, 2.5},
+	} {
+		if got := median(tc.in); got != tc.want {
+			t.Errorf("median(%v) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,36 @@
+// Package bench measures ICS against the RPC systems a user would otherwise
+// reach for: raw TCP ping-pong (the floor), net/rpc and grpc-go.
+//
+// Every peer serves the same echo protocol (see NewRequest and Reply), so
+// they all do the same work per call. A Peer serves and dials; Run puts a
+// load on a Client and returns an HDR histogram and the rate; Compare runs
+// several peers in interleaved rounds and reports per-round ratios to the
+// raw peer, whose medians are the numbers worth quoting on a noisy machine.
+//
+// In one process:
+//
+//	var targets []bench.Target
+//	for _, name := range []string{"raw", "ics", "grpc"} {
+//		p, _ := bench.ParsePeer(name)
+//		addr, stop, err := p.Serve("127.0.0.1:0")
+//		if err != nil {
+//			return err
+//		}
+//		defer stop()
+//		c, err := p.Dial(addr)
+//		if err != nil {
+//			return err
+//		}
+//		defer c.Close()
+//		targets = append(targets, bench.Target{Name: name, Client: c})
+//	}
+//	cfg := bench.CompareConfig{Rounds: 7, Run: bench.DefaultRunConfig()}
+//	res, err := bench.Compare(ctx, targets, cfg)
+//	if err != nil {
+//		return err
+//	}
+//	res.WriteText(os.Stdout)
+//
+// tools/cibench does the same with each server in its own process
+// (cibench compare), which is how published numbers are taken.
+package bench

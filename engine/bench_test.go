@@ -1,0 +1,123 @@
+package engine
+
+import (
+	"context"
+	"net"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// latencies records per-call durations for percentile metrics.
+type latencies []time.Duration
+
+func (l latencies) report(b *testing.B) {
+	if len(l) == 0 {
+		return
+	}
+	slices.Sort(l)
+	b.ReportMetric(float64(l[len(l)/2].Nanoseconds()), "p50-ns")
+	b.ReportMetric(float64(l[len(l)*99/100].Nanoseconds()), "p99-ns")
+}
+
+func BenchmarkCall(b *testing.B) {
+	for _, bc := range []struct {
+		name   string
+		inline bool
+		mode   WriteMode
+	}{
+		{"inline/direct", true, WriteDirect},
+		{"handles/direct", false, WriteDirect},
+		{"inline/eventloop", true, WriteEventLoop},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			nodes := startCluster(b, 2, func(c *Config) { c.WriteMode = bc.mode })
+			if err := nodes[1].Register(Service{ID: echoSvc, Procs: []Handler{echo}, MinHandles: 1, MaxHandles: 4, Inline: bc.inline}); err != nil {
+				b.Fatal(err)
+			}
+			m := Method{Service: echoSvc}
+			args := make([]byte, 64)
+			reply := make([]byte, 0, 64)
+			ctx := context.Background()
+			if _, err := nodes[0].Call(ctx, 2, m, args, reply); err != nil {
+				b.Fatal(err)
+			}
+			lat := make(latencies, 0, b.N)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				t0 := time.Now()
+				if _, err := nodes[0].Call(ctx, 2, m, args, reply[:0]); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(t0))
+			}
+			b.StopTimer()
+			lat.report(b)
+		})
+	}
+}
+
+// BenchmarkRawTCPPingPong is the baseline BenchmarkCall is judged against:
+// 64 bytes each way over a plain Go TCP connection, one call in flight.
+func BenchmarkRawTCPPingPong(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 64)
+		for {
+			if _, err := readFull(c, buf); err != nil {
+				return
+			}
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	lat := make(latencies, 0, b.N)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		if _, err := c.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := readFull(c, buf); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	b.StopTimer()
+	lat.report(b)
+	c.Close()
+	ln.Close()
+	wg.Wait()
+}
+
+func readFull(c net.Conn, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		k, err := c.Read(buf[n:])
+		n += k
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}

@@ -1,0 +1,219 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/clusterinfra/ci/framing"
+)
+
+// Call makes a synchronous RPC to node to and appends the results to reply.
+// It returns when the reply arrives, ctx ends (ErrTimedOut or ErrIntr), or
+// the node is known down (ErrNodeDown) — never later than that.
+//
+// The priority comes from ctx (WithPriority, or escalation inside a handler).
+func (n *Node) Call(ctx context.Context, to NodeNum, m Method, args, reply []byte) ([]byte, error) {
+	start := time.Now()
+	xid, err := n.startCall(ctx, to, m, args, reply)
+	if err != nil {
+		return reply, err
+	}
+	res, err := n.waitCall(ctx, xid)
+	n.observe(start, err)
+	if err != nil {
+		return reply, err
+	}
+	return res, nil
+}
+
+// Send sends a one-way message: no reply, no handle. A nil error means the
+// message was handed to the connection, not that it was served.
+func (n *Node) Send(ctx context.Context, to NodeNum, m Method, args []byte) error {
+	p, c, prio, err := n.route(ctx, to, m)
+	if err != nil {
+		return err
+	}
+	h := framing.Header{Type: framing.TypeOneWay, Priority: prio, Service: m.Service, Proc: m.Proc, SvcVersion: m.Version}
+	if err := n.sendArgs(ctx, c, &h, m, args); err != nil {
+		return fmt.Errorf("%w: node %d: %v", ErrNodeDown, p.num, err)
+	}
+	n.m.oneWaySent.Inc()
+	return nil
+}
+
+// Future is an RPC in flight, from Go.
+type Future struct {
+	done  chan struct{}
+	reply []byte
+	err   error
+}
+
+// Done is closed when the call has finished.
+func (f *Future) Done() <-chan struct{} { return f.done }
+
+// Wait blocks until the call finishes and returns its results.
+func (f *Future) Wait() ([]byte, error) {
+	<-f.done
+	return f.reply, f.err
+}
+
+// Go starts an RPC and returns at once; the Future reports its outcome.
+// ctx bounds the call as for Call.
+func (n *Node) Go(ctx context.Context, to NodeNum, m Method, args []byte) *Future {
+	f := &Future{done: make(chan struct{})}
+	start := time.Now()
+	xid, err := n.startCall(ctx, to, m, args, nil)
+	if err != nil {
+		f.err = err
+		close(f.done)
+		return f
+	}
+	n.goOwned(func() {
+		f.reply, f.err = n.waitCall(ctx, xid)
+		n.observe(start, f.err)
+		close(f.done)
+	})
+	return f
+}
+
+// GoFunc is Go with a callback, run on its own goroutine when the call ends.
+func (n *Node) GoFunc(ctx context.Context, to NodeNum, m Method, args []byte, done func(reply []byte, err error)) {
+	f := n.Go(ctx, to, m, args)
+	n.goOwned(func() { done(f.Wait()) })
+}
+
+// route picks the connection a call to m at ctx's priority travels on.
+func (n *Node) route(ctx context.Context, to NodeNum, m Method) (*peer, *conn, uint8, error) {
+	if n.closed.Load() {
+		return nil, nil, 0, ErrClosed
+	}
+	p := n.peer(to)
+	if p == nil {
+		return nil, nil, 0, fmt.Errorf("%w: node %d is not a configured peer of node %d", ErrUnknownHost, to, n.cfg.Node)
+	}
+	if p.down.Load() {
+		return nil, nil, 0, fmt.Errorf("%w: node %d", ErrNodeDown, to)
+	}
+	prio := n.outgoingPriority(ctx)
+	ch := Channel(m.Service.Channel())
+	if prio > 0 {
+		ch = ChanPrio1 + Channel(prio-1)
+	} else if !ch.IsServiceChannel() || int(ch) >= n.cfg.MaxChannels {
+		return nil, nil, 0, fmt.Errorf("%w: service %s is not on a service channel", ErrProgUnavail, m.Service)
+	}
+	c, err := n.outConn(ctx, p, ch)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	return p, c, prio, nil
+}
+
+// outgoingPriority is CI's escalation: a call made from inside a handler
+// goes out one priority above the request being served (at most 4), so the
+// nested call cannot wait behind a throttled channel.
+func (n *Node) outgoingPriority(ctx context.Context) uint8 {
+	v, _ := ctx.Value(priorityKey{}).(priorityValue)
+	p := v.prio()
+	if v.inHandler() && !n.cfg.DisableEscalation && p < framing.MaxPriority {
+		p++
+	}
+	return p
+}
+
+func (n *Node) startCall(ctx context.Context, to NodeNum, m Method, args, reply []byte) (uint64, error) {
+	p, c, prio, err := n.route(ctx, to, m)
+	if err != nil {
+		n.countFailure(err)
+		return 0, err
+	}
+	idx, ok := n.handles.acquire()
+	if !ok {
+		n.m.rpcTooMany.Inc()
+		return 0, fmt.Errorf("%w: all %d client handles busy", ErrTooManyCalls, n.cfg.MaxOutstandingCalls)
+	}
+	xid := n.handles.arm(idx, p.num, reply)
+	h := framing.Header{Type: framing.TypeRequest, Priority: prio, Service: m.Service, Proc: m.Proc, XID: xid, SvcVersion: m.Version}
+	if err := n.sendArgs(ctx, c, &h, m, args); err != nil {
+		if n.handles.abandon(xid) {
+			n.m.rpcSendErr.Inc()
+			if errors.Is(err, ErrThrottled) {
+				return 0, err
+			}
+			return 0, fmt.Errorf("%w: node %d: %v", ErrNodeDown, p.num, err)
+		}
+		// The link failed under us and already completed the call.
+		_, werr := n.waitCall(ctx, xid)
+		n.countFailure(werr)
+		return 0, werr
+	}
+	return xid, nil
+}
+
+// sendArgs compresses args if m asks for it, then sends the frame.
+func (n *Node) sendArgs(ctx context.Context, c *conn, h *framing.Header, m Method, args []byte) error {
+	if m.Compression == framing.CompressNone || len(args) <= m.CompressAbove {
+		return c.send(ctx, h, args)
+	}
+	zbuf := n.bufs.Get().(*[]byte)
+	defer n.putBuf(zbuf)
+	out, flag, err := n.codec.Compress((*zbuf)[:0], args, m.Compression)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrCantEncodeArgs, err)
+	}
+	*zbuf = out
+	if flag == 0 {
+		return c.send(ctx, h, args)
+	}
+	h.Flags, h.Aux = flag, uint32(len(args))
+	return c.send(ctx, h, out)
+}
+
+// waitCall waits for the call xid to finish and frees its handle.
+func (n *Node) waitCall(ctx context.Context, xid uint64) ([]byte, error) {
+	s := &n.handles.slots[uint32(xid)]
+	select {
+	case <-s.done:
+	case <-ctx.Done():
+		if n.handles.abandon(xid) {
+			return nil, ctxError(ctx)
+		}
+		<-s.done // a reply or node-down claimed it first; take that outcome
+	}
+	reply, err := s.reply, s.err
+	n.handles.release(xid)
+	return reply, err
+}
+
+func (n *Node) observe(start time.Time, err error) {
+	n.m.rpcDuration.Update(time.Since(start).Seconds())
+	if err == nil {
+		n.m.rpcOK.Inc()
+		return
+	}
+	n.countFailure(err)
+}
+
+func (n *Node) countFailure(err error) {
+	var re *RemoteError
+	switch {
+	case errors.As(err, &re):
+		n.m.rpcRemoteErr.Inc()
+	case errors.Is(err, ErrNodeDown):
+		n.m.rpcNodeDown.Inc()
+	case errors.Is(err, ErrTimedOut), errors.Is(err, ErrIntr), errors.Is(err, ErrThrottled):
+		n.m.rpcTimeout.Inc()
+	default:
+		n.m.rpcSendErr.Inc()
+	}
+}
+
+// ctxError turns a finished context into ErrTimedOut or ErrIntr, keeping the
+// context's own error visible to errors.Is.
+func ctxError(ctx context.Context) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("%w: %w", ErrTimedOut, ctx.Err())
+	}
+	return fmt.Errorf("%w: %w", ErrIntr, ctx.Err())
+}

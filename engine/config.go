@@ -1,0 +1,175 @@
+package engine
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/clusterinfra/ci/framing"
+)
+
+// NodeNum is a node's number in the cluster. 0 is never a valid node.
+type NodeNum uint32
+
+// Channel numbers an ICS channel. Each is a TCP connection per node pair
+// and direction; see the package documentation for the set.
+type Channel uint8
+
+// The CI channel set. Priority p (1..4) travels on ChanPrio1+p-1.
+const (
+	ChanPrio1        Channel = 0 // RPCs and messages sent at priority 1; never throttled
+	ChanPrio2        Channel = 1 // priority 2
+	ChanPrio3        Channel = 2 // priority 3
+	ChanPrio4        Channel = 3 // priority 4
+	ChanReply        Channel = 4 // replies to priority-0 RPCs; never throttled
+	ChanReplyPrio    Channel = 5 // replies to priority >0 RPCs; never throttled
+	ChanCLMS         Channel = 6 // CLMS, cluster API and signal forwarding services
+	ChanCLMSProbe    Channel = 7 // transient: a coming-up node asks who the master is
+	ChanFirstService Channel = 8 // first channel for application cluster services
+)
+
+var channelNames = [...]string{"prio1", "prio2", "prio3", "prio4", "reply", "reply_prio", "clms", "clms_probe"}
+
+func (c Channel) String() string {
+	if int(c) < len(channelNames) {
+		return channelNames[c]
+	}
+	return fmt.Sprintf("svc%d", int(c-ChanFirstService))
+}
+
+// IsServiceChannel reports whether services may be registered on c: the
+// priority and reply channels only carry traffic for services that live on
+// a service channel.
+func (c Channel) IsServiceChannel() bool { return c >= ChanCLMS }
+
+// ServiceID names a cluster service: channel<<16 | subservice.
+type ServiceID = framing.ServiceID
+
+// ServiceOn is CI's ICS_NSC_SVC(channel, subservice).
+func ServiceOn(ch Channel, subservice uint16) ServiceID {
+	return framing.NewServiceID(uint16(ch), subservice)
+}
+
+// WriteMode selects how frames reach the socket.
+type WriteMode uint8
+
+const (
+	// WriteDirect writes from the sending goroutine with one writev, frames
+	// queued meanwhile going out in the next one. It saves the cross-thread
+	// hop of WriteEventLoop and is the default; see BENCHMARKS.md.
+	WriteDirect WriteMode = iota
+	// WriteEventLoop hands every batch to the connection's gnet event loop
+	// (AsyncWritev). Kept for comparison.
+	WriteEventLoop
+)
+
+// Config configures a Node. Start from DefaultConfig.
+type Config struct {
+	Node    NodeNum // this node's number; required
+	Cluster string  // cluster name; connections from other clusters are refused; required
+
+	// ListenAddr is host:port to accept ICS connections on; port 0 picks a
+	// free port (see Node.Addr).
+	ListenAddr string
+	// Peers maps the other members to their ICS addresses. Connections from
+	// nodes not in this table are refused. SetPeer changes it at run time.
+	Peers map[NodeNum]string
+
+	MaxChannels         int           // channels in the set, ChanFirstService+1 .. 255
+	MaxSubservices      int           // subservices per service channel
+	MaxPayload          int           // largest payload accepted, compressed or not
+	MaxOutstandingCalls int           // size of the client handle table
+	DialTimeout         time.Duration // bound on one connection attempt, handshake included
+	HandshakeTimeout    time.Duration // an accepted connection must say hello within this
+	EventLoops          int           // gnet event loops; 0 means one per CPU
+	WriteMode           WriteMode     // how frames reach the socket
+	MaxPendingWrite     int           // bytes queued on one connection before senders wait
+
+	// DisableEscalation turns off CI's priority escalation of RPCs sent from
+	// inside a handler. For tests and benchmarks only: it brings back the
+	// deadlock escalation exists to prevent.
+	DisableEscalation bool
+
+	Logger  *slog.Logger // nil: discard
+	Metrics *metrics.Set // nil: a new set, see Node.Metrics
+}
+
+// DefaultConfig returns the defaults, each with its reason.
+func DefaultConfig() Config {
+	return Config{
+		ListenAddr:          "127.0.0.1:0",             // loopback: a node is exposed only on purpose
+		MaxChannels:         12,                        // CI's ICS_MAX_CHANNELS
+		MaxSubservices:      6,                         // CI's ICS_NUM_SUBSERVICES
+		MaxPayload:          framing.DefaultMaxPayload, // 16 MiB: big enough for bulk, small enough to refuse nonsense
+		MaxOutstandingCalls: 16384,                     // per node; a full table fails fast instead of growing memory
+		DialTimeout:         2 * time.Second,           // loopback/LAN connects take microseconds; a dead host should not stall callers long
+		HandshakeTimeout:    5 * time.Second,           // generous for a loaded peer, short enough to shed half-open connections
+		EventLoops:          0,                         // one per CPU, gnet's multicore default
+		WriteMode:           WriteDirect,               // measured faster; BENCHMARKS.md
+		MaxPendingWrite:     8 << 20,                   // two max-size frames in flight, then senders feel it
+	}
+}
+
+// validate fills zero fields from DefaultConfig and rejects nonsense.
+func (c *Config) validate() error {
+	d := DefaultConfig()
+	if c.Node == 0 {
+		return fmt.Errorf("%w: node number must be set (1 or more)", ErrBadConfig)
+	}
+	if c.Cluster == "" || len(c.Cluster) > framing.MaxClusterName {
+		return fmt.Errorf("%w: cluster name must be 1..%d bytes", ErrBadConfig, framing.MaxClusterName)
+	}
+	if c.ListenAddr == "" {
+		c.ListenAddr = d.ListenAddr
+	}
+	if _, _, err := net.SplitHostPort(c.ListenAddr); err != nil {
+		return fmt.Errorf("%w: listen address %q: %v", ErrBadConfig, c.ListenAddr, err)
+	}
+	for num, addr := range c.Peers {
+		if num == 0 {
+			return fmt.Errorf("%w: peer table has node 0", ErrBadConfig)
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil && num != c.Node {
+			return fmt.Errorf("%w: node %d address %q: %v", ErrBadConfig, num, addr, err)
+		}
+	}
+	fill := func(v *int, def int) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	fill(&c.MaxChannels, d.MaxChannels)
+	fill(&c.MaxSubservices, d.MaxSubservices)
+	fill(&c.MaxPayload, d.MaxPayload)
+	fill(&c.MaxOutstandingCalls, d.MaxOutstandingCalls)
+	fill(&c.MaxPendingWrite, d.MaxPendingWrite)
+	if c.DialTimeout == 0 {
+		c.DialTimeout = d.DialTimeout
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = d.HandshakeTimeout
+	}
+	switch {
+	case c.MaxChannels <= int(ChanFirstService) || c.MaxChannels > 255:
+		return fmt.Errorf("%w: MaxChannels %d: need %d..255 (8 are CI's fixed channels)", ErrBadConfig, c.MaxChannels, ChanFirstService+1)
+	case c.MaxSubservices < 1 || c.MaxSubservices > 1<<16:
+		return fmt.Errorf("%w: MaxSubservices %d out of 1..65536", ErrBadConfig, c.MaxSubservices)
+	case c.MaxPayload < 1 || c.MaxPayload > 1<<30:
+		return fmt.Errorf("%w: MaxPayload %d out of 1..1GiB", ErrBadConfig, c.MaxPayload)
+	case c.MaxOutstandingCalls < 1 || c.MaxOutstandingCalls > 1<<24:
+		return fmt.Errorf("%w: MaxOutstandingCalls %d out of 1..16M", ErrBadConfig, c.MaxOutstandingCalls)
+	case c.DialTimeout < 0 || c.HandshakeTimeout < 0:
+		return fmt.Errorf("%w: negative timeout", ErrBadConfig)
+	case c.EventLoops < 0:
+		return fmt.Errorf("%w: EventLoops %d is negative", ErrBadConfig, c.EventLoops)
+	case c.WriteMode > WriteEventLoop:
+		return fmt.Errorf("%w: unknown WriteMode %d", ErrBadConfig, c.WriteMode)
+	case c.MaxPendingWrite < c.MaxPayload+framing.HeaderSize:
+		// A whole frame must always fit, or a max-size frame could never be sent.
+		c.MaxPendingWrite = c.MaxPayload + framing.HeaderSize
+	}
+	return nil
+}

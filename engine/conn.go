@@ -1,0 +1,295 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"syscall"
+	"unsafe"
+
+	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/clusterinfra/ci/framing"
+)
+
+var errConnClosed = errors.New("ics: connection closed")
+
+// conn is one ICS channel connection. A node dials its own connection to
+// each peer for each channel it sends on (outbound) and accepts the peer's
+// (inbound): requests, one-way messages and replies travel from dialler to
+// acceptor, flow-control grants travel back. Dialling only one's own side
+// means two nodes never race to dial the same connection.
+type conn struct {
+	n        *Node
+	outbound bool
+
+	// Set before the connection is shared: at dial for outbound, at the
+	// handshake (on the loop) for inbound, which publishes c to other
+	// goroutines only after setting them.
+	peer    *peer
+	channel Channel
+	linkGen uint64
+	met     connMetrics
+
+	// Loop side: touched only by the event loop the connection belongs to.
+	gc      gnet.Conn
+	ready   bool // handshake done
+	need    int  // bytes the frame at the head of the buffer needs
+	dec     framing.Decoder
+	hctx    handlerCtx // context for inline handlers
+	req     Request
+	resp    Response
+	scratch []byte // decompressed arguments of inline handlers
+
+	// Write side. Frames are written straight from the sending goroutine:
+	// the first sender to find the connection idle becomes the flusher and
+	// writes with one writev everything queued meanwhile by others. Only
+	// when the socket is full does a goroutine wait for POLLOUT.
+	wmu      sync.Mutex
+	fd       int // our dup of the socket, so gnet closing its fd never lets us write to a reused number; -1 once closed
+	batch    framing.Batch
+	iov      []unix.Iovec // flusher's scratch
+	flushing bool
+	wclosed  bool
+	drained  chan struct{} // closed when the queue falls under MaxPendingWrite
+}
+
+func (n *Node) newConn(outbound bool, p *peer, ch Channel) *conn {
+	c := &conn{n: n, outbound: outbound, peer: p, channel: ch, fd: -1}
+	c.dec.MaxPayload = uint32(n.cfg.MaxPayload)
+	if p != nil {
+		c.met = n.m.forConn(n.cfg.Node, p.num, ch)
+	}
+	return c
+}
+
+// attach binds c to its gnet connection, on the loop, in OnOpen.
+func (c *conn) attach(gc gnet.Conn) error {
+	c.gc = gc
+	fd, err := gc.Dup()
+	if err != nil {
+		return fmt.Errorf("dup: %w", err)
+	}
+	c.wmu.Lock()
+	c.fd = fd
+	c.wmu.Unlock()
+	return nil
+}
+
+// close asks the event loop to close the connection; OnClose follows.
+func (c *conn) close() {
+	c.markClosed()
+	if c.gc != nil {
+		_ = c.gc.Close()
+	}
+}
+
+// markClosed stops the write side. The shutdown makes the peer see the
+// close now, even while a flusher still holds our descriptor.
+func (c *conn) markClosed() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.wclosed {
+		return
+	}
+	c.wclosed = true
+	if c.fd >= 0 {
+		_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)
+		if !c.flushing {
+			_ = unix.Close(c.fd)
+			c.fd = -1
+		}
+	}
+	if c.drained != nil {
+		close(c.drained)
+		c.drained = nil
+	}
+	c.batch.Reset()
+}
+
+// send writes one frame. ctx, when not nil, lets the caller wait while the
+// connection's queue is over MaxPendingWrite; event loops pass nil and never
+// wait. A nil error means the frame is written or queued behind a flusher.
+func (c *conn) send(ctx context.Context, h *framing.Header, payload []byte) error {
+	if c.n.cfg.WriteMode == WriteEventLoop {
+		return c.sendViaLoop(h, payload)
+	}
+	c.wmu.Lock()
+	for ctx != nil && c.flushing && !c.wclosed && c.batch.Len() >= c.n.cfg.MaxPendingWrite {
+		if c.drained == nil {
+			c.drained = make(chan struct{})
+		}
+		ch := c.drained
+		c.wmu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %d bytes queued on %s to node %d", ErrThrottled, c.n.cfg.MaxPendingWrite, c.channel, c.peer.num)
+		}
+		c.wmu.Lock()
+	}
+	if c.wclosed || c.fd < 0 {
+		c.wmu.Unlock()
+		return errConnClosed
+	}
+	c.met.framesOut.Inc()
+	c.met.bytesOut.Add(framing.HeaderSize + len(payload))
+	if c.flushing {
+		// Someone else is writing and will pick this frame up; it must not
+		// reference memory the caller reuses once send returns.
+		c.batch.AppendCopy(h, payload)
+		c.wmu.Unlock()
+		return nil
+	}
+	c.batch.Append(h, payload)
+	c.flushing = true
+	err := c.flushLocked(false)
+	c.wmu.Unlock()
+	return err
+}
+
+// flushLocked writes the queue until it is empty, the socket is full or the
+// connection fails. Called with wmu held and flushing set; drops wmu during
+// each system call so other senders can queue behind it. When the socket is
+// full the first call hands the rest to routineFlush, which async marks.
+func (c *conn) flushLocked(async bool) error {
+	for c.batch.Len() > 0 && !c.wclosed {
+		bufs := c.batch.Buffers()
+		fd := c.fd
+		c.wmu.Unlock()
+		n, err := c.writev(fd, bufs)
+		c.wmu.Lock()
+		if n > 0 {
+			c.batch.Consume(n)
+			if c.drained != nil && c.batch.Len() < c.n.cfg.MaxPendingWrite {
+				close(c.drained)
+				c.drained = nil
+			}
+		}
+		switch err {
+		case nil, unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			if !async {
+				c.batch.Own() // the sender's payload outlives its send call now
+				c.n.wg.Add(1)
+				go c.routineFlush()
+			}
+			return nil
+		default:
+			c.flushing = false
+			c.failWriteLocked(err)
+			return fmt.Errorf("%w: write to node %d on %s: %v", ErrCantSend, c.peer.num, c.channel, err)
+		}
+	}
+	c.flushing = false
+	if c.wclosed && c.fd >= 0 {
+		_ = unix.Close(c.fd)
+		c.fd = -1
+	}
+	return nil
+}
+
+// failWriteLocked closes the connection after a write error; the loop's
+// OnClose then reports the link lost.
+func (c *conn) failWriteLocked(err error) {
+	c.n.log.Debug("write failed", "peer", c.peer.num, "channel", c.channel, "err", err)
+	if !c.wclosed {
+		c.wclosed = true
+		if c.fd >= 0 {
+			_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)
+			_ = unix.Close(c.fd)
+			c.fd = -1
+		}
+		c.batch.Reset()
+		if c.drained != nil {
+			close(c.drained)
+			c.drained = nil
+		}
+	}
+	if c.gc != nil {
+		_ = c.gc.Close()
+	}
+}
+
+// routineFlush owns the queue while the socket is full: it waits for the
+// socket to drain and writes on. It ends when the queue is empty or the
+// connection closed; markClosed's shutdown wakes its poll.
+func (c *conn) routineFlush() {
+	defer c.n.wg.Done()
+	pfd := []unix.PollFd{{Events: unix.POLLOUT}}
+	for {
+		c.wmu.Lock()
+		if c.wclosed {
+			c.flushing = false
+			if c.fd >= 0 {
+				_ = unix.Close(c.fd)
+				c.fd = -1
+			}
+			c.wmu.Unlock()
+			return
+		}
+		pfd[0].Fd = int32(c.fd)
+		c.wmu.Unlock()
+		// A bounded wait, so a close that raced the shutdown is still seen.
+		_, _ = unix.Poll(pfd, 100)
+		c.wmu.Lock()
+		_ = c.flushLocked(true)
+		done := !c.flushing
+		c.wmu.Unlock()
+		if done {
+			return
+		}
+	}
+}
+
+// writev is one write or writev system call on fd, without allocating.
+func (c *conn) writev(fd int, bufs [][]byte) (int, error) {
+	if len(bufs) == 1 {
+		return ignoreNegative(unix.Write(fd, bufs[0]))
+	}
+	const iovMax = 1024
+	if len(bufs) > iovMax {
+		bufs = bufs[:iovMax]
+	}
+	c.iov = c.iov[:0]
+	for _, b := range bufs {
+		if len(b) == 0 {
+			continue
+		}
+		v := unix.Iovec{Base: &b[0]}
+		v.SetLen(len(b))
+		c.iov = append(c.iov, v)
+	}
+	r, _, e := syscall.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&c.iov[0])), uintptr(len(c.iov)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
+
+func ignoreNegative(n int, err error) (int, error) {
+	if n < 0 {
+		n = 0
+	}
+	return n, err
+}
+
+// sendViaLoop is WriteEventLoop: hand an owned copy to gnet's loop.
+func (c *conn) sendViaLoop(h *framing.Header, payload []byte) error {
+	if c.gc == nil {
+		return errConnClosed
+	}
+	buf := make([]byte, framing.HeaderSize+len(payload))
+	h.Length = uint32(len(payload))
+	h.Encode(buf)
+	copy(buf[framing.HeaderSize:], payload)
+	c.met.framesOut.Inc()
+	c.met.bytesOut.Add(len(buf))
+	if err := c.gc.AsyncWrite(buf, nil); err != nil {
+		return fmt.Errorf("%w: %v", ErrCantSend, err)
+	}
+	return nil
+}

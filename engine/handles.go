@@ -1,0 +1,176 @@
+package engine
+
+import (
+	"sync/atomic"
+)
+
+// A client handle is one outstanding RPC. Handles live in a fixed table and
+// are found by transaction id: xid = generation<<32 | slot. The generation
+// changes every time a slot is reused, so a reply that arrives after its
+// caller gave up (deadline, node down) names a generation that no longer
+// matches and is dropped instead of completing somebody else's call.
+//
+// Phases of a slot, in its state word (generation<<32 | phase):
+//
+//	free ──acquire──▶ waiting ──begin(reader)──▶ completing ──finish──▶ done ──release──▶ free(gen+1)
+//	                     └──abandon(caller: deadline, send failure)──────────────────────▶ free(gen+1)
+//
+// Every transition is a CAS on the state word, so exactly one of the reader
+// (reply or node-down) and the caller (deadline) wins a waiting slot. No
+// lock is taken on the way: free slots form a Treiber stack whose head
+// carries a tag against ABA, and the only blocking is the caller parked on
+// its slot's own channel.
+const (
+	phaseFree       = 0
+	phaseWaiting    = 1
+	phaseCompleting = 2
+	phaseDone       = 3
+)
+
+type clientHandle struct {
+	state atomic.Uint64 // generation<<32 | phase
+	peer  atomic.Uint32 // callee; written before the slot turns waiting
+	next  atomic.Uint32 // free-stack link: index+1 of the next free slot, 0 ends
+
+	// done receives exactly one value per completion; capacity 1 so the
+	// completing reader never blocks.
+	done chan struct{}
+
+	// reply is the caller's buffer; the reader appends the results to it.
+	// err is the call's outcome. Both are written by whoever owns the
+	// completing phase and read by the caller after done.
+	reply []byte
+	err   error
+
+	_ [24]byte // keep neighbouring slots off each other's cache line
+}
+
+type handleTable struct {
+	head  atomic.Uint64 // tag<<32 | (index+1) of the top free slot; 0 index means empty
+	slots []clientHandle
+	inUse atomic.Int64
+}
+
+func newHandleTable(n int) *handleTable {
+	t := &handleTable{slots: make([]clientHandle, n)}
+	for i := range t.slots {
+		s := &t.slots[i]
+		s.done = make(chan struct{}, 1)
+		// Generation starts at 1 so that no xid is ever 0, the one-way value.
+		s.state.Store(1 << 32)
+		// Build the free stack so that slot 0 is on top.
+		if i+1 < n {
+			s.next.Store(uint32(i + 2))
+		}
+	}
+	t.head.Store(1)
+	return t
+}
+
+// acquire pops a free slot; ok is false when every slot is in use.
+func (t *handleTable) acquire() (idx uint32, ok bool) {
+	for {
+		h := t.head.Load()
+		top := uint32(h)
+		if top == 0 {
+			return 0, false
+		}
+		next := t.slots[top-1].next.Load()
+		if t.head.CompareAndSwap(h, (h>>32+1)<<32|uint64(next)) {
+			t.inUse.Add(1)
+			return top - 1, true
+		}
+	}
+}
+
+func (t *handleTable) push(idx uint32) {
+	for {
+		h := t.head.Load()
+		t.slots[idx].next.Store(uint32(h))
+		if t.head.CompareAndSwap(h, (h>>32+1)<<32|uint64(idx+1)) {
+			t.inUse.Add(-1)
+			return
+		}
+	}
+}
+
+// arm turns an acquired slot into a waiting call to peer and returns its xid.
+func (t *handleTable) arm(idx uint32, peer NodeNum, reply []byte) uint64 {
+	s := &t.slots[idx]
+	gen := s.state.Load() >> 32
+	s.peer.Store(uint32(peer))
+	s.reply = reply
+	s.err = nil
+	s.state.Store(gen<<32 | phaseWaiting)
+	return gen<<32 | uint64(idx)
+}
+
+// begin claims the waiting call xid for completion by a reply from peer.
+// It returns nil for an unknown, stale or already finished xid, or one
+// whose callee is not peer (a node cannot complete calls made to another).
+func (t *handleTable) begin(xid uint64, peer NodeNum) *clientHandle {
+	idx := uint32(xid)
+	if int(idx) >= len(t.slots) {
+		return nil
+	}
+	s := &t.slots[idx]
+	want := xid&^0xffffffff | phaseWaiting
+	if s.peer.Load() != uint32(peer) {
+		return nil
+	}
+	if !s.state.CompareAndSwap(want, xid&^0xffffffff|phaseCompleting) {
+		return nil
+	}
+	return s
+}
+
+// finish publishes a completion started by begin and wakes the caller.
+func (t *handleTable) finish(s *clientHandle) {
+	st := s.state.Load()
+	s.state.Store(st&^0xffffffff | phaseDone)
+	s.done <- struct{}{}
+}
+
+// abandon gives up a waiting call on the caller's side. It reports false
+// when a reader has already claimed the call: the caller must then wait on
+// done, which is about to be signalled, and release as usual.
+func (t *handleTable) abandon(xid uint64) bool {
+	idx := uint32(xid)
+	s := &t.slots[idx]
+	gen := xid >> 32
+	if !s.state.CompareAndSwap(gen<<32|phaseWaiting, (gen+1)<<32|phaseFree) {
+		return false
+	}
+	s.reply, s.err = nil, nil
+	t.push(idx)
+	return true
+}
+
+// release returns a done slot to the free stack with the next generation.
+func (t *handleTable) release(xid uint64) {
+	idx := uint32(xid)
+	s := &t.slots[idx]
+	s.reply, s.err = nil, nil
+	s.state.Store((xid>>32 + 1) << 32)
+	t.push(idx)
+}
+
+// failPeer completes every call waiting on peer with err, at once. With
+// peer 0 it fails every waiting call (node shutdown).
+func (t *handleTable) failPeer(peer NodeNum, err error) int {
+	n := 0
+	for i := range t.slots {
+		s := &t.slots[i]
+		st := s.state.Load()
+		if st&0xffffffff != phaseWaiting || (peer != 0 && s.peer.Load() != uint32(peer)) {
+			continue
+		}
+		if !s.state.CompareAndSwap(st, st&^0xffffffff|phaseCompleting) {
+			continue
+		}
+		s.err = err
+		t.finish(s)
+		n++
+	}
+	return n
+}

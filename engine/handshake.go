@@ -1,0 +1,259 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/clusterinfra/ci/framing"
+)
+
+// acceptHello checks a dialler's hello on the event loop. A connection from
+// another cluster, an unknown node, a node that thinks it is calling someone
+// else, or another protocol version is refused before any service sees a
+// byte of it.
+func (n *Node) acceptHello(c *conn, f *framing.Frame) error {
+	reject := func(format string, a ...any) error {
+		n.m.handshakeRejects.Inc()
+		h := framing.Header{Type: framing.TypeHelloAck, Status: uint16(StatusAuthError)}
+		var b [framing.HeaderSize]byte
+		h.Encode(b[:])
+		c.wmu.Lock()
+		if c.fd >= 0 {
+			_, _ = c.writev(c.fd, [][]byte{b[:]}) // best effort: tell the dialler it was refused, then close
+		}
+		c.wmu.Unlock()
+		c.markClosed()
+		return fmt.Errorf("%w: %s", ErrHandshake, fmt.Sprintf(format, a...))
+	}
+	hello, err := framing.DecodeHello(f.Payload)
+	if err != nil {
+		return reject("%v", err)
+	}
+	if hello.Version != framing.ProtocolVersion {
+		return reject("protocol version %d, this node speaks %d", hello.Version, framing.ProtocolVersion)
+	}
+	if hello.Cluster != n.cfg.Cluster {
+		return reject("cluster %q, this node is in %q", hello.Cluster, n.cfg.Cluster)
+	}
+	if NodeNum(hello.To) != n.cfg.Node {
+		return reject("dialler wanted node %d, this is node %d", hello.To, n.cfg.Node)
+	}
+	p := n.peer(NodeNum(hello.From))
+	if p == nil {
+		return reject("node %d is not a configured member", hello.From)
+	}
+	if int(hello.Channel) >= n.cfg.MaxChannels {
+		return reject("channel %d out of 0..%d", hello.Channel, n.cfg.MaxChannels-1)
+	}
+	n.noteIncarnation(p, hello.Incarnation)
+	ch := Channel(hello.Channel)
+	c.peer, c.channel, c.linkGen = p, ch, p.linkGen.Load()
+	c.met = n.m.forConn(n.cfg.Node, p.num, ch)
+	c.ready = true
+	n.pendingMu.Lock()
+	delete(n.pending, c)
+	n.pendingMu.Unlock()
+	p.mu.Lock()
+	p.inbound[c] = struct{}{}
+	p.mu.Unlock()
+
+	ack, _ := framing.AppendHello(nil, n.hello(p.num, ch))
+	h := framing.Header{Type: framing.TypeHelloAck}
+	if err := c.send(nil, &h, ack); err != nil {
+		return err
+	}
+	// Requests from p will want replies: dial the reply channel now rather
+	// than on the first reply, which may be sent from an event loop.
+	if reply := replyChannelFor(ch); reply != ch && p.out[reply].Load() == nil && !p.down.Load() {
+		n.goOwned(func() {
+			ctx, cancel := context.WithTimeout(n.ctx, n.cfg.DialTimeout)
+			defer cancel()
+			_, _ = n.outConn(ctx, p, reply)
+		})
+	}
+	n.log.Debug("accepted connection", "peer", p.num, "channel", ch)
+	return nil
+}
+
+// replyChannelFor is the channel replies to requests received on ch use.
+func replyChannelFor(ch Channel) Channel {
+	switch {
+	case ch == ChanReply || ch == ChanReplyPrio:
+		return ch
+	case ch <= ChanPrio4:
+		return ChanReplyPrio
+	}
+	return ChanReply
+}
+
+// noteIncarnation records the peer's boot incarnation; a new one means the
+// peer restarted, so calls made to its previous run can never be answered.
+func (n *Node) noteIncarnation(p *peer, inc uint64) {
+	old := p.incarnation.Swap(inc)
+	if old != 0 && old != inc {
+		n.peerLost(p, p.linkGen.Load(), fmt.Errorf("restarted (incarnation %#x, was %#x)", inc, old))
+	}
+}
+
+func (n *Node) hello(to NodeNum, ch Channel) *framing.Hello {
+	return &framing.Hello{
+		Version:     framing.ProtocolVersion,
+		From:        uint32(n.cfg.Node),
+		To:          uint32(to),
+		Channel:     uint8(ch),
+		Incarnation: n.incarnation,
+		Cluster:     n.cfg.Cluster,
+	}
+}
+
+// outConn returns the connection this node sends to p on ch, dialling it if
+// needed. Concurrent callers share one dial.
+func (n *Node) outConn(ctx context.Context, p *peer, ch Channel) (*conn, error) {
+	if c := p.out[ch].Load(); c != nil {
+		return c, nil
+	}
+	for {
+		if n.closed.Load() {
+			return nil, ErrClosed
+		}
+		if p.down.Load() {
+			return nil, fmt.Errorf("%w: node %d", ErrNodeDown, p.num)
+		}
+		p.mu.Lock()
+		if c := p.out[ch].Load(); c != nil {
+			p.mu.Unlock()
+			return c, nil
+		}
+		if w := p.dialing[ch]; w != nil {
+			p.mu.Unlock()
+			select {
+			case <-w:
+				continue
+			case <-ctx.Done():
+				return nil, ctxError(ctx)
+			}
+		}
+		w := make(chan struct{})
+		p.dialing[ch] = w
+		p.mu.Unlock()
+
+		c, err := n.dial(ctx, p, ch)
+
+		p.mu.Lock()
+		p.dialing[ch] = nil
+		close(w)
+		if err == nil {
+			if c.linkGen != p.linkGen.Load() || n.closed.Load() {
+				err = fmt.Errorf("%w: node %d: link lost while dialling", ErrNodeDown, p.num)
+				c.close()
+			} else {
+				p.out[ch].Store(c)
+			}
+		}
+		p.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
+}
+
+// dial connects to p for channel ch, does the handshake on the plain socket
+// and then hands the socket to a gnet event loop.
+func (n *Node) dial(ctx context.Context, p *peer, ch Channel) (*conn, error) {
+	addr := *p.addr.Load()
+	dctx, cancel := context.WithTimeout(n.ctx, n.cfg.DialTimeout)
+	defer cancel()
+	stop := context.AfterFunc(ctx, cancel)
+	defer stop()
+
+	d := net.Dialer{LocalAddr: n.localDialAddr()}
+	nc, err := d.DialContext(dctx, "tcp", addr)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctxError(ctx)
+		}
+		return nil, fmt.Errorf("%w: node %d at %s: %v", ErrNodeDown, p.num, addr, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			_ = nc.Close()
+		}
+	}()
+	if dl, has := dctx.Deadline(); has {
+		_ = nc.SetDeadline(dl)
+	}
+	hello, _ := framing.AppendHello(make([]byte, framing.HeaderSize, 128), n.hello(p.num, ch))
+	h := framing.Header{Type: framing.TypeHello, Length: uint32(len(hello) - framing.HeaderSize)}
+	h.Encode(hello)
+	if _, err := nc.Write(hello); err != nil {
+		return nil, fmt.Errorf("%w: node %d at %s: handshake: %v", ErrNodeDown, p.num, addr, err)
+	}
+	var hb [framing.HeaderSize]byte
+	if _, err := io.ReadFull(nc, hb[:]); err != nil {
+		return nil, fmt.Errorf("%w: node %d at %s: no handshake answer: %v", ErrNodeDown, p.num, addr, err)
+	}
+	ah, err := framing.DecodeHeader(hb[:], framing.MaxHelloAuth+framing.MaxClusterName+64)
+	if err != nil || ah.Type != framing.TypeHelloAck {
+		return nil, fmt.Errorf("%w: node %d at %s: bad handshake answer (%v)", ErrHandshake, p.num, addr, err)
+	}
+	if ah.Status != 0 {
+		return nil, fmt.Errorf("%w: node %d at %s refused us: %v (wrong cluster, unknown node or version?)", ErrHandshake, p.num, addr, Status(ah.Status).Err())
+	}
+	payload := make([]byte, ah.Length)
+	if _, err := io.ReadFull(nc, payload); err != nil {
+		return nil, fmt.Errorf("%w: node %d at %s: short handshake answer: %v", ErrNodeDown, p.num, addr, err)
+	}
+	ack, err := framing.DecodeHello(payload)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("%w: node %d at %s: %v", ErrHandshake, p.num, addr, err)
+	case ack.Version != framing.ProtocolVersion:
+		return nil, fmt.Errorf("%w: node %d at %s speaks version %d, we speak %d", ErrVersMismatch, p.num, addr, ack.Version, framing.ProtocolVersion)
+	case ack.Cluster != n.cfg.Cluster || NodeNum(ack.From) != p.num || NodeNum(ack.To) != n.cfg.Node || Channel(ack.Channel) != ch:
+		return nil, fmt.Errorf("%w: %s answered as node %d of cluster %q, expected node %d of %q", ErrHandshake, addr, ack.From, ack.Cluster, p.num, n.cfg.Cluster)
+	}
+	n.noteIncarnation(p, ack.Incarnation)
+	_ = nc.SetDeadline(time.Time{})
+
+	c := n.newConn(true, p, ch)
+	c.linkGen = p.linkGen.Load()
+	c.ready = true
+	res, err := n.eng.Register(gnet.NewContext(gnet.NewNetConnContext(dctx, nc), c))
+	if err != nil {
+		return nil, fmt.Errorf("%w: cannot register connection: %v", ErrClosed, err)
+	}
+	// gnet duplicates the socket and closes nc itself.
+	ok = true
+	select {
+	case r := <-res:
+		if r.Err != nil {
+			return nil, fmt.Errorf("%w: node %d: cannot register connection: %v", ErrCantSend, p.num, r.Err)
+		}
+	case <-n.ctx.Done():
+		return nil, ErrClosed
+	}
+	n.log.Debug("dialled connection", "peer", p.num, "channel", ch)
+	return c, nil
+}
+
+// localDialAddr binds outgoing connections to the node's own IP when it
+// listens on a specific one, so that peers (and netstat) see each node of a
+// 127.0.0.x test cluster as itself.
+func (n *Node) localDialAddr() net.Addr {
+	host, _, err := net.SplitHostPort(n.cfg.ListenAddr)
+	if err != nil {
+		return nil
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || ip.IsUnspecified() {
+		return nil
+	}
+	return &net.TCPAddr{IP: ip}
+}

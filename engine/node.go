@@ -1,0 +1,436 @@
+package engine
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/clusterinfra/ci/framing"
+)
+
+// Node is one ICS endpoint: it accepts and dials the channel connections of
+// one cluster member, serves the services registered on it and makes RPCs
+// to its peers. Create it with New, then Start; Close releases everything.
+type Node struct {
+	cfg         Config
+	log         *slog.Logger
+	m           *nodeMetrics
+	codec       *framing.Codec
+	incarnation uint64
+
+	handles  *handleTable
+	prioPool *handlePool // server handles for priority channels, apart from every service's own
+	bufs     sync.Pool   // *[]byte payload buffers handed to server handles
+
+	// services[channel][subservice]; written by Register, read by loops.
+	services [][]atomic.Pointer[service]
+
+	peersMu sync.Mutex
+	peers   atomic.Pointer[map[NodeNum]*peer] // copy-on-write; readers never lock
+
+	downMu        sync.Mutex
+	downCallbacks []func(NodeNum, error)
+
+	// pending are accepted connections that have not completed the handshake.
+	pendingMu sync.Mutex
+	pending   map[*conn]time.Time
+
+	ctx    context.Context // cancelled by Close; the base of handler contexts
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // goroutines the node started: dials, callbacks, flushers
+
+	eng      gnet.Engine
+	engDone  chan error
+	booted   chan struct{} // closed once the event loops run, or Run failed
+	bootOnce sync.Once
+	addr     string
+	started  atomic.Bool
+	closed   atomic.Bool
+	closeErr error
+	closeMu  sync.Mutex
+}
+
+// service is a registered Service and its server handles.
+type service struct {
+	Service
+	pool *handlePool
+}
+
+// peer is what a node knows of one other member.
+type peer struct {
+	num  NodeNum
+	addr atomic.Pointer[string]
+
+	// out[channel] is the established connection this node dials to send on
+	// channel; nil until first use and after a loss.
+	out []atomic.Pointer[conn]
+
+	mu      sync.Mutex         // serialises dials and link bookkeeping
+	inbound map[*conn]struct{} // accepted connections from this peer; guarded by mu
+	dialing []chan struct{}    // per channel: closed when an in-progress dial ends; guarded by mu
+
+	linkGen     atomic.Uint64 // bumped on every loss; connections of an older link are stale
+	down        atomic.Bool   // declared down: calls fail fast until NodeUp
+	incarnation atomic.Uint64 // the peer's boot incarnation, from its hellos
+}
+
+// New validates cfg and builds a node. Nothing listens until Start.
+func New(cfg Config) (*Node, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	log = log.With("node", cfg.Node)
+	set := cfg.Metrics
+	if set == nil {
+		set = metrics.NewSet()
+	}
+	var inc [8]byte
+	_, _ = rand.Read(inc[:])
+	n := &Node{
+		cfg:         cfg,
+		log:         log,
+		m:           newNodeMetrics(set, cfg.Node),
+		codec:       framing.NewCodec(cfg.MaxPayload),
+		incarnation: binary.LittleEndian.Uint64(inc[:]) | 1,
+		handles:     newHandleTable(cfg.MaxOutstandingCalls),
+		pending:     make(map[*conn]time.Time),
+		booted:      make(chan struct{}),
+		engDone:     make(chan error, 1),
+	}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.bufs.New = func() any { b := make([]byte, 0, 512); return &b }
+	n.services = make([][]atomic.Pointer[service], cfg.MaxChannels)
+	for ch := range n.services {
+		if Channel(ch).IsServiceChannel() {
+			n.services[ch] = make([]atomic.Pointer[service], cfg.MaxSubservices)
+		}
+	}
+	// Four handles per priority level keep nested priority RPCs moving even
+	// when every service pool is exhausted; 64 bounds a priority storm.
+	n.prioPool = newHandlePool("priority", 4, 64, n.runJob)
+	peers := make(map[NodeNum]*peer, len(cfg.Peers))
+	for num, addr := range cfg.Peers {
+		if num != cfg.Node {
+			peers[num] = n.newPeer(num, addr)
+		}
+	}
+	n.peers.Store(&peers)
+	return n, nil
+}
+
+func (n *Node) newPeer(num NodeNum, addr string) *peer {
+	p := &peer{
+		num:     num,
+		out:     make([]atomic.Pointer[conn], n.cfg.MaxChannels),
+		inbound: make(map[*conn]struct{}),
+		dialing: make([]chan struct{}, n.cfg.MaxChannels),
+	}
+	p.addr.Store(&addr)
+	return p
+}
+
+// Num is this node's number.
+func (n *Node) Num() NodeNum { return n.cfg.Node }
+
+// Cluster is the cluster name.
+func (n *Node) Cluster() string { return n.cfg.Cluster }
+
+// Incarnation identifies this run of the node; it changes on every New.
+func (n *Node) Incarnation() uint64 { return n.incarnation }
+
+// Metrics is the node's metric set, for a /metrics endpoint.
+func (n *Node) Metrics() *metrics.Set { return n.m.set }
+
+// Addr is the address the node listens on, valid after Start.
+func (n *Node) Addr() string { return n.addr }
+
+// Logger is the node's logger.
+func (n *Node) Logger() *slog.Logger { return n.log }
+
+// Start opens the listener and the event loops. It returns once the node
+// accepts connections.
+func (n *Node) Start() error {
+	if !n.started.CompareAndSwap(false, true) {
+		return fmt.Errorf("ics: node %d already started", n.cfg.Node)
+	}
+	opts := []gnet.Option{
+		gnet.WithTicker(true),
+		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+		gnet.WithReuseAddr(true),
+		// Least-connections, not round-robin: gnet documents round-robin as
+		// racy with Register from outside the loops, which is how we dial.
+		gnet.WithLoadBalancing(gnet.LeastConnections),
+		gnet.WithLogger(gnetLogger{n.log}),
+	}
+	if n.cfg.EventLoops > 0 {
+		opts = append(opts, gnet.WithNumEventLoop(n.cfg.EventLoops))
+	} else {
+		opts = append(opts, gnet.WithMulticore(true))
+	}
+	h := &loopHandler{n: n}
+	go func() {
+		err := gnet.Run(h, "tcp://"+n.cfg.ListenAddr, opts...)
+		n.engDone <- err
+		n.bootOnce.Do(func() { close(n.booted) }) // Run failed: unblock Start
+	}()
+	<-n.booted
+	if n.addr == "" || n.eng.Validate() != nil {
+		err := <-n.engDone
+		n.engDone <- err
+		return fmt.Errorf("ics: node %d cannot listen on %s: %w", n.cfg.Node, n.cfg.ListenAddr, err)
+	}
+	n.log.Info("ics node listening", "addr", n.addr, "cluster", n.cfg.Cluster)
+	return nil
+}
+
+// boot runs on gnet's OnBoot: it learns the real listen address (port 0).
+// gnet calls OnBoot before it starts the event loops, so Start waits for
+// the first OnTick, which the ticker only makes once they run.
+func (n *Node) boot(eng gnet.Engine) {
+	n.eng = eng
+	fd, err := eng.Dup()
+	if err != nil {
+		n.log.Error("cannot read listen address", "err", err)
+		return
+	}
+	defer unix.Close(fd)
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		n.log.Error("cannot read listen address", "err", err)
+		return
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		n.addr = net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
+	case *unix.SockaddrInet6:
+		n.addr = net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
+	}
+}
+
+// Close shuts the node down: outstanding calls fail with ErrClosed, peers
+// see the connections drop, server handles finish what they run, and every
+// goroutine the node started has returned when Close does.
+func (n *Node) Close() error {
+	n.closeMu.Lock()
+	defer n.closeMu.Unlock()
+	if !n.closed.CompareAndSwap(false, true) {
+		return n.closeErr
+	}
+	n.cancel()
+	n.handles.failPeer(0, ErrClosed)
+	if n.started.Load() && n.addr != "" {
+		// Engine.Stop polls for the end every 500ms; with a context that is
+		// already done it only triggers the shutdown, and Run's return is
+		// the real end.
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		_ = n.eng.Stop(ctx)
+		n.closeErr = <-n.engDone
+	}
+	// The loops are gone, so no new job can be dispatched.
+	for _, byCh := range n.services {
+		for i := range byCh {
+			if s := byCh[i].Load(); s != nil {
+				s.pool.close()
+			}
+		}
+	}
+	n.prioPool.close()
+	n.wg.Wait()
+	// Outbound connections whose close was still in flight when the loops stopped.
+	for _, p := range *n.peers.Load() {
+		for i := range p.out {
+			if c := p.out[i].Swap(nil); c != nil {
+				c.markClosed()
+			}
+		}
+	}
+	n.codec.Close()
+	n.log.Info("ics node closed")
+	return n.closeErr
+}
+
+// Register makes a service available to the cluster on its channel and
+// subservice.
+func (n *Node) Register(s Service) error {
+	if n.closed.Load() {
+		return ErrClosed
+	}
+	ch, ss := Channel(s.ID.Channel()), int(s.ID.Subservice())
+	switch {
+	case int(ch) >= n.cfg.MaxChannels || !ch.IsServiceChannel():
+		return fmt.Errorf("%w: %s: channel %d is not a service channel (%d..%d)", ErrBadService, s.Name, ch, ChanCLMS, n.cfg.MaxChannels-1)
+	case ss >= n.cfg.MaxSubservices:
+		return fmt.Errorf("%w: %s: subservice %d out of 0..%d", ErrBadService, s.Name, ss, n.cfg.MaxSubservices-1)
+	case len(s.Procs) == 0:
+		return fmt.Errorf("%w: %s: no procedures", ErrBadService, s.Name)
+	case s.MinHandles < 0 || s.MaxHandles < 0 || (s.MaxHandles > 0 && s.MinHandles > s.MaxHandles):
+		return fmt.Errorf("%w: %s: handles min %d max %d", ErrBadService, s.Name, s.MinHandles, s.MaxHandles)
+	}
+	if s.MaxHandles == 0 {
+		s.MaxHandles = 64 // enough concurrency for a service that did not say; bounded so a flood cannot spawn without limit
+	}
+	if s.Name == "" {
+		s.Name = "svc" + s.ID.String()
+	}
+	svc := &service{Service: s}
+	svc.Procs = append([]Handler(nil), s.Procs...)
+	svc.pool = newHandlePool(s.Name, s.MinHandles, s.MaxHandles, n.runJob)
+	if !n.services[ch][ss].CompareAndSwap(nil, svc) {
+		svc.pool.close()
+		return fmt.Errorf("%w: %s: %s already registered", ErrBadService, s.Name, s.ID)
+	}
+	return nil
+}
+
+func (n *Node) lookupService(id ServiceID) *service {
+	ch, ss := int(id.Channel()), int(id.Subservice())
+	if ch >= len(n.services) || ss >= len(n.services[ch]) {
+		return nil
+	}
+	return n.services[ch][ss].Load()
+}
+
+// SetPeer adds a member or changes its address. A changed address takes
+// effect on the next connection; current ones are left alone.
+func (n *Node) SetPeer(num NodeNum, addr string) error {
+	if num == 0 || num == n.cfg.Node {
+		return fmt.Errorf("%w: SetPeer(%d): not a peer number", ErrBadConfig, num)
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return fmt.Errorf("%w: node %d address %q: %v", ErrBadConfig, num, addr, err)
+	}
+	n.peersMu.Lock()
+	defer n.peersMu.Unlock()
+	old := *n.peers.Load()
+	if p, ok := old[num]; ok {
+		p.addr.Store(&addr)
+		return nil
+	}
+	next := make(map[NodeNum]*peer, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	next[num] = n.newPeer(num, addr)
+	n.peers.Store(&next)
+	return nil
+}
+
+// Peers lists the configured peers.
+func (n *Node) Peers() map[NodeNum]string {
+	out := make(map[NodeNum]string)
+	for num, p := range *n.peers.Load() {
+		out[num] = *p.addr.Load()
+	}
+	return out
+}
+
+func (n *Node) peer(num NodeNum) *peer {
+	return (*n.peers.Load())[num]
+}
+
+// OnNodeDown registers fn to run, on its own goroutine, each time a peer is
+// lost: a connection to it dropped, it restarted, or NodeDown declared it.
+func (n *Node) OnNodeDown(fn func(NodeNum, error)) {
+	n.downMu.Lock()
+	n.downCallbacks = append(n.downCallbacks, fn)
+	n.downMu.Unlock()
+}
+
+// NodeDown declares peer num down, as CLMS does on NODEDOWN: every call
+// outstanding to it fails now with ErrNodeDown, its connections are closed,
+// and new calls fail fast until NodeUp.
+func (n *Node) NodeDown(num NodeNum, cause error) {
+	p := n.peer(num)
+	if p == nil {
+		return
+	}
+	p.down.Store(true)
+	if cause == nil {
+		cause = errors.New("declared down")
+	}
+	n.peerLost(p, p.linkGen.Load(), cause)
+}
+
+// NodeUp lifts NodeDown: calls to num dial it again.
+func (n *Node) NodeUp(num NodeNum) {
+	if p := n.peer(num); p != nil {
+		p.down.Store(false)
+	}
+}
+
+// IsDown reports whether num was declared down and not brought up since.
+func (n *Node) IsDown(num NodeNum) bool {
+	p := n.peer(num)
+	return p != nil && p.down.Load()
+}
+
+// peerLost tears down the link to p if gen is still its current link: fail
+// the calls waiting on p, close every connection with it, tell the
+// node-down callbacks. Losses reported for an older link are ignored, so a
+// peer whose n connections all drop is lost once.
+func (n *Node) peerLost(p *peer, gen uint64, cause error) {
+	if !p.linkGen.CompareAndSwap(gen, gen+1) {
+		return
+	}
+	err := fmt.Errorf("%w: node %d: %v", ErrNodeDown, p.num, cause)
+	failed := n.handles.failPeer(p.num, err)
+	n.m.peerLosses.Inc()
+	n.log.Warn("peer lost", "peer", p.num, "cause", cause, "failed_calls", failed)
+	for i := range p.out {
+		if c := p.out[i].Swap(nil); c != nil {
+			c.close()
+		}
+	}
+	p.mu.Lock()
+	for c := range p.inbound {
+		c.close()
+	}
+	clear(p.inbound)
+	p.mu.Unlock()
+	if n.closed.Load() {
+		return
+	}
+	n.downMu.Lock()
+	cbs := slices.Clone(n.downCallbacks)
+	n.downMu.Unlock()
+	for _, fn := range cbs {
+		n.goOwned(func() { fn(p.num, err) })
+	}
+}
+
+// goOwned runs fn on a goroutine that Close waits for.
+func (n *Node) goOwned(fn func()) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		fn()
+	}()
+}
+
+// gnetLogger routes gnet's logging into the node's slog logger.
+type gnetLogger struct{ l *slog.Logger }
+
+func (g gnetLogger) Debugf(f string, a ...any) { g.l.Debug(fmt.Sprintf(f, a...), "src", "gnet") }
+func (g gnetLogger) Infof(f string, a ...any)  { g.l.Debug(fmt.Sprintf(f, a...), "src", "gnet") }
+func (g gnetLogger) Warnf(f string, a ...any)  { g.l.Warn(fmt.Sprintf(f, a...), "src", "gnet") }
+func (g gnetLogger) Errorf(f string, a ...any) { g.l.Error(fmt.Sprintf(f, a...), "src", "gnet") }
+func (g gnetLogger) Fatalf(f string, a ...any) { g.l.Error(fmt.Sprintf(f, a...), "src", "gnet") }

@@ -1,0 +1,209 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/clusterinfra/ci/framing"
+)
+
+// serveFrame handles a request or one-way message on the event loop: it
+// checks the service, procedure and version, then either runs an inline
+// handler right here on the frame's bytes or hands a copy to a server handle.
+func (n *Node) serveFrame(c *conn, f *framing.Frame) {
+	p := c.peer
+	svc := n.lookupService(f.Service)
+	var status Status
+	switch {
+	case svc == nil:
+		status = StatusProgUnavail
+	case f.SvcVersion != 0 && svc.Version != 0 && f.SvcVersion != svc.Version:
+		status = StatusProgVersMismatch
+	case int(f.Proc) >= len(svc.Procs) || svc.Procs[f.Proc] == nil:
+		status = StatusProcUnavail
+	}
+	if status != StatusOK {
+		n.log.Debug("refusing request", "peer", p.num, "service", f.Service, "proc", f.Proc, "status", status.Err())
+		if f.Type == framing.TypeRequest {
+			msg := fmt.Sprintf("service %s proc %d version %d on node %d", f.Service, f.Proc, f.SvcVersion, n.cfg.Node)
+			n.sendReply(nil, p, &f.Header, nil, status, []byte(msg))
+		}
+		return
+	}
+
+	if svc.Inline {
+		args := f.Payload
+		if f.Flags.Compressed() {
+			var err error
+			c.scratch, err = n.codec.Decompress(c.scratch[:0], &f.Header, f.Payload)
+			if err != nil {
+				n.replyDecodeError(p, &f.Header, err)
+				return
+			}
+			args = c.scratch
+		}
+		c.hctx.reset(n.ctx, f.Priority)
+		c.req = Request{From: p.num, Service: f.Service, Proc: f.Proc, Priority: f.Priority, OneWay: f.Type == framing.TypeOneWay, Args: args}
+		c.resp.Body = c.resp.Body[:0]
+		err := svc.Procs[f.Proc](&c.hctx, &c.req, &c.resp)
+		c.req.Args = nil
+		if f.Type == framing.TypeRequest {
+			n.sendReply(nil, p, &f.Header, svc, statusFor(err), replyBody(err, c.resp.Body))
+		}
+		c.resp.Body = trimBuffer(c.resp.Body)
+		return
+	}
+
+	// The payload aliases the loop's buffer: copy it once for the handle.
+	bp := n.bufs.Get().(*[]byte)
+	if f.Flags.Compressed() {
+		var err error
+		*bp, err = n.codec.Decompress((*bp)[:0], &f.Header, f.Payload)
+		if err != nil {
+			n.putBuf(bp)
+			n.replyDecodeError(p, &f.Header, err)
+			return
+		}
+	} else {
+		*bp = append((*bp)[:0], f.Payload...)
+	}
+	j := job{svc: svc, from: p, hdr: f.Header, buf: bp, conn: c, cost: framing.HeaderSize + len(f.Payload)}
+	if f.Priority > 0 {
+		// Priority requests have handles of their own, so they never queue
+		// behind a service whose handles are all busy.
+		n.prioPool.dispatch(&j)
+		return
+	}
+	svc.pool.dispatch(&j)
+}
+
+// runJob is a server handle serving one request.
+func (n *Node) runJob(w *handle, j *job) {
+	w.ctx.reset(n.ctx, j.hdr.Priority)
+	w.req = Request{From: j.from.num, Service: j.hdr.Service, Proc: j.hdr.Proc, Priority: j.hdr.Priority, OneWay: j.hdr.Type == framing.TypeOneWay, Args: *j.buf}
+	w.resp.Body = w.resp.Body[:0]
+	err := j.svc.Procs[j.hdr.Proc](&w.ctx, &w.req, &w.resp)
+	w.req.Args = nil
+	n.putBuf(j.buf)
+	if j.hdr.Type == framing.TypeRequest {
+		n.sendReply(n.ctx, j.from, &j.hdr, j.svc, statusFor(err), replyBody(err, w.resp.Body))
+	}
+	w.resp.Body = trimBuffer(w.resp.Body)
+}
+
+func (n *Node) replyDecodeError(p *peer, h *framing.Header, err error) {
+	n.log.Warn("cannot decompress request", "peer", p.num, "service", h.Service, "err", err)
+	if h.Type == framing.TypeRequest {
+		n.sendReply(nil, p, h, nil, StatusCantDecodeArgs, []byte(err.Error()))
+	}
+}
+
+func statusFor(err error) Status {
+	if err == nil {
+		return StatusOK
+	}
+	return statusOf(err)
+}
+
+// replyBody is the handler's results, or the error's text on failure.
+func replyBody(err error, body []byte) []byte {
+	if err != nil {
+		return append(body[:0], err.Error()...)
+	}
+	return body
+}
+
+// sendReply answers request h from p. ctx is nil on an event loop, where
+// nothing may block: if the reply connection is not up yet, the reply is
+// copied and sent from a goroutine that dials it.
+func (n *Node) sendReply(ctx context.Context, p *peer, h *framing.Header, svc *service, status Status, body []byte) {
+	ch := ChanReply
+	if h.Priority > 0 {
+		ch = ChanReplyPrio
+	}
+	rh := framing.Header{Type: framing.TypeReply, Priority: h.Priority, Service: h.Service, Proc: h.Proc, XID: h.XID, Status: uint16(status)}
+	var zbuf *[]byte
+	if svc != nil && status == StatusOK && svc.Compression != framing.CompressNone && len(body) > svc.CompressAbove {
+		zbuf = n.bufs.Get().(*[]byte)
+		out, flag, err := n.codec.Compress((*zbuf)[:0], body, svc.Compression)
+		if err == nil && flag != 0 {
+			*zbuf = out
+			rh.Flags, rh.Aux, body = flag, uint32(len(body)), out
+		}
+	}
+	defer func() {
+		if zbuf != nil {
+			n.putBuf(zbuf)
+		}
+	}()
+	c := p.out[ch].Load()
+	if c == nil && ctx == nil {
+		n.sendReplyLater(p, ch, rh, append([]byte(nil), body...))
+		return
+	}
+	if c == nil {
+		var err error
+		if c, err = n.outConn(ctx, p, ch); err != nil {
+			n.log.Debug("reply lost", "peer", p.num, "err", err)
+			return
+		}
+	}
+	if err := c.send(ctx, &rh, body); err != nil {
+		n.log.Debug("reply lost", "peer", p.num, "err", err)
+	}
+}
+
+// sendReplyLater dials the reply channel and sends from a goroutine, for an
+// event loop that must not wait for the dial. Apart from sendReply so that
+// the header it captures does not make every reply allocate.
+func (n *Node) sendReplyLater(p *peer, ch Channel, rh framing.Header, body []byte) {
+	n.goOwned(func() {
+		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.DialTimeout)
+		defer cancel()
+		c, err := n.outConn(ctx, p, ch)
+		if err == nil {
+			err = c.send(ctx, &rh, body)
+		}
+		if err != nil {
+			n.log.Debug("reply lost", "peer", p.num, "err", err)
+		}
+	})
+}
+
+// completeReply hands a reply to the call waiting for it, on the event loop.
+func (n *Node) completeReply(c *conn, f *framing.Frame) {
+	s := n.handles.begin(f.XID, c.peer.num)
+	if s == nil {
+		n.m.lateReplies.Inc() // its caller gave up, or the node went down meanwhile
+		return
+	}
+	switch st := Status(f.Status); {
+	case st != StatusOK:
+		s.err = &RemoteError{Code: st, Message: string(f.Payload)}
+	case f.Flags.Compressed():
+		var err error
+		s.reply, err = n.codec.Decompress(s.reply, &f.Header, f.Payload)
+		if err != nil {
+			s.err = fmt.Errorf("%w: %v", ErrCantDecodeRes, err)
+		}
+	default:
+		s.reply = append(s.reply, f.Payload...)
+	}
+	n.handles.finish(s)
+}
+
+func (n *Node) putBuf(bp *[]byte) {
+	if cap(*bp) > 1<<20 {
+		return // let an occasional huge buffer go rather than pin it in the pool
+	}
+	*bp = (*bp)[:0]
+	n.bufs.Put(bp)
+}
+
+// trimBuffer drops a per-handle buffer that one large reply blew up.
+func trimBuffer(b []byte) []byte {
+	if cap(b) > 1<<20 {
+		return nil
+	}
+	return b[:0]
+}

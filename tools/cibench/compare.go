@@ -1,0 +1,331 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/clusterinfra/ci/bench"
+	"github.com/clusterinfra/ci/engine"
+)
+
+type compareCmd struct {
+	Peers        []string `default:"raw,ics,netrpc,grpc" sep:"," help:"Peers to compare, comma-separated: raw, netrpc, grpc, ics, ics-handle, ics-eventloop, ics-handle-eventloop." env:"CI_PEERS"`
+	Rounds       int      `default:"7" help:"Rounds; each runs every peer once, in an order rotated per round." env:"CI_ROUNDS"`
+	Calls        int      `default:"20000" help:"Timed calls per peer per round." env:"CI_CALLS"`
+	Warmup       int      `default:"1000" help:"Untimed calls before each timed run." env:"CI_WARMUP"`
+	Size         int      `default:"64" help:"Request bytes (at least 4)." env:"CI_SIZE"`
+	ResponseSize int      `default:"-1" help:"Response bytes; -1 is the same as --size." env:"CI_RESPONSE_SIZE"`
+	Concurrency  int      `default:"1" help:"Concurrent callers; 1 measures latency." env:"CI_CONCURRENCY"`
+	outputFlags
+}
+
+func (*compareCmd) Help() string {
+	return `Latency, one caller at a time by default. Each peer's server runs in its own
+child process; this process is the client for all of them.
+
+Examples:
+  cibench compare                                    # raw, ics, netrpc, grpc; 7 rounds
+  cibench compare --peers=raw,netrpc,grpc --rounds=3 --calls=5000
+  cibench compare --peers=raw,ics,ics-handle,ics-eventloop --pin
+  cibench compare --size=4096 --response-size=64 --json > latency.json
+  CI_ROUNDS=15 cibench compare --quiet`
+}
+
+type rpcCmd struct {
+	Peers        []string      `default:"raw,ics" sep:"," help:"Peers to run, comma-separated (as for compare)." env:"CI_PEERS"`
+	Concurrency  int           `default:"256" help:"Concurrent callers, all on one client (one node pair for ICS)." env:"CI_CONCURRENCY"`
+	Duration     time.Duration `default:"5s" help:"How long each peer runs per round." env:"CI_DURATION"`
+	Rounds       int           `default:"3" help:"Rounds; each runs every peer once, in an order rotated per round." env:"CI_ROUNDS"`
+	Warmup       int           `default:"5000" help:"Untimed calls before each timed run." env:"CI_WARMUP"`
+	Size         int           `default:"64" help:"Request bytes (at least 4)." env:"CI_SIZE"`
+	ResponseSize int           `default:"-1" help:"Response bytes; -1 is the same as --size." env:"CI_RESPONSE_SIZE"`
+	outputFlags
+}
+
+func (*rpcCmd) Help() string {
+	return `Throughput: many callers at once on one client. For ICS they all share one
+client node and so one node pair; raw TCP gets a connection per caller, the
+most a hand-written protocol could do.
+
+Examples:
+  cibench rpc                                        # raw vs ics, 256 callers, 3 rounds of 5s
+  cibench rpc --concurrency=64 --duration=10s --size=1024
+  cibench rpc --peers=raw,ics,ics-handle --json`
+}
+
+// outputFlags are shared by compare and rpc.
+type outputFlags struct {
+	Baseline  string `help:"Peer the ratios divide by (default raw, or the first peer without it)." env:"CI_BASELINE"`
+	Pin       bool   `help:"Pin the client to one CPU and all servers to another (taskset); reported in the output." env:"CI_PIN"`
+	InProcess bool   `help:"Run the servers in this process instead of child processes (quick checks only: they share the client's CPUs and GC)." env:"CI_IN_PROCESS"`
+	JSON      bool   `name:"json" help:"Print the result as JSON instead of tables." env:"CI_JSON"`
+}
+
+// plan is a validated compare or rpc run.
+type plan struct {
+	title string
+	peers []string
+	cfg   bench.CompareConfig
+	out   outputFlags
+}
+
+func (c *compareCmd) Validate() error {
+	_, err := c.plan()
+	return err
+}
+
+func (c *compareCmd) plan() (plan, error) {
+	run := bench.RunConfig{Calls: c.Calls, Concurrency: c.Concurrency, ReqSize: c.Size,
+		RespSize: respSize(c.Size, c.ResponseSize), Warmup: c.Warmup}
+	if c.Calls < 1 {
+		return plan{}, usagef("--calls must be at least 1")
+	}
+	return newPlan("compare", c.Peers, c.Rounds, run, c.outputFlags)
+}
+
+func (c *compareCmd) Run(g *globals) error {
+	p, err := c.plan()
+	if err != nil {
+		return err
+	}
+	return p.execute(g)
+}
+
+func (c *rpcCmd) Validate() error {
+	_, err := c.plan()
+	return err
+}
+
+func (c *rpcCmd) plan() (plan, error) {
+	run := bench.RunConfig{Duration: c.Duration, Concurrency: c.Concurrency, ReqSize: c.Size,
+		RespSize: respSize(c.Size, c.ResponseSize), Warmup: c.Warmup}
+	if c.Duration <= 0 {
+		return plan{}, usagef("--duration must be positive")
+	}
+	return newPlan("rpc", c.Peers, c.Rounds, run, c.outputFlags)
+}
+
+func (c *rpcCmd) Run(g *globals) error {
+	p, err := c.plan()
+	if err != nil {
+		return err
+	}
+	return p.execute(g)
+}
+
+func respSize(size, resp int) int {
+	if resp < 0 {
+		return size
+	}
+	return resp
+}
+
+// newPlan checks what compare and rpc have in common.
+func newPlan(title string, peers []string, rounds int, run bench.RunConfig, out outputFlags) (plan, error) {
+	p := plan{title: title, peers: peers, cfg: bench.CompareConfig{Rounds: rounds, Baseline: out.Baseline, Run: run}, out: out}
+	switch {
+	case len(peers) == 0:
+		return p, usagef("--peers is empty")
+	case rounds < 1:
+		return p, usagef("--rounds must be at least 1")
+	case run.Concurrency < 1:
+		return p, usagef("--concurrency must be at least 1")
+	case run.Warmup < 0:
+		return p, usagef("--warmup must not be negative")
+	case out.Baseline != "" && !slices.Contains(peers, out.Baseline):
+		return p, usagef("--baseline %q is not in --peers", out.Baseline)
+	}
+	if _, err := bench.NewRequest(run.ReqSize, run.RespSize); err != nil {
+		return p, usagef("--size/--response-size: %v", err)
+	}
+	for i, name := range peers {
+		if _, err := bench.ParsePeer(name); err != nil {
+			return p, usageError{err}
+		}
+		if slices.Contains(peers[:i], name) {
+			return p, usagef("peer %q listed twice", name)
+		}
+	}
+	return p, nil
+}
+
+// execute starts the servers, runs the rounds, prints the result and stops
+// everything it started, whatever happened.
+func (p plan) execute(g *globals) (err error) {
+	// A server dying mid-run cancels the run with the reason.
+	ctx, cancel := context.WithCancelCause(g.ctx)
+	defer cancel(nil)
+
+	env := bench.Env{Servers: "child processes"}
+	var cpus cpuPlan
+	if p.out.Pin {
+		if p.out.InProcess {
+			return usagef("--pin needs the servers in child processes, not --in-process")
+		}
+		if cpus, err = planPinning(); err != nil {
+			return err
+		}
+		if err := cpus.pinSelf(); err != nil {
+			return err
+		}
+		env.Pinned, env.Pinning = true, cpus.String()
+	}
+	if p.out.InProcess {
+		env.Servers = "in-process"
+	}
+
+	f := &fleet{stderr: g.stderr, onExit: func(err error) { cancel(err) }}
+	if p.out.Pin {
+		f.wrap = cpus.wrap
+	}
+	defer func() { err = errors.Join(err, f.close()) }()
+	targets, err := f.start(ctx, p.peers, p.out.InProcess)
+	if err != nil {
+		return err
+	}
+
+	total := int64(-1)
+	if p.cfg.Run.Duration == 0 {
+		total = int64(p.cfg.Rounds) * int64(len(targets)) * int64(p.cfg.Run.Calls)
+	}
+	bar := newProgress(g, total, p.title)
+	p.cfg.Run.Progress = bar.add
+	res, err := bench.Compare(ctx, targets, p.cfg)
+	bar.done()
+	if err != nil {
+		if cause := context.Cause(ctx); cause != nil {
+			err = cause // "interrupted" or the server that died, not the symptom
+		}
+		return err
+	}
+	cur := bench.CurrentEnv()
+	env.GoVersion, env.GOOS, env.GOARCH, env.NumCPU, env.GOMAXPROCS = cur.GoVersion, cur.GOOS, cur.GOARCH, cur.NumCPU, cur.GOMAXPROCS
+	res.Env = env
+
+	if p.out.JSON {
+		enc := json.NewEncoder(g.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+	fmt.Fprintf(g.stdout, "cibench %s: %s\n", p.title, strings.Join(p.peers, ", "))
+	return res.WriteText(g.stdout)
+}
+
+// fleet owns the servers and clients of one run.
+type fleet struct {
+	stderr   io.Writer
+	onExit   func(error)
+	wrap     func([]string) []string // taskset prefix for --pin
+	children []*child
+	stops    []func() error // in-process servers
+	clients  []bench.Client
+}
+
+// start brings up a server and a client for every peer.
+func (f *fleet) start(ctx context.Context, names []string, inProcess bool) ([]bench.Target, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	var targets []bench.Target
+	for _, name := range names {
+		p, err := bench.ParsePeer(name)
+		if err != nil {
+			return nil, err
+		}
+		if ics, ok := p.(*bench.ICS); ok {
+			// Each variant its own cluster: its nodes never meet another pair's.
+			ics.Cluster = "bench-" + name
+		}
+		var c bench.Client
+		if inProcess {
+			c, err = f.startInProcess(p)
+		} else {
+			c, err = f.startChild(ctx, exe, p)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		targets = append(targets, bench.Target{Name: name, Client: c})
+	}
+	return targets, nil
+}
+
+func (f *fleet) startInProcess(p bench.Peer) (bench.Client, error) {
+	addr, stop, err := p.Serve("127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	f.stops = append(f.stops, stop)
+	c, err := p.Dial(addr)
+	if err != nil {
+		return nil, err
+	}
+	f.clients = append(f.clients, c)
+	return c, nil
+}
+
+// startChild runs "cibench serve" for p and connects to it. For ICS the
+// client node starts first: the server node must know the client's
+// address before its first reply, so it is passed on the command line.
+func (f *fleet) startChild(ctx context.Context, exe string, p bench.Peer) (bench.Client, error) {
+	argv := []string{exe, "--quiet", "serve", "--listen=127.0.0.1:0"}
+	ics, isICS := p.(*bench.ICS)
+	var ic *bench.ICSClient
+	if isICS {
+		var err error
+		if ic, err = ics.NewClient(); err != nil {
+			return nil, err
+		}
+		f.clients = append(f.clients, ic)
+		inline, mode := "--inline", "direct"
+		if !ics.Inline {
+			inline = "--no-inline"
+		}
+		if ics.WriteMode == engine.WriteEventLoop {
+			mode = "eventloop"
+		}
+		argv = append(argv, "--peer=ics", inline, "--write-mode="+mode, "--cluster="+ics.Cluster,
+			"--node=2", "--client-node=1", "--client-addr="+ic.Addr())
+	} else {
+		argv = append(argv, "--peer="+p.Name())
+	}
+	if f.wrap != nil {
+		argv = f.wrap(argv)
+	}
+	ch, err := spawn(ctx, p.Name(), argv, f.stderr, f.onExit)
+	if err != nil {
+		return nil, err
+	}
+	f.children = append(f.children, ch)
+	if isICS {
+		return ic, ic.Connect(ch.addr)
+	}
+	c, err := p.Dial(ch.addr)
+	if err != nil {
+		return nil, err
+	}
+	f.clients = append(f.clients, c)
+	return c, nil
+}
+
+// close stops clients first, so that servers see their peers leave
+// cleanly, then the servers.
+func (f *fleet) close() error {
+	var errs []error
+	for _, c := range f.clients {
+		errs = append(errs, c.Close())
+	}
+	errs = append(errs, stopAll(f.children))
+	for _, stop := range f.stops {
+		errs = append(errs, stop())
+	}
+	return errors.Join(errs...)
+}

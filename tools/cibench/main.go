@@ -1,0 +1,94 @@
+// Command cibench load-tests ICS and compares it with raw TCP, net/rpc and
+// grpc-go in the same run. See cibench --help.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/alecthomas/kong"
+)
+
+// Exit codes.
+const (
+	exitOK       = 0
+	exitFailed   = 1 // the run failed or was interrupted
+	exitBadUsage = 2 // flags or arguments make no sense
+)
+
+// cli is the command line. Every flag also reads a CI_* environment
+// variable, shown in --help.
+type cli struct {
+	Quiet bool `help:"No progress bar (it is also off when stderr is not a terminal)." env:"CI_QUIET"`
+
+	Serve   serveCmd   `cmd:"" help:"Serve one peer's echo server (used by compare and rpc, one process per peer)."`
+	Compare compareCmd `cmd:"" help:"Latency of ICS against raw TCP, net/rpc and grpc-go, in interleaved rounds."`
+	RPC     rpcCmd     `cmd:"" name:"rpc" help:"Throughput of ICS against raw TCP with many concurrent callers on one node pair."`
+}
+
+// globals is what every command's Run receives.
+type globals struct {
+	ctx    context.Context // cancelled on SIGINT/SIGTERM
+	quiet  bool
+	stdout io.Writer
+	stderr io.Writer
+}
+
+const description = `Load tests and benchmarks for ICS, the cluster's RPC transport.
+
+compare and rpc start every server peer in its own child process ("cibench
+serve") and drive them all from this one, in interleaved rounds, so that a
+noisy machine's drift hits every peer alike. Quote the medians of the
+per-round ratios.
+
+Exit status: 0 ok, 1 the run failed or was interrupted, 2 bad usage.`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	var c cli
+	parser, err := kong.New(&c,
+		kong.Name("cibench"),
+		kong.Description(description),
+		kong.Writers(stdout, stderr),
+		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
+	)
+	if err != nil {
+		fmt.Fprintf(stderr, "cibench: %v\n", err) // a bug in the flag definitions
+		return exitFailed
+	}
+	kctx, err := parser.Parse(args)
+	if err != nil {
+		parser.Errorf("%s", err)
+		fmt.Fprintln(stderr, "Run 'cibench --help' for usage.")
+		return exitBadUsage
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err = kctx.Run(&globals{ctx: ctx, quiet: c.Quiet, stdout: stdout, stderr: stderr})
+	var usage usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &usage):
+		fmt.Fprintf(stderr, "cibench: %v\nRun 'cibench %s --help' for usage.\n", err, kctx.Command())
+		return exitBadUsage
+	default:
+		fmt.Fprintf(stderr, "cibench: %v\n", err)
+		return exitFailed
+	}
+}
+
+// usageError marks an error the user can fix by changing the flags.
+type usageError struct{ error }
+
+func usagef(format string, args ...any) error {
+	return usageError{fmt.Errorf(format, args...)}
+}

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/clusterinfra/ci/bench"
+	"github.com/clusterinfra/ci/engine"
+)
+
+type serveCmd struct {
+	Peer      string `required:"" enum:"raw,netrpc,grpc,ics" help:"Peer to serve: ${enum}." env:"CI_PEER"`
+	Listen    string `default:"127.0.0.1:0" help:"Address to listen on; port 0 picks one." env:"CI_LISTEN"`
+	Inline    bool   `default:"true" negatable:"" help:"ics: run the handler on the event loop (--no-inline: on server handle goroutines)." env:"CI_INLINE"`
+	WriteMode string `default:"direct" enum:"direct,eventloop" help:"ics: how frames reach the socket: ${enum}." env:"CI_WRITE_MODE"`
+	Node      uint32 `default:"2" help:"ics: this server's node number." env:"CI_NODE"`
+	Cluster   string `default:"bench" help:"ics: cluster name, the same on both nodes." env:"CI_CLUSTER"`
+
+	ClientNode uint32 `default:"1" help:"ics: the client's node number." env:"CI_CLIENT_NODE"`
+	ClientAddr string `help:"ics: the client node's address; the server must know it to reply." env:"CI_CLIENT_ADDR"`
+}
+
+func (*serveCmd) Help() string {
+	return `Prints one JSON line with the address, then serves until stdin is closed
+or SIGTERM/SIGINT arrives. compare and rpc run it for you; run it by hand to
+put a server on another CPU or machine.
+
+Examples:
+  cibench serve --peer=raw
+  cibench serve --peer=grpc --listen=127.0.0.1:9000 < /dev/null &   # stdin closed: exits at once
+  cibench serve --peer=ics --no-inline --write-mode=eventloop \
+      --node=2 --client-node=1 --client-addr=127.0.0.1:40123`
+}
+
+// readyLine is what serve prints once it accepts calls; the parent reads it.
+type readyLine struct {
+	Peer string `json:"peer"`
+	Addr string `json:"addr"`
+	PID  int    `json:"pid"`
+}
+
+// peer builds the bench peer the flags describe.
+func (s *serveCmd) peer() (bench.Peer, error) {
+	if s.Peer != "ics" {
+		return bench.ParsePeer(s.Peer)
+	}
+	p := &bench.ICS{
+		Inline:     s.Inline,
+		Cluster:    s.Cluster,
+		ServerNode: engine.NodeNum(s.Node),
+		ClientNode: engine.NodeNum(s.ClientNode),
+		ClientAddr: s.ClientAddr,
+	}
+	if s.WriteMode == "eventloop" {
+		p.WriteMode = engine.WriteEventLoop
+	}
+	if p.ServerNode == 0 || p.ClientNode == 0 || p.ServerNode == p.ClientNode {
+		return nil, usagef("--node and --client-node must be different and not 0")
+	}
+	if p.ClientAddr == "" {
+		return nil, usagef("--peer=ics needs --client-addr: the server node must know the client to reply")
+	}
+	return p, nil
+}
+
+func (s *serveCmd) Run(g *globals) error {
+	p, err := s.peer()
+	if err != nil {
+		return err
+	}
+	addr, stop, err := p.Serve(s.Listen)
+	if err != nil {
+		return fmt.Errorf("serve %s: %w", p.Name(), err)
+	}
+	line, _ := json.Marshal(readyLine{Peer: p.Name(), Addr: addr, PID: os.Getpid()})
+	if _, err := fmt.Fprintf(g.stdout, "%s\n", line); err != nil {
+		return errors.Join(err, stop())
+	}
+
+	// The parent holds our stdin: EOF means it is done or gone, so a killed
+	// parent never leaves servers behind.
+	stdinClosed := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		close(stdinClosed)
+	}()
+	select {
+	case <-stdinClosed:
+	case <-g.ctx.Done():
+	}
+	return stop()
+}
