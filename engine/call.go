@@ -37,6 +37,9 @@ func (n *Node) Send(ctx context.Context, to NodeNum, m Method, args []byte) erro
 	}
 	h := framing.Header{Type: framing.TypeOneWay, Priority: prio, Service: m.Service, Proc: m.Proc, SvcVersion: m.Version}
 	if err := n.sendArgs(ctx, c, &h, m, args); err != nil {
+		if errors.Is(err, ErrThrottled) || errors.Is(err, ErrCantEncodeArgs) {
+			return err
+		}
 		return fmt.Errorf("%w: node %d: %v", ErrNodeDown, p.num, err)
 	}
 	n.m.oneWaySent.Inc()
@@ -89,6 +92,9 @@ func (n *Node) route(ctx context.Context, to NodeNum, m Method) (*peer, *conn, u
 	if n.closed.Load() {
 		return nil, nil, 0, ErrClosed
 	}
+	if ctx.Err() != nil {
+		return nil, nil, 0, ctxError(ctx) // do not send what nobody will wait for
+	}
 	p := n.peer(to)
 	if p == nil {
 		return nil, nil, 0, fmt.Errorf("%w: node %d is not a configured peer of node %d", ErrUnknownHost, to, n.cfg.Node)
@@ -138,7 +144,7 @@ func (n *Node) startCall(ctx context.Context, to NodeNum, m Method, args, reply 
 	if err := n.sendArgs(ctx, c, &h, m, args); err != nil {
 		if n.handles.abandon(xid) {
 			n.m.rpcSendErr.Inc()
-			if errors.Is(err, ErrThrottled) {
+			if errors.Is(err, ErrThrottled) || errors.Is(err, ErrCantEncodeArgs) {
 				return 0, err
 			}
 			return 0, fmt.Errorf("%w: node %d: %v", ErrNodeDown, p.num, err)
@@ -153,6 +159,10 @@ func (n *Node) startCall(ctx context.Context, to NodeNum, m Method, args, reply 
 
 // sendArgs compresses args if m asks for it, then sends the frame.
 func (n *Node) sendArgs(ctx context.Context, c *conn, h *framing.Header, m Method, args []byte) error {
+	if len(args) > n.cfg.MaxPayload {
+		// The receiver would drop the connection over it; refuse here instead.
+		return fmt.Errorf("%w: %d bytes of arguments over MaxPayload %d", ErrCantEncodeArgs, len(args), n.cfg.MaxPayload)
+	}
 	if m.Compression == framing.CompressNone || len(args) <= m.CompressAbove {
 		return c.send(ctx, h, args)
 	}

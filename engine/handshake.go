@@ -50,17 +50,14 @@ func (n *Node) acceptHello(c *conn, f *framing.Frame) error {
 	if int(hello.Channel) >= n.cfg.MaxChannels {
 		return reject("channel %d out of 0..%d", hello.Channel, n.cfg.MaxChannels-1)
 	}
-	n.noteIncarnation(p, hello.Incarnation)
 	ch := Channel(hello.Channel)
-	c.peer, c.channel, c.linkGen = p, ch, p.linkGen.Load()
+	c.peer, c.channel = p, ch
 	c.met = n.m.forConn(n.cfg.Node, p.num, ch)
 	c.ready = true
 	n.pendingMu.Lock()
 	delete(n.pending, c)
 	n.pendingMu.Unlock()
-	p.mu.Lock()
-	p.inbound[c] = struct{}{}
-	p.mu.Unlock()
+	c.linkGen = n.joinLink(p, hello.Incarnation, c)
 
 	ack, _ := framing.AppendHello(nil, n.hello(p.num, ch))
 	h := framing.Header{Type: framing.TypeHelloAck}
@@ -89,15 +86,6 @@ func replyChannelFor(ch Channel) Channel {
 		return ChanReplyPrio
 	}
 	return ChanReply
-}
-
-// noteIncarnation records the peer's boot incarnation; a new one means the
-// peer restarted, so calls made to its previous run can never be answered.
-func (n *Node) noteIncarnation(p *peer, inc uint64) {
-	old := p.incarnation.Swap(inc)
-	if old != 0 && old != inc {
-		n.peerLost(p, p.linkGen.Load(), fmt.Errorf("restarted (incarnation %#x, was %#x)", inc, old))
-	}
 }
 
 func (n *Node) hello(to NodeNum, ch Channel) *framing.Hello {
@@ -219,25 +207,26 @@ func (n *Node) dial(ctx context.Context, p *peer, ch Channel) (*conn, error) {
 	case ack.Cluster != n.cfg.Cluster || NodeNum(ack.From) != p.num || NodeNum(ack.To) != n.cfg.Node || Channel(ack.Channel) != ch:
 		return nil, fmt.Errorf("%w: %s answered as node %d of cluster %q, expected node %d of %q", ErrHandshake, addr, ack.From, ack.Cluster, p.num, n.cfg.Cluster)
 	}
-	n.noteIncarnation(p, ack.Incarnation)
 	_ = nc.SetDeadline(time.Time{})
 
 	c := n.newConn(true, p, ch)
-	c.linkGen = p.linkGen.Load()
+	c.linkGen = n.joinLink(p, ack.Incarnation, nil)
 	c.ready = true
+	// gnet's enrolment waits for the event loop to take the socket; a loop
+	// stopped meanwhile would leave that wait hanging for ever. Close waits
+	// for enrolments in progress before it stops the loops.
+	n.enrollMu.RLock()
+	defer n.enrollMu.RUnlock()
+	if n.closed.Load() {
+		return nil, ErrClosed
+	}
 	res, err := n.eng.Register(gnet.NewContext(gnet.NewNetConnContext(dctx, nc), c))
 	if err != nil {
 		return nil, fmt.Errorf("%w: cannot register connection: %v", ErrClosed, err)
 	}
-	// gnet duplicates the socket and closes nc itself.
-	ok = true
-	select {
-	case r := <-res:
-		if r.Err != nil {
-			return nil, fmt.Errorf("%w: node %d: cannot register connection: %v", ErrCantSend, p.num, r.Err)
-		}
-	case <-n.ctx.Done():
-		return nil, ErrClosed
+	ok = true // gnet duplicates the socket and closes nc itself
+	if r := <-res; r.Err != nil {
+		return nil, fmt.Errorf("%w: node %d: cannot register connection: %v", ErrCantSend, p.num, r.Err)
 	}
 	n.log.Debug("dialled connection", "peer", p.num, "channel", ch)
 	return c, nil

@@ -83,7 +83,9 @@ func (h *loopHandler) OnTraffic(gc gnet.Conn) gnet.Action {
 	if rest := buf[off:]; len(rest) >= framing.HeaderSize {
 		c.need, _ = c.dec.Need(rest) // errors surface on the next full parse
 	}
-	_, _ = gc.Discard(off)
+	if off > 0 {
+		_, _ = gc.Discard(off) // careful: gnet's Discard(0) drops everything buffered
+	}
 	return gnet.None
 }
 

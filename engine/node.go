@@ -62,6 +62,7 @@ type Node struct {
 	closed   atomic.Bool
 	closeErr error
 	closeMu  sync.Mutex
+	enrollMu sync.RWMutex // held shared while a dialled socket is handed to a loop
 }
 
 // service is a registered Service and its server handles.
@@ -235,6 +236,8 @@ func (n *Node) Close() error {
 		return n.closeErr
 	}
 	n.cancel()
+	n.enrollMu.Lock() // no dial is half-way into a loop when the loops stop
+	n.enrollMu.Unlock()
 	n.handles.failPeer(0, ErrClosed)
 	if n.started.Load() && n.addr != "" {
 		// Engine.Stop polls for the end every 500ms; with a context that is
@@ -388,24 +391,43 @@ func (n *Node) IsDown(num NodeNum) bool {
 // node-down callbacks. Losses reported for an older link are ignored, so a
 // peer whose n connections all drop is lost once.
 func (n *Node) peerLost(p *peer, gen uint64, cause error) {
-	if !p.linkGen.CompareAndSwap(gen, gen+1) {
+	p.mu.Lock()
+	if p.linkGen.Load() != gen {
+		p.mu.Unlock()
 		return
 	}
 	err := fmt.Errorf("%w: node %d: %v", ErrNodeDown, p.num, cause)
+	conns, failed := n.endLinkLocked(p, err)
+	p.mu.Unlock()
+	n.finishLinkDown(p, conns, failed, err)
+}
+
+// endLinkLocked starts a new link generation for p: calls waiting on the old
+// one fail, its connections are unpublished and returned for closing. Under
+// p.mu, so that no connection of the new link is published before the old
+// link's calls have failed.
+func (n *Node) endLinkLocked(p *peer, err error) ([]*conn, int) {
+	p.linkGen.Add(1)
 	failed := n.handles.failPeer(p.num, err)
-	n.m.peerLosses.Inc()
-	n.log.Warn("peer lost", "peer", p.num, "cause", cause, "failed_calls", failed)
+	var conns []*conn
 	for i := range p.out {
 		if c := p.out[i].Swap(nil); c != nil {
-			c.close()
+			conns = append(conns, c)
 		}
 	}
-	p.mu.Lock()
 	for c := range p.inbound {
-		c.close()
+		conns = append(conns, c)
 	}
 	clear(p.inbound)
-	p.mu.Unlock()
+	return conns, failed
+}
+
+func (n *Node) finishLinkDown(p *peer, conns []*conn, failed int, err error) {
+	n.m.peerLosses.Inc()
+	n.log.Warn("peer lost", "peer", p.num, "cause", err, "failed_calls", failed)
+	for _, c := range conns {
+		c.close()
+	}
 	if n.closed.Load() {
 		return
 	}
@@ -415,6 +437,31 @@ func (n *Node) peerLost(p *peer, gen uint64, cause error) {
 	for _, fn := range cbs {
 		n.goOwned(func() { fn(p.num, err) })
 	}
+}
+
+// joinLink records a handshake with p's incarnation inc and returns the link
+// generation the new connection belongs to; an accepted connection is
+// registered with the link at the same time. A new incarnation means p
+// restarted: the old link, whose calls can never be answered, ends first.
+func (n *Node) joinLink(p *peer, inc uint64, accepted *conn) uint64 {
+	p.mu.Lock()
+	old := p.incarnation.Swap(inc)
+	var conns []*conn
+	var failed int
+	var err error
+	if old != 0 && old != inc {
+		err = fmt.Errorf("%w: node %d: restarted (incarnation %#x, was %#x)", ErrNodeDown, p.num, inc, old)
+		conns, failed = n.endLinkLocked(p, err)
+	}
+	gen := p.linkGen.Load()
+	if accepted != nil {
+		p.inbound[accepted] = struct{}{}
+	}
+	p.mu.Unlock()
+	if err != nil {
+		n.finishLinkDown(p, conns, failed, err)
+	}
+	return gen
 }
 
 // goOwned runs fn on a goroutine that Close waits for.

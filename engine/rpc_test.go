@@ -2,15 +2,31 @@ package engine
 
 import (
 	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/clusterinfra/ci/framing"
 )
 
 func TestCallEcho(t *testing.T) {
-	for _, inline := range []bool{true, false} {
-		t.Run(map[bool]string{true: "inline", false: "handles"}[inline], func(t *testing.T) {
-			nodes := startCluster(t, 2, nil)
-			if err := nodes[1].Register(Service{ID: echoSvc, Name: "echo", Procs: []Handler{echo}, MaxHandles: 4, Inline: inline}); err != nil {
+	for _, bc := range []struct {
+		name   string
+		inline bool
+		mode   WriteMode
+	}{
+		{"inline", true, WriteDirect},
+		{"handles", false, WriteDirect},
+		{"eventloop-writes", false, WriteEventLoop},
+	} {
+		t.Run(bc.name, func(t *testing.T) {
+			nodes := startCluster(t, 2, func(c *Config) { c.WriteMode = bc.mode })
+			if err := nodes[1].Register(Service{ID: echoSvc, Name: "echo", Procs: []Handler{echo}, MaxHandles: 4, Inline: bc.inline}); err != nil {
 				t.Fatal(err)
 			}
 			m := Method{Service: echoSvc}
@@ -25,5 +41,357 @@ func TestCallEcho(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestCallAppendsToReplyBuffer(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Procs: []Handler{echo}, Inline: true})
+	buf := append(make([]byte, 0, 64), "prefix:"...)
+	got, err := nodes[0].Call(ctxFor(t, 5*time.Second), 2, Method{Service: echoSvc}, []byte("body"), buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != "prefix:body" {
+		t.Fatalf("got %q", got)
+	}
+	if &got[0] != &buf[:1][0] {
+		t.Fatal("reply did not reuse the caller's buffer")
+	}
+}
+
+func mustRegister(t testing.TB, n *Node, s Service) {
+	t.Helper()
+	if err := n.Register(s); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCallBothDirections(t *testing.T) {
+	nodes := startCluster(t, 3, nil)
+	for _, n := range nodes {
+		mustRegister(t, n, Service{ID: echoSvc, Procs: []Handler{echo}})
+	}
+	for _, a := range nodes {
+		for _, b := range nodes {
+			if a == b {
+				continue
+			}
+			args := []byte(fmt.Sprintf("%d->%d", a.Num(), b.Num()))
+			got, err := a.Call(ctxFor(t, 5*time.Second), b.Num(), Method{Service: echoSvc}, args, nil)
+			if err != nil || !bytes.Equal(got, args) {
+				t.Fatalf("%s: got %q, %v", args, got, err)
+			}
+		}
+	}
+}
+
+func TestAsyncAndCallback(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Procs: []Handler{echo}, MaxHandles: 8})
+	ctx := ctxFor(t, 5*time.Second)
+	futures := make([]*Future, 50)
+	for i := range futures {
+		futures[i] = nodes[0].Go(ctx, 2, Method{Service: echoSvc}, []byte{byte(i)})
+	}
+	for i, f := range futures {
+		got, err := f.Wait()
+		if err != nil || len(got) != 1 || got[0] != byte(i) {
+			t.Fatalf("future %d: %v %v", i, got, err)
+		}
+		select {
+		case <-f.Done():
+		default:
+			t.Fatal("Done not closed after Wait returned")
+		}
+	}
+	var wg sync.WaitGroup
+	var ok atomic.Int32
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		nodes[0].GoFunc(ctx, 2, Method{Service: echoSvc}, []byte{byte(i)}, func(reply []byte, err error) {
+			defer wg.Done()
+			if err == nil && len(reply) == 1 && reply[0] == byte(i) {
+				ok.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if ok.Load() != 20 {
+		t.Fatalf("%d of 20 callbacks saw the right reply", ok.Load())
+	}
+}
+
+func TestOneWay(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	got := make(chan string, 100)
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Procs: []Handler{func(_ context.Context, req *Request, _ *Response) error {
+		if !req.OneWay || req.From != 1 {
+			t.Errorf("request %+v", req)
+		}
+		got <- string(req.Args)
+		return nil
+	}}, MaxHandles: 1})
+	for i := 0; i < 10; i++ {
+		if err := nodes[0].Send(ctxFor(t, 5*time.Second), 2, Method{Service: echoSvc}, []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// One handle, one connection: messages are served in the order sent.
+	for i := 0; i < 10; i++ {
+		select {
+		case s := <-got:
+			if s != fmt.Sprint(i) {
+				t.Fatalf("message %d arrived as %q", i, s)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("one-way message never served")
+		}
+	}
+}
+
+func TestManyConcurrentCallers(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	for _, inline := range []bool{true, false} {
+		svc := ServiceOn(ChanFirstService, map[bool]uint16{true: 1, false: 2}[inline])
+		mustRegister(t, nodes[1], Service{ID: svc, Procs: []Handler{echo}, MaxHandles: 16, Inline: inline})
+		var wg sync.WaitGroup
+		errs := make(chan error, 64)
+		for g := 0; g < 64; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var buf []byte
+				for i := 0; i < 100; i++ {
+					args := []byte(fmt.Sprintf("g%d-i%d", g, i))
+					var err error
+					buf, err = nodes[0].Call(ctxFor(t, 20*time.Second), 2, Method{Service: svc}, args, buf[:0])
+					if err != nil || !bytes.Equal(buf, args) {
+						errs <- fmt.Errorf("%s: got %q, %v", args, buf, err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+	}
+	if n := nodes[0].handles.inUse.Load(); n != 0 {
+		t.Fatalf("%d client handles still in use", n)
+	}
+}
+
+func TestLargePayloads(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	random := make([]byte, 3<<20)
+	_, _ = rand.Read(random)
+	text := bytes.Repeat([]byte("the quick brown fox jumps over the lazy dog. "), 70000) // ~3 MiB, compressible
+	for _, algo := range []framing.Compression{framing.CompressNone, framing.CompressS2, framing.CompressZstd} {
+		svc := ServiceOn(ChanFirstService, uint16(algo))
+		mustRegister(t, nodes[1], Service{ID: svc, Procs: []Handler{echo}, Compression: algo, CompressAbove: 1024})
+		m := Method{Service: svc, Compression: algo, CompressAbove: 1024}
+		for name, payload := range map[string][]byte{"random": random, "text": text} {
+			got, err := nodes[0].Call(ctxFor(t, 20*time.Second), 2, m, payload, nil)
+			if err != nil {
+				t.Fatalf("%s/%s: %v", algo, name, err)
+			}
+			if !bytes.Equal(got, payload) {
+				t.Fatalf("%s/%s: reply differs (%d bytes, want %d)", algo, name, len(got), len(payload))
+			}
+		}
+	}
+	// Compression must have shrunk the text on the wire: compare bytes out.
+	var out float64
+	for _, name := range nodes[0].Metrics().ListMetricNames() {
+		if bytes.HasPrefix([]byte(name), []byte("ci_ics_bytes_out_total")) {
+			out += float64(nodes[0].Metrics().GetOrCreateCounter(name).Get())
+		}
+	}
+	plain := float64(3 * (len(random) + len(text)))
+	if out >= plain {
+		t.Fatalf("sent %.0f bytes for %.0f bytes of payloads: compression did nothing", out, plain)
+	}
+}
+
+func TestPayloadOverMaxIsRefusedBySender(t *testing.T) {
+	nodes := startCluster(t, 2, func(c *Config) { c.MaxPayload = 1 << 16 })
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Procs: []Handler{echo}})
+	_, err := nodes[0].Call(ctxFor(t, 5*time.Second), 2, Method{Service: echoSvc}, make([]byte, 1<<17), nil)
+	if !errors.Is(err, ErrCantEncodeArgs) {
+		t.Fatalf("got %v, want ErrCantEncodeArgs", err)
+	}
+	// The connection survived: the next call works.
+	if _, err := nodes[0].Call(ctxFor(t, 5*time.Second), 2, Method{Service: echoSvc}, []byte("ok"), nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRPCErrors(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	failing := errors.New("disk on fire")
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Version: 3, Procs: []Handler{
+		echo,
+		nil, // proc 1 does not exist
+		func(context.Context, *Request, *Response) error { return failing },
+		func(context.Context, *Request, *Response) error {
+			return fmt.Errorf("bad input: %w", ErrCantDecodeArgs)
+		},
+	}})
+	ctx := ctxFor(t, 5*time.Second)
+	cases := []struct {
+		name string
+		m    Method
+		want error
+		msg  string
+	}{
+		{"ok with matching version", Method{Service: echoSvc, Version: 3}, nil, ""},
+		{"ok with unchecked version", Method{Service: echoSvc}, nil, ""},
+		{"version mismatch", Method{Service: echoSvc, Version: 2}, ErrProgVersMismatch, ""},
+		{"no such service", Method{Service: ServiceOn(ChanFirstService, 5)}, ErrProgUnavail, ""},
+		{"nil procedure", Method{Service: echoSvc, Proc: 1}, ErrProcUnavail, ""},
+		{"procedure past the table", Method{Service: echoSvc, Proc: 99}, ErrProcUnavail, ""},
+		{"handler error", Method{Service: echoSvc, Proc: 2}, ErrFailed, "disk on fire"},
+		{"cannot decode args", Method{Service: echoSvc, Proc: 3}, ErrCantDecodeArgs, "bad input"},
+		{"not a service channel", Method{Service: ServiceOn(ChanReply, 0)}, ErrProgUnavail, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := nodes[0].Call(ctx, 2, tc.m, []byte("x"), nil)
+			if tc.want == nil {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+			if tc.msg != "" && !bytes.Contains([]byte(err.Error()), []byte(tc.msg)) {
+				t.Fatalf("error %q does not carry %q", err, tc.msg)
+			}
+		})
+	}
+	if _, err := nodes[0].Call(ctx, 9, Method{Service: echoSvc}, nil, nil); !errors.Is(err, ErrUnknownHost) {
+		t.Fatalf("call to unknown node: %v", err)
+	}
+}
+
+func TestDeadlineAndLateReply(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	release := make(chan struct{})
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Procs: []Handler{func(ctx context.Context, req *Request, resp *Response) error {
+		<-release
+		resp.Body = append(resp.Body, "late"...)
+		return nil
+	}, echo}, MaxHandles: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err := nodes[0].Call(ctx, 2, Method{Service: echoSvc}, nil, nil)
+	if !errors.Is(err, ErrTimedOut) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want ErrTimedOut wrapping DeadlineExceeded", err)
+	}
+	// The slot is free again; a new call reuses it with a new generation, and
+	// the stale reply for the old one must not complete the new call.
+	close(release)
+	got, err := nodes[0].Call(ctxFor(t, 5*time.Second), 2, Method{Service: echoSvc, Proc: 1}, []byte("fresh"), nil)
+	if err != nil || string(got) != "fresh" {
+		t.Fatalf("got %q, %v", got, err)
+	}
+	eventually(t, "late reply counted", func() bool { return nodes[0].m.lateReplies.Get() == 1 })
+
+	cctx, ccancel := context.WithCancel(context.Background())
+	ccancel()
+	if _, err := nodes[0].Call(cctx, 2, Method{Service: echoSvc, Proc: 1}, nil, nil); !errors.Is(err, ErrIntr) && !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled call: %v", err)
+	}
+}
+
+func TestTooManyOutstandingCalls(t *testing.T) {
+	nodes := startCluster(t, 2, func(c *Config) { c.MaxOutstandingCalls = 4 })
+	release := make(chan struct{})
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Procs: []Handler{func(context.Context, *Request, *Response) error {
+		<-release
+		return nil
+	}}, MaxHandles: 8})
+	var futures []*Future
+	for i := 0; i < 4; i++ {
+		futures = append(futures, nodes[0].Go(ctxFor(t, 10*time.Second), 2, Method{Service: echoSvc}, nil))
+	}
+	eventually(t, "four calls in flight", func() bool { return nodes[0].handles.inUse.Load() == 4 })
+	if _, err := nodes[0].Call(ctxFor(t, 5*time.Second), 2, Method{Service: echoSvc}, nil, nil); !errors.Is(err, ErrTooManyCalls) {
+		t.Fatalf("fifth call: %v, want ErrTooManyCalls", err)
+	}
+	close(release)
+	for _, f := range futures {
+		if _, err := f.Wait(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestRegisterValidation(t *testing.T) {
+	nodes := startCluster(t, 1, nil)
+	n := nodes[0]
+	cases := []Service{
+		{ID: ServiceOn(ChanPrio1, 0), Procs: []Handler{echo}},        // priority channel
+		{ID: ServiceOn(ChanReply, 0), Procs: []Handler{echo}},        // reply channel
+		{ID: ServiceOn(12, 0), Procs: []Handler{echo}},               // past MaxChannels
+		{ID: ServiceOn(ChanFirstService, 6), Procs: []Handler{echo}}, // past MaxSubservices
+		{ID: ServiceOn(ChanFirstService, 0)},                         // no procedures
+		{ID: ServiceOn(ChanFirstService, 0), Procs: []Handler{echo}, MinHandles: 5, MaxHandles: 2},
+	}
+	for i, s := range cases {
+		if err := n.Register(s); !errors.Is(err, ErrBadService) {
+			t.Errorf("case %d: got %v, want ErrBadService", i, err)
+		}
+	}
+	mustRegister(t, n, Service{ID: ServiceOn(ChanCLMS, 0), Procs: []Handler{echo}})
+	if err := n.Register(Service{ID: ServiceOn(ChanCLMS, 0), Procs: []Handler{echo}}); !errors.Is(err, ErrBadService) {
+		t.Fatalf("duplicate: %v", err)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	base := DefaultConfig()
+	base.Node, base.Cluster = 1, "c"
+	cases := map[string]func(*Config){
+		"no node":         func(c *Config) { c.Node = 0 },
+		"no cluster":      func(c *Config) { c.Cluster = "" },
+		"bad listen addr": func(c *Config) { c.ListenAddr = "nonsense" },
+		"node 0 peer":     func(c *Config) { c.Peers = map[NodeNum]string{0: "127.0.0.1:1"} },
+		"bad peer addr":   func(c *Config) { c.Peers = map[NodeNum]string{2: "nowhere"} },
+		"few channels":    func(c *Config) { c.MaxChannels = 8 },
+		"many channels":   func(c *Config) { c.MaxChannels = 300 },
+		"negative loops":  func(c *Config) { c.EventLoops = -1 },
+		"huge payload":    func(c *Config) { c.MaxPayload = 2 << 30 },
+	}
+	for name, tweak := range cases {
+		cfg := base
+		tweak(&cfg)
+		if _, err := New(cfg); !errors.Is(err, ErrBadConfig) {
+			t.Errorf("%s: got %v, want ErrBadConfig", name, err)
+		}
+	}
+	n, err := New(base)
+	if err != nil {
+		t.Fatalf("defaults rejected: %v", err)
+	}
+	_ = n.Close()
+}
+
+func TestStartFailsOnBusyAddress(t *testing.T) {
+	nodes := startCluster(t, 1, nil)
+	cfg := DefaultConfig()
+	cfg.Node, cfg.Cluster, cfg.ListenAddr = 2, "test", nodes[0].Addr()
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if err := n.Start(); err == nil {
+		t.Fatal("second node started on a busy address")
 	}
 }

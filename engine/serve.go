@@ -121,6 +121,10 @@ func (n *Node) sendReply(ctx context.Context, p *peer, h *framing.Header, svc *s
 	if h.Priority > 0 {
 		ch = ChanReplyPrio
 	}
+	if len(body) > n.cfg.MaxPayload {
+		n.log.Warn("reply over MaxPayload", "peer", p.num, "service", h.Service, "proc", h.Proc, "bytes", len(body))
+		status, body = StatusSystemError, []byte(fmt.Sprintf("reply of %d bytes over MaxPayload %d", len(body), n.cfg.MaxPayload))
+	}
 	rh := framing.Header{Type: framing.TypeReply, Priority: h.Priority, Service: h.Service, Proc: h.Proc, XID: h.XID, Status: uint16(status)}
 	var zbuf *[]byte
 	if svc != nil && status == StatusOK && svc.Compression != framing.CompressNone && len(body) > svc.CompressAbove {

@@ -12,6 +12,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) != "" {
+		os.Exit(runHelperNode())
+	}
 	goleak.VerifyTestMain(m,
 		// gnet enrolls dialled sockets through a process-wide ants pool whose
 		// idle workers linger for a while after use.

@@ -126,6 +126,29 @@ func (b *Batch) Consume(n int) {
 		i++
 	}
 	b.segs = append(b.segs[:0], b.segs[i:]...)
+	b.compact()
+}
+
+// compact drops the written bytes at the front of buf once they are at
+// least half of it, so a batch that is never completely drained (a busy
+// connection to a slow peer) does not keep every byte it ever sent.
+func (b *Batch) compact() {
+	lo := len(b.buf)
+	for _, s := range b.segs {
+		if s.ext == nil {
+			lo = min(lo, s.off)
+		}
+	}
+	if lo == 0 || lo < len(b.buf)/2 {
+		return
+	}
+	b.buf = b.buf[:copy(b.buf, b.buf[lo:])]
+	for i := range b.segs {
+		if b.segs[i].ext == nil {
+			b.segs[i].off -= lo
+			b.segs[i].end -= lo
+		}
+	}
 }
 
 // Own copies every referenced payload into the batch's own buffer, so the

@@ -356,3 +356,42 @@ func BenchmarkBatchAppend(b *testing.B) {
 		})
 	}
 }
+
+// TestBatchNeverDrainedStaysBounded keeps a batch busy the way a connection
+// to a slow peer does: frames are appended while earlier ones are written
+// in part, so the batch is never empty. Its buffer must stay proportional
+// to what is pending, not grow with everything ever sent.
+func TestBatchNeverDrainedStaysBounded(t *testing.T) {
+	var b Batch
+	small := pattern(1, 100)
+	large := pattern(2, LargePayload)
+	h := Header{Type: TypeOneWay}
+	var sent, want bytes.Buffer
+	for i := range 20000 {
+		b.Append(&h, small)
+		want.Write(frameBytes(h, small))
+		if i%50 == 0 {
+			b.Append(&h, large)
+			want.Write(frameBytes(h, large))
+			if i%100 == 0 {
+				b.Own()
+			}
+		}
+		// Write all but a few bytes.
+		w := &shortWriter{left: b.Len() - 7}
+		if _, err := b.WriteTo(w); err != nil && !errors.Is(err, errShort) {
+			t.Fatal(err)
+		}
+		sent.Write(w.out.Bytes())
+		if b.Len() != 7 {
+			t.Fatalf("round %d: %d bytes pending, want 7", i, b.Len())
+		}
+		if cap(b.buf) > 64<<10 {
+			t.Fatalf("round %d: buffer of %d bytes for %d pending", i, cap(b.buf), b.Len())
+		}
+	}
+	b.WriteTo(&sent)
+	if !bytes.Equal(sent.Bytes(), want.Bytes()) {
+		t.Fatal("bytes written differ from the frames appended")
+	}
+}

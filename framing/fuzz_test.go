@@ -296,10 +296,21 @@ func FuzzDecompress(f *testing.F) {
 	f.Fuzz(func(t *testing.T, flags uint8, aux uint32, payload []byte) {
 		h := Header{Type: TypeRequest, Flags: Flags(flags), Length: uint32(len(payload)), Aux: aux}
 		prefix := []byte("prefix")
-		out, err := c.Decompress(bytes.Clone(prefix), &h, payload)
+		dst := spareDst(prefix, 2*fuzzCodecLimit)
+		out, err := c.Decompress(dst, &h, payload)
 		if !bytes.HasPrefix(out, prefix) {
 			t.Fatal("Decompress lost dst")
 		}
+		// Nothing is written past the announced size (the payload's own
+		// when uncompressed), nor at all when that is over the limit.
+		announced := int(aux)
+		if !h.Flags.Compressed() {
+			announced = len(payload)
+		}
+		if announced > fuzzCodecLimit {
+			announced = 0
+		}
+		checkSpare(t, dst, len(prefix)+announced)
 		got := out[len(prefix):]
 		if len(got) > fuzzCodecLimit {
 			t.Fatalf("Decompress returned %d bytes, limit %d", len(got), fuzzCodecLimit)
