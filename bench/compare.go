@@ -56,7 +56,7 @@ type Env struct {
 	// (cibench compare --pin); Pinning says how.
 	Pinned  bool   `json:"pinned"`
 	Pinning string `json:"pinning,omitempty"`
-	// Servers is where the servers ran: "in-process" or "child processes".
+	// Servers is where the servers ran: "this process" or "child processes".
 	Servers string `json:"servers,omitempty"`
 }
 
@@ -248,7 +248,7 @@ func (c *Comparison) WriteText(w io.Writer) error {
 
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 	bl := c.Baseline
-	fmt.Fprintf(tw, "peer\tp50\tp99\tcalls/s\tp50/%s\tp99/%s\tcalls/s / %s\tp99.9 all\tmax all\t\n", bl, bl, bl)
+	fmt.Fprintf(tw, "peer\tp50\tp99\tcalls/s\tp50/%s\tp99/%s\trate/%s\tp99.9 all\tmax all\t\n", bl, bl, bl)
 	for _, p := range c.Peers {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.2f\t%.2f\t%.2f\t%s\t%s\t\n", p.Peer, us(p.P50), us(p.P99),
 			p.CallsPerSec, p.P50Ratio, p.P99Ratio, p.RateRatio, us(p.All.P999), us(p.All.Max))
@@ -257,9 +257,9 @@ func (c *Comparison) WriteText(w io.Writer) error {
 		return err
 	}
 
-	b.WriteString("\nper round\n")
+	b.WriteString("\nper round (pos: when the peer ran in its round)\n")
 	tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "round\tpeer\tran\tp50\tp99\tcalls/s\tp50/%s\tp99/%s\t\n", bl, bl)
+	fmt.Fprintf(tw, "round\tpeer\tpos\tp50\tp99\tcalls/s\tp50/%s\tp99/%s\t\n", bl, bl)
 	for _, r := range c.PerRound {
 		for _, res := range r.Results {
 			fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%.0f\t%.2f\t%.2f\t\n", r.Round, res.Peer,

@@ -90,7 +90,11 @@ func (s Summary) String() string {
 		s.Count, us(s.P50), us(s.P90), us(s.P99), us(s.P999), us(s.Max), us(s.Mean))
 }
 
-// us formats d in microseconds with one decimal: the scale loopback RPCs live at.
+// us formats d in microseconds with one decimal, the scale loopback RPCs
+// live at, and stalls of a millisecond or more in milliseconds.
 func us(d time.Duration) string {
+	if d >= time.Millisecond {
+		return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
+	}
 	return fmt.Sprintf("%.1fµs", float64(d)/float64(time.Microsecond))
 }

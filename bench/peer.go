@@ -56,7 +56,7 @@ var (
 // that a reply can be checked.
 func NewRequest(size, respSize int) ([]byte, error) {
 	if size < headerSize || size > MaxMessage || respSize < 0 || respSize > MaxMessage {
-		return nil, fmt.Errorf("%w: sizes %d/%d: request needs %d..%d bytes, response 0..%[4]d",
+		return nil, fmt.Errorf("%w: sizes %d/%d: request needs %d..%d bytes, response 0..%[5]d",
 			ErrBadRequest, size, respSize, headerSize, MaxMessage)
 	}
 	req := make([]byte, size)

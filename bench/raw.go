@@ -51,6 +51,7 @@ type rawConn struct {
 	conn net.Conn
 	r    *bufio.Reader // one read syscall per message in the common case
 	wbuf []byte        // frame being written: header and payload, sent with one write
+	rhdr [4]byte       // length being read; here, not on the stack, where io.ReadFull would make it escape
 }
 
 func newRawConn(conn net.Conn) *rawConn {
@@ -71,11 +72,10 @@ func (c *rawConn) flush() error {
 
 // read appends the next frame's payload to dst.
 func (c *rawConn) read(dst []byte) ([]byte, error) {
-	var hdr [4]byte
-	if _, err := io.ReadFull(c.r, hdr[:]); err != nil {
+	if _, err := io.ReadFull(c.r, c.rhdr[:]); err != nil {
 		return dst, err
 	}
-	n := int(binary.BigEndian.Uint32(hdr[:]))
+	n := int(binary.BigEndian.Uint32(c.rhdr[:]))
 	if n > MaxMessage {
 		return dst, fmt.Errorf("%w: frame of %d bytes, limit %d", ErrBadRequest, n, MaxMessage)
 	}

@@ -47,8 +47,10 @@ type clientHandle struct {
 
 type handleTable struct {
 	head  atomic.Uint64 // tag<<32 | (index+1) of the top free slot; 0 index means empty
+	_     [56]byte      // the head is the one contended word: keep it alone on its line
+	inUse atomic.Int64  // for tests and metrics
+	_     [56]byte
 	slots []clientHandle
-	inUse atomic.Int64
 }
 
 func newHandleTable(n int) *handleTable {

@@ -139,6 +139,8 @@ func newPlan(title string, peers []string, rounds int, run bench.RunConfig, out 
 		return p, usagef("--concurrency must be at least 1")
 	case run.Warmup < 0:
 		return p, usagef("--warmup must not be negative")
+	case out.Pin && out.InProcess:
+		return p, usagef("--pin needs the servers in child processes, not --in-process")
 	case out.Baseline != "" && !slices.Contains(peers, out.Baseline):
 		return p, usagef("--baseline %q is not in --peers", out.Baseline)
 	}
@@ -163,27 +165,19 @@ func (p plan) execute(g *globals) (err error) {
 	ctx, cancel := context.WithCancelCause(g.ctx)
 	defer cancel(nil)
 
-	env := bench.Env{Servers: "child processes"}
 	var cpus cpuPlan
 	if p.out.Pin {
-		if p.out.InProcess {
-			return usagef("--pin needs the servers in child processes, not --in-process")
-		}
 		if cpus, err = planPinning(); err != nil {
 			return err
 		}
 		if err := cpus.pinSelf(); err != nil {
 			return err
 		}
-		env.Pinned, env.Pinning = true, cpus.String()
-	}
-	if p.out.InProcess {
-		env.Servers = "in-process"
 	}
 
 	f := &fleet{stderr: g.stderr, onExit: func(err error) { cancel(err) }}
 	if p.out.Pin {
-		f.wrap = cpus.wrap
+		f.wrap, f.eventLoops = cpus.wrap, 1
 	}
 	defer func() { err = errors.Join(err, f.close()) }()
 	targets, err := f.start(ctx, p.peers, p.out.InProcess)
@@ -205,9 +199,13 @@ func (p plan) execute(g *globals) (err error) {
 		}
 		return err
 	}
-	cur := bench.CurrentEnv()
-	env.GoVersion, env.GOOS, env.GOARCH, env.NumCPU, env.GOMAXPROCS = cur.GoVersion, cur.GOOS, cur.GOARCH, cur.NumCPU, cur.GOMAXPROCS
-	res.Env = env
+	res.Env.Servers = "child processes"
+	if p.out.InProcess {
+		res.Env.Servers = "this process"
+	}
+	if p.out.Pin {
+		res.Env.Pinned, res.Env.Pinning = true, cpus.String()
+	}
 
 	if p.out.JSON {
 		enc := json.NewEncoder(g.stdout)
@@ -220,12 +218,14 @@ func (p plan) execute(g *globals) (err error) {
 
 // fleet owns the servers and clients of one run.
 type fleet struct {
-	stderr   io.Writer
-	onExit   func(error)
-	wrap     func([]string) []string // taskset prefix for --pin
-	children []*child
-	stops    []func() error // in-process servers
-	clients  []bench.Client
+	stderr io.Writer
+	onExit func(error)
+	wrap   func([]string) []string // taskset prefix for --pin
+	// eventLoops for ICS client nodes; 0 is the engine's default.
+	eventLoops int
+	children   []*child
+	stops      []func() error // in-process servers
+	clients    []bench.Client
 }
 
 // start brings up a server and a client for every peer.
@@ -243,6 +243,9 @@ func (f *fleet) start(ctx context.Context, names []string, inProcess bool) ([]be
 		if ics, ok := p.(*bench.ICS); ok {
 			// Each variant its own cluster: its nodes never meet another pair's.
 			ics.Cluster = "bench-" + name
+			// gnet sizes its loops by the CPUs seen at process start; after
+			// --pin this process has one, and so should the client node.
+			ics.EventLoops = f.eventLoops
 		}
 		var c bench.Client
 		if inProcess {

@@ -1,0 +1,60 @@
+// Package engine is ICS, CI's internode communication subsystem: numbered
+// nodes exchange RPCs and one-way messages for cluster services over
+// channels, each a TCP connection per node pair, run by gnet event loops.
+//
+// # Channels and services
+//
+// The channel set follows CI: four priority channels (ChanPrio1..4), two
+// reply channels (ChanReply for priority-0 RPCs, ChanReplyPrio for the
+// rest), ChanCLMS for CLMS, the cluster API and signal forwarding,
+// ChanCLMSProbe for coming-up nodes, and service channels from
+// ChanFirstService up to Config.MaxChannels-1. A cluster service is
+// registered on a service channel and subservice, ServiceOn(ch, ss), which
+// is CI's ICS_NSC_SVC(ch, ss) = ch<<16 | ss.
+//
+// Each node dials its own connection to each peer for each channel it sends
+// on; requests go from dialler to acceptor, replies come back on the reply
+// channel the replier dials. Every connection opens with a handshake (the
+// framing.Hello) that names the cluster, both node numbers and the channel:
+// a connection from another cluster, an unknown node or another protocol
+// version is closed before any service sees a byte.
+//
+// # Calls
+//
+// Call is a synchronous RPC bounded by its context; Go and GoFunc start one
+// and return; Send is a one-way message. Errors wrap the sentinels in
+// errors.go, after CI's CLUSTER_RPC_* codes, so callers test them with
+// errors.Is. When a peer's connection drops, it restarts, or NodeDown
+// declares it down, every call outstanding to it fails at once with
+// ErrNodeDown: nothing waits for a deadline already known to be lost.
+//
+// Outstanding calls live in a lock-free table of client handles indexed by
+// transaction id (slot and generation, so a late reply to a reused slot is
+// recognised and dropped). Requests are served inline on the event loop
+// (Service.Inline, for handlers that never block) or by server handles
+// from a lock-free pool bounded by Service.MaxHandles; priority requests
+// have handles of their own.
+//
+// # Example
+//
+//	cfg := engine.DefaultConfig()
+//	cfg.Node, cfg.Cluster = 2, "demo"
+//	cfg.ListenAddr = "127.0.0.2:7400"
+//	cfg.Peers = map[engine.NodeNum]string{1: "127.0.0.1:7400"}
+//	n, err := engine.New(cfg)
+//	if err != nil { ... }
+//	if err := n.Start(); err != nil { ... }
+//	defer n.Close()
+//
+//	echo := engine.ServiceOn(engine.ChanFirstService, 1)
+//	err = n.Register(engine.Service{ID: echo, Name: "echo", MaxHandles: 8,
+//		Procs: []engine.Handler{func(ctx context.Context, req *engine.Request, resp *engine.Response) error {
+//			resp.Body = append(resp.Body, req.Args...)
+//			return nil
+//		}}})
+//
+//	// On node 1:
+//	reply, err := n.Call(ctx, 2, engine.Method{Service: echo}, []byte("hello"), nil)
+//
+// See Example for a complete program.
+package engine
