@@ -35,6 +35,7 @@ func (n *Node) Send(ctx context.Context, to NodeNum, m Method, args []byte) erro
 	if err != nil {
 		return err
 	}
+	n.m.framesOutByPrio[prio].Inc()
 	h := framing.Header{Type: framing.TypeOneWay, Priority: prio, Service: m.Service, Proc: m.Proc, SvcVersion: m.Version}
 	if err := n.sendArgs(ctx, c, &h, m, args); err != nil {
 		if errors.Is(err, ErrThrottled) || errors.Is(err, ErrCantEncodeArgs) {
@@ -140,6 +141,7 @@ func (n *Node) startCall(ctx context.Context, to NodeNum, m Method, args, reply 
 		return 0, fmt.Errorf("%w: all %d client handles busy", ErrTooManyCalls, n.cfg.MaxOutstandingCalls)
 	}
 	xid := n.handles.arm(idx, p.num, reply)
+	n.m.framesOutByPrio[prio].Inc()
 	h := framing.Header{Type: framing.TypeRequest, Priority: prio, Service: m.Service, Proc: m.Proc, XID: xid, SvcVersion: m.Version}
 	if err := n.sendArgs(ctx, c, &h, m, args); err != nil {
 		if n.handles.abandon(xid) {

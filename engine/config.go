@@ -45,6 +45,10 @@ func (c Channel) String() string {
 // a service channel.
 func (c Channel) IsServiceChannel() bool { return c >= ChanCLMS }
 
+// Throttled reports whether senders on c spend credit: every channel but the
+// priority and reply channels, which must always get through (CI).
+func (c Channel) Throttled() bool { return c >= ChanCLMS }
+
 // ServiceID names a cluster service: channel<<16 | subservice.
 type ServiceID = framing.ServiceID
 
@@ -88,6 +92,14 @@ type Config struct {
 	WriteMode           WriteMode     // how frames reach the socket
 	MaxPendingWrite     int           // bytes queued on one connection before senders wait
 
+	// CreditWindow is the flow-control window, in bytes, a node grants each
+	// peer on each throttled channel (CLMS, probe and service channels): no
+	// more than this, plus one frame, is ever waiting for its server handles.
+	// ChannelWindows overrides it per channel. Priority and reply channels
+	// are never throttled.
+	CreditWindow   int
+	ChannelWindows map[Channel]int
+
 	// DisableEscalation turns off CI's priority escalation of RPCs sent from
 	// inside a handler. For tests and benchmarks only: it brings back the
 	// deadlock escalation exists to prevent.
@@ -110,6 +122,7 @@ func DefaultConfig() Config {
 		EventLoops:          0,                         // one per CPU, gnet's multicore default
 		WriteMode:           WriteDirect,               // measured faster; BENCHMARKS.md
 		MaxPendingWrite:     8 << 20,                   // two max-size frames in flight, then senders feel it
+		CreditWindow:        256 << 10,                 // a few hundred small RPCs or one bulk chunk: enough to fill a LAN pipe, small enough to bound memory per peer
 	}
 }
 
@@ -146,6 +159,7 @@ func (c *Config) validate() error {
 	fill(&c.MaxPayload, d.MaxPayload)
 	fill(&c.MaxOutstandingCalls, d.MaxOutstandingCalls)
 	fill(&c.MaxPendingWrite, d.MaxPendingWrite)
+	fill(&c.CreditWindow, d.CreditWindow)
 	if c.DialTimeout == 0 {
 		c.DialTimeout = d.DialTimeout
 	}
@@ -163,6 +177,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("%w: MaxOutstandingCalls %d out of 1..16M", ErrBadConfig, c.MaxOutstandingCalls)
 	case c.DialTimeout < 0 || c.HandshakeTimeout < 0:
 		return fmt.Errorf("%w: negative timeout", ErrBadConfig)
+	case c.CreditWindow < framing.HeaderSize || c.CreditWindow > 1<<30:
+		return fmt.Errorf("%w: CreditWindow %d out of %d..1GiB", ErrBadConfig, c.CreditWindow, framing.HeaderSize)
 	case c.EventLoops < 0:
 		return fmt.Errorf("%w: EventLoops %d is negative", ErrBadConfig, c.EventLoops)
 	case c.WriteMode > WriteEventLoop:
@@ -171,5 +187,24 @@ func (c *Config) validate() error {
 		// A whole frame must always fit, or a max-size frame could never be sent.
 		c.MaxPendingWrite = c.MaxPayload + framing.HeaderSize
 	}
+	for ch, w := range c.ChannelWindows {
+		if !ch.Throttled() {
+			return fmt.Errorf("%w: ChannelWindows[%s]: channel is never throttled", ErrBadConfig, ch)
+		}
+		if w < framing.HeaderSize || w > 1<<30 {
+			return fmt.Errorf("%w: ChannelWindows[%s] = %d out of %d..1GiB", ErrBadConfig, ch, w, framing.HeaderSize)
+		}
+	}
 	return nil
+}
+
+// window is the credit window for ch, 0 for channels that are not throttled.
+func (c *Config) window(ch Channel) int {
+	if !ch.Throttled() {
+		return 0
+	}
+	if w, ok := c.ChannelWindows[ch]; ok {
+		return w
+	}
+	return c.CreditWindow
 }

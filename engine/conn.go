@@ -54,6 +54,11 @@ type conn struct {
 	flushing bool
 	wclosed  bool
 	drained  chan struct{} // closed when the queue falls under MaxPendingWrite
+
+	// Flow control on throttled channels: the dialler spends credit, the
+	// acceptor returns it. At most one of them is set.
+	credit *sendCredit
+	recv   *recvCredit
 }
 
 func (n *Node) newConn(outbound bool, p *peer, ch Channel) *conn {
@@ -95,6 +100,9 @@ func (c *conn) markClosed() {
 		return
 	}
 	c.wclosed = true
+	if c.credit != nil {
+		c.credit.close()
+	}
 	if c.fd >= 0 {
 		_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)
 		if !c.flushing {
@@ -113,6 +121,11 @@ func (c *conn) markClosed() {
 // connection's queue is over MaxPendingWrite; event loops pass nil and never
 // wait. A nil error means the frame is written or queued behind a flusher.
 func (c *conn) send(ctx context.Context, h *framing.Header, payload []byte) error {
+	if c.credit != nil && h.Type != framing.TypeCredit {
+		if err := c.credit.acquire(ctx, int64(framing.HeaderSize+len(payload)), c); err != nil {
+			return err
+		}
+	}
 	if c.n.cfg.WriteMode == WriteEventLoop {
 		return c.sendViaLoop(h, payload)
 	}
@@ -198,6 +211,9 @@ func (c *conn) failWriteLocked(err error) {
 	c.n.log.Debug("write failed", "peer", c.peer.num, "channel", c.channel, "err", err)
 	if !c.wclosed {
 		c.wclosed = true
+		if c.credit != nil {
+			c.credit.close()
+		}
 		if c.fd >= 0 {
 			_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)
 			_ = unix.Close(c.fd)

@@ -64,6 +64,11 @@ func (n *Node) acceptHello(c *conn, f *framing.Frame) error {
 	if err := c.send(nil, &h, ack); err != nil {
 		return err
 	}
+	if w := n.cfg.window(ch); w > 0 {
+		c.recv = &recvCredit{window: int64(w)}
+		n.m.watchReceiveWindow(n, p, ch)
+		c.sendGrant(int64(w))
+	}
 	// Requests from p will want replies: dial the reply channel now rather
 	// than on the first reply, which may be sent from an event loop.
 	if reply := replyChannelFor(ch); reply != ch && p.out[reply].Load() == nil && !p.down.Load() {
@@ -210,6 +215,10 @@ func (n *Node) dial(ctx context.Context, p *peer, ch Channel) (*conn, error) {
 	_ = nc.SetDeadline(time.Time{})
 
 	c := n.newConn(true, p, ch)
+	if ch.Throttled() {
+		// No credit until the acceptor's first grant, right behind its ack.
+		c.credit = n.m.newSendCredit(n, p, ch)
+	}
 	c.linkGen = n.joinLink(p, ack.Incarnation, nil)
 	c.ready = true
 	// gnet's enrolment waits for the event loop to take the socket; a loop

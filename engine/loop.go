@@ -178,9 +178,10 @@ func (c *conn) handleFrame(f *framing.Frame) error {
 		}
 		c.n.completeReply(c, f)
 	case framing.TypeCredit:
-		if !c.outbound {
-			return fmt.Errorf("credit grant on an accepted connection")
+		if c.credit == nil {
+			return fmt.Errorf("credit grant on %s connection that is not throttled", c.channel)
 		}
+		c.credit.grant(int64(f.Aux))
 	case framing.TypeGoAway:
 		return fmt.Errorf("peer said goaway")
 	default:

@@ -3,6 +3,8 @@ package engine
 import (
 	"fmt"
 
+	"github.com/clusterinfra/ci/framing"
+
 	"github.com/VictoriaMetrics/metrics"
 )
 
@@ -15,6 +17,8 @@ type nodeMetrics struct {
 	rpcDuration                                                          *metrics.Histogram
 	lateReplies, badFrames, handshakeRejects, peerLosses                 *metrics.Counter
 	oneWaySent                                                           *metrics.Counter
+
+	framesOutByPrio, framesInByPrio [framing.MaxPriority + 1]*metrics.Counter
 }
 
 func newNodeMetrics(set *metrics.Set, node NodeNum) *nodeMetrics {
@@ -25,7 +29,7 @@ func newNodeMetrics(set *metrics.Set, node NodeNum) *nodeMetrics {
 		}
 		return set.GetOrCreateCounter(fmt.Sprintf("%s{%s%s}", name, l, extra))
 	}
-	return &nodeMetrics{
+	m := &nodeMetrics{
 		set:              set,
 		rpcOK:            c("ci_ics_rpcs_total", `outcome="ok"`),
 		rpcTimeout:       c("ci_ics_rpcs_total", `outcome="timeout"`),
@@ -40,6 +44,11 @@ func newNodeMetrics(set *metrics.Set, node NodeNum) *nodeMetrics {
 		peerLosses:       c("ci_ics_peer_losses_total", ""),
 		oneWaySent:       c("ci_ics_oneway_sent_total", ""),
 	}
+	for p := range m.framesOutByPrio {
+		m.framesOutByPrio[p] = c("ci_ics_requests_by_priority_total", fmt.Sprintf(`direction="out",priority="%d"`, p))
+		m.framesInByPrio[p] = c("ci_ics_requests_by_priority_total", fmt.Sprintf(`direction="in",priority="%d"`, p))
+	}
+	return m
 }
 
 // connMetrics are per channel and peer.
@@ -55,4 +64,53 @@ func (m *nodeMetrics) forConn(node, peer NodeNum, ch Channel) connMetrics {
 		framesOut: m.set.GetOrCreateCounter("ci_ics_frames_out_total" + l),
 		bytesOut:  m.set.GetOrCreateCounter("ci_ics_bytes_out_total" + l),
 	}
+}
+
+// newSendCredit builds a dialler's credit state with its counters, and
+// exposes the credit available on the peer's current connection.
+func (m *nodeMetrics) newSendCredit(n *Node, p *peer, ch Channel) *sendCredit {
+	l := fmt.Sprintf(`{node="%d",peer="%d",channel="%s"}`, n.cfg.Node, p.num, ch)
+	m.set.GetOrCreateGauge("ci_ics_credit_available_bytes"+l, func() float64 {
+		if c := p.out[ch].Load(); c != nil && c.credit != nil {
+			return float64(c.credit.avail.Load())
+		}
+		return 0
+	})
+	return &sendCredit{
+		waits:     m.set.GetOrCreateCounter("ci_ics_credit_waits_total" + l),
+		throttled: m.set.GetOrCreateCounter("ci_ics_throttled_total" + l),
+	}
+}
+
+// watchReceiveWindow exposes, per peer and channel, the window granted and
+// the bytes waiting for server handles, read at scrape time.
+func (m *nodeMetrics) watchReceiveWindow(n *Node, p *peer, ch Channel) {
+	l := fmt.Sprintf(`{node="%d",peer="%d",channel="%s"}`, n.cfg.Node, p.num, ch)
+	w := float64(n.cfg.window(ch))
+	m.set.GetOrCreateGauge("ci_ics_credit_window_bytes"+l, func() float64 { return w })
+	m.set.GetOrCreateGauge("ci_ics_credit_held_bytes"+l, func() float64 {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		var held int64
+		for c := range p.inbound {
+			if c.channel == ch && c.recv != nil {
+				held += c.recv.held.Load()
+			}
+		}
+		return float64(held)
+	})
+}
+
+// watchPool exposes a service's server handles, busy and idle.
+func (m *nodeMetrics) watchPool(node NodeNum, pool *handlePool) {
+	l := fmt.Sprintf(`node="%d",service="%s"`, node, pool.name)
+	m.set.GetOrCreateGauge(fmt.Sprintf(`ci_ics_handles{%s,state="busy"}`, l), func() float64 {
+		return float64(pool.running.Load())
+	})
+	m.set.GetOrCreateGauge(fmt.Sprintf(`ci_ics_handles{%s,state="idle"}`, l), func() float64 {
+		return float64(pool.started.Load() - pool.running.Load())
+	})
+	m.set.GetOrCreateGauge(fmt.Sprintf(`ci_ics_handles_queued{%s}`, l), func() float64 {
+		return float64(pool.queued.Load())
+	})
 }

@@ -127,6 +127,7 @@ func New(cfg Config) (*Node, error) {
 	// Four handles per priority level keep nested priority RPCs moving even
 	// when every service pool is exhausted; 64 bounds a priority storm.
 	n.prioPool = newHandlePool("priority", 4, 64, n.runJob)
+	n.m.watchPool(cfg.Node, n.prioPool)
 	peers := make(map[NodeNum]*peer, len(cfg.Peers))
 	for num, addr := range cfg.Peers {
 		if num != cfg.Node {
@@ -301,6 +302,7 @@ func (n *Node) Register(s Service) error {
 		svc.pool.close()
 		return fmt.Errorf("%w: %s: %s already registered", ErrBadService, s.Name, s.ID)
 	}
+	n.m.watchPool(n.cfg.Node, svc.pool)
 	return nil
 }
 

@@ -15,9 +15,8 @@ type job struct {
 	from *peer
 	hdr  framing.Header
 	buf  *[]byte
-	// onDone, if set, runs after the handler finished: credit return.
-	conn *conn
-	cost int
+	conn *conn // the connection the request came on, which gets its credit back
+	cost int   // the frame's wire size, in credit bytes
 }
 
 // handlePool is a set of server handles (worker goroutines) for one service,
@@ -40,15 +39,24 @@ type handlePool struct {
 	exec    func(w *handle, j *job)
 	handles []handle
 
-	started atomic.Int32
-	running atomic.Int32 // handlers executing right now
-	queued  atomic.Int64
-	idle    atomic.Uint64 // tag<<32 | (index+1) of the top idle handle
-
 	ring     []ringCell
 	ringMask uint64
-	enqPos   atomic.Uint64
-	deqPos   atomic.Uint64
+
+	// The contended words, each on its own cache line: dispatchers and
+	// handles on different CPUs would otherwise invalidate each other's
+	// line on every operation.
+	_       [64]byte
+	idle    atomic.Uint64 // tag<<32 | (index+1) of the top idle handle
+	_       [56]byte
+	queued  atomic.Int64
+	_       [56]byte
+	enqPos  atomic.Uint64
+	_       [56]byte
+	deqPos  atomic.Uint64
+	_       [56]byte
+	started atomic.Int32
+	running atomic.Int32 // handlers executing right now
+	_       [56]byte
 
 	// overflow takes jobs while the ring is full; rare, so a mutex is fine.
 	// Once it is used, later jobs go there too until it drains, so that

@@ -12,6 +12,9 @@ import (
 // handler right here on the frame's bytes or hands a copy to a server handle.
 func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 	p := c.peer
+	cost := framing.HeaderSize + len(f.Payload)
+	c.received(cost)
+	n.m.framesInByPrio[f.Priority].Inc()
 	svc := n.lookupService(f.Service)
 	var status Status
 	switch {
@@ -28,6 +31,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 			msg := fmt.Sprintf("service %s proc %d version %d on node %d", f.Service, f.Proc, f.SvcVersion, n.cfg.Node)
 			n.sendReply(nil, p, &f.Header, nil, status, []byte(msg))
 		}
+		c.finished(cost)
 		return
 	}
 
@@ -38,6 +42,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 			c.scratch, err = n.codec.Decompress(c.scratch[:0], &f.Header, f.Payload)
 			if err != nil {
 				n.replyDecodeError(p, &f.Header, err)
+				c.finished(cost)
 				return
 			}
 			args = c.scratch
@@ -51,6 +56,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 			n.sendReply(nil, p, &f.Header, svc, statusFor(err), replyBody(err, c.resp.Body))
 		}
 		c.resp.Body = trimBuffer(c.resp.Body)
+		c.finished(cost)
 		return
 	}
 
@@ -62,12 +68,15 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		if err != nil {
 			n.putBuf(bp)
 			n.replyDecodeError(p, &f.Header, err)
+			c.finished(cost)
 			return
 		}
 	} else {
 		*bp = append((*bp)[:0], f.Payload...)
 	}
-	j := job{svc: svc, from: p, hdr: f.Header, buf: bp, conn: c, cost: framing.HeaderSize + len(f.Payload)}
+	// The credit for this frame goes back when the handle is done with it:
+	// while handles are busy, the sender feels it.
+	j := job{svc: svc, from: p, hdr: f.Header, buf: bp, conn: c, cost: cost}
 	if f.Priority > 0 {
 		// Priority requests have handles of their own, so they never queue
 		// behind a service whose handles are all busy.
@@ -89,6 +98,7 @@ func (n *Node) runJob(w *handle, j *job) {
 		n.sendReply(n.ctx, j.from, &j.hdr, j.svc, statusFor(err), replyBody(err, w.resp.Body))
 	}
 	w.resp.Body = trimBuffer(w.resp.Body)
+	j.conn.finished(j.cost)
 }
 
 func (n *Node) replyDecodeError(p *peer, h *framing.Header, err error) {

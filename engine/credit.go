@@ -1,0 +1,153 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/clusterinfra/ci/framing"
+)
+
+// Flow control (CI's throttling, which CI itself left unfinished).
+//
+// On a throttled channel the acceptor grants the dialler a window of bytes
+// (a TypeCredit frame right after the handshake). The dialler spends a
+// frame's wire size from its credit before sending it and, when the credit
+// is used up, waits for more, honouring its context. The acceptor returns
+// credit only when a server handle has finished with a frame, so a slow
+// service holds its senders back, and the bytes waiting for handles on one
+// connection never exceed the window plus one frame: a frame may be sent
+// while any credit is left, even one larger than the whole window, which
+// then drives the credit negative until it is returned.
+//
+// State is per connection, so a reconnect starts from a fresh grant and
+// nothing granted on a dead connection is ever counted twice.
+
+// sendCredit is the dialler's side.
+type sendCredit struct {
+	avail atomic.Int64 // bytes that may still be sent; sending is allowed while > 0
+
+	mu     sync.Mutex
+	wake   chan struct{} // closed when credit arrives or the connection closes; guarded by mu
+	closed bool          // guarded by mu
+
+	waits     *metrics.Counter // sends that had to wait for credit
+	throttled *metrics.Counter // sends that gave up waiting (ErrThrottled)
+}
+
+// acquire spends cost bytes, waiting while no credit is left. ctx nil
+// means the caller cannot wait (an event loop): it spends regardless.
+func (s *sendCredit) acquire(ctx context.Context, cost int64, c *conn) error {
+	waited := false
+	for {
+		cur := s.avail.Load()
+		if cur > 0 || ctx == nil {
+			if s.avail.CompareAndSwap(cur, cur-cost) {
+				return nil
+			}
+			continue
+		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return errConnClosed
+		}
+		if s.avail.Load() > 0 {
+			s.mu.Unlock()
+			continue
+		}
+		if s.wake == nil {
+			s.wake = make(chan struct{})
+		}
+		wake := s.wake
+		s.mu.Unlock()
+		if !waited {
+			waited = true
+			s.waits.Inc()
+		}
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			s.throttled.Inc()
+			return fmt.Errorf("%w: no credit on %s to node %d: %w", ErrThrottled, c.channel, c.peer.num, ctxError(ctx))
+		}
+	}
+}
+
+// grant adds credit from a TypeCredit frame and wakes the waiting senders.
+func (s *sendCredit) grant(n int64) {
+	s.avail.Add(n)
+	s.mu.Lock()
+	if s.wake != nil {
+		close(s.wake)
+		s.wake = nil
+	}
+	s.mu.Unlock()
+}
+
+// close wakes every waiting sender for good.
+func (s *sendCredit) close() {
+	s.mu.Lock()
+	s.closed = true
+	if s.wake != nil {
+		close(s.wake)
+		s.wake = nil
+	}
+	s.mu.Unlock()
+}
+
+// recvCredit is the acceptor's side.
+type recvCredit struct {
+	window  int64
+	held    atomic.Int64 // bytes received and not yet finished by a handler
+	pending atomic.Int64 // finished bytes not yet returned to the sender
+	granted atomic.Int64 // total granted on this connection, for tests and metrics
+}
+
+// creditReturnFraction: credit goes back once a quarter of the window is
+// finished, so a stream of small RPCs costs one credit frame per hundreds of
+// requests, and a blocked sender (whose whole window is then finished)
+// always gets it back.
+const creditReturnFraction = 4
+
+// received accounts a frame that arrived on a throttled connection.
+func (c *conn) received(cost int) {
+	if c.recv != nil {
+		c.recv.held.Add(int64(cost))
+	}
+}
+
+// finished returns a frame's credit once its handler is done with it.
+// Called from server handles and event loops alike.
+func (c *conn) finished(cost int) {
+	r := c.recv
+	if r == nil {
+		return
+	}
+	r.held.Add(-int64(cost))
+	if r.pending.Add(int64(cost)) < r.window/creditReturnFraction {
+		return
+	}
+	amt := r.pending.Swap(0)
+	if amt <= 0 {
+		return
+	}
+	c.sendGrant(amt)
+}
+
+// sendGrant writes a credit frame; it never waits, as credit frames are
+// themselves exempt from flow control.
+func (c *conn) sendGrant(amt int64) {
+	for amt > 0 {
+		chunk := min(amt, 1<<31)
+		h := framing.Header{Type: framing.TypeCredit, Aux: uint32(chunk)}
+		if err := c.send(nil, &h, nil); err != nil {
+			return // the connection is gone, and its credit with it
+		}
+		c.recv.granted.Add(chunk)
+		amt -= chunk
+	}
+}
