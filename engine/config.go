@@ -105,6 +105,16 @@ type Config struct {
 	// deadlock escalation exists to prevent.
 	DisableEscalation bool
 
+	// Security turns on mutual authentication (and optionally encryption)
+	// of every connection. nil leaves ICS open to anyone who can reach
+	// ListenAddr and knows a member's number: for tests and closed networks.
+	Security *Security
+
+	// Limits against hostile or broken peers; each one that triggers counts
+	// in ci_ics_limit_hits_total.
+	MaxUnauthPerSource int // connections from one IP still in their handshake
+	MaxInflightPerPeer int // requests from one peer received and not yet answered
+
 	Logger  *slog.Logger // nil: discard
 	Metrics *metrics.Set // nil: a new set, see Node.Metrics
 }
@@ -122,6 +132,8 @@ func DefaultConfig() Config {
 		EventLoops:          0,                         // one per CPU, gnet's multicore default
 		WriteMode:           WriteDirect,               // measured faster; BENCHMARKS.md
 		MaxPendingWrite:     8 << 20,                   // two max-size frames in flight, then senders feel it
+		MaxUnauthPerSource:  32,                        // a peer opens at most a dozen channels at once; a flood from one address is cut off
+		MaxInflightPerPeer:  65536,                     // far above what credits let a well-behaved peer queue; bounds priority-channel floods
 		CreditWindow:        256 << 10,                 // a few hundred small RPCs or one bulk chunk: enough to fill a LAN pipe, small enough to bound memory per peer
 	}
 }
@@ -160,6 +172,14 @@ func (c *Config) validate() error {
 	fill(&c.MaxOutstandingCalls, d.MaxOutstandingCalls)
 	fill(&c.MaxPendingWrite, d.MaxPendingWrite)
 	fill(&c.CreditWindow, d.CreditWindow)
+	fill(&c.MaxUnauthPerSource, d.MaxUnauthPerSource)
+	fill(&c.MaxInflightPerPeer, d.MaxInflightPerPeer)
+	if c.Security != nil {
+		if err := c.Security.validate(); err != nil {
+			return err
+		}
+		c.Security = c.Security.clone()
+	}
 	if c.DialTimeout == 0 {
 		c.DialTimeout = d.DialTimeout
 	}

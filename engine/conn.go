@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"unsafe"
 
+	"github.com/flynn/noise"
 	"github.com/panjf2000/gnet/v2"
 	"golang.org/x/sys/unix"
 
@@ -59,6 +60,18 @@ type conn struct {
 	// acceptor returns it. At most one of them is set.
 	credit *sendCredit
 	recv   *recvCredit
+
+	// Security. session is an acceptor's handshake waiting for the
+	// dialler's confirmation. With SecurityEncrypt, tx seals every frame
+	// (under wmu, so nonces follow the byte order) and rx opens records on
+	// the loop into plain, where frames are then parsed.
+	incarnation uint64 // the dialler's, from its hello
+	source      string // remote IP of an accepted connection, for MaxUnauthPerSource
+	session     *session
+	tx, rx      *noise.CipherState
+	plain       []byte
+	plainOff    int
+	sealBuf     []byte // guarded by wmu
 }
 
 func (n *Node) newConn(outbound bool, p *peer, ch Channel) *conn {
@@ -149,14 +162,24 @@ func (c *conn) send(ctx context.Context, h *framing.Header, payload []byte) erro
 	}
 	c.met.framesOut.Inc()
 	c.met.bytesOut.Add(framing.HeaderSize + len(payload))
-	if c.flushing {
+	if c.tx != nil {
+		if err := c.sealLocked(h, payload); err != nil {
+			c.wmu.Unlock()
+			return err
+		}
+		if c.flushing {
+			c.wmu.Unlock()
+			return nil
+		}
+	} else if c.flushing {
 		// Someone else is writing and will pick this frame up; it must not
 		// reference memory the caller reuses once send returns.
 		c.batch.AppendCopy(h, payload)
 		c.wmu.Unlock()
 		return nil
+	} else {
+		c.batch.Append(h, payload)
 	}
-	c.batch.Append(h, payload)
 	c.flushing = true
 	err := c.flushLocked(false)
 	c.wmu.Unlock()
@@ -293,15 +316,41 @@ func ignoreNegative(n int, err error) (int, error) {
 	return n, err
 }
 
+// sealLocked encrypts one frame into the batch as records.
+func (c *conn) sealLocked(h *framing.Header, payload []byte) error {
+	h.Length = uint32(len(payload))
+	var hdr [framing.HeaderSize]byte
+	h.Encode(hdr[:])
+	buf, err := sealInto(c.batch.Extend(), c.tx, &c.sealBuf, hdr[:], payload)
+	c.batch.Commit(buf)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrCantSend, err)
+	}
+	return nil
+}
+
 // sendViaLoop is WriteEventLoop: hand an owned copy to gnet's loop.
 func (c *conn) sendViaLoop(h *framing.Header, payload []byte) error {
 	if c.gc == nil {
 		return errConnClosed
 	}
-	buf := make([]byte, framing.HeaderSize+len(payload))
 	h.Length = uint32(len(payload))
-	h.Encode(buf)
-	copy(buf[framing.HeaderSize:], payload)
+	var buf []byte
+	if c.tx != nil {
+		// Sealing and queueing under one lock keeps records in nonce order.
+		c.wmu.Lock()
+		defer c.wmu.Unlock()
+		var hdr [framing.HeaderSize]byte
+		h.Encode(hdr[:])
+		var err error
+		if buf, err = sealInto(nil, c.tx, &c.sealBuf, hdr[:], payload); err != nil {
+			return fmt.Errorf("%w: %v", ErrCantSend, err)
+		}
+	} else {
+		buf = make([]byte, framing.HeaderSize+len(payload))
+		h.Encode(buf)
+		copy(buf[framing.HeaderSize:], payload)
+	}
 	c.met.framesOut.Inc()
 	c.met.bytesOut.Add(len(buf))
 	if err := c.gc.AsyncWrite(buf, nil); err != nil {

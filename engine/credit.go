@@ -113,16 +113,22 @@ type recvCredit struct {
 // always gets it back.
 const creditReturnFraction = 4
 
-// received accounts a frame that arrived on a throttled connection.
-func (c *conn) received(cost int) {
+// admit accounts a request or message that arrived: its bytes against the
+// connection's window, and the request against the peer's bound on
+// requests in flight. A false return means the bound was hit; the caller
+// refuses the request and must still call finished.
+func (c *conn) admit(cost int) bool {
 	if c.recv != nil {
 		c.recv.held.Add(int64(cost))
 	}
+	return c.peer.inflight.Add(1) <= int64(c.n.cfg.MaxInflightPerPeer)
 }
 
-// finished returns a frame's credit once its handler is done with it.
-// Called from server handles and event loops alike.
+// finished returns a frame's credit once its handler is done with it, and
+// its place in the peer's bound. Called from server handles and event loops
+// alike, once per admit.
 func (c *conn) finished(cost int) {
+	c.peer.inflight.Add(-1)
 	r := c.recv
 	if r == nil {
 		return

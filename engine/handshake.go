@@ -7,6 +7,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/flynn/noise"
 	"github.com/panjf2000/gnet/v2"
 
 	"github.com/clusterinfra/ci/framing"
@@ -15,55 +16,99 @@ import (
 // acceptHello checks a dialler's hello on the event loop. A connection from
 // another cluster, an unknown node, a node that thinks it is calling someone
 // else, or another protocol version is refused before any service sees a
-// byte of it.
+// byte of it. With Security, the hello must also carry the first message of
+// a Noise handshake that proves the dialler holds the node key of the
+// member it claims to be and the cluster key; the connection becomes usable
+// only when the dialler's confirmation arrives (acceptConfirm).
 func (n *Node) acceptHello(c *conn, f *framing.Frame) error {
-	reject := func(format string, a ...any) error {
-		n.m.handshakeRejects.Inc()
-		h := framing.Header{Type: framing.TypeHelloAck, Status: uint16(StatusAuthError)}
-		var b [framing.HeaderSize]byte
-		h.Encode(b[:])
-		c.wmu.Lock()
-		if c.fd >= 0 {
-			_, _ = c.writev(c.fd, [][]byte{b[:]}) // best effort: tell the dialler it was refused, then close
-		}
-		c.wmu.Unlock()
-		c.markClosed()
-		return fmt.Errorf("%w: %s", ErrHandshake, fmt.Sprintf(format, a...))
-	}
 	hello, err := framing.DecodeHello(f.Payload)
 	if err != nil {
-		return reject("%v", err)
+		return n.rejectHello(c, err)
 	}
 	if hello.Version != framing.ProtocolVersion {
-		return reject("protocol version %d, this node speaks %d", hello.Version, framing.ProtocolVersion)
+		return n.rejectHello(c, fmt.Errorf("protocol version %d, this node speaks %d", hello.Version, framing.ProtocolVersion))
 	}
 	if hello.Cluster != n.cfg.Cluster {
-		return reject("cluster %q, this node is in %q", hello.Cluster, n.cfg.Cluster)
+		return n.rejectHello(c, fmt.Errorf("cluster %q, this node is in %q", hello.Cluster, n.cfg.Cluster))
 	}
 	if NodeNum(hello.To) != n.cfg.Node {
-		return reject("dialler wanted node %d, this is node %d", hello.To, n.cfg.Node)
+		return n.rejectHello(c, fmt.Errorf("dialler wanted node %d, this is node %d", hello.To, n.cfg.Node))
 	}
 	p := n.peer(NodeNum(hello.From))
 	if p == nil {
-		return reject("node %d is not a configured member", hello.From)
+		return n.rejectHello(c, fmt.Errorf("node %d is not a configured member", hello.From))
 	}
 	if int(hello.Channel) >= n.cfg.MaxChannels {
-		return reject("channel %d out of 0..%d", hello.Channel, n.cfg.MaxChannels-1)
+		return n.rejectHello(c, fmt.Errorf("channel %d out of 0..%d", hello.Channel, n.cfg.MaxChannels-1))
 	}
 	ch := Channel(hello.Channel)
-	c.peer, c.channel = p, ch
+	c.peer, c.channel, c.incarnation = p, ch, hello.Incarnation
 	c.met = n.m.forConn(n.cfg.Node, p.num, ch)
-	c.ready = true
-	n.pendingMu.Lock()
-	delete(n.pending, c)
-	n.pendingMu.Unlock()
-	c.linkGen = n.joinLink(p, hello.Incarnation, c)
-
-	ack, _ := framing.AppendHello(nil, n.hello(p.num, ch))
+	ack := *n.hello(p.num, ch)
+	if sec := n.sec.Load(); sec != nil {
+		ss, auth, err := sec.respond(p.num, hello, ack)
+		if err != nil {
+			n.m.authFailures.Inc()
+			return n.rejectHello(c, fmt.Errorf("node %d: %w", p.num, err))
+		}
+		ack.Auth = auth
+		c.session = &ss
+	}
+	payload, _ := framing.AppendHello(nil, &ack)
 	h := framing.Header{Type: framing.TypeHelloAck}
-	if err := c.send(nil, &h, ack); err != nil {
+	if err := c.send(nil, &h, payload); err != nil {
 		return err
 	}
+	if c.session != nil {
+		return nil // wait for the confirmation
+	}
+	return n.becomeReady(c)
+}
+
+// acceptConfirm checks the dialler's third handshake message: only a
+// dialler that completed the key exchange can produce it, which a replay of
+// a recorded first message cannot.
+func (n *Node) acceptConfirm(c *conn, f *framing.Frame) error {
+	if err := c.session.checkConfirm(f.Payload); err != nil {
+		n.m.authFailures.Inc()
+		return n.rejectHello(c, fmt.Errorf("node %d: %w", c.peer.num, err))
+	}
+	if n.sec.Load().Mode == SecurityEncrypt {
+		c.rx = c.session.rx
+		c.wmu.Lock()
+		c.tx = c.session.tx
+		c.wmu.Unlock()
+	}
+	c.session = nil
+	return n.becomeReady(c)
+}
+
+// rejectHello refuses a connection: a bare refusal for the dialler's
+// benefit, a log line and a metric, then the close.
+func (n *Node) rejectHello(c *conn, why error) error {
+	n.m.handshakeRejects.Inc()
+	h := framing.Header{Type: framing.TypeHelloAck, Status: uint16(StatusAuthError)}
+	var b [framing.HeaderSize]byte
+	h.Encode(b[:])
+	c.wmu.Lock()
+	if c.fd >= 0 && c.tx == nil {
+		_, _ = c.writev(c.fd, [][]byte{b[:]}) // best effort: tell the dialler it was refused
+	}
+	c.wmu.Unlock()
+	c.markClosed()
+	return fmt.Errorf("%w: %w", ErrHandshake, why)
+}
+
+// becomeReady puts an accepted, authenticated connection to work: it joins
+// the peer's link, grants credit on throttled channels, and dials the reply
+// channel the peer's requests will want.
+func (n *Node) becomeReady(c *conn) error {
+	p, ch := c.peer, c.channel
+	c.ready = true
+	n.pendingMu.Lock()
+	n.unpendLocked(c)
+	n.pendingMu.Unlock()
+	c.linkGen = n.joinLink(p, c.incarnation, c)
 	if w := n.cfg.window(ch); w > 0 {
 		c.recv = &recvCredit{window: int64(w)}
 		n.m.watchReceiveWindow(n, p, ch)
@@ -182,7 +227,15 @@ func (n *Node) dial(ctx context.Context, p *peer, ch Channel) (*conn, error) {
 	if dl, has := dctx.Deadline(); has {
 		_ = nc.SetDeadline(dl)
 	}
-	hello, _ := framing.AppendHello(make([]byte, framing.HeaderSize, 128), n.hello(p.num, ch))
+	mine := n.hello(p.num, ch)
+	sec := n.sec.Load()
+	var hs *noise.HandshakeState
+	if sec != nil {
+		if hs, mine.Auth, err = sec.initiate(p.num, *mine); err != nil {
+			return nil, fmt.Errorf("%w: node %d: %v", ErrHandshake, p.num, err)
+		}
+	}
+	hello, _ := framing.AppendHello(make([]byte, framing.HeaderSize, 256), mine)
 	h := framing.Header{Type: framing.TypeHello, Length: uint32(len(hello) - framing.HeaderSize)}
 	h.Encode(hello)
 	if _, err := nc.Write(hello); err != nil {
@@ -212,9 +265,25 @@ func (n *Node) dial(ctx context.Context, p *peer, ch Channel) (*conn, error) {
 	case ack.Cluster != n.cfg.Cluster || NodeNum(ack.From) != p.num || NodeNum(ack.To) != n.cfg.Node || Channel(ack.Channel) != ch:
 		return nil, fmt.Errorf("%w: %s answered as node %d of cluster %q, expected node %d of %q", ErrHandshake, addr, ack.From, ack.Cluster, p.num, n.cfg.Cluster)
 	}
+	var ss session
+	if sec != nil {
+		var confirm []byte
+		if ss, confirm, err = sec.finishInitiate(hs, ack); err != nil {
+			return nil, fmt.Errorf("%w: node %d at %s: %v", ErrHandshake, p.num, addr, err)
+		}
+		ch := framing.Header{Type: framing.TypeConfirm, Length: uint32(len(confirm))}
+		frame := make([]byte, framing.HeaderSize, framing.HeaderSize+len(confirm))
+		ch.Encode(frame)
+		if _, err := nc.Write(append(frame, confirm...)); err != nil {
+			return nil, fmt.Errorf("%w: node %d at %s: handshake: %v", ErrNodeDown, p.num, addr, err)
+		}
+	}
 	_ = nc.SetDeadline(time.Time{})
 
 	c := n.newConn(true, p, ch)
+	if sec != nil && sec.Mode == SecurityEncrypt {
+		c.tx, c.rx = ss.tx, ss.rx
+	}
 	if ch.Throttled() {
 		// No credit until the acceptor's first grant, right behind its ack.
 		c.credit = n.m.newSendCredit(n, p, ch)

@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
@@ -42,10 +43,41 @@ func (h *loopHandler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		n.log.Warn("cannot attach accepted connection", "remote", gc.RemoteAddr(), "err", err)
 		return nil, gnet.Close
 	}
+	// Count unauthenticated connections per source address: one address
+	// opening hundreds of them is an attack or a bug, not a peer.
+	c.source = remoteIP(gc)
 	n.pendingMu.Lock()
+	if n.pendingBySource[c.source] >= n.cfg.MaxUnauthPerSource {
+		n.pendingMu.Unlock()
+		n.m.limitUnauthPerSource.Inc()
+		n.log.Warn("refusing connection: too many unauthenticated connections from one address",
+			"remote", gc.RemoteAddr(), "limit", n.cfg.MaxUnauthPerSource)
+		return nil, gnet.Close
+	}
 	n.pending[c] = time.Now()
+	n.pendingBySource[c.source]++
 	n.pendingMu.Unlock()
 	return nil, gnet.None
+}
+
+// unpendLocked forgets a connection that finished (or failed) its handshake.
+func (n *Node) unpendLocked(c *conn) {
+	if _, ok := n.pending[c]; !ok {
+		return
+	}
+	delete(n.pending, c)
+	if k := n.pendingBySource[c.source] - 1; k > 0 {
+		n.pendingBySource[c.source] = k
+	} else {
+		delete(n.pendingBySource, c.source)
+	}
+}
+
+func remoteIP(gc gnet.Conn) string {
+	if a, ok := gc.RemoteAddr().(*net.TCPAddr); ok {
+		return a.IP.String()
+	}
+	return gc.RemoteAddr().String()
 }
 
 func (h *loopHandler) OnTraffic(gc gnet.Conn) gnet.Action {
@@ -58,28 +90,24 @@ func (h *loopHandler) OnTraffic(gc gnet.Conn) gnet.Action {
 	if c.need > 0 && gc.InboundBuffered() < c.need {
 		return gnet.None
 	}
+	if c.rx != nil {
+		return h.n.trafficSealed(c, gc)
+	}
 	buf, _ := gc.Peek(-1)
-	off := 0
-	for {
-		f, k, err := c.dec.Next(buf[off:])
-		if err != nil {
-			h.n.m.badFrames.Inc()
-			h.n.log.Warn("closing connection: bad frame", "remote", gc.RemoteAddr(), "peer", c.peerNum(), "err", err)
-			return gnet.Close
-		}
-		if k == 0 {
-			break
-		}
-		off += k
-		if err := c.handleFrame(&f); err != nil {
-			h.n.log.Warn("closing connection", "remote", gc.RemoteAddr(), "peer", c.peerNum(), "err", err)
-			return gnet.Close
-		}
-		if c.wclosedFast() {
-			return gnet.Close
-		}
+	off, err := c.readFrames(buf)
+	if err != nil {
+		h.n.closeReason(c, gc, err)
+		return gnet.Close
 	}
 	c.need = 0
+	if c.rx != nil {
+		// The handshake just switched this connection to encrypted records;
+		// what follows the confirmation in this buffer is already sealed.
+		if off > 0 {
+			_, _ = gc.Discard(off)
+		}
+		return h.n.trafficSealed(c, gc)
+	}
 	if rest := buf[off:]; len(rest) >= framing.HeaderSize {
 		c.need, _ = c.dec.Need(rest) // errors surface on the next full parse
 	}
@@ -87,6 +115,100 @@ func (h *loopHandler) OnTraffic(gc gnet.Conn) gnet.Action {
 		_, _ = gc.Discard(off) // careful: gnet's Discard(0) drops everything buffered
 	}
 	return gnet.None
+}
+
+// readFrames handles the whole frames at the start of buf and returns the
+// bytes they took. It stops early when the connection switches to
+// encrypted records.
+func (c *conn) readFrames(buf []byte) (int, error) {
+	off := 0
+	for c.rx == nil {
+		f, k, err := c.dec.Next(buf[off:])
+		if err != nil {
+			return off, err
+		}
+		if k == 0 {
+			break
+		}
+		off += k
+		if err := c.handleFrame(&f); err != nil {
+			return off, err
+		}
+		if c.wclosedFast() {
+			return off, errConnClosed
+		}
+	}
+	return off, nil
+}
+
+// trafficSealed opens the encrypted records gnet has buffered into c.plain
+// and handles the frames in it. Payloads alias c.plain, which is reused only
+// once they have been handled or copied.
+func (n *Node) trafficSealed(c *conn, gc gnet.Conn) gnet.Action {
+	buf, _ := gc.Peek(-1)
+	var used, need int
+	var err error
+	c.plain, used, need, err = openRecords(c.plain, c.rx, buf)
+	if used > 0 {
+		_, _ = gc.Discard(used)
+	}
+	if err != nil {
+		n.m.authFailures.Inc()
+		n.closeReason(c, gc, err)
+		return gnet.Close
+	}
+	c.need = need
+	off, err := c.readFramesPlain()
+	if err != nil {
+		n.closeReason(c, gc, err)
+		return gnet.Close
+	}
+	// Keep the unparsed tail at the front of the buffer.
+	c.plainOff += off
+	if c.plainOff == len(c.plain) {
+		c.plain, c.plainOff = c.plain[:0], 0
+	} else if c.plainOff > len(c.plain)/2 {
+		k := copy(c.plain, c.plain[c.plainOff:])
+		c.plain, c.plainOff = c.plain[:k], 0
+	}
+	if cap(c.plain) > 4<<20 && len(c.plain) == 0 {
+		c.plain = nil // one huge frame passed; do not pin its buffer
+	}
+	return gnet.None
+}
+
+func (c *conn) readFramesPlain() (int, error) {
+	buf := c.plain[c.plainOff:]
+	off := 0
+	for {
+		f, k, err := c.dec.Next(buf[off:])
+		if err != nil {
+			return off, err
+		}
+		if k == 0 {
+			return off, nil
+		}
+		off += k
+		if err := c.handleFrame(&f); err != nil {
+			return off, err
+		}
+		if c.wclosedFast() {
+			return off, errConnClosed
+		}
+	}
+}
+
+// closeReason logs why the loop closes a connection and counts it.
+func (n *Node) closeReason(c *conn, gc gnet.Conn, err error) {
+	switch {
+	case errors.Is(err, framing.ErrFrameTooLarge):
+		n.m.limitFrameSize.Inc()
+		n.m.badFrames.Inc()
+	case errors.Is(err, errConnClosed), errors.Is(err, ErrHandshake), errors.Is(err, ErrAuth):
+	default:
+		n.m.badFrames.Inc()
+	}
+	n.log.Warn("closing connection", "remote", gc.RemoteAddr(), "peer", c.peerNum(), "err", err)
 }
 
 func (h *loopHandler) OnClose(gc gnet.Conn, err error) gnet.Action {
@@ -98,7 +220,7 @@ func (h *loopHandler) OnClose(gc gnet.Conn, err error) gnet.Action {
 	c.markClosed()
 	if !c.outbound {
 		n.pendingMu.Lock()
-		delete(n.pending, c)
+		n.unpendLocked(c)
 		n.pendingMu.Unlock()
 	}
 	p := c.peer
@@ -129,7 +251,8 @@ func (h *loopHandler) OnTick() (time.Duration, gnet.Action) {
 	n.pendingMu.Lock()
 	for c, t := range n.pending {
 		if t.Before(limit) {
-			delete(n.pending, c)
+			n.unpendLocked(c)
+			n.m.limitHandshakeTimeout.Inc()
 			n.m.handshakeRejects.Inc()
 			n.log.Warn("closing connection: no handshake in time", "remote", c.gc.RemoteAddr(), "timeout", n.cfg.HandshakeTimeout)
 			c.close()
@@ -158,11 +281,19 @@ func (c *conn) wclosedFast() bool {
 // the connection.
 func (c *conn) handleFrame(f *framing.Frame) error {
 	if !c.ready {
-		if c.outbound || f.Type != framing.TypeHello {
-			c.n.m.handshakeRejects.Inc()
+		switch {
+		case c.outbound:
 			return fmt.Errorf("%s frame before handshake", f.Type)
+		case c.session != nil && f.Type == framing.TypeConfirm:
+			return c.n.acceptConfirm(c, f)
+		case c.session == nil && c.peer == nil && f.Type == framing.TypeHello:
+			return c.n.acceptHello(c, f)
 		}
-		return c.n.acceptHello(c, f)
+		c.n.m.handshakeRejects.Inc()
+		if c.session != nil {
+			c.n.m.authFailures.Inc() // a dialler that skips the confirmation: a replay
+		}
+		return fmt.Errorf("%w: %s frame during handshake", ErrHandshake, f.Type)
 	}
 	c.met.framesIn.Inc()
 	c.met.bytesIn.Add(framing.HeaderSize + len(f.Payload))

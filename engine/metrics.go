@@ -19,6 +19,10 @@ type nodeMetrics struct {
 	oneWaySent                                                           *metrics.Counter
 
 	framesOutByPrio, framesInByPrio [framing.MaxPriority + 1]*metrics.Counter
+
+	authFailures                                        *metrics.Counter
+	limitFrameSize, limitUnauthPerSource, limitInflight *metrics.Counter
+	limitHandshakeTimeout, limitDecompress              *metrics.Counter
 }
 
 func newNodeMetrics(set *metrics.Set, node NodeNum) *nodeMetrics {
@@ -44,6 +48,12 @@ func newNodeMetrics(set *metrics.Set, node NodeNum) *nodeMetrics {
 		peerLosses:       c("ci_ics_peer_losses_total", ""),
 		oneWaySent:       c("ci_ics_oneway_sent_total", ""),
 	}
+	m.authFailures = c("ci_ics_auth_failures_total", "")
+	m.limitFrameSize = c("ci_ics_limit_hits_total", `limit="frame_size"`)
+	m.limitDecompress = c("ci_ics_limit_hits_total", `limit="decompressed_size"`)
+	m.limitHandshakeTimeout = c("ci_ics_limit_hits_total", `limit="handshake_timeout"`)
+	m.limitUnauthPerSource = c("ci_ics_limit_hits_total", `limit="unauth_per_source"`)
+	m.limitInflight = c("ci_ics_limit_hits_total", `limit="inflight_per_peer"`)
 	for p := range m.framesOutByPrio {
 		m.framesOutByPrio[p] = c("ci_ics_requests_by_priority_total", fmt.Sprintf(`direction="out",priority="%d"`, p))
 		m.framesInByPrio[p] = c("ci_ics_requests_by_priority_total", fmt.Sprintf(`direction="in",priority="%d"`, p))

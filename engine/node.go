@@ -32,6 +32,7 @@ type Node struct {
 	codec       *framing.Codec
 	incarnation uint64
 
+	sec      atomic.Pointer[Security] // nil: no authentication; replaced whole on key changes
 	handles  *handleTable
 	prioPool *handlePool // server handles for priority channels, apart from every service's own
 	bufs     sync.Pool   // *[]byte payload buffers handed to server handles
@@ -46,8 +47,9 @@ type Node struct {
 	downCallbacks []func(NodeNum, error)
 
 	// pending are accepted connections that have not completed the handshake.
-	pendingMu sync.Mutex
-	pending   map[*conn]time.Time
+	pendingMu       sync.Mutex
+	pending         map[*conn]time.Time
+	pendingBySource map[string]int // guarded by pendingMu
 
 	ctx    context.Context // cancelled by Close; the base of handler contexts
 	cancel context.CancelFunc
@@ -85,6 +87,7 @@ type peer struct {
 	dialing []chan struct{}    // per channel: closed when an in-progress dial ends; guarded by mu
 
 	linkGen     atomic.Uint64 // bumped on every loss; connections of an older link are stale
+	inflight    atomic.Int64  // requests from this peer admitted and not yet finished
 	down        atomic.Bool   // declared down: calls fail fast until NodeUp
 	incarnation atomic.Uint64 // the peer's boot incarnation, from its hellos
 }
@@ -113,8 +116,13 @@ func New(cfg Config) (*Node, error) {
 		incarnation: binary.LittleEndian.Uint64(inc[:]) | 1,
 		handles:     newHandleTable(cfg.MaxOutstandingCalls),
 		pending:     make(map[*conn]time.Time),
-		booted:      make(chan struct{}),
-		engDone:     make(chan error, 1),
+
+		pendingBySource: make(map[string]int),
+		booted:          make(chan struct{}),
+		engDone:         make(chan error, 1),
+	}
+	if cfg.Security != nil {
+		n.sec.Store(cfg.Security)
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.bufs.New = func() any { b := make([]byte, 0, 512); return &b }
@@ -199,7 +207,12 @@ func (n *Node) Start() error {
 		n.engDone <- err
 		return fmt.Errorf("ics: node %d cannot listen on %s: %w", n.cfg.Node, n.cfg.ListenAddr, err)
 	}
-	n.log.Info("ics node listening", "addr", n.addr, "cluster", n.cfg.Cluster)
+	if sec := n.sec.Load(); sec != nil {
+		n.log.Info("ics node listening", "addr", n.addr, "cluster", n.cfg.Cluster, "security", sec.Mode)
+	} else {
+		n.log.Warn("ics node listening WITHOUT authentication: anyone who reaches this address can claim to be a member",
+			"addr", n.addr, "cluster", n.cfg.Cluster)
+	}
 	return nil
 }
 
@@ -336,6 +349,47 @@ func (n *Node) SetPeer(num NodeNum, addr string) error {
 	}
 	next[num] = n.newPeer(num, addr)
 	n.peers.Store(&next)
+	return nil
+}
+
+// SetClusterKeys replaces the accepted cluster keys; the first is used to
+// dial. Connections already up are left alone. To rotate without a restart:
+// on every node SetClusterKeys(old, new); then on every node
+// SetClusterKeys(new, old), so all dial with the new key; then
+// SetClusterKeys(new), after which the old key is refused.
+func (n *Node) SetClusterKeys(keys ...ClusterKey) error {
+	return n.updateSecurity(func(s *Security) error {
+		if len(keys) == 0 {
+			return fmt.Errorf("%w: SetClusterKeys needs at least one key", ErrBadConfig)
+		}
+		s.ClusterKeys = append([]ClusterKey(nil), keys...)
+		return nil
+	})
+}
+
+// SetPeerKey records (or replaces) a member's public key, as a node joins.
+func (n *Node) SetPeerKey(num NodeNum, pub PublicKey) error {
+	return n.updateSecurity(func(s *Security) error {
+		s.PeerKeys[num] = pub
+		return nil
+	})
+}
+
+func (n *Node) updateSecurity(change func(*Security) error) error {
+	n.peersMu.Lock()
+	defer n.peersMu.Unlock()
+	cur := n.sec.Load()
+	if cur == nil {
+		return fmt.Errorf("%w: the node was started without Security", ErrBadConfig)
+	}
+	next := cur.clone()
+	if err := change(next); err != nil {
+		return err
+	}
+	if err := next.validate(); err != nil {
+		return err
+	}
+	n.sec.Store(next)
 	return nil
 }
 

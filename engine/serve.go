@@ -13,8 +13,17 @@ import (
 func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 	p := c.peer
 	cost := framing.HeaderSize + len(f.Payload)
-	c.received(cost)
 	n.m.framesInByPrio[f.Priority].Inc()
+	if !c.admit(cost) {
+		// A peer that floods (priority channels are never throttled) is
+		// answered "busy" instead of queueing without bound.
+		n.m.limitInflight.Inc()
+		if f.Type == framing.TypeRequest {
+			n.sendReply(nil, p, &f.Header, nil, StatusBusy, []byte("too many requests in flight from this node"))
+		}
+		c.finished(cost)
+		return
+	}
 	svc := n.lookupService(f.Service)
 	var status Status
 	switch {

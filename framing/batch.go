@@ -67,6 +67,21 @@ func (b *Batch) AppendCopy(h *Header, payload []byte) {
 	b.size += HeaderSize + len(payload)
 }
 
+// Extend returns the batch's buffer for a caller that appends encoded bytes
+// itself (encryption seals frames straight into it); Commit takes the
+// grown buffer back. Nothing else may touch the batch in between.
+func (b *Batch) Extend() []byte { return b.buf }
+
+// Commit registers the bytes appended to the buffer Extend returned.
+func (b *Batch) Commit(buf []byte) {
+	start := len(b.buf)
+	b.buf = buf
+	if len(buf) > start {
+		b.addOwned(start, len(buf))
+		b.size += len(buf) - start
+	}
+}
+
 // AppendRaw appends bytes that are already encoded frames.
 func (b *Batch) AppendRaw(p []byte) {
 	start := len(b.buf)

@@ -50,10 +50,11 @@ const (
 	TypeReply    Type = 5 // RPC reply; payload: results; status says success or which error
 	TypeCredit   Type = 6 // flow-control grant; aux: bytes of credit returned to the sender; no payload
 	TypeGoAway   Type = 7 // sender is closing this connection on purpose; no payload
-	typeLimit    Type = 8 // first unused number; keep last
+	TypeConfirm  Type = 8 // dialler's third handshake message; payload: proof it holds the session keys
+	typeLimit    Type = 9 // first unused number; keep last
 )
 
-var typeNames = [...]string{"invalid", "hello", "hello-ack", "request", "oneway", "reply", "credit", "goaway"}
+var typeNames = [...]string{"invalid", "hello", "hello-ack", "request", "oneway", "reply", "credit", "goaway", "confirm"}
 
 func (t Type) String() string {
 	if t < typeLimit {

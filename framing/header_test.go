@@ -220,7 +220,8 @@ func TestTypeString(t *testing.T) {
 		{TypeReply, "reply"},
 		{TypeCredit, "credit"},
 		{TypeGoAway, "goaway"},
-		{typeLimit, "type(8)"},
+		{TypeConfirm, "confirm"},
+		{typeLimit, "type(9)"},
 		{255, "type(255)"},
 	}
 	for _, tt := range tests {
