@@ -5,6 +5,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -22,17 +23,26 @@ func (l latencies) report(b *testing.B) {
 }
 
 func BenchmarkCall(b *testing.B) {
+	ck, keys := clusterKeys(b, 2)
 	for _, bc := range []struct {
-		name   string
-		inline bool
-		mode   WriteMode
+		name     string
+		inline   bool
+		mode     WriteMode
+		security SecurityMode
 	}{
-		{"inline/direct", true, WriteDirect},
-		{"handles/direct", false, WriteDirect},
-		{"inline/eventloop", true, WriteEventLoop},
+		{"inline/direct", true, WriteDirect, 0},
+		{"handles/direct", false, WriteDirect, 0},
+		{"inline/eventloop", true, WriteEventLoop, 0},
+		{"inline/direct/authenticated", true, WriteDirect, SecurityAuthenticate},
+		{"inline/direct/encrypted", true, WriteDirect, SecurityEncrypt},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			nodes := startCluster(b, 2, func(c *Config) { c.WriteMode = bc.mode })
+			nodes := startCluster(b, 2, func(c *Config) {
+				c.WriteMode = bc.mode
+				if bc.security != 0 {
+					c.Security = securityFor(bc.security, int(c.Node), ck, keys)
+				}
+			})
 			if err := nodes[1].Register(Service{ID: echoSvc, Procs: []Handler{echo}, MinHandles: 1, MaxHandles: 4, Inline: bc.inline}); err != nil {
 				b.Fatal(err)
 			}
@@ -55,6 +65,43 @@ func BenchmarkCall(b *testing.B) {
 			}
 			b.StopTimer()
 			lat.report(b)
+		})
+	}
+}
+
+// BenchmarkBulk streams 64 KiB one-way messages over a throttled channel to
+// a server handle that drops them, plain and encrypted: the cost of
+// encryption on bulk throughput.
+func BenchmarkBulk(b *testing.B) {
+	ck, keys := clusterKeys(b, 2)
+	for _, mode := range []SecurityMode{0, SecurityEncrypt} {
+		name := "plain"
+		if mode != 0 {
+			name = "encrypted"
+		}
+		b.Run(name, func(b *testing.B) {
+			nodes := startCluster(b, 2, func(c *Config) {
+				if mode != 0 {
+					c.Security = securityFor(mode, int(c.Node), ck, keys)
+				}
+			})
+			var got atomic.Int64
+			mustRegister(b, nodes[1], Service{ID: throttledSvc, MaxHandles: 2, Procs: []Handler{
+				func(_ context.Context, req *Request, _ *Response) error { got.Add(int64(len(req.Args))); return nil },
+			}})
+			msg := make([]byte, 64<<10)
+			ctx := context.Background()
+			b.SetBytes(int64(len(msg)))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if err := nodes[0].Send(ctx, 2, Method{Service: throttledSvc}, msg); err != nil {
+					b.Fatal(err)
+				}
+			}
+			for got.Load() < int64(b.N)*int64(len(msg)) {
+				time.Sleep(100 * time.Microsecond)
+			}
 		})
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"syscall"
 	"unsafe"
 
-	"github.com/flynn/noise"
 	"github.com/panjf2000/gnet/v2"
 	"golang.org/x/sys/unix"
 
@@ -68,7 +67,7 @@ type conn struct {
 	incarnation uint64 // the dialler's, from its hello
 	source      string // remote IP of an accepted connection, for MaxUnauthPerSource
 	session     *session
-	tx, rx      *noise.CipherState
+	tx, rx      *recordCipher
 	plain       []byte
 	plainOff    int
 	sealBuf     []byte // guarded by wmu

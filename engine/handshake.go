@@ -74,9 +74,13 @@ func (n *Node) acceptConfirm(c *conn, f *framing.Frame) error {
 		return n.rejectHello(c, fmt.Errorf("node %d: %w", c.peer.num, err))
 	}
 	if n.sec.Load().Mode == SecurityEncrypt {
-		c.rx = c.session.rx
+		tx, rx, err := c.session.recordCiphers()
+		if err != nil {
+			return n.rejectHello(c, err)
+		}
+		c.rx = rx
 		c.wmu.Lock()
-		c.tx = c.session.tx
+		c.tx = tx
 		c.wmu.Unlock()
 	}
 	c.session = nil
@@ -282,7 +286,9 @@ func (n *Node) dial(ctx context.Context, p *peer, ch Channel) (*conn, error) {
 
 	c := n.newConn(true, p, ch)
 	if sec != nil && sec.Mode == SecurityEncrypt {
-		c.tx, c.rx = ss.tx, ss.rx
+		if c.tx, c.rx, err = ss.recordCiphers(); err != nil {
+			return nil, fmt.Errorf("%w: node %d: %v", ErrHandshake, p.num, err)
+		}
 	}
 	if ch.Throttled() {
 		// No credit until the acceptor's first grant, right behind its ack.

@@ -2,10 +2,12 @@ package engine
 
 import (
 	"bytes"
+	"crypto/cipher"
 	"encoding/binary"
 	"fmt"
 
 	"github.com/flynn/noise"
+	"golang.org/x/crypto/chacha20poly1305"
 
 	"github.com/clusterinfra/ci/framing"
 )
@@ -224,6 +226,17 @@ func (s *Security) respond(from NodeNum, hello, ack framing.Hello) (session, []b
 	return session{tx: cs2, rx: cs1}, appendAuth(nil, s.Mode, keyID, reply), nil
 }
 
+// recordCiphers continues the session's cipher states as record ciphers.
+func (ss session) recordCiphers() (tx, rx *recordCipher, err error) {
+	if tx, err = newRecordCipher(ss.tx); err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	if rx, err = newRecordCipher(ss.rx); err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrAuth, err)
+	}
+	return tx, rx, nil
+}
+
 // checkConfirm verifies the dialler's third message.
 func (ss session) checkConfirm(payload []byte) error {
 	pt, err := ss.rx.Decrypt(nil, nil, payload)
@@ -244,8 +257,54 @@ const (
 
 var errBadRecord = fmt.Errorf("%w: bad encrypted record", ErrAuth)
 
+// recordCipher seals or opens the records of one direction of a connection.
+// It continues the handshake's ChaCha20-Poly1305 cipher state (same key,
+// same little-endian counter nonce as Noise) with its own nonce buffer, so
+// that sealing allocates nothing: Noise builds a fresh nonce slice per call.
+type recordCipher struct {
+	aead  cipher.AEAD
+	n     uint64
+	nonce [chacha20poly1305.NonceSize]byte
+}
+
+func newRecordCipher(cs *noise.CipherState) (*recordCipher, error) {
+	k := cs.UnsafeKey()
+	aead, err := chacha20poly1305.New(k[:])
+	if err != nil {
+		return nil, err
+	}
+	return &recordCipher{aead: aead, n: cs.Nonce()}, nil
+}
+
+var errNonceExhausted = fmt.Errorf("%w: record counter exhausted; reconnect", ErrAuth)
+
+func (r *recordCipher) next() ([]byte, error) {
+	if r.n >= noise.MaxNonce {
+		return nil, errNonceExhausted
+	}
+	binary.LittleEndian.PutUint64(r.nonce[4:], r.n)
+	r.n++
+	return r.nonce[:], nil
+}
+
+func (r *recordCipher) seal(dst, plain []byte) ([]byte, error) {
+	nonce, err := r.next()
+	if err != nil {
+		return dst, err
+	}
+	return r.aead.Seal(dst, nonce, plain, nil), nil
+}
+
+func (r *recordCipher) open(dst, sealed []byte) ([]byte, error) {
+	nonce, err := r.next()
+	if err != nil {
+		return dst, err
+	}
+	return r.aead.Open(dst, nonce, sealed, nil)
+}
+
 // sealInto appends the encryption of plain (header then payload) as records.
-func sealInto(dst []byte, tx *noise.CipherState, scratch *[]byte, hdr, payload []byte) ([]byte, error) {
+func sealInto(dst []byte, tx *recordCipher, scratch *[]byte, hdr, payload []byte) ([]byte, error) {
 	// The first record starts with the header; build it in scratch so that
 	// Encrypt sees one contiguous plaintext.
 	first := min(len(payload), maxRecordPlain-len(hdr))
@@ -264,10 +323,10 @@ func sealInto(dst []byte, tx *noise.CipherState, scratch *[]byte, hdr, payload [
 	return dst, nil
 }
 
-func sealRecord(dst []byte, tx *noise.CipherState, plain []byte) ([]byte, error) {
+func sealRecord(dst []byte, tx *recordCipher, plain []byte) ([]byte, error) {
 	at := len(dst)
 	dst = append(dst, 0, 0, 0, 0)
-	dst, err := tx.Encrypt(dst, nil, plain)
+	dst, err := tx.seal(dst, plain)
 	if err != nil {
 		return dst[:at], err
 	}
@@ -278,7 +337,7 @@ func sealRecord(dst []byte, tx *noise.CipherState, plain []byte) ([]byte, error)
 // openRecords decrypts the whole records at the start of in, appending the
 // plaintext to plain. It returns the bytes of in consumed and, when a record
 // is incomplete, how many bytes it needs in all.
-func openRecords(plain []byte, rx *noise.CipherState, in []byte) ([]byte, int, int, error) {
+func openRecords(plain []byte, rx *recordCipher, in []byte) ([]byte, int, int, error) {
 	off := 0
 	for len(in)-off >= recordHeader {
 		n := int(binary.LittleEndian.Uint32(in[off:]))
@@ -289,7 +348,7 @@ func openRecords(plain []byte, rx *noise.CipherState, in []byte) ([]byte, int, i
 			return plain, off, recordHeader + n, nil
 		}
 		var err error
-		plain, err = rx.Decrypt(plain, nil, in[off+recordHeader:off+recordHeader+n])
+		plain, err = rx.open(plain, in[off+recordHeader:off+recordHeader+n])
 		if err != nil {
 			return plain, off, 0, errBadRecord
 		}
