@@ -141,6 +141,19 @@ func (n *Node) startCall(ctx context.Context, to NodeNum, m Method, args, reply 
 		return 0, fmt.Errorf("%w: all %d client handles busy", ErrTooManyCalls, n.cfg.MaxOutstandingCalls)
 	}
 	xid := n.handles.arm(idx, p.num, reply)
+	// A link ending right now fails waiting calls first, then closes its
+	// connections. Armed before this check, the call is either seen by that
+	// failing (link still current here) or sees the new generation here; it
+	// never goes out on a dying connection to wait for its deadline.
+	if c.linkGen != p.linkGen.Load() {
+		if n.handles.abandon(xid) {
+			n.m.rpcNodeDown.Inc()
+			return 0, fmt.Errorf("%w: node %d: link lost", ErrNodeDown, p.num)
+		}
+		_, werr := n.waitCall(ctx, xid)
+		n.countFailure(werr)
+		return 0, werr
+	}
 	n.m.framesOutByPrio[prio].Inc()
 	h := framing.Header{Type: framing.TypeRequest, Priority: prio, Service: m.Service, Proc: m.Proc, XID: xid, SvcVersion: m.Version}
 	if err := n.sendArgs(ctx, c, &h, m, args); err != nil {
