@@ -1,0 +1,5 @@
+//go:build !race
+
+package examplesvc
+
+const raceEnabled = false
