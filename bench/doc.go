@@ -33,4 +33,16 @@
 //
 // tools/cibench does the same with each server in its own process
 // (cibench compare), which is how published numbers are taken.
+//
+// The flow benchmark (flow.go, issue 3) is separate: a FlowClient
+// saturates a throttled service channel of a FlowServer with one-way
+// messages and compares that with one raw TCP stream between the same two
+// processes, then measures priority RPCs idle and under that load:
+//
+//	c, _ := bench.NewFlowClient(bench.FlowConfig{})
+//	s, _ := bench.StartFlowServer(bench.FlowConfig{}, "127.0.0.1:0", c.Addr())
+//	_ = c.Connect(ctx, s.Addr())
+//	res, err := bench.RunFlow(ctx, c, bench.DefaultFlowRunConfig())
+//
+// cibench flow runs the server in a child process (cibench serve --peer=flow).
 package bench

@@ -12,7 +12,7 @@ import (
 )
 
 type serveCmd struct {
-	Peer      string `required:"" enum:"raw,netrpc,grpc,ics" help:"Peer to serve: ${enum}." env:"CI_PEER"`
+	Peer      string `required:"" enum:"raw,netrpc,grpc,ics,flow" help:"Peer to serve: ${enum} (flow: the server of cibench flow)." env:"CI_PEER"`
 	Listen    string `default:"127.0.0.1:0" help:"Address to listen on; port 0 picks one." env:"CI_LISTEN"`
 	Inline    bool   `default:"true" negatable:"" help:"ics: run the handler on the event loop (--no-inline: on server handle goroutines)." env:"CI_INLINE"`
 	WriteMode string `default:"direct" enum:"direct,eventloop" help:"ics: how frames reach the socket: ${enum}." env:"CI_WRITE_MODE"`
@@ -21,6 +21,9 @@ type serveCmd struct {
 
 	ClientNode uint32 `default:"1" help:"ics: the client's node number." env:"CI_CLIENT_NODE"`
 	ClientAddr string `help:"ics: the client node's address; the server must know it to reply." env:"CI_CLIENT_ADDR"`
+
+	Window     int    `default:"0" help:"flow: credit window in bytes (engine CreditWindow); 0 is the engine's default." env:"CI_WINDOW"`
+	CPUProfile string `type:"path" help:"flow: write a CPU profile of this server to the file." env:"CI_CPUPROFILE"`
 }
 
 func (*serveCmd) Help() string {
@@ -32,7 +35,8 @@ Examples:
   cibench serve --peer=raw
   cibench serve --peer=grpc --listen=127.0.0.1:9000 < /dev/null &   # stdin closed: exits at once
   cibench serve --peer=ics --no-inline --write-mode=eventloop \
-      --node=2 --client-node=1 --client-addr=127.0.0.1:40123`
+      --node=2 --client-node=1 --client-addr=127.0.0.1:40123
+  cibench serve --peer=flow --client-addr=127.0.0.1:40123 --window=262144`
 }
 
 // readyLine is what serve prints once it accepts calls; the parent reads it.
@@ -67,6 +71,9 @@ func (s *serveCmd) peer() (bench.Peer, error) {
 }
 
 func (s *serveCmd) Run(g *globals) error {
+	if s.Peer == "flow" {
+		return s.serveFlow(g)
+	}
 	p, err := s.peer()
 	if err != nil {
 		return err

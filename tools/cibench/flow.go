@@ -1,0 +1,327 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/clusterinfra/ci/bench"
+	"github.com/clusterinfra/ci/engine"
+	"github.com/clusterinfra/ci/framing"
+)
+
+// flowCmd is issue 3's measurement: ICS bulk throughput on a throttled
+// channel against a raw TCP stream, and priority RPC latency idle and under
+// that bulk load. The server side is "cibench serve --peer=flow".
+type flowCmd struct {
+	Rounds    int           `default:"5" help:"Rounds; each runs the four phases (raw, ics, idle, loaded) once, in an order rotated per round." env:"CI_ROUNDS"`
+	Duration  time.Duration `default:"2s" help:"Length of each phase." env:"CI_DURATION"`
+	Warmup    time.Duration `default:"500ms" help:"Untimed run of each phase before the first round." env:"CI_WARMUP"`
+	Size      int           `default:"65536" help:"Bulk message bytes: each ICS one-way message and each raw TCP write." env:"CI_SIZE"`
+	Senders   int           `default:"4" help:"Goroutines sending ICS bulk messages, all on the one node pair." env:"CI_SENDERS"`
+	Window    int           `default:"0" help:"Credit window in bytes (engine CreditWindow) on both nodes; 0 is the engine's default, 256 KiB." env:"CI_WINDOW"`
+	ProbeSize int           `default:"64" help:"Priority RPC request and response bytes (at least 4)." env:"CI_PROBE_SIZE"`
+	Control   bool          `help:"Add a fifth phase, the probe while the raw TCP stream runs: what load costs the probe without the engine in the bulk path." env:"CI_CONTROL"`
+	Pin       bool          `help:"Pin this process (client) to one CPU and the server to another (taskset); reported in the output." env:"CI_PIN"`
+	InProcess bool          `help:"Run the server in this process instead of a child process (quick checks only)." env:"CI_IN_PROCESS"`
+	JSON      bool          `name:"json" help:"Print the result as JSON instead of tables." env:"CI_JSON"`
+	Metrics   bool          `help:"Also print both nodes' ci_ics_* counters and gauges at the end (credit waits, throttling, handles)." env:"CI_METRICS"`
+	Profile   string        `type:"path" placeholder:"DIR" help:"Write CPU profiles of the timed rounds to DIR/flow-client.pprof and DIR/flow-server.pprof (go tool pprof)." env:"CI_PROFILE"`
+}
+
+func (*flowCmd) Help() string {
+	return `Issue 3's targets, between this process (client node 1) and one child
+process (server node 2, "cibench serve --peer=flow"), in interleaved rounds
+of four phases:
+
+  raw     one TCP stream: --size writes on one connection, the server reads
+          and discards
+  ics     --senders goroutines send --size one-way messages on a throttled
+          service channel (priority 0); the server's handles count them
+  idle    64-byte echo RPCs at priority 1, one at a time
+  loaded  the same RPCs while the ics transfer saturates the channel
+  raw-loaded (with --control) the same RPCs while the raw stream runs
+
+Each bulk phase ends with a request/response behind the data, so the bytes
+the server counted are exact. Targets: ICS bulk at least 80% of raw; loaded
+priority p99 at most 2x idle p99 (medians of per-round ratios).
+
+Examples:
+  cibench flow                                       # 5 rounds x 4 phases x 2s
+  cibench flow --rounds=3 --duration=1s --pin
+  cibench flow --control                             # is the loaded latency the engine's or the machine's?
+  cibench flow --window=1048576 --senders=8 --json > flow.json
+  cibench flow --profile=/tmp/flow --metrics         # then: go tool pprof bin/cibench /tmp/flow/flow-server.pprof
+  CI_ROUNDS=9 CI_DURATION=3s cibench flow --quiet`
+}
+
+func (c *flowCmd) runConfig() bench.FlowRunConfig {
+	cfg := bench.DefaultFlowRunConfig()
+	cfg.Rounds, cfg.Duration, cfg.Warmup = c.Rounds, c.Duration, c.Warmup
+	cfg.Size, cfg.Senders, cfg.ProbeSize, cfg.Control = c.Size, c.Senders, c.ProbeSize, c.Control
+	return cfg
+}
+
+func (c *flowCmd) Validate() error {
+	switch {
+	case c.Rounds < 1:
+		return usagef("--rounds must be at least 1")
+	case c.Duration <= 0:
+		return usagef("--duration must be positive")
+	case c.Warmup < 0:
+		return usagef("--warmup must not be negative")
+	case c.Size < 1 || c.Size > framing.DefaultMaxPayload:
+		return usagef("--size must be 1..%d", framing.DefaultMaxPayload)
+	case c.Senders < 1:
+		return usagef("--senders must be at least 1")
+	case c.Window != 0 && (c.Window < framing.HeaderSize || c.Window > 1<<30):
+		return usagef("--window must be 0 (the default) or %d..%d", framing.HeaderSize, 1<<30)
+	case c.ProbeSize < 4 || c.ProbeSize > bench.MaxMessage:
+		return usagef("--probe-size must be 4..%d", bench.MaxMessage)
+	case c.Pin && c.InProcess:
+		return usagef("--pin needs the server in a child process, not --in-process")
+	}
+	return nil
+}
+
+// flowOutput is what --json prints: the result, and with --metrics the
+// nodes' metrics.
+type flowOutput struct {
+	*bench.FlowResult
+	ClientMetrics []string `json:"client_metrics,omitempty"`
+	ServerMetrics []string `json:"server_metrics,omitempty"`
+}
+
+func (c *flowCmd) Run(g *globals) (err error) {
+	ctx, cancel := context.WithCancelCause(g.ctx)
+	defer cancel(nil)
+
+	var cpus cpuPlan
+	cfg := bench.FlowConfig{Cluster: "bench-flow", Window: c.Window}
+	if c.Pin {
+		if cpus, err = planPinning(); err != nil {
+			return err
+		}
+		if err := cpus.pinSelf(); err != nil {
+			return err
+		}
+		cfg.EventLoops = 1 // gnet would size its loops by the CPUs seen at start
+	}
+	if c.Profile != "" {
+		if err := os.MkdirAll(c.Profile, 0o755); err != nil {
+			return err
+		}
+	}
+
+	client, err := bench.NewFlowClient(cfg)
+	if err != nil {
+		return err
+	}
+	// The client node closes first, so that the server sees it leave
+	// cleanly, then the server.
+	var stopServer func() error
+	defer func() {
+		err = errors.Join(err, client.Close())
+		if stopServer != nil {
+			err = errors.Join(err, stopServer())
+		}
+	}()
+
+	var serverAddr string
+	if c.InProcess {
+		s, err := bench.StartFlowServer(cfg, "127.0.0.1:0", client.Addr())
+		if err != nil {
+			return err
+		}
+		stopServer, serverAddr = s.Close, s.Addr()
+	} else {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		argv := []string{exe, "--quiet", "serve", "--peer=flow", "--listen=127.0.0.1:0",
+			"--cluster=" + cfg.Cluster, "--node=2", "--client-node=1", "--client-addr=" + client.Addr(),
+			"--window=" + strconv.Itoa(c.Window)}
+		if c.Profile != "" {
+			argv = append(argv, "--cpu-profile="+filepath.Join(c.Profile, "flow-server.pprof"))
+		}
+		if c.Pin {
+			argv = cpus.wrap(argv)
+		}
+		ch, err := spawn(ctx, "flow", argv, g.stderr, func(err error) { cancel(err) })
+		if err != nil {
+			return err
+		}
+		stopServer, serverAddr = ch.stop, ch.addr
+	}
+	if err := client.Connect(ctx, serverAddr); err != nil {
+		return err
+	}
+
+	run := c.runConfig()
+	status := newFlowStatus(g, run.Rounds)
+	run.Progress = status.phase
+	stopProfile, err := c.startProfile()
+	if err != nil {
+		return err
+	}
+	res, err := bench.RunFlow(ctx, client, run)
+	status.done()
+	if perr := stopProfile(); err == nil {
+		err = perr
+	}
+	if err != nil {
+		if cause := context.Cause(ctx); cause != nil {
+			err = cause // "interrupted" or the server that died, not the symptom
+		}
+		return err
+	}
+	res.Env.Servers = "a child process"
+	if c.InProcess {
+		res.Env.Servers = "this process"
+	}
+	if c.Pin {
+		res.Env.Pinned, res.Env.Pinning = true, cpus.String()
+	}
+
+	out := flowOutput{FlowResult: res}
+	if c.Metrics {
+		var b bytes.Buffer
+		client.Node().Metrics().WritePrometheus(&b)
+		out.ClientMetrics = icsMetricLines(b.String())
+		mctx, mcancel := context.WithTimeout(ctx, 5*time.Second)
+		text, err := client.ServerMetrics(mctx)
+		mcancel()
+		if err != nil {
+			return fmt.Errorf("server metrics: %w", err)
+		}
+		out.ServerMetrics = icsMetricLines(text)
+	}
+	if c.JSON {
+		enc := json.NewEncoder(g.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+	fmt.Fprintf(g.stdout, "cibench flow: ICS bulk on a throttled channel vs one raw TCP stream; priority %d RPCs idle vs under that bulk\n",
+		res.ProbePriority)
+	if err := res.WriteText(g.stdout); err != nil {
+		return err
+	}
+	if c.Metrics {
+		fmt.Fprintf(g.stdout, "\nclient node metrics (whole run, warm-up included):\n  %s\n", strings.Join(out.ClientMetrics, "\n  "))
+		fmt.Fprintf(g.stdout, "\nserver node metrics (whole run, warm-up included):\n  %s\n", strings.Join(out.ServerMetrics, "\n  "))
+	}
+	return nil
+}
+
+// startProfile starts the client's CPU profile if --profile asks for one.
+func (c *flowCmd) startProfile() (stop func() error, err error) {
+	if c.Profile == "" {
+		return func() error { return nil }, nil
+	}
+	return startCPUProfile(filepath.Join(c.Profile, "flow-client.pprof"))
+}
+
+// startCPUProfile writes a CPU profile of this process to path until stop.
+func startCPUProfile(path string) (stop func() error, err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		return nil, errors.Join(err, f.Close())
+	}
+	return func() error {
+		pprof.StopCPUProfile()
+		return f.Close()
+	}, nil
+}
+
+// icsMetricLines keeps the engine's ci_ics_* samples, without histogram
+// buckets.
+func icsMetricLines(text string) []string {
+	var out []string
+	for line := range strings.Lines(text) {
+		if strings.HasPrefix(line, "ci_ics_") && !strings.Contains(line, "_bucket{") {
+			out = append(out, strings.TrimRight(line, "\n"))
+		}
+	}
+	return out
+}
+
+// flowStatus shows the phase running on a terminal's stderr; phases are
+// timed, so a count of calls would say nothing.
+type flowStatus struct {
+	w      io.Writer // nil: quiet, or stderr is not a terminal
+	rounds int
+}
+
+func newFlowStatus(g *globals, rounds int) *flowStatus {
+	s := &flowStatus{rounds: rounds}
+	if !g.quiet && isTerminal(g.stderr) {
+		s.w = g.stderr
+	}
+	return s
+}
+
+func (s *flowStatus) phase(round int, phase string) {
+	if s.w != nil {
+		fmt.Fprintf(s.w, "\rflow: round %d/%d, %-6s", round, s.rounds, phase)
+	}
+}
+
+func (s *flowStatus) done() {
+	if s.w != nil {
+		fmt.Fprint(s.w, "\r\033[K")
+	}
+}
+
+// serveFlow is "cibench serve --peer=flow": the flow benchmark's server
+// node and raw TCP listener, until the parent closes stdin.
+func (s *serveCmd) serveFlow(g *globals) (err error) {
+	if s.Node == 0 || s.ClientNode == 0 || s.Node == s.ClientNode {
+		return usagef("--node and --client-node must be different and not 0")
+	}
+	if s.ClientAddr == "" {
+		return usagef("--peer=flow needs --client-addr: the server node must know the client to reply")
+	}
+	if s.Window != 0 && (s.Window < framing.HeaderSize || s.Window > 1<<30) {
+		return usagef("--window must be 0 (the default) or %d..%d", framing.HeaderSize, 1<<30)
+	}
+	if s.CPUProfile != "" {
+		stop, err := startCPUProfile(s.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer func() { err = errors.Join(err, stop()) }()
+	}
+	cfg := bench.FlowConfig{Cluster: s.Cluster, ServerNode: engine.NodeNum(s.Node),
+		ClientNode: engine.NodeNum(s.ClientNode), Window: s.Window}
+	srv, err := bench.StartFlowServer(cfg, s.Listen, s.ClientAddr)
+	if err != nil {
+		return fmt.Errorf("serve flow: %w", err)
+	}
+	line, _ := json.Marshal(readyLine{Peer: "flow", Addr: srv.Addr(), PID: os.Getpid()})
+	if _, err := fmt.Fprintf(g.stdout, "%s\n", line); err != nil {
+		return errors.Join(err, srv.Close())
+	}
+	stdinClosed := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		close(stdinClosed)
+	}()
+	select {
+	case <-stdinClosed:
+	case <-g.ctx.Done():
+	}
+	return srv.Close()
+}
