@@ -99,6 +99,9 @@ type Config struct {
 	// are never throttled.
 	CreditWindow   int
 	ChannelWindows map[Channel]int
+	// MaxCreditWindow bounds how far a window widens for a sender that the
+	// window, not the receiver's handlers, is holding back.
+	MaxCreditWindow int
 
 	// DisableEscalation turns off CI's priority escalation of RPCs sent from
 	// inside a handler. For tests and benchmarks only: it brings back the
@@ -134,7 +137,8 @@ func DefaultConfig() Config {
 		MaxPendingWrite:     8 << 20,                   // two max-size frames in flight, then senders feel it
 		MaxUnauthPerSource:  32,                        // a peer opens at most a dozen channels at once; a flood from one address is cut off
 		MaxInflightPerPeer:  65536,                     // far above what credits let a well-behaved peer queue; bounds priority-channel floods
-		CreditWindow:        256 << 10,                 // a few hundred small RPCs or one bulk chunk: enough to fill a LAN pipe, small enough to bound memory per peer
+		CreditWindow:        256 << 10,                 // a few hundred small RPCs or a few bulk chunks, small enough to bound memory per peer
+		MaxCreditWindow:     1 << 20,                   // enough in flight for one bulk stream to match raw TCP on loopback (BENCHMARKS.md); reached only while handlers keep up
 	}
 }
 
@@ -172,6 +176,7 @@ func (c *Config) validate() error {
 	fill(&c.MaxOutstandingCalls, d.MaxOutstandingCalls)
 	fill(&c.MaxPendingWrite, d.MaxPendingWrite)
 	fill(&c.CreditWindow, d.CreditWindow)
+	fill(&c.MaxCreditWindow, d.MaxCreditWindow)
 	fill(&c.MaxUnauthPerSource, d.MaxUnauthPerSource)
 	fill(&c.MaxInflightPerPeer, d.MaxInflightPerPeer)
 	if c.Security != nil {

@@ -134,8 +134,12 @@ func (c *conn) markClosed() {
 // wait. A nil error means the frame is written or queued behind a flusher.
 func (c *conn) send(ctx context.Context, h *framing.Header, payload []byte) error {
 	if c.credit != nil && h.Type != framing.TypeCredit {
-		if err := c.credit.acquire(ctx, int64(framing.HeaderSize+len(payload)), c); err != nil {
+		waited, err := c.credit.acquire(ctx, int64(framing.HeaderSize+len(payload)), c)
+		if err != nil {
 			return err
+		}
+		if waited {
+			h.Flags |= framing.FlagStarved
 		}
 	}
 	if c.n.cfg.WriteMode == WriteEventLoop {

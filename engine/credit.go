@@ -28,7 +28,8 @@ import (
 
 // sendCredit is the dialler's side.
 type sendCredit struct {
-	avail atomic.Int64 // bytes that may still be sent; sending is allowed while > 0
+	avail  atomic.Int64 // bytes that may still be sent; sending is allowed while > 0
+	primed atomic.Bool  // the first grant arrived; waiting before it says nothing of the window
 
 	mu     sync.Mutex
 	wake   chan struct{} // closed when credit arrives or the connection closes; guarded by mu
@@ -39,21 +40,21 @@ type sendCredit struct {
 }
 
 // acquire spends cost bytes, waiting while no credit is left. ctx nil
-// means the caller cannot wait (an event loop): it spends regardless.
-func (s *sendCredit) acquire(ctx context.Context, cost int64, c *conn) error {
-	waited := false
+// means the caller cannot wait (an event loop): it spends regardless. It
+// reports whether it had to wait, which the frame then tells the receiver.
+func (s *sendCredit) acquire(ctx context.Context, cost int64, c *conn) (waited bool, err error) {
 	for {
 		cur := s.avail.Load()
 		if cur > 0 || ctx == nil {
 			if s.avail.CompareAndSwap(cur, cur-cost) {
-				return nil
+				return waited, nil
 			}
 			continue
 		}
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
-			return errConnClosed
+			return waited, errConnClosed
 		}
 		if s.avail.Load() > 0 {
 			s.mu.Unlock()
@@ -64,7 +65,7 @@ func (s *sendCredit) acquire(ctx context.Context, cost int64, c *conn) error {
 		}
 		wake := s.wake
 		s.mu.Unlock()
-		if !waited {
+		if !waited && s.primed.Load() {
 			waited = true
 			s.waits.Inc()
 		}
@@ -72,7 +73,7 @@ func (s *sendCredit) acquire(ctx context.Context, cost int64, c *conn) error {
 		case <-wake:
 		case <-ctx.Done():
 			s.throttled.Inc()
-			return fmt.Errorf("%w: no credit on %s to node %d: %w", ErrThrottled, c.channel, c.peer.num, ctxError(ctx))
+			return waited, fmt.Errorf("%w: no credit on %s to node %d: %w", ErrThrottled, c.channel, c.peer.num, ctxError(ctx))
 		}
 	}
 }
@@ -80,6 +81,7 @@ func (s *sendCredit) acquire(ctx context.Context, cost int64, c *conn) error {
 // grant adds credit from a TypeCredit frame and wakes the waiting senders.
 func (s *sendCredit) grant(n int64) {
 	s.avail.Add(n)
+	s.primed.Store(true)
 	s.mu.Lock()
 	if s.wake != nil {
 		close(s.wake)
@@ -100,11 +102,26 @@ func (s *sendCredit) close() {
 }
 
 // recvCredit is the acceptor's side.
+//
+// The window starts at the configured size and widens, up to maxWindow,
+// when it is what holds a transfer back: a sender that had to wait for
+// credit says so in its next frame (framing.FlagStarved), and if the
+// handlers had finished most of the window by then, the next grant
+// doubles it. A slow handler never widens it, so the bound on what waits
+// for handles stays what was granted.
 type recvCredit struct {
-	window  int64
-	held    atomic.Int64 // bytes received and not yet finished by a handler
-	pending atomic.Int64 // finished bytes not yet returned to the sender
-	granted atomic.Int64 // total granted on this connection, for tests and metrics
+	window    atomic.Int64 // current window
+	maxWindow int64
+	grow      atomic.Bool  // a starved sender found the handlers keeping up
+	held      atomic.Int64 // bytes received and not yet finished by a handler
+	pending   atomic.Int64 // finished bytes not yet returned to the sender
+	granted   atomic.Int64 // total granted on this connection, for tests and metrics
+}
+
+func newRecvCredit(window, maxWindow int) *recvCredit {
+	r := &recvCredit{maxWindow: int64(max(window, maxWindow))}
+	r.window.Store(int64(window))
+	return r
 }
 
 // creditReturnFraction: credit goes back once a quarter of the window is
@@ -117,9 +134,12 @@ const creditReturnFraction = 4
 // connection's window, and the request against the peer's bound on
 // requests in flight. A false return means the bound was hit; the caller
 // refuses the request and must still call finished.
-func (c *conn) admit(cost int) bool {
-	if c.recv != nil {
-		c.recv.held.Add(int64(cost))
+func (c *conn) admit(cost int, flags framing.Flags) bool {
+	if r := c.recv; r != nil {
+		held := r.held.Add(int64(cost)) - int64(cost)
+		if flags&framing.FlagStarved != 0 && held < r.window.Load()/2 {
+			r.grow.Store(true)
+		}
 	}
 	return c.peer.inflight.Add(1) <= int64(c.n.cfg.MaxInflightPerPeer)
 }
@@ -134,12 +154,19 @@ func (c *conn) finished(cost int) {
 		return
 	}
 	r.held.Add(-int64(cost))
-	if r.pending.Add(int64(cost)) < r.window/creditReturnFraction {
+	w := r.window.Load()
+	if r.pending.Add(int64(cost)) < w/creditReturnFraction {
 		return
 	}
 	amt := r.pending.Swap(0)
 	if amt <= 0 {
 		return
+	}
+	if r.grow.Swap(false) && w < r.maxWindow {
+		wider := min(2*w, r.maxWindow)
+		if r.window.CompareAndSwap(w, wider) {
+			amt += wider - w
+		}
 	}
 	c.sendGrant(amt)
 }

@@ -257,7 +257,7 @@ func TestCreditsAcrossReconnect(t *testing.T) {
 	}
 	eventually(t, "window accounted for", func() bool {
 		avail, held, pending := account()
-		return held == 0 && avail+pending == window
+		return held == 0 && avail+pending == window // sequential small calls never starve: no widening
 	})
 	if avail, _, pending := account(); pending >= window/creditReturnFraction || avail <= 0 {
 		t.Fatalf("idle sender has %d credit with %d unreturned", avail, pending)
@@ -292,5 +292,38 @@ func TestPriorityRouting(t *testing.T) {
 	}
 	if nodes[1].peer(1).out[ChanReplyPrio].Load() == nil {
 		t.Fatal("priority replies did not use reply_prio")
+	}
+}
+
+// TestWindowWidensForStarvedSender: a stream the window holds back (fast
+// handler, credit running out) widens the window up to MaxCreditWindow; a
+// stalled handler never widens it (TestBoundedReceiveMemory).
+func TestWindowWidensForStarvedSender(t *testing.T) {
+	const window, maxWindow = 16 << 10, 128 << 10
+	nodes := startCluster(t, 2, func(c *Config) {
+		c.ChannelWindows = map[Channel]int{ChanFirstService: window}
+		c.MaxCreditWindow = maxWindow
+	})
+	mustRegister(t, nodes[1], Service{ID: throttledSvc, MaxHandles: 4, Procs: []Handler{func(context.Context, *Request, *Response) error { return nil }}})
+	msg := make([]byte, 8<<10)
+	var widest int64
+	for i := 0; i < 2000 && widest < maxWindow; i++ {
+		if err := nodes[0].Send(ctxFor(t, 10*time.Second), 2, Method{Service: throttledSvc}, msg); err != nil {
+			t.Fatal(err)
+		}
+		p := nodes[1].peer(1)
+		p.mu.Lock()
+		for c := range p.inbound {
+			if c.recv != nil {
+				widest = max(widest, c.recv.window.Load())
+			}
+		}
+		p.mu.Unlock()
+	}
+	if widest <= window {
+		t.Fatalf("window stayed at %d under a starved stream", widest)
+	}
+	if widest > maxWindow {
+		t.Fatalf("window widened to %d, past MaxCreditWindow %d", widest, maxWindow)
 	}
 }

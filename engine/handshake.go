@@ -114,7 +114,7 @@ func (n *Node) becomeReady(c *conn) error {
 	n.pendingMu.Unlock()
 	c.linkGen = n.joinLink(p, c.incarnation, c)
 	if w := n.cfg.window(ch); w > 0 {
-		c.recv = &recvCredit{window: int64(w)}
+		c.recv = newRecvCredit(w, n.cfg.MaxCreditWindow)
 		n.m.watchReceiveWindow(n, p, ch)
 		c.sendGrant(int64(w))
 	}

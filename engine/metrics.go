@@ -96,8 +96,17 @@ func (m *nodeMetrics) newSendCredit(n *Node, p *peer, ch Channel) *sendCredit {
 // the bytes waiting for server handles, read at scrape time.
 func (m *nodeMetrics) watchReceiveWindow(n *Node, p *peer, ch Channel) {
 	l := fmt.Sprintf(`{node="%d",peer="%d",channel="%s"}`, n.cfg.Node, p.num, ch)
-	w := float64(n.cfg.window(ch))
-	m.set.GetOrCreateGauge("ci_ics_credit_window_bytes"+l, func() float64 { return w })
+	m.set.GetOrCreateGauge("ci_ics_credit_window_bytes"+l, func() float64 {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		var w int64
+		for c := range p.inbound {
+			if c.channel == ch && c.recv != nil {
+				w += c.recv.window.Load()
+			}
+		}
+		return float64(w)
+	})
 	m.set.GetOrCreateGauge("ci_ics_credit_held_bytes"+l, func() float64 {
 		p.mu.Lock()
 		defer p.mu.Unlock()

@@ -14,7 +14,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 	p := c.peer
 	cost := framing.HeaderSize + len(f.Payload)
 	n.m.framesInByPrio[f.Priority].Inc()
-	if !c.admit(cost) {
+	if !c.admit(cost, f.Flags) {
 		// A peer that floods (priority channels are never throttled) is
 		// answered "busy" instead of queueing without bound.
 		n.m.limitInflight.Inc()

@@ -72,8 +72,13 @@ const (
 	// FlagZstd marks a payload compressed with zstd; aux holds the raw length.
 	FlagZstd Flags = 1 << 1
 
+	// FlagStarved marks the first frame a sender sent after waiting for
+	// credit: the receiver may widen a window that is holding a fast
+	// handler back.
+	FlagStarved Flags = 1 << 2
+
 	flagCompressionMask = FlagS2 | FlagZstd
-	flagsKnown          = flagCompressionMask
+	flagsKnown          = flagCompressionMask | FlagStarved
 )
 
 // Compressed reports whether the payload is compressed.

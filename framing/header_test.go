@@ -118,7 +118,7 @@ func TestDecodeHeaderRejects(t *testing.T) {
 		{name: "type-limit", h: Header{Type: typeLimit, Length: 1}, want: ErrBadType},
 		{name: "type-9", h: Header{Type: 9}, want: ErrBadType},
 		{name: "type-255", h: Header{Type: 255}, want: ErrBadType},
-		{name: "flag-bit-2", h: Header{Type: TypeRequest, Flags: 1 << 2}, want: ErrBadFlags},
+		{name: "flag-bit-3", h: Header{Type: TypeRequest, Flags: 1 << 3}, want: ErrBadFlags},
 		{name: "flag-bit-7", h: Header{Type: TypeRequest, Flags: 1 << 7}, want: ErrBadFlags},
 		{name: "flag-s2-and-unknown", h: Header{Type: TypeRequest, Flags: FlagS2 | 1<<4, Aux: 1}, want: ErrBadFlags},
 		{name: "flag-all", h: Header{Type: TypeRequest, Flags: 0xff, Aux: 1}, want: ErrBadFlags},
