@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/clusterinfra/ci/engine"
+	"github.com/clusterinfra/ci/engine/enginetest"
 )
 
 // The hand-written twin of KV.Add: the same bytes on the wire and the same
@@ -64,7 +65,7 @@ func (c *handClient) Add(ctx context.Context, to engine.NodeNum, name string, de
 // addPair starts two nodes serving KV.Add both ways and returns the two
 // callers on node 1.
 func addPair(tb testing.TB) (stub func(context.Context) (int64, error), hand func(context.Context) (int64, error)) {
-	nodes := startCluster(tb, 2)
+	nodes := enginetest.StartCluster(tb, 2, nil)
 	store := NewStore()
 	if err := RegisterKV(nodes[1], store); err != nil {
 		tb.Fatal(err)

@@ -1,84 +1,11 @@
 package examplesvc
 
 import (
-	"context"
-	"fmt"
-	"log/slog"
-	"os"
 	"testing"
-	"time"
 
 	"go.uber.org/goleak"
 
-	"github.com/clusterinfra/ci/engine"
+	"github.com/clusterinfra/ci/engine/enginetest"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// gnet enrolls dialled sockets through a process-wide ants pool whose
-		// idle workers linger for a while after use.
-		goleak.IgnoreTopFunction("github.com/panjf2000/ants/v2.(*goWorker).run.func1"),
-		goleak.IgnoreAnyFunction("github.com/panjf2000/ants/v2.(*poolCommon).purgeStaleWorkers"),
-		goleak.IgnoreAnyFunction("github.com/panjf2000/ants/v2.(*poolCommon).ticktock"),
-	)
-}
-
-// testLogger is quiet unless CI_TEST_LOG is set.
-func testLogger() *slog.Logger {
-	if os.Getenv("CI_TEST_LOG") == "" {
-		return nil
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-// startCluster starts count nodes numbered 1..count on 127.0.0.1..count,
-// each knowing all the others, and closes them when the test ends.
-func startCluster(t testing.TB, count int) []*engine.Node {
-	t.Helper()
-	nodes := make([]*engine.Node, count)
-	for i := range nodes {
-		cfg := engine.DefaultConfig()
-		cfg.Node = engine.NodeNum(i + 1)
-		cfg.Cluster = "test"
-		cfg.ListenAddr = fmt.Sprintf("127.0.0.%d:0", i+1)
-		cfg.EventLoops = 1
-		cfg.Logger = testLogger()
-		n, err := engine.New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := n.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = n.Close() })
-		nodes[i] = n
-	}
-	for _, a := range nodes {
-		for _, b := range nodes {
-			if a != b {
-				if err := a.SetPeer(b.Num(), b.Addr()); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-	}
-	return nodes
-}
-
-func ctxFor(t testing.TB, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// eventually polls cond until it holds or 10s pass.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, enginetest.LeakOptions()...) }

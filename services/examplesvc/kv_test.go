@@ -10,18 +10,19 @@ import (
 	"time"
 
 	"github.com/clusterinfra/ci/engine"
+	"github.com/clusterinfra/ci/engine/enginetest"
 )
 
 // TestKVAcrossNodes drives every procedure of the example service from
 // node 1 against a Store on node 2, through the generated stubs.
 func TestKVAcrossNodes(t *testing.T) {
-	nodes := startCluster(t, 2)
+	nodes := enginetest.StartCluster(t, 2, nil)
 	store := NewStore()
 	if err := RegisterKV(nodes[1], store); err != nil {
 		t.Fatal(err)
 	}
 	kv := NewKVClient(nodes[0])
-	ctx := ctxFor(t, 10*time.Second)
+	ctx := enginetest.Context(t, 10*time.Second)
 
 	labels := map[string]string{"owner": "test", "tier": "gold"}
 	v, err := kv.Put(ctx, 2, "a/1", []byte("one"), labels, 0)
@@ -81,7 +82,7 @@ func TestKVAcrossNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	var st Stats
-	eventually(t, "two touches", func() bool {
+	enginetest.Eventually(t, "two touches", func() bool {
 		st, err = kv.Stats(ctx, 2)
 		return err == nil && st.Touches == 2
 	})
@@ -115,19 +116,19 @@ func (r *recorder) Add(ctx context.Context, name string, delta int64) (int64, er
 // TestKVPriorityAndDeadline checks that a stub call takes its priority and
 // deadline from ctx, as engine.Node.Call does.
 func TestKVPriorityAndDeadline(t *testing.T) {
-	nodes := startCluster(t, 2)
+	nodes := enginetest.StartCluster(t, 2, nil)
 	rec := &recorder{Store: NewStore(), prio: make(chan uint8, 4)}
 	if err := RegisterKV(nodes[1], rec); err != nil {
 		t.Fatal(err)
 	}
 	kv := NewKVClient(nodes[0])
-	if _, err := kv.Add(engine.WithPriority(ctxFor(t, 10*time.Second), 2), 2, "x", 1); err != nil {
+	if _, err := kv.Add(engine.WithPriority(enginetest.Context(t, 10*time.Second), 2), 2, "x", 1); err != nil {
 		t.Fatal(err)
 	}
 	if p := <-rec.prio; p != 2 {
 		t.Fatalf("handler ran at priority %d, want 2", p)
 	}
-	if _, err := kv.Add(ctxFor(t, 10*time.Second), 2, "x", 1); err != nil {
+	if _, err := kv.Add(enginetest.Context(t, 10*time.Second), 2, "x", 1); err != nil {
 		t.Fatal(err)
 	}
 	if p := <-rec.prio; p != 0 {
@@ -136,7 +137,7 @@ func TestKVPriorityAndDeadline(t *testing.T) {
 
 	rec.delay = 5 * time.Second
 	start := time.Now()
-	_, err := kv.Add(ctxFor(t, 100*time.Millisecond), 2, "x", 1)
+	_, err := kv.Add(enginetest.Context(t, 100*time.Millisecond), 2, "x", 1)
 	if !errors.Is(err, engine.ErrTimedOut) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("slow Add: %v, want ErrTimedOut", err)
 	}
@@ -149,13 +150,13 @@ func TestKVPriorityAndDeadline(t *testing.T) {
 // TestKVVersionMismatch: stubs of another version fail with
 // ErrProgVersMismatch instead of misreading each other.
 func TestKVVersionMismatch(t *testing.T) {
-	nodes := startCluster(t, 2)
+	nodes := enginetest.StartCluster(t, 2, nil)
 	svc := KVService(NewStore())
 	svc.Version = KVVersion + 1 // the server runs newer stubs
 	if err := nodes[1].Register(svc); err != nil {
 		t.Fatal(err)
 	}
-	_, err := NewKVClient(nodes[0]).Get(ctxFor(t, 10*time.Second), 2, "k")
+	_, err := NewKVClient(nodes[0]).Get(enginetest.Context(t, 10*time.Second), 2, "k")
 	if !errors.Is(err, engine.ErrProgVersMismatch) {
 		t.Fatalf("Get across versions: %v", err)
 	}
@@ -164,7 +165,7 @@ func TestKVVersionMismatch(t *testing.T) {
 // TestKVBadArguments: arguments the server stub cannot decode come back as
 // ErrCantDecodeArgs.
 func TestKVBadArguments(t *testing.T) {
-	nodes := startCluster(t, 2)
+	nodes := enginetest.StartCluster(t, 2, nil)
 	if err := RegisterKV(nodes[1], NewStore()); err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +176,7 @@ func TestKVBadArguments(t *testing.T) {
 		{3, 'a', 'b'},                  // one byte short
 		{1, 'a', 'x'},                  // a byte too many
 	} {
-		_, err := nodes[0].Call(ctxFor(t, 10*time.Second), 2, m, args, nil)
+		_, err := nodes[0].Call(enginetest.Context(t, 10*time.Second), 2, m, args, nil)
 		if !errors.Is(err, engine.ErrCantDecodeArgs) {
 			t.Errorf("Get(% x): %v, want ErrCantDecodeArgs", args, err)
 		}
@@ -185,7 +186,7 @@ func TestKVBadArguments(t *testing.T) {
 // TestKVBadResults: a reply the client stub cannot decode gives
 // ErrCantDecodeRes.
 func TestKVBadResults(t *testing.T) {
-	nodes := startCluster(t, 2)
+	nodes := enginetest.StartCluster(t, 2, nil)
 	replies := map[uint32][]byte{
 		KVProcAdd:   {0, 1, 2, 3},                                     // an int64 cut short
 		KVProcGet:   {},                                               // not even a status
@@ -204,7 +205,7 @@ func TestKVBadResults(t *testing.T) {
 		t.Fatal(err)
 	}
 	kv := NewKVClient(nodes[0])
-	ctx := ctxFor(t, 10*time.Second)
+	ctx := enginetest.Context(t, 10*time.Second)
 	_, errAdd := kv.Add(ctx, 2, "x", 1)
 	_, errGet := kv.Get(ctx, 2, "x")
 	_, errStats := kv.Stats(ctx, 2)

@@ -17,17 +17,10 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/clusterinfra/ci/engine"
+	"github.com/clusterinfra/ci/engine/enginetest"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// gnet enrolls dialled sockets through a process-wide ants pool whose
-		// idle workers linger for a while after use.
-		goleak.IgnoreTopFunction("github.com/panjf2000/ants/v2.(*goWorker).run.func1"),
-		goleak.IgnoreAnyFunction("github.com/panjf2000/ants/v2.(*poolCommon).purgeStaleWorkers"),
-		goleak.IgnoreAnyFunction("github.com/panjf2000/ants/v2.(*poolCommon).ticktock"),
-	)
-}
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, enginetest.LeakOptions()...) }
 
 // logBuf is a concurrency-safe log sink.
 type logBuf struct {
@@ -56,31 +49,7 @@ type pair struct {
 
 func startPair(t *testing.T, policy2 Policy) *pair {
 	t.Helper()
-	p := &pair{log: &logBuf{}}
-	for i := range 2 {
-		cfg := engine.DefaultConfig()
-		cfg.Node, cfg.Cluster = engine.NodeNum(i+1), "test"
-		cfg.ListenAddr = fmt.Sprintf("127.0.0.%d:0", i+1)
-		cfg.EventLoops = 1
-		n, err := engine.New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := n.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = n.Close() })
-		p.nodes = append(p.nodes, n)
-	}
-	for _, a := range p.nodes {
-		for _, b := range p.nodes {
-			if a != b {
-				if err := a.SetPeer(b.Num(), b.Addr()); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-	}
+	p := &pair{log: &logBuf{}, nodes: enginetest.StartCluster(t, 2, nil)}
 	var err error
 	if p.f1, err = New(p.nodes[0], Config{}); err != nil {
 		t.Fatal(err)

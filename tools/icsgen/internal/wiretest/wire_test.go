@@ -13,17 +13,10 @@ import (
 	"pgregory.net/rapid"
 
 	"github.com/clusterinfra/ci/engine"
+	"github.com/clusterinfra/ci/engine/enginetest"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// gnet enrolls dialled sockets through a process-wide ants pool whose
-		// idle workers linger for a while after use.
-		goleak.IgnoreTopFunction("github.com/panjf2000/ants/v2.(*goWorker).run.func1"),
-		goleak.IgnoreAnyFunction("github.com/panjf2000/ants/v2.(*poolCommon).purgeStaleWorkers"),
-		goleak.IgnoreAnyFunction("github.com/panjf2000/ants/v2.(*poolCommon).ticktock"),
-	)
-}
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, enginetest.LeakOptions()...) }
 
 // nilIfEmpty draws from g and returns nil for an empty result: the wire
 // does not tell nil from empty, and decoders return nil.
@@ -224,28 +217,7 @@ func (s *server) Nothing(context.Context) error { return nil }
 func (s *server) Notify(_ context.Context, p Alias) { s.notified <- p }
 
 func TestWireAcrossNodes(t *testing.T) {
-	nodes := make([]*engine.Node, 2)
-	for i := range nodes {
-		cfg := engine.DefaultConfig()
-		cfg.Node, cfg.Cluster = engine.NodeNum(i+1), "test"
-		cfg.ListenAddr = fmt.Sprintf("127.0.0.%d:0", i+1)
-		cfg.EventLoops = 1
-		n, err := engine.New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := n.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = n.Close() })
-		nodes[i] = n
-	}
-	if err := nodes[0].SetPeer(2, nodes[1].Addr()); err != nil {
-		t.Fatal(err)
-	}
-	if err := nodes[1].SetPeer(1, nodes[0].Addr()); err != nil {
-		t.Fatal(err)
-	}
+	nodes := enginetest.StartCluster(t, 2, nil)
 	srv := &server{notified: make(chan Point, 1)}
 	if err := RegisterWire(nodes[1], srv); err != nil {
 		t.Fatal(err)
