@@ -44,9 +44,10 @@ type FlowConfig struct {
 	Cluster    string         // cluster name; "" is "bench-flow"
 	ServerNode engine.NodeNum // 0 is 2
 	ClientNode engine.NodeNum // 0 is 1
-	// Window is the engine's CreditWindow on both nodes, in bytes; 0 is
-	// the engine's default. The server's is the one the bulk transfer
-	// spends: it grants the client its window on the bulk channel.
+	// Window fixes the engine's CreditWindow (and MaxCreditWindow) on both
+	// nodes, in bytes; 0 is the engine's default. The server's is the one
+	// the bulk transfer spends: it grants the client its window on the bulk
+	// channel.
 	Window int
 	// EventLoops per node; 0 is the engine's default (one per CPU).
 	EventLoops int
@@ -82,7 +83,9 @@ func (c FlowConfig) engineConfig(num engine.NodeNum, listen string) engine.Confi
 		cfg.ListenAddr = listen
 	}
 	if c.Window > 0 {
-		cfg.CreditWindow = c.Window
+		// A fixed window: the engine would otherwise widen it for a starved
+		// sender, and experiments with a given window would not keep it.
+		cfg.CreditWindow, cfg.MaxCreditWindow = c.Window, c.Window
 	}
 	cfg.EventLoops = c.EventLoops
 	return cfg

@@ -28,7 +28,7 @@ type flowCmd struct {
 	Warmup    time.Duration `default:"500ms" help:"Untimed run of each phase before the first round." env:"CI_WARMUP"`
 	Size      int           `default:"65536" help:"Bulk message bytes: each ICS one-way message and each raw TCP write." env:"CI_SIZE"`
 	Senders   int           `default:"4" help:"Goroutines sending ICS bulk messages, all on the one node pair." env:"CI_SENDERS"`
-	Window    int           `default:"0" help:"Credit window in bytes (engine CreditWindow) on both nodes; 0 is the engine's default, 256 KiB." env:"CI_WINDOW"`
+	Window    int           `default:"0" help:"Fixed credit window in bytes on both nodes (engine CreditWindow and MaxCreditWindow); 0 is the engine's default: 256 KiB, widening up to 1 MiB for a starved sender." env:"CI_WINDOW"`
 	ProbeSize int           `default:"64" help:"Priority RPC request and response bytes (at least 4)." env:"CI_PROBE_SIZE"`
 	Control   bool          `help:"Add a fifth phase, the probe while the raw TCP stream runs: what load costs the probe without the engine in the bulk path." env:"CI_CONTROL"`
 	Pin       bool          `help:"Pin this process (client) to one CPU and the server to another (taskset); reported in the output." env:"CI_PIN"`
