@@ -395,3 +395,36 @@ func TestStartFailsOnBusyAddress(t *testing.T) {
 		t.Fatal("second node started on a busy address")
 	}
 }
+
+// TestCompressedBombRefused: a request whose payload claims to decompress
+// to more than MaxPayload (or to another size than it does) is answered
+// "cannot decode arguments" and counted, without decompressing it.
+func TestCompressedBombRefused(t *testing.T) {
+	nodes := startCluster(t, 2, func(c *Config) { c.MaxPayload = 1 << 16 })
+	var served atomic.Int32
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Procs: []Handler{func(context.Context, *Request, *Response) error {
+		served.Add(1)
+		return nil
+	}}})
+	c, err := nodes[0].outConn(ctxFor(t, 5*time.Second), nodes[0].peer(2), ChanFirstService)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, _ := nodes[0].handles.acquire()
+	xid := nodes[0].handles.arm(idx, 2, nil)
+	// A payload that claims 60000 bytes but is 10 bytes of nonsense.
+	h := framing.Header{Type: framing.TypeRequest, Service: echoSvc, XID: xid, Flags: framing.FlagS2, Aux: 60000}
+	if err := c.send(ctxFor(t, 5*time.Second), &h, []byte("0123456789")); err != nil {
+		t.Fatal(err)
+	}
+	_, err = nodes[0].waitCall(ctxFor(t, 5*time.Second), xid)
+	if !errors.Is(err, ErrCantDecodeArgs) {
+		t.Fatalf("got %v, want ErrCantDecodeArgs", err)
+	}
+	if served.Load() != 0 {
+		t.Fatal("the handler saw an undecodable payload")
+	}
+	if nodes[1].m.limitDecompress.Get() != 1 {
+		t.Fatalf("decompression limit counted %d times", nodes[1].m.limitDecompress.Get())
+	}
+}

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/clusterinfra/ci/framing"
@@ -111,6 +112,7 @@ func (n *Node) runJob(w *handle, j *job) {
 }
 
 func (n *Node) replyDecodeError(p *peer, h *framing.Header, err error) {
+	n.countDecodeLimit(err)
 	n.log.Warn("cannot decompress request", "peer", p.num, "service", h.Service, "err", err)
 	if h.Type == framing.TypeRequest {
 		n.sendReply(nil, p, h, nil, StatusCantDecodeArgs, []byte(err.Error()))
@@ -207,6 +209,7 @@ func (n *Node) completeReply(c *conn, f *framing.Frame) {
 		var err error
 		s.reply, err = n.codec.Decompress(s.reply, &f.Header, f.Payload)
 		if err != nil {
+			n.countDecodeLimit(err)
 			s.err = fmt.Errorf("%w: %v", ErrCantDecodeRes, err)
 		}
 	default:
@@ -229,4 +232,12 @@ func trimBuffer(b []byte) []byte {
 		return nil
 	}
 	return b[:0]
+}
+
+// countDecodeLimit counts a payload refused for announcing a decompressed
+// size over MaxPayload (or for decoding to another size than announced).
+func (n *Node) countDecodeLimit(err error) {
+	if errors.Is(err, framing.ErrFrameTooLarge) || errors.Is(err, framing.ErrDecompress) {
+		n.m.limitDecompress.Inc()
+	}
 }
