@@ -16,6 +16,10 @@ import (
 type Target struct {
 	Name   string
 	Client Client
+	// Procs, when not 0, is the GOMAXPROCS this process runs the target's
+	// calls with (a peer named "ics@1" in cibench): the Go scheduler's
+	// idle-P wake-ups are part of what a configuration costs.
+	Procs int
 }
 
 // CompareConfig configures Compare.
@@ -145,7 +149,7 @@ func Compare(ctx context.Context, targets []Target, cfg CompareConfig) (*Compari
 			i := (k + r) % len(targets)
 			t := targets[i]
 			round.Order = append(round.Order, t.Name)
-			res, err := Run(ctx, t.Client, cfg.Run)
+			res, err := runWithProcs(ctx, t, cfg.Run)
 			if err != nil {
 				return nil, fmt.Errorf("round %d, %s: %w", r+1, t.Name, err)
 			}
@@ -272,4 +276,12 @@ func (c *Comparison) WriteText(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// runWithProcs runs one target, under its own GOMAXPROCS if it has one.
+func runWithProcs(ctx context.Context, t Target, cfg RunConfig) (Result, error) {
+	if t.Procs > 0 {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(t.Procs))
+	}
+	return Run(ctx, t.Client, cfg)
 }

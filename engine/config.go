@@ -88,7 +88,7 @@ type Config struct {
 	MaxOutstandingCalls int           // size of the client handle table
 	DialTimeout         time.Duration // bound on one connection attempt, handshake included
 	HandshakeTimeout    time.Duration // an accepted connection must say hello within this
-	EventLoops          int           // gnet event loops; 0 means one per CPU
+	EventLoops          int           // gnet event loops; 0 means one per P (GOMAXPROCS)
 	WriteMode           WriteMode     // how frames reach the socket
 	MaxPendingWrite     int           // bytes queued on one connection before senders wait
 
@@ -132,7 +132,7 @@ func DefaultConfig() Config {
 		MaxOutstandingCalls: 16384,                     // per node; a full table fails fast instead of growing memory
 		DialTimeout:         2 * time.Second,           // loopback/LAN connects take microseconds; a dead host should not stall callers long
 		HandshakeTimeout:    5 * time.Second,           // generous for a loaded peer, short enough to shed half-open connections
-		EventLoops:          0,                         // one per CPU, gnet's multicore default
+		EventLoops:          0,                         // one per P: more would only wait for Ps held by loops blocked in epoll_wait
 		WriteMode:           WriteDirect,               // measured faster; BENCHMARKS.md
 		MaxPendingWrite:     8 << 20,                   // two max-size frames in flight, then senders feel it
 		MaxUnauthPerSource:  32,                        // a peer opens at most a dozen channels at once; a flood from one address is cut off

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -190,11 +191,15 @@ func (n *Node) Start() error {
 		gnet.WithLoadBalancing(gnet.LeastConnections),
 		gnet.WithLogger(gnetLogger{n.log}),
 	}
-	if n.cfg.EventLoops > 0 {
-		opts = append(opts, gnet.WithNumEventLoop(n.cfg.EventLoops))
-	} else {
-		opts = append(opts, gnet.WithMulticore(true))
+	// One loop per P, not per CPU as gnet's multicore would: a loop blocked
+	// in epoll_wait keeps its P until the runtime's monitor takes it back,
+	// so loops beyond GOMAXPROCS wait on each other (long tails at
+	// GOMAXPROCS=1; BENCHMARKS.md).
+	loops := n.cfg.EventLoops
+	if loops == 0 {
+		loops = runtime.GOMAXPROCS(0)
 	}
+	opts = append(opts, gnet.WithNumEventLoop(loops))
 	h := &loopHandler{n: n}
 	go func() {
 		err := gnet.Run(h, "tcp://"+n.cfg.ListenAddr, opts...)

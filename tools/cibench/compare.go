@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -16,7 +17,7 @@ import (
 )
 
 type compareCmd struct {
-	Peers        []string `default:"raw,ics,netrpc,grpc" sep:"," help:"Peers to compare, comma-separated: raw, netrpc, grpc, ics, ics-handle, ics-eventloop, ics-handle-eventloop." env:"CI_PEERS"`
+	Peers        []string `default:"raw,ics,netrpc,grpc" sep:"," help:"Peers to compare, comma-separated: raw, netrpc, grpc, ics, ics-handle, ics-eventloop, ics-handle-eventloop; append @N to run a peer, client and server, with GOMAXPROCS=N (ics@1)." env:"CI_PEERS"`
 	Rounds       int      `default:"7" help:"Rounds; each runs every peer once, in an order rotated per round." env:"CI_ROUNDS"`
 	Calls        int      `default:"20000" help:"Timed calls per peer per round." env:"CI_CALLS"`
 	Warmup       int      `default:"1000" help:"Untimed calls before each timed run." env:"CI_WARMUP"`
@@ -34,6 +35,7 @@ Examples:
   cibench compare                                    # raw, ics, netrpc, grpc; 7 rounds
   cibench compare --peers=raw,netrpc,grpc --rounds=3 --calls=5000
   cibench compare --peers=raw,ics,ics-handle,ics-eventloop --pin
+  cibench compare --peers=raw,ics,raw@1,ics@1       # each also with GOMAXPROCS=1
   cibench compare --size=4096 --response-size=64 --json > latency.json
   CI_ROUNDS=15 cibench compare --quiet`
 }
@@ -148,7 +150,11 @@ func newPlan(title string, peers []string, rounds int, run bench.RunConfig, out 
 		return p, usagef("--size/--response-size: %v", err)
 	}
 	for i, name := range peers {
-		if _, err := bench.ParsePeer(name); err != nil {
+		base, _, err := splitProcs(name)
+		if err != nil {
+			return p, err
+		}
+		if _, err := bench.ParsePeer(base); err != nil {
 			return p, usageError{err}
 		}
 		if slices.Contains(peers[:i], name) {
@@ -236,7 +242,11 @@ func (f *fleet) start(ctx context.Context, names []string, inProcess bool) ([]be
 	}
 	var targets []bench.Target
 	for _, name := range names {
-		p, err := bench.ParsePeer(name)
+		base, procs, err := splitProcs(name)
+		if err != nil {
+			return nil, err
+		}
+		p, err := bench.ParsePeer(base)
 		if err != nil {
 			return nil, err
 		}
@@ -251,12 +261,12 @@ func (f *fleet) start(ctx context.Context, names []string, inProcess bool) ([]be
 		if inProcess {
 			c, err = f.startInProcess(p)
 		} else {
-			c, err = f.startChild(ctx, exe, p)
+			c, err = f.startChild(ctx, exe, p, procs)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
-		targets = append(targets, bench.Target{Name: name, Client: c})
+		targets = append(targets, bench.Target{Name: name, Client: c, Procs: procs})
 	}
 	return targets, nil
 }
@@ -278,8 +288,8 @@ func (f *fleet) startInProcess(p bench.Peer) (bench.Client, error) {
 // startChild runs "cibench serve" for p and connects to it. For ICS the
 // client node starts first: the server node must know the client's
 // address before its first reply, so it is passed on the command line.
-func (f *fleet) startChild(ctx context.Context, exe string, p bench.Peer) (bench.Client, error) {
-	argv := []string{exe, "--quiet", "serve", "--listen=127.0.0.1:0"}
+func (f *fleet) startChild(ctx context.Context, exe string, p bench.Peer, procs int) (bench.Client, error) {
+	argv := []string{exe, "--quiet", "serve", "--listen=127.0.0.1:0", "--gomaxprocs=" + strconv.Itoa(procs)}
 	ics, isICS := p.(*bench.ICS)
 	var ic *bench.ICSClient
 	if isICS {
@@ -331,4 +341,18 @@ func (f *fleet) close() error {
 		errs = append(errs, stop())
 	}
 	return errors.Join(errs...)
+}
+
+// splitProcs reads a peer name with an optional "@N" suffix: run that peer,
+// client and server, with GOMAXPROCS=N.
+func splitProcs(name string) (string, int, error) {
+	base, n, ok := strings.Cut(name, "@")
+	if !ok {
+		return name, 0, nil
+	}
+	procs, err := strconv.Atoi(n)
+	if err != nil || procs < 1 {
+		return "", 0, usagef("peer %q: the part after @ must be a GOMAXPROCS of 1 or more", name)
+	}
+	return base, procs, nil
 }

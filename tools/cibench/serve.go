@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 
 	"github.com/clusterinfra/ci/bench"
 	"github.com/clusterinfra/ci/engine"
@@ -19,6 +20,7 @@ type serveCmd struct {
 	Node      uint32 `default:"2" help:"ics: this server's node number." env:"CI_NODE"`
 	Cluster   string `default:"bench" help:"ics: cluster name, the same on both nodes." env:"CI_CLUSTER"`
 
+	Procs      int    `name:"gomaxprocs" default:"0" help:"GOMAXPROCS for this server; 0 leaves Go's default (one per CPU)." env:"CI_GOMAXPROCS"`
 	ClientNode uint32 `default:"1" help:"ics: the client's node number." env:"CI_CLIENT_NODE"`
 	ClientAddr string `help:"ics: the client node's address; the server must know it to reply." env:"CI_CLIENT_ADDR"`
 
@@ -71,6 +73,12 @@ func (s *serveCmd) peer() (bench.Peer, error) {
 }
 
 func (s *serveCmd) Run(g *globals) error {
+	if s.Procs < 0 {
+		return usagef("--gomaxprocs must be 0 or more")
+	}
+	if s.Procs > 0 {
+		runtime.GOMAXPROCS(s.Procs)
+	}
 	if s.Peer == "flow" {
 		return s.serveFlow(g)
 	}
