@@ -11,7 +11,7 @@ import (
 )
 
 // Two nodes in one program: node 2 serves an echo service, node 1 calls it.
-// In a real cluster each node is its own process (see tools/cinode) and
+// In a real cluster each node is its own process (cibench demo runs four) and
 // the addresses come from the cluster configuration.
 func Example() {
 	echo := engine.ServiceOn(engine.ChanFirstService, 1)
