@@ -157,18 +157,18 @@ func BenchmarkAddStubWork(b *testing.B) {
 		b.ReportAllocs()
 		var resp engine.Response
 		for range b.N {
-			bufs := kvPool.Get().(*kvBufs)
-			bufs.args = kvAddAppendArgs(bufs.args[:0], "requests", 1)
-			name, delta, err := kvAddArgs(bufs.args) // server side
+			bufs := kvPool.Get()
+			bufs.Args = kvAddAppendArgs(bufs.Args[:0], "requests", 1)
+			name, delta, err := kvAddArgs(bufs.Args) // server side
 			if err != nil || len(name) != 8 {
 				b.Fatal(err)
 			}
 			resp.Body = kvAddAppendResults(resp.Body[:0], delta)
-			bufs.reply = append(bufs.reply[:0], resp.Body...) // the engine's copy into the reply buffer
-			if _, err := kvAddResults(bufs.reply); err != nil {
+			bufs.Reply = append(bufs.Reply[:0], resp.Body...) // the engine's copy into the reply buffer
+			if _, err := kvAddResults(bufs.Reply); err != nil {
 				b.Fatal(err)
 			}
-			kvPutBufs(bufs)
+			kvPool.Put(bufs)
 		}
 	})
 	b.Run("hand", func(b *testing.B) {

@@ -5,12 +5,10 @@ package examplesvc
 
 import (
 	"context"
-	"encoding/binary"
-	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/clusterinfra/ci/engine"
+	"github.com/clusterinfra/ci/engine/stub"
 )
 
 // KVServiceID is where kv is served: channel 8 (svc0), subservice 1.
@@ -51,15 +49,15 @@ func NewKVClient(n *engine.Node) *KVClient { return &KVClient{node: n} }
 //
 // Get returns the entry stored under key, or ErrNotFound.
 func (c *KVClient) Get(ctx context.Context, to engine.NodeNum, key string) (Entry, error) {
-	bufs := kvPool.Get().(*kvBufs)
-	bufs.args = kvGetAppendArgs(bufs.args[:0], key)
-	reply, err := c.node.Call(ctx, to, kvMethodGet, bufs.args, bufs.reply[:0])
-	bufs.reply = reply
+	bufs := kvPool.Get()
+	bufs.Args = kvGetAppendArgs(bufs.Args[:0], key)
+	reply, err := c.node.Call(ctx, to, kvMethodGet, bufs.Args, bufs.Reply[:0])
+	bufs.Reply = reply
 	var r0 Entry
 	if err == nil {
 		r0, err = kvGetResults(reply)
 	}
-	kvPutBufs(bufs)
+	kvPool.Put(bufs)
 	return r0, err
 }
 
@@ -70,15 +68,15 @@ func (c *KVClient) Get(ctx context.Context, to engine.NodeNum, key string) (Entr
 // It returns the new version. from is the caller's node, filled in by
 // the server stub: callers do not pass it.
 func (c *KVClient) Put(ctx context.Context, to engine.NodeNum, key string, value []byte, labels map[string]string, ifVersion uint64) (uint64, error) {
-	bufs := kvPool.Get().(*kvBufs)
-	bufs.args = kvPutAppendArgs(bufs.args[:0], key, value, labels, ifVersion)
-	reply, err := c.node.Call(ctx, to, kvMethodPut, bufs.args, bufs.reply[:0])
-	bufs.reply = reply
+	bufs := kvPool.Get()
+	bufs.Args = kvPutAppendArgs(bufs.Args[:0], key, value, labels, ifVersion)
+	reply, err := c.node.Call(ctx, to, kvMethodPut, bufs.Args, bufs.Reply[:0])
+	bufs.Reply = reply
 	var r0 uint64
 	if err == nil {
 		r0, err = kvPutResults(reply)
 	}
-	kvPutBufs(bufs)
+	kvPool.Put(bufs)
 	return r0, err
 }
 
@@ -86,15 +84,15 @@ func (c *KVClient) Put(ctx context.Context, to engine.NodeNum, key string, value
 //
 // Add adds delta to the counter named name and returns its new value.
 func (c *KVClient) Add(ctx context.Context, to engine.NodeNum, name string, delta int64) (int64, error) {
-	bufs := kvPool.Get().(*kvBufs)
-	bufs.args = kvAddAppendArgs(bufs.args[:0], name, delta)
-	reply, err := c.node.Call(ctx, to, kvMethodAdd, bufs.args, bufs.reply[:0])
-	bufs.reply = reply
+	bufs := kvPool.Get()
+	bufs.Args = kvAddAppendArgs(bufs.Args[:0], name, delta)
+	reply, err := c.node.Call(ctx, to, kvMethodAdd, bufs.Args, bufs.Reply[:0])
+	bufs.Reply = reply
 	var r0 int64
 	if err == nil {
 		r0, err = kvAddResults(reply)
 	}
-	kvPutBufs(bufs)
+	kvPool.Put(bufs)
 	return r0, err
 }
 
@@ -103,16 +101,16 @@ func (c *KVClient) Add(ctx context.Context, to engine.NodeNum, name string, delt
 // List returns up to limit entries whose keys start with prefix, in key
 // order, and whether more were left out.
 func (c *KVClient) List(ctx context.Context, to engine.NodeNum, prefix string, limit int) ([]Entry, bool, error) {
-	bufs := kvPool.Get().(*kvBufs)
-	bufs.args = kvListAppendArgs(bufs.args[:0], prefix, limit)
-	reply, err := c.node.Call(ctx, to, kvMethodList, bufs.args, bufs.reply[:0])
-	bufs.reply = reply
+	bufs := kvPool.Get()
+	bufs.Args = kvListAppendArgs(bufs.Args[:0], prefix, limit)
+	reply, err := c.node.Call(ctx, to, kvMethodList, bufs.Args, bufs.Reply[:0])
+	bufs.Reply = reply
 	var r0 []Entry
 	var r1 bool
 	if err == nil {
 		r0, r1, err = kvListResults(reply)
 	}
-	kvPutBufs(bufs)
+	kvPool.Put(bufs)
 	return r0, r1, err
 }
 
@@ -123,10 +121,10 @@ func (c *KVClient) List(ctx context.Context, to engine.NodeNum, prefix string, l
 // Touch counts a touch on each key that exists. It is one-way: the
 // caller learns only that the message left.
 func (c *KVClient) Touch(ctx context.Context, to engine.NodeNum, keys []string) error {
-	bufs := kvPool.Get().(*kvBufs)
-	bufs.args = kvTouchAppendArgs(bufs.args[:0], keys)
-	err := c.node.Send(ctx, to, kvMethodTouch, bufs.args)
-	kvPutBufs(bufs)
+	bufs := kvPool.Get()
+	bufs.Args = kvTouchAppendArgs(bufs.Args[:0], keys)
+	err := c.node.Send(ctx, to, kvMethodTouch, bufs.Args)
+	kvPool.Put(bufs)
 	return err
 }
 
@@ -134,33 +132,20 @@ func (c *KVClient) Touch(ctx context.Context, to engine.NodeNum, keys []string) 
 //
 // Stats summarises the store.
 func (c *KVClient) Stats(ctx context.Context, to engine.NodeNum) (Stats, error) {
-	bufs := kvPool.Get().(*kvBufs)
-	bufs.args = kvStatsAppendArgs(bufs.args[:0])
-	reply, err := c.node.Call(ctx, to, kvMethodStats, bufs.args, bufs.reply[:0])
-	bufs.reply = reply
+	bufs := kvPool.Get()
+	bufs.Args = kvStatsAppendArgs(bufs.Args[:0])
+	reply, err := c.node.Call(ctx, to, kvMethodStats, bufs.Args, bufs.Reply[:0])
+	bufs.Reply = reply
 	var r0 Stats
 	if err == nil {
 		r0, err = kvStatsResults(reply)
 	}
-	kvPutBufs(bufs)
+	kvPool.Put(bufs)
 	return r0, err
 }
 
-// kvBufs are one call's argument and reply buffers.
-type kvBufs struct{ args, reply []byte }
-
-var kvPool = sync.Pool{New: func() any { return new(kvBufs) }}
-
-// kvPutBufs returns b to the pool, without buffers that grew past 65536 bytes.
-func kvPutBufs(b *kvBufs) {
-	if cap(b.args) > 65536 {
-		b.args = nil
-	}
-	if cap(b.reply) > 65536 {
-		b.reply = nil
-	}
-	kvPool.Put(b)
-}
+// kvPool lends each call of a KVClient its argument and reply buffers.
+var kvPool stub.BufPool
 
 // KVProcs returns kv's dispatch table for engine.Service.Procs: impl's
 // methods indexed by procedure number.
@@ -203,7 +188,7 @@ func (s kvServer) serveGet(ctx context.Context, req *engine.Request, resp *engin
 	}
 	r0, err := s.impl.Get(ctx, a0)
 	if err != nil {
-		return kvFail(resp, err)
+		return stub.Fail(resp, kvErrors, err)
 	}
 	resp.Body = kvGetAppendResults(resp.Body, r0)
 	return nil
@@ -216,7 +201,7 @@ func (s kvServer) servePut(ctx context.Context, req *engine.Request, resp *engin
 	}
 	r0, err := s.impl.Put(ctx, req.From, a0, a1, a2, a3)
 	if err != nil {
-		return kvFail(resp, err)
+		return stub.Fail(resp, kvErrors, err)
 	}
 	resp.Body = kvPutAppendResults(resp.Body, r0)
 	return nil
@@ -229,7 +214,7 @@ func (s kvServer) serveAdd(ctx context.Context, req *engine.Request, resp *engin
 	}
 	r0, err := s.impl.Add(ctx, a0, a1)
 	if err != nil {
-		return kvFail(resp, err)
+		return stub.Fail(resp, kvErrors, err)
 	}
 	resp.Body = kvAddAppendResults(resp.Body, r0)
 	return nil
@@ -242,7 +227,7 @@ func (s kvServer) serveList(ctx context.Context, req *engine.Request, resp *engi
 	}
 	r0, r1, err := s.impl.List(ctx, a0, a1)
 	if err != nil {
-		return kvFail(resp, err)
+		return stub.Fail(resp, kvErrors, err)
 	}
 	resp.Body = kvListAppendResults(resp.Body, r0, r1)
 	return nil
@@ -263,7 +248,7 @@ func (s kvServer) serveStats(ctx context.Context, req *engine.Request, resp *eng
 	}
 	r0, err := s.impl.Stats(ctx)
 	if err != nil {
-		return kvFail(resp, err)
+		return stub.Fail(resp, kvErrors, err)
 	}
 	resp.Body = kvStatsAppendResults(resp.Body, r0)
 	return nil
@@ -271,17 +256,17 @@ func (s kvServer) serveStats(ctx context.Context, req *engine.Request, resp *eng
 
 // kvGetAppendArgs encodes the arguments of KV.Get.
 func kvGetAppendArgs(b []byte, a0 string) []byte {
-	b = kvEnc_string(b, a0)
+	b = stub.AppendString(b, a0)
 	return b
 }
 
 // kvGetArgs decodes the arguments of KV.Get; errors wrap engine.ErrCantDecodeArgs.
 func kvGetArgs(d []byte) (a0 string, err error) {
-	if a0, d, err = kvDec_string(d); err != nil {
-		return "", kvArgsError("Get", err)
+	if a0, d, err = stub.String(d); err != nil {
+		return "", stub.ArgsError("kv", "Get", err)
 	}
 	if len(d) != 0 {
-		return "", kvArgsError("Get", kvErrTrailing)
+		return "", stub.ArgsError("kv", "Get", stub.ErrTrailing)
 	}
 	return a0, nil
 }
@@ -296,43 +281,43 @@ func kvGetAppendResults(b []byte, r0 Entry) []byte {
 // kvGetResults decodes a reply of KV.Get; errors wrap engine.ErrCantDecodeRes,
 // or are the error the server returned.
 func kvGetResults(d []byte) (r0 Entry, err error) {
-	if d, err = kvReplyBody(d); err != nil {
+	if d, err = stub.ReplyBody("kv", kvErrors, d); err != nil {
 		return Entry{}, err
 	}
 	if r0, d, err = kvDec_Entry(d); err != nil {
-		return Entry{}, kvResultsError("Get", err)
+		return Entry{}, stub.ResultsError("kv", "Get", err)
 	}
 	if len(d) != 0 {
-		return Entry{}, kvResultsError("Get", kvErrTrailing)
+		return Entry{}, stub.ResultsError("kv", "Get", stub.ErrTrailing)
 	}
 	return r0, nil
 }
 
 // kvPutAppendArgs encodes the arguments of KV.Put.
 func kvPutAppendArgs(b []byte, a0 string, a1 []byte, a2 map[string]string, a3 uint64) []byte {
-	b = kvEnc_string(b, a0)
-	b = kvEnc_bytes(b, a1)
+	b = stub.AppendString(b, a0)
+	b = stub.AppendBytes(b, a1)
 	b = kvEnc_map_string_string(b, a2)
-	b = kvEnc_uint64(b, a3)
+	b = stub.AppendUint64(b, a3)
 	return b
 }
 
 // kvPutArgs decodes the arguments of KV.Put; errors wrap engine.ErrCantDecodeArgs.
 func kvPutArgs(d []byte) (a0 string, a1 []byte, a2 map[string]string, a3 uint64, err error) {
-	if a0, d, err = kvDec_string(d); err != nil {
-		return "", nil, nil, 0, kvArgsError("Put", err)
+	if a0, d, err = stub.String(d); err != nil {
+		return "", nil, nil, 0, stub.ArgsError("kv", "Put", err)
 	}
-	if a1, d, err = kvDec_bytes(d); err != nil {
-		return "", nil, nil, 0, kvArgsError("Put", err)
+	if a1, d, err = stub.Bytes(d); err != nil {
+		return "", nil, nil, 0, stub.ArgsError("kv", "Put", err)
 	}
 	if a2, d, err = kvDec_map_string_string(d); err != nil {
-		return "", nil, nil, 0, kvArgsError("Put", err)
+		return "", nil, nil, 0, stub.ArgsError("kv", "Put", err)
 	}
-	if a3, d, err = kvDec_uint64(d); err != nil {
-		return "", nil, nil, 0, kvArgsError("Put", err)
+	if a3, d, err = stub.Uint64(d); err != nil {
+		return "", nil, nil, 0, stub.ArgsError("kv", "Put", err)
 	}
 	if len(d) != 0 {
-		return "", nil, nil, 0, kvArgsError("Put", kvErrTrailing)
+		return "", nil, nil, 0, stub.ArgsError("kv", "Put", stub.ErrTrailing)
 	}
 	return a0, a1, a2, a3, nil
 }
@@ -340,42 +325,42 @@ func kvPutArgs(d []byte) (a0 string, a1 []byte, a2 map[string]string, a3 uint64,
 // kvPutAppendResults encodes a successful reply of KV.Put.
 func kvPutAppendResults(b []byte, r0 uint64) []byte {
 	b = append(b, 0) // status: results follow
-	b = kvEnc_uint64(b, r0)
+	b = stub.AppendUint64(b, r0)
 	return b
 }
 
 // kvPutResults decodes a reply of KV.Put; errors wrap engine.ErrCantDecodeRes,
 // or are the error the server returned.
 func kvPutResults(d []byte) (r0 uint64, err error) {
-	if d, err = kvReplyBody(d); err != nil {
+	if d, err = stub.ReplyBody("kv", kvErrors, d); err != nil {
 		return 0, err
 	}
-	if r0, d, err = kvDec_uint64(d); err != nil {
-		return 0, kvResultsError("Put", err)
+	if r0, d, err = stub.Uint64(d); err != nil {
+		return 0, stub.ResultsError("kv", "Put", err)
 	}
 	if len(d) != 0 {
-		return 0, kvResultsError("Put", kvErrTrailing)
+		return 0, stub.ResultsError("kv", "Put", stub.ErrTrailing)
 	}
 	return r0, nil
 }
 
 // kvAddAppendArgs encodes the arguments of KV.Add.
 func kvAddAppendArgs(b []byte, a0 string, a1 int64) []byte {
-	b = kvEnc_string(b, a0)
-	b = kvEnc_int64(b, a1)
+	b = stub.AppendString(b, a0)
+	b = stub.AppendInt64(b, a1)
 	return b
 }
 
 // kvAddArgs decodes the arguments of KV.Add; errors wrap engine.ErrCantDecodeArgs.
 func kvAddArgs(d []byte) (a0 string, a1 int64, err error) {
-	if a0, d, err = kvDec_string(d); err != nil {
-		return "", 0, kvArgsError("Add", err)
+	if a0, d, err = stub.String(d); err != nil {
+		return "", 0, stub.ArgsError("kv", "Add", err)
 	}
-	if a1, d, err = kvDec_int64(d); err != nil {
-		return "", 0, kvArgsError("Add", err)
+	if a1, d, err = stub.Int64(d); err != nil {
+		return "", 0, stub.ArgsError("kv", "Add", err)
 	}
 	if len(d) != 0 {
-		return "", 0, kvArgsError("Add", kvErrTrailing)
+		return "", 0, stub.ArgsError("kv", "Add", stub.ErrTrailing)
 	}
 	return a0, a1, nil
 }
@@ -383,42 +368,42 @@ func kvAddArgs(d []byte) (a0 string, a1 int64, err error) {
 // kvAddAppendResults encodes a successful reply of KV.Add.
 func kvAddAppendResults(b []byte, r0 int64) []byte {
 	b = append(b, 0) // status: results follow
-	b = kvEnc_int64(b, r0)
+	b = stub.AppendInt64(b, r0)
 	return b
 }
 
 // kvAddResults decodes a reply of KV.Add; errors wrap engine.ErrCantDecodeRes,
 // or are the error the server returned.
 func kvAddResults(d []byte) (r0 int64, err error) {
-	if d, err = kvReplyBody(d); err != nil {
+	if d, err = stub.ReplyBody("kv", kvErrors, d); err != nil {
 		return 0, err
 	}
-	if r0, d, err = kvDec_int64(d); err != nil {
-		return 0, kvResultsError("Add", err)
+	if r0, d, err = stub.Int64(d); err != nil {
+		return 0, stub.ResultsError("kv", "Add", err)
 	}
 	if len(d) != 0 {
-		return 0, kvResultsError("Add", kvErrTrailing)
+		return 0, stub.ResultsError("kv", "Add", stub.ErrTrailing)
 	}
 	return r0, nil
 }
 
 // kvListAppendArgs encodes the arguments of KV.List.
 func kvListAppendArgs(b []byte, a0 string, a1 int) []byte {
-	b = kvEnc_string(b, a0)
-	b = kvEnc_int(b, a1)
+	b = stub.AppendString(b, a0)
+	b = stub.AppendInt(b, a1)
 	return b
 }
 
 // kvListArgs decodes the arguments of KV.List; errors wrap engine.ErrCantDecodeArgs.
 func kvListArgs(d []byte) (a0 string, a1 int, err error) {
-	if a0, d, err = kvDec_string(d); err != nil {
-		return "", 0, kvArgsError("List", err)
+	if a0, d, err = stub.String(d); err != nil {
+		return "", 0, stub.ArgsError("kv", "List", err)
 	}
-	if a1, d, err = kvDec_int(d); err != nil {
-		return "", 0, kvArgsError("List", err)
+	if a1, d, err = stub.Int(d); err != nil {
+		return "", 0, stub.ArgsError("kv", "List", err)
 	}
 	if len(d) != 0 {
-		return "", 0, kvArgsError("List", kvErrTrailing)
+		return "", 0, stub.ArgsError("kv", "List", stub.ErrTrailing)
 	}
 	return a0, a1, nil
 }
@@ -427,24 +412,24 @@ func kvListArgs(d []byte) (a0 string, a1 int, err error) {
 func kvListAppendResults(b []byte, r0 []Entry, r1 bool) []byte {
 	b = append(b, 0) // status: results follow
 	b = kvEnc_slice_Entry(b, r0)
-	b = kvEnc_bool(b, r1)
+	b = stub.AppendBool(b, r1)
 	return b
 }
 
 // kvListResults decodes a reply of KV.List; errors wrap engine.ErrCantDecodeRes,
 // or are the error the server returned.
 func kvListResults(d []byte) (r0 []Entry, r1 bool, err error) {
-	if d, err = kvReplyBody(d); err != nil {
+	if d, err = stub.ReplyBody("kv", kvErrors, d); err != nil {
 		return nil, false, err
 	}
 	if r0, d, err = kvDec_slice_Entry(d); err != nil {
-		return nil, false, kvResultsError("List", err)
+		return nil, false, stub.ResultsError("kv", "List", err)
 	}
-	if r1, d, err = kvDec_bool(d); err != nil {
-		return nil, false, kvResultsError("List", err)
+	if r1, d, err = stub.Bool(d); err != nil {
+		return nil, false, stub.ResultsError("kv", "List", err)
 	}
 	if len(d) != 0 {
-		return nil, false, kvResultsError("List", kvErrTrailing)
+		return nil, false, stub.ResultsError("kv", "List", stub.ErrTrailing)
 	}
 	return r0, r1, nil
 }
@@ -458,10 +443,10 @@ func kvTouchAppendArgs(b []byte, a0 []string) []byte {
 // kvTouchArgs decodes the arguments of KV.Touch; errors wrap engine.ErrCantDecodeArgs.
 func kvTouchArgs(d []byte) (a0 []string, err error) {
 	if a0, d, err = kvDec_slice_string(d); err != nil {
-		return nil, kvArgsError("Touch", err)
+		return nil, stub.ArgsError("kv", "Touch", err)
 	}
 	if len(d) != 0 {
-		return nil, kvArgsError("Touch", kvErrTrailing)
+		return nil, stub.ArgsError("kv", "Touch", stub.ErrTrailing)
 	}
 	return a0, nil
 }
@@ -474,7 +459,7 @@ func kvStatsAppendArgs(b []byte) []byte {
 // kvStatsArgs decodes the arguments of KV.Stats; errors wrap engine.ErrCantDecodeArgs.
 func kvStatsArgs(d []byte) error {
 	if len(d) != 0 {
-		return kvArgsError("Stats", kvErrTrailing)
+		return stub.ArgsError("kv", "Stats", stub.ErrTrailing)
 	}
 	return nil
 }
@@ -489,60 +474,22 @@ func kvStatsAppendResults(b []byte, r0 Stats) []byte {
 // kvStatsResults decodes a reply of KV.Stats; errors wrap engine.ErrCantDecodeRes,
 // or are the error the server returned.
 func kvStatsResults(d []byte) (r0 Stats, err error) {
-	if d, err = kvReplyBody(d); err != nil {
+	if d, err = stub.ReplyBody("kv", kvErrors, d); err != nil {
 		return Stats{}, err
 	}
 	if r0, d, err = kvDec_Stats(d); err != nil {
-		return Stats{}, kvResultsError("Stats", err)
+		return Stats{}, stub.ResultsError("kv", "Stats", err)
 	}
 	if len(d) != 0 {
-		return Stats{}, kvResultsError("Stats", kvErrTrailing)
+		return Stats{}, stub.ResultsError("kv", "Stats", stub.ErrTrailing)
 	}
 	return r0, nil
 }
 
 // kvErrors are the errors kv's handlers return that reach callers as
-// themselves: a reply with status i+1 carries kvErrors[i] and its message.
-var kvErrors = [...]error{ErrNotFound, ErrConflict}
-
-// kvFail answers a handler's error: one of kvErrors travels in the reply
-// body; any other goes back through the engine as an *engine.RemoteError.
-func kvFail(resp *engine.Response, err error) error {
-	for i, sentinel := range kvErrors {
-		if errors.Is(err, sentinel) {
-			resp.Body = append(resp.Body[:0], byte(i+1))
-			resp.Body = kvEnc_string(resp.Body, err.Error())
-			return nil
-		}
-	}
-	return err
-}
-
-// kvRemoteError is a declared error as a caller receives it: errors.Is
-// matches both the sentinel and engine.ErrFailed.
-type kvRemoteError struct {
-	sentinel error
-	msg      string
-}
-
-func (e *kvRemoteError) Error() string   { return e.msg }
-func (e *kvRemoteError) Unwrap() []error { return []error{e.sentinel, engine.ErrFailed} }
-
-// kvReplyBody checks a reply's status byte and returns the results after it.
-func kvReplyBody(d []byte) ([]byte, error) {
-	if len(d) == 0 {
-		return nil, kvResultsError("reply", kvErrTruncated)
-	}
-	if d[0] == 0 {
-		return d[1:], nil
-	}
-	if i := int(d[0]) - 1; i < len(kvErrors) {
-		if msg, rest, err := kvDec_string(d[1:]); err == nil && len(rest) == 0 {
-			return nil, &kvRemoteError{sentinel: kvErrors[i], msg: msg}
-		}
-	}
-	return nil, kvResultsError("reply", kvErrStatus)
-}
+// themselves: a reply with status i+1 carries kvErrors[i] and its message,
+// and the caller gets a *stub.RemoteError matching it and engine.ErrFailed.
+var kvErrors = []error{ErrNotFound, ErrConflict}
 
 // kvCheckDecoders is for fuzz targets. It feeds b to the argument decoder
 // of every procedure and the result decoder of every RPC of kv, and
@@ -607,60 +554,22 @@ func kvCheckDecoders(b []byte) error {
 	return nil
 }
 
-// Decoding errors of kv. Bytes from the network are untrusted: every
-// decoder checks what it reads against the input left before using it.
-var (
-	kvErrTruncated = errors.New("kv: input truncated")
-	kvErrLength    = errors.New("kv: length larger than the input left")
-	kvErrVarint    = errors.New("kv: malformed length")
-	kvErrBool      = errors.New("kv: bool that is not 0 or 1")
-	kvErrRange     = errors.New("kv: integer out of range")
-	kvErrDupKey    = errors.New("kv: duplicate map key")
-	kvErrTrailing  = errors.New("kv: bytes after the last value")
-	kvErrStatus    = errors.New("kv: unknown reply status")
-)
-
-func kvArgsError(method string, err error) error {
-	return fmt.Errorf("%w: kv.%s: %w", engine.ErrCantDecodeArgs, method, err)
-}
-
-func kvResultsError(method string, err error) error {
-	return fmt.Errorf("%w: kv.%s: %w", engine.ErrCantDecodeRes, method, err)
-}
-
-// kvDecLen reads a count of items, each at least size bytes long, and refuses
-// one that the input left could not hold: nothing is allocated for it.
-func kvDecLen(d []byte, size int) (int, []byte, error) {
-	n, k := binary.Uvarint(d)
-	switch {
-	case k == 0:
-		return 0, nil, kvErrTruncated
-	case k < 0 || (k > 1 && d[k-1] == 0): // overflow, or not the shortest encoding
-		return 0, nil, kvErrVarint
-	}
-	d = d[k:]
-	if n > uint64(len(d)/size) {
-		return 0, nil, kvErrLength
-	}
-	return int(n), d, nil
-}
-
 func kvEnc_Entry(b []byte, v Entry) []byte {
-	b = kvEnc_string(b, v.Key)
-	b = kvEnc_bytes(b, v.Value)
-	b = kvEnc_uint64(b, v.Version)
+	b = stub.AppendString(b, v.Key)
+	b = stub.AppendBytes(b, v.Value)
+	b = stub.AppendUint64(b, v.Version)
 	b = kvEnc_Meta(b, v.Meta)
 	return b
 }
 
 func kvDec_Entry(d []byte) (v Entry, _ []byte, err error) {
-	if v.Key, d, err = kvDec_string(d); err != nil {
+	if v.Key, d, err = stub.String(d); err != nil {
 		return Entry{}, nil, err
 	}
-	if v.Value, d, err = kvDec_bytes(d); err != nil {
+	if v.Value, d, err = stub.Bytes(d); err != nil {
 		return Entry{}, nil, err
 	}
-	if v.Version, d, err = kvDec_uint64(d); err != nil {
+	if v.Version, d, err = stub.Uint64(d); err != nil {
 		return Entry{}, nil, err
 	}
 	if v.Meta, d, err = kvDec_Meta(d); err != nil {
@@ -670,112 +579,58 @@ func kvDec_Entry(d []byte) (v Entry, _ []byte, err error) {
 }
 
 func kvEnc_Meta(b []byte, v Meta) []byte {
-	b = kvEnc_uint32(b, v.Writer)
+	b = stub.AppendUint32(b, v.Writer)
 	b = kvEnc_map_string_string(b, v.Labels)
-	b = kvEnc_uint32(b, v.Touches)
+	b = stub.AppendUint32(b, v.Touches)
 	return b
 }
 
 func kvDec_Meta(d []byte) (v Meta, _ []byte, err error) {
-	if v.Writer, d, err = kvDec_uint32(d); err != nil {
+	if v.Writer, d, err = stub.Uint32(d); err != nil {
 		return Meta{}, nil, err
 	}
 	if v.Labels, d, err = kvDec_map_string_string(d); err != nil {
 		return Meta{}, nil, err
 	}
-	if v.Touches, d, err = kvDec_uint32(d); err != nil {
+	if v.Touches, d, err = stub.Uint32(d); err != nil {
 		return Meta{}, nil, err
 	}
 	return v, d, nil
 }
 
 func kvEnc_Stats(b []byte, v Stats) []byte {
-	b = kvEnc_int(b, v.Keys)
+	b = stub.AppendInt(b, v.Keys)
 	b = kvEnc_map_string_int64(b, v.Counters)
-	b = kvEnc_uint64(b, v.Touches)
+	b = stub.AppendUint64(b, v.Touches)
 	return b
 }
 
 func kvDec_Stats(d []byte) (v Stats, _ []byte, err error) {
-	if v.Keys, d, err = kvDec_int(d); err != nil {
+	if v.Keys, d, err = stub.Int(d); err != nil {
 		return Stats{}, nil, err
 	}
 	if v.Counters, d, err = kvDec_map_string_int64(d); err != nil {
 		return Stats{}, nil, err
 	}
-	if v.Touches, d, err = kvDec_uint64(d); err != nil {
+	if v.Touches, d, err = stub.Uint64(d); err != nil {
 		return Stats{}, nil, err
 	}
 	return v, d, nil
 }
 
-func kvEnc_bool(b []byte, v bool) []byte {
-	if v {
-		return append(b, 1)
-	}
-	return append(b, 0)
-}
-
-func kvDec_bool(d []byte) (bool, []byte, error) {
-	if len(d) < 1 {
-		return false, nil, kvErrTruncated
-	}
-	if d[0] > 1 {
-		return false, nil, kvErrBool
-	}
-	return d[0] == 1, d[1:], nil
-}
-
-func kvEnc_bytes(b []byte, v []byte) []byte {
-	b = binary.AppendUvarint(b, uint64(len(v)))
-	return append(b, v...)
-}
-
-// kvDec_bytes copies: the input is a pooled or network buffer.
-func kvDec_bytes(d []byte) ([]byte, []byte, error) {
-	n, d, err := kvDecLen(d, 1)
-	if err != nil || n == 0 {
-		return nil, d, err
-	}
-	return append([]byte(nil), d[:n]...), d[n:], nil
-}
-
-// int travels as 8 bytes, like an int64.
-func kvEnc_int(b []byte, v int) []byte { return binary.LittleEndian.AppendUint64(b, uint64(v)) }
-
-func kvDec_int(d []byte) (int, []byte, error) {
-	if len(d) < 8 {
-		return 0, nil, kvErrTruncated
-	}
-	x := int64(binary.LittleEndian.Uint64(d))
-	if int64(int(x)) != x { // a 32-bit platform
-		return 0, nil, kvErrRange
-	}
-	return int(x), d[8:], nil
-}
-
-func kvEnc_int64(b []byte, v int64) []byte { return binary.LittleEndian.AppendUint64(b, uint64(v)) }
-
-func kvDec_int64(d []byte) (int64, []byte, error) {
-	if len(d) < 8 {
-		return 0, nil, kvErrTruncated
-	}
-	return int64(binary.LittleEndian.Uint64(d)), d[8:], nil
-}
-
 // kvEnc_map_string_int64 writes the entries in Go's map order: the bytes differ from
 // call to call, the decoded map does not.
 func kvEnc_map_string_int64(b []byte, v map[string]int64) []byte {
-	b = binary.AppendUvarint(b, uint64(len(v)))
+	b = stub.AppendLen(b, len(v))
 	for k, x := range v {
-		b = kvEnc_string(b, k)
-		b = kvEnc_int64(b, x)
+		b = stub.AppendString(b, k)
+		b = stub.AppendInt64(b, x)
 	}
 	return b
 }
 
 func kvDec_map_string_int64(d []byte) (map[string]int64, []byte, error) {
-	n, d, err := kvDecLen(d, 9)
+	n, d, err := stub.DecLen(d, 9)
 	if err != nil || n == 0 {
 		return nil, d, err
 	}
@@ -783,14 +638,14 @@ func kvDec_map_string_int64(d []byte) (map[string]int64, []byte, error) {
 	for range n {
 		var k string
 		var x int64
-		if k, d, err = kvDec_string(d); err != nil {
+		if k, d, err = stub.String(d); err != nil {
 			return nil, nil, err
 		}
-		if x, d, err = kvDec_int64(d); err != nil {
+		if x, d, err = stub.Int64(d); err != nil {
 			return nil, nil, err
 		}
 		if _, dup := v[k]; dup {
-			return nil, nil, kvErrDupKey
+			return nil, nil, stub.ErrDupKey
 		}
 		v[k] = x
 	}
@@ -800,16 +655,16 @@ func kvDec_map_string_int64(d []byte) (map[string]int64, []byte, error) {
 // kvEnc_map_string_string writes the entries in Go's map order: the bytes differ from
 // call to call, the decoded map does not.
 func kvEnc_map_string_string(b []byte, v map[string]string) []byte {
-	b = binary.AppendUvarint(b, uint64(len(v)))
+	b = stub.AppendLen(b, len(v))
 	for k, x := range v {
-		b = kvEnc_string(b, k)
-		b = kvEnc_string(b, x)
+		b = stub.AppendString(b, k)
+		b = stub.AppendString(b, x)
 	}
 	return b
 }
 
 func kvDec_map_string_string(d []byte) (map[string]string, []byte, error) {
-	n, d, err := kvDecLen(d, 2)
+	n, d, err := stub.DecLen(d, 2)
 	if err != nil || n == 0 {
 		return nil, d, err
 	}
@@ -817,14 +672,14 @@ func kvDec_map_string_string(d []byte) (map[string]string, []byte, error) {
 	for range n {
 		var k string
 		var x string
-		if k, d, err = kvDec_string(d); err != nil {
+		if k, d, err = stub.String(d); err != nil {
 			return nil, nil, err
 		}
-		if x, d, err = kvDec_string(d); err != nil {
+		if x, d, err = stub.String(d); err != nil {
 			return nil, nil, err
 		}
 		if _, dup := v[k]; dup {
-			return nil, nil, kvErrDupKey
+			return nil, nil, stub.ErrDupKey
 		}
 		v[k] = x
 	}
@@ -832,7 +687,7 @@ func kvDec_map_string_string(d []byte) (map[string]string, []byte, error) {
 }
 
 func kvEnc_slice_Entry(b []byte, v []Entry) []byte {
-	b = binary.AppendUvarint(b, uint64(len(v)))
+	b = stub.AppendLen(b, len(v))
 	for _, x := range v {
 		b = kvEnc_Entry(b, x)
 	}
@@ -840,7 +695,7 @@ func kvEnc_slice_Entry(b []byte, v []Entry) []byte {
 }
 
 func kvDec_slice_Entry(d []byte) ([]Entry, []byte, error) {
-	n, d, err := kvDecLen(d, 19)
+	n, d, err := stub.DecLen(d, 19)
 	if err != nil || n == 0 {
 		return nil, d, err
 	}
@@ -854,54 +709,23 @@ func kvDec_slice_Entry(d []byte) ([]Entry, []byte, error) {
 }
 
 func kvEnc_slice_string(b []byte, v []string) []byte {
-	b = binary.AppendUvarint(b, uint64(len(v)))
+	b = stub.AppendLen(b, len(v))
 	for _, x := range v {
-		b = kvEnc_string(b, x)
+		b = stub.AppendString(b, x)
 	}
 	return b
 }
 
 func kvDec_slice_string(d []byte) ([]string, []byte, error) {
-	n, d, err := kvDecLen(d, 1)
+	n, d, err := stub.DecLen(d, 1)
 	if err != nil || n == 0 {
 		return nil, d, err
 	}
 	v := make([]string, n)
 	for i := range v {
-		if v[i], d, err = kvDec_string(d); err != nil {
+		if v[i], d, err = stub.String(d); err != nil {
 			return nil, nil, err
 		}
 	}
 	return v, d, nil
-}
-
-func kvEnc_string(b []byte, v string) []byte {
-	b = binary.AppendUvarint(b, uint64(len(v)))
-	return append(b, v...)
-}
-
-func kvDec_string(d []byte) (string, []byte, error) {
-	n, d, err := kvDecLen(d, 1)
-	if err != nil {
-		return "", nil, err
-	}
-	return string(d[:n]), d[n:], nil
-}
-
-func kvEnc_uint32(b []byte, v uint32) []byte { return binary.LittleEndian.AppendUint32(b, uint32(v)) }
-
-func kvDec_uint32(d []byte) (uint32, []byte, error) {
-	if len(d) < 4 {
-		return 0, nil, kvErrTruncated
-	}
-	return uint32(binary.LittleEndian.Uint32(d)), d[4:], nil
-}
-
-func kvEnc_uint64(b []byte, v uint64) []byte { return binary.LittleEndian.AppendUint64(b, uint64(v)) }
-
-func kvDec_uint64(d []byte) (uint64, []byte, error) {
-	if len(d) < 8 {
-		return 0, nil, kvErrTruncated
-	}
-	return uint64(binary.LittleEndian.Uint64(d)), d[8:], nil
 }

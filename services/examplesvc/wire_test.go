@@ -8,6 +8,7 @@ import (
 	"pgregory.net/rapid"
 
 	"github.com/clusterinfra/ci/engine"
+	"github.com/clusterinfra/ci/engine/stub"
 )
 
 // Generators for the service's types. Empty slices and maps are drawn as
@@ -144,8 +145,8 @@ func TestRoundTrip(t *testing.T) {
 func TestDeclaredErrorsRoundTrip(t *testing.T) {
 	var resp engine.Response
 	resp.Body = append(resp.Body, "leftover results"...)
-	if err := kvFail(&resp, ErrConflict); err != nil {
-		t.Fatalf("kvFail kept a declared error: %v", err)
+	if err := stub.Fail(&resp, kvErrors, ErrConflict); err != nil {
+		t.Fatalf("stub.Fail kept a declared error: %v", err)
 	}
 	_, err := kvAddResults(resp.Body)
 	if !errors.Is(err, ErrConflict) || !errors.Is(err, engine.ErrFailed) || err.Error() != ErrConflict.Error() {
@@ -153,8 +154,8 @@ func TestDeclaredErrorsRoundTrip(t *testing.T) {
 	}
 	other := errors.New("disk on fire")
 	resp.Body = resp.Body[:0]
-	if err := kvFail(&resp, other); err != other || len(resp.Body) != 0 {
-		t.Fatalf("kvFail took an undeclared error: %v, body % x", err, resp.Body)
+	if err := stub.Fail(&resp, kvErrors, other); err != other || len(resp.Body) != 0 {
+		t.Fatalf("stub.Fail took an undeclared error: %v, body % x", err, resp.Body)
 	}
 }
 
@@ -163,24 +164,24 @@ func TestDeclaredErrorsRoundTrip(t *testing.T) {
 func TestDecodersRefuseBeforeAllocating(t *testing.T) {
 	huge := []byte{0xff, 0xff, 0xff, 0xff, 0x0f, 1, 2, 3} // 4 GiB claimed, 3 bytes present
 	for name, dec := range map[string]func([]byte) error{
-		"string":  func(b []byte) error { _, _, err := kvDec_string(b); return err },
-		"bytes":   func(b []byte) error { _, _, err := kvDec_bytes(b); return err },
+		"string":  func(b []byte) error { _, _, err := stub.String(b); return err },
+		"bytes":   func(b []byte) error { _, _, err := stub.Bytes(b); return err },
 		"entries": func(b []byte) error { _, _, err := kvDec_slice_Entry(b); return err },
 		"map":     func(b []byte) error { _, _, err := kvDec_map_string_string(b); return err },
 	} {
 		var err error
 		allocs := testing.AllocsPerRun(100, func() { err = dec(huge) })
-		if !errors.Is(err, kvErrLength) || allocs != 0 {
-			t.Errorf("%s: %v after %v allocations, want kvErrLength and none", name, err, allocs)
+		if !errors.Is(err, stub.ErrLength) || allocs != 0 {
+			t.Errorf("%s: %v after %v allocations, want stub.ErrLength and none", name, err, allocs)
 		}
 	}
 	// Three entries of at least 15 bytes each cannot fit in 40 bytes.
 	b := append([]byte{3}, make([]byte, 40)...)
-	if _, _, err := kvDec_slice_Entry(b); !errors.Is(err, kvErrLength) {
+	if _, _, err := kvDec_slice_Entry(b); !errors.Is(err, stub.ErrLength) {
 		t.Errorf("3 entries in 40 bytes: %v", err)
 	}
 	// A length written in more bytes than needed is refused too.
-	if _, _, err := kvDec_string([]byte{0x81, 0x00, 'a'}); !errors.Is(err, kvErrVarint) {
+	if _, _, err := stub.String([]byte{0x81, 0x00, 'a'}); !errors.Is(err, stub.ErrVarint) {
 		t.Errorf("overlong length: %v", err)
 	}
 }
@@ -199,7 +200,7 @@ func FuzzKVDecoders(f *testing.F) {
 	f.Add(kvStatsAppendResults(nil, Stats{Keys: 1, Counters: map[string]int64{"c": 9}}))
 	f.Add(kvTouchAppendArgs(nil, []string{"a", "b", "c"}))
 	// A declared error reply, and one with an unknown status.
-	f.Add(append([]byte{1}, kvEnc_string(nil, "not found")...))
+	f.Add(append([]byte{1}, stub.AppendString(nil, "not found")...))
 	f.Add([]byte{200, 0})
 	// Lengths over what is left: a 4 GiB string, a million entries.
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0x0f, 'a'})

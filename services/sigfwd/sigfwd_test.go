@@ -18,6 +18,7 @@ import (
 
 	"github.com/clusterinfra/ci/engine"
 	"github.com/clusterinfra/ci/engine/enginetest"
+	"github.com/clusterinfra/ci/engine/stub"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m, enginetest.LeakOptions()...) }
@@ -367,7 +368,7 @@ func FuzzForwardingDecoders(f *testing.F) {
 	f.Add(forwardingNamedAppendArgs(nil, "reload", "SIGHUP", []byte("arg")))
 	f.Add(forwardingProcessAppendArgs(nil, 1234, 15))
 	f.Add([]byte{0})
-	f.Add(append([]byte{2}, forwardingEnc_string(nil, "sigfwd: no such target")...))
+	f.Add(append([]byte{2}, stub.AppendString(nil, "sigfwd: no such target")...))
 	// An error reply with a status past the declared errors, and lengths
 	// over what is left.
 	f.Add([]byte{4, 0})

@@ -5,12 +5,10 @@ package sigfwd
 
 import (
 	"context"
-	"encoding/binary"
-	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/clusterinfra/ci/engine"
+	"github.com/clusterinfra/ci/engine/stub"
 )
 
 // ForwardingServiceID is where sigfwd is served: channel 6 (clms), subservice 2.
@@ -44,14 +42,14 @@ func NewForwardingClient(n *engine.Node) *ForwardingClient { return &ForwardingC
 // Named delivers signal and arg to the handler registered under
 // handler on the serving node.
 func (c *ForwardingClient) Named(ctx context.Context, to engine.NodeNum, handler string, signal string, arg []byte) error {
-	bufs := forwardingPool.Get().(*forwardingBufs)
-	bufs.args = forwardingNamedAppendArgs(bufs.args[:0], handler, signal, arg)
-	reply, err := c.node.Call(ctx, to, forwardingMethodNamed, bufs.args, bufs.reply[:0])
-	bufs.reply = reply
+	bufs := forwardingPool.Get()
+	bufs.Args = forwardingNamedAppendArgs(bufs.Args[:0], handler, signal, arg)
+	reply, err := c.node.Call(ctx, to, forwardingMethodNamed, bufs.Args, bufs.Reply[:0])
+	bufs.Reply = reply
 	if err == nil {
 		err = forwardingNamedResults(reply)
 	}
-	forwardingPutBufs(bufs)
+	forwardingPool.Put(bufs)
 	return err
 }
 
@@ -60,32 +58,19 @@ func (c *ForwardingClient) Named(ctx context.Context, to engine.NodeNum, handler
 // Process sends the OS signal sig to process pid on the serving node,
 // if the node's policy allows it.
 func (c *ForwardingClient) Process(ctx context.Context, to engine.NodeNum, pid int32, sig int32) error {
-	bufs := forwardingPool.Get().(*forwardingBufs)
-	bufs.args = forwardingProcessAppendArgs(bufs.args[:0], pid, sig)
-	reply, err := c.node.Call(ctx, to, forwardingMethodProcess, bufs.args, bufs.reply[:0])
-	bufs.reply = reply
+	bufs := forwardingPool.Get()
+	bufs.Args = forwardingProcessAppendArgs(bufs.Args[:0], pid, sig)
+	reply, err := c.node.Call(ctx, to, forwardingMethodProcess, bufs.Args, bufs.Reply[:0])
+	bufs.Reply = reply
 	if err == nil {
 		err = forwardingProcessResults(reply)
 	}
-	forwardingPutBufs(bufs)
+	forwardingPool.Put(bufs)
 	return err
 }
 
-// forwardingBufs are one call's argument and reply buffers.
-type forwardingBufs struct{ args, reply []byte }
-
-var forwardingPool = sync.Pool{New: func() any { return new(forwardingBufs) }}
-
-// forwardingPutBufs returns b to the pool, without buffers that grew past 65536 bytes.
-func forwardingPutBufs(b *forwardingBufs) {
-	if cap(b.args) > 65536 {
-		b.args = nil
-	}
-	if cap(b.reply) > 65536 {
-		b.reply = nil
-	}
-	forwardingPool.Put(b)
-}
+// forwardingPool lends each call of a ForwardingClient its argument and reply buffers.
+var forwardingPool stub.BufPool
 
 // ForwardingProcs returns sigfwd's dispatch table for engine.Service.Procs: impl's
 // methods indexed by procedure number.
@@ -126,7 +111,7 @@ func (s forwardingServer) serveNamed(ctx context.Context, req *engine.Request, r
 	}
 	err = s.impl.Named(ctx, req.From, a0, a1, a2)
 	if err != nil {
-		return forwardingFail(resp, err)
+		return stub.Fail(resp, forwardingErrors, err)
 	}
 	resp.Body = forwardingNamedAppendResults(resp.Body)
 	return nil
@@ -139,7 +124,7 @@ func (s forwardingServer) serveProcess(ctx context.Context, req *engine.Request,
 	}
 	err = s.impl.Process(ctx, req.From, a0, a1)
 	if err != nil {
-		return forwardingFail(resp, err)
+		return stub.Fail(resp, forwardingErrors, err)
 	}
 	resp.Body = forwardingProcessAppendResults(resp.Body)
 	return nil
@@ -147,25 +132,25 @@ func (s forwardingServer) serveProcess(ctx context.Context, req *engine.Request,
 
 // forwardingNamedAppendArgs encodes the arguments of Forwarding.Named.
 func forwardingNamedAppendArgs(b []byte, a0 string, a1 string, a2 []byte) []byte {
-	b = forwardingEnc_string(b, a0)
-	b = forwardingEnc_string(b, a1)
-	b = forwardingEnc_bytes(b, a2)
+	b = stub.AppendString(b, a0)
+	b = stub.AppendString(b, a1)
+	b = stub.AppendBytes(b, a2)
 	return b
 }
 
 // forwardingNamedArgs decodes the arguments of Forwarding.Named; errors wrap engine.ErrCantDecodeArgs.
 func forwardingNamedArgs(d []byte) (a0 string, a1 string, a2 []byte, err error) {
-	if a0, d, err = forwardingDec_string(d); err != nil {
-		return "", "", nil, forwardingArgsError("Named", err)
+	if a0, d, err = stub.String(d); err != nil {
+		return "", "", nil, stub.ArgsError("sigfwd", "Named", err)
 	}
-	if a1, d, err = forwardingDec_string(d); err != nil {
-		return "", "", nil, forwardingArgsError("Named", err)
+	if a1, d, err = stub.String(d); err != nil {
+		return "", "", nil, stub.ArgsError("sigfwd", "Named", err)
 	}
-	if a2, d, err = forwardingDec_bytes(d); err != nil {
-		return "", "", nil, forwardingArgsError("Named", err)
+	if a2, d, err = stub.Bytes(d); err != nil {
+		return "", "", nil, stub.ArgsError("sigfwd", "Named", err)
 	}
 	if len(d) != 0 {
-		return "", "", nil, forwardingArgsError("Named", forwardingErrTrailing)
+		return "", "", nil, stub.ArgsError("sigfwd", "Named", stub.ErrTrailing)
 	}
 	return a0, a1, a2, nil
 }
@@ -179,32 +164,32 @@ func forwardingNamedAppendResults(b []byte) []byte {
 // forwardingNamedResults decodes a reply of Forwarding.Named; errors wrap engine.ErrCantDecodeRes,
 // or are the error the server returned.
 func forwardingNamedResults(d []byte) (err error) {
-	if d, err = forwardingReplyBody(d); err != nil {
+	if d, err = stub.ReplyBody("sigfwd", forwardingErrors, d); err != nil {
 		return err
 	}
 	if len(d) != 0 {
-		return forwardingResultsError("Named", forwardingErrTrailing)
+		return stub.ResultsError("sigfwd", "Named", stub.ErrTrailing)
 	}
 	return nil
 }
 
 // forwardingProcessAppendArgs encodes the arguments of Forwarding.Process.
 func forwardingProcessAppendArgs(b []byte, a0 int32, a1 int32) []byte {
-	b = forwardingEnc_int32(b, a0)
-	b = forwardingEnc_int32(b, a1)
+	b = stub.AppendInt32(b, a0)
+	b = stub.AppendInt32(b, a1)
 	return b
 }
 
 // forwardingProcessArgs decodes the arguments of Forwarding.Process; errors wrap engine.ErrCantDecodeArgs.
 func forwardingProcessArgs(d []byte) (a0 int32, a1 int32, err error) {
-	if a0, d, err = forwardingDec_int32(d); err != nil {
-		return 0, 0, forwardingArgsError("Process", err)
+	if a0, d, err = stub.Int32(d); err != nil {
+		return 0, 0, stub.ArgsError("sigfwd", "Process", err)
 	}
-	if a1, d, err = forwardingDec_int32(d); err != nil {
-		return 0, 0, forwardingArgsError("Process", err)
+	if a1, d, err = stub.Int32(d); err != nil {
+		return 0, 0, stub.ArgsError("sigfwd", "Process", err)
 	}
 	if len(d) != 0 {
-		return 0, 0, forwardingArgsError("Process", forwardingErrTrailing)
+		return 0, 0, stub.ArgsError("sigfwd", "Process", stub.ErrTrailing)
 	}
 	return a0, a1, nil
 }
@@ -218,57 +203,19 @@ func forwardingProcessAppendResults(b []byte) []byte {
 // forwardingProcessResults decodes a reply of Forwarding.Process; errors wrap engine.ErrCantDecodeRes,
 // or are the error the server returned.
 func forwardingProcessResults(d []byte) (err error) {
-	if d, err = forwardingReplyBody(d); err != nil {
+	if d, err = stub.ReplyBody("sigfwd", forwardingErrors, d); err != nil {
 		return err
 	}
 	if len(d) != 0 {
-		return forwardingResultsError("Process", forwardingErrTrailing)
+		return stub.ResultsError("sigfwd", "Process", stub.ErrTrailing)
 	}
 	return nil
 }
 
 // forwardingErrors are the errors sigfwd's handlers return that reach callers as
-// themselves: a reply with status i+1 carries forwardingErrors[i] and its message.
-var forwardingErrors = [...]error{ErrRefused, ErrNotFound, ErrInvalid}
-
-// forwardingFail answers a handler's error: one of forwardingErrors travels in the reply
-// body; any other goes back through the engine as an *engine.RemoteError.
-func forwardingFail(resp *engine.Response, err error) error {
-	for i, sentinel := range forwardingErrors {
-		if errors.Is(err, sentinel) {
-			resp.Body = append(resp.Body[:0], byte(i+1))
-			resp.Body = forwardingEnc_string(resp.Body, err.Error())
-			return nil
-		}
-	}
-	return err
-}
-
-// forwardingRemoteError is a declared error as a caller receives it: errors.Is
-// matches both the sentinel and engine.ErrFailed.
-type forwardingRemoteError struct {
-	sentinel error
-	msg      string
-}
-
-func (e *forwardingRemoteError) Error() string   { return e.msg }
-func (e *forwardingRemoteError) Unwrap() []error { return []error{e.sentinel, engine.ErrFailed} }
-
-// forwardingReplyBody checks a reply's status byte and returns the results after it.
-func forwardingReplyBody(d []byte) ([]byte, error) {
-	if len(d) == 0 {
-		return nil, forwardingResultsError("reply", forwardingErrTruncated)
-	}
-	if d[0] == 0 {
-		return d[1:], nil
-	}
-	if i := int(d[0]) - 1; i < len(forwardingErrors) {
-		if msg, rest, err := forwardingDec_string(d[1:]); err == nil && len(rest) == 0 {
-			return nil, &forwardingRemoteError{sentinel: forwardingErrors[i], msg: msg}
-		}
-	}
-	return nil, forwardingResultsError("reply", forwardingErrStatus)
-}
+// themselves: a reply with status i+1 carries forwardingErrors[i] and its message,
+// and the caller gets a *stub.RemoteError matching it and engine.ErrFailed.
+var forwardingErrors = []error{ErrRefused, ErrNotFound, ErrInvalid}
 
 // forwardingCheckDecoders is for fuzz targets. It feeds b to the argument decoder
 // of every procedure and the result decoder of every RPC of sigfwd, and
@@ -296,80 +243,4 @@ func forwardingCheckDecoders(b []byte) error {
 		}
 	}
 	return nil
-}
-
-// Decoding errors of sigfwd. Bytes from the network are untrusted: every
-// decoder checks what it reads against the input left before using it.
-var (
-	forwardingErrTruncated = errors.New("sigfwd: input truncated")
-	forwardingErrLength    = errors.New("sigfwd: length larger than the input left")
-	forwardingErrVarint    = errors.New("sigfwd: malformed length")
-	forwardingErrBool      = errors.New("sigfwd: bool that is not 0 or 1")
-	forwardingErrRange     = errors.New("sigfwd: integer out of range")
-	forwardingErrDupKey    = errors.New("sigfwd: duplicate map key")
-	forwardingErrTrailing  = errors.New("sigfwd: bytes after the last value")
-	forwardingErrStatus    = errors.New("sigfwd: unknown reply status")
-)
-
-func forwardingArgsError(method string, err error) error {
-	return fmt.Errorf("%w: sigfwd.%s: %w", engine.ErrCantDecodeArgs, method, err)
-}
-
-func forwardingResultsError(method string, err error) error {
-	return fmt.Errorf("%w: sigfwd.%s: %w", engine.ErrCantDecodeRes, method, err)
-}
-
-// forwardingDecLen reads a count of items, each at least size bytes long, and refuses
-// one that the input left could not hold: nothing is allocated for it.
-func forwardingDecLen(d []byte, size int) (int, []byte, error) {
-	n, k := binary.Uvarint(d)
-	switch {
-	case k == 0:
-		return 0, nil, forwardingErrTruncated
-	case k < 0 || (k > 1 && d[k-1] == 0): // overflow, or not the shortest encoding
-		return 0, nil, forwardingErrVarint
-	}
-	d = d[k:]
-	if n > uint64(len(d)/size) {
-		return 0, nil, forwardingErrLength
-	}
-	return int(n), d, nil
-}
-
-func forwardingEnc_bytes(b []byte, v []byte) []byte {
-	b = binary.AppendUvarint(b, uint64(len(v)))
-	return append(b, v...)
-}
-
-// forwardingDec_bytes copies: the input is a pooled or network buffer.
-func forwardingDec_bytes(d []byte) ([]byte, []byte, error) {
-	n, d, err := forwardingDecLen(d, 1)
-	if err != nil || n == 0 {
-		return nil, d, err
-	}
-	return append([]byte(nil), d[:n]...), d[n:], nil
-}
-
-func forwardingEnc_int32(b []byte, v int32) []byte {
-	return binary.LittleEndian.AppendUint32(b, uint32(v))
-}
-
-func forwardingDec_int32(d []byte) (int32, []byte, error) {
-	if len(d) < 4 {
-		return 0, nil, forwardingErrTruncated
-	}
-	return int32(binary.LittleEndian.Uint32(d)), d[4:], nil
-}
-
-func forwardingEnc_string(b []byte, v string) []byte {
-	b = binary.AppendUvarint(b, uint64(len(v)))
-	return append(b, v...)
-}
-
-func forwardingDec_string(d []byte) (string, []byte, error) {
-	n, d, err := forwardingDecLen(d, 1)
-	if err != nil {
-		return "", nil, err
-	}
-	return string(d[:n]), d[n:], nil
 }

@@ -60,4 +60,14 @@
 //
 // Each generated file also holds <prefix>CheckDecoders, for a one-line
 // fuzz target over every decoder of the service.
+//
+// # Runtime
+//
+// Generated files import github.com/clusterinfra/ci/engine/stub for
+// everything that does not depend on the service: the codecs of the basic
+// types, length prefixes (stub.DecLen), the decoding errors, the pool of
+// call buffers and the reply status byte (stub.Fail, stub.ReplyBody).
+// Only the codecs of the service's own structs, slices, maps and named
+// types are generated, calling stub's for their elements. Changing the
+// wire format therefore means changing stub and the emitter together.
 package gen

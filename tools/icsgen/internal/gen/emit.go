@@ -8,9 +8,10 @@ import (
 	"strings"
 )
 
-// maxPooled is the largest buffer a generated client returns to its pool:
-// one call with huge arguments must not pin that memory for ever.
-const maxPooled = 64 << 10
+// stubPath is the runtime package generated code calls for everything
+// that does not depend on the service: basic codecs, length prefixes,
+// decoding errors, the buffer pool and the reply status.
+const stubPath = "github.com/clusterinfra/ci/engine/stub"
 
 // emitter writes one service's Go file.
 type emitter struct {
@@ -33,31 +34,23 @@ func emit(s *Service, docs map[string]string) []byte {
 			e.need(r.Type)
 		}
 	}
-	if len(s.Errors) > 0 {
-		e.need(&Type{Kind: KString}) // error messages
-	}
-
 	e.constants()
 	e.client(docs)
 	e.server()
 	e.methodCodecs()
 	e.replyStatus()
 	e.fuzzHook()
-	e.runtime()
 	e.typeCodecs()
 	code := e.b.String()
 
 	var out bytes.Buffer
 	fmt.Fprintf(&out, "%s\n// Source: %s, interface %s.\n\npackage %s\n\nimport (\n", generatedMarker, s.Source, s.Iface, s.Package)
-	for _, imp := range []struct{ path, use string }{
-		{"context", "context."}, {"encoding/binary", "binary."}, {"errors", "errors."},
-		{"fmt", "fmt."}, {"math", "math."}, {"sync", "sync."},
-	} {
+	for _, imp := range []struct{ path, use string }{{"context", "context."}, {"fmt", "fmt."}} {
 		if strings.Contains(code, imp.use) {
 			fmt.Fprintf(&out, "\t%q\n", imp.path)
 		}
 	}
-	fmt.Fprintf(&out, "\n\t%q\n)\n", enginePath)
+	fmt.Fprintf(&out, "\n\t%q\n\t%q\n)\n", enginePath, stubPath)
 	out.WriteString(code)
 	return out.Bytes()
 }
@@ -84,8 +77,31 @@ func (e *emitter) need(t *Type) {
 	}
 }
 
-func (e *emitter) enc(t *Type) string { return e.p + "Enc_" + t.mangle() }
-func (e *emitter) dec(t *Type) string { return e.p + "Dec_" + t.mangle() }
+// stubNames are the suffixes of package stub's codecs of the basic kinds:
+// stub.AppendInt64 and stub.Int64 for KInt64.
+var stubNames = [...]string{
+	KBool: "Bool", KInt8: "Int8", KUint8: "Uint8", KInt16: "Int16", KUint16: "Uint16",
+	KInt32: "Int32", KUint32: "Uint32", KInt64: "Int64", KUint64: "Uint64", KInt: "Int",
+	KUint: "Uint", KFloat32: "Float32", KFloat64: "Float64", KString: "String", KBytes: "Bytes",
+}
+
+// stubCodec reports whether t's codec is package stub's rather than
+// generated: an unnamed bool, number, string or []byte.
+func stubCodec(t *Type) bool { return t.Named == "" && t.isBasic() }
+
+func (e *emitter) enc(t *Type) string {
+	if stubCodec(t) {
+		return "stub.Append" + stubNames[t.Kind]
+	}
+	return e.p + "Enc_" + t.mangle()
+}
+
+func (e *emitter) dec(t *Type) string {
+	if stubCodec(t) {
+		return "stub." + stubNames[t.Kind]
+	}
+	return e.p + "Dec_" + t.mangle()
+}
 
 // zero is a literal of t's zero value.
 func zero(t *Type) string {
@@ -127,7 +143,7 @@ func (e *emitter) constants() {
 // reserved are names a client method uses itself, or imports it must see.
 var reserved = map[string]bool{
 	"c": true, "ctx": true, "to": true, "bufs": true, "reply": true, "err": true,
-	"context": true, "engine": true, "binary": true, "errors": true, "fmt": true, "math": true, "sync": true,
+	"context": true, "engine": true, "stub": true, "fmt": true,
 }
 
 // argNames are the client's parameter names: the interface's, unless
@@ -197,30 +213,25 @@ func (e *emitter) client(docs map[string]string) {
 		} else {
 			e.f(") (%s) {\n", strings.Join(results, ", "))
 		}
-		e.f("\tbufs := %sPool.Get().(*%sBufs)\n", p, p)
-		e.f("\tbufs.args = %s%sAppendArgs(bufs.args[:0]%s)\n", p, m.Name, strings.Join(args, ""))
+		e.f("\tbufs := %sPool.Get()\n", p)
+		e.f("\tbufs.Args = %s%sAppendArgs(bufs.Args[:0]%s)\n", p, m.Name, strings.Join(args, ""))
 		if m.OneWay {
-			e.f("\terr := c.node.Send(ctx, to, %sMethod%s, bufs.args)\n", p, m.Name)
-			e.f("\t%sPutBufs(bufs)\n\treturn err\n}\n", p)
+			e.f("\terr := c.node.Send(ctx, to, %sMethod%s, bufs.Args)\n", p, m.Name)
+			e.f("\t%sPool.Put(bufs)\n\treturn err\n}\n", p)
 			continue
 		}
-		e.f("\treply, err := c.node.Call(ctx, to, %sMethod%s, bufs.args, bufs.reply[:0])\n", p, m.Name)
-		e.f("\tbufs.reply = reply\n")
+		e.f("\treply, err := c.node.Call(ctx, to, %sMethod%s, bufs.Args, bufs.Reply[:0])\n", p, m.Name)
+		e.f("\tbufs.Reply = reply\n")
 		var rs []string
 		for i, r := range m.Results {
 			e.f("\tvar r%d %s\n", i, r.Spell)
 			rs = append(rs, fmt.Sprintf("r%d", i))
 		}
 		e.f("\tif err == nil {\n\t\t%s = %s%sResults(reply)\n\t}\n", strings.Join(append(rs, "err"), ", "), p, m.Name)
-		e.f("\t%sPutBufs(bufs)\n\treturn %s\n}\n", p, strings.Join(append(rs, "err"), ", "))
+		e.f("\t%sPool.Put(bufs)\n\treturn %s\n}\n", p, strings.Join(append(rs, "err"), ", "))
 	}
-	e.f("\n// %sBufs are one call's argument and reply buffers.\ntype %sBufs struct{ args, reply []byte }\n\n", p, p)
-	e.f("var %sPool = sync.Pool{New: func() any { return new(%sBufs) }}\n\n", p, p)
-	e.f("// %sPutBufs returns b to the pool, without buffers that grew past %d bytes.\n", p, maxPooled)
-	e.f("func %sPutBufs(b *%sBufs) {\n", p, p)
-	e.f("\tif cap(b.args) > %d {\n\t\tb.args = nil\n\t}\n", maxPooled)
-	e.f("\tif cap(b.reply) > %d {\n\t\tb.reply = nil\n\t}\n", maxPooled)
-	e.f("\t%sPool.Put(b)\n}\n", p)
+	e.f("\n// %sPool lends each call of a %sClient its argument and reply buffers.\n", p, s.Iface)
+	e.f("var %sPool stub.BufPool\n", p)
 }
 
 func commentLines(doc string) string {
@@ -284,7 +295,7 @@ func (e *emitter) server() {
 		}
 		e.f("\t%s %s s.impl.%s(%s)\n", strings.Join(append(rs, "err"), ", "), assign, m.Name, strings.Join(call, ", "))
 		if len(s.Errors) > 0 {
-			e.f("\tif err != nil {\n\t\treturn %sFail(resp, err)\n\t}\n", p)
+			e.f("\tif err != nil {\n\t\treturn stub.Fail(resp, %sErrors, err)\n\t}\n", p)
 		} else {
 			e.f("\tif err != nil {\n\t\treturn err\n\t}\n")
 		}
@@ -320,14 +331,14 @@ func (e *emitter) methodCodecs() {
 		e.f("// %s%sArgs decodes the arguments of %s.%s; errors wrap engine.ErrCantDecodeArgs.\n", p, m.Name, s.Iface, m.Name)
 		if len(as) == 0 {
 			e.f("func %s%sArgs(d []byte) error {\n", p, m.Name)
-			e.f("\tif len(d) != 0 {\n\t\treturn %sArgsError(%q, %sErrTrailing)\n\t}\n\treturn nil\n}\n", p, m.Name, p)
+			e.f("\tif len(d) != 0 {\n\t\treturn stub.ArgsError(%q, %q, stub.ErrTrailing)\n\t}\n\treturn nil\n}\n", s.Name, m.Name)
 		} else {
 			e.f("func %s%sArgs(d []byte) (%s, err error) {\n", p, m.Name, strings.Join(params, ", "))
-			fail := strings.Join(append(zeros, fmt.Sprintf("%sArgsError(%q, err)", p, m.Name)), ", ")
+			fail := strings.Join(append(zeros, fmt.Sprintf("stub.ArgsError(%q, %q, err)", s.Name, m.Name)), ", ")
 			for i, a := range m.Params {
 				e.f("\tif a%d, d, err = %s(d); err != nil {\n\t\treturn %s\n\t}\n", i, e.dec(a.Type), fail)
 			}
-			e.f("\tif len(d) != 0 {\n\t\treturn %s\n\t}\n", strings.Join(append(zeros, fmt.Sprintf("%sArgsError(%q, %sErrTrailing)", p, m.Name, p)), ", "))
+			e.f("\tif len(d) != 0 {\n\t\treturn %s\n\t}\n", strings.Join(append(zeros, fmt.Sprintf("stub.ArgsError(%q, %q, stub.ErrTrailing)", s.Name, m.Name)), ", "))
 			e.f("\treturn %s, nil\n}\n", strings.Join(as, ", "))
 		}
 		if m.OneWay {
@@ -348,46 +359,35 @@ func (e *emitter) methodCodecs() {
 		e.f("\treturn b\n}\n\n")
 		e.f("// %s%sResults decodes a reply of %s.%s; errors wrap engine.ErrCantDecodeRes,\n// or are the error the server returned.\n", p, m.Name, s.Iface, m.Name)
 		e.f("func %s%sResults(d []byte) (%s) {\n", p, m.Name, strings.Join(append(rparams, "err error"), ", "))
-		e.f("\tif d, err = %sReplyBody(d); err != nil {\n\t\treturn %s\n\t}\n", p, strings.Join(append(rzeros, "err"), ", "))
-		fail := strings.Join(append(rzeros, fmt.Sprintf("%sResultsError(%q, err)", p, m.Name)), ", ")
+		e.f("\tif d, err = stub.ReplyBody(%q, %s, d); err != nil {\n\t\treturn %s\n\t}\n", s.Name, e.errTable(), strings.Join(append(rzeros, "err"), ", "))
+		fail := strings.Join(append(rzeros, fmt.Sprintf("stub.ResultsError(%q, %q, err)", s.Name, m.Name)), ", ")
 		for i, r := range m.Results {
 			e.f("\tif r%d, d, err = %s(d); err != nil {\n\t\treturn %s\n\t}\n", i, e.dec(r.Type), fail)
 		}
-		e.f("\tif len(d) != 0 {\n\t\treturn %s\n\t}\n", strings.Join(append(rzeros, fmt.Sprintf("%sResultsError(%q, %sErrTrailing)", p, m.Name, p)), ", "))
+		e.f("\tif len(d) != 0 {\n\t\treturn %s\n\t}\n", strings.Join(append(rzeros, fmt.Sprintf("stub.ResultsError(%q, %q, stub.ErrTrailing)", s.Name, m.Name)), ", "))
 		e.f("\treturn %s\n}\n", strings.Join(append(rs, "nil"), ", "))
 	}
 }
 
-// replyStatus writes the reply's status byte handling and, when the
-// service declares errors, the error type callers see.
+// errTable is the service's declared errors as generated code names them,
+// nil when it declares none.
+func (e *emitter) errTable() string {
+	if len(e.s.Errors) == 0 {
+		return "nil"
+	}
+	return e.p + "Errors"
+}
+
+// replyStatus writes the table of declared errors, when the service has
+// some: stub.Fail and stub.ReplyBody map them to and from status bytes.
 func (e *emitter) replyStatus() {
 	s, p := e.s, e.p
 	if len(s.Errors) > 0 {
 		e.f("\n// %sErrors are the errors %s's handlers return that reach callers as\n", p, s.Name)
-		e.f("// themselves: a reply with status i+1 carries %sErrors[i] and its message.\n", p)
-		e.f("var %sErrors = [...]error{%s}\n\n", p, strings.Join(s.Errors, ", "))
-		e.f("// %sFail answers a handler's error: one of %sErrors travels in the reply\n", p, p)
-		e.f("// body; any other goes back through the engine as an *engine.RemoteError.\n")
-		e.f("func %sFail(resp *engine.Response, err error) error {\n", p)
-		e.f("\tfor i, sentinel := range %sErrors {\n\t\tif errors.Is(err, sentinel) {\n", p)
-		e.f("\t\t\tresp.Body = append(resp.Body[:0], byte(i+1))\n")
-		e.f("\t\t\tresp.Body = %s(resp.Body, err.Error())\n\t\t\treturn nil\n\t\t}\n\t}\n\treturn err\n}\n\n", e.enc(&Type{Kind: KString}))
-		e.f("// %sRemoteError is a declared error as a caller receives it: errors.Is\n", p)
-		e.f("// matches both the sentinel and engine.ErrFailed.\n")
-		e.f("type %sRemoteError struct {\n\tsentinel error\n\tmsg      string\n}\n\n", p)
-		e.f("func (e *%sRemoteError) Error() string   { return e.msg }\n", p)
-		e.f("func (e *%sRemoteError) Unwrap() []error { return []error{e.sentinel, engine.ErrFailed} }\n", p)
+		e.f("// themselves: a reply with status i+1 carries %sErrors[i] and its message,\n", p)
+		e.f("// and the caller gets a *stub.RemoteError matching it and engine.ErrFailed.\n")
+		e.f("var %sErrors = []error{%s}\n", p, strings.Join(s.Errors, ", "))
 	}
-	e.f("\n// %sReplyBody checks a reply's status byte and returns the results after it.\n", p)
-	e.f("func %sReplyBody(d []byte) ([]byte, error) {\n", p)
-	e.f("\tif len(d) == 0 {\n\t\treturn nil, %sResultsError(\"reply\", %sErrTruncated)\n\t}\n", p, p)
-	e.f("\tif d[0] == 0 {\n\t\treturn d[1:], nil\n\t}\n")
-	if len(s.Errors) > 0 {
-		e.f("\tif i := int(d[0]) - 1; i < len(%sErrors) {\n", p)
-		e.f("\t\tif msg, rest, err := %s(d[1:]); err == nil && len(rest) == 0 {\n", e.dec(&Type{Kind: KString}))
-		e.f("\t\t\treturn nil, &%sRemoteError{sentinel: %sErrors[i], msg: msg}\n\t\t}\n\t}\n", p, p)
-	}
-	e.f("\treturn nil, %sResultsError(\"reply\", %sErrStatus)\n}\n", p, p)
 }
 
 func (e *emitter) fuzzHook() {
@@ -427,53 +427,14 @@ func (e *emitter) fuzzHook() {
 	e.f("\treturn nil\n}\n")
 }
 
-// runtime writes the errors and helpers every codec shares.
-func (e *emitter) runtime() {
-	s, p := e.s, e.p
-	e.f("\n// Decoding errors of %s. Bytes from the network are untrusted: every\n", s.Name)
-	e.f("// decoder checks what it reads against the input left before using it.\n")
-	e.f("var (\n")
-	for _, v := range []struct{ name, msg string }{
-		{"Truncated", "input truncated"},
-		{"Length", "length larger than the input left"},
-		{"Varint", "malformed length"},
-		{"Bool", "bool that is not 0 or 1"},
-		{"Range", "integer out of range"},
-		{"DupKey", "duplicate map key"},
-		{"Trailing", "bytes after the last value"},
-		{"Status", "unknown reply status"},
-	} {
-		e.f("\t%sErr%s = errors.New(%q)\n", p, v.name, s.Name+": "+v.msg)
-	}
-	e.f(")\n\n")
-	e.f("func %sArgsError(method string, err error) error {\n", p)
-	e.f("\treturn fmt.Errorf(\"%%w: %s.%%s: %%w\", engine.ErrCantDecodeArgs, method, err)\n}\n\n", s.Name)
-	e.f("func %sResultsError(method string, err error) error {\n", p)
-	e.f("\treturn fmt.Errorf(\"%%w: %s.%%s: %%w\", engine.ErrCantDecodeRes, method, err)\n}\n", s.Name)
-	if e.usesLen() {
-		e.f("\n// %sDecLen reads a count of items, each at least size bytes long, and refuses\n", p)
-		e.f("// one that the input left could not hold: nothing is allocated for it.\n")
-		e.f("func %sDecLen(d []byte, size int) (int, []byte, error) {\n", p)
-		e.f("\tn, k := binary.Uvarint(d)\n\tswitch {\n\tcase k == 0:\n\t\treturn 0, nil, %sErrTruncated\n", p)
-		e.f("\tcase k < 0 || (k > 1 && d[k-1] == 0): // overflow, or not the shortest encoding\n\t\treturn 0, nil, %sErrVarint\n\t}\n", p)
-		e.f("\td = d[k:]\n\tif n > uint64(len(d)/size) {\n\t\treturn 0, nil, %sErrLength\n\t}\n\treturn int(n), d, nil\n}\n", p)
-	}
-}
-
-func (e *emitter) usesLen() bool {
-	for _, t := range e.codecs {
-		if t.Kind >= KString && t.Kind != KStruct {
-			return true
-		}
-	}
-	return false
-}
-
-// typeCodecs writes an encoder and a decoder per type, sorted by name.
+// typeCodecs writes an encoder and a decoder per type, sorted by name,
+// except for the unnamed basic types: their codecs are package stub's.
 func (e *emitter) typeCodecs() {
 	names := make([]string, 0, len(e.codecs))
-	for n := range e.codecs {
-		names = append(names, n)
+	for n, t := range e.codecs {
+		if !stubCodec(t) {
+			names = append(names, n)
+		}
 	}
 	sort.Strings(names)
 	for _, n := range names {
@@ -482,77 +443,32 @@ func (e *emitter) typeCodecs() {
 }
 
 func (e *emitter) typeCodec(t *Type) {
-	p, T, enc, dec := e.p, t.Go(), e.enc(t), e.dec(t)
+	T, enc, dec := t.Go(), e.enc(t), e.dec(t)
 	e.f("\n")
-	if t.Named != "" && t.isBasic() {
+	switch {
+	case t.isBasic(): // a named basic type: convert, and use stub's codec
 		base := &Type{Kind: t.Kind}
 		e.f("func %s(b []byte, v %s) []byte { return %s(b, %s(v)) }\n\n", enc, T, e.enc(base), base.Go())
 		e.f("func %s(d []byte) (%s, []byte, error) {\n\tx, d, err := %s(d)\n\treturn %s(x), d, err\n}\n", dec, T, e.dec(base), T)
-		return
-	}
-	trunc := func(n int, zero string) {
-		e.f("\tif len(d) < %d {\n\t\treturn %s, nil, %sErrTruncated\n\t}\n", n, zero, p)
-	}
-	le := "binary.LittleEndian."
-	switch t.Kind {
-	case KBool:
-		e.f("func %s(b []byte, v bool) []byte {\n\tif v {\n\t\treturn append(b, 1)\n\t}\n\treturn append(b, 0)\n}\n\n", enc)
-		e.f("func %s(d []byte) (bool, []byte, error) {\n", dec)
-		trunc(1, "false")
-		e.f("\tif d[0] > 1 {\n\t\treturn false, nil, %sErrBool\n\t}\n\treturn d[0] == 1, d[1:], nil\n}\n", p)
-	case KInt8, KUint8:
-		e.f("func %s(b []byte, v %s) []byte { return append(b, byte(v)) }\n\n", enc, T)
-		e.f("func %s(d []byte) (%s, []byte, error) {\n", dec, T)
-		trunc(1, "0")
-		e.f("\treturn %s(d[0]), d[1:], nil\n}\n", T)
-	case KInt16, KUint16, KInt32, KUint32, KInt64, KUint64:
-		bits := map[Kind]int{KInt16: 16, KUint16: 16, KInt32: 32, KUint32: 32, KInt64: 64, KUint64: 64}[t.Kind]
-		e.f("func %s(b []byte, v %s) []byte { return %sAppendUint%d(b, uint%d(v)) }\n\n", enc, T, le, bits, bits)
-		e.f("func %s(d []byte) (%s, []byte, error) {\n", dec, T)
-		trunc(bits/8, "0")
-		e.f("\treturn %s(%sUint%d(d)), d[%d:], nil\n}\n", T, le, bits, bits/8)
-	case KInt, KUint:
-		wide := map[Kind]string{KInt: "int64", KUint: "uint64"}[t.Kind]
-		e.f("// %s travels as 8 bytes, like an %s.\n", T, wide)
-		e.f("func %s(b []byte, v %s) []byte { return %sAppendUint64(b, uint64(v)) }\n\n", enc, T, le)
-		e.f("func %s(d []byte) (%s, []byte, error) {\n", dec, T)
-		trunc(8, "0")
-		e.f("\tx := %s(%sUint64(d))\n\tif %s(%s(x)) != x { // a 32-bit platform\n\t\treturn 0, nil, %sErrRange\n\t}\n", wide, le, wide, T, p)
-		e.f("\treturn %s(x), d[8:], nil\n}\n", T)
-	case KFloat32, KFloat64:
-		bits := map[Kind]int{KFloat32: 32, KFloat64: 64}[t.Kind]
-		e.f("func %s(b []byte, v %s) []byte { return %sAppendUint%d(b, math.Float%dbits(v)) }\n\n", enc, T, le, bits, bits)
-		e.f("func %s(d []byte) (%s, []byte, error) {\n", dec, T)
-		trunc(bits/8, "0")
-		e.f("\treturn math.Float%dfrombits(%sUint%d(d)), d[%d:], nil\n}\n", bits, le, bits, bits/8)
-	case KString:
-		e.f("func %s(b []byte, v string) []byte {\n\tb = binary.AppendUvarint(b, uint64(len(v)))\n\treturn append(b, v...)\n}\n\n", enc)
-		e.f("func %s(d []byte) (string, []byte, error) {\n\tn, d, err := %sDecLen(d, 1)\n\tif err != nil {\n\t\treturn \"\", nil, err\n\t}\n", dec, p)
-		e.f("\treturn string(d[:n]), d[n:], nil\n}\n")
-	case KBytes:
-		e.f("func %s(b []byte, v []byte) []byte {\n\tb = binary.AppendUvarint(b, uint64(len(v)))\n\treturn append(b, v...)\n}\n\n", enc)
-		e.f("// %s copies: the input is a pooled or network buffer.\n", dec)
-		e.f("func %s(d []byte) ([]byte, []byte, error) {\n\tn, d, err := %sDecLen(d, 1)\n\tif err != nil || n == 0 {\n\t\treturn nil, d, err\n\t}\n", dec, p)
-		e.f("\treturn append([]byte(nil), d[:n]...), d[n:], nil\n}\n")
-	case KSlice:
-		e.f("func %s(b []byte, v %s) []byte {\n\tb = binary.AppendUvarint(b, uint64(len(v)))\n", enc, T)
+	case t.Kind == KSlice:
+		e.f("func %s(b []byte, v %s) []byte {\n\tb = stub.AppendLen(b, len(v))\n", enc, T)
 		e.f("\tfor _, x := range v {\n\t\tb = %s(b, x)\n\t}\n\treturn b\n}\n\n", e.enc(t.Elem))
 		e.f("func %s(d []byte) (%s, []byte, error) {\n", dec, T)
-		e.f("\tn, d, err := %sDecLen(d, %d)\n\tif err != nil || n == 0 {\n\t\treturn nil, d, err\n\t}\n", p, t.Elem.minSize())
+		e.f("\tn, d, err := stub.DecLen(d, %d)\n\tif err != nil || n == 0 {\n\t\treturn nil, d, err\n\t}\n", t.Elem.minSize())
 		e.f("\tv := make(%s, n)\n\tfor i := range v {\n", T)
 		e.f("\t\tif v[i], d, err = %s(d); err != nil {\n\t\t\treturn nil, nil, err\n\t\t}\n\t}\n\treturn v, d, nil\n}\n", e.dec(t.Elem))
-	case KMap:
+	case t.Kind == KMap:
 		e.f("// %s writes the entries in Go's map order: the bytes differ from\n// call to call, the decoded map does not.\n", enc)
-		e.f("func %s(b []byte, v %s) []byte {\n\tb = binary.AppendUvarint(b, uint64(len(v)))\n", enc, T)
+		e.f("func %s(b []byte, v %s) []byte {\n\tb = stub.AppendLen(b, len(v))\n", enc, T)
 		e.f("\tfor k, x := range v {\n\t\tb = %s(b, k)\n\t\tb = %s(b, x)\n\t}\n\treturn b\n}\n\n", e.enc(t.Key), e.enc(t.Elem))
 		e.f("func %s(d []byte) (%s, []byte, error) {\n", dec, T)
-		e.f("\tn, d, err := %sDecLen(d, %d)\n\tif err != nil || n == 0 {\n\t\treturn nil, d, err\n\t}\n", p, t.Key.minSize()+t.Elem.minSize())
+		e.f("\tn, d, err := stub.DecLen(d, %d)\n\tif err != nil || n == 0 {\n\t\treturn nil, d, err\n\t}\n", t.Key.minSize()+t.Elem.minSize())
 		e.f("\tv := make(%s, min(n, 1024)) // the hint is bounded: small entries could claim much room\n", T)
 		e.f("\tfor range n {\n\t\tvar k %s\n\t\tvar x %s\n", t.Key.Go(), t.Elem.Go())
 		e.f("\t\tif k, d, err = %s(d); err != nil {\n\t\t\treturn nil, nil, err\n\t\t}\n", e.dec(t.Key))
 		e.f("\t\tif x, d, err = %s(d); err != nil {\n\t\t\treturn nil, nil, err\n\t\t}\n", e.dec(t.Elem))
-		e.f("\t\tif _, dup := v[k]; dup {\n\t\t\treturn nil, nil, %sErrDupKey\n\t\t}\n\t\tv[k] = x\n\t}\n\treturn v, d, nil\n}\n", p)
-	case KStruct:
+		e.f("\t\tif _, dup := v[k]; dup {\n\t\t\treturn nil, nil, stub.ErrDupKey\n\t\t}\n\t\tv[k] = x\n\t}\n\treturn v, d, nil\n}\n")
+	case t.Kind == KStruct:
 		e.f("func %s(b []byte, v %s) []byte {\n", enc, T)
 		for _, f := range t.Fields {
 			e.f("\tb = %s(b, v.%s)\n", e.enc(f.Type), f.Name)

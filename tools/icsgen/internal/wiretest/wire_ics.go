@@ -5,13 +5,10 @@ package wiretest
 
 import (
 	"context"
-	"encoding/binary"
-	"errors"
 	"fmt"
-	"math"
-	"sync"
 
 	"github.com/clusterinfra/ci/engine"
+	"github.com/clusterinfra/ci/engine/stub"
 )
 
 // WireServiceID is where wire is served: channel 9 (svc1), subservice 5.
@@ -48,15 +45,15 @@ func NewWireClient(n *engine.Node) *WireClient { return &WireClient{node: n} }
 //
 // Echo returns a unchanged.
 func (c *WireClient) Echo(ctx context.Context, to engine.NodeNum, a All) (All, error) {
-	bufs := wirePool.Get().(*wireBufs)
-	bufs.args = wireEchoAppendArgs(bufs.args[:0], a)
-	reply, err := c.node.Call(ctx, to, wireMethodEcho, bufs.args, bufs.reply[:0])
-	bufs.reply = reply
+	bufs := wirePool.Get()
+	bufs.Args = wireEchoAppendArgs(bufs.Args[:0], a)
+	reply, err := c.node.Call(ctx, to, wireMethodEcho, bufs.Args, bufs.Reply[:0])
+	bufs.Reply = reply
 	var r0 All
 	if err == nil {
 		r0, err = wireEchoResults(reply)
 	}
-	wirePutBufs(bufs)
+	wirePool.Put(bufs)
 	return r0, err
 }
 
@@ -64,30 +61,30 @@ func (c *WireClient) Echo(ctx context.Context, to engine.NodeNum, a All) (All, e
 //
 // Many takes and returns several values, and the caller's node.
 func (c *WireClient) Many(ctx context.Context, to engine.NodeNum, b bool, n int, s string, m map[string][]byte, groups []Group) (Level, Name, Tags, error) {
-	bufs := wirePool.Get().(*wireBufs)
-	bufs.args = wireManyAppendArgs(bufs.args[:0], b, n, s, m, groups)
-	reply, err := c.node.Call(ctx, to, wireMethodMany, bufs.args, bufs.reply[:0])
-	bufs.reply = reply
+	bufs := wirePool.Get()
+	bufs.Args = wireManyAppendArgs(bufs.Args[:0], b, n, s, m, groups)
+	reply, err := c.node.Call(ctx, to, wireMethodMany, bufs.Args, bufs.Reply[:0])
+	bufs.Reply = reply
 	var r0 Level
 	var r1 Name
 	var r2 Tags
 	if err == nil {
 		r0, r1, r2, err = wireManyResults(reply)
 	}
-	wirePutBufs(bufs)
+	wirePool.Put(bufs)
 	return r0, r1, r2, err
 }
 
 // Nothing calls Wire.Nothing (procedure 3) on node to.
 func (c *WireClient) Nothing(ctx context.Context, to engine.NodeNum) error {
-	bufs := wirePool.Get().(*wireBufs)
-	bufs.args = wireNothingAppendArgs(bufs.args[:0])
-	reply, err := c.node.Call(ctx, to, wireMethodNothing, bufs.args, bufs.reply[:0])
-	bufs.reply = reply
+	bufs := wirePool.Get()
+	bufs.Args = wireNothingAppendArgs(bufs.Args[:0])
+	reply, err := c.node.Call(ctx, to, wireMethodNothing, bufs.Args, bufs.Reply[:0])
+	bufs.Reply = reply
 	if err == nil {
 		err = wireNothingResults(reply)
 	}
-	wirePutBufs(bufs)
+	wirePool.Put(bufs)
 	return err
 }
 
@@ -95,28 +92,15 @@ func (c *WireClient) Nothing(ctx context.Context, to engine.NodeNum) error {
 // A nil error means the message was handed to the connection, not that it
 // was served.
 func (c *WireClient) Notify(ctx context.Context, to engine.NodeNum, p Alias) error {
-	bufs := wirePool.Get().(*wireBufs)
-	bufs.args = wireNotifyAppendArgs(bufs.args[:0], p)
-	err := c.node.Send(ctx, to, wireMethodNotify, bufs.args)
-	wirePutBufs(bufs)
+	bufs := wirePool.Get()
+	bufs.Args = wireNotifyAppendArgs(bufs.Args[:0], p)
+	err := c.node.Send(ctx, to, wireMethodNotify, bufs.Args)
+	wirePool.Put(bufs)
 	return err
 }
 
-// wireBufs are one call's argument and reply buffers.
-type wireBufs struct{ args, reply []byte }
-
-var wirePool = sync.Pool{New: func() any { return new(wireBufs) }}
-
-// wirePutBufs returns b to the pool, without buffers that grew past 65536 bytes.
-func wirePutBufs(b *wireBufs) {
-	if cap(b.args) > 65536 {
-		b.args = nil
-	}
-	if cap(b.reply) > 65536 {
-		b.reply = nil
-	}
-	wirePool.Put(b)
-}
+// wirePool lends each call of a WireClient its argument and reply buffers.
+var wirePool stub.BufPool
 
 // WireProcs returns wire's dispatch table for engine.Service.Procs: impl's
 // methods indexed by procedure number.
@@ -206,10 +190,10 @@ func wireEchoAppendArgs(b []byte, a0 All) []byte {
 // wireEchoArgs decodes the arguments of Wire.Echo; errors wrap engine.ErrCantDecodeArgs.
 func wireEchoArgs(d []byte) (a0 All, err error) {
 	if a0, d, err = wireDec_All(d); err != nil {
-		return All{}, wireArgsError("Echo", err)
+		return All{}, stub.ArgsError("wire", "Echo", err)
 	}
 	if len(d) != 0 {
-		return All{}, wireArgsError("Echo", wireErrTrailing)
+		return All{}, stub.ArgsError("wire", "Echo", stub.ErrTrailing)
 	}
 	return a0, nil
 }
@@ -224,23 +208,23 @@ func wireEchoAppendResults(b []byte, r0 All) []byte {
 // wireEchoResults decodes a reply of Wire.Echo; errors wrap engine.ErrCantDecodeRes,
 // or are the error the server returned.
 func wireEchoResults(d []byte) (r0 All, err error) {
-	if d, err = wireReplyBody(d); err != nil {
+	if d, err = stub.ReplyBody("wire", nil, d); err != nil {
 		return All{}, err
 	}
 	if r0, d, err = wireDec_All(d); err != nil {
-		return All{}, wireResultsError("Echo", err)
+		return All{}, stub.ResultsError("wire", "Echo", err)
 	}
 	if len(d) != 0 {
-		return All{}, wireResultsError("Echo", wireErrTrailing)
+		return All{}, stub.ResultsError("wire", "Echo", stub.ErrTrailing)
 	}
 	return r0, nil
 }
 
 // wireManyAppendArgs encodes the arguments of Wire.Many.
 func wireManyAppendArgs(b []byte, a0 bool, a1 int, a2 string, a3 map[string][]byte, a4 []Group) []byte {
-	b = wireEnc_bool(b, a0)
-	b = wireEnc_int(b, a1)
-	b = wireEnc_string(b, a2)
+	b = stub.AppendBool(b, a0)
+	b = stub.AppendInt(b, a1)
+	b = stub.AppendString(b, a2)
 	b = wireEnc_map_string_bytes(b, a3)
 	b = wireEnc_slice_Group(b, a4)
 	return b
@@ -248,23 +232,23 @@ func wireManyAppendArgs(b []byte, a0 bool, a1 int, a2 string, a3 map[string][]by
 
 // wireManyArgs decodes the arguments of Wire.Many; errors wrap engine.ErrCantDecodeArgs.
 func wireManyArgs(d []byte) (a0 bool, a1 int, a2 string, a3 map[string][]byte, a4 []Group, err error) {
-	if a0, d, err = wireDec_bool(d); err != nil {
-		return false, 0, "", nil, nil, wireArgsError("Many", err)
+	if a0, d, err = stub.Bool(d); err != nil {
+		return false, 0, "", nil, nil, stub.ArgsError("wire", "Many", err)
 	}
-	if a1, d, err = wireDec_int(d); err != nil {
-		return false, 0, "", nil, nil, wireArgsError("Many", err)
+	if a1, d, err = stub.Int(d); err != nil {
+		return false, 0, "", nil, nil, stub.ArgsError("wire", "Many", err)
 	}
-	if a2, d, err = wireDec_string(d); err != nil {
-		return false, 0, "", nil, nil, wireArgsError("Many", err)
+	if a2, d, err = stub.String(d); err != nil {
+		return false, 0, "", nil, nil, stub.ArgsError("wire", "Many", err)
 	}
 	if a3, d, err = wireDec_map_string_bytes(d); err != nil {
-		return false, 0, "", nil, nil, wireArgsError("Many", err)
+		return false, 0, "", nil, nil, stub.ArgsError("wire", "Many", err)
 	}
 	if a4, d, err = wireDec_slice_Group(d); err != nil {
-		return false, 0, "", nil, nil, wireArgsError("Many", err)
+		return false, 0, "", nil, nil, stub.ArgsError("wire", "Many", err)
 	}
 	if len(d) != 0 {
-		return false, 0, "", nil, nil, wireArgsError("Many", wireErrTrailing)
+		return false, 0, "", nil, nil, stub.ArgsError("wire", "Many", stub.ErrTrailing)
 	}
 	return a0, a1, a2, a3, a4, nil
 }
@@ -281,20 +265,20 @@ func wireManyAppendResults(b []byte, r0 Level, r1 Name, r2 Tags) []byte {
 // wireManyResults decodes a reply of Wire.Many; errors wrap engine.ErrCantDecodeRes,
 // or are the error the server returned.
 func wireManyResults(d []byte) (r0 Level, r1 Name, r2 Tags, err error) {
-	if d, err = wireReplyBody(d); err != nil {
+	if d, err = stub.ReplyBody("wire", nil, d); err != nil {
 		return 0, "", nil, err
 	}
 	if r0, d, err = wireDec_Level(d); err != nil {
-		return 0, "", nil, wireResultsError("Many", err)
+		return 0, "", nil, stub.ResultsError("wire", "Many", err)
 	}
 	if r1, d, err = wireDec_Name(d); err != nil {
-		return 0, "", nil, wireResultsError("Many", err)
+		return 0, "", nil, stub.ResultsError("wire", "Many", err)
 	}
 	if r2, d, err = wireDec_Tags(d); err != nil {
-		return 0, "", nil, wireResultsError("Many", err)
+		return 0, "", nil, stub.ResultsError("wire", "Many", err)
 	}
 	if len(d) != 0 {
-		return 0, "", nil, wireResultsError("Many", wireErrTrailing)
+		return 0, "", nil, stub.ResultsError("wire", "Many", stub.ErrTrailing)
 	}
 	return r0, r1, r2, nil
 }
@@ -307,7 +291,7 @@ func wireNothingAppendArgs(b []byte) []byte {
 // wireNothingArgs decodes the arguments of Wire.Nothing; errors wrap engine.ErrCantDecodeArgs.
 func wireNothingArgs(d []byte) error {
 	if len(d) != 0 {
-		return wireArgsError("Nothing", wireErrTrailing)
+		return stub.ArgsError("wire", "Nothing", stub.ErrTrailing)
 	}
 	return nil
 }
@@ -321,11 +305,11 @@ func wireNothingAppendResults(b []byte) []byte {
 // wireNothingResults decodes a reply of Wire.Nothing; errors wrap engine.ErrCantDecodeRes,
 // or are the error the server returned.
 func wireNothingResults(d []byte) (err error) {
-	if d, err = wireReplyBody(d); err != nil {
+	if d, err = stub.ReplyBody("wire", nil, d); err != nil {
 		return err
 	}
 	if len(d) != 0 {
-		return wireResultsError("Nothing", wireErrTrailing)
+		return stub.ResultsError("wire", "Nothing", stub.ErrTrailing)
 	}
 	return nil
 }
@@ -339,23 +323,12 @@ func wireNotifyAppendArgs(b []byte, a0 Point) []byte {
 // wireNotifyArgs decodes the arguments of Wire.Notify; errors wrap engine.ErrCantDecodeArgs.
 func wireNotifyArgs(d []byte) (a0 Point, err error) {
 	if a0, d, err = wireDec_Point(d); err != nil {
-		return Point{}, wireArgsError("Notify", err)
+		return Point{}, stub.ArgsError("wire", "Notify", err)
 	}
 	if len(d) != 0 {
-		return Point{}, wireArgsError("Notify", wireErrTrailing)
+		return Point{}, stub.ArgsError("wire", "Notify", stub.ErrTrailing)
 	}
 	return a0, nil
-}
-
-// wireReplyBody checks a reply's status byte and returns the results after it.
-func wireReplyBody(d []byte) ([]byte, error) {
-	if len(d) == 0 {
-		return nil, wireResultsError("reply", wireErrTruncated)
-	}
-	if d[0] == 0 {
-		return d[1:], nil
-	}
-	return nil, wireResultsError("reply", wireErrStatus)
 }
 
 // wireCheckDecoders is for fuzz targets. It feeds b to the argument decoder
@@ -401,62 +374,24 @@ func wireCheckDecoders(b []byte) error {
 	return nil
 }
 
-// Decoding errors of wire. Bytes from the network are untrusted: every
-// decoder checks what it reads against the input left before using it.
-var (
-	wireErrTruncated = errors.New("wire: input truncated")
-	wireErrLength    = errors.New("wire: length larger than the input left")
-	wireErrVarint    = errors.New("wire: malformed length")
-	wireErrBool      = errors.New("wire: bool that is not 0 or 1")
-	wireErrRange     = errors.New("wire: integer out of range")
-	wireErrDupKey    = errors.New("wire: duplicate map key")
-	wireErrTrailing  = errors.New("wire: bytes after the last value")
-	wireErrStatus    = errors.New("wire: unknown reply status")
-)
-
-func wireArgsError(method string, err error) error {
-	return fmt.Errorf("%w: wire.%s: %w", engine.ErrCantDecodeArgs, method, err)
-}
-
-func wireResultsError(method string, err error) error {
-	return fmt.Errorf("%w: wire.%s: %w", engine.ErrCantDecodeRes, method, err)
-}
-
-// wireDecLen reads a count of items, each at least size bytes long, and refuses
-// one that the input left could not hold: nothing is allocated for it.
-func wireDecLen(d []byte, size int) (int, []byte, error) {
-	n, k := binary.Uvarint(d)
-	switch {
-	case k == 0:
-		return 0, nil, wireErrTruncated
-	case k < 0 || (k > 1 && d[k-1] == 0): // overflow, or not the shortest encoding
-		return 0, nil, wireErrVarint
-	}
-	d = d[k:]
-	if n > uint64(len(d)/size) {
-		return 0, nil, wireErrLength
-	}
-	return int(n), d, nil
-}
-
 func wireEnc_All(b []byte, v All) []byte {
-	b = wireEnc_bool(b, v.B)
-	b = wireEnc_int8(b, v.I8)
-	b = wireEnc_uint8(b, v.U8)
-	b = wireEnc_int16(b, v.I16)
-	b = wireEnc_uint16(b, v.U16)
-	b = wireEnc_int32(b, v.I32)
-	b = wireEnc_uint32(b, v.U32)
-	b = wireEnc_int64(b, v.I64)
-	b = wireEnc_uint64(b, v.U64)
-	b = wireEnc_int(b, v.I)
-	b = wireEnc_uint(b, v.U)
-	b = wireEnc_float32(b, v.F32)
-	b = wireEnc_float64(b, v.F64)
-	b = wireEnc_string(b, v.S)
-	b = wireEnc_bytes(b, v.Bs)
-	b = wireEnc_int32(b, v.R)
-	b = wireEnc_uint8(b, v.By)
+	b = stub.AppendBool(b, v.B)
+	b = stub.AppendInt8(b, v.I8)
+	b = stub.AppendUint8(b, v.U8)
+	b = stub.AppendInt16(b, v.I16)
+	b = stub.AppendUint16(b, v.U16)
+	b = stub.AppendInt32(b, v.I32)
+	b = stub.AppendUint32(b, v.U32)
+	b = stub.AppendInt64(b, v.I64)
+	b = stub.AppendUint64(b, v.U64)
+	b = stub.AppendInt(b, v.I)
+	b = stub.AppendUint(b, v.U)
+	b = stub.AppendFloat32(b, v.F32)
+	b = stub.AppendFloat64(b, v.F64)
+	b = stub.AppendString(b, v.S)
+	b = stub.AppendBytes(b, v.Bs)
+	b = stub.AppendInt32(b, v.R)
+	b = stub.AppendUint8(b, v.By)
 	b = wireEnc_Level(b, v.Lvl)
 	b = wireEnc_Name(b, v.Nm)
 	b = wireEnc_Blob(b, v.Bl)
@@ -471,55 +406,55 @@ func wireEnc_All(b []byte, v All) []byte {
 }
 
 func wireDec_All(d []byte) (v All, _ []byte, err error) {
-	if v.B, d, err = wireDec_bool(d); err != nil {
+	if v.B, d, err = stub.Bool(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.I8, d, err = wireDec_int8(d); err != nil {
+	if v.I8, d, err = stub.Int8(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.U8, d, err = wireDec_uint8(d); err != nil {
+	if v.U8, d, err = stub.Uint8(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.I16, d, err = wireDec_int16(d); err != nil {
+	if v.I16, d, err = stub.Int16(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.U16, d, err = wireDec_uint16(d); err != nil {
+	if v.U16, d, err = stub.Uint16(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.I32, d, err = wireDec_int32(d); err != nil {
+	if v.I32, d, err = stub.Int32(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.U32, d, err = wireDec_uint32(d); err != nil {
+	if v.U32, d, err = stub.Uint32(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.I64, d, err = wireDec_int64(d); err != nil {
+	if v.I64, d, err = stub.Int64(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.U64, d, err = wireDec_uint64(d); err != nil {
+	if v.U64, d, err = stub.Uint64(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.I, d, err = wireDec_int(d); err != nil {
+	if v.I, d, err = stub.Int(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.U, d, err = wireDec_uint(d); err != nil {
+	if v.U, d, err = stub.Uint(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.F32, d, err = wireDec_float32(d); err != nil {
+	if v.F32, d, err = stub.Float32(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.F64, d, err = wireDec_float64(d); err != nil {
+	if v.F64, d, err = stub.Float64(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.S, d, err = wireDec_string(d); err != nil {
+	if v.S, d, err = stub.String(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.Bs, d, err = wireDec_bytes(d); err != nil {
+	if v.Bs, d, err = stub.Bytes(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.R, d, err = wireDec_int32(d); err != nil {
+	if v.R, d, err = stub.Int32(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.By, d, err = wireDec_uint8(d); err != nil {
+	if v.By, d, err = stub.Uint8(d); err != nil {
 		return All{}, nil, err
 	}
 	if v.Lvl, d, err = wireDec_Level(d); err != nil {
@@ -555,10 +490,10 @@ func wireDec_All(d []byte) (v All, _ []byte, err error) {
 	return v, d, nil
 }
 
-func wireEnc_Blob(b []byte, v Blob) []byte { return wireEnc_bytes(b, []byte(v)) }
+func wireEnc_Blob(b []byte, v Blob) []byte { return stub.AppendBytes(b, []byte(v)) }
 
 func wireDec_Blob(d []byte) (Blob, []byte, error) {
-	x, d, err := wireDec_bytes(d)
+	x, d, err := stub.Bytes(d)
 	return Blob(x), d, err
 }
 
@@ -589,16 +524,16 @@ func wireDec_Group(d []byte) (v Group, _ []byte, err error) {
 // wireEnc_Index writes the entries in Go's map order: the bytes differ from
 // call to call, the decoded map does not.
 func wireEnc_Index(b []byte, v Index) []byte {
-	b = binary.AppendUvarint(b, uint64(len(v)))
+	b = stub.AppendLen(b, len(v))
 	for k, x := range v {
-		b = wireEnc_uint16(b, k)
+		b = stub.AppendUint16(b, k)
 		b = wireEnc_Name(b, x)
 	}
 	return b
 }
 
 func wireDec_Index(d []byte) (Index, []byte, error) {
-	n, d, err := wireDecLen(d, 3)
+	n, d, err := stub.DecLen(d, 3)
 	if err != nil || n == 0 {
 		return nil, d, err
 	}
@@ -606,188 +541,85 @@ func wireDec_Index(d []byte) (Index, []byte, error) {
 	for range n {
 		var k uint16
 		var x Name
-		if k, d, err = wireDec_uint16(d); err != nil {
+		if k, d, err = stub.Uint16(d); err != nil {
 			return nil, nil, err
 		}
 		if x, d, err = wireDec_Name(d); err != nil {
 			return nil, nil, err
 		}
 		if _, dup := v[k]; dup {
-			return nil, nil, wireErrDupKey
+			return nil, nil, stub.ErrDupKey
 		}
 		v[k] = x
 	}
 	return v, d, nil
 }
 
-func wireEnc_Level(b []byte, v Level) []byte { return wireEnc_int8(b, int8(v)) }
+func wireEnc_Level(b []byte, v Level) []byte { return stub.AppendInt8(b, int8(v)) }
 
 func wireDec_Level(d []byte) (Level, []byte, error) {
-	x, d, err := wireDec_int8(d)
+	x, d, err := stub.Int8(d)
 	return Level(x), d, err
 }
 
-func wireEnc_Name(b []byte, v Name) []byte { return wireEnc_string(b, string(v)) }
+func wireEnc_Name(b []byte, v Name) []byte { return stub.AppendString(b, string(v)) }
 
 func wireDec_Name(d []byte) (Name, []byte, error) {
-	x, d, err := wireDec_string(d)
+	x, d, err := stub.String(d)
 	return Name(x), d, err
 }
 
 func wireEnc_Point(b []byte, v Point) []byte {
-	b = wireEnc_int32(b, v.X)
-	b = wireEnc_int32(b, v.Y)
+	b = stub.AppendInt32(b, v.X)
+	b = stub.AppendInt32(b, v.Y)
 	return b
 }
 
 func wireDec_Point(d []byte) (v Point, _ []byte, err error) {
-	if v.X, d, err = wireDec_int32(d); err != nil {
+	if v.X, d, err = stub.Int32(d); err != nil {
 		return Point{}, nil, err
 	}
-	if v.Y, d, err = wireDec_int32(d); err != nil {
+	if v.Y, d, err = stub.Int32(d); err != nil {
 		return Point{}, nil, err
 	}
 	return v, d, nil
 }
 
 func wireEnc_Tags(b []byte, v Tags) []byte {
-	b = binary.AppendUvarint(b, uint64(len(v)))
+	b = stub.AppendLen(b, len(v))
 	for _, x := range v {
-		b = wireEnc_string(b, x)
+		b = stub.AppendString(b, x)
 	}
 	return b
 }
 
 func wireDec_Tags(d []byte) (Tags, []byte, error) {
-	n, d, err := wireDecLen(d, 1)
+	n, d, err := stub.DecLen(d, 1)
 	if err != nil || n == 0 {
 		return nil, d, err
 	}
 	v := make(Tags, n)
 	for i := range v {
-		if v[i], d, err = wireDec_string(d); err != nil {
+		if v[i], d, err = stub.String(d); err != nil {
 			return nil, nil, err
 		}
 	}
 	return v, d, nil
 }
 
-func wireEnc_bool(b []byte, v bool) []byte {
-	if v {
-		return append(b, 1)
-	}
-	return append(b, 0)
-}
-
-func wireDec_bool(d []byte) (bool, []byte, error) {
-	if len(d) < 1 {
-		return false, nil, wireErrTruncated
-	}
-	if d[0] > 1 {
-		return false, nil, wireErrBool
-	}
-	return d[0] == 1, d[1:], nil
-}
-
-func wireEnc_bytes(b []byte, v []byte) []byte {
-	b = binary.AppendUvarint(b, uint64(len(v)))
-	return append(b, v...)
-}
-
-// wireDec_bytes copies: the input is a pooled or network buffer.
-func wireDec_bytes(d []byte) ([]byte, []byte, error) {
-	n, d, err := wireDecLen(d, 1)
-	if err != nil || n == 0 {
-		return nil, d, err
-	}
-	return append([]byte(nil), d[:n]...), d[n:], nil
-}
-
-func wireEnc_float32(b []byte, v float32) []byte {
-	return binary.LittleEndian.AppendUint32(b, math.Float32bits(v))
-}
-
-func wireDec_float32(d []byte) (float32, []byte, error) {
-	if len(d) < 4 {
-		return 0, nil, wireErrTruncated
-	}
-	return math.Float32frombits(binary.LittleEndian.Uint32(d)), d[4:], nil
-}
-
-func wireEnc_float64(b []byte, v float64) []byte {
-	return binary.LittleEndian.AppendUint64(b, math.Float64bits(v))
-}
-
-func wireDec_float64(d []byte) (float64, []byte, error) {
-	if len(d) < 8 {
-		return 0, nil, wireErrTruncated
-	}
-	return math.Float64frombits(binary.LittleEndian.Uint64(d)), d[8:], nil
-}
-
-// int travels as 8 bytes, like an int64.
-func wireEnc_int(b []byte, v int) []byte { return binary.LittleEndian.AppendUint64(b, uint64(v)) }
-
-func wireDec_int(d []byte) (int, []byte, error) {
-	if len(d) < 8 {
-		return 0, nil, wireErrTruncated
-	}
-	x := int64(binary.LittleEndian.Uint64(d))
-	if int64(int(x)) != x { // a 32-bit platform
-		return 0, nil, wireErrRange
-	}
-	return int(x), d[8:], nil
-}
-
-func wireEnc_int16(b []byte, v int16) []byte { return binary.LittleEndian.AppendUint16(b, uint16(v)) }
-
-func wireDec_int16(d []byte) (int16, []byte, error) {
-	if len(d) < 2 {
-		return 0, nil, wireErrTruncated
-	}
-	return int16(binary.LittleEndian.Uint16(d)), d[2:], nil
-}
-
-func wireEnc_int32(b []byte, v int32) []byte { return binary.LittleEndian.AppendUint32(b, uint32(v)) }
-
-func wireDec_int32(d []byte) (int32, []byte, error) {
-	if len(d) < 4 {
-		return 0, nil, wireErrTruncated
-	}
-	return int32(binary.LittleEndian.Uint32(d)), d[4:], nil
-}
-
-func wireEnc_int64(b []byte, v int64) []byte { return binary.LittleEndian.AppendUint64(b, uint64(v)) }
-
-func wireDec_int64(d []byte) (int64, []byte, error) {
-	if len(d) < 8 {
-		return 0, nil, wireErrTruncated
-	}
-	return int64(binary.LittleEndian.Uint64(d)), d[8:], nil
-}
-
-func wireEnc_int8(b []byte, v int8) []byte { return append(b, byte(v)) }
-
-func wireDec_int8(d []byte) (int8, []byte, error) {
-	if len(d) < 1 {
-		return 0, nil, wireErrTruncated
-	}
-	return int8(d[0]), d[1:], nil
-}
-
 // wireEnc_map_bool_string writes the entries in Go's map order: the bytes differ from
 // call to call, the decoded map does not.
 func wireEnc_map_bool_string(b []byte, v map[bool]string) []byte {
-	b = binary.AppendUvarint(b, uint64(len(v)))
+	b = stub.AppendLen(b, len(v))
 	for k, x := range v {
-		b = wireEnc_bool(b, k)
-		b = wireEnc_string(b, x)
+		b = stub.AppendBool(b, k)
+		b = stub.AppendString(b, x)
 	}
 	return b
 }
 
 func wireDec_map_bool_string(d []byte) (map[bool]string, []byte, error) {
-	n, d, err := wireDecLen(d, 2)
+	n, d, err := stub.DecLen(d, 2)
 	if err != nil || n == 0 {
 		return nil, d, err
 	}
@@ -795,14 +627,14 @@ func wireDec_map_bool_string(d []byte) (map[bool]string, []byte, error) {
 	for range n {
 		var k bool
 		var x string
-		if k, d, err = wireDec_bool(d); err != nil {
+		if k, d, err = stub.Bool(d); err != nil {
 			return nil, nil, err
 		}
-		if x, d, err = wireDec_string(d); err != nil {
+		if x, d, err = stub.String(d); err != nil {
 			return nil, nil, err
 		}
 		if _, dup := v[k]; dup {
-			return nil, nil, wireErrDupKey
+			return nil, nil, stub.ErrDupKey
 		}
 		v[k] = x
 	}
@@ -812,16 +644,16 @@ func wireDec_map_bool_string(d []byte) (map[bool]string, []byte, error) {
 // wireEnc_map_int64_slice_Point writes the entries in Go's map order: the bytes differ from
 // call to call, the decoded map does not.
 func wireEnc_map_int64_slice_Point(b []byte, v map[int64][]Point) []byte {
-	b = binary.AppendUvarint(b, uint64(len(v)))
+	b = stub.AppendLen(b, len(v))
 	for k, x := range v {
-		b = wireEnc_int64(b, k)
+		b = stub.AppendInt64(b, k)
 		b = wireEnc_slice_Point(b, x)
 	}
 	return b
 }
 
 func wireDec_map_int64_slice_Point(d []byte) (map[int64][]Point, []byte, error) {
-	n, d, err := wireDecLen(d, 9)
+	n, d, err := stub.DecLen(d, 9)
 	if err != nil || n == 0 {
 		return nil, d, err
 	}
@@ -829,14 +661,14 @@ func wireDec_map_int64_slice_Point(d []byte) (map[int64][]Point, []byte, error) 
 	for range n {
 		var k int64
 		var x []Point
-		if k, d, err = wireDec_int64(d); err != nil {
+		if k, d, err = stub.Int64(d); err != nil {
 			return nil, nil, err
 		}
 		if x, d, err = wireDec_slice_Point(d); err != nil {
 			return nil, nil, err
 		}
 		if _, dup := v[k]; dup {
-			return nil, nil, wireErrDupKey
+			return nil, nil, stub.ErrDupKey
 		}
 		v[k] = x
 	}
@@ -846,16 +678,16 @@ func wireDec_map_int64_slice_Point(d []byte) (map[int64][]Point, []byte, error) 
 // wireEnc_map_string_Point writes the entries in Go's map order: the bytes differ from
 // call to call, the decoded map does not.
 func wireEnc_map_string_Point(b []byte, v map[string]Point) []byte {
-	b = binary.AppendUvarint(b, uint64(len(v)))
+	b = stub.AppendLen(b, len(v))
 	for k, x := range v {
-		b = wireEnc_string(b, k)
+		b = stub.AppendString(b, k)
 		b = wireEnc_Point(b, x)
 	}
 	return b
 }
 
 func wireDec_map_string_Point(d []byte) (map[string]Point, []byte, error) {
-	n, d, err := wireDecLen(d, 9)
+	n, d, err := stub.DecLen(d, 9)
 	if err != nil || n == 0 {
 		return nil, d, err
 	}
@@ -863,14 +695,14 @@ func wireDec_map_string_Point(d []byte) (map[string]Point, []byte, error) {
 	for range n {
 		var k string
 		var x Point
-		if k, d, err = wireDec_string(d); err != nil {
+		if k, d, err = stub.String(d); err != nil {
 			return nil, nil, err
 		}
 		if x, d, err = wireDec_Point(d); err != nil {
 			return nil, nil, err
 		}
 		if _, dup := v[k]; dup {
-			return nil, nil, wireErrDupKey
+			return nil, nil, stub.ErrDupKey
 		}
 		v[k] = x
 	}
@@ -880,16 +712,16 @@ func wireDec_map_string_Point(d []byte) (map[string]Point, []byte, error) {
 // wireEnc_map_string_bytes writes the entries in Go's map order: the bytes differ from
 // call to call, the decoded map does not.
 func wireEnc_map_string_bytes(b []byte, v map[string][]byte) []byte {
-	b = binary.AppendUvarint(b, uint64(len(v)))
+	b = stub.AppendLen(b, len(v))
 	for k, x := range v {
-		b = wireEnc_string(b, k)
-		b = wireEnc_bytes(b, x)
+		b = stub.AppendString(b, k)
+		b = stub.AppendBytes(b, x)
 	}
 	return b
 }
 
 func wireDec_map_string_bytes(d []byte) (map[string][]byte, []byte, error) {
-	n, d, err := wireDecLen(d, 2)
+	n, d, err := stub.DecLen(d, 2)
 	if err != nil || n == 0 {
 		return nil, d, err
 	}
@@ -897,14 +729,14 @@ func wireDec_map_string_bytes(d []byte) (map[string][]byte, []byte, error) {
 	for range n {
 		var k string
 		var x []byte
-		if k, d, err = wireDec_string(d); err != nil {
+		if k, d, err = stub.String(d); err != nil {
 			return nil, nil, err
 		}
-		if x, d, err = wireDec_bytes(d); err != nil {
+		if x, d, err = stub.Bytes(d); err != nil {
 			return nil, nil, err
 		}
 		if _, dup := v[k]; dup {
-			return nil, nil, wireErrDupKey
+			return nil, nil, stub.ErrDupKey
 		}
 		v[k] = x
 	}
@@ -912,7 +744,7 @@ func wireDec_map_string_bytes(d []byte) (map[string][]byte, []byte, error) {
 }
 
 func wireEnc_slice_Group(b []byte, v []Group) []byte {
-	b = binary.AppendUvarint(b, uint64(len(v)))
+	b = stub.AppendLen(b, len(v))
 	for _, x := range v {
 		b = wireEnc_Group(b, x)
 	}
@@ -920,7 +752,7 @@ func wireEnc_slice_Group(b []byte, v []Group) []byte {
 }
 
 func wireDec_slice_Group(d []byte) ([]Group, []byte, error) {
-	n, d, err := wireDecLen(d, 4)
+	n, d, err := stub.DecLen(d, 4)
 	if err != nil || n == 0 {
 		return nil, d, err
 	}
@@ -934,7 +766,7 @@ func wireDec_slice_Group(d []byte) ([]Group, []byte, error) {
 }
 
 func wireEnc_slice_Point(b []byte, v []Point) []byte {
-	b = binary.AppendUvarint(b, uint64(len(v)))
+	b = stub.AppendLen(b, len(v))
 	for _, x := range v {
 		b = wireEnc_Point(b, x)
 	}
@@ -942,7 +774,7 @@ func wireEnc_slice_Point(b []byte, v []Point) []byte {
 }
 
 func wireDec_slice_Point(d []byte) ([]Point, []byte, error) {
-	n, d, err := wireDecLen(d, 8)
+	n, d, err := stub.DecLen(d, 8)
 	if err != nil || n == 0 {
 		return nil, d, err
 	}
@@ -956,7 +788,7 @@ func wireDec_slice_Point(d []byte) ([]Point, []byte, error) {
 }
 
 func wireEnc_slice_Tags(b []byte, v []Tags) []byte {
-	b = binary.AppendUvarint(b, uint64(len(v)))
+	b = stub.AppendLen(b, len(v))
 	for _, x := range v {
 		b = wireEnc_Tags(b, x)
 	}
@@ -964,7 +796,7 @@ func wireEnc_slice_Tags(b []byte, v []Tags) []byte {
 }
 
 func wireDec_slice_Tags(d []byte) ([]Tags, []byte, error) {
-	n, d, err := wireDecLen(d, 1)
+	n, d, err := stub.DecLen(d, 1)
 	if err != nil || n == 0 {
 		return nil, d, err
 	}
@@ -978,21 +810,21 @@ func wireDec_slice_Tags(d []byte) ([]Tags, []byte, error) {
 }
 
 func wireEnc_slice_int16(b []byte, v []int16) []byte {
-	b = binary.AppendUvarint(b, uint64(len(v)))
+	b = stub.AppendLen(b, len(v))
 	for _, x := range v {
-		b = wireEnc_int16(b, x)
+		b = stub.AppendInt16(b, x)
 	}
 	return b
 }
 
 func wireDec_slice_int16(d []byte) ([]int16, []byte, error) {
-	n, d, err := wireDecLen(d, 2)
+	n, d, err := stub.DecLen(d, 2)
 	if err != nil || n == 0 {
 		return nil, d, err
 	}
 	v := make([]int16, n)
 	for i := range v {
-		if v[i], d, err = wireDec_int16(d); err != nil {
+		if v[i], d, err = stub.Int16(d); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -1000,7 +832,7 @@ func wireDec_slice_int16(d []byte) ([]int16, []byte, error) {
 }
 
 func wireEnc_slice_slice_int16(b []byte, v [][]int16) []byte {
-	b = binary.AppendUvarint(b, uint64(len(v)))
+	b = stub.AppendLen(b, len(v))
 	for _, x := range v {
 		b = wireEnc_slice_int16(b, x)
 	}
@@ -1008,7 +840,7 @@ func wireEnc_slice_slice_int16(b []byte, v [][]int16) []byte {
 }
 
 func wireDec_slice_slice_int16(d []byte) ([][]int16, []byte, error) {
-	n, d, err := wireDecLen(d, 1)
+	n, d, err := stub.DecLen(d, 1)
 	if err != nil || n == 0 {
 		return nil, d, err
 	}
@@ -1019,67 +851,4 @@ func wireDec_slice_slice_int16(d []byte) ([][]int16, []byte, error) {
 		}
 	}
 	return v, d, nil
-}
-
-func wireEnc_string(b []byte, v string) []byte {
-	b = binary.AppendUvarint(b, uint64(len(v)))
-	return append(b, v...)
-}
-
-func wireDec_string(d []byte) (string, []byte, error) {
-	n, d, err := wireDecLen(d, 1)
-	if err != nil {
-		return "", nil, err
-	}
-	return string(d[:n]), d[n:], nil
-}
-
-// uint travels as 8 bytes, like an uint64.
-func wireEnc_uint(b []byte, v uint) []byte { return binary.LittleEndian.AppendUint64(b, uint64(v)) }
-
-func wireDec_uint(d []byte) (uint, []byte, error) {
-	if len(d) < 8 {
-		return 0, nil, wireErrTruncated
-	}
-	x := uint64(binary.LittleEndian.Uint64(d))
-	if uint64(uint(x)) != x { // a 32-bit platform
-		return 0, nil, wireErrRange
-	}
-	return uint(x), d[8:], nil
-}
-
-func wireEnc_uint16(b []byte, v uint16) []byte { return binary.LittleEndian.AppendUint16(b, uint16(v)) }
-
-func wireDec_uint16(d []byte) (uint16, []byte, error) {
-	if len(d) < 2 {
-		return 0, nil, wireErrTruncated
-	}
-	return uint16(binary.LittleEndian.Uint16(d)), d[2:], nil
-}
-
-func wireEnc_uint32(b []byte, v uint32) []byte { return binary.LittleEndian.AppendUint32(b, uint32(v)) }
-
-func wireDec_uint32(d []byte) (uint32, []byte, error) {
-	if len(d) < 4 {
-		return 0, nil, wireErrTruncated
-	}
-	return uint32(binary.LittleEndian.Uint32(d)), d[4:], nil
-}
-
-func wireEnc_uint64(b []byte, v uint64) []byte { return binary.LittleEndian.AppendUint64(b, uint64(v)) }
-
-func wireDec_uint64(d []byte) (uint64, []byte, error) {
-	if len(d) < 8 {
-		return 0, nil, wireErrTruncated
-	}
-	return uint64(binary.LittleEndian.Uint64(d)), d[8:], nil
-}
-
-func wireEnc_uint8(b []byte, v uint8) []byte { return append(b, byte(v)) }
-
-func wireDec_uint8(d []byte) (uint8, []byte, error) {
-	if len(d) < 1 {
-		return 0, nil, wireErrTruncated
-	}
-	return uint8(d[0]), d[1:], nil
 }

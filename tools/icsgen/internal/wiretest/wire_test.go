@@ -14,6 +14,7 @@ import (
 
 	"github.com/clusterinfra/ci/engine"
 	"github.com/clusterinfra/ci/engine/enginetest"
+	"github.com/clusterinfra/ci/engine/stub"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m, enginetest.LeakOptions()...) }
@@ -148,21 +149,21 @@ func TestStrictDecoding(t *testing.T) {
 		in   []byte
 		want error
 	}{
-		{"bool of 2", []byte{2}, wireErrBool},
-		{"truncated int32", []byte{1, 2, 3}, wireErrTruncated},
-		{"overlong length", []byte{0x80, 0x00}, wireErrVarint},
-		{"length overflowing 64 bits", []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02}, wireErrVarint},
-		{"duplicate map key", []byte{2, 1, 0, 1, 0}, wireErrDupKey},
-		{"two points in 15 bytes", append([]byte{2}, make([]byte, 15)...), wireErrLength},
+		{"bool of 2", []byte{2}, stub.ErrBool},
+		{"truncated int32", []byte{1, 2, 3}, stub.ErrTruncated},
+		{"overlong length", []byte{0x80, 0x00}, stub.ErrVarint},
+		{"length overflowing 64 bits", []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02}, stub.ErrVarint},
+		{"duplicate map key", []byte{2, 1, 0, 1, 0}, stub.ErrDupKey},
+		{"two points in 15 bytes", append([]byte{2}, make([]byte, 15)...), stub.ErrLength},
 	} {
 		var err error
 		switch c.name {
 		case "bool of 2":
-			_, _, err = wireDec_bool(c.in)
+			_, _, err = stub.Bool(c.in)
 		case "truncated int32":
-			_, _, err = wireDec_int32(c.in)
+			_, _, err = stub.Int32(c.in)
 		case "overlong length", "length overflowing 64 bits":
-			_, _, err = wireDec_string(c.in)
+			_, _, err = stub.String(c.in)
 		case "duplicate map key":
 			_, _, err = wireDec_map_bool_string(c.in)
 		case "two points in 15 bytes":
