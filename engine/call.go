@@ -74,18 +74,23 @@ func (n *Node) Go(ctx context.Context, to NodeNum, m Method, args []byte) *Futur
 		close(f.done)
 		return f
 	}
-	n.goOwned(func() {
+	wait := func() {
 		f.reply, f.err = n.waitCall(ctx, xid)
 		n.observe(start, f.err)
 		close(f.done)
-	})
+	}
+	if !n.goOwned(wait) {
+		wait() // the node is closing: the call is failing right now
+	}
 	return f
 }
 
 // GoFunc is Go with a callback, run on its own goroutine when the call ends.
 func (n *Node) GoFunc(ctx context.Context, to NodeNum, m Method, args []byte, done func(reply []byte, err error)) {
 	f := n.Go(ctx, to, m, args)
-	n.goOwned(func() { done(f.Wait()) })
+	if !n.goOwned(func() { done(f.Wait()) }) {
+		go done(f.Wait()) // closing: f is already done, so this ends at once
+	}
 }
 
 // route picks the connection a call to m at ctx's priority travels on.
@@ -145,14 +150,17 @@ func (n *Node) startCall(ctx context.Context, to NodeNum, m Method, args, reply 
 	// connections. Armed before this check, the call is either seen by that
 	// failing (link still current here) or sees the new generation here; it
 	// never goes out on a dying connection to wait for its deadline.
-	if c.linkGen != p.linkGen.Load() {
-		if n.handles.abandon(xid) {
-			n.m.rpcNodeDown.Inc()
-			return 0, fmt.Errorf("%w: node %d: link lost", ErrNodeDown, p.num)
+	// Close fails waiting calls once, the same way: a call armed after that
+	// sees closed here.
+	if closed := n.closed.Load(); closed || c.linkGen != p.linkGen.Load() {
+		if !n.handles.abandon(xid) {
+			return xid, nil // already failed by the link's end; the caller collects it
 		}
-		_, werr := n.waitCall(ctx, xid)
-		n.countFailure(werr)
-		return 0, werr
+		if closed {
+			return 0, ErrClosed
+		}
+		n.m.rpcNodeDown.Inc()
+		return 0, fmt.Errorf("%w: node %d: link lost", ErrNodeDown, p.num)
 	}
 	n.m.framesOutByPrio[prio].Inc()
 	h := framing.Header{Type: framing.TypeRequest, Priority: prio, Service: m.Service, Proc: m.Proc, XID: xid, SvcVersion: m.Version}
@@ -164,10 +172,10 @@ func (n *Node) startCall(ctx context.Context, to NodeNum, m Method, args, reply 
 			}
 			return 0, fmt.Errorf("%w: node %d: %v", ErrNodeDown, p.num, err)
 		}
-		// The link failed under us and already completed the call.
-		_, werr := n.waitCall(ctx, xid)
-		n.countFailure(werr)
-		return 0, werr
+		// A reply or the link's end already claimed the call (the request
+		// may have gone out before a later write failed): the caller
+		// collects that outcome like any other.
+		return xid, nil
 	}
 	return xid, nil
 }

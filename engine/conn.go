@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -53,6 +54,7 @@ type conn struct {
 	iov      []unix.Iovec // flusher's scratch
 	flushing bool
 	wclosed  bool
+	dead     atomic.Bool   // wclosed, readable without wmu: the loop checks it per frame
 	drained  chan struct{} // closed when the queue falls under MaxPendingWrite
 
 	// Flow control on throttled channels: the dialler spends credit, the
@@ -112,6 +114,7 @@ func (c *conn) markClosed() {
 		return
 	}
 	c.wclosed = true
+	c.dead.Store(true)
 	if c.credit != nil {
 		c.credit.close()
 	}
@@ -126,7 +129,11 @@ func (c *conn) markClosed() {
 		close(c.drained)
 		c.drained = nil
 	}
-	c.batch.Reset()
+	if !c.flushing {
+		// A flusher in a system call is using the batch's buffers; it
+		// drops them itself when it sees the connection closed.
+		c.batch.Reset()
+	}
 }
 
 // send writes one frame. ctx, when not nil, lets the caller wait while the
@@ -134,14 +141,26 @@ func (c *conn) markClosed() {
 // wait. A nil error means the frame is written or queued behind a flusher.
 func (c *conn) send(ctx context.Context, h *framing.Header, payload []byte) error {
 	if c.credit != nil && h.Type != framing.TypeCredit {
-		waited, err := c.credit.acquire(ctx, int64(framing.HeaderSize+len(payload)), c)
+		cost := int64(framing.HeaderSize + len(payload))
+		waited, err := c.credit.acquire(ctx, cost, c)
 		if err != nil {
 			return err
 		}
 		if waited {
 			h.Flags |= framing.FlagStarved
 		}
+		if err := c.sendFrame(ctx, h, payload); err != nil {
+			// Not sent, so never to be returned by the receiver: give it back.
+			c.credit.grant(cost)
+			return err
+		}
+		return nil
 	}
+	return c.sendFrame(ctx, h, payload)
+}
+
+// sendFrame is send after flow control.
+func (c *conn) sendFrame(ctx context.Context, h *framing.Header, payload []byte) error {
 	if c.n.cfg.WriteMode == WriteEventLoop {
 		return c.sendViaLoop(h, payload)
 	}
@@ -213,8 +232,11 @@ func (c *conn) flushLocked(async bool) error {
 		case unix.EAGAIN:
 			if !async {
 				c.batch.Own() // the sender's payload outlives its send call now
-				c.n.wg.Add(1)
-				go c.routineFlush()
+				if !c.n.goOwned(c.routineFlush) {
+					// The node is closing: nobody will read this any more.
+					c.flushing = false
+					c.batch.Reset()
+				}
 			}
 			return nil
 		default:
@@ -224,9 +246,12 @@ func (c *conn) flushLocked(async bool) error {
 		}
 	}
 	c.flushing = false
-	if c.wclosed && c.fd >= 0 {
-		_ = unix.Close(c.fd)
-		c.fd = -1
+	if c.wclosed {
+		c.batch.Reset() // left to us by markClosed
+		if c.fd >= 0 {
+			_ = unix.Close(c.fd)
+			c.fd = -1
+		}
 	}
 	return nil
 }
@@ -237,20 +262,23 @@ func (c *conn) failWriteLocked(err error) {
 	c.n.log.Debug("write failed", "peer", c.peer.num, "channel", c.channel, "err", err)
 	if !c.wclosed {
 		c.wclosed = true
+		c.dead.Store(true)
 		if c.credit != nil {
 			c.credit.close()
 		}
-		if c.fd >= 0 {
-			_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)
-			_ = unix.Close(c.fd)
-			c.fd = -1
-		}
-		c.batch.Reset()
 		if c.drained != nil {
 			close(c.drained)
 			c.drained = nil
 		}
 	}
+	// The descriptor goes whether or not markClosed came first: it left it
+	// open for us, the flusher.
+	if c.fd >= 0 {
+		_ = unix.Shutdown(c.fd, unix.SHUT_RDWR)
+		_ = unix.Close(c.fd)
+		c.fd = -1
+	}
+	c.batch.Reset()
 	if c.gc != nil {
 		_ = c.gc.Close()
 	}
@@ -260,12 +288,12 @@ func (c *conn) failWriteLocked(err error) {
 // socket to drain and writes on. It ends when the queue is empty or the
 // connection closed; markClosed's shutdown wakes its poll.
 func (c *conn) routineFlush() {
-	defer c.n.wg.Done()
 	pfd := []unix.PollFd{{Events: unix.POLLOUT}}
 	for {
 		c.wmu.Lock()
 		if c.wclosed {
 			c.flushing = false
+			c.batch.Reset()
 			if c.fd >= 0 {
 				_ = unix.Close(c.fd)
 				c.fd = -1
@@ -304,6 +332,9 @@ func (c *conn) writev(fd int, bufs [][]byte) (int, error) {
 		v := unix.Iovec{Base: &b[0]}
 		v.SetLen(len(b))
 		c.iov = append(c.iov, v)
+	}
+	if len(c.iov) == 0 {
+		return 0, unix.EPIPE // nothing left to write: the batch was emptied under us
 	}
 	r, _, e := syscall.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&c.iov[0])), uintptr(len(c.iov)))
 	if e != 0 {

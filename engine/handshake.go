@@ -41,6 +41,11 @@ func (n *Node) acceptHello(c *conn, f *framing.Frame) error {
 	if int(hello.Channel) >= n.cfg.MaxChannels {
 		return n.rejectHello(c, fmt.Errorf("channel %d out of 0..%d", hello.Channel, n.cfg.MaxChannels-1))
 	}
+	if p.down.Load() {
+		// Declared down (CLMS's NODEDOWN): it may come back only after NodeUp,
+		// and must not reach a handler meanwhile.
+		return n.rejectHello(c, fmt.Errorf("node %d is declared down", p.num))
+	}
 	ch := Channel(hello.Channel)
 	c.peer, c.channel, c.incarnation = p, ch, hello.Incarnation
 	c.met = n.m.forConn(n.cfg.Node, p.num, ch)
@@ -112,9 +117,12 @@ func (n *Node) becomeReady(c *conn) error {
 	n.pendingMu.Lock()
 	n.unpendLocked(c)
 	n.pendingMu.Unlock()
+	w := n.cfg.window(ch)
+	if w > 0 {
+		c.recv = newRecvCredit(w, n.cfg.MaxCreditWindow) // before joinLink publishes c to the gauges
+	}
 	c.linkGen = n.joinLink(p, c.incarnation, c)
-	if w := n.cfg.window(ch); w > 0 {
-		c.recv = newRecvCredit(w, n.cfg.MaxCreditWindow)
+	if w > 0 {
 		n.m.watchReceiveWindow(n, p, ch)
 		c.sendGrant(int64(w))
 	}
@@ -311,6 +319,15 @@ func (n *Node) dial(ctx context.Context, p *peer, ch Channel) (*conn, error) {
 	ok = true // gnet duplicates the socket and closes nc itself
 	if r := <-res; r.Err != nil {
 		return nil, fmt.Errorf("%w: node %d: cannot register connection: %v", ErrCantSend, p.num, r.Err)
+	}
+	c.wmu.Lock()
+	attached := c.fd >= 0
+	c.wmu.Unlock()
+	if !attached {
+		// gnet reports success even when registering with epoll failed and
+		// OnOpen never ran; such a connection can never carry a frame.
+		c.close()
+		return nil, fmt.Errorf("%w: node %d: the event loop did not take the connection", ErrCantSend, p.num)
 	}
 	n.log.Debug("dialled connection", "peer", p.num, "channel", ch)
 	return c, nil

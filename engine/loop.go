@@ -82,8 +82,8 @@ func remoteIP(gc gnet.Conn) string {
 
 func (h *loopHandler) OnTraffic(gc gnet.Conn) gnet.Action {
 	c, ok := gc.Context().(*conn)
-	if !ok {
-		return gnet.Close
+	if !ok || c.wclosedFast() {
+		return gnet.Close // closed by the node (NodeDown, a loss): serve nothing more from it
 	}
 	// A large frame arrives over many reads; parse only once it is whole, so
 	// gnet does not re-assemble a growing prefix on every read.
@@ -271,11 +271,7 @@ func (c *conn) peerNum() NodeNum {
 
 // wclosedFast reports whether the write side was closed, e.g. by a
 // rejected handshake; the loop then closes the connection.
-func (c *conn) wclosedFast() bool {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	return c.wclosed
-}
+func (c *conn) wclosedFast() bool { return c.dead.Load() }
 
 // handleFrame acts on one frame read by the event loop. An error closes
 // the connection.

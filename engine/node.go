@@ -56,6 +56,9 @@ type Node struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // goroutines the node started: dials, callbacks, flushers
 
+	ownMu     sync.Mutex
+	ownClosed bool // guarded by ownMu: Close is waiting for wg, goOwned refuses
+
 	eng      gnet.Engine
 	engDone  chan error
 	booted   chan struct{} // closed once the event loops run, or Run failed
@@ -276,6 +279,11 @@ func (n *Node) Close() error {
 		}
 	}
 	n.prioPool.close()
+	n.ownMu.Lock()
+	n.ownClosed = true
+	n.ownMu.Unlock()
+	// Calls armed while the loops stopped; none can be armed from now on.
+	n.handles.failPeer(0, ErrClosed)
 	n.wg.Wait()
 	// Outbound connections whose close was still in flight when the loops stopped.
 	for _, p := range *n.peers.Load() {
@@ -525,13 +533,21 @@ func (n *Node) joinLink(p *peer, inc uint64, accepted *conn) uint64 {
 	return gen
 }
 
-// goOwned runs fn on a goroutine that Close waits for.
-func (n *Node) goOwned(fn func()) {
+// goOwned runs fn on a goroutine that Close waits for. Once Close has
+// started waiting it refuses (false): adding to a WaitGroup being waited on
+// is a race, and the caller then handles fn's work itself.
+func (n *Node) goOwned(fn func()) bool {
+	n.ownMu.Lock()
+	defer n.ownMu.Unlock()
+	if n.ownClosed {
+		return false
+	}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
 		fn()
 	}()
+	return true
 }
 
 // gnetLogger routes gnet's logging into the node's slog logger.

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -243,5 +244,39 @@ func TestCloseFailsOutstandingCalls(t *testing.T) {
 	}
 	if err := nodes[0].Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
+	}
+}
+
+// TestDeclaredDownPeerCannotReachHandlers: after NodeDown(1) on node 2,
+// node 1 (which declared nothing) redials; node 2 must refuse it, so no
+// handler runs for a node CLMS declared dead and node 1's call fails at
+// once instead of waiting for a reply that could never be sent.
+func TestDeclaredDownPeerCannotReachHandlers(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	var served atomic.Int32
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Procs: []Handler{func(context.Context, *Request, *Response) error {
+		served.Add(1)
+		return nil
+	}}})
+	if _, err := nodes[0].Call(ctxFor(t, 5*time.Second), 2, Method{Service: echoSvc}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	nodes[1].NodeDown(1, errors.New("CLMS says so"))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	eventually(t, "node 1 sees the link gone", func() bool {
+		_, err := nodes[0].Call(ctx, 2, Method{Service: echoSvc}, nil, nil)
+		return err != nil
+	})
+	for i := 0; i < 5; i++ {
+		if _, err := nodes[0].Call(ctx, 2, Method{Service: echoSvc}, nil, nil); !errors.Is(err, ErrHandshake) && !errors.Is(err, ErrNodeDown) {
+			t.Fatalf("call from a declared-down node: %v", err)
+		}
+	}
+	if ctx.Err() != nil {
+		t.Fatal("calls waited for their deadline")
+	}
+	if served.Load() != 1 {
+		t.Fatalf("handler ran %d times, want only the call before NodeDown", served.Load())
 	}
 }

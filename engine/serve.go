@@ -169,12 +169,12 @@ func (n *Node) sendReply(ctx context.Context, p *peer, h *framing.Header, svc *s
 	if c == nil {
 		var err error
 		if c, err = n.outConn(ctx, p, ch); err != nil {
-			n.log.Debug("reply lost", "peer", p.num, "err", err)
+			n.replyLost(p, err)
 			return
 		}
 	}
 	if err := c.send(ctx, &rh, body); err != nil {
-		n.log.Debug("reply lost", "peer", p.num, "err", err)
+		n.replyLost(p, err)
 	}
 }
 
@@ -190,9 +190,19 @@ func (n *Node) sendReplyLater(p *peer, ch Channel, rh framing.Header, body []byt
 			err = c.send(ctx, &rh, body)
 		}
 		if err != nil {
-			n.log.Debug("reply lost", "peer", p.num, "err", err)
+			n.replyLost(p, err)
 		}
 	})
+}
+
+// replyLost ends the link to a peer a reply could not reach: its caller
+// must learn at once (its request connection drops, ErrNodeDown) instead of
+// waiting for a deadline it may not have.
+func (n *Node) replyLost(p *peer, err error) {
+	n.log.Debug("reply lost", "peer", p.num, "err", err)
+	if !n.closed.Load() && !errors.Is(err, ErrClosed) {
+		n.peerLost(p, p.linkGen.Load(), fmt.Errorf("reply undeliverable: %w", err))
+	}
 }
 
 // completeReply hands a reply to the call waiting for it, on the event loop.

@@ -99,3 +99,112 @@ func TestWriterBackpressure(t *testing.T) {
 	})
 	c.markClosed()
 }
+
+// socketConn is a conn writing to one end of a socketpair whose other end
+// the test holds, with a small send buffer so that writes back up.
+func socketConn(t *testing.T, n *Node) (*conn, *os.File) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = unix.SetNonblock(fds[0], true)
+	_ = unix.SetsockoptInt(fds[0], unix.SOL_SOCKET, unix.SO_SNDBUF, 4096)
+	c := n.newConn(true, n.newPeer(2, "127.0.0.1:1"), ChanFirstService)
+	c.fd = fds[0]
+	return c, os.NewFile(uintptr(fds[1]), "reader")
+}
+
+// TestCloseDuringFlush closes connections while their flushers are in the
+// middle of writing many-segment batches to a slow reader: no panic (the
+// batch's buffers must not be cleared under the flusher), and no
+// descriptor left open once the flusher is done.
+func TestCloseDuringFlush(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Node, cfg.Cluster = 1, "test"
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	big := make([]byte, 8<<10) // referenced, not copied: one segment each
+	for i := 0; i < 300; i++ {
+		c, reader := socketConn(t, n)
+		_ = unix.SetNonblock(c.fd, false) // the flusher sits in writev while we close
+		go func() {
+			b := make([]byte, 512)
+			for {
+				if k, _ := reader.Read(b); k <= 0 {
+					return
+				}
+			}
+		}()
+		c.wmu.Lock()
+		for k := 0; k < 64; k++ {
+			h := framing.Header{Type: framing.TypeOneWay, Service: throttledSvc}
+			c.batch.Append(&h, big)
+		}
+		c.flushing = true
+		c.wmu.Unlock()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for {
+				c.wmu.Lock()
+				_ = c.flushLocked(true)
+				busy := c.flushing
+				c.wmu.Unlock()
+				if !busy {
+					return
+				}
+			}
+		}()
+		time.Sleep(time.Duration(i%50) * time.Microsecond)
+		c.markClosed()
+		<-done
+		c.wmu.Lock()
+		fd := c.fd
+		c.wmu.Unlock()
+		if fd >= 0 {
+			t.Fatalf("iteration %d: descriptor %d still open after the flusher ended", i, fd)
+		}
+		reader.Close()
+	}
+}
+
+// TestCreditRefundedWhenSendGivesUp: a sender that paid credit and then
+// gave up waiting for the write queue gets the credit back; otherwise the
+// receiver never returns it and the window shrinks for good.
+func TestCreditRefundedWhenSendGivesUp(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Node, cfg.Cluster = 1, "test"
+	cfg.MaxPayload = 1 << 16
+	cfg.MaxPendingWrite = 128 << 10
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	c, reader := socketConn(t, n)
+	defer reader.Close()
+	c.credit = n.m.newSendCredit(n, c.peer, ChanFirstService)
+	c.credit.grant(1 << 30) // far more credit than the queue takes
+	payload := make([]byte, 32<<10)
+	for {
+		before := c.credit.avail.Load()
+		h := framing.Header{Type: framing.TypeOneWay, Service: throttledSvc}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		err := c.send(ctx, &h, payload)
+		cancel()
+		if errors.Is(err, ErrThrottled) {
+			if got := c.credit.avail.Load(); got != before {
+				t.Fatalf("credit %d after a send that gave up, %d before", got, before)
+			}
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.markClosed()
+}
