@@ -256,6 +256,11 @@ func (f *fleet) start(ctx context.Context, names []string, inProcess bool) ([]be
 			// gnet sizes its loops by the CPUs seen at process start; after
 			// --pin this process has one, and so should the client node.
 			ics.EventLoops = f.eventLoops
+			if procs > 0 {
+				// The engine sizes its loops by GOMAXPROCS when it starts,
+				// which for this peer's client is not the one it runs at.
+				ics.EventLoops = procs
+			}
 		}
 		var c bench.Client
 		if inProcess {

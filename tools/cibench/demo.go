@@ -83,6 +83,7 @@ type demo struct {
 	killed  []*demoNode                  // nodes killed on purpose, already reaped
 	raw     *child                       // the raw TCP peer of phase 5
 	rawCl   bench.Client                 // its client
+	one     *fleet                       // the ICS pair at GOMAXPROCS=1, for the latency phase
 	addrs   map[engine.NodeNum]string    // every node's current address
 	incs    map[engine.NodeNum]string    // every child's incarnation, as reported
 	order   []engine.NodeNum             // child node numbers, for printing
@@ -657,13 +658,21 @@ func (d *demo) latencyPhase() error {
 	if d.rawCl, err = (&bench.Raw{}).Dial(raw.addr); err != nil {
 		return err
 	}
+	// A second ICS pair whose two processes run at GOMAXPROCS=1, the
+	// configuration BENCHMARKS.md recommends on small machines.
+	d.one = &fleet{stderr: d.g.stderr, onExit: d.onExit}
+	targets, err := d.one.start(d.ctx, []string{"ics@1"}, false)
+	if err != nil {
+		return err
+	}
+	oneCl := targets[0].Client
 	req, err := bench.NewRequest(64, 64)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(d.ctx, time.Minute)
 	defer cancel()
-	icsHist, rawHist := bench.NewHist(), bench.NewHist()
+	icsHist, rawHist, oneHist := bench.NewHist(), bench.NewHist(), bench.NewHist()
 	var resp []byte
 	icsCall := func(h *bench.Hist) error {
 		t0 := time.Now()
@@ -689,36 +698,65 @@ func (d *demo) latencyPhase() error {
 		}
 		return err
 	}
-	for range d.t.latWarmup {
-		if err := errors.Join(icsCall(nil), rawCall(nil)); err != nil {
+	oneCall := func(h *bench.Hist) error {
+		t0 := time.Now()
+		var err error
+		resp, err = oneCl.Call(req, resp[:0])
+		if h != nil {
+			h.Record(time.Since(t0))
+		}
+		if err == nil && len(resp) != len(req) {
+			err = fmt.Errorf("ICS echo at GOMAXPROCS=1 answered %d bytes, want %d", len(resp), len(req))
+		}
+		return err
+	}
+	peers := [3]struct {
+		call  func(*bench.Hist) error
+		h     *bench.Hist
+		procs int // GOMAXPROCS of this process during the peer's block; 0 keeps it
+	}{{icsCall, icsHist, 0}, {rawCall, rawHist, 0}, {oneCall, oneHist, 1}}
+	// block runs n calls of p, switching GOMAXPROCS around the block, never
+	// per call: changing it stops the world.
+	block := func(p int, n int, h bool) error {
+		if procs := peers[p].procs; procs > 0 {
+			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(procs))
+		}
+		for range n {
+			hist := peers[p].h
+			if !h {
+				hist = nil
+			}
+			if err := peers[p].call(hist); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for p := range peers {
+		if err := block(p, d.t.latWarmup, false); err != nil {
 			return err
 		}
 	}
 	runtime.GC() // the load phases' garbage is not this phase's cost
-	peers := [2]struct {
-		call func(*bench.Hist) error
-		h    *bench.Hist
-	}{{icsCall, icsHist}, {rawCall, rawHist}}
-	for block, done := 0, 0; done < d.t.latCalls; block++ {
+	for b, done := 0, 0; done < d.t.latCalls; b++ {
 		n := min(d.t.latBlock, d.t.latCalls-done)
 		for j := range peers {
-			p := peers[(block+j)%len(peers)] // who goes first alternates
-			for range n {
-				if err := p.call(p.h); err != nil {
-					return err
-				}
+			if err := block((b+j)%len(peers), n, true); err != nil { // who goes first rotates
+				return err
 			}
 		}
 		done += n
 	}
-	is, rs := icsHist.Summary(), rawHist.Summary()
+	is, rs, os1 := icsHist.Summary(), rawHist.Summary(), oneHist.Summary()
 	d.say("64 B echo, one call in flight, %d calls each in alternating blocks of %d, servers in child processes:",
 		is.Count, d.t.latBlock)
 	tw := tabwriter.NewWriter(d.g.stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "\tp50\tp99\t\n")
 	fmt.Fprintf(tw, "ICS, node 1 -> node 2\t%s\t%s\t\n", fmtDur(is.P50), fmtDur(is.P99))
 	fmt.Fprintf(tw, "raw TCP ping-pong\t%s\t%s\t\n", fmtDur(rs.P50), fmtDur(rs.P99))
+	fmt.Fprintf(tw, "ICS at GOMAXPROCS=1, both ends\t%s\t%s\t\n", fmtDur(os1.P50), fmtDur(os1.P99))
 	fmt.Fprintf(tw, "ICS / raw\t%.2fx\t%.2fx\t\n", float64(is.P50)/float64(rs.P50), float64(is.P99)/float64(rs.P99))
+	fmt.Fprintf(tw, "ICS at GOMAXPROCS=1 / raw\t%.2fx\t%.2fx\t\n", float64(os1.P50)/float64(rs.P50), float64(os1.P99)/float64(rs.P99))
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -736,6 +774,9 @@ func (d *demo) shutdown() error {
 	d.closed = true
 	d.say("\n== 6. Shutdown ==")
 	var errs []error
+	if d.one != nil {
+		errs = append(errs, d.one.close())
+	}
 	if d.rawCl != nil {
 		errs = append(errs, d.rawCl.Close())
 	}
