@@ -41,27 +41,12 @@ import (
 // FlowConfig describes the two nodes of a flow run; client and server must
 // be given the same one.
 type FlowConfig struct {
-	Cluster    string         // cluster name; "" is "bench-flow"
-	ServerNode engine.NodeNum // 0 is 2
-	ClientNode engine.NodeNum // 0 is 1
+	Pair // cluster "" is "bench-flow"
 	// Window fixes the engine's CreditWindow (and MaxCreditWindow) on both
 	// nodes, in bytes; 0 is the engine's default. The server's is the one
 	// the bulk transfer spends: it grants the client its window on the bulk
 	// channel.
 	Window int
-	// EventLoops per node; 0 is the engine's default (one per CPU).
-	EventLoops int
-}
-
-func (c FlowConfig) nodes() (server, client engine.NodeNum) {
-	server, client = c.ServerNode, c.ClientNode
-	if server == 0 {
-		server = 2
-	}
-	if client == 0 {
-		client = 1
-	}
-	return server, client
 }
 
 // window is the credit window the server grants, resolved.
@@ -73,21 +58,12 @@ func (c FlowConfig) window() int {
 }
 
 func (c FlowConfig) engineConfig(num engine.NodeNum, listen string) engine.Config {
-	cfg := engine.DefaultConfig()
-	cfg.Node = num
-	cfg.Cluster = c.Cluster
-	if cfg.Cluster == "" {
-		cfg.Cluster = "bench-flow"
-	}
-	if listen != "" {
-		cfg.ListenAddr = listen
-	}
+	cfg := c.Pair.config(num, listen, "bench-flow")
 	if c.Window > 0 {
 		// A fixed window: the engine would otherwise widen it for a starved
 		// sender, and experiments with a given window would not keep it.
 		cfg.CreditWindow, cfg.MaxCreditWindow = c.Window, c.Window
 	}
-	cfg.EventLoops = c.EventLoops
 	return cfg
 }
 

@@ -53,7 +53,7 @@ func TestRunFlow(t *testing.T) {
 		{"message over window", 8 << 10, 20 << 10, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := startFlow(t, FlowConfig{Window: tc.window, EventLoops: 1})
+			c := startFlow(t, FlowConfig{Window: tc.window, Pair: Pair{EventLoops: 1}})
 			cfg := DefaultFlowRunConfig()
 			cfg.Rounds, cfg.Duration, cfg.Warmup = 2, 30*time.Millisecond, 5*time.Millisecond
 			cfg.Size, cfg.Senders, cfg.Control = tc.size, 3, tc.control
@@ -111,7 +111,7 @@ func TestRunFlow(t *testing.T) {
 // TestFlowSyncCounts checks that a sync reports exactly what was sent, and
 // that a count that can never be reached is an error, not a hang.
 func TestFlowSyncCounts(t *testing.T) {
-	c := startFlow(t, FlowConfig{EventLoops: 1})
+	c := startFlow(t, FlowConfig{Pair: Pair{EventLoops: 1}})
 	ctx := context.Background()
 	st := bulkStop{}
 	st.stop.Store(true) // no messages: the syncs alone

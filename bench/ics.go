@@ -19,12 +19,7 @@ type ICS struct {
 	Inline bool
 	// WriteMode is how both nodes write frames.
 	WriteMode engine.WriteMode
-	// EventLoops per node; 0 is the engine's default (one per CPU).
-	EventLoops int
-
-	Cluster    string         // cluster name; "" is "bench"
-	ServerNode engine.NodeNum // 0 is 2
-	ClientNode engine.NodeNum // 0 is 1
+	Pair      // cluster "" is "bench"
 	// ClientAddr is the client node's address, for Serve when the client
 	// lives in another process: the server node must know it before its
 	// first reply. In one process Dial tells the server node itself.
@@ -63,28 +58,8 @@ func (p *ICS) Name() string {
 	return name
 }
 
-func (p *ICS) nodes() (server, client engine.NodeNum) {
-	server, client = p.ServerNode, p.ClientNode
-	if server == 0 {
-		server = 2
-	}
-	if client == 0 {
-		client = 1
-	}
-	return server, client
-}
-
 func (p *ICS) config(num engine.NodeNum, listen string) engine.Config {
-	cfg := engine.DefaultConfig()
-	cfg.Node = num
-	cfg.Cluster = p.Cluster
-	if cfg.Cluster == "" {
-		cfg.Cluster = "bench"
-	}
-	if listen != "" {
-		cfg.ListenAddr = listen
-	}
-	cfg.EventLoops = p.EventLoops
+	cfg := p.Pair.config(num, listen, "bench")
 	cfg.WriteMode = p.WriteMode
 	return cfg
 }

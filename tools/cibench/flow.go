@@ -106,7 +106,7 @@ func (c *flowCmd) Run(g *globals) (err error) {
 	defer cancel(nil)
 
 	var cpus cpuPlan
-	cfg := bench.FlowConfig{Cluster: "bench-flow", Window: c.Window}
+	cfg := bench.FlowConfig{Pair: bench.Pair{Cluster: "bench-flow"}, Window: c.Window}
 	if c.Pin {
 		if cpus, err = planPinning(); err != nil {
 			return err
@@ -304,8 +304,8 @@ func (s *serveCmd) serveFlow(g *globals) (err error) {
 		}
 		defer func() { err = errors.Join(err, stop()) }()
 	}
-	cfg := bench.FlowConfig{Cluster: s.Cluster, ServerNode: engine.NodeNum(s.Node),
-		ClientNode: engine.NodeNum(s.ClientNode), Window: s.Window}
+	cfg := bench.FlowConfig{Pair: bench.Pair{Cluster: s.Cluster, ServerNode: engine.NodeNum(s.Node),
+		ClientNode: engine.NodeNum(s.ClientNode)}, Window: s.Window}
 	srv, err := bench.StartFlowServer(cfg, s.Listen, s.ClientAddr)
 	if err != nil {
 		return fmt.Errorf("serve flow: %w", err)

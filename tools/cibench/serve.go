@@ -55,9 +55,7 @@ func (s *serveCmd) peer() (bench.Peer, error) {
 	}
 	p := &bench.ICS{
 		Inline:     s.Inline,
-		Cluster:    s.Cluster,
-		ServerNode: engine.NodeNum(s.Node),
-		ClientNode: engine.NodeNum(s.ClientNode),
+		Pair:       bench.Pair{Cluster: s.Cluster, ServerNode: engine.NodeNum(s.Node), ClientNode: engine.NodeNum(s.ClientNode)},
 		ClientAddr: s.ClientAddr,
 	}
 	if s.WriteMode == "eventloop" {
