@@ -39,7 +39,7 @@ type flowCmd struct {
 }
 
 func (*flowCmd) Help() string {
-	return `Issue 3's targets, between this process (client node 1) and one child
+	return `Flow control's targets, between this process (client node 1) and one child
 process (server node 2, "cibench serve --peer=flow"), in interleaved rounds
 of four phases:
 

@@ -29,7 +29,7 @@ type cli struct {
 	Serve   serveCmd   `cmd:"" help:"Serve one peer's echo server (used by compare and rpc, one process per peer)."`
 	Compare compareCmd `cmd:"" help:"Latency of ICS against raw TCP, net/rpc and grpc-go, in interleaved rounds."`
 	RPC     rpcCmd     `cmd:"" name:"rpc" help:"Throughput of ICS against raw TCP with many concurrent callers on one node pair."`
-	Flow    flowCmd    `cmd:"" help:"Issue 3: ICS bulk on a throttled channel vs raw TCP, and priority RPC latency idle vs under that bulk."`
+	Flow    flowCmd    `cmd:"" help:"Flow control: ICS bulk on a throttled channel vs raw TCP, and priority RPC latency idle vs under that bulk."`
 	Demo    demoCmd    `cmd:"" help:"A local four-node ICS cluster doing work, losing a node and getting it back (make demo)."`
 	Node    nodeCmd    `cmd:"" help:"Serve one demo cluster node (used by demo, one process per node)."`
 }
