@@ -17,7 +17,7 @@ import (
 )
 
 type compareCmd struct {
-	Peers        []string `default:"raw,ics,netrpc,grpc" sep:"," help:"Peers to compare, comma-separated: raw, netrpc, grpc, ics, ics-handle, ics-eventloop, ics-handle-eventloop; append @N to run a peer, client and server, with GOMAXPROCS=N (ics@1)." env:"CI_PEERS"`
+	Peers        []string `default:"raw,ics,ics@1,netrpc,grpc" sep:"," help:"Peers to compare, comma-separated: raw, netrpc, grpc, ics, ics-handle, ics-eventloop, ics-handle-eventloop; append @N to run a peer, client and server, with GOMAXPROCS=N (ics@1)." env:"CI_PEERS"`
 	Rounds       int      `default:"7" help:"Rounds; each runs every peer once, in an order rotated per round." env:"CI_ROUNDS"`
 	Calls        int      `default:"20000" help:"Timed calls per peer per round." env:"CI_CALLS"`
 	Warmup       int      `default:"1000" help:"Untimed calls before each timed run." env:"CI_WARMUP"`
@@ -32,7 +32,7 @@ func (*compareCmd) Help() string {
 child process; this process is the client for all of them.
 
 Examples:
-  cibench compare                                    # raw, ics, netrpc, grpc; 7 rounds
+  cibench compare                                    # raw, ics, ics@1, netrpc, grpc; 7 rounds
   cibench compare --peers=raw,netrpc,grpc --rounds=3 --calls=5000
   cibench compare --peers=raw,ics,ics-handle,ics-eventloop --pin
   cibench compare --peers=raw,ics,raw@1,ics@1       # each also with GOMAXPROCS=1
