@@ -150,8 +150,12 @@ func (c *conn) send(ctx context.Context, h *framing.Header, payload []byte) erro
 			h.Flags |= framing.FlagStarved
 		}
 		if err := c.sendFrame(ctx, h, payload); err != nil {
-			// Not sent, so never to be returned by the receiver: give it back.
-			c.credit.grant(cost)
+			if errors.Is(err, ErrThrottled) {
+				// Not sent over a live connection, so never to be returned
+				// by the receiver: give it back. A dead connection's credit
+				// dies with it.
+				c.credit.grant(cost)
+			}
 			return err
 		}
 		return nil
