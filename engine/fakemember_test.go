@@ -1,10 +1,8 @@
 package engine
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"sync"
 	"testing"
@@ -59,8 +57,8 @@ type fakeConn struct {
 	t      testing.TB
 	ack    framing.Hello // the node's hello: its ack when dialled, its hello when accepted
 	tx, rx *recordCipher
-	scr    []byte
-	in     []byte // received, decrypted bytes not yet returned as frames
+	in     []byte // received (and opened) bytes not yet returned as frames
+	raw    []byte // received records not yet opened
 }
 
 // helloFor is the hello this member sends for channel ch.
@@ -150,9 +148,11 @@ func (m *fakeMember) handshake(nc net.Conn, hello framing.Hello) (*fakeConn, err
 			return nil, err
 		}
 		if m.sec.Mode == SecurityEncrypt {
-			if c.tx, c.rx, err = sess.recordCiphers(); err != nil {
+			tx, rx, err := sess.recordCiphers()
+			if err != nil {
 				return nil, err
 			}
+			c.encrypted(tx, rx)
 		}
 	}
 	return c, nil
@@ -260,9 +260,11 @@ func (m *fakeMember) acceptHandshake(nc net.Conn) (*fakeConn, error) {
 			return nil, err
 		}
 		if m.sec.Mode == SecurityEncrypt {
-			if c.tx, c.rx, err = sess.recordCiphers(); err != nil {
+			tx, rx, err := sess.recordCiphers()
+			if err != nil {
 				return nil, err
 			}
+			c.encrypted(tx, rx)
 		}
 	}
 	return c, nil
@@ -339,8 +341,8 @@ func (c *fakeConn) tryReadFrame() (framing.Header, []byte, error) {
 
 // fill reads more stream bytes into c.in, opening records if encrypted.
 func (c *fakeConn) fill() error {
+	var buf [64 << 10]byte
 	if c.rx == nil {
-		var buf [64 << 10]byte
 		k, err := c.Read(buf[:])
 		c.in = append(c.in, buf[:k]...)
 		if k > 0 {
@@ -348,21 +350,27 @@ func (c *fakeConn) fill() error {
 		}
 		return err
 	}
-	var hdr [recordHeader]byte
-	if _, err := io.ReadFull(c.Conn, hdr[:]); err != nil {
-		return err
+	for {
+		var used int
+		var err error
+		c.in, used, _, err = openRecords(c.in, c.rx, c.raw)
+		c.raw = c.raw[used:]
+		if err != nil || used > 0 {
+			return err
+		}
+		k, err := c.Read(buf[:])
+		c.raw = append(c.raw, buf[:k]...)
+		if k == 0 {
+			return err
+		}
 	}
-	n := int(binary.LittleEndian.Uint32(hdr[:]))
-	if n < recordTag || n > 1<<20 {
-		return errors.New("fake member: bad record length")
-	}
-	sealed := make([]byte, n)
-	if _, err := io.ReadFull(c.Conn, sealed); err != nil {
-		return err
-	}
-	var err error
-	c.in, err = c.rx.open(c.in, sealed)
-	return err
+}
+
+// encrypted switches c to records: whatever followed the handshake in the
+// last read is already sealed.
+func (c *fakeConn) encrypted(tx, rx *recordCipher) {
+	c.tx, c.rx = tx, rx
+	c.raw, c.in = c.in, nil
 }
 
 // readUntil reads frames until one of type typ arrives, discarding others
