@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/clusterinfra/ci/framing"
 )
 
 // helperNofileEnv lowers RLIMIT_NOFILE in a re-executed helper node (see
@@ -126,5 +128,107 @@ func testDescriptorExhaustion(t *testing.T, counter string) {
 	case l := <-ch.lines:
 		t.Fatalf("child said %q", l)
 	default:
+	}
+}
+
+// pendingCount is the number of accepted connections in their handshake.
+func pendingCount(n *Node) int {
+	n.pendingMu.Lock()
+	defer n.pendingMu.Unlock()
+	return n.pending.Len()
+}
+
+// TestAcceptorHelloLimit (issue 8 point 7): before the handshake the node
+// buffers no more than a hello can be. A connection announcing a 15 MiB
+// hello is closed as soon as its header arrives, long before the
+// handshake timeout, and counted.
+func TestAcceptorHelloLimit(t *testing.T) {
+	for _, secure := range []bool{false, true} {
+		t.Run(fmt.Sprint("secure=", secure), func(t *testing.T) {
+			var tweak func(*Config)
+			if secure {
+				tweak, _ = fakeMemberSecurity(t, SecurityEncrypt, 1)
+			}
+			target := startCluster(t, 1, func(c *Config) {
+				if tweak != nil {
+					tweak(c)
+				}
+				c.HandshakeTimeout = time.Minute
+			})[0]
+			m := newFakeMember(t, target, 2, nil)
+			nc, err := m.dialRaw()
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := &fakeConn{Conn: nc, t: t}
+			if err := c.writeHeader(framing.Header{Type: framing.TypeHello, Length: 15 << 20}); err != nil {
+				t.Fatal(err)
+			}
+			_ = c.writeBytes(make([]byte, 64<<10)) // may fail: the node is closing it
+			if !c.closedWithin(5 * time.Second) {
+				t.Fatal("a 15 MiB hello was not refused at once")
+			}
+			if got := target.m.limitHelloSize.Get(); got != 1 {
+				t.Fatalf("hello_size limit hits = %d, want 1", got)
+			}
+		})
+	}
+}
+
+// TestPendingHandshakesCapped (issue 8 point 7): connections in their
+// handshake are bounded node-wide, not only per address, and a member
+// still gets in while the cap is full of idle strangers: the oldest
+// stranger makes room.
+func TestPendingHandshakesCapped(t *testing.T) {
+	target := startCluster(t, 1, func(c *Config) {
+		c.HandshakeTimeout = time.Minute
+		c.MaxUnauthPerSource = 4
+		c.MaxPendingHandshakes = 8
+	})[0]
+	flood := floodIdle(t, target.Addr(), 6, 2, 20) // 10 addresses, 2 each
+	defer func() {
+		for _, c := range flood {
+			_ = c.Close()
+		}
+	}()
+	eventually(t, "the node to shed the oldest strangers", func() bool {
+		return target.m.limitPending.Get() == 12
+	})
+	if k := pendingCount(target); k != 8 {
+		t.Fatalf("%d connections pending, want the cap 8", k)
+	}
+	m := newFakeMember(t, target, 2, nil)
+	addFakeMember(t, 2, "", target)
+	m.connect(ChanFirstService) // fails the test if refused
+	if got := target.m.limitUnauthPerSource.Get(); got != 0 {
+		t.Fatalf("per-address limit hit %d times, no address went over it", got)
+	}
+}
+
+// TestMemberRoomFromSameAddress (issue 8 point 12): idle connections from
+// a member's own address cannot keep that member out: it reconnects at
+// once, well before the strangers' handshake timeout.
+func TestMemberRoomFromSameAddress(t *testing.T) {
+	nodes := startCluster(t, 2, func(c *Config) { c.HandshakeTimeout = time.Minute })
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Procs: []Handler{echo}})
+	var flood []net.Conn
+	for i := 0; i < nodes[1].cfg.MaxUnauthPerSource; i++ {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.1")}}
+		c, err := d.Dial("tcp", nodes[1].Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		flood = append(flood, c)
+	}
+	eventually(t, "the idle connections to be pending", func() bool {
+		return pendingCount(nodes[1]) == len(flood)
+	})
+	got, err := nodes[0].Call(ctxFor(t, 10*time.Second), 2, Method{Service: echoSvc}, []byte("member"), nil)
+	if err != nil || string(got) != "member" {
+		t.Fatalf("member's call with its address's room full of strangers: %q %v", got, err)
+	}
+	if got := nodes[1].m.limitUnauthPerSource.Get(); got == 0 {
+		t.Fatal("the per-address limit never triggered")
 	}
 }

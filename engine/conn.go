@@ -1,12 +1,14 @@
 package engine
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"github.com/panjf2000/gnet/v2"
@@ -68,16 +70,26 @@ type conn struct {
 	// the loop into plain, where frames are then parsed.
 	incarnation uint64 // the dialler's, from its hello
 	source      string // remote IP of an accepted connection, for MaxUnauthPerSource
-	session     *session
-	tx, rx      *recordCipher
-	plain       []byte
-	plainOff    int
-	sealBuf     []byte // guarded by wmu
+	// In n.pending while the handshake runs (guarded by n.pendingMu):
+	// since when, and whether it still counts against its source address.
+	pendingElem  *list.Element
+	pendingSince time.Time
+	bySource     bool
+	session      *session
+	tx, rx       *recordCipher
+	plain        []byte
+	plainOff     int
+	sealBuf      []byte // guarded by wmu
 }
 
 func (n *Node) newConn(outbound bool, p *peer, ch Channel) *conn {
 	c := &conn{n: n, outbound: outbound, peer: p, channel: ch, fd: -1}
 	c.dec.MaxPayload = uint32(n.cfg.MaxPayload)
+	if !outbound {
+		// Until the handshake is done only a hello or a confirmation may
+		// come, and nothing larger is buffered for a stranger.
+		c.dec.MaxPayload = maxHelloFrame
+	}
 	if p != nil {
 		c.met = n.m.forConn(n.cfg.Node, p.num, ch)
 	}

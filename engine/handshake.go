@@ -13,6 +13,11 @@ import (
 	"github.com/clusterinfra/ci/framing"
 )
 
+// maxHelloFrame bounds the payload of the frames of a handshake (hello,
+// acknowledgement, confirmation): a hello with the longest cluster name and
+// authentication blob, and room for its fixed fields.
+const maxHelloFrame = framing.MaxHelloAuth + framing.MaxClusterName + 64
+
 // acceptHello checks a dialler's hello on the event loop. A connection from
 // another cluster, an unknown node, a node that thinks it is calling someone
 // else, or another protocol version is refused before any service sees a
@@ -59,6 +64,7 @@ func (n *Node) acceptHello(c *conn, f *framing.Frame) error {
 		ack.Auth = auth
 		c.session = &ss
 	}
+	n.namedMember(c)
 	payload, _ := framing.AppendHello(nil, &ack)
 	h := framing.Header{Type: framing.TypeHelloAck}
 	if err := c.send(nil, &h, payload); err != nil {
@@ -114,6 +120,7 @@ func (n *Node) rejectHello(c *conn, why error) error {
 func (n *Node) becomeReady(c *conn) error {
 	p, ch := c.peer, c.channel
 	c.ready = true
+	c.dec.MaxPayload = uint32(n.cfg.MaxPayload)
 	n.pendingMu.Lock()
 	n.unpendLocked(c)
 	n.pendingMu.Unlock()

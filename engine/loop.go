@@ -46,33 +46,91 @@ func (h *loopHandler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		n.log.Warn("cannot attach accepted connection", "remote", gc.RemoteAddr(), "err", err)
 		return nil, gnet.Close
 	}
-	// Count unauthenticated connections per source address: one address
-	// opening hundreds of them is an attack or a bug, not a peer.
 	c.source = remoteIP(gc)
+	n.admitPending(c)
+	return nil, gnet.None
+}
+
+// admitPending records an accepted connection as in its handshake. Two
+// bounds apply: per source address (one address opening hundreds of
+// connections is an attack or a bug, not a peer) and node-wide (a flood
+// from many addresses). At either, the oldest connection still in its
+// handshake is shed rather than the newcomer: a member's handshake takes
+// milliseconds, so only an idle stranger stays long enough to be oldest,
+// and refusing newcomers instead would let strangers keep members out
+// until their handshake timeout.
+func (n *Node) admitPending(c *conn) {
+	var shed []*conn
 	n.pendingMu.Lock()
 	if n.pendingBySource[c.source] >= n.cfg.MaxUnauthPerSource {
-		n.pendingMu.Unlock()
-		n.m.limitUnauthPerSource.Inc()
-		n.log.Warn("refusing connection: too many unauthenticated connections from one address",
-			"remote", gc.RemoteAddr(), "limit", n.cfg.MaxUnauthPerSource)
-		return nil, gnet.Close
+		if v := n.oldestPendingLocked(func(v *conn) bool { return v.bySource && v.source == c.source }); v != nil {
+			n.m.limitUnauthPerSource.Inc()
+			n.unpendLocked(v)
+			shed = append(shed, v)
+		}
 	}
-	n.pending[c] = time.Now()
+	if n.pending.Len() >= n.cfg.MaxPendingHandshakes {
+		v := n.oldestPendingLocked(func(v *conn) bool { return v.bySource })
+		if v == nil {
+			v = n.pending.Front().Value.(*conn)
+		}
+		n.m.limitPending.Inc()
+		n.unpendLocked(v)
+		shed = append(shed, v)
+	}
+	c.pendingSince = time.Now()
+	c.pendingElem = n.pending.PushBack(c)
+	c.bySource = true
 	n.pendingBySource[c.source]++
 	n.pendingMu.Unlock()
-	return nil, gnet.None
+	for _, v := range shed {
+		n.log.Debug("shedding a connection still in its handshake to make room", "remote", v.gc.RemoteAddr(), "for", c.gc.RemoteAddr())
+		v.close()
+	}
+}
+
+// oldestPendingLocked is the oldest connection in its handshake that
+// matches, or nil.
+func (n *Node) oldestPendingLocked(match func(*conn) bool) *conn {
+	for e := n.pending.Front(); e != nil; e = e.Next() {
+		if v := e.Value.(*conn); match(v) {
+			return v
+		}
+	}
+	return nil
+}
+
+// namedMember moves a connection whose hello named a configured member
+// (and, with Security, proved it holds that member's key) out of its
+// source address's count: the members' own room, which strangers from the
+// same address cannot fill.
+func (n *Node) namedMember(c *conn) {
+	n.pendingMu.Lock()
+	if c.pendingElem != nil && c.bySource {
+		c.bySource = false
+		n.dropSourceLocked(c.source)
+	}
+	n.pendingMu.Unlock()
 }
 
 // unpendLocked forgets a connection that finished (or failed) its handshake.
 func (n *Node) unpendLocked(c *conn) {
-	if _, ok := n.pending[c]; !ok {
+	if c.pendingElem == nil {
 		return
 	}
-	delete(n.pending, c)
-	if k := n.pendingBySource[c.source] - 1; k > 0 {
-		n.pendingBySource[c.source] = k
+	n.pending.Remove(c.pendingElem)
+	c.pendingElem = nil
+	if c.bySource {
+		c.bySource = false
+		n.dropSourceLocked(c.source)
+	}
+}
+
+func (n *Node) dropSourceLocked(src string) {
+	if k := n.pendingBySource[src] - 1; k > 0 {
+		n.pendingBySource[src] = k
 	} else {
-		delete(n.pendingBySource, c.source)
+		delete(n.pendingBySource, src)
 	}
 }
 
@@ -204,6 +262,9 @@ func (c *conn) readFramesPlain() (int, error) {
 // closeReason logs why the loop closes a connection and counts it.
 func (n *Node) closeReason(c *conn, gc gnet.Conn, err error) {
 	switch {
+	case errors.Is(err, framing.ErrFrameTooLarge) && !c.ready && !c.outbound:
+		n.m.limitHelloSize.Inc()
+		n.m.handshakeRejects.Inc()
 	case errors.Is(err, framing.ErrFrameTooLarge):
 		n.m.limitFrameSize.Inc()
 		n.m.badFrames.Inc()
@@ -253,14 +314,17 @@ func (h *loopHandler) OnTick() (time.Duration, gnet.Action) {
 	n.bootOnce.Do(func() { close(n.booted) })
 	limit := time.Now().Add(-n.cfg.HandshakeTimeout)
 	n.pendingMu.Lock()
-	for c, t := range n.pending {
-		if t.Before(limit) {
-			n.unpendLocked(c)
-			n.m.limitHandshakeTimeout.Inc()
-			n.m.handshakeRejects.Inc()
-			n.log.Warn("closing connection: no handshake in time", "remote", c.gc.RemoteAddr(), "timeout", n.cfg.HandshakeTimeout)
-			c.close()
+	// Oldest first: stop at the first one still in time.
+	for e := n.pending.Front(); e != nil; e = n.pending.Front() {
+		c := e.Value.(*conn)
+		if !c.pendingSince.Before(limit) {
+			break
 		}
+		n.unpendLocked(c)
+		n.m.limitHandshakeTimeout.Inc()
+		n.m.handshakeRejects.Inc()
+		n.log.Warn("closing connection: no handshake in time", "remote", c.gc.RemoteAddr(), "timeout", n.cfg.HandshakeTimeout)
+		c.close()
 	}
 	n.pendingMu.Unlock()
 	return min(n.cfg.HandshakeTimeout/4, time.Second), gnet.None

@@ -24,6 +24,7 @@ type nodeMetrics struct {
 	limitFrameSize, limitUnauthPerSource, limitInflight *metrics.Counter
 	limitHandshakeTimeout, limitDecompress              *metrics.Counter
 	limitDescriptors, limitConnections                  *metrics.Counter
+	limitHelloSize, limitPending                        *metrics.Counter
 }
 
 func newNodeMetrics(set *metrics.Set, node NodeNum) *nodeMetrics {
@@ -57,6 +58,8 @@ func newNodeMetrics(set *metrics.Set, node NodeNum) *nodeMetrics {
 	m.limitInflight = c("ci_ics_limit_hits_total", `limit="inflight_per_peer"`)
 	m.limitDescriptors = c("ci_ics_limit_hits_total", `limit="descriptors"`)
 	m.limitConnections = c("ci_ics_limit_hits_total", `limit="connections"`)
+	m.limitHelloSize = c("ci_ics_limit_hits_total", `limit="hello_size"`)
+	m.limitPending = c("ci_ics_limit_hits_total", `limit="pending_handshakes"`)
 	for p := range m.framesOutByPrio {
 		m.framesOutByPrio[p] = c("ci_ics_requests_by_priority_total", fmt.Sprintf(`direction="out",priority="%d"`, p))
 		m.framesInByPrio[p] = c("ci_ics_requests_by_priority_total", fmt.Sprintf(`direction="in",priority="%d"`, p))

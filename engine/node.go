@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"container/list"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -15,7 +16,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/panjf2000/gnet/v2"
@@ -48,9 +48,11 @@ type Node struct {
 	downMu        sync.Mutex
 	downCallbacks []func(NodeNum, error)
 
-	// pending are accepted connections that have not completed the handshake.
+	// pending are accepted connections that have not completed the
+	// handshake, oldest first; pendingBySource counts those that have not
+	// yet named a member (see admitPending).
 	pendingMu       sync.Mutex
-	pending         map[*conn]time.Time
+	pending         list.List      // of *conn; guarded by pendingMu
 	pendingBySource map[string]int // guarded by pendingMu
 
 	ctx    context.Context // cancelled by Close; the base of handler contexts
@@ -135,7 +137,6 @@ func New(cfg Config) (*Node, error) {
 		codec:       framing.NewCodec(cfg.MaxPayload),
 		incarnation: binary.LittleEndian.Uint64(inc[:]) | 1,
 		handles:     newHandleTable(cfg.MaxOutstandingCalls),
-		pending:     make(map[*conn]time.Time),
 
 		pendingBySource: make(map[string]int),
 		booted:          make(chan struct{}),
