@@ -232,3 +232,73 @@ func TestMemberRoomFromSameAddress(t *testing.T) {
 		t.Fatal("the per-address limit never triggered")
 	}
 }
+
+// TestNoiseOffTheEventLoop (issue 8 point 11): the key exchange of a hello
+// does not run on the event loop. With a single loop and the Noise work
+// of a stranger's hello held up, a member's calls on that loop go on.
+func TestNoiseOffTheEventLoop(t *testing.T) {
+	tweak, msec := fakeMemberSecurity(t, SecurityAuthenticate, 2)
+	nodes := startCluster(t, 2, func(c *Config) { tweak(c); c.EventLoops = 1 })
+	target := nodes[1]
+	mustRegister(t, target, Service{ID: echoSvc, Procs: []Handler{echo}})
+	if _, err := nodes[0].Call(ctxFor(t, 10*time.Second), 2, Method{Service: echoSvc}, []byte("warm"), nil); err != nil {
+		t.Fatal(err)
+	}
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	hook := func() {
+		once.Do(func() { close(held) })
+		<-release
+	}
+	testHookNoise.Store(&hook)
+	defer testHookNoise.Store(nil)
+	defer once.Do(func() {})
+	m := newFakeMember(t, target, 3, msec)
+	addFakeMember(t, 3, "", target)
+	go func() { _, _ = m.tryConnect(ChanFirstService) }()
+	<-held
+	got, err := nodes[0].Call(ctxFor(t, 5*time.Second), 2, Method{Service: echoSvc}, []byte("meanwhile"), nil)
+	close(release)
+	if err != nil || string(got) != "meanwhile" {
+		t.Fatalf("call while a handshake's Noise work was held: %q %v", got, err)
+	}
+}
+
+// TestNoiseRateLimited (issue 8 point 11): hellos whose key exchange must
+// be computed are rate-limited, strangers apart from members dialling
+// from their own address, so a flood of forged hellos costs bounded CPU
+// and a member still gets in.
+func TestNoiseRateLimited(t *testing.T) {
+	ck, keys := clusterKeys(t, 2)
+	nodes := startCluster(t, 2, func(c *Config) {
+		c.Security = securityFor(SecurityAuthenticate, int(c.Node), ck, keys)
+		c.MaxHandshakesPerSecond = 1
+	})
+	target := nodes[1]
+	mustRegister(t, target, Service{ID: echoSvc, Procs: []Handler{echo}})
+	// The forger has the cluster key (its id is all a hello shows) but not
+	// node 1's key: the node learns that only from the key exchange.
+	forger := securityFor(SecurityAuthenticate, 1, ck, keys)
+	var err error
+	if forger.NodeKey, err = GenerateNodeKey(); err != nil {
+		t.Fatal(err)
+	}
+	m := newFakeMember(t, target, 1, forger) // claims node 1, from another address
+	m.source = "127.0.7.1"
+	const forged = 60
+	for i := 0; i < forged; i++ {
+		if _, err := m.tryConnect(ChanFirstService); err == nil {
+			t.Fatal("a forged hello was accepted")
+		}
+	}
+	rate, auth := target.m.limitHandshakeRate.Get(), target.m.authFailures.Get()
+	t.Logf("%d forged hellos: %d refused by the rate limit, %d failed authentication", forged, rate, auth)
+	if rate+auth != forged || rate < forged*2/3 {
+		t.Fatalf("rate-limited %d + auth failures %d, want %d with most rate-limited", rate, auth, forged)
+	}
+	// The real node 1 dials from its own address: its room is not spent.
+	got, err := nodes[0].Call(ctxFor(t, 10*time.Second), 2, Method{Service: echoSvc}, []byte("member"), nil)
+	if err != nil || string(got) != "member" {
+		t.Fatalf("member's call after the flood: %q %v", got, err)
+	}
+}

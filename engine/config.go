@@ -123,6 +123,10 @@ type Config struct {
 	// connections cannot keep a member out: its handshake takes
 	// milliseconds, a stranger's lasts until it is shed.
 	MaxPendingHandshakes int
+	// MaxHandshakesPerSecond bounds the Noise key exchanges a node computes
+	// for accepted hellos, separately for members dialling from their
+	// configured address and for everyone else; hellos over it are refused.
+	MaxHandshakesPerSecond int
 	// MaxConnections bounds the accepted connections open at once,
 	// handshaking or not; later ones are reset at once. Each costs two
 	// descriptors, and running out of descriptors must never be what
@@ -137,22 +141,23 @@ type Config struct {
 // DefaultConfig returns the defaults, each with its reason.
 func DefaultConfig() Config {
 	return Config{
-		ListenAddr:           "127.0.0.1:0",             // loopback: a node is exposed only on purpose
-		MaxChannels:          12,                        // CI's ICS_MAX_CHANNELS
-		MaxSubservices:       6,                         // CI's ICS_NUM_SUBSERVICES
-		MaxPayload:           framing.DefaultMaxPayload, // 16 MiB: big enough for bulk, small enough to refuse nonsense
-		MaxOutstandingCalls:  16384,                     // per node; a full table fails fast instead of growing memory
-		DialTimeout:          2 * time.Second,           // loopback/LAN connects take microseconds; a dead host should not stall callers long
-		HandshakeTimeout:     5 * time.Second,           // generous for a loaded peer, short enough to shed half-open connections
-		EventLoops:           0,                         // one per P: more would only wait for Ps held by loops blocked in epoll_wait
-		WriteMode:            WriteDirect,               // measured faster; BENCHMARKS.md
-		MaxPendingWrite:      8 << 20,                   // two max-size frames in flight, then senders feel it
-		MaxUnauthPerSource:   32,                        // a peer opens at most a dozen channels at once; a flood from one address is cut off
-		MaxPendingHandshakes: 1024,                      // a full restart of a 64-node cluster opens ~800 at once; a flood is shed oldest first
-		MaxConnections:       defaultMaxConnections(),   // half the descriptors (two per connection): the rest stays for dials and the process
-		MaxInflightPerPeer:   65536,                     // far above what credits let a well-behaved peer queue; bounds priority-channel floods
-		CreditWindow:         256 << 10,                 // a few hundred small RPCs or a few bulk chunks, small enough to bound memory per peer
-		MaxCreditWindow:      1 << 20,                   // enough in flight for one bulk stream to match raw TCP on loopback (BENCHMARKS.md); reached only while handlers keep up
+		ListenAddr:             "127.0.0.1:0",             // loopback: a node is exposed only on purpose
+		MaxChannels:            12,                        // CI's ICS_MAX_CHANNELS
+		MaxSubservices:         6,                         // CI's ICS_NUM_SUBSERVICES
+		MaxPayload:             framing.DefaultMaxPayload, // 16 MiB: big enough for bulk, small enough to refuse nonsense
+		MaxOutstandingCalls:    16384,                     // per node; a full table fails fast instead of growing memory
+		DialTimeout:            2 * time.Second,           // loopback/LAN connects take microseconds; a dead host should not stall callers long
+		HandshakeTimeout:       5 * time.Second,           // generous for a loaded peer, short enough to shed half-open connections
+		EventLoops:             0,                         // one per P: more would only wait for Ps held by loops blocked in epoll_wait
+		WriteMode:              WriteDirect,               // measured faster; BENCHMARKS.md
+		MaxPendingWrite:        8 << 20,                   // two max-size frames in flight, then senders feel it
+		MaxUnauthPerSource:     32,                        // a peer opens at most a dozen channels at once; a flood from one address is cut off
+		MaxPendingHandshakes:   1024,                      // a full restart of a 64-node cluster opens ~800 at once; a flood is shed oldest first
+		MaxHandshakesPerSecond: 1000,                      // a 64-node cluster's restart needs ~800; at ~0.3 ms each, a flood costs at most 0.3 CPU
+		MaxConnections:         defaultMaxConnections(),   // half the descriptors (two per connection): the rest stays for dials and the process
+		MaxInflightPerPeer:     65536,                     // far above what credits let a well-behaved peer queue; bounds priority-channel floods
+		CreditWindow:           256 << 10,                 // a few hundred small RPCs or a few bulk chunks, small enough to bound memory per peer
+		MaxCreditWindow:        1 << 20,                   // enough in flight for one bulk stream to match raw TCP on loopback (BENCHMARKS.md); reached only while handlers keep up
 	}
 }
 
@@ -195,6 +200,7 @@ func (c *Config) validate() error {
 	fill(&c.MaxInflightPerPeer, d.MaxInflightPerPeer)
 	fill(&c.MaxConnections, d.MaxConnections)
 	fill(&c.MaxPendingHandshakes, d.MaxPendingHandshakes)
+	fill(&c.MaxHandshakesPerSecond, d.MaxHandshakesPerSecond)
 	if c.Security != nil {
 		if err := c.Security.validate(); err != nil {
 			return err

@@ -70,12 +70,13 @@ type conn struct {
 	// the loop into plain, where frames are then parsed.
 	incarnation uint64 // the dialler's, from its hello
 	source      string // remote IP of an accepted connection, for MaxUnauthPerSource
+	remote      string // its address, for logs off the loop (gnet's is the loop's)
 	// In n.pending while the handshake runs (guarded by n.pendingMu):
 	// since when, and whether it still counts against its source address.
 	pendingElem  *list.Element
 	pendingSince time.Time
 	bySource     bool
-	session      *session
+	session      atomic.Pointer[session] // set by a handshake worker before its answer goes out
 	tx, rx       *recordCipher
 	plain        []byte
 	plainOff     int

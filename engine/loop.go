@@ -46,7 +46,7 @@ func (h *loopHandler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		n.log.Warn("cannot attach accepted connection", "remote", gc.RemoteAddr(), "err", err)
 		return nil, gnet.Close
 	}
-	c.source = remoteIP(gc)
+	c.source, c.remote = remoteIP(gc), gc.RemoteAddr().String()
 	n.admitPending(c)
 	return nil, gnet.None
 }
@@ -84,7 +84,7 @@ func (n *Node) admitPending(c *conn) {
 	n.pendingBySource[c.source]++
 	n.pendingMu.Unlock()
 	for _, v := range shed {
-		n.log.Debug("shedding a connection still in its handshake to make room", "remote", v.gc.RemoteAddr(), "for", c.gc.RemoteAddr())
+		n.log.Debug("shedding a connection still in its handshake to make room", "remote", v.remote, "for", c.remote)
 		v.close()
 	}
 }
@@ -323,7 +323,7 @@ func (h *loopHandler) OnTick() (time.Duration, gnet.Action) {
 		n.unpendLocked(c)
 		n.m.limitHandshakeTimeout.Inc()
 		n.m.handshakeRejects.Inc()
-		n.log.Warn("closing connection: no handshake in time", "remote", c.gc.RemoteAddr(), "timeout", n.cfg.HandshakeTimeout)
+		n.log.Warn("closing connection: no handshake in time", "remote", c.remote, "timeout", n.cfg.HandshakeTimeout)
 		c.close()
 	}
 	n.pendingMu.Unlock()
@@ -348,13 +348,13 @@ func (c *conn) handleFrame(f *framing.Frame) error {
 		switch {
 		case c.outbound:
 			return fmt.Errorf("%s frame before handshake", f.Type)
-		case c.session != nil && f.Type == framing.TypeConfirm:
+		case c.peer != nil && f.Type == framing.TypeConfirm:
 			return c.n.acceptConfirm(c, f)
-		case c.session == nil && c.peer == nil && f.Type == framing.TypeHello:
+		case c.peer == nil && f.Type == framing.TypeHello:
 			return c.n.acceptHello(c, f)
 		}
 		c.n.m.handshakeRejects.Inc()
-		if c.session != nil {
+		if c.peer != nil {
 			c.n.m.authFailures.Inc() // a dialler that skips the confirmation: a replay
 		}
 		return fmt.Errorf("%w: %s frame during handshake", ErrHandshake, f.Type)

@@ -24,7 +24,7 @@ type nodeMetrics struct {
 	limitFrameSize, limitUnauthPerSource, limitInflight *metrics.Counter
 	limitHandshakeTimeout, limitDecompress              *metrics.Counter
 	limitDescriptors, limitConnections                  *metrics.Counter
-	limitHelloSize, limitPending                        *metrics.Counter
+	limitHelloSize, limitPending, limitHandshakeRate    *metrics.Counter
 }
 
 func newNodeMetrics(set *metrics.Set, node NodeNum) *nodeMetrics {
@@ -60,6 +60,7 @@ func newNodeMetrics(set *metrics.Set, node NodeNum) *nodeMetrics {
 	m.limitConnections = c("ci_ics_limit_hits_total", `limit="connections"`)
 	m.limitHelloSize = c("ci_ics_limit_hits_total", `limit="hello_size"`)
 	m.limitPending = c("ci_ics_limit_hits_total", `limit="pending_handshakes"`)
+	m.limitHandshakeRate = c("ci_ics_limit_hits_total", `limit="handshake_rate"`)
 	for p := range m.framesOutByPrio {
 		m.framesOutByPrio[p] = c("ci_ics_requests_by_priority_total", fmt.Sprintf(`direction="out",priority="%d"`, p))
 		m.framesInByPrio[p] = c("ci_ics_requests_by_priority_total", fmt.Sprintf(`direction="in",priority="%d"`, p))

@@ -82,6 +82,10 @@ type Node struct {
 	spareFD    int           // a reserved descriptor, freed to shed a connection at EMFILE; acceptLoop's
 	accepted   atomic.Int64  // accepted connections open, handshaking or not
 
+	// Handshake workers and their budgets (noise.go).
+	noiseJobs                    chan noiseJob
+	noiseMembers, noiseStrangers tokenBucket
+
 	engStopped chan struct{}         // closed when gnet.Run has returned; engErr is then set
 	engErr     error                 // what gnet.Run returned
 	fatal      atomic.Pointer[error] // why the node stopped on its own; see Err
@@ -145,7 +149,10 @@ func New(cfg Config) (*Node, error) {
 		acceptDone:      make(chan struct{}),
 		done:            make(chan struct{}),
 		spareFD:         -1,
+		noiseJobs:       make(chan noiseJob, noiseQueue),
 	}
+	n.noiseMembers.init(cfg.MaxHandshakesPerSecond)
+	n.noiseStrangers.init(cfg.MaxHandshakesPerSecond)
 	if cfg.Security != nil {
 		n.sec.Store(cfg.Security)
 	}
@@ -252,6 +259,7 @@ func (n *Node) Start() error {
 		return fmt.Errorf("ics: node %d cannot start its event loops: %w", n.cfg.Node, err)
 	}
 	go n.watchEngine()
+	n.startNoiseWorkers()
 	n.spareFD, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	go n.acceptLoop()
 	if sec := n.sec.Load(); sec != nil {
