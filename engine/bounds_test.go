@@ -1,9 +1,11 @@
 package engine
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -300,5 +302,117 @@ func TestNoiseRateLimited(t *testing.T) {
 	got, err := nodes[0].Call(ctxFor(t, 10*time.Second), 2, Method{Service: echoSvc}, []byte("member"), nil)
 	if err != nil || string(got) != "member" {
 		t.Fatalf("member's call after the flood: %q %v", got, err)
+	}
+}
+
+// bigReply answers every request with 256 KiB.
+func bigReply(_ context.Context, _ *Request, resp *Response) error {
+	resp.Body = append(resp.Body[:0], make([]byte, 256<<10)...)
+	return nil
+}
+
+var bigSvc = ServiceOn(ChanFirstService, 3)
+
+// nonReadingMember is a fake member whose reply channel the node dials
+// and completes, and which then never reads it.
+func nonReadingMember(t *testing.T, target *Node, num NodeNum, ip string) *fakeMember {
+	m := newFakeMember(t, target, num, nil)
+	addFakeMember(t, num, m.listen(ip, false), target)
+	return m
+}
+
+// TestLoopRepliesBounded (issue 8 point 4): replies sent from the event
+// loop (inline handlers) respect MaxPendingWrite. A member that never
+// reads its replies ends its link when the queue would pass the bound,
+// instead of growing it (80 MiB were seen against 8).
+func TestLoopRepliesBounded(t *testing.T) {
+	target := startCluster(t, 1, func(c *Config) {
+		c.MaxPayload = 1 << 20
+		c.MaxPendingWrite = 2 << 20
+		c.WriteTimeout = time.Minute // not what ends it here
+	})[0]
+	mustRegister(t, target, Service{ID: bigSvc, Procs: []Handler{bigReply}, Inline: true})
+	m := nonReadingMember(t, target, 2, "127.0.0.2")
+	c := m.connect(ChanPrio1) // never throttled: the replies are the only bound
+	req := framing.Header{Type: framing.TypeRequest, Priority: 1, Service: bigSvc}
+	for i := 0; i < 100; i++ { // 25 MiB of replies
+		req.XID = uint64(i+1)<<32 | 1
+		if err := c.writeFrame(req, nil); err != nil {
+			break // the node already ended the link
+		}
+	}
+	if !c.closedWithin(10 * time.Second) {
+		t.Fatal("the node kept the link of a member that reads no replies")
+	}
+	if got := target.m.limitPendingWrite.Get(); got < 1 {
+		t.Fatalf("pending_write limit hits = %d", got)
+	}
+	if p := target.peer(2); p.out[ChanReplyPrio].Load() != nil {
+		t.Fatal("the reply connection is still published")
+	}
+}
+
+// TestNonReadingPeerReleasesHandles (issue 8 point 5): a peer that stops
+// reading cannot hold server handles for ever. Priority requests with
+// large replies fill the priority handles; the write timeout ends the
+// link, the handles come back, and a healthy node's priority call works.
+func TestNonReadingPeerReleasesHandles(t *testing.T) {
+	nodes := startCluster(t, 2, func(c *Config) { c.WriteTimeout = 500 * time.Millisecond })
+	target := nodes[1]
+	mustRegister(t, target, Service{ID: bigSvc, Procs: []Handler{bigReply}})
+	m := nonReadingMember(t, target, 3, "127.0.0.3")
+	c := m.connect(ChanPrio1)
+	req := framing.Header{Type: framing.TypeRequest, Priority: 1, Service: bigSvc}
+	for i := 0; i < 200; i++ {
+		req.XID = uint64(i+1)<<32 | 1
+		if err := c.writeFrame(req, nil); err != nil {
+			break
+		}
+	}
+	eventually(t, "the write timeout to end the link", func() bool {
+		return target.m.limitWriteTimeout.Get() >= 1
+	})
+	eventually(t, "the priority handles to be released", func() bool {
+		return target.prioPool.running.Load() == 0
+	})
+	got, err := nodes[0].Call(WithPriority(ctxFor(t, 10*time.Second), 1), 2, Method{Service: bigSvc}, nil, nil)
+	if err != nil || len(got) != 256<<10 {
+		t.Fatalf("healthy priority call: %d bytes, %v", len(got), err)
+	}
+}
+
+// TestTarpitReplyAddress (issue 8 point 10): when the reply channel cannot
+// be dialled (the address accepts TCP and never answers), replies from
+// the loop wait in one bounded queue, not a goroutine each, and the
+// failed dial ends the link once, not once per reply.
+func TestTarpitReplyAddress(t *testing.T) {
+	target := startCluster(t, 1, func(c *Config) { c.DialTimeout = 3 * time.Second })[0]
+	mustRegister(t, target, Service{ID: echoSvc, Procs: []Handler{echo}, Inline: true})
+	m := newFakeMember(t, target, 2, nil)
+	addFakeMember(t, 2, m.listen("127.0.0.2", true), target)
+	c := m.connect(ChanPrio1)
+	before := runtime.NumGoroutine()
+	const requests = 200
+	req := framing.Header{Type: framing.TypeRequest, Priority: 1, Service: echoSvc}
+	for i := 0; i < requests; i++ {
+		req.XID = uint64(i+1)<<32 | 1
+		if err := c.writeFrame(req, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "all requests served", func() bool {
+		return target.m.framesInByPrio[1].Get() == requests
+	})
+	if grew := runtime.NumGoroutine() - before; grew > 10 {
+		t.Errorf("%d more goroutines while the reply channel dials", grew)
+	}
+	if !c.closedWithin(20 * time.Second) {
+		t.Fatal("the failed reply dial did not end the link")
+	}
+	eventually(t, "no reply dial left", func() bool {
+		return runtime.NumGoroutine() <= before+2
+	})
+	if got := target.m.peerLosses.Get(); got != 1 {
+		t.Fatalf("%d link losses for one failed dial, want 1", got)
 	}
 }

@@ -91,7 +91,11 @@ type Config struct {
 	HandshakeTimeout    time.Duration // an accepted connection must say hello within this
 	EventLoops          int           // gnet event loops; 0 means one per P (GOMAXPROCS)
 	WriteMode           WriteMode     // how frames reach the socket
-	MaxPendingWrite     int           // bytes queued on one connection before senders wait
+	MaxPendingWrite     int           // bytes queued on one connection before senders wait; event loops never queue more
+	// WriteTimeout ends a connection whose peer has read nothing of what
+	// is queued for it for this long, and with it the link: a peer that
+	// stops reading must not hold server handles, or memory, for ever.
+	WriteTimeout time.Duration
 
 	// CreditWindow is the flow-control window, in bytes, a node grants each
 	// peer on each throttled channel (CLMS, probe and service channels): no
@@ -151,6 +155,7 @@ func DefaultConfig() Config {
 		EventLoops:             0,                         // one per P: more would only wait for Ps held by loops blocked in epoll_wait
 		WriteMode:              WriteDirect,               // measured faster; BENCHMARKS.md
 		MaxPendingWrite:        8 << 20,                   // two max-size frames in flight, then senders feel it
+		WriteTimeout:           10 * time.Second,          // a live peer drains its socket in milliseconds; a stalled one is ended well before CLMS would notice
 		MaxUnauthPerSource:     32,                        // a peer opens at most a dozen channels at once; a flood from one address is cut off
 		MaxPendingHandshakes:   1024,                      // a full restart of a 64-node cluster opens ~800 at once; a flood is shed oldest first
 		MaxHandshakesPerSecond: 1000,                      // a 64-node cluster's restart needs ~800; at ~0.3 ms each, a flood costs at most 0.3 CPU
@@ -213,6 +218,9 @@ func (c *Config) validate() error {
 	if c.HandshakeTimeout == 0 {
 		c.HandshakeTimeout = d.HandshakeTimeout
 	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = d.WriteTimeout
+	}
 	switch {
 	case c.MaxChannels <= int(ChanFirstService) || c.MaxChannels > 255:
 		return fmt.Errorf("%w: MaxChannels %d: need %d..255 (8 are CI's fixed channels)", ErrBadConfig, c.MaxChannels, ChanFirstService+1)
@@ -222,7 +230,7 @@ func (c *Config) validate() error {
 		return fmt.Errorf("%w: MaxPayload %d out of 1..1GiB", ErrBadConfig, c.MaxPayload)
 	case c.MaxOutstandingCalls < 1 || c.MaxOutstandingCalls > 1<<24:
 		return fmt.Errorf("%w: MaxOutstandingCalls %d out of 1..16M", ErrBadConfig, c.MaxOutstandingCalls)
-	case c.DialTimeout < 0 || c.HandshakeTimeout < 0:
+	case c.DialTimeout < 0 || c.HandshakeTimeout < 0 || c.WriteTimeout < 0:
 		return fmt.Errorf("%w: negative timeout", ErrBadConfig)
 	case c.CreditWindow < framing.HeaderSize || c.CreditWindow > 1<<30:
 		return fmt.Errorf("%w: CreditWindow %d out of %d..1GiB", ErrBadConfig, c.CreditWindow, framing.HeaderSize)

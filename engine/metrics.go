@@ -25,6 +25,7 @@ type nodeMetrics struct {
 	limitHandshakeTimeout, limitDecompress              *metrics.Counter
 	limitDescriptors, limitConnections                  *metrics.Counter
 	limitHelloSize, limitPending, limitHandshakeRate    *metrics.Counter
+	limitPendingWrite, limitWriteTimeout                *metrics.Counter
 }
 
 func newNodeMetrics(set *metrics.Set, node NodeNum) *nodeMetrics {
@@ -61,6 +62,8 @@ func newNodeMetrics(set *metrics.Set, node NodeNum) *nodeMetrics {
 	m.limitHelloSize = c("ci_ics_limit_hits_total", `limit="hello_size"`)
 	m.limitPending = c("ci_ics_limit_hits_total", `limit="pending_handshakes"`)
 	m.limitHandshakeRate = c("ci_ics_limit_hits_total", `limit="handshake_rate"`)
+	m.limitPendingWrite = c("ci_ics_limit_hits_total", `limit="pending_write"`)
+	m.limitWriteTimeout = c("ci_ics_limit_hits_total", `limit="write_timeout"`)
 	for p := range m.framesOutByPrio {
 		m.framesOutByPrio[p] = c("ci_ics_requests_by_priority_total", fmt.Sprintf(`direction="out",priority="%d"`, p))
 		m.framesInByPrio[p] = c("ci_ics_requests_by_priority_total", fmt.Sprintf(`direction="in",priority="%d"`, p))

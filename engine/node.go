@@ -112,6 +112,8 @@ type peer struct {
 	inbound map[*conn]struct{} // accepted connections from this peer; guarded by mu
 	dialing []chan struct{}    // per channel: closed when an in-progress dial ends; guarded by mu
 
+	replies [2]replyQueue // for ChanReply and ChanReplyPrio, while the loop's replies wait for a dial
+
 	linkGen     atomic.Uint64 // bumped on every loss; connections of an older link are stale
 	inflight    atomic.Int64  // requests from this peer admitted and not yet finished
 	down        atomic.Bool   // declared down: calls fail fast until NodeUp
