@@ -416,3 +416,166 @@ func TestTarpitReplyAddress(t *testing.T) {
 		t.Fatalf("%d link losses for one failed dial, want 1", got)
 	}
 }
+
+// blockingSvc's handler waits until the test releases it, so credit is
+// not returned and requests stay in flight.
+var blockingSvc = ServiceOn(ChanFirstService, 4)
+
+func registerBlocking(t *testing.T, n *Node, handles int) (release func()) {
+	gate := make(chan struct{})
+	mustRegister(t, n, Service{ID: blockingSvc, MaxHandles: handles, Procs: []Handler{func(ctx context.Context, _ *Request, _ *Response) error {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+		}
+		return nil
+	}}})
+	var once sync.Once
+	release = func() { once.Do(func() { close(gate) }) }
+	t.Cleanup(release)
+	return release
+}
+
+// TestReceiverEnforcesCredit (issue 8 point 6): a sender that ignores the
+// credit it was granted is cut off: a frame sent with no credit left ends
+// its connection, counted, instead of queueing without bound (30 MiB were
+// held against a 256 KiB window).
+func TestReceiverEnforcesCredit(t *testing.T) {
+	target := startCluster(t, 1, func(c *Config) { c.CreditWindow = 64 << 10; c.MaxCreditWindow = 64 << 10 })[0]
+	registerBlocking(t, target, 2)
+	m := newFakeMember(t, target, 2, nil)
+	addFakeMember(t, 2, "", target)
+	c := m.connect(ChanFirstService)
+	req := framing.Header{Type: framing.TypeRequest, Service: blockingSvc}
+	args := make([]byte, 4<<10)
+	sent := 0
+	for i := 0; i < 100; i++ { // 400 KiB against a 64 KiB window
+		req.XID = uint64(i+1)<<32 | 1
+		if err := c.writeFrame(req, args); err != nil {
+			break
+		}
+		sent += framing.HeaderSize + len(args)
+	}
+	if !c.closedWithin(10 * time.Second) {
+		t.Fatalf("a sender %d bytes over its window kept its connection", sent-(64<<10))
+	}
+	if got := target.m.limitCredit.Get(); got != 1 {
+		t.Fatalf("credit limit hits = %d, want 1", got)
+	}
+}
+
+// TestFramePriorityMatchesChannel (issue 8 point 6): a priority-0 request
+// on a priority channel would bypass credit; it is refused, as is any
+// priority that is not the channel's.
+func TestFramePriorityMatchesChannel(t *testing.T) {
+	target := startCluster(t, 1, nil)[0]
+	mustRegister(t, target, Service{ID: echoSvc, Procs: []Handler{echo}})
+	m := newFakeMember(t, target, 2, nil)
+	addFakeMember(t, 2, "", target)
+	for _, tc := range []struct {
+		ch   Channel
+		prio uint8
+	}{{ChanPrio1, 0}, {ChanPrio2, 1}, {ChanFirstService, 3}} {
+		before := target.m.badFrames.Get()
+		c := m.connect(tc.ch)
+		req := framing.Header{Type: framing.TypeRequest, Priority: tc.prio, Service: echoSvc, XID: 1<<32 | 1}
+		if err := c.writeFrame(req, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if !c.closedWithin(5 * time.Second) {
+			t.Fatalf("priority %d on %s: connection kept", tc.prio, tc.ch)
+		}
+		if target.m.badFrames.Get() != before+1 {
+			t.Fatalf("priority %d on %s: not counted as a bad frame", tc.prio, tc.ch)
+		}
+	}
+	if got := target.m.framesInByPrio[0].Get() + target.m.framesInByPrio[1].Get() + target.m.framesInByPrio[3].Get(); got != 0 {
+		t.Fatalf("%d misrouted requests reached the service layer", got)
+	}
+}
+
+// busyReplies sends count requests of size bytes each to blockingSvc on a
+// priority channel and returns how many were answered busy.
+func busyReplies(t *testing.T, target *Node, count, size int) int {
+	t.Helper()
+	m := newFakeMember(t, target, 2, nil)
+	addFakeMember(t, 2, m.listen("127.0.0.2", false), target)
+	c := m.connect(ChanPrio1)
+	req := framing.Header{Type: framing.TypeRequest, Priority: 1, Service: blockingSvc}
+	for i := 0; i < count; i++ {
+		req.XID = uint64(i+1)<<32 | 1
+		if err := c.writeFrame(req, make([]byte, size)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var rc *fakeConn
+	select {
+	case rc = <-m.acceptedConns():
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reply channel")
+	}
+	busy := 0
+	_ = rc.SetReadDeadline(time.Now().Add(2 * time.Second))
+	for {
+		h, _, err := rc.readUntil(framing.TypeReply)
+		if err != nil {
+			return busy // every refusal has been read: the rest are in flight
+		}
+		if Status(h.Status) != StatusBusy {
+			t.Fatalf("reply status %d, want busy", h.Status)
+		}
+		busy++
+	}
+}
+
+// TestInflightPerPeerAnswersBusy: MaxInflightPerPeer (a promise nothing
+// tested): requests past it are answered busy, at once.
+func TestInflightPerPeerAnswersBusy(t *testing.T) {
+	target := startCluster(t, 1, func(c *Config) { c.MaxInflightPerPeer = 5 })[0]
+	registerBlocking(t, target, 64)
+	if busy := busyReplies(t, target, 12, 10); busy != 7 {
+		t.Fatalf("%d busy replies, want 7 (12 sent, 5 allowed)", busy)
+	}
+	if got := target.m.limitInflight.Get(); got != 7 {
+		t.Fatalf("inflight limit hits = %d, want 7", got)
+	}
+}
+
+// TestInflightBytesPerPeer (issue 8 point 9): requests in flight from one
+// peer are bounded in bytes too, not only in number (65,536 x 16 MiB).
+func TestInflightBytesPerPeer(t *testing.T) {
+	const limit, size = 1 << 20, 128 << 10
+	target := startCluster(t, 1, func(c *Config) { c.MaxInflightBytesPerPeer = limit })[0]
+	registerBlocking(t, target, 64)
+	allowed := limit / (framing.HeaderSize + size) // 7
+	if busy := busyReplies(t, target, 20, size); busy != 20-allowed {
+		t.Fatalf("%d busy replies, want %d", busy, 20-allowed)
+	}
+	if got := target.m.limitInflightBytes.Get(); got != uint64(20-allowed) {
+		t.Fatalf("inflight_bytes limit hits = %d, want %d", got, 20-allowed)
+	}
+}
+
+// TestInboundConnsPerChannelCapped (issue 8 point 9): a peer cannot open
+// connection after connection on one channel, each with its own window:
+// past MaxConnsPerChannel the handshake is refused, and the links already
+// up are untouched.
+func TestInboundConnsPerChannelCapped(t *testing.T) {
+	target := startCluster(t, 1, nil)[0]
+	mustRegister(t, target, Service{ID: echoSvc, Procs: []Handler{echo}})
+	m := newFakeMember(t, target, 2, nil)
+	addFakeMember(t, 2, "", target)
+	for i := 0; i < target.cfg.MaxConnsPerChannel; i++ {
+		m.connect(ChanFirstService)
+	}
+	if _, err := m.tryConnect(ChanFirstService); err == nil {
+		t.Fatalf("connection %d on one channel accepted", target.cfg.MaxConnsPerChannel+1)
+	}
+	if got := target.m.limitConnsPerChannel.Get(); got != 1 {
+		t.Fatalf("conns_per_channel limit hits = %d, want 1", got)
+	}
+	if got := target.m.peerLosses.Get(); got != 0 {
+		t.Fatalf("refusing the extra connection ended the link (%d losses)", got)
+	}
+	m.connect(ChanFirstService + 1) // another channel has its own room
+}

@@ -137,6 +137,13 @@ type Config struct {
 	// stops a flood (see acceptLoop).
 	MaxConnections     int
 	MaxInflightPerPeer int // requests from one peer received and not yet answered
+	// MaxInflightBytesPerPeer bounds the same requests in bytes (their
+	// decompressed size when compressed); past either bound they are
+	// answered busy.
+	MaxInflightBytesPerPeer int
+	// MaxConnsPerChannel bounds a peer's accepted connections on one
+	// channel: each would get a window of its own.
+	MaxConnsPerChannel int
 
 	Logger  *slog.Logger // nil: discard
 	Metrics *metrics.Set // nil: a new set, see Node.Metrics
@@ -145,24 +152,26 @@ type Config struct {
 // DefaultConfig returns the defaults, each with its reason.
 func DefaultConfig() Config {
 	return Config{
-		ListenAddr:             "127.0.0.1:0",             // loopback: a node is exposed only on purpose
-		MaxChannels:            12,                        // CI's ICS_MAX_CHANNELS
-		MaxSubservices:         6,                         // CI's ICS_NUM_SUBSERVICES
-		MaxPayload:             framing.DefaultMaxPayload, // 16 MiB: big enough for bulk, small enough to refuse nonsense
-		MaxOutstandingCalls:    16384,                     // per node; a full table fails fast instead of growing memory
-		DialTimeout:            2 * time.Second,           // loopback/LAN connects take microseconds; a dead host should not stall callers long
-		HandshakeTimeout:       5 * time.Second,           // generous for a loaded peer, short enough to shed half-open connections
-		EventLoops:             0,                         // one per P: more would only wait for Ps held by loops blocked in epoll_wait
-		WriteMode:              WriteDirect,               // measured faster; BENCHMARKS.md
-		MaxPendingWrite:        8 << 20,                   // two max-size frames in flight, then senders feel it
-		WriteTimeout:           10 * time.Second,          // a live peer drains its socket in milliseconds; a stalled one is ended well before CLMS would notice
-		MaxUnauthPerSource:     32,                        // a peer opens at most a dozen channels at once; a flood from one address is cut off
-		MaxPendingHandshakes:   1024,                      // a full restart of a 64-node cluster opens ~800 at once; a flood is shed oldest first
-		MaxHandshakesPerSecond: 1000,                      // a 64-node cluster's restart needs ~800; at ~0.3 ms each, a flood costs at most 0.3 CPU
-		MaxConnections:         defaultMaxConnections(),   // half the descriptors (two per connection): the rest stays for dials and the process
-		MaxInflightPerPeer:     65536,                     // far above what credits let a well-behaved peer queue; bounds priority-channel floods
-		CreditWindow:           256 << 10,                 // a few hundred small RPCs or a few bulk chunks, small enough to bound memory per peer
-		MaxCreditWindow:        1 << 20,                   // enough in flight for one bulk stream to match raw TCP on loopback (BENCHMARKS.md); reached only while handlers keep up
+		ListenAddr:              "127.0.0.1:0",             // loopback: a node is exposed only on purpose
+		MaxChannels:             12,                        // CI's ICS_MAX_CHANNELS
+		MaxSubservices:          6,                         // CI's ICS_NUM_SUBSERVICES
+		MaxPayload:              framing.DefaultMaxPayload, // 16 MiB: big enough for bulk, small enough to refuse nonsense
+		MaxOutstandingCalls:     16384,                     // per node; a full table fails fast instead of growing memory
+		DialTimeout:             2 * time.Second,           // loopback/LAN connects take microseconds; a dead host should not stall callers long
+		HandshakeTimeout:        5 * time.Second,           // generous for a loaded peer, short enough to shed half-open connections
+		EventLoops:              0,                         // one per P: more would only wait for Ps held by loops blocked in epoll_wait
+		WriteMode:               WriteDirect,               // measured faster; BENCHMARKS.md
+		MaxPendingWrite:         8 << 20,                   // two max-size frames in flight, then senders feel it
+		WriteTimeout:            10 * time.Second,          // a live peer drains its socket in milliseconds; a stalled one is ended well before CLMS would notice
+		MaxUnauthPerSource:      32,                        // a peer opens at most a dozen channels at once; a flood from one address is cut off
+		MaxPendingHandshakes:    1024,                      // a full restart of a 64-node cluster opens ~800 at once; a flood is shed oldest first
+		MaxHandshakesPerSecond:  1000,                      // a 64-node cluster's restart needs ~800; at ~0.3 ms each, a flood costs at most 0.3 CPU
+		MaxConnections:          defaultMaxConnections(),   // half the descriptors (two per connection): the rest stays for dials and the process
+		MaxInflightPerPeer:      65536,                     // far above what credits let a well-behaved peer queue; bounds priority-channel floods
+		MaxInflightBytesPerPeer: 256 << 20,                 // 16 max-size requests: more than credit windows and priority traffic need, a bound on what one peer pins
+		MaxConnsPerChannel:      2,                         // one, and its replacement arriving before the old one's close is seen
+		CreditWindow:            256 << 10,                 // a few hundred small RPCs or a few bulk chunks, small enough to bound memory per peer
+		MaxCreditWindow:         1 << 20,                   // enough in flight for one bulk stream to match raw TCP on loopback (BENCHMARKS.md); reached only while handlers keep up
 	}
 }
 
@@ -203,6 +212,8 @@ func (c *Config) validate() error {
 	fill(&c.MaxCreditWindow, d.MaxCreditWindow)
 	fill(&c.MaxUnauthPerSource, d.MaxUnauthPerSource)
 	fill(&c.MaxInflightPerPeer, d.MaxInflightPerPeer)
+	fill(&c.MaxInflightBytesPerPeer, d.MaxInflightBytesPerPeer)
+	fill(&c.MaxConnsPerChannel, d.MaxConnsPerChannel)
 	fill(&c.MaxConnections, d.MaxConnections)
 	fill(&c.MaxPendingHandshakes, d.MaxPendingHandshakes)
 	fill(&c.MaxHandshakesPerSecond, d.MaxHandshakesPerSecond)

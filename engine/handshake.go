@@ -52,6 +52,12 @@ func (n *Node) acceptHello(c *conn, f *framing.Frame) error {
 		return n.rejectHello(c, fmt.Errorf("node %d is declared down", p.num))
 	}
 	ch := Channel(hello.Channel)
+	if k := n.inboundOn(p, ch); k >= n.cfg.MaxConnsPerChannel {
+		// Each would get a window of its own. (becomeReady checks again,
+		// race-free; this refuses before any work, and clearly.)
+		n.m.limitConnsPerChannel.Inc()
+		return n.rejectHello(c, fmt.Errorf("node %d already has %d connections on %s", p.num, k, ch))
+	}
 	c.peer, c.channel, c.incarnation = p, ch, hello.Incarnation
 	c.met = n.m.forConn(n.cfg.Node, p.num, ch)
 	ack := *n.hello(p.num, ch)
@@ -128,6 +134,16 @@ func (n *Node) becomeReady(c *conn) error {
 		c.recv = newRecvCredit(w, n.cfg.MaxCreditWindow) // before joinLink publishes c to the gauges
 	}
 	c.linkGen = n.joinLink(p, c.incarnation, c)
+	if k := n.inboundOn(p, ch); k > n.cfg.MaxConnsPerChannel {
+		// Counted after joining, so two racing handshakes cannot both
+		// slip under the bound. Not ready: its close is no link loss.
+		p.mu.Lock()
+		delete(p.inbound, c)
+		p.mu.Unlock()
+		c.ready = false
+		n.m.limitConnsPerChannel.Inc()
+		return n.rejectHello(c, fmt.Errorf("node %d already has %d connections on %s", p.num, k-1, ch))
+	}
 	if w > 0 {
 		n.m.watchReceiveWindow(n, p, ch)
 		c.sendGrant(int64(w))
@@ -143,6 +159,19 @@ func (n *Node) becomeReady(c *conn) error {
 	}
 	n.log.Debug("accepted connection", "peer", p.num, "channel", ch)
 	return nil
+}
+
+// inboundOn counts p's accepted connections on ch.
+func (n *Node) inboundOn(p *peer, ch Channel) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	k := 0
+	for c := range p.inbound {
+		if c.channel == ch {
+			k++
+		}
+	}
+	return k
 }
 
 // replyChannelFor is the channel replies to requests received on ch use.

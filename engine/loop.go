@@ -268,6 +268,8 @@ func (n *Node) closeReason(c *conn, gc gnet.Conn, err error) {
 	case errors.Is(err, framing.ErrFrameTooLarge):
 		n.m.limitFrameSize.Inc()
 		n.m.badFrames.Inc()
+	case errors.Is(err, errCreditExceeded):
+		n.m.badFrames.Inc() // limit=credit counted it already
 	case errors.Is(err, errConnClosed), errors.Is(err, ErrHandshake), errors.Is(err, ErrAuth):
 	default:
 		n.m.badFrames.Inc()
@@ -330,6 +332,15 @@ func (h *loopHandler) OnTick() (time.Duration, gnet.Action) {
 	return min(n.cfg.HandshakeTimeout/4, time.Second), gnet.None
 }
 
+// priorityFits reports whether a request of priority prio belongs on ch:
+// priority p travels on ChanPrio1+p-1, priority 0 on a service channel.
+func priorityFits(ch Channel, prio uint8) bool {
+	if ch <= ChanPrio4 {
+		return prio == uint8(ch-ChanPrio1)+1
+	}
+	return prio == 0
+}
+
 func (c *conn) peerNum() NodeNum {
 	if c.peer == nil {
 		return 0
@@ -366,10 +377,20 @@ func (c *conn) handleFrame(f *framing.Frame) error {
 		if c.outbound || c.channel == ChanReply || c.channel == ChanReplyPrio {
 			return fmt.Errorf("%s frame on %s connection", f.Type, c.channel)
 		}
+		if !priorityFits(c.channel, f.Priority) {
+			// A priority-0 frame on a priority channel would bypass credit.
+			return fmt.Errorf("%s frame of priority %d on %s connection", f.Type, f.Priority, c.channel)
+		}
+		if err := c.spend(framing.HeaderSize + len(f.Payload)); err != nil {
+			return err
+		}
 		c.n.serveFrame(c, f)
 	case framing.TypeReply:
 		if c.outbound || (c.channel != ChanReply && c.channel != ChanReplyPrio) {
 			return fmt.Errorf("reply on %s connection", c.channel)
+		}
+		if (c.channel == ChanReplyPrio) != (f.Priority > 0) {
+			return fmt.Errorf("reply of priority %d on %s connection", f.Priority, c.channel)
 		}
 		c.n.completeReply(c, f)
 	case framing.TypeCredit:

@@ -114,10 +114,11 @@ type peer struct {
 
 	replies [2]replyQueue // for ChanReply and ChanReplyPrio, while the loop's replies wait for a dial
 
-	linkGen     atomic.Uint64 // bumped on every loss; connections of an older link are stale
-	inflight    atomic.Int64  // requests from this peer admitted and not yet finished
-	down        atomic.Bool   // declared down: calls fail fast until NodeUp
-	incarnation atomic.Uint64 // the peer's boot incarnation, from its hellos
+	linkGen       atomic.Uint64 // bumped on every loss; connections of an older link are stale
+	inflight      atomic.Int64  // requests from this peer admitted and not yet finished
+	inflightBytes atomic.Int64  // their memCost
+	down          atomic.Bool   // declared down: calls fail fast until NodeUp
+	incarnation   atomic.Uint64 // the peer's boot incarnation, from its hellos
 }
 
 // New validates cfg and builds a node. Nothing listens until Start.

@@ -16,14 +16,13 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 	p := c.peer
 	cost := framing.HeaderSize + len(f.Payload)
 	n.m.framesInByPrio[f.Priority].Inc()
-	if !c.admit(cost, f.Flags) {
+	if !c.admit(cost, &f.Header) {
 		// A peer that floods (priority channels are never throttled) is
 		// answered "busy" instead of queueing without bound.
-		n.m.limitInflight.Inc()
 		if f.Type == framing.TypeRequest {
 			n.sendReply(nil, p, c.linkGen, &f.Header, nil, StatusBusy, []byte("too many requests in flight from this node"))
 		}
-		c.finished(cost)
+		c.finished(cost, &f.Header)
 		return
 	}
 	svc := n.lookupService(f.Service)
@@ -42,7 +41,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 			msg := fmt.Sprintf("service %s proc %d version %d on node %d", f.Service, f.Proc, f.SvcVersion, n.cfg.Node)
 			n.sendReply(nil, p, c.linkGen, &f.Header, nil, status, []byte(msg))
 		}
-		c.finished(cost)
+		c.finished(cost, &f.Header)
 		return
 	}
 
@@ -53,7 +52,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 			c.scratch, err = n.codec.Decompress(c.scratch[:0], &f.Header, f.Payload)
 			if err != nil {
 				n.replyDecodeError(c, &f.Header, err)
-				c.finished(cost)
+				c.finished(cost, &f.Header)
 				return
 			}
 			args = c.scratch
@@ -67,7 +66,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 			n.sendReply(nil, p, c.linkGen, &f.Header, svc, statusFor(err), replyBody(err, c.resp.Body))
 		}
 		c.resp.Body = trimBuffer(c.resp.Body)
-		c.finished(cost)
+		c.finished(cost, &f.Header)
 		return
 	}
 
@@ -79,7 +78,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		if err != nil {
 			n.putBuf(bp)
 			n.replyDecodeError(c, &f.Header, err)
-			c.finished(cost)
+			c.finished(cost, &f.Header)
 			return
 		}
 	} else {
@@ -109,7 +108,7 @@ func (n *Node) runJob(w *handle, j *job) {
 		n.sendReply(n.ctx, j.from, j.conn.linkGen, &j.hdr, j.svc, statusFor(err), replyBody(err, w.resp.Body))
 	}
 	w.resp.Body = trimBuffer(w.resp.Body)
-	j.conn.finished(j.cost)
+	j.conn.finished(j.cost, &j.hdr)
 }
 
 func (n *Node) replyDecodeError(c *conn, h *framing.Header, err error) {
