@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"maps"
 	"slices"
 	"time"
 
@@ -124,6 +125,8 @@ type Core struct {
 	echo        echoState
 	cbDone      map[TransitionID][]string // callback reports made, resent to a new master
 	fenceReason string
+	force       forceState
+	handedAt    int64 // last leadership transfer started by handOver
 
 	m *masterState // while raft leader
 
@@ -139,6 +142,29 @@ type Core struct {
 type echoState struct {
 	lead        NodeNum
 	term, stamp uint64
+}
+
+// forceState is a pending forced election after crash proof of the leader.
+type forceState struct {
+	leader NodeNum
+	term   uint64
+	at     int64
+}
+
+// maybeForce starts the forced election when its turn came, unless raft
+// moved on (someone else campaigned, or a leader is back).
+func (c *Core) maybeForce() {
+	f := c.force
+	if f.leader == 0 || c.now < f.at {
+		return
+	}
+	c.force = forceState{}
+	st := c.rn.BasicStatus()
+	if !c.campaigns() || st.RaftState != raft.StateFollower || st.GetTerm() != f.term || (st.Lead != uint64(f.leader) && st.Lead != 0) {
+		return
+	}
+	_ = c.rn.Step(&raftpb.Message{Type: raftpb.MsgTimeoutNow.Enum(), From: new(uint64(f.leader)),
+		To: new(uint64(c.self)), Term: new(f.term)})
 }
 
 // NewCore builds a core from cfg.
@@ -233,8 +259,9 @@ func (c *Core) startRaft() error {
 	return nil
 }
 
-// campaigns reports whether this node may lead: a fenced, departed or failed
-// node never becomes master again (it still votes and stores the log).
+// campaigns reports whether this node may be master: a fenced, departed or
+// failed node never is again (it still votes and stores the log, and hands
+// raft leadership on if it gets it).
 func (c *Core) campaigns() bool { return c.phase == phaseJoining || c.phase == phaseMember }
 
 // Tick advances the core's clock by one Timing.Tick. A runner whose process
@@ -242,8 +269,12 @@ func (c *Core) campaigns() bool { return c.phase == phaseJoining || c.phase == p
 // any Step, so that an expired lease is noticed before a message is handled.
 func (c *Core) Tick() {
 	c.now++
-	if c.rn != nil && c.campaigns() {
+	if c.rn != nil {
+		// Raft ticks even on a node that may not lead any more: its vote
+		// and its election timer keep the others' elections going.
 		c.rn.Tick()
+		c.maybeForce()
+		c.handOver()
 	}
 	switch c.phase {
 	case phaseJoining:
@@ -462,7 +493,7 @@ func (c *Core) reportCallbacks(id TransitionID) {
 // resendCallbackReports sends a new master the reports of transitions still
 // in progress: it cannot know who reported to its predecessor.
 func (c *Core) resendCallbackReports() {
-	for id := range c.cbDone {
+	for _, id := range slices.Sorted(maps.Keys(c.cbDone)) {
 		h := c.st.History(id - 1)
 		if len(h) == 0 {
 			continue
@@ -514,10 +545,22 @@ func (c *Core) crashProof(n NodeNum, inc uint64) {
 	if c.rn != nil && c.campaigns() {
 		if st := c.rn.BasicStatus(); st.RaftState == raft.StateFollower && st.Lead == uint64(n) {
 			// The leader's process is gone, so it grants nothing any more:
-			// campaign now as if it had handed leadership over, rather than
-			// wait an election timeout (docs/CLMS.md, "Forced election").
-			_ = c.rn.Step(&raftpb.Message{Type: raftpb.MsgTimeoutNow.Enum(), From: new(uint64(n)),
-				To: new(uint64(c.self)), Term: new(st.GetTerm())})
+			// campaign as if it had handed leadership over, rather than wait
+			// an election timeout (docs/CLMS.md, "Forced election"). The
+			// voters after it take turns, two ticks apart, so that they do
+			// not split the vote when all see the proof at once.
+			rank := int64(0)
+			for i := 1; i < len(c.voters); i++ {
+				v := c.voters[(slices.Index(c.voters, n)+i)%len(c.voters)]
+				if v == c.self {
+					break
+				}
+				if c.gone[v] < c.peerInc[v] || c.peerInc[v] == 0 {
+					rank++ // a voter before us that may be alive
+				}
+			}
+			c.force = forceState{leader: n, term: st.GetTerm(), at: c.now + 2*rank}
+			c.maybeForce()
 			return
 		}
 	}
@@ -732,7 +775,7 @@ func (c *Core) applyRecord(r Record) bool {
 				c.lease = 0
 				c.updateLease()
 				c.act(Action{Kind: ActLeft, Node: c.self, Inc: c.inc})
-				c.handOver()
+				c.dropMaster()
 			}
 		case StateGoingDown, StateKCleanup, StateUCleanup, StateDown:
 			c.fence(fmt.Sprintf("declared down (%s, transition %d)", t.Cause, t.ID))
@@ -753,23 +796,34 @@ func (c *Core) applyRecord(r Record) bool {
 	return true
 }
 
-// handOver passes raft leadership on after this master left or fenced.
+// handOver passes raft leadership on while this node may not be master
+// (fenced, left): to the most up-to-date voter raft heard from recently that
+// is a member, again each election timeout until a transfer succeeds.
 func (c *Core) handOver() {
-	if c.rn == nil || c.rn.BasicStatus().RaftState != raft.StateLeader {
+	if c.campaigns() || c.rn.BasicStatus().RaftState != raft.StateLeader || c.now-c.handedAt < c.t.election {
 		return
 	}
+	c.handedAt = c.now
+	st := c.rn.Status()
+	best, bestMatch := NodeNum(0), uint64(0)
 	for _, v := range c.voters {
-		if v != c.self {
-			c.rn.TransferLeader(uint64(v))
-			break
+		pr, ok := st.Progress[uint64(v)]
+		if mem := c.st.members[v]; v == c.self || !ok || !pr.RecentActive || !mem.State.IsMember() || c.gone[v] >= mem.Incarnation {
+			continue
+		}
+		if best == 0 || pr.Match > bestMatch {
+			best, bestMatch = v, pr.Match
 		}
 	}
-	c.dropMaster()
+	if best != 0 {
+		c.rn.TransferLeader(uint64(best))
+	}
 }
 
 func (c *Core) dropMaster() {
-	if c.m != nil {
-		c.m = nil
+	c.m = nil
+	if c.rn != nil {
+		c.handedAt = -1 << 40
 		c.handOver()
 	}
 }

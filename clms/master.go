@@ -2,6 +2,7 @@ package clms
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 )
 
@@ -110,8 +111,8 @@ func (c *Core) masterReady() {
 func (c *Core) tickMaster() {
 	m := c.m
 	last := c.st.LastSeq()
-	for _, mem := range c.st.members {
-		n := mem.Node
+	for _, n := range c.st.nodes { // in order: the simulator replays runs exactly
+		mem := c.st.members[n]
 		if n == c.self {
 			continue
 		}
@@ -142,8 +143,8 @@ func (c *Core) tickMaster() {
 			c.maybePush(n, w)
 		}
 	}
-	for _, wt := range m.waits {
-		if c.now-wt.started >= c.t.callback {
+	for _, id := range slices.Sorted(maps.Keys(m.waits)) {
+		if wt := m.waits[id]; c.now-wt.started >= c.t.callback {
 			missing := slices.Sorted(func(yield func(NodeNum) bool) {
 				for n := range wt.expect {
 					if !yield(n) {
@@ -284,8 +285,8 @@ func (c *Core) masterApplied(r Record) {
 		c.startWait(t)
 	case StateGoingDown, StateShutdown:
 		c.propose(Transition{Node: t.Node, Incarnation: t.Incarnation, From: t.To, To: StateKCleanup, Cause: CauseCleanupDone})
-		for _, wt := range c.m.waits {
-			if wt.expect[t.Node] {
+		for _, id := range slices.Sorted(maps.Keys(c.m.waits)) {
+			if wt := c.m.waits[id]; wt != nil && wt.expect[t.Node] {
 				delete(wt.expect, t.Node)
 				if len(wt.expect) == 0 {
 					c.completeWait(wt)
@@ -295,9 +296,9 @@ func (c *Core) masterApplied(r Record) {
 	case StateUCleanup:
 		c.propose(Transition{Node: t.Node, Incarnation: t.Incarnation, From: t.To, To: StateDown, Cause: CauseCleanupDone})
 	}
-	for n, w := range c.m.watch {
+	for _, n := range slices.Sorted(maps.Keys(c.m.watch)) {
 		if !c.eligible[n] {
-			c.maybePush(n, w)
+			c.maybePush(n, c.m.watch[n])
 		}
 	}
 }

@@ -15,6 +15,7 @@ package clmstest
 import (
 	"container/heap"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"time"
@@ -234,7 +235,7 @@ func (s *Sim) Crash(num clms.NodeNum) {
 		return
 	}
 	n.Dead, n.Paused = true, false
-	for peer := range n.connected {
+	for _, peer := range slices.Sorted(maps.Keys(n.connected)) {
 		p := s.byNum[peer]
 		pinc := p.Inc
 		s.after(s.delay(num, peer), func() {
