@@ -572,6 +572,11 @@ func (c *Core) crashProof(n NodeNum, inc uint64) {
 func (c *Core) act(a Action) { c.actions = append(c.actions, a) }
 
 func (c *Core) send(m Message) {
+	if m.To == c.self || m.To == 0 {
+		// To ourselves while our own mastership is not ready (a report, a
+		// leave): the tick that retries, or masterReady, handles it.
+		return
+	}
 	m.From, m.FromInc = c.self, c.inc
 	if c.m != nil {
 		m.Stamp = uint64(c.now)

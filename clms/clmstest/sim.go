@@ -85,7 +85,8 @@ type Node struct {
 
 // TimedAction is an action with the simulated time it was handed out.
 type TimedAction struct {
-	At time.Duration
+	At  time.Duration
+	Inc uint64 // the incarnation that was handed the action
 	clms.Action
 }
 
@@ -331,7 +332,7 @@ func (s *Sim) drain(n *Node) {
 }
 
 func (s *Sim) action(n *Node, a clms.Action) {
-	n.Actions = append(n.Actions, TimedAction{At: s.Now, Action: a})
+	n.Actions = append(n.Actions, TimedAction{At: s.Now, Inc: n.Inc, Action: a})
 	if s.opt.Verbose {
 		s.tb.Logf("%8v node %d inc %d: %v", s.Now, n.Num, n.Inc, a)
 	}
@@ -523,10 +524,12 @@ func (n *Node) Fenced() bool {
 	return f
 }
 
-// Has reports whether n was handed an action of kind k (about node about,
-// if nonzero).
+// Has reports whether n's current incarnation was handed an action of kind k
+// (about node about, if nonzero).
 func (n *Node) Has(k clms.ActionKind, about clms.NodeNum) bool {
-	return slices.ContainsFunc(n.Actions, func(a TimedAction) bool { return a.Kind == k && (about == 0 || a.Node == about) })
+	return slices.ContainsFunc(n.Actions, func(a TimedAction) bool {
+		return a.Inc == n.Inc && a.Kind == k && (about == 0 || a.Node == about)
+	})
 }
 
 // Dump describes every node for a failure message.
