@@ -2,7 +2,6 @@ package clusterapi
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -248,11 +247,11 @@ func (s *Server) WaitTransitions(ctx context.Context, after uint64, max uint32, 
 	defer s.waiters.Add(-1)
 	wctx, cancel := context.WithTimeout(ctx, min(time.Duration(waitMillis)*time.Millisecond, s.cfg.MaxWait))
 	defer cancel()
-	if err := s.backend.WaitTransition(wctx, clms.TransitionID(after)); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		// The node is closing (ctx cancelled) or the backend failed:
-		// either way there is nothing to return.
-		return nil, err
+	if err := s.backend.WaitTransition(wctx, clms.TransitionID(after)); err != nil && wctx.Err() == nil {
+		return nil, err // the backend failed
 	}
+	// Woken, out of time, or the node is closing: answer with what there
+	// is, so that the caller just polls again.
 	ts, err = s.transitions(clms.TransitionID(after), n)
 	return wireTransitions(ts), err
 }
