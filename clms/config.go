@@ -586,7 +586,8 @@ func pathErrText(err error) string {
 }
 
 // EngineConfig is engine.DefaultConfig with this node's number, cluster,
-// listen address, peers and security filled in.
+// listen address, peers and security filled in: Security from the keys, or
+// Insecure in insecure mode.
 func (s *NodeSettings) EngineConfig() engine.Config {
 	cfg := engine.DefaultConfig()
 	cfg.Node = s.Self.Num
@@ -599,6 +600,7 @@ func (s *NodeSettings) EngineConfig() engine.Config {
 		}
 	}
 	cfg.Security = s.Security
+	cfg.Insecure = s.Security == nil // security.mode = "insecure", said on purpose in the file
 	return cfg
 }
 

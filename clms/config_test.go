@@ -11,8 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/clusterinfra/ci/clms"
 	"github.com/clusterinfra/ci/engine"
+	"github.com/clusterinfra/ci/engine/enginetest"
 )
 
 // baseDoc is a valid configuration; the rejection cases each change one
@@ -398,7 +401,7 @@ func TestForNode(t *testing.T) {
 		t.Fatalf("security %+v", sec)
 	}
 	ec := s.EngineConfig()
-	if ec.Node != 2 || ec.Cluster != "test" || ec.ListenAddr != "127.0.0.2:7100" || ec.Security != sec ||
+	if ec.Node != 2 || ec.Cluster != "test" || ec.ListenAddr != "127.0.0.2:7100" || ec.Security != sec || ec.Insecure ||
 		!reflect.DeepEqual(ec.Peers, map[clms.NodeNum]string{1: "127.0.0.1:7100", 3: "127.0.0.3:7100"}) ||
 		ec.MaxChannels != engine.DefaultConfig().MaxChannels {
 		t.Fatalf("engine config %+v", ec)
@@ -406,7 +409,7 @@ func TestForNode(t *testing.T) {
 
 	// Insecure: no keys are read, Security is nil.
 	c = writeConfig(t, dir, edit(t, `mode = "encrypt"`, `mode = "insecure"`))
-	if s, err = c.ForNode(1); err != nil || s.Security != nil || s.EngineConfig().Security != nil {
+	if s, err = c.ForNode(1); err != nil || s.Security != nil || s.EngineConfig().Security != nil || !s.EngineConfig().Insecure {
 		t.Fatalf("insecure: %+v %v", s, err)
 	}
 	c = writeConfig(t, dir, edit(t, `mode = "encrypt"`, `mode = "authenticate"`))
@@ -493,51 +496,58 @@ func copyFile(t *testing.T, from, to string) {
 	write(t, to, string(b), 0o644)
 }
 
-// TestEngineConfigRuns: two nodes started from one cluster.toml in encrypt
-// mode reach each other, so the keys, peers and names ForNode maps are the
-// ones the engine needs.
+// TestEngineConfigRuns: two nodes started from one cluster.toml reach each
+// other in every security mode, so the keys, peers, names and the explicit
+// insecure mode ForNode maps are what the engine needs.
 func TestEngineConfigRuns(t *testing.T) {
-	dir := t.TempDir()
-	keyDir(t, dir)
-	c := writeConfig(t, dir, baseDoc)
-	var nodes []*engine.Node
-	for n := clms.NodeNum(1); n <= 2; n++ {
-		s, err := c.ForNode(n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg := s.EngineConfig()
-		cfg.ListenAddr = fmt.Sprintf("127.0.0.%d:0", n) // the file's fixed ports may be taken on a test machine
-		cfg.EventLoops = 1
-		node, err := engine.New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := node.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { node.Close() })
-		nodes = append(nodes, node)
-	}
-	for i, n := range nodes {
-		if err := n.SetPeer(nodes[1-i].Num(), nodes[1-i].Addr()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	svc := engine.ServiceOn(engine.ChanFirstService, 0)
-	if err := nodes[1].Register(engine.Service{ID: svc, Inline: true, Procs: []engine.Handler{
-		func(_ context.Context, req *engine.Request, resp *engine.Response) error {
-			resp.Body = append(resp.Body, byte(req.From))
-			return nil
-		},
-	}}); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	got, err := nodes[0].Call(ctx, 2, engine.Method{Service: svc}, nil, nil)
-	if err != nil || len(got) != 1 || got[0] != 1 {
-		t.Fatalf("call over the configured security: %v %v", got, err)
+	for _, mode := range []string{"encrypt", "authenticate", "insecure"} {
+		t.Run(mode, func(t *testing.T) {
+			// Registered first, so it runs after the nodes' Close: the
+			// package's TestMain is the core's to write (one per binary).
+			t.Cleanup(func() { goleak.VerifyNone(t, enginetest.LeakOptions()...) })
+			dir := t.TempDir()
+			keyDir(t, dir)
+			c := writeConfig(t, dir, edit(t, `mode = "encrypt"`, `mode = "`+mode+`"`))
+			var nodes []*engine.Node
+			for n := clms.NodeNum(1); n <= 2; n++ {
+				s, err := c.ForNode(n)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cfg := s.EngineConfig()
+				cfg.ListenAddr = fmt.Sprintf("127.0.0.%d:0", n) // the file's fixed ports may be taken on a test machine
+				cfg.EventLoops = 1
+				node, err := engine.New(cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := node.Start(); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { node.Close() })
+				nodes = append(nodes, node)
+			}
+			for i, n := range nodes {
+				if err := n.SetPeer(nodes[1-i].Num(), nodes[1-i].Addr()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			svc := engine.ServiceOn(engine.ChanFirstService, 0)
+			if err := nodes[1].Register(engine.Service{ID: svc, Inline: true, Procs: []engine.Handler{
+				func(_ context.Context, req *engine.Request, resp *engine.Response) error {
+					resp.Body = append(resp.Body, byte(req.From))
+					return nil
+				},
+			}}); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			got, err := nodes[0].Call(ctx, 2, engine.Method{Service: svc}, nil, nil)
+			if err != nil || len(got) != 1 || got[0] != 1 {
+				t.Fatalf("call over the configured security: %v %v", got, err)
+			}
+		})
 	}
 }
 

@@ -173,7 +173,7 @@ func TestWatchServerRestart(t *testing.T) {
 	// A new node 2 on the same address, with a fresh backend that has the
 	// history (as a restarted node relearns it), then more transitions.
 	cfg := engine.DefaultConfig()
-	cfg.Node, cfg.Cluster, cfg.ListenAddr, cfg.EventLoops = 2, "test", addr, 1
+	cfg.Node, cfg.Cluster, cfg.ListenAddr, cfg.EventLoops, cfg.Insecure = 2, "test", addr, 1, true
 	cfg.Peers = map[engine.NodeNum]string{1: nodes[0].Addr()}
 	n2, err := engine.New(cfg)
 	if err != nil {
