@@ -185,11 +185,14 @@ func (c *Client) Watch(ctx context.Context, to clms.NodeNum, from clms.Transitio
 				yield(clms.Transition{}, err)
 				return
 			}
-			wait := o.Wait
-			if dl, ok := ctx.Deadline(); ok {
-				wait = max(0, min(wait, time.Until(dl)-o.Slack))
+			wait, pctx, cancel := o.Wait, ctx, context.CancelFunc(func() {})
+			if dl, ok := ctx.Deadline(); ok && time.Until(dl) < o.Wait+o.Slack {
+				// ctx ends first: let the server wait until then, rather
+				// than poll again and again in the last moments.
+				wait = max(0, time.Until(dl))
+			} else {
+				pctx, cancel = context.WithTimeout(ctx, o.Wait+o.Slack)
 			}
-			pctx, cancel := context.WithTimeout(ctx, wait+o.Slack)
 			ts, err := c.WaitTransitions(pctx, to, last, o.Batch, wait)
 			cancel()
 			if err != nil {

@@ -348,3 +348,40 @@ func TestWatchBrokenServer(t *testing.T) {
 		t.Fatalf("delivered %v, ended with %v", ids, end)
 	}
 }
+
+// counting counts the long polls that reach a real server.
+type counting struct {
+	*Server
+	polls atomic.Int32
+}
+
+func (c *counting) WaitTransitions(ctx context.Context, after uint64, max uint32, waitMillis uint32) ([]WireTransition, error) {
+	c.polls.Add(1)
+	return c.Server.WaitTransitions(ctx, after, max, waitMillis)
+}
+
+// TestWatchNearDeadline: a watch whose context ends sooner than a poll
+// would lasts asks the server to wait until then, instead of polling in a
+// loop in the last moments.
+func TestWatchNearDeadline(t *testing.T) {
+	nodes := enginetest.StartCluster(t, 2, nil)
+	b := newMem(t, 0, 1, 2)
+	srv := &Server{node: nodes[1], backend: b, cfg: Config{MaxNodes: 2}}
+	if err := srv.cfg.validate(); err != nil {
+		t.Fatal(err)
+	}
+	cs := &counting{Server: srv}
+	if err := RegisterAPI(nodes[1], cs); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	for _, err := range NewClient(nodes[0]).Watch(ctx, 2, 0, nil) {
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("watch ended with %v", err)
+		}
+	}
+	if n := cs.polls.Load(); n > 2 {
+		t.Fatalf("%d polls in the watch's last half second, want 1 (2 if the first came back empty early)", n)
+	}
+}
