@@ -14,7 +14,7 @@ import (
 
 // serve starts count nodes and serves the cluster API on node 2 from a
 // MemBackend whose node table is 1..3 (3 never starts: NEVERUP).
-func serve(t *testing.T, cfg Config) ([]*engine.Node, *MemBackend, *Server) {
+func serve(t testing.TB, cfg Config) ([]*engine.Node, *MemBackend, *Server) {
 	t.Helper()
 	nodes := enginetest.StartCluster(t, 2, nil)
 	b := newMem(t, 0, 1, 2, 3)
