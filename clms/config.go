@@ -852,7 +852,11 @@ func decodeError(name string, pos *posIndex, err error) error {
 	case errors.As(err, &de):
 		line, col := de.Position()
 		field := pos.fieldAt(line, col, de.Key())
-		return &ConfigError{File: name, Line: line, Column: col, Field: field, Msg: friendlyDecodeMsg(de.Error())}
+		msg := friendlyDecodeMsg(de.Error())
+		if parent, key := splitField(field); parent == "timing" && key != "profile" && strings.HasPrefix(msg, "want a string") {
+			msg = strings.Replace(msg, "want a string", `want a duration in quotes, such as "250ms" or "2s"`, 1)
+		}
+		return &ConfigError{File: name, Line: line, Column: col, Field: field, Msg: msg}
 	}
 	return &ConfigError{File: name, Msg: err.Error()}
 }

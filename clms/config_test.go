@@ -177,6 +177,8 @@ func TestParseConfigRejects(t *testing.T) {
 			`cluster.toml:12:1: timing.heartbeat: "90 ms" is not a duration: want a Go duration such as "250ms" or "2s"`},
 		{"duration without unit", edit(t, `"90ms"`, `"90"`),
 			`cluster.toml:12:1: timing.heartbeat: "90" is not a duration: want a Go duration such as "250ms" or "2s"`},
+		{"duration as a number", edit(t, `"90ms"`, `90`),
+			`cluster.toml:12:13: timing.heartbeat: want a duration in quotes, such as "250ms" or "2s", not a TOML integer`},
 		{"negative duration", edit(t, `"90ms"`, `"-90ms"`),
 			`cluster.toml:12:1: timing.heartbeat: "-90ms": must be positive`},
 		{"timing that fails Validate", edit(t, `"90ms"`, `"200ms"`),
