@@ -149,8 +149,9 @@ type API interface {
 	// WaitTransitions returns the transitions after id after, oldest first,
 	// at most max of them; when there are none yet it waits for one up to
 	// waitMillis (capped by the server's Config.MaxWait), then returns
-	// what there is, possibly nothing. A watch is a loop of these (CI's
-	// SIGCLUSTER), see Client.Watch.
+	// what there is, possibly nothing. Only at priority 0: a request at
+	// priority that would wait is ErrInvalid. A watch is a loop of these
+	// (CI's SIGCLUSTER), see Client.Watch.
 	//
 	//icsgen:proc 10
 	WaitTransitions(ctx context.Context, after uint64, max uint32, waitMillis uint32) ([]WireTransition, error)

@@ -245,3 +245,35 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestWaitNotAtPriority: a long poll sent at a priority would hold one of
+// the node's shared priority handles, so the server refuses to wait on it;
+// Client sends at priority 0 whatever the context says, so its waits work
+// from a priority context (or a handler) too.
+func TestWaitNotAtPriority(t *testing.T) {
+	nodes, b, srv := serve(t, DefaultConfig())
+	ctx := enginetest.Context(t, 20*time.Second)
+	prio := engine.WithPriority(ctx, 2)
+	if _, err := NewAPIClient(nodes[0]).WaitTransitions(prio, 2, 0, 10, 60000); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "priority 2") {
+		t.Fatalf("wait at priority 2: %v", err)
+	}
+	// Not waiting is fine at any priority.
+	if ts, err := NewAPIClient(nodes[0]).WaitTransitions(prio, 2, 0, 10, 0); err != nil || len(ts) != 0 {
+		t.Fatalf("no-wait poll at priority 2: %v %v", ts, err)
+	}
+	got := make(chan []clms.Transition, 1)
+	go func() {
+		ts, err := NewClient(nodes[0]).WaitTransitions(prio, 2, 0, 10, time.Minute)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- ts
+	}()
+	enginetest.Eventually(t, "the client's wait on the server", func() bool { return srv.waiters.Load() == 1 })
+	if err := b.Append(newHistory().next(3)); err != nil {
+		t.Fatal(err)
+	}
+	if ts := <-got; len(ts) != 1 || ts[0].Node != 3 {
+		t.Fatalf("wait from a priority context: %v", ts)
+	}
+}

@@ -88,13 +88,15 @@ func (c *Client) NodeAvail(ctx context.Context, to, n clms.NodeNum) (bool, error
 
 // WaitTransitions returns the transitions after after, at most limit, waiting
 // up to wait on node to for the first if there is none yet. ctx must allow
-// more than wait.
+// more than wait. It is sent at priority 0 whatever ctx says (inside a
+// handler too): a server refuses to wait on a priority request, whose
+// handles the whole node shares.
 func (c *Client) WaitTransitions(ctx context.Context, to clms.NodeNum, after clms.TransitionID, limit int, wait time.Duration) ([]clms.Transition, error) {
 	if limit <= 0 || limit > 1<<31 {
 		return nil, fmt.Errorf("%w: a batch of %d", ErrInvalid, limit)
 	}
 	ms := max(0, min(wait.Milliseconds(), 1<<31))
-	ws, err := c.api.WaitTransitions(ctx, to, uint64(after), uint32(limit), uint32(ms))
+	ws, err := c.api.WaitTransitions(engine.WithPriority(ctx, 0), to, uint64(after), uint32(limit), uint32(ms))
 	if err != nil {
 		return nil, err
 	}

@@ -240,6 +240,11 @@ func (s *Server) WaitTransitions(ctx context.Context, after uint64, max uint32, 
 	if err != nil || len(ts) > 0 || waitMillis == 0 {
 		return wireTransitions(ts), err
 	}
+	if p := engine.PriorityFrom(ctx); p > 0 {
+		// Requests at priority run on the node's shared priority handles,
+		// which CLMS's own traffic needs: a long poll must not sit on one.
+		return nil, fmt.Errorf("%w: a wait at priority %d would hold a shared priority handle; wait at priority 0", ErrInvalid, p)
+	}
 	if s.waiters.Add(1) > int32(s.cfg.MaxWaiters) {
 		s.waiters.Add(-1)
 		return nil, fmt.Errorf("%w: %d waiting", ErrBusy, s.cfg.MaxWaiters)
