@@ -1,12 +1,12 @@
 package gen
 
 import (
-	"errors"
-	"go/scanner"
 	"bytes"
+	"errors"
 	"fmt"
 	"go/ast"
 	"go/parser"
+	"go/scanner"
 	"go/token"
 	"os"
 	"path/filepath"
