@@ -53,6 +53,10 @@ Example, as a line next to the interface:
 
   //go:generate go run ../../tools/icsgen -i kv.go -t KV -o kv_ics.go
 
+or, in another module, after "go get -tool github.com/clusterinfra/ci/tools/icsgen":
+
+  //go:generate go tool icsgen -t KV
+
 or by hand from the repository root:
 
   go run ./tools/icsgen -i services/examplesvc/kv.go -t KV

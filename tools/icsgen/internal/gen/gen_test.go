@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"go.uber.org/goleak"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden from the generator's output")
@@ -226,3 +228,5 @@ func TestLowerIdent(t *testing.T) {
 		}
 	}
 }
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
