@@ -3,10 +3,12 @@ package engine
 import (
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"golang.org/x/sys/unix"
 
 	"github.com/clusterinfra/ci/framing"
 )
@@ -109,13 +111,23 @@ type Config struct {
 	DisableEscalation bool
 
 	// Security turns on mutual authentication (and optionally encryption)
-	// of every connection. nil leaves ICS open to anyone who can reach
-	// ListenAddr and knows a member's number: for tests and closed networks.
+	// of every connection. Without it a node must say Insecure: New refuses
+	// a Config that sets neither, so that running open is always a choice.
 	Security *Security
+	// Insecure runs the node without authentication: anyone who can reach
+	// ListenAddr and knows a member's number is taken for that member. For
+	// tests and closed networks only (the counterpart of grpc's
+	// insecure.NewCredentials()). Exactly one of Security and Insecure.
+	Insecure bool
 
 	// Limits against hostile or broken peers; each one that triggers counts
 	// in ci_ics_limit_hits_total.
 	MaxUnauthPerSource int // connections from one IP still in their handshake
+	// MaxConnections bounds the accepted connections open at once,
+	// handshaking or not; later ones are reset at once. Each costs two
+	// descriptors, and running out of descriptors must never be what
+	// stops a flood (see acceptLoop).
+	MaxConnections     int
 	MaxInflightPerPeer int // requests from one peer received and not yet answered
 
 	Logger  *slog.Logger // nil: discard
@@ -136,6 +148,7 @@ func DefaultConfig() Config {
 		WriteMode:           WriteDirect,               // measured faster; BENCHMARKS.md
 		MaxPendingWrite:     8 << 20,                   // two max-size frames in flight, then senders feel it
 		MaxUnauthPerSource:  32,                        // a peer opens at most a dozen channels at once; a flood from one address is cut off
+		MaxConnections:      defaultMaxConnections(),   // half the descriptors (two per connection): the rest stays for dials and the process
 		MaxInflightPerPeer:  65536,                     // far above what credits let a well-behaved peer queue; bounds priority-channel floods
 		CreditWindow:        256 << 10,                 // a few hundred small RPCs or a few bulk chunks, small enough to bound memory per peer
 		MaxCreditWindow:     1 << 20,                   // enough in flight for one bulk stream to match raw TCP on loopback (BENCHMARKS.md); reached only while handlers keep up
@@ -179,12 +192,22 @@ func (c *Config) validate() error {
 	fill(&c.MaxCreditWindow, d.MaxCreditWindow)
 	fill(&c.MaxUnauthPerSource, d.MaxUnauthPerSource)
 	fill(&c.MaxInflightPerPeer, d.MaxInflightPerPeer)
-	if c.Security != nil {
+	fill(&c.MaxConnections, d.MaxConnections)
+	switch {
+	case c.Security == nil && !c.Insecure:
+		return fmt.Errorf("%w: no Security: set Config.Security, or Config.Insecure to run without authentication on purpose", ErrBadConfig)
+	case c.Security != nil && c.Insecure:
+		return fmt.Errorf("%w: both Security and Insecure are set", ErrBadConfig)
+	case c.Security != nil:
 		if err := c.Security.validate(); err != nil {
 			return err
 		}
 		c.Security = c.Security.clone()
 	}
+	// The node keeps these maps; the caller's must not change them behind
+	// the loops' backs.
+	c.Peers = maps.Clone(c.Peers)
+	c.ChannelWindows = maps.Clone(c.ChannelWindows)
 	if c.DialTimeout == 0 {
 		c.DialTimeout = d.DialTimeout
 	}
@@ -232,4 +255,15 @@ func (c *Config) window(ch Channel) int {
 		return w
 	}
 	return c.CreditWindow
+}
+
+// defaultMaxConnections is a quarter of RLIMIT_NOFILE: accepted connections
+// take two descriptors each (gnet's and the writer's dup), so they use at
+// most half, and dials, files and other nodes in the process keep the rest.
+func defaultMaxConnections() int {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil || rl.Cur == unix.RLIM_INFINITY || rl.Cur > 1<<24 {
+		return 1 << 16
+	}
+	return max(int(rl.Cur/4), 16)
 }

@@ -192,6 +192,7 @@ func securityFromKeyFiles(cfg *engine.Config) error {
 	if err != nil {
 		return err
 	}
+	cfg.Insecure = false // instead of the open mode above
 	cfg.Security = &engine.Security{
 		Mode:        engine.SecurityEncrypt, // or SecurityAuthenticate on trusted networks
 		NodeKey:     nk,

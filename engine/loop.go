@@ -34,11 +34,14 @@ func (h *loopHandler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		}
 		return nil, gnet.None
 	}
-	if n.closed.Load() {
+	if _, ok := gc.LocalAddr().(*net.UnixAddr); ok || n.closed.Load() {
+		// The loops' own unix listener is private; nothing should come
+		// through it (every TCP connection arrives from acceptLoop).
 		return nil, gnet.Close
 	}
 	c := n.newConn(false, nil, 0)
 	gc.SetContext(c)
+	n.accepted.Add(1) // OnClose undoes it, whatever happens from here
 	if err := c.attach(gc); err != nil {
 		n.log.Warn("cannot attach accepted connection", "remote", gc.RemoteAddr(), "err", err)
 		return nil, gnet.Close
@@ -219,6 +222,7 @@ func (h *loopHandler) OnClose(gc gnet.Conn, err error) gnet.Action {
 	n := h.n
 	c.markClosed()
 	if !c.outbound {
+		n.accepted.Add(-1)
 		n.pendingMu.Lock()
 		n.unpendLocked(c)
 		n.pendingMu.Unlock()

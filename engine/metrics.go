@@ -396,6 +396,7 @@ type nodeMetrics struct {
 	authFailures                                        *metrics.Counter
 	limitFrameSize, limitUnauthPerSource, limitInflight *metrics.Counter
 	limitHandshakeTimeout, limitDecompress              *metrics.Counter
+	limitDescriptors, limitConnections                  *metrics.Counter
 }
 
 func newNodeMetrics(set *metrics.Set, node NodeNum) *nodeMetrics {
@@ -426,6 +427,8 @@ func newNodeMetrics(set *metrics.Set, node NodeNum) *nodeMetrics {
 	m.limitHandshakeTimeout = c("ci_ics_limit_hits_total", `limit="handshake_timeout"`)
 	m.limitUnauthPerSource = c("ci_ics_limit_hits_total", `limit="unauth_per_source"`)
 	m.limitInflight = c("ci_ics_limit_hits_total", `limit="inflight_per_peer"`)
+	m.limitDescriptors = c("ci_ics_limit_hits_total", `limit="descriptors"`)
+	m.limitConnections = c("ci_ics_limit_hits_total", `limit="connections"`)
 	for p := range m.framesOutByPrio {
 		m.framesOutByPrio[p] = c("ci_ics_requests_by_priority_total", fmt.Sprintf(`direction="out",priority="%d"`, p))
 		m.framesInByPrio[p] = c("ci_ics_requests_by_priority_total", fmt.Sprintf(`direction="in",priority="%d"`, p))

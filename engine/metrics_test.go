@@ -409,7 +409,7 @@ func TestClientProcsBounded(t *testing.T) {
 // the client's lookup and observation, and the server's observation.
 func BenchmarkMetricsObserve(b *testing.B) {
 	cfg := DefaultConfig()
-	cfg.Node, cfg.Cluster, cfg.Peers = 1, "test", map[NodeNum]string{2: "127.0.0.2:1"}
+	cfg.Node, cfg.Cluster, cfg.Peers, cfg.Insecure = 1, "test", map[NodeNum]string{2: "127.0.0.2:1"}, true
 	n, err := New(cfg)
 	if err != nil {
 		b.Fatal(err)

@@ -15,6 +15,7 @@ func startNode(t *testing.T, num engine.NodeNum, addr string) *engine.Node {
 	t.Helper()
 	cfg := engine.DefaultConfig()
 	cfg.Node, cfg.Cluster, cfg.ListenAddr = num, "outside", addr
+	cfg.Insecure = true // a test on loopback: no keys
 	n, err := engine.New(cfg)
 	if err != nil {
 		t.Fatal(err)
