@@ -98,7 +98,8 @@ type Node struct {
 // service is a registered Service and its server handles.
 type service struct {
 	Service
-	pool *handlePool
+	pool    *handlePool
+	metrics []*procMetrics // indexed like Procs; nil where Procs is
 }
 
 // peer is what a node knows of one other member.
@@ -121,6 +122,8 @@ type peer struct {
 	inflightBytes atomic.Int64  // their memCost
 	down          atomic.Bool   // declared down: calls fail fast until NodeUp
 	incarnation   atomic.Uint64 // the peer's boot incarnation, from its hellos
+
+	m *peerMetrics // this node's calls to the peer
 }
 
 // prioPoolName names the priority channels' handles in metrics; no service
@@ -194,6 +197,7 @@ func (n *Node) newPeer(num NodeNum, addr string) *peer {
 		out:     make([]atomic.Pointer[conn], n.cfg.MaxChannels),
 		inbound: make(map[*conn]struct{}),
 		dialing: make([]chan struct{}, n.cfg.MaxChannels),
+		m:       n.m.forPeer(num),
 	}
 	p.addr.Store(&addr)
 	return p
@@ -417,6 +421,7 @@ func (n *Node) Register(s Service) error {
 	}
 	svc := &service{Service: s}
 	svc.Procs = append([]Handler(nil), s.Procs...)
+	svc.metrics = n.m.serverProcMetrics(&svc.Service)
 	svc.pool = newHandlePool(s.Name, s.MinHandles, s.MaxHandles, n.runJob)
 	if !n.services[ch][ss].CompareAndSwap(nil, svc) {
 		svc.pool.close()
