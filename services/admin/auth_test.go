@@ -132,3 +132,19 @@ func TestUnixSocket(t *testing.T) {
 		t.Fatalf("left in %s: %v", dir, ents)
 	}
 }
+
+func TestAddrFor(t *testing.T) {
+	for _, c := range []struct {
+		e    clms.NodeEntry
+		want string
+	}{
+		{clms.NodeEntry{Address: "127.0.0.3:7100", Admin: "unix:/run/a.sock"}, "unix:/run/a.sock"},
+		{clms.NodeEntry{Address: "127.0.0.3:7100"}, "127.0.0.3:" + admin.DefaultPort},
+		{clms.NodeEntry{Address: "10.0.0.3:7100"}, "127.0.0.1:" + admin.DefaultPort},
+		{clms.NodeEntry{Address: "node3.example:7100"}, "127.0.0.1:" + admin.DefaultPort},
+	} {
+		if got := admin.AddrFor(c.e); got != c.want {
+			t.Errorf("%+v: %s, want %s", c.e, got, c.want)
+		}
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/clusterinfra/ci/clms"
 )
 
 // UnixPrefix marks an admin address that is a Unix socket path.
@@ -161,4 +163,20 @@ func ReadToken(path string) (string, error) {
 		return "", fmt.Errorf("%w: token file %s must hold one token, a line without spaces", ErrConfig, path)
 	}
 	return tok, nil
+}
+
+// AddrFor is node e's admin address: the node table's, or the default,
+// DefaultPort on the node's ICS host when that is a loopback address
+// (several nodes on one machine, each on its own 127.0.0.x), else on
+// 127.0.0.1. cinode listens there and the cluster command looks there.
+func AddrFor(e clms.NodeEntry) string {
+	if e.Admin != "" {
+		return e.Admin
+	}
+	if host, _, err := net.SplitHostPort(e.Address); err == nil {
+		if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+			return net.JoinHostPort(host, DefaultPort)
+		}
+	}
+	return net.JoinHostPort("127.0.0.1", DefaultPort)
 }
