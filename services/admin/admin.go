@@ -279,3 +279,17 @@ func (s *Server) Close(ctx context.Context) error {
 	<-s.done
 	return err
 }
+
+// CheckConfig reports what New would refuse in cfg (a bad address, a
+// missing token or token file), without a source: for a daemon that checks
+// its whole configuration before it starts anything.
+func CheckConfig(cfg Config) error {
+	if err := cfg.fill(); err != nil {
+		return err
+	}
+	if cfg.TokenFile != "" {
+		_, err := ReadToken(cfg.TokenFile)
+		return err
+	}
+	return nil
+}
