@@ -268,7 +268,7 @@ func (f *FlowResult) WriteText(w io.Writer) error {
 		}
 	}
 	fmt.Fprintf(&b, "%d rounds x 4 phases x %s (warm-up %s per phase), %s messages, %d ICS senders, credit window %s\n",
-		f.Rounds, f.Duration, f.Warmup, bytesString(f.Size), f.Senders, bytesString(f.Window))
+		f.Rounds, f.Duration, f.Warmup, SizeString(f.Size), f.Senders, SizeString(f.Window))
 	fmt.Fprintf(&b, "%s %s/%s, %d CPUs, GOMAXPROCS %d, pinning %s", f.Env.GoVersion, f.Env.GOOS, f.Env.GOARCH,
 		f.Env.NumCPU, f.Env.GOMAXPROCS, pin)
 	if f.Env.Servers != "" {
@@ -335,8 +335,8 @@ func cpuPerMB(r BulkResult) string {
 	return fmt.Sprintf("%.2f+%.2f", float64(r.ClientCPU)/1e6/mb, float64(r.ServerCPU)/1e6/mb)
 }
 
-// bytesString is n in KiB or MiB when it divides evenly, else in bytes.
-func bytesString(n int) string {
+// SizeString is n in KiB or MiB when it divides evenly, else in bytes.
+func SizeString(n int) string {
 	switch {
 	case n >= 1<<20 && n%(1<<20) == 0:
 		return fmt.Sprintf("%d MiB", n>>20)
