@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
+	"strings"
 	"sync"
+	"text/tabwriter"
 	"time"
 
 	"github.com/clusterinfra/ci/engine"
@@ -257,4 +260,21 @@ func deadlockTrial(ctx context.Context, cfg DeadlockConfig, escalate bool) (out 
 		}
 	}
 	return out, nil
+}
+
+// WriteText renders both cases as a table.
+func (d *DeadlockResult) WriteText(w io.Writer) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "nested-RPC deadlock: %d trials per case, outer deadline %s, window %s\n",
+		d.Trials, us(d.Deadline), SizeString(d.Window))
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "escalation\toutcome\tcompleted\tstuck\tp50\tmax\tnested priority\t\n")
+	for _, c := range []DeadlockCase{d.Escalated, d.Unescalated} {
+		fmt.Fprintf(tw, "%v\t%s\t%d\t%d\t%s\t%s\t%d\t\n", c.Escalation, c.Outcome(), c.Completed, c.Stuck, us(c.P50), us(c.Max), c.NestedPriority)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
 }

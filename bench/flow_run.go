@@ -267,8 +267,12 @@ func (f *FlowResult) WriteText(w io.Writer) error {
 			pin += " (" + f.Env.Pinning + ")"
 		}
 	}
-	fmt.Fprintf(&b, "%d rounds x 4 phases x %s (warm-up %s per phase), %s messages, %d ICS senders, credit window %s\n",
-		f.Rounds, f.Duration, f.Warmup, SizeString(f.Size), f.Senders, SizeString(f.Window))
+	phases := 4
+	if f.RawLoadedP99 > 0 {
+		phases++ // the control
+	}
+	fmt.Fprintf(&b, "%d rounds x %d phases x %s (warm-up %s per phase), %s messages, %d ICS senders, credit window %s\n",
+		f.Rounds, phases, f.Duration, f.Warmup, SizeString(f.Size), f.Senders, SizeString(f.Window))
 	fmt.Fprintf(&b, "%s %s/%s, %d CPUs, GOMAXPROCS %d, pinning %s", f.Env.GoVersion, f.Env.GOOS, f.Env.GOARCH,
 		f.Env.NumCPU, f.Env.GOMAXPROCS, pin)
 	if f.Env.Servers != "" {
