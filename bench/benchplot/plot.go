@@ -104,6 +104,8 @@ func Throughput(cs []*bench.Comparison, path string) error {
 		p.Add(l, pts)
 		p.Legend.Add(ps.Peer, l, pts)
 	}
+	// Room around the first and last sizes, whose points sit on the frame.
+	p.X.Min, p.X.Max = p.X.Min/1.5, p.X.Max*1.5
 	return p.Save(width, height, path)
 }
 
