@@ -104,7 +104,7 @@ type PeerStats struct {
 // FastModeThreshold is the raw TCP p50 under which a round counts as raw
 // TCP's fast mode. On small VMs loopback ping-pong is bimodal: about 20 µs
 // when both processes stay on CPU, 40-60 µs when they sleep in between
-// (BENCHMARKS.md, "Bimodal latency"); 30 µs separates the two.
+// (docs/PERFORMANCE.md, "Bimodal latency"); 30 µs separates the two.
 const FastModeThreshold = 30 * time.Microsecond
 
 // Raw TCP's modes, as Round.RawMode says them.
