@@ -93,6 +93,9 @@ type PeerStats struct {
 	All         Summary       `json:"all_rounds"` // every round's histogram merged
 	// CDF is the merged histogram at fixed quantiles, for plots.
 	CDF []CDFPoint `json:"cdf,omitempty"`
+	// SlowCalls counts the calls of all rounds slower than
+	// SlowCallThreshold.
+	SlowCalls int64 `json:"calls_over_5ms"`
 	// Fast and Slow split the per-round ratios by raw TCP's mode in that
 	// round (see RawMode); nil when no round was in that mode or raw TCP
 	// did not run. A median over all rounds hides the fast-mode rounds when
@@ -100,6 +103,10 @@ type PeerStats struct {
 	Fast *ModeStats `json:"fast_mode,omitempty"`
 	Slow *ModeStats `json:"slow_mode,omitempty"`
 }
+
+// SlowCallThreshold is issue 10's stall: no call slower than this in
+// 100,000 on an idle machine.
+const SlowCallThreshold = 5 * time.Millisecond
 
 // FastModeThreshold is the raw TCP p50 under which a round counts as raw
 // TCP's fast mode. On small VMs loopback ping-pong is bimodal: about 20 µs
@@ -272,7 +279,7 @@ func summarize(rounds []Round, base int, merged []*Hist) []PeerStats {
 			RateRatio:   pick(rounds, func(r RoundResult) float64 { return r.RateRatio }),
 		}
 		if merged != nil && merged[i] != nil {
-			ps.All, ps.CDF = merged[i].Summary(), merged[i].CDF()
+			ps.All, ps.CDF, ps.SlowCalls = merged[i].Summary(), merged[i].CDF(), merged[i].CountAbove(SlowCallThreshold)
 		}
 		for _, mode := range []string{ModeFast, ModeSlow} {
 			in := slices.DeleteFunc(slices.Clone(rounds), func(r Round) bool { return r.RawMode != mode })
@@ -367,10 +374,11 @@ func (c *Comparison) WriteText(w io.Writer) error {
 
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 	bl := c.Baseline
-	fmt.Fprintf(tw, "peer\tp50\tp99\tp99.9\tmax\tcalls/s\tp50/%s\tp99/%s\tp99.9/%s\trate/%s\tp99.9 all\tmax all\t\n", bl, bl, bl, bl)
+	fmt.Fprintf(tw, "peer\tp50\tp99\tp99.9\tmax\tcalls/s\tp50/%s\tp99/%s\tp99.9/%s\trate/%s\tp99.9 all\tmax all\t>%s all\t\n",
+		bl, bl, bl, bl, us(SlowCallThreshold))
 	for _, p := range c.Peers {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%s\t%s\t\n", p.Peer, us(p.P50), us(p.P99),
-			us(p.P999), us(p.Max), p.CallsPerSec, p.P50Ratio, p.P99Ratio, p.P999Ratio, p.RateRatio, us(p.All.P999), us(p.All.Max))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%d\t\n", p.Peer, us(p.P50), us(p.P99),
+			us(p.P999), us(p.Max), p.CallsPerSec, p.P50Ratio, p.P99Ratio, p.P999Ratio, p.RateRatio, us(p.All.P999), us(p.All.Max), p.SlowCalls)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -62,6 +62,18 @@ func TestModeSplit(t *testing.T) {
 	}
 }
 
+func TestCountAbove(t *testing.T) {
+	h := NewHist()
+	for _, d := range []time.Duration{20 * time.Microsecond, 4900 * time.Microsecond, 5 * time.Millisecond,
+		5100 * time.Microsecond, 12 * time.Millisecond, 20 * time.Second} {
+		h.Record(d)
+	}
+	// 5.1 ms, 12 ms and the 20 s clamped to 10 s are above 5 ms; 5 ms itself is not.
+	if got := h.CountAbove(SlowCallThreshold); got != 3 {
+		t.Errorf("CountAbove(5ms) = %d, want 3", got)
+	}
+}
+
 func near(a, b float64) bool { return a-b < 1e-9 && b-a < 1e-9 }
 
 // TestReportRoundTrip: a report survives JSON with its schema, machine and
