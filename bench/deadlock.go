@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -270,7 +271,11 @@ func (d *DeadlockResult) WriteText(w io.Writer) error {
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "escalation\toutcome\tcompleted\tstuck\tp50\tmax\tnested priority\t\n")
 	for _, c := range []DeadlockCase{d.Escalated, d.Unescalated} {
-		fmt.Fprintf(tw, "%v\t%s\t%d\t%d\t%s\t%s\t%d\t\n", c.Escalation, c.Outcome(), c.Completed, c.Stuck, us(c.P50), us(c.Max), c.NestedPriority)
+		prio := "-" // never served while the outer call waited
+		if c.Completed > 0 {
+			prio = strconv.Itoa(int(c.NestedPriority))
+		}
+		fmt.Fprintf(tw, "%v\t%s\t%d\t%d\t%s\t%s\t%s\t\n", c.Escalation, c.Outcome(), c.Completed, c.Stuck, us(c.P50), us(c.Max), prio)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

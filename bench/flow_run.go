@@ -305,6 +305,8 @@ func (f *FlowResult) WriteText(w io.Writer) error {
 	if f.RawLoadedP99 > 0 {
 		fmt.Fprintf(&b, "control, the probe under the raw TCP stream (%.0f MB/s) instead: p50 %s, p99 %s, p99 ratio to idle %.2f\n",
 			f.RawLoadedMBPerSec, us(f.RawLoadedP50), us(f.RawLoadedP99), f.RawLoadedP99Ratio)
+		fmt.Fprintf(&b, "priority against the control (issue 10: ICS's p99 ratio no worse than the control's): %.2f against %.2f, %s\n",
+			f.P99Ratio, f.RawLoadedP99Ratio, met(f.P99Ratio <= f.RawLoadedP99Ratio))
 	}
 
 	b.WriteString("\nper round (order: the phases as they ran; CPU: client+server CPU-ms per MB)\n")
