@@ -234,10 +234,10 @@ func runPhase(ctx context.Context, c *FlowClient, cfg FlowRunConfig, d time.Dura
 	var err error
 	switch phase {
 	case PhaseRaw:
-		st := bulkStop{deadline: time.Now().Add(d)}
+		st := bulkStop{length: d}
 		r.Raw, err = c.rawBulk(cfg.Size, &st, nil)
 	case PhaseICS:
-		st := bulkStop{deadline: time.Now().Add(d)}
+		st := bulkStop{length: d}
 		r.ICS, err = c.icsBulk(ctx, cfg.Size, cfg.Senders, &st, nil)
 	case PhaseIdle:
 		if r.idle, err = c.probe(ctx, d, cfg.ProbeSize, cfg.ProbePriority); err == nil {
