@@ -200,4 +200,3 @@ func TestBulkStopCountsFromBegin(t *testing.T) {
 		t.Fatal("stop ignored")
 	}
 }
-
