@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"image/color"
+	"math"
 	"slices"
 	"time"
 
@@ -31,18 +32,25 @@ const (
 )
 
 // LatencyCDF plots each peer's latency distribution over all rounds of c:
-// the fraction of calls at most x, x on a log scale, so a p50 of 20 µs and
-// a tail of 10 ms fit on one figure.
+// the fraction of calls at most x, x on a log scale so that a p50 of 20 µs
+// and a tail of 10 ms fit on one figure, y on a scale of nines (0.9, 0.99,
+// 0.999 equally spaced) so that the tail, where peers differ most, is not
+// squeezed into the top pixel.
 func LatencyCDF(c *bench.Comparison, path string) error {
 	p := plot.New()
-	p.Title.Text = fmt.Sprintf("Latency CDF, %d B request / %d B response, %d caller(s)", c.ReqSize, c.RespSize, c.Concurrency)
+	p.Title.Text = fmt.Sprintf("Latency CDF, %s request / %s response, %d caller(s)",
+		bench.SizeString(c.ReqSize), bench.SizeString(c.RespSize), c.Concurrency)
 	p.X.Label.Text = "latency (µs, log scale)"
-	p.Y.Label.Text = "fraction of calls ≤ x"
+	p.Y.Label.Text = "fraction of calls ≤ x (scale of nines)"
 	p.X.Scale = plot.LogScale{}
 	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
-	p.Y.Min, p.Y.Max = 0, 1
+	p.Y.Scale = ninesScale{}
+	p.Y.Tick.Marker = ninesTicks
+	p.Y.Min, p.Y.Max = 0, maxFraction
+	// The bottom right is empty: every curve rises from the bottom left and
+	// ends at the top, at its slowest call.
 	p.Legend.Top, p.Legend.Left = false, false
-	p.Legend.YOffs = -vg.Centimeter
+	p.Legend.XOffs, p.Legend.YOffs = -vg.Centimeter, vg.Centimeter/2
 	p.Add(plotter.NewGrid())
 	n := 0
 	for i, ps := range c.Peers {
@@ -51,7 +59,7 @@ func LatencyCDF(c *bench.Comparison, path string) error {
 		}
 		xy := make(plotter.XYs, 0, len(ps.CDF))
 		for _, pt := range ps.CDF {
-			xy = append(xy, plotter.XY{X: micros(pt.Latency), Y: pt.Fraction})
+			xy = append(xy, plotter.XY{X: micros(pt.Latency), Y: min(pt.Fraction, maxFraction)})
 		}
 		l, err := plotter.NewLine(xy)
 		if err != nil {
@@ -66,6 +74,24 @@ func LatencyCDF(c *bench.Comparison, path string) error {
 		return fmt.Errorf("%w: no peer has a CDF", ErrNoData)
 	}
 	return p.Save(width, height, path)
+}
+
+// maxFraction is where the nines scale stops: the slowest call (fraction
+// 1, infinitely many nines) is drawn at six nines.
+const maxFraction = 0.999999
+
+// ninesScale maps a fraction f to -log10(1-f): 0.9 is 1, 0.99 is 2.
+type ninesScale struct{}
+
+func (ninesScale) Normalize(lo, hi, x float64) float64 {
+	t := func(f float64) float64 { return -math.Log10(1 - min(max(f, 0), maxFraction)) }
+	return (t(x) - t(lo)) / (t(hi) - t(lo))
+}
+
+var ninesTicks = plot.ConstantTicks{
+	{Value: 0, Label: "0"}, {Value: 0.5, Label: "0.5"}, {Value: 0.9, Label: "0.9"}, {Value: 0.99, Label: "0.99"},
+	{Value: 0.999, Label: "0.999"}, {Value: 0.9999, Label: "0.9999"}, {Value: 0.99999, Label: "0.99999"},
+	{Value: maxFraction, Label: "max"},
 }
 
 // Throughput plots each peer's calls per second against payload size, one
@@ -106,6 +132,7 @@ func Throughput(cs []*bench.Comparison, path string) error {
 	}
 	// Room around the first and last sizes, whose points sit on the frame.
 	p.X.Min, p.X.Max = p.X.Min/1.5, p.X.Max*1.5
+	p.Y.Max *= 1.15 // headroom for the legend
 	return p.Save(width, height, path)
 }
 
