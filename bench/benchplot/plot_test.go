@@ -128,3 +128,13 @@ func TestFailover(t *testing.T) {
 		t.Errorf("no trials: %v", err)
 	}
 }
+
+// TestNinesScale: each nine gets the same height, up to six.
+func TestNinesScale(t *testing.T) {
+	for _, c := range []struct{ f, want float64 }{{0, 0}, {0.9, 1.0 / 6}, {0.99, 2.0 / 6}, {0.999, 3.0 / 6}, {1, 1}} {
+		got := ninesScale{}.Normalize(0, maxFraction, c.f)
+		if d := got - c.want; d > 1e-9 || d < -1e-9 {
+			t.Errorf("Normalize(%v) = %v, want %v", c.f, got, c.want)
+		}
+	}
+}
