@@ -11,8 +11,15 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/clusterinfra/ci/bench"
+	"github.com/clusterinfra/ci/engine/enginetest"
 )
+
+// The tests run cibench as child processes; this one imports the engine,
+// whose gnet starts an ants pool at init.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, enginetest.LeakOptions()...) }
 
 // buildCibench builds the command into a temporary directory: compare
 // re-executes its own binary as the servers, which a test binary cannot be.
