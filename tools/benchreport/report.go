@@ -205,7 +205,7 @@ func (g *gen) headline() {
 	row("p50, one caller", lat1(func(s *bench.PeerStats) time.Duration { return s.P50 }))
 	row("p99", lat1(func(s *bench.PeerStats) time.Duration { return s.P99 }))
 	row("p99.9", lat1(func(s *bench.PeerStats) time.Duration { return s.P999 }))
-	row("max (median of rounds)", lat1(func(s *bench.PeerStats) time.Duration { return s.Max }))
+	row("slowest call of all rounds", lat1(func(s *bench.PeerStats) time.Duration { return s.All.Max }))
 	conc := 256
 	if tput != nil {
 		conc = tput.Concurrency
@@ -386,7 +386,7 @@ func (g *gen) latency(plotDir, plotRel string) error {
 		g.f("### %s request, %s response\n\n", bench.SizeString(c.ReqSize), bench.SizeString(c.RespSize))
 		g.f("%d rounds × %d calls per peer after %d warm-up calls; servers in %s. Mode columns: median p50 ratio to %s over the rounds raw TCP ran in that mode (its p50 under %s is fast), the worst round in brackets, and the number of rounds.\n\n",
 			c.Rounds, c.Calls, c.Warmup, orDash(c.Env.Servers), bl, dur(bench.FastModeThreshold))
-		g.f("| peer | p50 | p99 | p99.9 | max | calls > %[2]s | p50/%[1]s | p99/%[1]s | p99.9/%[1]s | fast mode | slow mode |\n", bl, dur(bench.SlowCallThreshold))
+		g.f("| peer | p50 | p99 | p99.9 | max (median of rounds) | calls > %[2]s | p50/%[1]s | p99/%[1]s | p99.9/%[1]s | fast mode | slow mode |\n", bl, dur(bench.SlowCallThreshold))
 		g.f("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 		for _, p := range c.Peers {
 			g.f("| %s | %s | %s | %s | %s | %d of %d | %.2f | %.2f | %.2f | %s | %s |\n", peerName(p.Peer), dur(p.P50), dur(p.P99), dur(p.P999),
