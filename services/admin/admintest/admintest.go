@@ -4,7 +4,6 @@
 package admintest
 
 import (
-	"context"
 	"fmt"
 	"sync"
 	"time"
@@ -118,9 +117,4 @@ func (s *Source) Shutdown(n clms.NodeNum) error {
 		return err
 	}
 	return s.Move(n, clms.CauseCleanupDone, clms.StateKCleanup, clms.StateUCleanup, clms.StateDown)
-}
-
-// WaitFor waits until the log holds a transition with id at least id.
-func (s *Source) WaitFor(ctx context.Context, id clms.TransitionID) error {
-	return s.WaitTransition(ctx, id-1)
 }
