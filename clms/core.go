@@ -112,7 +112,6 @@ type Core struct {
 	master      NodeNum // who this node believes is the master
 	masterTerm  uint64
 	lead        uint64 // raft's leader, as last reported (voters)
-	joinedAt    int64
 	lease       int64 // tick at which the membership lease runs out
 	leaseValid  bool
 	hbSeq       uint64
@@ -330,11 +329,11 @@ func (c *Core) tickMember() {
 		// runs out like any member cut off from the master.
 		c.lease = max(c.lease, c.quorumContact()+c.t.lease)
 	}
+	// A lease that runs out suspends this node: it stops acting as a member
+	// until a master grants it a lease again, which a master does only while
+	// its committed state has this incarnation as a member. Being declared
+	// down is what fences it for good (docs/CLMS.md, "Suspended, fenced").
 	c.updateLease()
-	if c.now >= c.lease && c.now-c.joinedAt >= c.t.lease {
-		c.fence("membership lease expired: no answered imalive for the lease timeout")
-		return
-	}
 	if c.leaving && c.now-c.leaveTry >= c.t.heartbeat {
 		c.leaveTry = c.now
 		if c.isMaster() {
@@ -349,7 +348,7 @@ func (c *Core) tickMember() {
 	if c.now-c.lastHB >= c.t.heartbeat {
 		c.sendImAlive()
 	}
-	if c.now-c.lastAck >= 2*c.t.heartbeat && c.now-c.joinedAt >= 2*c.t.heartbeat && c.rn == nil && (c.now-c.lastHB) == 0 {
+	if c.now-c.lastAck >= 2*c.t.heartbeat && c.rn == nil && c.now == c.lastHB {
 		// Two heartbeats unanswered: the master may have changed. Nodes
 		// without raft ask the eligible nodes who leads now.
 		c.probeEligible()
@@ -379,7 +378,11 @@ func (c *Core) updateLease() {
 	v := c.Acting()
 	if v != c.leaseValid {
 		c.leaseValid = v
-		c.act(Action{Kind: ActLease, Valid: v})
+		a := Action{Kind: ActLease, Valid: v}
+		if !v && c.phase == phaseMember && !c.leaving {
+			a.Reason = "membership lease expired: no answered imalive for the lease timeout; suspended until a master grants one"
+		}
+		c.act(a)
 	}
 }
 
@@ -768,7 +771,6 @@ func (c *Core) applyRecord(r Record) bool {
 		case StateComingUp:
 			if c.phase == phaseJoining {
 				c.phase = phaseMember
-				c.joinedAt = c.now
 				c.lastHB, c.lastAck = -1<<40, c.now
 				c.act(Action{Kind: ActJoined, Node: c.self, Inc: c.inc, Transition: t.ID})
 				c.act(Action{Kind: ActRunNodeUp, Node: t.Node, Inc: t.Incarnation, Transition: t.ID})
@@ -916,5 +918,8 @@ func (c *Core) applyEntry(e *raftpb.Entry) {
 	}
 	if c.m != nil {
 		delete(c.m.proposed, proposalKey{cmd.T.Node, cmd.T.Incarnation, cmd.T.To})
+		if c.m.downPending[cmd.T.Node] == cmd.T.Incarnation && !cmd.T.To.IsMember() {
+			delete(c.m.downPending, cmd.T.Node) // committed: applied, or moot
+		}
 	}
 }

@@ -22,6 +22,10 @@ type masterState struct {
 	watch      map[NodeNum]*watch
 	waits      map[TransitionID]*cbWait
 	proposed   map[proposalKey]int64
+	// downPending: we proposed taking this incarnation down and the log has
+	// not resolved it yet. No lease for it meanwhile, or a grant could
+	// outlive the commit of its GOINGDOWN.
+	downPending map[NodeNum]uint64
 }
 
 // watch is the master's view of one member's liveness.
@@ -51,7 +55,8 @@ type proposalKey struct {
 
 func newMasterState(term uint64, now int64, readyIndex uint64) *masterState {
 	return &masterState{term: term, since: now, readyIndex: readyIndex, acks: map[NodeNum]int64{},
-		watch: map[NodeNum]*watch{}, waits: map[TransitionID]*cbWait{}, proposed: map[proposalKey]int64{}}
+		watch: map[NodeNum]*watch{}, waits: map[TransitionID]*cbWait{}, proposed: map[proposalKey]int64{},
+		downPending: map[NodeNum]uint64{}}
 }
 
 // quorumContact is the latest of our ticks such that a quorum of voters
@@ -218,7 +223,7 @@ func (c *Core) masterImAlive(m Message) {
 	w.heard, w.suspect = c.now, false
 	w.applied = max(w.applied, m.Applied)
 	st := StatusNoLease
-	if c.canGrant() {
+	if c.canGrant() && c.m.downPending[m.From] != mem.Incarnation {
 		st = StatusOK
 	}
 	c.send(Message{Type: MsgImAliveAck, To: m.From, Seq: m.Seq, Status: st})
@@ -342,6 +347,9 @@ func (c *Core) propose(t Transition, info ...NodeInfo) {
 		return
 	}
 	c.m.proposed[k] = c.now
+	if !t.To.IsMember() && t.From.IsMember() {
+		c.m.downPending[t.Node] = t.Incarnation
+	}
 	t.Time = wallTime(c.cfg.WallClock)
 	cmd := command{Kind: RecordTransition, T: t}
 	if len(info) > 0 {

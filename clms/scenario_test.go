@@ -159,10 +159,23 @@ func TestHangOfMember(t *testing.T) {
 	if got := transitionsOf(s, victim, 1); len(got) < 3 || got[2] != "UP->GOINGDOWN(silence)" {
 		t.Fatalf("victim went %v, want GOINGDOWN for silence", got)
 	}
+	resumeSuspendedThenFenced(t, s, victim)
+}
+
+// resumeSuspendedThenFenced resumes a hung node that was declared down: on
+// its first step its own clock says its lease ran out, so it does not act;
+// as soon as it hears from the master it learns it is down and fences.
+func resumeSuspendedThenFenced(t *testing.T, s *clmstest.Sim, victim clms.NodeNum) {
+	t.Helper()
 	s.Resume(victim)
 	s.Step()
-	if n := s.Node(victim); !n.Fenced() || n.Core.Acting() {
-		t.Fatalf("resumed node %d is not fenced (acting=%v)", victim, n.Core.Acting())
+	n := s.Node(victim)
+	if n.Core.Acting() || n.Core.IsMaster() {
+		t.Fatalf("resumed node %d acts as a member (master=%v)", victim, n.Core.IsMaster())
+	}
+	s.RunUntil(time.Second, n.Fenced)
+	if _, why := n.Core.Fenced(); !strings.Contains(why, "declared down") && !strings.Contains(why, "no longer a member") {
+		t.Fatalf("node %d fenced because %q", victim, why)
 	}
 }
 
@@ -204,11 +217,7 @@ func TestMasterHang(t *testing.T) {
 			t.Errorf("node %d lost its membership in the failover", n.Num)
 		}
 	}
-	s.Resume(old)
-	s.Step()
-	if n := s.Node(old); !n.Fenced() || n.Core.Acting() || n.Core.IsMaster() {
-		t.Fatalf("resumed old master: fenced=%v acting=%v master=%v", n.Fenced(), n.Core.Acting(), n.Core.IsMaster())
-	}
+	resumeSuspendedThenFenced(t, s, old)
 	s.Run(time.Second)
 	if m := s.Master(); m == old || m == 0 {
 		t.Fatalf("master is %d after the old one resumed", m)
@@ -263,8 +272,8 @@ func TestPartitions(t *testing.T) {
 			s.Run(time.Second)
 			for _, n := range minority {
 				nd := s.Node(n)
-				if !nd.Fenced() || nd.Core.IsMaster() {
-					t.Errorf("minority node %d: fenced=%v master=%v", n, nd.Fenced(), nd.Core.IsMaster())
+				if nd.Core.Acting() || nd.Core.IsMaster() {
+					t.Errorf("minority node %d: acting=%v master=%v", n, nd.Core.Acting(), nd.Core.IsMaster())
 				}
 				// The minority applied nothing that the majority had not
 				// committed: its records are a prefix (checked every step)
@@ -277,6 +286,7 @@ func TestPartitions(t *testing.T) {
 			}
 			s.Heal()
 			for _, n := range minority {
+				s.RunUntil(time.Second, s.Node(n).Fenced) // it learns it is down
 				s.Restart(n)
 			}
 			s.RunUntil(5*time.Second, s.AllUp)
@@ -291,11 +301,7 @@ func TestComebackAfterDown(t *testing.T) {
 	victim := other(t, s)
 	s.Pause(victim)
 	s.RunUntil(2*time.Second, func() bool { return s.DownEverywhere(victim, 1) })
-	s.Resume(victim)
-	s.Step()
-	if !s.Node(victim).Fenced() {
-		t.Fatalf("node %d did not fence itself on resume", victim)
-	}
+	resumeSuspendedThenFenced(t, s, victim)
 	s.Restart(victim)
 	s.RunUntil(5*time.Second, s.AllUp)
 	if got := transitionsOf(s, victim, 2); !slices.Equal(got, []string{"DOWN->COMINGUP(join)", "COMINGUP->UP(nodeup-done)"}) {
@@ -386,9 +392,11 @@ func TestClockDriftIsolated(t *testing.T) {
 	s.Run(time.Second)
 	s.Partition([]clms.NodeNum{victim})
 	s.RunUntil(2*time.Second, func() bool { return s.DownEverywhere(victim, 1) })
-	if !s.Node(victim).Fenced() {
-		t.Fatalf("node %d not fenced", victim)
+	if s.Node(victim).Core.Acting() {
+		t.Fatalf("node %d acts as a member", victim)
 	}
+	s.Heal()
+	s.RunUntil(time.Second, s.Node(victim).Fenced)
 }
 
 // The checker is not vacuous: with clocks drifting apart beyond what the
