@@ -112,7 +112,7 @@ type Core struct {
 	master      NodeNum // who this node believes is the master
 	masterTerm  uint64
 	lead        uint64 // raft's leader, as last reported (voters)
-	lease       int64 // tick at which the membership lease runs out
+	lease       int64  // tick at which the membership lease runs out
 	leaseValid  bool
 	hbSeq       uint64
 	hbSent      map[uint64]int64

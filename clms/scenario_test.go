@@ -488,3 +488,33 @@ func TestPlannedShutdown(t *testing.T) {
 		s.Crash(leaver)
 	}
 }
+
+// Regression: the master proposed GOINGDOWN for a silent node; before the
+// proposal commits, the node (its partition healed) sends an imalive. The
+// master must not grant it a lease, or the lease outlives the commit and the
+// node acts as a member while it is GOINGDOWN. Commits are slowed (the other
+// voters' links take 15 ms each way) to make the window wide.
+func TestNoLeaseWhileDownPending(t *testing.T) {
+	s := newSim(t, 4, 3, clms.LANFastTiming())
+	form(t, s)
+	master := s.Master()
+	for _, n := range s.Nodes() {
+		if n.Num != master && n.Num != 4 {
+			n.ExtraDelay = 15 * time.Millisecond
+		}
+	}
+	s.Run(time.Second)
+	s.Partition([]clms.NodeNum{4})
+	s.RunUntil(2*time.Second, s.Node(master).RaftPending)
+	for s.Node(master).RaftPending() {
+		if m, _ := s.Node(master).Core.State().Member(4); !m.State.IsMember() {
+			break
+		}
+		s.Heal()
+		// The master's probe makes node 4 send an imalive at once.
+		s.Inject(clms.Message{Type: clms.MsgPing, From: master, To: 4})
+		s.Step()
+	}
+	s.RunUntil(time.Second, func() bool { return s.DownEverywhere(4, 1) })
+	s.RunUntil(time.Second, s.Node(4).Fenced)
+}

@@ -518,6 +518,25 @@ func (s *Sim) Master() clms.NodeNum {
 	return 0
 }
 
+// Inject delivers m to node m.To now, as if it came off the network (from
+// the sender's current incarnation), and hands out what follows.
+func (s *Sim) Inject(m clms.Message) {
+	s.tb.Helper()
+	from, to := s.byNum[m.From], s.byNum[m.To]
+	m.FromInc = from.Inc
+	s.deliver(from, from.Inc, to, m)
+}
+
+// RaftPending reports whether a master-eligible node has log entries it
+// persisted but does not know to be committed.
+func (n *Node) RaftPending() bool {
+	if n.disk == nil || n.diskHS == nil {
+		return false
+	}
+	li, _ := n.disk.LastIndex()
+	return li > n.diskHS.GetCommit()
+}
+
 // Fenced reports whether node num's current incarnation fenced itself.
 func (n *Node) Fenced() bool {
 	f, _ := n.Core.Fenced()
