@@ -350,7 +350,9 @@ func (c *Core) tickMember() {
 	}
 	if c.now-c.lastAck >= 2*c.t.heartbeat && c.rn == nil && c.now == c.lastHB {
 		// Two heartbeats unanswered: the master may have changed. Nodes
-		// without raft ask the eligible nodes who leads now.
+		// without raft ask the eligible nodes who leads now, ready to
+		// believe any term again (the one we hold may be a bogus claim).
+		c.masterTerm = 0
 		c.probeEligible()
 	}
 }
@@ -703,7 +705,9 @@ func (c *Core) stepRaft(m Message) error {
 // learnMaster takes a claim that n leads in term (non-voters only: voters
 // know from raft).
 func (c *Core) learnMaster(n NodeNum, term uint64) {
-	if c.rn != nil || term < c.masterTerm || (term == c.masterTerm && n == c.master) || n == 0 {
+	// Only an eligible node can be master; a claim naming another is a
+	// peer breaking the protocol and would stall our imalives.
+	if c.rn != nil || !c.eligible[n] || term < c.masterTerm || (term == c.masterTerm && n == c.master) {
 		return
 	}
 	c.master, c.masterTerm = n, term
@@ -718,6 +722,12 @@ func (c *Core) masterChanged() {
 	case phaseMember:
 		c.lastHB = -1 << 40
 		c.resendCallbackReports()
+		// A new master may not have seen the proofs we hold.
+		for _, n := range slices.Sorted(maps.Keys(c.gone)) {
+			if n != c.master && c.master != c.self {
+				c.send(Message{Type: MsgCrashProof, To: c.master, Node: n, Inc: c.gone[n]})
+			}
+		}
 	}
 }
 
@@ -742,8 +752,8 @@ func (c *Core) imAliveAck(m Message) {
 }
 
 func (c *Core) stepRecords(m Message) {
-	if c.rn != nil {
-		return // voters apply their own log
+	if c.rn != nil || !c.eligible[m.From] {
+		return // voters apply their own log; only a master pushes
 	}
 	for _, r := range m.Records {
 		if r.Seq != c.st.LastSeq()+1 {
@@ -759,10 +769,15 @@ func (c *Core) stepRecords(m Message) {
 
 // applyRecord applies one committed record and reacts to it.
 func (c *Core) applyRecord(r Record) bool {
+	var prev TransitionID
+	if m := c.st.members[r.Transition.Node]; m != nil {
+		prev = m.LastChange
+	}
 	if err := c.st.apply(r); err != nil {
 		c.act(Action{Kind: ActLog, Reason: err.Error()})
 		return false
 	}
+	delete(c.cbDone, prev) // that transition is over: no report to resend
 	c.recs = append(c.recs, r)
 	c.stats.Transitions++
 	t := r.Transition
