@@ -4,13 +4,10 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/clusterinfra/ci/engine/enginetest"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// clms imports engine, whose gnet starts a process-wide ants pool at
-		// init; its housekeeping goroutines are not ours.
-		goleak.IgnoreAnyFunction("github.com/panjf2000/ants/v2.(*poolCommon).purgeStaleWorkers"),
-		goleak.IgnoreAnyFunction("github.com/panjf2000/ants/v2.(*poolCommon).ticktock"),
-	)
-}
+// clms's tests start real engine nodes (the config tests do), whose gnet keeps
+// a process-wide worker pool: enginetest knows which goroutines are gnet's.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, enginetest.LeakOptions()...) }

@@ -159,6 +159,7 @@ func (d *demo) startCluster() error {
 	d.say("\n== 1. Four nodes of cluster %q on 127.0.0.1-4 ==", demoCluster)
 	cfg := engine.DefaultConfig()
 	cfg.Node, cfg.Cluster, cfg.ListenAddr = 1, demoCluster, "127.0.0.1:0"
+	cfg.Insecure = true // the demo runs on loopback
 	n1, err := engine.New(cfg)
 	if err != nil {
 		return err
