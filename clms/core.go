@@ -20,6 +20,7 @@ var (
 	ErrUnknownNode = errors.New("clms: message from a node outside the node table")
 	ErrJoinTimeout = errors.New("clms: no join within the join timeout")
 	ErrBadRaft     = errors.New("clms: raft message does not match its envelope")
+	ErrNotMember   = errors.New("clms: this node is not a member")
 )
 
 // NodeConfig is one row of the node table as the core needs it.
@@ -125,6 +126,8 @@ type Core struct {
 	cbDone      map[TransitionID][]string // callback reports made, resent to a new master
 	fenceReason string
 	force       forceState
+	pendingInfo map[NodeNum]NodeInfo // SetNodeInfo requests not yet applied
+	infoTry     int64
 	handedAt    int64 // last leadership transfer started by handOver
 
 	m *masterState // while raft leader
@@ -177,7 +180,7 @@ func NewCore(cfg Config) (*Core, error) {
 	c := &Core{
 		cfg: cfg, self: cfg.Self, inc: cfg.Incarnation, eligible: map[NodeNum]bool{},
 		hbSent: map[uint64]int64{}, peerInc: map[NodeNum]uint64{}, gone: map[NodeNum]uint64{},
-		cbDone: map[TransitionID][]string{},
+		cbDone: map[TransitionID][]string{}, pendingInfo: map[NodeNum]NodeInfo{},
 	}
 	tm := cfg.Timing
 	c.t = ticks{
@@ -342,6 +345,7 @@ func (c *Core) tickMember() {
 			c.send(Message{Type: MsgLeave, To: c.master})
 		}
 	}
+	c.sendInfo()
 	if c.isMaster() {
 		return
 	}
@@ -474,6 +478,43 @@ func (c *Core) tickMemberLeaveNow() {
 		c.masterLeave(c.self, c.inc)
 	} else if c.master != 0 {
 		c.send(Message{Type: MsgLeave, To: c.master})
+	}
+}
+
+// SetNodeInfo asks the master to replace node n's info (clusternode_setinfo).
+// The request is resent, to a new master too, until a record with that info
+// is applied here (it shows in Ready.Applied); a later request for the same
+// node replaces an earlier one. Only members may ask.
+func (c *Core) SetNodeInfo(n NodeNum, info NodeInfo) error {
+	if _, ok := c.st.members[n]; !ok {
+		return fmt.Errorf("%w: %d", ErrUnknownNode, n)
+	}
+	if c.phase != phaseMember {
+		return ErrNotMember
+	}
+	c.pendingInfo[n] = info
+	c.infoTry = -1 << 40
+	c.sendInfo()
+	return nil
+}
+
+// infoEqual compares infos as the wire sees them (empty lists are nil).
+func infoEqual(a, b NodeInfo) bool {
+	return a.CPUsTotal == b.CPUsTotal && a.CPUsOnline == b.CPUsOnline && a.MemoryBytes == b.MemoryBytes &&
+		slices.Equal(a.KeyServices, b.KeyServices) && slices.Equal(a.Capabilities, b.Capabilities)
+}
+
+func (c *Core) sendInfo() {
+	if len(c.pendingInfo) == 0 || c.now-c.infoTry < 2*c.t.heartbeat {
+		return
+	}
+	c.infoTry = c.now
+	for _, n := range slices.Sorted(maps.Keys(c.pendingInfo)) {
+		if c.isMaster() {
+			c.masterSetInfo(n, c.pendingInfo[n])
+		} else if c.master != 0 {
+			c.send(Message{Type: MsgSetInfo, To: c.master, Node: n, Info: c.pendingInfo[n]})
+		}
 	}
 }
 
@@ -676,6 +717,10 @@ func (c *Core) Step(m Message) error {
 		if c.isMaster() {
 			c.masterLeave(m.From, m.FromInc)
 		}
+	case MsgSetInfo:
+		if mem := c.st.members[m.From]; c.isMaster() && mem.State.IsMember() && mem.Incarnation == m.FromInc {
+			c.masterSetInfo(m.Node, m.Info)
+		}
 	default:
 		return fmt.Errorf("%w: message type %d", ErrDecode, m.Type)
 	}
@@ -721,6 +766,7 @@ func (c *Core) masterChanged() {
 		c.joinTry = -1 << 40
 	case phaseMember:
 		c.lastHB = -1 << 40
+		c.infoTry = -1 << 40
 		c.resendCallbackReports()
 		// A new master may not have seen the proofs we hold.
 		for _, n := range slices.Sorted(maps.Keys(c.gone)) {
@@ -777,8 +823,17 @@ func (c *Core) applyRecord(r Record) bool {
 		c.act(Action{Kind: ActLog, Reason: err.Error()})
 		return false
 	}
-	delete(c.cbDone, prev) // that transition is over: no report to resend
 	c.recs = append(c.recs, r)
+	if r.Kind == RecordNodeInfo {
+		if want, ok := c.pendingInfo[r.Transition.Node]; ok && infoEqual(want, r.Info) {
+			delete(c.pendingInfo, r.Transition.Node)
+		}
+		if c.m != nil && c.m.ready {
+			c.masterApplied(r)
+		}
+		return true
+	}
+	delete(c.cbDone, prev) // that transition is over: no report to resend
 	c.stats.Transitions++
 	t := r.Transition
 	if t.Node == c.self && t.Incarnation == c.inc {
@@ -932,7 +987,7 @@ func (c *Core) applyEntry(e *raftpb.Entry) {
 		c.applyRecord(r)
 	}
 	if c.m != nil {
-		delete(c.m.proposed, proposalKey{cmd.T.Node, cmd.T.Incarnation, cmd.T.To})
+		delete(c.m.proposed, proposalKey{cmd.Kind, cmd.T.Node, cmd.T.Incarnation, cmd.T.To})
 		if c.m.downPending[cmd.T.Node] == cmd.T.Incarnation && !cmd.T.To.IsMember() {
 			delete(c.m.downPending, cmd.T.Node) // committed: applied, or moot
 		}

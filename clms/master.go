@@ -48,6 +48,7 @@ type cbWait struct {
 }
 
 type proposalKey struct {
+	kind RecordKind
 	node NodeNum
 	inc  uint64
 	to   NodeState
@@ -281,9 +282,13 @@ func (c *Core) masterCallbacksDone(from NodeNum, id TransitionID, failed []strin
 func (c *Core) masterApplied(r Record) {
 	t := r.Transition
 	for k := range c.m.proposed {
-		if k.node == t.Node {
+		if k.node == t.Node && k.kind == r.Kind {
 			delete(c.m.proposed, k)
 		}
+	}
+	if r.Kind != RecordTransition {
+		c.pushAll()
+		return
 	}
 	switch t.To {
 	case StateComingUp, StateKCleanup:
@@ -301,6 +306,10 @@ func (c *Core) masterApplied(r Record) {
 	case StateUCleanup:
 		c.propose(Transition{Node: t.Node, Incarnation: t.Incarnation, From: t.To, To: StateDown, Cause: CauseCleanupDone})
 	}
+	c.pushAll()
+}
+
+func (c *Core) pushAll() {
 	for _, n := range slices.Sorted(maps.Keys(c.m.watch)) {
 		if !c.eligible[n] {
 			c.maybePush(n, c.m.watch[n])
@@ -342,18 +351,31 @@ func (c *Core) propose(t Transition, info ...NodeInfo) {
 	if !c.isMaster() {
 		return
 	}
-	k := proposalKey{t.Node, t.Incarnation, t.To}
-	if at, ok := c.m.proposed[k]; ok && c.now-at < 2*c.t.election {
-		return
-	}
-	c.m.proposed[k] = c.now
-	if !t.To.IsMember() && t.From.IsMember() {
-		c.m.downPending[t.Node] = t.Incarnation
-	}
-	t.Time = wallTime(c.cfg.WallClock)
 	cmd := command{Kind: RecordTransition, T: t}
 	if len(info) > 0 {
 		cmd.Info = info[0]
 	}
+	if c.proposeCmd(cmd) && !t.To.IsMember() && t.From.IsMember() {
+		c.m.downPending[t.Node] = t.Incarnation
+	}
+}
+
+// proposeCmd proposes cmd unless the same one is in flight, and says
+// whether it did.
+func (c *Core) proposeCmd(cmd command) bool {
+	k := proposalKey{cmd.Kind, cmd.T.Node, cmd.T.Incarnation, cmd.T.To}
+	if at, ok := c.m.proposed[k]; ok && c.now-at < 2*c.t.election {
+		return false
+	}
+	c.m.proposed[k] = c.now
+	cmd.T.Time = wallTime(c.cfg.WallClock)
 	_ = c.rn.Propose(cmd.encode())
+	return true
+}
+
+// masterSetInfo proposes node n's new info.
+func (c *Core) masterSetInfo(n NodeNum, info NodeInfo) {
+	if _, ok := c.st.members[n]; ok {
+		c.proposeCmd(command{Kind: RecordNodeInfo, T: Transition{Node: n}, Info: info})
+	}
 }

@@ -35,7 +35,8 @@ func randomSeeds(t *testing.T) (first, n uint64, verbose bool) {
 }
 
 // TestRandomized injects random crashes, hangs, partitions, message loss,
-// clock drift (within the profile's bound), restarts and planned shutdowns
+// clock drift (within the profile's bound), restarts, planned shutdowns and
+// node info changes
 // into clusters of 5 and 7 nodes, with the invariant checker after every
 // simulated millisecond; then heals everything and requires the cluster to
 // form again with every node UP.
@@ -82,6 +83,10 @@ func TestRandomized(t *testing.T) {
 				case r < 75:
 					if !n.Dead && !n.Paused {
 						n.Core.Shutdown()
+					}
+				case r < 82:
+					if !n.Dead && !n.Paused && n.Core.Acting() {
+						_ = n.Core.SetNodeInfo(pick(), clms.NodeInfo{CPUsTotal: uint32(rng.IntN(128))})
 					}
 				default:
 					if n.Dead || n.Fenced() || n.JoinErr != nil || n.Has(clms.ActLeft, 0) {

@@ -1,7 +1,9 @@
 package clms_test
 
 import (
+	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -99,7 +101,7 @@ func other(t *testing.T, s *clmstest.Sim, skip ...clms.NodeNum) clms.NodeNum {
 func transitionsOf(s *clmstest.Sim, n clms.NodeNum, inc uint64) []string {
 	var out []string
 	for _, r := range s.Check.Canon() {
-		if r.Transition.Node == n && r.Transition.Incarnation == inc {
+		if r.Kind == clms.RecordTransition && r.Transition.Node == n && r.Transition.Incarnation == inc {
 			out = append(out, fmt.Sprintf("%s->%s(%s)", r.Transition.From, r.Transition.To, r.Transition.Cause))
 		}
 	}
@@ -517,4 +519,35 @@ func TestNoLeaseWhileDownPending(t *testing.T) {
 	}
 	s.RunUntil(time.Second, func() bool { return s.DownEverywhere(4, 1) })
 	s.RunUntil(time.Second, s.Node(4).Fenced)
+}
+
+// clusternode_setinfo: any member asks, the master commits, every node
+// applies the new info; no transition is made.
+func TestSetNodeInfo(t *testing.T) {
+	s := newSim(t, 5, 3, clms.LANFastTiming())
+	form(t, s)
+	asker := other(t, s, 1, 2, 3) // a node without raft
+	info := clms.NodeInfo{CPUsTotal: 64, CPUsOnline: 60, MemoryBytes: 1 << 40, Capabilities: []string{"gpu"}}
+	if err := s.Node(asker).Core.SetNodeInfo(2, info); err != nil {
+		t.Fatal(err)
+	}
+	transitions := s.Node(1).Core.State().LastTransition()
+	s.RunUntil(time.Second, func() bool {
+		for _, n := range s.Nodes() {
+			if m, _ := n.Core.State().Member(2); !reflect.DeepEqual(m.Info, info) {
+				return false
+			}
+		}
+		return true
+	})
+	s.Run(time.Second) // the request is not repeated once applied
+	for _, n := range s.Nodes() {
+		st := n.Core.State()
+		if st.LastTransition() != transitions || st.LastSeq() != uint64(transitions)+1 {
+			t.Fatalf("node %d: %d transitions, %d records; want %d and one info record", n.Num, st.LastTransition(), st.LastSeq(), transitions)
+		}
+	}
+	if err := s.Node(asker).Core.SetNodeInfo(99, info); !errors.Is(err, clms.ErrUnknownNode) {
+		t.Fatalf("unknown node: %v", err)
+	}
 }

@@ -72,9 +72,10 @@ type Node struct {
 
 	Paused, Dead, Started bool
 	// Records is this process's history, as handed out by Ready.Applied.
-	Records []clms.Record
-	Actions []TimedAction
-	JoinErr error
+	Records     []clms.Record
+	transitions int // among Records
+	Actions     []TimedAction
+	JoinErr     error
 
 	clock     float64 // nanoseconds of this incarnation on its own clock
 	ticksDone int64
@@ -216,7 +217,7 @@ func (s *Sim) Start(num clms.NodeNum) {
 	}
 	n.Core, n.Started, n.Dead, n.Paused = core, true, false, false
 	n.clock, n.ticksDone = 0, 0
-	n.Records, n.JoinErr = nil, nil
+	n.Records, n.transitions, n.JoinErr = nil, 0, nil
 	n.connected = map[clms.NodeNum]bool{}
 	s.drain(n)
 }
