@@ -551,3 +551,35 @@ func TestSetNodeInfo(t *testing.T) {
 		t.Fatalf("unknown node: %v", err)
 	}
 }
+
+// With the voters split three ways no side has a quorum: no master, no
+// membership change, every lease lapses (everyone suspended, nobody fenced).
+// After healing, a master is elected and grants leases again: every node
+// resumes as the same incarnation, and the history did not grow.
+func TestNoQuorumAnywhereThenHeal(t *testing.T) {
+	s := newSim(t, 5, 3, clms.LANFastTiming())
+	form(t, s)
+	before := len(s.Check.Canon())
+	s.Partition([]clms.NodeNum{1, 4}, []clms.NodeNum{2, 5}, []clms.NodeNum{3})
+	s.Run(2 * time.Second)
+	for _, n := range s.Nodes() {
+		if n.Core.Acting() || n.Core.IsMaster() || n.Fenced() {
+			t.Fatalf("node %d: acting=%v master=%v fenced=%v", n.Num, n.Core.Acting(), n.Core.IsMaster(), n.Fenced())
+		}
+	}
+	s.Heal()
+	s.RunUntil(2*time.Second, func() bool {
+		for _, n := range s.Nodes() {
+			if !n.Core.Acting() {
+				return false
+			}
+		}
+		return true
+	})
+	if got := len(s.Check.Canon()); got != before {
+		t.Fatalf("history grew from %d to %d records", before, got)
+	}
+	if !s.AllUp() {
+		t.Fatal("not every node is UP")
+	}
+}
