@@ -125,6 +125,7 @@ type Core struct {
 	cbDone      map[TransitionID][]string // callback reports made, resent to a new master
 	fenceReason string
 	force       forceState
+	quiet       quietState           // when we last heard the leader, for maybeCampaign
 	pendingInfo map[NodeNum]NodeInfo // SetNodeInfo requests not yet applied
 	infoTry     int64
 	handedAt    int64 // last leadership transfer started by handOver
@@ -143,6 +144,15 @@ type Core struct {
 type echoState struct {
 	lead        NodeNum
 	term, stamp uint64
+}
+
+// quietState is the last tick at which this voter accepted an append or
+// heartbeat from its leader.
+type quietState struct {
+	leader  NodeNum
+	heard   int64
+	tried   bool  // campaigned in this silence already
+	triedAt int64 // when
 }
 
 // NewCore builds a core from cfg.
@@ -252,6 +262,7 @@ func (c *Core) Tick() {
 		// and its election timer keep the others' elections going.
 		c.rn.Tick()
 		c.maybeForce()
+		c.maybeCampaign()
 		c.handOver()
 	}
 	switch c.phase {
@@ -442,6 +453,9 @@ func (c *Core) stepRaft(m Message) error {
 			if c.echo.lead != m.From || c.echo.term != st.GetTerm() || c.echo.stamp < m.Stamp {
 				c.echo = echoState{lead: m.From, term: st.GetTerm(), stamp: m.Stamp}
 			}
+		}
+		if st := c.rn.BasicStatus(); st.Lead == uint64(m.From) && st.GetTerm() == m.Raft.GetTerm() {
+			c.quiet = quietState{leader: m.From, heard: c.now}
 		}
 	}
 	return nil

@@ -18,6 +18,53 @@ type forceState struct {
 	at     int64
 }
 
+// rankAfter is our turn among the voters after leader in ring order,
+// counting those that may be alive: voters that lost the same leader
+// campaign in turns rather than all at once and split the vote.
+func (c *Core) rankAfter(leader NodeNum) int64 {
+	rank := int64(0)
+	for i := 1; i < len(c.voters); i++ {
+		v := c.voters[(slices.Index(c.voters, leader)+i)%len(c.voters)]
+		if v == c.self {
+			break
+		}
+		if c.gone[v] < c.peerInc[v] || c.peerInc[v] == 0 {
+			rank++ // a voter before us that may be alive
+		}
+	}
+	return rank
+}
+
+// maybeCampaign starts an ordinary election (PreVote first, so every
+// voter's lease check applies: as safe as raft's own timeout) when the
+// leader has been silent for an election timeout and a tick, plus two ticks
+// per live voter ahead of us in ring order after the lost leader; if no
+// leader emerged, again every half election timeout, in the same turns.
+// Raft's own randomized timer fires anywhere in [ElectionTimeout,
+// 2*ElectionTimeout) and restarts at each campaign, so it never comes first:
+// voters campaign in a fixed order instead of at random and do not split
+// the vote (which would cost another timeout or two).
+func (c *Core) maybeCampaign() {
+	q := c.quiet
+	if q.leader == 0 || !c.campaigns() {
+		return
+	}
+	st := c.rn.BasicStatus()
+	if st.RaftState == raft.StateLeader || (st.Lead != 0 && st.Lead != uint64(q.leader)) {
+		return
+	}
+	turn := 2 * c.rankAfter(q.leader)
+	due := q.heard + c.t.election + 1 + turn
+	if q.tried {
+		due = q.triedAt + max(1, c.t.election/2) + turn
+	}
+	if c.now < due {
+		return
+	}
+	c.quiet.tried, c.quiet.triedAt = true, c.now
+	_ = c.rn.Campaign()
+}
+
 // maybeForce starts the forced election when its turn came, unless raft
 // moved on (someone else campaigned, or a leader is back).
 func (c *Core) maybeForce() {
@@ -77,17 +124,7 @@ func (c *Core) crashProof(n NodeNum, inc uint64) {
 			// an election timeout (docs/CLMS.md, "Forced election"). The
 			// voters after it take turns, two ticks apart, so that they do
 			// not split the vote when all see the proof at once.
-			rank := int64(0)
-			for i := 1; i < len(c.voters); i++ {
-				v := c.voters[(slices.Index(c.voters, n)+i)%len(c.voters)]
-				if v == c.self {
-					break
-				}
-				if c.gone[v] < c.peerInc[v] || c.peerInc[v] == 0 {
-					rank++ // a voter before us that may be alive
-				}
-			}
-			c.force = forceState{leader: n, term: st.GetTerm(), at: c.now + 2*rank}
+			c.force = forceState{leader: n, term: st.GetTerm(), at: c.now + 2*c.rankAfter(n)}
 			c.maybeForce()
 			return
 		}
