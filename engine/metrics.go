@@ -393,10 +393,13 @@ type nodeMetrics struct {
 
 	framesOutByPrio, framesInByPrio [framing.MaxPriority + 1]*metrics.Counter
 
-	authFailures                                        *metrics.Counter
-	limitFrameSize, limitUnauthPerSource, limitInflight *metrics.Counter
-	limitHandshakeTimeout, limitDecompress              *metrics.Counter
-	limitDescriptors, limitConnections                  *metrics.Counter
+	authFailures                                          *metrics.Counter
+	limitFrameSize, limitUnauthPerSource, limitInflight   *metrics.Counter
+	limitHandshakeTimeout, limitDecompress                *metrics.Counter
+	limitDescriptors, limitConnections                    *metrics.Counter
+	limitHelloSize, limitPending, limitHandshakeRate      *metrics.Counter
+	limitPendingWrite, limitWriteTimeout                  *metrics.Counter
+	limitCredit, limitInflightBytes, limitConnsPerChannel *metrics.Counter
 }
 
 func newNodeMetrics(set *metrics.Set, node NodeNum) *nodeMetrics {
@@ -429,6 +432,14 @@ func newNodeMetrics(set *metrics.Set, node NodeNum) *nodeMetrics {
 	m.limitInflight = c("ci_ics_limit_hits_total", `limit="inflight_per_peer"`)
 	m.limitDescriptors = c("ci_ics_limit_hits_total", `limit="descriptors"`)
 	m.limitConnections = c("ci_ics_limit_hits_total", `limit="connections"`)
+	m.limitHelloSize = c("ci_ics_limit_hits_total", `limit="hello_size"`)
+	m.limitPending = c("ci_ics_limit_hits_total", `limit="pending_handshakes"`)
+	m.limitHandshakeRate = c("ci_ics_limit_hits_total", `limit="handshake_rate"`)
+	m.limitPendingWrite = c("ci_ics_limit_hits_total", `limit="pending_write"`)
+	m.limitWriteTimeout = c("ci_ics_limit_hits_total", `limit="write_timeout"`)
+	m.limitCredit = c("ci_ics_limit_hits_total", `limit="credit"`)
+	m.limitInflightBytes = c("ci_ics_limit_hits_total", `limit="inflight_bytes_per_peer"`)
+	m.limitConnsPerChannel = c("ci_ics_limit_hits_total", `limit="conns_per_channel"`)
 	for p := range m.framesOutByPrio {
 		m.framesOutByPrio[p] = c("ci_ics_requests_by_priority_total", fmt.Sprintf(`direction="out",priority="%d"`, p))
 		m.framesInByPrio[p] = c("ci_ics_requests_by_priority_total", fmt.Sprintf(`direction="in",priority="%d"`, p))

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"container/list"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -15,7 +16,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/panjf2000/gnet/v2"
@@ -50,9 +50,11 @@ type Node struct {
 	downMu        sync.Mutex
 	downCallbacks []func(NodeNum, error)
 
-	// pending are accepted connections that have not completed the handshake.
+	// pending are accepted connections that have not completed the
+	// handshake, oldest first; pendingBySource counts those that have not
+	// yet named a member (see admitPending).
 	pendingMu       sync.Mutex
-	pending         map[*conn]time.Time
+	pending         list.List      // of *conn; guarded by pendingMu
 	pendingBySource map[string]int // guarded by pendingMu
 
 	ctx    context.Context // cancelled by Close; the base of handler contexts
@@ -82,6 +84,10 @@ type Node struct {
 	spareFD    int           // a reserved descriptor, freed to shed a connection at EMFILE; acceptLoop's
 	accepted   atomic.Int64  // accepted connections open, handshaking or not
 
+	// Handshake workers and their budgets (noise.go).
+	noiseJobs                    chan noiseJob
+	noiseMembers, noiseStrangers tokenBucket
+
 	engStopped chan struct{}         // closed when gnet.Run has returned; engErr is then set
 	engErr     error                 // what gnet.Run returned
 	fatal      atomic.Pointer[error] // why the node stopped on its own; see Err
@@ -109,10 +115,13 @@ type peer struct {
 	inbound map[*conn]struct{} // accepted connections from this peer; guarded by mu
 	dialing []chan struct{}    // per channel: closed when an in-progress dial ends; guarded by mu
 
-	linkGen     atomic.Uint64 // bumped on every loss; connections of an older link are stale
-	inflight    atomic.Int64  // requests from this peer admitted and not yet finished
-	down        atomic.Bool   // declared down: calls fail fast until NodeUp
-	incarnation atomic.Uint64 // the peer's boot incarnation, from its hellos
+	replies [2]replyQueue // for ChanReply and ChanReplyPrio, while the loop's replies wait for a dial
+
+	linkGen       atomic.Uint64 // bumped on every loss; connections of an older link are stale
+	inflight      atomic.Int64  // requests from this peer admitted and not yet finished
+	inflightBytes atomic.Int64  // their memCost
+	down          atomic.Bool   // declared down: calls fail fast until NodeUp
+	incarnation   atomic.Uint64 // the peer's boot incarnation, from its hellos
 
 	m *peerMetrics // this node's calls to the peer
 }
@@ -144,7 +153,6 @@ func New(cfg Config) (*Node, error) {
 		codec:       framing.NewCodec(cfg.MaxPayload),
 		incarnation: binary.LittleEndian.Uint64(inc[:]) | 1,
 		handles:     newHandleTable(cfg.MaxOutstandingCalls),
-		pending:     make(map[*conn]time.Time),
 		names:       map[string]bool{prioPoolName: true},
 
 		pendingBySource: make(map[string]int),
@@ -154,7 +162,10 @@ func New(cfg Config) (*Node, error) {
 		acceptDone:      make(chan struct{}),
 		done:            make(chan struct{}),
 		spareFD:         -1,
+		noiseJobs:       make(chan noiseJob, noiseQueue),
 	}
+	n.noiseMembers.init(cfg.MaxHandshakesPerSecond)
+	n.noiseStrangers.init(cfg.MaxHandshakesPerSecond)
 	if cfg.Security != nil {
 		n.sec.Store(cfg.Security)
 	}
@@ -262,6 +273,7 @@ func (n *Node) Start() error {
 		return fmt.Errorf("ics: node %d cannot start its event loops: %w", n.cfg.Node, err)
 	}
 	go n.watchEngine()
+	n.startNoiseWorkers()
 	n.spareFD, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	go n.acceptLoop()
 	if sec := n.sec.Load(); sec != nil {

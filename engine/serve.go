@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/clusterinfra/ci/framing"
@@ -16,15 +17,14 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 	p := c.peer
 	cost := framing.HeaderSize + len(f.Payload)
 	n.m.framesInByPrio[f.Priority].Inc()
-	if !c.admit(cost, f.Flags) {
+	if !c.admit(cost, &f.Header) {
 		// A peer that floods (priority channels are never throttled) is
 		// answered "busy" instead of queueing without bound.
-		n.m.limitInflight.Inc()
 		n.m.refused.inc(statusCode(StatusBusy))
 		if f.Type == framing.TypeRequest {
-			n.sendReply(nil, p, &f.Header, nil, StatusBusy, []byte("too many requests in flight from this node"))
+			n.sendReply(nil, p, c.linkGen, &f.Header, nil, StatusBusy, []byte("too many requests in flight from this node"))
 		}
-		c.finished(cost)
+		c.finished(cost, &f.Header)
 		return
 	}
 	svc := n.lookupService(f.Service)
@@ -42,9 +42,9 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		n.m.refused.inc(statusCode(status))
 		if f.Type == framing.TypeRequest {
 			msg := fmt.Sprintf("service %s proc %d version %d on node %d", f.Service, f.Proc, f.SvcVersion, n.cfg.Node)
-			n.sendReply(nil, p, &f.Header, nil, status, []byte(msg))
+			n.sendReply(nil, p, c.linkGen, &f.Header, nil, status, []byte(msg))
 		}
-		c.finished(cost)
+		c.finished(cost, &f.Header)
 		return
 	}
 
@@ -55,8 +55,8 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 			var err error
 			c.scratch, err = n.codec.Decompress(c.scratch[:0], &f.Header, f.Payload)
 			if err != nil {
-				n.replyDecodeError(p, &f.Header, err)
-				c.finished(cost)
+				n.replyDecodeError(c, &f.Header, err)
+				c.finished(cost, &f.Header)
 				return
 			}
 			args = c.scratch
@@ -68,11 +68,11 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		c.req.Args = nil
 		code := svc.outcome(err, c.resp.Body)
 		if f.Type == framing.TypeRequest {
-			n.sendReply(nil, p, &f.Header, svc, statusFor(err), replyBody(err, c.resp.Body))
+			n.sendReply(nil, p, c.linkGen, &f.Header, svc, statusFor(err), replyBody(err, c.resp.Body))
 		}
 		svc.metrics[f.Proc].observe(time.Since(start).Seconds(), code)
 		c.resp.Body = trimBuffer(c.resp.Body)
-		c.finished(cost)
+		c.finished(cost, &f.Header)
 		return
 	}
 
@@ -83,8 +83,8 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		*bp, err = n.codec.Decompress((*bp)[:0], &f.Header, f.Payload)
 		if err != nil {
 			n.putBuf(bp)
-			n.replyDecodeError(p, &f.Header, err)
-			c.finished(cost)
+			n.replyDecodeError(c, &f.Header, err)
+			c.finished(cost, &f.Header)
 			return
 		}
 	} else {
@@ -112,19 +112,19 @@ func (n *Node) runJob(w *handle, j *job) {
 	n.putBuf(j.buf)
 	code := j.svc.outcome(err, w.resp.Body)
 	if j.hdr.Type == framing.TypeRequest {
-		n.sendReply(n.ctx, j.from, &j.hdr, j.svc, statusFor(err), replyBody(err, w.resp.Body))
+		n.sendReply(n.ctx, j.from, j.conn.linkGen, &j.hdr, j.svc, statusFor(err), replyBody(err, w.resp.Body))
 	}
 	j.svc.metrics[j.hdr.Proc].observe(time.Since(j.start).Seconds(), code)
 	w.resp.Body = trimBuffer(w.resp.Body)
-	j.conn.finished(j.cost)
+	j.conn.finished(j.cost, &j.hdr)
 }
 
-func (n *Node) replyDecodeError(p *peer, h *framing.Header, err error) {
+func (n *Node) replyDecodeError(c *conn, h *framing.Header, err error) {
 	n.countDecodeLimit(err)
 	n.m.refused.inc(statusCode(StatusCantDecodeArgs))
-	n.log.Warn("cannot decompress request", "peer", p.num, "service", h.Service, "err", err)
+	n.log.Warn("cannot decompress request", "peer", c.peer.num, "service", h.Service, "err", err)
 	if h.Type == framing.TypeRequest {
-		n.sendReply(nil, p, h, nil, StatusCantDecodeArgs, []byte(err.Error()))
+		n.sendReply(nil, c.peer, c.linkGen, h, nil, StatusCantDecodeArgs, []byte(err.Error()))
 	}
 }
 
@@ -156,10 +156,11 @@ func replyBody(err error, body []byte) []byte {
 	return body
 }
 
-// sendReply answers request h from p. ctx is nil on an event loop, where
-// nothing may block: if the reply connection is not up yet, the reply is
-// copied and sent from a goroutine that dials it.
-func (n *Node) sendReply(ctx context.Context, p *peer, h *framing.Header, svc *service, status Status, body []byte) {
+// sendReply answers request h from p, which arrived on p's link gen. ctx
+// is nil on an event loop, where nothing may block: if the reply
+// connection is not up yet, the reply waits in the peer's reply queue for
+// the one goroutine that dials it.
+func (n *Node) sendReply(ctx context.Context, p *peer, gen uint64, h *framing.Header, svc *service, status Status, body []byte) {
 	ch := ChanReply
 	if h.Priority > 0 {
 		ch = ChanReplyPrio
@@ -185,45 +186,107 @@ func (n *Node) sendReply(ctx context.Context, p *peer, h *framing.Header, svc *s
 	}()
 	c := p.out[ch].Load()
 	if c == nil && ctx == nil {
-		n.sendReplyLater(p, ch, rh, append([]byte(nil), body...))
+		n.queueReply(p, gen, ch, &rh, body)
 		return
 	}
 	if c == nil {
 		var err error
 		if c, err = n.outConn(ctx, p, ch); err != nil {
-			n.replyLost(p, err)
+			n.replyLost(p, gen, err)
 			return
 		}
 	}
 	if err := c.send(ctx, &rh, body); err != nil {
-		n.replyLost(p, err)
+		n.replyLost(p, gen, err)
 	}
 }
 
-// sendReplyLater dials the reply channel and sends from a goroutine, for an
-// event loop that must not wait for the dial. Apart from sendReply so that
-// the header it captures does not make every reply allocate.
-func (n *Node) sendReplyLater(p *peer, ch Channel, rh framing.Header, body []byte) {
-	n.goOwned(func() {
-		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.DialTimeout)
-		defer cancel()
-		c, err := n.outConn(ctx, p, ch)
-		if err == nil {
-			err = c.send(ctx, &rh, body)
-		}
-		if err != nil {
-			n.replyLost(p, err)
-		}
-	})
+// replyQueue holds the replies an event loop made while the peer's reply
+// connection was being dialled, for the single goroutine that dials it;
+// MaxPendingWrite bounds it like any connection's queue.
+type replyQueue struct {
+	mu       sync.Mutex
+	replies  []queuedReply
+	bytes    int
+	draining bool // a drainReplies goroutine owns the queue
 }
 
-// replyLost ends the link to a peer a reply could not reach: its caller
-// must learn at once (its request connection drops, ErrNodeDown) instead of
-// waiting for a deadline it may not have.
-func (n *Node) replyLost(p *peer, err error) {
+type queuedReply struct {
+	gen  uint64
+	hdr  framing.Header
+	body []byte
+}
+
+// queueReply queues a copy of a reply for drainReplies. Apart from
+// sendReply so that the header it captures does not make every reply
+// allocate.
+func (n *Node) queueReply(p *peer, gen uint64, ch Channel, rh *framing.Header, body []byte) {
+	q := &p.replies[ch-ChanReply]
+	q.mu.Lock()
+	if q.bytes+framing.HeaderSize+len(body) > n.cfg.MaxPendingWrite {
+		q.mu.Unlock()
+		n.m.limitPendingWrite.Inc()
+		n.replyLost(p, gen, fmt.Errorf("%w: %d bytes of replies waiting for %s to be dialled", errQueueFull, q.bytes, ch))
+		return
+	}
+	q.replies = append(q.replies, queuedReply{gen: gen, hdr: *rh, body: append([]byte(nil), body...)})
+	q.bytes += framing.HeaderSize + len(body)
+	start := !q.draining
+	q.draining = true
+	q.mu.Unlock()
+	if start && !n.goOwned(func() { n.drainReplies(p, ch, q) }) {
+		q.mu.Lock()
+		q.replies, q.bytes, q.draining = nil, 0, false // closing: nobody will read them
+		q.mu.Unlock()
+	}
+}
+
+// drainReplies dials p's reply channel ch and sends what is queued,
+// until the queue is empty. A failure drops the queue and ends the links
+// the replies belonged to, each once.
+func (n *Node) drainReplies(p *peer, ch Channel, q *replyQueue) {
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.DialTimeout)
+	c, err := n.outConn(ctx, p, ch)
+	cancel()
+	for {
+		q.mu.Lock()
+		batch := q.replies
+		q.replies, q.bytes = nil, 0
+		if len(batch) == 0 {
+			q.draining = false
+			q.mu.Unlock()
+			return
+		}
+		q.mu.Unlock()
+		for i := range batch {
+			r := &batch[i]
+			if err == nil && c.dead.Load() {
+				err = errConnClosed
+			}
+			if err == nil && r.gen != c.linkGen {
+				continue // its request's link ended while we dialled: its caller has failed already
+			}
+			if err == nil {
+				wctx, cancel := context.WithTimeout(n.ctx, n.cfg.WriteTimeout)
+				err = c.send(wctx, &r.hdr, r.body)
+				cancel()
+			}
+			if err != nil {
+				n.replyLost(p, r.gen, err)
+			}
+		}
+	}
+}
+
+// replyLost ends the link a reply could not reach: its caller must learn
+// at once (its request connection drops, ErrNodeDown) instead of waiting
+// for a deadline it may not have. Only the link the request came on: a
+// newer one is not this reply's business, and one link ends once however
+// many of its replies are lost.
+func (n *Node) replyLost(p *peer, gen uint64, err error) {
 	n.log.Debug("reply lost", "peer", p.num, "err", err)
 	if !n.closed.Load() && !errors.Is(err, ErrClosed) {
-		n.peerLost(p, p.linkGen.Load(), fmt.Errorf("reply undeliverable: %w", err))
+		n.peerLost(p, gen, fmt.Errorf("reply undeliverable: %w", err))
 	}
 }
 
