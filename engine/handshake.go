@@ -74,6 +74,10 @@ func (n *Node) acceptHello(c *conn, f *framing.Frame) error {
 // dialler that completed the key exchange can produce it, which a replay of
 // a recorded first message cannot.
 func (n *Node) acceptConfirm(c *conn, f *framing.Frame) error {
+	if c.peer.down.Load() {
+		// Declared down after its hello: it must not reach a handler.
+		return n.rejectHello(c, fmt.Errorf("node %d is declared down", c.peer.num))
+	}
 	if err := c.session.checkConfirm(f.Payload); err != nil {
 		n.m.authFailures.Inc()
 		return n.rejectHello(c, fmt.Errorf("node %d: %w", c.peer.num, err))
@@ -121,7 +125,10 @@ func (n *Node) becomeReady(c *conn) error {
 	if w > 0 {
 		c.recv = newRecvCredit(w, n.cfg.MaxCreditWindow) // before joinLink publishes c to the gauges
 	}
-	c.linkGen = n.joinLink(p, c.incarnation, c)
+	var err error
+	if c.linkGen, err = n.joinLink(p, c.incarnation, c); err != nil {
+		return n.rejectHello(c, err)
+	}
 	if w > 0 {
 		n.m.watchReceiveWindow(n, p, ch)
 		c.sendGrant(int64(w))
@@ -162,72 +169,102 @@ func (n *Node) hello(to NodeNum, ch Channel) *framing.Hello {
 }
 
 // outConn returns the connection this node sends to p on ch, dialling it if
-// needed. Concurrent callers share one dial.
+// needed. Concurrent callers share one dial, which runs on its own
+// goroutine bounded by DialTimeout; each caller waits for it only as long
+// as its ctx allows. After a failed dial, dials to p wait out a backoff
+// (see peer.dialFailedLocked) and calls meanwhile fail at once.
 func (n *Node) outConn(ctx context.Context, p *peer, ch Channel) (*conn, error) {
 	if c := p.out[ch].Load(); c != nil {
 		return c, nil
 	}
-	for {
-		if n.closed.Load() {
+	if n.closed.Load() {
+		return nil, ErrClosed
+	}
+	if p.down.Load() {
+		return nil, fmt.Errorf("%w: node %d", ErrNodeDown, p.num)
+	}
+	p.mu.Lock()
+	if c := p.out[ch].Load(); c != nil {
+		p.mu.Unlock()
+		return c, nil
+	}
+	d := p.dialing[ch]
+	if d == nil {
+		if wait := time.Until(p.retryAt); wait > 0 {
+			last := p.lastDialErr
+			p.mu.Unlock()
+			n.m.dialBackoffRefusals.Inc()
+			return nil, fmt.Errorf("%w: node %d: next dial in %v after %w", ErrNodeDown, p.num, wait.Round(time.Millisecond), last)
+		}
+		d = &dialResult{done: make(chan struct{})}
+		p.dialing[ch] = d
+		if !n.goOwned(func() { n.routineDial(p, ch, d) }) {
+			p.dialing[ch] = nil
+			p.mu.Unlock()
 			return nil, ErrClosed
 		}
-		if p.down.Load() {
-			return nil, fmt.Errorf("%w: node %d", ErrNodeDown, p.num)
-		}
-		p.mu.Lock()
-		if c := p.out[ch].Load(); c != nil {
-			p.mu.Unlock()
-			return c, nil
-		}
-		if w := p.dialing[ch]; w != nil {
-			p.mu.Unlock()
-			select {
-			case <-w:
-				continue
-			case <-ctx.Done():
-				return nil, ctxError(ctx)
-			}
-		}
-		w := make(chan struct{})
-		p.dialing[ch] = w
-		p.mu.Unlock()
+	}
+	p.mu.Unlock()
+	select {
+	case <-d.done:
+		return d.c, d.err
+	case <-ctx.Done():
+		return nil, ctxError(ctx)
+	}
+}
 
-		c, err := n.dial(ctx, p, ch)
+// dialResult is the outcome of one dial, shared by every caller waiting for
+// it: c and err are written before done closes.
+type dialResult struct {
+	done chan struct{}
+	c    *conn
+	err  error
+}
 
-		p.mu.Lock()
-		p.dialing[ch] = nil
-		close(w)
-		if err == nil {
-			if c.linkGen != p.linkGen.Load() || n.closed.Load() {
-				err = fmt.Errorf("%w: node %d: link lost while dialling", ErrNodeDown, p.num)
-				c.close()
-			} else {
-				p.out[ch].Store(c)
-			}
+// routineDial dials p on ch for outConn's callers, bounded by DialTimeout
+// and the node's life, and publishes the connection unless the link ended
+// (or p was declared down) while it was being made.
+func (n *Node) routineDial(p *peer, ch Channel, d *dialResult) {
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.DialTimeout)
+	defer cancel()
+	p.dialAttempts.Inc()
+	c, err := n.dial(ctx, p, ch)
+	p.mu.Lock()
+	p.dialing[ch] = nil
+	switch {
+	case err != nil:
+		if !n.closed.Load() {
+			p.dialFailedLocked(n.cfg, err)
 		}
-		p.mu.Unlock()
-		if err != nil {
-			return nil, err
-		}
-		return c, nil
+	case n.closed.Load():
+		err = ErrClosed
+	case p.down.Load() || c.linkGen != p.linkGen.Load():
+		err = fmt.Errorf("%w: node %d: link lost while dialling", ErrNodeDown, p.num)
+	default:
+		p.out[ch].Store(c)
+		p.dialFailures, p.retryAt, p.lastDialErr = 0, time.Time{}, nil
+	}
+	if err != nil && c != nil {
+		c.close()
+		c = nil
+	}
+	d.c, d.err = c, err
+	close(d.done)
+	p.mu.Unlock()
+	if err != nil {
+		p.dialErrors.Inc()
 	}
 }
 
 // dial connects to p for channel ch, does the handshake on the plain socket
 // and then hands the socket to a gnet event loop.
-func (n *Node) dial(ctx context.Context, p *peer, ch Channel) (*conn, error) {
+// dctx bounds all of it, the handshake's reads and the wait for the loop
+// included.
+func (n *Node) dial(dctx context.Context, p *peer, ch Channel) (*conn, error) {
 	addr := *p.addr.Load()
-	dctx, cancel := context.WithTimeout(n.ctx, n.cfg.DialTimeout)
-	defer cancel()
-	stop := context.AfterFunc(ctx, cancel)
-	defer stop()
-
 	d := net.Dialer{LocalAddr: n.localDialAddr()}
 	nc, err := d.DialContext(dctx, "tcp", addr)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctxError(ctx)
-		}
 		return nil, fmt.Errorf("%w: node %d at %s: %v", ErrNodeDown, p.num, addr, err)
 	}
 	ok := false
@@ -239,6 +276,9 @@ func (n *Node) dial(ctx context.Context, p *peer, ch Channel) (*conn, error) {
 	if dl, has := dctx.Deadline(); has {
 		_ = nc.SetDeadline(dl)
 	}
+	// Close cancels dctx: the handshake's reads must not wait it out.
+	stop := context.AfterFunc(dctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
 	mine := n.hello(p.num, ch)
 	sec := n.sec.Load()
 	var hs *noise.HandshakeState
@@ -302,7 +342,9 @@ func (n *Node) dial(ctx context.Context, p *peer, ch Channel) (*conn, error) {
 		// No credit until the acceptor's first grant, right behind its ack.
 		c.credit = n.m.newSendCredit(n, p, ch)
 	}
-	c.linkGen = n.joinLink(p, ack.Incarnation, nil)
+	if c.linkGen, err = n.joinLink(p, ack.Incarnation, nil); err != nil {
+		return nil, err
+	}
 	c.ready = true
 	// gnet's enrolment waits for the event loop to take the socket; a loop
 	// stopped meanwhile would leave that wait hanging for ever. Close waits
@@ -317,8 +359,19 @@ func (n *Node) dial(ctx context.Context, p *peer, ch Channel) (*conn, error) {
 		return nil, fmt.Errorf("%w: cannot register connection: %v", ErrClosed, err)
 	}
 	ok = true // gnet duplicates the socket and closes nc itself
-	if r := <-res; r.Err != nil {
-		return nil, fmt.Errorf("%w: node %d: cannot register connection: %v", ErrCantSend, p.num, r.Err)
+	select {
+	case r := <-res:
+		if r.Err != nil {
+			return nil, fmt.Errorf("%w: node %d: cannot register connection: %v", ErrCantSend, p.num, r.Err)
+		}
+	case <-dctx.Done():
+		// A loop that has not taken the socket by now (descriptors
+		// exhausted, loops overloaded) must not hold the callers for ever.
+		// If it takes it later, OnOpen sees the dial abandoned and closes it.
+		if !c.enrol.CompareAndSwap(enrolPending, enrolAbandoned) {
+			c.close() // OnOpen ran meanwhile
+		}
+		return nil, fmt.Errorf("%w: node %d: the event loop did not take the connection in time", ErrNodeDown, p.num)
 	}
 	c.wmu.Lock()
 	attached := c.fd >= 0

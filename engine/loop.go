@@ -228,7 +228,12 @@ func (h *loopHandler) OnClose(gc gnet.Conn, err error) gnet.Action {
 		return gnet.None
 	}
 	if c.outbound {
-		p.out[c.channel].CompareAndSwap(c, nil)
+		if !p.out[c.channel].CompareAndSwap(c, nil) {
+			// Never published (a dial that gave up or lost its link), or
+			// already unpublished by the end of its link: its close is no
+			// news about the current link.
+			return gnet.None
+		}
 	} else {
 		p.mu.Lock()
 		delete(p.inbound, c)

@@ -16,7 +16,7 @@ type nodeMetrics struct {
 	rpcOK, rpcTimeout, rpcNodeDown, rpcRemoteErr, rpcSendErr, rpcTooMany *metrics.Counter
 	rpcDuration                                                          *metrics.Histogram
 	lateReplies, badFrames, handshakeRejects, peerLosses                 *metrics.Counter
-	oneWaySent                                                           *metrics.Counter
+	oneWaySent, staleReplies, dialBackoffRefusals                        *metrics.Counter
 
 	framesOutByPrio, framesInByPrio [framing.MaxPriority + 1]*metrics.Counter
 
@@ -47,6 +47,9 @@ func newNodeMetrics(set *metrics.Set, node NodeNum) *nodeMetrics {
 		handshakeRejects: c("ci_ics_handshake_rejects_total", ""),
 		peerLosses:       c("ci_ics_peer_losses_total", ""),
 		oneWaySent:       c("ci_ics_oneway_sent_total", ""),
+		staleReplies:     c("ci_ics_stale_replies_dropped_total", ""), // replies for a link that ended
+		// calls failed at once because the peer's last dial failed and its backoff runs
+		dialBackoffRefusals: c("ci_ics_dial_backoff_refusals_total", ""),
 	}
 	m.authFailures = c("ci_ics_auth_failures_total", "")
 	m.limitFrameSize = c("ci_ics_limit_hits_total", `limit="frame_size"`)

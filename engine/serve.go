@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"unsafe"
 
 	"github.com/clusterinfra/ci/framing"
 )
@@ -20,7 +21,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		// answered "busy" instead of queueing without bound.
 		n.m.limitInflight.Inc()
 		if f.Type == framing.TypeRequest {
-			n.sendReply(nil, p, &f.Header, nil, StatusBusy, []byte("too many requests in flight from this node"))
+			n.sendReply(nil, p, c.linkGen, &f.Header, nil, StatusBusy, []byte("too many requests in flight from this node"))
 		}
 		c.finished(cost)
 		return
@@ -39,7 +40,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		n.log.Debug("refusing request", "peer", p.num, "service", f.Service, "proc", f.Proc, "status", status.Err())
 		if f.Type == framing.TypeRequest {
 			msg := fmt.Sprintf("service %s proc %d version %d on node %d", f.Service, f.Proc, f.SvcVersion, n.cfg.Node)
-			n.sendReply(nil, p, &f.Header, nil, status, []byte(msg))
+			n.sendReply(nil, p, c.linkGen, &f.Header, nil, status, []byte(msg))
 		}
 		c.finished(cost)
 		return
@@ -51,21 +52,13 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 			var err error
 			c.scratch, err = n.codec.Decompress(c.scratch[:0], &f.Header, f.Payload)
 			if err != nil {
-				n.replyDecodeError(p, &f.Header, err)
+				n.replyDecodeError(c, &f.Header, err)
 				c.finished(cost)
 				return
 			}
 			args = c.scratch
 		}
-		c.hctx.reset(n.ctx, f.Priority)
-		c.req = Request{From: p.num, Service: f.Service, Proc: f.Proc, Priority: f.Priority, OneWay: f.Type == framing.TypeOneWay, Args: args}
-		c.resp.Body = c.resp.Body[:0]
-		err := svc.Procs[f.Proc](&c.hctx, &c.req, &c.resp)
-		c.req.Args = nil
-		if f.Type == framing.TypeRequest {
-			n.sendReply(nil, p, &f.Header, svc, statusFor(err), replyBody(err, c.resp.Body))
-		}
-		c.resp.Body = trimBuffer(c.resp.Body)
+		n.serve(nil, svc, &f.Header, c.peer, c.linkGen, args, &c.st)
 		c.finished(cost)
 		return
 	}
@@ -77,7 +70,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		*bp, err = n.codec.Decompress((*bp)[:0], &f.Header, f.Payload)
 		if err != nil {
 			n.putBuf(bp)
-			n.replyDecodeError(p, &f.Header, err)
+			n.replyDecodeError(c, &f.Header, err)
 			c.finished(cost)
 			return
 		}
@@ -98,24 +91,78 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 
 // runJob is a server handle serving one request.
 func (n *Node) runJob(w *handle, j *job) {
-	w.ctx.reset(n.ctx, j.hdr.Priority)
-	w.req = Request{From: j.from.num, Service: j.hdr.Service, Proc: j.hdr.Proc, Priority: j.hdr.Priority, OneWay: j.hdr.Type == framing.TypeOneWay, Args: *j.buf}
-	w.resp.Body = w.resp.Body[:0]
-	err := j.svc.Procs[j.hdr.Proc](&w.ctx, &w.req, &w.resp)
-	w.req.Args = nil
+	n.serve(n.ctx, j.svc, &j.hdr, j.from, j.conn.linkGen, *j.buf, &w.st)
+	// Only now: the handler may have replied with the arguments themselves.
 	n.putBuf(j.buf)
-	if j.hdr.Type == framing.TypeRequest {
-		n.sendReply(n.ctx, j.from, &j.hdr, j.svc, statusFor(err), replyBody(err, w.resp.Body))
-	}
-	w.resp.Body = trimBuffer(w.resp.Body)
 	j.conn.finished(j.cost)
 }
 
-func (n *Node) replyDecodeError(p *peer, h *framing.Header, err error) {
-	n.countDecodeLimit(err)
-	n.log.Warn("cannot decompress request", "peer", p.num, "service", h.Service, "err", err)
+// serveState is what serving a request reuses: a server handle owns one,
+// and so does each connection for its inline handlers. req and resp are
+// fields, not locals, because the handler is called through a func value
+// and they would escape: two allocations per request.
+type serveState struct {
+	req  Request
+	resp Response
+	own  []byte // the reply buffer, kept from request to request
+}
+
+// serve runs the handler for request h from p, which arrived on link gen,
+// and sends its reply. ctx is nil on an event loop (see sendReply).
+//
+// Ownership, as the Handler documentation promises: args stays valid until
+// the reply has been sent; resp.Body starts as own[:0], and whatever slice
+// the handler leaves there is only read, until the reply is sent. Only own
+// (and what append grew it into) is ever written to or kept: a handler
+// that answers with req.Args or a shared slice gives the engine nothing.
+func (n *Node) serve(ctx context.Context, svc *service, h *framing.Header, p *peer, gen uint64, args []byte, st *serveState) {
+	st.req = Request{From: p.num, Service: h.Service, Proc: h.Proc, Priority: h.Priority, OneWay: h.Type == framing.TypeOneWay, Args: args}
+	st.resp.Body = st.own[:0]
+	err := svc.Procs[h.Proc](n.handlerContext(h.Priority), &st.req, &st.resp)
 	if h.Type == framing.TypeRequest {
-		n.sendReply(nil, p, h, nil, StatusCantDecodeArgs, []byte(err.Error()))
+		body := st.resp.Body
+		if err != nil {
+			// Never into resp.Body: it may be the handler's own slice.
+			st.own = append(st.own[:0], err.Error()...)
+			body = st.own
+		}
+		n.sendReply(ctx, p, gen, h, svc, statusFor(err), body)
+	}
+	st.own = keepBuffer(st.own, st.resp.Body)
+	st.req.Args, st.resp.Body = nil, nil // the handler's slices are not ours to keep
+}
+
+// keepBuffer picks the reply buffer to reuse after a handler left body in
+// resp.Body. body is reused only if it is own's memory (the handler
+// appended within its capacity). Anything else may belong to the handler:
+// then own is kept, or replaced with a fresh buffer of body's size if the
+// handler needed more room than own had, so that a handler appending the
+// same size every time allocates only the first time.
+func keepBuffer(own, body []byte) []byte {
+	if cap(body) > 0 && cap(own) > 0 && unsafe.SliceData(body[:cap(body)]) == unsafe.SliceData(own[:cap(own)]) {
+		return trimBuffer(body)
+	}
+	if len(body) > cap(own) && len(body) <= maxKeptBuffer {
+		return make([]byte, 0, len(body))
+	}
+	return trimBuffer(own)
+}
+
+// maxKeptBuffer bounds the reply buffer a handle keeps between requests.
+const maxKeptBuffer = 1 << 20
+
+// handlerContext is the context handlers of requests at prio run with. One
+// per priority, built once and never changed, so a handler may hand it to
+// goroutines that outlive it (Go, GoFunc) without racing the next request.
+func (n *Node) handlerContext(prio uint8) context.Context {
+	return &n.hctx[prio]
+}
+
+func (n *Node) replyDecodeError(c *conn, h *framing.Header, err error) {
+	n.countDecodeLimit(err)
+	n.log.Warn("cannot decompress request", "peer", c.peer.num, "service", h.Service, "err", err)
+	if h.Type == framing.TypeRequest {
+		n.sendReply(nil, c.peer, c.linkGen, h, nil, StatusCantDecodeArgs, []byte(err.Error()))
 	}
 }
 
@@ -126,18 +173,19 @@ func statusFor(err error) Status {
 	return statusOf(err)
 }
 
-// replyBody is the handler's results, or the error's text on failure.
-func replyBody(err error, body []byte) []byte {
-	if err != nil {
-		return append(body[:0], err.Error()...)
+// sendReply answers request h from p, which arrived on p's link gen. ctx is
+// nil on an event loop, where nothing may block: if the reply connection is
+// not up yet, the reply is copied and sent from a goroutine that dials it.
+//
+// A reply goes out only on a connection of the request's own link: once
+// that link has ended (the connection dropped, the peer restarted, it was
+// declared down), its caller has already been failed, and the xid may name
+// a call of the peer's next run. Such a reply is dropped and counted.
+func (n *Node) sendReply(ctx context.Context, p *peer, gen uint64, h *framing.Header, svc *service, status Status, body []byte) {
+	if p.linkGen.Load() != gen {
+		n.m.staleReplies.Inc()
+		return
 	}
-	return body
-}
-
-// sendReply answers request h from p. ctx is nil on an event loop, where
-// nothing may block: if the reply connection is not up yet, the reply is
-// copied and sent from a goroutine that dials it.
-func (n *Node) sendReply(ctx context.Context, p *peer, h *framing.Header, svc *service, status Status, body []byte) {
 	ch := ChanReply
 	if h.Priority > 0 {
 		ch = ChanReplyPrio
@@ -163,45 +211,58 @@ func (n *Node) sendReply(ctx context.Context, p *peer, h *framing.Header, svc *s
 	}()
 	c := p.out[ch].Load()
 	if c == nil && ctx == nil {
-		n.sendReplyLater(p, ch, rh, append([]byte(nil), body...))
+		n.sendReplyLater(p, gen, ch, rh, append([]byte(nil), body...))
 		return
 	}
 	if c == nil {
 		var err error
 		if c, err = n.outConn(ctx, p, ch); err != nil {
-			n.replyLost(p, err)
+			n.replyLost(p, gen, err)
 			return
 		}
 	}
-	if err := c.send(ctx, &rh, body); err != nil {
-		n.replyLost(p, err)
+	n.sendOnLink(ctx, c, p, gen, &rh, body)
+}
+
+// sendOnLink sends reply rh on c if c belongs to link gen.
+func (n *Node) sendOnLink(ctx context.Context, c *conn, p *peer, gen uint64, rh *framing.Header, body []byte) {
+	if c.linkGen != gen {
+		// The reply connection was dialled for a later link: p's next run
+		// must not see this run's reply.
+		n.m.staleReplies.Inc()
+		return
+	}
+	if err := c.send(ctx, rh, body); err != nil {
+		n.replyLost(p, gen, err)
 	}
 }
 
 // sendReplyLater dials the reply channel and sends from a goroutine, for an
 // event loop that must not wait for the dial. Apart from sendReply so that
 // the header it captures does not make every reply allocate.
-func (n *Node) sendReplyLater(p *peer, ch Channel, rh framing.Header, body []byte) {
+func (n *Node) sendReplyLater(p *peer, gen uint64, ch Channel, rh framing.Header, body []byte) {
 	n.goOwned(func() {
 		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.DialTimeout)
 		defer cancel()
 		c, err := n.outConn(ctx, p, ch)
-		if err == nil {
-			err = c.send(ctx, &rh, body)
-		}
 		if err != nil {
-			n.replyLost(p, err)
+			n.replyLost(p, gen, err)
+			return
 		}
+		n.sendOnLink(ctx, c, p, gen, &rh, body)
 	})
 }
 
 // replyLost ends the link to a peer a reply could not reach: its caller
 // must learn at once (its request connection drops, ErrNodeDown) instead of
 // waiting for a deadline it may not have.
-func (n *Node) replyLost(p *peer, err error) {
+//
+// Only the request's own link gen ends: the jobs of a link that already
+// ended must not tear down the one that replaced it.
+func (n *Node) replyLost(p *peer, gen uint64, err error) {
 	n.log.Debug("reply lost", "peer", p.num, "err", err)
 	if !n.closed.Load() && !errors.Is(err, ErrClosed) {
-		n.peerLost(p, p.linkGen.Load(), fmt.Errorf("reply undeliverable: %w", err))
+		n.peerLost(p, gen, fmt.Errorf("reply undeliverable: %w", err))
 	}
 }
 

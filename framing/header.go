@@ -22,7 +22,7 @@ const ProtocolVersion = 1
 //	  3    1 priority    ICS priority 0..MaxPriority the frame was sent at
 //	  4    4 service     cluster service: channel<<16 | subservice (CI's ICS_NSC_SVC)
 //	  8    4 proc        procedure number; echoed in the reply
-//	 12    8 xid         transaction id: client handle slot | generation<<32; 0 for one-way
+//	 12    8 xid         transaction id, opaque to the receiver (the engine: slot | random generation<<24); 0 for one-way
 //	 20    4 length      payload bytes that follow the header on the wire
 //	 24    4 aux         uncompressed length when compressed; credit bytes for TypeCredit
 //	 28    2 svcversion  version of the service stubs that built the frame
