@@ -8,7 +8,7 @@ PKGS      ?= ./...
 FUZZTIME  ?= 50000x
 BIN       := bin
 
-.PHONY: all build test vet lint fuzz-short fuzz bench demo generate check-generate clean
+.PHONY: all build test test-long vet lint fuzz-short fuzz bench demo generate check-generate clean
 
 all: build
 
@@ -35,6 +35,11 @@ check-generate:
 test: lint check-generate
 	$(GO) test -race -count=1 -timeout 10m $(PKGS)
 	$(MAKE) fuzz-short
+
+# The CLMS randomized fault run over many seeds (make test runs a handful).
+CLMS_SEEDS ?= 300
+test-long:
+	CLMS_SEEDS=$(CLMS_SEEDS) $(GO) test -count=1 -timeout 60m -run '^TestRandomized$$' ./clms/
 
 # Every fuzz target for FUZZTIME each (a Go fuzz run takes one target at a time).
 fuzz-short:

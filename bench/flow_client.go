@@ -1,12 +1,15 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -252,7 +255,22 @@ func (c *FlowClient) icsSync(ctx context.Context) (flowStat, error) {
 
 // creditWaitCount reads the client node's credit waits on the bulk channel.
 func (c *FlowClient) creditWaitCount() int64 {
-	return int64(c.n.Metrics().GetOrCreateCounter(c.metricName("ci_ics_credit_waits_total")).Get())
+	var b bytes.Buffer
+	c.n.Metrics().WritePrometheus(&b)
+	return int64(seriesValue(b.String(), c.metricName("ci_ics_credit_waits_total")))
+}
+
+// seriesValue is the value of one series (name and labels, as the engine
+// writes them) in a scrape, 0 if absent. The engine's series live behind
+// the set's metrics writer, so a scrape is the way to read them.
+func seriesValue(scrape, series string) float64 {
+	for line := range strings.Lines(scrape) {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f
+		}
+	}
+	return 0
 }
 
 // metricName is an engine per-connection metric of the client node for the

@@ -168,3 +168,15 @@ func TestFlowRunConfigValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSeriesValue reads one series out of a scrape, not a prefix of it.
+func TestSeriesValue(t *testing.T) {
+	scrape := "# HELP x_total X.\n# TYPE x_total counter\n" +
+		"x_total{node=\"1\",peer=\"22\"} 7\nx_total{node=\"1\",peer=\"2\"} 5\n"
+	if v := seriesValue(scrape, `x_total{node="1",peer="2"}`); v != 5 {
+		t.Fatalf("got %v, want 5", v)
+	}
+	if v := seriesValue(scrape, `x_total{node="1",peer="3"}`); v != 0 {
+		t.Fatalf("absent series: got %v", v)
+	}
+}

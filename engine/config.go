@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"golang.org/x/sys/unix"
 
 	"github.com/clusterinfra/ci/framing"
 )
@@ -93,7 +94,11 @@ type Config struct {
 	HandshakeTimeout    time.Duration // an accepted connection must say hello within this
 	EventLoops          int           // gnet event loops; 0 means one per P (GOMAXPROCS)
 	WriteMode           WriteMode     // how frames reach the socket
-	MaxPendingWrite     int           // bytes queued on one connection before senders wait
+	MaxPendingWrite     int           // bytes queued on one connection before senders wait; event loops never queue more
+	// WriteTimeout ends a connection whose peer has read nothing of what
+	// is queued for it for this long, and with it the link: a peer that
+	// stops reading must not hold server handles, or memory, for ever.
+	WriteTimeout time.Duration
 
 	// CreditWindow is the flow-control window, in bytes, a node grants each
 	// peer on each throttled channel (CLMS, probe and service channels): no
@@ -123,8 +128,30 @@ type Config struct {
 
 	// Limits against hostile or broken peers; each one that triggers counts
 	// in ci_ics_limit_hits_total.
-	MaxUnauthPerSource int // connections from one IP still in their handshake
+	MaxUnauthPerSource int // connections from one IP that have not yet named a member
+	// MaxPendingHandshakes bounds the connections in their handshake
+	// node-wide. At either limit the oldest such connection (from that
+	// address, or anywhere) is shed to make room, so that a flood of idle
+	// connections cannot keep a member out: its handshake takes
+	// milliseconds, a stranger's lasts until it is shed.
+	MaxPendingHandshakes int
+	// MaxHandshakesPerSecond bounds the Noise key exchanges a node computes
+	// for accepted hellos, separately for members dialling from their
+	// configured address and for everyone else; hellos over it are refused.
+	MaxHandshakesPerSecond int
+	// MaxConnections bounds the accepted connections open at once,
+	// handshaking or not; later ones are reset at once. Each costs two
+	// descriptors, and running out of descriptors must never be what
+	// stops a flood (see acceptLoop).
+	MaxConnections     int
 	MaxInflightPerPeer int // requests from one peer received and not yet answered
+	// MaxInflightBytesPerPeer bounds the same requests in bytes (their
+	// decompressed size when compressed); past either bound they are
+	// answered busy.
+	MaxInflightBytesPerPeer int
+	// MaxConnsPerChannel bounds a peer's accepted connections on one
+	// channel: each would get a window of its own.
+	MaxConnsPerChannel int
 
 	Logger  *slog.Logger // nil: discard
 	Metrics *metrics.Set // nil: a new set, see Node.Metrics
@@ -133,22 +160,28 @@ type Config struct {
 // DefaultConfig returns the defaults, each with its reason.
 func DefaultConfig() Config {
 	return Config{
-		ListenAddr:          "127.0.0.1:0",             // loopback: a node is exposed only on purpose
-		MaxChannels:         12,                        // CI's ICS_MAX_CHANNELS
-		MaxSubservices:      6,                         // CI's ICS_NUM_SUBSERVICES
-		MaxPayload:          framing.DefaultMaxPayload, // 16 MiB: big enough for bulk, small enough to refuse nonsense
-		MaxOutstandingCalls: 16384,                     // per node; a full table fails fast instead of growing memory
-		DialTimeout:         2 * time.Second,           // loopback/LAN connects take microseconds; a dead host should not stall callers long
-		DialBackoff:         20 * time.Millisecond,     // a restarting peer listens again within tens of ms; far below a human's notice
-		MaxDialBackoff:      time.Second,               // a peer back up is reached within a second; one dial a second costs an unreachable peer nothing
-		HandshakeTimeout:    5 * time.Second,           // generous for a loaded peer, short enough to shed half-open connections
-		EventLoops:          0,                         // one per P: more would only wait for Ps held by loops blocked in epoll_wait
-		WriteMode:           WriteDirect,               // measured faster; BENCHMARKS.md
-		MaxPendingWrite:     8 << 20,                   // two max-size frames in flight, then senders feel it
-		MaxUnauthPerSource:  32,                        // a peer opens at most a dozen channels at once; a flood from one address is cut off
-		MaxInflightPerPeer:  65536,                     // far above what credits let a well-behaved peer queue; bounds priority-channel floods
-		CreditWindow:        256 << 10,                 // a few hundred small RPCs or a few bulk chunks, small enough to bound memory per peer
-		MaxCreditWindow:     1 << 20,                   // enough in flight for one bulk stream to match raw TCP on loopback (BENCHMARKS.md); reached only while handlers keep up
+		ListenAddr:              "127.0.0.1:0",             // loopback: a node is exposed only on purpose
+		MaxChannels:             12,                        // CI's ICS_MAX_CHANNELS
+		MaxSubservices:          6,                         // CI's ICS_NUM_SUBSERVICES
+		MaxPayload:              framing.DefaultMaxPayload, // 16 MiB: big enough for bulk, small enough to refuse nonsense
+		MaxOutstandingCalls:     16384,                     // per node; a full table fails fast instead of growing memory
+		DialTimeout:             2 * time.Second,           // loopback/LAN connects take microseconds; a dead host should not stall callers long
+		DialBackoff:             20 * time.Millisecond,     // a restarting peer listens again within tens of ms; far below a human's notice
+		MaxDialBackoff:          time.Second,               // a peer back up is reached within a second; one dial a second costs an unreachable peer nothing
+		HandshakeTimeout:        5 * time.Second,           // generous for a loaded peer, short enough to shed half-open connections
+		EventLoops:              0,                         // one per P: more would only wait for Ps held by loops blocked in epoll_wait
+		WriteMode:               WriteDirect,               // measured faster; BENCHMARKS.md
+		MaxPendingWrite:         8 << 20,                   // two max-size frames in flight, then senders feel it
+		WriteTimeout:            10 * time.Second,          // a live peer drains its socket in milliseconds; a stalled one is ended well before CLMS would notice
+		MaxUnauthPerSource:      32,                        // a peer opens at most a dozen channels at once; a flood from one address is cut off
+		MaxPendingHandshakes:    1024,                      // a full restart of a 64-node cluster opens ~800 at once; a flood is shed oldest first
+		MaxHandshakesPerSecond:  1000,                      // a 64-node cluster's restart needs ~800; at ~0.3 ms each, a flood costs at most 0.3 CPU
+		MaxConnections:          defaultMaxConnections(),   // half the descriptors (two per connection): the rest stays for dials and the process
+		MaxInflightPerPeer:      65536,                     // far above what credits let a well-behaved peer queue; bounds priority-channel floods
+		MaxInflightBytesPerPeer: 256 << 20,                 // 16 max-size requests: more than credit windows and priority traffic need, a bound on what one peer pins
+		MaxConnsPerChannel:      2,                         // one, and its replacement arriving before the old one's close is seen
+		CreditWindow:            256 << 10,                 // a few hundred small RPCs or a few bulk chunks, small enough to bound memory per peer
+		MaxCreditWindow:         1 << 20,                   // enough in flight for one bulk stream to match raw TCP on loopback (BENCHMARKS.md); reached only while handlers keep up
 	}
 }
 
@@ -189,6 +222,11 @@ func (c *Config) validate() error {
 	fill(&c.MaxCreditWindow, d.MaxCreditWindow)
 	fill(&c.MaxUnauthPerSource, d.MaxUnauthPerSource)
 	fill(&c.MaxInflightPerPeer, d.MaxInflightPerPeer)
+	fill(&c.MaxInflightBytesPerPeer, d.MaxInflightBytesPerPeer)
+	fill(&c.MaxConnsPerChannel, d.MaxConnsPerChannel)
+	fill(&c.MaxConnections, d.MaxConnections)
+	fill(&c.MaxPendingHandshakes, d.MaxPendingHandshakes)
+	fill(&c.MaxHandshakesPerSecond, d.MaxHandshakesPerSecond)
 	switch {
 	case c.Security == nil && !c.Insecure:
 		return fmt.Errorf("%w: no Security: set Config.Security, or Config.Insecure to run without authentication on purpose", ErrBadConfig)
@@ -216,6 +254,9 @@ func (c *Config) validate() error {
 	if c.MaxDialBackoff == 0 {
 		c.MaxDialBackoff = max(d.MaxDialBackoff, c.DialBackoff)
 	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = d.WriteTimeout
+	}
 	switch {
 	case c.MaxChannels <= int(ChanFirstService) || c.MaxChannels > 255:
 		return fmt.Errorf("%w: MaxChannels %d: need %d..255 (8 are CI's fixed channels)", ErrBadConfig, c.MaxChannels, ChanFirstService+1)
@@ -225,7 +266,7 @@ func (c *Config) validate() error {
 		return fmt.Errorf("%w: MaxPayload %d out of 1..1GiB", ErrBadConfig, c.MaxPayload)
 	case c.MaxOutstandingCalls < 1 || c.MaxOutstandingCalls > 1<<24:
 		return fmt.Errorf("%w: MaxOutstandingCalls %d out of 1..16M", ErrBadConfig, c.MaxOutstandingCalls)
-	case c.DialTimeout < 0 || c.HandshakeTimeout < 0 || c.DialBackoff < 0:
+	case c.DialTimeout < 0 || c.HandshakeTimeout < 0 || c.WriteTimeout < 0 || c.DialBackoff < 0:
 		return fmt.Errorf("%w: negative timeout", ErrBadConfig)
 	case c.MaxDialBackoff < c.DialBackoff:
 		return fmt.Errorf("%w: MaxDialBackoff %v under DialBackoff %v", ErrBadConfig, c.MaxDialBackoff, c.DialBackoff)
@@ -259,4 +300,15 @@ func (c *Config) window(ch Channel) int {
 		return w
 	}
 	return c.CreditWindow
+}
+
+// defaultMaxConnections is a quarter of RLIMIT_NOFILE: accepted connections
+// take two descriptors each (gnet's and the writer's dup), so they use at
+// most half, and dials, files and other nodes in the process keep the rest.
+func defaultMaxConnections() int {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil || rl.Cur == unix.RLIM_INFINITY || rl.Cur > 1<<24 {
+		return 1 << 16
+	}
+	return max(int(rl.Cur/4), 16)
 }

@@ -1,12 +1,14 @@
 package engine
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"github.com/panjf2000/gnet/v2"
@@ -16,6 +18,12 @@ import (
 )
 
 var errConnClosed = errors.New("ics: connection closed")
+
+// errQueueFull is an event loop's send refused over MaxPendingWrite.
+var errQueueFull = fmt.Errorf("%w: write queue full", ErrCantSend)
+
+// errWriteStalled ends a connection whose peer read nothing for WriteTimeout.
+var errWriteStalled = errors.New("peer read nothing for WriteTimeout")
 
 // conn is one ICS channel connection. A node dials its own connection to
 // each peer for each channel it sends on (outbound) and accepts the peer's
@@ -52,6 +60,7 @@ type conn struct {
 	batch    framing.Batch
 	iov      []unix.Iovec // flusher's scratch
 	flushing bool
+	written  uint64 // bytes written since the start, for the write deadline
 	wclosed  bool
 	dead     atomic.Bool   // wclosed, readable without wmu: the loop checks it per frame
 	drained  chan struct{} // closed when the queue falls under MaxPendingWrite
@@ -67,16 +76,27 @@ type conn struct {
 	// the loop into plain, where frames are then parsed.
 	incarnation uint64 // the dialler's, from its hello
 	source      string // remote IP of an accepted connection, for MaxUnauthPerSource
-	session     *session
-	tx, rx      *recordCipher
-	plain       []byte
-	plainOff    int
-	sealBuf     []byte // guarded by wmu
+	remote      string // its address, for logs off the loop (gnet's is the loop's)
+	// In n.pending while the handshake runs (guarded by n.pendingMu):
+	// since when, and whether it still counts against its source address.
+	pendingElem  *list.Element
+	pendingSince time.Time
+	bySource     bool
+	session      atomic.Pointer[session] // set by a handshake worker before its answer goes out
+	tx, rx       *recordCipher
+	plain        []byte
+	plainOff     int
+	sealBuf      []byte // guarded by wmu
 }
 
 func (n *Node) newConn(outbound bool, p *peer, ch Channel) *conn {
 	c := &conn{n: n, outbound: outbound, peer: p, channel: ch, fd: -1}
 	c.dec.MaxPayload = uint32(n.cfg.MaxPayload)
+	if !outbound {
+		// Until the handshake is done only a hello or a confirmation may
+		// come, and nothing larger is buffered for a stranger.
+		c.dec.MaxPayload = maxHelloFrame
+	}
 	if p != nil {
 		c.met = n.m.forConn(n.cfg.Node, p.num, ch)
 	}
@@ -198,6 +218,14 @@ func (c *conn) sendFrame(ctx context.Context, h *framing.Header, payload []byte)
 		c.wmu.Unlock()
 		return errConnClosed
 	}
+	if ctx == nil && c.flushing && h.Type != framing.TypeCredit && c.batch.Len()+framing.HeaderSize+len(payload) > c.n.cfg.MaxPendingWrite {
+		// An event loop cannot wait for the peer to read, and must not
+		// queue without bound for one that does not: the frame is refused
+		// (a reply's link then ends). Credit grants are tiny and go.
+		c.wmu.Unlock()
+		c.n.m.limitPendingWrite.Inc()
+		return fmt.Errorf("%w: %d bytes already queued on %s to node %d", errQueueFull, c.n.cfg.MaxPendingWrite, c.channel, c.peer.num)
+	}
 	c.met.framesOut.Inc()
 	c.met.bytesOut.Add(framing.HeaderSize + len(payload))
 	if c.tx != nil {
@@ -236,6 +264,7 @@ func (c *conn) flushLocked(async bool) error {
 		n, err := c.writev(fd, bufs)
 		c.wmu.Lock()
 		if n > 0 {
+			c.written += uint64(n)
 			c.batch.Consume(n)
 			if c.drained != nil && c.batch.Len() < c.n.cfg.MaxPendingWrite {
 				close(c.drained)
@@ -303,8 +332,15 @@ func (c *conn) failWriteLocked(err error) {
 // routineFlush owns the queue while the socket is full: it waits for the
 // socket to drain and writes on. It ends when the queue is empty or the
 // connection closed; markClosed's shutdown wakes its poll.
+//
+// It is also the write deadline: a peer that reads nothing of the queue
+// for WriteTimeout has the connection (and so its link) ended, which wakes
+// every sender waiting for room, server handles included.
 func (c *conn) routineFlush() {
 	pfd := []unix.PollFd{{Events: unix.POLLOUT}}
+	c.wmu.Lock()
+	seen, since := c.written, time.Now()
+	c.wmu.Unlock()
 	for {
 		c.wmu.Lock()
 		if c.wclosed {
@@ -324,6 +360,16 @@ func (c *conn) routineFlush() {
 		c.wmu.Lock()
 		_ = c.flushLocked(true)
 		done := !c.flushing
+		if !done {
+			if now := time.Now(); c.written != seen {
+				seen, since = c.written, now
+			} else if now.Sub(since) > c.n.cfg.WriteTimeout {
+				c.n.m.limitWriteTimeout.Inc()
+				c.flushing = false
+				c.failWriteLocked(errWriteStalled)
+				done = true
+			}
+		}
 		c.wmu.Unlock()
 		if done {
 			return

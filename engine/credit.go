@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -115,7 +116,8 @@ type recvCredit struct {
 	grow      atomic.Bool  // a starved sender found the handlers keeping up
 	held      atomic.Int64 // bytes received and not yet finished by a handler
 	pending   atomic.Int64 // finished bytes not yet returned to the sender
-	granted   atomic.Int64 // total granted on this connection, for tests and metrics
+	granted   atomic.Int64 // total granted on this connection
+	received  atomic.Int64 // total received on this connection, against granted (spend)
 }
 
 func newRecvCredit(window, maxWindow int) *recvCredit {
@@ -131,24 +133,44 @@ func newRecvCredit(window, maxWindow int) *recvCredit {
 const creditReturnFraction = 4
 
 // admit accounts a request or message that arrived: its bytes against the
-// connection's window, and the request against the peer's bound on
-// requests in flight. A false return means the bound was hit; the caller
-// refuses the request and must still call finished.
-func (c *conn) admit(cost int, flags framing.Flags) bool {
+// connection's window, and the request against the peer's bounds on
+// requests in flight, in number and in bytes. A false return means a
+// bound was hit; the caller refuses the request and must still call
+// finished.
+func (c *conn) admit(cost int, h *framing.Header) bool {
 	if r := c.recv; r != nil {
 		held := r.held.Add(int64(cost)) - int64(cost)
-		if flags&framing.FlagStarved != 0 && held < r.window.Load()/2 {
+		if h.Flags&framing.FlagStarved != 0 && held < r.window.Load()/2 {
 			r.grow.Store(true)
 		}
 	}
-	return c.peer.inflight.Add(1) <= int64(c.n.cfg.MaxInflightPerPeer)
+	p := c.peer
+	count := p.inflight.Add(1) <= int64(c.n.cfg.MaxInflightPerPeer)
+	if !count {
+		c.n.m.limitInflight.Inc()
+	}
+	bytes := p.inflightBytes.Add(int64(memCost(cost, h))) <= int64(c.n.cfg.MaxInflightBytesPerPeer)
+	if count && !bytes {
+		c.n.m.limitInflightBytes.Inc()
+	}
+	return count && bytes
+}
+
+// memCost is what a request holds while in flight: its wire size, or its
+// decompressed size when larger.
+func memCost(cost int, h *framing.Header) int {
+	if h.Flags.Compressed() {
+		return max(cost, framing.HeaderSize+int(h.Aux))
+	}
+	return cost
 }
 
 // finished returns a frame's credit once its handler is done with it, and
-// its place in the peer's bound. Called from server handles and event loops
-// alike, once per admit.
-func (c *conn) finished(cost int) {
+// its place in the peer's bounds. Called from server handles and event
+// loops alike, once per admit.
+func (c *conn) finished(cost int, h *framing.Header) {
 	c.peer.inflight.Add(-1)
+	c.peer.inflightBytes.Add(-int64(memCost(cost, h)))
 	r := c.recv
 	if r == nil {
 		return
@@ -171,16 +193,37 @@ func (c *conn) finished(cost int) {
 	c.sendGrant(amt)
 }
 
+var errCreditExceeded = errors.New("sender exceeded the credit it was granted")
+
+// spend checks a request or message against the credit granted on c: a
+// sender may send while it has any credit left, so a frame that arrives
+// when everything received already covers everything granted was sent
+// with none. That is a protocol violation, not a slow reader's problem:
+// the connection ends (and the overflow it would have caused never forms).
+func (c *conn) spend(cost int) error {
+	r := c.recv
+	if r == nil {
+		return nil
+	}
+	if r.received.Add(int64(cost))-int64(cost) >= r.granted.Load() {
+		c.n.m.limitCredit.Inc()
+		return fmt.Errorf("%w: %d bytes granted on %s", errCreditExceeded, r.granted.Load(), c.channel)
+	}
+	return nil
+}
+
 // sendGrant writes a credit frame; it never waits, as credit frames are
 // themselves exempt from flow control.
 func (c *conn) sendGrant(amt int64) {
 	for amt > 0 {
 		chunk := min(amt, 1<<31)
 		h := framing.Header{Type: framing.TypeCredit, Aux: uint32(chunk)}
+		// Counted before it goes out: the sender may spend it before send
+		// returns here, and spend must already know.
+		c.recv.granted.Add(chunk)
 		if err := c.send(nil, &h, nil); err != nil {
 			return // the connection is gone, and its credit with it
 		}
-		c.recv.granted.Add(chunk)
 		amt -= chunk
 	}
 }

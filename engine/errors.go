@@ -30,6 +30,7 @@ var (
 	ErrBadConfig        = errors.New("ics: bad configuration")                    // Config.validate
 	ErrBadService       = errors.New("ics: bad service registration")             // Register
 	ErrHandshake        = errors.New("ics: handshake refused")                    // connection rejected by the peer
+	ErrEngineStopped    = errors.New("ics: event loops stopped")                  // fatal: see Node.Err
 )
 
 // Status is the code carried in a reply header.

@@ -13,6 +13,11 @@ import (
 	"github.com/clusterinfra/ci/framing"
 )
 
+// maxHelloFrame bounds the payload of the frames of a handshake (hello,
+// acknowledgement, confirmation): a hello with the longest cluster name and
+// authentication blob, and room for its fixed fields.
+const maxHelloFrame = framing.MaxHelloAuth + framing.MaxClusterName + 64
+
 // acceptHello checks a dialler's hello on the event loop. A connection from
 // another cluster, an unknown node, a node that thinks it is calling someone
 // else, or another protocol version is refused before any service sees a
@@ -47,25 +52,25 @@ func (n *Node) acceptHello(c *conn, f *framing.Frame) error {
 		return n.rejectHello(c, fmt.Errorf("node %d is declared down", p.num))
 	}
 	ch := Channel(hello.Channel)
+	if k := n.inboundOn(p, ch); k >= n.cfg.MaxConnsPerChannel {
+		// Each would get a window of its own. (becomeReady checks again,
+		// race-free; this refuses before any work, and clearly.)
+		n.m.limitConnsPerChannel.Inc()
+		return n.rejectHello(c, fmt.Errorf("node %d already has %d connections on %s", p.num, k, ch))
+	}
 	c.peer, c.channel, c.incarnation = p, ch, hello.Incarnation
 	c.met = n.m.forConn(n.cfg.Node, p.num, ch)
 	ack := *n.hello(p.num, ch)
 	if sec := n.sec.Load(); sec != nil {
-		ss, auth, err := sec.respond(p.num, hello, ack)
-		if err != nil {
-			n.m.authFailures.Inc()
-			return n.rejectHello(c, fmt.Errorf("node %d: %w", p.num, err))
-		}
-		ack.Auth = auth
-		c.session = &ss
+		// The key exchange costs ~0.3 ms of CPU: a handshake worker does
+		// it, off the loop, and only as often as the rate limit allows.
+		return n.queueNoise(c, sec, hello, ack)
 	}
+	n.namedMember(c)
 	payload, _ := framing.AppendHello(nil, &ack)
 	h := framing.Header{Type: framing.TypeHelloAck}
 	if err := c.send(nil, &h, payload); err != nil {
 		return err
-	}
-	if c.session != nil {
-		return nil // wait for the confirmation
 	}
 	return n.becomeReady(c)
 }
@@ -78,12 +83,18 @@ func (n *Node) acceptConfirm(c *conn, f *framing.Frame) error {
 		// Declared down after its hello: it must not reach a handler.
 		return n.rejectHello(c, fmt.Errorf("node %d is declared down", c.peer.num))
 	}
-	if err := c.session.checkConfirm(f.Payload); err != nil {
+	ss := c.session.Load()
+	if ss == nil {
+		// Before our answer: not a dialler that read it, a replay.
+		n.m.authFailures.Inc()
+		return n.rejectHello(c, fmt.Errorf("node %d: %w", c.peer.num, errBadConfirm))
+	}
+	if err := ss.checkConfirm(f.Payload); err != nil {
 		n.m.authFailures.Inc()
 		return n.rejectHello(c, fmt.Errorf("node %d: %w", c.peer.num, err))
 	}
 	if n.sec.Load().Mode == SecurityEncrypt {
-		tx, rx, err := c.session.recordCiphers()
+		tx, rx, err := ss.recordCiphers()
 		if err != nil {
 			return n.rejectHello(c, err)
 		}
@@ -92,7 +103,7 @@ func (n *Node) acceptConfirm(c *conn, f *framing.Frame) error {
 		c.tx = tx
 		c.wmu.Unlock()
 	}
-	c.session = nil
+	c.session.Store(nil)
 	return n.becomeReady(c)
 }
 
@@ -118,6 +129,7 @@ func (n *Node) rejectHello(c *conn, why error) error {
 func (n *Node) becomeReady(c *conn) error {
 	p, ch := c.peer, c.channel
 	c.ready = true
+	c.dec.MaxPayload = uint32(n.cfg.MaxPayload)
 	n.pendingMu.Lock()
 	n.unpendLocked(c)
 	n.pendingMu.Unlock()
@@ -127,7 +139,18 @@ func (n *Node) becomeReady(c *conn) error {
 	}
 	var err error
 	if c.linkGen, err = n.joinLink(p, c.incarnation, c); err != nil {
+		c.ready = false // never joined: its close is no link loss
 		return n.rejectHello(c, err)
+	}
+	if k := n.inboundOn(p, ch); k > n.cfg.MaxConnsPerChannel {
+		// Counted after joining, so two racing handshakes cannot both
+		// slip under the bound. Not ready: its close is no link loss.
+		p.mu.Lock()
+		delete(p.inbound, c)
+		p.mu.Unlock()
+		c.ready = false
+		n.m.limitConnsPerChannel.Inc()
+		return n.rejectHello(c, fmt.Errorf("node %d already has %d connections on %s", p.num, k-1, ch))
 	}
 	if w > 0 {
 		n.m.watchReceiveWindow(n, p, ch)
@@ -144,6 +167,19 @@ func (n *Node) becomeReady(c *conn) error {
 	}
 	n.log.Debug("accepted connection", "peer", p.num, "channel", ch)
 	return nil
+}
+
+// inboundOn counts p's accepted connections on ch.
+func (n *Node) inboundOn(p *peer, ch Channel) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	k := 0
+	for c := range p.inbound {
+		if c.channel == ch {
+			k++
+		}
+	}
+	return k
 }
 
 // replyChannelFor is the channel replies to requests received on ch use.

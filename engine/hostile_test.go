@@ -96,7 +96,7 @@ func TestHostileClients(t *testing.T) {
 	eventually(t, "no unauthenticated connection left", func() bool {
 		target.pendingMu.Lock()
 		defer target.pendingMu.Unlock()
-		return len(target.pending) == 0 && len(target.pendingBySource) == 0
+		return target.pending.Len() == 0 && len(target.pendingBySource) == 0
 	})
 	// Twice: the first GC only moves sync.Pool caches to their victim list.
 	runtime.GC()

@@ -34,42 +34,103 @@ func (h *loopHandler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		}
 		return nil, gnet.None
 	}
-	if n.closed.Load() {
+	if _, ok := gc.LocalAddr().(*net.UnixAddr); ok || n.closed.Load() {
+		// The loops' own unix listener is private; nothing should come
+		// through it (every TCP connection arrives from acceptLoop).
 		return nil, gnet.Close
 	}
 	c := n.newConn(false, nil, 0)
 	gc.SetContext(c)
+	n.accepted.Add(1) // OnClose undoes it, whatever happens from here
 	if err := c.attach(gc); err != nil {
 		n.log.Warn("cannot attach accepted connection", "remote", gc.RemoteAddr(), "err", err)
 		return nil, gnet.Close
 	}
-	// Count unauthenticated connections per source address: one address
-	// opening hundreds of them is an attack or a bug, not a peer.
-	c.source = remoteIP(gc)
+	c.source, c.remote = remoteIP(gc), gc.RemoteAddr().String()
+	n.admitPending(c)
+	return nil, gnet.None
+}
+
+// admitPending records an accepted connection as in its handshake. Two
+// bounds apply: per source address (one address opening hundreds of
+// connections is an attack or a bug, not a peer) and node-wide (a flood
+// from many addresses). At either, the oldest connection still in its
+// handshake is shed rather than the newcomer: a member's handshake takes
+// milliseconds, so only an idle stranger stays long enough to be oldest,
+// and refusing newcomers instead would let strangers keep members out
+// until their handshake timeout.
+func (n *Node) admitPending(c *conn) {
+	var shed []*conn
 	n.pendingMu.Lock()
 	if n.pendingBySource[c.source] >= n.cfg.MaxUnauthPerSource {
-		n.pendingMu.Unlock()
-		n.m.limitUnauthPerSource.Inc()
-		n.log.Warn("refusing connection: too many unauthenticated connections from one address",
-			"remote", gc.RemoteAddr(), "limit", n.cfg.MaxUnauthPerSource)
-		return nil, gnet.Close
+		if v := n.oldestPendingLocked(func(v *conn) bool { return v.bySource && v.source == c.source }); v != nil {
+			n.m.limitUnauthPerSource.Inc()
+			n.unpendLocked(v)
+			shed = append(shed, v)
+		}
 	}
-	n.pending[c] = time.Now()
+	if n.pending.Len() >= n.cfg.MaxPendingHandshakes {
+		v := n.oldestPendingLocked(func(v *conn) bool { return v.bySource })
+		if v == nil {
+			v = n.pending.Front().Value.(*conn)
+		}
+		n.m.limitPending.Inc()
+		n.unpendLocked(v)
+		shed = append(shed, v)
+	}
+	c.pendingSince = time.Now()
+	c.pendingElem = n.pending.PushBack(c)
+	c.bySource = true
 	n.pendingBySource[c.source]++
 	n.pendingMu.Unlock()
-	return nil, gnet.None
+	for _, v := range shed {
+		n.log.Debug("shedding a connection still in its handshake to make room", "remote", v.remote, "for", c.remote)
+		v.close()
+	}
+}
+
+// oldestPendingLocked is the oldest connection in its handshake that
+// matches, or nil.
+func (n *Node) oldestPendingLocked(match func(*conn) bool) *conn {
+	for e := n.pending.Front(); e != nil; e = e.Next() {
+		if v := e.Value.(*conn); match(v) {
+			return v
+		}
+	}
+	return nil
+}
+
+// namedMember moves a connection whose hello named a configured member
+// (and, with Security, proved it holds that member's key) out of its
+// source address's count: the members' own room, which strangers from the
+// same address cannot fill.
+func (n *Node) namedMember(c *conn) {
+	n.pendingMu.Lock()
+	if c.pendingElem != nil && c.bySource {
+		c.bySource = false
+		n.dropSourceLocked(c.source)
+	}
+	n.pendingMu.Unlock()
 }
 
 // unpendLocked forgets a connection that finished (or failed) its handshake.
 func (n *Node) unpendLocked(c *conn) {
-	if _, ok := n.pending[c]; !ok {
+	if c.pendingElem == nil {
 		return
 	}
-	delete(n.pending, c)
-	if k := n.pendingBySource[c.source] - 1; k > 0 {
-		n.pendingBySource[c.source] = k
+	n.pending.Remove(c.pendingElem)
+	c.pendingElem = nil
+	if c.bySource {
+		c.bySource = false
+		n.dropSourceLocked(c.source)
+	}
+}
+
+func (n *Node) dropSourceLocked(src string) {
+	if k := n.pendingBySource[src] - 1; k > 0 {
+		n.pendingBySource[src] = k
 	} else {
-		delete(n.pendingBySource, c.source)
+		delete(n.pendingBySource, src)
 	}
 }
 
@@ -201,9 +262,14 @@ func (c *conn) readFramesPlain() (int, error) {
 // closeReason logs why the loop closes a connection and counts it.
 func (n *Node) closeReason(c *conn, gc gnet.Conn, err error) {
 	switch {
+	case errors.Is(err, framing.ErrFrameTooLarge) && !c.ready && !c.outbound:
+		n.m.limitHelloSize.Inc()
+		n.m.handshakeRejects.Inc()
 	case errors.Is(err, framing.ErrFrameTooLarge):
 		n.m.limitFrameSize.Inc()
 		n.m.badFrames.Inc()
+	case errors.Is(err, errCreditExceeded):
+		n.m.badFrames.Inc() // limit=credit counted it already
 	case errors.Is(err, errConnClosed), errors.Is(err, ErrHandshake), errors.Is(err, ErrAuth):
 	default:
 		n.m.badFrames.Inc()
@@ -219,6 +285,7 @@ func (h *loopHandler) OnClose(gc gnet.Conn, err error) gnet.Action {
 	n := h.n
 	c.markClosed()
 	if !c.outbound {
+		n.accepted.Add(-1)
 		n.pendingMu.Lock()
 		n.unpendLocked(c)
 		n.pendingMu.Unlock()
@@ -254,17 +321,29 @@ func (h *loopHandler) OnTick() (time.Duration, gnet.Action) {
 	n.bootOnce.Do(func() { close(n.booted) })
 	limit := time.Now().Add(-n.cfg.HandshakeTimeout)
 	n.pendingMu.Lock()
-	for c, t := range n.pending {
-		if t.Before(limit) {
-			n.unpendLocked(c)
-			n.m.limitHandshakeTimeout.Inc()
-			n.m.handshakeRejects.Inc()
-			n.log.Warn("closing connection: no handshake in time", "remote", c.gc.RemoteAddr(), "timeout", n.cfg.HandshakeTimeout)
-			c.close()
+	// Oldest first: stop at the first one still in time.
+	for e := n.pending.Front(); e != nil; e = n.pending.Front() {
+		c := e.Value.(*conn)
+		if !c.pendingSince.Before(limit) {
+			break
 		}
+		n.unpendLocked(c)
+		n.m.limitHandshakeTimeout.Inc()
+		n.m.handshakeRejects.Inc()
+		n.log.Warn("closing connection: no handshake in time", "remote", c.remote, "timeout", n.cfg.HandshakeTimeout)
+		c.close()
 	}
 	n.pendingMu.Unlock()
 	return min(n.cfg.HandshakeTimeout/4, time.Second), gnet.None
+}
+
+// priorityFits reports whether a request of priority prio belongs on ch:
+// priority p travels on ChanPrio1+p-1, priority 0 on a service channel.
+func priorityFits(ch Channel, prio uint8) bool {
+	if ch <= ChanPrio4 {
+		return prio == uint8(ch-ChanPrio1)+1
+	}
+	return prio == 0
 }
 
 func (c *conn) peerNum() NodeNum {
@@ -285,13 +364,13 @@ func (c *conn) handleFrame(f *framing.Frame) error {
 		switch {
 		case c.outbound:
 			return fmt.Errorf("%s frame before handshake", f.Type)
-		case c.session != nil && f.Type == framing.TypeConfirm:
+		case c.peer != nil && f.Type == framing.TypeConfirm:
 			return c.n.acceptConfirm(c, f)
-		case c.session == nil && c.peer == nil && f.Type == framing.TypeHello:
+		case c.peer == nil && f.Type == framing.TypeHello:
 			return c.n.acceptHello(c, f)
 		}
 		c.n.m.handshakeRejects.Inc()
-		if c.session != nil {
+		if c.peer != nil {
 			c.n.m.authFailures.Inc() // a dialler that skips the confirmation: a replay
 		}
 		return fmt.Errorf("%w: %s frame during handshake", ErrHandshake, f.Type)
@@ -303,10 +382,20 @@ func (c *conn) handleFrame(f *framing.Frame) error {
 		if c.outbound || c.channel == ChanReply || c.channel == ChanReplyPrio {
 			return fmt.Errorf("%s frame on %s connection", f.Type, c.channel)
 		}
+		if !priorityFits(c.channel, f.Priority) {
+			// A priority-0 frame on a priority channel would bypass credit.
+			return fmt.Errorf("%s frame of priority %d on %s connection", f.Type, f.Priority, c.channel)
+		}
+		if err := c.spend(framing.HeaderSize + len(f.Payload)); err != nil {
+			return err
+		}
 		c.n.serveFrame(c, f)
 	case framing.TypeReply:
 		if c.outbound || (c.channel != ChanReply && c.channel != ChanReplyPrio) {
 			return fmt.Errorf("reply on %s connection", c.channel)
+		}
+		if (c.channel == ChanReplyPrio) != (f.Priority > 0) {
+			return fmt.Errorf("reply of priority %d on %s connection", f.Priority, c.channel)
 		}
 		c.n.completeReply(c, f)
 	case framing.TypeCredit:

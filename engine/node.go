@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"container/list"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -10,9 +11,10 @@ import (
 	"log/slog"
 	mrand "math/rand/v2"
 	"net"
+	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,9 +53,11 @@ type Node struct {
 	downMu        sync.Mutex
 	downCallbacks []func(NodeNum, error)
 
-	// pending are accepted connections that have not completed the handshake.
+	// pending are accepted connections that have not completed the
+	// handshake, oldest first; pendingBySource counts those that have not
+	// yet named a member (see admitPending).
 	pendingMu       sync.Mutex
-	pending         map[*conn]time.Time
+	pending         list.List      // of *conn; guarded by pendingMu
 	pendingBySource map[string]int // guarded by pendingMu
 
 	ctx    context.Context // cancelled by Close; the base of handler contexts
@@ -72,13 +76,33 @@ type Node struct {
 	closed   atomic.Bool
 	closeErr error
 	closeMu  sync.Mutex
-	enrollMu sync.RWMutex // held shared while a dialled socket is handed to a loop
+	enrollMu sync.RWMutex // held shared while a socket is handed to a loop
+
+	// The listener is the node's own, not gnet's: gnet's acceptor shuts the
+	// whole engine down on the first failed accept (EMFILE), taking every
+	// member's link with it. See acceptLoop.
+	ln         *net.TCPListener
+	loopDir    string        // private directory of the loops' idle unix listener
+	acceptDone chan struct{} // closed when acceptLoop returns
+	spareFD    int           // a reserved descriptor, freed to shed a connection at EMFILE; acceptLoop's
+	accepted   atomic.Int64  // accepted connections open, handshaking or not
+
+	// Handshake workers and their budgets (noise.go).
+	noiseJobs                    chan noiseJob
+	noiseMembers, noiseStrangers tokenBucket
+
+	engStopped chan struct{}         // closed when gnet.Run has returned; engErr is then set
+	engErr     error                 // what gnet.Run returned
+	fatal      atomic.Pointer[error] // why the node stopped on its own; see Err
+	done       chan struct{}         // closed when the node has stopped; see Done
+	doneOnce   sync.Once
 }
 
 // service is a registered Service and its server handles.
 type service struct {
 	Service
-	pool *handlePool
+	pool    *handlePool
+	metrics []*procMetrics // indexed like Procs; nil where Procs is
 }
 
 // peer is what a node knows of one other member.
@@ -102,10 +126,15 @@ type peer struct {
 	dialAttempts *metrics.Counter
 	dialErrors   *metrics.Counter
 
-	linkGen     atomic.Uint64 // bumped on every loss; connections of an older link are stale
-	inflight    atomic.Int64  // requests from this peer admitted and not yet finished
-	down        atomic.Bool   // declared down: calls fail fast until NodeUp
-	incarnation atomic.Uint64 // the peer's boot incarnation, from its hellos
+	replies [2]replyQueue // for ChanReply and ChanReplyPrio, while the loop's replies wait for a dial
+
+	linkGen       atomic.Uint64 // bumped on every loss; connections of an older link are stale
+	inflight      atomic.Int64  // requests from this peer admitted and not yet finished
+	inflightBytes atomic.Int64  // their memCost
+	down          atomic.Bool   // declared down: calls fail fast until NodeUp
+	incarnation   atomic.Uint64 // the peer's boot incarnation, from its hellos
+
+	m *peerMetrics // this node's calls to the peer
 }
 
 // prioPoolName names the priority channels' handles in metrics; no service
@@ -135,13 +164,19 @@ func New(cfg Config) (*Node, error) {
 		codec:       framing.NewCodec(cfg.MaxPayload),
 		incarnation: binary.LittleEndian.Uint64(inc[:]) | 1,
 		handles:     newHandleTable(cfg.MaxOutstandingCalls),
-		pending:     make(map[*conn]time.Time),
 		names:       map[string]bool{prioPoolName: true},
 
 		pendingBySource: make(map[string]int),
 		booted:          make(chan struct{}),
 		engDone:         make(chan error, 1),
+		engStopped:      make(chan struct{}),
+		acceptDone:      make(chan struct{}),
+		done:            make(chan struct{}),
+		spareFD:         -1,
+		noiseJobs:       make(chan noiseJob, noiseQueue),
 	}
+	n.noiseMembers.init(cfg.MaxHandshakesPerSecond)
+	n.noiseStrangers.init(cfg.MaxHandshakesPerSecond)
 	if cfg.Security != nil {
 		n.sec.Store(cfg.Security)
 	}
@@ -176,10 +211,11 @@ func (n *Node) newPeer(num NodeNum, addr string) *peer {
 		out:     make([]atomic.Pointer[conn], n.cfg.MaxChannels),
 		inbound: make(map[*conn]struct{}),
 		dialing: make([]*dialResult, n.cfg.MaxChannels),
+		m:       n.m.forPeer(num),
 	}
-	l := fmt.Sprintf(`{node="%d",peer="%d"}`, n.cfg.Node, num)
-	p.dialAttempts = n.m.set.GetOrCreateCounter("ci_ics_dial_attempts_total" + l)
-	p.dialErrors = n.m.set.GetOrCreateCounter("ci_ics_dial_failures_total" + l)
+	l := fmt.Sprintf(`%s,peer="%d"`, n.m.node, num)
+	p.dialAttempts = n.m.exp.counter("ci_ics_dial_attempts_total", l)
+	p.dialErrors = n.m.exp.counter("ci_ics_dial_failures_total", l)
 	p.addr.Store(&addr)
 	return p
 }
@@ -208,12 +244,25 @@ func (n *Node) Start() error {
 	if !n.started.CompareAndSwap(false, true) {
 		return fmt.Errorf("ics: node %d already started", n.cfg.Node)
 	}
+	ln, err := net.Listen("tcp", n.cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("ics: node %d cannot listen on %s: %w", n.cfg.Node, n.cfg.ListenAddr, err)
+	}
+	n.ln = ln.(*net.TCPListener)
+	n.addr = ln.Addr().String()
+	// gnet runs event loops only behind a listener of its own; it gets a
+	// unix socket in a private directory that nobody else can reach, and
+	// the node's own acceptLoop hands it the TCP connections.
+	if n.loopDir, err = os.MkdirTemp("", "ics-loops-"); err != nil {
+		_ = ln.Close()
+		return fmt.Errorf("ics: node %d: %w", n.cfg.Node, err)
+	}
 	opts := []gnet.Option{
 		gnet.WithTicker(true),
 		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
-		gnet.WithReuseAddr(true),
 		// Least-connections, not round-robin: gnet documents round-robin as
-		// racy with Register from outside the loops, which is how we dial.
+		// racy with Register from outside the loops, which is how every
+		// connection arrives.
 		gnet.WithLoadBalancing(gnet.LeastConnections),
 		gnet.WithLogger(gnetLogger{n.log}),
 	}
@@ -228,16 +277,22 @@ func (n *Node) Start() error {
 	opts = append(opts, gnet.WithNumEventLoop(loops))
 	h := &loopHandler{n: n}
 	go func() {
-		err := gnet.Run(h, "tcp://"+n.cfg.ListenAddr, opts...)
+		err := gnet.Run(h, "unix://"+filepath.Join(n.loopDir, "loops.sock"), opts...)
 		n.engDone <- err
 		n.bootOnce.Do(func() { close(n.booted) }) // Run failed: unblock Start
 	}()
 	<-n.booted
-	if n.addr == "" || n.eng.Validate() != nil {
+	if n.eng.Validate() != nil {
 		err := <-n.engDone
-		n.engDone <- err
-		return fmt.Errorf("ics: node %d cannot listen on %s: %w", n.cfg.Node, n.cfg.ListenAddr, err)
+		_ = ln.Close()
+		_ = os.RemoveAll(n.loopDir)
+		close(n.acceptDone)
+		return fmt.Errorf("ics: node %d cannot start its event loops: %w", n.cfg.Node, err)
 	}
+	go n.watchEngine()
+	n.startNoiseWorkers()
+	n.spareFD, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	go n.acceptLoop()
 	if sec := n.sec.Load(); sec != nil {
 		n.log.Info("ics node listening", "addr", n.addr, "cluster", n.cfg.Cluster, "security", sec.Mode)
 	} else {
@@ -247,28 +302,42 @@ func (n *Node) Start() error {
 	return nil
 }
 
-// boot runs on gnet's OnBoot: it learns the real listen address (port 0).
-// gnet calls OnBoot before it starts the event loops, so Start waits for
-// the first OnTick, which the ticker only makes once they run.
+// boot runs on gnet's OnBoot. gnet calls it before it starts the event
+// loops, so Start waits for the first OnTick, which the ticker only makes
+// once they run.
 func (n *Node) boot(eng gnet.Engine) {
 	n.eng = eng
-	fd, err := eng.Dup()
-	if err != nil {
-		n.log.Error("cannot read listen address", "err", err)
+}
+
+// watchEngine waits for gnet.Run to return. Before Close, that means the
+// event loops died (gnet ends every loop when one fails): every connection
+// is gone and none will be served again, so the node stops itself and
+// reports it through Done and Err instead of living on deaf.
+func (n *Node) watchEngine() {
+	n.engErr = <-n.engDone
+	close(n.engStopped)
+	if n.closed.Load() {
 		return
 	}
-	defer unix.Close(fd)
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		n.log.Error("cannot read listen address", "err", err)
-		return
+	err := fmt.Errorf("%w: %v", ErrEngineStopped, n.engErr)
+	n.fatal.Store(&err)
+	n.log.Error("ics event loops stopped; the node is shutting down", "err", n.engErr)
+	_ = n.Close()
+}
+
+// Done is closed when the node has stopped: Close returned, or the node
+// stopped itself on a fatal error, which Err then reports. A program
+// watches it to restart (or exit) instead of running on with a node that
+// no longer answers.
+func (n *Node) Done() <-chan struct{} { return n.done }
+
+// Err reports why the node stopped on its own (wrapping ErrEngineStopped),
+// or nil while it runs and after a Close that nobody forced.
+func (n *Node) Err() error {
+	if e := n.fatal.Load(); e != nil {
+		return *e
 	}
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		n.addr = net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
-	case *unix.SockaddrInet6:
-		n.addr = net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
-	}
+	return nil
 }
 
 // Close shuts the node down: outstanding calls fail with ErrClosed, peers
@@ -281,17 +350,26 @@ func (n *Node) Close() error {
 		return n.closeErr
 	}
 	n.cancel()
-	n.enrollMu.Lock() // no dial is half-way into a loop when the loops stop
+	if n.ln != nil {
+		_ = n.ln.Close()
+		<-n.acceptDone
+		if n.spareFD >= 0 {
+			_ = unix.Close(n.spareFD)
+		}
+	}
+	n.enrollMu.Lock() // no socket is half-way into a loop when the loops stop
 	n.enrollMu.Unlock()
 	n.handles.failPeer(0, ErrClosed)
-	if n.started.Load() && n.addr != "" {
+	if n.started.Load() && n.ln != nil {
 		// Engine.Stop polls for the end every 500ms; with a context that is
 		// already done it only triggers the shutdown, and Run's return is
 		// the real end.
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
 		_ = n.eng.Stop(ctx)
-		n.closeErr = <-n.engDone
+		<-n.engStopped
+		n.closeErr = n.engErr
+		_ = os.RemoveAll(n.loopDir)
 	}
 	// The loops are gone, so no new job can be dispatched.
 	for _, byCh := range n.services {
@@ -318,6 +396,10 @@ func (n *Node) Close() error {
 	}
 	n.codec.Close()
 	n.log.Info("ics node closed")
+	n.doneOnce.Do(func() { close(n.done) })
+	if err := n.Err(); err != nil {
+		n.closeErr = err
+	}
 	return n.closeErr
 }
 
@@ -356,6 +438,7 @@ func (n *Node) Register(s Service) error {
 	}
 	svc := &service{Service: s}
 	svc.Procs = append([]Handler(nil), s.Procs...)
+	svc.metrics = n.m.serverProcMetrics(&svc.Service)
 	svc.pool = newHandlePool(s.Name, s.MinHandles, s.MaxHandles, n.runJob)
 	if !n.services[ch][ss].CompareAndSwap(nil, svc) {
 		svc.pool.close()

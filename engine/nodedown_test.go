@@ -32,6 +32,7 @@ func runHelperNode() int {
 	cfg.Node, cfg.Cluster = 2, "test"
 	cfg.ListenAddr = os.Getenv("CI_HELPER_LISTEN")
 	cfg.Peers = map[NodeNum]string{1: os.Getenv("CI_HELPER_PEER")}
+	cfg.MaxConnections, _ = strconv.Atoi(os.Getenv("CI_HELPER_MAXCONNS"))
 	n, err := New(cfg)
 	if err == nil {
 		err = n.Start()
@@ -49,7 +50,17 @@ func runHelperNode() int {
 		return ctx.Err()
 	}}, MaxHandles: 16})
 	say("addr " + n.Addr())
-	_, _ = io.Copy(io.Discard, os.Stdin)
+	go func() {
+		<-n.Done()
+		if err := n.Err(); err != nil {
+			say("fatal " + err.Error())
+		}
+	}()
+	// Each line on stdin asks for the limit counters; EOF ends the node.
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		say(fmt.Sprintf("limits descriptors=%d connections=%d", n.m.limitDescriptors.Get(), n.m.limitConnections.Get()))
+	}
 	_ = n.Close()
 	return 0
 }

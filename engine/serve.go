@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"time"
 	"unsafe"
 
 	"github.com/clusterinfra/ci/framing"
@@ -16,14 +18,14 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 	p := c.peer
 	cost := framing.HeaderSize + len(f.Payload)
 	n.m.framesInByPrio[f.Priority].Inc()
-	if !c.admit(cost, f.Flags) {
+	if !c.admit(cost, &f.Header) {
 		// A peer that floods (priority channels are never throttled) is
 		// answered "busy" instead of queueing without bound.
-		n.m.limitInflight.Inc()
+		n.m.refused.inc(statusCode(StatusBusy))
 		if f.Type == framing.TypeRequest {
 			n.sendReply(nil, p, c.linkGen, &f.Header, nil, StatusBusy, []byte("too many requests in flight from this node"))
 		}
-		c.finished(cost)
+		c.finished(cost, &f.Header)
 		return
 	}
 	svc := n.lookupService(f.Service)
@@ -38,14 +40,16 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 	}
 	if status != StatusOK {
 		n.log.Debug("refusing request", "peer", p.num, "service", f.Service, "proc", f.Proc, "status", status.Err())
+		n.m.refused.inc(statusCode(status))
 		if f.Type == framing.TypeRequest {
 			msg := fmt.Sprintf("service %s proc %d version %d on node %d", f.Service, f.Proc, f.SvcVersion, n.cfg.Node)
 			n.sendReply(nil, p, c.linkGen, &f.Header, nil, status, []byte(msg))
 		}
-		c.finished(cost)
+		c.finished(cost, &f.Header)
 		return
 	}
 
+	start := time.Now()
 	if svc.Inline {
 		args := f.Payload
 		if f.Flags.Compressed() {
@@ -53,13 +57,13 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 			c.scratch, err = n.codec.Decompress(c.scratch[:0], &f.Header, f.Payload)
 			if err != nil {
 				n.replyDecodeError(c, &f.Header, err)
-				c.finished(cost)
+				c.finished(cost, &f.Header)
 				return
 			}
 			args = c.scratch
 		}
-		n.serve(nil, svc, &f.Header, c.peer, c.linkGen, args, &c.st)
-		c.finished(cost)
+		n.serve(nil, svc, &f.Header, p, c.linkGen, args, &c.st, start)
+		c.finished(cost, &f.Header)
 		return
 	}
 
@@ -71,7 +75,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		if err != nil {
 			n.putBuf(bp)
 			n.replyDecodeError(c, &f.Header, err)
-			c.finished(cost)
+			c.finished(cost, &f.Header)
 			return
 		}
 	} else {
@@ -79,7 +83,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 	}
 	// The credit for this frame goes back when the handle is done with it:
 	// while handles are busy, the sender feels it.
-	j := job{svc: svc, from: p, hdr: f.Header, buf: bp, conn: c, cost: cost}
+	j := job{svc: svc, from: p, hdr: f.Header, buf: bp, conn: c, cost: cost, start: start}
 	if f.Priority > 0 {
 		// Priority requests have handles of their own, so they never queue
 		// behind a service whose handles are all busy.
@@ -91,10 +95,10 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 
 // runJob is a server handle serving one request.
 func (n *Node) runJob(w *handle, j *job) {
-	n.serve(n.ctx, j.svc, &j.hdr, j.from, j.conn.linkGen, *j.buf, &w.st)
+	n.serve(n.ctx, j.svc, &j.hdr, j.from, j.conn.linkGen, *j.buf, &w.st, j.start)
 	// Only now: the handler may have replied with the arguments themselves.
 	n.putBuf(j.buf)
-	j.conn.finished(j.cost)
+	j.conn.finished(j.cost, &j.hdr)
 }
 
 // serveState is what serving a request reuses: a server handle owns one,
@@ -107,18 +111,20 @@ type serveState struct {
 	own  []byte // the reply buffer, kept from request to request
 }
 
-// serve runs the handler for request h from p, which arrived on link gen,
-// and sends its reply. ctx is nil on an event loop (see sendReply).
+// serve runs the handler for request h from p, which arrived on link gen
+// at start, and sends its reply. ctx is nil on an event loop (see
+// sendReply).
 //
 // Ownership, as the Handler documentation promises: args stays valid until
 // the reply has been sent; resp.Body starts as own[:0], and whatever slice
 // the handler leaves there is only read, until the reply is sent. Only own
 // (and what append grew it into) is ever written to or kept: a handler
 // that answers with req.Args or a shared slice gives the engine nothing.
-func (n *Node) serve(ctx context.Context, svc *service, h *framing.Header, p *peer, gen uint64, args []byte, st *serveState) {
+func (n *Node) serve(ctx context.Context, svc *service, h *framing.Header, p *peer, gen uint64, args []byte, st *serveState, start time.Time) {
 	st.req = Request{From: p.num, Service: h.Service, Proc: h.Proc, Priority: h.Priority, OneWay: h.Type == framing.TypeOneWay, Args: args}
 	st.resp.Body = st.own[:0]
 	err := svc.Procs[h.Proc](n.handlerContext(h.Priority), &st.req, &st.resp)
+	code := svc.outcome(err, st.resp.Body)
 	if h.Type == framing.TypeRequest {
 		body := st.resp.Body
 		if err != nil {
@@ -128,6 +134,7 @@ func (n *Node) serve(ctx context.Context, svc *service, h *framing.Header, p *pe
 		}
 		n.sendReply(ctx, p, gen, h, svc, statusFor(err), body)
 	}
+	svc.metrics[h.Proc].observe(time.Since(start).Seconds(), code)
 	st.own = keepBuffer(st.own, st.resp.Body)
 	st.req.Args, st.resp.Body = nil, nil // the handler's slices are not ours to keep
 }
@@ -160,10 +167,24 @@ func (n *Node) handlerContext(prio uint8) context.Context {
 
 func (n *Node) replyDecodeError(c *conn, h *framing.Header, err error) {
 	n.countDecodeLimit(err)
+	n.m.refused.inc(statusCode(StatusCantDecodeArgs))
 	n.log.Warn("cannot decompress request", "peer", c.peer.num, "service", h.Service, "err", err)
 	if h.Type == framing.TypeRequest {
 		n.sendReply(nil, c.peer, c.linkGen, h, nil, StatusCantDecodeArgs, []byte(err.Error()))
 	}
+}
+
+// outcome is the code a handler's result counts under (-1: success): its
+// error's status, or a declared error in a body that starts with a status
+// byte (Service.DeclaredErrors).
+func (s *service) outcome(err error, body []byte) int {
+	switch {
+	case err != nil:
+		return statusCode(statusOf(err))
+	case s.DeclaredErrors && len(body) > 0 && body[0] != 0:
+		return codeFailed
+	}
+	return -1
 }
 
 func statusFor(err error) Status {
@@ -173,9 +194,10 @@ func statusFor(err error) Status {
 	return statusOf(err)
 }
 
-// sendReply answers request h from p, which arrived on p's link gen. ctx is
-// nil on an event loop, where nothing may block: if the reply connection is
-// not up yet, the reply is copied and sent from a goroutine that dials it.
+// sendReply answers request h from p, which arrived on p's link gen. ctx
+// is nil on an event loop, where nothing may block: if the reply
+// connection is not up yet, the reply waits in the peer's reply queue for
+// the one goroutine that dials it.
 //
 // A reply goes out only on a connection of the request's own link: once
 // that link has ended (the connection dropped, the peer restarted, it was
@@ -211,7 +233,7 @@ func (n *Node) sendReply(ctx context.Context, p *peer, gen uint64, h *framing.He
 	}()
 	c := p.out[ch].Load()
 	if c == nil && ctx == nil {
-		n.sendReplyLater(p, gen, ch, rh, append([]byte(nil), body...))
+		n.queueReply(p, gen, ch, &rh, body)
 		return
 	}
 	if c == nil {
@@ -221,44 +243,100 @@ func (n *Node) sendReply(ctx context.Context, p *peer, gen uint64, h *framing.He
 			return
 		}
 	}
-	n.sendOnLink(ctx, c, p, gen, &rh, body)
-}
-
-// sendOnLink sends reply rh on c if c belongs to link gen.
-func (n *Node) sendOnLink(ctx context.Context, c *conn, p *peer, gen uint64, rh *framing.Header, body []byte) {
 	if c.linkGen != gen {
 		// The reply connection was dialled for a later link: p's next run
 		// must not see this run's reply.
 		n.m.staleReplies.Inc()
 		return
 	}
-	if err := c.send(ctx, rh, body); err != nil {
+	if err := c.send(ctx, &rh, body); err != nil {
 		n.replyLost(p, gen, err)
 	}
 }
 
-// sendReplyLater dials the reply channel and sends from a goroutine, for an
-// event loop that must not wait for the dial. Apart from sendReply so that
-// the header it captures does not make every reply allocate.
-func (n *Node) sendReplyLater(p *peer, gen uint64, ch Channel, rh framing.Header, body []byte) {
-	n.goOwned(func() {
-		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.DialTimeout)
-		defer cancel()
-		c, err := n.outConn(ctx, p, ch)
-		if err != nil {
-			n.replyLost(p, gen, err)
-			return
-		}
-		n.sendOnLink(ctx, c, p, gen, &rh, body)
-	})
+// replyQueue holds the replies an event loop made while the peer's reply
+// connection was being dialled, for the single goroutine that dials it;
+// MaxPendingWrite bounds it like any connection's queue.
+type replyQueue struct {
+	mu       sync.Mutex
+	replies  []queuedReply
+	bytes    int
+	draining bool // a drainReplies goroutine owns the queue
 }
 
-// replyLost ends the link to a peer a reply could not reach: its caller
-// must learn at once (its request connection drops, ErrNodeDown) instead of
-// waiting for a deadline it may not have.
-//
-// Only the request's own link gen ends: the jobs of a link that already
-// ended must not tear down the one that replaced it.
+type queuedReply struct {
+	gen  uint64
+	hdr  framing.Header
+	body []byte
+}
+
+// queueReply queues a copy of a reply for drainReplies. Apart from
+// sendReply so that the header it captures does not make every reply
+// allocate.
+func (n *Node) queueReply(p *peer, gen uint64, ch Channel, rh *framing.Header, body []byte) {
+	q := &p.replies[ch-ChanReply]
+	q.mu.Lock()
+	if q.bytes+framing.HeaderSize+len(body) > n.cfg.MaxPendingWrite {
+		q.mu.Unlock()
+		n.m.limitPendingWrite.Inc()
+		n.replyLost(p, gen, fmt.Errorf("%w: %d bytes of replies waiting for %s to be dialled", errQueueFull, q.bytes, ch))
+		return
+	}
+	q.replies = append(q.replies, queuedReply{gen: gen, hdr: *rh, body: append([]byte(nil), body...)})
+	q.bytes += framing.HeaderSize + len(body)
+	start := !q.draining
+	q.draining = true
+	q.mu.Unlock()
+	if start && !n.goOwned(func() { n.drainReplies(p, ch, q) }) {
+		q.mu.Lock()
+		q.replies, q.bytes, q.draining = nil, 0, false // closing: nobody will read them
+		q.mu.Unlock()
+	}
+}
+
+// drainReplies dials p's reply channel ch and sends what is queued,
+// until the queue is empty. A failure drops the queue and ends the links
+// the replies belonged to, each once.
+func (n *Node) drainReplies(p *peer, ch Channel, q *replyQueue) {
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.DialTimeout)
+	c, err := n.outConn(ctx, p, ch)
+	cancel()
+	for {
+		q.mu.Lock()
+		batch := q.replies
+		q.replies, q.bytes = nil, 0
+		if len(batch) == 0 {
+			q.draining = false
+			q.mu.Unlock()
+			return
+		}
+		q.mu.Unlock()
+		for i := range batch {
+			r := &batch[i]
+			if err == nil && c.dead.Load() {
+				err = errConnClosed
+			}
+			if err == nil && r.gen != c.linkGen {
+				n.m.staleReplies.Inc()
+				continue // its request's link ended while we dialled: its caller has failed already
+			}
+			if err == nil {
+				wctx, cancel := context.WithTimeout(n.ctx, n.cfg.WriteTimeout)
+				err = c.send(wctx, &r.hdr, r.body)
+				cancel()
+			}
+			if err != nil {
+				n.replyLost(p, r.gen, err)
+			}
+		}
+	}
+}
+
+// replyLost ends the link a reply could not reach: its caller must learn
+// at once (its request connection drops, ErrNodeDown) instead of waiting
+// for a deadline it may not have. Only the link the request came on: a
+// newer one is not this reply's business, and one link ends once however
+// many of its replies are lost.
 func (n *Node) replyLost(p *peer, gen uint64, err error) {
 	n.log.Debug("reply lost", "peer", p.num, "err", err)
 	if !n.closed.Load() && !errors.Is(err, ErrClosed) {

@@ -1,0 +1,108 @@
+package engine
+
+import (
+	"errors"
+	"net"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
+)
+
+// acceptLoop accepts TCP connections and hands each to an event loop.
+//
+// It is the node's own, not gnet's, because running out of descriptors must
+// not kill the node: gnet's acceptor ends the whole engine (every member's
+// link with it) on the first failed accept. Here, EMFILE or ENFILE sheds
+// the connection at the head of the queue — the spare descriptor kept for
+// the purpose is freed, the connection accepted and reset, the spare taken
+// back — and the loop backs off while the shortage lasts; established
+// connections are untouched and accepting resumes on its own once
+// descriptors free. MaxConnections sheds earlier still, before the process
+// is out of descriptors, so that dials and the rest of the process keep
+// some.
+func (n *Node) acceptLoop() {
+	defer close(n.acceptDone)
+	var backoff time.Duration
+	for {
+		nc, err := n.ln.AcceptTCP()
+		if err != nil {
+			if n.closed.Load() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
+				n.m.limitDescriptors.Inc()
+				if backoff == 0 {
+					n.log.Warn("out of file descriptors: shedding new connections", "err", err)
+				}
+				n.shedWithSpare()
+			} else {
+				n.log.Warn("accept failed", "err", err)
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), 500*time.Millisecond)
+			select {
+			case <-time.After(backoff):
+			case <-n.ctx.Done():
+				return
+			}
+			continue
+		}
+		backoff = 0
+		if n.accepted.Load() >= int64(n.cfg.MaxConnections) {
+			n.m.limitConnections.Inc()
+			shed(nc)
+			continue
+		}
+		n.enrollAccepted(nc)
+	}
+}
+
+// shed resets a connection the node will not serve: the peer sees the
+// refusal at once, and no descriptor lingers in TIME_WAIT.
+func shed(nc *net.TCPConn) {
+	_ = nc.SetLinger(0)
+	_ = nc.Close()
+}
+
+// shedWithSpare frees the reserved descriptor to accept and reset the
+// connection that found the process out of descriptors, so that it does
+// not wait in the queue (and the peer learns at once), then takes the
+// spare back; if another thread got there first, the loop runs without a
+// spare until it can.
+func (n *Node) shedWithSpare() {
+	if n.spareFD < 0 {
+		n.spareFD, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		return
+	}
+	_ = unix.Close(n.spareFD)
+	n.spareFD = -1
+	// The connection that failed is still queued, so this does not wait
+	// (and Close ends it in any case).
+	if nc, err := n.ln.AcceptTCP(); err == nil {
+		n.m.limitConnections.Inc()
+		shed(nc)
+	}
+	n.spareFD, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+}
+
+// enrollAccepted hands an accepted connection to an event loop (OnOpen
+// starts its handshake) and waits until the loop has it, so that the
+// queue of connections being handed over never grows.
+func (n *Node) enrollAccepted(nc *net.TCPConn) {
+	n.enrollMu.RLock()
+	defer n.enrollMu.RUnlock()
+	if n.closed.Load() {
+		shed(nc)
+		return
+	}
+	res, err := n.eng.Register(gnet.NewNetConnContext(n.ctx, nc))
+	if err != nil {
+		shed(nc)
+		return
+	}
+	// gnet duplicates the socket and closes nc itself, also on failure.
+	if r := <-res; r.Err != nil {
+		n.m.limitDescriptors.Inc()
+		n.log.Warn("cannot hand an accepted connection to an event loop", "err", r.Err)
+	}
+}
