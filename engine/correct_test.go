@@ -529,3 +529,70 @@ func TestDialBackoff(t *testing.T) {
 		t.Fatalf("backoff not reset by a successful dial: %d failures remembered", failures)
 	}
 }
+
+// rawMember opens an open-mode connection to n as member from on channel
+// ch, the way a node dials, and reads the acceptor's answer.
+func rawMember(t *testing.T, n *Node, from NodeNum, ch Channel) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", n.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	h := framing.Hello{Version: framing.ProtocolVersion, From: uint32(from), To: uint32(n.Num()), Channel: uint8(ch), Incarnation: n.peer(from).incarnation.Load(), Cluster: n.Cluster()}
+	if _, err := c.Write(frameBytes(t, framing.TypeHello, mustHello(t, &h))); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := readHello(c); err != nil {
+		t.Fatalf("no answer to the hello: %v", err)
+	}
+	return c
+}
+
+// TestFrameCheckedAgainstItsChannel: a request for a service of one
+// channel sent on another channel's connection (dodging that channel's
+// credit and queue) ends the connection, is counted as a bad frame, and
+// reaches no handler; so does a priority-0 request on a priority channel.
+func TestFrameCheckedAgainstItsChannel(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	var served atomic.Int32
+	clmsSvc := ServiceOn(ChanCLMS, 1)
+	count := func(context.Context, *Request, *Response) error { served.Add(1); return nil }
+	mustRegister(t, nodes[1], Service{ID: clmsSvc, Inline: true, Procs: []Handler{count}})
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Inline: true, Procs: []Handler{count}})
+	// Node 1 is up and known to node 2, so its incarnation is current.
+	if _, err := nodes[0].Call(ctxFor(t, 5*time.Second), 2, Method{Service: echoSvc}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	served.Store(0)
+	for _, tc := range []struct {
+		name string
+		ch   Channel
+		h    framing.Header
+	}{
+		{"service of another channel", ChanFirstService, framing.Header{Type: framing.TypeOneWay, Service: clmsSvc}},
+		{"priority 0 on a priority channel", ChanPrio1, framing.Header{Type: framing.TypeOneWay, Service: echoSvc}},
+		{"priority 2 on the priority-1 channel", ChanPrio1, framing.Header{Type: framing.TypeOneWay, Priority: 2, Service: echoSvc}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bad := nodes[1].m.badFrames.Get()
+			c := rawMember(t, nodes[1], 1, tc.ch)
+			b := make([]byte, framing.HeaderSize)
+			tc.h.Encode(b)
+			if _, err := c.Write(b); err != nil {
+				t.Fatal(err)
+			}
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.Copy(io.Discard, c); err != nil {
+				t.Fatalf("connection not ended: %v", err)
+			}
+			if got := nodes[1].m.badFrames.Get() - bad; got != 1 {
+				t.Fatalf("%d bad frames counted, want 1", got)
+			}
+			if served.Load() != 0 {
+				t.Fatal("the misrouted frame reached a handler")
+			}
+		})
+	}
+}

@@ -35,6 +35,7 @@ type Node struct {
 	m           *nodeMetrics
 	codec       *framing.Codec
 	incarnation uint64
+	version     uint16 // the protocol version this node speaks: framing.ProtocolVersion; tests pretend others
 
 	sec      atomic.Pointer[Security] // nil: no authentication; replaced whole on key changes
 	handles  *handleTable
@@ -163,6 +164,7 @@ func New(cfg Config) (*Node, error) {
 		m:           newNodeMetrics(set, cfg.Node),
 		codec:       framing.NewCodec(cfg.MaxPayload),
 		incarnation: binary.LittleEndian.Uint64(inc[:]) | 1,
+		version:     framing.ProtocolVersion,
 		handles:     newHandleTable(cfg.MaxOutstandingCalls),
 		names:       map[string]bool{prioPoolName: true},
 
