@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -594,5 +595,150 @@ func TestFrameCheckedAgainstItsChannel(t *testing.T) {
 				t.Fatal("the misrouted frame reached a handler")
 			}
 		})
+	}
+}
+
+// TestCallsRacingTeardownFailAtOnce: callers keep calling while their
+// connections are torn down under them, again and again. Every call either
+// succeeds or fails with ErrNodeDown well before its deadline: none is
+// left waiting on a connection that died.
+func TestCallsRacingTeardownFailAtOnce(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Procs: []Handler{echo}, MaxHandles: 8})
+	p := nodes[0].peer(2)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var ok, down atomic.Int64
+	for g := 0; g < 6; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				start := time.Now()
+				_, err := nodes[0].Call(ctxFor(t, 30*time.Second), 2, Method{Service: echoSvc}, []byte("x"), nil)
+				switch took := time.Since(start); {
+				case took > 5*time.Second:
+					t.Errorf("call took %v (%v): it waited on a dead link", took, err)
+					return
+				case err == nil:
+					ok.Add(1)
+				case errors.Is(err, ErrNodeDown):
+					down.Add(1)
+				default:
+					t.Errorf("call: %v, want success or ErrNodeDown", err)
+					return
+				}
+			}
+		}()
+	}
+	for i := 0; i < 30; i++ {
+		// Calls get through between teardowns, then race the next one.
+		last := ok.Load()
+		eventually(t, "calls through a new link", func() bool {
+			p.resetBackoff() // a dial that raced the loss must not hold the next ones back
+			return ok.Load() > last+3
+		})
+		for ch := range p.out {
+			if c := p.out[ch].Load(); c != nil {
+				c.close() // a connection loss, as a reset would be
+			}
+		}
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("%d calls succeeded, %d failed fast with ErrNodeDown", ok.Load(), down.Load())
+	if ok.Load() == 0 {
+		t.Fatal("no call succeeded")
+	}
+}
+
+// TestNewIncarnationEndsOldLink: a hello from a peer's new incarnation ends
+// the link to its previous run at once, before any connection of the old
+// run is seen to drop: calls to the old run fail with ErrNodeDown saying it
+// restarted.
+func TestNewIncarnationEndsOldLink(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	release := make(chan struct{})
+	ended := make(chan struct{})
+	t.Cleanup(func() { close(ended) })
+	mustRegister(t, nodes[0], Service{ID: slowSvc, MaxHandles: 2, Procs: []Handler{func(context.Context, *Request, *Response) error {
+		select {
+		case <-release:
+		case <-ended:
+		}
+		return nil
+	}}})
+	f := nodes[1].Go(ctxFor(t, 30*time.Second), 1, Method{Service: slowSvc}, nil)
+	eventually(t, "the call in flight", func() bool { return nodes[0].lookupService(slowSvc).pool.running.Load() == 1 })
+	losses := nodes[1].m.peerLosses.Get()
+	// "Node 1, rebooted": a hello with another incarnation.
+	c, err := net.Dial("tcp", nodes[1].Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	h := framing.Hello{Version: framing.ProtocolVersion, From: 1, To: 2, Channel: uint8(ChanFirstService), Incarnation: nodes[0].Incarnation() + 2, Cluster: "test"}
+	if _, err := c.Write(frameBytes(t, framing.TypeHello, mustHello(t, &h))); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.Wait()
+	if !errors.Is(err, ErrNodeDown) || !strings.Contains(err.Error(), "restarted") {
+		t.Fatalf("call to the previous run: %v, want ErrNodeDown saying it restarted", err)
+	}
+	// Counted just after the calls fail.
+	eventually(t, "the teardown counted", func() bool { return nodes[1].m.peerLosses.Get() > losses })
+	if got := nodes[1].m.peerLosses.Get() - losses; got != 1 {
+		t.Fatalf("%d link teardowns, want 1", got)
+	}
+	close(release)
+}
+
+// TestHelloTamperingFailsPrologue: the hello's fields are the Noise
+// prologue, so a hello altered after the dialler authenticated it (here its
+// channel) fails authentication, while the same hello unaltered passes.
+func TestHelloTamperingFailsPrologue(t *testing.T) {
+	nodes, ck, keys := startSecureCluster(t, SecurityAuthenticate, 2)
+	sec := securityFor(SecurityAuthenticate, 1, ck, keys)
+	for _, tamper := range []bool{false, true} {
+		auth0 := nodes[1].m.authFailures.Get()
+		hello := framing.Hello{Version: framing.ProtocolVersion, From: 1, To: 2, Channel: uint8(ChanFirstService), Incarnation: nodes[0].Incarnation(), Cluster: "test"}
+		_, auth, err := sec.initiate(2, hello)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hello.Auth = auth
+		if tamper {
+			hello.Channel = uint8(ChanCLMS) // what a man in the middle would redirect
+		}
+		c, err := net.Dial("tcp", nodes[1].Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write(frameBytes(t, framing.TypeHello, mustHello(t, &hello))); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		var hb [framing.HeaderSize]byte
+		if _, err := io.ReadFull(c, hb[:]); err != nil {
+			t.Fatal(err)
+		}
+		ah, err := framing.DecodeHeader(hb[:], 4096)
+		c.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case !tamper && ah.Type != framing.TypeHelloAck:
+			t.Fatalf("untampered hello answered with %s", ah.Type)
+		case tamper && ah.Type != framing.TypeRefuse:
+			t.Fatalf("tampered hello answered with %s, want a refusal", ah.Type)
+		case tamper && nodes[1].m.authFailures.Get()-auth0 != 1:
+			t.Fatalf("%d authentication failures counted, want 1", nodes[1].m.authFailures.Get()-auth0)
+		}
 	}
 }
