@@ -502,6 +502,7 @@ func TestDialBackoff(t *testing.T) {
 	// 20ms doubling, each drawn from its upper half: attempts start no
 	// sooner than 0, 10, 30, 70, 150, 310, 630 ms.
 	attempts := p.dialAttempts.Get()
+	t.Logf("16 callers, 1 s: %d calls, %d dial attempts, %d failed by the backoff", calls.Load(), attempts, n.m.dialBackoffRefusals.Get())
 	if attempts < 2 || attempts > 8 {
 		t.Fatalf("%d dial attempts in a second from %d calls, want 2..8", attempts, calls.Load())
 	}
@@ -741,4 +742,46 @@ func TestHelloTamperingFailsPrologue(t *testing.T) {
 			t.Fatalf("%d authentication failures counted, want 1", nodes[1].m.authFailures.Get()-auth0)
 		}
 	}
+}
+
+// TestRegisterWaitBounded: a dialled socket waits for an event loop to take
+// it (gnet's Register). With the node's only loop stuck (here in a
+// misbehaving inline handler), that wait is bounded by DialTimeout instead
+// of holding the caller until the loop frees, and the socket the loop takes
+// late is closed, not published.
+func TestRegisterWaitBounded(t *testing.T) {
+	nodes := startCluster(t, 3, func(c *Config) {
+		c.EventLoops = 1
+		c.DialTimeout = 500 * time.Millisecond
+	})
+	a := nodes[0]
+	stuck, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	unstick := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unstick)
+	mustRegister(t, a, Service{ID: slowSvc, Inline: true, Procs: []Handler{func(context.Context, *Request, *Response) error {
+		close(stuck)
+		<-release // blocks a's only event loop: never do this
+		return nil
+	}}})
+	mustRegister(t, nodes[2], Service{ID: echoSvc, Inline: true, Procs: []Handler{echo}})
+	if err := nodes[1].Send(ctxFor(t, 10*time.Second), 1, Method{Service: slowSvc}, nil); err != nil {
+		t.Fatal(err)
+	}
+	<-stuck
+	start := time.Now()
+	_, err := a.Call(ctxFor(t, 30*time.Second), 3, Method{Service: echoSvc}, []byte("x"), nil)
+	took := time.Since(start)
+	if !errors.Is(err, ErrNodeDown) || took > 5*time.Second {
+		t.Fatalf("call with the loop stuck: %v after %v, want ErrNodeDown after about DialTimeout (500ms)", err, took)
+	}
+	unstick()
+	if c := a.peer(3).out[ChanFirstService].Load(); c != nil {
+		t.Fatal("the abandoned connection was published")
+	}
+	a.peer(3).resetBackoff()
+	eventually(t, "calls work once the loop is free", func() bool {
+		got, err := a.Call(ctxFor(t, 10*time.Second), 3, Method{Service: echoSvc}, []byte("x"), nil)
+		return err == nil && string(got) == "x"
+	})
 }
