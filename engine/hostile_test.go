@@ -26,6 +26,13 @@ func TestHostileClients(t *testing.T) {
 	target := nodes[1]
 	mustRegister(t, target, Service{ID: echoSvc, Procs: []Handler{echo}, MaxHandles: 8})
 
+	// The workload's connections exist before the attack, as a member's do
+	// (with a 300 ms handshake timeout, a dial during the flood on a loaded
+	// machine may time out; that is the timeout working, not the workload).
+	if _, err := nodes[0].Call(ctxFor(t, 10*time.Second), 2, Method{Service: echoSvc}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+
 	runtime.GC()
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
