@@ -132,6 +132,9 @@ func (c *Core) fence(reason string) {
 func (c *Core) Shutdown() {
 	switch c.phase {
 	case phaseMember:
+		if c.keyDrain() {
+			return // the key services are handed over first (keyPollDrain)
+		}
 		c.leaving = true
 		c.leaveTry = -1 << 40
 		c.tickMemberLeaveNow()
@@ -299,6 +302,12 @@ func (c *Core) applyRecord(r Record) bool {
 		return false
 	}
 	c.recs = append(c.recs, r)
+	if r.Kind == RecordKeyService {
+		c.applyKeyRecord(r)
+		c.keyPoll()
+		return true
+	}
+	defer c.keyPoll()
 	if r.Kind == RecordNodeInfo {
 		if want, ok := c.pendingInfo[r.Transition.Node]; ok && infoEqual(want, r.Info) {
 			delete(c.pendingInfo, r.Transition.Node)

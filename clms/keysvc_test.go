@@ -1,0 +1,270 @@
+package clms_test
+
+import (
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/clusterinfra/ci/clms"
+	"github.com/clusterinfra/ci/clms/clmstest"
+)
+
+const ks = "pidalloc"
+
+// keySim is a 5-node cluster (3 eligible) with one key service that every
+// node may run unless capable says otherwise.
+func keySim(t *testing.T, tb clmstest.TB, tm clms.Timing, spec clms.KeyServiceSpec, policy clms.PanicPolicy, capable ...clms.NodeNum) *clmstest.Sim {
+	t.Helper()
+	if len(capable) == 0 {
+		capable = []clms.NodeNum{1, 2, 3, 4, 5}
+	}
+	cap := map[clms.NodeNum][]string{}
+	for _, n := range capable {
+		cap[n] = []string{spec.Name}
+	}
+	return seededSim(t, tb, clmstest.Options{Seed: 1, Nodes: clmstest.Table(5, 3), Timing: tm,
+		Keys: clms.KeyConfig{Services: []clms.KeyServiceSpec{spec}, Panic: policy}, KeyCapable: cap})
+}
+
+// keyReadyEverywhere: every acting member applied a ready record of name in
+// an epoch after `after`; returns it.
+func keyReadyEverywhere(s *clmstest.Sim, name string, after uint64) (clms.KeyRecord, bool) {
+	var rec clms.KeyRecord
+	seen := false
+	for _, n := range s.Nodes() {
+		if !n.Started || n.Dead || n.Paused || !n.Core.Acting() {
+			continue
+		}
+		r, _ := n.Core.State().KeyService(name)
+		if r.Phase != clms.KeyReady || r.Epoch <= after || (seen && r != rec) {
+			return r, false
+		}
+		rec, seen = r, true
+	}
+	return rec, seen
+}
+
+func formKeys(t *testing.T, s *clmstest.Sim) clms.KeyRecord {
+	t.Helper()
+	form(t, s)
+	var r clms.KeyRecord
+	s.RunUntil(5*time.Second, func() bool { var ok bool; r, ok = keyReadyEverywhere(s, ks, 0); return ok })
+	return r
+}
+
+// wantPulled checks that the owner's FailoverData got exactly the given
+// members' PullData for the epoch.
+func wantPulled(t *testing.T, s *clmstest.Sim, r clms.KeyRecord, from ...clms.NodeNum) {
+	t.Helper()
+	got := s.Node(r.Owner).KeyGot[ks]
+	var nodes []clms.NodeNum
+	for n, d := range got {
+		nodes = append(nodes, n)
+		if want := clmstest.PullData(n, s.Node(n).Inc, r.Epoch); string(d) != string(want) {
+			t.Errorf("data from node %d is %q, want %q", n, d, want)
+		}
+	}
+	slices.Sort(nodes)
+	slices.Sort(from)
+	if !slices.Equal(nodes, from) {
+		t.Fatalf("owner %d pulled from %v, want %v", r.Owner, nodes, from)
+	}
+}
+
+func without(all []clms.NodeNum, skip ...clms.NodeNum) []clms.NodeNum {
+	return slices.DeleteFunc(slices.Clone(all), func(n clms.NodeNum) bool { return slices.Contains(skip, n) })
+}
+
+var five = []clms.NodeNum{1, 2, 3, 4, 5}
+
+func TestKeyServiceAssignedAtFormation(t *testing.T) {
+	s := keySim(t, t, clms.LANFastTiming(), clms.KeyServiceSpec{Name: ks, Critical: true, Pull: true}, "")
+	r := formKeys(t, s)
+	if r.Epoch != 1 || r.From != 0 {
+		t.Fatalf("first owner record %v, want epoch 1 from nobody", r)
+	}
+	// Assigned as soon as the first capable node was UP: it pulled from the
+	// members of that moment, itself included.
+	got := s.Node(r.Owner).KeyGot[ks]
+	if string(got[r.Owner]) != string(clmstest.PullData(r.Owner, 1, 1)) {
+		t.Fatalf("owner %d pulled %v", r.Owner, got)
+	}
+	for _, n := range s.Nodes() {
+		if !n.Has(clms.ActFormed, 0) {
+			t.Errorf("node %d never formed", n.Num)
+		}
+		if ep, ok := n.Core.KeyServiceActing(ks); ok != (n.Num == r.Owner) || (ok && ep != 1) {
+			t.Errorf("node %d acting=%v epoch %d; owner is %d", n.Num, ok, ep, r.Owner)
+		}
+	}
+	st := s.Node(r.Owner).Core.Stats()
+	if len(st.KeyServices) != 1 || st.KeyServices[0].Owner != r.Owner || !st.KeyServices[0].Acting {
+		t.Fatalf("owner stats %+v", st.KeyServices)
+	}
+}
+
+func TestKeyServiceOwnerCrash(t *testing.T) {
+	s := keySim(t, t, clms.LANFastTiming(), clms.KeyServiceSpec{Name: ks, Pull: true}, "")
+	old := formKeys(t, s)
+	s.Crash(old.Owner)
+	took := s.RunUntil(2*time.Second, func() bool { _, ok := keyReadyEverywhere(s, ks, old.Epoch); return ok })
+	r, _ := keyReadyEverywhere(s, ks, old.Epoch)
+	t.Logf("owner %d crashed; node %d ready in epoch %d after %v", old.Owner, r.Owner, r.Epoch, took)
+	if r.Epoch != old.Epoch+1 || r.From != old.Owner || r.Owner == old.Owner {
+		t.Fatalf("new record %v after %v", r, old)
+	}
+	wantPulled(t, s, r, without(five, old.Owner)...)
+	if n := s.Node(r.Owner).Core.Stats(); n.KeyFailovers != 1 {
+		t.Fatalf("failovers %d, want 1", n.KeyFailovers)
+	}
+	// The old owner, restarted, never acts under the old epoch: it is a new
+	// incarnation, and the record names the new owner.
+	s.Restart(old.Owner)
+	s.RunUntil(5*time.Second, s.AllUp)
+	if _, ok := s.Node(old.Owner).Core.KeyServiceActing(ks); ok {
+		t.Fatalf("restarted old owner acts")
+	}
+}
+
+// A hung owner (SIGSTOP) is replaced only after its lease ran out; resumed,
+// it does not act (the checker checks every step) and learns it is down.
+func TestKeyServiceOwnerHang(t *testing.T) {
+	s := keySim(t, t, clms.LANFastTiming(), clms.KeyServiceSpec{Name: ks, Pull: true}, "")
+	old := formKeys(t, s)
+	s.Pause(old.Owner)
+	s.RunUntil(2*time.Second, func() bool { _, ok := keyReadyEverywhere(s, ks, old.Epoch); return ok })
+	r, _ := keyReadyEverywhere(s, ks, old.Epoch)
+	wantPulled(t, s, r, without(five, old.Owner)...)
+	resumeSuspendedThenFenced(t, s, old.Owner)
+	if _, ok := s.Node(old.Owner).Core.KeyServiceActing(ks); ok {
+		t.Fatal("resumed old owner acts")
+	}
+}
+
+// An owner cut off by a partition keeps running: it must stop acting before
+// the new owner starts (the checker proves no two owners act at once), and
+// an operation it stamped with its old epoch is refused by the epoch guard
+// of a node that applied the new owner.
+func TestKeyServiceOwnerPartitioned(t *testing.T) {
+	// Capable nodes without raft: the owner is not the master, whose own
+	// isolation is the master-partition case of the membership tests.
+	s := keySim(t, t, clms.LANFastTiming(), clms.KeyServiceSpec{Name: ks, Pull: true}, "", 4, 5)
+	old := formKeys(t, s)
+	var guard clms.EpochGuard
+	for _, n := range s.Nodes() {
+		guard.Observe(n.Records)
+	}
+	if err := guard.Check(ks, old.Epoch); err != nil {
+		t.Fatalf("current epoch refused: %v", err)
+	}
+	s.Partition([]clms.NodeNum{old.Owner})
+	var lastActing time.Duration
+	s.RunUntil(2*time.Second, func() bool {
+		if _, ok := s.Node(old.Owner).Core.KeyServiceActing(ks); ok {
+			lastActing = s.Now
+		}
+		_, ok := keyReadyEverywhere(s, ks, old.Epoch)
+		return ok
+	})
+	r, _ := keyReadyEverywhere(s, ks, old.Epoch)
+	first := firstAction(s.Node(r.Owner), clms.ActKeyOwner, r.Epoch)
+	t.Logf("old owner %d last acted at %v; new owner %d acts from %v", old.Owner, lastActing, r.Owner, first)
+	if first <= lastActing {
+		t.Fatalf("new owner acts from %v, old owner acted until %v", first, lastActing)
+	}
+	// A late operation of the old owner reaches a node that applied the
+	// new owner: refused by the state check and the guard.
+	master := s.Node(s.Master())
+	guard.Observe(master.Records)
+	if err := master.Core.State().CheckEpoch(ks, old.Epoch); !errors.Is(err, clms.ErrStaleEpoch) {
+		t.Fatalf("state check of the old epoch: %v", err)
+	}
+	if err := guard.Check(ks, old.Epoch); !errors.Is(err, clms.ErrStaleEpoch) {
+		t.Fatalf("guard check of the old epoch: %v", err)
+	}
+	if err := guard.Check(ks, r.Epoch); err != nil {
+		t.Fatalf("guard refuses the new epoch: %v", err)
+	}
+	s.Heal()
+	s.RunUntil(time.Second, s.Node(old.Owner).Fenced)
+}
+
+func firstAction(n *clmstest.Node, k clms.ActionKind, epoch uint64) time.Duration {
+	for _, a := range n.Actions {
+		if a.Inc == n.Inc && a.Kind == k && a.Epoch == epoch && a.Valid {
+			return a.At
+		}
+	}
+	return -1
+}
+
+// The node taking over dies during its failover: the master picks the
+// next capable node with a new epoch. (Capable: one voter and the two
+// nodes without raft, so two deaths leave the voters a quorum.)
+func TestKeyServiceNewOwnerDiesMidFailover(t *testing.T) {
+	s := keySim(t, t, clms.LANFastTiming(), clms.KeyServiceSpec{Name: ks, Pull: true}, "", 3, 4, 5)
+	old := formKeys(t, s)
+	s.Crash(old.Owner)
+	var second clms.KeyRecord
+	s.RunUntil(2*time.Second, func() bool {
+		if s.Master() == 0 {
+			return false
+		}
+		second, _ = s.Node(s.Master()).Core.State().KeyService(ks)
+		return second.Epoch == old.Epoch+1
+	})
+	if second.Phase != clms.KeyFailover {
+		t.Fatalf("second owner already %v", second)
+	}
+	s.Crash(second.Owner)
+	s.RunUntil(2*time.Second, func() bool { _, ok := keyReadyEverywhere(s, ks, second.Epoch); return ok })
+	r, _ := keyReadyEverywhere(s, ks, second.Epoch)
+	if r.Epoch != old.Epoch+2 || r.From != second.Owner {
+		t.Fatalf("third record %v after %v", r, second)
+	}
+	wantPulled(t, s, r, without(five, old.Owner, second.Owner)...)
+}
+
+// A member dies while the new owner pulls (its PullData hangs, then its
+// process dies): it is left out and the rest goes on, before the pull
+// timeout.
+func TestKeyServiceSurvivorDiesMidPull(t *testing.T) {
+	tm := clms.LANFastTiming()
+	s := keySim(t, t, tm, clms.KeyServiceSpec{Name: ks, Pull: true}, "")
+	old := formKeys(t, s)
+	victim := other(t, s, 1, 2, 3) // a node without raft: the voters keep a quorum
+	s.Node(victim).HangPull = true
+	s.Crash(old.Owner)
+	s.RunUntil(2*time.Second, func() bool {
+		return slices.ContainsFunc(s.Node(victim).Actions, func(a clmstest.TimedAction) bool {
+			return a.Kind == clms.ActKeyPullData && a.Epoch == old.Epoch+1
+		})
+	})
+	s.Crash(victim)
+	took := s.RunUntil(2*time.Second, func() bool { _, ok := keyReadyEverywhere(s, ks, old.Epoch); return ok })
+	if took >= tm.CallbackTimeout {
+		t.Fatalf("ready after %v: waited for the pull timeout", took)
+	}
+	r, _ := keyReadyEverywhere(s, ks, old.Epoch)
+	wantPulled(t, s, r, without(five, old.Owner, victim)...)
+	if f := s.Node(r.Owner).Core.Stats().KeyPullFailures; f != 1 {
+		t.Fatalf("pull failures %d, want 1", f)
+	}
+}
+
+// A member whose PullData hangs (alive) is left out at the pull timeout.
+func TestKeyServicePullTimeout(t *testing.T) {
+	tm := clms.LANFastTiming()
+	s := keySim(t, t, tm, clms.KeyServiceSpec{Name: ks, Pull: true}, "")
+	old := formKeys(t, s)
+	hung := other(t, s, old.Owner)
+	s.Node(hung).HangPull = true
+	s.Crash(old.Owner)
+	took := s.RunUntil(2*tm.CallbackTimeout, func() bool { _, ok := keyReadyEverywhere(s, ks, old.Epoch); return ok })
+	if took < tm.CallbackTimeout {
+		t.Fatalf("ready after %v, before the pull timeout %v", took, tm.CallbackTimeout)
+	}
+	r, _ := keyReadyEverywhere(s, ks, old.Epoch)
+	wantPulled(t, s, r, without(five, old.Owner, hung)...)
+}
