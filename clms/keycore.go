@@ -67,10 +67,16 @@ type keyState struct {
 	lastSend     map[string]int64  // release/abort reports
 	last         map[string][4]int64
 	formed       bool
-	draining     bool
-	drained      bool
-	drainStart   int64
-	drainSent    int64
+	// halt is a cluster panic under PanicHalt, pending on the master until
+	// every member without raft applied the record (haltSeq) or haltAt:
+	// the master's push is how they learn it.
+	halt       string
+	haltSeq    uint64
+	haltAt     int64
+	draining   bool
+	drained    bool
+	drainStart int64
+	drainSent  int64
 }
 
 func newKeyState(cfg Config, t ticks) keyState {
@@ -367,7 +373,7 @@ func (c *Core) applyKeyRecord(r Record) {
 		if k.Panic && c.phase == phaseMember {
 			why := fmt.Sprintf("critical key service %q lost its owner (node %d, epoch %d) and no capable node is left", k.Name, k.From, k.Epoch)
 			if c.ks.panic == PanicHalt {
-				c.fence(why + ": cluster panic (policy halt)")
+				c.ks.halt, c.ks.haltSeq, c.ks.haltAt = why+": cluster panic (policy halt)", r.Seq, c.now+c.t.callback
 			} else {
 				c.act(Action{Kind: ActLog, KeyService: k.Name, Epoch: k.Epoch, Reason: "CLUSTER DEGRADED: " + why + " (policy degraded)"})
 			}
@@ -388,6 +394,9 @@ func (c *Core) applyKeyRecord(r Record) {
 // hand-overs and drains, and, on the master, assigns owners.
 func (c *Core) keyPoll() {
 	ks := &c.ks
+	if ks.halt != "" && c.phase == phaseMember && c.keyHaltNow() {
+		c.fence(ks.halt)
+	}
 	for _, sp := range ks.specs {
 		name := sp.Name
 		ep, acting := c.KeyServiceActing(name)
@@ -521,12 +530,18 @@ func (c *Core) keyDrain() bool {
 	return true
 }
 
-// keyOwned names the services whose record names this incarnation and that
-// it has not released.
+// keyOwned names the services whose record names this incarnation, or whose
+// new owner is still taking this node's hand-over: a drain waits until the
+// new owner has the data (a released service included: the release report
+// must reach a master, and the new owner pulls the hand-over from here).
 func (c *Core) keyOwned() []string {
 	var out []string
 	for _, sp := range c.ks.specs {
-		if r := c.st.keys[sp.Name]; r != nil && r.Owner == c.self && r.OwnerInc == c.inc && r.Phase != KeyUnowned && c.ks.released[sp.Name] != r.Epoch {
+		r := c.st.keys[sp.Name]
+		if r == nil {
+			continue
+		}
+		if (r.Owner == c.self && r.OwnerInc == c.inc && r.Phase != KeyUnowned) || (r.Handover && r.From == c.self && r.Phase == KeyFailover) {
 			out = append(out, sp.Name)
 		}
 	}
@@ -553,6 +568,9 @@ func (c *Core) keyPollDrain() {
 	}
 	ks.drainSent = c.now
 	for _, name := range owned {
+		if r := c.st.keys[name]; r.Phase != KeyReady {
+			continue // being handed over, or still failing over: asked when ready
+		}
 		if c.isMaster() {
 			c.km().draining[c.self] = c.inc
 			c.masterKeyMove(name, 0)
@@ -634,4 +652,18 @@ func (c *Core) keyStats(s *Stats) {
 			s.KeyDegraded = append(s.KeyDegraded, sp.Name)
 		}
 	}
+}
+
+// keyHaltNow: a pending cluster panic fences this node now, unless it is
+// the master and members without raft have yet to learn of it from its push.
+func (c *Core) keyHaltNow() bool {
+	if !c.isMaster() || c.now >= c.ks.haltAt {
+		return true
+	}
+	for n, w := range c.m.watch {
+		if !c.eligible[n] && c.st.holds(n, w.inc) && w.applied < c.ks.haltSeq {
+			return false
+		}
+	}
+	return true
 }

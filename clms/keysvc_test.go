@@ -3,6 +3,7 @@ package clms_test
 import (
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -267,4 +268,196 @@ func TestKeyServicePullTimeout(t *testing.T) {
 	}
 	r, _ := keyReadyEverywhere(s, ks, old.Epoch)
 	wantPulled(t, s, r, without(five, old.Owner, hung)...)
+}
+
+// A critical key service holds formation back until a capable node is up
+// and owns it; a non-critical one does not.
+func TestKeyServiceCriticalHoldsFormation(t *testing.T) {
+	s := keySim(t, t, clms.LANFastTiming(), clms.KeyServiceSpec{Name: ks, Critical: true}, "", 5)
+	startSome(t, s, 1, 2, 3, 4)
+	s.Run(time.Second)
+	for _, n := range s.Nodes()[:4] {
+		if n.Has(clms.ActFormed, 0) || n.Core.Formed() {
+			t.Fatalf("node %d formed without an owner of the critical service", n.Num)
+		}
+	}
+	if !slices.ContainsFunc(s.Node(s.Master()).Actions, func(a clmstest.TimedAction) bool {
+		return a.Kind == clms.ActLog && strings.Contains(a.Reason, "waiting for a capable node")
+	}) {
+		t.Fatal("the master did not say why formation waits")
+	}
+	startSome(t, s, 5)
+	s.RunUntil(time.Second, func() bool {
+		for _, n := range s.Nodes() {
+			if !n.Core.Formed() {
+				return false
+			}
+		}
+		return true
+	})
+	if r, _ := s.Node(1).Core.State().KeyService(ks); r.Owner != 5 || r.Phase != clms.KeyReady {
+		t.Fatalf("record %v, want node 5 ready", r)
+	}
+}
+
+// The owner of a critical key service dies and no capable node is left:
+// with policy halt every member fences, naming the service.
+func TestKeyServiceCriticalPanicHalt(t *testing.T) {
+	s := keySim(t, t, clms.LANFastTiming(), clms.KeyServiceSpec{Name: ks, Critical: true}, clms.PanicHalt, 4)
+	formKeys(t, s)
+	s.Crash(4)
+	s.RunUntil(2*time.Second, func() bool {
+		for _, n := range s.Nodes() {
+			if !n.Dead && !n.Fenced() {
+				return false
+			}
+		}
+		return true
+	})
+	for _, n := range s.Nodes() {
+		if _, why := n.Core.Fenced(); !n.Dead && !strings.Contains(why, `critical key service "pidalloc"`) {
+			t.Errorf("node %d fenced because %q", n.Num, why)
+		}
+	}
+}
+
+// With policy degraded the cluster stays up, loud in logs and stats, and a
+// capable node that comes back takes the service in a new epoch.
+func TestKeyServiceCriticalPanicDegraded(t *testing.T) {
+	s := keySim(t, t, clms.LANFastTiming(), clms.KeyServiceSpec{Name: ks, Critical: true, Pull: true}, clms.PanicDegraded, 4)
+	old := formKeys(t, s)
+	s.Crash(4)
+	logged := func(n *clmstest.Node) bool {
+		return slices.ContainsFunc(n.Actions, func(a clmstest.TimedAction) bool {
+			return a.Kind == clms.ActLog && strings.Contains(a.Reason, "CLUSTER DEGRADED")
+		})
+	}
+	s.RunUntil(2*time.Second, func() bool {
+		for _, n := range s.Nodes() {
+			if !n.Dead && (!logged(n) || !slices.Equal(n.Core.Stats().KeyDegraded, []string{ks})) {
+				return false
+			}
+		}
+		return true
+	})
+	s.Run(100 * time.Millisecond)
+	for _, n := range s.Nodes() {
+		if !n.Dead && (n.Fenced() || !n.Core.Acting()) {
+			t.Fatalf("node %d: fenced=%v acting=%v", n.Num, n.Fenced(), n.Core.Acting())
+		}
+	}
+	s.Restart(4)
+	s.RunUntil(2*time.Second, func() bool { _, ok := keyReadyEverywhere(s, ks, old.Epoch); return ok })
+	if st := s.Node(1).Core.Stats(); len(st.KeyDegraded) != 0 {
+		t.Fatalf("still degraded: %v", st.KeyDegraded)
+	}
+}
+
+// A non-critical service without a capable node waits (no panic) and is
+// taken by a capable node that joins.
+func TestKeyServiceNonCriticalWaits(t *testing.T) {
+	s := keySim(t, t, clms.LANFastTiming(), clms.KeyServiceSpec{Name: ks}, clms.PanicHalt, 4)
+	old := formKeys(t, s)
+	s.Crash(4)
+	s.RunUntil(2*time.Second, func() bool {
+		r, _ := s.Node(1).Core.State().KeyService(ks)
+		return r.Phase == clms.KeyUnowned && r.From == 4
+	})
+	if r, _ := s.Node(1).Core.State().KeyService(ks); r.Panic || r.Epoch != old.Epoch {
+		t.Fatalf("unowned record %v", r)
+	}
+	for _, n := range s.Nodes() {
+		if !n.Dead && n.Fenced() {
+			t.Fatalf("node %d fenced", n.Num)
+		}
+	}
+	s.Restart(4)
+	s.RunUntil(2*time.Second, func() bool { _, ok := keyReadyEverywhere(s, ks, old.Epoch); return ok })
+}
+
+// A planned move: the old owner hands its state over (no Failover routine,
+// no pull from the others); the epoch grows by one.
+func TestKeyServicePlannedMove(t *testing.T) {
+	s := keySim(t, t, clms.LANFastTiming(), clms.KeyServiceSpec{Name: ks, Pull: true}, "")
+	old := formKeys(t, s)
+	to := clms.NodeNum(5)
+	if err := s.Node(3).Core.MoveKeyService(ks, to); err != nil {
+		t.Fatal(err)
+	}
+	s.RunUntil(time.Second, func() bool { _, ok := keyReadyEverywhere(s, ks, old.Epoch); return ok })
+	r, _ := keyReadyEverywhere(s, ks, old.Epoch)
+	if r.Owner != to || r.Epoch != old.Epoch+1 || !r.Handover || r.From != old.Owner {
+		t.Fatalf("after the move: %v", r)
+	}
+	got := s.Node(to).KeyGot[ks]
+	if len(got) != 1 || string(got[old.Owner]) != string(clmstest.HandOffData(old.Owner, old.Epoch)) {
+		t.Fatalf("new owner took over %v", got)
+	}
+	if s.Node(to).Has(clms.ActKeyFailover, 0) || !s.Node(old.Owner).Has(clms.ActKeyHandOff, 0) {
+		t.Fatal("a move ran Failover, or no HandOff")
+	}
+	if st := s.Node(2).Core.Stats(); st.KeyHandovers != 1 || st.KeyFailovers != 0 {
+		t.Fatalf("handovers %d failovers %d", st.KeyHandovers, st.KeyFailovers)
+	}
+	if err := s.Node(3).Core.MoveKeyService("nope", 0); !errors.Is(err, clms.ErrUnknownKeyService) {
+		t.Fatalf("unknown service: %v", err)
+	}
+}
+
+// A planned shutdown of the owner (a member, then the master) hands the
+// service over before the node leaves.
+func TestKeyServicePlannedShutdown(t *testing.T) {
+	s := keySim(t, t, clms.LANFastTiming(), clms.KeyServiceSpec{Name: ks, Pull: true}, "", 1, 4, 5)
+	r := formKeys(t, s)
+	for range 2 {
+		leaver := r.Owner
+		s.Node(leaver).Core.Shutdown()
+		s.RunUntil(2*time.Second, func() bool { return s.Node(leaver).Has(clms.ActLeft, 0) })
+		next, _ := s.Node(other(t, s, leaver)).Core.State().KeyService(ks)
+		if next.Owner == leaver || next.Epoch != r.Epoch+1 || !next.Handover {
+			t.Fatalf("after the shutdown of %d: %v", leaver, next)
+		}
+		s.RunUntil(time.Second, func() bool { _, ok := keyReadyEverywhere(s, ks, r.Epoch); return ok })
+		got := s.Node(next.Owner).KeyGot[ks]
+		if string(got[leaver]) != string(clmstest.HandOffData(leaver, r.Epoch)) {
+			t.Fatalf("new owner %d took over %v", next.Owner, got)
+		}
+		// The hand-over record precedes the leaver's SHUTDOWN.
+		if tr := transitionsOf(s, leaver, 1); tr[2] != "UP->SHUTDOWN(shutdown)" {
+			t.Fatalf("leaver went %v", tr)
+		}
+		r, _ = keyReadyEverywhere(s, ks, r.Epoch)
+		s.RunUntil(2*time.Second, func() bool { return s.Master() != 0 && s.Master() != leaver })
+		s.Crash(leaver)
+	}
+}
+
+// The checker's key-service invariant is not vacuous: a forged release
+// (the owner's HandOff never returned) makes the master commit a new owner
+// while the old one still acts, and the checker reports it.
+func TestCheckerCatchesTwoOwners(t *testing.T) {
+	tb := &catchTB{T: t}
+	s := keySim(t, tb, clms.LANFastTiming(), clms.KeyServiceSpec{Name: ks}, "", 4, 5)
+	func() {
+		defer tb.recover()
+		old := formKeys(t, s)
+		master := s.Master()
+		s.Node(old.Owner).HangHandOff = true
+		if err := s.Node(4).Core.MoveKeyService(ks, 9-old.Owner); err != nil {
+			t.Fatal(err)
+		}
+		s.RunUntil(time.Second, func() bool {
+			r, _ := s.Node(master).Core.State().KeyService(ks)
+			return r.Phase == clms.KeyHandover
+		})
+		// The owner's HandOff hangs, so it keeps acting; a forged report
+		// says it released.
+		s.Inject(clms.Message{Type: clms.MsgKeyReleased, From: old.Owner, To: master, KeyService: ks, Epoch: old.Epoch})
+		s.Run(time.Second)
+	}()
+	// The old owner acting in the superseded epoch is reported at the step
+	// the new epoch commits, before the new owner applies it and acts too.
+	if !strings.Contains(tb.failure, `acts as owner of "pidalloc" in epoch 1 after epoch 2 was committed`) {
+		t.Fatalf("checker reported %q, want the old owner acting after the new epoch", tb.failure)
+	}
 }

@@ -76,8 +76,9 @@ type Node struct {
 	ExtraDelay time.Duration
 	// HangCallbacks: this node's subsystem callbacks never report.
 	HangCallbacks bool
-	// HangPull: this node's PullData never returns.
-	HangPull bool
+	// HangPull: this node's PullData never returns; HangHandOff: its
+	// HandOff never returns.
+	HangPull, HangHandOff bool
 	// KeyGot is what FailoverData (or TakeOver, under the previous owner's
 	// number) received on this process, by key service.
 	KeyGot map[string]map[clms.NodeNum][]byte
@@ -651,6 +652,9 @@ func (s *Sim) keyAction(n *Node, a clms.Action) {
 			n.Core.KeyFailoverDataDone(name, ep, nil)
 		})
 	case clms.ActKeyHandOff:
+		if n.HangHandOff {
+			return
+		}
 		later(func() { n.Core.KeyHandOffDone(name, ep, HandOffData(n.Num, ep), nil) })
 	}
 }
