@@ -33,7 +33,10 @@ func TestKeyServicesRegistry(t *testing.T) {
 				return nil, ctx.Err()
 			}
 		},
-		func(ctx context.Context, epoch uint64, pulled map[clms.NodeNum][]byte) error { got = pulled; return nil })
+		func(ctx context.Context, epoch uint64, pulled map[clms.NodeNum][]byte) error {
+			got = pulled
+			return nil
+		})
 	if err != nil {
 		t.Fatal(err)
 	}
