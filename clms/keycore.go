@@ -60,6 +60,7 @@ type keyState struct {
 	acting       map[string]uint64 // what ActKeyOwner last told the runner
 	runs         map[string]*keyRun
 	served       map[pullKey]*pullServe
+	early        map[string]Message // a pull for an epoch not applied here yet
 	handing      map[string]uint64 // ActKeyHandOff handed out for this epoch
 	released     map[string]uint64 // HandOff done: released this epoch
 	handData     map[string][]byte // the released epoch's hand-over data
@@ -81,7 +82,7 @@ type keyState struct {
 
 func newKeyState(cfg Config, t ticks) keyState {
 	ks := keyState{specs: slices.Clone(cfg.Keys.Services), spec: map[string]KeyServiceSpec{}, panic: cfg.Keys.Panic,
-		acting: map[string]uint64{}, runs: map[string]*keyRun{}, served: map[pullKey]*pullServe{},
+		acting: map[string]uint64{}, runs: map[string]*keyRun{}, served: map[pullKey]*pullServe{}, early: map[string]Message{},
 		handing: map[string]uint64{}, released: map[string]uint64{}, handData: map[string][]byte{},
 		abort: map[string]uint64{}, lastSend: map[string]int64{}, last: map[string][4]int64{}}
 	if ks.panic == "" {
@@ -411,6 +412,10 @@ func (c *Core) keyPoll() {
 			}
 		}
 		r, _ := c.st.KeyService(name)
+		if m, ok := ks.early[name]; ok && r.Epoch >= m.Epoch {
+			delete(ks.early, name)
+			c.servePull(m)
+		}
 		mine := r.Owner == c.self && r.OwnerInc == c.inc
 		c.keyPollRun(name, r, mine, acting)
 		if mine && r.Phase == KeyHandover {
@@ -620,8 +625,15 @@ func (c *Core) stepKey(m Message) {
 // and a repeated request gets the same answer.
 func (c *Core) servePull(m Message) {
 	r := c.st.keys[m.KeyService]
-	if r == nil || r.Epoch != m.Epoch || r.Owner != m.From || r.OwnerInc != m.FromInc || !c.Acting() {
-		return // not (yet) the owner in our view: it asks again
+	if r == nil || r.Epoch < m.Epoch {
+		// The owner's record is on its way here (the pull overtook the
+		// push, or raft has not told us of the commit yet): answer when it
+		// is applied rather than at the owner's next retry.
+		c.ks.early[m.KeyService] = m
+		return
+	}
+	if r.Epoch != m.Epoch || r.Owner != m.From || r.OwnerInc != m.FromInc || !c.Acting() {
+		return // not the owner in our view: it asks again if it is
 	}
 	if r.Handover && r.From == c.self {
 		if data, ok := c.ks.handData[m.KeyService]; ok && c.ks.released[m.KeyService] == r.Epoch-1 {

@@ -2,6 +2,8 @@ package clms_test
 
 import (
 	"errors"
+	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -459,5 +461,81 @@ func TestCheckerCatchesTwoOwners(t *testing.T) {
 	// the new epoch commits, before the new owner applies it and acts too.
 	if !strings.Contains(tb.failure, `acts as owner of "pidalloc" in epoch 1 after epoch 2 was committed`) {
 		t.Fatalf("checker reported %q, want the old owner acting after the new epoch", tb.failure)
+	}
+}
+
+// TestMeasureKeyFailover prints the failover time of a key service from
+// the owner's crash (or hang) to ready as a third node sees it, in
+// simulated time (1 ms delay + up to 1 ms jitter, each routine 2 ms), over
+// 20 seeds per figure, split into detection (fault -> the owner's GOINGDOWN
+// applied on the master), decision (-> the new owner applied its
+// assignment), pull (-> FailoverData handed out: Failover, then the pull
+// from 4 members) and ready (-> the ready record applied on a node without
+// raft that is neither owner). CLMS_MEASURE=1 runs it; docs/CLMS.md has
+// the results.
+func TestMeasureKeyFailover(t *testing.T) {
+	if os.Getenv("CLMS_MEASURE") == "" {
+		t.Skip("CLMS_MEASURE=1 to measure")
+	}
+	const trials = 20
+	for _, p := range []struct {
+		name string
+		tm   clms.Timing
+	}{{"lan-fast", clms.LANFastTiming()}, {"default", clms.DefaultTiming()}} {
+		for _, sc := range []struct {
+			name    string
+			capable []clms.NodeNum
+			fault   func(*clmstest.Sim, clms.NodeNum)
+		}{
+			{"member owner crash", []clms.NodeNum{4, 5}, (*clmstest.Sim).Crash},
+			{"master owner crash", []clms.NodeNum{1, 2, 3, 4, 5}, (*clmstest.Sim).Crash},
+			{"member owner hang", []clms.NodeNum{4, 5}, (*clmstest.Sim).Pause},
+		} {
+			var total, det, dec, pull, ready []time.Duration
+			for seed := uint64(1); seed <= trials; seed++ {
+				cap := map[clms.NodeNum][]string{}
+				for _, n := range sc.capable {
+					cap[n] = []string{ks}
+				}
+				s := seededSim(t, t, clmstest.Options{Seed: seed, Nodes: clmstest.Table(5, 3), Timing: p.tm,
+					Keys: clms.KeyConfig{Services: []clms.KeyServiceSpec{{Name: ks, Pull: true}}}, KeyCapable: cap})
+				old := formKeys(t, s)
+				s.Run(time.Duration(seed) * p.tm.Heartbeat / trials) // vary the phase against the heartbeats
+				watcher := other(t, s, 1, 2, 3, old.Owner)
+				sc.fault(s, old.Owner)
+				start := s.Now
+				var tDet, tDec, tPull time.Duration
+				s.RunUntil(30*time.Second, func() bool {
+					m := s.Master()
+					if tDet == 0 && m != 0 && m != old.Owner {
+						if mem, _ := s.Node(m).Core.State().Member(old.Owner); !mem.State.IsMember() {
+							tDet = s.Now
+						}
+					}
+					r, _ := s.Node(watcher).Core.State().KeyService(ks)
+					for _, n := range s.Nodes() {
+						nr, _ := n.Core.State().KeyService(ks)
+						if tDec == 0 && nr.Epoch > old.Epoch && nr.Owner == n.Num {
+							tDec = s.Now
+						}
+						if tPull == 0 && n.Num != old.Owner && slices.ContainsFunc(n.Actions, func(a clmstest.TimedAction) bool {
+							return a.Kind == clms.ActKeyFailoverData && a.Epoch > old.Epoch
+						}) {
+							tPull = s.Now
+						}
+					}
+					return r.Epoch > old.Epoch && r.Phase == clms.KeyReady
+				})
+				total = append(total, s.Now-start)
+				det, dec = append(det, tDet-start), append(dec, tDec-tDet)
+				pull, ready = append(pull, tPull-tDec), append(ready, s.Now-tPull)
+			}
+			q := func(d []time.Duration) string {
+				slices.Sort(d)
+				return fmt.Sprintf("%v/%v/%v", d[0], d[len(d)/2], d[len(d)-1])
+			}
+			t.Logf("%-8s %-19s total %-17s detection %-17s decision %-11s pull %-11s ready %s (min/p50/max)",
+				p.name, sc.name, q(total), q(det), q(dec), q(pull), q(ready))
+		}
 	}
 }
