@@ -61,11 +61,11 @@ type keyState struct {
 	runs         map[string]*keyRun
 	served       map[pullKey]*pullServe
 	early        map[string]Message // a pull for an epoch not applied here yet
-	handing      map[string]uint64 // ActKeyHandOff handed out for this epoch
-	released     map[string]uint64 // HandOff done: released this epoch
-	handData     map[string][]byte // the released epoch's hand-over data
-	abort        map[string]uint64 // HandOff failed in this epoch: keep serving, tell the master
-	lastSend     map[string]int64  // release/abort reports
+	handing      map[string]uint64  // ActKeyHandOff handed out for this epoch
+	released     map[string]uint64  // HandOff done: released this epoch
+	handData     map[string][]byte  // the released epoch's hand-over data
+	abort        map[string]uint64  // HandOff failed in this epoch: keep serving, tell the master
+	lastSend     map[string]int64   // release/abort reports
 	last         map[string][4]int64
 	formed       bool
 	// halt is a cluster panic under PanicHalt, pending on the master until
