@@ -82,6 +82,9 @@ type Node struct {
 	// KeyGot is what FailoverData (or TakeOver, under the previous owner's
 	// number) received on this process, by key service.
 	KeyGot map[string]map[clms.NodeNum][]byte
+	// SentMsgs and SentBytes count what this node sent (encoded), over all
+	// its incarnations.
+	SentMsgs, SentBytes int
 
 	Paused, Dead, Started bool
 	// Records is this process's history, as handed out by Ready.Applied.
@@ -392,6 +395,8 @@ func (s *Sim) send(from *Node, m clms.Message) {
 	if err != nil {
 		s.tb.Fatalf("encode %v: %v", m, err)
 	}
+	from.SentMsgs++
+	from.SentBytes += len(s.buf)
 	dm, err := clms.DecodeMessage(s.buf)
 	if err != nil {
 		s.tb.Fatalf("decode %v: %v", m, err)
