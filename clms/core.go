@@ -425,6 +425,9 @@ func (c *Core) Step(m Message) error {
 		if c.isMaster() {
 			if w := c.m.watch[m.From]; w != nil && w.inc == m.FromInc {
 				w.applied = max(w.applied, m.Applied)
+				if m.Status == StatusRetry {
+					w.sent = min(w.sent, w.applied) // a push was overtaken and dropped: resend from what it has
+				}
 				c.maybePush(m.From, w)
 			}
 		}

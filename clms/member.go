@@ -279,16 +279,20 @@ func (c *Core) stepRecords(m Message) {
 	if c.rn != nil || !c.eligible[m.From] {
 		return // voters apply their own log; only a master pushes
 	}
+	gap := Status(StatusOK)
 	for _, r := range m.Records {
+		if r.Seq > c.st.LastSeq()+1 {
+			gap = StatusRetry // overtook an earlier push: ask for a resend now
+		}
 		if r.Seq != c.st.LastSeq()+1 {
-			continue // a duplicate, or a gap the sender fills on its next push
+			continue // a duplicate, or a gap
 		}
 		if !c.applyRecord(r) {
 			break
 		}
 	}
 	c.learnMaster(m.From, m.Term)
-	c.send(Message{Type: MsgRecordsAck, To: m.From, Applied: c.st.LastSeq()})
+	c.send(Message{Type: MsgRecordsAck, To: m.From, Applied: c.st.LastSeq(), Status: gap})
 }
 
 // applyRecord applies one committed record and reacts to it.
