@@ -557,3 +557,26 @@ func TestKeyFailoverNoHeartbeatStall(t *testing.T) {
 		}
 	}
 }
+
+// A peer that ignores the protocol cannot move a key service: a ready
+// report or a release from a node that is not the owner is ignored.
+func TestKeyServiceForgedReports(t *testing.T) {
+	s := keySim(t, t, clms.LANFastTiming(), clms.KeyServiceSpec{Name: ks}, "", 4, 5)
+	old := formKeys(t, s)
+	forger := 9 - old.Owner // the other capable node
+	s.Node(old.Owner).HangHandOff = true
+	if err := s.Node(forger).Core.MoveKeyService(ks, forger); err != nil {
+		t.Fatal(err)
+	}
+	master := s.Master()
+	s.RunUntil(time.Second, func() bool { r, _ := s.Node(master).Core.State().KeyService(ks); return r.Phase == clms.KeyHandover })
+	s.Inject(clms.Message{Type: clms.MsgKeyReleased, From: forger, To: master, KeyService: ks, Epoch: old.Epoch})
+	s.Inject(clms.Message{Type: clms.MsgKeyReady, From: forger, To: master, KeyService: ks, Epoch: old.Epoch + 1})
+	s.Run(time.Second)
+	if r, _ := s.Node(master).Core.State().KeyService(ks); r.Owner != old.Owner || r.Epoch != old.Epoch || r.Phase != clms.KeyHandover {
+		t.Fatalf("forged reports changed the service: %v", r)
+	}
+	if _, ok := s.Node(old.Owner).Core.KeyServiceActing(ks); !ok {
+		t.Fatal("the owner stopped acting before its HandOff returned")
+	}
+}
