@@ -367,8 +367,12 @@ func (c *Core) applyKeyRecord(r Record) {
 			run.stage = stageDone
 			c.ks.last[k.Name] = run.ticks
 		}
-		if c.ks.released[k.Name] == k.Epoch {
-			delete(c.ks.released, k.Name) // the move was aborted: serve again
+		if c.ks.handing[k.Name] == k.Epoch {
+			// A move in this epoch ended (aborted): serve again, and run
+			// HandOff afresh if another move starts in the same epoch.
+			delete(c.ks.released, k.Name)
+			delete(c.ks.abort, k.Name)
+			delete(c.ks.handing, k.Name)
 		}
 	case KeyUnowned:
 		if k.Panic && c.phase == phaseMember {

@@ -580,3 +580,32 @@ func TestKeyServiceForgedReports(t *testing.T) {
 		t.Fatal("the owner stopped acting before its HandOff returned")
 	}
 }
+
+// A move whose HandOff fails is aborted (the owner keeps serving in the same
+// epoch); a second move in that epoch runs HandOff again and succeeds.
+func TestKeyServiceMoveAbortedThenAgain(t *testing.T) {
+	s := keySim(t, t, clms.LANFastTiming(), clms.KeyServiceSpec{Name: ks}, "", 4, 5)
+	old := formKeys(t, s)
+	to := 9 - old.Owner
+	owner := s.Node(old.Owner)
+	owner.FailHandOff = true
+	if err := owner.Core.MoveKeyService(ks, to); err != nil {
+		t.Fatal(err)
+	}
+	s.RunUntil(time.Second, func() bool { return owner.Has(clms.ActKeyHandOff, 0) })
+	s.RunUntil(time.Second, func() bool { r, ok := keyReadyEverywhere(s, ks, 0); return ok && r.Owner == old.Owner })
+	if r, _ := keyReadyEverywhere(s, ks, 0); r.Epoch != old.Epoch {
+		t.Fatalf("after the aborted move: %v", r)
+	}
+	if _, ok := owner.Core.KeyServiceActing(ks); !ok {
+		t.Fatal("the owner does not serve after the aborted move")
+	}
+	owner.FailHandOff = false
+	if err := owner.Core.MoveKeyService(ks, to); err != nil {
+		t.Fatal(err)
+	}
+	s.RunUntil(time.Second, func() bool { _, ok := keyReadyEverywhere(s, ks, old.Epoch); return ok })
+	if r, _ := keyReadyEverywhere(s, ks, old.Epoch); r.Owner != to || !r.Handover {
+		t.Fatalf("after the second move: %v", r)
+	}
+}

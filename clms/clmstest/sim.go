@@ -14,6 +14,7 @@ package clmstest
 
 import (
 	"container/heap"
+	"errors"
 	"fmt"
 	"maps"
 	"math/rand/v2"
@@ -77,8 +78,8 @@ type Node struct {
 	// HangCallbacks: this node's subsystem callbacks never report.
 	HangCallbacks bool
 	// HangPull: this node's PullData never returns; HangHandOff: its
-	// HandOff never returns.
-	HangPull, HangHandOff bool
+	// HandOff never returns; FailHandOff: its HandOff fails.
+	HangPull, HangHandOff, FailHandOff bool
 	// KeyGot is what FailoverData (or TakeOver, under the previous owner's
 	// number) received on this process, by key service.
 	KeyGot map[string]map[clms.NodeNum][]byte
@@ -616,6 +617,9 @@ func HandOffData(num clms.NodeNum, epoch uint64) []byte {
 	return fmt.Appendf(nil, "handoff.n%d.e%d", num, epoch)
 }
 
+// errHandOff is the error of a HandOff with Node.FailHandOff set.
+var errHandOff = errors.New("clmstest: HandOff failed (FailHandOff)")
+
 // keyAction is the simulated runner's part for key services: each routine
 // takes KeyTime and is cancelled when ActKeyOwner turns false (the result
 // of a cancelled routine is not reported, as docs/CLMS.md asks).
@@ -658,6 +662,10 @@ func (s *Sim) keyAction(n *Node, a clms.Action) {
 		})
 	case clms.ActKeyHandOff:
 		if n.HangHandOff {
+			return
+		}
+		if n.FailHandOff {
+			later(func() { n.Core.KeyHandOffDone(name, ep, nil, errHandOff) })
 			return
 		}
 		later(func() { n.Core.KeyHandOffDone(name, ep, HandOffData(n.Num, ep), nil) })
