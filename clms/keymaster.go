@@ -114,6 +114,7 @@ func (c *Core) masterKeys() {
 			// its lease ended (or its process is gone) before that commit,
 			// so a new owner cannot overlap it.
 			if to := c.keyPick(sp.Name, 0); to != 0 {
+				delete(km.logged, sp.Name) // say it again if it is orphaned again
 				c.proposeKey(r, KeyRecord{Name: sp.Name, Owner: to, OwnerInc: c.st.members[to].Incarnation,
 					Epoch: r.Epoch + 1, Phase: KeyFailover, From: r.Owner})
 				continue
