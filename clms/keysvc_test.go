@@ -609,3 +609,20 @@ func TestKeyServiceMoveAbortedThenAgain(t *testing.T) {
 		t.Fatalf("after the second move: %v", r)
 	}
 }
+
+// The owner is the master, and a partition cuts it off: the majority elects
+// a master, declares the old one down after its lease, and only then gives
+// the service a new owner (the checker runs at every step).
+func TestKeyServiceMasterOwnerPartitioned(t *testing.T) {
+	s := keySim(t, t, clms.LANFastTiming(), clms.KeyServiceSpec{Name: ks, Pull: true}, "")
+	old := formKeys(t, s)
+	if old.Owner != s.Master() {
+		t.Fatalf("owner %d is not the master %d", old.Owner, s.Master())
+	}
+	s.Partition([]clms.NodeNum{old.Owner})
+	s.RunUntil(3*time.Second, func() bool { _, ok := keyReadyEverywhere(s, ks, old.Epoch); return ok })
+	r, _ := keyReadyEverywhere(s, ks, old.Epoch)
+	wantPulled(t, s, r, without(five, old.Owner)...)
+	s.Heal()
+	s.RunUntil(time.Second, s.Node(old.Owner).Fenced)
+}
