@@ -46,7 +46,10 @@ func (n *Node) acceptHello(c *conn, f *framing.Frame) error {
 	if int(hello.Channel) >= n.cfg.MaxChannels {
 		return n.rejectHello(c, fmt.Errorf("channel %d out of 0..%d", hello.Channel, n.cfg.MaxChannels-1))
 	}
-	if p.down.Load() {
+	if p.isRefused(hello.Incarnation) {
+		return n.rejectHello(c, fmt.Errorf("node %d incarnation %#x was declared down", p.num, hello.Incarnation))
+	}
+	if p.down.Load() && !p.liftDownFor(hello.Incarnation) {
 		// Declared down (CLMS's NODEDOWN): it may come back only after NodeUp,
 		// and must not reach a handler meanwhile.
 		return n.rejectHello(c, fmt.Errorf("node %d is declared down", p.num))
@@ -124,6 +127,9 @@ func (n *Node) rejectHello(c *conn, why error) error {
 // channel the peer's requests will want.
 func (n *Node) becomeReady(c *conn) error {
 	p, ch := c.peer, c.channel
+	if ch == ChanCLMSProbe {
+		return n.answeredProbe(c)
+	}
 	c.ready = true
 	c.dec.MaxPayload = uint32(n.cfg.MaxPayload)
 	n.pendingMu.Lock()
@@ -248,22 +254,22 @@ func (n *Node) outConn(ctx context.Context, p *peer, ch Channel) (*conn, error) 
 	}
 }
 
-// dial connects to p for channel ch, does the handshake on the plain socket
-// and then hands the socket to a gnet event loop.
-func (n *Node) dial(ctx context.Context, p *peer, ch Channel) (*conn, error) {
+// dialHandshake connects to p for channel ch and does the handshake on the
+// plain socket: hello, the acceptor's answer, and with Security the
+// confirmation. It returns the socket (the caller owns it), the acceptor's
+// answer and the session keys. A connection refused by p's address wraps
+// both ErrNodeDown and the system's error (syscall.ECONNREFUSED), which is
+// what ProbePeer reports as proof that nothing listens there.
+func (n *Node) dialHandshake(ctx, dctx context.Context, p *peer, ch Channel) (net.Conn, framing.Hello, session, error) {
+	var ss session
 	addr := *p.addr.Load()
-	dctx, cancel := context.WithTimeout(n.ctx, n.cfg.DialTimeout)
-	defer cancel()
-	stop := context.AfterFunc(ctx, cancel)
-	defer stop()
-
 	d := net.Dialer{LocalAddr: n.localDialAddr()}
 	nc, err := d.DialContext(dctx, "tcp", addr)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, ctxError(ctx)
+			return nil, framing.Hello{}, ss, ctxError(ctx)
 		}
-		return nil, fmt.Errorf("%w: node %d at %s: %v", ErrNodeDown, p.num, addr, err)
+		return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s: %w", ErrNodeDown, p.num, addr, err)
 	}
 	ok := false
 	defer func() {
@@ -279,56 +285,81 @@ func (n *Node) dial(ctx context.Context, p *peer, ch Channel) (*conn, error) {
 	var hs *noise.HandshakeState
 	if sec != nil {
 		if hs, mine.Auth, err = sec.initiate(p.num, *mine); err != nil {
-			return nil, fmt.Errorf("%w: node %d: %v", ErrHandshake, p.num, err)
+			return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d: %v", ErrHandshake, p.num, err)
 		}
 	}
 	hello, _ := framing.AppendHello(make([]byte, framing.HeaderSize, 256), mine)
 	h := framing.Header{Type: framing.TypeHello, Length: uint32(len(hello) - framing.HeaderSize)}
 	h.Encode(hello)
 	if _, err := nc.Write(hello); err != nil {
-		return nil, fmt.Errorf("%w: node %d at %s: handshake: %v", ErrNodeDown, p.num, addr, err)
+		return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s: handshake: %v", ErrNodeDown, p.num, addr, err)
 	}
 	var hb [framing.HeaderSize]byte
 	if _, err := io.ReadFull(nc, hb[:]); err != nil {
-		return nil, fmt.Errorf("%w: node %d at %s: no handshake answer: %v", ErrNodeDown, p.num, addr, err)
+		return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s: no handshake answer: %v", ErrNodeDown, p.num, addr, err)
 	}
 	ah, err := framing.DecodeHeader(hb[:], framing.MaxHelloAuth+framing.MaxClusterName+64)
 	if err != nil || ah.Type != framing.TypeHelloAck {
-		return nil, fmt.Errorf("%w: node %d at %s: bad handshake answer (%v)", ErrHandshake, p.num, addr, err)
+		return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s: bad handshake answer (%v)", ErrHandshake, p.num, addr, err)
 	}
 	if ah.Status != 0 {
-		return nil, fmt.Errorf("%w: node %d at %s refused us: %v (wrong cluster, unknown node or version?)", ErrHandshake, p.num, addr, Status(ah.Status).Err())
+		return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s refused us: %v (wrong cluster, unknown node or version?)", ErrHandshake, p.num, addr, Status(ah.Status).Err())
 	}
 	payload := make([]byte, ah.Length)
 	if _, err := io.ReadFull(nc, payload); err != nil {
-		return nil, fmt.Errorf("%w: node %d at %s: short handshake answer: %v", ErrNodeDown, p.num, addr, err)
+		return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s: short handshake answer: %v", ErrNodeDown, p.num, addr, err)
 	}
 	ack, err := framing.DecodeHello(payload)
 	switch {
 	case err != nil:
-		return nil, fmt.Errorf("%w: node %d at %s: %v", ErrHandshake, p.num, addr, err)
+		return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s: %v", ErrHandshake, p.num, addr, err)
 	case ack.Version != framing.ProtocolVersion:
-		return nil, fmt.Errorf("%w: node %d at %s speaks version %d, we speak %d", ErrVersMismatch, p.num, addr, ack.Version, framing.ProtocolVersion)
+		return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s speaks version %d, we speak %d", ErrVersMismatch, p.num, addr, ack.Version, framing.ProtocolVersion)
 	case ack.Cluster != n.cfg.Cluster || NodeNum(ack.From) != p.num || NodeNum(ack.To) != n.cfg.Node || Channel(ack.Channel) != ch:
-		return nil, fmt.Errorf("%w: %s answered as node %d of cluster %q, expected node %d of %q", ErrHandshake, addr, ack.From, ack.Cluster, p.num, n.cfg.Cluster)
+		return nil, framing.Hello{}, ss, fmt.Errorf("%w: %s answered as node %d of cluster %q, expected node %d of %q", ErrHandshake, addr, ack.From, ack.Cluster, p.num, n.cfg.Cluster)
 	}
-	var ss session
 	if sec != nil {
 		var confirm []byte
 		if ss, confirm, err = sec.finishInitiate(hs, ack); err != nil {
-			return nil, fmt.Errorf("%w: node %d at %s: %v", ErrHandshake, p.num, addr, err)
+			return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s: %v", ErrHandshake, p.num, addr, err)
 		}
 		ch := framing.Header{Type: framing.TypeConfirm, Length: uint32(len(confirm))}
 		frame := make([]byte, framing.HeaderSize, framing.HeaderSize+len(confirm))
 		ch.Encode(frame)
 		if _, err := nc.Write(append(frame, confirm...)); err != nil {
-			return nil, fmt.Errorf("%w: node %d at %s: handshake: %v", ErrNodeDown, p.num, addr, err)
+			return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s: handshake: %v", ErrNodeDown, p.num, addr, err)
 		}
 	}
+	// Only after the key exchange: an unauthenticated answer must not get
+	// an incarnation refused or a link ended.
+	if p.isRefused(ack.Incarnation) {
+		return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s answered as incarnation %#x, which was declared down", ErrNodeDown, p.num, addr, ack.Incarnation)
+	}
 	_ = nc.SetDeadline(time.Time{})
+	ok = true
+	return nc, ack, ss, nil
+}
 
+// dial connects to p for channel ch, does the handshake on the plain socket
+// and then hands the socket to a gnet event loop.
+func (n *Node) dial(ctx context.Context, p *peer, ch Channel) (*conn, error) {
+	dctx, cancel := context.WithTimeout(n.ctx, n.cfg.DialTimeout)
+	defer cancel()
+	stop := context.AfterFunc(ctx, cancel)
+	defer stop()
+
+	nc, ack, ss, err := n.dialHandshake(ctx, dctx, p, ch)
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			_ = nc.Close()
+		}
+	}()
 	c := n.newConn(true, p, ch)
-	if sec != nil && sec.Mode == SecurityEncrypt {
+	if sec := n.sec.Load(); sec != nil && sec.Mode == SecurityEncrypt {
 		if c.tx, c.rx, err = ss.recordCiphers(); err != nil {
 			return nil, fmt.Errorf("%w: node %d: %v", ErrHandshake, p.num, err)
 		}
