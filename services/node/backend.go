@@ -1,0 +1,55 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/clusterinfra/ci/clms"
+	"github.com/clusterinfra/ci/services/clusterapi"
+)
+
+// Backend is what the node's cluster API serves: a clusterapi.MemBackend
+// fed, in commit order, with the records the CLMS runner applies, and each
+// joining node's info with its COMINGUP.
+type Backend struct {
+	*clusterapi.MemBackend
+	log *slog.Logger
+}
+
+var _ clusterapi.Backend = (*Backend)(nil)
+
+func newBackend(nodes []clms.NodeNum, log *slog.Logger) (*Backend, error) {
+	mb, err := clusterapi.NewMemBackend(nodes, clusterapi.MemConfig{})
+	if err != nil {
+		return nil, err
+	}
+	return &Backend{MemBackend: mb, log: log}, nil
+}
+
+// apply is the runner's OnApplied: it runs on the runner's goroutine, in
+// commit order. A record the view refuses is a broken stream (a bug): it
+// is logged and dropped, and every later one will be too, which the view's
+// last transition id then shows.
+func (b *Backend) apply(recs []clms.Record) {
+	for _, r := range recs {
+		if r.Transition.To == clms.StateComingUp {
+			// Info first, so that a reader who sees the COMINGUP sees its info.
+			_ = b.MemBackend.SetNodeInfo(context.Background(), r.Transition.Node, r.Info)
+		}
+		if err := b.Append(r.Transition); err != nil {
+			b.log.Error("node: the cluster API view refused a committed transition", "transition", r.Transition.String(), "err", err)
+		}
+	}
+}
+
+// SetNodeInfo implements clusterapi.Backend. CI's clusternode_setinfo
+// changes what every node sees, so it must be committed through the master;
+// the CLMS core has no record kind for it yet, and changing one node's view
+// alone would break "the same membership everywhere": it is refused.
+func (b *Backend) SetNodeInfo(_ context.Context, n clms.NodeNum, _ clms.NodeInfo) error {
+	if _, ok := b.Member(n); !ok {
+		return fmt.Errorf("%w: %d", clusterapi.ErrUnknownNode, n)
+	}
+	return ErrSetInfoNotReplicated
+}

@@ -1,0 +1,3 @@
+package node_test
+
+func runChild() bool { return false }
