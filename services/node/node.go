@@ -69,6 +69,10 @@ type Config struct {
 	// SignalPolicy says which OS processes other nodes may signal; the zero
 	// policy allows none.
 	SignalPolicy sigfwd.Policy
+	// OnApplied, if set, sees every committed record after the cluster API's
+	// view has it, in order, on the CLMS runner's goroutine: it must return
+	// quickly (tests and benchmarks timestamp transitions with it).
+	OnApplied func([]clms.Record)
 	// Engine adjusts the engine configuration derived from the cluster
 	// file (tests: dial timeouts, event loops); nil leaves it.
 	Engine  func(*engine.Config)
@@ -162,7 +166,7 @@ func New(cfg Config) (*Node, error) {
 	n.runner, err = clms.NewRunner(clms.RunnerConfig{
 		Engine: n.eng, Nodes: table, Timing: settings.Timing, Incarnation: inc, Info: n.info(),
 		Store: store, Fencing: settings.Fencing, Subsystems: subs, Logger: log,
-		OnApplied: n.backend.apply,
+		OnApplied: n.applied,
 		OnFatal:   n.fatal,
 	})
 	if err != nil {
@@ -177,6 +181,13 @@ func New(cfg Config) (*Node, error) {
 	}
 	ok = true
 	return n, nil
+}
+
+func (n *Node) applied(recs []clms.Record) {
+	n.backend.apply(recs)
+	if n.cfg.OnApplied != nil {
+		n.cfg.OnApplied(recs)
+	}
 }
 
 // info is cfg.Info with the zero fields detected.
