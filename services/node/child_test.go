@@ -116,6 +116,9 @@ func child() int {
 		select {
 		case <-n.Done():
 			if errors.Is(n.Err(), clms.ErrFenced) {
+				// An upper bound of the fence's time, for the parent to
+				// compare with the survivors' NODEDOWN.
+				say(fmt.Sprintf("fenced %d", time.Now().UnixNano()))
 				return node.ExitFenced
 			}
 			return fail(n.Err())

@@ -29,7 +29,8 @@ type proc struct {
 	lines chan string
 	exit  chan struct{} // closed when the process has exited; code is set
 	code  int
-	inc   uint64
+	// fencedAt is when (ns, wall clock) the process said it fenced itself.
+	fencedAt int64
 }
 
 // procCluster is a cluster of node processes.
@@ -140,6 +141,10 @@ func (p *proc) report() (childReport, bool) {
 	select {
 	case l, ok := <-p.lines:
 		if !ok {
+			return rep, false
+		}
+		if at, found := strings.CutPrefix(l, "fenced "); found {
+			p.fencedAt, _ = strconv.ParseInt(at, 10, 64)
 			return rep, false
 		}
 		js, found := strings.CutPrefix(l, "status ")
@@ -348,6 +353,110 @@ func TestProcMasterKill(t *testing.T) {
 	}
 	if masters != 1 {
 		t.Fatalf("%d survivors act as master, want 1", masters)
+	}
+	pc.sameHistory(survivors)
+}
+
+// partition puts a proxy between every ordered pair of nodes (i dials j
+// through proxies[i][j]), so that a node can be cut off by blackholing its
+// proxies both ways.
+func (pc *procCluster) partitionable() map[clms.NodeNum]map[clms.NodeNum]*nodetest.Proxy {
+	proxies := map[clms.NodeNum]map[clms.NodeNum]*nodetest.Proxy{}
+	for _, i := range pc.all() {
+		proxies[i] = map[clms.NodeNum]*nodetest.Proxy{}
+		var peers []string
+		for _, j := range pc.all() {
+			if i == j {
+				continue
+			}
+			host, _, _ := strings.Cut(pc.c.Addrs[j], ":")
+			ihost, _, _ := strings.Cut(pc.c.Addrs[i], ":")
+			px, err := nodetest.NewProxy(host+":0", pc.c.Addrs[j], ihost)
+			if err != nil {
+				pc.t.Fatal(err)
+			}
+			pc.t.Cleanup(func() { _ = px.Close() })
+			proxies[i][j] = px
+			peers = append(peers, fmt.Sprintf("%d=%s", j, px.Addr()))
+		}
+		pc.env[i] = append(pc.env[i], envPeers+"="+strings.Join(peers, ","))
+	}
+	return proxies
+}
+
+// The master is cut off from the others by a partition: it fences itself
+// (before the majority declares it down), the majority elects a new master
+// and carries on, and at no time do two nodes act as master in one term.
+func TestProcPartitionedMaster(t *testing.T) {
+	pc := newProcCluster(t, nodetest.Options{Nodes: 3})
+	proxies := pc.partitionable()
+	pc.startAll()
+	all := pc.all()
+	pc.waitFor("3 nodes UP", all, repUp(all...))
+	cut := pc.master(all)
+	rep, _ := pc.procs[cut].report()
+	inc := rep.Status.Incarnation
+	survivors := others(all, cut)
+	for _, j := range survivors {
+		proxies[cut][j].Blackhole(true)
+		proxies[j][cut].Blackhole(true)
+	}
+	masters := map[uint64]map[clms.NodeNum]bool{} // term -> nodes acting as master in it
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		done := true
+		for _, n := range all {
+			r, alive := pc.procs[n].report()
+			if !alive {
+				continue
+			}
+			if r.Status.IsMaster {
+				if masters[r.Status.RaftTerm] == nil {
+					masters[r.Status.RaftTerm] = map[clms.NodeNum]bool{}
+				}
+				masters[r.Status.RaftTerm][n] = true
+				if len(masters[r.Status.RaftTerm]) > 1 {
+					t.Fatalf("two masters in term %d: %v", r.Status.RaftTerm, masters[r.Status.RaftTerm])
+				}
+			}
+			if n != cut {
+				if at, _ := goneAt(r, cut, inc); at == 0 || r.Status.Master == 0 || r.Status.Master == cut {
+					done = false
+				}
+			}
+		}
+		select {
+		case <-pc.procs[cut].exit:
+		default:
+			done = false
+		}
+		if done {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no new master with the cut-off one down and fenced; masters by term %v", masters)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	p := pc.procs[cut]
+	for l := range p.lines { // the fence line, if no report read it
+		if at, found := strings.CutPrefix(l, "fenced "); found {
+			p.fencedAt, _ = strconv.ParseInt(at, 10, 64)
+		}
+	}
+	if p.code != node.ExitFenced {
+		t.Fatalf("the cut-off master exited with %d, want ExitFenced (%d)", p.code, node.ExitFenced)
+	}
+	reps := pc.waitFor("the cut-off node gone", survivors, func(r childReport) bool { at, _ := goneAt(r, cut, inc); return at != 0 })
+	for n, r := range reps {
+		at, tr := goneAt(r, cut, inc)
+		if tr.Cause != clms.CauseSilence {
+			t.Fatalf("node %d saw %v, want cause silence", n, tr)
+		}
+		if p.fencedAt == 0 || p.fencedAt >= at {
+			t.Fatalf("node %d declared the cut-off node down at %d, not after it fenced (%d)", n, at, p.fencedAt)
+		}
+		t.Logf("node %d: the cut-off master was declared down %v after it fenced", n, time.Duration(at-p.fencedAt))
 	}
 	pc.sameHistory(survivors)
 }
