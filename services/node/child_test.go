@@ -118,7 +118,7 @@ func child() int {
 			if errors.Is(n.Err(), clms.ErrFenced) {
 				// An upper bound of the fence's time, for the parent to
 				// compare with the survivors' NODEDOWN.
-				say(fmt.Sprintf("fenced %d", time.Now().UnixNano()))
+				say(fmt.Sprintf("fenced %d %s", time.Now().UnixNano(), n.Err()))
 				return node.ExitFenced
 			}
 			return fail(n.Err())
