@@ -490,18 +490,23 @@ func (c *ClusterConfig) ForNode(n NodeNum) (*NodeSettings, error) {
 	}
 	for i, f := range c.Security.ClusterKeyFiles {
 		field := fmt.Sprintf("security.cluster_key_files[%d]", i)
-		k, err := c.readSecret(field, c.resolve(f, n))
-		if err != nil {
+		path := c.resolve(f, n)
+		if err := c.checkSecret(field, path); err != nil {
 			return nil, err
 		}
-		sec.ClusterKeys = append(sec.ClusterKeys, engine.ClusterKey(k))
+		k, err := engine.LoadClusterKey(path)
+		if err != nil {
+			return nil, c.keyErr(field, "%s", keyErrText(err))
+		}
+		sec.ClusterKeys = append(sec.ClusterKeys, k)
 	}
-	priv, err := c.readSecret("security.node_key_file", c.resolve(c.Security.NodeKeyFile, n))
-	if err != nil {
+	nodeKey := c.resolve(c.Security.NodeKeyFile, n)
+	if err := c.checkSecret("security.node_key_file", nodeKey); err != nil {
 		return nil, err
 	}
-	if sec.NodeKey, err = engine.NodeKeyFromPrivate(priv); err != nil {
-		return nil, c.errAt("security.node_key_file", "%s: %v", c.resolve(c.Security.NodeKeyFile, n), err)
+	var err error
+	if sec.NodeKey, err = engine.LoadNodeKey(nodeKey); err != nil {
+		return nil, c.keyErr("security.node_key_file", "%s", keyErrText(err))
 	}
 	owner := map[engine.PublicKey]NodeNum{}
 	for i, e := range c.Nodes {
@@ -540,33 +545,36 @@ func (c *ClusterConfig) resolve(name string, n NodeNum) string {
 	return filepath.Join(c.dir, name)
 }
 
-// readSecret reads a cluster or node key file, refusing one its group or
-// others may read: a leaked key lets anyone on the network join.
-func (c *ClusterConfig) readSecret(field, path string) ([32]byte, error) {
+// checkSecret says, in the configuration's terms, what is wrong with a
+// cluster or node key file that is missing or that its group or others may
+// read (a leaked key lets anyone on the network join); the engine's loaders
+// check the rest, the key's kind included.
+func (c *ClusterConfig) checkSecret(field, path string) error {
 	st, err := os.Stat(path)
 	if err != nil {
-		return [32]byte{}, c.keyErr(field, "cannot read %s: %s", path, pathErrText(err))
+		return c.keyErr(field, "cannot read %s: %s", path, pathErrText(err))
 	}
 	if perm := st.Mode().Perm(); st.Mode().IsRegular() && perm&0o077 != 0 {
-		return [32]byte{}, c.keyErr(field, "%s is readable by group or others (mode %04o): run chmod 600 %s", path, perm, path)
+		return c.keyErr(field, "%s is readable by group or others (mode %04o): run chmod 600 %s", path, perm, path)
 	}
-	k, err := engine.ReadKeyFile(path)
+	return nil
+}
+
+func (c *ClusterConfig) readPublic(field, path string, n NodeNum) (engine.PublicKey, error) {
+	if _, err := os.Stat(path); err != nil {
+		return engine.PublicKey{}, c.keyErr(field, "cannot read %s (node %d's public key): %s", path, n, pathErrText(err))
+	}
+	k, err := engine.LoadPublicKey(path)
 	if err != nil {
-		return k, c.keyErr(field, "%s", strings.TrimPrefix(err.Error(), engine.ErrKeyFile.Error()+": "))
+		return k, c.keyErr(field, "node %d's public key: %s", n, keyErrText(err))
 	}
 	return k, nil
 }
 
-func (c *ClusterConfig) readPublic(field, path string, n NodeNum) (engine.PublicKey, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return engine.PublicKey{}, c.keyErr(field, "cannot read %s (node %d's public key): %s", path, n, pathErrText(err))
-	}
-	k, err := engine.ParsePublicKey(string(b))
-	if err != nil {
-		return k, c.keyErr(field, "%s (node %d's public key): %v", path, n, err)
-	}
-	return k, nil
+// keyErrText is an engine key error without its package prefix, which the
+// configuration error's own would repeat.
+func keyErrText(err error) string {
+	return strings.TrimPrefix(err.Error(), engine.ErrKeyFile.Error()+": ")
 }
 
 func (c *ClusterConfig) keyErr(field, format string, args ...any) error {

@@ -349,7 +349,7 @@ func keyDir(t *testing.T, dir string) map[clms.NodeNum]engine.NodeKey {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := engine.WriteKeyFile(filepath.Join(dir, "keys/cluster.key"), ck); err != nil {
+	if err := engine.WriteClusterKeyFile(filepath.Join(dir, "keys/cluster.key"), ck); err != nil {
 		t.Fatal(err)
 	}
 	keys := map[clms.NodeNum]engine.NodeKey{}
@@ -359,14 +359,14 @@ func keyDir(t *testing.T, dir string) map[clms.NodeNum]engine.NodeKey {
 			t.Fatal(err)
 		}
 		keys[n] = k
-		if err := engine.WriteKeyFile(filepath.Join(dir, fmt.Sprintf("keys/node%d.key", n)), k.Private); err != nil {
+		if err := engine.WriteNodeKeyFile(filepath.Join(dir, fmt.Sprintf("keys/node%d.key", n)), k); err != nil {
 			t.Fatal(err)
 		}
 		pub := filepath.Join(dir, fmt.Sprintf("keys/node%d.pub", n))
 		if n == 3 {
 			pub = filepath.Join(dir, "other/three.pub")
 		}
-		if err := os.WriteFile(pub, []byte(k.Public.String()+"\n"), 0o644); err != nil {
+		if err := engine.WritePublicKeyFile(pub, k.Public); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -449,7 +449,13 @@ func TestForNodeRejects(t *testing.T) {
 		{"public key missing", baseDoc, 1, func(t *testing.T) { os.Remove(k("other/three.pub")) },
 			`DIR/cluster.toml:33:1: nodes[2].public_key_file: cannot read DIR/other/three.pub (node 3's public key): no such file or directory`, true},
 		{"public key malformed", baseDoc, 1, func(t *testing.T) { write(t, k("keys/node2.pub"), "zz", 0o644) },
-			`DIR/cluster.toml:8:1: security.public_key_file: DIR/keys/node2.pub (node 2's public key): key in the old untyped format: want 64 hex digits (32 bytes), got 2 characters`, true},
+			`DIR/cluster.toml:8:1: security.public_key_file: node 2's public key: DIR/keys/node2.pub: key in the old untyped format: want 64 hex digits (32 bytes), got 2 characters`, true},
+		{"node key given as the cluster key", edit(t, `["keys/cluster.key"]`, `["keys/node1.key"]`), 1, nil,
+			`DIR/cluster.toml:6:22: security.cluster_key_files[0]: DIR/keys/node1.key is a node private key, not a cluster key (cikey cluster -o FILE writes one)`, true},
+		{"public key given as the node key", edit(t, `"keys/node{node}.key"`, `"keys/node{node}.pub"`), 1, func(t *testing.T) { chmod(t, k("keys/node1.pub"), 0o600) },
+			`DIR/cluster.toml:7:1: security.node_key_file: DIR/keys/node1.pub is a node public key, not a node private key (cikey node -o FILE writes one)`, true},
+		{"private key given as a public key", edit(t, `"keys/node{node}.pub"`, `"keys/node{node}.key"`), 1, nil,
+			`DIR/cluster.toml:8:1: security.public_key_file: node 1's public key: DIR/keys/node1.key is a node private key, not a node public key (cikey node prints one; cikey public NODEKEY prints it again)`, true},
 		{"public key of another node", baseDoc, 1, func(t *testing.T) { copyFile(t, k("keys/node2.pub"), k("keys/node1.pub")) },
 			`DIR/cluster.toml:8:1: security.public_key_file: DIR/keys/node1.pub (node 1) does not match the public half of DIR/keys/node1.key`, false},
 		{"two nodes with one key", baseDoc, 1, func(t *testing.T) { copyFile(t, k("keys/node2.pub"), k("other/three.pub")) },

@@ -52,7 +52,7 @@ type RunnerConfig struct {
 	// must return quickly and must not call the Runner. The slice is the
 	// callee's.
 	OnApplied func([]Record)
-	Logger    *slog.Logger // nil: the engine's
+	Logger    *slog.Logger // nil: the engine's; the runner adds node=N
 }
 
 // Runner runs a Core for real: one goroutine serialises every call to it
@@ -83,6 +83,8 @@ type Runner struct {
 	probing   map[NodeNum]bool      // guarded by probeMu
 	lastProbe map[NodeNum]time.Time // guarded by probeMu
 
+	infoWaits []infoWait // SetNodeInfo calls waiting for their record; runner goroutine only
+
 	status   atomic.Pointer[RunnerStatus]
 	joined   chan struct{}
 	left     chan struct{}
@@ -92,6 +94,13 @@ type Runner struct {
 	closed   bool
 	fatalOne sync.Once
 	stopOnce sync.Once
+}
+
+// infoWait is a SetNodeInfo waiting for its record to be applied here.
+type infoWait struct {
+	node NodeNum
+	info NodeInfo
+	done chan struct{}
 }
 
 type cbResult struct {
@@ -150,9 +159,9 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 			ccfg.Storage = st
 		}
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = cfg.Engine.Logger()
+	log := cfg.Engine.Logger() // says which node
+	if cfg.Logger != nil {
+		log = cfg.Logger.With("node", self)
 	}
 	log = log.With("subsystem", "clms")
 	ccfg.Logger = raftLogger{log}
@@ -238,6 +247,60 @@ func (r *Runner) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// SetNodeInfo commits node n's new info through the master (CI's
+// clusternode_setinfo) and returns once the record is applied on this node,
+// so every node sees it in the same place of the history; or ctx's error
+// (the request is still retried by the core). Only a member may ask
+// (ErrNotMember).
+func (r *Runner) SetNodeInfo(ctx context.Context, n NodeNum, info NodeInfo) error {
+	if !r.started.Load() {
+		return ErrNotStarted
+	}
+	w := infoWait{node: n, info: info, done: make(chan struct{})}
+	errc := make(chan error, 1)
+	if err := r.do(ctx, func() {
+		err := r.core.SetNodeInfo(n, info)
+		if err == nil {
+			r.infoWaits = append(r.infoWaits, w)
+		}
+		errc <- err
+	}); err != nil {
+		return err
+	}
+	if err := <-errc; err != nil {
+		return err
+	}
+	select {
+	case <-w.done:
+		return nil
+	case <-r.done:
+		return ErrStopped
+	case <-ctx.Done():
+		_ = r.do(context.Background(), func() { r.dropInfoWait(w.done) }) // an error: stopped, nothing to drop
+		return ctx.Err()
+	}
+}
+
+// infoApplied wakes the SetNodeInfo calls whose record was applied.
+func (r *Runner) infoApplied(recs []Record) {
+	for _, rec := range recs {
+		if rec.Kind != RecordNodeInfo {
+			continue
+		}
+		r.infoWaits = slices.DeleteFunc(r.infoWaits, func(w infoWait) bool {
+			if w.node == rec.Transition.Node && infoEqual(w.info, rec.Info) {
+				close(w.done)
+				return true
+			}
+			return false
+		})
+	}
+}
+
+func (r *Runner) dropInfoWait(done chan struct{}) {
+	r.infoWaits = slices.DeleteFunc(r.infoWaits, func(w infoWait) bool { return w.done == done })
 }
 
 // do runs fn on the runner's goroutine.
@@ -343,6 +406,8 @@ func (r *Runner) weigh(ev evidence) {
 	// down it changes nothing (the core ignores it too).
 	news := m.State.IsMember() && m.Incarnation == known
 	switch {
+	case ev.refusesUs:
+		r.core.PeerRefusesUs(n)
 	case ev.lost:
 		r.met.connLost.Inc()
 		r.core.PeerConnectionLost(n)
@@ -383,6 +448,7 @@ func (r *Runner) drain() {
 		if len(rd.Applied) > 0 {
 			changed = true
 			r.refuseDown(rd.Applied)
+			r.infoApplied(rd.Applied)
 			if r.cfg.OnApplied != nil {
 				r.cfg.OnApplied(rd.Applied)
 			}
@@ -401,7 +467,7 @@ func (r *Runner) drain() {
 func (r *Runner) refuseDown(recs []Record) {
 	for _, rec := range recs {
 		t := rec.Transition
-		if t.To == StateDown && t.Node != r.core.self {
+		if rec.Kind == RecordTransition && t.To == StateDown && t.Node != r.core.self {
 			r.cfg.Engine.NodeDownIncarnation(t.Node, t.Incarnation, fmt.Errorf("clms: incarnation %d is DOWN (transition %d)", t.Incarnation, t.ID))
 		}
 	}

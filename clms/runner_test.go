@@ -112,7 +112,9 @@ func (c *runnerCluster) start(num clms.NodeNum, dir, addr string) *runnerNode {
 		OnApplied: func(rs []clms.Record) {
 			n.mu.Lock()
 			for _, r := range rs {
-				n.applied = append(n.applied, r.Transition)
+				if r.Kind == clms.RecordTransition {
+					n.applied = append(n.applied, r.Transition)
+				}
 			}
 			n.mu.Unlock()
 		},

@@ -108,6 +108,10 @@ func (o *outbox) routineSend(q chan []byte, ctx context.Context) {
 			cancel()
 			if err != nil {
 				o.r.met.sendErrors.Inc()
+				if errors.Is(err, engine.ErrDeclaredDown) {
+					o.r.post(evidence{node: o.to, refusesUs: true})
+					continue
+				}
 				if errors.Is(err, engine.ErrNodeDown) && !o.r.cfg.Engine.IsDown(o.to) && o.r.probeDue(o.to) {
 					// Perhaps refused: find out whether the process is gone.
 					o.r.probe(o.to)
@@ -162,8 +166,9 @@ func (r *Runner) probe(n NodeNum) {
 		r.probeMu.Lock()
 		delete(r.probing, n)
 		r.probeMu.Unlock()
-		ev := evidence{node: n, probed: true, inc: inc, refused: errors.Is(err, engine.ErrPeerRefused)}
-		if err != nil && !ev.refused {
+		ev := evidence{node: n, probed: true, inc: inc, refused: errors.Is(err, engine.ErrPeerRefused),
+			refusesUs: errors.Is(err, engine.ErrDeclaredDown)}
+		if err != nil && !ev.refused && !ev.refusesUs {
 			r.log.Debug("clms: probe unanswered", "peer", n, "after", time.Since(start), "err", err)
 			return
 		}
@@ -192,6 +197,8 @@ type evidence struct {
 	probed  bool   // a probe finished
 	refused bool   // the probe's connection was refused: the process is gone
 	inc     uint64 // the incarnation that answered the probe
+	// refusesUs: its engine refused us as an incarnation declared down.
+	refusesUs bool
 }
 
 func (r *Runner) post(ev evidence) {

@@ -31,6 +31,9 @@ var (
 	ErrBadService       = errors.New("ics: bad service registration")             // Register
 	ErrHandshake        = errors.New("ics: handshake refused")                    // connection rejected by the peer
 	ErrEngineStopped    = errors.New("ics: event loops stopped")                  // fatal: see Node.Err
+	// ErrDeclaredDown: the peer refused our handshake because this
+	// incarnation of ours was declared down (NodeDownIncarnation there).
+	ErrDeclaredDown = errors.New("ics: this incarnation was declared down by the peer")
 )
 
 // Status is the code carried in a reply header.
@@ -47,6 +50,7 @@ const (
 	StatusFailed
 	StatusAuthError
 	StatusBusy
+	StatusDeclaredDown // a hello from an incarnation declared down
 	statusLimit
 )
 
@@ -60,6 +64,7 @@ var statusErrors = [...]error{
 	StatusFailed:           ErrFailed,
 	StatusAuthError:        ErrAuth,
 	StatusBusy:             ErrTooManyCalls,
+	StatusDeclaredDown:     ErrDeclaredDown,
 }
 
 // Err maps a reply status to its sentinel error.

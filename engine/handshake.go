@@ -47,7 +47,9 @@ func (n *Node) acceptHello(c *conn, f *framing.Frame) error {
 		return n.rejectHello(c, fmt.Errorf("channel %d out of 0..%d", hello.Channel, n.cfg.MaxChannels-1))
 	}
 	if p.isRefused(hello.Incarnation) {
-		return n.rejectHello(c, fmt.Errorf("node %d incarnation %#x was declared down", p.num, hello.Incarnation))
+		// Said so, so that the refused process learns it was declared
+		// down and fences itself for good.
+		return n.rejectHelloWith(c, StatusDeclaredDown, fmt.Errorf("node %d incarnation %#x was declared down", p.num, hello.Incarnation))
 	}
 	if p.down.Load() && !p.liftDownFor(hello.Incarnation) {
 		// Declared down (CLMS's NODEDOWN): it may come back only after NodeUp,
@@ -109,8 +111,13 @@ func (n *Node) acceptConfirm(c *conn, f *framing.Frame) error {
 // rejectHello refuses a connection: a bare refusal for the dialler's
 // benefit, a log line and a metric, then the close.
 func (n *Node) rejectHello(c *conn, why error) error {
+	return n.rejectHelloWith(c, StatusAuthError, why)
+}
+
+// rejectHelloWith is rejectHello with the status the dialler is told.
+func (n *Node) rejectHelloWith(c *conn, st Status, why error) error {
 	n.m.handshakeRejects.Inc()
-	h := framing.Header{Type: framing.TypeHelloAck, Status: uint16(StatusAuthError)}
+	h := framing.Header{Type: framing.TypeHelloAck, Status: uint16(st)}
 	var b [framing.HeaderSize]byte
 	h.Encode(b[:])
 	c.wmu.Lock()
@@ -301,6 +308,9 @@ func (n *Node) dialHandshake(ctx, dctx context.Context, p *peer, ch Channel) (ne
 	ah, err := framing.DecodeHeader(hb[:], framing.MaxHelloAuth+framing.MaxClusterName+64)
 	if err != nil || ah.Type != framing.TypeHelloAck {
 		return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s: bad handshake answer (%v)", ErrHandshake, p.num, addr, err)
+	}
+	if Status(ah.Status) == StatusDeclaredDown {
+		return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s refused us: %w", ErrHandshake, p.num, addr, ErrDeclaredDown)
 	}
 	if ah.Status != 0 {
 		return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s refused us: %v (wrong cluster, unknown node or version?)", ErrHandshake, p.num, addr, Status(ah.Status).Err())

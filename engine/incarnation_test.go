@@ -110,9 +110,13 @@ func TestNodeDownIncarnation(t *testing.T) {
 	if _, err := a.Call(ctx, 2, Method{Service: echoSvc}, []byte("x"), nil); !errors.Is(err, ErrNodeDown) {
 		t.Fatalf("call to a declared-down incarnation: %v, want ErrNodeDown", err)
 	}
-	// The old incarnation, still running, cannot reach a handler of a.
-	if _, err := b.Call(ctx, 1, Method{Service: echoSvc}, []byte("x"), nil); !errors.Is(err, ErrHandshake) {
-		t.Fatalf("call from the refused incarnation: %v, want ErrHandshake", err)
+	// The old incarnation, still running, cannot reach a handler of a, and
+	// is told why.
+	if _, err := b.Call(ctx, 1, Method{Service: echoSvc}, []byte("x"), nil); !errors.Is(err, ErrHandshake) || !errors.Is(err, ErrDeclaredDown) {
+		t.Fatalf("call from the refused incarnation: %v, want ErrHandshake and ErrDeclaredDown", err)
+	}
+	if _, err := b.ProbePeer(ctx, 1); !errors.Is(err, ErrDeclaredDown) {
+		t.Fatalf("probe from the refused incarnation: %v, want ErrDeclaredDown", err)
 	}
 	if !a.IsDown(2) {
 		t.Fatal("a hello from the refused incarnation lifted the down state")
@@ -155,8 +159,8 @@ func TestNodeDownNotLiftedByHello(t *testing.T) {
 	if err := nodes[0].Register(Service{ID: echoSvc, Procs: []Handler{echo}, Inline: true}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := nodes[1].Call(context.Background(), 1, Method{Service: echoSvc}, nil, nil); !errors.Is(err, ErrHandshake) {
-		t.Fatalf("call from a node declared down: %v, want ErrHandshake", err)
+	if _, err := nodes[1].Call(context.Background(), 1, Method{Service: echoSvc}, nil, nil); !errors.Is(err, ErrHandshake) || errors.Is(err, ErrDeclaredDown) {
+		t.Fatalf("call from a node declared down with NodeDown: %v, want ErrHandshake, not ErrDeclaredDown (no incarnation was refused)", err)
 	}
 	if !nodes[0].IsDown(2) {
 		t.Fatal("NodeDown lifted by a hello")

@@ -250,8 +250,16 @@ func (s *Server) WaitTransitions(ctx context.Context, after uint64, max uint32, 
 		return nil, fmt.Errorf("%w: %d waiting", ErrBusy, s.cfg.MaxWaiters)
 	}
 	defer s.waiters.Add(-1)
-	wctx, cancel := context.WithTimeout(ctx, min(time.Duration(waitMillis)*time.Millisecond, s.cfg.MaxWait))
+	// The wait's timer must not hang off the handler's ctx: the engine
+	// reuses that ctx for the handle's next request, and a timer context
+	// derived from it reads it from the timer's goroutine when it fires,
+	// which can be after this handler returned (a data race under -race).
+	// Instead the node's closing reaches the wait through AfterFunc, whose
+	// stop runs here.
+	wctx, cancel := context.WithTimeout(context.Background(), min(time.Duration(waitMillis)*time.Millisecond, s.cfg.MaxWait))
 	defer cancel()
+	stop := context.AfterFunc(ctx, cancel)
+	defer stop()
 	if err := s.backend.WaitTransition(wctx, clms.TransitionID(after)); err != nil && wctx.Err() == nil {
 		return nil, err // the backend failed
 	}

@@ -74,7 +74,9 @@ func child() int {
 			now := time.Now().UnixNano()
 			mu.Lock()
 			for _, r := range rs {
-				applied = append(applied, timedTransition{T: r.Transition, At: now})
+				if r.Kind == clms.RecordTransition {
+					applied = append(applied, timedTransition{T: r.Transition, At: now})
+				}
 			}
 			mu.Unlock()
 		},

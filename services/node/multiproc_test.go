@@ -337,8 +337,7 @@ func TestProcHangFences(t *testing.T) {
 	if d < timing.LeaseTimeout {
 		t.Fatalf("a hung node declared down after %v, before its lease (%v) could have run out", d, timing.LeaseTimeout)
 	}
-	// Continued, it finds its lease expired before it does anything else,
-	// and halts with the fence code.
+	// Continued, it halts with the fence code.
 	p := pc.procs[victim]
 	_ = p.cmd.Process.Signal(syscall.SIGCONT)
 	select {
@@ -349,11 +348,11 @@ func TestProcHangFences(t *testing.T) {
 	if p.code != node.ExitFenced {
 		t.Fatalf("the continued node exited with %d, want ExitFenced (%d)", p.code, node.ExitFenced)
 	}
-	// It caught up with its clock before reading the messages that waited
-	// in its sockets: the lease ran out first, it did not learn from them.
+	// Its lease had lapsed (suspended); what fences it for good is hearing
+	// that it was declared down (docs/CLMS.md, "Suspended, fenced").
 	p.drain()
-	if !strings.Contains(p.fenceWhy, "lease expired") {
-		t.Fatalf("the continued node fenced because %q, want its own lease expiry", p.fenceWhy)
+	if !strings.Contains(p.fenceWhy, "declared down") {
+		t.Fatalf("the continued node fenced because %q, want: declared down", p.fenceWhy)
 	}
 	pc.sameHistory(survivors)
 }
@@ -409,9 +408,12 @@ func (pc *procCluster) partitionable() map[clms.NodeNum]map[clms.NodeNum]*nodete
 	return proxies
 }
 
-// The master is cut off from the others by a partition: it fences itself
-// (before the majority declares it down), the majority elects a new master
-// and carries on, and at no time do two nodes act as master in one term.
+// The master is cut off from the others by a partition: its lease lapses
+// and it stops acting as a member (suspended) before the majority declares
+// it down; the majority elects a new master and carries on; at no time do
+// two nodes act as master in one term. When the partition heals, the old
+// master learns it was declared down (the others refuse its incarnation)
+// and fences itself for good: under halt it exits with ExitFenced.
 func TestProcPartitionedMaster(t *testing.T) {
 	pc := newProcCluster(t, nodetest.Options{Nodes: 3})
 	proxies := pc.partitionable()
@@ -427,14 +429,12 @@ func TestProcPartitionedMaster(t *testing.T) {
 		proxies[j][cut].Blackhole(true)
 	}
 	masters := map[uint64]map[clms.NodeNum]bool{} // term -> nodes acting as master in it
+	var suspendedAt int64                         // when the cut-off node was first seen not acting
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		done := true
 		for _, n := range all {
-			r, alive := pc.procs[n].report()
-			if !alive {
-				continue
-			}
+			r, _ := pc.procs[n].report()
 			if r.Status.IsMaster {
 				if masters[r.Status.RaftTerm] == nil {
 					masters[r.Status.RaftTerm] = map[clms.NodeNum]bool{}
@@ -444,29 +444,26 @@ func TestProcPartitionedMaster(t *testing.T) {
 					t.Fatalf("two masters in term %d: %v", r.Status.RaftTerm, masters[r.Status.RaftTerm])
 				}
 			}
-			if n != cut {
+			switch {
+			case n == cut && !r.Status.LeaseValid && !r.Status.IsMaster:
+				if suspendedAt == 0 {
+					suspendedAt = time.Now().UnixNano()
+				}
+			case n == cut:
+				done = false
+			default:
 				if at, _ := goneAt(r, cut, inc); at == 0 || r.Status.Master == 0 || r.Status.Master == cut {
 					done = false
 				}
 			}
 		}
-		select {
-		case <-pc.procs[cut].exit:
-		default:
-			done = false
-		}
 		if done {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no new master with the cut-off one down and fenced; masters by term %v", masters)
+			t.Fatalf("no new master with the cut-off one down and suspended; masters by term %v", masters)
 		}
-		time.Sleep(2 * time.Millisecond)
-	}
-	p := pc.procs[cut]
-	p.drain()
-	if p.code != node.ExitFenced {
-		t.Fatalf("the cut-off master exited with %d, want ExitFenced (%d)", p.code, node.ExitFenced)
+		time.Sleep(10 * time.Millisecond) // not more often: the nodes share two cores with this loop
 	}
 	reps := pc.waitFor("the cut-off node gone", survivors, func(r childReport) bool { at, _ := goneAt(r, cut, inc); return at != 0 })
 	for n, r := range reps {
@@ -474,10 +471,26 @@ func TestProcPartitionedMaster(t *testing.T) {
 		if tr.Cause != clms.CauseSilence {
 			t.Fatalf("node %d saw %v, want cause silence", n, tr)
 		}
-		if p.fencedAt == 0 || p.fencedAt >= at {
-			t.Fatalf("node %d declared the cut-off node down at %d, not after it fenced (%d)", n, at, p.fencedAt)
+		if suspendedAt >= at {
+			t.Fatalf("node %d declared the cut-off node down at %d, before it was seen suspended (%d)", n, at, suspendedAt)
 		}
-		t.Logf("node %d: the cut-off master was declared down %v after it fenced", n, time.Duration(at-p.fencedAt))
+		t.Logf("node %d: the cut-off master was declared down %v after it was seen suspended", n, time.Duration(at-suspendedAt))
 	}
 	pc.sameHistory(survivors)
+
+	// Healed, it hears that it was declared down, and halts.
+	for _, j := range survivors {
+		proxies[cut][j].Blackhole(false)
+		proxies[j][cut].Blackhole(false)
+	}
+	p := pc.procs[cut]
+	select {
+	case <-p.exit:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the healed node did not fence itself")
+	}
+	p.drain()
+	if p.code != node.ExitFenced || !strings.Contains(p.fenceWhy, "declared down") {
+		t.Fatalf("the healed node exited with %d (%q), want ExitFenced (%d) for being declared down", p.code, p.fenceWhy, node.ExitFenced)
+	}
 }

@@ -44,10 +44,6 @@ const ExitFenced = 4
 // Errors of a Node.
 var (
 	ErrConfig = errors.New("node: invalid configuration")
-	// ErrSetInfoNotReplicated: clusternode_setinfo would change one node's
-	// view only, and every node must see the same membership; the CLMS core
-	// has no record for it yet.
-	ErrSetInfoNotReplicated = errors.New("node: set node info is not replicated by CLMS yet")
 )
 
 // Config builds a Node.
@@ -173,6 +169,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	store = nil // the runner owns it now
+	n.backend.runner = n.runner
 	if n.api, err = clusterapi.Register(n.eng, n.backend, clusterapi.Config{MaxNodes: settings.MaxNodes}); err != nil {
 		return nil, err
 	}

@@ -2,7 +2,6 @@ package node_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -146,8 +145,24 @@ func TestNodeLifecycle(t *testing.T) {
 			t.Fatalf("node 2 serves %+v: want UP with its joining info", m)
 		}
 	}
-	if err := p.nodes[1].Backend().SetNodeInfo(ctx, 2, clms.NodeInfo{}); !errors.Is(err, node.ErrSetInfoNotReplicated) {
-		t.Fatalf("SetNodeInfo: %v, want ErrSetInfoNotReplicated", err)
+	// clusternode_setinfo through node 1's API: committed by the master,
+	// then seen by every node.
+	info := clms.NodeInfo{CPUsTotal: 64, CPUsOnline: 32, Capabilities: []string{"gpu"}}
+	if err := cl.SetNodeInfo(ctx, 2, 3, info); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range all {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			m, _ := p.nodes[n].Backend().Member(3)
+			if m.Info.CPUsTotal == 64 && slices.Equal(m.Info.Capabilities, []string{"gpu"}) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("node %d shows node 3's info %+v, want %+v", n, m.Info, info)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
 
 	// Crash of a non-master (Close without a leave).

@@ -19,6 +19,7 @@ type Proxy struct {
 	blackhole atomic.Bool
 	mu        sync.Mutex
 	conns     map[net.Conn]struct{} // guarded by mu
+	ended     []net.Conn            // closed by one side during a blackhole; guarded by mu
 	closed    bool                  // guarded by mu
 	wg        sync.WaitGroup
 }
@@ -42,8 +43,22 @@ func NewProxy(listen, target, fromIP string) (*Proxy, error) {
 // Addr is where the proxy listens.
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
-// Blackhole starts (true) or ends (false) dropping everything.
-func (p *Proxy) Blackhole(on bool) { p.blackhole.Store(on) }
+// Blackhole starts (true) or ends (false) dropping everything. Connections
+// one side closed during the blackhole are closed on the other side when it
+// ends, as the first packet after a healed partition meets a reset.
+func (p *Proxy) Blackhole(on bool) {
+	p.blackhole.Store(on)
+	if on {
+		return
+	}
+	p.mu.Lock()
+	ended := p.ended
+	p.ended = nil
+	p.mu.Unlock()
+	for _, c := range ended {
+		_ = c.Close()
+	}
+}
 
 // Close stops the proxy and closes every connection.
 func (p *Proxy) Close() error {
@@ -105,6 +120,8 @@ func (p *Proxy) serve(c net.Conn) {
 }
 
 // pipe copies from src to dst, dropping what it reads while blackholed.
+// When src ends, so does dst: at once, or when a blackhole ends (under a
+// partition nothing passes, not even a close).
 func (p *Proxy) pipe(dst, src net.Conn) {
 	defer p.wg.Done()
 	buf := make([]byte, 32<<10)
@@ -112,16 +129,18 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 		n, err := src.Read(buf)
 		if n > 0 && !p.blackhole.Load() {
 			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
+				err = werr
 			}
 		}
 		if err != nil {
-			if !p.blackhole.Load() {
-				// A real close passes through; under a partition nothing does.
-				if tc, ok := dst.(*net.TCPConn); ok {
-					_ = tc.CloseWrite()
-				}
+			_ = src.Close()
+			p.mu.Lock()
+			if p.blackhole.Load() {
+				p.ended = append(p.ended, dst)
+			} else {
+				_ = dst.Close()
 			}
+			p.mu.Unlock()
 			return
 		}
 	}
