@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/clusterinfra/ci/clms"
+	"github.com/clusterinfra/ci/clms/clmstest"
 	"github.com/clusterinfra/ci/engine"
 	"github.com/clusterinfra/ci/engine/enginetest"
 )
@@ -190,18 +191,11 @@ func (c *runnerCluster) waitFor(what string, nodes []clms.NodeNum, cond func(*ru
 // out is (correctly) a fence, not what these tests test. The multi-process
 // tests run the profile itself.
 func testTiming() clms.Timing {
-	t := clms.LANFastTiming()
 	k := time.Duration(2)
 	if raceEnabled {
 		k = 4
 	}
-	t.Heartbeat *= k
-	t.LeaseTimeout *= k
-	t.LeaseMargin *= k
-	t.ProbeAfter *= k
-	t.ElectionTimeout *= k
-	t.RaftHeartbeat *= k
-	return t
+	return clmstest.Stretch(clms.LANFastTiming(), k)
 }
 
 // nonMaster picks a node of all that is not the master, and the others.

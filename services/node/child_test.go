@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/clusterinfra/ci/clms"
+	"github.com/clusterinfra/ci/clms/clmstest"
 	"github.com/clusterinfra/ci/engine"
 	"github.com/clusterinfra/ci/services/node"
 )
@@ -93,7 +94,7 @@ func child() int {
 			}
 		}}
 	if k, _ := strconv.Atoi(os.Getenv(envStretch)); k > 1 {
-		t := stretch(cfg.Timing, time.Duration(k))
+		t := clmstest.Stretch(cfg.Timing, time.Duration(k))
 		ncfg.Timing = &t
 	}
 	n, err := node.New(ncfg)
@@ -146,16 +147,4 @@ func child() int {
 			}
 		}
 	}
-}
-
-// stretch multiplies the timers of t by k (not the tick, nor the callback
-// and join timeouts).
-func stretch(t clms.Timing, k time.Duration) clms.Timing {
-	t.Heartbeat *= k
-	t.LeaseTimeout *= k
-	t.LeaseMargin *= k
-	t.ProbeAfter *= k
-	t.ElectionTimeout *= k
-	t.RaftHeartbeat *= k
-	return t
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/clusterinfra/ci/clms"
+	"github.com/clusterinfra/ci/clms/clmstest"
 	"github.com/clusterinfra/ci/services/node"
 	"github.com/clusterinfra/ci/services/node/nodetest"
 )
@@ -333,7 +334,7 @@ func TestProcHangFences(t *testing.T) {
 	survivors := others(all, victim)
 	d := pc.crashTrial(victim, survivors, clms.CauseSilence, syscall.SIGSTOP)
 	t.Logf("SIGSTOP of node %d: GOINGDOWN applied on every survivor after %v", victim, d)
-	timing := stretch(clms.LANFastTiming(), time.Duration(pc.k))
+	timing := clmstest.Stretch(clms.LANFastTiming(), time.Duration(pc.k))
 	if d < timing.LeaseTimeout {
 		t.Fatalf("a hung node declared down after %v, before its lease (%v) could have run out", d, timing.LeaseTimeout)
 	}

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/clusterinfra/ci/clms"
+	"github.com/clusterinfra/ci/clms/clmstest"
 	"github.com/clusterinfra/ci/engine"
 	"github.com/clusterinfra/ci/engine/enginetest"
 	"github.com/clusterinfra/ci/services/clusterapi"
@@ -33,7 +34,7 @@ func testTiming() *clms.Timing {
 	if raceEnabled {
 		k = 4
 	}
-	t := stretch(clms.LANFastTiming(), k)
+	t := clmstest.Stretch(clms.LANFastTiming(), k)
 	return &t
 }
 
