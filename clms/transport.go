@@ -161,7 +161,22 @@ func (r *Runner) probe(n NodeNum) {
 		// A probe answered after the lease is stale: the master has judged by then.
 		ctx, cancel := context.WithTimeout(r.ctx, r.cfg.Timing.LeaseTimeout)
 		start := time.Now()
-		inc, err := r.cfg.Engine.ProbePeer(ctx, n)
+		var inc uint64
+		var err error
+		// A process killed with SIGKILL drops its connections and closes its
+		// listener in one teardown, in no set order: a probe right after the
+		// first may still be accepted and then reset. Retry a quick failure a
+		// moment later, when the address refuses.
+		for try := 0; ; try++ {
+			inc, err = r.cfg.Engine.ProbePeer(ctx, n)
+			if err == nil || errors.Is(err, engine.ErrPeerRefused) || errors.Is(err, engine.ErrDeclaredDown) || ctx.Err() != nil || try == probeRetries {
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(probeRetryAfter):
+			}
+		}
 		cancel()
 		r.probeMu.Lock()
 		delete(r.probing, n)
@@ -175,6 +190,15 @@ func (r *Runner) probe(n NodeNum) {
 		r.post(ev)
 	}()
 }
+
+// A probe that failed quickly (reset, not refused) is tried again
+// probeRetries times, probeRetryAfter apart: a process's teardown takes
+// well under a millisecond, and the crash proof is worth having before the
+// next tick.
+const (
+	probeRetries    = 3
+	probeRetryAfter = 5 * time.Millisecond
+)
 
 // probeDue limits the probes that failed sends start to one per heartbeat
 // per peer: a dead peer that raft keeps sending to must not be probed in a
