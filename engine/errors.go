@@ -31,8 +31,9 @@ var (
 	ErrBadService       = errors.New("ics: bad service registration")             // Register
 	ErrHandshake        = errors.New("ics: handshake refused")                    // connection rejected by the peer
 	ErrEngineStopped    = errors.New("ics: event loops stopped")                  // fatal: see Node.Err
-	// ErrDeclaredDown: the peer refused our handshake because this
-	// incarnation of ours was declared down (NodeDownIncarnation there).
+	// ErrDeclaredDown: the peer refused our handshake because it declared
+	// us down (NodeDown, or NodeDownIncarnation of this incarnation there);
+	// a HandshakeError with RefuseDeclaredDown wraps it.
 	ErrDeclaredDown = errors.New("ics: this incarnation was declared down by the peer")
 )
 
@@ -50,7 +51,6 @@ const (
 	StatusFailed
 	StatusAuthError
 	StatusBusy
-	StatusDeclaredDown // a hello from an incarnation declared down
 	statusLimit
 )
 
@@ -64,7 +64,6 @@ var statusErrors = [...]error{
 	StatusFailed:           ErrFailed,
 	StatusAuthError:        ErrAuth,
 	StatusBusy:             ErrTooManyCalls,
-	StatusDeclaredDown:     ErrDeclaredDown,
 }
 
 // Err maps a reply status to its sentinel error.

@@ -48,8 +48,11 @@ func (n *Node) ProbePeer(ctx context.Context, num NodeNum) (uint64, error) {
 	defer cancel()
 	stop := context.AfterFunc(ctx, cancel)
 	defer stop()
-	nc, ack, _, err := n.dialHandshake(ctx, dctx, p, ChanCLMSProbe)
+	nc, ack, _, err := n.dialHandshake(dctx, p, ChanCLMSProbe)
 	if err != nil {
+		if ctx.Err() != nil {
+			return 0, ctxError(ctx)
+		}
 		if errors.Is(err, syscall.ECONNREFUSED) {
 			return 0, fmt.Errorf("%w: %w", ErrPeerRefused, err)
 		}
