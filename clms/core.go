@@ -442,6 +442,15 @@ func (c *Core) stepRaft(m Message) error {
 	if c.rn == nil || m.Raft == nil || !c.eligible[m.From] || m.Raft.GetFrom() != uint64(m.From) || m.Raft.GetTo() != uint64(c.self) {
 		return fmt.Errorf("%w: %v", ErrBadRaft, m)
 	}
+	if t := m.Raft.GetType(); (t == raftpb.MsgVote || t == raftpb.MsgPreVote) && c.now < c.t.election {
+		// Raft's CheckQuorum lease (A3) lives in memory: our previous
+		// incarnation may have accepted the master's heartbeat just before it
+		// died, and the master counts that in its quorum contact. So a new
+		// incarnation votes for nobody until ElectionTimeout has passed on its
+		// own clock, as if it had accepted a heartbeat at its start
+		// (TestRestartedVoterKeepsLeaderLease).
+		return nil
+	}
 	if err := c.rn.Step(m.Raft); err != nil {
 		return nil // raft drops what it cannot use (a local type, an unknown peer's reply)
 	}

@@ -65,6 +65,12 @@ func TestRestartedVoterKeepsLeaderLease(t *testing.T) {
 		s.Drop(c, a, 0)
 		s.Run(100 * time.Millisecond)
 	}
+	// Not vacuous: B did win an election (once C's own ElectionTimeout had
+	// passed), so the checker watched the handover from A to B.
+	if m := s.Master(); m != b {
+		t.Fatalf("master is %d, want B (%d) elected by the restarted C", m, b)
+	}
+	t.Logf("B (node %d) master at %v, %d checks", b, s.Now, s.Check.Checks)
 	s.Heal()
 	s.RunUntil(10*time.Second, func() bool {
 		for _, n := range s.Nodes() {
