@@ -258,6 +258,15 @@ func (s *Sim) Restart(num clms.NodeNum) {
 	s.Start(num)
 }
 
+// LoseDisk throws away node n's persisted raft state, as a replaced or
+// reformatted disk would: its next Start begins from the bootstrap state. No
+// runner may do this to a node that was ever a voter (docs/CLMS.md, "What the
+// runner must do"); tests use it to show what goes wrong if one does.
+func (s *Sim) LoseDisk(num clms.NodeNum) {
+	n := s.byNum[num]
+	n.disk, n.diskHS = nil, nil
+}
+
 // Pause stops node n's processing (SIGSTOP). Its monotonic clock keeps
 // running, as CLOCK_MONOTONIC does, so on Resume it first catches up on its
 // ticks; messages to it wait in its socket buffers.
