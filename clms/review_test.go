@@ -1,6 +1,7 @@
 package clms_test
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -111,4 +112,44 @@ func TestCheckerCatchesVoterDiskLoss(t *testing.T) {
 		t.Fatalf("checker reported %q, want diverging histories or two leaders in a term", tb.failure)
 	}
 	t.Logf("as expected: %s", strings.SplitN(tb.failure, "\n", 2)[0])
+}
+
+// REVIEW FINDING 3: clusternode_setinfo loses updates to a late request. A
+// member sets node 2's info to A, then to B; a copy of the A request that
+// arrives late at the master (a retransmission, a resend to a new master
+// that crossed the newer request) is committed again after B, and node 2's
+// info goes back to A on every node while the asker believes B is in.
+func TestSetNodeInfoLateRequestDoesNotUndo(t *testing.T) {
+	s := newSim(t, 5, 3, clms.LANFastTiming())
+	form(t, s)
+	asker := other(t, s, 1, 2, 3)
+	infoA := clms.NodeInfo{CPUsTotal: 8, Capabilities: []string{"a"}}
+	infoB := clms.NodeInfo{CPUsTotal: 16, Capabilities: []string{"b"}}
+	everywhere := func(want clms.NodeInfo) func() bool {
+		return func() bool {
+			for _, n := range s.Nodes() {
+				if m, _ := n.Core.State().Member(2); !reflect.DeepEqual(m.Info, want) {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	base := s.Node(asker).Core.State().LastSeq() // what the asker had applied when it asked
+	if err := s.Node(asker).Core.SetNodeInfo(2, infoA); err != nil {
+		t.Fatal(err)
+	}
+	s.RunUntil(time.Second, everywhere(infoA))
+	if err := s.Node(asker).Core.SetNodeInfo(2, infoB); err != nil {
+		t.Fatal(err)
+	}
+	s.RunUntil(time.Second, everywhere(infoB))
+	// The first request again, late, exactly as the asker sent it.
+	s.Inject(clms.Message{Type: clms.MsgSetInfo, From: asker, To: s.Master(), Node: 2, Info: infoA, Applied: base})
+	s.Run(time.Second)
+	for _, n := range s.Nodes() {
+		if m, _ := n.Core.State().Member(2); !reflect.DeepEqual(m.Info, infoB) {
+			t.Fatalf("node %d has node 2's info %+v after a late copy of an earlier request, want %+v", n.Num, m.Info, infoB)
+		}
+	}
 }
