@@ -430,7 +430,7 @@ func (c *Core) Step(m Message) error {
 		}
 	case MsgSetInfo:
 		if mem := c.st.members[m.From]; c.isMaster() && mem.State.IsMember() && mem.Incarnation == m.FromInc {
-			c.masterSetInfo(m.Node, m.Info)
+			c.masterSetInfo(m.Node, m.Info, m.Applied)
 		}
 	default:
 		return fmt.Errorf("%w: message type %d", ErrDecode, m.Type)

@@ -373,9 +373,10 @@ func (c *Core) proposeCmd(cmd command) bool {
 	return true
 }
 
-// masterSetInfo proposes node n's new info.
-func (c *Core) masterSetInfo(n NodeNum, info NodeInfo) {
+// masterSetInfo proposes node n's new info, asked for by a node that had
+// applied the records up to base.
+func (c *Core) masterSetInfo(n NodeNum, info NodeInfo, base uint64) {
 	if _, ok := c.st.members[n]; ok {
-		c.proposeCmd(command{Kind: RecordNodeInfo, T: Transition{Node: n}, Info: info})
+		c.proposeCmd(command{Kind: RecordNodeInfo, T: Transition{Node: n}, Info: info, InfoBase: base})
 	}
 }

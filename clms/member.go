@@ -181,9 +181,9 @@ func (c *Core) sendInfo() {
 	c.infoTry = c.now
 	for _, n := range slices.Sorted(maps.Keys(c.pendingInfo)) {
 		if c.isMaster() {
-			c.masterSetInfo(n, c.pendingInfo[n])
+			c.masterSetInfo(n, c.pendingInfo[n], c.st.LastSeq())
 		} else if c.master != 0 {
-			c.send(Message{Type: MsgSetInfo, To: c.master, Node: n, Info: c.pendingInfo[n]})
+			c.send(Message{Type: MsgSetInfo, To: c.master, Node: n, Info: c.pendingInfo[n], Applied: c.st.LastSeq()})
 		}
 	}
 }

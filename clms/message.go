@@ -50,8 +50,9 @@ const (
 	// MsgLeave asks the master for a planned shutdown of the sender.
 	MsgLeave // (header only)
 	// MsgSetInfo asks the master to replace Node's info
-	// (clusternode_setinfo).
-	MsgSetInfo // Node, Info
+	// (clusternode_setinfo); Applied is the asker's last applied record, the
+	// base below which a newer change makes this request stale.
+	MsgSetInfo // Node, Info, Applied
 	msgTypeEnd
 )
 

@@ -62,6 +62,11 @@ type command struct {
 	Kind RecordKind
 	T    Transition // ID is assigned when applied; Time set by the proposer
 	Info NodeInfo
+	// InfoBase (RecordNodeInfo) is the record the requester had applied when
+	// it asked: the change applies only if the node's info was not set after
+	// that, so a late copy of an older request cannot undo a newer one (the
+	// requester retries with a newer base until its info is in).
+	InfoBase uint64
 }
 
 func (c *command) encode() []byte {
@@ -69,6 +74,7 @@ func (c *command) encode() []byte {
 	e.uvarint(uint64(c.Kind))
 	e.transition(&c.T)
 	e.info(&c.Info)
+	e.uvarint(c.InfoBase)
 	return e.b
 }
 
@@ -78,6 +84,7 @@ func decodeCommand(b []byte) (command, error) {
 	c.Kind = RecordKind(d.small(uint64(recordKindEnd-1), "command kind"))
 	c.T = d.transition()
 	c.Info = d.info()
+	c.InfoBase = d.uvarint()
 	if d.err == nil && c.Kind == recordInvalid {
 		d.fail("command kind")
 	}
@@ -168,6 +175,9 @@ func (s *State) Records(after uint64) []Record {
 func (s *State) decide(c command) (Record, bool) {
 	m, ok := s.members[c.T.Node]
 	if ok && c.Kind == RecordNodeInfo {
+		if m.InfoSeq > c.InfoBase {
+			return Record{}, false // set since the requester asked: a stale request
+		}
 		return Record{Seq: s.LastSeq() + 1, Kind: RecordNodeInfo, Transition: Transition{Node: c.T.Node, Time: c.T.Time}, Info: c.Info}, true
 	}
 	if !ok || c.Kind != RecordTransition || c.T.From != m.State || !legal[[2]NodeState{c.T.From, c.T.To}] {
@@ -201,7 +211,7 @@ func (s *State) apply(r Record) error {
 		if !ok || t.ID != 0 {
 			return fmt.Errorf("%w: info of node %d", errRecord, t.Node)
 		}
-		m.Info = r.Info
+		m.Info, m.InfoSeq = r.Info, r.Seq
 		s.records = append(s.records, r)
 		return nil
 	}
@@ -215,7 +225,7 @@ func (s *State) apply(r Record) error {
 	m := s.members[t.Node]
 	m.State, m.Incarnation, m.LastChange = t.To, t.Incarnation, t.ID
 	if t.To == StateComingUp {
-		m.Info = r.Info
+		m.Info, m.InfoSeq = r.Info, r.Seq
 	}
 	s.records = append(s.records, r)
 	s.history = append(s.history, t)
