@@ -153,3 +153,32 @@ func TestSetNodeInfoLateRequestDoesNotUndo(t *testing.T) {
 		}
 	}
 }
+
+// REVIEW FINDING 4: an imalive answer names only the heartbeat's sequence
+// number, which restarts at 1 with every incarnation. A grant the master
+// sent to a node's previous incarnation, delivered to the new one (a late
+// copy, a transport that replays a queue on reconnection), extends the new
+// incarnation's lease from the send time of its own heartbeat with that
+// number, which the master never received: after a partition the node acts
+// as a member past the point where the master declares it down.
+func TestStaleGrantForPreviousIncarnation(t *testing.T) {
+	s := newSim(t, 4, 3, clms.LANFastTiming())
+	form(t, s)
+	s.Run(2 * time.Second)
+	n := s.Node(4)
+	oldSent := n.Core.Stats().HeartbeatsSent // inc 1 had answers for every one of these
+	s.Restart(4)
+	s.RunUntil(5*time.Second, func() bool { return s.Up(4) })
+	if n.Core.Stats().HeartbeatsSent+5 > oldSent {
+		t.Fatalf("inc 2 already sent %d heartbeats, inc 1 only %d", n.Core.Stats().HeartbeatsSent, oldSent)
+	}
+	master := s.Master()
+	s.Partition([]clms.NodeNum{4})
+	// Two heartbeats into the partition, a grant the master once sent to
+	// inc 1 for the sequence number inc 2 just used reaches inc 2.
+	s.Run(2 * s.Timing().Heartbeat)
+	s.Inject(clms.Message{Type: clms.MsgImAliveAck, From: master, To: 4, Seq: n.Core.Stats().HeartbeatsSent, Status: clms.StatusOK})
+	s.RunUntil(2*time.Second, func() bool { return s.DownEverywhere(4, 2) })
+	s.Heal()
+	s.RunUntil(time.Second, n.Fenced)
+}
