@@ -227,7 +227,9 @@ func (c *Core) masterImAlive(m Message) {
 	if c.canGrant() && c.m.downPending[m.From] != mem.Incarnation {
 		st = StatusOK
 	}
-	c.send(Message{Type: MsgImAliveAck, To: m.From, Seq: m.Seq, Status: st})
+	// Name the incarnation: sequence numbers restart with each one, and a
+	// grant must never reach a later process (TestStaleGrantForPreviousIncarnation).
+	c.send(Message{Type: MsgImAliveAck, To: m.From, Seq: m.Seq, Status: st, Node: m.From, Inc: m.FromInc})
 	if !c.eligible[m.From] {
 		c.maybePush(m.From, w)
 	}

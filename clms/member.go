@@ -253,8 +253,8 @@ func (c *Core) masterChanged() {
 }
 
 func (c *Core) imAliveAck(m Message) {
-	if c.phase != phaseMember {
-		return
+	if c.phase != phaseMember || m.Node != c.self || m.Inc != c.inc {
+		return // not an answer to this incarnation's heartbeat
 	}
 	switch m.Status {
 	case StatusOK:
@@ -266,9 +266,7 @@ func (c *Core) imAliveAck(m Message) {
 			c.updateLease()
 		}
 	case StatusNotMember:
-		if m.Node == c.self && m.Inc == c.inc {
-			c.fence("the master says this incarnation is no longer a member")
-		}
+		c.fence("the master says this incarnation is no longer a member")
 	}
 }
 

@@ -34,7 +34,7 @@ const (
 	MsgImAlive // Seq, Applied
 	// MsgImAliveAck answers a heartbeat: StatusOK grants the lease from the
 	// heartbeat's send time, StatusNotMember tells a declared-down node.
-	MsgImAliveAck // Seq, Status
+	MsgImAliveAck // Seq, Status, Node, Inc (the heartbeat's sender)
 	// MsgPing is the master's direct probe of a silent or suspect member:
 	// "send me an imalive now". Anyone may ping anyone to test a connection.
 	MsgPing // (header only)
