@@ -395,6 +395,8 @@ func (c *Core) Step(m Message) error {
 			}
 		case StatusRetry:
 			c.setJoinReason(m.Reason)
+		case StatusNotMember:
+			c.fence("declared down before it learned it had joined: " + m.Reason)
 		}
 	case MsgImAlive:
 		c.masterImAlive(m)

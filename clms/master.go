@@ -241,6 +241,11 @@ func (c *Core) masterJoin(n NodeNum, inc uint64, info NodeInfo) (Status, string)
 	switch {
 	case inc < mem.Incarnation:
 		return StatusRetry, "an incarnation newer than this one has joined"
+	case inc == mem.Incarnation && !mem.State.IsMember():
+		// Admitted, then declared down before it heard of either (its
+		// answers were lost): it joins once, so it must hear now that this
+		// incarnation is over (TestJoinOfIncarnationAlreadyDown).
+		return StatusNotMember, fmt.Sprintf("this incarnation was admitted and is %s since transition %d", mem.State, mem.LastChange)
 	case mem.State == StateNeverUp || mem.State == StateDown:
 		c.propose(Transition{Node: n, Incarnation: inc, From: mem.State, To: StateComingUp, Cause: CauseJoin}, info)
 		return StatusOK, ""

@@ -27,7 +27,9 @@ const (
 	// MsgJoin asks the master to admit the sender's incarnation (FromInc).
 	MsgJoin // Info
 	// MsgJoinReply says the join was proposed (StatusOK), that the receiver
-	// is not the master (Node = hint), or that the sender must retry (Reason).
+	// is not the master (Node = hint), that the sender must retry (Reason),
+	// or that its incarnation was admitted and is down already (NotMember:
+	// it fences).
 	MsgJoinReply // Status, Node, Reason
 	// MsgImAlive is a member's heartbeat to the master; Seq identifies it
 	// for the lease, Applied is the last record the member applied.
