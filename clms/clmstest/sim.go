@@ -130,6 +130,8 @@ type Sim struct {
 	seq   uint64
 	drop  map[[2]clms.NodeNum]float64
 	cut   map[[2]clms.NodeNum]bool
+	dup   float64       // probability that a message is delivered twice
+	late  time.Duration // the copy comes up to this much later
 	buf   []byte
 	Check *Checker
 	// Sent counts messages sent, by type.
@@ -297,6 +299,12 @@ func (s *Sim) Partition(groups ...[]clms.NodeNum) {
 	}
 }
 
+// Duplicate delivers each message a second time with probability rate, the
+// copy up to late after the original: a retransmission, or a message that
+// took another path and arrives after newer ones (0 stops it). The copy is
+// from the same incarnation of the sender, even if that process died since.
+func (s *Sim) Duplicate(rate float64, late time.Duration) { s.dup, s.late = rate, late }
+
 // Heal removes every partition and drop rate.
 func (s *Sim) Heal() {
 	s.cut = map[[2]clms.NodeNum]bool{}
@@ -390,6 +398,14 @@ func (s *Sim) send(from *Node, m clms.Message) {
 	}
 	finc := from.Inc
 	s.after(s.delay(from.Num, m.To), func() { s.deliver(from, finc, to, dm) })
+	if s.dup > 0 && s.rng.Float64() < s.dup {
+		cp, err := clms.DecodeMessage(s.buf)
+		if err != nil {
+			s.tb.Fatalf("decode %v: %v", m, err)
+		}
+		late := time.Duration(s.rng.Int64N(int64(s.late) + 1))
+		s.after(s.delay(from.Num, m.To)+late, func() { s.deliver(from, finc, to, cp) })
+	}
 }
 
 func (s *Sim) deliver(from *Node, finc uint64, to *Node, m clms.Message) {
