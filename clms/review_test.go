@@ -209,3 +209,28 @@ func TestJoinOfIncarnationAlreadyDown(t *testing.T) {
 	s.Restart(4)
 	s.RunUntil(5*time.Second, func() bool { return s.Up(4) })
 }
+
+// REVIEW FINDING 6 (liveness): with the link from the master to a member cut
+// one way, the master still hears every imalive, so the member is never
+// silent; but no grant reaches it, so its lease lapses and it stays
+// suspended: UP in every view and acting nowhere, for as long as the cut
+// lasts (a key service it owns would be stuck, never failed over). The
+// member says in each imalive that it holds no lease; a master whose grants
+// evidently do not arrive stops granting it and declares it down (cause
+// fenced) once every lease it granted has run out.
+func TestOneWayCutFromMasterDeclaresMemberDown(t *testing.T) {
+	s := newSim(t, 5, 3, clms.LANFastTiming())
+	form(t, s)
+	master := s.Master()
+	x := other(t, s, 1, 2, 3)
+	s.Drop(master, x, 1)
+	took := s.RunUntil(3*time.Second, func() bool { return s.DownEverywhere(x, 1) })
+	t.Logf("node %d, deaf to the master, down everywhere after %v", x, took)
+	if got := transitionsOf(s, x, 1); len(got) < 3 || got[2] != "UP->GOINGDOWN(fenced)" {
+		t.Fatalf("node %d went %v, want GOINGDOWN because it holds no lease", x, got)
+	}
+	s.Heal()
+	s.RunUntil(time.Second, s.Node(x).Fenced)
+	s.Restart(x)
+	s.RunUntil(5*time.Second, s.AllUp)
+}
