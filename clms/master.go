@@ -37,6 +37,11 @@ type watch struct {
 	applied uint64 // records the member applied (nodes without raft)
 	sent    uint64 // records pushed
 	pushed  int64
+	// lapsed: since lapsedAt it says it holds no lease although we could
+	// grant; withheld: since withheldAt we grant it nothing, as our grants
+	// evidently do not reach it (a link cut one way).
+	lapsed, withheld     bool
+	lapsedAt, withheldAt int64
 }
 
 // cbWait collects the members' callback reports for one transition.
@@ -142,6 +147,13 @@ func (c *Core) tickMaster() {
 			// Its lease ran out on its own clock by now, even a slow one: it
 			// has fenced itself, so declaring it down is safe.
 			c.propose(Transition{Node: n, Incarnation: w.inc, From: mem.State, To: StateGoingDown, Cause: CauseSilence})
+		case w.withheld && c.now-w.withheldAt >= c.t.lease+c.t.margin:
+			// It hears none of our grants, and the last one we sent answered
+			// an imalive received before withheldAt: by the argument above
+			// every lease it holds ran out, and it cannot act until a master
+			// that can reach it grants again. Declare it down rather than
+			// leave it UP and suspended for as long as the cut lasts.
+			c.propose(Transition{Node: n, Incarnation: w.inc, From: mem.State, To: StateGoingDown, Cause: CauseFenced})
 		case silence >= c.t.probe || w.suspect:
 			c.suspect(n, w)
 		}
@@ -223,8 +235,20 @@ func (c *Core) masterImAlive(m Message) {
 	// from the imalive's send time, which is earlier.
 	w.heard, w.suspect = c.now, false
 	w.applied = max(w.applied, m.Applied)
+	switch {
+	case m.Status != StatusNoLease:
+		w.lapsed, w.withheld = false, false // our grants reach it
+	case !c.canGrant():
+		// Its lease lapsing is our doing (no quorum contact), not the link's.
+	case !w.lapsed:
+		w.lapsed, w.lapsedAt = true, c.now
+	case !w.withheld && c.now-w.lapsedAt >= c.t.lease:
+		// A lease's worth of grants lost in a row: stop granting, so that
+		// declaring it down later is safe (tickMaster).
+		w.withheld, w.withheldAt = true, c.now
+	}
 	st := StatusNoLease
-	if c.canGrant() && c.m.downPending[m.From] != mem.Incarnation {
+	if c.canGrant() && c.m.downPending[m.From] != mem.Incarnation && !w.withheld {
 		st = StatusOK
 	}
 	// Name the incarnation: sequence numbers restart with each one, and a

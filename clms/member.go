@@ -97,7 +97,11 @@ func (c *Core) sendImAlive() {
 		}
 	}
 	c.stats.HeartbeatsSent++
-	c.send(Message{Type: MsgImAlive, To: c.master, Seq: c.hbSeq, Applied: c.st.LastSeq()})
+	st := StatusOK
+	if c.now >= c.lease {
+		st = StatusNoLease // the master learns when its grants do not arrive
+	}
+	c.send(Message{Type: MsgImAlive, To: c.master, Seq: c.hbSeq, Applied: c.st.LastSeq(), Status: st})
 }
 
 func (c *Core) updateLease() {

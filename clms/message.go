@@ -32,8 +32,9 @@ const (
 	// it fences).
 	MsgJoinReply // Status, Node, Reason
 	// MsgImAlive is a member's heartbeat to the master; Seq identifies it
-	// for the lease, Applied is the last record the member applied.
-	MsgImAlive // Seq, Applied
+	// for the lease, Applied is the last record the member applied, Status
+	// is NoLease when the member holds no lease (OK when it holds one).
+	MsgImAlive // Seq, Applied, Status
 	// MsgImAliveAck answers a heartbeat: StatusOK grants the lease from the
 	// heartbeat's send time, StatusNotMember tells a declared-down node.
 	MsgImAliveAck // Seq, Status, Node, Inc (the heartbeat's sender)
