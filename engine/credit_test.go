@@ -58,6 +58,20 @@ func TestEscalationPreventsDeadlock(t *testing.T) {
 			}
 			mustRegister(t, a, Service{ID: throttledSvc, Procs: procs, MaxHandles: 1})
 			mustRegister(t, b, Service{ID: throttledSvc, Procs: procs, MaxHandles: 4})
+			// Connect every channel the test uses first: the short deadlines
+			// below are about credit, and must not also cover a dial.
+			for _, c := range []struct {
+				from *Node
+				to   NodeNum
+				prio uint8
+			}{{b, 1, 0}, {a, 2, 0}, {b, 1, 1}} {
+				if _, err := c.from.Call(WithPriority(ctxFor(t, 10*time.Second), c.prio), c.to, Method{Service: throttledSvc, Proc: 2}, nil, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for len(seenPrio) > 0 {
+				<-seenPrio
+			}
 
 			// Fill node 2's window towards node 1: the first hold takes node 1's
 			// only handle, the rest wait with their credit unreturned.
@@ -77,7 +91,13 @@ func TestEscalationPreventsDeadlock(t *testing.T) {
 				}
 			}
 
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			// With escalation the call succeeds, so a generous deadline costs
+			// nothing; without, the test waits it out.
+			wait := 10 * time.Second
+			if !escalate {
+				wait = time.Second
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), wait)
 			defer cancel()
 			got, err := a.Call(ctx, 2, Method{Service: throttledSvc, Proc: 1}, nil, nil)
 			if escalate {
