@@ -1,7 +1,9 @@
 package clms_test
 
 import (
+	"math"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -233,4 +235,83 @@ func TestOneWayCutFromMasterDeclaresMemberDown(t *testing.T) {
 	s.RunUntil(time.Second, s.Node(x).Fenced)
 	s.Restart(x)
 	s.RunUntil(5*time.Second, s.AllUp)
+}
+
+// The master stops (SIGSTOP) right after it granted a lease, with the
+// members' clocks as slow and the voters' as fast as A1 allows: the grant
+// it just sent must have run out on the member's clock before the new
+// master declares the old one, or a member it cannot reach, down. The
+// checker runs at every step; the test also shows the grant was in flight
+// when the master stopped.
+func TestMasterPausedRightAfterGrant(t *testing.T) {
+	tm := clms.LANFastTiming()
+	s := newSim(t, 5, 3, tm)
+	form(t, s)
+	lo := math.Sqrt(tm.MinClockRatio())
+	old := s.Master()
+	for _, n := range s.Nodes() {
+		n.Rate = lo
+		if n.Eligible && n.Num != old {
+			n.Rate = 1 / lo
+		}
+	}
+	s.Run(time.Second)
+	// Stop the master in the step in which it answers x's next imalive.
+	x := other(t, s, 1, 2, 3)
+	hb := s.Node(x).Core.Stats().HeartbeatsSent
+	for s.Node(x).Core.Stats().HeartbeatsSent == hb {
+		s.Step()
+	}
+	acks := s.Sent[clms.MsgImAliveAck]
+	for s.Sent[clms.MsgImAliveAck] == acks {
+		s.Step()
+	}
+	s.Pause(old)
+	s.Partition([]clms.NodeNum{old, x}) // x hears only the stopped master
+	took := s.RunUntil(3*time.Second, func() bool { m := s.Master(); return m != 0 && m != old && s.DownEverywhere(x, 1) })
+	t.Logf("new master %d; node %d, cut off with the stopped master, down everywhere after %v", s.Master(), x, took)
+	if s.Node(x).Core.Acting() {
+		t.Fatalf("node %d acts while down", x)
+	}
+	s.Heal()
+	s.Resume(old)
+	s.RunUntil(5*time.Second, func() bool {
+		for _, n := range s.Nodes() {
+			if n.Fenced() {
+				s.Restart(n.Num)
+			}
+		}
+		return s.AllUp() && s.Master() != 0
+	})
+}
+
+// Late messages from a deposed master change nothing: a push of records the
+// member has (the new master committed more since), and a grant answering
+// a heartbeat the member sent before the change.
+func TestLateMessagesFromDeposedMaster(t *testing.T) {
+	s := newSim(t, 5, 3, clms.LANFastTiming())
+	form(t, s)
+	old := s.Master()
+	x := other(t, s, 1, 2, 3)
+	n := s.Node(x)
+	early := slices.Clone(n.Core.State().Records(0))
+	seq := n.Core.Stats().HeartbeatsSent
+	s.Crash(old)
+	s.RunUntil(2*time.Second, func() bool { return s.DownEverywhere(old, 1) && s.Master() != 0 })
+	s.Run(time.Second)
+	have, lease := n.Core.State().LastSeq(), n.Core.Acting()
+	s.Node(old).Dead = false // the old process's last words, still in the network
+	s.Inject(clms.Message{Type: clms.MsgRecords, From: old, To: x, Records: early})
+	s.Inject(clms.Message{Type: clms.MsgImAliveAck, From: old, To: x, Seq: seq, Status: clms.StatusOK, Node: x, Inc: n.Inc})
+	s.Node(old).Dead = true
+	if got := n.Core.State().LastSeq(); got != have || n.Core.Acting() != lease {
+		t.Fatalf("node %d: %d records (had %d), acting %v (was %v)", x, got, have, n.Core.Acting(), lease)
+	}
+	if n.Core.Master() == old {
+		t.Fatalf("node %d follows the deposed master again", x)
+	}
+	s.Run(time.Second)
+	if !s.AllUp() {
+		t.Fatal("not every live node is UP")
+	}
 }
