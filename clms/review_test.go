@@ -315,3 +315,26 @@ func TestLateMessagesFromDeposedMaster(t *testing.T) {
 		t.Fatal("not every live node is UP")
 	}
 }
+
+// A2 is load-bearing, by design: crash proof of an incarnation that is in
+// fact alive (a runner that reports a timeout or a reset as a refusal)
+// makes the master declare it down at once, while it still holds its lease
+// and acts. The checker reports it within a commit. Nothing in the core can
+// tell such a proof from a real one; the runner must keep to A2.
+func TestCheckerCatchesBogusCrashProof(t *testing.T) {
+	tb := &catchTB{T: t}
+	s := seededSim(t, tb, clmstest.Options{Seed: 1, Nodes: clmstest.Table(5, 3), Timing: clms.LANFastTiming()})
+	var at time.Duration
+	func() {
+		defer tb.recover()
+		form(t, s)
+		x := other(t, s, 1, 2, 3)
+		at = s.Now
+		s.Node(s.Master()).Core.PeerCrashProof(x, s.Node(x).Inc)
+		s.Run(time.Second)
+	}()
+	if !strings.Contains(tb.failure, "acts as a member while it is GOINGDOWN") {
+		t.Fatalf("checker reported %q, want the live node acting while down", tb.failure)
+	}
+	t.Logf("proof given at %v; %s", at, strings.SplitN(tb.failure, "\n", 2)[0])
+}
