@@ -10,6 +10,7 @@ import (
 
 	"github.com/clusterinfra/ci/clms"
 	"github.com/clusterinfra/ci/clms/clmstest"
+	"go.etcd.io/raft/v3/raftpb"
 )
 
 // Review findings (clms-review): adversarial scenarios, each a deterministic
@@ -337,4 +338,34 @@ func TestCheckerCatchesBogusCrashProof(t *testing.T) {
 		t.Fatalf("checker reported %q, want the live node acting while down", tb.failure)
 	}
 	t.Logf("proof given at %v; %s", at, strings.SplitN(tb.failure, "\n", 2)[0])
+}
+
+// REVIEW FINDING 7: A3 as raft implements it has a hole. Raft checks its
+// CheckQuorum lease only on a vote request of a higher term; any other
+// message of a higher term (an answer to a heartbeat this voter sent when
+// it led, arriving late from a voter that has since become a candidate)
+// moves the voter to that term with no leader, and a vote request of that
+// same term is then granted at once, while the master still counts this
+// voter's echo in its quorum contact and grants leases. Here the late answer
+// and the vote request are injected into voter v right after it accepted
+// the master's heartbeat: v must not vote.
+func TestVoterKeepsLeaseAfterHigherTermAnswer(t *testing.T) {
+	s := newSim(t, 3, 3, clms.LANFastTiming())
+	form(t, s)
+	a := s.Master()
+	v := other(t, s)
+	u := other(t, s, v)
+	st, _ := s.Node(v).Core.RaftStatus()
+	term, last := st.GetTerm(), st.GetCommit()
+	logTerm := term
+	s.Inject(clms.Message{Type: clms.MsgRaft, From: u, To: v, Raft: &raftpb.Message{
+		Type: raftpb.MsgHeartbeatResp.Enum(), From: new(uint64(u)), To: new(uint64(v)), Term: new(term + 1)}})
+	s.Inject(clms.Message{Type: clms.MsgRaft, From: u, To: v, Raft: &raftpb.Message{
+		Type: raftpb.MsgVote.Enum(), From: new(uint64(u)), To: new(uint64(v)), Term: new(term + 1),
+		LogTerm: new(logTerm), Index: new(last + 100)}})
+	st, _ = s.Node(v).Core.RaftStatus()
+	if st.GetVote() == uint64(u) {
+		t.Fatalf("voter %d voted for %d in term %d within its lease of master %d", v, u, st.GetTerm(), a)
+	}
+	s.RunUntil(5*time.Second, func() bool { return s.AllUp() && s.Master() != 0 })
 }
