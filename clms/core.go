@@ -1,6 +1,7 @@
 package clms
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -444,13 +445,7 @@ func (c *Core) stepRaft(m Message) error {
 	if c.rn == nil || m.Raft == nil || !c.eligible[m.From] || m.Raft.GetFrom() != uint64(m.From) || m.Raft.GetTo() != uint64(c.self) {
 		return fmt.Errorf("%w: %v", ErrBadRaft, m)
 	}
-	if t := m.Raft.GetType(); (t == raftpb.MsgVote || t == raftpb.MsgPreVote) && c.now < c.t.election {
-		// Raft's CheckQuorum lease (A3) lives in memory: our previous
-		// incarnation may have accepted the master's heartbeat just before it
-		// died, and the master counts that in its quorum contact. So a new
-		// incarnation votes for nobody until ElectionTimeout has passed on its
-		// own clock, as if it had accepted a heartbeat at its start
-		// (TestRestartedVoterKeepsLeaderLease).
+	if t := m.Raft.GetType(); (t == raftpb.MsgVote || t == raftpb.MsgPreVote) && !c.mayVote(m.Raft) {
 		return nil
 	}
 	if err := c.rn.Step(m.Raft); err != nil {
@@ -470,6 +465,30 @@ func (c *Core) stepRaft(m Message) error {
 		}
 	}
 	return nil
+}
+
+// mayVote enforces A3 (docs/CLMS.md) where raft's CheckQuorum lease does not:
+//   - it lives in memory: our previous incarnation may have accepted the
+//     master's heartbeat just before it died, and the master counts that in
+//     its quorum contact. So a new incarnation votes for nobody until
+//     ElectionTimeout has passed on its own clock, as if it had accepted a
+//     heartbeat at its start (TestRestartedVoterKeepsLeaderLease);
+//   - raft checks it only on vote requests of a higher term: any other
+//     message of a higher term moves us to that term with no leader, and a
+//     vote request of that term then passes (a late answer to a heartbeat we
+//     sent when we led, from a voter that became a candidate since). So no
+//     vote within ElectionTimeout of accepting a leader's append or heartbeat,
+//     whatever raft's state (TestVoterKeepsLeaseAfterHigherTermAnswer).
+//
+// A forced campaign (leadership handed over, or crash proof of the leader)
+// may skip the second rule, as it skips raft's: the leader grants nothing
+// any more.
+func (c *Core) mayVote(m *raftpb.Message) bool {
+	if c.now < c.t.election {
+		return false
+	}
+	forced := bytes.Equal(m.GetContext(), []byte("CampaignTransfer")) // raft's campaignTransfer
+	return forced || c.quiet.leader == 0 || c.now-c.quiet.heard >= c.t.election
 }
 
 // HasReady reports whether Ready has anything.
