@@ -50,6 +50,10 @@ type Config struct {
 	WallClock func() time.Time
 	// Logger receives raft's log lines; nil discards them.
 	Logger raft.Logger
+	// Keys are the key services (the same list on every node) and their
+	// panic policy and timeouts; Info.KeyServices says which this node may
+	// run.
+	Keys KeyConfig
 }
 
 // BootstrapStorage returns the raft storage every master-eligible node starts
@@ -131,7 +135,8 @@ type Core struct {
 	infoTry     int64
 	handedAt    int64 // last leadership transfer started by handOver
 
-	m *masterState // while raft leader
+	m  *masterState // while raft leader
+	ks keyState
 
 	out     []Message
 	actions []Action
@@ -161,6 +166,9 @@ func NewCore(cfg Config) (*Core, error) {
 	if err := cfg.Timing.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
+	if err := validateKeys(cfg.Keys); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
 	if cfg.Self == 0 || cfg.Incarnation == 0 {
 		return nil, fmt.Errorf("%w: self and incarnation must be nonzero", ErrConfig)
 	}
@@ -182,6 +190,7 @@ func NewCore(cfg Config) (*Core, error) {
 	// quarter for clock-rate drift and one tick for tick granularity
 	// (docs/CLMS.md, "Safety argument").
 	c.t.grant = max(1, int64(tm.Ticks(tm.ElectionTimeout*3/4))-1)
+	c.ks = newKeyState(cfg, c.t)
 
 	seen := map[NodeNum]bool{}
 	var nums []NodeNum
@@ -257,6 +266,7 @@ func (c *Core) campaigns() bool { return c.phase == phaseJoining || c.phase == p
 // was stopped (SIGSTOP, a frozen VM) must deliver every missed tick before
 // any Step, so that an expired lease is noticed before a message is handled.
 func (c *Core) Tick() {
+	defer c.keyPoll()
 	c.now++
 	if c.rn != nil {
 		// Raft ticks even on a node that may not lead any more: its vote
@@ -324,6 +334,7 @@ func (c *Core) Stats() Stats {
 	s.IsMaster = c.isMaster()
 	s.Fenced = c.phase == phaseFenced
 	s.LeaseValid = c.Acting()
+	c.keyStats(&s)
 	return s
 }
 
@@ -356,6 +367,7 @@ func (c *Core) Step(m Message) error {
 	if _, ok := c.st.members[m.From]; !ok || m.From == c.self {
 		return fmt.Errorf("%w: %d", ErrUnknownNode, m.From)
 	}
+	defer c.keyPoll()
 	if known := c.peerInc[m.From]; m.FromInc < known {
 		return nil // from a past run of that node: never applied
 	} else if m.FromInc > known {
@@ -416,6 +428,9 @@ func (c *Core) Step(m Message) error {
 		if c.isMaster() {
 			if w := c.m.watch[m.From]; w != nil && w.inc == m.FromInc {
 				w.applied = max(w.applied, m.Applied)
+				if m.Status == StatusRetry {
+					w.sent = min(w.sent, w.applied) // a push was overtaken and dropped: resend from what it has
+				}
 				c.maybePush(m.From, w)
 			}
 		}
@@ -435,6 +450,8 @@ func (c *Core) Step(m Message) error {
 		if mem := c.st.members[m.From]; c.isMaster() && mem.State.IsMember() && mem.Incarnation == m.FromInc {
 			c.masterSetInfo(m.Node, m.Info, m.Applied)
 		}
+	case MsgKeyPull, MsgKeyData, MsgKeyReady, MsgKeyMove, MsgKeyReleased:
+		c.stepKey(m)
 	default:
 		return fmt.Errorf("%w: message type %d", ErrDecode, m.Type)
 	}

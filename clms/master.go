@@ -26,6 +26,7 @@ type masterState struct {
 	// not resolved it yet. No lease for it meanwhile, or a grant could
 	// outlive the commit of its GOINGDOWN.
 	downPending map[NodeNum]uint64
+	keys        *keyMaster // key services (keymaster.go); made on first use
 }
 
 // watch is the master's view of one member's liveness.

@@ -136,6 +136,9 @@ func (c *Core) fence(reason string) {
 func (c *Core) Shutdown() {
 	switch c.phase {
 	case phaseMember:
+		if c.keyDrain() {
+			return // the key services are handed over first (keyPollDrain)
+		}
 		c.leaving = true
 		c.leaveTry = -1 << 40
 		c.tickMemberLeaveNow()
@@ -278,16 +281,20 @@ func (c *Core) stepRecords(m Message) {
 	if c.rn != nil || !c.eligible[m.From] {
 		return // voters apply their own log; only a master pushes
 	}
+	gap := Status(StatusOK)
 	for _, r := range m.Records {
+		if r.Seq > c.st.LastSeq()+1 {
+			gap = StatusRetry // overtook an earlier push: ask for a resend now
+		}
 		if r.Seq != c.st.LastSeq()+1 {
-			continue // a duplicate, or a gap the sender fills on its next push
+			continue // a duplicate, or a gap
 		}
 		if !c.applyRecord(r) {
 			break
 		}
 	}
 	c.learnMaster(m.From, m.Term)
-	c.send(Message{Type: MsgRecordsAck, To: m.From, Applied: c.st.LastSeq()})
+	c.send(Message{Type: MsgRecordsAck, To: m.From, Applied: c.st.LastSeq(), Status: gap})
 }
 
 // applyRecord applies one committed record and reacts to it.
@@ -301,6 +308,12 @@ func (c *Core) applyRecord(r Record) bool {
 		return false
 	}
 	c.recs = append(c.recs, r)
+	if r.Kind == RecordKeyService {
+		c.applyKeyRecord(r)
+		c.keyPoll()
+		return true
+	}
+	defer c.keyPoll()
 	if r.Kind == RecordNodeInfo {
 		if want, ok := c.pendingInfo[r.Transition.Node]; ok && infoEqual(want, r.Info) {
 			delete(c.pendingInfo, r.Transition.Node)

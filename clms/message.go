@@ -56,11 +56,28 @@ const (
 	// (clusternode_setinfo); Applied is the asker's last applied record, the
 	// base below which a newer change makes this request stale.
 	MsgSetInfo // Node, Info, Applied
+	// MsgKeyPull asks a member for its PullData of KeyService in Epoch (the
+	// sender is that epoch's owner); answered with MsgKeyData.
+	MsgKeyPull // KeyService, Epoch
+	// MsgKeyData answers a pull: Status OK with Data, or StatusRetry when
+	// the member's PullData failed (Reason).
+	MsgKeyData // KeyService, Epoch, Status, Data, Reason
+	// MsgKeyReady tells the master the owner of KeyService in Epoch finished
+	// its failover (or took over a hand-over): commit it ready.
+	MsgKeyReady // KeyService, Epoch
+	// MsgKeyMove asks the master to move KeyService to Node (0: any capable
+	// node); Status StatusRetry marks the owner's own request before a
+	// planned shutdown (the master assigns it nothing more).
+	MsgKeyMove // KeyService, Node, Status
+	// MsgKeyReleased: the owner ran HandOff for Epoch and stopped acting
+	// (Status OK), or HandOff failed and it keeps serving (StatusRetry).
+	MsgKeyReleased // KeyService, Epoch, Status, Reason
 	msgTypeEnd
 )
 
 var msgNames = [...]string{"invalid", "raft", "whoismaster", "masteris", "join", "joinreply", "imalive", "imaliveack",
-	"ping", "records", "recordsack", "callbacksdone", "crashproof", "leave", "setinfo"}
+	"ping", "records", "recordsack", "callbacksdone", "crashproof", "leave", "setinfo", "keypull", "keydata", "keyready",
+	"keymove", "keyreleased"}
 
 func (t MsgType) String() string {
 	if int(t) < len(msgNames) {
@@ -106,6 +123,9 @@ type Message struct {
 	Records    []Record
 	Transition TransitionID
 	Failed     []string
+	KeyService string
+	Epoch      uint64
+	Data       []byte
 }
 
 func (m Message) String() string {
@@ -133,6 +153,9 @@ const (
 	fRecords
 	fTransition
 	fFailed
+	fKeyService
+	fEpoch
+	fData
 	fEnd
 )
 
@@ -174,6 +197,9 @@ func (m *Message) AppendEncode(b []byte) ([]byte, error) {
 	set(len(m.Records) != 0, fRecords)
 	set(m.Transition != 0, fTransition)
 	set(len(m.Failed) != 0, fFailed)
+	set(m.KeyService != "", fKeyService)
+	set(m.Epoch != 0, fEpoch)
+	set(len(m.Data) != 0, fData)
 
 	e := encoder{b: append(b, ProtocolVersion, byte(m.Type))}
 	e.uvarint(bits)
@@ -214,6 +240,15 @@ func (m *Message) AppendEncode(b []byte) ([]byte, error) {
 	}
 	if bits&fFailed != 0 {
 		e.strs(m.Failed)
+	}
+	if bits&fKeyService != 0 {
+		e.str(m.KeyService)
+	}
+	if bits&fEpoch != 0 {
+		e.uvarint(m.Epoch)
+	}
+	if bits&fData != 0 {
+		e.bytes(m.Data)
 	}
 	return e.b, nil
 }
@@ -296,6 +331,15 @@ func DecodeMessage(b []byte) (Message, error) {
 	}
 	if bits&fFailed != 0 {
 		m.Failed = d.strs()
+	}
+	if bits&fKeyService != 0 {
+		m.KeyService = d.str()
+	}
+	m.Epoch = get(fEpoch)
+	if bits&fData != 0 {
+		if p := d.bytes(maxKeyData); d.err == nil {
+			m.Data = append([]byte(nil), p...) // the result does not retain b
+		}
 	}
 	return m, d.end()
 }

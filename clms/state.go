@@ -19,8 +19,9 @@ const (
 	// RecordNodeInfo replaces a node's info (clusternode_setinfo) without
 	// a transition: Transition.Node (and Time) and Info are set.
 	RecordNodeInfo
-	// Key-service assignments (owner, epoch) will be the next kind: the
-	// replicated state and the push to non-voters carry them unchanged.
+	// RecordKeyService is a key service's new state (owner, epoch, phase):
+	// Key is set, and Transition.Time (docs/CLMS.md, "Key services").
+	RecordKeyService
 	recordKindEnd
 )
 
@@ -31,7 +32,8 @@ type Record struct {
 	Seq        uint64
 	Kind       RecordKind
 	Transition Transition
-	Info       NodeInfo // the node's info, on transitions to COMINGUP
+	Info       NodeInfo  // the node's info, on transitions to COMINGUP
+	Key        KeyRecord // RecordKeyService only
 }
 
 func (e *encoder) record(r *Record) {
@@ -39,6 +41,9 @@ func (e *encoder) record(r *Record) {
 	e.uvarint(uint64(r.Kind))
 	e.transition(&r.Transition)
 	e.info(&r.Info)
+	if r.Kind == RecordKeyService {
+		e.keyRecord(&r.Key)
+	}
 }
 
 func (d *decoder) record() Record {
@@ -50,6 +55,9 @@ func (d *decoder) record() Record {
 	}
 	r.Transition = d.transition()
 	r.Info = d.info()
+	if r.Kind == RecordKeyService {
+		r.Key = d.keyRecord()
+	}
 	return r
 }
 
@@ -67,6 +75,10 @@ type command struct {
 	// that, so a late copy of an older request cannot undo a newer one (the
 	// requester retries with a newer base until its info is in).
 	InfoBase uint64
+	// RecordKeyService: the service's new state, and what its state must
+	// be when the command is applied.
+	Key     KeyRecord
+	KeyFrom keyCAS
 }
 
 func (c *command) encode() []byte {
@@ -74,7 +86,15 @@ func (c *command) encode() []byte {
 	e.uvarint(uint64(c.Kind))
 	e.transition(&c.T)
 	e.info(&c.Info)
-	e.uvarint(c.InfoBase)
+	if c.Kind == RecordNodeInfo {
+		e.uvarint(c.InfoBase)
+	}
+	if c.Kind == RecordKeyService {
+		e.keyRecord(&c.Key)
+		e.uvarint(c.KeyFrom.Epoch)
+		e.uvarint(uint64(c.KeyFrom.Owner))
+		e.uvarint(uint64(c.KeyFrom.Phase))
+	}
 	return e.b
 }
 
@@ -84,7 +104,15 @@ func decodeCommand(b []byte) (command, error) {
 	c.Kind = RecordKind(d.small(uint64(recordKindEnd-1), "command kind"))
 	c.T = d.transition()
 	c.Info = d.info()
-	c.InfoBase = d.uvarint()
+	if c.Kind == RecordNodeInfo {
+		c.InfoBase = d.uvarint()
+	}
+	if c.Kind == RecordKeyService {
+		c.Key = d.keyRecord()
+		c.KeyFrom.Epoch = d.uvarint()
+		c.KeyFrom.Owner = NodeNum(d.small(1<<32-1, "node"))
+		c.KeyFrom.Phase = KeyPhase(d.small(uint64(keyPhaseEnd-1), "key phase"))
+	}
 	if d.err == nil && c.Kind == recordInvalid {
 		d.fail("command kind")
 	}
@@ -119,10 +147,12 @@ type State struct {
 	members map[NodeNum]*Member
 	records []Record
 	history []Transition
+	keys    map[string]*KeyRecord // key services by name
 }
 
 func newState(nodes []NodeNum) *State {
-	s := &State{nodes: slices.Sorted(slices.Values(nodes)), members: make(map[NodeNum]*Member, len(nodes))}
+	s := &State{nodes: slices.Sorted(slices.Values(nodes)), members: make(map[NodeNum]*Member, len(nodes)),
+		keys: map[string]*KeyRecord{}}
 	for _, n := range s.nodes {
 		s.members[n] = &Member{Node: n, State: StateNeverUp}
 	}
@@ -173,6 +203,9 @@ func (s *State) Records(after uint64) []Record {
 // decide turns a command into the record it makes, or reports false if it
 // does not apply to the current state.
 func (s *State) decide(c command) (Record, bool) {
+	if c.Kind == RecordKeyService {
+		return s.decideKey(c)
+	}
 	m, ok := s.members[c.T.Node]
 	if ok && c.Kind == RecordNodeInfo {
 		if m.InfoSeq > c.InfoBase {
@@ -204,6 +237,9 @@ func (s *State) decide(c command) (Record, bool) {
 func (s *State) apply(r Record) error {
 	if r.Seq != s.LastSeq()+1 {
 		return fmt.Errorf("%w: record %d after %d", errRecord, r.Seq, s.LastSeq())
+	}
+	if r.Kind == RecordKeyService {
+		return s.applyKey(r)
 	}
 	t := r.Transition
 	if r.Kind == RecordNodeInfo {

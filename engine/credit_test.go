@@ -265,22 +265,28 @@ func TestCreditsAcrossReconnect(t *testing.T) {
 	// spendable by the sender, or finished but not yet returned (returns go
 	// in quarter-window steps).
 	p := nodes[1].peer(1)
-	account := func() (avail, held, pending int64) {
+	account := func() (avail, held, pending, granted int64) {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		for rc := range p.inbound {
 			if rc.channel == ChanFirstService {
 				held += rc.recv.held.Load()
 				pending += rc.recv.pending.Load()
+				granted += rc.recv.window.Load()
 			}
 		}
-		return c.credit.avail.Load(), held, pending
+		return c.credit.avail.Load(), held, pending, granted
 	}
+	// The oracle is the receiver's current window, not the configured one:
+	// on a loaded machine the first calls on the new connection can find
+	// the sender starved for a moment and the window widened, which is
+	// allowed; what must hold is that every byte of whatever window is in
+	// force is accounted for once.
 	eventually(t, "window accounted for", func() bool {
-		avail, held, pending := account()
-		return held == 0 && avail+pending == window // sequential small calls never starve: no widening
+		avail, held, pending, granted := account()
+		return held == 0 && granted >= window && avail+pending == granted
 	})
-	if avail, _, pending := account(); pending >= window/creditReturnFraction || avail <= 0 {
+	if avail, _, pending, granted := account(); pending >= granted/creditReturnFraction || avail <= 0 {
 		t.Fatalf("idle sender has %d credit with %d unreturned", avail, pending)
 	}
 	if got := old.credit.avail.Load(); got != oldCredit {
