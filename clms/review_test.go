@@ -369,3 +369,69 @@ func TestVoterKeepsLeaseAfterHigherTermAnswer(t *testing.T) {
 	}
 	s.RunUntil(5*time.Second, func() bool { return s.AllUp() && s.Master() != 0 })
 }
+
+// The voters are cut off from every other node: the master keeps its
+// quorum, the members can renew nothing. Each member suspends itself before
+// any node applies its GOINGDOWN (the ActLease and ActPeerDown instants,
+// besides the checker at every step), and not before its lease ran out.
+func TestMembersCutFromVotersSuspendBeforeDown(t *testing.T) {
+	tm := clms.LANFastTiming()
+	s := newSim(t, 7, 3, tm)
+	form(t, s)
+	members := []clms.NodeNum{4, 5, 6, 7}
+	cutAt := s.Now
+	s.Partition([]clms.NodeNum{1, 2, 3}, members)
+	s.RunUntil(2*time.Second, func() bool {
+		for _, m := range members {
+			if !s.DownEverywhere(m, 1) {
+				return false
+			}
+		}
+		return true
+	})
+	for _, m := range members {
+		var suspended, down time.Duration
+		for _, a := range s.Node(m).Actions {
+			if a.Kind == clms.ActLease && !a.Valid && a.At > cutAt && suspended == 0 {
+				suspended = a.At
+			}
+		}
+		for _, n := range s.Nodes() {
+			for _, a := range n.Actions {
+				if a.Kind == clms.ActPeerDown && a.Node == m && (down == 0 || a.At < down) {
+					down = a.At
+				}
+			}
+		}
+		t.Logf("node %d: suspended %v after the cut, down %v after", m, suspended-cutAt, down-cutAt)
+		if suspended == 0 || down == 0 || suspended >= down {
+			t.Fatalf("node %d: suspended at %v, first applied down at %v", m, suspended, down)
+		}
+		if suspended-cutAt < tm.LeaseTimeout-tm.Heartbeat {
+			t.Fatalf("node %d suspended %v after the cut, before its lease could run out", m, suspended-cutAt)
+		}
+	}
+	s.Heal()
+	s.RunUntil(5*time.Second, func() bool {
+		for _, n := range s.Nodes() {
+			if n.Fenced() {
+				s.Restart(n.Num)
+			}
+		}
+		return s.AllUp() && s.Master() != 0
+	})
+}
+
+// Formation with one of three voters not started: the other two elect a
+// master and every started node comes up; the third joins later.
+func TestFormationWithAVoterMissing(t *testing.T) {
+	s := newSim(t, 5, 3, clms.LANFastTiming())
+	startSome(t, s, 1, 2, 4, 5)
+	if m := s.Master(); m != 1 && m != 2 {
+		t.Fatalf("master %d, want 1 or 2", m)
+	}
+	startSome(t, s, 3)
+	if !s.AllUp() {
+		t.Fatal("not every node is UP")
+	}
+}
