@@ -579,3 +579,30 @@ func TestInboundConnsPerChannelCapped(t *testing.T) {
 	}
 	m.connect(ChanFirstService + 1) // another channel has its own room
 }
+
+// TestReceivedFrameOverMaxPayloadCloses: a promise nothing tested. A frame
+// whose header announces more than MaxPayload — on the wire, or once
+// decompressed — ends the connection as soon as its header arrives,
+// counted, before a byte of it is buffered.
+func TestReceivedFrameOverMaxPayloadCloses(t *testing.T) {
+	const limit = 1 << 16
+	target := startCluster(t, 1, func(c *Config) { c.MaxPayload = limit })[0]
+	mustRegister(t, target, Service{ID: echoSvc, Procs: []Handler{echo}})
+	m := newFakeMember(t, target, 2, nil)
+	addFakeMember(t, 2, "", target)
+	for i, h := range []framing.Header{
+		{Type: framing.TypeRequest, Priority: 1, Service: echoSvc, XID: 1<<32 | 1, Length: limit + 1},
+		{Type: framing.TypeRequest, Priority: 1, Service: echoSvc, XID: 1<<32 | 1, Length: 10, Flags: framing.FlagS2, Aux: limit + 1},
+	} {
+		c := m.connect(ChanPrio1)
+		if err := c.writeHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if !c.closedWithin(5 * time.Second) {
+			t.Fatalf("frame %d over MaxPayload: connection kept", i)
+		}
+		if got := target.m.limitFrameSize.Get(); got != uint64(i+1) {
+			t.Fatalf("frame_size limit hits = %d, want %d", got, i+1)
+		}
+	}
+}

@@ -66,6 +66,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 			n.sendReply(nil, p, c.linkGen, &f.Header, svc, statusFor(err), replyBody(err, c.resp.Body))
 		}
 		c.resp.Body = trimBuffer(c.resp.Body)
+		c.scratch = trimBuffer(c.scratch) // one large request must not pin its size per connection
 		c.finished(cost, &f.Header)
 		return
 	}
