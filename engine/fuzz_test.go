@@ -29,8 +29,18 @@ func FuzzSecureHandshake(f *testing.F) {
 	}
 	good := hello
 	good.Auth = auth
-	// Seed: a genuine first message, with a plausible confirmation.
-	f.Add(mustHello(f, &good), []byte("0123456789abcdef0123456789abcdef"))
+	// The genuine dialler's hellos: the only payloads that may authenticate.
+	genuine := map[string]bool{string(mustHello(f, &good)): true}
+	other := hello
+	other.Channel = uint8(ChanCLMS)
+	if _, other.Auth, err = ini.initiate(2, other); err != nil {
+		f.Fatal(err)
+	}
+	genuine[string(mustHello(f, &other))] = true
+	for g := range genuine {
+		// Seed: a genuine first message, with a plausible confirmation.
+		f.Add([]byte(g), []byte("0123456789abcdef0123456789abcdef"))
+	}
 	// Seed: a hello without any auth blob (an unauthenticated dialler).
 	f.Add(mustHello(f, &hello), []byte{})
 	// Seed: the auth blob cut short after the mode and key id.
@@ -45,12 +55,20 @@ func FuzzSecureHandshake(f *testing.F) {
 	f.Fuzz(func(t *testing.T, payload, confirm []byte) {
 		h, err := framing.DecodeHello(payload)
 		if err != nil {
+			if genuine[string(payload)] {
+				t.Fatalf("a genuine hello does not decode: %v", err)
+			}
 			return
 		}
 		ack := framing.Hello{Version: framing.ProtocolVersion, From: 2, To: h.From, Channel: h.Channel, Incarnation: 9, Cluster: "test"}
 		ss, reply, err := resp.respond(NodeNum(h.From), h, ack)
-		if err != nil {
-			return
+		switch {
+		case err != nil && genuine[string(payload)]:
+			t.Fatalf("the genuine dialler's hello refused: %v", err)
+		case err != nil:
+			return // refused, as every other hello must be
+		case !genuine[string(payload)]:
+			t.Fatalf("a hello the dialler never sent authenticated: %x", payload)
 		}
 		if len(reply) < authHeader {
 			t.Fatalf("accepted handshake answered with %d bytes", len(reply))
