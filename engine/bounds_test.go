@@ -606,3 +606,35 @@ func TestReceivedFrameOverMaxPayloadCloses(t *testing.T) {
 		}
 	}
 }
+
+// TestCreditCountsDecompressedBytes (issue 8 points 6 and 8): credit is
+// spent at a compressed frame's decompressed size, so a window bounds the
+// decompression work it admits too: a sender of real compression bombs
+// (1 MiB of zeros in a few dozen bytes) exhausts a 256 KiB window with
+// its first frame and is cut off at the second.
+func TestCreditCountsDecompressedBytes(t *testing.T) {
+	target := startCluster(t, 1, nil)[0]
+	registerBlocking(t, target, 2)
+	m := newFakeMember(t, target, 2, nil)
+	addFakeMember(t, 2, "", target)
+	c := m.connect(ChanFirstService)
+	codec := framing.NewCodec(0)
+	defer codec.Close()
+	bomb, flag, err := codec.Compress(nil, make([]byte, 1<<20), framing.CompressS2)
+	if err != nil || len(bomb) > 1024 {
+		t.Fatalf("bomb of %d bytes: %v", len(bomb), err)
+	}
+	req := framing.Header{Type: framing.TypeRequest, Service: blockingSvc, Flags: flag, Aux: 1 << 20}
+	for i := 0; i < 3; i++ {
+		req.XID = uint64(i+1)<<32 | 1
+		if err := c.writeFrame(req, bomb); err != nil {
+			break
+		}
+	}
+	if !c.closedWithin(10 * time.Second) {
+		t.Fatal("three 1 MiB bombs against a 256 KiB window kept the connection")
+	}
+	if got := target.m.limitCredit.Get(); got != 1 {
+		t.Fatalf("credit limit hits = %d, want 1", got)
+	}
+}

@@ -381,7 +381,7 @@ func (c *conn) handleFrame(f *framing.Frame) error {
 			// A priority-0 frame on a priority channel would bypass credit.
 			return fmt.Errorf("%s frame of priority %d on %s connection", f.Type, f.Priority, c.channel)
 		}
-		if err := c.spend(framing.HeaderSize + len(f.Payload)); err != nil {
+		if err := c.spend(frameCost(&f.Header, len(f.Payload))); err != nil {
 			return err
 		}
 		c.n.serveFrame(c, f)

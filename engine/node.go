@@ -116,7 +116,7 @@ type peer struct {
 
 	linkGen       atomic.Uint64 // bumped on every loss; connections of an older link are stale
 	inflight      atomic.Int64  // requests from this peer admitted and not yet finished
-	inflightBytes atomic.Int64  // their memCost
+	inflightBytes atomic.Int64  // their frameCost
 	down          atomic.Bool   // declared down: calls fail fast until NodeUp
 	incarnation   atomic.Uint64 // the peer's boot incarnation, from its hellos
 }

@@ -16,7 +16,7 @@ type job struct {
 	hdr  framing.Header
 	buf  *[]byte
 	conn *conn // the connection the request came on, which gets its credit back
-	cost int   // the frame's wire size, in credit bytes
+	cost int   // the frame's frameCost, in credit bytes
 }
 
 // handlePool is a set of server handles (worker goroutines) for one service,

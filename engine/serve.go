@@ -14,7 +14,7 @@ import (
 // handler right here on the frame's bytes or hands a copy to a server handle.
 func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 	p := c.peer
-	cost := framing.HeaderSize + len(f.Payload)
+	cost := frameCost(&f.Header, len(f.Payload))
 	n.m.framesInByPrio[f.Priority].Inc()
 	if !c.admit(cost, &f.Header) {
 		// A peer that floods (priority channels are never throttled) is
@@ -22,7 +22,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		if f.Type == framing.TypeRequest {
 			n.sendReply(nil, p, c.linkGen, &f.Header, nil, StatusBusy, []byte("too many requests in flight from this node"))
 		}
-		c.finished(cost, &f.Header)
+		c.finished(cost)
 		return
 	}
 	svc := n.lookupService(f.Service)
@@ -41,7 +41,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 			msg := fmt.Sprintf("service %s proc %d version %d on node %d", f.Service, f.Proc, f.SvcVersion, n.cfg.Node)
 			n.sendReply(nil, p, c.linkGen, &f.Header, nil, status, []byte(msg))
 		}
-		c.finished(cost, &f.Header)
+		c.finished(cost)
 		return
 	}
 
@@ -52,7 +52,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 			c.scratch, err = n.codec.Decompress(c.scratch[:0], &f.Header, f.Payload)
 			if err != nil {
 				n.replyDecodeError(c, &f.Header, err)
-				c.finished(cost, &f.Header)
+				c.finished(cost)
 				return
 			}
 			args = c.scratch
@@ -67,7 +67,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		}
 		c.resp.Body = trimBuffer(c.resp.Body)
 		c.scratch = trimBuffer(c.scratch) // one large request must not pin its size per connection
-		c.finished(cost, &f.Header)
+		c.finished(cost)
 		return
 	}
 
@@ -79,7 +79,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		if err != nil {
 			n.putBuf(bp)
 			n.replyDecodeError(c, &f.Header, err)
-			c.finished(cost, &f.Header)
+			c.finished(cost)
 			return
 		}
 	} else {
@@ -109,7 +109,7 @@ func (n *Node) runJob(w *handle, j *job) {
 		n.sendReply(n.ctx, j.from, j.conn.linkGen, &j.hdr, j.svc, statusFor(err), replyBody(err, w.resp.Body))
 	}
 	w.resp.Body = trimBuffer(w.resp.Body)
-	j.conn.finished(j.cost, &j.hdr)
+	j.conn.finished(j.cost)
 }
 
 func (n *Node) replyDecodeError(c *conn, h *framing.Header, err error) {
