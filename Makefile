@@ -8,7 +8,7 @@ PKGS      ?= ./...
 FUZZTIME  ?= 50000x
 BIN       := bin
 
-.PHONY: all build test vet lint fuzz-short fuzz bench demo generate check-generate clean
+.PHONY: all build test test-long vet lint fuzz-short fuzz bench bench-report demo generate check-generate clean
 
 all: build
 
@@ -39,6 +39,11 @@ test: lint check-generate
 	$(GO) test -count=1 -run 'Alloc' $(PKGS)
 	$(MAKE) fuzz-short
 
+# The CLMS randomized fault run over many seeds (make test runs a handful).
+CLMS_SEEDS ?= 300
+test-long:
+	CLMS_SEEDS=$(CLMS_SEEDS) $(GO) test -count=1 -timeout 60m -run '^TestRandomized$$' ./clms/
+
 # Every fuzz target for FUZZTIME each (a Go fuzz run takes one target at a time).
 fuzz-short:
 	@for pkg in $$($(GO) list $(PKGS)); do \
@@ -53,6 +58,17 @@ fuzz: fuzz-short
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+# BENCHMARKS.md from one cibench all run (about 15 minutes; wants a quiet
+# machine). The JSON stays in BENCH_RESULT for the record. To check the
+# pipeline in two minutes: make bench-report BENCH_FLAGS=--quick (and do not
+# commit the BENCHMARKS.md it writes).
+BENCH_RESULT ?= bench/results/latest.json
+BENCH_FLAGS  ?=
+bench-report: build
+	@mkdir -p $(dir $(BENCH_RESULT))
+	$(BIN)/cibench --quiet all $(BENCH_FLAGS) --out=$(BENCH_RESULT)
+	$(BIN)/benchreport --in=$(BENCH_RESULT) --out=BENCHMARKS.md --plots=docs/bench
 
 demo: build
 	$(BIN)/cibench demo

@@ -1,12 +1,15 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -115,10 +118,23 @@ func (r *BulkResult) finish() {
 	}
 }
 
-// bulkStop says when senders stop: at deadline if set, or when stop is.
+// bulkStop says when senders stop: length after begin if set, or when
+// stop is.
 type bulkStop struct {
-	deadline time.Time
+	// length is how long sending runs. It is counted from begin, after the
+	// sync that starts a phase: counted from before it, a sync slower than
+	// the phase (a loaded machine, the race detector) left no time to send
+	// and the phase moved nothing.
+	length   time.Duration
+	deadline time.Time // set by begin, before any sender starts
 	stop     atomic.Bool
+}
+
+// begin starts the clock; senders start after it.
+func (s *bulkStop) begin() {
+	if s.length > 0 {
+		s.deadline = time.Now().Add(s.length)
+	}
 }
 
 func (s *bulkStop) done() bool {
@@ -139,6 +155,7 @@ func (c *FlowClient) rawBulk(size int, st *bulkStop, saturated chan<- struct{}) 
 	binary.BigEndian.PutUint32(frame, uint32(size))
 	fillPattern(frame[4:])
 	var res BulkResult
+	st.begin()
 	cpu0, t0 := processCPU(), time.Now()
 	for !st.done() {
 		if _, err := c.raw.Write(frame); err != nil {
@@ -200,6 +217,7 @@ func (c *FlowClient) icsBulk(ctx context.Context, size, senders int, st *bulkSto
 		satOnce  sync.Once
 		satBytes = 2 * int64(c.window)
 	)
+	st.begin()
 	cpu0, t0 := processCPU(), time.Now()
 	for range senders {
 		wg.Go(func() {
@@ -252,7 +270,22 @@ func (c *FlowClient) icsSync(ctx context.Context) (flowStat, error) {
 
 // creditWaitCount reads the client node's credit waits on the bulk channel.
 func (c *FlowClient) creditWaitCount() int64 {
-	return int64(c.n.Metrics().GetOrCreateCounter(c.metricName("ci_ics_credit_waits_total")).Get())
+	var b bytes.Buffer
+	c.n.Metrics().WritePrometheus(&b)
+	return int64(seriesValue(b.String(), c.metricName("ci_ics_credit_waits_total")))
+}
+
+// seriesValue is the value of one series (name and labels, as the engine
+// writes them) in a scrape, 0 if absent. The engine's series live behind
+// the set's metrics writer, so a scrape is the way to read them.
+func seriesValue(scrape, series string) float64 {
+	for line := range strings.Lines(scrape) {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f
+		}
+	}
+	return 0
 }
 
 // metricName is an engine per-connection metric of the client node for the

@@ -168,3 +168,35 @@ func TestFlowRunConfigValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSeriesValue reads one series out of a scrape, not a prefix of it.
+func TestSeriesValue(t *testing.T) {
+	scrape := "# HELP x_total X.\n# TYPE x_total counter\n" +
+		"x_total{node=\"1\",peer=\"22\"} 7\nx_total{node=\"1\",peer=\"2\"} 5\n"
+	if v := seriesValue(scrape, `x_total{node="1",peer="2"}`); v != 5 {
+		t.Fatalf("got %v, want 5", v)
+	}
+	if v := seriesValue(scrape, `x_total{node="1",peer="3"}`); v != 0 {
+		t.Fatalf("absent series: got %v", v)
+	}
+}
+
+// TestBulkStopCountsFromBegin: a phase's sending time starts when sending
+// does, not when the phase was planned; the sync in between once took the
+// whole of a short phase under the race detector, and TestRunFlow saw a
+// bulk phase move 0 bytes.
+func TestBulkStopCountsFromBegin(t *testing.T) {
+	st := bulkStop{length: time.Hour}
+	planned := time.Now()
+	if st.done() {
+		t.Fatal("done before begin with a length: it must wait for begin")
+	}
+	st.begin()
+	if st.deadline.Before(planned.Add(time.Hour)) || st.done() {
+		t.Fatalf("deadline %v, want an hour after begin", st.deadline)
+	}
+	st.stop.Store(true)
+	if !st.done() {
+		t.Fatal("stop ignored")
+	}
+}

@@ -9,7 +9,7 @@ import (
 // length of one); the runner turns real time into ticks. Every duration below
 // is a whole number of ticks. Start from DefaultTiming or LANFastTiming.
 //
-// The safety argument (docs/ARCHITECTURE.md, "Leases"): a member renews its
+// The safety argument (docs/CLMS.md, "Safety argument"): a member renews its
 // lease with every answered imalive and stops acting as a member when
 // LeaseTimeout has passed on its own clock since it sent the last answered
 // one; the master declares a silent node down only after LeaseTimeout +
@@ -92,6 +92,16 @@ func TimingProfile(name string) (Timing, error) {
 // early.
 func (t Timing) Ticks(d time.Duration) int {
 	return int((d + t.Tick - 1) / t.Tick)
+}
+
+// MinClockRatio is the drift the lease argument tolerates: the lowest ratio
+// of a member's clock rate to the master's for which a member's lease (plus
+// the tick in which it notices the expiry) always ends on its own clock before
+// the master's LeaseTimeout+LeaseMargin of silence ends on the master's:
+// (LeaseTimeout+Tick)/ratio <= LeaseTimeout+LeaseMargin. LANFastTiming gives
+// 0.861 (a member may run 13.9% slower than the master), DefaultTiming 0.7625.
+func (t Timing) MinClockRatio() float64 {
+	return float64(t.LeaseTimeout+t.Tick) / float64(t.LeaseTimeout+t.LeaseMargin)
 }
 
 // Validate rejects timings that break the safety argument or cannot work.

@@ -51,15 +51,15 @@ type Cause uint8
 
 // Causes of transitions. Stored in the raft log: only append.
 const (
-	CauseJoin       Cause = iota // the node asked to join (COMINGUP)
-	CauseNodeUpDone              // every member ran its NODEUP callbacks (UP)
-	CauseShutdown                // the node (or an operator) asked to leave
-	CauseCrash                   // proof the process is gone: connection refused, new incarnation
-	CauseSilence                 // no imalive for longer than the lease (hang, partition)
-	CauseRestart                 // the node joined again with a new incarnation
-	CauseFenced                  // the node reported it fenced itself (its lease expired)
-	CauseCleanupDone             // the survivors finished a cleanup phase
-	CauseOperator                // an operator declared the node down
+	CauseJoin        Cause = iota // the node asked to join (COMINGUP)
+	CauseNodeUpDone               // every member ran its NODEUP callbacks (UP)
+	CauseShutdown                 // the node (or an operator) asked to leave
+	CauseCrash                    // proof the process is gone: connection refused, new incarnation
+	CauseSilence                  // no imalive for longer than the lease (hang, partition)
+	CauseRestart                  // the node joined again with a new incarnation
+	CauseFenced                   // the node reported it fenced itself (its lease expired)
+	CauseCleanupDone              // the survivors finished a cleanup phase
+	CauseOperator                 // an operator declared the node down
 )
 
 var causeNames = [...]string{"join", "nodeup-done", "shutdown", "crash", "silence", "restart", "fenced", "cleanup-done", "operator"}

@@ -18,13 +18,15 @@ func (n *Node) Call(ctx context.Context, to NodeNum, m Method, args, reply []byt
 	start := time.Now()
 	xid, err := n.startCall(ctx, to, m, args, reply)
 	if err != nil {
+		n.observe(&m, to, start, err, false)
 		return reply, err
 	}
 	res, err := n.waitCall(ctx, xid)
-	n.observe(start, err)
 	if err != nil {
+		n.observe(&m, to, start, err, false)
 		return reply, err
 	}
+	n.observe(&m, to, start, nil, m.DeclaredErrors && len(res) > len(reply) && res[len(reply)] != 0)
 	return res, nil
 }
 
@@ -71,12 +73,13 @@ func (n *Node) Go(ctx context.Context, to NodeNum, m Method, args []byte) *Futur
 	xid, err := n.startCall(ctx, to, m, args, nil)
 	if err != nil {
 		f.err = err
+		n.observe(&m, to, start, err, false)
 		close(f.done)
 		return f
 	}
 	wait := func() {
 		f.reply, f.err = n.waitCall(ctx, xid)
-		n.observe(start, f.err)
+		n.observe(&m, to, start, f.err, f.err == nil && m.DeclaredErrors && len(f.reply) > 0 && f.reply[0] != 0)
 		close(f.done)
 	}
 	if !n.goOwned(wait) {
@@ -137,12 +140,10 @@ func (n *Node) outgoingPriority(ctx context.Context) uint8 {
 func (n *Node) startCall(ctx context.Context, to NodeNum, m Method, args, reply []byte) (uint64, error) {
 	p, c, prio, err := n.route(ctx, to, m)
 	if err != nil {
-		n.countFailure(err)
 		return 0, err
 	}
 	idx, ok := n.handles.acquire()
 	if !ok {
-		n.m.rpcTooMany.Inc()
 		return 0, fmt.Errorf("%w: all %d client handles busy", ErrTooManyCalls, n.cfg.MaxOutstandingCalls)
 	}
 	xid := n.handles.arm(idx, p.num, reply)
@@ -159,14 +160,12 @@ func (n *Node) startCall(ctx context.Context, to NodeNum, m Method, args, reply 
 		if closed {
 			return 0, ErrClosed
 		}
-		n.m.rpcNodeDown.Inc()
 		return 0, fmt.Errorf("%w: node %d: link lost", ErrNodeDown, p.num)
 	}
 	n.m.framesOutByPrio[prio].Inc()
 	h := framing.Header{Type: framing.TypeRequest, Priority: prio, Service: m.Service, Proc: m.Proc, XID: xid, SvcVersion: m.Version}
 	if err := n.sendArgs(ctx, c, &h, m, args); err != nil {
 		if n.handles.abandon(xid) {
-			n.m.rpcSendErr.Inc()
 			if errors.Is(err, ErrThrottled) || errors.Is(err, ErrCantEncodeArgs) {
 				return 0, err
 			}
@@ -219,26 +218,22 @@ func (n *Node) waitCall(ctx context.Context, xid uint64) ([]byte, error) {
 	return reply, err
 }
 
-func (n *Node) observe(start time.Time, err error) {
-	n.m.rpcDuration.Update(time.Since(start).Seconds())
-	if err == nil {
-		n.m.rpcOK.Inc()
-		return
-	}
-	n.countFailure(err)
-}
-
-func (n *Node) countFailure(err error) {
-	var re *RemoteError
+// observe counts a finished call in the client's series: its procedure's
+// and its peer's. declared: the call succeeded with a declared error.
+func (n *Node) observe(m *Method, to NodeNum, start time.Time, err error, declared bool) {
+	code := -1
 	switch {
-	case errors.As(err, &re):
-		n.m.rpcRemoteErr.Inc()
-	case errors.Is(err, ErrNodeDown):
-		n.m.rpcNodeDown.Inc()
-	case errors.Is(err, ErrTimedOut), errors.Is(err, ErrIntr), errors.Is(err, ErrThrottled):
-		n.m.rpcTimeout.Inc()
-	default:
-		n.m.rpcSendErr.Inc()
+	case err != nil:
+		code = errorCode(err)
+	case declared:
+		code = codeFailed
+	}
+	n.m.client.get(m).observe(time.Since(start).Seconds(), code)
+	if p := n.peer(to); p != nil {
+		p.m.calls.Inc()
+		if code >= 0 {
+			p.m.errs.inc(code)
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"time"
 
@@ -114,9 +115,14 @@ type Config struct {
 	DisableEscalation bool
 
 	// Security turns on mutual authentication (and optionally encryption)
-	// of every connection. nil leaves ICS open to anyone who can reach
-	// ListenAddr and knows a member's number: for tests and closed networks.
+	// of every connection. Without it a node must say Insecure: New refuses
+	// a Config that sets neither, so that running open is always a choice.
 	Security *Security
+	// Insecure runs the node without authentication: anyone who can reach
+	// ListenAddr and knows a member's number is taken for that member. For
+	// tests and closed networks only (the counterpart of grpc's
+	// insecure.NewCredentials()). Exactly one of Security and Insecure.
+	Insecure bool
 
 	// Limits against hostile or broken peers; each one that triggers counts
 	// in ci_ics_limit_hits_total.
@@ -217,12 +223,21 @@ func (c *Config) validate() error {
 	fill(&c.MaxConnections, d.MaxConnections)
 	fill(&c.MaxPendingHandshakes, d.MaxPendingHandshakes)
 	fill(&c.MaxHandshakesPerSecond, d.MaxHandshakesPerSecond)
-	if c.Security != nil {
+	switch {
+	case c.Security == nil && !c.Insecure:
+		return fmt.Errorf("%w: no Security: set Config.Security, or Config.Insecure to run without authentication on purpose", ErrBadConfig)
+	case c.Security != nil && c.Insecure:
+		return fmt.Errorf("%w: both Security and Insecure are set", ErrBadConfig)
+	case c.Security != nil:
 		if err := c.Security.validate(); err != nil {
 			return err
 		}
 		c.Security = c.Security.clone()
 	}
+	// The node keeps these maps; the caller's must not change them behind
+	// the loops' backs.
+	c.Peers = maps.Clone(c.Peers)
+	c.ChannelWindows = maps.Clone(c.ChannelWindows)
 	if c.DialTimeout == 0 {
 		c.DialTimeout = d.DialTimeout
 	}

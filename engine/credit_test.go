@@ -159,7 +159,7 @@ func TestBoundedReceiveMemory(t *testing.T) {
 	}
 	// The sender blocks once the window is spent.
 	eventually(t, "sender waiting for credit", func() bool {
-		return nodes[0].Metrics().GetOrCreateCounter(fmt.Sprintf(`ci_ics_credit_waits_total{node="1",peer="2",channel="%s"}`, ChanFirstService)).Get() > 0
+		return metricValue(t, nodes[0], "ci_ics_credit_waits_total", "node=1", "peer=2", "channel="+ChanFirstService.String()) > 0
 	})
 	limit := int64(window + framing.HeaderSize + msgSize)
 	for i := 0; i < 20; i++ { // sample while the sender pushes against the window

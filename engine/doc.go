@@ -41,6 +41,7 @@
 //	cfg.Node, cfg.Cluster = 2, "demo"
 //	cfg.ListenAddr = "127.0.0.2:7400"
 //	cfg.Peers = map[engine.NodeNum]string{1: "127.0.0.1:7400"}
+//	cfg.Insecure = true // or cfg.Security: one of the two must be chosen
 //	n, err := engine.New(cfg)
 //	if err != nil { ... }
 //	if err := n.Start(); err != nil { ... }

@@ -19,6 +19,7 @@ func Example() {
 	start := func(num engine.NodeNum, addr string) *engine.Node {
 		cfg := engine.DefaultConfig()
 		cfg.Node, cfg.Cluster, cfg.ListenAddr = num, "example", addr
+		cfg.Insecure = true // loopback only; see Security for a real cluster
 		n, err := engine.New(cfg)
 		if err != nil {
 			log.Fatal(err)

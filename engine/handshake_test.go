@@ -17,6 +17,7 @@ func TestHandshakeRejections(t *testing.T) {
 	// A node of another cluster, numbered like a member.
 	t.Run("wrong cluster", func(t *testing.T) {
 		cfg := DefaultConfig()
+		cfg.Insecure = true
 		cfg.Node, cfg.Cluster, cfg.ListenAddr = 1, "other", "127.0.0.3:0"
 		cfg.Peers = map[NodeNum]string{2: nodes[1].Addr()}
 		stranger := startNode(t, cfg)
@@ -28,6 +29,7 @@ func TestHandshakeRejections(t *testing.T) {
 	// A node of this cluster that node 2 does not list.
 	t.Run("unknown node", func(t *testing.T) {
 		cfg := DefaultConfig()
+		cfg.Insecure = true
 		cfg.Node, cfg.Cluster, cfg.ListenAddr = 7, "test", "127.0.0.7:0"
 		cfg.Peers = map[NodeNum]string{2: nodes[1].Addr()}
 		stranger := startNode(t, cfg)
@@ -39,6 +41,7 @@ func TestHandshakeRejections(t *testing.T) {
 	// A dialler that believes node 2's address is node 3's.
 	t.Run("wrong destination", func(t *testing.T) {
 		cfg := DefaultConfig()
+		cfg.Insecure = true
 		cfg.Node, cfg.Cluster, cfg.ListenAddr = 1, "test", "127.0.0.3:0"
 		cfg.Peers = map[NodeNum]string{3: nodes[1].Addr()}
 		confused := startNode(t, cfg)

@@ -1,22 +1,395 @@
 package engine
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
+	"io"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"weak"
 
 	"github.com/clusterinfra/ci/framing"
 
 	"github.com/VictoriaMetrics/metrics"
 )
 
+// Metrics a node exposes. Every series carries node="N". What users query
+// is per service and procedure, on both sides of a call:
+//
+//	ci_ics_client_calls_total{service,proc}           every Call/Go/GoFunc, whatever its outcome
+//	ci_ics_client_errors_total{service,proc,code}     those that failed, by CI status code
+//	ci_ics_client_duration_seconds{service,proc}      histogram (le buckets) of the time the caller waited
+//	ci_ics_server_calls_total{service,proc}           requests and one-way messages served by a handler
+//	ci_ics_server_errors_total{service,proc,code}     those whose handler failed
+//	ci_ics_server_duration_seconds{service,proc}      histogram from the request's arrival until its reply is handed to the connection
+//
+// code is the lower-case name of the error's sentinel (errorCodes: "timed_out", "node_down",
+// "proc_unavail", "failed", ...). A declared error (Service.DeclaredErrors, Method.DeclaredErrors:
+// what icsgen stubs send) travels as a successful reply but counts as code="failed". Error
+// series are created at a code's first failure, so a procedure that never failed has none.
+//
+// Per peer, only series whose count grows with the number of peers (bounded by the cluster's
+// configuration) and not with peers times procedures: ci_ics_client_peer_calls_total{peer},
+// ci_ics_client_peer_errors_total{peer,code}, and the per peer and channel frame, byte and credit
+// series. A per-peer latency histogram per procedure would be peers x procedures x buckets
+// series, so there is none: a slow peer shows in ci_ics_client_peer_errors_total{code="timed_out"}.
+//
+// Service labels are Service.Name on the server and Method.Name on the client (icsgen fills both
+// with the service's name); when empty, both use "svc" + the service ID, so the two sides match.
+// proc is the procedure number. Client series are kept for at most maxClientProcs distinct
+// service/procedure pairs; calls past that count under service="other",proc="other", so a caller
+// inventing procedure numbers cannot grow the set without bound.
+
+// rpcBuckets are the latency histograms' upper bounds, in seconds: 1-2-5 steps from 5 µs (an
+// inline call on loopback takes ~25 µs) to 10 s (beyond any sane deadline), so that
+// histogram_quantile has a bucket edge within a factor of 2.5 of any latency worth asking about.
+var rpcBuckets = []float64{
+	5e-6, 10e-6, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6,
+	1e-3, 2e-3, 5e-3, 10e-3, 20e-3, 50e-3, 100e-3, 200e-3, 500e-3,
+	1, 2, 5, 10,
+}
+
+// maxClientProcs bounds the client's service/procedure series (see above).
+const maxClientProcs = 1024
+
+type familyDoc struct{ typ, help string }
+
+// families documents every family the engine writes: its TYPE and HELP.
+var families = map[string]familyDoc{
+	"ci_ics_client_calls_total":         {"counter", "RPCs this node made (Call, Go, GoFunc), by service and procedure, whatever their outcome."},
+	"ci_ics_client_errors_total":        {"counter", "RPCs this node made that failed, by service, procedure and CI status code; code=\"failed\" includes declared errors."},
+	"ci_ics_client_duration_seconds":    {"histogram", "Time a caller waited for an RPC's outcome, by service and procedure."},
+	"ci_ics_client_peer_calls_total":    {"counter", "RPCs this node made, by peer."},
+	"ci_ics_client_peer_errors_total":   {"counter", "RPCs this node made that failed, by peer and CI status code."},
+	"ci_ics_server_calls_total":         {"counter", "Requests and one-way messages this node's handlers served, by service and procedure."},
+	"ci_ics_server_errors_total":        {"counter", "Requests and one-way messages whose handler failed, by service, procedure and CI status code; code=\"failed\" includes declared errors."},
+	"ci_ics_server_duration_seconds":    {"histogram", "Time from a request's arrival until its handler returned and its reply was handed to the connection (waiting for a server handle included), by service and procedure."},
+	"ci_ics_server_refused_total":       {"counter", "Requests refused before any handler ran (unknown service or procedure, version mismatch, too many in flight), by CI status code."},
+	"ci_ics_oneway_sent_total":          {"counter", "One-way messages handed to a connection."},
+	"ci_ics_late_replies_total":         {"counter", "Replies that arrived after their caller gave up or the peer was declared down."},
+	"ci_ics_bad_frames_total":           {"counter", "Frames that did not parse; each one closes its connection."},
+	"ci_ics_handshake_rejects_total":    {"counter", "Connections refused during the handshake."},
+	"ci_ics_peer_losses_total":          {"counter", "Links to a peer that ended (connection lost, peer restarted, declared down)."},
+	"ci_ics_auth_failures_total":        {"counter", "Handshakes that failed authentication."},
+	"ci_ics_limit_hits_total":           {"counter", "Times a bound against hostile or broken peers triggered, by limit."},
+	"ci_ics_requests_by_priority_total": {"counter", "Requests and one-way messages by ICS priority and direction."},
+	"ci_ics_frames_in_total":            {"counter", "Frames received, by peer and channel."},
+	"ci_ics_bytes_in_total":             {"counter", "Bytes received, by peer and channel."},
+	"ci_ics_frames_out_total":           {"counter", "Frames sent, by peer and channel."},
+	"ci_ics_bytes_out_total":            {"counter", "Bytes sent, by peer and channel."},
+	"ci_ics_credit_available_bytes":     {"gauge", "Send credit left on the current connection to a peer, by channel."},
+	"ci_ics_credit_waits_total":         {"counter", "Sends that had to wait for credit, by peer and channel."},
+	"ci_ics_throttled_total":            {"counter", "Sends that gave up waiting for credit (ErrThrottled), by peer and channel."},
+	"ci_ics_credit_window_bytes":        {"gauge", "Receive window granted to a peer, by channel."},
+	"ci_ics_credit_held_bytes":          {"gauge", "Bytes received from a peer and waiting for a server handle, by channel."},
+	"ci_ics_handles":                    {"gauge", "Server handles of a service, by state (busy, idle)."},
+	"ci_ics_handles_queued":             {"gauge", "Requests waiting for a server handle of a service."},
+}
+
+// exporter writes the engine's families into a user's metrics.Set, each
+// with its HELP and TYPE lines. VictoriaMetrics/metrics writes metadata only
+// behind a process-wide switch (metrics.ExposeMetadata), which a library
+// must not flip for its host, and then with empty help text. So each family's
+// series live in a private set, and the user's set gets one writer
+// (Set.RegisterMetricsWriter) that prints a family's metadata, then its
+// series. Nodes that share a set share its exporter, so that each family's
+// metadata appears once in a scrape.
+type exporter struct {
+	mu   sync.Mutex
+	fams map[string]*metrics.Set // family name -> its series; guarded by mu
+}
+
+// exporters maps a user's set to its exporter. Package-level because the
+// set is the caller's object and has no room for ours; the key is weak and
+// the entry goes with the set, so a process making many nodes (tests) does
+// not keep their sets alive.
+var exporters struct {
+	mu sync.Mutex
+	m  map[weak.Pointer[metrics.Set]]*exporter
+}
+
+func exporterFor(set *metrics.Set) *exporter {
+	k := weak.Make(set)
+	exporters.mu.Lock()
+	defer exporters.mu.Unlock()
+	if e := exporters.m[k]; e != nil {
+		return e
+	}
+	if exporters.m == nil {
+		exporters.m = make(map[weak.Pointer[metrics.Set]]*exporter)
+	}
+	e := &exporter{fams: make(map[string]*metrics.Set)}
+	exporters.m[k] = e
+	set.RegisterMetricsWriter(e.write)
+	runtime.AddCleanup(set, func(k weak.Pointer[metrics.Set]) {
+		exporters.mu.Lock()
+		delete(exporters.m, k)
+		exporters.mu.Unlock()
+	}, k)
+	return e
+}
+
+// family returns the set holding family name's series.
+func (e *exporter) family(name string) *metrics.Set {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s := e.fams[name]
+	if s == nil {
+		s = metrics.NewSet()
+		e.fams[name] = s
+	}
+	return s
+}
+
+func (e *exporter) counter(name, labels string) *metrics.Counter {
+	return e.family(name).GetOrCreateCounter(name + "{" + labels + "}")
+}
+
+func (e *exporter) gauge(name, labels string, f func() float64) {
+	e.family(name).GetOrCreateGauge(name+"{"+labels+"}", f)
+}
+
+func (e *exporter) histogram(name, labels string) *metrics.PrometheusHistogram {
+	return e.family(name).GetOrCreatePrometheusHistogramExt(name+"{"+labels+"}", rpcBuckets)
+}
+
+// write is the user's set's metrics writer: families in name order, each
+// with HELP and TYPE (a family missing from the families table gets none,
+// which TestMetricsPrometheus catches), the library's own metadata lines
+// dropped in case the host turned metrics.ExposeMetadata on.
+func (e *exporter) write(w io.Writer) {
+	e.mu.Lock()
+	names := make([]string, 0, len(e.fams))
+	for name := range e.fams {
+		names = append(names, name)
+	}
+	sets := make([]*metrics.Set, len(names))
+	slices.Sort(names)
+	for i, name := range names {
+		sets[i] = e.fams[name]
+	}
+	e.mu.Unlock()
+	var series, out bytes.Buffer
+	for i, name := range names {
+		series.Reset()
+		sets[i].WritePrometheus(&series) // outside e.mu: gauges take engine locks
+		if series.Len() == 0 {
+			continue
+		}
+		if doc, ok := families[name]; ok {
+			fmt.Fprintf(&out, "# HELP %s %s\n# TYPE %s %s\n", name, doc.help, name, doc.typ)
+		}
+		for line := range bytes.Lines(series.Bytes()) {
+			if line[0] != '#' {
+				out.Write(line)
+			}
+		}
+	}
+	_, _ = w.Write(out.Bytes())
+}
+
+// errorCodes names the CI status code of a failed call, for the code label:
+// the first sentinel the error matches (ErrThrottled before ErrTimedOut,
+// which it wraps). An error matching none counts as "failed" on a server
+// (it travels as StatusFailed) and "unknown" on a client.
+var errorCodes = [...]struct {
+	err  error
+	name string
+}{
+	{ErrThrottled, "throttled"},
+	{ErrTimedOut, "timed_out"},
+	{ErrIntr, "intr"},
+	{ErrNodeDown, "node_down"},
+	{ErrTooManyCalls, "too_many_calls"},
+	{ErrClosed, "closed"},
+	{ErrUnknownHost, "unknown_host"},
+	{ErrProgUnavail, "prog_unavail"},
+	{ErrProgVersMismatch, "prog_vers_mismatch"},
+	{ErrProcUnavail, "proc_unavail"},
+	{ErrCantEncodeArgs, "cant_encode_args"},
+	{ErrCantDecodeArgs, "cant_decode_args"},
+	{ErrCantDecodeRes, "cant_decode_res"},
+	{ErrCantSend, "cant_send"},
+	{ErrCantRecv, "cant_recv"},
+	{ErrVersMismatch, "vers_mismatch"},
+	{ErrAuth, "auth_error"},
+	{ErrHandshake, "handshake"},
+	{ErrSystem, "system_error"},
+	{ErrFailed, "failed"},
+}
+
+const (
+	codeUnknown = len(errorCodes)     // a client error matching no sentinel
+	numCodes    = len(errorCodes) + 1 // with codeUnknown
+	codeFailed  = len(errorCodes) - 1 // ErrFailed: handler errors, declared errors
+)
+
+func codeName(code int) string {
+	if code == codeUnknown {
+		return "unknown"
+	}
+	return errorCodes[code].name
+}
+
+// errorCode is err's index in errorCodes, or codeUnknown. Error path only:
+// it walks err's chain once per sentinel.
+func errorCode(err error) int {
+	for i, c := range errorCodes {
+		if errors.Is(err, c.err) {
+			return i
+		}
+	}
+	return codeUnknown
+}
+
+// statusCode is the code of a reply status, as the caller will see it.
+func statusCode(s Status) int {
+	if s == StatusFailed {
+		return codeFailed // also the code of any handler error that is not ours
+	}
+	return errorCode(s.Err())
+}
+
+// codeCounters count failures by code. A code's series is created at its
+// first failure: most procedures never see most codes, and a series per
+// code up front would multiply the scrape by 20.
+type codeCounters struct {
+	exp    *exporter
+	family string
+	labels string // the other labels, without braces
+	c      [numCodes]atomic.Pointer[metrics.Counter]
+}
+
+func (cc *codeCounters) inc(code int) {
+	c := cc.c[code].Load()
+	if c == nil {
+		c = cc.exp.counter(cc.family, cc.labels+`,code="`+codeName(code)+`"`)
+		cc.c[code].Store(c) // a racing store stores the same counter
+	}
+	c.Inc()
+}
+
+// procMetrics are one procedure's series on one side of a call.
+type procMetrics struct {
+	calls    *metrics.Counter
+	errs     codeCounters
+	duration *metrics.PrometheusHistogram
+}
+
+func newProcMetrics(e *exporter, side, labels string) *procMetrics {
+	return &procMetrics{
+		calls:    e.counter("ci_ics_"+side+"_calls_total", labels),
+		errs:     codeCounters{exp: e, family: "ci_ics_" + side + "_errors_total", labels: labels},
+		duration: e.histogram("ci_ics_"+side+"_duration_seconds", labels),
+	}
+}
+
+// observe counts one call that took seconds and failed with code (-1: it
+// did not).
+func (pm *procMetrics) observe(seconds float64, code int) {
+	pm.calls.Inc()
+	pm.duration.Update(seconds)
+	if code >= 0 {
+		pm.errs.inc(code)
+	}
+}
+
+// serviceLabel is the service label both sides agree on.
+func serviceLabel(name string, id ServiceID) string {
+	if name == "" {
+		return "svc" + id.String()
+	}
+	return name
+}
+
+// labelValue quotes a label value the way the exposition format wants.
+func labelValue(v string) string {
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
+	return `"` + r.Replace(v) + `"`
+}
+
+// serverProcMetrics builds a registered service's series, indexed like its
+// Procs, so that serving a request finds them by index.
+func (m *nodeMetrics) serverProcMetrics(s *Service) []*procMetrics {
+	out := make([]*procMetrics, len(s.Procs))
+	for i, h := range s.Procs {
+		if h != nil {
+			out[i] = newProcMetrics(m.exp, "server", fmt.Sprintf(`%s,service=%s,proc="%d"`, m.node, labelValue(s.Name), i))
+		}
+	}
+	return out
+}
+
+// clientProcs finds the client series of a method: a copy-on-write map read
+// without a lock or an allocation, written once per new service/procedure.
+type clientProcs struct {
+	m        *nodeMetrics
+	byMethod atomic.Pointer[map[uint64]*procMetrics]
+	mu       sync.Mutex   // serialises additions
+	overflow *procMetrics // created at the first call past maxClientProcs; guarded by mu
+}
+
+func (c *clientProcs) get(meth *Method) *procMetrics {
+	key := uint64(meth.Service)<<32 | uint64(meth.Proc)
+	if pm := (*c.byMethod.Load())[key]; pm != nil {
+		return pm
+	}
+	return c.add(key, meth)
+}
+
+func (c *clientProcs) add(key uint64, meth *Method) *procMetrics {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := *c.byMethod.Load()
+	if pm := old[key]; pm != nil {
+		return pm
+	}
+	if len(old) >= maxClientProcs {
+		if c.overflow == nil {
+			c.overflow = newProcMetrics(c.m.exp, "client", c.m.node+`,service="other",proc="other"`)
+		}
+		return c.overflow
+	}
+	next := make(map[uint64]*procMetrics, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	pm := newProcMetrics(c.m.exp, "client", fmt.Sprintf(`%s,service=%s,proc="%d"`, c.m.node, labelValue(serviceLabel(meth.Name, meth.Service)), meth.Proc))
+	next[key] = pm
+	c.byMethod.Store(&next)
+	return pm
+}
+
+// peerMetrics are a peer's client series.
+type peerMetrics struct {
+	calls *metrics.Counter
+	errs  codeCounters
+}
+
+func (m *nodeMetrics) forPeer(peer NodeNum) *peerMetrics {
+	l := fmt.Sprintf(`%s,peer="%d"`, m.node, peer)
+	return &peerMetrics{
+		calls: m.exp.counter("ci_ics_client_peer_calls_total", l),
+		errs:  codeCounters{exp: m.exp, family: "ci_ics_client_peer_errors_total", labels: l},
+	}
+}
+
 // nodeMetrics holds the counters a node updates on hot paths, resolved once
 // so that an update is an atomic add and never a name lookup.
 type nodeMetrics struct {
-	set *metrics.Set
+	set  *metrics.Set // the user's, see Node.Metrics
+	exp  *exporter
+	node string // the node label, node="N"
 
-	rpcOK, rpcTimeout, rpcNodeDown, rpcRemoteErr, rpcSendErr, rpcTooMany *metrics.Counter
-	rpcDuration                                                          *metrics.Histogram
-	lateReplies, badFrames, handshakeRejects, peerLosses                 *metrics.Counter
-	oneWaySent                                                           *metrics.Counter
+	client  clientProcs
+	refused codeCounters
+
+	lateReplies, badFrames, handshakeRejects, peerLosses *metrics.Counter
+	oneWaySent                                           *metrics.Counter
 
 	framesOutByPrio, framesInByPrio [framing.MaxPriority + 1]*metrics.Counter
 
@@ -30,28 +403,27 @@ type nodeMetrics struct {
 }
 
 func newNodeMetrics(set *metrics.Set, node NodeNum) *nodeMetrics {
+	e := exporterFor(set)
 	l := fmt.Sprintf(`node="%d"`, node)
 	c := func(name, extra string) *metrics.Counter {
 		if extra != "" {
 			extra = "," + extra
 		}
-		return set.GetOrCreateCounter(fmt.Sprintf("%s{%s%s}", name, l, extra))
+		return e.counter(name, l+extra)
 	}
 	m := &nodeMetrics{
 		set:              set,
-		rpcOK:            c("ci_ics_rpcs_total", `outcome="ok"`),
-		rpcTimeout:       c("ci_ics_rpcs_total", `outcome="timeout"`),
-		rpcNodeDown:      c("ci_ics_rpcs_total", `outcome="node_down"`),
-		rpcRemoteErr:     c("ci_ics_rpcs_total", `outcome="remote_error"`),
-		rpcSendErr:       c("ci_ics_rpcs_total", `outcome="send_error"`),
-		rpcTooMany:       c("ci_ics_rpcs_total", `outcome="too_many"`),
-		rpcDuration:      set.GetOrCreateHistogram(fmt.Sprintf("ci_ics_rpc_duration_seconds{%s}", l)),
+		exp:              e,
+		node:             l,
+		refused:          codeCounters{exp: e, family: "ci_ics_server_refused_total", labels: l},
 		lateReplies:      c("ci_ics_late_replies_total", ""),
 		badFrames:        c("ci_ics_bad_frames_total", ""),
 		handshakeRejects: c("ci_ics_handshake_rejects_total", ""),
 		peerLosses:       c("ci_ics_peer_losses_total", ""),
 		oneWaySent:       c("ci_ics_oneway_sent_total", ""),
 	}
+	m.client.m = m
+	m.client.byMethod.Store(&map[uint64]*procMetrics{})
 	m.authFailures = c("ci_ics_auth_failures_total", "")
 	m.limitFrameSize = c("ci_ics_limit_hits_total", `limit="frame_size"`)
 	m.limitDecompress = c("ci_ics_limit_hits_total", `limit="decompressed_size"`)
@@ -81,36 +453,36 @@ type connMetrics struct {
 }
 
 func (m *nodeMetrics) forConn(node, peer NodeNum, ch Channel) connMetrics {
-	l := fmt.Sprintf(`{node="%d",peer="%d",channel="%s"}`, node, peer, ch)
+	l := fmt.Sprintf(`node="%d",peer="%d",channel="%s"`, node, peer, ch)
 	return connMetrics{
-		framesIn:  m.set.GetOrCreateCounter("ci_ics_frames_in_total" + l),
-		bytesIn:   m.set.GetOrCreateCounter("ci_ics_bytes_in_total" + l),
-		framesOut: m.set.GetOrCreateCounter("ci_ics_frames_out_total" + l),
-		bytesOut:  m.set.GetOrCreateCounter("ci_ics_bytes_out_total" + l),
+		framesIn:  m.exp.counter("ci_ics_frames_in_total", l),
+		bytesIn:   m.exp.counter("ci_ics_bytes_in_total", l),
+		framesOut: m.exp.counter("ci_ics_frames_out_total", l),
+		bytesOut:  m.exp.counter("ci_ics_bytes_out_total", l),
 	}
 }
 
 // newSendCredit builds a dialler's credit state with its counters, and
 // exposes the credit available on the peer's current connection.
 func (m *nodeMetrics) newSendCredit(n *Node, p *peer, ch Channel) *sendCredit {
-	l := fmt.Sprintf(`{node="%d",peer="%d",channel="%s"}`, n.cfg.Node, p.num, ch)
-	m.set.GetOrCreateGauge("ci_ics_credit_available_bytes"+l, func() float64 {
+	l := fmt.Sprintf(`node="%d",peer="%d",channel="%s"`, n.cfg.Node, p.num, ch)
+	m.exp.gauge("ci_ics_credit_available_bytes", l, func() float64 {
 		if c := p.out[ch].Load(); c != nil && c.credit != nil {
 			return float64(c.credit.avail.Load())
 		}
 		return 0
 	})
 	return &sendCredit{
-		waits:     m.set.GetOrCreateCounter("ci_ics_credit_waits_total" + l),
-		throttled: m.set.GetOrCreateCounter("ci_ics_throttled_total" + l),
+		waits:     m.exp.counter("ci_ics_credit_waits_total", l),
+		throttled: m.exp.counter("ci_ics_throttled_total", l),
 	}
 }
 
 // watchReceiveWindow exposes, per peer and channel, the window granted and
 // the bytes waiting for server handles, read at scrape time.
 func (m *nodeMetrics) watchReceiveWindow(n *Node, p *peer, ch Channel) {
-	l := fmt.Sprintf(`{node="%d",peer="%d",channel="%s"}`, n.cfg.Node, p.num, ch)
-	m.set.GetOrCreateGauge("ci_ics_credit_window_bytes"+l, func() float64 {
+	l := fmt.Sprintf(`node="%d",peer="%d",channel="%s"`, n.cfg.Node, p.num, ch)
+	m.exp.gauge("ci_ics_credit_window_bytes", l, func() float64 {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		var w int64
@@ -121,7 +493,7 @@ func (m *nodeMetrics) watchReceiveWindow(n *Node, p *peer, ch Channel) {
 		}
 		return float64(w)
 	})
-	m.set.GetOrCreateGauge("ci_ics_credit_held_bytes"+l, func() float64 {
+	m.exp.gauge("ci_ics_credit_held_bytes", l, func() float64 {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		var held int64
@@ -136,14 +508,14 @@ func (m *nodeMetrics) watchReceiveWindow(n *Node, p *peer, ch Channel) {
 
 // watchPool exposes a service's server handles, busy and idle.
 func (m *nodeMetrics) watchPool(node NodeNum, pool *handlePool) {
-	l := fmt.Sprintf(`node="%d",service="%s"`, node, pool.name)
-	m.set.GetOrCreateGauge(fmt.Sprintf(`ci_ics_handles{%s,state="busy"}`, l), func() float64 {
+	l := fmt.Sprintf(`node="%d",service=%s`, node, labelValue(pool.name))
+	m.exp.gauge("ci_ics_handles", l+`,state="busy"`, func() float64 {
 		return float64(pool.running.Load())
 	})
-	m.set.GetOrCreateGauge(fmt.Sprintf(`ci_ics_handles{%s,state="idle"}`, l), func() float64 {
+	m.exp.gauge("ci_ics_handles", l+`,state="idle"`, func() float64 {
 		return float64(pool.started.Load() - pool.running.Load())
 	})
-	m.set.GetOrCreateGauge(fmt.Sprintf(`ci_ics_handles_queued{%s}`, l), func() float64 {
+	m.exp.gauge("ci_ics_handles_queued", l, func() float64 {
 		return float64(pool.queued.Load())
 	})
 }

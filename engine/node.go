@@ -41,6 +41,8 @@ type Node struct {
 
 	// services[channel][subservice]; written by Register, read by loops.
 	services [][]atomic.Pointer[service]
+	namesMu  sync.Mutex
+	names    map[string]bool // registered service names (and "priority"); guarded by namesMu
 
 	peersMu sync.Mutex
 	peers   atomic.Pointer[map[NodeNum]*peer] // copy-on-write; readers never lock
@@ -96,7 +98,8 @@ type Node struct {
 // service is a registered Service and its server handles.
 type service struct {
 	Service
-	pool *handlePool
+	pool    *handlePool
+	metrics []*procMetrics // indexed like Procs; nil where Procs is
 }
 
 // peer is what a node knows of one other member.
@@ -119,7 +122,13 @@ type peer struct {
 	inflightBytes atomic.Int64  // their frameCost
 	down          atomic.Bool   // declared down: calls fail fast until NodeUp
 	incarnation   atomic.Uint64 // the peer's boot incarnation, from its hellos
+
+	m *peerMetrics // this node's calls to the peer
 }
+
+// prioPoolName names the priority channels' handles in metrics; no service
+// may take it.
+const prioPoolName = "priority"
 
 // New validates cfg and builds a node. Nothing listens until Start.
 func New(cfg Config) (*Node, error) {
@@ -144,6 +153,7 @@ func New(cfg Config) (*Node, error) {
 		codec:       framing.NewCodec(cfg.MaxPayload),
 		incarnation: binary.LittleEndian.Uint64(inc[:]) | 1,
 		handles:     newHandleTable(cfg.MaxOutstandingCalls),
+		names:       map[string]bool{prioPoolName: true},
 
 		pendingBySource: make(map[string]int),
 		booted:          make(chan struct{}),
@@ -169,7 +179,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	// Four handles per priority level keep nested priority RPCs moving even
 	// when every service pool is exhausted; 64 bounds a priority storm.
-	n.prioPool = newHandlePool("priority", 4, 64, n.runJob)
+	n.prioPool = newHandlePool(prioPoolName, 4, 64, n.runJob)
 	n.m.watchPool(cfg.Node, n.prioPool)
 	peers := make(map[NodeNum]*peer, len(cfg.Peers))
 	for num, addr := range cfg.Peers {
@@ -187,6 +197,7 @@ func (n *Node) newPeer(num NodeNum, addr string) *peer {
 		out:     make([]atomic.Pointer[conn], n.cfg.MaxChannels),
 		inbound: make(map[*conn]struct{}),
 		dialing: make([]chan struct{}, n.cfg.MaxChannels),
+		m:       n.m.forPeer(num),
 	}
 	p.addr.Store(&addr)
 	return p
@@ -398,14 +409,47 @@ func (n *Node) Register(s Service) error {
 	if s.Name == "" {
 		s.Name = "svc" + s.ID.String()
 	}
+	if err := checkServiceName(s.Name); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadService, err)
+	}
+	// Names label the service's metrics: two services with one name would
+	// share (and the second overwrite) its gauges.
+	n.namesMu.Lock()
+	defer n.namesMu.Unlock()
+	if n.names[s.Name] {
+		return fmt.Errorf("%w: %s: a service of that name is already registered", ErrBadService, s.Name)
+	}
 	svc := &service{Service: s}
 	svc.Procs = append([]Handler(nil), s.Procs...)
+	svc.metrics = n.m.serverProcMetrics(&svc.Service)
 	svc.pool = newHandlePool(s.Name, s.MinHandles, s.MaxHandles, n.runJob)
 	if !n.services[ch][ss].CompareAndSwap(nil, svc) {
 		svc.pool.close()
 		return fmt.Errorf("%w: %s: %s already registered", ErrBadService, s.Name, s.ID)
 	}
+	n.names[s.Name] = true
 	n.m.watchPool(n.cfg.Node, svc.pool)
+	return nil
+}
+
+// maxServiceName bounds a service name, which labels metrics and logs.
+const maxServiceName = 64
+
+// checkServiceName accepts the names a metric label can carry as written:
+// letters, digits and _ . - : /, so no name needs escaping (and none can
+// make the metrics library panic, as a '"' did).
+func checkServiceName(name string) error {
+	if len(name) > maxServiceName {
+		return fmt.Errorf("service name %.20q... over %d bytes", name, maxServiceName)
+	}
+	for i := 0; i < len(name); i++ {
+		switch b := name[i]; {
+		case b >= 'a' && b <= 'z', b >= 'A' && b <= 'Z', b >= '0' && b <= '9':
+		case b == '_', b == '.', b == '-', b == ':', b == '/':
+		default:
+			return fmt.Errorf("service name %q: byte %q not allowed (letters, digits and _ . - : / only)", name, b)
+		}
+	}
 	return nil
 }
 

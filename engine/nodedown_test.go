@@ -28,6 +28,7 @@ var slowSvc = ServiceOn(ChanFirstService, 2)
 // prints "addr <address>" and runs until stdin closes.
 func runHelperNode() int {
 	cfg := DefaultConfig()
+	cfg.Insecure = true
 	cfg.Node, cfg.Cluster = 2, "test"
 	cfg.ListenAddr = os.Getenv("CI_HELPER_LISTEN")
 	cfg.Peers = map[NodeNum]string{1: os.Getenv("CI_HELPER_PEER")}

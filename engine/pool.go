@@ -3,6 +3,7 @@ package engine
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/clusterinfra/ci/framing"
 )
@@ -17,6 +18,8 @@ type job struct {
 	buf  *[]byte
 	conn *conn // the connection the request came on, which gets its credit back
 	cost int   // the frame's frameCost, in credit bytes
+
+	start time.Time // the request's arrival, for ci_ics_server_duration_seconds
 }
 
 // handlePool is a set of server handles (worker goroutines) for one service,

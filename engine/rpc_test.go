@@ -206,7 +206,7 @@ func TestLargePayloads(t *testing.T) {
 			payload    []byte
 			compresses bool
 		}{{"random", random, false}, {"text", text, algo != framing.CompressNone}} {
-			reqBefore, replyBefore := bytesOut(nodes[0]), bytesOut(nodes[1])
+			reqBefore, replyBefore := bytesOut(t, nodes[0]), bytesOut(t, nodes[1])
 			got, err := nodes[0].Call(ctxFor(t, 20*time.Second), 2, m, tc.payload, nil)
 			if err != nil {
 				t.Fatalf("%s/%s: %v", algo, tc.name, err)
@@ -214,7 +214,7 @@ func TestLargePayloads(t *testing.T) {
 			if !bytes.Equal(got, tc.payload) {
 				t.Fatalf("%s/%s: reply differs (%d bytes, want %d)", algo, tc.name, len(got), len(tc.payload))
 			}
-			req, reply := bytesOut(nodes[0])-reqBefore, bytesOut(nodes[1])-replyBefore
+			req, reply := bytesOut(t, nodes[0])-reqBefore, bytesOut(t, nodes[1])-replyBefore
 			t.Logf("%s/%s: %d bytes: request %d on the wire, reply %d", algo, tc.name, len(tc.payload), req, reply)
 			limit := uint64(len(tc.payload))
 			if tc.compresses {
@@ -229,14 +229,12 @@ func TestLargePayloads(t *testing.T) {
 }
 
 // bytesOut is what n has written to its peers, all channels.
-func bytesOut(n *Node) uint64 {
-	var out uint64
-	for _, name := range n.Metrics().ListMetricNames() {
-		if strings.HasPrefix(name, "ci_ics_bytes_out_total") {
-			out += n.Metrics().GetOrCreateCounter(name).Get()
-		}
+func bytesOut(t *testing.T, n *Node) uint64 {
+	var out float64
+	for _, m := range scrape(t, n.Metrics())["ci_ics_bytes_out_total"].GetMetric() {
+		out += m.GetCounter().GetValue()
 	}
-	return out
+	return uint64(out)
 }
 
 func TestPayloadOverMaxIsRefusedBySender(t *testing.T) {
@@ -377,8 +375,73 @@ func TestRegisterValidation(t *testing.T) {
 	}
 }
 
+// TestRegisterServiceNames: a name the metrics library would reject is
+// refused with ErrBadService (it used to panic after installing the
+// service), and so is a second service of a name already taken, which
+// used to share the first one's gauges.
+func TestRegisterServiceNames(t *testing.T) {
+	n := startCluster(t, 1, nil)[0]
+	for _, name := range []string{`a"b`, "a{b}", "a b", "a,b=c", `\\x`, strings.Repeat("n", 65), prioPoolName} {
+		err := n.Register(Service{ID: ServiceOn(ChanFirstService, 1), Name: name, Procs: []Handler{echo}})
+		if !errors.Is(err, ErrBadService) {
+			t.Errorf("name %q: got %v, want ErrBadService", name, err)
+		}
+		if n.lookupService(ServiceOn(ChanFirstService, 1)) != nil {
+			t.Fatalf("name %q: refused, yet installed", name)
+		}
+	}
+	mustRegister(t, n, Service{ID: ServiceOn(ChanFirstService, 1), Name: "kv.v2/shard-1:a", Procs: []Handler{echo}})
+	err := n.Register(Service{ID: ServiceOn(ChanFirstService, 2), Name: "kv.v2/shard-1:a", Procs: []Handler{echo}})
+	if !errors.Is(err, ErrBadService) || !strings.Contains(err.Error(), "already registered") {
+		t.Fatalf("second service of one name: got %v, want ErrBadService naming the clash", err)
+	}
+	if n.lookupService(ServiceOn(ChanFirstService, 2)) != nil {
+		t.Fatal("the duplicate name was installed")
+	}
+}
+
+// TestConfigMapsCopied: New keeps its own copies of the maps in Config, so
+// the caller changing its map afterwards changes nothing in the node (the
+// loops used to read ChannelWindows from the caller's map).
+func TestConfigMapsCopied(t *testing.T) {
+	windows := map[Channel]int{ChanFirstService: 64 << 10}
+	peers := map[NodeNum]string{2: "127.0.0.2:1"}
+	cfg := DefaultConfig()
+	cfg.Node, cfg.Cluster, cfg.Insecure = 1, "test", true
+	cfg.ChannelWindows, cfg.Peers = windows, peers
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	windows[ChanFirstService] = 1 << 20
+	windows[ChanCLMS] = 1 << 20
+	peers[3] = "127.0.0.3:1"
+	if w := n.cfg.window(ChanFirstService); w != 64<<10 {
+		t.Errorf("window of %s = %d after the caller's map changed, want %d", ChanFirstService, w, 64<<10)
+	}
+	if w := n.cfg.window(ChanCLMS); w != cfg.CreditWindow {
+		t.Errorf("window of %s = %d, want the default %d", ChanCLMS, w, cfg.CreditWindow)
+	}
+	if _, ok := n.cfg.Peers[3]; ok {
+		t.Error("Config.Peers follows the caller's map")
+	}
+}
+
+// TestOpenModeIsExplicit: a Config with neither Security nor Insecure is
+// refused with a message that says how to choose.
+func TestOpenModeIsExplicit(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Node, cfg.Cluster = 1, "test"
+	_, err := New(cfg)
+	if !errors.Is(err, ErrBadConfig) || !strings.Contains(err.Error(), "Insecure") {
+		t.Fatalf("got %v, want ErrBadConfig naming Insecure", err)
+	}
+}
+
 func TestConfigValidation(t *testing.T) {
 	base := DefaultConfig()
+	base.Insecure = true
 	base.Node, base.Cluster = 1, "c"
 	cases := map[string]func(*Config){
 		"no node":         func(c *Config) { c.Node = 0 },
@@ -390,6 +453,8 @@ func TestConfigValidation(t *testing.T) {
 		"many channels":   func(c *Config) { c.MaxChannels = 300 },
 		"negative loops":  func(c *Config) { c.EventLoops = -1 },
 		"huge payload":    func(c *Config) { c.MaxPayload = 2 << 30 },
+		"open by default": func(c *Config) { c.Insecure = false },
+		"open and secure": func(c *Config) { c.Security = &Security{Mode: SecurityAuthenticate} },
 	}
 	for name, tweak := range cases {
 		cfg := base
@@ -408,6 +473,7 @@ func TestConfigValidation(t *testing.T) {
 func TestStartFailsOnBusyAddress(t *testing.T) {
 	nodes := startCluster(t, 1, nil)
 	cfg := DefaultConfig()
+	cfg.Insecure = true
 	cfg.Node, cfg.Cluster, cfg.ListenAddr = 2, "test", nodes[0].Addr()
 	n, err := New(cfg)
 	if err != nil {

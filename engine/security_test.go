@@ -103,7 +103,7 @@ func TestSecureRejections(t *testing.T) {
 			cfg.Node, cfg.Cluster = tc.num, "test"
 			cfg.ListenAddr = fmt.Sprintf("127.0.1.%d:0", i+1)
 			cfg.Peers = map[NodeNum]string{2: target.Addr()}
-			cfg.Security = tc.sec
+			cfg.Security, cfg.Insecure = tc.sec, tc.sec == nil
 			n := startNode(t, cfg)
 			_, err := n.Call(ctxFor(t, 5*time.Second), 2, Method{Service: echoSvc}, []byte("x"), nil)
 			if !errors.Is(err, ErrHandshake) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/clusterinfra/ci/framing"
 )
@@ -19,6 +20,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 	if !c.admit(cost, &f.Header) {
 		// A peer that floods (priority channels are never throttled) is
 		// answered "busy" instead of queueing without bound.
+		n.m.refused.inc(statusCode(StatusBusy))
 		if f.Type == framing.TypeRequest {
 			n.sendReply(nil, p, c.linkGen, &f.Header, nil, StatusBusy, []byte("too many requests in flight from this node"))
 		}
@@ -37,6 +39,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 	}
 	if status != StatusOK {
 		n.log.Debug("refusing request", "peer", p.num, "service", f.Service, "proc", f.Proc, "status", status.Err())
+		n.m.refused.inc(statusCode(status))
 		if f.Type == framing.TypeRequest {
 			msg := fmt.Sprintf("service %s proc %d version %d on node %d", f.Service, f.Proc, f.SvcVersion, n.cfg.Node)
 			n.sendReply(nil, p, c.linkGen, &f.Header, nil, status, []byte(msg))
@@ -45,6 +48,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		return
 	}
 
+	start := time.Now()
 	if svc.Inline {
 		args := f.Payload
 		if f.Flags.Compressed() {
@@ -62,9 +66,11 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		c.resp.Body = c.resp.Body[:0]
 		err := svc.Procs[f.Proc](&c.hctx, &c.req, &c.resp)
 		c.req.Args = nil
+		code := svc.outcome(err, c.resp.Body)
 		if f.Type == framing.TypeRequest {
 			n.sendReply(nil, p, c.linkGen, &f.Header, svc, statusFor(err), replyBody(err, c.resp.Body))
 		}
+		svc.metrics[f.Proc].observe(time.Since(start).Seconds(), code)
 		c.resp.Body = trimBuffer(c.resp.Body)
 		c.scratch = trimBuffer(c.scratch) // one large request must not pin its size per connection
 		c.finished(cost)
@@ -79,7 +85,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 	*bp = append((*bp)[:0], f.Payload...)
 	// The credit for this frame goes back when the handle is done with it:
 	// while handles are busy, the sender feels it.
-	j := job{svc: svc, from: p, hdr: f.Header, buf: bp, conn: c, cost: cost}
+	j := job{svc: svc, from: p, hdr: f.Header, buf: bp, conn: c, cost: cost, start: start}
 	if f.Priority > 0 {
 		// Priority requests have handles of their own, so they never queue
 		// behind a service whose handles are all busy.
@@ -110,9 +116,11 @@ func (n *Node) runJob(w *handle, j *job) {
 	err := j.svc.Procs[j.hdr.Proc](&w.ctx, &w.req, &w.resp)
 	w.req.Args = nil
 	n.putBuf(j.buf)
+	code := j.svc.outcome(err, w.resp.Body)
 	if j.hdr.Type == framing.TypeRequest {
 		n.sendReply(n.ctx, j.from, j.conn.linkGen, &j.hdr, j.svc, statusFor(err), replyBody(err, w.resp.Body))
 	}
+	j.svc.metrics[j.hdr.Proc].observe(time.Since(j.start).Seconds(), code)
 	w.resp.Body = trimBuffer(w.resp.Body)
 	j.conn.finished(j.cost)
 }
@@ -121,10 +129,24 @@ func (n *Node) runJob(w *handle, j *job) {
 // ctx as for sendReply.
 func (n *Node) replyDecodeError(ctx context.Context, c *conn, h *framing.Header, err error) {
 	n.countDecodeLimit(err)
+	n.m.refused.inc(statusCode(StatusCantDecodeArgs))
 	n.log.Warn("cannot decompress request", "peer", c.peer.num, "service", h.Service, "err", err)
 	if h.Type == framing.TypeRequest {
 		n.sendReply(ctx, c.peer, c.linkGen, h, nil, StatusCantDecodeArgs, []byte(err.Error()))
 	}
+}
+
+// outcome is the code a handler's result counts under (-1: success): its
+// error's status, or a declared error in a body that starts with a status
+// byte (Service.DeclaredErrors).
+func (s *service) outcome(err error, body []byte) int {
+	switch {
+	case err != nil:
+		return statusCode(statusOf(err))
+	case s.DeclaredErrors && len(body) > 0 && body[0] != 0:
+		return codeFailed
+	}
+	return -1
 }
 
 func statusFor(err error) Status {

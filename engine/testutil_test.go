@@ -54,6 +54,9 @@ func startCluster(t testing.TB, count int, tweak func(*Config)) []*Node {
 		if tweak != nil {
 			tweak(&cfg)
 		}
+		if cfg.Security == nil {
+			cfg.Insecure = true // test clusters run open unless tweak secures them
+		}
 		n, err := New(cfg)
 		if err != nil {
 			t.Fatal(err)

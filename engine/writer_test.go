@@ -29,6 +29,7 @@ func TestWriterBackpressure(t *testing.T) {
 	defer reader.Close()
 
 	cfg := DefaultConfig()
+	cfg.Insecure = true
 	cfg.Node, cfg.Cluster = 1, "test"
 	cfg.MaxPayload = 1 << 16
 	cfg.MaxPendingWrite = 256 << 10
@@ -121,6 +122,7 @@ func socketConn(t *testing.T, n *Node) (*conn, *os.File) {
 // descriptor left open once the flusher is done.
 func TestCloseDuringFlush(t *testing.T) {
 	cfg := DefaultConfig()
+	cfg.Insecure = true
 	cfg.Node, cfg.Cluster = 1, "test"
 	n, err := New(cfg)
 	if err != nil {
@@ -177,6 +179,7 @@ func TestCloseDuringFlush(t *testing.T) {
 // receiver never returns it and the window shrinks for good.
 func TestCreditRefundedWhenSendGivesUp(t *testing.T) {
 	cfg := DefaultConfig()
+	cfg.Insecure = true
 	cfg.Node, cfg.Cluster = 1, "test"
 	cfg.MaxPayload = 1 << 16
 	cfg.MaxPendingWrite = 128 << 10

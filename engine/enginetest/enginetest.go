@@ -62,6 +62,9 @@ func StartCluster(t testing.TB, count int, tweak func(*engine.Config)) []*engine
 		if tweak != nil {
 			tweak(&cfg)
 		}
+		if cfg.Security == nil {
+			cfg.Insecure = true // test clusters run open unless tweak secures them
+		}
 		n, err := engine.New(cfg)
 		if err != nil {
 			t.Fatal(err)

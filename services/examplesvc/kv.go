@@ -37,7 +37,7 @@ type Stats struct {
 	Touches  uint64
 }
 
-//go:generate go run ../../tools/icsgen -i kv.go -t KV -o kv_ics.go
+//go:generate go run ../../tools/icsgen -i kv.go -t KV -o kv_ics.go --check-decoders
 
 // KV is a small key-value and counter service: the example every new
 // cluster service can start from (docs/WRITING_A_SERVICE.md). Store

@@ -29,12 +29,12 @@ const (
 )
 
 var (
-	kvMethodGet   = engine.Method{Service: KVServiceID, Proc: KVProcGet, Version: KVVersion}
-	kvMethodPut   = engine.Method{Service: KVServiceID, Proc: KVProcPut, Version: KVVersion}
-	kvMethodAdd   = engine.Method{Service: KVServiceID, Proc: KVProcAdd, Version: KVVersion}
-	kvMethodList  = engine.Method{Service: KVServiceID, Proc: KVProcList, Version: KVVersion}
-	kvMethodTouch = engine.Method{Service: KVServiceID, Proc: KVProcTouch, Version: KVVersion}
-	kvMethodStats = engine.Method{Service: KVServiceID, Proc: KVProcStats, Version: KVVersion}
+	kvMethodGet   = engine.Method{Service: KVServiceID, Proc: KVProcGet, Version: KVVersion, Name: "kv", DeclaredErrors: true}
+	kvMethodPut   = engine.Method{Service: KVServiceID, Proc: KVProcPut, Version: KVVersion, Name: "kv", DeclaredErrors: true}
+	kvMethodAdd   = engine.Method{Service: KVServiceID, Proc: KVProcAdd, Version: KVVersion, Name: "kv", DeclaredErrors: true}
+	kvMethodList  = engine.Method{Service: KVServiceID, Proc: KVProcList, Version: KVVersion, Name: "kv", DeclaredErrors: true}
+	kvMethodTouch = engine.Method{Service: KVServiceID, Proc: KVProcTouch, Version: KVVersion, Name: "kv", DeclaredErrors: true}
+	kvMethodStats = engine.Method{Service: KVServiceID, Proc: KVProcStats, Version: KVVersion, Name: "kv", DeclaredErrors: true}
 )
 
 // KVClient calls kv on other nodes. It is safe for concurrent use; each
@@ -165,13 +165,14 @@ func KVProcs(impl KV) []engine.Handler {
 // its fields (handles, compression) before registering if needed.
 func KVService(impl KV) engine.Service {
 	return engine.Service{
-		ID:         KVServiceID,
-		Name:       "kv",
-		Version:    KVVersion,
-		Procs:      KVProcs(impl),
-		MinHandles: 1,
-		MaxHandles: 16,
-		Inline:     false,
+		ID:             KVServiceID,
+		Name:           "kv",
+		Version:        KVVersion,
+		Procs:          KVProcs(impl),
+		MinHandles:     1,
+		MaxHandles:     16,
+		Inline:         false,
+		DeclaredErrors: true, // replies start with a status byte: metrics count declared errors
 	}
 }
 
@@ -274,7 +275,7 @@ func kvGetArgs(d []byte) (a0 string, err error) {
 // kvGetAppendResults encodes a successful reply of KV.Get.
 func kvGetAppendResults(b []byte, r0 Entry) []byte {
 	b = append(b, 0) // status: results follow
-	b = kvEnc_Entry(b, r0)
+	b = kvEncEntry(b, r0)
 	return b
 }
 
@@ -284,7 +285,7 @@ func kvGetResults(d []byte) (r0 Entry, err error) {
 	if d, err = stub.ReplyBody("kv", kvErrors, d); err != nil {
 		return Entry{}, err
 	}
-	if r0, d, err = kvDec_Entry(d); err != nil {
+	if r0, d, err = kvDecEntry(d); err != nil {
 		return Entry{}, stub.ResultsError("kv", "Get", err)
 	}
 	if len(d) != 0 {
@@ -297,7 +298,7 @@ func kvGetResults(d []byte) (r0 Entry, err error) {
 func kvPutAppendArgs(b []byte, a0 string, a1 []byte, a2 map[string]string, a3 uint64) []byte {
 	b = stub.AppendString(b, a0)
 	b = stub.AppendBytes(b, a1)
-	b = kvEnc_map_string_string(b, a2)
+	b = kvEncMapStringString(b, a2)
 	b = stub.AppendUint64(b, a3)
 	return b
 }
@@ -310,7 +311,7 @@ func kvPutArgs(d []byte) (a0 string, a1 []byte, a2 map[string]string, a3 uint64,
 	if a1, d, err = stub.Bytes(d); err != nil {
 		return "", nil, nil, 0, stub.ArgsError("kv", "Put", err)
 	}
-	if a2, d, err = kvDec_map_string_string(d); err != nil {
+	if a2, d, err = kvDecMapStringString(d); err != nil {
 		return "", nil, nil, 0, stub.ArgsError("kv", "Put", err)
 	}
 	if a3, d, err = stub.Uint64(d); err != nil {
@@ -411,7 +412,7 @@ func kvListArgs(d []byte) (a0 string, a1 int, err error) {
 // kvListAppendResults encodes a successful reply of KV.List.
 func kvListAppendResults(b []byte, r0 []Entry, r1 bool) []byte {
 	b = append(b, 0) // status: results follow
-	b = kvEnc_slice_Entry(b, r0)
+	b = kvEncSliceEntry(b, r0)
 	b = stub.AppendBool(b, r1)
 	return b
 }
@@ -422,7 +423,7 @@ func kvListResults(d []byte) (r0 []Entry, r1 bool, err error) {
 	if d, err = stub.ReplyBody("kv", kvErrors, d); err != nil {
 		return nil, false, err
 	}
-	if r0, d, err = kvDec_slice_Entry(d); err != nil {
+	if r0, d, err = kvDecSliceEntry(d); err != nil {
 		return nil, false, stub.ResultsError("kv", "List", err)
 	}
 	if r1, d, err = stub.Bool(d); err != nil {
@@ -436,13 +437,13 @@ func kvListResults(d []byte) (r0 []Entry, r1 bool, err error) {
 
 // kvTouchAppendArgs encodes the arguments of KV.Touch.
 func kvTouchAppendArgs(b []byte, a0 []string) []byte {
-	b = kvEnc_slice_string(b, a0)
+	b = kvEncSliceString(b, a0)
 	return b
 }
 
 // kvTouchArgs decodes the arguments of KV.Touch; errors wrap engine.ErrCantDecodeArgs.
 func kvTouchArgs(d []byte) (a0 []string, err error) {
-	if a0, d, err = kvDec_slice_string(d); err != nil {
+	if a0, d, err = kvDecSliceString(d); err != nil {
 		return nil, stub.ArgsError("kv", "Touch", err)
 	}
 	if len(d) != 0 {
@@ -467,7 +468,7 @@ func kvStatsArgs(d []byte) error {
 // kvStatsAppendResults encodes a successful reply of KV.Stats.
 func kvStatsAppendResults(b []byte, r0 Stats) []byte {
 	b = append(b, 0) // status: results follow
-	b = kvEnc_Stats(b, r0)
+	b = kvEncStats(b, r0)
 	return b
 }
 
@@ -477,7 +478,7 @@ func kvStatsResults(d []byte) (r0 Stats, err error) {
 	if d, err = stub.ReplyBody("kv", kvErrors, d); err != nil {
 		return Stats{}, err
 	}
-	if r0, d, err = kvDec_Stats(d); err != nil {
+	if r0, d, err = kvDecStats(d); err != nil {
 		return Stats{}, stub.ResultsError("kv", "Stats", err)
 	}
 	if len(d) != 0 {
@@ -554,15 +555,15 @@ func kvCheckDecoders(b []byte) error {
 	return nil
 }
 
-func kvEnc_Entry(b []byte, v Entry) []byte {
+func kvEncEntry(b []byte, v Entry) []byte {
 	b = stub.AppendString(b, v.Key)
 	b = stub.AppendBytes(b, v.Value)
 	b = stub.AppendUint64(b, v.Version)
-	b = kvEnc_Meta(b, v.Meta)
+	b = kvEncMeta(b, v.Meta)
 	return b
 }
 
-func kvDec_Entry(d []byte) (v Entry, _ []byte, err error) {
+func kvDecEntry(d []byte) (v Entry, _ []byte, err error) {
 	if v.Key, d, err = stub.String(d); err != nil {
 		return Entry{}, nil, err
 	}
@@ -572,55 +573,15 @@ func kvDec_Entry(d []byte) (v Entry, _ []byte, err error) {
 	if v.Version, d, err = stub.Uint64(d); err != nil {
 		return Entry{}, nil, err
 	}
-	if v.Meta, d, err = kvDec_Meta(d); err != nil {
+	if v.Meta, d, err = kvDecMeta(d); err != nil {
 		return Entry{}, nil, err
 	}
 	return v, d, nil
 }
 
-func kvEnc_Meta(b []byte, v Meta) []byte {
-	b = stub.AppendUint32(b, v.Writer)
-	b = kvEnc_map_string_string(b, v.Labels)
-	b = stub.AppendUint32(b, v.Touches)
-	return b
-}
-
-func kvDec_Meta(d []byte) (v Meta, _ []byte, err error) {
-	if v.Writer, d, err = stub.Uint32(d); err != nil {
-		return Meta{}, nil, err
-	}
-	if v.Labels, d, err = kvDec_map_string_string(d); err != nil {
-		return Meta{}, nil, err
-	}
-	if v.Touches, d, err = stub.Uint32(d); err != nil {
-		return Meta{}, nil, err
-	}
-	return v, d, nil
-}
-
-func kvEnc_Stats(b []byte, v Stats) []byte {
-	b = stub.AppendInt(b, v.Keys)
-	b = kvEnc_map_string_int64(b, v.Counters)
-	b = stub.AppendUint64(b, v.Touches)
-	return b
-}
-
-func kvDec_Stats(d []byte) (v Stats, _ []byte, err error) {
-	if v.Keys, d, err = stub.Int(d); err != nil {
-		return Stats{}, nil, err
-	}
-	if v.Counters, d, err = kvDec_map_string_int64(d); err != nil {
-		return Stats{}, nil, err
-	}
-	if v.Touches, d, err = stub.Uint64(d); err != nil {
-		return Stats{}, nil, err
-	}
-	return v, d, nil
-}
-
-// kvEnc_map_string_int64 writes the entries in Go's map order: the bytes differ from
+// kvEncMapStringInt64 writes the entries in Go's map order: the bytes differ from
 // call to call, the decoded map does not.
-func kvEnc_map_string_int64(b []byte, v map[string]int64) []byte {
+func kvEncMapStringInt64(b []byte, v map[string]int64) []byte {
 	b = stub.AppendLen(b, len(v))
 	for k, x := range v {
 		b = stub.AppendString(b, k)
@@ -629,7 +590,7 @@ func kvEnc_map_string_int64(b []byte, v map[string]int64) []byte {
 	return b
 }
 
-func kvDec_map_string_int64(d []byte) (map[string]int64, []byte, error) {
+func kvDecMapStringInt64(d []byte) (map[string]int64, []byte, error) {
 	n, d, err := stub.DecLen(d, 9)
 	if err != nil || n == 0 {
 		return nil, d, err
@@ -652,9 +613,9 @@ func kvDec_map_string_int64(d []byte) (map[string]int64, []byte, error) {
 	return v, d, nil
 }
 
-// kvEnc_map_string_string writes the entries in Go's map order: the bytes differ from
+// kvEncMapStringString writes the entries in Go's map order: the bytes differ from
 // call to call, the decoded map does not.
-func kvEnc_map_string_string(b []byte, v map[string]string) []byte {
+func kvEncMapStringString(b []byte, v map[string]string) []byte {
 	b = stub.AppendLen(b, len(v))
 	for k, x := range v {
 		b = stub.AppendString(b, k)
@@ -663,7 +624,7 @@ func kvEnc_map_string_string(b []byte, v map[string]string) []byte {
 	return b
 }
 
-func kvDec_map_string_string(d []byte) (map[string]string, []byte, error) {
+func kvDecMapStringString(d []byte) (map[string]string, []byte, error) {
 	n, d, err := stub.DecLen(d, 2)
 	if err != nil || n == 0 {
 		return nil, d, err
@@ -686,29 +647,49 @@ func kvDec_map_string_string(d []byte) (map[string]string, []byte, error) {
 	return v, d, nil
 }
 
-func kvEnc_slice_Entry(b []byte, v []Entry) []byte {
+func kvEncMeta(b []byte, v Meta) []byte {
+	b = stub.AppendUint32(b, v.Writer)
+	b = kvEncMapStringString(b, v.Labels)
+	b = stub.AppendUint32(b, v.Touches)
+	return b
+}
+
+func kvDecMeta(d []byte) (v Meta, _ []byte, err error) {
+	if v.Writer, d, err = stub.Uint32(d); err != nil {
+		return Meta{}, nil, err
+	}
+	if v.Labels, d, err = kvDecMapStringString(d); err != nil {
+		return Meta{}, nil, err
+	}
+	if v.Touches, d, err = stub.Uint32(d); err != nil {
+		return Meta{}, nil, err
+	}
+	return v, d, nil
+}
+
+func kvEncSliceEntry(b []byte, v []Entry) []byte {
 	b = stub.AppendLen(b, len(v))
 	for _, x := range v {
-		b = kvEnc_Entry(b, x)
+		b = kvEncEntry(b, x)
 	}
 	return b
 }
 
-func kvDec_slice_Entry(d []byte) ([]Entry, []byte, error) {
+func kvDecSliceEntry(d []byte) ([]Entry, []byte, error) {
 	n, d, err := stub.DecLen(d, 19)
 	if err != nil || n == 0 {
 		return nil, d, err
 	}
 	v := make([]Entry, n)
 	for i := range v {
-		if v[i], d, err = kvDec_Entry(d); err != nil {
+		if v[i], d, err = kvDecEntry(d); err != nil {
 			return nil, nil, err
 		}
 	}
 	return v, d, nil
 }
 
-func kvEnc_slice_string(b []byte, v []string) []byte {
+func kvEncSliceString(b []byte, v []string) []byte {
 	b = stub.AppendLen(b, len(v))
 	for _, x := range v {
 		b = stub.AppendString(b, x)
@@ -716,7 +697,7 @@ func kvEnc_slice_string(b []byte, v []string) []byte {
 	return b
 }
 
-func kvDec_slice_string(d []byte) ([]string, []byte, error) {
+func kvDecSliceString(d []byte) ([]string, []byte, error) {
 	n, d, err := stub.DecLen(d, 1)
 	if err != nil || n == 0 {
 		return nil, d, err
@@ -726,6 +707,26 @@ func kvDec_slice_string(d []byte) ([]string, []byte, error) {
 		if v[i], d, err = stub.String(d); err != nil {
 			return nil, nil, err
 		}
+	}
+	return v, d, nil
+}
+
+func kvEncStats(b []byte, v Stats) []byte {
+	b = stub.AppendInt(b, v.Keys)
+	b = kvEncMapStringInt64(b, v.Counters)
+	b = stub.AppendUint64(b, v.Touches)
+	return b
+}
+
+func kvDecStats(d []byte) (v Stats, _ []byte, err error) {
+	if v.Keys, d, err = stub.Int(d); err != nil {
+		return Stats{}, nil, err
+	}
+	if v.Counters, d, err = kvDecMapStringInt64(d); err != nil {
+		return Stats{}, nil, err
+	}
+	if v.Touches, d, err = stub.Uint64(d); err != nil {
+		return Stats{}, nil, err
 	}
 	return v, d, nil
 }

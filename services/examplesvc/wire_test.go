@@ -166,8 +166,8 @@ func TestDecodersRefuseBeforeAllocating(t *testing.T) {
 	for name, dec := range map[string]func([]byte) error{
 		"string":  func(b []byte) error { _, _, err := stub.String(b); return err },
 		"bytes":   func(b []byte) error { _, _, err := stub.Bytes(b); return err },
-		"entries": func(b []byte) error { _, _, err := kvDec_slice_Entry(b); return err },
-		"map":     func(b []byte) error { _, _, err := kvDec_map_string_string(b); return err },
+		"entries": func(b []byte) error { _, _, err := kvDecSliceEntry(b); return err },
+		"map":     func(b []byte) error { _, _, err := kvDecMapStringString(b); return err },
 	} {
 		var err error
 		allocs := testing.AllocsPerRun(100, func() { err = dec(huge) })
@@ -177,7 +177,7 @@ func TestDecodersRefuseBeforeAllocating(t *testing.T) {
 	}
 	// Three entries of at least 15 bytes each cannot fit in 40 bytes.
 	b := append([]byte{3}, make([]byte, 40)...)
-	if _, _, err := kvDec_slice_Entry(b); !errors.Is(err, stub.ErrLength) {
+	if _, _, err := kvDecSliceEntry(b); !errors.Is(err, stub.ErrLength) {
 		t.Errorf("3 entries in 40 bytes: %v", err)
 	}
 	// A length written in more bytes than needed is refused too.

@@ -19,7 +19,7 @@ var (
 	ErrInvalid = errors.New("sigfwd: invalid signal or process")
 )
 
-//go:generate go run ../../tools/icsgen -i wire.go -t Forwarding -o wire_ics.go
+//go:generate go run ../../tools/icsgen -i wire.go -t Forwarding -o wire_ics.go --check-decoders
 
 // Forwarding is the wire protocol of the signal forwarding service, one of
 // CI's three cluster services, on the CLMS channel beside CLMS (subservice

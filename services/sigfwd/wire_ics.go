@@ -25,8 +25,8 @@ const (
 )
 
 var (
-	forwardingMethodNamed   = engine.Method{Service: ForwardingServiceID, Proc: ForwardingProcNamed, Version: ForwardingVersion}
-	forwardingMethodProcess = engine.Method{Service: ForwardingServiceID, Proc: ForwardingProcProcess, Version: ForwardingVersion}
+	forwardingMethodNamed   = engine.Method{Service: ForwardingServiceID, Proc: ForwardingProcNamed, Version: ForwardingVersion, Name: "sigfwd", DeclaredErrors: true}
+	forwardingMethodProcess = engine.Method{Service: ForwardingServiceID, Proc: ForwardingProcProcess, Version: ForwardingVersion, Name: "sigfwd", DeclaredErrors: true}
 )
 
 // ForwardingClient calls sigfwd on other nodes. It is safe for concurrent use; each
@@ -86,13 +86,14 @@ func ForwardingProcs(impl Forwarding) []engine.Handler {
 // its fields (handles, compression) before registering if needed.
 func ForwardingService(impl Forwarding) engine.Service {
 	return engine.Service{
-		ID:         ForwardingServiceID,
-		Name:       "sigfwd",
-		Version:    ForwardingVersion,
-		Procs:      ForwardingProcs(impl),
-		MinHandles: 1,
-		MaxHandles: 8,
-		Inline:     false,
+		ID:             ForwardingServiceID,
+		Name:           "sigfwd",
+		Version:        ForwardingVersion,
+		Procs:          ForwardingProcs(impl),
+		MinHandles:     1,
+		MaxHandles:     8,
+		Inline:         false,
+		DeclaredErrors: true, // replies start with a status byte: metrics count declared errors
 	}
 }
 

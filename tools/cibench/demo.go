@@ -159,6 +159,7 @@ func (d *demo) startCluster() error {
 	d.say("\n== 1. Four nodes of cluster %q on 127.0.0.1-4 ==", demoCluster)
 	cfg := engine.DefaultConfig()
 	cfg.Node, cfg.Cluster, cfg.ListenAddr = 1, demoCluster, "127.0.0.1:0"
+	cfg.Insecure = true // the demo runs on loopback
 	n1, err := engine.New(cfg)
 	if err != nil {
 		return err
@@ -659,7 +660,7 @@ func (d *demo) latencyPhase() error {
 		return err
 	}
 	// A second ICS pair whose two processes run at GOMAXPROCS=1, the
-	// configuration BENCHMARKS.md recommends on small machines.
+	// configuration docs/PERFORMANCE.md recommends on small machines.
 	d.one = &fleet{stderr: d.g.stderr, onExit: d.onExit}
 	targets, err := d.one.start(d.ctx, []string{"ics@1"}, false)
 	if err != nil {
@@ -760,7 +761,7 @@ func (d *demo) latencyPhase() error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	d.say("(one short run on a shared machine; BENCHMARKS.md has interleaved rounds and the targets)")
+	d.say("(one short run on a shared machine; make bench-report has interleaved rounds and the targets)")
 	return nil
 }
 

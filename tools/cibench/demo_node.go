@@ -219,6 +219,7 @@ func (c *nodeCmd) Run(g *globals) error {
 	}
 	cfg := engine.DefaultConfig()
 	cfg.Node, cfg.Cluster, cfg.ListenAddr, cfg.Peers = engine.NodeNum(c.Num), c.Cluster, c.Listen, peers
+	cfg.Insecure = true // the demo runs on loopback
 	n, err := engine.New(cfg)
 	if err != nil {
 		return usageError{err}

@@ -25,6 +25,8 @@ type cli struct {
 	Public  publicCmd  `cmd:"" help:"Print the public key of a node key file, for the other members' node tables."`
 }
 
+// Key files say what they hold (engine/keys.go): a first word of
+// ci-node-private-key, ci-node-public-key or ci-cluster-key, then the hex.
 type nodeCmd struct {
 	Out string `required:"" short:"o" type:"path" help:"File to write the private key to; must not exist (written with mode 0600)." env:"CI_KEY_OUT"`
 }
@@ -40,11 +42,10 @@ func (c *nodeCmd) Run(out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := engine.WriteKeyFile(c.Out, k.Private); err != nil {
+	if err := engine.WriteNodeKeyFile(c.Out, k); err != nil {
 		return err
 	}
-	_, err = fmt.Fprintln(out, k.Public)
-	return err
+	return engine.WritePublicKey(out, k.Public)
 }
 
 type clusterCmd struct {
@@ -63,7 +64,7 @@ func (c *clusterCmd) Run(io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return engine.WriteKeyFile(c.Out, k)
+	return engine.WriteClusterKeyFile(c.Out, k)
 }
 
 type publicCmd struct {
@@ -75,8 +76,7 @@ func (c *publicCmd) Run(out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintln(out, k.Public)
-	return err
+	return engine.WritePublicKey(out, k.Public)
 }
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }

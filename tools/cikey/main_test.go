@@ -7,7 +7,10 @@ import (
 	"strings"
 	"testing"
 
+	"go.uber.org/goleak"
+
 	"github.com/clusterinfra/ci/engine"
+	"github.com/clusterinfra/ci/engine/enginetest"
 )
 
 func TestNodeKeyRoundTrip(t *testing.T) {
@@ -25,12 +28,24 @@ func TestNodeKeyRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.TrimSpace(out.String()) != k.Public.String() {
-		t.Fatalf("printed %q, key's public half is %s", out.String(), k.Public)
+	// What it prints is a public key file: "cikey node -o n.key > n.pub".
+	if want := "ci-node-public-key " + k.Public.String() + "\n"; out.String() != want {
+		t.Fatalf("printed %q, want %q", out.String(), want)
+	}
+	pubPath := filepath.Join(dir, "node.pub")
+	if err := os.WriteFile(pubPath, out.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if pub, err := engine.LoadPublicKey(pubPath); err != nil || pub != k.Public {
+		t.Fatalf("LoadPublicKey of what cikey printed: %v", err)
 	}
 	out.Reset()
-	if code := run([]string{"public", path}, &out, &errb); code != exitOK || strings.TrimSpace(out.String()) != k.Public.String() {
+	if code := run([]string{"public", path}, &out, &errb); code != exitOK || out.String() != "ci-node-public-key "+k.Public.String()+"\n" {
 		t.Fatalf("public: exit %d, %q", code, out.String())
+	}
+	// The private key file says what it is.
+	if b, _ := os.ReadFile(path); !strings.HasPrefix(string(b), "ci-node-private-key ") {
+		t.Fatalf("node key file starts %q", string(b)[:min(len(b), 20)])
 	}
 	// Never overwrite a key.
 	if code := run([]string{"node", "-o", path}, &out, &errb); code != exitFailed {
@@ -47,11 +62,26 @@ func TestRefusesReadableKey(t *testing.T) {
 	if _, err := engine.LoadClusterKey(path); err != nil {
 		t.Fatal(err)
 	}
+	// A cluster key is not a node key: cikey public says what it is.
+	errb.Reset()
+	if code := run([]string{"public", path}, &out, &errb); code != exitFailed || !strings.Contains(errb.String(), path+" is a cluster key, not a node private key") {
+		t.Fatalf("public of a cluster key: exit %d, %q", code, errb.String())
+	}
 	if err := os.Chmod(path, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := engine.LoadClusterKey(path); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("world-readable cluster key: %v", err)
+	}
+	nodeKey := filepath.Join(filepath.Dir(path), "node.key")
+	if code := run([]string{"node", "-o", nodeKey}, &out, &errb); code != exitOK {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	if err := os.Chmod(nodeKey, 0o640); err != nil {
+		t.Fatal(err)
+	}
 	errb.Reset()
-	if code := run([]string{"public", path}, &out, &errb); code != exitFailed || !strings.Contains(errb.String(), "chmod 600") {
+	if code := run([]string{"public", nodeKey}, &out, &errb); code != exitFailed || !strings.Contains(errb.String(), "chmod 600") {
 		t.Fatalf("world-readable key: exit %d, %q", code, errb.String())
 	}
 }
@@ -66,3 +96,5 @@ func TestUsage(t *testing.T) {
 		t.Fatalf("--help: exit %d %q", code, out.String())
 	}
 }
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, enginetest.LeakOptions()...) }

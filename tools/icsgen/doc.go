@@ -12,6 +12,13 @@
 //
 //	go generate ./services/examplesvc
 //
+// From another module, as a tool of that module:
+//
+//	go get -tool github.com/clusterinfra/ci/tools/icsgen
+//	//go:generate go tool icsgen -t Inventory
+//
+// --check-decoders adds <prefix>CheckDecoders for a fuzz target.
+//
 // A bad input exits with status 1 and one "file:line: message" line per
-// problem on stderr.
+// problem on stderr, every problem in one run.
 package main

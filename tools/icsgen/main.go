@@ -26,6 +26,8 @@ type cli struct {
 	In   string `short:"i" help:"Go file holding the annotated interface; under go generate, the file with the //go:generate line." env:"GOFILE" placeholder:"FILE"`
 	Type string `short:"t" help:"Interface to generate for; may be left out when the file annotates exactly one." placeholder:"NAME"`
 	Out  string `short:"o" help:"File to write, beside the input unless a path is given (default: <type in lower case>_ics.go, or <input>_ics.go without --type)." placeholder:"FILE"`
+
+	CheckDecoders bool `help:"Also write <prefix>CheckDecoders(b []byte) error, for a fuzz target that checks every decoder against its encoder."`
 }
 
 const description = `Generate an ICS cluster service from an annotated Go interface.
@@ -50,6 +52,10 @@ Annotations (see docs/WRITING_A_SERVICE.md):
 Example, as a line next to the interface:
 
   //go:generate go run ../../tools/icsgen -i kv.go -t KV -o kv_ics.go
+
+or, in another module, after "go get -tool github.com/clusterinfra/ci/tools/icsgen":
+
+  //go:generate go tool icsgen -t KV
 
 or by hand from the repository root:
 
@@ -95,7 +101,7 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 		fmt.Fprintln(stderr, "icsgen: no input: give --in FILE (go generate sets $GOFILE)")
 		return exitBadUsage
 	}
-	out, err := gen.Generate(gen.Options{File: c.In, Interface: c.Type})
+	out, err := gen.Generate(gen.Options{File: c.In, Interface: c.Type, CheckDecoders: c.CheckDecoders})
 	if err != nil {
 		var ge *gen.Error
 		if errors.As(err, &ge) {

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"go.uber.org/goleak"
 )
 
 func runCLI(t *testing.T, args ...string) (int, string, string) {
@@ -92,3 +94,5 @@ func TestGOFILEIsTheDefaultInput(t *testing.T) {
 		t.Fatalf("output %q..., %v", b[:min(len(b), 40)], err)
 	}
 }
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -58,8 +58,10 @@
 // slices are copied. Nil and empty slices and maps encode alike and decode
 // as nil.
 //
-// Each generated file also holds <prefix>CheckDecoders, for a one-line
-// fuzz target over every decoder of the service.
+// With Options.CheckDecoders (icsgen --check-decoders) the file also holds
+// <prefix>CheckDecoders, for a one-line fuzz target over every decoder of
+// the service; without a fuzz target it would be dead code, so it is
+// asked for.
 //
 // # Runtime
 //

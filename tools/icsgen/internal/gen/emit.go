@@ -18,14 +18,17 @@ type emitter struct {
 	s      *Service
 	p      string // prefix of unexported identifiers: the interface name, lowered
 	b      bytes.Buffer
-	codecs map[string]*Type // codec functions needed, by mangled name
+	codecs map[string]*Type  // codec functions needed, by name (mangled, numbered if taken)
+	names  map[string]string // a type's codec name, by its Go spelling
+
+	checkDecoders bool // emit <prefix>CheckDecoders
 }
 
 func (e *emitter) f(format string, args ...any) { fmt.Fprintf(&e.b, format, args...) }
 
 // emit returns the unformatted file.
-func emit(s *Service, docs map[string]string) []byte {
-	e := &emitter{s: s, p: lowerIdent(s.Iface), codecs: map[string]*Type{}}
+func emit(s *Service, docs map[string]string, checkDecoders bool) []byte {
+	e := &emitter{s: s, p: lowerIdent(s.Iface), codecs: map[string]*Type{}, names: map[string]string{}, checkDecoders: checkDecoders}
 	for _, m := range s.Methods {
 		for _, a := range m.Params {
 			e.need(a.Type)
@@ -39,7 +42,9 @@ func emit(s *Service, docs map[string]string) []byte {
 	e.server()
 	e.methodCodecs()
 	e.replyStatus()
-	e.fuzzHook()
+	if e.checkDecoders {
+		e.fuzzHook()
+	}
 	e.typeCodecs()
 	code := e.b.String()
 
@@ -57,11 +62,14 @@ func emit(s *Service, docs map[string]string) []byte {
 
 // need records that t's codec, and those of the types inside it, are used.
 func (e *emitter) need(t *Type) {
-	name := t.mangle()
-	if _, ok := e.codecs[name]; ok {
+	if _, ok := e.names[t.Go()]; ok {
 		return
 	}
-	e.codecs[name] = t
+	name := t.mangle()
+	for i := 2; e.codecs[name] != nil; i++ { // another type mangles alike
+		name = fmt.Sprintf("%s%d", t.mangle(), i)
+	}
+	e.names[t.Go()], e.codecs[name] = name, t
 	switch {
 	case t.Kind == KSlice:
 		e.need(t.Elem)
@@ -93,14 +101,14 @@ func (e *emitter) enc(t *Type) string {
 	if stubCodec(t) {
 		return "stub.Append" + stubNames[t.Kind]
 	}
-	return e.p + "Enc_" + t.mangle()
+	return e.p + "Enc" + e.names[t.Go()]
 }
 
 func (e *emitter) dec(t *Type) string {
 	if stubCodec(t) {
 		return "stub." + stubNames[t.Kind]
 	}
-	return e.p + "Dec_" + t.mangle()
+	return e.p + "Dec" + e.names[t.Go()]
 }
 
 // zero is a literal of t's zero value.
@@ -135,7 +143,7 @@ func (e *emitter) constants() {
 	}
 	e.f(")\n\nvar (\n")
 	for _, m := range s.Methods {
-		e.f("\t%sMethod%s = engine.Method{Service: %sServiceID, Proc: %sProc%s, Version: %sVersion}\n", e.p, m.Name, s.Iface, s.Iface, m.Name, s.Iface)
+		e.f("\t%sMethod%s = engine.Method{Service: %sServiceID, Proc: %sProc%s, Version: %sVersion, Name: %q, DeclaredErrors: true}\n", e.p, m.Name, s.Iface, s.Iface, m.Name, s.Iface, s.Name)
 	}
 	e.f(")\n")
 }
@@ -230,7 +238,7 @@ func (e *emitter) client(docs map[string]string) {
 		e.f("\tif err == nil {\n\t\t%s = %s%sResults(reply)\n\t}\n", strings.Join(append(rs, "err"), ", "), p, m.Name)
 		e.f("\t%sPool.Put(bufs)\n\treturn %s\n}\n", p, strings.Join(append(rs, "err"), ", "))
 	}
-	e.f("\n// %sPool lends each call of a %sClient its argument and reply buffers.\n", p, s.Iface)
+	e.f("\n// %sPool lends each call of %s %sClient its argument and reply buffers.\n", p, article(s.Iface), s.Iface)
 	e.f("var %sPool stub.BufPool\n", p)
 }
 
@@ -261,10 +269,11 @@ func (e *emitter) server() {
 	e.f("// its fields (handles, compression) before registering if needed.\n")
 	e.f("func %sService(impl %s) engine.Service {\n", s.Iface, s.Iface)
 	e.f("\treturn engine.Service{\n\t\tID: %sServiceID,\n\t\tName: %q,\n\t\tVersion: %sVersion,\n", s.Iface, s.Name, s.Iface)
-	e.f("\t\tProcs: %sProcs(impl),\n\t\tMinHandles: %d,\n\t\tMaxHandles: %d,\n\t\tInline: %v,\n\t}\n}\n\n", s.Iface, s.MinHandles, s.MaxHandles, s.Inline)
+	e.f("\t\tProcs: %sProcs(impl),\n\t\tMinHandles: %d,\n\t\tMaxHandles: %d,\n\t\tInline: %v,\n", s.Iface, s.MinHandles, s.MaxHandles, s.Inline)
+	e.f("\t\tDeclaredErrors: true, // replies start with a status byte: metrics count declared errors\n\t}\n}\n\n")
 	e.f("// Register%s registers %s on node n, served by impl.\n", s.Iface, s.Name)
 	e.f("func Register%s(n *engine.Node, impl %s) error { return n.Register(%sService(impl)) }\n\n", s.Iface, s.Iface, s.Iface)
-	e.f("// %sServer adapts a %s to engine handlers.\ntype %sServer struct{ impl %s }\n", p, s.Iface, p, s.Iface)
+	e.f("// %sServer adapts %s %s to engine handlers.\ntype %sServer struct{ impl %s }\n", p, article(s.Iface), s.Iface, p, s.Iface)
 	for _, m := range s.Methods {
 		e.f("\nfunc (s %sServer) serve%s(ctx context.Context, req *engine.Request, resp *engine.Response) error {\n", p, m.Name)
 		var as []string

@@ -20,6 +20,9 @@ type Options struct {
 	// Interface names the interface; "" picks the only one in File with an
 	// //icsgen:service line.
 	Interface string
+	// CheckDecoders also emits <prefix>CheckDecoders, for a fuzz target
+	// of the service's decoders; without one it would be dead code.
+	CheckDecoders bool
 }
 
 // Generate returns the gofmt-formatted Go file for one service. A bad
@@ -44,7 +47,7 @@ func Generate(o Options) ([]byte, error) {
 			docs[f.Names[0].Name] = docText(f.Doc)
 		}
 	}
-	raw := emit(svc, docs)
+	raw := emit(svc, docs, o.CheckDecoders)
 	out, err := format.Source(raw)
 	if err != nil { // a generator bug: show what it wrote
 		return nil, fmt.Errorf("icsgen: generated code does not parse: %v\n%s", err, raw)

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"go.uber.org/goleak"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden from the generator's output")
@@ -19,14 +21,15 @@ var update = flag.Bool("update", false, "rewrite testdata/*.golden from the gene
 func TestGolden(t *testing.T) {
 	for _, c := range []struct {
 		in, iface, golden string
+		checkDecoders     bool // as the file's //go:generate line asks
 	}{
-		{"testdata/minimal.go", "", "testdata/minimal.golden"},
-		{"../wiretest/wire.go", "Wire", "../wiretest/wire_ics.go"},
-		{"../../../../services/examplesvc/kv.go", "KV", "../../../../services/examplesvc/kv_ics.go"},
-		{"../../../../services/sigfwd/wire.go", "Forwarding", "../../../../services/sigfwd/wire_ics.go"},
+		{"testdata/minimal.go", "", "testdata/minimal.golden", false},
+		{"../wiretest/wire.go", "Wire", "../wiretest/wire_ics.go", true},
+		{"../../../../services/examplesvc/kv.go", "KV", "../../../../services/examplesvc/kv_ics.go", true},
+		{"../../../../services/sigfwd/wire.go", "Forwarding", "../../../../services/sigfwd/wire_ics.go", true},
 	} {
 		t.Run(filepath.Base(filepath.Dir(c.in))+"/"+filepath.Base(c.in), func(t *testing.T) {
-			got, err := Generate(Options{File: c.in, Interface: c.iface})
+			got, err := Generate(Options{File: c.in, Interface: c.iface, CheckDecoders: c.checkDecoders})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -46,7 +49,7 @@ func TestGolden(t *testing.T) {
 				t.Fatalf("output differs from %s (run go generate, or go test -update for testdata): %s", c.golden, firstDiff(got, want))
 			}
 			// Deterministic: a second run gives the same bytes.
-			again, err := Generate(Options{File: c.in, Interface: c.iface})
+			again, err := Generate(Options{File: c.in, Interface: c.iface, CheckDecoders: c.checkDecoders})
 			if err != nil || !bytes.Equal(again, got) {
 				t.Fatalf("second run differs (err %v)", err)
 			}
@@ -119,7 +122,7 @@ func TestBadInputs(t *testing.T) {
 			"bad_annotations.go:21: method Unknown: unknown directive //icsgen:idempotent (want proc or oneway)",
 		}},
 		{"bad_recursive.go", "", []string{
-			"bad_recursive.go:9: type Tree: field Kids: unsupported recursive type Tree: its decoding depth could not be bounded",
+			"bad_recursive.go:9: method Store, parameter t: type Tree: field Kids: unsupported recursive type Tree: its decoding depth could not be bounded",
 		}},
 		{"bad_clash.go", "", []string{
 			"bad_clash.go:9: icsgen would declare KVClient, which testdata/bad_clash.go:6 already declares",
@@ -152,12 +155,13 @@ func TestBadInputs(t *testing.T) {
 	}
 }
 
-// TestManyErrorsAreCapped: a hopeless input does not flood the terminal.
-func TestManyErrorsAreCapped(t *testing.T) {
+// TestEveryErrorReported: one run reports every problem of a hopeless
+// input, so that fixing it takes one edit, not one run per error.
+func TestEveryErrorReported(t *testing.T) {
 	var sb strings.Builder
 	sb.WriteString("package many\n\nimport \"context\"\n\n//icsgen:service channel=8 subservice=0 version=1\ntype Many interface {\n")
 	for i := range 15 {
-		sb.WriteString("\tM" + string(rune('a'+i)) + "(ctx context.Context, p *int) error\n")
+		sb.WriteString("\tM" + string(rune('a'+i)) + "(ctx context.Context, p *int) error\n") // no proc line, a pointer
 	}
 	sb.WriteString("}\n")
 	_, err := Generate(Options{File: "testdata/many.go", Src: []byte(sb.String())})
@@ -166,8 +170,54 @@ func TestManyErrorsAreCapped(t *testing.T) {
 		t.Fatalf("error %v", err)
 	}
 	lines := strings.Split(ge.Msg, "\n")
-	if len(lines) != maxReported+1 || lines[maxReported] != "(20 more errors)" {
-		t.Fatalf("%d lines, last %q", len(lines), lines[len(lines)-1])
+	if len(lines) != 30 {
+		t.Fatalf("%d lines, want 30 (2 per method):\n%s", len(lines), ge.Msg)
+	}
+	if want := "testdata/many.go:21: method Mo, parameter p: unsupported type *int: pointers are not supported; pass the value"; lines[29] != want {
+		t.Fatalf("last line %q, want %q", lines[29], want)
+	}
+}
+
+// TestSyntaxErrorsReported: every syntax error, not the first and "(and N
+// more errors)".
+func TestSyntaxErrorsReported(t *testing.T) {
+	src := "package bad\n\nfunc f() {\n\tx := \n}\n\nfunc g() {\n\ty := )\n}\n"
+	_, err := Generate(Options{File: "testdata/syntax.go", Src: []byte(src)})
+	var ge *Error
+	if !errors.As(err, &ge) {
+		t.Fatalf("error %v", err)
+	}
+	lines := strings.Split(ge.Msg, "\n")
+	// One line per error, each with its position; the parser places the
+	// second after its recovery, past line 8.
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "testdata/syntax.go:5:") || !strings.HasPrefix(lines[1], "testdata/syntax.go:9:") || strings.Contains(ge.Msg, "more error") {
+		t.Fatalf("got:\n%s", ge.Msg)
+	}
+}
+
+// TestDuplicateProcAmongBrokenMethods: a method with a bad type still
+// takes part in the duplicate procedure check.
+func TestDuplicateProcAmongBrokenMethods(t *testing.T) {
+	src := "package dup\n\nimport \"context\"\n\n//icsgen:service channel=8 subservice=0 version=1\ntype Dup interface {\n" +
+		"\t//icsgen:proc 1\n\tA(ctx context.Context, p *int) error\n" +
+		"\t//icsgen:proc 1\n\tB(ctx context.Context) error\n}\n"
+	_, err := Generate(Options{File: "testdata/dup.go", Src: []byte(src)})
+	var ge *Error
+	if !errors.As(err, &ge) {
+		t.Fatalf("error %v", err)
+	}
+	want := "testdata/dup.go:8: method A, parameter p: unsupported type *int: pointers are not supported; pass the value\n" +
+		"testdata/dup.go:10: method B: duplicate procedure number 1 (also A at line 8)"
+	if ge.Msg != want {
+		t.Fatalf("got:\n%s\nwant:\n%s", ge.Msg, want)
+	}
+}
+
+func TestArticle(t *testing.T) {
+	for word, want := range map[string]string{"Inventory": "an", "KV": "a", "Forwarding": "a", "HTTPServer": "an", "UDPRelay": "a", "Order": "an", "Wire": "a"} {
+		if got := article(word); got != want {
+			t.Errorf("article(%q) = %q, want %q", word, got, want)
+		}
 	}
 }
 
@@ -178,3 +228,5 @@ func TestLowerIdent(t *testing.T) {
 		}
 	}
 }
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

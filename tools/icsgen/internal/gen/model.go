@@ -1,6 +1,11 @@
 package gen
 
-import "go/token"
+import (
+	"go/token"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
 
 // Service is one annotated interface, validated: everything the emitter
 // needs and nothing it has to check again.
@@ -119,20 +124,21 @@ func (t *Type) Go() string {
 	panic("gen: unnamed struct type") // resolve never builds one
 }
 
-// mangle is the type's part of its codec functions' names, unique per
-// distinct type of one service.
+// mangle is the type's part of its codec functions' names, in camel
+// case: Entry, SliceEntry, MapStringInt64. Two types may mangle alike (a
+// type named SliceEntry and []Entry): the emitter numbers the second.
 func (t *Type) mangle() string {
 	switch {
 	case t.Named != "":
-		return t.Named
+		return upperFirst(t.Named)
 	case t.Kind == KBytes:
-		return "bytes"
+		return "Bytes"
 	case t.isBasic():
-		return basicNames[t.Kind]
+		return upperFirst(basicNames[t.Kind])
 	case t.Kind == KSlice:
-		return "slice_" + t.Elem.mangle()
+		return "Slice" + t.Elem.mangle()
 	case t.Kind == KMap:
-		return "map_" + t.Key.mangle() + "_" + t.Elem.mangle()
+		return "Map" + t.Key.mangle() + t.Elem.mangle()
 	}
 	panic("gen: unnamed struct type")
 }
@@ -156,4 +162,31 @@ func (t *Type) minSize() int {
 	default: // strings, byte slices, slices and maps start with a length
 		return 1
 	}
+}
+
+// upperFirst capitalises s's first letter.
+func upperFirst(s string) string {
+	if s == "" {
+		return s
+	}
+	r, n := utf8.DecodeRuneInString(s)
+	return string(unicode.ToUpper(r)) + s[n:]
+}
+
+// article is the indefinite article before word in a comment: "an" before
+// a vowel, or before an initialism read with a vowel sound (an HTTPServer,
+// an SQLStore), otherwise "a".
+func article(word string) string {
+	if word == "" {
+		return "a"
+	}
+	first := unicode.ToUpper(rune(word[0]))
+	vowelSounds := "AEIOU"
+	if len(word) > 1 && unicode.IsUpper(rune(word[0])) && unicode.IsUpper(rune(word[1])) {
+		vowelSounds = "AEFHILMNORSX" // letters whose names start with a vowel
+	}
+	if strings.ContainsRune(vowelSounds, first) {
+		return "an"
+	}
+	return "a"
 }

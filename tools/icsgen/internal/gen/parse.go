@@ -2,9 +2,11 @@ package gen
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"go/ast"
 	"go/parser"
+	"go/scanner"
 	"go/token"
 	"os"
 	"path/filepath"
@@ -19,7 +21,6 @@ const enginePath = "github.com/clusterinfra/ci/engine"
 const (
 	MaxProc      = 1023 // highest procedure number: bounds the dispatch table
 	MaxErrors    = 255  // declared sentinel errors: one reply byte names them
-	maxReported  = 10   // errors reported before giving up
 	probeChannel = 7    // engine.ChanCLMSProbe: transient, for master probes only
 	firstService = 6    // engine.ChanCLMS: the first channel services may use
 	lastChannel  = 254  // engine.Config.MaxChannels is at most 255
@@ -52,9 +53,9 @@ func load(path string, src []byte) (*pkg, error) {
 			return nil, err
 		}
 	}
-	input, err := parser.ParseFile(fset, path, src, parser.ParseComments|parser.SkipObjectResolution)
+	input, err := parser.ParseFile(fset, path, src, parser.ParseComments|parser.AllErrors|parser.SkipObjectResolution)
 	if err != nil {
-		return nil, err
+		return nil, syntaxErrors(err)
 	}
 	p := &pkg{fset: fset, name: input.Name.Name, input: input, files: []*ast.File{input},
 		types: map[string]*ast.TypeSpec{}, vars: map[string]bool{}, names: map[string]ast.Node{}}
@@ -80,9 +81,9 @@ func load(path string, src []byte) (*pkg, error) {
 		if bytes.HasPrefix(b, []byte(generatedMarker)) {
 			continue
 		}
-		f, err := parser.ParseFile(fset, full, b, parser.ParseComments|parser.SkipObjectResolution)
+		f, err := parser.ParseFile(fset, full, b, parser.ParseComments|parser.AllErrors|parser.SkipObjectResolution)
 		if err != nil {
-			return nil, err
+			return nil, syntaxErrors(err)
 		}
 		if f.Name.Name == p.name {
 			p.files = append(p.files, f)
@@ -151,17 +152,29 @@ func (l *errList) err() error {
 		return a.Line < b.Line
 	})
 	var sb strings.Builder
-	for i, e := range l.errs {
-		if i == maxReported {
-			fmt.Fprintf(&sb, "\n(%d more errors)", len(l.errs)-i)
-			break
-		}
+	for i, e := range l.errs { // all of them: one run shows everything to fix
 		if i > 0 {
 			sb.WriteByte('\n')
 		}
 		fmt.Fprintf(&sb, "%s:%d: %s", e.pos.Filename, e.pos.Line, e.msg)
 	}
 	return &Error{Msg: sb.String()}
+}
+
+// syntaxErrors reports every syntax error of a file as file:line:col:
+// message lines, where the parser's own error shows the first and "(and N
+// more errors)".
+func syntaxErrors(err error) error {
+	var list scanner.ErrorList
+	if !errors.As(err, &list) {
+		return err
+	}
+	list.RemoveMultiples() // one error per line: the first is the one to fix
+	lines := make([]string, len(list))
+	for i, e := range list {
+		lines[i] = e.Error()
+	}
+	return &Error{Msg: strings.Join(lines, "\n")}
 }
 
 // Error is a generation failure: one or more "file:line: message" lines.

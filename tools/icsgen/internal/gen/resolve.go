@@ -101,8 +101,12 @@ func (r *resolver) named(id *ast.Ident) *Type {
 	defer r.errs.prefixSince(len(r.errs.errs), "type "+id.Name+": ")
 	if st, ok := ts.Type.(*ast.StructType); ok {
 		t.Kind = KStruct
+		before := len(r.errs.errs)
 		r.fields(t, ts, st)
-		if t.Kind == KStruct && len(t.Fields) == 0 {
+		if len(r.errs.errs) > before {
+			return nil // its fields' errors say what is wrong
+		}
+		if len(t.Fields) == 0 {
 			r.errs.add(ts.Pos(), "a struct with no fields to marshal")
 			return nil
 		}

@@ -48,16 +48,17 @@ func (p *pkg) buildService(ts *ast.TypeSpec, doc *ast.CommentGroup, errs *errLis
 			errs.add(f.Pos(), "interface %s: embedded interfaces are not supported; list the methods", ts.Name.Name)
 			continue
 		}
-		m := p.buildMethod(f.Names[0].Name, f, ft, ctxName, engName, r, errs)
-		if m == nil {
-			continue
+		m, ok := p.buildMethod(f.Names[0].Name, f, ft, ctxName, engName, r, errs)
+		if m.Proc >= 0 { // checked even for a method with other errors: report everything at once
+			if prev, dup := procs[m.Proc]; dup {
+				errs.add(f.Pos(), "method %s: duplicate procedure number %d (also %s at line %d)", m.Name, m.Proc, prev.Name, prev.Pos.Line)
+				continue
+			}
+			procs[m.Proc] = m
 		}
-		if prev, dup := procs[m.Proc]; dup {
-			errs.add(f.Pos(), "method %s: duplicate procedure number %d (also %s at line %d)", m.Name, m.Proc, prev.Name, prev.Pos.Line)
-			continue
+		if ok {
+			svc.Methods = append(svc.Methods, m)
 		}
-		procs[m.Proc] = m
-		svc.Methods = append(svc.Methods, m)
 	}
 	if len(it.Methods.List) == 0 {
 		errs.add(ts.Pos(), "interface %s has no methods", ts.Name.Name)
@@ -174,8 +175,9 @@ func (p *pkg) serviceArgs(svc *Service, d directive, errs *errList) {
 	}
 }
 
-// buildMethod validates one interface method.
-func (p *pkg) buildMethod(name string, f *ast.Field, ft *ast.FuncType, ctxName, engName string, r *resolver, errs *errList) *Method {
+// buildMethod validates one interface method. The method comes back even
+// when it is not ok, with its procedure number (-1 if it has none).
+func (p *pkg) buildMethod(name string, f *ast.Field, ft *ast.FuncType, ctxName, engName string, r *resolver, errs *errList) (*Method, bool) {
 	m := &Method{Name: name, Proc: -1, Pos: p.fset.Position(f.Pos())}
 	for _, d := range directives(f.Doc) {
 		switch d.verb {
@@ -188,7 +190,7 @@ func (p *pkg) buildMethod(name string, f *ast.Field, ft *ast.FuncType, ctxName, 
 			}
 			if n < 0 || n > MaxProc {
 				errs.add(d.pos, "method %s: //icsgen:proc wants one procedure number in 0..%d", name, MaxProc)
-				return nil
+				return m, false
 			}
 			m.Proc = n
 		case "oneway":
@@ -208,7 +210,7 @@ func (p *pkg) buildMethod(name string, f *ast.Field, ft *ast.FuncType, ctxName, 
 	params := flatten(ft.Params)
 	if len(params) == 0 || !isSelector(params[0].typ, ctxName, "Context") {
 		errs.add(f.Pos(), "method %s: the first parameter must be ctx context.Context", name)
-		return nil
+		return m, false
 	}
 	params = params[1:]
 	if len(params) > 0 && isSelector(params[0].typ, engName, "NodeNum") {
@@ -239,14 +241,14 @@ func (p *pkg) buildMethod(name string, f *ast.Field, ft *ast.FuncType, ctxName, 
 	switch {
 	case m.OneWay && len(results) > 0:
 		errs.add(f.Pos(), "method %s: a one-way method has no results, not even an error", name)
-		return nil
+		return m, false
 	case !m.OneWay && len(results) == 0:
 		errs.add(f.Pos(), "method %s has no results: mark it //icsgen:oneway, or return error", name)
-		return nil
+		return m, false
 	case m.OneWay:
 	case !isIdent(results[len(results)-1].typ, "error"):
 		errs.add(f.Pos(), "method %s: the last result must be error", name)
-		return nil
+		return m, false
 	}
 	for i, a := range results {
 		if i == len(results)-1 {
@@ -266,10 +268,7 @@ func (p *pkg) buildMethod(name string, f *ast.Field, ft *ast.FuncType, ctxName, 
 		}
 		m.Results = append(m.Results, Param{Name: a.name, Spell: types.ExprString(a.typ), Type: t})
 	}
-	if !ok {
-		return nil
-	}
-	return m
+	return m, ok
 }
 
 // paramLabel names a parameter or result in messages: its name, else its

@@ -60,7 +60,7 @@ type All struct {
 	Group Group
 }
 
-//go:generate go run ../../../icsgen -i wire.go -t Wire -o wire_ics.go
+//go:generate go run ../../../icsgen -i wire.go -t Wire -o wire_ics.go --check-decoders
 
 // Wire is served inline, with procedure numbers that leave gaps, no
 // declared errors, and handles min=0.

@@ -27,10 +27,10 @@ const (
 )
 
 var (
-	wireMethodEcho    = engine.Method{Service: WireServiceID, Proc: WireProcEcho, Version: WireVersion}
-	wireMethodMany    = engine.Method{Service: WireServiceID, Proc: WireProcMany, Version: WireVersion}
-	wireMethodNothing = engine.Method{Service: WireServiceID, Proc: WireProcNothing, Version: WireVersion}
-	wireMethodNotify  = engine.Method{Service: WireServiceID, Proc: WireProcNotify, Version: WireVersion}
+	wireMethodEcho    = engine.Method{Service: WireServiceID, Proc: WireProcEcho, Version: WireVersion, Name: "wire", DeclaredErrors: true}
+	wireMethodMany    = engine.Method{Service: WireServiceID, Proc: WireProcMany, Version: WireVersion, Name: "wire", DeclaredErrors: true}
+	wireMethodNothing = engine.Method{Service: WireServiceID, Proc: WireProcNothing, Version: WireVersion, Name: "wire", DeclaredErrors: true}
+	wireMethodNotify  = engine.Method{Service: WireServiceID, Proc: WireProcNotify, Version: WireVersion, Name: "wire", DeclaredErrors: true}
 )
 
 // WireClient calls wire on other nodes. It is safe for concurrent use; each
@@ -118,13 +118,14 @@ func WireProcs(impl Wire) []engine.Handler {
 // its fields (handles, compression) before registering if needed.
 func WireService(impl Wire) engine.Service {
 	return engine.Service{
-		ID:         WireServiceID,
-		Name:       "wire",
-		Version:    WireVersion,
-		Procs:      WireProcs(impl),
-		MinHandles: 0,
-		MaxHandles: 4,
-		Inline:     true,
+		ID:             WireServiceID,
+		Name:           "wire",
+		Version:        WireVersion,
+		Procs:          WireProcs(impl),
+		MinHandles:     0,
+		MaxHandles:     4,
+		Inline:         true,
+		DeclaredErrors: true, // replies start with a status byte: metrics count declared errors
 	}
 }
 
@@ -183,13 +184,13 @@ func (s wireServer) serveNotify(ctx context.Context, req *engine.Request, resp *
 
 // wireEchoAppendArgs encodes the arguments of Wire.Echo.
 func wireEchoAppendArgs(b []byte, a0 All) []byte {
-	b = wireEnc_All(b, a0)
+	b = wireEncAll(b, a0)
 	return b
 }
 
 // wireEchoArgs decodes the arguments of Wire.Echo; errors wrap engine.ErrCantDecodeArgs.
 func wireEchoArgs(d []byte) (a0 All, err error) {
-	if a0, d, err = wireDec_All(d); err != nil {
+	if a0, d, err = wireDecAll(d); err != nil {
 		return All{}, stub.ArgsError("wire", "Echo", err)
 	}
 	if len(d) != 0 {
@@ -201,7 +202,7 @@ func wireEchoArgs(d []byte) (a0 All, err error) {
 // wireEchoAppendResults encodes a successful reply of Wire.Echo.
 func wireEchoAppendResults(b []byte, r0 All) []byte {
 	b = append(b, 0) // status: results follow
-	b = wireEnc_All(b, r0)
+	b = wireEncAll(b, r0)
 	return b
 }
 
@@ -211,7 +212,7 @@ func wireEchoResults(d []byte) (r0 All, err error) {
 	if d, err = stub.ReplyBody("wire", nil, d); err != nil {
 		return All{}, err
 	}
-	if r0, d, err = wireDec_All(d); err != nil {
+	if r0, d, err = wireDecAll(d); err != nil {
 		return All{}, stub.ResultsError("wire", "Echo", err)
 	}
 	if len(d) != 0 {
@@ -225,8 +226,8 @@ func wireManyAppendArgs(b []byte, a0 bool, a1 int, a2 string, a3 map[string][]by
 	b = stub.AppendBool(b, a0)
 	b = stub.AppendInt(b, a1)
 	b = stub.AppendString(b, a2)
-	b = wireEnc_map_string_bytes(b, a3)
-	b = wireEnc_slice_Group(b, a4)
+	b = wireEncMapStringBytes(b, a3)
+	b = wireEncSliceGroup(b, a4)
 	return b
 }
 
@@ -241,10 +242,10 @@ func wireManyArgs(d []byte) (a0 bool, a1 int, a2 string, a3 map[string][]byte, a
 	if a2, d, err = stub.String(d); err != nil {
 		return false, 0, "", nil, nil, stub.ArgsError("wire", "Many", err)
 	}
-	if a3, d, err = wireDec_map_string_bytes(d); err != nil {
+	if a3, d, err = wireDecMapStringBytes(d); err != nil {
 		return false, 0, "", nil, nil, stub.ArgsError("wire", "Many", err)
 	}
-	if a4, d, err = wireDec_slice_Group(d); err != nil {
+	if a4, d, err = wireDecSliceGroup(d); err != nil {
 		return false, 0, "", nil, nil, stub.ArgsError("wire", "Many", err)
 	}
 	if len(d) != 0 {
@@ -256,9 +257,9 @@ func wireManyArgs(d []byte) (a0 bool, a1 int, a2 string, a3 map[string][]byte, a
 // wireManyAppendResults encodes a successful reply of Wire.Many.
 func wireManyAppendResults(b []byte, r0 Level, r1 Name, r2 Tags) []byte {
 	b = append(b, 0) // status: results follow
-	b = wireEnc_Level(b, r0)
-	b = wireEnc_Name(b, r1)
-	b = wireEnc_Tags(b, r2)
+	b = wireEncLevel(b, r0)
+	b = wireEncName(b, r1)
+	b = wireEncTags(b, r2)
 	return b
 }
 
@@ -268,13 +269,13 @@ func wireManyResults(d []byte) (r0 Level, r1 Name, r2 Tags, err error) {
 	if d, err = stub.ReplyBody("wire", nil, d); err != nil {
 		return 0, "", nil, err
 	}
-	if r0, d, err = wireDec_Level(d); err != nil {
+	if r0, d, err = wireDecLevel(d); err != nil {
 		return 0, "", nil, stub.ResultsError("wire", "Many", err)
 	}
-	if r1, d, err = wireDec_Name(d); err != nil {
+	if r1, d, err = wireDecName(d); err != nil {
 		return 0, "", nil, stub.ResultsError("wire", "Many", err)
 	}
-	if r2, d, err = wireDec_Tags(d); err != nil {
+	if r2, d, err = wireDecTags(d); err != nil {
 		return 0, "", nil, stub.ResultsError("wire", "Many", err)
 	}
 	if len(d) != 0 {
@@ -316,13 +317,13 @@ func wireNothingResults(d []byte) (err error) {
 
 // wireNotifyAppendArgs encodes the arguments of Wire.Notify.
 func wireNotifyAppendArgs(b []byte, a0 Point) []byte {
-	b = wireEnc_Point(b, a0)
+	b = wireEncPoint(b, a0)
 	return b
 }
 
 // wireNotifyArgs decodes the arguments of Wire.Notify; errors wrap engine.ErrCantDecodeArgs.
 func wireNotifyArgs(d []byte) (a0 Point, err error) {
-	if a0, d, err = wireDec_Point(d); err != nil {
+	if a0, d, err = wireDecPoint(d); err != nil {
 		return Point{}, stub.ArgsError("wire", "Notify", err)
 	}
 	if len(d) != 0 {
@@ -374,7 +375,7 @@ func wireCheckDecoders(b []byte) error {
 	return nil
 }
 
-func wireEnc_All(b []byte, v All) []byte {
+func wireEncAll(b []byte, v All) []byte {
 	b = stub.AppendBool(b, v.B)
 	b = stub.AppendInt8(b, v.I8)
 	b = stub.AppendUint8(b, v.U8)
@@ -392,20 +393,20 @@ func wireEnc_All(b []byte, v All) []byte {
 	b = stub.AppendBytes(b, v.Bs)
 	b = stub.AppendInt32(b, v.R)
 	b = stub.AppendUint8(b, v.By)
-	b = wireEnc_Level(b, v.Lvl)
-	b = wireEnc_Name(b, v.Nm)
-	b = wireEnc_Blob(b, v.Bl)
-	b = wireEnc_Tags(b, v.Tg)
-	b = wireEnc_Index(b, v.Ix)
-	b = wireEnc_slice_Point(b, v.Pts)
-	b = wireEnc_slice_slice_int16(b, v.Grid)
-	b = wireEnc_map_int64_slice_Point(b, v.ByKey)
-	b = wireEnc_map_bool_string(b, v.Flags)
-	b = wireEnc_Group(b, v.Group)
+	b = wireEncLevel(b, v.Lvl)
+	b = wireEncName(b, v.Nm)
+	b = wireEncBlob(b, v.Bl)
+	b = wireEncTags(b, v.Tg)
+	b = wireEncIndex(b, v.Ix)
+	b = wireEncSlicePoint(b, v.Pts)
+	b = wireEncSliceSliceInt16(b, v.Grid)
+	b = wireEncMapInt64SlicePoint(b, v.ByKey)
+	b = wireEncMapBoolString(b, v.Flags)
+	b = wireEncGroup(b, v.Group)
 	return b
 }
 
-func wireDec_All(d []byte) (v All, _ []byte, err error) {
+func wireDecAll(d []byte) (v All, _ []byte, err error) {
 	if v.B, d, err = stub.Bool(d); err != nil {
 		return All{}, nil, err
 	}
@@ -457,82 +458,82 @@ func wireDec_All(d []byte) (v All, _ []byte, err error) {
 	if v.By, d, err = stub.Uint8(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.Lvl, d, err = wireDec_Level(d); err != nil {
+	if v.Lvl, d, err = wireDecLevel(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.Nm, d, err = wireDec_Name(d); err != nil {
+	if v.Nm, d, err = wireDecName(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.Bl, d, err = wireDec_Blob(d); err != nil {
+	if v.Bl, d, err = wireDecBlob(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.Tg, d, err = wireDec_Tags(d); err != nil {
+	if v.Tg, d, err = wireDecTags(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.Ix, d, err = wireDec_Index(d); err != nil {
+	if v.Ix, d, err = wireDecIndex(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.Pts, d, err = wireDec_slice_Point(d); err != nil {
+	if v.Pts, d, err = wireDecSlicePoint(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.Grid, d, err = wireDec_slice_slice_int16(d); err != nil {
+	if v.Grid, d, err = wireDecSliceSliceInt16(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.ByKey, d, err = wireDec_map_int64_slice_Point(d); err != nil {
+	if v.ByKey, d, err = wireDecMapInt64SlicePoint(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.Flags, d, err = wireDec_map_bool_string(d); err != nil {
+	if v.Flags, d, err = wireDecMapBoolString(d); err != nil {
 		return All{}, nil, err
 	}
-	if v.Group, d, err = wireDec_Group(d); err != nil {
+	if v.Group, d, err = wireDecGroup(d); err != nil {
 		return All{}, nil, err
 	}
 	return v, d, nil
 }
 
-func wireEnc_Blob(b []byte, v Blob) []byte { return stub.AppendBytes(b, []byte(v)) }
+func wireEncBlob(b []byte, v Blob) []byte { return stub.AppendBytes(b, []byte(v)) }
 
-func wireDec_Blob(d []byte) (Blob, []byte, error) {
+func wireDecBlob(d []byte) (Blob, []byte, error) {
 	x, d, err := stub.Bytes(d)
 	return Blob(x), d, err
 }
 
-func wireEnc_Group(b []byte, v Group) []byte {
-	b = wireEnc_Name(b, v.Name)
-	b = wireEnc_slice_Point(b, v.Members)
-	b = wireEnc_map_string_Point(b, v.Attrs)
-	b = wireEnc_slice_Tags(b, v.Sub)
+func wireEncGroup(b []byte, v Group) []byte {
+	b = wireEncName(b, v.Name)
+	b = wireEncSlicePoint(b, v.Members)
+	b = wireEncMapStringPoint(b, v.Attrs)
+	b = wireEncSliceTags(b, v.Sub)
 	return b
 }
 
-func wireDec_Group(d []byte) (v Group, _ []byte, err error) {
-	if v.Name, d, err = wireDec_Name(d); err != nil {
+func wireDecGroup(d []byte) (v Group, _ []byte, err error) {
+	if v.Name, d, err = wireDecName(d); err != nil {
 		return Group{}, nil, err
 	}
-	if v.Members, d, err = wireDec_slice_Point(d); err != nil {
+	if v.Members, d, err = wireDecSlicePoint(d); err != nil {
 		return Group{}, nil, err
 	}
-	if v.Attrs, d, err = wireDec_map_string_Point(d); err != nil {
+	if v.Attrs, d, err = wireDecMapStringPoint(d); err != nil {
 		return Group{}, nil, err
 	}
-	if v.Sub, d, err = wireDec_slice_Tags(d); err != nil {
+	if v.Sub, d, err = wireDecSliceTags(d); err != nil {
 		return Group{}, nil, err
 	}
 	return v, d, nil
 }
 
-// wireEnc_Index writes the entries in Go's map order: the bytes differ from
+// wireEncIndex writes the entries in Go's map order: the bytes differ from
 // call to call, the decoded map does not.
-func wireEnc_Index(b []byte, v Index) []byte {
+func wireEncIndex(b []byte, v Index) []byte {
 	b = stub.AppendLen(b, len(v))
 	for k, x := range v {
 		b = stub.AppendUint16(b, k)
-		b = wireEnc_Name(b, x)
+		b = wireEncName(b, x)
 	}
 	return b
 }
 
-func wireDec_Index(d []byte) (Index, []byte, error) {
+func wireDecIndex(d []byte) (Index, []byte, error) {
 	n, d, err := stub.DecLen(d, 3)
 	if err != nil || n == 0 {
 		return nil, d, err
@@ -544,7 +545,7 @@ func wireDec_Index(d []byte) (Index, []byte, error) {
 		if k, d, err = stub.Uint16(d); err != nil {
 			return nil, nil, err
 		}
-		if x, d, err = wireDec_Name(d); err != nil {
+		if x, d, err = wireDecName(d); err != nil {
 			return nil, nil, err
 		}
 		if _, dup := v[k]; dup {
@@ -555,61 +556,16 @@ func wireDec_Index(d []byte) (Index, []byte, error) {
 	return v, d, nil
 }
 
-func wireEnc_Level(b []byte, v Level) []byte { return stub.AppendInt8(b, int8(v)) }
+func wireEncLevel(b []byte, v Level) []byte { return stub.AppendInt8(b, int8(v)) }
 
-func wireDec_Level(d []byte) (Level, []byte, error) {
+func wireDecLevel(d []byte) (Level, []byte, error) {
 	x, d, err := stub.Int8(d)
 	return Level(x), d, err
 }
 
-func wireEnc_Name(b []byte, v Name) []byte { return stub.AppendString(b, string(v)) }
-
-func wireDec_Name(d []byte) (Name, []byte, error) {
-	x, d, err := stub.String(d)
-	return Name(x), d, err
-}
-
-func wireEnc_Point(b []byte, v Point) []byte {
-	b = stub.AppendInt32(b, v.X)
-	b = stub.AppendInt32(b, v.Y)
-	return b
-}
-
-func wireDec_Point(d []byte) (v Point, _ []byte, err error) {
-	if v.X, d, err = stub.Int32(d); err != nil {
-		return Point{}, nil, err
-	}
-	if v.Y, d, err = stub.Int32(d); err != nil {
-		return Point{}, nil, err
-	}
-	return v, d, nil
-}
-
-func wireEnc_Tags(b []byte, v Tags) []byte {
-	b = stub.AppendLen(b, len(v))
-	for _, x := range v {
-		b = stub.AppendString(b, x)
-	}
-	return b
-}
-
-func wireDec_Tags(d []byte) (Tags, []byte, error) {
-	n, d, err := stub.DecLen(d, 1)
-	if err != nil || n == 0 {
-		return nil, d, err
-	}
-	v := make(Tags, n)
-	for i := range v {
-		if v[i], d, err = stub.String(d); err != nil {
-			return nil, nil, err
-		}
-	}
-	return v, d, nil
-}
-
-// wireEnc_map_bool_string writes the entries in Go's map order: the bytes differ from
+// wireEncMapBoolString writes the entries in Go's map order: the bytes differ from
 // call to call, the decoded map does not.
-func wireEnc_map_bool_string(b []byte, v map[bool]string) []byte {
+func wireEncMapBoolString(b []byte, v map[bool]string) []byte {
 	b = stub.AppendLen(b, len(v))
 	for k, x := range v {
 		b = stub.AppendBool(b, k)
@@ -618,7 +574,7 @@ func wireEnc_map_bool_string(b []byte, v map[bool]string) []byte {
 	return b
 }
 
-func wireDec_map_bool_string(d []byte) (map[bool]string, []byte, error) {
+func wireDecMapBoolString(d []byte) (map[bool]string, []byte, error) {
 	n, d, err := stub.DecLen(d, 2)
 	if err != nil || n == 0 {
 		return nil, d, err
@@ -641,18 +597,18 @@ func wireDec_map_bool_string(d []byte) (map[bool]string, []byte, error) {
 	return v, d, nil
 }
 
-// wireEnc_map_int64_slice_Point writes the entries in Go's map order: the bytes differ from
+// wireEncMapInt64SlicePoint writes the entries in Go's map order: the bytes differ from
 // call to call, the decoded map does not.
-func wireEnc_map_int64_slice_Point(b []byte, v map[int64][]Point) []byte {
+func wireEncMapInt64SlicePoint(b []byte, v map[int64][]Point) []byte {
 	b = stub.AppendLen(b, len(v))
 	for k, x := range v {
 		b = stub.AppendInt64(b, k)
-		b = wireEnc_slice_Point(b, x)
+		b = wireEncSlicePoint(b, x)
 	}
 	return b
 }
 
-func wireDec_map_int64_slice_Point(d []byte) (map[int64][]Point, []byte, error) {
+func wireDecMapInt64SlicePoint(d []byte) (map[int64][]Point, []byte, error) {
 	n, d, err := stub.DecLen(d, 9)
 	if err != nil || n == 0 {
 		return nil, d, err
@@ -664,7 +620,7 @@ func wireDec_map_int64_slice_Point(d []byte) (map[int64][]Point, []byte, error) 
 		if k, d, err = stub.Int64(d); err != nil {
 			return nil, nil, err
 		}
-		if x, d, err = wireDec_slice_Point(d); err != nil {
+		if x, d, err = wireDecSlicePoint(d); err != nil {
 			return nil, nil, err
 		}
 		if _, dup := v[k]; dup {
@@ -675,43 +631,9 @@ func wireDec_map_int64_slice_Point(d []byte) (map[int64][]Point, []byte, error) 
 	return v, d, nil
 }
 
-// wireEnc_map_string_Point writes the entries in Go's map order: the bytes differ from
+// wireEncMapStringBytes writes the entries in Go's map order: the bytes differ from
 // call to call, the decoded map does not.
-func wireEnc_map_string_Point(b []byte, v map[string]Point) []byte {
-	b = stub.AppendLen(b, len(v))
-	for k, x := range v {
-		b = stub.AppendString(b, k)
-		b = wireEnc_Point(b, x)
-	}
-	return b
-}
-
-func wireDec_map_string_Point(d []byte) (map[string]Point, []byte, error) {
-	n, d, err := stub.DecLen(d, 9)
-	if err != nil || n == 0 {
-		return nil, d, err
-	}
-	v := make(map[string]Point, min(n, 1024)) // the hint is bounded: small entries could claim much room
-	for range n {
-		var k string
-		var x Point
-		if k, d, err = stub.String(d); err != nil {
-			return nil, nil, err
-		}
-		if x, d, err = wireDec_Point(d); err != nil {
-			return nil, nil, err
-		}
-		if _, dup := v[k]; dup {
-			return nil, nil, stub.ErrDupKey
-		}
-		v[k] = x
-	}
-	return v, d, nil
-}
-
-// wireEnc_map_string_bytes writes the entries in Go's map order: the bytes differ from
-// call to call, the decoded map does not.
-func wireEnc_map_string_bytes(b []byte, v map[string][]byte) []byte {
+func wireEncMapStringBytes(b []byte, v map[string][]byte) []byte {
 	b = stub.AppendLen(b, len(v))
 	for k, x := range v {
 		b = stub.AppendString(b, k)
@@ -720,7 +642,7 @@ func wireEnc_map_string_bytes(b []byte, v map[string][]byte) []byte {
 	return b
 }
 
-func wireDec_map_string_bytes(d []byte) (map[string][]byte, []byte, error) {
+func wireDecMapStringBytes(d []byte) (map[string][]byte, []byte, error) {
 	n, d, err := stub.DecLen(d, 2)
 	if err != nil || n == 0 {
 		return nil, d, err
@@ -743,73 +665,86 @@ func wireDec_map_string_bytes(d []byte) (map[string][]byte, []byte, error) {
 	return v, d, nil
 }
 
-func wireEnc_slice_Group(b []byte, v []Group) []byte {
+// wireEncMapStringPoint writes the entries in Go's map order: the bytes differ from
+// call to call, the decoded map does not.
+func wireEncMapStringPoint(b []byte, v map[string]Point) []byte {
 	b = stub.AppendLen(b, len(v))
-	for _, x := range v {
-		b = wireEnc_Group(b, x)
+	for k, x := range v {
+		b = stub.AppendString(b, k)
+		b = wireEncPoint(b, x)
 	}
 	return b
 }
 
-func wireDec_slice_Group(d []byte) ([]Group, []byte, error) {
+func wireDecMapStringPoint(d []byte) (map[string]Point, []byte, error) {
+	n, d, err := stub.DecLen(d, 9)
+	if err != nil || n == 0 {
+		return nil, d, err
+	}
+	v := make(map[string]Point, min(n, 1024)) // the hint is bounded: small entries could claim much room
+	for range n {
+		var k string
+		var x Point
+		if k, d, err = stub.String(d); err != nil {
+			return nil, nil, err
+		}
+		if x, d, err = wireDecPoint(d); err != nil {
+			return nil, nil, err
+		}
+		if _, dup := v[k]; dup {
+			return nil, nil, stub.ErrDupKey
+		}
+		v[k] = x
+	}
+	return v, d, nil
+}
+
+func wireEncName(b []byte, v Name) []byte { return stub.AppendString(b, string(v)) }
+
+func wireDecName(d []byte) (Name, []byte, error) {
+	x, d, err := stub.String(d)
+	return Name(x), d, err
+}
+
+func wireEncPoint(b []byte, v Point) []byte {
+	b = stub.AppendInt32(b, v.X)
+	b = stub.AppendInt32(b, v.Y)
+	return b
+}
+
+func wireDecPoint(d []byte) (v Point, _ []byte, err error) {
+	if v.X, d, err = stub.Int32(d); err != nil {
+		return Point{}, nil, err
+	}
+	if v.Y, d, err = stub.Int32(d); err != nil {
+		return Point{}, nil, err
+	}
+	return v, d, nil
+}
+
+func wireEncSliceGroup(b []byte, v []Group) []byte {
+	b = stub.AppendLen(b, len(v))
+	for _, x := range v {
+		b = wireEncGroup(b, x)
+	}
+	return b
+}
+
+func wireDecSliceGroup(d []byte) ([]Group, []byte, error) {
 	n, d, err := stub.DecLen(d, 4)
 	if err != nil || n == 0 {
 		return nil, d, err
 	}
 	v := make([]Group, n)
 	for i := range v {
-		if v[i], d, err = wireDec_Group(d); err != nil {
+		if v[i], d, err = wireDecGroup(d); err != nil {
 			return nil, nil, err
 		}
 	}
 	return v, d, nil
 }
 
-func wireEnc_slice_Point(b []byte, v []Point) []byte {
-	b = stub.AppendLen(b, len(v))
-	for _, x := range v {
-		b = wireEnc_Point(b, x)
-	}
-	return b
-}
-
-func wireDec_slice_Point(d []byte) ([]Point, []byte, error) {
-	n, d, err := stub.DecLen(d, 8)
-	if err != nil || n == 0 {
-		return nil, d, err
-	}
-	v := make([]Point, n)
-	for i := range v {
-		if v[i], d, err = wireDec_Point(d); err != nil {
-			return nil, nil, err
-		}
-	}
-	return v, d, nil
-}
-
-func wireEnc_slice_Tags(b []byte, v []Tags) []byte {
-	b = stub.AppendLen(b, len(v))
-	for _, x := range v {
-		b = wireEnc_Tags(b, x)
-	}
-	return b
-}
-
-func wireDec_slice_Tags(d []byte) ([]Tags, []byte, error) {
-	n, d, err := stub.DecLen(d, 1)
-	if err != nil || n == 0 {
-		return nil, d, err
-	}
-	v := make([]Tags, n)
-	for i := range v {
-		if v[i], d, err = wireDec_Tags(d); err != nil {
-			return nil, nil, err
-		}
-	}
-	return v, d, nil
-}
-
-func wireEnc_slice_int16(b []byte, v []int16) []byte {
+func wireEncSliceInt16(b []byte, v []int16) []byte {
 	b = stub.AppendLen(b, len(v))
 	for _, x := range v {
 		b = stub.AppendInt16(b, x)
@@ -817,7 +752,7 @@ func wireEnc_slice_int16(b []byte, v []int16) []byte {
 	return b
 }
 
-func wireDec_slice_int16(d []byte) ([]int16, []byte, error) {
+func wireDecSliceInt16(d []byte) ([]int16, []byte, error) {
 	n, d, err := stub.DecLen(d, 2)
 	if err != nil || n == 0 {
 		return nil, d, err
@@ -831,22 +766,88 @@ func wireDec_slice_int16(d []byte) ([]int16, []byte, error) {
 	return v, d, nil
 }
 
-func wireEnc_slice_slice_int16(b []byte, v [][]int16) []byte {
+func wireEncSlicePoint(b []byte, v []Point) []byte {
 	b = stub.AppendLen(b, len(v))
 	for _, x := range v {
-		b = wireEnc_slice_int16(b, x)
+		b = wireEncPoint(b, x)
 	}
 	return b
 }
 
-func wireDec_slice_slice_int16(d []byte) ([][]int16, []byte, error) {
+func wireDecSlicePoint(d []byte) ([]Point, []byte, error) {
+	n, d, err := stub.DecLen(d, 8)
+	if err != nil || n == 0 {
+		return nil, d, err
+	}
+	v := make([]Point, n)
+	for i := range v {
+		if v[i], d, err = wireDecPoint(d); err != nil {
+			return nil, nil, err
+		}
+	}
+	return v, d, nil
+}
+
+func wireEncSliceSliceInt16(b []byte, v [][]int16) []byte {
+	b = stub.AppendLen(b, len(v))
+	for _, x := range v {
+		b = wireEncSliceInt16(b, x)
+	}
+	return b
+}
+
+func wireDecSliceSliceInt16(d []byte) ([][]int16, []byte, error) {
 	n, d, err := stub.DecLen(d, 1)
 	if err != nil || n == 0 {
 		return nil, d, err
 	}
 	v := make([][]int16, n)
 	for i := range v {
-		if v[i], d, err = wireDec_slice_int16(d); err != nil {
+		if v[i], d, err = wireDecSliceInt16(d); err != nil {
+			return nil, nil, err
+		}
+	}
+	return v, d, nil
+}
+
+func wireEncSliceTags(b []byte, v []Tags) []byte {
+	b = stub.AppendLen(b, len(v))
+	for _, x := range v {
+		b = wireEncTags(b, x)
+	}
+	return b
+}
+
+func wireDecSliceTags(d []byte) ([]Tags, []byte, error) {
+	n, d, err := stub.DecLen(d, 1)
+	if err != nil || n == 0 {
+		return nil, d, err
+	}
+	v := make([]Tags, n)
+	for i := range v {
+		if v[i], d, err = wireDecTags(d); err != nil {
+			return nil, nil, err
+		}
+	}
+	return v, d, nil
+}
+
+func wireEncTags(b []byte, v Tags) []byte {
+	b = stub.AppendLen(b, len(v))
+	for _, x := range v {
+		b = stub.AppendString(b, x)
+	}
+	return b
+}
+
+func wireDecTags(d []byte) (Tags, []byte, error) {
+	n, d, err := stub.DecLen(d, 1)
+	if err != nil || n == 0 {
+		return nil, d, err
+	}
+	v := make(Tags, n)
+	for i := range v {
+		if v[i], d, err = stub.String(d); err != nil {
 			return nil, nil, err
 		}
 	}

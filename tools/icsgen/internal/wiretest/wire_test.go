@@ -165,9 +165,9 @@ func TestStrictDecoding(t *testing.T) {
 		case "overlong length", "length overflowing 64 bits":
 			_, _, err = stub.String(c.in)
 		case "duplicate map key":
-			_, _, err = wireDec_map_bool_string(c.in)
+			_, _, err = wireDecMapBoolString(c.in)
 		case "two points in 15 bytes":
-			_, _, err = wireDec_slice_Point(c.in)
+			_, _, err = wireDecSlicePoint(c.in)
 		}
 		if !errors.Is(err, c.want) {
 			t.Errorf("%s: %v, want %v", c.name, err, c.want)

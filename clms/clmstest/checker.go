@@ -1,0 +1,93 @@
+package clmstest
+
+import (
+	"fmt"
+	"reflect"
+
+	"github.com/clusterinfra/ci/clms"
+	"go.etcd.io/raft/v3"
+)
+
+// Checker holds the invariants every step of a simulation must keep:
+//   - every process's records are a prefix of one sequence, with transition
+//     ids 1, 2, 3, ... without gaps;
+//   - raft never has two leaders in the same term;
+//   - at most one node grants membership leases at any instant;
+//   - no process acts as a member while its incarnation is SHUTDOWN,
+//     GOINGDOWN, KCLEANUP, UCLEANUP or DOWN in any node's view (the longest
+//     history is the union of the views, since all are prefixes of it).
+type Checker struct {
+	s       *Sim
+	canon   []clms.Record
+	state   map[clms.NodeNum]clms.Member // state after canon
+	leaders map[uint64]clms.NodeNum
+	// Checks counts invariant evaluations, so a test can show the checker ran.
+	Checks int
+}
+
+func newChecker(s *Sim) *Checker {
+	return &Checker{s: s, state: map[clms.NodeNum]clms.Member{}, leaders: map[uint64]clms.NodeNum{}}
+}
+
+// Canon returns the longest history seen.
+func (c *Checker) Canon() []clms.Record { return c.canon }
+
+func (c *Checker) fail(format string, args ...any) {
+	c.s.tb.Helper()
+	c.s.tb.Fatalf("at %v: invariant violated: %s\n%s", c.s.Now, fmt.Sprintf(format, args...), c.s.Dump())
+}
+
+// record checks one record a process applied against the sequence.
+func (c *Checker) record(n *Node, r clms.Record) {
+	i := len(n.Records) - 1
+	if r.Kind == clms.RecordTransition {
+		n.transitions++
+		if r.Transition.ID != clms.TransitionID(n.transitions) {
+			c.fail("node %d applied transition %d as its transition %d", n.Num, r.Transition.ID, n.transitions)
+		}
+	}
+	if r.Seq != uint64(i+1) {
+		c.fail("node %d applied record %d as its record %d", n.Num, r.Seq, i+1)
+	}
+	if i < len(c.canon) {
+		if !reflect.DeepEqual(c.canon[i], r) {
+			c.fail("node %d record %d is %v, others have %v", n.Num, r.Seq, r.Transition, c.canon[i].Transition)
+		}
+		return
+	}
+	c.canon = append(c.canon, r)
+	if r.Kind != clms.RecordTransition {
+		return
+	}
+	t := r.Transition
+	c.state[t.Node] = clms.Member{Node: t.Node, State: t.To, Incarnation: t.Incarnation, LastChange: t.ID}
+}
+
+func (c *Checker) check() {
+	c.s.tb.Helper()
+	c.Checks++
+	granting := clms.NodeNum(0)
+	for _, n := range c.s.nodes {
+		if !n.Started || n.Dead {
+			continue
+		}
+		if st, ok := n.Core.RaftStatus(); ok && st.RaftState == raft.StateLeader {
+			if prev, ok := c.leaders[st.GetTerm()]; ok && prev != n.Num {
+				c.fail("nodes %d and %d both led term %d", prev, n.Num, st.GetTerm())
+			}
+			c.leaders[st.GetTerm()] = n.Num
+		}
+		if n.Paused {
+			continue // a stopped process does nothing; it ticks before anything on resume
+		}
+		if n.Core.GrantsLeases() {
+			if granting != 0 {
+				c.fail("nodes %d and %d both grant leases", granting, n.Num)
+			}
+			granting = n.Num
+		}
+		if m, ok := c.state[n.Num]; ok && m.Incarnation == n.Inc && !m.State.IsMember() && n.Core.Acting() {
+			c.fail("node %d inc %d acts as a member while it is %s (transition %d)", n.Num, n.Inc, m.State, m.LastChange)
+		}
+	}
+}

@@ -1,0 +1,579 @@
+// Package clmstest runs many CLMS cores in one process over a simulated
+// network and simulated time, with the faults CLMS must survive: message
+// delay and loss, partitions, crashes, hangs (SIGSTOP), restarts with a new
+// incarnation, and clocks that run fast or slow. Everything is driven by one
+// seeded random source, so a run is a deterministic function of its seed and
+// its script; an invariant checker runs after every step.
+//
+//	s := clmstest.New(t, clmstest.Options{Nodes: clmstest.Table(3, 3), Timing: clms.LANFastTiming()})
+//	s.StartAll()
+//	s.RunUntil(5*time.Second, s.AllUp)
+//	s.Crash(2)
+//	s.RunUntil(time.Second, func() bool { return s.DownEverywhere(2) })
+package clmstest
+
+import (
+	"container/heap"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/clusterinfra/ci/clms"
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+)
+
+// TB is the part of testing.TB the simulator uses.
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Logf(format string, args ...any)
+}
+
+// Options configure a simulation. Zero values take the defaults noted.
+type Options struct {
+	Seed   uint64
+	Nodes  []clms.NodeConfig
+	Timing clms.Timing
+	Step   time.Duration // simulated time per step (default 1 ms)
+	Delay  time.Duration // one-way network delay (default 1 ms)
+	Jitter time.Duration // extra random delay up to this (default 1 ms)
+	// CallbackTime is how long a node's subsystem callbacks take (default
+	// 2 ms); Node.HangCallbacks makes them never finish.
+	CallbackTime time.Duration
+	// Verbose logs every action through TB.Logf.
+	Verbose bool
+}
+
+// Table returns a node table of n nodes numbered from 1, the first
+// `eligible` of them master-eligible.
+func Table(n, eligible int) []clms.NodeConfig {
+	t := make([]clms.NodeConfig, n)
+	for i := range t {
+		t[i] = clms.NodeConfig{Num: clms.NodeNum(i + 1), MasterEligible: i < eligible}
+	}
+	return t
+}
+
+// Node is one simulated process (and the disk that outlives it).
+type Node struct {
+	Num      clms.NodeNum
+	Eligible bool
+	Core     *clms.Core
+	Inc      uint64
+	// Rate is the speed of this node's clock (1 exact, 0.9 runs 10% slow).
+	Rate float64
+	// ExtraDelay is added to every message to or from this node.
+	ExtraDelay time.Duration
+	// HangCallbacks: this node's subsystem callbacks never report.
+	HangCallbacks bool
+
+	Paused, Dead, Started bool
+	// Records is this process's history, as handed out by Ready.Applied.
+	Records     []clms.Record
+	transitions int // among Records
+	Actions     []TimedAction
+	JoinErr     error
+
+	clock     float64 // nanoseconds of this incarnation on its own clock
+	ticksDone int64
+	disk      *raft.MemoryStorage // what the runner persisted
+	diskHS    *raftpb.HardState
+	connected map[clms.NodeNum]bool
+}
+
+// TimedAction is an action with the simulated time it was handed out.
+type TimedAction struct {
+	At  time.Duration
+	Inc uint64 // the incarnation that was handed the action
+	clms.Action
+}
+
+type event struct {
+	at  time.Duration
+	seq uint64
+	fn  func()
+}
+
+type eventHeap []*event
+
+func (h eventHeap) Len() int { return len(h) }
+func (h eventHeap) Less(i, j int) bool {
+	if h[i].at != h[j].at {
+		return h[i].at < h[j].at
+	}
+	return h[i].seq < h[j].seq
+}
+func (h eventHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *eventHeap) Push(x any)   { *h = append(*h, x.(*event)) }
+func (h *eventHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return e
+}
+
+// Sim is the simulated cluster.
+type Sim struct {
+	tb    TB
+	opt   Options
+	Now   time.Duration
+	rng   *rand.Rand
+	nodes []*Node
+	byNum map[clms.NodeNum]*Node
+	q     eventHeap
+	seq   uint64
+	drop  map[[2]clms.NodeNum]float64
+	cut   map[[2]clms.NodeNum]bool
+	buf   []byte
+	Check *Checker
+	// Sent counts messages sent, by type.
+	Sent map[clms.MsgType]int
+}
+
+// New builds a simulation; nodes do not run until Start.
+func New(tb TB, opt Options) *Sim {
+	if opt.Step == 0 {
+		opt.Step = time.Millisecond
+	}
+	if opt.Delay == 0 {
+		opt.Delay = time.Millisecond
+	}
+	if opt.Jitter == 0 {
+		opt.Jitter = time.Millisecond
+	}
+	if opt.CallbackTime == 0 {
+		opt.CallbackTime = 2 * time.Millisecond
+	}
+	if opt.Timing.Tick == 0 {
+		opt.Timing = clms.LANFastTiming()
+	}
+	s := &Sim{tb: tb, opt: opt, rng: rand.New(rand.NewPCG(opt.Seed, opt.Seed^0x9e3779b97f4a7c15)),
+		byNum: map[clms.NodeNum]*Node{}, drop: map[[2]clms.NodeNum]float64{}, cut: map[[2]clms.NodeNum]bool{},
+		Sent: map[clms.MsgType]int{}}
+	s.Check = newChecker(s)
+	for _, nc := range opt.Nodes {
+		n := &Node{Num: nc.Num, Eligible: nc.MasterEligible, Rate: 1, connected: map[clms.NodeNum]bool{}}
+		s.nodes = append(s.nodes, n)
+		s.byNum[nc.Num] = n
+	}
+	return s
+}
+
+// Node returns node n.
+func (s *Sim) Node(n clms.NodeNum) *Node { return s.byNum[n] }
+
+// Nodes returns every node in number order.
+func (s *Sim) Nodes() []*Node { return s.nodes }
+
+// Timing is the simulation's timing profile.
+func (s *Sim) Timing() clms.Timing { return s.opt.Timing }
+
+func (s *Sim) after(d time.Duration, fn func()) {
+	s.seq++
+	heap.Push(&s.q, &event{at: s.Now + d, seq: s.seq, fn: fn})
+}
+
+// Start starts node n's process with a new incarnation. A master-eligible
+// node keeps its disk across restarts; the others start empty.
+func (s *Sim) Start(num clms.NodeNum) {
+	s.tb.Helper()
+	n := s.byNum[num]
+	n.Inc++
+	var storage *raft.MemoryStorage
+	if n.Eligible {
+		storage = clms.BootstrapStorage(s.opt.Nodes)
+		if n.disk != nil {
+			fi, _ := n.disk.FirstIndex()
+			li, _ := n.disk.LastIndex()
+			if li >= fi {
+				ents, err := n.disk.Entries(fi, li+1, 1<<62)
+				if err != nil {
+					s.tb.Fatalf("node %d: read disk: %v", num, err)
+				}
+				if err := storage.Append(ents); err != nil {
+					s.tb.Fatalf("node %d: restore disk: %v", num, err)
+				}
+			}
+			if n.diskHS != nil {
+				_ = storage.SetHardState(n.diskHS)
+			}
+		}
+		if n.disk == nil {
+			n.disk = clms.BootstrapStorage(s.opt.Nodes)
+		}
+	}
+	now := s.Now
+	core, err := clms.NewCore(clms.Config{
+		Self: num, Nodes: s.opt.Nodes, Timing: s.opt.Timing, Incarnation: n.Inc,
+		Info:      clms.NodeInfo{CPUsTotal: 4, CPUsOnline: 4, MemoryBytes: 1 << 30, Capabilities: []string{fmt.Sprintf("n%d", num)}},
+		Storage:   storage,
+		WallClock: func() time.Time { return time.Unix(1_800_000_000, 0).Add(now) },
+	})
+	if err != nil {
+		s.tb.Fatalf("node %d: %v", num, err)
+	}
+	n.Core, n.Started, n.Dead, n.Paused = core, true, false, false
+	n.clock, n.ticksDone = 0, 0
+	n.Records, n.transitions, n.JoinErr = nil, 0, nil
+	n.connected = map[clms.NodeNum]bool{}
+	s.drain(n)
+}
+
+// StartAll starts every node.
+func (s *Sim) StartAll() {
+	for _, n := range s.nodes {
+		s.Start(n.Num)
+	}
+}
+
+// Crash kills node n's process: peers with a connection to it see the
+// connection close, and whoever contacts it later is refused (crash proof).
+func (s *Sim) Crash(num clms.NodeNum) {
+	n := s.byNum[num]
+	if n.Dead || !n.Started {
+		return
+	}
+	n.Dead, n.Paused = true, false
+	for _, peer := range slices.Sorted(maps.Keys(n.connected)) {
+		p := s.byNum[peer]
+		pinc := p.Inc
+		s.after(s.delay(num, peer), func() {
+			if s.live(p, pinc) {
+				p.Core.PeerConnectionLost(num)
+				s.drain(p)
+			}
+		})
+	}
+}
+
+// Restart crashes node n if needed and starts it again as a new incarnation.
+func (s *Sim) Restart(num clms.NodeNum) {
+	s.Crash(num)
+	s.Start(num)
+}
+
+// Pause stops node n's processing (SIGSTOP). Its monotonic clock keeps
+// running, as CLOCK_MONOTONIC does, so on Resume it first catches up on its
+// ticks; messages to it wait in its socket buffers.
+func (s *Sim) Pause(num clms.NodeNum) { s.byNum[num].Paused = true }
+
+// Resume continues a paused node.
+func (s *Sim) Resume(num clms.NodeNum) { s.byNum[num].Paused = false }
+
+// Drop drops messages from -> to with probability rate (0 heals).
+func (s *Sim) Drop(from, to clms.NodeNum, rate float64) { s.drop[[2]clms.NodeNum{from, to}] = rate }
+
+// Partition cuts every link between nodes of different groups. Nodes not
+// listed form one more group.
+func (s *Sim) Partition(groups ...[]clms.NodeNum) {
+	group := map[clms.NodeNum]int{}
+	for i, g := range groups {
+		for _, n := range g {
+			group[n] = i + 1
+		}
+	}
+	s.cut = map[[2]clms.NodeNum]bool{}
+	for _, a := range s.nodes {
+		for _, b := range s.nodes {
+			if group[a.Num] != group[b.Num] {
+				s.cut[[2]clms.NodeNum{a.Num, b.Num}] = true
+			}
+		}
+	}
+}
+
+// Heal removes every partition and drop rate.
+func (s *Sim) Heal() {
+	s.cut = map[[2]clms.NodeNum]bool{}
+	s.drop = map[[2]clms.NodeNum]float64{}
+}
+
+func (s *Sim) live(n *Node, inc uint64) bool { return n.Started && !n.Dead && n.Inc == inc }
+
+func (s *Sim) delay(a, b clms.NodeNum) time.Duration {
+	d := s.opt.Delay + s.byNum[a].ExtraDelay + s.byNum[b].ExtraDelay
+	if s.opt.Jitter > 0 {
+		d += time.Duration(s.rng.Int64N(int64(s.opt.Jitter) + 1))
+	}
+	return d
+}
+
+// drain hands out every Ready of n: persist, send, act, advance.
+func (s *Sim) drain(n *Node) {
+	for n.Core.HasReady() {
+		rd := n.Core.Ready()
+		if n.Eligible {
+			if rd.Snapshot != nil {
+				_ = n.disk.ApplySnapshot(rd.Snapshot)
+			}
+			if len(rd.Entries) > 0 {
+				if err := n.disk.Append(rd.Entries); err != nil {
+					s.tb.Fatalf("node %d: persist: %v", n.Num, err)
+				}
+			}
+			if rd.HardState != nil && !raft.IsEmptyHardState(rd.HardState) {
+				n.diskHS = rd.HardState
+			}
+		}
+		for _, m := range rd.Messages {
+			s.send(n, m)
+		}
+		for _, r := range rd.Applied {
+			n.Records = append(n.Records, r)
+			s.Check.record(n, r)
+		}
+		for _, a := range rd.Actions {
+			s.action(n, a)
+		}
+		n.Core.Advance()
+	}
+}
+
+func (s *Sim) action(n *Node, a clms.Action) {
+	n.Actions = append(n.Actions, TimedAction{At: s.Now, Inc: n.Inc, Action: a})
+	if s.opt.Verbose {
+		s.tb.Logf("%8v node %d inc %d: %v", s.Now, n.Num, n.Inc, a)
+	}
+	switch a.Kind {
+	case clms.ActRunNodeUp, clms.ActRunNodeDown:
+		if n.HangCallbacks {
+			return
+		}
+		inc, id := n.Inc, a.Transition
+		s.after(s.opt.CallbackTime, func() {
+			if s.live(n, inc) {
+				n.Core.CallbacksDone(id, nil)
+				s.drain(n)
+			}
+		})
+	case clms.ActJoinFailed:
+		n.JoinErr = a.Err
+	}
+}
+
+func (s *Sim) send(from *Node, m clms.Message) {
+	s.Sent[m.Type]++
+	to := s.byNum[m.To]
+	if to == nil || m.To == from.Num {
+		s.tb.Fatalf("node %d sent to %d", from.Num, m.To)
+	}
+	key := [2]clms.NodeNum{from.Num, m.To}
+	if s.cut[key] || (s.drop[key] > 0 && s.rng.Float64() < s.drop[key]) {
+		return
+	}
+	// Every message goes through the codec, so every scenario tests it.
+	var err error
+	s.buf, err = m.AppendEncode(s.buf[:0])
+	if err != nil {
+		s.tb.Fatalf("encode %v: %v", m, err)
+	}
+	dm, err := clms.DecodeMessage(s.buf)
+	if err != nil {
+		s.tb.Fatalf("decode %v: %v", m, err)
+	}
+	finc := from.Inc
+	s.after(s.delay(from.Num, m.To), func() { s.deliver(from, finc, to, dm) })
+}
+
+func (s *Sim) deliver(from *Node, finc uint64, to *Node, m clms.Message) {
+	if !to.Started {
+		return
+	}
+	if to.Dead {
+		// Connection refused: the sender learns the process is gone.
+		tinc := to.Inc
+		s.after(s.delay(to.Num, from.Num), func() {
+			if s.live(from, finc) {
+				from.Core.PeerCrashProof(to.Num, tinc)
+				s.drain(from)
+			}
+		})
+		return
+	}
+	if to.Paused {
+		s.after(s.opt.Step, func() { s.deliver(from, finc, to, m) }) // waits in the socket buffer
+		return
+	}
+	to.connected[from.Num] = true
+	if s.live(from, finc) {
+		from.connected[to.Num] = true
+	}
+	if err := to.Core.Step(m); err != nil {
+		s.tb.Fatalf("node %d step %v: %v", to.Num, m, err)
+	}
+	s.drain(to)
+}
+
+// Step advances simulated time by one step: clocks and ticks first (a
+// resumed node catches up before it reads a message), then due events, then
+// the invariant check.
+func (s *Sim) Step() {
+	s.tb.Helper()
+	s.Now += s.opt.Step
+	tick := float64(s.opt.Timing.Tick)
+	for _, n := range s.nodes {
+		if !n.Started || n.Dead {
+			continue
+		}
+		n.clock += n.Rate * float64(s.opt.Step)
+		if n.Paused {
+			continue
+		}
+		for n.ticksDone < int64(n.clock/tick) {
+			n.ticksDone++
+			n.Core.Tick()
+			s.drain(n)
+		}
+	}
+	for len(s.q) > 0 && s.q[0].at <= s.Now {
+		e := heap.Pop(&s.q).(*event)
+		e.fn()
+	}
+	s.Check.check()
+}
+
+// Run advances simulated time by d.
+func (s *Sim) Run(d time.Duration) {
+	s.tb.Helper()
+	for end := s.Now + d; s.Now < end; {
+		s.Step()
+	}
+}
+
+// RunUntil steps until cond holds and returns how long it took; it fails
+// the test if cond does not hold within max.
+func (s *Sim) RunUntil(max time.Duration, cond func() bool) time.Duration {
+	s.tb.Helper()
+	start := s.Now
+	for !cond() {
+		if s.Now-start >= max {
+			s.tb.Fatalf("at %v: condition not reached within %v\n%s", s.Now, max, s.Dump())
+		}
+		s.Step()
+	}
+	return s.Now - start
+}
+
+// Up reports whether node num (its current incarnation) is UP in the view
+// of every live node that is a member.
+func (s *Sim) Up(num clms.NodeNum) bool {
+	n := s.byNum[num]
+	for _, v := range s.viewers() {
+		m, _ := v.Core.State().Member(num)
+		if m.State != clms.StateUp || m.Incarnation != n.Inc {
+			return false
+		}
+	}
+	return len(s.viewers()) > 0
+}
+
+// AllUp reports whether every started, live node is UP everywhere.
+func (s *Sim) AllUp() bool {
+	for _, n := range s.nodes {
+		if n.Started && !n.Dead && !s.Up(n.Num) {
+			return false
+		}
+	}
+	return true
+}
+
+// viewers are the live, unpaused processes that are members.
+func (s *Sim) viewers() []*Node {
+	var v []*Node
+	for _, n := range s.nodes {
+		if n.Started && !n.Dead && !n.Paused && n.Core.Acting() {
+			v = append(v, n)
+		}
+	}
+	return v
+}
+
+// DownEverywhere reports whether incarnation inc of node num is past UP
+// (GOINGDOWN or later) in the view of every other live member.
+func (s *Sim) DownEverywhere(num clms.NodeNum, inc uint64) bool {
+	vs := 0
+	for _, v := range s.viewers() {
+		if v.Num == num {
+			continue
+		}
+		vs++
+		m, _ := v.Core.State().Member(num)
+		gone := m.Incarnation > inc || (m.Incarnation == inc && !m.State.IsMember() && m.State != clms.StateNeverUp)
+		if !gone {
+			return false
+		}
+	}
+	return vs > 0
+}
+
+// Master returns the node that acts as master (0 if none).
+func (s *Sim) Master() clms.NodeNum {
+	for _, n := range s.nodes {
+		if n.Started && !n.Dead && !n.Paused && n.Core.IsMaster() {
+			return n.Num
+		}
+	}
+	return 0
+}
+
+// Inject delivers m to node m.To now, as if it came off the network (from
+// the sender's current incarnation), and hands out what follows.
+func (s *Sim) Inject(m clms.Message) {
+	s.tb.Helper()
+	from, to := s.byNum[m.From], s.byNum[m.To]
+	m.FromInc = from.Inc
+	s.deliver(from, from.Inc, to, m)
+}
+
+// RaftPending reports whether a master-eligible node has log entries it
+// persisted but does not know to be committed.
+func (n *Node) RaftPending() bool {
+	if n.disk == nil || n.diskHS == nil {
+		return false
+	}
+	li, _ := n.disk.LastIndex()
+	return li > n.diskHS.GetCommit()
+}
+
+// Fenced reports whether node num's current incarnation fenced itself.
+func (n *Node) Fenced() bool {
+	f, _ := n.Core.Fenced()
+	return f
+}
+
+// Has reports whether n's current incarnation was handed an action of kind k
+// (about node about, if nonzero).
+func (n *Node) Has(k clms.ActionKind, about clms.NodeNum) bool {
+	return slices.ContainsFunc(n.Actions, func(a TimedAction) bool {
+		return a.Inc == n.Inc && a.Kind == k && (about == 0 || a.Node == about)
+	})
+}
+
+// Dump describes every node for a failure message.
+func (s *Sim) Dump() string {
+	out := ""
+	for _, n := range s.nodes {
+		if !n.Started {
+			continue
+		}
+		st := "live"
+		switch {
+		case n.Dead:
+			st = "dead"
+		case n.Paused:
+			st = "paused"
+		}
+		f, why := n.Core.Fenced()
+		rs, _ := n.Core.RaftStatus()
+		out += fmt.Sprintf("node %d inc %d %s acting=%v master=%v fenced=%v(%s) raft=%v/%d lead=%d view:", n.Num, n.Inc, st,
+			n.Core.Acting(), n.Core.IsMaster(), f, why, rs.RaftState, rs.GetTerm(), rs.Lead)
+		for _, m := range n.Core.State().Members() {
+			out += fmt.Sprintf(" %d:%s/%d", m.Node, m.State, m.Incarnation)
+		}
+		out += "\n"
+	}
+	return out
+}

@@ -1,0 +1,551 @@
+package clms
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"slices"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+)
+
+// Errors returned by the core.
+var (
+	ErrConfig      = errors.New("clms: invalid core configuration")
+	ErrNotForMe    = errors.New("clms: message addressed to another node")
+	ErrUnknownNode = errors.New("clms: message from a node outside the node table")
+	ErrJoinTimeout = errors.New("clms: no join within the join timeout")
+	ErrBadRaft     = errors.New("clms: raft message does not match its envelope")
+	ErrNotMember   = errors.New("clms: this node is not a member")
+)
+
+// NodeConfig is one row of the node table as the core needs it.
+type NodeConfig struct {
+	Num            NodeNum
+	MasterEligible bool // a raft voter; a candidate for CLMS master
+}
+
+// Config builds a Core.
+type Config struct {
+	Self  NodeNum
+	Nodes []NodeConfig // the whole node table, this node included
+	// Timing is converted to ticks once; Tick() must be called every
+	// Timing.Tick of the node's monotonic clock.
+	Timing Timing
+	// Incarnation identifies this run of the process and must be larger
+	// than any earlier run's (boot time in nanoseconds, or a persisted
+	// counter): peers refuse messages of older incarnations.
+	Incarnation uint64
+	Info        NodeInfo
+	// Storage is the raft state of a master-eligible node as restored from
+	// disk: BootstrapStorage plus the persisted HardState and entries. Nil
+	// starts from scratch. Unused on other nodes.
+	Storage *raft.MemoryStorage
+	// WallClock stamps transitions for people (Transition.Time); the
+	// protocol never reads it. Nil leaves times zero.
+	WallClock func() time.Time
+	// Logger receives raft's log lines; nil discards them.
+	Logger raft.Logger
+}
+
+// BootstrapStorage returns the raft storage every master-eligible node starts
+// from: a snapshot at index 1 whose configuration is the eligible nodes of the
+// table. It is the same on every node, so it is not persisted; a runner
+// restarting a node appends its persisted state to a fresh one.
+func BootstrapStorage(nodes []NodeConfig) *raft.MemoryStorage {
+	s := raft.NewMemoryStorage()
+	var voters []uint64
+	for _, n := range nodes {
+		if n.MasterEligible {
+			voters = append(voters, uint64(n.Num))
+		}
+	}
+	slices.Sort(voters)
+	_ = s.ApplySnapshot(&raftpb.Snapshot{Metadata: &raftpb.SnapshotMetadata{
+		Index: new(uint64(1)), Term: new(uint64(1)), ConfState: &raftpb.ConfState{Voters: voters},
+	}})
+	return s
+}
+
+type phase uint8
+
+const (
+	phaseJoining phase = iota // probing for the master and asking to join
+	phaseMember               // our COMINGUP is committed
+	phaseFenced               // declared down or lease lost: never a member again
+	phaseLeft                 // planned shutdown committed
+	phaseFailed               // join timed out
+)
+
+// ticks are the Timing durations in ticks.
+type ticks struct {
+	heartbeat, lease, margin, probe, election, raftHB, grant, callback, join int64
+}
+
+// Core is one node's CLMS membership logic: a clock-free state machine in
+// the style of etcd raft's RawNode. The runner feeds it ticks, messages and
+// evidence, and after each input drains Ready and calls Advance. Not safe
+// for concurrent use: the runner serialises every call.
+type Core struct {
+	cfg      Config
+	self     NodeNum
+	inc      uint64
+	t        ticks
+	now      int64
+	eligible map[NodeNum]bool
+	voters   []NodeNum
+	st       *State
+	storage  *raft.MemoryStorage
+	rn       *raft.RawNode // nil on nodes that are not master-eligible
+	rd       *raft.Ready   // handed out by Ready, not yet Advanced
+	applied  uint64        // raft index applied (voters)
+
+	phase       phase
+	joinStart   int64
+	joinTry     int64
+	joinReason  string
+	leaving     bool
+	leaveTry    int64
+	master      NodeNum // who this node believes is the master
+	masterTerm  uint64
+	lead        uint64 // raft's leader, as last reported (voters)
+	lease       int64  // tick at which the membership lease runs out
+	leaseValid  bool
+	hbSeq       uint64
+	hbSent      map[uint64]int64
+	lastHB      int64
+	lastAck     int64
+	lastAcked   uint64 // seq of the last answered imalive
+	peerInc     map[NodeNum]uint64
+	gone        map[NodeNum]uint64 // crash proofs: incarnation known gone
+	echo        echoState
+	cbDone      map[TransitionID][]string // callback reports made, resent to a new master
+	fenceReason string
+	force       forceState
+	quiet       quietState           // when we last heard the leader, for maybeCampaign
+	pendingInfo map[NodeNum]NodeInfo // SetNodeInfo requests not yet applied
+	infoTry     int64
+	handedAt    int64 // last leadership transfer started by handOver
+
+	m *masterState // while raft leader
+
+	out     []Message
+	actions []Action
+	recs    []Record
+	stats   Stats
+}
+
+// echoState is what a voter echoes to its leader: the leader's Stamp on the
+// last append or heartbeat it accepted in Term (when its election timer was
+// reset).
+type echoState struct {
+	lead        NodeNum
+	term, stamp uint64
+}
+
+// quietState is the last tick at which this voter accepted an append or
+// heartbeat from its leader.
+type quietState struct {
+	leader  NodeNum
+	heard   int64
+	tried   bool  // campaigned in this silence already
+	triedAt int64 // when
+}
+
+// NewCore builds a core from cfg.
+func NewCore(cfg Config) (*Core, error) {
+	if err := cfg.Timing.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if cfg.Self == 0 || cfg.Incarnation == 0 {
+		return nil, fmt.Errorf("%w: self and incarnation must be nonzero", ErrConfig)
+	}
+	c := &Core{
+		cfg: cfg, self: cfg.Self, inc: cfg.Incarnation, eligible: map[NodeNum]bool{},
+		hbSent: map[uint64]int64{}, peerInc: map[NodeNum]uint64{}, gone: map[NodeNum]uint64{},
+		cbDone: map[TransitionID][]string{}, pendingInfo: map[NodeNum]NodeInfo{},
+	}
+	tm := cfg.Timing
+	c.t = ticks{
+		heartbeat: int64(tm.Ticks(tm.Heartbeat)), lease: int64(tm.Ticks(tm.LeaseTimeout)),
+		margin: int64(tm.Ticks(tm.LeaseMargin)), probe: int64(tm.Ticks(tm.ProbeAfter)),
+		election: int64(tm.Ticks(tm.ElectionTimeout)), raftHB: int64(tm.Ticks(tm.RaftHeartbeat)),
+		callback: int64(tm.Ticks(tm.CallbackTimeout)), join: int64(tm.Ticks(tm.JoinTimeout)),
+	}
+	// The master grants leases only while a quorum of voters accepted its
+	// messages within this window. A voter refuses to vote for ElectionTimeout
+	// ticks of its own clock after accepting one, so the window leaves a
+	// quarter for clock-rate drift and one tick for tick granularity
+	// (docs/CLMS.md, "Safety argument").
+	c.t.grant = max(1, int64(tm.Ticks(tm.ElectionTimeout*3/4))-1)
+
+	seen := map[NodeNum]bool{}
+	var nums []NodeNum
+	for _, n := range cfg.Nodes {
+		if n.Num == 0 || seen[n.Num] {
+			return nil, fmt.Errorf("%w: node %d is zero or listed twice", ErrConfig, n.Num)
+		}
+		seen[n.Num] = true
+		nums = append(nums, n.Num)
+		if n.MasterEligible {
+			c.eligible[n.Num] = true
+			c.voters = append(c.voters, n.Num)
+		}
+	}
+	slices.Sort(c.voters)
+	if !seen[cfg.Self] {
+		return nil, fmt.Errorf("%w: node %d is not in the node table", ErrConfig, cfg.Self)
+	}
+	if len(c.voters) == 0 {
+		return nil, fmt.Errorf("%w: no master-eligible node", ErrConfig)
+	}
+	c.st = newState(nums)
+	c.joinStart, c.joinTry = 0, -1<<40
+	if c.eligible[c.self] {
+		if err := c.startRaft(); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+func (c *Core) startRaft() error {
+	c.storage = c.cfg.Storage
+	if c.storage == nil {
+		c.storage = BootstrapStorage(c.cfg.Nodes)
+	} else if fi, _ := c.storage.FirstIndex(); fi <= 1 {
+		if li, _ := c.storage.LastIndex(); li == 0 {
+			c.storage = BootstrapStorage(c.cfg.Nodes)
+		}
+	}
+	logger := c.cfg.Logger
+	if logger == nil {
+		logger = &raft.DefaultLogger{Logger: log.New(io.Discard, "", 0)}
+	}
+	rn, err := raft.NewRawNode(&raft.Config{
+		ID:              uint64(c.self),
+		ElectionTick:    int(c.t.election),
+		HeartbeatTick:   int(c.t.raftHB),
+		Storage:         c.storage,
+		MaxSizePerMsg:   1 << 20, // a few thousand records per append
+		MaxInflightMsgs: 256,     // pipelining on a LAN; raft's examples use 256
+		CheckQuorum:     true,    // a leader cut from its quorum steps down (and we build on its lease)
+		PreVote:         true,    // a partitioned voter rejoining does not depose a working leader
+		Logger:          logger,
+	})
+	if err != nil {
+		return fmt.Errorf("%w: raft: %w", ErrConfig, err)
+	}
+	c.rn = rn
+	if len(c.voters) == 1 {
+		// Alone, there is nobody to wait for.
+		_ = c.rn.Campaign()
+	}
+	return nil
+}
+
+// campaigns reports whether this node may be master: a fenced, departed or
+// failed node never is again (it still votes and stores the log, and hands
+// raft leadership on if it gets it).
+func (c *Core) campaigns() bool { return c.phase == phaseJoining || c.phase == phaseMember }
+
+// Tick advances the core's clock by one Timing.Tick. A runner whose process
+// was stopped (SIGSTOP, a frozen VM) must deliver every missed tick before
+// any Step, so that an expired lease is noticed before a message is handled.
+func (c *Core) Tick() {
+	c.now++
+	if c.rn != nil {
+		// Raft ticks even on a node that may not lead any more: its vote
+		// and its election timer keep the others' elections going.
+		c.rn.Tick()
+		c.maybeForce()
+		c.maybeCampaign()
+		c.handOver()
+	}
+	switch c.phase {
+	case phaseJoining:
+		c.tickJoin()
+	case phaseMember:
+		c.tickMember()
+	}
+	if c.m != nil && c.m.ready {
+		c.tickMaster()
+	}
+}
+
+// Acting reports whether this node may act as a member at this tick: it is
+// a member and holds a valid lease. The invariant checker asks it.
+func (c *Core) Acting() bool { return c.phase == phaseMember && !c.leaving && c.now < c.lease }
+
+// GrantsLeases reports whether this node, as master, would grant a lease at
+// this tick. At most one node in the cluster does at any instant.
+func (c *Core) GrantsLeases() bool { return c.canGrant() }
+
+// Fenced reports whether this incarnation fenced itself, and why.
+func (c *Core) Fenced() (bool, string) { return c.phase == phaseFenced, c.fenceReason }
+
+// Now is the core's clock in ticks.
+func (c *Core) Now() int64 { return c.now }
+
+// State is the replicated state as this node has applied it. Read only.
+func (c *Core) State() *State { return c.st }
+
+// Self returns this node's number and incarnation.
+func (c *Core) Self() (NodeNum, uint64) { return c.self, c.inc }
+
+// Master returns the node this core believes is the master (0: unknown).
+func (c *Core) Master() NodeNum { return c.master }
+
+// IsMaster reports whether this node acts as master: raft leader, caught up
+// with the log of its term, and not fenced.
+func (c *Core) IsMaster() bool { return c.isMaster() }
+
+func (c *Core) isMaster() bool { return c.m != nil && c.m.ready && c.campaigns() }
+
+// RaftStatus returns raft's status on master-eligible nodes.
+func (c *Core) RaftStatus() (raft.BasicStatus, bool) {
+	if c.rn == nil {
+		return raft.BasicStatus{}, false
+	}
+	return c.rn.BasicStatus(), true
+}
+
+// Stats returns the counters and gauges for metrics.
+func (c *Core) Stats() Stats {
+	s := c.stats
+	c.st.countByState(&s.MembersByState)
+	if c.rn != nil {
+		s.RaftTerm = c.rn.BasicStatus().GetTerm()
+	}
+	s.IsMaster = c.isMaster()
+	s.Fenced = c.phase == phaseFenced
+	s.LeaseValid = c.Acting()
+	return s
+}
+
+func (c *Core) act(a Action) { c.actions = append(c.actions, a) }
+
+func (c *Core) send(m Message) {
+	if m.To == c.self || m.To == 0 {
+		// To ourselves while our own mastership is not ready (a report, a
+		// leave): the tick that retries, or masterReady, handles it.
+		return
+	}
+	m.From, m.FromInc = c.self, c.inc
+	if c.m != nil {
+		m.Stamp = uint64(c.now)
+		if m.Term == 0 {
+			m.Term = c.m.term
+		}
+	}
+	if c.echo.lead != 0 && c.echo.lead == m.To {
+		m.Echo, m.EchoTerm = c.echo.stamp, c.echo.term
+	}
+	c.out = append(c.out, m)
+}
+
+// Step hands the core one message from the network.
+func (c *Core) Step(m Message) error {
+	if m.To != c.self {
+		return fmt.Errorf("%w: to %d, I am %d", ErrNotForMe, m.To, c.self)
+	}
+	if _, ok := c.st.members[m.From]; !ok || m.From == c.self {
+		return fmt.Errorf("%w: %d", ErrUnknownNode, m.From)
+	}
+	if known := c.peerInc[m.From]; m.FromInc < known {
+		return nil // from a past run of that node: never applied
+	} else if m.FromInc > known {
+		if known != 0 {
+			c.crashProof(m.From, known) // a new incarnation proves the old one gone
+		}
+		c.peerInc[m.From] = m.FromInc
+	}
+	if c.m != nil && m.EchoTerm == c.m.term && c.eligible[m.From] {
+		c.m.acks[m.From] = max(c.m.acks[m.From], int64(m.Echo))
+	}
+	switch m.Type {
+	case MsgRaft:
+		return c.stepRaft(m)
+	case MsgWhoIsMaster:
+		if c.rn != nil {
+			st := c.rn.BasicStatus()
+			c.send(Message{Type: MsgMasterIs, To: m.From, Node: NodeNum(st.Lead), Term: st.GetTerm()})
+		}
+	case MsgMasterIs:
+		c.learnMaster(m.Node, m.Term)
+	case MsgJoin:
+		if !c.isMaster() {
+			c.send(Message{Type: MsgJoinReply, To: m.From, Status: StatusNotMaster, Node: c.master})
+			return nil
+		}
+		st, reason := c.masterJoin(m.From, m.FromInc, m.Info)
+		c.send(Message{Type: MsgJoinReply, To: m.From, Status: st, Reason: reason})
+	case MsgJoinReply:
+		if c.phase != phaseJoining {
+			return nil
+		}
+		switch m.Status {
+		case StatusNotMaster:
+			if c.rn == nil && m.Node != c.master {
+				c.master = m.Node
+				c.joinTry = -1 << 40
+			}
+		case StatusRetry:
+			c.setJoinReason(m.Reason)
+		}
+	case MsgImAlive:
+		c.masterImAlive(m)
+	case MsgImAliveAck:
+		c.imAliveAck(m)
+	case MsgPing:
+		if c.phase == phaseMember && !c.isMaster() {
+			if c.rn == nil && m.Term >= c.masterTerm && m.Term != 0 {
+				c.learnMaster(m.From, m.Term)
+			}
+			c.sendImAlive()
+		}
+	case MsgRecords:
+		c.stepRecords(m)
+	case MsgRecordsAck:
+		if c.isMaster() {
+			if w := c.m.watch[m.From]; w != nil && w.inc == m.FromInc {
+				w.applied = max(w.applied, m.Applied)
+				c.maybePush(m.From, w)
+			}
+		}
+	case MsgCallbacksDone:
+		if c.isMaster() {
+			c.masterCallbacksDone(m.From, m.Transition, m.Failed)
+		}
+	case MsgCrashProof:
+		if mem := c.st.members[m.From]; mem.State.IsMember() && mem.Incarnation == m.FromInc {
+			c.PeerCrashProof(m.Node, m.Inc)
+		}
+	case MsgLeave:
+		if c.isMaster() {
+			c.masterLeave(m.From, m.FromInc)
+		}
+	case MsgSetInfo:
+		if mem := c.st.members[m.From]; c.isMaster() && mem.State.IsMember() && mem.Incarnation == m.FromInc {
+			c.masterSetInfo(m.Node, m.Info)
+		}
+	default:
+		return fmt.Errorf("%w: message type %d", ErrDecode, m.Type)
+	}
+	return nil
+}
+
+func (c *Core) stepRaft(m Message) error {
+	if c.rn == nil || m.Raft == nil || !c.eligible[m.From] || m.Raft.GetFrom() != uint64(m.From) || m.Raft.GetTo() != uint64(c.self) {
+		return fmt.Errorf("%w: %v", ErrBadRaft, m)
+	}
+	if err := c.rn.Step(m.Raft); err != nil {
+		return nil // raft drops what it cannot use (a local type, an unknown peer's reply)
+	}
+	switch m.Raft.GetType() {
+	case raftpb.MsgApp, raftpb.MsgHeartbeat, raftpb.MsgSnap:
+		// raft reset its election timer for an accepted leader: echo the
+		// leader's stamp so it can count us in its quorum contact.
+		if st := c.rn.BasicStatus(); st.Lead == uint64(m.From) && st.GetTerm() == m.Raft.GetTerm() && m.Stamp != 0 {
+			if c.echo.lead != m.From || c.echo.term != st.GetTerm() || c.echo.stamp < m.Stamp {
+				c.echo = echoState{lead: m.From, term: st.GetTerm(), stamp: m.Stamp}
+			}
+		}
+		if st := c.rn.BasicStatus(); st.Lead == uint64(m.From) && st.GetTerm() == m.Raft.GetTerm() {
+			c.quiet = quietState{leader: m.From, heard: c.now}
+		}
+	}
+	return nil
+}
+
+// HasReady reports whether Ready has anything.
+func (c *Core) HasReady() bool {
+	return len(c.out) > 0 || len(c.actions) > 0 || len(c.recs) > 0 || (c.rn != nil && c.rd == nil && c.rn.HasReady())
+}
+
+// Ready returns what the runner must persist, send and do (see Ready). Call
+// Advance after acting on it, before the next Ready.
+func (c *Core) Ready() Ready {
+	var rd Ready
+	if c.rn != nil && c.rd == nil && c.rn.HasReady() {
+		r := c.rn.Ready()
+		c.rd = &r
+		if !raft.IsEmptySnap(r.Snapshot) {
+			_ = c.storage.ApplySnapshot(r.Snapshot)
+		}
+		if len(r.Entries) > 0 {
+			_ = c.storage.Append(r.Entries)
+		}
+		if r.HardState != nil && !raft.IsEmptyHardState(r.HardState) {
+			_ = c.storage.SetHardState(r.HardState)
+		}
+		rd.HardState, rd.Entries, rd.MustSync = r.HardState, r.Entries, r.MustSync
+		if !raft.IsEmptySnap(r.Snapshot) {
+			rd.Snapshot = r.Snapshot
+		}
+		for _, m := range r.Messages {
+			c.send(Message{Type: MsgRaft, To: NodeNum(m.GetTo()), Raft: m})
+		}
+		if r.SoftState != nil {
+			c.softState(r.SoftState)
+		}
+		for _, e := range r.CommittedEntries {
+			c.applyEntry(e)
+		}
+		if c.m != nil && !c.m.ready && c.applied >= c.m.readyIndex {
+			c.masterReady()
+		}
+	}
+	rd.Messages, rd.Actions, rd.Applied = c.out, c.actions, c.recs
+	c.out, c.actions, c.recs = nil, nil, nil
+	return rd
+}
+
+// Advance tells the core the last Ready was acted on.
+func (c *Core) Advance() {
+	if c.rd != nil {
+		c.rn.Advance(*c.rd)
+		c.rd = nil
+	}
+}
+
+func (c *Core) softState(ss *raft.SoftState) {
+	lead := ss.Lead
+	if lead != c.lead {
+		c.lead = lead
+		c.stats.LeaderChanges++
+		c.master = NodeNum(lead)
+		c.masterTerm = c.rn.BasicStatus().GetTerm()
+		c.masterChanged()
+	}
+	if ss.RaftState == raft.StateLeader && c.m == nil && c.campaigns() {
+		li, _ := c.storage.LastIndex()
+		c.m = newMasterState(c.rn.BasicStatus().GetTerm(), c.now, li)
+	} else if ss.RaftState != raft.StateLeader && c.m != nil {
+		c.m = nil
+	}
+}
+
+func (c *Core) applyEntry(e *raftpb.Entry) {
+	c.applied = e.GetIndex()
+	if e.GetType() != raftpb.EntryNormal || len(e.GetData()) == 0 {
+		return
+	}
+	cmd, err := decodeCommand(e.GetData())
+	if err != nil {
+		c.act(Action{Kind: ActLog, Reason: fmt.Sprintf("raft entry %d: %v", e.GetIndex(), err)})
+		return
+	}
+	if r, ok := c.st.decide(cmd); ok {
+		c.applyRecord(r)
+	}
+	if c.m != nil {
+		delete(c.m.proposed, proposalKey{cmd.Kind, cmd.T.Node, cmd.T.Incarnation, cmd.T.To})
+		if c.m.downPending[cmd.T.Node] == cmd.T.Incarnation && !cmd.T.To.IsMember() {
+			delete(c.m.downPending, cmd.T.Node) // committed: applied, or moot
+		}
+	}
+}

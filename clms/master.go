@@ -1,0 +1,381 @@
+package clms
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+)
+
+// pushBatch is how many records one MsgRecords carries: a whole history of a
+// few hundred transitions catches up in one or two round trips.
+const pushBatch = 256
+
+// masterState is what the master keeps beside the replicated state. None of
+// it is replicated: a new master rebuilds it (silence clocks from its
+// election, callback reports resent by the members).
+type masterState struct {
+	term       uint64
+	since      int64
+	readyIndex uint64 // raft index of its term's first entry: apply it before acting
+	ready      bool
+	acks       map[NodeNum]int64 // voter -> our latest stamp it accepted in this term
+	watch      map[NodeNum]*watch
+	waits      map[TransitionID]*cbWait
+	proposed   map[proposalKey]int64
+	// downPending: we proposed taking this incarnation down and the log has
+	// not resolved it yet. No lease for it meanwhile, or a grant could
+	// outlive the commit of its GOINGDOWN.
+	downPending map[NodeNum]uint64
+}
+
+// watch is the master's view of one member's liveness.
+type watch struct {
+	inc     uint64
+	heard   int64 // last imalive received (or the election, or the join)
+	pinged  int64
+	suspect bool
+	applied uint64 // records the member applied (nodes without raft)
+	sent    uint64 // records pushed
+	pushed  int64
+}
+
+// cbWait collects the members' callback reports for one transition.
+type cbWait struct {
+	t       Transition
+	started int64
+	expect  map[NodeNum]bool
+	failed  []string
+}
+
+type proposalKey struct {
+	kind RecordKind
+	node NodeNum
+	inc  uint64
+	to   NodeState
+}
+
+func newMasterState(term uint64, now int64, readyIndex uint64) *masterState {
+	return &masterState{term: term, since: now, readyIndex: readyIndex, acks: map[NodeNum]int64{},
+		watch: map[NodeNum]*watch{}, waits: map[TransitionID]*cbWait{}, proposed: map[proposalKey]int64{},
+		downPending: map[NodeNum]uint64{}}
+}
+
+// quorumContact is the latest of our ticks such that a quorum of voters
+// (us included) accepted a message we sent at or after it.
+func (c *Core) quorumContact() int64 {
+	ts := []int64{c.now}
+	for _, v := range c.voters {
+		if v != c.self {
+			ts = append(ts, c.m.acks[v])
+		}
+	}
+	slices.Sort(ts)
+	slices.Reverse(ts)
+	return ts[len(c.voters)/2]
+}
+
+// canGrant: no voter in our last quorum can have voted for another master
+// yet, so no other master can exist and a lease we grant now ends before any
+// successor starts counting silence.
+func (c *Core) canGrant() bool { return c.isMaster() && c.now-c.quorumContact() <= c.t.grant }
+
+// masterReady runs once the new master applied its term's first entry, so
+// its replicated state is complete.
+func (c *Core) masterReady() {
+	m := c.m
+	m.ready = true
+	for _, v := range c.voters {
+		if v != c.self {
+			c.send(Message{Type: MsgMasterIs, To: v, Node: c.self})
+		}
+	}
+	for _, mem := range c.st.Members() {
+		n := mem.Node
+		if n != c.self && !c.eligible[n] && mem.State != StateNeverUp {
+			c.send(Message{Type: MsgMasterIs, To: n, Node: c.self})
+		}
+		switch mem.State {
+		case StateComingUp, StateKCleanup:
+			c.startWait(c.st.History(mem.LastChange - 1)[0])
+		case StateGoingDown, StateShutdown:
+			c.propose(Transition{Node: n, Incarnation: mem.Incarnation, From: mem.State, To: StateKCleanup, Cause: CauseCleanupDone})
+		case StateUCleanup:
+			c.propose(Transition{Node: n, Incarnation: mem.Incarnation, From: mem.State, To: StateDown, Cause: CauseCleanupDone})
+		}
+		if g := c.gone[n]; g != 0 {
+			c.masterCrashProof(n, g)
+		}
+	}
+	// Every member's silence clock starts now: we cannot know when our
+	// predecessor last renewed its lease (watches are made by tickMaster).
+	c.resendCallbackReports()
+	if c.phase == phaseJoining {
+		c.masterJoin(c.self, c.inc, c.cfg.Info)
+	}
+}
+
+func (c *Core) tickMaster() {
+	m := c.m
+	last := c.st.LastSeq()
+	for _, n := range c.st.nodes { // in order: the simulator replays runs exactly
+		mem := c.st.members[n]
+		if n == c.self {
+			continue
+		}
+		w := m.watch[n]
+		if !mem.State.IsMember() {
+			if w != nil && mem.State != StateDown && !c.eligible[n] {
+				c.maybePush(n, w) // so it learns it was declared down
+			}
+			if mem.State == StateDown {
+				delete(m.watch, n)
+			}
+			continue
+		}
+		if w == nil || w.inc != mem.Incarnation {
+			w = &watch{inc: mem.Incarnation, heard: c.now}
+			m.watch[n] = w
+		}
+		silence := c.now - w.heard
+		switch {
+		case silence >= c.t.lease+c.t.margin:
+			// Its lease ran out on its own clock by now, even a slow one: it
+			// has fenced itself, so declaring it down is safe.
+			c.propose(Transition{Node: n, Incarnation: w.inc, From: mem.State, To: StateGoingDown, Cause: CauseSilence})
+		case silence >= c.t.probe || w.suspect:
+			c.suspect(n, w)
+		}
+		if !c.eligible[n] && w.applied < last {
+			c.maybePush(n, w)
+		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(m.waits)) {
+		if wt := m.waits[id]; c.now-wt.started >= c.t.callback {
+			missing := slices.Sorted(func(yield func(NodeNum) bool) {
+				for n := range wt.expect {
+					if !yield(n) {
+						return
+					}
+				}
+			})
+			c.act(Action{Kind: ActLog, Node: wt.t.Node, Transition: wt.t.ID,
+				Reason: fmt.Sprintf("callbacks for transition %d not reported within %s by nodes %v", wt.t.ID, c.cfg.Timing.CallbackTimeout, missing)})
+			c.completeWait(wt)
+		}
+	}
+}
+
+// suspect probes a member directly, at most once per heartbeat: its answer
+// is an imalive, so one lost packet or a slow node is not a NODEDOWN.
+func (c *Core) suspect(n NodeNum, w *watch) {
+	if !w.suspect || c.now-w.pinged >= c.t.heartbeat {
+		if !w.suspect {
+			c.stats.Suspicions++
+		}
+		w.suspect = true
+		w.pinged = c.now
+		c.send(Message{Type: MsgPing, To: n})
+	}
+}
+
+func (c *Core) maybePush(n NodeNum, w *watch) {
+	last := c.st.LastSeq()
+	if w.applied >= last {
+		return
+	}
+	from := w.sent
+	if w.sent < w.applied || c.now-w.pushed >= c.t.heartbeat {
+		from = w.applied // resend what was not acknowledged
+	}
+	if from >= last {
+		return
+	}
+	recs := c.st.Records(from)
+	if len(recs) > pushBatch {
+		recs = recs[:pushBatch]
+	}
+	w.sent, w.pushed = recs[len(recs)-1].Seq, c.now
+	c.send(Message{Type: MsgRecords, To: n, Records: slices.Clone(recs)})
+}
+
+func (c *Core) masterImAlive(m Message) {
+	if !c.isMaster() {
+		if c.rn != nil {
+			st := c.rn.BasicStatus()
+			c.send(Message{Type: MsgMasterIs, To: m.From, Node: NodeNum(st.Lead), Term: st.GetTerm()})
+		}
+		return
+	}
+	mem := c.st.members[m.From]
+	if mem.Incarnation != m.FromInc {
+		return // not joined yet: it learns from its join
+	}
+	if !mem.State.IsMember() {
+		c.send(Message{Type: MsgImAliveAck, To: m.From, Seq: m.Seq, Status: StatusNotMember, Node: m.From, Inc: m.FromInc})
+		return
+	}
+	w := c.m.watch[m.From]
+	if w == nil || w.inc != mem.Incarnation {
+		w = &watch{inc: mem.Incarnation}
+		c.m.watch[m.From] = w
+	}
+	// Counting silence from the receipt is safe: the lease we grant runs
+	// from the imalive's send time, which is earlier.
+	w.heard, w.suspect = c.now, false
+	w.applied = max(w.applied, m.Applied)
+	st := StatusNoLease
+	if c.canGrant() && c.m.downPending[m.From] != mem.Incarnation {
+		st = StatusOK
+	}
+	c.send(Message{Type: MsgImAliveAck, To: m.From, Seq: m.Seq, Status: st})
+	if !c.eligible[m.From] {
+		c.maybePush(m.From, w)
+	}
+}
+
+// masterJoin admits incarnation inc of node n, or says why not yet.
+func (c *Core) masterJoin(n NodeNum, inc uint64, info NodeInfo) (Status, string) {
+	mem := c.st.members[n]
+	switch {
+	case inc < mem.Incarnation:
+		return StatusRetry, "an incarnation newer than this one has joined"
+	case mem.State == StateNeverUp || mem.State == StateDown:
+		c.propose(Transition{Node: n, Incarnation: inc, From: mem.State, To: StateComingUp, Cause: CauseJoin}, info)
+		return StatusOK, ""
+	case inc == mem.Incarnation:
+		return StatusOK, "" // already in; the records tell it
+	case mem.State.IsMember():
+		c.propose(Transition{Node: n, Incarnation: mem.Incarnation, From: mem.State, To: StateGoingDown, Cause: CauseRestart})
+		return StatusRetry, fmt.Sprintf("taking the previous incarnation %d down first", mem.Incarnation)
+	default:
+		return StatusRetry, fmt.Sprintf("the previous incarnation %d is still %s", mem.Incarnation, mem.State)
+	}
+}
+
+func (c *Core) masterLeave(n NodeNum, inc uint64) {
+	if mem := c.st.members[n]; mem.Incarnation == inc && mem.State.IsMember() {
+		c.propose(Transition{Node: n, Incarnation: inc, From: mem.State, To: StateShutdown, Cause: CauseShutdown})
+	}
+}
+
+func (c *Core) masterCrashProof(n NodeNum, inc uint64) {
+	if mem := c.st.members[n]; mem.State.IsMember() && mem.Incarnation <= inc && n != c.self {
+		c.propose(Transition{Node: n, Incarnation: mem.Incarnation, From: mem.State, To: StateGoingDown, Cause: CauseCrash})
+	}
+}
+
+func (c *Core) masterCallbacksDone(from NodeNum, id TransitionID, failed []string) {
+	for _, wt := range c.m.waits {
+		if wt.t.ID == id && wt.expect[from] {
+			delete(wt.expect, from)
+			for _, f := range failed {
+				wt.failed = append(wt.failed, fmt.Sprintf("%d:%s", from, f))
+			}
+			if len(wt.expect) == 0 {
+				c.completeWait(wt)
+			}
+		}
+	}
+}
+
+// masterApplied moves transitions along as they are applied.
+func (c *Core) masterApplied(r Record) {
+	t := r.Transition
+	for k := range c.m.proposed {
+		if k.node == t.Node && k.kind == r.Kind {
+			delete(c.m.proposed, k)
+		}
+	}
+	if r.Kind != RecordTransition {
+		c.pushAll()
+		return
+	}
+	switch t.To {
+	case StateComingUp, StateKCleanup:
+		c.startWait(t)
+	case StateGoingDown, StateShutdown:
+		c.propose(Transition{Node: t.Node, Incarnation: t.Incarnation, From: t.To, To: StateKCleanup, Cause: CauseCleanupDone})
+		for _, id := range slices.Sorted(maps.Keys(c.m.waits)) {
+			if wt := c.m.waits[id]; wt != nil && wt.expect[t.Node] {
+				delete(wt.expect, t.Node)
+				if len(wt.expect) == 0 {
+					c.completeWait(wt)
+				}
+			}
+		}
+	case StateUCleanup:
+		c.propose(Transition{Node: t.Node, Incarnation: t.Incarnation, From: t.To, To: StateDown, Cause: CauseCleanupDone})
+	}
+	c.pushAll()
+}
+
+func (c *Core) pushAll() {
+	for _, n := range slices.Sorted(maps.Keys(c.m.watch)) {
+		if !c.eligible[n] {
+			c.maybePush(n, c.m.watch[n])
+		}
+	}
+}
+
+// startWait waits for every member's callback report on t (the subject of a
+// NODEUP included, as it runs its own).
+func (c *Core) startWait(t Transition) {
+	wt := &cbWait{t: t, started: c.now, expect: map[NodeNum]bool{}}
+	for _, mem := range c.st.members {
+		if mem.State.IsMember() {
+			wt.expect[mem.Node] = true
+		}
+	}
+	c.m.waits[t.ID] = wt
+	if len(wt.expect) == 0 {
+		c.completeWait(wt)
+	}
+}
+
+func (c *Core) completeWait(wt *cbWait) {
+	delete(c.m.waits, wt.t.ID)
+	if len(wt.failed) > 0 {
+		c.act(Action{Kind: ActLog, Node: wt.t.Node, Transition: wt.t.ID,
+			Reason: fmt.Sprintf("callbacks failed for transition %d: %v", wt.t.ID, wt.failed)})
+	}
+	next, cause := StateUp, CauseNodeUpDone
+	if wt.t.To == StateKCleanup {
+		next, cause = StateUCleanup, CauseCleanupDone
+	}
+	c.propose(Transition{Node: wt.t.Node, Incarnation: wt.t.Incarnation, From: wt.t.To, To: next, Cause: cause})
+}
+
+// propose appends a transition to the raft log, once per election timeout
+// at most (a lost proposal is retried; a duplicate applies as a no-op).
+func (c *Core) propose(t Transition, info ...NodeInfo) {
+	if !c.isMaster() {
+		return
+	}
+	cmd := command{Kind: RecordTransition, T: t}
+	if len(info) > 0 {
+		cmd.Info = info[0]
+	}
+	if c.proposeCmd(cmd) && !t.To.IsMember() && t.From.IsMember() {
+		c.m.downPending[t.Node] = t.Incarnation
+	}
+}
+
+// proposeCmd proposes cmd unless the same one is in flight, and says
+// whether it did.
+func (c *Core) proposeCmd(cmd command) bool {
+	k := proposalKey{cmd.Kind, cmd.T.Node, cmd.T.Incarnation, cmd.T.To}
+	if at, ok := c.m.proposed[k]; ok && c.now-at < 2*c.t.election {
+		return false
+	}
+	c.m.proposed[k] = c.now
+	cmd.T.Time = wallTime(c.cfg.WallClock)
+	_ = c.rn.Propose(cmd.encode())
+	return true
+}
+
+// masterSetInfo proposes node n's new info.
+func (c *Core) masterSetInfo(n NodeNum, info NodeInfo) {
+	if _, ok := c.st.members[n]; ok {
+		c.proposeCmd(command{Kind: RecordNodeInfo, T: Transition{Node: n}, Info: info})
+	}
+}

@@ -1,0 +1,120 @@
+package clms_test
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/clusterinfra/ci/clms"
+	"github.com/clusterinfra/ci/clms/clmstest"
+)
+
+// randomSeeds is how many seeds TestRandomized runs: a handful by default,
+// CLMS_SEEDS=N for the long mode (make test-long, or by hand), and
+// CLMS_SEED=S to replay one seed with a log of every action.
+func randomSeeds(t *testing.T) (first, n uint64, verbose bool) {
+	if s := os.Getenv("CLMS_SEED"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("CLMS_SEED: %v", err)
+		}
+		return v, 1, true
+	}
+	n = 4
+	if s := os.Getenv("CLMS_SEEDS"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("CLMS_SEEDS: %v", err)
+		}
+		n = v
+	}
+	return 1, n, false
+}
+
+// TestRandomized injects random crashes, hangs, partitions, message loss,
+// clock drift (within the profile's bound), restarts, planned shutdowns and
+// node info changes
+// into clusters of 5 and 7 nodes, with the invariant checker after every
+// simulated millisecond; then heals everything and requires the cluster to
+// form again with every node UP.
+func TestRandomized(t *testing.T) {
+	first, n, verbose := randomSeeds(t)
+	for seed := first; seed < first+n; seed++ {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			size, eligible := 5, 3
+			if seed%2 == 0 {
+				size, eligible = 7, 5
+			}
+			s := seededSim(t, t, clmstest.Options{Seed: seed, Nodes: clmstest.Table(size, eligible),
+				Timing: clms.LANFastTiming(), Verbose: verbose})
+			rng := rand.New(rand.NewPCG(seed, 7))
+			form(t, s)
+			pick := func() clms.NodeNum { return clms.NodeNum(1 + rng.IntN(size)) }
+			for range 60 {
+				s.Run(time.Duration(50+rng.IntN(300)) * time.Millisecond)
+				n := s.Node(pick())
+				switch r := rng.IntN(100); {
+				case r < 12:
+					s.Crash(n.Num)
+				case r < 22:
+					if !n.Dead {
+						s.Pause(n.Num)
+					}
+				case r < 35:
+					s.Resume(n.Num)
+				case r < 45:
+					var a []clms.NodeNum
+					for _, x := range s.Nodes() {
+						if rng.IntN(2) == 0 {
+							a = append(a, x.Num)
+						}
+					}
+					s.Partition(a)
+				case r < 55:
+					s.Heal()
+				case r < 62:
+					s.Drop(n.Num, pick(), rng.Float64()*0.5)
+				case r < 70:
+					// Drift within what the lease margin covers.
+					n.Rate = 0.95 + rng.Float64()*0.1
+				case r < 75:
+					if !n.Dead && !n.Paused {
+						n.Core.Shutdown()
+					}
+				case r < 82:
+					if !n.Dead && !n.Paused && n.Core.Acting() {
+						_ = n.Core.SetNodeInfo(pick(), clms.NodeInfo{CPUsTotal: uint32(rng.IntN(128))})
+					}
+				default:
+					if n.Dead || n.Fenced() || n.JoinErr != nil || n.Has(clms.ActLeft, 0) {
+						s.Restart(n.Num)
+					}
+				}
+			}
+			// Heal and bring everything back: the cluster must form again.
+			s.Heal()
+			for _, n := range s.Nodes() {
+				s.Resume(n.Num)
+				n.Rate = 1
+			}
+			// A node may learn only now that it was declared down (it fences
+			// when it hears from the master): restart such nodes as they
+			// turn up, as a supervisor would.
+			s.RunUntil(20*time.Second, func() bool {
+				for _, n := range s.Nodes() {
+					if n.Dead || n.Fenced() || n.JoinErr != nil || n.Has(clms.ActLeft, 0) {
+						s.Restart(n.Num)
+					}
+				}
+				return s.AllUp()
+			})
+			if s.Check.Checks == 0 {
+				t.Fatal("the checker never ran")
+			}
+			t.Logf("%d transitions, %d checks", len(s.Check.Canon()), s.Check.Checks)
+		})
+	}
+}

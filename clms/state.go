@@ -1,0 +1,244 @@
+package clms
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+)
+
+// RecordKind says what a Record changes. Stored and sent: only append.
+type RecordKind uint8
+
+const (
+	recordInvalid RecordKind = iota
+	// RecordTransition is one membership transition (Transition, and Info
+	// when the node comes up).
+	RecordTransition
+	// RecordNodeInfo replaces a node's info (clusternode_setinfo) without
+	// a transition: Transition.Node (and Time) and Info are set.
+	RecordNodeInfo
+	// Key-service assignments (owner, epoch) will be the next kind: the
+	// replicated state and the push to non-voters carry them unchanged.
+	recordKindEnd
+)
+
+// Record is one committed change of the replicated state, numbered 1, 2, 3,
+// ... (Seq) in the same order on every node. Voters produce records by
+// applying the raft log; nodes without a log receive them from the master.
+type Record struct {
+	Seq        uint64
+	Kind       RecordKind
+	Transition Transition
+	Info       NodeInfo // the node's info, on transitions to COMINGUP
+}
+
+func (e *encoder) record(r *Record) {
+	e.uvarint(r.Seq)
+	e.uvarint(uint64(r.Kind))
+	e.transition(&r.Transition)
+	e.info(&r.Info)
+}
+
+func (d *decoder) record() Record {
+	var r Record
+	r.Seq = d.uvarint()
+	r.Kind = RecordKind(d.small(uint64(recordKindEnd-1), "record kind"))
+	if r.Kind == recordInvalid {
+		d.fail("record kind")
+	}
+	r.Transition = d.transition()
+	r.Info = d.info()
+	return r
+}
+
+// command is what the master proposes to the raft log: a compare-and-set on
+// one node's state. It becomes a record only if, when applied, the node is
+// still in From with the same incarnation (a join may bring a newer one), so
+// duplicated or stale proposals (a retry, a deposed master's) apply as
+// no-ops on every voter alike.
+type command struct {
+	Kind RecordKind
+	T    Transition // ID is assigned when applied; Time set by the proposer
+	Info NodeInfo
+}
+
+func (c *command) encode() []byte {
+	e := encoder{}
+	e.uvarint(uint64(c.Kind))
+	e.transition(&c.T)
+	e.info(&c.Info)
+	return e.b
+}
+
+func decodeCommand(b []byte) (command, error) {
+	d := decoder{b: b}
+	var c command
+	c.Kind = RecordKind(d.small(uint64(recordKindEnd-1), "command kind"))
+	c.T = d.transition()
+	c.Info = d.info()
+	if d.err == nil && c.Kind == recordInvalid {
+		d.fail("command kind")
+	}
+	return c, d.end()
+}
+
+// legal lists the transitions CLMS makes. Anything else in a command is
+// dropped when applied.
+var legal = map[[2]NodeState]bool{
+	{StateNeverUp, StateComingUp}:   true,
+	{StateDown, StateComingUp}:      true,
+	{StateComingUp, StateUp}:        true,
+	{StateComingUp, StateGoingDown}: true,
+	{StateComingUp, StateShutdown}:  true,
+	{StateUp, StateShutdown}:        true,
+	{StateUp, StateGoingDown}:       true,
+	{StateShutdown, StateKCleanup}:  true,
+	{StateGoingDown, StateKCleanup}: true,
+	{StateKCleanup, StateUCleanup}:  true,
+	{StateUCleanup, StateDown}:      true,
+}
+
+// errRecord reports a record that does not follow the state (a gap, a
+// duplicate, an illegal transition): the stream is broken, never applied.
+var errRecord = errors.New("clms: record does not follow the replicated state")
+
+// State is the replicated state machine: every member's state and the
+// history of records. Each node holds one; the same records in the same
+// order give the same State everywhere.
+type State struct {
+	nodes   []NodeNum // the node table, sorted
+	members map[NodeNum]*Member
+	records []Record
+	history []Transition
+}
+
+func newState(nodes []NodeNum) *State {
+	s := &State{nodes: slices.Sorted(slices.Values(nodes)), members: make(map[NodeNum]*Member, len(nodes))}
+	for _, n := range s.nodes {
+		s.members[n] = &Member{Node: n, State: StateNeverUp}
+	}
+	return s
+}
+
+// LastSeq is the number of records applied.
+func (s *State) LastSeq() uint64 { return uint64(len(s.records)) }
+
+// LastTransition is the id of the last transition applied (0 before any).
+func (s *State) LastTransition() TransitionID { return TransitionID(len(s.history)) }
+
+// Member returns node n's committed state.
+func (s *State) Member(n NodeNum) (Member, bool) {
+	m, ok := s.members[n]
+	if !ok {
+		return Member{}, false
+	}
+	return *m, true
+}
+
+// Members returns every node of the table in node order.
+func (s *State) Members() []Member {
+	out := make([]Member, 0, len(s.nodes))
+	for _, n := range s.nodes {
+		out = append(out, *s.members[n])
+	}
+	return out
+}
+
+// History returns the transitions from id `after`+1 on. The slice is shared
+// with the State until the next apply: do not modify it.
+func (s *State) History(after TransitionID) []Transition {
+	if uint64(after) >= uint64(len(s.history)) {
+		return nil
+	}
+	return s.history[after:len(s.history):len(s.history)]
+}
+
+// Records returns records after seq; shared like History.
+func (s *State) Records(after uint64) []Record {
+	if after >= uint64(len(s.records)) {
+		return nil
+	}
+	return s.records[after:len(s.records):len(s.records)]
+}
+
+// decide turns a command into the record it makes, or reports false if it
+// does not apply to the current state.
+func (s *State) decide(c command) (Record, bool) {
+	m, ok := s.members[c.T.Node]
+	if ok && c.Kind == RecordNodeInfo {
+		return Record{Seq: s.LastSeq() + 1, Kind: RecordNodeInfo, Transition: Transition{Node: c.T.Node, Time: c.T.Time}, Info: c.Info}, true
+	}
+	if !ok || c.Kind != RecordTransition || c.T.From != m.State || !legal[[2]NodeState{c.T.From, c.T.To}] {
+		return Record{}, false
+	}
+	if c.T.To == StateComingUp {
+		if c.T.Incarnation <= m.Incarnation {
+			return Record{}, false // an incarnation may join once
+		}
+	} else if c.T.Incarnation != m.Incarnation {
+		return Record{}, false
+	}
+	t := c.T
+	t.ID = s.LastTransition() + 1
+	r := Record{Seq: s.LastSeq() + 1, Kind: RecordTransition, Transition: t}
+	if t.To == StateComingUp {
+		r.Info = c.Info
+	}
+	return r, true
+}
+
+// apply adds the next record. It checks the record against the state, so a
+// broken stream is refused rather than applied.
+func (s *State) apply(r Record) error {
+	if r.Seq != s.LastSeq()+1 {
+		return fmt.Errorf("%w: record %d after %d", errRecord, r.Seq, s.LastSeq())
+	}
+	t := r.Transition
+	if r.Kind == RecordNodeInfo {
+		m, ok := s.members[t.Node]
+		if !ok || t.ID != 0 {
+			return fmt.Errorf("%w: info of node %d", errRecord, t.Node)
+		}
+		m.Info = r.Info
+		s.records = append(s.records, r)
+		return nil
+	}
+	if t.ID != s.LastTransition()+1 {
+		return fmt.Errorf("%w: transition %d after %d", errRecord, t.ID, s.LastTransition())
+	}
+	check, ok := s.decide(command{Kind: r.Kind, T: t, Info: r.Info})
+	if !ok || check.Seq != r.Seq {
+		return fmt.Errorf("%w: %v", errRecord, t)
+	}
+	m := s.members[t.Node]
+	m.State, m.Incarnation, m.LastChange = t.To, t.Incarnation, t.ID
+	if t.To == StateComingUp {
+		m.Info = r.Info
+	}
+	s.records = append(s.records, r)
+	s.history = append(s.history, t)
+	return nil
+}
+
+// countByState fills n with the number of nodes in each state.
+func (s *State) countByState(n *[StateDown + 1]int) {
+	*n = [StateDown + 1]int{}
+	for _, m := range s.members {
+		n[m.State]++
+	}
+}
+
+// wallNanos is the proposer's wall clock for a transition's Time field,
+// which is for people only; zero when the runner gave no clock.
+func wallTime(now func() time.Time) time.Time {
+	if now == nil {
+		return time.Time{}
+	}
+	t := now()
+	if t.UnixNano() <= 0 || t.UnixNano() == math.MaxInt64 {
+		return time.Time{}
+	}
+	return t.UTC().Round(0)
+}
