@@ -468,7 +468,8 @@ func TestReceiverEnforcesCredit(t *testing.T) {
 // on a priority channel would bypass credit; it is refused, as is any
 // priority that is not the channel's.
 func TestFramePriorityMatchesChannel(t *testing.T) {
-	target := startCluster(t, 1, nil)[0]
+	// One violation per connection, reconnecting at once: no hold-off.
+	target := startCluster(t, 1, func(c *Config) { c.ViolationHoldOff = time.Nanosecond })[0]
 	mustRegister(t, target, Service{ID: echoSvc, Procs: []Handler{echo}})
 	m := newFakeMember(t, target, 2, nil)
 	addFakeMember(t, 2, "", target)
@@ -568,7 +569,9 @@ func TestInboundConnsPerChannelCapped(t *testing.T) {
 	for i := 0; i < target.cfg.MaxConnsPerChannel; i++ {
 		m.connect(ChanFirstService)
 	}
-	if _, err := m.tryConnect(ChanFirstService); err == nil {
+	// Refused at the hello, or — when it overtook the second one's joining
+	// on another loop — closed by the check after joining.
+	if c, err := m.tryConnect(ChanFirstService); err == nil && !c.closedWithin(5*time.Second) {
 		t.Fatalf("connection %d on one channel accepted", target.cfg.MaxConnsPerChannel+1)
 	}
 	if got := target.m.limitConnsPerChannel.Get(); got != 1 {
@@ -586,7 +589,10 @@ func TestInboundConnsPerChannelCapped(t *testing.T) {
 // counted, before a byte of it is buffered.
 func TestReceivedFrameOverMaxPayloadCloses(t *testing.T) {
 	const limit = 1 << 16
-	target := startCluster(t, 1, func(c *Config) { c.MaxPayload = limit })[0]
+	target := startCluster(t, 1, func(c *Config) {
+		c.MaxPayload = limit
+		c.ViolationHoldOff = time.Nanosecond // one violation per connection, reconnecting at once
+	})[0]
 	mustRegister(t, target, Service{ID: echoSvc, Procs: []Handler{echo}})
 	m := newFakeMember(t, target, 2, nil)
 	addFakeMember(t, 2, "", target)
@@ -636,5 +642,40 @@ func TestCreditCountsDecompressedBytes(t *testing.T) {
 	}
 	if got := target.m.limitCredit.Get(); got != 1 {
 		t.Fatalf("credit limit hits = %d, want 1", got)
+	}
+}
+
+// TestViolatorHeldOff: a member whose connection broke the protocol (here
+// a request on the wrong priority) is refused for ViolationHoldOff before
+// it may connect again, so a member that reconnects as fast as it can
+// earns one window (one compression bomb) per hold-off, not per handshake.
+func TestViolatorHeldOff(t *testing.T) {
+	const holdOff = 500 * time.Millisecond
+	target := startCluster(t, 1, func(c *Config) { c.ViolationHoldOff = holdOff })[0]
+	m := newFakeMember(t, target, 2, nil)
+	addFakeMember(t, 2, "", target)
+	c := m.connect(ChanPrio1)
+	if err := c.writeFrame(framing.Header{Type: framing.TypeRequest, Priority: 0, Service: echoSvc, XID: 1<<32 | 1}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !c.closedWithin(5 * time.Second) {
+		t.Fatal("violating connection kept")
+	}
+	cut := time.Now()
+	if _, err := m.tryConnect(ChanPrio1); err == nil {
+		if time.Since(cut) < holdOff {
+			t.Fatal("the violator reconnected at once")
+		}
+		t.Skip("the machine took longer than the hold-off to reconnect")
+	}
+	if got := target.m.limitViolationHoldOff.Get(); got != 1 {
+		t.Fatalf("violation hold-off hits = %d, want 1", got)
+	}
+	eventually(t, "the violator let back after the hold-off", func() bool {
+		_, err := m.tryConnect(ChanPrio1)
+		return err == nil
+	})
+	if waited := time.Since(cut); waited < holdOff {
+		t.Fatalf("let back after %v, hold-off %v", waited, holdOff)
 	}
 }

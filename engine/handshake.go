@@ -51,6 +51,10 @@ func (n *Node) acceptHello(c *conn, f *framing.Frame) error {
 		// and must not reach a handler meanwhile.
 		return n.rejectHello(c, fmt.Errorf("node %d is declared down", p.num))
 	}
+	if until := p.holdOffUntil.Load(); until != 0 && time.Now().UnixNano() < until {
+		n.m.limitViolationHoldOff.Inc()
+		return n.rejectHello(c, fmt.Errorf("node %d broke the protocol; held off for %v", p.num, n.cfg.ViolationHoldOff))
+	}
 	ch := Channel(hello.Channel)
 	if k := n.inboundOn(p, ch); k >= n.cfg.MaxConnsPerChannel {
 		// Each would get a window of its own. (becomeReady checks again,

@@ -120,6 +120,7 @@ type peer struct {
 	linkGen       atomic.Uint64 // bumped on every loss; connections of an older link are stale
 	inflight      atomic.Int64  // requests from this peer admitted and not yet finished
 	inflightBytes atomic.Int64  // their frameCost
+	holdOffUntil  atomic.Int64  // unix ns: hellos refused until then, after a protocol violation
 	down          atomic.Bool   // declared down: calls fail fast until NodeUp
 	incarnation   atomic.Uint64 // the peer's boot incarnation, from its hellos
 
