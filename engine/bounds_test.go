@@ -655,13 +655,13 @@ func TestViolatorHeldOff(t *testing.T) {
 	m := newFakeMember(t, target, 2, nil)
 	addFakeMember(t, 2, "", target)
 	c := m.connect(ChanPrio1)
+	cut := time.Now() // the node's hold-off starts later than this, never earlier
 	if err := c.writeFrame(framing.Header{Type: framing.TypeRequest, Priority: 0, Service: echoSvc, XID: 1<<32 | 1}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if !c.closedWithin(5 * time.Second) {
 		t.Fatal("violating connection kept")
 	}
-	cut := time.Now()
 	if _, err := m.tryConnect(ChanPrio1); err == nil {
 		if time.Since(cut) < holdOff {
 			t.Fatal("the violator reconnected at once")
