@@ -116,7 +116,7 @@ func TestDecodeHeaderRejects(t *testing.T) {
 		{name: "all-zero", h: valid, raw: func(b []byte) { clear(b) }, want: ErrBadVersion},
 		{name: "type-invalid", h: Header{Type: TypeInvalid}, want: ErrBadType},
 		{name: "type-limit", h: Header{Type: typeLimit, Length: 1}, want: ErrBadType},
-		{name: "type-9", h: Header{Type: 9}, want: ErrBadType},
+		{name: "type-10", h: Header{Type: 10}, want: ErrBadType},
 		{name: "type-255", h: Header{Type: 255}, want: ErrBadType},
 		{name: "flag-bit-3", h: Header{Type: TypeRequest, Flags: 1 << 3}, want: ErrBadFlags},
 		{name: "flag-bit-7", h: Header{Type: TypeRequest, Flags: 1 << 7}, want: ErrBadFlags},
@@ -221,7 +221,8 @@ func TestTypeString(t *testing.T) {
 		{TypeCredit, "credit"},
 		{TypeGoAway, "goaway"},
 		{TypeConfirm, "confirm"},
-		{typeLimit, "type(9)"},
+		{TypeRefuse, "refuse"},
+		{typeLimit, "type(10)"},
 		{255, "type(255)"},
 	}
 	for _, tt := range tests {
