@@ -132,7 +132,8 @@ type peer struct {
 
 	linkGen       atomic.Uint64            // bumped on every loss; connections of an older link are stale
 	inflight      atomic.Int64             // requests from this peer admitted and not yet finished
-	inflightBytes atomic.Int64             // their memCost
+	inflightBytes atomic.Int64             // their frameCost
+	holdOffUntil  atomic.Int64             // unix ns: hellos refused until then, after a protocol violation
 	down          atomic.Bool              // declared down: calls fail fast until NodeUp
 	downUntilNew  atomic.Bool              // down was declared for one incarnation: a hello from another lifts it
 	refused       atomic.Pointer[[]uint64] // incarnations declared down, refused for good (incarnation.go)
