@@ -173,7 +173,7 @@ func (c *conn) markClosed() {
 // wait. A nil error means the frame is written or queued behind a flusher.
 func (c *conn) send(ctx context.Context, h *framing.Header, payload []byte) error {
 	if c.credit != nil && h.Type != framing.TypeCredit {
-		cost := int64(framing.HeaderSize + len(payload))
+		cost := int64(frameCost(h, len(payload)))
 		waited, err := c.credit.acquire(ctx, cost, c)
 		if err != nil {
 			return err

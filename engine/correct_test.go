@@ -557,7 +557,9 @@ func rawMember(t *testing.T, n *Node, from NodeNum, ch Channel) net.Conn {
 // credit and queue) ends the connection, is counted as a bad frame, and
 // reaches no handler; so does a priority-0 request on a priority channel.
 func TestFrameCheckedAgainstItsChannel(t *testing.T) {
-	nodes := startCluster(t, 2, nil)
+	// Each case breaks the protocol as node 1 and reconnects at once: no
+	// hold-off (ViolationHoldOff) between them.
+	nodes := startCluster(t, 2, func(c *Config) { c.ViolationHoldOff = time.Nanosecond })
 	var served atomic.Int32
 	clmsSvc := ServiceOn(ChanCLMS, 1)
 	count := func(context.Context, *Request, *Response) error { served.Add(1); return nil }

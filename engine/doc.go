@@ -35,6 +35,18 @@
 // from a lock-free pool bounded by Service.MaxHandles; priority requests
 // have handles of their own.
 //
+// # Hostile and broken peers
+//
+// Every bound the engine promises is enforced by the receiver, against a
+// peer that ignores the protocol: descriptors (shed, never fatal), hellos
+// and handshakes (size, per address, node-wide, Noise rate), credit at
+// the decompressed size, requests and bytes in flight per peer, write
+// queues and a write deadline, a hold-off for members that broke the
+// protocol. Each hit counts in ci_ics_limit_hits_total;
+// docs/ARCHITECTURE.md lists them with their defaults and tests. A node
+// whose event loops die anyway closes itself: Done is closed and Err says
+// why, so its owner can restart instead of running on deaf.
+//
 // # Example
 //
 //	cfg := engine.DefaultConfig()

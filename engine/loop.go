@@ -266,6 +266,9 @@ func (c *conn) readFramesPlain() (int, error) {
 
 // closeReason logs why the loop closes a connection and counts it.
 func (n *Node) closeReason(c *conn, gc gnet.Conn, err error) {
+	if errors.Is(err, errProbeAnswered) {
+		return // a probe connection did its job (incarnation.go)
+	}
 	switch {
 	case errors.Is(err, framing.ErrFrameTooLarge) && !c.ready && !c.outbound:
 		n.m.limitHelloSize.Inc()
@@ -275,12 +278,19 @@ func (n *Node) closeReason(c *conn, gc gnet.Conn, err error) {
 		n.m.badFrames.Inc()
 	case errors.Is(err, errCreditExceeded):
 		n.m.badFrames.Inc() // limit=credit counted it already
-	case errors.Is(err, errConnClosed), errors.Is(err, ErrHandshake), errors.Is(err, ErrAuth):
+	case errors.Is(err, errConnClosed), errors.Is(err, errGoAway), errors.Is(err, ErrHandshake), errors.Is(err, ErrAuth):
 	default:
 		n.m.badFrames.Inc()
 	}
+	if c.ready && !c.outbound && !errors.Is(err, errConnClosed) && !errors.Is(err, errGoAway) {
+		// A member that broke the protocol waits before it may come back.
+		c.peer.holdOffUntil.Store(time.Now().Add(n.cfg.ViolationHoldOff).UnixNano())
+	}
 	n.log.Warn("closing connection", "remote", gc.RemoteAddr(), "peer", c.peerNum(), "err", err)
 }
+
+// errGoAway is a peer closing a connection on purpose: no violation.
+var errGoAway = errors.New("peer said goaway")
 
 func (h *loopHandler) OnClose(gc gnet.Conn, err error) gnet.Action {
 	c, ok := gc.Context().(*conn)
@@ -396,7 +406,7 @@ func (c *conn) handleFrame(f *framing.Frame) error {
 			// in its own queue: one on another channel would dodge both.
 			return fmt.Errorf("%s frame for service %s on %s connection", f.Type, f.Service, c.channel)
 		}
-		if err := c.spend(framing.HeaderSize + len(f.Payload)); err != nil {
+		if err := c.spend(frameCost(&f.Header, len(f.Payload))); err != nil {
 			return err
 		}
 		c.n.serveFrame(c, f)
@@ -414,7 +424,7 @@ func (c *conn) handleFrame(f *framing.Frame) error {
 		}
 		c.credit.grant(int64(f.Aux))
 	case framing.TypeGoAway:
-		return fmt.Errorf("peer said goaway")
+		return errGoAway
 	default:
 		return fmt.Errorf("unexpected %s frame", f.Type)
 	}

@@ -404,6 +404,7 @@ type nodeMetrics struct {
 	limitHelloSize, limitPending, limitHandshakeRate      *metrics.Counter
 	limitPendingWrite, limitWriteTimeout                  *metrics.Counter
 	limitCredit, limitInflightBytes, limitConnsPerChannel *metrics.Counter
+	limitViolationHoldOff                                 *metrics.Counter
 }
 
 func newNodeMetrics(set *metrics.Set, node NodeNum) *nodeMetrics {
@@ -446,6 +447,7 @@ func newNodeMetrics(set *metrics.Set, node NodeNum) *nodeMetrics {
 	m.limitCredit = c("ci_ics_limit_hits_total", `limit="credit"`)
 	m.limitInflightBytes = c("ci_ics_limit_hits_total", `limit="inflight_bytes_per_peer"`)
 	m.limitConnsPerChannel = c("ci_ics_limit_hits_total", `limit="conns_per_channel"`)
+	m.limitViolationHoldOff = c("ci_ics_limit_hits_total", `limit="violation_hold_off"`)
 	for p := range m.framesOutByPrio {
 		m.framesOutByPrio[p] = c("ci_ics_requests_by_priority_total", fmt.Sprintf(`direction="out",priority="%d"`, p))
 		m.framesInByPrio[p] = c("ci_ics_requests_by_priority_total", fmt.Sprintf(`direction="in",priority="%d"`, p))

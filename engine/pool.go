@@ -17,7 +17,7 @@ type job struct {
 	hdr  framing.Header
 	buf  *[]byte
 	conn *conn // the connection the request came on, which gets its credit back
-	cost int   // the frame's wire size, in credit bytes
+	cost int   // the frame's frameCost, in credit bytes
 
 	start time.Time // the request's arrival, for ci_ics_server_duration_seconds
 }

@@ -16,7 +16,7 @@ import (
 // handler right here on the frame's bytes or hands a copy to a server handle.
 func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 	p := c.peer
-	cost := framing.HeaderSize + len(f.Payload)
+	cost := frameCost(&f.Header, len(f.Payload))
 	n.m.framesInByPrio[f.Priority].Inc()
 	if !c.admit(cost, &f.Header) {
 		// A peer that floods (priority channels are never throttled) is
@@ -25,7 +25,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		if f.Type == framing.TypeRequest {
 			n.sendReply(nil, p, c.linkGen, &f.Header, nil, StatusBusy, []byte("too many requests in flight from this node"))
 		}
-		c.finished(cost, &f.Header)
+		c.finished(cost)
 		return
 	}
 	svc := n.lookupService(f.Service)
@@ -45,7 +45,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 			msg := fmt.Sprintf("service %s proc %d version %d on node %d", f.Service, f.Proc, f.SvcVersion, n.cfg.Node)
 			n.sendReply(nil, p, c.linkGen, &f.Header, nil, status, []byte(msg))
 		}
-		c.finished(cost, &f.Header)
+		c.finished(cost)
 		return
 	}
 
@@ -56,31 +56,24 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 			var err error
 			c.scratch, err = n.codec.Decompress(c.scratch[:0], &f.Header, f.Payload)
 			if err != nil {
-				n.replyDecodeError(c, &f.Header, err)
-				c.finished(cost, &f.Header)
+				n.replyDecodeError(nil, c, &f.Header, err)
+				c.finished(cost)
 				return
 			}
 			args = c.scratch
 		}
 		n.serve(nil, svc, &f.Header, p, c.linkGen, args, &c.st, start)
-		c.finished(cost, &f.Header)
+		c.scratch = trimBuffer(c.scratch) // one large request must not pin its size per connection
+		c.finished(cost)
 		return
 	}
 
 	// The payload aliases the loop's buffer: copy it once for the handle.
+	// A compressed one is copied as it is and decompressed by the handle:
+	// decompression is the one costly step here (a real bomb makes 16 MiB
+	// of a few hundred bytes), and the loop serves every other connection.
 	bp := n.bufs.Get().(*[]byte)
-	if f.Flags.Compressed() {
-		var err error
-		*bp, err = n.codec.Decompress((*bp)[:0], &f.Header, f.Payload)
-		if err != nil {
-			n.putBuf(bp)
-			n.replyDecodeError(c, &f.Header, err)
-			c.finished(cost, &f.Header)
-			return
-		}
-	} else {
-		*bp = append((*bp)[:0], f.Payload...)
-	}
+	*bp = append((*bp)[:0], f.Payload...)
 	// The credit for this frame goes back when the handle is done with it:
 	// while handles are busy, the sender feels it.
 	j := job{svc: svc, from: p, hdr: f.Header, buf: bp, conn: c, cost: cost, start: start}
@@ -95,10 +88,23 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 
 // runJob is a server handle serving one request.
 func (n *Node) runJob(w *handle, j *job) {
+	if j.hdr.Flags.Compressed() {
+		zp := n.bufs.Get().(*[]byte)
+		var err error
+		*zp, err = n.codec.Decompress((*zp)[:0], &j.hdr, *j.buf)
+		n.putBuf(j.buf)
+		j.buf = zp
+		if err != nil {
+			n.putBuf(zp)
+			n.replyDecodeError(n.ctx, j.conn, &j.hdr, err)
+			j.conn.finished(j.cost)
+			return
+		}
+	}
 	n.serve(n.ctx, j.svc, &j.hdr, j.from, j.conn.linkGen, *j.buf, &w.st, j.start)
 	// Only now: the handler may have replied with the arguments themselves.
 	n.putBuf(j.buf)
-	j.conn.finished(j.cost, &j.hdr)
+	j.conn.finished(j.cost)
 }
 
 // serveState is what serving a request reuses: a server handle owns one,
@@ -165,12 +171,14 @@ func (n *Node) handlerContext(prio uint8) context.Context {
 	return &n.hctx[prio]
 }
 
-func (n *Node) replyDecodeError(c *conn, h *framing.Header, err error) {
+// replyDecodeError answers a request whose arguments did not decompress;
+// ctx as for sendReply.
+func (n *Node) replyDecodeError(ctx context.Context, c *conn, h *framing.Header, err error) {
 	n.countDecodeLimit(err)
 	n.m.refused.inc(statusCode(StatusCantDecodeArgs))
 	n.log.Warn("cannot decompress request", "peer", c.peer.num, "service", h.Service, "err", err)
 	if h.Type == framing.TypeRequest {
-		n.sendReply(nil, c.peer, c.linkGen, h, nil, StatusCantDecodeArgs, []byte(err.Error()))
+		n.sendReply(ctx, c.peer, c.linkGen, h, nil, StatusCantDecodeArgs, []byte(err.Error()))
 	}
 }
 

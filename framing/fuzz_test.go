@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"math"
+	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/s2"
@@ -339,6 +340,31 @@ func FuzzDecompress(f *testing.F) {
 			if !bytes.Equal(got, payload) {
 				t.Fatal("uncompressed payload not copied as is")
 			}
+		}
+	})
+}
+
+// FuzzS2Length checks the walker Decompress trusts before allocating
+// against s2 itself: whatever s2.Decode accepts, s2Length measures the
+// same, and whatever s2Length accepts, s2.Decode decodes to that length.
+func FuzzS2Length(f *testing.F) {
+	for _, src := range [][]byte{nil, []byte("a"), make([]byte, 1<<16), []byte(strings.Repeat("abcdefgh", 999))} {
+		f.Add(s2.Encode(nil, src))
+		f.Add(s2.EncodeBetter(nil, src))
+	}
+	f.Fuzz(func(t *testing.T, comp []byte) {
+		const limit = 1 << 20
+		n, err := s2Length(comp, limit)
+		want, derr := s2.DecodedLen(comp)
+		var out []byte
+		if derr == nil && want <= limit {
+			out, derr = s2.Decode(nil, comp)
+		}
+		switch {
+		case derr == nil && want <= limit && (err != nil || n != len(out)):
+			t.Fatalf("s2 decodes %d bytes; s2Length says %d, %v", len(out), n, err)
+		case err == nil && derr != nil:
+			t.Fatalf("s2Length accepts %d bytes that s2 refuses: %v", n, derr)
 		}
 	})
 }
