@@ -17,6 +17,7 @@ import (
 	"github.com/alecthomas/kong"
 
 	"github.com/clusterinfra/ci/services/admin"
+	"github.com/clusterinfra/ci/tools/internal/kongexit"
 )
 
 // Exit codes.
@@ -83,24 +84,12 @@ func newParser(c *cli, stdout, stderr io.Writer) (*kong.Kong, error) {
 		kong.Writers(stdout, stderr),
 		kong.Vars{"defport": admin.DefaultPort},
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
-		// --help exits through run, so that tests can call run.
-		kong.Exit(func(code int) { panic(exitPanic(code)) }),
+		kongexit.Option(),
 	)
 }
 
-// exitPanic carries kong's exit (after --help) out of Parse to run.
-type exitPanic int
-
 func run(args []string, stdout, stderr io.Writer) (code int) {
-	defer func() {
-		if r := recover(); r != nil {
-			e, ok := r.(exitPanic)
-			if !ok {
-				panic(r)
-			}
-			code = int(e)
-		}
-	}()
+	defer kongexit.Recover(&code) // --help exits through here, so that tests can call run
 	var c cli
 	parser, err := newParser(&c, stdout, stderr)
 	if err != nil {
