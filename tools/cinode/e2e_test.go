@@ -429,3 +429,33 @@ func TestFencedExit(t *testing.T) {
 		return m.State == "UP" && m.Incarnation != old, fmt.Sprint(m.State, m.Incarnation)
 	})
 }
+
+// TestDevUnixSocket: the admin endpoint on a Unix socket is created 0600,
+// serves cluster, and is removed when SIGINT ends the node with exit 0.
+func TestDevUnixSocket(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "admin.sock")
+	ics := fmt.Sprintf("127.0.0.1:%d", freePorts(t, "127.0.0.1", 1)[0])
+	n := startProc(t, bins.cinode, "--dev", "--dev-addr", ics, "--admin", "unix:"+sock)
+	eventually(t, 30*time.Second, "--dev node UP", func() (bool, string) {
+		code, out, errs := runCmd(t, bins.cluster, "-e", "unix:"+sock)
+		return code == 0 && out == "1\n", fmt.Sprint(code, out, errs)
+	})
+	st, err := os.Stat(sock)
+	if err != nil || st.Mode().Type() != os.ModeSocket || st.Mode().Perm() != 0o600 {
+		t.Fatalf("socket: %v %v", st.Mode(), err)
+	}
+	n.cmd.Process.Signal(syscall.SIGINT)
+	if code := n.wait(t, 60*time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Fatalf("socket left behind: %v", err)
+	}
+	m := regexp.MustCompile(`data_dir=(\S+)`).FindStringSubmatch(n.out.String())
+	if m == nil {
+		t.Fatalf("no data_dir in the log:\n%s", n.out.String())
+	}
+	if _, err := os.Stat(m[1]); !os.IsNotExist(err) {
+		t.Fatalf("--dev's data directory %s left behind: %v", m[1], err)
+	}
+}
