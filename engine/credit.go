@@ -74,7 +74,7 @@ func (s *sendCredit) acquire(ctx context.Context, cost int64, c *conn) (waited b
 		case <-wake:
 		case <-ctx.Done():
 			s.throttled.Inc()
-			return waited, fmt.Errorf("%w: no credit on %s to node %d: %w", ErrThrottled, c.channel, c.peer.num, ctxError(ctx))
+			return waited, fmt.Errorf("%w: no credit on %s to node %d: %w", ErrThrottled, c.channel, c.peer.num, ctx.Err())
 		}
 	}
 }

@@ -2,7 +2,6 @@ package engine
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"runtime"
@@ -27,7 +26,7 @@ import (
 //	ci_ics_server_errors_total{service,proc,code}     those whose handler failed
 //	ci_ics_server_duration_seconds{service,proc}      histogram from the request's arrival to the handler's return
 //
-// code is the lower-case name of the error's sentinel (errorCodes: "timed_out", "node_down",
+// code is the lower-case name of the error's sentinel (Status.String, errors.go: "timed_out", "node_down",
 // "proc_unavail", "failed", ...). A declared error (Service.DeclaredErrors, Method.DeclaredErrors:
 // what icsgen stubs send) travels as a successful reply but counts as code="failed". Error
 // series are created at a code's first failure, so a procedure that never failed has none.
@@ -192,67 +191,23 @@ func (e *exporter) write(w io.Writer) {
 	_, _ = w.Write(out.Bytes())
 }
 
-// errorCodes names the CI status code of a failed call, for the code label:
-// the first sentinel the error matches (ErrThrottled before ErrTimedOut,
-// which it wraps). An error matching none counts as "failed" on a server
-// (it travels as StatusFailed) and "unknown" on a client.
-var errorCodes = [...]struct {
-	err  error
-	name string
-}{
-	{ErrThrottled, "throttled"},
-	{ErrTimedOut, "timed_out"},
-	{ErrIntr, "intr"},
-	{ErrNodeDown, "node_down"},
-	{ErrTooManyCalls, "too_many_calls"},
-	{ErrClosed, "closed"},
-	{ErrUnknownHost, "unknown_host"},
-	{ErrProgUnavail, "prog_unavail"},
-	{ErrProgVersMismatch, "prog_vers_mismatch"},
-	{ErrProcUnavail, "proc_unavail"},
-	{ErrCantEncodeArgs, "cant_encode_args"},
-	{ErrCantDecodeArgs, "cant_decode_args"},
-	{ErrCantDecodeRes, "cant_decode_res"},
-	{ErrCantSend, "cant_send"},
-	{ErrCantRecv, "cant_recv"},
-	{ErrVersMismatch, "vers_mismatch"},
-	{ErrAuth, "auth_error"},
-	{ErrHandshake, "handshake"},
-	{ErrSystem, "system_error"},
-	{ErrFailed, "failed"},
-}
-
+// Codes in the code label are Statuses (errors.go): a failed call counts
+// under Code(err), a handler's error under the status its reply carries, a
+// declared error under "failed".
 const (
-	codeUnknown = len(errorCodes)     // a client error matching no sentinel
-	numCodes    = len(errorCodes) + 1 // with codeUnknown
-	codeFailed  = len(errorCodes) - 1 // ErrFailed: handler errors, declared errors
+	codeUnknown = int(StatusUnknown) // a client error matching no sentinel
+	numCodes    = int(statusLimit)
+	codeFailed  = int(StatusFailed) // handler errors, declared errors
 )
 
-func codeName(code int) string {
-	if code == codeUnknown {
-		return "unknown"
-	}
-	return errorCodes[code].name
-}
+func codeName(code int) string { return Status(code).String() }
 
-// errorCode is err's index in errorCodes, or codeUnknown. Error path only:
-// it walks err's chain once per sentinel.
-func errorCode(err error) int {
-	for i, c := range errorCodes {
-		if errors.Is(err, c.err) {
-			return i
-		}
-	}
-	return codeUnknown
-}
+// errorCode is err's code. Error path only: it walks err's chain once per
+// sentinel.
+func errorCode(err error) int { return int(Code(err)) }
 
 // statusCode is the code of a reply status, as the caller will see it.
-func statusCode(s Status) int {
-	if s == StatusFailed {
-		return codeFailed // also the code of any handler error that is not ours
-	}
-	return errorCode(s.Err())
-}
+func statusCode(s Status) int { return int(s) }
 
 // codeCounters count failures by code. A code's series is created at its
 // first failure: most procedures never see most codes, and a series per

@@ -299,7 +299,7 @@ func (n *Node) completeReply(c *conn, f *framing.Frame) {
 	}
 	switch st := Status(f.Status); {
 	case st != StatusOK:
-		s.err = &RemoteError{Code: st, Message: string(f.Payload)}
+		s.err = remoteStatus(st, f.Payload)
 	case f.Flags.Compressed():
 		var err error
 		s.reply, err = n.codec.Decompress(s.reply, &f.Header, f.Payload)

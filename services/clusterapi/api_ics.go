@@ -5,7 +5,6 @@ package clusterapi
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/clusterinfra/ci/engine"
 	"github.com/clusterinfra/ci/engine/stub"
@@ -33,16 +32,16 @@ const (
 )
 
 var (
-	apiMethodClusterName        = engine.Method{Service: APIServiceID, Proc: APIProcClusterName, Version: APIVersion}
-	apiMethodNodeNum            = engine.Method{Service: APIServiceID, Proc: APIProcNodeNum, Version: APIVersion}
-	apiMethodMaxNodes           = engine.Method{Service: APIServiceID, Proc: APIProcMaxNodes, Version: APIVersion}
-	apiMethodMembership         = engine.Method{Service: APIServiceID, Proc: APIProcMembership, Version: APIVersion}
-	apiMethodNextTransition     = engine.Method{Service: APIServiceID, Proc: APIProcNextTransition, Version: APIVersion}
-	apiMethodDetailedTransition = engine.Method{Service: APIServiceID, Proc: APIProcDetailedTransition, Version: APIVersion}
-	apiMethodNodeInfo           = engine.Method{Service: APIServiceID, Proc: APIProcNodeInfo, Version: APIVersion}
-	apiMethodSetNodeInfo        = engine.Method{Service: APIServiceID, Proc: APIProcSetNodeInfo, Version: APIVersion}
-	apiMethodNodeAvail          = engine.Method{Service: APIServiceID, Proc: APIProcNodeAvail, Version: APIVersion}
-	apiMethodWaitTransitions    = engine.Method{Service: APIServiceID, Proc: APIProcWaitTransitions, Version: APIVersion}
+	apiMethodClusterName        = engine.Method{Service: APIServiceID, Proc: APIProcClusterName, Version: APIVersion, Name: "clusterapi", DeclaredErrors: true}
+	apiMethodNodeNum            = engine.Method{Service: APIServiceID, Proc: APIProcNodeNum, Version: APIVersion, Name: "clusterapi", DeclaredErrors: true}
+	apiMethodMaxNodes           = engine.Method{Service: APIServiceID, Proc: APIProcMaxNodes, Version: APIVersion, Name: "clusterapi", DeclaredErrors: true}
+	apiMethodMembership         = engine.Method{Service: APIServiceID, Proc: APIProcMembership, Version: APIVersion, Name: "clusterapi", DeclaredErrors: true}
+	apiMethodNextTransition     = engine.Method{Service: APIServiceID, Proc: APIProcNextTransition, Version: APIVersion, Name: "clusterapi", DeclaredErrors: true}
+	apiMethodDetailedTransition = engine.Method{Service: APIServiceID, Proc: APIProcDetailedTransition, Version: APIVersion, Name: "clusterapi", DeclaredErrors: true}
+	apiMethodNodeInfo           = engine.Method{Service: APIServiceID, Proc: APIProcNodeInfo, Version: APIVersion, Name: "clusterapi", DeclaredErrors: true}
+	apiMethodSetNodeInfo        = engine.Method{Service: APIServiceID, Proc: APIProcSetNodeInfo, Version: APIVersion, Name: "clusterapi", DeclaredErrors: true}
+	apiMethodNodeAvail          = engine.Method{Service: APIServiceID, Proc: APIProcNodeAvail, Version: APIVersion, Name: "clusterapi", DeclaredErrors: true}
+	apiMethodWaitTransitions    = engine.Method{Service: APIServiceID, Proc: APIProcWaitTransitions, Version: APIVersion, Name: "clusterapi", DeclaredErrors: true}
 )
 
 // APIClient calls clusterapi on other nodes. It is safe for concurrent use; each
@@ -226,7 +225,7 @@ func (c *APIClient) WaitTransitions(ctx context.Context, to engine.NodeNum, afte
 	return r0, err
 }
 
-// apiPool lends each call of a APIClient its argument and reply buffers.
+// apiPool lends each call of an APIClient its argument and reply buffers.
 var apiPool stub.BufPool
 
 // APIProcs returns clusterapi's dispatch table for engine.Service.Procs: impl's
@@ -251,20 +250,21 @@ func APIProcs(impl API) []engine.Handler {
 // its fields (handles, compression) before registering if needed.
 func APIService(impl API) engine.Service {
 	return engine.Service{
-		ID:         APIServiceID,
-		Name:       "clusterapi",
-		Version:    APIVersion,
-		Procs:      APIProcs(impl),
-		MinHandles: 2,
-		MaxHandles: 64,
-		Inline:     false,
+		ID:             APIServiceID,
+		Name:           "clusterapi",
+		Version:        APIVersion,
+		Procs:          APIProcs(impl),
+		MinHandles:     2,
+		MaxHandles:     64,
+		Inline:         false,
+		DeclaredErrors: true, // replies start with a status byte: metrics count declared errors
 	}
 }
 
 // RegisterAPI registers clusterapi on node n, served by impl.
 func RegisterAPI(n *engine.Node, impl API) error { return n.Register(APIService(impl)) }
 
-// apiServer adapts a API to engine handlers.
+// apiServer adapts an API to engine handlers.
 type apiServer struct{ impl API }
 
 func (s apiServer) serveClusterName(ctx context.Context, req *engine.Request, resp *engine.Response) error {
@@ -514,7 +514,7 @@ func apiMembershipArgs(d []byte) error {
 // apiMembershipAppendResults encodes a successful reply of API.Membership.
 func apiMembershipAppendResults(b []byte, r0 []WireMember, r1 uint64) []byte {
 	b = append(b, 0) // status: results follow
-	b = apiEnc_slice_WireMember(b, r0)
+	b = apiEncSliceWireMember(b, r0)
 	b = stub.AppendUint64(b, r1)
 	return b
 }
@@ -525,7 +525,7 @@ func apiMembershipResults(d []byte) (r0 []WireMember, r1 uint64, err error) {
 	if d, err = stub.ReplyBody("clusterapi", apiErrors, d); err != nil {
 		return nil, 0, err
 	}
-	if r0, d, err = apiDec_slice_WireMember(d); err != nil {
+	if r0, d, err = apiDecSliceWireMember(d); err != nil {
 		return nil, 0, stub.ResultsError("clusterapi", "Membership", err)
 	}
 	if r1, d, err = stub.Uint64(d); err != nil {
@@ -557,7 +557,7 @@ func apiNextTransitionArgs(d []byte) (a0 uint64, err error) {
 // apiNextTransitionAppendResults encodes a successful reply of API.NextTransition.
 func apiNextTransitionAppendResults(b []byte, r0 WireTransition, r1 bool) []byte {
 	b = append(b, 0) // status: results follow
-	b = apiEnc_WireTransition(b, r0)
+	b = apiEncWireTransition(b, r0)
 	b = stub.AppendBool(b, r1)
 	return b
 }
@@ -568,7 +568,7 @@ func apiNextTransitionResults(d []byte) (r0 WireTransition, r1 bool, err error) 
 	if d, err = stub.ReplyBody("clusterapi", apiErrors, d); err != nil {
 		return WireTransition{}, false, err
 	}
-	if r0, d, err = apiDec_WireTransition(d); err != nil {
+	if r0, d, err = apiDecWireTransition(d); err != nil {
 		return WireTransition{}, false, stub.ResultsError("clusterapi", "NextTransition", err)
 	}
 	if r1, d, err = stub.Bool(d); err != nil {
@@ -582,14 +582,14 @@ func apiNextTransitionResults(d []byte) (r0 WireTransition, r1 bool, err error) 
 
 // apiDetailedTransitionAppendArgs encodes the arguments of API.DetailedTransition.
 func apiDetailedTransitionAppendArgs(b []byte, a0 Which, a1 uint64) []byte {
-	b = apiEnc_Which(b, a0)
+	b = apiEncWhich(b, a0)
 	b = stub.AppendUint64(b, a1)
 	return b
 }
 
 // apiDetailedTransitionArgs decodes the arguments of API.DetailedTransition; errors wrap engine.ErrCantDecodeArgs.
 func apiDetailedTransitionArgs(d []byte) (a0 Which, a1 uint64, err error) {
-	if a0, d, err = apiDec_Which(d); err != nil {
+	if a0, d, err = apiDecWhich(d); err != nil {
 		return 0, 0, stub.ArgsError("clusterapi", "DetailedTransition", err)
 	}
 	if a1, d, err = stub.Uint64(d); err != nil {
@@ -604,7 +604,7 @@ func apiDetailedTransitionArgs(d []byte) (a0 Which, a1 uint64, err error) {
 // apiDetailedTransitionAppendResults encodes a successful reply of API.DetailedTransition.
 func apiDetailedTransitionAppendResults(b []byte, r0 WireTransition) []byte {
 	b = append(b, 0) // status: results follow
-	b = apiEnc_WireTransition(b, r0)
+	b = apiEncWireTransition(b, r0)
 	return b
 }
 
@@ -614,7 +614,7 @@ func apiDetailedTransitionResults(d []byte) (r0 WireTransition, err error) {
 	if d, err = stub.ReplyBody("clusterapi", apiErrors, d); err != nil {
 		return WireTransition{}, err
 	}
-	if r0, d, err = apiDec_WireTransition(d); err != nil {
+	if r0, d, err = apiDecWireTransition(d); err != nil {
 		return WireTransition{}, stub.ResultsError("clusterapi", "DetailedTransition", err)
 	}
 	if len(d) != 0 {
@@ -643,7 +643,7 @@ func apiNodeInfoArgs(d []byte) (a0 uint32, err error) {
 // apiNodeInfoAppendResults encodes a successful reply of API.NodeInfo.
 func apiNodeInfoAppendResults(b []byte, r0 WireMember) []byte {
 	b = append(b, 0) // status: results follow
-	b = apiEnc_WireMember(b, r0)
+	b = apiEncWireMember(b, r0)
 	return b
 }
 
@@ -653,7 +653,7 @@ func apiNodeInfoResults(d []byte) (r0 WireMember, err error) {
 	if d, err = stub.ReplyBody("clusterapi", apiErrors, d); err != nil {
 		return WireMember{}, err
 	}
-	if r0, d, err = apiDec_WireMember(d); err != nil {
+	if r0, d, err = apiDecWireMember(d); err != nil {
 		return WireMember{}, stub.ResultsError("clusterapi", "NodeInfo", err)
 	}
 	if len(d) != 0 {
@@ -665,7 +665,7 @@ func apiNodeInfoResults(d []byte) (r0 WireMember, err error) {
 // apiSetNodeInfoAppendArgs encodes the arguments of API.SetNodeInfo.
 func apiSetNodeInfoAppendArgs(b []byte, a0 uint32, a1 WireNodeInfo) []byte {
 	b = stub.AppendUint32(b, a0)
-	b = apiEnc_WireNodeInfo(b, a1)
+	b = apiEncWireNodeInfo(b, a1)
 	return b
 }
 
@@ -674,7 +674,7 @@ func apiSetNodeInfoArgs(d []byte) (a0 uint32, a1 WireNodeInfo, err error) {
 	if a0, d, err = stub.Uint32(d); err != nil {
 		return 0, WireNodeInfo{}, stub.ArgsError("clusterapi", "SetNodeInfo", err)
 	}
-	if a1, d, err = apiDec_WireNodeInfo(d); err != nil {
+	if a1, d, err = apiDecWireNodeInfo(d); err != nil {
 		return 0, WireNodeInfo{}, stub.ArgsError("clusterapi", "SetNodeInfo", err)
 	}
 	if len(d) != 0 {
@@ -768,7 +768,7 @@ func apiWaitTransitionsArgs(d []byte) (a0 uint64, a1 uint32, a2 uint32, err erro
 // apiWaitTransitionsAppendResults encodes a successful reply of API.WaitTransitions.
 func apiWaitTransitionsAppendResults(b []byte, r0 []WireTransition) []byte {
 	b = append(b, 0) // status: results follow
-	b = apiEnc_slice_WireTransition(b, r0)
+	b = apiEncSliceWireTransition(b, r0)
 	return b
 }
 
@@ -778,7 +778,7 @@ func apiWaitTransitionsResults(d []byte) (r0 []WireTransition, err error) {
 	if d, err = stub.ReplyBody("clusterapi", apiErrors, d); err != nil {
 		return nil, err
 	}
-	if r0, d, err = apiDec_slice_WireTransition(d); err != nil {
+	if r0, d, err = apiDecSliceWireTransition(d); err != nil {
 		return nil, stub.ResultsError("clusterapi", "WaitTransitions", err)
 	}
 	if len(d) != 0 {
@@ -789,134 +789,92 @@ func apiWaitTransitionsResults(d []byte) (r0 []WireTransition, err error) {
 
 // apiErrors are the errors clusterapi's handlers return that reach callers as
 // themselves: a reply with status i+1 carries apiErrors[i] and its message,
-// and the caller gets a *stub.RemoteError matching it and engine.ErrFailed.
+// and the caller gets an *engine.RemoteError matching it and engine.ErrFailed.
 var apiErrors = []error{ErrUnknownNode, ErrNoTransition, ErrCompacted, ErrInvalid, ErrBusy}
 
-// apiCheckDecoders is for fuzz targets. It feeds b to the argument decoder
-// of every procedure and the result decoder of every RPC of clusterapi, and
-// reports a decoder that accepts b although re-encoding what it decoded
-// gives a different number of bytes: it read something no encoder writes.
-func apiCheckDecoders(b []byte) error {
-	if err := apiClusterNameArgs(b); err == nil {
-		if n := len(apiClusterNameAppendArgs(nil)); n != len(b) {
-			return fmt.Errorf("clusterapi.ClusterName arguments: %d bytes decoded, %d re-encoded", len(b), n)
-		}
+func apiEncSliceString(b []byte, v []string) []byte {
+	b = stub.AppendLen(b, len(v))
+	for _, x := range v {
+		b = stub.AppendString(b, x)
 	}
-	if r0, err := apiClusterNameResults(b); err == nil {
-		if n := len(apiClusterNameAppendResults(nil, r0)); n != len(b) {
-			return fmt.Errorf("clusterapi.ClusterName results: %d bytes decoded, %d re-encoded", len(b), n)
-		}
-	}
-	if err := apiNodeNumArgs(b); err == nil {
-		if n := len(apiNodeNumAppendArgs(nil)); n != len(b) {
-			return fmt.Errorf("clusterapi.NodeNum arguments: %d bytes decoded, %d re-encoded", len(b), n)
-		}
-	}
-	if r0, err := apiNodeNumResults(b); err == nil {
-		if n := len(apiNodeNumAppendResults(nil, r0)); n != len(b) {
-			return fmt.Errorf("clusterapi.NodeNum results: %d bytes decoded, %d re-encoded", len(b), n)
-		}
-	}
-	if err := apiMaxNodesArgs(b); err == nil {
-		if n := len(apiMaxNodesAppendArgs(nil)); n != len(b) {
-			return fmt.Errorf("clusterapi.MaxNodes arguments: %d bytes decoded, %d re-encoded", len(b), n)
-		}
-	}
-	if r0, err := apiMaxNodesResults(b); err == nil {
-		if n := len(apiMaxNodesAppendResults(nil, r0)); n != len(b) {
-			return fmt.Errorf("clusterapi.MaxNodes results: %d bytes decoded, %d re-encoded", len(b), n)
-		}
-	}
-	if err := apiMembershipArgs(b); err == nil {
-		if n := len(apiMembershipAppendArgs(nil)); n != len(b) {
-			return fmt.Errorf("clusterapi.Membership arguments: %d bytes decoded, %d re-encoded", len(b), n)
-		}
-	}
-	if r0, r1, err := apiMembershipResults(b); err == nil {
-		if n := len(apiMembershipAppendResults(nil, r0, r1)); n != len(b) {
-			return fmt.Errorf("clusterapi.Membership results: %d bytes decoded, %d re-encoded", len(b), n)
-		}
-	}
-	if a0, err := apiNextTransitionArgs(b); err == nil {
-		if n := len(apiNextTransitionAppendArgs(nil, a0)); n != len(b) {
-			return fmt.Errorf("clusterapi.NextTransition arguments: %d bytes decoded, %d re-encoded", len(b), n)
-		}
-	}
-	if r0, r1, err := apiNextTransitionResults(b); err == nil {
-		if n := len(apiNextTransitionAppendResults(nil, r0, r1)); n != len(b) {
-			return fmt.Errorf("clusterapi.NextTransition results: %d bytes decoded, %d re-encoded", len(b), n)
-		}
-	}
-	if a0, a1, err := apiDetailedTransitionArgs(b); err == nil {
-		if n := len(apiDetailedTransitionAppendArgs(nil, a0, a1)); n != len(b) {
-			return fmt.Errorf("clusterapi.DetailedTransition arguments: %d bytes decoded, %d re-encoded", len(b), n)
-		}
-	}
-	if r0, err := apiDetailedTransitionResults(b); err == nil {
-		if n := len(apiDetailedTransitionAppendResults(nil, r0)); n != len(b) {
-			return fmt.Errorf("clusterapi.DetailedTransition results: %d bytes decoded, %d re-encoded", len(b), n)
-		}
-	}
-	if a0, err := apiNodeInfoArgs(b); err == nil {
-		if n := len(apiNodeInfoAppendArgs(nil, a0)); n != len(b) {
-			return fmt.Errorf("clusterapi.NodeInfo arguments: %d bytes decoded, %d re-encoded", len(b), n)
-		}
-	}
-	if r0, err := apiNodeInfoResults(b); err == nil {
-		if n := len(apiNodeInfoAppendResults(nil, r0)); n != len(b) {
-			return fmt.Errorf("clusterapi.NodeInfo results: %d bytes decoded, %d re-encoded", len(b), n)
-		}
-	}
-	if a0, a1, err := apiSetNodeInfoArgs(b); err == nil {
-		if n := len(apiSetNodeInfoAppendArgs(nil, a0, a1)); n != len(b) {
-			return fmt.Errorf("clusterapi.SetNodeInfo arguments: %d bytes decoded, %d re-encoded", len(b), n)
-		}
-	}
-	if err := apiSetNodeInfoResults(b); err == nil {
-		if n := len(apiSetNodeInfoAppendResults(nil)); n != len(b) {
-			return fmt.Errorf("clusterapi.SetNodeInfo results: %d bytes decoded, %d re-encoded", len(b), n)
-		}
-	}
-	if a0, err := apiNodeAvailArgs(b); err == nil {
-		if n := len(apiNodeAvailAppendArgs(nil, a0)); n != len(b) {
-			return fmt.Errorf("clusterapi.NodeAvail arguments: %d bytes decoded, %d re-encoded", len(b), n)
-		}
-	}
-	if r0, err := apiNodeAvailResults(b); err == nil {
-		if n := len(apiNodeAvailAppendResults(nil, r0)); n != len(b) {
-			return fmt.Errorf("clusterapi.NodeAvail results: %d bytes decoded, %d re-encoded", len(b), n)
-		}
-	}
-	if a0, a1, a2, err := apiWaitTransitionsArgs(b); err == nil {
-		if n := len(apiWaitTransitionsAppendArgs(nil, a0, a1, a2)); n != len(b) {
-			return fmt.Errorf("clusterapi.WaitTransitions arguments: %d bytes decoded, %d re-encoded", len(b), n)
-		}
-	}
-	if r0, err := apiWaitTransitionsResults(b); err == nil {
-		if n := len(apiWaitTransitionsAppendResults(nil, r0)); n != len(b) {
-			return fmt.Errorf("clusterapi.WaitTransitions results: %d bytes decoded, %d re-encoded", len(b), n)
-		}
-	}
-	return nil
+	return b
 }
 
-func apiEnc_Which(b []byte, v Which) []byte { return stub.AppendUint8(b, uint8(v)) }
+func apiDecSliceString(d []byte) ([]string, []byte, error) {
+	n, d, err := stub.DecLen(d, 1)
+	if err != nil || n == 0 {
+		return nil, d, err
+	}
+	v := make([]string, n)
+	for i := range v {
+		if v[i], d, err = stub.String(d); err != nil {
+			return nil, nil, err
+		}
+	}
+	return v, d, nil
+}
 
-func apiDec_Which(d []byte) (Which, []byte, error) {
+func apiEncSliceWireMember(b []byte, v []WireMember) []byte {
+	b = stub.AppendLen(b, len(v))
+	for _, x := range v {
+		b = apiEncWireMember(b, x)
+	}
+	return b
+}
+
+func apiDecSliceWireMember(d []byte) ([]WireMember, []byte, error) {
+	n, d, err := stub.DecLen(d, 39)
+	if err != nil || n == 0 {
+		return nil, d, err
+	}
+	v := make([]WireMember, n)
+	for i := range v {
+		if v[i], d, err = apiDecWireMember(d); err != nil {
+			return nil, nil, err
+		}
+	}
+	return v, d, nil
+}
+
+func apiEncSliceWireTransition(b []byte, v []WireTransition) []byte {
+	b = stub.AppendLen(b, len(v))
+	for _, x := range v {
+		b = apiEncWireTransition(b, x)
+	}
+	return b
+}
+
+func apiDecSliceWireTransition(d []byte) ([]WireTransition, []byte, error) {
+	n, d, err := stub.DecLen(d, 31)
+	if err != nil || n == 0 {
+		return nil, d, err
+	}
+	v := make([]WireTransition, n)
+	for i := range v {
+		if v[i], d, err = apiDecWireTransition(d); err != nil {
+			return nil, nil, err
+		}
+	}
+	return v, d, nil
+}
+
+func apiEncWhich(b []byte, v Which) []byte { return stub.AppendUint8(b, uint8(v)) }
+
+func apiDecWhich(d []byte) (Which, []byte, error) {
 	x, d, err := stub.Uint8(d)
 	return Which(x), d, err
 }
 
-func apiEnc_WireMember(b []byte, v WireMember) []byte {
+func apiEncWireMember(b []byte, v WireMember) []byte {
 	b = stub.AppendUint32(b, v.Node)
 	b = stub.AppendUint8(b, v.State)
 	b = stub.AppendUint64(b, v.Incarnation)
-	b = apiEnc_WireNodeInfo(b, v.Info)
+	b = apiEncWireNodeInfo(b, v.Info)
 	b = stub.AppendUint64(b, v.LastChange)
 	return b
 }
 
-func apiDec_WireMember(d []byte) (v WireMember, _ []byte, err error) {
+func apiDecWireMember(d []byte) (v WireMember, _ []byte, err error) {
 	if v.Node, d, err = stub.Uint32(d); err != nil {
 		return WireMember{}, nil, err
 	}
@@ -926,7 +884,7 @@ func apiDec_WireMember(d []byte) (v WireMember, _ []byte, err error) {
 	if v.Incarnation, d, err = stub.Uint64(d); err != nil {
 		return WireMember{}, nil, err
 	}
-	if v.Info, d, err = apiDec_WireNodeInfo(d); err != nil {
+	if v.Info, d, err = apiDecWireNodeInfo(d); err != nil {
 		return WireMember{}, nil, err
 	}
 	if v.LastChange, d, err = stub.Uint64(d); err != nil {
@@ -935,16 +893,16 @@ func apiDec_WireMember(d []byte) (v WireMember, _ []byte, err error) {
 	return v, d, nil
 }
 
-func apiEnc_WireNodeInfo(b []byte, v WireNodeInfo) []byte {
+func apiEncWireNodeInfo(b []byte, v WireNodeInfo) []byte {
 	b = stub.AppendUint32(b, v.CPUsTotal)
 	b = stub.AppendUint32(b, v.CPUsOnline)
 	b = stub.AppendUint64(b, v.MemoryBytes)
-	b = apiEnc_slice_string(b, v.KeyServices)
-	b = apiEnc_slice_string(b, v.Capabilities)
+	b = apiEncSliceString(b, v.KeyServices)
+	b = apiEncSliceString(b, v.Capabilities)
 	return b
 }
 
-func apiDec_WireNodeInfo(d []byte) (v WireNodeInfo, _ []byte, err error) {
+func apiDecWireNodeInfo(d []byte) (v WireNodeInfo, _ []byte, err error) {
 	if v.CPUsTotal, d, err = stub.Uint32(d); err != nil {
 		return WireNodeInfo{}, nil, err
 	}
@@ -954,16 +912,16 @@ func apiDec_WireNodeInfo(d []byte) (v WireNodeInfo, _ []byte, err error) {
 	if v.MemoryBytes, d, err = stub.Uint64(d); err != nil {
 		return WireNodeInfo{}, nil, err
 	}
-	if v.KeyServices, d, err = apiDec_slice_string(d); err != nil {
+	if v.KeyServices, d, err = apiDecSliceString(d); err != nil {
 		return WireNodeInfo{}, nil, err
 	}
-	if v.Capabilities, d, err = apiDec_slice_string(d); err != nil {
+	if v.Capabilities, d, err = apiDecSliceString(d); err != nil {
 		return WireNodeInfo{}, nil, err
 	}
 	return v, d, nil
 }
 
-func apiEnc_WireTransition(b []byte, v WireTransition) []byte {
+func apiEncWireTransition(b []byte, v WireTransition) []byte {
 	b = stub.AppendUint64(b, v.ID)
 	b = stub.AppendInt64(b, v.UnixNano)
 	b = stub.AppendUint32(b, v.Node)
@@ -974,7 +932,7 @@ func apiEnc_WireTransition(b []byte, v WireTransition) []byte {
 	return b
 }
 
-func apiDec_WireTransition(d []byte) (v WireTransition, _ []byte, err error) {
+func apiDecWireTransition(d []byte) (v WireTransition, _ []byte, err error) {
 	if v.ID, d, err = stub.Uint64(d); err != nil {
 		return WireTransition{}, nil, err
 	}
@@ -995,72 +953,6 @@ func apiDec_WireTransition(d []byte) (v WireTransition, _ []byte, err error) {
 	}
 	if v.Cause, d, err = stub.Uint8(d); err != nil {
 		return WireTransition{}, nil, err
-	}
-	return v, d, nil
-}
-
-func apiEnc_slice_WireMember(b []byte, v []WireMember) []byte {
-	b = stub.AppendLen(b, len(v))
-	for _, x := range v {
-		b = apiEnc_WireMember(b, x)
-	}
-	return b
-}
-
-func apiDec_slice_WireMember(d []byte) ([]WireMember, []byte, error) {
-	n, d, err := stub.DecLen(d, 39)
-	if err != nil || n == 0 {
-		return nil, d, err
-	}
-	v := make([]WireMember, n)
-	for i := range v {
-		if v[i], d, err = apiDec_WireMember(d); err != nil {
-			return nil, nil, err
-		}
-	}
-	return v, d, nil
-}
-
-func apiEnc_slice_WireTransition(b []byte, v []WireTransition) []byte {
-	b = stub.AppendLen(b, len(v))
-	for _, x := range v {
-		b = apiEnc_WireTransition(b, x)
-	}
-	return b
-}
-
-func apiDec_slice_WireTransition(d []byte) ([]WireTransition, []byte, error) {
-	n, d, err := stub.DecLen(d, 31)
-	if err != nil || n == 0 {
-		return nil, d, err
-	}
-	v := make([]WireTransition, n)
-	for i := range v {
-		if v[i], d, err = apiDec_WireTransition(d); err != nil {
-			return nil, nil, err
-		}
-	}
-	return v, d, nil
-}
-
-func apiEnc_slice_string(b []byte, v []string) []byte {
-	b = stub.AppendLen(b, len(v))
-	for _, x := range v {
-		b = stub.AppendString(b, x)
-	}
-	return b
-}
-
-func apiDec_slice_string(d []byte) ([]string, []byte, error) {
-	n, d, err := stub.DecLen(d, 1)
-	if err != nil || n == 0 {
-		return nil, d, err
-	}
-	v := make([]string, n)
-	for i := range v {
-		if v[i], d, err = stub.String(d); err != nil {
-			return nil, nil, err
-		}
 	}
 	return v, d, nil
 }
