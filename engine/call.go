@@ -31,7 +31,9 @@ func (n *Node) Call(ctx context.Context, to NodeNum, m Method, args, reply []byt
 }
 
 // Send sends a one-way message: no reply, no handle. A nil error means the
-// message was handed to the connection, not that it was served.
+// message was handed to the connection, not that it was served. ctx bounds
+// the sending only: its deadline does not travel to the handler, which has
+// no caller waiting for it.
 func (n *Node) Send(ctx context.Context, to NodeNum, m Method, args []byte) error {
 	p, c, prio, err := n.route(ctx, to, m)
 	if err != nil {
@@ -164,6 +166,10 @@ func (n *Node) startCall(ctx context.Context, to NodeNum, m Method, args, reply 
 	}
 	n.m.framesOutByPrio[prio].Inc()
 	h := framing.Header{Type: framing.TypeRequest, Priority: prio, Service: m.Service, Proc: m.Proc, XID: xid, SvcVersion: m.Version}
+	if markRequest(ctx, &h) {
+		s := &n.handles.slots[idx]
+		s.cancelConn, s.prio = c, prio // for waitCall's TypeCancel if the caller gives up
+	}
 	if err := n.sendArgs(ctx, c, &h, m, args); err != nil {
 		if n.handles.abandon(xid) {
 			if errors.Is(err, ErrThrottled) || errors.Is(err, ErrCantEncodeArgs) {
@@ -198,7 +204,8 @@ func (n *Node) sendArgs(ctx context.Context, c *conn, h *framing.Header, m Metho
 	if flag == 0 {
 		return c.send(ctx, h, args)
 	}
-	h.Flags, h.Aux = flag, uint32(len(args))
+	h.Flags |= flag
+	h.Aux = uint32(len(args))
 	return c.send(ctx, h, out)
 }
 
@@ -208,7 +215,11 @@ func (n *Node) waitCall(ctx context.Context, xid uint64) ([]byte, error) {
 	select {
 	case <-s.done:
 	case <-ctx.Done():
+		c, prio := s.cancelConn, s.prio // before abandon: the slot may be reused at once
 		if n.handles.abandon(xid) {
+			if c != nil {
+				n.sendCancel(c, xid, prio)
+			}
 			return nil, ctxError(ctx)
 		}
 		<-s.done // a reply or node-down claimed it first; take that outcome

@@ -60,11 +60,7 @@ func TestStatusTable(t *testing.T) {
 // error answers exactly one sentinel, the right Code, and the right
 // metrics label.
 func TestCallErrorsOneSentinel(t *testing.T) {
-	nodes := startCluster(t, 3, func(c *Config) {
-		if c.Node == 2 {
-			c.MaxInflightPerPeer = 1
-		}
-	})
+	nodes := startCluster(t, 3, nil)
 	nested := ServiceOn(ChanFirstService, 2)
 	release := make(chan struct{})
 	mustRegister(t, nodes[1], Service{ID: echoSvc, Version: 3, MaxHandles: 4, Procs: []Handler{
@@ -108,17 +104,33 @@ func TestCallErrorsOneSentinel(t *testing.T) {
 	_, err = nodes[0].Call(cctx, 2, Method{Service: echoSvc}, nil, nil)
 	oneSentinel(t, err, ErrIntr, StatusIntr)
 
-	// Node 2 takes one request in flight from node 1: while the timed-out
-	// call's handler still holds it, the next is refused busy by the peer,
-	// which is not this node's full handle table.
-	err = call(Method{Service: echoSvc})
-	oneSentinel(t, err, ErrBusy, StatusBusy)
 	close(release)
 
 	_, err = nodes[0].Call(ctx, 9, Method{Service: echoSvc}, nil, nil)
 	oneSentinel(t, err, ErrUnknownHost, StatusUnknownHost)
 	_, err = nodes[0].Call(ctx, 2, Method{Service: echoSvc}, make([]byte, nodes[0].cfg.MaxPayload+1), nil)
 	oneSentinel(t, err, ErrCantEncodeArgs, StatusCantEncodeArgs)
+}
+
+// TestRemoteBusyIsNotTooManyCalls: a peer that takes one request in flight
+// from us refuses the second busy, which is not this node's full handle
+// table, and counts under its own code.
+func TestRemoteBusyIsNotTooManyCalls(t *testing.T) {
+	nodes := startCluster(t, 2, func(c *Config) { c.MaxInflightPerPeer = 1 })
+	started, release := make(chan struct{}), make(chan struct{})
+	mustRegister(t, nodes[1], Service{ID: echoSvc, MaxHandles: 2, Procs: []Handler{func(context.Context, *Request, *Response) error {
+		started <- struct{}{}
+		<-release
+		return nil
+	}}})
+	f := nodes[0].Go(context.Background(), 2, Method{Service: echoSvc}, nil)
+	<-started
+	_, err := nodes[0].Call(ctxFor(t, 10*time.Second), 2, Method{Service: echoSvc}, nil, nil)
+	oneSentinel(t, err, ErrBusy, StatusBusy)
+	close(release)
+	if _, err := f.Wait(); err != nil {
+		t.Fatal(err)
+	}
 	if got := nodes[0].m.client.get(&Method{Service: echoSvc}).errs.c[StatusBusy].Load(); got == nil || got.Get() != 1 {
 		t.Errorf("busy not counted under its own code")
 	}

@@ -398,6 +398,11 @@ func (c *conn) handleFrame(f *framing.Frame) error {
 			return fmt.Errorf("credit grant on %s connection that is not throttled", c.channel)
 		}
 		c.credit.grant(int64(f.Aux))
+	case framing.TypeCancel:
+		if c.outbound || c.channel == ChanReply || c.channel == ChanReplyPrio {
+			return fmt.Errorf("cancel frame on %s connection", c.channel)
+		}
+		c.n.cancelRequest(c, f.XID)
 	case framing.TypeGoAway:
 		return fmt.Errorf("peer said goaway")
 	default:

@@ -71,6 +71,10 @@ var families = map[string]familyDoc{
 	"ci_ics_oneway_sent_total":          {"counter", "One-way messages handed to a connection."},
 	"ci_ics_late_replies_total":         {"counter", "Replies that arrived after their caller gave up or the peer was declared down."},
 	"ci_ics_bad_frames_total":           {"counter", "Frames that did not parse; each one closes its connection."},
+	"ci_ics_cancels_sent_total":         {"counter", "Cancel frames sent for calls whose caller gave up (deadline, cancel) before the reply."},
+	"ci_ics_cancels_received_total":     {"counter", "Cancel frames that found their request still running or queued and cancelled its handler's context."},
+	"ci_ics_cancelled_replies_total":    {"counter", "Replies not sent, or handlers not run, because the caller had cancelled the request or its deadline had passed."},
+	"ci_ics_draining_refused_total":     {"counter", "Requests this node refused with ErrShuttingDown while draining (Shutdown)."},
 	"ci_ics_handshake_rejects_total":    {"counter", "Connections refused during the handshake."},
 	"ci_ics_peer_losses_total":          {"counter", "Links to a peer that ended (connection lost, peer restarted, declared down)."},
 	"ci_ics_auth_failures_total":        {"counter", "Handshakes that failed authentication."},
@@ -345,6 +349,8 @@ type nodeMetrics struct {
 
 	lateReplies, badFrames, handshakeRejects, peerLosses *metrics.Counter
 	oneWaySent                                           *metrics.Counter
+	cancelsSent, cancelsReceived, cancelledReplies       *metrics.Counter
+	drainingRefused                                      *metrics.Counter
 
 	framesOutByPrio, framesInByPrio [framing.MaxPriority + 1]*metrics.Counter
 
@@ -376,6 +382,10 @@ func newNodeMetrics(set *metrics.Set, node NodeNum) *nodeMetrics {
 		handshakeRejects: c("ci_ics_handshake_rejects_total", ""),
 		peerLosses:       c("ci_ics_peer_losses_total", ""),
 		oneWaySent:       c("ci_ics_oneway_sent_total", ""),
+		cancelsSent:      c("ci_ics_cancels_sent_total", ""),
+		cancelsReceived:  c("ci_ics_cancels_received_total", ""),
+		cancelledReplies: c("ci_ics_cancelled_replies_total", ""),
+		drainingRefused:  c("ci_ics_draining_refused_total", ""),
 	}
 	m.client.m = m
 	m.client.byMethod.Store(&map[uint64]*procMetrics{})

@@ -292,6 +292,9 @@ func TestDeadlineAndLateReply(t *testing.T) {
 	if !errors.Is(err, ErrTimedOut) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("got %v, want ErrTimedOut wrapping DeadlineExceeded", err)
 	}
+	// The caller sent a TypeCancel as it gave up: once the server has it,
+	// the handler's reply is not sent at all.
+	eventually(t, "cancel received", func() bool { return nodes[1].m.cancelsReceived.Get() == 1 })
 	// The slot is free again; a new call reuses it with a new generation, and
 	// the stale reply for the old one must not complete the new call.
 	close(release)
@@ -299,7 +302,10 @@ func TestDeadlineAndLateReply(t *testing.T) {
 	if err != nil || string(got) != "fresh" {
 		t.Fatalf("got %q, %v", got, err)
 	}
-	eventually(t, "late reply counted", func() bool { return nodes[0].m.lateReplies.Get() == 1 })
+	eventually(t, "cancelled reply dropped", func() bool { return nodes[1].m.cancelledReplies.Get() == 1 })
+	if got := nodes[0].m.lateReplies.Get(); got != 0 {
+		t.Fatalf("%d late replies reached the caller", got)
+	}
 
 	cctx, ccancel := context.WithCancel(context.Background())
 	ccancel()

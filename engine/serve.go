@@ -49,25 +49,40 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 	}
 
 	start := time.Now()
+	rc := n.requestContext(c, &f.Header)
+	if n.skipExpired(c, rc) {
+		c.finished(cost, &f.Header)
+		return
+	}
 	if svc.Inline {
 		args := f.Payload
 		if f.Flags.Compressed() {
 			var err error
 			c.scratch, err = n.codec.Decompress(c.scratch[:0], &f.Header, f.Payload)
 			if err != nil {
+				if rc != nil {
+					n.requestDone(c, rc)
+				}
 				n.replyDecodeError(c, &f.Header, err)
 				c.finished(cost, &f.Header)
 				return
 			}
 			args = c.scratch
 		}
-		c.hctx.reset(n.ctx, f.Priority)
+		var ctx context.Context = &c.hctx
+		if rc != nil {
+			ctx = rc
+		} else {
+			c.hctx.reset(n.ctx, f.Priority)
+		}
 		c.req = Request{From: p.num, Service: f.Service, Proc: f.Proc, Priority: f.Priority, OneWay: f.Type == framing.TypeOneWay, Args: args}
 		c.resp.Body = c.resp.Body[:0]
-		err := svc.Procs[f.Proc](&c.hctx, &c.req, &c.resp)
+		err := svc.Procs[f.Proc](ctx, &c.req, &c.resp)
 		c.req.Args = nil
 		code := svc.outcome(err, c.resp.Body)
-		if f.Type == framing.TypeRequest {
+		if rc != nil && n.requestDone(c, rc) {
+			n.m.cancelledReplies.Inc()
+		} else if f.Type == framing.TypeRequest {
 			n.sendReply(nil, p, c.linkGen, &f.Header, svc, statusFor(err), replyBody(err, c.resp.Body))
 		}
 		svc.metrics[f.Proc].observe(time.Since(start).Seconds(), code)
@@ -83,6 +98,9 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		*bp, err = n.codec.Decompress((*bp)[:0], &f.Header, f.Payload)
 		if err != nil {
 			n.putBuf(bp)
+			if rc != nil {
+				n.requestDone(c, rc)
+			}
 			n.replyDecodeError(c, &f.Header, err)
 			c.finished(cost, &f.Header)
 			return
@@ -92,7 +110,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 	}
 	// The credit for this frame goes back when the handle is done with it:
 	// while handles are busy, the sender feels it.
-	j := job{svc: svc, from: p, hdr: f.Header, buf: bp, conn: c, cost: cost, start: start}
+	j := job{svc: svc, from: p, hdr: f.Header, buf: bp, conn: c, cost: cost, start: start, rc: rc}
 	if f.Priority > 0 {
 		// Priority requests have handles of their own, so they never queue
 		// behind a service whose handles are all busy.
@@ -104,14 +122,27 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 
 // runJob is a server handle serving one request.
 func (n *Node) runJob(w *handle, j *job) {
-	w.ctx.reset(n.ctx, j.hdr.Priority)
+	if n.skipExpired(j.conn, j.rc) {
+		// Cancelled, or past its deadline, while it waited for a handle.
+		n.putBuf(j.buf)
+		j.conn.finished(j.cost, &j.hdr)
+		return
+	}
+	var ctx context.Context = &w.ctx
+	if j.rc != nil {
+		ctx = j.rc
+	} else {
+		w.ctx.reset(n.ctx, j.hdr.Priority)
+	}
 	w.req = Request{From: j.from.num, Service: j.hdr.Service, Proc: j.hdr.Proc, Priority: j.hdr.Priority, OneWay: j.hdr.Type == framing.TypeOneWay, Args: *j.buf}
 	w.resp.Body = w.resp.Body[:0]
-	err := j.svc.Procs[j.hdr.Proc](&w.ctx, &w.req, &w.resp)
+	err := j.svc.Procs[j.hdr.Proc](ctx, &w.req, &w.resp)
 	w.req.Args = nil
 	n.putBuf(j.buf)
 	code := j.svc.outcome(err, w.resp.Body)
-	if j.hdr.Type == framing.TypeRequest {
+	if j.rc != nil && n.requestDone(j.conn, j.rc) {
+		n.m.cancelledReplies.Inc() // the caller has gone: a reply would only be dropped there
+	} else if j.hdr.Type == framing.TypeRequest {
 		n.sendReply(n.ctx, j.from, j.conn.linkGen, &j.hdr, j.svc, statusFor(err), replyBody(err, w.resp.Body))
 	}
 	j.svc.metrics[j.hdr.Proc].observe(time.Since(j.start).Seconds(), code)
