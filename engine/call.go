@@ -15,6 +15,14 @@ import (
 //
 // The priority comes from ctx (WithPriority, or escalation inside a handler).
 func (n *Node) Call(ctx context.Context, to NodeNum, m Method, args, reply []byte) ([]byte, error) {
+	if n.clientChain != nil {
+		return n.intercepted(ctx, to, m, args, reply, false)
+	}
+	return n.call(ctx, to, m, args, reply)
+}
+
+// call is Call after the client interceptors.
+func (n *Node) call(ctx context.Context, to NodeNum, m Method, args, reply []byte) ([]byte, error) {
 	start := time.Now()
 	xid, err := n.startCall(ctx, to, m, args, reply)
 	if err != nil {
@@ -35,6 +43,15 @@ func (n *Node) Call(ctx context.Context, to NodeNum, m Method, args, reply []byt
 // the sending only: its deadline does not travel to the handler, which has
 // no caller waiting for it.
 func (n *Node) Send(ctx context.Context, to NodeNum, m Method, args []byte) error {
+	if n.clientChain != nil {
+		_, err := n.intercepted(ctx, to, m, args, nil, true)
+		return err
+	}
+	return n.send(ctx, to, m, args)
+}
+
+// send is Send after the client interceptors.
+func (n *Node) send(ctx context.Context, to NodeNum, m Method, args []byte) error {
 	p, c, prio, err := n.route(ctx, to, m)
 	if err != nil {
 		return err
@@ -71,6 +88,20 @@ func (f *Future) Wait() ([]byte, error) {
 // ctx bounds the call as for Call.
 func (n *Node) Go(ctx context.Context, to NodeNum, m Method, args []byte) *Future {
 	f := &Future{done: make(chan struct{})}
+	if n.clientChain != nil {
+		// The chain is synchronous: run it, whole, on a goroutine of its
+		// own, with a copy of args, which the caller may reuse once Go
+		// returns.
+		args := append([]byte(nil), args...)
+		wait := func() {
+			f.reply, f.err = n.intercepted(ctx, to, m, args, nil, false)
+			close(f.done)
+		}
+		if !n.goOwned(wait) {
+			wait()
+		}
+		return f
+	}
 	start := time.Now()
 	xid, err := n.startCall(ctx, to, m, args, nil)
 	if err != nil {

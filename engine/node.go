@@ -36,6 +36,8 @@ type Node struct {
 
 	sec      atomic.Pointer[Security] // nil: no authentication; replaced whole on key changes
 	handles  *handleTable
+
+	clientChain Invoker // the client interceptors around invoke; nil without any
 	prioPool *handlePool // server handles for priority channels, apart from every service's own
 	bufs     sync.Pool   // *[]byte payload buffers handed to server handles
 
@@ -163,6 +165,9 @@ func New(cfg Config) (*Node, error) {
 		done:            make(chan struct{}),
 		spareFD:         -1,
 		noiseJobs:       make(chan noiseJob, noiseQueue),
+	}
+	if len(cfg.ClientInterceptors) > 0 {
+		n.clientChain = chainClient(cfg.ClientInterceptors, n.invoke)
 	}
 	n.noiseMembers.init(cfg.MaxHandshakesPerSecond)
 	n.noiseStrangers.init(cfg.MaxHandshakesPerSecond)

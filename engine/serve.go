@@ -77,7 +77,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		}
 		c.req = Request{From: p.num, Service: f.Service, Proc: f.Proc, Priority: f.Priority, OneWay: f.Type == framing.TypeOneWay, Args: args}
 		c.resp.Body = c.resp.Body[:0]
-		err := svc.Procs[f.Proc](ctx, &c.req, &c.resp)
+		err := n.runHandler(ctx, svc, &c.req, &c.resp, start)
 		c.req.Args = nil
 		code := svc.outcome(err, c.resp.Body)
 		if rc != nil && n.requestDone(c, rc) {
@@ -136,7 +136,7 @@ func (n *Node) runJob(w *handle, j *job) {
 	}
 	w.req = Request{From: j.from.num, Service: j.hdr.Service, Proc: j.hdr.Proc, Priority: j.hdr.Priority, OneWay: j.hdr.Type == framing.TypeOneWay, Args: *j.buf}
 	w.resp.Body = w.resp.Body[:0]
-	err := j.svc.Procs[j.hdr.Proc](ctx, &w.req, &w.resp)
+	err := n.runHandler(ctx, j.svc, &w.req, &w.resp, j.start)
 	w.req.Args = nil
 	n.putBuf(j.buf)
 	code := j.svc.outcome(err, w.resp.Body)
