@@ -59,7 +59,11 @@ func TestInterceptors(t *testing.T) {
 			resp.Body = append(resp.Body, req.Args...)
 			return nil
 		},
-		func(context.Context, *Request, *Response) error { logf("oneway handler"); oneway <- struct{}{}; return nil },
+		func(context.Context, *Request, *Response) error {
+			logf("oneway handler")
+			oneway <- struct{}{}
+			return nil
+		},
 	}})
 	take := func() []string {
 		mu.Lock()

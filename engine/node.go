@@ -34,12 +34,12 @@ type Node struct {
 	codec       *framing.Codec
 	incarnation uint64
 
-	sec      atomic.Pointer[Security] // nil: no authentication; replaced whole on key changes
-	handles  *handleTable
+	sec     atomic.Pointer[Security] // nil: no authentication; replaced whole on key changes
+	handles *handleTable
 
-	clientChain Invoker // the client interceptors around invoke; nil without any
-	prioPool *handlePool // server handles for priority channels, apart from every service's own
-	bufs     sync.Pool   // *[]byte payload buffers handed to server handles
+	clientChain Invoker     // the client interceptors around invoke; nil without any
+	prioPool    *handlePool // server handles for priority channels, apart from every service's own
+	bufs        sync.Pool   // *[]byte payload buffers handed to server handles
 
 	// services[channel][subservice]; written by Register, read by loops.
 	services [][]atomic.Pointer[service]
