@@ -8,7 +8,7 @@ PKGS      ?= ./...
 FUZZTIME  ?= 50000x
 BIN       := bin
 
-.PHONY: all build test test-long vet lint fuzz-short fuzz bench demo generate check-generate clean
+.PHONY: all build test test-long vet lint fuzz-short fuzz bench bench-report demo generate check-generate clean
 
 all: build
 
@@ -55,6 +55,17 @@ fuzz: fuzz-short
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+# BENCHMARKS.md from one cibench all run (about 15 minutes; wants a quiet
+# machine). The JSON stays in BENCH_RESULT for the record. To check the
+# pipeline in two minutes: make bench-report BENCH_FLAGS=--quick (and do not
+# commit the BENCHMARKS.md it writes).
+BENCH_RESULT ?= bench/results/latest.json
+BENCH_FLAGS  ?=
+bench-report: build
+	@mkdir -p $(dir $(BENCH_RESULT))
+	$(BIN)/cibench --quiet all $(BENCH_FLAGS) --out=$(BENCH_RESULT)
+	$(BIN)/benchreport --in=$(BENCH_RESULT) --out=BENCHMARKS.md --plots=docs/bench
 
 demo: build
 	$(BIN)/cibench demo

@@ -83,17 +83,68 @@ type PeerStats struct {
 	Peer        string        `json:"peer"`
 	P50         time.Duration `json:"p50_ns"`
 	P99         time.Duration `json:"p99_ns"`
+	P999        time.Duration `json:"p999_ns"`
+	Max         time.Duration `json:"max_ns"`
 	CallsPerSec float64       `json:"calls_per_sec"`
 	P50Ratio    float64       `json:"p50_ratio"`
 	P99Ratio    float64       `json:"p99_ratio"`
+	P999Ratio   float64       `json:"p999_ratio"`
 	RateRatio   float64       `json:"rate_ratio"`
 	All         Summary       `json:"all_rounds"` // every round's histogram merged
+	// CDF is the merged histogram at fixed quantiles, for plots.
+	CDF []CDFPoint `json:"cdf,omitempty"`
+	// SlowCalls counts the calls of all rounds slower than
+	// SlowCallThreshold.
+	SlowCalls int64 `json:"calls_over_5ms"`
+	// Fast and Slow split the per-round ratios by raw TCP's mode in that
+	// round (see RawMode); nil when no round was in that mode or raw TCP
+	// did not run. A median over all rounds hides the fast-mode rounds when
+	// they are the minority: these do not.
+	Fast *ModeStats `json:"fast_mode,omitempty"`
+	Slow *ModeStats `json:"slow_mode,omitempty"`
+}
+
+// SlowCallThreshold is issue 10's stall: no call slower than this in
+// 100,000 on an idle machine.
+const SlowCallThreshold = 5 * time.Millisecond
+
+// FastModeThreshold is the raw TCP p50 under which a round counts as raw
+// TCP's fast mode. On small VMs loopback ping-pong is bimodal: about 20 µs
+// when both processes stay on CPU, 40-60 µs when they sleep in between
+// (docs/PERFORMANCE.md, "Bimodal latency"); 30 µs separates the two.
+const FastModeThreshold = 30 * time.Microsecond
+
+// Raw TCP's modes, as Round.RawMode says them.
+const (
+	ModeFast = "fast"
+	ModeSlow = "slow"
+)
+
+// RawMode classifies a round by raw TCP's p50 in it.
+func RawMode(rawP50 time.Duration) string {
+	if rawP50 < FastModeThreshold {
+		return ModeFast
+	}
+	return ModeSlow
+}
+
+// ModeStats is one peer's ratios to the baseline over the rounds raw TCP
+// ran in one mode.
+type ModeStats struct {
+	Rounds      int     `json:"rounds"`
+	P50Ratio    float64 `json:"p50_ratio"`     // median
+	P50RatioMax float64 `json:"p50_ratio_max"` // worst round: a target "in every round" is judged on this
+	P99Ratio    float64 `json:"p99_ratio"`     // median
+	P999Ratio   float64 `json:"p999_ratio"`    // median
 }
 
 // Round is one pass over every target.
 type Round struct {
-	Round   int           `json:"round"` // from 1
-	Order   []string      `json:"order"` // the order the targets ran in
+	Round int      `json:"round"` // from 1
+	Order []string `json:"order"` // the order the targets ran in
+	// RawMode is raw TCP's mode this round (ModeFast or ModeSlow), "" when
+	// raw TCP is not among the targets.
+	RawMode string        `json:"raw_mode,omitempty"`
 	Results []RoundResult `json:"results"`
 }
 
@@ -102,7 +153,31 @@ type RoundResult struct {
 	Result
 	P50Ratio  float64 `json:"p50_ratio"`
 	P99Ratio  float64 `json:"p99_ratio"`
+	P999Ratio float64 `json:"p999_ratio"`
 	RateRatio float64 `json:"rate_ratio"`
+}
+
+// CDFPoint is one point of a latency distribution: the fraction of calls
+// (0..1) that took at most Latency.
+type CDFPoint struct {
+	Fraction float64       `json:"fraction"`
+	Latency  time.Duration `json:"latency_ns"`
+}
+
+// cdfQuantiles are where CDF samples a histogram: dense in the tail, where
+// the differences between peers are.
+var cdfQuantiles = []float64{0.1, 1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 97, 99, 99.5, 99.9, 99.95, 99.99, 99.999, 100}
+
+// CDF samples h at cdfQuantiles.
+func (h *Hist) CDF() []CDFPoint {
+	if h.Count() == 0 {
+		return nil
+	}
+	out := make([]CDFPoint, len(cdfQuantiles))
+	for i, q := range cdfQuantiles {
+		out[i] = CDFPoint{Fraction: q / 100, Latency: h.Quantile(q)}
+	}
+	return out
 }
 
 // Compare measures targets in interleaved rounds. Every round runs each
@@ -157,38 +232,85 @@ func Compare(ctx context.Context, targets []Target, cfg CompareConfig) (*Compari
 			merged[i].Merge(res.Hist)
 			round.Results[i] = RoundResult{Result: res}
 		}
+		c.PerRound = append(c.PerRound, round)
+	}
+	c.Peers = summarize(c.PerRound, base, merged)
+	return c, nil
+}
+
+// summarize fills in each round's ratios to the baseline (index base) and
+// raw TCP's mode, and condenses the rounds into one PeerStats per target.
+// merged holds each target's histogram over all rounds (nil: no CDF).
+func summarize(rounds []Round, base int, merged []*Hist) []PeerStats {
+	if len(rounds) == 0 {
+		return nil
+	}
+	raw := slices.IndexFunc(rounds[0].Results, func(r RoundResult) bool { return r.Peer == "raw" })
+	for ri := range rounds {
+		round := &rounds[ri]
 		b := round.Results[base]
 		for i := range round.Results {
 			rr := &round.Results[i]
 			rr.P50Ratio = ratio(rr.Latency.P50, b.Latency.P50)
 			rr.P99Ratio = ratio(rr.Latency.P99, b.Latency.P99)
-			rr.RateRatio = rr.CallsPerSec / b.CallsPerSec
+			rr.P999Ratio = ratio(rr.Latency.P999, b.Latency.P999)
+			rr.RateRatio = 0
+			if b.CallsPerSec > 0 {
+				rr.RateRatio = rr.CallsPerSec / b.CallsPerSec
+			}
 		}
-		c.PerRound = append(c.PerRound, round)
-	}
-	for i, t := range targets {
-		var p50, p99, rate, r50, r99, rr []float64
-		for _, round := range c.PerRound {
-			res := round.Results[i]
-			p50 = append(p50, float64(res.Latency.P50))
-			p99 = append(p99, float64(res.Latency.P99))
-			rate = append(rate, res.CallsPerSec)
-			r50 = append(r50, res.P50Ratio)
-			r99 = append(r99, res.P99Ratio)
-			rr = append(rr, res.RateRatio)
+		if raw >= 0 {
+			round.RawMode = RawMode(round.Results[raw].Latency.P50)
 		}
-		c.Peers = append(c.Peers, PeerStats{
-			Peer:        t.Name,
-			P50:         time.Duration(median(p50)),
-			P99:         time.Duration(median(p99)),
-			CallsPerSec: median(rate),
-			P50Ratio:    median(r50),
-			P99Ratio:    median(r99),
-			RateRatio:   median(rr),
-			All:         merged[i].Summary(),
-		})
 	}
-	return c, nil
+	var peers []PeerStats
+	for i := range rounds[0].Results {
+		pick := func(rs []Round, f func(RoundResult) float64) float64 { return median(ratios(rs, i, f)) }
+		ps := PeerStats{
+			Peer:        rounds[0].Results[i].Peer,
+			P50:         time.Duration(pick(rounds, func(r RoundResult) float64 { return float64(r.Latency.P50) })),
+			P99:         time.Duration(pick(rounds, func(r RoundResult) float64 { return float64(r.Latency.P99) })),
+			P999:        time.Duration(pick(rounds, func(r RoundResult) float64 { return float64(r.Latency.P999) })),
+			Max:         time.Duration(pick(rounds, func(r RoundResult) float64 { return float64(r.Latency.Max) })),
+			CallsPerSec: pick(rounds, func(r RoundResult) float64 { return r.CallsPerSec }),
+			P50Ratio:    pick(rounds, func(r RoundResult) float64 { return r.P50Ratio }),
+			P99Ratio:    pick(rounds, func(r RoundResult) float64 { return r.P99Ratio }),
+			P999Ratio:   pick(rounds, func(r RoundResult) float64 { return r.P999Ratio }),
+			RateRatio:   pick(rounds, func(r RoundResult) float64 { return r.RateRatio }),
+		}
+		if merged != nil && merged[i] != nil {
+			ps.All, ps.CDF, ps.SlowCalls = merged[i].Summary(), merged[i].CDF(), merged[i].CountAbove(SlowCallThreshold)
+		}
+		for _, mode := range []string{ModeFast, ModeSlow} {
+			in := slices.DeleteFunc(slices.Clone(rounds), func(r Round) bool { return r.RawMode != mode })
+			if len(in) == 0 {
+				continue
+			}
+			ms := &ModeStats{
+				Rounds:      len(in),
+				P50Ratio:    pick(in, func(r RoundResult) float64 { return r.P50Ratio }),
+				P50RatioMax: slices.Max(ratios(in, i, func(r RoundResult) float64 { return r.P50Ratio })),
+				P99Ratio:    pick(in, func(r RoundResult) float64 { return r.P99Ratio }),
+				P999Ratio:   pick(in, func(r RoundResult) float64 { return r.P999Ratio }),
+			}
+			if mode == ModeFast {
+				ps.Fast = ms
+			} else {
+				ps.Slow = ms
+			}
+		}
+		peers = append(peers, ps)
+	}
+	return peers
+}
+
+// ratios is f of target i in every round.
+func ratios(rounds []Round, i int, f func(RoundResult) float64) []float64 {
+	xs := make([]float64, len(rounds))
+	for k, r := range rounds {
+		xs[k] = f(r.Results[i])
+	}
+	return xs
 }
 
 func baselineIndex(targets []Target, name string) (int, error) {
@@ -252,23 +374,31 @@ func (c *Comparison) WriteText(w io.Writer) error {
 
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 	bl := c.Baseline
-	fmt.Fprintf(tw, "peer\tp50\tp99\tcalls/s\tp50/%s\tp99/%s\trate/%s\tp99.9 all\tmax all\t\n", bl, bl, bl)
+	fmt.Fprintf(tw, "peer\tp50\tp99\tp99.9\tmax\tcalls/s\tp50/%s\tp99/%s\tp99.9/%s\trate/%s\tp99.9 all\tmax all\t>%s all\t\n",
+		bl, bl, bl, bl, us(SlowCallThreshold))
 	for _, p := range c.Peers {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.2f\t%.2f\t%.2f\t%s\t%s\t\n", p.Peer, us(p.P50), us(p.P99),
-			p.CallsPerSec, p.P50Ratio, p.P99Ratio, p.RateRatio, us(p.All.P999), us(p.All.Max))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%s\t%s\t%d\t\n", p.Peer, us(p.P50), us(p.P99),
+			us(p.P999), us(p.Max), p.CallsPerSec, p.P50Ratio, p.P99Ratio, p.P999Ratio, p.RateRatio, us(p.All.P999), us(p.All.Max), p.SlowCalls)
 	}
 	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if err := c.writeModes(&b); err != nil {
 		return err
 	}
 
 	b.WriteString("\nper round (pos: when the peer ran in its round)\n")
 	tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "round\tpeer\tpos\tp50\tp99\tcalls/s\tp50/%s\tp99/%s\t\n", bl, bl)
+	fmt.Fprintf(tw, "round\traw mode\tpeer\tpos\tp50\tp99\tp99.9\tmax\tcalls/s\tp50/%s\tp99/%s\tp99.9/%s\t\n", bl, bl, bl)
 	for _, r := range c.PerRound {
+		mode := r.RawMode
+		if mode == "" {
+			mode = "-"
+		}
 		for _, res := range r.Results {
-			fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%.0f\t%.2f\t%.2f\t\n", r.Round, res.Peer,
-				slices.Index(r.Order, res.Peer)+1, us(res.Latency.P50), us(res.Latency.P99),
-				res.CallsPerSec, res.P50Ratio, res.P99Ratio)
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%.0f\t%.2f\t%.2f\t%.2f\t\n", r.Round, mode, res.Peer,
+				slices.Index(r.Order, res.Peer)+1, us(res.Latency.P50), us(res.Latency.P99), us(res.Latency.P999),
+				us(res.Latency.Max), res.CallsPerSec, res.P50Ratio, res.P99Ratio, res.P999Ratio)
 		}
 	}
 	if err := tw.Flush(); err != nil {
@@ -276,6 +406,30 @@ func (c *Comparison) WriteText(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// writeModes renders the per-mode split of the ratios, when raw TCP ran.
+func (c *Comparison) writeModes(b *strings.Builder) error {
+	if len(c.PerRound) == 0 || c.PerRound[0].RawMode == "" {
+		return nil
+	}
+	fmt.Fprintf(b, "\nby raw TCP's mode (fast: raw p50 under %s): median ratio, worst-round p50 ratio in brackets\n", us(FastModeThreshold))
+	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	bl := c.Baseline
+	fmt.Fprintf(tw, "peer\tmode\trounds\tp50/%s\t(worst)\tp99/%s\tp99.9/%s\t\n", bl, bl, bl)
+	for _, p := range c.Peers {
+		for _, m := range []struct {
+			name string
+			s    *ModeStats
+		}{{ModeFast, p.Fast}, {ModeSlow, p.Slow}} {
+			if m.s == nil {
+				continue
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%.2f\t(%.2f)\t%.2f\t%.2f\t\n", p.Peer, m.name, m.s.Rounds,
+				m.s.P50Ratio, m.s.P50RatioMax, m.s.P99Ratio, m.s.P999Ratio)
+		}
+	}
+	return tw.Flush()
 }
 
 // runWithProcs runs one target, under its own GOMAXPROCS if it has one.

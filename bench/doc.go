@@ -45,4 +45,14 @@
 //	res, err := bench.RunFlow(ctx, c, bench.DefaultFlowRunConfig())
 //
 // cibench flow runs the server in a child process (cibench serve --peer=flow).
+//
+// RunDeadlock (deadlock.go) measures the nested-RPC deadlock with and
+// without priority escalation, and MeasureAllocs heap allocations per call.
+//
+// Every cibench scenario reports in one versioned schema, Report
+// (report.go, documented in docs/BENCH_SCHEMA.md): the machine, the command
+// line and one section per scenario (Latency, Throughput, Allocs,
+// Priority, Failover), so that cibench all writes one file and
+// tools/benchreport renders any of them. Package benchplot draws its
+// figures.
 package bench

@@ -118,10 +118,23 @@ func (r *BulkResult) finish() {
 	}
 }
 
-// bulkStop says when senders stop: at deadline if set, or when stop is.
+// bulkStop says when senders stop: length after begin if set, or when
+// stop is.
 type bulkStop struct {
-	deadline time.Time
+	// length is how long sending runs. It is counted from begin, after the
+	// sync that starts a phase: counted from before it, a sync slower than
+	// the phase (a loaded machine, the race detector) left no time to send
+	// and the phase moved nothing.
+	length   time.Duration
+	deadline time.Time // set by begin, before any sender starts
 	stop     atomic.Bool
+}
+
+// begin starts the clock; senders start after it.
+func (s *bulkStop) begin() {
+	if s.length > 0 {
+		s.deadline = time.Now().Add(s.length)
+	}
 }
 
 func (s *bulkStop) done() bool {
@@ -142,6 +155,7 @@ func (c *FlowClient) rawBulk(size int, st *bulkStop, saturated chan<- struct{}) 
 	binary.BigEndian.PutUint32(frame, uint32(size))
 	fillPattern(frame[4:])
 	var res BulkResult
+	st.begin()
 	cpu0, t0 := processCPU(), time.Now()
 	for !st.done() {
 		if _, err := c.raw.Write(frame); err != nil {
@@ -203,6 +217,7 @@ func (c *FlowClient) icsBulk(ctx context.Context, size, senders int, st *bulkSto
 		satOnce  sync.Once
 		satBytes = 2 * int64(c.window)
 	)
+	st.begin()
 	cpu0, t0 := processCPU(), time.Now()
 	for range senders {
 		wg.Go(func() {

@@ -234,10 +234,10 @@ func runPhase(ctx context.Context, c *FlowClient, cfg FlowRunConfig, d time.Dura
 	var err error
 	switch phase {
 	case PhaseRaw:
-		st := bulkStop{deadline: time.Now().Add(d)}
+		st := bulkStop{length: d}
 		r.Raw, err = c.rawBulk(cfg.Size, &st, nil)
 	case PhaseICS:
-		st := bulkStop{deadline: time.Now().Add(d)}
+		st := bulkStop{length: d}
 		r.ICS, err = c.icsBulk(ctx, cfg.Size, cfg.Senders, &st, nil)
 	case PhaseIdle:
 		if r.idle, err = c.probe(ctx, d, cfg.ProbeSize, cfg.ProbePriority); err == nil {
@@ -267,8 +267,12 @@ func (f *FlowResult) WriteText(w io.Writer) error {
 			pin += " (" + f.Env.Pinning + ")"
 		}
 	}
-	fmt.Fprintf(&b, "%d rounds x 4 phases x %s (warm-up %s per phase), %s messages, %d ICS senders, credit window %s\n",
-		f.Rounds, f.Duration, f.Warmup, bytesString(f.Size), f.Senders, bytesString(f.Window))
+	phases := 4
+	if f.RawLoadedP99 > 0 {
+		phases++ // the control
+	}
+	fmt.Fprintf(&b, "%d rounds x %d phases x %s (warm-up %s per phase), %s messages, %d ICS senders, credit window %s\n",
+		f.Rounds, phases, f.Duration, f.Warmup, SizeString(f.Size), f.Senders, SizeString(f.Window))
 	fmt.Fprintf(&b, "%s %s/%s, %d CPUs, GOMAXPROCS %d, pinning %s", f.Env.GoVersion, f.Env.GOOS, f.Env.GOARCH,
 		f.Env.NumCPU, f.Env.GOMAXPROCS, pin)
 	if f.Env.Servers != "" {
@@ -301,6 +305,8 @@ func (f *FlowResult) WriteText(w io.Writer) error {
 	if f.RawLoadedP99 > 0 {
 		fmt.Fprintf(&b, "control, the probe under the raw TCP stream (%.0f MB/s) instead: p50 %s, p99 %s, p99 ratio to idle %.2f\n",
 			f.RawLoadedMBPerSec, us(f.RawLoadedP50), us(f.RawLoadedP99), f.RawLoadedP99Ratio)
+		fmt.Fprintf(&b, "priority against the control (issue 10: ICS's p99 ratio no worse than the control's): %.2f against %.2f, %s\n",
+			f.P99Ratio, f.RawLoadedP99Ratio, met(f.P99Ratio <= f.RawLoadedP99Ratio))
 	}
 
 	b.WriteString("\nper round (order: the phases as they ran; CPU: client+server CPU-ms per MB)\n")
@@ -335,8 +341,8 @@ func cpuPerMB(r BulkResult) string {
 	return fmt.Sprintf("%.2f+%.2f", float64(r.ClientCPU)/1e6/mb, float64(r.ServerCPU)/1e6/mb)
 }
 
-// bytesString is n in KiB or MiB when it divides evenly, else in bytes.
-func bytesString(n int) string {
+// SizeString is n in KiB or MiB when it divides evenly, else in bytes.
+func SizeString(n int) string {
 	switch {
 	case n >= 1<<20 && n%(1<<20) == 0:
 		return fmt.Sprintf("%d MiB", n>>20)

@@ -180,3 +180,23 @@ func TestSeriesValue(t *testing.T) {
 		t.Fatalf("absent series: got %v", v)
 	}
 }
+
+// TestBulkStopCountsFromBegin: a phase's sending time starts when sending
+// does, not when the phase was planned; the sync in between once took the
+// whole of a short phase under the race detector, and TestRunFlow saw a
+// bulk phase move 0 bytes.
+func TestBulkStopCountsFromBegin(t *testing.T) {
+	st := bulkStop{length: time.Hour}
+	planned := time.Now()
+	if st.done() {
+		t.Fatal("done before begin with a length: it must wait for begin")
+	}
+	st.begin()
+	if st.deadline.Before(planned.Add(time.Hour)) || st.done() {
+		t.Fatalf("deadline %v, want an hour after begin", st.deadline)
+	}
+	st.stop.Store(true)
+	if !st.done() {
+		t.Fatal("stop ignored")
+	}
+}

@@ -58,6 +58,18 @@ func (h *Hist) Quantile(q float64) time.Duration {
 	return time.Duration(h.h.ValueAtQuantile(q))
 }
 
+// CountAbove is the number of recorded values above d, to the histogram's
+// resolution (3 significant digits).
+func (h *Hist) CountAbove(d time.Duration) int64 {
+	var n int64
+	for _, b := range h.h.Distribution() {
+		if b.From > int64(d) {
+			n += b.Count
+		}
+	}
+	return n
+}
+
 // Summary condenses h into the numbers reports print.
 func (h *Hist) Summary() Summary {
 	return Summary{

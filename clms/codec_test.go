@@ -28,6 +28,8 @@ func sampleMessages() []Message {
 		{Type: MsgCallbacksDone, From: 4, To: 1, Transition: 7, Failed: []string{"fs", "net"}},
 		{Type: MsgCrashProof, From: 4, To: 1, Node: 3, Inc: 9},
 		{Type: MsgLeave, From: 4, To: 1, FromInc: 3},
+		{Type: MsgSetInfo, From: 4, To: 1, FromInc: 3, Node: 2, Info: info},
+		{Type: MsgRecords, From: 1, To: 4, Records: []Record{{Seq: 9, Kind: RecordNodeInfo, Transition: Transition{Node: 2}, Info: info}}},
 	}
 }
 

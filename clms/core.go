@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"maps"
 	"slices"
 	"time"
 
@@ -20,6 +19,7 @@ var (
 	ErrUnknownNode = errors.New("clms: message from a node outside the node table")
 	ErrJoinTimeout = errors.New("clms: no join within the join timeout")
 	ErrBadRaft     = errors.New("clms: raft message does not match its envelope")
+	ErrNotMember   = errors.New("clms: this node is not a member")
 )
 
 // NodeConfig is one row of the node table as the core needs it.
@@ -112,8 +112,7 @@ type Core struct {
 	master      NodeNum // who this node believes is the master
 	masterTerm  uint64
 	lead        uint64 // raft's leader, as last reported (voters)
-	joinedAt    int64
-	lease       int64 // tick at which the membership lease runs out
+	lease       int64  // tick at which the membership lease runs out
 	leaseValid  bool
 	hbSeq       uint64
 	hbSent      map[uint64]int64
@@ -126,6 +125,9 @@ type Core struct {
 	cbDone      map[TransitionID][]string // callback reports made, resent to a new master
 	fenceReason string
 	force       forceState
+	quiet       quietState           // when we last heard the leader, for maybeCampaign
+	pendingInfo map[NodeNum]NodeInfo // SetNodeInfo requests not yet applied
+	infoTry     int64
 	handedAt    int64 // last leadership transfer started by handOver
 
 	m *masterState // while raft leader
@@ -144,27 +146,13 @@ type echoState struct {
 	term, stamp uint64
 }
 
-// forceState is a pending forced election after crash proof of the leader.
-type forceState struct {
-	leader NodeNum
-	term   uint64
-	at     int64
-}
-
-// maybeForce starts the forced election when its turn came, unless raft
-// moved on (someone else campaigned, or a leader is back).
-func (c *Core) maybeForce() {
-	f := c.force
-	if f.leader == 0 || c.now < f.at {
-		return
-	}
-	c.force = forceState{}
-	st := c.rn.BasicStatus()
-	if !c.campaigns() || st.RaftState != raft.StateFollower || st.GetTerm() != f.term || (st.Lead != uint64(f.leader) && st.Lead != 0) {
-		return
-	}
-	_ = c.rn.Step(&raftpb.Message{Type: raftpb.MsgTimeoutNow.Enum(), From: new(uint64(f.leader)),
-		To: new(uint64(c.self)), Term: new(f.term)})
+// quietState is the last tick at which this voter accepted an append or
+// heartbeat from its leader.
+type quietState struct {
+	leader  NodeNum
+	heard   int64
+	tried   bool  // campaigned in this silence already
+	triedAt int64 // when
 }
 
 // NewCore builds a core from cfg.
@@ -178,7 +166,7 @@ func NewCore(cfg Config) (*Core, error) {
 	c := &Core{
 		cfg: cfg, self: cfg.Self, inc: cfg.Incarnation, eligible: map[NodeNum]bool{},
 		hbSent: map[uint64]int64{}, peerInc: map[NodeNum]uint64{}, gone: map[NodeNum]uint64{},
-		cbDone: map[TransitionID][]string{},
+		cbDone: map[TransitionID][]string{}, pendingInfo: map[NodeNum]NodeInfo{},
 	}
 	tm := cfg.Timing
 	c.t = ticks{
@@ -274,6 +262,7 @@ func (c *Core) Tick() {
 		// and its election timer keep the others' elections going.
 		c.rn.Tick()
 		c.maybeForce()
+		c.maybeCampaign()
 		c.handOver()
 	}
 	switch c.phase {
@@ -285,115 +274,6 @@ func (c *Core) Tick() {
 	if c.m != nil && c.m.ready {
 		c.tickMaster()
 	}
-}
-
-func (c *Core) tickJoin() {
-	if c.now-c.joinStart >= c.t.join {
-		c.phase = phaseFailed
-		c.dropMaster()
-		c.act(Action{Kind: ActJoinFailed, Err: fmt.Errorf("%w (%s): %s", ErrJoinTimeout, c.cfg.Timing.JoinTimeout, c.joinReason)})
-		return
-	}
-	if c.now-c.joinTry < c.t.heartbeat {
-		return
-	}
-	c.joinTry = c.now
-	switch {
-	case c.master == c.self && c.m != nil && c.m.ready:
-		c.masterJoin(c.self, c.inc, c.cfg.Info)
-	case c.master != 0 && c.master != c.self:
-		c.send(Message{Type: MsgJoin, To: c.master, Info: c.cfg.Info})
-	default:
-		c.setJoinReason("no master known yet (election in progress or no quorum)")
-		c.probeEligible()
-	}
-}
-
-func (c *Core) setJoinReason(r string) {
-	if r != c.joinReason {
-		c.joinReason = r
-		c.act(Action{Kind: ActLog, Reason: "join: retrying: " + r})
-	}
-}
-
-func (c *Core) probeEligible() {
-	for _, v := range c.voters {
-		if v != c.self {
-			c.send(Message{Type: MsgWhoIsMaster, To: v})
-		}
-	}
-}
-
-func (c *Core) tickMember() {
-	if c.m != nil && c.m.ready {
-		// The master's own lease is its quorum contact: an isolated master
-		// runs out like any member cut off from the master.
-		c.lease = max(c.lease, c.quorumContact()+c.t.lease)
-	}
-	c.updateLease()
-	if c.now >= c.lease && c.now-c.joinedAt >= c.t.lease {
-		c.fence("membership lease expired: no answered imalive for the lease timeout")
-		return
-	}
-	if c.leaving && c.now-c.leaveTry >= c.t.heartbeat {
-		c.leaveTry = c.now
-		if c.isMaster() {
-			c.masterLeave(c.self, c.inc)
-		} else if c.master != 0 {
-			c.send(Message{Type: MsgLeave, To: c.master})
-		}
-	}
-	if c.isMaster() {
-		return
-	}
-	if c.now-c.lastHB >= c.t.heartbeat {
-		c.sendImAlive()
-	}
-	if c.now-c.lastAck >= 2*c.t.heartbeat && c.now-c.joinedAt >= 2*c.t.heartbeat && c.rn == nil && (c.now-c.lastHB) == 0 {
-		// Two heartbeats unanswered: the master may have changed. Nodes
-		// without raft ask the eligible nodes who leads now.
-		c.probeEligible()
-	}
-}
-
-func (c *Core) sendImAlive() {
-	if c.hbSeq != 0 && c.lastAcked != c.hbSeq {
-		c.stats.HeartbeatsMissed++
-	}
-	c.lastHB = c.now
-	if c.master == 0 || c.master == c.self {
-		return
-	}
-	c.hbSeq++
-	c.hbSent[c.hbSeq] = c.now
-	for s, at := range c.hbSent {
-		if c.now-at > c.t.lease {
-			delete(c.hbSent, s)
-		}
-	}
-	c.stats.HeartbeatsSent++
-	c.send(Message{Type: MsgImAlive, To: c.master, Seq: c.hbSeq, Applied: c.st.LastSeq()})
-}
-
-func (c *Core) updateLease() {
-	v := c.Acting()
-	if v != c.leaseValid {
-		c.leaseValid = v
-		c.act(Action{Kind: ActLease, Valid: v})
-	}
-}
-
-// fence stops this incarnation acting as a member, for good.
-func (c *Core) fence(reason string) {
-	if c.phase == phaseFenced || c.phase == phaseLeft {
-		return
-	}
-	c.phase = phaseFenced
-	c.fenceReason = reason
-	c.lease = 0
-	c.dropMaster()
-	c.updateLease()
-	c.act(Action{Kind: ActFence, Node: c.self, Inc: c.inc, Reason: reason})
 }
 
 // Acting reports whether this node may act as a member at this tick: it is
@@ -444,129 +324,6 @@ func (c *Core) Stats() Stats {
 	s.Fenced = c.phase == phaseFenced
 	s.LeaseValid = c.Acting()
 	return s
-}
-
-// Shutdown starts a planned leave: this node stops acting as a member at
-// once (the runner has finished its work before calling it), the master
-// commits SHUTDOWN for it and ActLeft follows. A node that is not a member
-// leaves at once.
-func (c *Core) Shutdown() {
-	switch c.phase {
-	case phaseMember:
-		c.leaving = true
-		c.leaveTry = -1 << 40
-		c.tickMemberLeaveNow()
-	case phaseJoining, phaseFailed:
-		c.phase = phaseLeft
-		c.dropMaster()
-		c.act(Action{Kind: ActLeft, Node: c.self, Inc: c.inc})
-	}
-}
-
-func (c *Core) tickMemberLeaveNow() {
-	c.leaveTry = c.now
-	if c.isMaster() {
-		c.masterLeave(c.self, c.inc)
-	} else if c.master != 0 {
-		c.send(Message{Type: MsgLeave, To: c.master})
-	}
-}
-
-// CallbacksDone reports that this node ran its subsystem callbacks for
-// transition id; failed names the subsystems that failed or timed out.
-func (c *Core) CallbacksDone(id TransitionID, failed []string) {
-	if c.phase != phaseMember {
-		return
-	}
-	c.cbDone[id] = slices.Clone(failed)
-	c.reportCallbacks(id)
-}
-
-func (c *Core) reportCallbacks(id TransitionID) {
-	if c.isMaster() {
-		c.masterCallbacksDone(c.self, id, c.cbDone[id])
-	} else if c.master != 0 {
-		c.send(Message{Type: MsgCallbacksDone, To: c.master, Transition: id, Failed: c.cbDone[id]})
-	}
-}
-
-// resendCallbackReports sends a new master the reports of transitions still
-// in progress: it cannot know who reported to its predecessor.
-func (c *Core) resendCallbackReports() {
-	for _, id := range slices.Sorted(maps.Keys(c.cbDone)) {
-		h := c.st.History(id - 1)
-		if len(h) == 0 {
-			continue
-		}
-		if m, _ := c.st.Member(h[0].Node); m.LastChange != id {
-			delete(c.cbDone, id)
-			continue
-		}
-		c.reportCallbacks(id)
-	}
-}
-
-// PeerConnectionLost is evidence that node n may be gone: the engine saw its
-// connection close. The master probes n at once; a member whose master it
-// is pings it (the runner's redial then tells refused from alive).
-func (c *Core) PeerConnectionLost(n NodeNum) {
-	if c.m != nil && c.m.ready {
-		if w := c.m.watch[n]; w != nil {
-			c.suspect(n, w)
-			return
-		}
-	}
-	if n == c.master {
-		c.send(Message{Type: MsgPing, To: n})
-	}
-}
-
-// PeerCrashProof is proof that incarnation inc of node n (and every earlier
-// one) no longer runs: its address refused a connection, or a newer
-// incarnation spoke. The runner must not report it on weaker evidence (a
-// timeout, a reset): the master declares n down at once on it, and a voter
-// whose leader it is starts an election at once.
-func (c *Core) PeerCrashProof(n NodeNum, inc uint64) {
-	if n == c.self || inc == 0 || inc < c.peerInc[n] {
-		return // about an older process than the one we heard from
-	}
-	c.crashProof(n, inc)
-}
-
-func (c *Core) crashProof(n NodeNum, inc uint64) {
-	if inc <= c.gone[n] {
-		return
-	}
-	c.gone[n] = inc
-	if c.m != nil && c.m.ready {
-		c.masterCrashProof(n, inc)
-		return
-	}
-	if c.rn != nil && c.campaigns() {
-		if st := c.rn.BasicStatus(); st.RaftState == raft.StateFollower && st.Lead == uint64(n) {
-			// The leader's process is gone, so it grants nothing any more:
-			// campaign as if it had handed leadership over, rather than wait
-			// an election timeout (docs/CLMS.md, "Forced election"). The
-			// voters after it take turns, two ticks apart, so that they do
-			// not split the vote when all see the proof at once.
-			rank := int64(0)
-			for i := 1; i < len(c.voters); i++ {
-				v := c.voters[(slices.Index(c.voters, n)+i)%len(c.voters)]
-				if v == c.self {
-					break
-				}
-				if c.gone[v] < c.peerInc[v] || c.peerInc[v] == 0 {
-					rank++ // a voter before us that may be alive
-				}
-			}
-			c.force = forceState{leader: n, term: st.GetTerm(), at: c.now + 2*rank}
-			c.maybeForce()
-			return
-		}
-	}
-	if c.master != 0 && c.master != n && c.master != c.self {
-		c.send(Message{Type: MsgCrashProof, To: c.master, Node: n, Inc: inc})
-	}
 }
 
 func (c *Core) act(a Action) { c.actions = append(c.actions, a) }
@@ -671,6 +428,10 @@ func (c *Core) Step(m Message) error {
 		if c.isMaster() {
 			c.masterLeave(m.From, m.FromInc)
 		}
+	case MsgSetInfo:
+		if mem := c.st.members[m.From]; c.isMaster() && mem.State.IsMember() && mem.Incarnation == m.FromInc {
+			c.masterSetInfo(m.Node, m.Info)
+		}
 	default:
 		return fmt.Errorf("%w: message type %d", ErrDecode, m.Type)
 	}
@@ -693,144 +454,11 @@ func (c *Core) stepRaft(m Message) error {
 				c.echo = echoState{lead: m.From, term: st.GetTerm(), stamp: m.Stamp}
 			}
 		}
+		if st := c.rn.BasicStatus(); st.Lead == uint64(m.From) && st.GetTerm() == m.Raft.GetTerm() {
+			c.quiet = quietState{leader: m.From, heard: c.now}
+		}
 	}
 	return nil
-}
-
-// learnMaster takes a claim that n leads in term (non-voters only: voters
-// know from raft).
-func (c *Core) learnMaster(n NodeNum, term uint64) {
-	if c.rn != nil || term < c.masterTerm || (term == c.masterTerm && n == c.master) || n == 0 {
-		return
-	}
-	c.master, c.masterTerm = n, term
-	c.masterChanged()
-}
-
-func (c *Core) masterChanged() {
-	c.act(Action{Kind: ActMasterChanged, Node: c.master, Term: c.masterTerm})
-	switch c.phase {
-	case phaseJoining:
-		c.joinTry = -1 << 40
-	case phaseMember:
-		c.lastHB = -1 << 40
-		c.resendCallbackReports()
-	}
-}
-
-func (c *Core) imAliveAck(m Message) {
-	if c.phase != phaseMember {
-		return
-	}
-	switch m.Status {
-	case StatusOK:
-		if at, ok := c.hbSent[m.Seq]; ok {
-			c.lease = max(c.lease, at+c.t.lease)
-			c.lastAck = c.now
-			c.lastAcked = max(c.lastAcked, m.Seq)
-			c.learnMaster(m.From, m.Term)
-			c.updateLease()
-		}
-	case StatusNotMember:
-		if m.Node == c.self && m.Inc == c.inc {
-			c.fence("the master says this incarnation is no longer a member")
-		}
-	}
-}
-
-func (c *Core) stepRecords(m Message) {
-	if c.rn != nil {
-		return // voters apply their own log
-	}
-	for _, r := range m.Records {
-		if r.Seq != c.st.LastSeq()+1 {
-			continue // a duplicate, or a gap the sender fills on its next push
-		}
-		if !c.applyRecord(r) {
-			break
-		}
-	}
-	c.learnMaster(m.From, m.Term)
-	c.send(Message{Type: MsgRecordsAck, To: m.From, Applied: c.st.LastSeq()})
-}
-
-// applyRecord applies one committed record and reacts to it.
-func (c *Core) applyRecord(r Record) bool {
-	if err := c.st.apply(r); err != nil {
-		c.act(Action{Kind: ActLog, Reason: err.Error()})
-		return false
-	}
-	c.recs = append(c.recs, r)
-	c.stats.Transitions++
-	t := r.Transition
-	if t.Node == c.self && t.Incarnation == c.inc {
-		switch t.To {
-		case StateComingUp:
-			if c.phase == phaseJoining {
-				c.phase = phaseMember
-				c.joinedAt = c.now
-				c.lastHB, c.lastAck = -1<<40, c.now
-				c.act(Action{Kind: ActJoined, Node: c.self, Inc: c.inc, Transition: t.ID})
-				c.act(Action{Kind: ActRunNodeUp, Node: t.Node, Inc: t.Incarnation, Transition: t.ID})
-				c.tickMember()
-			}
-		case StateShutdown:
-			if c.phase == phaseMember {
-				c.phase = phaseLeft
-				c.lease = 0
-				c.updateLease()
-				c.act(Action{Kind: ActLeft, Node: c.self, Inc: c.inc})
-				c.dropMaster()
-			}
-		case StateGoingDown, StateKCleanup, StateUCleanup, StateDown:
-			c.fence(fmt.Sprintf("declared down (%s, transition %d)", t.Cause, t.ID))
-		}
-	} else if c.phase == phaseMember && t.Node != c.self {
-		switch t.To {
-		case StateComingUp:
-			c.act(Action{Kind: ActRunNodeUp, Node: t.Node, Inc: t.Incarnation, Transition: t.ID})
-		case StateShutdown, StateGoingDown:
-			c.act(Action{Kind: ActPeerDown, Node: t.Node, Inc: t.Incarnation, Transition: t.ID})
-		case StateKCleanup:
-			c.act(Action{Kind: ActRunNodeDown, Node: t.Node, Inc: t.Incarnation, Transition: t.ID})
-		}
-	}
-	if c.m != nil && c.m.ready {
-		c.masterApplied(r)
-	}
-	return true
-}
-
-// handOver passes raft leadership on while this node may not be master
-// (fenced, left): to the most up-to-date voter raft heard from recently that
-// is a member, again each election timeout until a transfer succeeds.
-func (c *Core) handOver() {
-	if c.campaigns() || c.rn.BasicStatus().RaftState != raft.StateLeader || c.now-c.handedAt < c.t.election {
-		return
-	}
-	c.handedAt = c.now
-	st := c.rn.Status()
-	best, bestMatch := NodeNum(0), uint64(0)
-	for _, v := range c.voters {
-		pr, ok := st.Progress[uint64(v)]
-		if mem := c.st.members[v]; v == c.self || !ok || !pr.RecentActive || !mem.State.IsMember() || c.gone[v] >= mem.Incarnation {
-			continue
-		}
-		if best == 0 || pr.Match > bestMatch {
-			best, bestMatch = v, pr.Match
-		}
-	}
-	if best != 0 {
-		c.rn.TransferLeader(uint64(best))
-	}
-}
-
-func (c *Core) dropMaster() {
-	c.m = nil
-	if c.rn != nil {
-		c.handedAt = -1 << 40
-		c.handOver()
-	}
 }
 
 // HasReady reports whether Ready has anything.
@@ -915,6 +543,9 @@ func (c *Core) applyEntry(e *raftpb.Entry) {
 		c.applyRecord(r)
 	}
 	if c.m != nil {
-		delete(c.m.proposed, proposalKey{cmd.T.Node, cmd.T.Incarnation, cmd.T.To})
+		delete(c.m.proposed, proposalKey{cmd.Kind, cmd.T.Node, cmd.T.Incarnation, cmd.T.To})
+		if c.m.downPending[cmd.T.Node] == cmd.T.Incarnation && !cmd.T.To.IsMember() {
+			delete(c.m.downPending, cmd.T.Node) // committed: applied, or moot
+		}
 	}
 }

@@ -82,3 +82,58 @@ func TestJoinTimeout(t *testing.T) {
 		t.Fatalf("actions %v", acts)
 	}
 }
+
+// A peer that breaks the protocol (a member with a bug, or a stale build)
+// cannot corrupt a node's state or its idea of the master: pushes from a
+// node that cannot be master, records out of order, illegal transitions and
+// nodes outside the table are all refused.
+func TestHostilePeerCannotCorruptState(t *testing.T) {
+	c, err := clms.NewCore(clms.Config{Self: 2, Nodes: []clms.NodeConfig{{Num: 1, MasterEligible: true}, {Num: 2}, {Num: 3}},
+		Timing: clms.LANFastTiming(), Incarnation: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := func(seq uint64, node clms.NodeNum, from, to clms.NodeState) clms.Record {
+		return clms.Record{Seq: seq, Kind: clms.RecordTransition, Transition: clms.Transition{ID: clms.TransitionID(seq),
+			Node: node, Incarnation: 1, From: from, To: to}}
+	}
+	step := func(m clms.Message) {
+		t.Helper()
+		m.To = 2
+		if m.FromInc == 0 {
+			m.FromInc = 1
+		}
+		if err := c.Step(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A node that is not master-eligible claims to be master, and pushes.
+	step(clms.Message{Type: clms.MsgMasterIs, From: 3, Node: 3, Term: 1 << 60})
+	step(clms.Message{Type: clms.MsgRecords, From: 3, Records: []clms.Record{tr(1, 3, clms.StateNeverUp, clms.StateComingUp)}})
+	if c.Master() != 0 || c.State().LastSeq() != 0 {
+		t.Fatalf("believed node 3: master %d, %d records", c.Master(), c.State().LastSeq())
+	}
+	// The real master pushes garbage: a gap, an illegal transition, a node
+	// outside the table. None applies; the state stays empty.
+	step(clms.Message{Type: clms.MsgRecords, From: 1, Records: []clms.Record{tr(2, 3, clms.StateNeverUp, clms.StateComingUp)}})
+	step(clms.Message{Type: clms.MsgRecords, From: 1, Records: []clms.Record{tr(1, 3, clms.StateNeverUp, clms.StateUp)}})
+	step(clms.Message{Type: clms.MsgRecords, From: 1, Records: []clms.Record{tr(1, 9, clms.StateNeverUp, clms.StateComingUp)}})
+	if got := c.State().LastSeq(); got != 0 {
+		t.Fatalf("applied %d bogus records", got)
+	}
+	rd := c.Ready()
+	logs := 0
+	for _, a := range rd.Actions {
+		if a.Kind == clms.ActLog {
+			logs++
+		}
+	}
+	if logs != 2 {
+		t.Fatalf("want the illegal transition and the unknown node logged, got actions %v", rd.Actions)
+	}
+	// And a valid record still applies after all that.
+	step(clms.Message{Type: clms.MsgRecords, From: 1, Records: []clms.Record{tr(1, 3, clms.StateNeverUp, clms.StateComingUp)}})
+	if got := c.State().LastSeq(); got != 1 {
+		t.Fatalf("the valid record did not apply: %d records", got)
+	}
+}

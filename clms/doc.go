@@ -9,6 +9,24 @@
 // a lease renewed by each answered one; a member whose lease runs out stops
 // acting as a member on its own, before the master may declare it down.
 //
-// This file holds the vocabulary shared by the core, its runner and the
-// cluster API: node states, transitions and timing.
+// The membership logic is Core, a clock-free state machine in the style of
+// etcd raft's RawNode; a runner drives it (docs/CLMS.md has the protocol, the
+// safety argument and the runner's duties):
+//
+//	c, err := clms.NewCore(clms.Config{Self: 2, Nodes: table, Timing: clms.LANFastTiming(), Incarnation: boot})
+//	// every Timing.Tick:             c.Tick()
+//	// every message off the wire:    m, err := clms.DecodeMessage(b); c.Step(m)
+//	// engine evidence:               c.PeerConnectionLost(n), c.PeerCrashProof(n, inc)
+//	// then, after each input:
+//	for c.HasReady() {
+//		rd := c.Ready()
+//		// persist rd.HardState, rd.Entries, rd.Snapshot; send rd.Messages;
+//		// publish rd.Applied; carry out rd.Actions (callbacks, fencing ...)
+//		c.Advance()
+//	}
+//
+// Package clmstest runs many cores over a simulated network and clock.
+//
+// types.go and timing.go hold the vocabulary shared by the core, its runner
+// and the cluster API: node states, transitions and timing.
 package clms

@@ -22,6 +22,10 @@ type masterState struct {
 	watch      map[NodeNum]*watch
 	waits      map[TransitionID]*cbWait
 	proposed   map[proposalKey]int64
+	// downPending: we proposed taking this incarnation down and the log has
+	// not resolved it yet. No lease for it meanwhile, or a grant could
+	// outlive the commit of its GOINGDOWN.
+	downPending map[NodeNum]uint64
 }
 
 // watch is the master's view of one member's liveness.
@@ -44,6 +48,7 @@ type cbWait struct {
 }
 
 type proposalKey struct {
+	kind RecordKind
 	node NodeNum
 	inc  uint64
 	to   NodeState
@@ -51,7 +56,8 @@ type proposalKey struct {
 
 func newMasterState(term uint64, now int64, readyIndex uint64) *masterState {
 	return &masterState{term: term, since: now, readyIndex: readyIndex, acks: map[NodeNum]int64{},
-		watch: map[NodeNum]*watch{}, waits: map[TransitionID]*cbWait{}, proposed: map[proposalKey]int64{}}
+		watch: map[NodeNum]*watch{}, waits: map[TransitionID]*cbWait{}, proposed: map[proposalKey]int64{},
+		downPending: map[NodeNum]uint64{}}
 }
 
 // quorumContact is the latest of our ticks such that a quorum of voters
@@ -218,7 +224,7 @@ func (c *Core) masterImAlive(m Message) {
 	w.heard, w.suspect = c.now, false
 	w.applied = max(w.applied, m.Applied)
 	st := StatusNoLease
-	if c.canGrant() {
+	if c.canGrant() && c.m.downPending[m.From] != mem.Incarnation {
 		st = StatusOK
 	}
 	c.send(Message{Type: MsgImAliveAck, To: m.From, Seq: m.Seq, Status: st})
@@ -276,9 +282,13 @@ func (c *Core) masterCallbacksDone(from NodeNum, id TransitionID, failed []strin
 func (c *Core) masterApplied(r Record) {
 	t := r.Transition
 	for k := range c.m.proposed {
-		if k.node == t.Node {
+		if k.node == t.Node && k.kind == r.Kind {
 			delete(c.m.proposed, k)
 		}
+	}
+	if r.Kind != RecordTransition {
+		c.pushAll()
+		return
 	}
 	switch t.To {
 	case StateComingUp, StateKCleanup:
@@ -296,6 +306,10 @@ func (c *Core) masterApplied(r Record) {
 	case StateUCleanup:
 		c.propose(Transition{Node: t.Node, Incarnation: t.Incarnation, From: t.To, To: StateDown, Cause: CauseCleanupDone})
 	}
+	c.pushAll()
+}
+
+func (c *Core) pushAll() {
 	for _, n := range slices.Sorted(maps.Keys(c.m.watch)) {
 		if !c.eligible[n] {
 			c.maybePush(n, c.m.watch[n])
@@ -337,15 +351,31 @@ func (c *Core) propose(t Transition, info ...NodeInfo) {
 	if !c.isMaster() {
 		return
 	}
-	k := proposalKey{t.Node, t.Incarnation, t.To}
-	if at, ok := c.m.proposed[k]; ok && c.now-at < 2*c.t.election {
-		return
-	}
-	c.m.proposed[k] = c.now
-	t.Time = wallTime(c.cfg.WallClock)
 	cmd := command{Kind: RecordTransition, T: t}
 	if len(info) > 0 {
 		cmd.Info = info[0]
 	}
+	if c.proposeCmd(cmd) && !t.To.IsMember() && t.From.IsMember() {
+		c.m.downPending[t.Node] = t.Incarnation
+	}
+}
+
+// proposeCmd proposes cmd unless the same one is in flight, and says
+// whether it did.
+func (c *Core) proposeCmd(cmd command) bool {
+	k := proposalKey{cmd.Kind, cmd.T.Node, cmd.T.Incarnation, cmd.T.To}
+	if at, ok := c.m.proposed[k]; ok && c.now-at < 2*c.t.election {
+		return false
+	}
+	c.m.proposed[k] = c.now
+	cmd.T.Time = wallTime(c.cfg.WallClock)
 	_ = c.rn.Propose(cmd.encode())
+	return true
+}
+
+// masterSetInfo proposes node n's new info.
+func (c *Core) masterSetInfo(n NodeNum, info NodeInfo) {
+	if _, ok := c.st.members[n]; ok {
+		c.proposeCmd(command{Kind: RecordNodeInfo, T: Transition{Node: n}, Info: info})
+	}
 }

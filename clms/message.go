@@ -49,11 +49,14 @@ const (
 	MsgCrashProof // Node, Inc
 	// MsgLeave asks the master for a planned shutdown of the sender.
 	MsgLeave // (header only)
+	// MsgSetInfo asks the master to replace Node's info
+	// (clusternode_setinfo).
+	MsgSetInfo // Node, Info
 	msgTypeEnd
 )
 
 var msgNames = [...]string{"invalid", "raft", "whoismaster", "masteris", "join", "joinreply", "imalive", "imaliveack",
-	"ping", "records", "recordsack", "callbacksdone", "crashproof", "leave"}
+	"ping", "records", "recordsack", "callbacksdone", "crashproof", "leave", "setinfo"}
 
 func (t MsgType) String() string {
 	if int(t) < len(msgNames) {

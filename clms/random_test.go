@@ -35,7 +35,8 @@ func randomSeeds(t *testing.T) (first, n uint64, verbose bool) {
 }
 
 // TestRandomized injects random crashes, hangs, partitions, message loss,
-// clock drift (within the profile's bound), restarts and planned shutdowns
+// clock drift (within the profile's bound), restarts, planned shutdowns and
+// node info changes
 // into clusters of 5 and 7 nodes, with the invariant checker after every
 // simulated millisecond; then heals everything and requires the cluster to
 // form again with every node UP.
@@ -83,6 +84,10 @@ func TestRandomized(t *testing.T) {
 					if !n.Dead && !n.Paused {
 						n.Core.Shutdown()
 					}
+				case r < 82:
+					if !n.Dead && !n.Paused && n.Core.Acting() {
+						_ = n.Core.SetNodeInfo(pick(), clms.NodeInfo{CPUsTotal: uint32(rng.IntN(128))})
+					}
 				default:
 					if n.Dead || n.Fenced() || n.JoinErr != nil || n.Has(clms.ActLeft, 0) {
 						s.Restart(n.Num)
@@ -95,13 +100,17 @@ func TestRandomized(t *testing.T) {
 				s.Resume(n.Num)
 				n.Rate = 1
 			}
-			s.Run(time.Second)
-			for _, n := range s.Nodes() {
-				if n.Dead || n.Fenced() || n.JoinErr != nil || n.Has(clms.ActLeft, 0) {
-					s.Restart(n.Num)
+			// A node may learn only now that it was declared down (it fences
+			// when it hears from the master): restart such nodes as they
+			// turn up, as a supervisor would.
+			s.RunUntil(20*time.Second, func() bool {
+				for _, n := range s.Nodes() {
+					if n.Dead || n.Fenced() || n.JoinErr != nil || n.Has(clms.ActLeft, 0) {
+						s.Restart(n.Num)
+					}
 				}
-			}
-			s.RunUntil(20*time.Second, s.AllUp)
+				return s.AllUp()
+			})
 			if s.Check.Checks == 0 {
 				t.Fatal("the checker never ran")
 			}

@@ -1,7 +1,9 @@
 package clms_test
 
 import (
+	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -99,7 +101,7 @@ func other(t *testing.T, s *clmstest.Sim, skip ...clms.NodeNum) clms.NodeNum {
 func transitionsOf(s *clmstest.Sim, n clms.NodeNum, inc uint64) []string {
 	var out []string
 	for _, r := range s.Check.Canon() {
-		if r.Transition.Node == n && r.Transition.Incarnation == inc {
+		if r.Kind == clms.RecordTransition && r.Transition.Node == n && r.Transition.Incarnation == inc {
 			out = append(out, fmt.Sprintf("%s->%s(%s)", r.Transition.From, r.Transition.To, r.Transition.Cause))
 		}
 	}
@@ -159,10 +161,23 @@ func TestHangOfMember(t *testing.T) {
 	if got := transitionsOf(s, victim, 1); len(got) < 3 || got[2] != "UP->GOINGDOWN(silence)" {
 		t.Fatalf("victim went %v, want GOINGDOWN for silence", got)
 	}
+	resumeSuspendedThenFenced(t, s, victim)
+}
+
+// resumeSuspendedThenFenced resumes a hung node that was declared down: on
+// its first step its own clock says its lease ran out, so it does not act;
+// as soon as it hears from the master it learns it is down and fences.
+func resumeSuspendedThenFenced(t *testing.T, s *clmstest.Sim, victim clms.NodeNum) {
+	t.Helper()
 	s.Resume(victim)
 	s.Step()
-	if n := s.Node(victim); !n.Fenced() || n.Core.Acting() {
-		t.Fatalf("resumed node %d is not fenced (acting=%v)", victim, n.Core.Acting())
+	n := s.Node(victim)
+	if n.Core.Acting() || n.Core.IsMaster() {
+		t.Fatalf("resumed node %d acts as a member (master=%v)", victim, n.Core.IsMaster())
+	}
+	s.RunUntil(time.Second, n.Fenced)
+	if _, why := n.Core.Fenced(); !strings.Contains(why, "declared down") && !strings.Contains(why, "no longer a member") {
+		t.Fatalf("node %d fenced because %q", victim, why)
 	}
 }
 
@@ -204,11 +219,7 @@ func TestMasterHang(t *testing.T) {
 			t.Errorf("node %d lost its membership in the failover", n.Num)
 		}
 	}
-	s.Resume(old)
-	s.Step()
-	if n := s.Node(old); !n.Fenced() || n.Core.Acting() || n.Core.IsMaster() {
-		t.Fatalf("resumed old master: fenced=%v acting=%v master=%v", n.Fenced(), n.Core.Acting(), n.Core.IsMaster())
-	}
+	resumeSuspendedThenFenced(t, s, old)
 	s.Run(time.Second)
 	if m := s.Master(); m == old || m == 0 {
 		t.Fatalf("master is %d after the old one resumed", m)
@@ -263,8 +274,8 @@ func TestPartitions(t *testing.T) {
 			s.Run(time.Second)
 			for _, n := range minority {
 				nd := s.Node(n)
-				if !nd.Fenced() || nd.Core.IsMaster() {
-					t.Errorf("minority node %d: fenced=%v master=%v", n, nd.Fenced(), nd.Core.IsMaster())
+				if nd.Core.Acting() || nd.Core.IsMaster() {
+					t.Errorf("minority node %d: acting=%v master=%v", n, nd.Core.Acting(), nd.Core.IsMaster())
 				}
 				// The minority applied nothing that the majority had not
 				// committed: its records are a prefix (checked every step)
@@ -277,6 +288,7 @@ func TestPartitions(t *testing.T) {
 			}
 			s.Heal()
 			for _, n := range minority {
+				s.RunUntil(time.Second, s.Node(n).Fenced) // it learns it is down
 				s.Restart(n)
 			}
 			s.RunUntil(5*time.Second, s.AllUp)
@@ -291,11 +303,7 @@ func TestComebackAfterDown(t *testing.T) {
 	victim := other(t, s)
 	s.Pause(victim)
 	s.RunUntil(2*time.Second, func() bool { return s.DownEverywhere(victim, 1) })
-	s.Resume(victim)
-	s.Step()
-	if !s.Node(victim).Fenced() {
-		t.Fatalf("node %d did not fence itself on resume", victim)
-	}
+	resumeSuspendedThenFenced(t, s, victim)
 	s.Restart(victim)
 	s.RunUntil(5*time.Second, s.AllUp)
 	if got := transitionsOf(s, victim, 2); !slices.Equal(got, []string{"DOWN->COMINGUP(join)", "COMINGUP->UP(nodeup-done)"}) {
@@ -386,9 +394,11 @@ func TestClockDriftIsolated(t *testing.T) {
 	s.Run(time.Second)
 	s.Partition([]clms.NodeNum{victim})
 	s.RunUntil(2*time.Second, func() bool { return s.DownEverywhere(victim, 1) })
-	if !s.Node(victim).Fenced() {
-		t.Fatalf("node %d not fenced", victim)
+	if s.Node(victim).Core.Acting() {
+		t.Fatalf("node %d acts as a member", victim)
 	}
+	s.Heal()
+	s.RunUntil(time.Second, s.Node(victim).Fenced)
 }
 
 // The checker is not vacuous: with clocks drifting apart beyond what the
@@ -478,5 +488,98 @@ func TestPlannedShutdown(t *testing.T) {
 			t.Fatalf("leaver %d went %v", leaver, got)
 		}
 		s.Crash(leaver)
+	}
+}
+
+// Regression: the master proposed GOINGDOWN for a silent node; before the
+// proposal commits, the node (its partition healed) sends an imalive. The
+// master must not grant it a lease, or the lease outlives the commit and the
+// node acts as a member while it is GOINGDOWN. Commits are slowed (the other
+// voters' links take 15 ms each way) to make the window wide.
+func TestNoLeaseWhileDownPending(t *testing.T) {
+	s := newSim(t, 4, 3, clms.LANFastTiming())
+	form(t, s)
+	master := s.Master()
+	for _, n := range s.Nodes() {
+		if n.Num != master && n.Num != 4 {
+			n.ExtraDelay = 15 * time.Millisecond
+		}
+	}
+	s.Run(time.Second)
+	s.Partition([]clms.NodeNum{4})
+	s.RunUntil(2*time.Second, s.Node(master).RaftPending)
+	for s.Node(master).RaftPending() {
+		if m, _ := s.Node(master).Core.State().Member(4); !m.State.IsMember() {
+			break
+		}
+		s.Heal()
+		// The master's probe makes node 4 send an imalive at once.
+		s.Inject(clms.Message{Type: clms.MsgPing, From: master, To: 4})
+		s.Step()
+	}
+	s.RunUntil(time.Second, func() bool { return s.DownEverywhere(4, 1) })
+	s.RunUntil(time.Second, s.Node(4).Fenced)
+}
+
+// clusternode_setinfo: any member asks, the master commits, every node
+// applies the new info; no transition is made.
+func TestSetNodeInfo(t *testing.T) {
+	s := newSim(t, 5, 3, clms.LANFastTiming())
+	form(t, s)
+	asker := other(t, s, 1, 2, 3) // a node without raft
+	info := clms.NodeInfo{CPUsTotal: 64, CPUsOnline: 60, MemoryBytes: 1 << 40, Capabilities: []string{"gpu"}}
+	if err := s.Node(asker).Core.SetNodeInfo(2, info); err != nil {
+		t.Fatal(err)
+	}
+	transitions := s.Node(1).Core.State().LastTransition()
+	s.RunUntil(time.Second, func() bool {
+		for _, n := range s.Nodes() {
+			if m, _ := n.Core.State().Member(2); !reflect.DeepEqual(m.Info, info) {
+				return false
+			}
+		}
+		return true
+	})
+	s.Run(time.Second) // the request is not repeated once applied
+	for _, n := range s.Nodes() {
+		st := n.Core.State()
+		if st.LastTransition() != transitions || st.LastSeq() != uint64(transitions)+1 {
+			t.Fatalf("node %d: %d transitions, %d records; want %d and one info record", n.Num, st.LastTransition(), st.LastSeq(), transitions)
+		}
+	}
+	if err := s.Node(asker).Core.SetNodeInfo(99, info); !errors.Is(err, clms.ErrUnknownNode) {
+		t.Fatalf("unknown node: %v", err)
+	}
+}
+
+// With the voters split three ways no side has a quorum: no master, no
+// membership change, every lease lapses (everyone suspended, nobody fenced).
+// After healing, a master is elected and grants leases again: every node
+// resumes as the same incarnation, and the history did not grow.
+func TestNoQuorumAnywhereThenHeal(t *testing.T) {
+	s := newSim(t, 5, 3, clms.LANFastTiming())
+	form(t, s)
+	before := len(s.Check.Canon())
+	s.Partition([]clms.NodeNum{1, 4}, []clms.NodeNum{2, 5}, []clms.NodeNum{3})
+	s.Run(2 * time.Second)
+	for _, n := range s.Nodes() {
+		if n.Core.Acting() || n.Core.IsMaster() || n.Fenced() {
+			t.Fatalf("node %d: acting=%v master=%v fenced=%v", n.Num, n.Core.Acting(), n.Core.IsMaster(), n.Fenced())
+		}
+	}
+	s.Heal()
+	s.RunUntil(2*time.Second, func() bool {
+		for _, n := range s.Nodes() {
+			if !n.Core.Acting() {
+				return false
+			}
+		}
+		return true
+	})
+	if got := len(s.Check.Canon()); got != before {
+		t.Fatalf("history grew from %d to %d records", before, got)
+	}
+	if !s.AllUp() {
+		t.Fatal("not every node is UP")
 	}
 }

@@ -16,6 +16,9 @@ const (
 	// RecordTransition is one membership transition (Transition, and Info
 	// when the node comes up).
 	RecordTransition
+	// RecordNodeInfo replaces a node's info (clusternode_setinfo) without
+	// a transition: Transition.Node (and Time) and Info are set.
+	RecordNodeInfo
 	// Key-service assignments (owner, epoch) will be the next kind: the
 	// replicated state and the push to non-voters carry them unchanged.
 	recordKindEnd
@@ -164,6 +167,9 @@ func (s *State) Records(after uint64) []Record {
 // does not apply to the current state.
 func (s *State) decide(c command) (Record, bool) {
 	m, ok := s.members[c.T.Node]
+	if ok && c.Kind == RecordNodeInfo {
+		return Record{Seq: s.LastSeq() + 1, Kind: RecordNodeInfo, Transition: Transition{Node: c.T.Node, Time: c.T.Time}, Info: c.Info}, true
+	}
 	if !ok || c.Kind != RecordTransition || c.T.From != m.State || !legal[[2]NodeState{c.T.From, c.T.To}] {
 		return Record{}, false
 	}
@@ -190,6 +196,15 @@ func (s *State) apply(r Record) error {
 		return fmt.Errorf("%w: record %d after %d", errRecord, r.Seq, s.LastSeq())
 	}
 	t := r.Transition
+	if r.Kind == RecordNodeInfo {
+		m, ok := s.members[t.Node]
+		if !ok || t.ID != 0 {
+			return fmt.Errorf("%w: info of node %d", errRecord, t.Node)
+		}
+		m.Info = r.Info
+		s.records = append(s.records, r)
+		return nil
+	}
 	if t.ID != s.LastTransition()+1 {
 		return fmt.Errorf("%w: transition %d after %d", errRecord, t.ID, s.LastTransition())
 	}

@@ -9,7 +9,7 @@ import (
 // length of one); the runner turns real time into ticks. Every duration below
 // is a whole number of ticks. Start from DefaultTiming or LANFastTiming.
 //
-// The safety argument (docs/ARCHITECTURE.md, "Leases"): a member renews its
+// The safety argument (docs/CLMS.md, "Safety argument"): a member renews its
 // lease with every answered imalive and stops acting as a member when
 // LeaseTimeout has passed on its own clock since it sent the last answered
 // one; the master declares a silent node down only after LeaseTimeout +

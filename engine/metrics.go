@@ -24,7 +24,7 @@ import (
 //	ci_ics_client_duration_seconds{service,proc}      histogram (le buckets) of the time the caller waited
 //	ci_ics_server_calls_total{service,proc}           requests and one-way messages served by a handler
 //	ci_ics_server_errors_total{service,proc,code}     those whose handler failed
-//	ci_ics_server_duration_seconds{service,proc}      histogram from the request's arrival to the handler's return
+//	ci_ics_server_duration_seconds{service,proc}      histogram from the request's arrival until its reply is handed to the connection
 //
 // code is the lower-case name of the error's sentinel (Status.String, errors.go: "timed_out", "node_down",
 // "proc_unavail", "failed", ...). A declared error (Service.DeclaredErrors, Method.DeclaredErrors:
@@ -66,7 +66,7 @@ var families = map[string]familyDoc{
 	"ci_ics_client_peer_errors_total":   {"counter", "RPCs this node made that failed, by peer and CI status code."},
 	"ci_ics_server_calls_total":         {"counter", "Requests and one-way messages this node's handlers served, by service and procedure."},
 	"ci_ics_server_errors_total":        {"counter", "Requests and one-way messages whose handler failed, by service, procedure and CI status code; code=\"failed\" includes declared errors."},
-	"ci_ics_server_duration_seconds":    {"histogram", "Time from a request's arrival to its handler's return (waiting for a server handle included), by service and procedure."},
+	"ci_ics_server_duration_seconds":    {"histogram", "Time from a request's arrival until its handler returned and its reply was handed to the connection (waiting for a server handle included), by service and procedure."},
 	"ci_ics_server_refused_total":       {"counter", "Requests refused before any handler ran (unknown service or procedure, version mismatch, too many in flight), by CI status code."},
 	"ci_ics_oneway_sent_total":          {"counter", "One-way messages handed to a connection."},
 	"ci_ics_late_replies_total":         {"counter", "Replies that arrived after their caller gave up or the peer was declared down."},

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"os/exec"
 	"slices"
@@ -422,5 +423,36 @@ func BenchmarkMetricsObserve(b *testing.B) {
 		start := time.Now()
 		svc.metrics[0].observe(time.Since(start).Seconds(), svc.outcome(nil, nil))
 		n.observe(&m, 2, start, nil, false)
+	}
+}
+
+// TestErrorCodes: the code label is the error's most specific sentinel.
+func TestErrorCodes(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want string
+	}{
+		{fmt.Errorf("%w: no credit: %w", ErrThrottled, fmt.Errorf("%w: deadline", ErrTimedOut)), "throttled"},
+		{fmt.Errorf("%w: ctx", ErrTimedOut), "timed_out"},
+		{&RemoteError{Code: StatusBusy}, "too_many_calls"},
+		{&RemoteError{Code: StatusProcUnavail}, "proc_unavail"},
+		{&RemoteError{Code: StatusFailed, Message: "handler broke"}, "failed"},
+		{fmt.Errorf("%w: node 3", ErrNodeDown), "node_down"},
+		{errors.New("not one of ours"), "unknown"},
+	} {
+		if got := codeName(errorCode(c.err)); got != c.want {
+			t.Errorf("%v: code %s, want %s", c.err, got, c.want)
+		}
+	}
+	// A server counts a handler error by the status it sends back.
+	if got := codeName(statusCode(statusOf(errors.New("handler broke")))); got != "failed" {
+		t.Errorf("handler error counts as %s", got)
+	}
+	seen := map[string]bool{}
+	for _, c := range errorCodes {
+		if seen[c.name] {
+			t.Errorf("code %s twice", c.name)
+		}
+		seen[c.name] = true
 	}
 }

@@ -9,7 +9,7 @@ import (
 )
 
 // Checker holds the invariants every step of a simulation must keep:
-//   - every process's history is a prefix of one sequence, with transition
+//   - every process's records are a prefix of one sequence, with transition
 //     ids 1, 2, 3, ... without gaps;
 //   - raft never has two leaders in the same term;
 //   - at most one node grants membership leases at any instant;
@@ -40,8 +40,14 @@ func (c *Checker) fail(format string, args ...any) {
 // record checks one record a process applied against the sequence.
 func (c *Checker) record(n *Node, r clms.Record) {
 	i := len(n.Records) - 1
-	if r.Seq != uint64(i+1) || r.Transition.ID != clms.TransitionID(i+1) {
-		c.fail("node %d applied record %d (transition %d) as its record %d", n.Num, r.Seq, r.Transition.ID, i+1)
+	if r.Kind == clms.RecordTransition {
+		n.transitions++
+		if r.Transition.ID != clms.TransitionID(n.transitions) {
+			c.fail("node %d applied transition %d as its transition %d", n.Num, r.Transition.ID, n.transitions)
+		}
+	}
+	if r.Seq != uint64(i+1) {
+		c.fail("node %d applied record %d as its record %d", n.Num, r.Seq, i+1)
 	}
 	if i < len(c.canon) {
 		if !reflect.DeepEqual(c.canon[i], r) {
@@ -50,6 +56,9 @@ func (c *Checker) record(n *Node, r clms.Record) {
 		return
 	}
 	c.canon = append(c.canon, r)
+	if r.Kind != clms.RecordTransition {
+		return
+	}
 	t := r.Transition
 	c.state[t.Node] = clms.Member{Node: t.Node, State: t.To, Incarnation: t.Incarnation, LastChange: t.ID}
 }

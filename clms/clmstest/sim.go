@@ -72,9 +72,10 @@ type Node struct {
 
 	Paused, Dead, Started bool
 	// Records is this process's history, as handed out by Ready.Applied.
-	Records []clms.Record
-	Actions []TimedAction
-	JoinErr error
+	Records     []clms.Record
+	transitions int // among Records
+	Actions     []TimedAction
+	JoinErr     error
 
 	clock     float64 // nanoseconds of this incarnation on its own clock
 	ticksDone int64
@@ -216,7 +217,7 @@ func (s *Sim) Start(num clms.NodeNum) {
 	}
 	n.Core, n.Started, n.Dead, n.Paused = core, true, false, false
 	n.clock, n.ticksDone = 0, 0
-	n.Records, n.JoinErr = nil, nil
+	n.Records, n.transitions, n.JoinErr = nil, 0, nil
 	n.connected = map[clms.NodeNum]bool{}
 	s.drain(n)
 }
@@ -516,6 +517,25 @@ func (s *Sim) Master() clms.NodeNum {
 		}
 	}
 	return 0
+}
+
+// Inject delivers m to node m.To now, as if it came off the network (from
+// the sender's current incarnation), and hands out what follows.
+func (s *Sim) Inject(m clms.Message) {
+	s.tb.Helper()
+	from, to := s.byNum[m.From], s.byNum[m.To]
+	m.FromInc = from.Inc
+	s.deliver(from, from.Inc, to, m)
+}
+
+// RaftPending reports whether a master-eligible node has log entries it
+// persisted but does not know to be committed.
+func (n *Node) RaftPending() bool {
+	if n.disk == nil || n.diskHS == nil {
+		return false
+	}
+	li, _ := n.disk.LastIndex()
+	return li > n.diskHS.GetCommit()
 }
 
 // Fenced reports whether node num's current incarnation fenced itself.

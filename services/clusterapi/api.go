@@ -80,7 +80,7 @@ type WireMember struct {
 	LastChange  uint64
 }
 
-//go:generate go run ../../tools/icsgen -i api.go -t API -o api_ics.go
+//go:generate go run ../../tools/icsgen -i api.go -t API -o api_ics.go --check-decoders
 
 // API is the wire protocol of the cluster API service, CI's cluster_* and
 // clusternode_* calls, served on every node on the CLMS channel as its

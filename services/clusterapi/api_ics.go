@@ -5,6 +5,7 @@ package clusterapi
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/clusterinfra/ci/engine"
 	"github.com/clusterinfra/ci/engine/stub"
@@ -791,6 +792,114 @@ func apiWaitTransitionsResults(d []byte) (r0 []WireTransition, err error) {
 // themselves: a reply with status i+1 carries apiErrors[i] and its message,
 // and the caller gets an *engine.RemoteError matching it and engine.ErrFailed.
 var apiErrors = []error{ErrUnknownNode, ErrNoTransition, ErrCompacted, ErrInvalid, ErrBusy}
+
+// apiCheckDecoders is for fuzz targets. It feeds b to the argument decoder
+// of every procedure and the result decoder of every RPC of clusterapi, and
+// reports a decoder that accepts b although re-encoding what it decoded
+// gives a different number of bytes: it read something no encoder writes.
+func apiCheckDecoders(b []byte) error {
+	if err := apiClusterNameArgs(b); err == nil {
+		if n := len(apiClusterNameAppendArgs(nil)); n != len(b) {
+			return fmt.Errorf("clusterapi.ClusterName arguments: %d bytes decoded, %d re-encoded", len(b), n)
+		}
+	}
+	if r0, err := apiClusterNameResults(b); err == nil {
+		if n := len(apiClusterNameAppendResults(nil, r0)); n != len(b) {
+			return fmt.Errorf("clusterapi.ClusterName results: %d bytes decoded, %d re-encoded", len(b), n)
+		}
+	}
+	if err := apiNodeNumArgs(b); err == nil {
+		if n := len(apiNodeNumAppendArgs(nil)); n != len(b) {
+			return fmt.Errorf("clusterapi.NodeNum arguments: %d bytes decoded, %d re-encoded", len(b), n)
+		}
+	}
+	if r0, err := apiNodeNumResults(b); err == nil {
+		if n := len(apiNodeNumAppendResults(nil, r0)); n != len(b) {
+			return fmt.Errorf("clusterapi.NodeNum results: %d bytes decoded, %d re-encoded", len(b), n)
+		}
+	}
+	if err := apiMaxNodesArgs(b); err == nil {
+		if n := len(apiMaxNodesAppendArgs(nil)); n != len(b) {
+			return fmt.Errorf("clusterapi.MaxNodes arguments: %d bytes decoded, %d re-encoded", len(b), n)
+		}
+	}
+	if r0, err := apiMaxNodesResults(b); err == nil {
+		if n := len(apiMaxNodesAppendResults(nil, r0)); n != len(b) {
+			return fmt.Errorf("clusterapi.MaxNodes results: %d bytes decoded, %d re-encoded", len(b), n)
+		}
+	}
+	if err := apiMembershipArgs(b); err == nil {
+		if n := len(apiMembershipAppendArgs(nil)); n != len(b) {
+			return fmt.Errorf("clusterapi.Membership arguments: %d bytes decoded, %d re-encoded", len(b), n)
+		}
+	}
+	if r0, r1, err := apiMembershipResults(b); err == nil {
+		if n := len(apiMembershipAppendResults(nil, r0, r1)); n != len(b) {
+			return fmt.Errorf("clusterapi.Membership results: %d bytes decoded, %d re-encoded", len(b), n)
+		}
+	}
+	if a0, err := apiNextTransitionArgs(b); err == nil {
+		if n := len(apiNextTransitionAppendArgs(nil, a0)); n != len(b) {
+			return fmt.Errorf("clusterapi.NextTransition arguments: %d bytes decoded, %d re-encoded", len(b), n)
+		}
+	}
+	if r0, r1, err := apiNextTransitionResults(b); err == nil {
+		if n := len(apiNextTransitionAppendResults(nil, r0, r1)); n != len(b) {
+			return fmt.Errorf("clusterapi.NextTransition results: %d bytes decoded, %d re-encoded", len(b), n)
+		}
+	}
+	if a0, a1, err := apiDetailedTransitionArgs(b); err == nil {
+		if n := len(apiDetailedTransitionAppendArgs(nil, a0, a1)); n != len(b) {
+			return fmt.Errorf("clusterapi.DetailedTransition arguments: %d bytes decoded, %d re-encoded", len(b), n)
+		}
+	}
+	if r0, err := apiDetailedTransitionResults(b); err == nil {
+		if n := len(apiDetailedTransitionAppendResults(nil, r0)); n != len(b) {
+			return fmt.Errorf("clusterapi.DetailedTransition results: %d bytes decoded, %d re-encoded", len(b), n)
+		}
+	}
+	if a0, err := apiNodeInfoArgs(b); err == nil {
+		if n := len(apiNodeInfoAppendArgs(nil, a0)); n != len(b) {
+			return fmt.Errorf("clusterapi.NodeInfo arguments: %d bytes decoded, %d re-encoded", len(b), n)
+		}
+	}
+	if r0, err := apiNodeInfoResults(b); err == nil {
+		if n := len(apiNodeInfoAppendResults(nil, r0)); n != len(b) {
+			return fmt.Errorf("clusterapi.NodeInfo results: %d bytes decoded, %d re-encoded", len(b), n)
+		}
+	}
+	if a0, a1, err := apiSetNodeInfoArgs(b); err == nil {
+		if n := len(apiSetNodeInfoAppendArgs(nil, a0, a1)); n != len(b) {
+			return fmt.Errorf("clusterapi.SetNodeInfo arguments: %d bytes decoded, %d re-encoded", len(b), n)
+		}
+	}
+	if err := apiSetNodeInfoResults(b); err == nil {
+		if n := len(apiSetNodeInfoAppendResults(nil)); n != len(b) {
+			return fmt.Errorf("clusterapi.SetNodeInfo results: %d bytes decoded, %d re-encoded", len(b), n)
+		}
+	}
+	if a0, err := apiNodeAvailArgs(b); err == nil {
+		if n := len(apiNodeAvailAppendArgs(nil, a0)); n != len(b) {
+			return fmt.Errorf("clusterapi.NodeAvail arguments: %d bytes decoded, %d re-encoded", len(b), n)
+		}
+	}
+	if r0, err := apiNodeAvailResults(b); err == nil {
+		if n := len(apiNodeAvailAppendResults(nil, r0)); n != len(b) {
+			return fmt.Errorf("clusterapi.NodeAvail results: %d bytes decoded, %d re-encoded", len(b), n)
+		}
+	}
+	if a0, a1, a2, err := apiWaitTransitionsArgs(b); err == nil {
+		if n := len(apiWaitTransitionsAppendArgs(nil, a0, a1, a2)); n != len(b) {
+			return fmt.Errorf("clusterapi.WaitTransitions arguments: %d bytes decoded, %d re-encoded", len(b), n)
+		}
+	}
+	if r0, err := apiWaitTransitionsResults(b); err == nil {
+		if n := len(apiWaitTransitionsAppendResults(nil, r0)); n != len(b) {
+			return fmt.Errorf("clusterapi.WaitTransitions results: %d bytes decoded, %d re-encoded", len(b), n)
+		}
+	}
+	return nil
+}
 
 func apiEncSliceString(b []byte, v []string) []byte {
 	b = stub.AppendLen(b, len(v))

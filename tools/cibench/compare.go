@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -21,8 +20,8 @@ type compareCmd struct {
 	Rounds       int      `default:"7" help:"Rounds; each runs every peer once, in an order rotated per round." env:"CI_ROUNDS"`
 	Calls        int      `default:"20000" help:"Timed calls per peer per round." env:"CI_CALLS"`
 	Warmup       int      `default:"1000" help:"Untimed calls before each timed run." env:"CI_WARMUP"`
-	Size         int      `default:"64" help:"Request bytes (at least 4)." env:"CI_SIZE"`
-	ResponseSize int      `default:"-1" help:"Response bytes; -1 is the same as --size." env:"CI_RESPONSE_SIZE"`
+	Sizes        []int    `default:"64" sep:"," help:"Request sizes in bytes (at least 4), comma-separated; each is a comparison of its own (64,4096,65536)." env:"CI_SIZES"`
+	ResponseSize int      `default:"-1" help:"Response bytes; -1 is the same as the request." env:"CI_RESPONSE_SIZE"`
 	Concurrency  int      `default:"1" help:"Concurrent callers; 1 measures latency." env:"CI_CONCURRENCY"`
 	outputFlags
 }
@@ -36,18 +35,19 @@ Examples:
   cibench compare --peers=raw,netrpc,grpc --rounds=3 --calls=5000
   cibench compare --peers=raw,ics,ics-handle,ics-eventloop --pin
   cibench compare --peers=raw,ics,raw@1,ics@1       # each also with GOMAXPROCS=1
-  cibench compare --size=4096 --response-size=64 --json > latency.json
+  cibench compare --sizes=64,4096,65536 --json > latency.json
+  cibench compare --sizes=4096 --response-size=64
   CI_ROUNDS=15 cibench compare --quiet`
 }
 
 type rpcCmd struct {
-	Peers        []string      `default:"raw,ics" sep:"," help:"Peers to run, comma-separated (as for compare)." env:"CI_PEERS"`
+	Peers        []string      `default:"raw,ics,netrpc,grpc" sep:"," help:"Peers to run, comma-separated (as for compare)." env:"CI_PEERS"`
 	Concurrency  int           `default:"256" help:"Concurrent callers, all on one client (one node pair for ICS)." env:"CI_CONCURRENCY"`
 	Duration     time.Duration `default:"5s" help:"How long each peer runs per round." env:"CI_DURATION"`
 	Rounds       int           `default:"3" help:"Rounds; each runs every peer once, in an order rotated per round." env:"CI_ROUNDS"`
 	Warmup       int           `default:"5000" help:"Untimed calls before each timed run." env:"CI_WARMUP"`
-	Size         int           `default:"64" help:"Request bytes (at least 4)." env:"CI_SIZE"`
-	ResponseSize int           `default:"-1" help:"Response bytes; -1 is the same as --size." env:"CI_RESPONSE_SIZE"`
+	Sizes        []int         `default:"64" sep:"," help:"Request sizes in bytes (at least 4), comma-separated; each is a comparison of its own (64,4096,65536)." env:"CI_SIZES"`
+	ResponseSize int           `default:"-1" help:"Response bytes; -1 is the same as the request." env:"CI_RESPONSE_SIZE"`
 	outputFlags
 }
 
@@ -56,9 +56,15 @@ func (*rpcCmd) Help() string {
 client node and so one node pair; raw TCP gets a connection per caller, the
 most a hand-written protocol could do.
 
+Throughput is its own command rather than a part of compare because the two
+want different runs: compare counts calls with one caller (a p99.9 needs
+10^4 samples per round), rpc runs for a time with hundreds (a rate needs a
+steady state); cibench all runs both.
+
 Examples:
-  cibench rpc                                        # raw vs ics, 256 callers, 3 rounds of 5s
-  cibench rpc --concurrency=64 --duration=10s --size=1024
+  cibench rpc                                        # raw, ics, netrpc, grpc; 256 callers, 3 rounds of 5s
+  cibench rpc --sizes=64,4096,65536 --json > throughput.json
+  cibench rpc --concurrency=64 --duration=10s --sizes=1024
   cibench rpc --peers=raw,ics,ics-handle --json`
 }
 
@@ -67,15 +73,17 @@ type outputFlags struct {
 	Baseline  string `help:"Peer the ratios divide by (default raw, or the first peer without it)." env:"CI_BASELINE"`
 	Pin       bool   `help:"Pin the client to one CPU and all servers to another (taskset); reported in the output." env:"CI_PIN"`
 	InProcess bool   `help:"Run the servers in this process instead of child processes (quick checks only: they share the client's CPUs and GC)." env:"CI_IN_PROCESS"`
-	JSON      bool   `name:"json" help:"Print the result as JSON instead of tables." env:"CI_JSON"`
+	JSON      bool   `name:"json" help:"Print the result as JSON (the schema of docs/BENCH_SCHEMA.md) instead of tables." env:"CI_JSON"`
 }
 
-// plan is a validated compare or rpc run.
+// plan is a validated compare or rpc run: one comparison per size.
 type plan struct {
-	title string
-	peers []string
-	cfg   bench.CompareConfig
-	out   outputFlags
+	title    string
+	peers    []string
+	sizes    []int
+	respSize int // -1: the request's size
+	cfg      bench.CompareConfig
+	out      outputFlags
 }
 
 func (c *compareCmd) Validate() error {
@@ -84,20 +92,11 @@ func (c *compareCmd) Validate() error {
 }
 
 func (c *compareCmd) plan() (plan, error) {
-	run := bench.RunConfig{Calls: c.Calls, Concurrency: c.Concurrency, ReqSize: c.Size,
-		RespSize: respSize(c.Size, c.ResponseSize), Warmup: c.Warmup}
+	run := bench.RunConfig{Calls: c.Calls, Concurrency: c.Concurrency, Warmup: c.Warmup}
 	if c.Calls < 1 {
 		return plan{}, usagef("--calls must be at least 1")
 	}
-	return newPlan("compare", c.Peers, c.Rounds, run, c.outputFlags)
-}
-
-func (c *compareCmd) Run(g *globals) error {
-	p, err := c.plan()
-	if err != nil {
-		return err
-	}
-	return p.execute(g)
+	return newPlan("compare", c.Peers, c.Sizes, c.ResponseSize, c.Rounds, run, c.outputFlags)
 }
 
 func (c *rpcCmd) Validate() error {
@@ -106,20 +105,11 @@ func (c *rpcCmd) Validate() error {
 }
 
 func (c *rpcCmd) plan() (plan, error) {
-	run := bench.RunConfig{Duration: c.Duration, Concurrency: c.Concurrency, ReqSize: c.Size,
-		RespSize: respSize(c.Size, c.ResponseSize), Warmup: c.Warmup}
+	run := bench.RunConfig{Duration: c.Duration, Concurrency: c.Concurrency, Warmup: c.Warmup}
 	if c.Duration <= 0 {
 		return plan{}, usagef("--duration must be positive")
 	}
-	return newPlan("rpc", c.Peers, c.Rounds, run, c.outputFlags)
-}
-
-func (c *rpcCmd) Run(g *globals) error {
-	p, err := c.plan()
-	if err != nil {
-		return err
-	}
-	return p.execute(g)
+	return newPlan("rpc", c.Peers, c.Sizes, c.ResponseSize, c.Rounds, run, c.outputFlags)
 }
 
 func respSize(size, resp int) int {
@@ -130,9 +120,12 @@ func respSize(size, resp int) int {
 }
 
 // newPlan checks what compare and rpc have in common.
-func newPlan(title string, peers []string, rounds int, run bench.RunConfig, out outputFlags) (plan, error) {
-	p := plan{title: title, peers: peers, cfg: bench.CompareConfig{Rounds: rounds, Baseline: out.Baseline, Run: run}, out: out}
+func newPlan(title string, peers []string, sizes []int, resp, rounds int, run bench.RunConfig, out outputFlags) (plan, error) {
+	p := plan{title: title, peers: peers, sizes: sizes, respSize: resp,
+		cfg: bench.CompareConfig{Rounds: rounds, Baseline: out.Baseline, Run: run}, out: out}
 	switch {
+	case len(sizes) == 0:
+		return p, usagef("--sizes is empty")
 	case len(peers) == 0:
 		return p, usagef("--peers is empty")
 	case rounds < 1:
@@ -146,8 +139,13 @@ func newPlan(title string, peers []string, rounds int, run bench.RunConfig, out 
 	case out.Baseline != "" && !slices.Contains(peers, out.Baseline):
 		return p, usagef("--baseline %q is not in --peers", out.Baseline)
 	}
-	if _, err := bench.NewRequest(run.ReqSize, run.RespSize); err != nil {
-		return p, usagef("--size/--response-size: %v", err)
+	for i, size := range sizes {
+		if _, err := bench.NewRequest(size, respSize(size, resp)); err != nil {
+			return p, usagef("--sizes/--response-size: %v", err)
+		}
+		if slices.Contains(sizes[:i], size) {
+			return p, usagef("size %d listed twice", size)
+		}
 	}
 	for i, name := range peers {
 		base, _, err := splitProcs(name)
@@ -164,9 +162,54 @@ func newPlan(title string, peers []string, rounds int, run bench.RunConfig, out 
 	return p, nil
 }
 
-// execute starts the servers, runs the rounds, prints the result and stops
+func (c *compareCmd) Run(g *globals) error { return runPlan(g, c.plan) }
+
+func (c *rpcCmd) Run(g *globals) error { return runPlan(g, c.plan) }
+
+// runPlan runs a compare or rpc plan and prints its result as tables or,
+// with --json, as a report of the shared schema.
+func runPlan(g *globals, mk func() (plan, error)) error {
+	p, err := mk()
+	if err != nil {
+		return err
+	}
+	rep := bench.NewReport(p.title, g.args)
+	res, err := p.execute(g)
+	if err != nil {
+		return err
+	}
+	rep.Finish()
+	if p.out.Pin {
+		rep.Machine.Pinned, rep.Machine.Pinning = true, res[0].Env.Pinning
+	}
+	if p.title == "rpc" {
+		rep.Throughput = res
+	} else {
+		rep.Latency = res
+	}
+	if p.out.JSON {
+		return rep.WriteJSON(g.stdout)
+	}
+	return p.writeText(g.stdout, res)
+}
+
+// writeText prints each size's comparison under a heading.
+func (p plan) writeText(w io.Writer, res []*bench.Comparison) error {
+	for i, c := range res {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		fmt.Fprintf(w, "cibench %s: %s; %s\n", p.title, strings.Join(p.peers, ", "), bench.SizeString(c.ReqSize))
+		if err := c.WriteText(w); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// execute starts the servers, runs one comparison per size, and stops
 // everything it started, whatever happened.
-func (p plan) execute(g *globals) (err error) {
+func (p plan) execute(g *globals) (res []*bench.Comparison, err error) {
 	// A server dying mid-run cancels the run with the reason.
 	ctx, cancel := context.WithCancelCause(g.ctx)
 	defer cancel(nil)
@@ -174,10 +217,10 @@ func (p plan) execute(g *globals) (err error) {
 	var cpus cpuPlan
 	if p.out.Pin {
 		if cpus, err = planPinning(); err != nil {
-			return err
+			return nil, err
 		}
 		if err := cpus.pinSelf(); err != nil {
-			return err
+			return nil, err
 		}
 	}
 
@@ -188,38 +231,36 @@ func (p plan) execute(g *globals) (err error) {
 	defer func() { err = errors.Join(err, f.close()) }()
 	targets, err := f.start(ctx, p.peers, p.out.InProcess)
 	if err != nil {
-		return err
+		return nil, err
 	}
 
-	total := int64(-1)
-	if p.cfg.Run.Duration == 0 {
-		total = int64(p.cfg.Rounds) * int64(len(targets)) * int64(p.cfg.Run.Calls)
-	}
-	bar := newProgress(g, total, p.title)
-	p.cfg.Run.Progress = bar.add
-	res, err := bench.Compare(ctx, targets, p.cfg)
-	bar.done()
-	if err != nil {
-		if cause := context.Cause(ctx); cause != nil {
-			err = cause // "interrupted" or the server that died, not the symptom
+	for _, size := range p.sizes {
+		cfg := p.cfg
+		cfg.Run.ReqSize, cfg.Run.RespSize = size, respSize(size, p.respSize)
+		total := int64(-1)
+		if cfg.Run.Duration == 0 {
+			total = int64(cfg.Rounds) * int64(len(targets)) * int64(cfg.Run.Calls)
 		}
-		return err
+		bar := newProgress(g, total, fmt.Sprintf("%s %s", p.title, bench.SizeString(size)))
+		cfg.Run.Progress = bar.add
+		c, err := bench.Compare(ctx, targets, cfg)
+		bar.done()
+		if err != nil {
+			if cause := context.Cause(ctx); cause != nil {
+				err = cause // "interrupted" or the server that died, not the symptom
+			}
+			return nil, fmt.Errorf("%s: %w", bench.SizeString(size), err)
+		}
+		c.Env.Servers = "child processes"
+		if p.out.InProcess {
+			c.Env.Servers = "this process"
+		}
+		if p.out.Pin {
+			c.Env.Pinned, c.Env.Pinning = true, cpus.String()
+		}
+		res = append(res, c)
 	}
-	res.Env.Servers = "child processes"
-	if p.out.InProcess {
-		res.Env.Servers = "this process"
-	}
-	if p.out.Pin {
-		res.Env.Pinned, res.Env.Pinning = true, cpus.String()
-	}
-
-	if p.out.JSON {
-		enc := json.NewEncoder(g.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(res)
-	}
-	fmt.Fprintf(g.stdout, "cibench %s: %s\n", p.title, strings.Join(p.peers, ", "))
-	return res.WriteText(g.stdout)
+	return res, nil
 }
 
 // fleet owns the servers and clients of one run.

@@ -660,7 +660,7 @@ func (d *demo) latencyPhase() error {
 		return err
 	}
 	// A second ICS pair whose two processes run at GOMAXPROCS=1, the
-	// configuration BENCHMARKS.md recommends on small machines.
+	// configuration docs/PERFORMANCE.md recommends on small machines.
 	d.one = &fleet{stderr: d.g.stderr, onExit: d.onExit}
 	targets, err := d.one.start(d.ctx, []string{"ics@1"}, false)
 	if err != nil {
@@ -761,7 +761,7 @@ func (d *demo) latencyPhase() error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	d.say("(one short run on a shared machine; BENCHMARKS.md has interleaved rounds and the targets)")
+	d.say("(one short run on a shared machine; make bench-report has interleaved rounds and the targets)")
 	return nil
 }
 

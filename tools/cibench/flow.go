@@ -19,23 +19,30 @@ import (
 	"github.com/clusterinfra/ci/framing"
 )
 
-// flowCmd is issue 3's measurement: ICS bulk throughput on a throttled
-// channel against a raw TCP stream, and priority RPC latency idle and under
-// that bulk load. The server side is "cibench serve --peer=flow".
-type flowCmd struct {
-	Rounds    int           `default:"5" help:"Rounds; each runs the four phases (raw, ics, idle, loaded) once, in an order rotated per round." env:"CI_ROUNDS"`
+// flowFlags are what flow and priority share: the phases of issue 3's
+// measurement between this process (client node 1) and a server node,
+// and where that server runs.
+type flowFlags struct {
+	Rounds    int           `default:"7" help:"Rounds; each runs the phases (raw, ics, idle, loaded and, with the control, raw-loaded) once, in an order rotated per round." env:"CI_ROUNDS"`
 	Duration  time.Duration `default:"2s" help:"Length of each phase." env:"CI_DURATION"`
 	Warmup    time.Duration `default:"500ms" help:"Untimed run of each phase before the first round." env:"CI_WARMUP"`
 	Size      int           `default:"65536" help:"Bulk message bytes: each ICS one-way message and each raw TCP write." env:"CI_SIZE"`
 	Senders   int           `default:"4" help:"Goroutines sending ICS bulk messages, all on the one node pair." env:"CI_SENDERS"`
 	Window    int           `default:"0" help:"Fixed credit window in bytes on both nodes (engine CreditWindow and MaxCreditWindow); 0 is the engine's default: 256 KiB, widening up to 1 MiB for a starved sender." env:"CI_WINDOW"`
 	ProbeSize int           `default:"64" help:"Priority RPC request and response bytes (at least 4)." env:"CI_PROBE_SIZE"`
-	Control   bool          `help:"Add a fifth phase, the probe while the raw TCP stream runs: what load costs the probe without the engine in the bulk path." env:"CI_CONTROL"`
 	Pin       bool          `help:"Pin this process (client) to one CPU and the server to another (taskset); reported in the output." env:"CI_PIN"`
 	InProcess bool          `help:"Run the server in this process instead of a child process (quick checks only)." env:"CI_IN_PROCESS"`
-	JSON      bool          `name:"json" help:"Print the result as JSON instead of tables." env:"CI_JSON"`
+	JSON      bool          `name:"json" help:"Print the result as JSON (the schema of docs/BENCH_SCHEMA.md) instead of tables." env:"CI_JSON"`
 	Metrics   bool          `help:"Also print both nodes' ci_ics_* counters and gauges at the end (credit waits, throttling, handles)." env:"CI_METRICS"`
 	Profile   string        `type:"path" placeholder:"DIR" help:"Write CPU profiles of the timed rounds to DIR/flow-client.pprof and DIR/flow-server.pprof (go tool pprof)." env:"CI_PROFILE"`
+}
+
+// flowCmd is issue 3's measurement: ICS bulk throughput on a throttled
+// channel against a raw TCP stream, and priority RPC latency idle and under
+// that bulk load. The server side is "cibench serve --peer=flow".
+type flowCmd struct {
+	flowFlags
+	Control bool `help:"Add a fifth phase, the probe while the raw TCP stream runs: what load costs the probe without the engine in the bulk path (always on in cibench priority)." env:"CI_CONTROL"`
 }
 
 func (*flowCmd) Help() string {
@@ -55,8 +62,13 @@ Each bulk phase ends with a request/response behind the data, so the bytes
 the server counted are exact. Targets: ICS bulk at least 80% of raw; loaded
 priority p99 at most 2x idle p99 (medians of per-round ratios).
 
+cibench priority runs the same phases with the control always on, and adds
+the nested-RPC deadlock with and without escalation: use it for priority,
+this for flow control's bulk figures and its diagnostics (--metrics,
+--profile).
+
 Examples:
-  cibench flow                                       # 5 rounds x 4 phases x 2s
+  cibench flow                                       # 7 rounds x 4 phases x 2s
   cibench flow --rounds=3 --duration=1s --pin
   cibench flow --control                             # is the loaded latency the engine's or the machine's?
   cibench flow --window=1048576 --senders=8 --json > flow.json
@@ -64,14 +76,44 @@ Examples:
   CI_ROUNDS=9 CI_DURATION=3s cibench flow --quiet`
 }
 
-func (c *flowCmd) runConfig() bench.FlowRunConfig {
+// priorityCmd is priority under load and escalation, the figures issue 10
+// asks of priority: the flow phases with the raw-TCP control, then the
+// nested-RPC deadlock.
+type priorityCmd struct {
+	flowFlags
+	Trials         int           `default:"5" help:"Deadlock trials per case (escalation on, off); each starts a fresh node pair in this process." env:"CI_TRIALS"`
+	Deadline       time.Duration `default:"1s" help:"Deadline of the deadlock's outer call: without escalation it is stuck this long." env:"CI_DEADLINE"`
+	DeadlockWindow int           `default:"4096" help:"Credit window of the deadlock's throttled channel, bytes." env:"CI_DEADLOCK_WINDOW"`
+}
+
+func (*priorityCmd) Help() string {
+	return `Priority RPCs under saturation and the deadlock escalation prevents.
+
+First the flow phases (see cibench flow --help) with the control on: the
+priority probe's p99 loaded with ICS bulk over its idle p99, beside the same
+ratio with a raw TCP stream as the load instead. The target: ICS's ratio no
+worse than the control's.
+
+Then the nested-RPC deadlock, in this process: node 2 fills its credit
+window towards node 1's service, whose one handle is held; node 1 calls
+node 2, whose handler calls back into that service. With escalation the
+nested call goes out at priority 1 and everything completes (the time is
+reported); without it the outer call is stuck until --deadline.
+
+Examples:
+  cibench priority                                   # 7 rounds of 5 phases, then 5+5 deadlock trials
+  cibench priority --rounds=3 --duration=1s --trials=2 --deadline=300ms
+  cibench priority --json > priority.json`
+}
+
+func (c *flowFlags) runConfig(control bool) bench.FlowRunConfig {
 	cfg := bench.DefaultFlowRunConfig()
 	cfg.Rounds, cfg.Duration, cfg.Warmup = c.Rounds, c.Duration, c.Warmup
-	cfg.Size, cfg.Senders, cfg.ProbeSize, cfg.Control = c.Size, c.Senders, c.ProbeSize, c.Control
+	cfg.Size, cfg.Senders, cfg.ProbeSize, cfg.Control = c.Size, c.Senders, c.ProbeSize, control
 	return cfg
 }
 
-func (c *flowCmd) Validate() error {
+func (c *flowFlags) Validate() error {
 	switch {
 	case c.Rounds < 1:
 		return usagef("--rounds must be at least 1")
@@ -93,15 +135,85 @@ func (c *flowCmd) Validate() error {
 	return nil
 }
 
-// flowOutput is what --json prints: the result, and with --metrics the
-// nodes' metrics.
-type flowOutput struct {
-	*bench.FlowResult
-	ClientMetrics []string `json:"client_metrics,omitempty"`
-	ServerMetrics []string `json:"server_metrics,omitempty"`
+func (c *priorityCmd) Validate() error {
+	if err := c.flowFlags.Validate(); err != nil {
+		return err
+	}
+	switch {
+	case c.Trials < 1:
+		return usagef("--trials must be at least 1")
+	case c.Deadline <= 0:
+		return usagef("--deadline must be positive")
+	case c.DeadlockWindow < 1:
+		return usagef("--deadlock-window must be positive")
+	}
+	return nil
 }
 
-func (c *flowCmd) Run(g *globals) (err error) {
+func (c *priorityCmd) deadlockConfig() bench.DeadlockConfig {
+	return bench.DeadlockConfig{Trials: c.Trials, Deadline: c.Deadline, Window: c.DeadlockWindow}
+}
+
+func (c *flowCmd) Run(g *globals) error {
+	rep := bench.NewReport("flow", g.args)
+	pr, pinning, err := c.run(g, c.Control)
+	if err != nil {
+		return err
+	}
+	return c.output(g, rep, pr, pinning, "cibench flow: ICS bulk on a throttled channel vs one raw TCP stream; priority RPCs idle vs under that bulk")
+}
+
+func (c *priorityCmd) Run(g *globals) error {
+	rep := bench.NewReport("priority", g.args)
+	pr, pinning, err := c.run(g, true)
+	if err != nil {
+		return err
+	}
+	status := newFlowStatus(g, 1)
+	status.phase(1, "deadlock")
+	pr.Deadlock, err = bench.RunDeadlock(g.ctx, c.deadlockConfig())
+	status.done()
+	if err != nil {
+		return err
+	}
+	return c.output(g, rep, pr, pinning, "cibench priority: priority RPCs idle, under ICS bulk and under a raw TCP stream (the control); the nested-RPC deadlock")
+}
+
+// output finishes rep with pr and prints it as JSON or tables.
+func (c *flowFlags) output(g *globals, rep *bench.Report, pr *bench.PriorityResult, pinning, title string) error {
+	rep.Priority = pr
+	rep.Finish()
+	if c.Pin {
+		rep.Machine.Pinned, rep.Machine.Pinning = true, pinning
+	}
+	if c.JSON {
+		return rep.WriteJSON(g.stdout)
+	}
+	fmt.Fprintf(g.stdout, "%s\n", title)
+	return writePriorityText(g.stdout, pr)
+}
+
+// writePriorityText prints a priority result's parts that ran.
+func writePriorityText(w io.Writer, pr *bench.PriorityResult) error {
+	if pr.Flow != nil {
+		if err := pr.Flow.WriteText(w); err != nil {
+			return err
+		}
+	}
+	if pr.ClientMetrics != nil {
+		fmt.Fprintf(w, "\nclient node metrics (whole run, warm-up included):\n  %s\n", strings.Join(pr.ClientMetrics, "\n  "))
+		fmt.Fprintf(w, "\nserver node metrics (whole run, warm-up included):\n  %s\n", strings.Join(pr.ServerMetrics, "\n  "))
+	}
+	if pr.Deadlock != nil {
+		fmt.Fprintln(w)
+		return pr.Deadlock.WriteText(w)
+	}
+	return nil
+}
+
+// run runs the flow phases against a server it starts and stops, and
+// returns the result and, with --pin, how it pinned.
+func (c *flowFlags) run(g *globals, control bool) (_ *bench.PriorityResult, pinning string, err error) {
 	ctx, cancel := context.WithCancelCause(g.ctx)
 	defer cancel(nil)
 
@@ -109,22 +221,23 @@ func (c *flowCmd) Run(g *globals) (err error) {
 	cfg := bench.FlowConfig{Pair: bench.Pair{Cluster: "bench-flow"}, Window: c.Window}
 	if c.Pin {
 		if cpus, err = planPinning(); err != nil {
-			return err
+			return nil, "", err
 		}
 		if err := cpus.pinSelf(); err != nil {
-			return err
+			return nil, "", err
 		}
 		cfg.EventLoops = 1 // gnet would size its loops by the CPUs seen at start
+		pinning = cpus.String()
 	}
 	if c.Profile != "" {
 		if err := os.MkdirAll(c.Profile, 0o755); err != nil {
-			return err
+			return nil, "", err
 		}
 	}
 
 	client, err := bench.NewFlowClient(cfg)
 	if err != nil {
-		return err
+		return nil, "", err
 	}
 	// The client node closes first, so that the server sees it leave
 	// cleanly, then the server.
@@ -140,13 +253,13 @@ func (c *flowCmd) Run(g *globals) (err error) {
 	if c.InProcess {
 		s, err := bench.StartFlowServer(cfg, "127.0.0.1:0", client.Addr())
 		if err != nil {
-			return err
+			return nil, "", err
 		}
 		stopServer, serverAddr = s.Close, s.Addr()
 	} else {
 		exe, err := os.Executable()
 		if err != nil {
-			return err
+			return nil, "", err
 		}
 		argv := []string{exe, "--quiet", "serve", "--peer=flow", "--listen=127.0.0.1:0",
 			"--cluster=" + cfg.Cluster, "--node=2", "--client-node=1", "--client-addr=" + client.Addr(),
@@ -159,20 +272,20 @@ func (c *flowCmd) Run(g *globals) (err error) {
 		}
 		ch, err := spawn(ctx, "flow", argv, g.stderr, func(err error) { cancel(err) })
 		if err != nil {
-			return err
+			return nil, "", err
 		}
 		stopServer, serverAddr = ch.stop, ch.addr
 	}
 	if err := client.Connect(ctx, serverAddr); err != nil {
-		return err
+		return nil, "", err
 	}
 
-	run := c.runConfig()
+	run := c.runConfig(control)
 	status := newFlowStatus(g, run.Rounds)
 	run.Progress = status.phase
 	stopProfile, err := c.startProfile()
 	if err != nil {
-		return err
+		return nil, "", err
 	}
 	res, err := bench.RunFlow(ctx, client, run)
 	status.done()
@@ -183,17 +296,17 @@ func (c *flowCmd) Run(g *globals) (err error) {
 		if cause := context.Cause(ctx); cause != nil {
 			err = cause // "interrupted" or the server that died, not the symptom
 		}
-		return err
+		return nil, "", err
 	}
 	res.Env.Servers = "a child process"
 	if c.InProcess {
 		res.Env.Servers = "this process"
 	}
 	if c.Pin {
-		res.Env.Pinned, res.Env.Pinning = true, cpus.String()
+		res.Env.Pinned, res.Env.Pinning = true, pinning
 	}
 
-	out := flowOutput{FlowResult: res}
+	out := &bench.PriorityResult{Flow: res}
 	if c.Metrics {
 		var b bytes.Buffer
 		client.Node().Metrics().WritePrometheus(&b)
@@ -202,29 +315,15 @@ func (c *flowCmd) Run(g *globals) (err error) {
 		text, err := client.ServerMetrics(mctx)
 		mcancel()
 		if err != nil {
-			return fmt.Errorf("server metrics: %w", err)
+			return nil, "", fmt.Errorf("server metrics: %w", err)
 		}
 		out.ServerMetrics = icsMetricLines(text)
 	}
-	if c.JSON {
-		enc := json.NewEncoder(g.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(out)
-	}
-	fmt.Fprintf(g.stdout, "cibench flow: ICS bulk on a throttled channel vs one raw TCP stream; priority %d RPCs idle vs under that bulk\n",
-		res.ProbePriority)
-	if err := res.WriteText(g.stdout); err != nil {
-		return err
-	}
-	if c.Metrics {
-		fmt.Fprintf(g.stdout, "\nclient node metrics (whole run, warm-up included):\n  %s\n", strings.Join(out.ClientMetrics, "\n  "))
-		fmt.Fprintf(g.stdout, "\nserver node metrics (whole run, warm-up included):\n  %s\n", strings.Join(out.ServerMetrics, "\n  "))
-	}
-	return nil
+	return out, pinning, nil
 }
 
 // startProfile starts the client's CPU profile if --profile asks for one.
-func (c *flowCmd) startProfile() (stop func() error, err error) {
+func (c *flowFlags) startProfile() (stop func() error, err error) {
 	if c.Profile == "" {
 		return func() error { return nil }, nil
 	}

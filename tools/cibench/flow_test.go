@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,11 +21,12 @@ func TestFlow(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("exit %d\n%s", code, stderr)
 		}
-		var out flowOutput
-		if err := json.Unmarshal([]byte(stdout), &out); err != nil {
-			t.Fatalf("output is not JSON: %v\n%s", err, stdout)
+		rep := readReport(t, stdout, "flow")
+		if rep.Priority == nil || rep.Priority.Deadlock != nil {
+			t.Fatalf("priority section %+v: want the flow part only", rep.Priority)
 		}
-		res := out.FlowResult
+		out := rep.Priority
+		res := out.Flow
 		if res == nil || len(res.PerRound) != 1 || res.Senders != 2 || res.Window != 16384 || res.Env.Servers != "a child process" {
 			t.Fatalf("result %+v", res)
 		}

@@ -26,17 +26,20 @@ const (
 type cli struct {
 	Quiet bool `help:"No progress bar (it is also off when stderr is not a terminal)." env:"CI_QUIET"`
 
-	Serve   serveCmd   `cmd:"" help:"Serve one peer's echo server (used by compare and rpc, one process per peer)."`
-	Compare compareCmd `cmd:"" help:"Latency of ICS against raw TCP, net/rpc and grpc-go, in interleaved rounds."`
-	RPC     rpcCmd     `cmd:"" name:"rpc" help:"Throughput of ICS against raw TCP with many concurrent callers on one node pair."`
-	Flow    flowCmd    `cmd:"" help:"Flow control: ICS bulk on a throttled channel vs raw TCP, and priority RPC latency idle vs under that bulk."`
-	Demo    demoCmd    `cmd:"" help:"A local four-node ICS cluster doing work, losing a node and getting it back (make demo)."`
-	Node    nodeCmd    `cmd:"" help:"Serve one demo cluster node (used by demo, one process per node)."`
+	Serve    serveCmd    `cmd:"" help:"Serve one peer's echo server (used by compare and rpc, one process per peer)."`
+	Compare  compareCmd  `cmd:"" help:"Latency of ICS against raw TCP, net/rpc and grpc-go, in interleaved rounds."`
+	RPC      rpcCmd      `cmd:"" name:"rpc" help:"Throughput of ICS against raw TCP, net/rpc and grpc-go with many concurrent callers on one node pair."`
+	Flow     flowCmd     `cmd:"" help:"Flow control: ICS bulk on a throttled channel vs raw TCP, and priority RPC latency idle vs under that bulk."`
+	Priority priorityCmd `cmd:"" help:"Priority RPC latency under saturation beside its raw-TCP control, and the nested-RPC deadlock with and without escalation."`
+	All      allCmd      `cmd:"" help:"Every scenario in one run, one JSON file (make bench-report; --quick in under two minutes)."`
+	Demo     demoCmd     `cmd:"" help:"A local four-node ICS cluster doing work, losing a node and getting it back (make demo)."`
+	Node     nodeCmd     `cmd:"" help:"Serve one demo cluster node (used by demo, one process per node)."`
 }
 
 // globals is what every command's Run receives.
 type globals struct {
 	ctx    context.Context // cancelled on SIGINT/SIGTERM
+	args   []string        // the command line, for the result's record
 	quiet  bool
 	stdout io.Writer
 	stderr io.Writer
@@ -75,7 +78,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	err = kctx.Run(&globals{ctx: ctx, quiet: c.Quiet, stdout: stdout, stderr: stderr})
+	err = kctx.Run(&globals{ctx: ctx, args: append([]string{"cibench"}, args...), quiet: c.Quiet, stdout: stdout, stderr: stderr})
 	var usage usageError
 	switch {
 	case err == nil:

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -10,9 +9,17 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"go.uber.org/goleak"
 
 	"github.com/clusterinfra/ci/bench"
+	"github.com/clusterinfra/ci/engine/enginetest"
 )
+
+// The tests run cibench as child processes; this one imports the engine,
+// whose gnet starts an ants pool at init.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, enginetest.LeakOptions()...) }
 
 // buildCibench builds the command into a temporary directory: compare
 // re-executes its own binary as the servers, which a test binary cannot be.
@@ -51,6 +58,54 @@ func runCibench(t *testing.T, exe string, env []string, args ...string) (string,
 	}
 }
 
+// readReport parses a --json output as the shared result schema and
+// checks the fields every scenario fills.
+func readReport(t *testing.T, stdout, scenario string) *bench.Report {
+	t.Helper()
+	rep, err := bench.ReadReport(strings.NewReader(stdout))
+	if err != nil {
+		t.Fatalf("output is not a result: %v\n%s", err, stdout)
+	}
+	m := rep.Machine
+	if rep.Scenario != scenario || len(rep.Command) < 2 || rep.Command[1] != scenario || rep.Started.IsZero() ||
+		rep.Finished.Before(rep.Started) || m.GoVersion == "" || m.Cores < 1 || m.GOMAXPROCS < 1 {
+		t.Errorf("report header: scenario %q command %q started %v finished %v machine %+v",
+			rep.Scenario, rep.Command, rep.Started, rep.Finished, m)
+	}
+	return rep
+}
+
+// checkComparisons checks one comparison per size, each with every peer
+// and calls recorded (exactly calls of them when calls > 0).
+func checkComparisons(t *testing.T, what string, cs []*bench.Comparison, peers []string, sizes []int, calls int64) {
+	t.Helper()
+	if len(cs) != len(sizes) {
+		t.Fatalf("%s: %d comparisons, want one per size %v", what, len(cs), sizes)
+	}
+	for i, c := range cs {
+		if c.ReqSize != sizes[i] || c.RespSize != sizes[i] || c.Env.Servers != "child processes" {
+			t.Errorf("%s %d: sizes %d/%d env %+v", what, i, c.ReqSize, c.RespSize, c.Env)
+		}
+		var got []string
+		for _, p := range c.Peers {
+			got = append(got, p.Peer)
+			if (calls > 0 && p.All.Count != calls) || p.All.Count == 0 || p.P999 == 0 || p.Max < p.P999 || len(p.CDF) == 0 {
+				t.Errorf("%s %d, %s: %d calls (want %d), p99.9 %v max %v, %d CDF points", what, sizes[i], p.Peer,
+					p.All.Count, calls, p.P999, p.Max, len(p.CDF))
+			}
+			if p.Fast == nil && p.Slow == nil {
+				t.Errorf("%s %d, %s: no raw-TCP mode split", what, sizes[i], p.Peer)
+			}
+		}
+		if !slices.Equal(got, peers) {
+			t.Errorf("%s %d: peers %v, want %v", what, sizes[i], got, peers)
+		}
+		if m := c.PerRound[0].RawMode; m != bench.ModeFast && m != bench.ModeSlow {
+			t.Errorf("%s %d: raw mode %q", what, sizes[i], m)
+		}
+	}
+}
+
 func TestCibench(t *testing.T) {
 	exe := buildCibench(t)
 
@@ -58,28 +113,97 @@ func TestCibench(t *testing.T) {
 		peers := []string{"raw", "netrpc", "ics"}
 		// CI_CALLS stands in for --calls, to check the environment is read.
 		stdout, stderr, code := runCibench(t, exe, []string{"CI_CALLS=200"},
-			"compare", "--peers="+strings.Join(peers, ","), "--rounds=1", "--warmup=20", "--json")
+			"compare", "--peers="+strings.Join(peers, ","), "--sizes=64,4096", "--rounds=1", "--warmup=20", "--json")
 		if code != 0 {
 			t.Fatalf("exit %d\n%s", code, stderr)
 		}
-		var res bench.Comparison
-		if err := json.Unmarshal([]byte(stdout), &res); err != nil {
-			t.Fatalf("output is not JSON: %v\n%s", err, stdout)
+		rep := readReport(t, stdout, "compare")
+		checkComparisons(t, "latency", rep.Latency, peers, []int{64, 4096}, 200)
+		if rep.Throughput != nil || rep.Priority != nil || rep.Latency[0].Calls != 200 {
+			t.Errorf("sections that did not run, or calls %d", rep.Latency[0].Calls)
 		}
-		var got []string
-		for _, p := range res.Peers {
-			got = append(got, p.Peer)
-			if p.All.Count != 200 {
-				t.Errorf("%s: %d calls recorded, want 200", p.Peer, p.All.Count)
+	})
+
+	t.Run("compare text", func(t *testing.T) {
+		stdout, stderr, code := runCibench(t, exe, nil,
+			"compare", "--peers=raw,ics", "--sizes=64", "--rounds=1", "--calls=100", "--warmup=10")
+		if code != 0 {
+			t.Fatalf("exit %d\n%s", code, stderr)
+		}
+		for _, want := range []string{"p99.9/raw", "by raw TCP's mode", "raw mode"} {
+			if !strings.Contains(stdout, want) {
+				t.Errorf("no %q in\n%s", want, stdout)
 			}
 		}
-		if !slices.Equal(got, peers) || res.Calls != 200 || res.Env.Servers != "child processes" {
-			t.Errorf("peers %v calls %d env %+v", got, res.Calls, res.Env)
+	})
+
+	t.Run("rpc", func(t *testing.T) {
+		peers := []string{"raw", "ics", "grpc"}
+		stdout, stderr, code := runCibench(t, exe, nil, "rpc", "--peers="+strings.Join(peers, ","), "--sizes=64,65536",
+			"--concurrency=8", "--duration=100ms", "--rounds=1", "--warmup=20", "--json")
+		if code != 0 {
+			t.Fatalf("exit %d\n%s", code, stderr)
+		}
+		rep := readReport(t, stdout, "rpc")
+		checkComparisons(t, "throughput", rep.Throughput, peers, []int{64, 65536}, 0)
+		if rep.Latency != nil || rep.Throughput[0].Concurrency != 8 {
+			t.Errorf("latency section present or concurrency %d", rep.Throughput[0].Concurrency)
+		}
+	})
+
+	t.Run("priority", func(t *testing.T) {
+		stdout, stderr, code := runCibench(t, exe, nil, "priority", "--rounds=1", "--duration=100ms", "--warmup=0s",
+			"--size=4096", "--trials=1", "--deadline=1s", "--json")
+		if code != 0 {
+			t.Fatalf("exit %d\n%s", code, stderr)
+		}
+		rep := readReport(t, stdout, "priority")
+		pr := rep.Priority
+		if pr == nil || pr.Flow == nil || pr.Deadlock == nil {
+			t.Fatalf("priority section %+v", pr)
+		}
+		if f := pr.Flow; f.IdleP99 == 0 || f.LoadedP99 == 0 || f.RawLoadedP99 == 0 || f.RawLoadedP99Ratio == 0 {
+			t.Errorf("flow without the control: %+v", f)
+		}
+		d := pr.Deadlock
+		if d.Escalated.Outcome() != bench.OutcomeCompleted || d.Unescalated.Outcome() != bench.OutcomeStuck ||
+			d.Unescalated.P50 < time.Second {
+			t.Errorf("deadlock %+v", d)
+		}
+	})
+
+	t.Run("all", func(t *testing.T) {
+		out := filepath.Join(t.TempDir(), "all.json")
+		peers := []string{"raw", "ics", "ics@1"}
+		_, stderr, code := runCibench(t, exe, nil, "all", "--quick", "--out="+out, "--peers="+strings.Join(peers, ","),
+			"--sizes=64", "--rounds=1", "--calls=100", "--duration=100ms", "--trials=1")
+		if code != 0 {
+			t.Fatalf("exit %d\n%s", code, stderr)
+		}
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep := readReport(t, string(b), "all")
+		if !rep.Quick {
+			t.Error("not marked quick")
+		}
+		checkComparisons(t, "latency", rep.Latency, peers, []int{64}, 100)
+		checkComparisons(t, "throughput", rep.Throughput, []string{"raw", "ics"}, []int{64}, 0)
+		if rep.Throughput[0].Concurrency != 256 {
+			t.Errorf("throughput with %d callers, want 256", rep.Throughput[0].Concurrency)
+		}
+		if len(rep.Allocs) != 2 || rep.Allocs[0].Peer != "raw" || rep.Allocs[1].Peer != "ics" || rep.Allocs[1].Calls != 100 {
+			t.Errorf("allocs %+v", rep.Allocs)
+		}
+		if rep.Priority == nil || rep.Priority.Flow == nil || rep.Priority.Flow.RawLoadedP99 == 0 || rep.Priority.Deadlock == nil {
+			t.Errorf("priority %+v", rep.Priority)
 		}
 	})
 
 	t.Run("help", func(t *testing.T) {
-		for _, args := range [][]string{{"--help"}, {"compare", "--help"}, {"rpc", "--help"}, {"serve", "--help"}} {
+		for _, args := range [][]string{{"--help"}, {"compare", "--help"}, {"rpc", "--help"}, {"serve", "--help"},
+			{"priority", "--help"}, {"all", "--help"}} {
 			stdout, _, code := runCibench(t, exe, nil, args...)
 			if code != 0 || !strings.Contains(stdout, "Usage: cibench") {
 				t.Errorf("%v: exit %d\n%s", args, code, stdout)
@@ -95,7 +219,11 @@ func TestCibench(t *testing.T) {
 			{"nonsense"},
 			{"compare", "--peers=raw,carrier-pigeon"},
 			{"compare", "--peers=raw,raw"},
-			{"compare", "--size=2"},
+			{"compare", "--sizes=2"},
+			{"compare", "--sizes=64,64"},
+			{"rpc", "--sizes="},
+			{"priority", "--trials=0"},
+			{"all", "--sizes=3"},
 			{"compare", "--rounds=0"},
 			{"serve", "--peer=ics"}, // no --client-addr
 		} {

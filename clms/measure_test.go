@@ -1,0 +1,71 @@
+package clms_test
+
+import (
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/clusterinfra/ci/clms"
+	"github.com/clusterinfra/ci/clms/clmstest"
+)
+
+// TestMeasureDetection prints detection and failover times in simulated time
+// (1 ms network delay + up to 1 ms jitter), over 20 seeds per figure, for
+// both timing profiles. CLMS_MEASURE=1 runs it; docs/CLMS.md has the
+// results. These are sanity figures for the protocol; the real numbers come
+// from processes (BENCHMARKS.md).
+func TestMeasureDetection(t *testing.T) {
+	if os.Getenv("CLMS_MEASURE") == "" {
+		t.Skip("CLMS_MEASURE=1 to measure")
+	}
+	const trials = 20
+	for _, p := range []struct {
+		name string
+		tm   clms.Timing
+	}{{"lan-fast", clms.LANFastTiming()}, {"default", clms.DefaultTiming()}} {
+		for _, sc := range []struct {
+			name  string
+			fault func(s *clmstest.Sim, n clms.NodeNum)
+			who   func(t *testing.T, s *clmstest.Sim) clms.NodeNum
+			done  func(s *clmstest.Sim, victim clms.NodeNum) bool
+		}{
+			{"member crash -> down everywhere", (*clmstest.Sim).Crash, member, downAll},
+			{"member hang -> down everywhere", (*clmstest.Sim).Pause, member, downAll},
+			{"master crash -> new master", (*clmstest.Sim).Crash, master, newMaster},
+			{"master hang -> new master", (*clmstest.Sim).Pause, master, newMaster},
+		} {
+			var d []time.Duration
+			suspended := 0
+			for seed := uint64(1); seed <= trials; seed++ {
+				s := seededSim(t, t, clmstest.Options{Seed: seed, Nodes: clmstest.Table(5, 3), Timing: p.tm})
+				form(t, s)
+				s.Run(time.Duration(seed) * p.tm.Heartbeat / trials) // vary the phase against the heartbeats
+				victim := sc.who(t, s)
+				sc.fault(s, victim)
+				at := s.Now
+				d = append(d, s.RunUntil(30*time.Second, func() bool { return sc.done(s, victim) }))
+				s.Run(p.tm.LeaseTimeout + p.tm.LeaseMargin)
+				for _, n := range s.Nodes() {
+					if n.Num != victim && slices.ContainsFunc(n.Actions, func(a clmstest.TimedAction) bool {
+						return a.At > at && a.Kind == clms.ActLease && !a.Valid
+					}) {
+						suspended++ // a survivor lost its lease in the failover
+						break
+					}
+				}
+			}
+			slices.Sort(d)
+			t.Logf("%-8s %-32s min %6v  p50 %6v  max %6v  trials with a survivor suspended: %d/%d",
+				p.name, sc.name, d[0], d[len(d)/2], d[len(d)-1], suspended, trials)
+		}
+	}
+}
+
+func member(t *testing.T, s *clmstest.Sim) clms.NodeNum { return other(t, s) }
+
+func master(_ *testing.T, s *clmstest.Sim) clms.NodeNum { return s.Master() }
+
+func downAll(s *clmstest.Sim, v clms.NodeNum) bool { return s.DownEverywhere(v, 1) }
+
+func newMaster(s *clmstest.Sim, old clms.NodeNum) bool { m := s.Master(); return m != 0 && m != old }

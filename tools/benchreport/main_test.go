@@ -1,0 +1,193 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"image/png"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/clusterinfra/ci/bench"
+	"github.com/clusterinfra/ci/engine/enginetest"
+)
+
+// bench imports the engine, whose gnet starts an ants pool at init.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, enginetest.LeakOptions()...) }
+
+var update = flag.Bool("update", false, "rewrite testdata/BENCHMARKS.golden.md from the generator's output")
+
+// testdata/result.json is a real "cibench all --quick" run on the team's
+// 2-CPU VM (2026-12-01) with a synthetic failover section added by hand:
+// cibench failover does not exist yet, but the report must render it.
+func readFixture(t *testing.T) *bench.Report {
+	t.Helper()
+	f, err := os.Open("testdata/result.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rep, err := bench.ReadReport(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
+// TestGolden: the fixed report renders as the golden file, and every plot
+// it links is a PNG.
+func TestGolden(t *testing.T) {
+	rep := readFixture(t)
+	dir := t.TempDir()
+	md, err := Generate(rep, "", dir, "docs/bench")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const golden = "testdata/BENCHMARKS.golden.md"
+	if *update {
+		if err := os.WriteFile(golden, []byte(md), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if md != string(want) {
+		t.Errorf("output differs from %s (go test -run TestGolden -update to accept, after reading the diff):\n%s", golden, firstDiff(md, string(want)))
+	}
+	for _, name := range []string{"latency-64.png", "latency-4096.png", "throughput.png", "failover.png"} {
+		if !strings.Contains(md, "(docs/bench/"+name+")") {
+			t.Errorf("the report does not link %s", name)
+		}
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := png.Decode(bytes.NewReader(b)); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+// firstDiff shows the first line where got and want differ.
+func firstDiff(got, want string) string {
+	g, w := strings.Split(got, "\n"), strings.Split(want, "\n")
+	for i := range max(len(g), len(w)) {
+		var gl, wl string
+		if i < len(g) {
+			gl = g[i]
+		}
+		if i < len(w) {
+			wl = w[i]
+		}
+		if gl != wl {
+			return "line " + strconv.Itoa(i+1) + ":\n got: " + gl + "\nwant: " + wl
+		}
+	}
+	return ""
+}
+
+// TestHeadlineRows checks the headline's verdicts against the fixture's
+// numbers, computed here independently of the golden file.
+func TestHeadlineRows(t *testing.T) {
+	rep := readFixture(t)
+	md, err := Generate(rep, "", t.TempDir(), "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		// ICS's per-round p50 ratios to raw are 1.83 and 1.95: median 1.89, 45% over 1.3.
+		"| ICS p50 ≤ 1.3× raw TCP | 43.3 µs against 22.9 µs | 1.89× | ≤ 1.3× | **missed** by 45% |",
+		// Both rounds were fast-mode rounds (raw p50 under 30 µs); the worst was 1.95, 50% over.
+		"| … in every fast-mode round (raw p50 < 30.0 µs; worst of 2) | median 1.89× | 1.95× | ≤ 1.3× | **missed** by 50% |",
+		// 2 rounds x 500 calls, none over 5 ms, but far fewer than 100,000.
+		"| no ICS call slower than 5.00 ms in 100,000 | 0 of 1000 calls | – | 0 | met (only 1000 calls: not conclusive) |",
+		"| 0 allocations per RPC in steady state | 0.00 per call | – | 0 | met |",
+		// Synthetic failover: key-service-ready at 100+6i ms, i=0..9: p99 154 ms.
+		"| key-service failover p99 < 150.00 ms (fast-lan profile) | 154.00 ms over 10 trials | 1.03× | ≤ 1.0× | **missed** by 3% |",
+		"> **Quick run**",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("no line\n%s\nin\n%s", want, md)
+		}
+	}
+}
+
+func TestVerdict(t *testing.T) {
+	for _, c := range []struct {
+		ratio, target float64
+		atLeast       bool
+		want          string
+	}{
+		{1.0, 1.3, false, "met (23% below)"},
+		{1.3, 1.3, false, "met (0% below)"},
+		{2.6, 1.3, false, "**missed** by 100%"},
+		{3.3, 3, true, "met (10% above)"},
+		{1.5, 3, true, "**missed** by 50%"},
+	} {
+		if got := verdict(c.ratio, c.target, c.atLeast); got != c.want {
+			t.Errorf("verdict(%v, %v, %v) = %q, want %q", c.ratio, c.target, c.atLeast, got, c.want)
+		}
+	}
+}
+
+// TestIntro: the hand-written introduction survives regeneration, the old
+// generated part does not, and a file without one gets the default.
+func TestIntro(t *testing.T) {
+	rep := readFixture(t)
+	old := "stray\n" + introStart + "\n# Mine\nhand-written\n" + introEnd + "\n## Headline\nold numbers\n"
+	md, err := Generate(rep, old, t.TempDir(), "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(md, introStart+"\n# Mine\nhand-written\n"+introEnd+"\n") || strings.Contains(md, "old numbers") ||
+		strings.Contains(md, "stray") {
+		t.Errorf("intro not kept alone:\n%.300s", md)
+	}
+	if got := extractIntro("no markers"); got != defaultIntro {
+		t.Errorf("default intro: %q", got)
+	}
+}
+
+// TestRun drives the command: a good run writes the file and the plots,
+// bad input fails with the right exit code and leaves the old file.
+func TestRun(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "BENCHMARKS.md")
+	var stdout, stderr bytes.Buffer
+	args := []string{"--in=testdata/result.json", "--out=" + out, "--plots=" + filepath.Join(dir, "docs", "bench")}
+	if code := run(args, &stdout, &stderr); code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(b, []byte("](docs/bench/throughput.png)")) {
+		t.Errorf("plots not linked relative to the report:\n%s", b)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "docs", "bench", "throughput.png")); err != nil {
+		t.Error(err)
+	}
+
+	bad := filepath.Join(dir, "bad.json")
+	if err := os.WriteFile(bad, []byte(`{"rounds": 3}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stderr.Reset()
+	if code := run([]string{"--in=" + bad, "--out=" + out}, &stdout, &stderr); code != exitFailed ||
+		!strings.Contains(stderr.String(), "not a readable cibench result") {
+		t.Errorf("not a result: exit %d, %s", code, stderr.String())
+	}
+	if after, _ := os.ReadFile(out); !bytes.Equal(after, b) {
+		t.Error("a failed run changed the report")
+	}
+	if code := run([]string{"--out=" + out}, &stdout, &stderr); code != exitBadUsage {
+		t.Errorf("no --in: exit %d, want %d", code, exitBadUsage)
+	}
+}
