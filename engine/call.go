@@ -144,6 +144,9 @@ func (n *Node) route(ctx context.Context, to NodeNum, m Method) (*peer, *conn, u
 	if p.down.Load() {
 		return nil, nil, 0, fmt.Errorf("%w: node %d", ErrNodeDown, to)
 	}
+	if p.draining.Load() {
+		return nil, nil, 0, fmt.Errorf("%w: node %d", ErrShuttingDown, to)
+	}
 	prio := n.outgoingPriority(ctx)
 	ch := Channel(m.Service.Channel())
 	if prio > 0 {

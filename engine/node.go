@@ -37,9 +37,15 @@ type Node struct {
 	sec     atomic.Pointer[Security] // nil: no authentication; replaced whole on key changes
 	handles *handleTable
 
-	clientChain Invoker     // the client interceptors around invoke; nil without any
-	prioPool    *handlePool // server handles for priority channels, apart from every service's own
-	bufs        sync.Pool   // *[]byte payload buffers handed to server handles
+	clientChain Invoker // the client interceptors around invoke; nil without any
+
+	// Shutdown (shutdown.go): requests being served, and whether new ones
+	// are refused; drainIdle is signalled when serving falls to 0.
+	serving   atomic.Int64
+	draining  atomic.Bool
+	drainIdle chan struct{}
+	prioPool  *handlePool // server handles for priority channels, apart from every service's own
+	bufs      sync.Pool   // *[]byte payload buffers handed to server handles
 
 	// services[channel][subservice]; written by Register, read by loops.
 	services [][]atomic.Pointer[service]
@@ -123,6 +129,7 @@ type peer struct {
 	inflight      atomic.Int64  // requests from this peer admitted and not yet finished
 	inflightBytes atomic.Int64  // their memCost
 	down          atomic.Bool   // declared down: calls fail fast until NodeUp
+	draining      atomic.Bool   // it said TypeDraining on this link: calls fail fast with ErrShuttingDown
 	incarnation   atomic.Uint64 // the peer's boot incarnation, from its hellos
 
 	m *peerMetrics // this node's calls to the peer
@@ -165,6 +172,7 @@ func New(cfg Config) (*Node, error) {
 		done:            make(chan struct{}),
 		spareFD:         -1,
 		noiseJobs:       make(chan noiseJob, noiseQueue),
+		drainIdle:       make(chan struct{}, 1),
 	}
 	if len(cfg.ClientInterceptors) > 0 {
 		n.clientChain = chainClient(cfg.ClientInterceptors, n.invoke)
@@ -603,6 +611,7 @@ func (n *Node) peerLost(p *peer, gen uint64, cause error) {
 // link's calls have failed.
 func (n *Node) endLinkLocked(p *peer, err error) ([]*conn, int) {
 	p.linkGen.Add(1)
+	p.draining.Store(false) // that was the old link's run
 	failed := n.handles.failPeer(p.num, err)
 	var conns []*conn
 	for i := range p.out {

@@ -48,10 +48,19 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		return
 	}
 
+	if !n.admitServing() {
+		n.m.drainingRefused.Inc()
+		n.m.refused.inc(statusCode(StatusShuttingDown))
+		if f.Type == framing.TypeRequest {
+			n.sendReply(nil, p, c.linkGen, &f.Header, nil, StatusShuttingDown, []byte("node is shutting down"))
+		}
+		c.finished(cost, &f.Header)
+		return
+	}
 	start := time.Now()
 	rc := n.requestContext(c, &f.Header)
 	if n.skipExpired(c, rc) {
-		c.finished(cost, &f.Header)
+		n.retire(c, cost, &f.Header)
 		return
 	}
 	if svc.Inline {
@@ -64,7 +73,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 					n.requestDone(c, rc)
 				}
 				n.replyDecodeError(c, &f.Header, err)
-				c.finished(cost, &f.Header)
+				n.retire(c, cost, &f.Header)
 				return
 			}
 			args = c.scratch
@@ -87,7 +96,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		}
 		svc.metrics[f.Proc].observe(time.Since(start).Seconds(), code)
 		c.resp.Body = trimBuffer(c.resp.Body)
-		c.finished(cost, &f.Header)
+		n.retire(c, cost, &f.Header)
 		return
 	}
 
@@ -102,7 +111,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 				n.requestDone(c, rc)
 			}
 			n.replyDecodeError(c, &f.Header, err)
-			c.finished(cost, &f.Header)
+			n.retire(c, cost, &f.Header)
 			return
 		}
 	} else {
@@ -125,7 +134,7 @@ func (n *Node) runJob(w *handle, j *job) {
 	if n.skipExpired(j.conn, j.rc) {
 		// Cancelled, or past its deadline, while it waited for a handle.
 		n.putBuf(j.buf)
-		j.conn.finished(j.cost, &j.hdr)
+		n.retire(j.conn, j.cost, &j.hdr)
 		return
 	}
 	var ctx context.Context = &w.ctx
@@ -147,7 +156,14 @@ func (n *Node) runJob(w *handle, j *job) {
 	}
 	j.svc.metrics[j.hdr.Proc].observe(time.Since(j.start).Seconds(), code)
 	w.resp.Body = trimBuffer(w.resp.Body)
-	j.conn.finished(j.cost, &j.hdr)
+	n.retire(j.conn, j.cost, &j.hdr)
+}
+
+// retire ends a request admitted by admitServing: its credit goes back
+// and a draining node counts it done.
+func (n *Node) retire(c *conn, cost int, h *framing.Header) {
+	c.finished(cost, h)
+	n.doneServing()
 }
 
 func (n *Node) replyDecodeError(c *conn, h *framing.Header, err error) {
