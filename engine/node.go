@@ -201,6 +201,7 @@ func New(cfg Config) (*Node, error) {
 		}
 	}
 	n.peers.Store(&peers)
+	n.registerInfo()
 	return n, nil
 }
 
