@@ -69,3 +69,31 @@ func master(_ *testing.T, s *clmstest.Sim) clms.NodeNum { return s.Master() }
 func downAll(s *clmstest.Sim, v clms.NodeNum) bool { return s.DownEverywhere(v, 1) }
 
 func newMaster(s *clmstest.Sim, old clms.NodeNum) bool { m := s.Master(); return m != 0 && m != old }
+
+// TestMeasureScale prints formation time and the master's steady traffic
+// for 3, 16 and 64 nodes (5 eligible, 3 for the smallest) with the fast
+// profile, in simulated time. CLMS_MEASURE=1 runs it.
+func TestMeasureScale(t *testing.T) {
+	if os.Getenv("CLMS_MEASURE") == "" {
+		t.Skip("CLMS_MEASURE=1 to measure")
+	}
+	for _, n := range []int{3, 16, 64} {
+		eligible := min(n, 5)
+		if n == 3 {
+			eligible = 3
+		}
+		s := seededSim(t, t, clmstest.Options{Seed: 1, Nodes: clmstest.Table(n, eligible), Timing: clms.LANFastTiming()})
+		took := form(t, s)
+		s.Run(time.Second)
+		m := s.Node(s.Master())
+		msgs, bytes := m.SentMsgs, m.SentBytes
+		const window = 10 * time.Second
+		s.Run(window)
+		if !s.AllUp() {
+			t.Fatalf("%d nodes: not all up", n)
+		}
+		sec := window.Seconds()
+		t.Logf("%2d nodes: formed in %v; master sends %.0f msg/s, %.1f KiB/s in steady state",
+			n, took, float64(m.SentMsgs-msgs)/sec, float64(m.SentBytes-bytes)/sec/1024)
+	}
+}

@@ -245,7 +245,7 @@ func (n *Node) sendArgs(ctx context.Context, c *conn, h *framing.Header, m Metho
 
 // waitCall waits for the call xid to finish and frees its handle.
 func (n *Node) waitCall(ctx context.Context, xid uint64) ([]byte, error) {
-	s := &n.handles.slots[uint32(xid)]
+	s := &n.handles.slots[xidSlot(xid)]
 	select {
 	case <-s.done:
 	case <-ctx.Done():

@@ -68,8 +68,12 @@ func (n *Node) requestContext(c *conn, h *framing.Header) *reqCtx {
 }
 
 // requestDone retires rc when its handler has returned (or was skipped)
-// and reports whether the caller cancelled it, so that no reply is sent.
-func (n *Node) requestDone(c *conn, rc *reqCtx) (cancelled bool) {
+// and reports whether its caller has gone, so that no reply is sent: it
+// sent a cancel, or the deadline passed. The server's deadline is never
+// before the caller's, so past it the caller has given up (or is about
+// to, and will report ErrTimedOut): a reply saying the handler's ctx
+// expired would only race the caller's own deadline.
+func (n *Node) requestDone(c *conn, rc *reqCtx) (gone bool) {
 	if rc.registered {
 		c.cmu.Lock()
 		if c.cancels[rc.xid] == rc {
@@ -77,8 +81,9 @@ func (n *Node) requestDone(c *conn, rc *reqCtx) (cancelled bool) {
 		}
 		c.cmu.Unlock()
 	}
+	expired := rc.Err() == context.DeadlineExceeded
 	rc.cancel()
-	return rc.peerCancelled.Load()
+	return rc.peerCancelled.Load() || expired
 }
 
 // cancelRequest acts on a TypeCancel from c's peer: the request xid it
@@ -97,16 +102,15 @@ func (n *Node) cancelRequest(c *conn, xid uint64) {
 	n.m.cancelsReceived.Inc()
 }
 
-// cancelAll cancels every request still registered on c, which closed:
-// their callers have failed with ErrNodeDown, and their replies could not
-// reach them.
+// cancelAll cancels the context of every request still registered on c,
+// which closed: their callers have failed with ErrNodeDown. Their replies
+// are then dropped as stale, since their link has ended (sendReply).
 func (c *conn) cancelAll() {
 	c.cmu.Lock()
 	m := c.cancels
 	c.cancels = nil
 	c.cmu.Unlock()
 	for _, rc := range m {
-		rc.peerCancelled.Store(true)
 		rc.cancel()
 	}
 }

@@ -89,6 +89,8 @@ type Config struct {
 	MaxPayload          int           // largest payload accepted, compressed or not
 	MaxOutstandingCalls int           // size of the client handle table
 	DialTimeout         time.Duration // bound on one connection attempt, handshake included
+	DialBackoff         time.Duration // wait after a failed dial before the next; doubles per failure in a row
+	MaxDialBackoff      time.Duration // bound on that wait
 	HandshakeTimeout    time.Duration // an accepted connection must say hello within this
 	EventLoops          int           // gnet event loops; 0 means one per P (GOMAXPROCS)
 	WriteMode           WriteMode     // how frames reach the socket
@@ -171,6 +173,8 @@ func DefaultConfig() Config {
 		MaxPayload:              framing.DefaultMaxPayload, // 16 MiB: big enough for bulk, small enough to refuse nonsense
 		MaxOutstandingCalls:     16384,                     // per node; a full table fails fast instead of growing memory
 		DialTimeout:             2 * time.Second,           // loopback/LAN connects take microseconds; a dead host should not stall callers long
+		DialBackoff:             20 * time.Millisecond,     // a restarting peer listens again within tens of ms; far below a human's notice
+		MaxDialBackoff:          time.Second,               // a peer back up is reached within a second; one dial a second costs an unreachable peer nothing
 		HandshakeTimeout:        5 * time.Second,           // generous for a loaded peer, short enough to shed half-open connections
 		EventLoops:              0,                         // one per P: more would only wait for Ps held by loops blocked in epoll_wait
 		WriteMode:               WriteDirect,               // measured faster; BENCHMARKS.md
@@ -251,6 +255,12 @@ func (c *Config) validate() error {
 	if c.HandshakeTimeout == 0 {
 		c.HandshakeTimeout = d.HandshakeTimeout
 	}
+	if c.DialBackoff == 0 {
+		c.DialBackoff = d.DialBackoff
+	}
+	if c.MaxDialBackoff == 0 {
+		c.MaxDialBackoff = max(d.MaxDialBackoff, c.DialBackoff)
+	}
 	if c.WriteTimeout == 0 {
 		c.WriteTimeout = d.WriteTimeout
 	}
@@ -263,8 +273,10 @@ func (c *Config) validate() error {
 		return fmt.Errorf("%w: MaxPayload %d out of 1..1GiB", ErrBadConfig, c.MaxPayload)
 	case c.MaxOutstandingCalls < 1 || c.MaxOutstandingCalls > 1<<24:
 		return fmt.Errorf("%w: MaxOutstandingCalls %d out of 1..16M", ErrBadConfig, c.MaxOutstandingCalls)
-	case c.DialTimeout < 0 || c.HandshakeTimeout < 0 || c.WriteTimeout < 0:
+	case c.DialTimeout < 0 || c.HandshakeTimeout < 0 || c.WriteTimeout < 0 || c.DialBackoff < 0:
 		return fmt.Errorf("%w: negative timeout", ErrBadConfig)
+	case c.MaxDialBackoff < c.DialBackoff:
+		return fmt.Errorf("%w: MaxDialBackoff %v under DialBackoff %v", ErrBadConfig, c.MaxDialBackoff, c.DialBackoff)
 	case c.CreditWindow < framing.HeaderSize || c.CreditWindow > 1<<30:
 		return fmt.Errorf("%w: CreditWindow %d out of %d..1GiB", ErrBadConfig, c.CreditWindow, framing.HeaderSize)
 	case c.EventLoops < 0:

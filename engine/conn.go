@@ -41,16 +41,15 @@ type conn struct {
 	channel Channel
 	linkGen uint64
 	met     connMetrics
+	enrol   atomic.Int32 // a dialled connection's hand-over to a loop: enrolPending, then attached or abandoned
 
 	// Loop side: touched only by the event loop the connection belongs to.
 	gc      gnet.Conn
 	ready   bool // handshake done
 	need    int  // bytes the frame at the head of the buffer needs
 	dec     framing.Decoder
-	hctx    handlerCtx // context for inline handlers
-	req     Request
-	resp    Response
-	scratch []byte // decompressed arguments of inline handlers
+	st      serveState // what inline handlers' requests reuse
+	scratch []byte     // decompressed arguments of inline handlers
 
 	// cancels finds the running or queued cancellable requests that came
 	// on this accepted connection by xid, for TypeCancel (cancel.go).
@@ -109,9 +108,22 @@ func (n *Node) newConn(outbound bool, p *peer, ch Channel) *conn {
 	return c
 }
 
+// The states of conn.enrol: a dial that stops waiting for the loop marks
+// the connection abandoned, and OnOpen closes it instead of attaching.
+const (
+	enrolPending int32 = iota
+	enrolAttached
+	enrolAbandoned
+)
+
+var errAbandoned = errors.New("dial gave up before the loop took the connection")
+
 // attach binds c to its gnet connection, on the loop, in OnOpen.
 func (c *conn) attach(gc gnet.Conn) error {
 	c.gc = gc
+	if c.outbound && !c.enrol.CompareAndSwap(enrolPending, enrolAttached) {
+		return errAbandoned
+	}
 	fd, err := gc.Dup()
 	if err != nil {
 		return fmt.Errorf("dup: %w", err)

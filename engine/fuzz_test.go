@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"errors"
 	"testing"
 
 	"github.com/flynn/noise"
@@ -42,6 +43,16 @@ func FuzzSecureHandshake(f *testing.F) {
 	flipped.Auth = append([]byte(nil), auth...)
 	flipped.Auth[len(flipped.Auth)-1] ^= 1
 	f.Add(mustHello(f, &flipped), []byte{})
+	// Seed: the genuine message with a field altered after it was signed
+	// (a man in the middle redirecting the connection): the prologue fails.
+	moved := good
+	moved.Incarnation++
+	f.Add(mustHello(f, &moved), []byte{})
+	// The genuine hello does authenticate: the oracle below is not vacuous.
+	genuine := mustHello(f, &good)
+	if _, _, err := resp.respond(1, good, framing.Hello{Version: framing.ProtocolVersion, From: 2, To: 1, Channel: good.Channel, Incarnation: 9, Cluster: "test"}); err != nil {
+		f.Fatalf("the genuine hello is refused: %v", err)
+	}
 	f.Fuzz(func(t *testing.T, payload, confirm []byte) {
 		h, err := framing.DecodeHello(payload)
 		if err != nil {
@@ -50,7 +61,18 @@ func FuzzSecureHandshake(f *testing.F) {
 		ack := framing.Hello{Version: framing.ProtocolVersion, From: 2, To: h.From, Channel: h.Channel, Incarnation: 9, Cluster: "test"}
 		ss, reply, err := resp.respond(NodeNum(h.From), h, ack)
 		if err != nil {
+			// Refused, and for an authentication reason: nothing else may
+			// come out of the key exchange.
+			if !errors.Is(err, ErrAuth) {
+				t.Fatalf("refusal %v does not wrap ErrAuth", err)
+			}
 			return
+		}
+		// Accepted: then it is the genuine dialler's hello, every field and
+		// every byte of its Noise message (the fields are the prologue, the
+		// message is authenticated), at most re-encoded.
+		if got := mustHello(t, &h); !bytes.Equal(got, genuine) {
+			t.Fatalf("a hello other than the genuine one authenticated:\n%x\nwant\n%x", got, genuine)
 		}
 		if len(reply) < authHeader {
 			t.Fatalf("accepted handshake answered with %d bytes", len(reply))

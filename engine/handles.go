@@ -1,19 +1,27 @@
 package engine
 
 import (
+	"math/rand/v2"
 	"sync/atomic"
 )
 
 // A client handle is one outstanding RPC. Handles live in a fixed table and
-// are found by transaction id: xid = generation<<32 | slot. The generation
-// changes every time a slot is reused, so a reply that arrives after its
-// caller gave up (deadline, node down) names a generation that no longer
-// matches and is dropped instead of completing somebody else's call.
+// are found by transaction id: xid = generation<<slotBits | slot. Every time
+// a slot is armed it draws a new random generation (40 bits, never 0 and
+// never the slot's previous one), so
+//   - a reply that arrives after its caller gave up (deadline, node down)
+//     names a generation that no longer matches and is dropped instead of
+//     completing somebody else's call;
+//   - a reply meant for this node's previous run (a peer answering a call
+//     made before a restart) cannot match a call of this run: generations
+//     do not start from a known value at boot;
+//   - a stranger cannot guess the xid of a call in flight to forge its
+//     reply (one chance in 2^40 per try), which matters in open mode.
 //
-// Phases of a slot, in its state word (generation<<32 | phase):
+// Phases of a slot, in its state word (generation<<2 | phase):
 //
-//	free ──acquire──▶ waiting ──begin(reader)──▶ completing ──finish──▶ done ──release──▶ free(gen+1)
-//	                     └──abandon(caller: deadline, send failure)──────────────────────▶ free(gen+1)
+//	free ──acquire+arm──▶ waiting ──begin(reader)──▶ completing ──finish──▶ done ──release──▶ free
+//	                        └──abandon(caller: deadline, send failure)──────────────────────▶ free
 //
 // Every transition is a CAS on the state word, so exactly one of the reader
 // (reply or node-down) and the caller (deadline) wins a waiting slot. No
@@ -25,10 +33,35 @@ const (
 	phaseWaiting    = 1
 	phaseCompleting = 2
 	phaseDone       = 3
+	phaseMask       = 3
+
+	// slotBits of an xid number the slot: MaxOutstandingCalls is at most
+	// 1<<slotBits. The generation takes the remaining 40.
+	slotBits = 24
+	slotMask = 1<<slotBits - 1
+	genBits  = 64 - slotBits
+	genMask  = 1<<genBits - 1
 )
 
+// xidSlot is the slot an xid names.
+func xidSlot(xid uint64) uint32 { return uint32(xid & slotMask) }
+
+// xidGen is the generation an xid names.
+func xidGen(xid uint64) uint64 { return xid >> slotBits }
+
+// newGeneration draws a slot's next generation: random (the runtime's
+// ChaCha8 generator: no lock, no allocation), never 0, so that no xid is
+// ever 0 (the one-way value), and never old.
+func newGeneration(old uint64) uint64 {
+	for {
+		if g := rand.Uint64() & genMask; g != 0 && g != old {
+			return g
+		}
+	}
+}
+
 type clientHandle struct {
-	state atomic.Uint64 // generation<<32 | phase
+	state atomic.Uint64 // generation<<2 | phase
 	peer  atomic.Uint32 // callee; written before the slot turns waiting
 	next  atomic.Uint32 // free-stack link: index+1 of the next free slot, 0 ends
 
@@ -64,8 +97,7 @@ func newHandleTable(n int) *handleTable {
 	for i := range t.slots {
 		s := &t.slots[i]
 		s.done = make(chan struct{}, 1)
-		// Generation starts at 1 so that no xid is ever 0, the one-way value.
-		s.state.Store(1 << 32)
+		s.state.Store(newGeneration(0)<<2 | phaseFree)
 		// Build the free stack so that slot 0 is on top.
 		if i+1 < n {
 			s.next.Store(uint32(i + 2))
@@ -102,32 +134,33 @@ func (t *handleTable) push(idx uint32) {
 	}
 }
 
-// arm turns an acquired slot into a waiting call to peer and returns its xid.
+// arm turns an acquired slot into a waiting call to peer, under a new
+// generation, and returns its xid.
 func (t *handleTable) arm(idx uint32, peer NodeNum, reply []byte) uint64 {
 	s := &t.slots[idx]
-	gen := s.state.Load() >> 32
+	gen := newGeneration(s.state.Load() >> 2)
 	s.peer.Store(uint32(peer))
 	s.reply = reply
 	s.err = nil
 	s.cancelConn = nil
-	s.state.Store(gen<<32 | phaseWaiting)
-	return gen<<32 | uint64(idx)
+	s.state.Store(gen<<2 | phaseWaiting)
+	return gen<<slotBits | uint64(idx)
 }
 
 // begin claims the waiting call xid for completion by a reply from peer.
 // It returns nil for an unknown, stale or already finished xid, or one
 // whose callee is not peer (a node cannot complete calls made to another).
 func (t *handleTable) begin(xid uint64, peer NodeNum) *clientHandle {
-	idx := uint32(xid)
+	idx := xidSlot(xid)
 	if int(idx) >= len(t.slots) {
 		return nil
 	}
 	s := &t.slots[idx]
-	want := xid&^0xffffffff | phaseWaiting
+	gen := xidGen(xid)
 	if s.peer.Load() != uint32(peer) {
 		return nil
 	}
-	if !s.state.CompareAndSwap(want, xid&^0xffffffff|phaseCompleting) {
+	if !s.state.CompareAndSwap(gen<<2|phaseWaiting, gen<<2|phaseCompleting) {
 		return nil
 	}
 	return s
@@ -136,7 +169,7 @@ func (t *handleTable) begin(xid uint64, peer NodeNum) *clientHandle {
 // finish publishes a completion started by begin and wakes the caller.
 func (t *handleTable) finish(s *clientHandle) {
 	st := s.state.Load()
-	s.state.Store(st&^0xffffffff | phaseDone)
+	s.state.Store(st&^phaseMask | phaseDone)
 	s.done <- struct{}{}
 }
 
@@ -144,10 +177,10 @@ func (t *handleTable) finish(s *clientHandle) {
 // when a reader has already claimed the call: the caller must then wait on
 // done, which is about to be signalled, and release as usual.
 func (t *handleTable) abandon(xid uint64) bool {
-	idx := uint32(xid)
+	idx := xidSlot(xid)
 	s := &t.slots[idx]
-	gen := xid >> 32
-	if !s.state.CompareAndSwap(gen<<32|phaseWaiting, (gen+1)<<32|phaseFree) {
+	gen := xidGen(xid)
+	if !s.state.CompareAndSwap(gen<<2|phaseWaiting, gen<<2|phaseFree) {
 		return false
 	}
 	s.reply, s.err = nil, nil
@@ -155,12 +188,13 @@ func (t *handleTable) abandon(xid uint64) bool {
 	return true
 }
 
-// release returns a done slot to the free stack with the next generation.
+// release returns a done slot to the free stack; its next arm draws a new
+// generation.
 func (t *handleTable) release(xid uint64) {
-	idx := uint32(xid)
+	idx := xidSlot(xid)
 	s := &t.slots[idx]
 	s.reply, s.err, s.cancelConn = nil, nil, nil
-	s.state.Store((xid>>32 + 1) << 32)
+	s.state.Store(xidGen(xid)<<2 | phaseFree)
 	t.push(idx)
 }
 
@@ -171,10 +205,10 @@ func (t *handleTable) failPeer(peer NodeNum, err error) int {
 	for i := range t.slots {
 		s := &t.slots[i]
 		st := s.state.Load()
-		if st&0xffffffff != phaseWaiting || (peer != 0 && s.peer.Load() != uint32(peer)) {
+		if st&phaseMask != phaseWaiting || (peer != 0 && s.peer.Load() != uint32(peer)) {
 			continue
 		}
-		if !s.state.CompareAndSwap(st, st&^0xffffffff|phaseCompleting) {
+		if !s.state.CompareAndSwap(st, st&^phaseMask|phaseCompleting) {
 			continue
 		}
 		s.err = err

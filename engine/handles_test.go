@@ -55,8 +55,8 @@ func TestHandleTableGenerations(t *testing.T) {
 	if n := tab.failPeer(5, ErrNodeDown); n != 1 {
 		t.Fatalf("failPeer failed %d calls, want 1", n)
 	}
-	<-tab.slots[uint32(xid3)].done
-	if tab.slots[uint32(xid3)].err != ErrNodeDown {
+	<-tab.slots[xidSlot(xid3)].done
+	if tab.slots[xidSlot(xid3)].err != ErrNodeDown {
 		t.Fatal("failPeer did not set the error")
 	}
 	tab.release(xid3)

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -30,33 +31,43 @@ func (n *Node) acceptHello(c *conn, f *framing.Frame) error {
 	if err != nil {
 		return n.rejectHello(c, err)
 	}
-	if hello.Version != framing.ProtocolVersion {
-		return n.rejectHello(c, fmt.Errorf("protocol version %d, this node speaks %d", hello.Version, framing.ProtocolVersion))
+	if hello.Version != n.version {
+		return n.rejectHello(c, refused(framing.RefuseVersion, fmt.Sprintf("this node speaks protocol version %d", n.version),
+			fmt.Errorf("protocol version %d, this node speaks %d", hello.Version, n.version)))
 	}
 	if hello.Cluster != n.cfg.Cluster {
-		return n.rejectHello(c, fmt.Errorf("cluster %q, this node is in %q", hello.Cluster, n.cfg.Cluster))
+		// The dialler learns that its cluster name is wrong, not ours.
+		return n.rejectHello(c, refused(framing.RefuseCluster, fmt.Sprintf("cluster %q is not this node's", hello.Cluster),
+			fmt.Errorf("cluster %q, this node is in %q", hello.Cluster, n.cfg.Cluster)))
 	}
 	if NodeNum(hello.To) != n.cfg.Node {
-		return n.rejectHello(c, fmt.Errorf("dialler wanted node %d, this is node %d", hello.To, n.cfg.Node))
+		msg := fmt.Sprintf("dialler wanted node %d, this is node %d", hello.To, n.cfg.Node)
+		return n.rejectHello(c, refused(framing.RefuseWrongNode, msg, errors.New(msg)))
 	}
 	p := n.peer(NodeNum(hello.From))
 	if p == nil {
-		return n.rejectHello(c, fmt.Errorf("node %d is not a configured member", hello.From))
+		msg := fmt.Sprintf("node %d is not a member this node knows", hello.From)
+		return n.rejectHello(c, refused(framing.RefuseUnknownNode, msg, errors.New(msg)))
 	}
 	if int(hello.Channel) >= n.cfg.MaxChannels {
-		return n.rejectHello(c, fmt.Errorf("channel %d out of 0..%d", hello.Channel, n.cfg.MaxChannels-1))
+		msg := fmt.Sprintf("channel %d out of 0..%d", hello.Channel, n.cfg.MaxChannels-1)
+		return n.rejectHello(c, refused(framing.RefuseChannel, msg, errors.New(msg)))
 	}
 	if p.down.Load() {
 		// Declared down (CLMS's NODEDOWN): it may come back only after NodeUp,
 		// and must not reach a handler meanwhile.
-		return n.rejectHello(c, fmt.Errorf("node %d is declared down", p.num))
+		msg := fmt.Sprintf("node %d is declared down here", p.num)
+		return n.rejectHello(c, refused(framing.RefuseDeclaredDown, msg, errors.New(msg)))
+	}
+	if sec := n.sec.Load(); sec == nil && len(hello.Auth) > 0 {
+		return n.rejectHello(c, refused(framing.RefuseSecurity, "this node runs without security", errors.New("dialler authenticates, this node runs without security")))
 	}
 	ch := Channel(hello.Channel)
 	if k := n.inboundOn(p, ch); k >= n.cfg.MaxConnsPerChannel {
 		// Each would get a window of its own. (becomeReady checks again,
 		// race-free; this refuses before any work, and clearly.)
 		n.m.limitConnsPerChannel.Inc()
-		return n.rejectHello(c, fmt.Errorf("node %d already has %d connections on %s", p.num, k, ch))
+		return n.rejectHello(c, refused(framing.RefuseBusy, "too many connections on this channel", fmt.Errorf("node %d already has %d connections on %s", p.num, k, ch)))
 	}
 	c.peer, c.channel, c.incarnation = p, ch, hello.Incarnation
 	c.met = n.m.forConn(n.cfg.Node, p.num, ch)
@@ -79,6 +90,11 @@ func (n *Node) acceptHello(c *conn, f *framing.Frame) error {
 // dialler that completed the key exchange can produce it, which a replay of
 // a recorded first message cannot.
 func (n *Node) acceptConfirm(c *conn, f *framing.Frame) error {
+	if c.peer.down.Load() {
+		// Declared down after its hello: it must not reach a handler.
+		msg := fmt.Sprintf("node %d is declared down here", c.peer.num)
+		return n.rejectHello(c, refused(framing.RefuseDeclaredDown, msg, errors.New(msg)))
+	}
 	ss := c.session.Load()
 	if ss == nil {
 		// Before our answer: not a dialler that read it, a replay.
@@ -103,20 +119,24 @@ func (n *Node) acceptConfirm(c *conn, f *framing.Frame) error {
 	return n.becomeReady(c)
 }
 
-// rejectHello refuses a connection: a bare refusal for the dialler's
-// benefit, a log line and a metric, then the close.
+// rejectHello refuses a connection: a refusal frame saying why, as far as
+// that leaks nothing (see refusalFor), a log line and a metric, then the
+// close.
 func (n *Node) rejectHello(c *conn, why error) error {
 	n.m.handshakeRejects.Inc()
-	h := framing.Header{Type: framing.TypeHelloAck, Status: uint16(StatusAuthError)}
-	var b [framing.HeaderSize]byte
-	h.Encode(b[:])
+	r := refusalFor(why)
+	r.Version = n.version
+	var b [framing.HeaderSize + 3 + framing.MaxRefusalDetail]byte
+	frame := framing.AppendRefusal(b[:framing.HeaderSize], &r)
+	h := framing.Header{Type: framing.TypeRefuse, Length: uint32(len(frame) - framing.HeaderSize)}
+	h.Encode(frame)
 	c.wmu.Lock()
 	if c.fd >= 0 && c.tx == nil {
-		_, _ = c.writev(c.fd, [][]byte{b[:]}) // best effort: tell the dialler it was refused
+		_, _ = c.writev(c.fd, [][]byte{frame}) // best effort: tell the dialler why
 	}
 	c.wmu.Unlock()
 	c.markClosed()
-	return fmt.Errorf("%w: %w", ErrHandshake, why)
+	return fmt.Errorf("%w (%s): %w", ErrHandshake, r.Reason, why)
 }
 
 // becomeReady puts an accepted, authenticated connection to work: it joins
@@ -133,7 +153,11 @@ func (n *Node) becomeReady(c *conn) error {
 	if w > 0 {
 		c.recv = newRecvCredit(w, n.cfg.MaxCreditWindow) // before joinLink publishes c to the gauges
 	}
-	c.linkGen = n.joinLink(p, c.incarnation, c)
+	var err error
+	if c.linkGen, err = n.joinLink(p, c.incarnation, c); err != nil {
+		c.ready = false // never joined: its close is no link loss
+		return n.rejectHello(c, err)
+	}
 	if k := n.inboundOn(p, ch); k > n.cfg.MaxConnsPerChannel {
 		// Counted after joining, so two racing handshakes cannot both
 		// slip under the bound. Not ready: its close is no link loss.
@@ -142,7 +166,7 @@ func (n *Node) becomeReady(c *conn) error {
 		p.mu.Unlock()
 		c.ready = false
 		n.m.limitConnsPerChannel.Inc()
-		return n.rejectHello(c, fmt.Errorf("node %d already has %d connections on %s", p.num, k-1, ch))
+		return n.rejectHello(c, refused(framing.RefuseBusy, "too many connections on this channel", fmt.Errorf("node %d already has %d connections on %s", p.num, k-1, ch)))
 	}
 	if w > 0 {
 		n.m.watchReceiveWindow(n, p, ch)
@@ -187,7 +211,7 @@ func replyChannelFor(ch Channel) Channel {
 
 func (n *Node) hello(to NodeNum, ch Channel) *framing.Hello {
 	return &framing.Hello{
-		Version:     framing.ProtocolVersion,
+		Version:     n.version,
 		From:        uint32(n.cfg.Node),
 		To:          uint32(to),
 		Channel:     uint8(ch),
@@ -197,72 +221,102 @@ func (n *Node) hello(to NodeNum, ch Channel) *framing.Hello {
 }
 
 // outConn returns the connection this node sends to p on ch, dialling it if
-// needed. Concurrent callers share one dial.
+// needed. Concurrent callers share one dial, which runs on its own
+// goroutine bounded by DialTimeout; each caller waits for it only as long
+// as its ctx allows. After a failed dial, dials to p wait out a backoff
+// (see peer.dialFailedLocked) and calls meanwhile fail at once.
 func (n *Node) outConn(ctx context.Context, p *peer, ch Channel) (*conn, error) {
 	if c := p.out[ch].Load(); c != nil {
 		return c, nil
 	}
-	for {
-		if n.closed.Load() {
+	if n.closed.Load() {
+		return nil, ErrClosed
+	}
+	if p.down.Load() {
+		return nil, fmt.Errorf("%w: node %d", ErrNodeDown, p.num)
+	}
+	p.mu.Lock()
+	if c := p.out[ch].Load(); c != nil {
+		p.mu.Unlock()
+		return c, nil
+	}
+	d := p.dialing[ch]
+	if d == nil {
+		if wait := time.Until(p.retryAt); wait > 0 {
+			last := p.lastDialErr
+			p.mu.Unlock()
+			n.m.dialBackoffRefusals.Inc()
+			return nil, fmt.Errorf("%w: node %d: next dial in %v after %w", ErrNodeDown, p.num, wait.Round(time.Millisecond), last)
+		}
+		d = &dialResult{done: make(chan struct{})}
+		p.dialing[ch] = d
+		if !n.goOwned(func() { n.routineDial(p, ch, d) }) {
+			p.dialing[ch] = nil
+			p.mu.Unlock()
 			return nil, ErrClosed
 		}
-		if p.down.Load() {
-			return nil, fmt.Errorf("%w: node %d", ErrNodeDown, p.num)
-		}
-		p.mu.Lock()
-		if c := p.out[ch].Load(); c != nil {
-			p.mu.Unlock()
-			return c, nil
-		}
-		if w := p.dialing[ch]; w != nil {
-			p.mu.Unlock()
-			select {
-			case <-w:
-				continue
-			case <-ctx.Done():
-				return nil, ctxError(ctx)
-			}
-		}
-		w := make(chan struct{})
-		p.dialing[ch] = w
-		p.mu.Unlock()
+	}
+	p.mu.Unlock()
+	select {
+	case <-d.done:
+		return d.c, d.err
+	case <-ctx.Done():
+		return nil, ctxError(ctx)
+	}
+}
 
-		c, err := n.dial(ctx, p, ch)
+// dialResult is the outcome of one dial, shared by every caller waiting for
+// it: c and err are written before done closes.
+type dialResult struct {
+	done chan struct{}
+	c    *conn
+	err  error
+}
 
-		p.mu.Lock()
-		p.dialing[ch] = nil
-		close(w)
-		if err == nil {
-			if c.linkGen != p.linkGen.Load() || n.closed.Load() {
-				err = fmt.Errorf("%w: node %d: link lost while dialling", ErrNodeDown, p.num)
-				c.close()
-			} else {
-				p.out[ch].Store(c)
-			}
+// routineDial dials p on ch for outConn's callers, bounded by DialTimeout
+// and the node's life, and publishes the connection unless the link ended
+// (or p was declared down) while it was being made.
+func (n *Node) routineDial(p *peer, ch Channel, d *dialResult) {
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.DialTimeout)
+	defer cancel()
+	p.dialAttempts.Inc()
+	c, err := n.dial(ctx, p, ch)
+	p.mu.Lock()
+	p.dialing[ch] = nil
+	switch {
+	case err != nil:
+		if !n.closed.Load() {
+			p.dialFailedLocked(n.cfg, err)
 		}
-		p.mu.Unlock()
-		if err != nil {
-			return nil, err
-		}
-		return c, nil
+	case n.closed.Load():
+		err = ErrClosed
+	case p.down.Load() || c.linkGen != p.linkGen.Load():
+		err = fmt.Errorf("%w: node %d: link lost while dialling", ErrNodeDown, p.num)
+	default:
+		p.out[ch].Store(c)
+		p.dialFailures, p.retryAt, p.lastDialErr = 0, time.Time{}, nil
+	}
+	if err != nil && c != nil {
+		c.close()
+		c = nil
+	}
+	d.c, d.err = c, err
+	close(d.done)
+	p.mu.Unlock()
+	if err != nil {
+		p.dialErrors.Inc()
 	}
 }
 
 // dial connects to p for channel ch, does the handshake on the plain socket
 // and then hands the socket to a gnet event loop.
-func (n *Node) dial(ctx context.Context, p *peer, ch Channel) (*conn, error) {
+// dctx bounds all of it, the handshake's reads and the wait for the loop
+// included.
+func (n *Node) dial(dctx context.Context, p *peer, ch Channel) (*conn, error) {
 	addr := *p.addr.Load()
-	dctx, cancel := context.WithTimeout(n.ctx, n.cfg.DialTimeout)
-	defer cancel()
-	stop := context.AfterFunc(ctx, cancel)
-	defer stop()
-
 	d := net.Dialer{LocalAddr: n.localDialAddr()}
 	nc, err := d.DialContext(dctx, "tcp", addr)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctxError(ctx)
-		}
 		return nil, fmt.Errorf("%w: node %d at %s: %v", ErrNodeDown, p.num, addr, err)
 	}
 	ok := false
@@ -274,6 +328,9 @@ func (n *Node) dial(ctx context.Context, p *peer, ch Channel) (*conn, error) {
 	if dl, has := dctx.Deadline(); has {
 		_ = nc.SetDeadline(dl)
 	}
+	// Close cancels dctx: the handshake's reads must not wait it out.
+	stop := context.AfterFunc(dctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
 	mine := n.hello(p.num, ch)
 	sec := n.sec.Load()
 	var hs *noise.HandshakeState
@@ -292,23 +349,33 @@ func (n *Node) dial(ctx context.Context, p *peer, ch Channel) (*conn, error) {
 	if _, err := io.ReadFull(nc, hb[:]); err != nil {
 		return nil, fmt.Errorf("%w: node %d at %s: no handshake answer: %v", ErrNodeDown, p.num, addr, err)
 	}
-	ah, err := framing.DecodeHeader(hb[:], framing.MaxHelloAuth+framing.MaxClusterName+64)
-	if err != nil || ah.Type != framing.TypeHelloAck {
-		return nil, fmt.Errorf("%w: node %d at %s: bad handshake answer (%v)", ErrHandshake, p.num, addr, err)
-	}
-	if ah.Status != 0 {
-		return nil, fmt.Errorf("%w: node %d at %s refused us: %v (wrong cluster, unknown node or version?)", ErrHandshake, p.num, addr, Status(ah.Status).Err())
+	ah, err := framing.DecodeHeader(hb[:], maxHelloFrame)
+	switch {
+	case errors.Is(err, framing.ErrBadVersion):
+		return nil, fmt.Errorf("%w: node %d at %s answered in another protocol version (%v)", ErrVersMismatch, p.num, addr, err)
+	case err != nil || (ah.Type != framing.TypeHelloAck && ah.Type != framing.TypeRefuse):
+		return nil, fmt.Errorf("%w: node %d at %s: bad handshake answer (%v %v)", ErrHandshake, p.num, addr, ah.Type, err)
+	case ah.Type == framing.TypeHelloAck && ah.Status != 0:
+		// A bare refusal, as nodes sent before the refusal frame.
+		return nil, &HandshakeError{Node: p.num, Addr: addr}
 	}
 	payload := make([]byte, ah.Length)
 	if _, err := io.ReadFull(nc, payload); err != nil {
 		return nil, fmt.Errorf("%w: node %d at %s: short handshake answer: %v", ErrNodeDown, p.num, addr, err)
 	}
+	if ah.Type == framing.TypeRefuse {
+		r, err := framing.DecodeRefusal(payload)
+		if err != nil {
+			return nil, fmt.Errorf("%w: node %d at %s refused us: %v", ErrHandshake, p.num, addr, err)
+		}
+		return nil, &HandshakeError{Node: p.num, Addr: addr, Reason: r.Reason, Version: r.Version, Detail: r.Detail}
+	}
 	ack, err := framing.DecodeHello(payload)
 	switch {
 	case err != nil:
 		return nil, fmt.Errorf("%w: node %d at %s: %v", ErrHandshake, p.num, addr, err)
-	case ack.Version != framing.ProtocolVersion:
-		return nil, fmt.Errorf("%w: node %d at %s speaks version %d, we speak %d", ErrVersMismatch, p.num, addr, ack.Version, framing.ProtocolVersion)
+	case ack.Version != n.version:
+		return nil, fmt.Errorf("%w: node %d at %s speaks version %d, we speak %d", ErrVersMismatch, p.num, addr, ack.Version, n.version)
 	case ack.Cluster != n.cfg.Cluster || NodeNum(ack.From) != p.num || NodeNum(ack.To) != n.cfg.Node || Channel(ack.Channel) != ch:
 		return nil, fmt.Errorf("%w: %s answered as node %d of cluster %q, expected node %d of %q", ErrHandshake, addr, ack.From, ack.Cluster, p.num, n.cfg.Cluster)
 	}
@@ -316,7 +383,8 @@ func (n *Node) dial(ctx context.Context, p *peer, ch Channel) (*conn, error) {
 	if sec != nil {
 		var confirm []byte
 		if ss, confirm, err = sec.finishInitiate(hs, ack); err != nil {
-			return nil, fmt.Errorf("%w: node %d at %s: %v", ErrHandshake, p.num, addr, err)
+			// Our check of its answer failed: we know which.
+			return nil, fmt.Errorf("%w: node %d at %s: its answer failed our check: %v", ErrHandshake, p.num, addr, err)
 		}
 		ch := framing.Header{Type: framing.TypeConfirm, Length: uint32(len(confirm))}
 		frame := make([]byte, framing.HeaderSize, framing.HeaderSize+len(confirm))
@@ -337,7 +405,9 @@ func (n *Node) dial(ctx context.Context, p *peer, ch Channel) (*conn, error) {
 		// No credit until the acceptor's first grant, right behind its ack.
 		c.credit = n.m.newSendCredit(n, p, ch)
 	}
-	c.linkGen = n.joinLink(p, ack.Incarnation, nil)
+	if c.linkGen, err = n.joinLink(p, ack.Incarnation, nil); err != nil {
+		return nil, err
+	}
 	c.ready = true
 	// gnet's enrolment waits for the event loop to take the socket; a loop
 	// stopped meanwhile would leave that wait hanging for ever. Close waits
@@ -352,8 +422,19 @@ func (n *Node) dial(ctx context.Context, p *peer, ch Channel) (*conn, error) {
 		return nil, fmt.Errorf("%w: cannot register connection: %v", ErrClosed, err)
 	}
 	ok = true // gnet duplicates the socket and closes nc itself
-	if r := <-res; r.Err != nil {
-		return nil, fmt.Errorf("%w: node %d: cannot register connection: %v", ErrCantSend, p.num, r.Err)
+	select {
+	case r := <-res:
+		if r.Err != nil {
+			return nil, fmt.Errorf("%w: node %d: cannot register connection: %v", ErrCantSend, p.num, r.Err)
+		}
+	case <-dctx.Done():
+		// A loop that has not taken the socket by now (descriptors
+		// exhausted, loops overloaded) must not hold the callers for ever.
+		// If it takes it later, OnOpen sees the dial abandoned and closes it.
+		if !c.enrol.CompareAndSwap(enrolPending, enrolAbandoned) {
+			c.close() // OnOpen ran meanwhile
+		}
+		return nil, fmt.Errorf("%w: node %d: the event loop did not take the connection in time", ErrNodeDown, p.num)
 	}
 	c.wmu.Lock()
 	attached := c.fd >= 0

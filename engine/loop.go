@@ -157,6 +157,11 @@ func (h *loopHandler) OnTraffic(gc gnet.Conn) gnet.Action {
 	buf, _ := gc.Peek(-1)
 	off, err := c.readFrames(buf)
 	if err != nil {
+		if errors.Is(err, framing.ErrBadVersion) && !c.outbound && c.peer == nil {
+			// A hello whose header is of another version: still answer,
+			// so the dialler learns "version", not "node down".
+			err = h.n.rejectHello(c, refused(framing.RefuseVersion, fmt.Sprintf("this node speaks protocol version %d", h.n.version), err))
+		}
 		h.n.closeReason(c, gc, err)
 		return gnet.Close
 	}
@@ -295,7 +300,12 @@ func (h *loopHandler) OnClose(gc gnet.Conn, err error) gnet.Action {
 		return gnet.None
 	}
 	if c.outbound {
-		p.out[c.channel].CompareAndSwap(c, nil)
+		if !p.out[c.channel].CompareAndSwap(c, nil) {
+			// Never published (a dial that gave up or lost its link), or
+			// already unpublished by the end of its link: its close is no
+			// news about the current link.
+			return gnet.None
+		}
 	} else {
 		p.mu.Lock()
 		delete(p.inbound, c)
@@ -364,11 +374,11 @@ func (c *conn) handleFrame(f *framing.Frame) error {
 		case c.peer == nil && f.Type == framing.TypeHello:
 			return c.n.acceptHello(c, f)
 		}
-		c.n.m.handshakeRejects.Inc()
 		if c.peer != nil {
 			c.n.m.authFailures.Inc() // a dialler that skips the confirmation: a replay
 		}
-		return fmt.Errorf("%w: %s frame during handshake", ErrHandshake, f.Type)
+		return c.n.rejectHello(c, refused(framing.RefuseBadHello, fmt.Sprintf("%s frame during the handshake", f.Type),
+			fmt.Errorf("%s frame during handshake", f.Type)))
 	}
 	c.met.framesIn.Inc()
 	c.met.bytesIn.Add(framing.HeaderSize + len(f.Payload))
@@ -380,6 +390,11 @@ func (c *conn) handleFrame(f *framing.Frame) error {
 		if !priorityFits(c.channel, f.Priority) {
 			// A priority-0 frame on a priority channel would bypass credit.
 			return fmt.Errorf("%s frame of priority %d on %s connection", f.Type, f.Priority, c.channel)
+		}
+		if svcCh := Channel(f.Service.Channel()); c.channel.IsServiceChannel() && svcCh != c.channel {
+			// A service's requests spend its own channel's credit and wait
+			// in its own queue: one on another channel would dodge both.
+			return fmt.Errorf("%s frame for service %s on %s connection", f.Type, f.Service, c.channel)
 		}
 		if err := c.spend(framing.HeaderSize + len(f.Payload)); err != nil {
 			return err

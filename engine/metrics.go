@@ -59,38 +59,42 @@ type familyDoc struct{ typ, help string }
 
 // families documents every family the engine writes: its TYPE and HELP.
 var families = map[string]familyDoc{
-	"ci_ics_client_calls_total":         {"counter", "RPCs this node made (Call, Go, GoFunc), by service and procedure, whatever their outcome."},
-	"ci_ics_client_errors_total":        {"counter", "RPCs this node made that failed, by service, procedure and CI status code; code=\"failed\" includes declared errors."},
-	"ci_ics_client_duration_seconds":    {"histogram", "Time a caller waited for an RPC's outcome, by service and procedure."},
-	"ci_ics_client_peer_calls_total":    {"counter", "RPCs this node made, by peer."},
-	"ci_ics_client_peer_errors_total":   {"counter", "RPCs this node made that failed, by peer and CI status code."},
-	"ci_ics_server_calls_total":         {"counter", "Requests and one-way messages this node's handlers served, by service and procedure."},
-	"ci_ics_server_errors_total":        {"counter", "Requests and one-way messages whose handler failed, by service, procedure and CI status code; code=\"failed\" includes declared errors."},
-	"ci_ics_server_duration_seconds":    {"histogram", "Time from a request's arrival until its handler returned and its reply was handed to the connection (waiting for a server handle included), by service and procedure."},
-	"ci_ics_server_refused_total":       {"counter", "Requests refused before any handler ran (unknown service or procedure, version mismatch, too many in flight), by CI status code."},
-	"ci_ics_oneway_sent_total":          {"counter", "One-way messages handed to a connection."},
-	"ci_ics_late_replies_total":         {"counter", "Replies that arrived after their caller gave up or the peer was declared down."},
-	"ci_ics_bad_frames_total":           {"counter", "Frames that did not parse; each one closes its connection."},
-	"ci_ics_cancels_sent_total":         {"counter", "Cancel frames sent for calls whose caller gave up (deadline, cancel) before the reply."},
-	"ci_ics_cancels_received_total":     {"counter", "Cancel frames that found their request still running or queued and cancelled its handler's context."},
-	"ci_ics_cancelled_replies_total":    {"counter", "Replies not sent, or handlers not run, because the caller had cancelled the request or its deadline had passed."},
-	"ci_ics_draining_refused_total":     {"counter", "Requests this node refused with ErrShuttingDown while draining (Shutdown)."},
-	"ci_ics_handshake_rejects_total":    {"counter", "Connections refused during the handshake."},
-	"ci_ics_peer_losses_total":          {"counter", "Links to a peer that ended (connection lost, peer restarted, declared down)."},
-	"ci_ics_auth_failures_total":        {"counter", "Handshakes that failed authentication."},
-	"ci_ics_limit_hits_total":           {"counter", "Times a bound against hostile or broken peers triggered, by limit."},
-	"ci_ics_requests_by_priority_total": {"counter", "Requests and one-way messages by ICS priority and direction."},
-	"ci_ics_frames_in_total":            {"counter", "Frames received, by peer and channel."},
-	"ci_ics_bytes_in_total":             {"counter", "Bytes received, by peer and channel."},
-	"ci_ics_frames_out_total":           {"counter", "Frames sent, by peer and channel."},
-	"ci_ics_bytes_out_total":            {"counter", "Bytes sent, by peer and channel."},
-	"ci_ics_credit_available_bytes":     {"gauge", "Send credit left on the current connection to a peer, by channel."},
-	"ci_ics_credit_waits_total":         {"counter", "Sends that had to wait for credit, by peer and channel."},
-	"ci_ics_throttled_total":            {"counter", "Sends that gave up waiting for credit (ErrThrottled), by peer and channel."},
-	"ci_ics_credit_window_bytes":        {"gauge", "Receive window granted to a peer, by channel."},
-	"ci_ics_credit_held_bytes":          {"gauge", "Bytes received from a peer and waiting for a server handle, by channel."},
-	"ci_ics_handles":                    {"gauge", "Server handles of a service, by state (busy, idle)."},
-	"ci_ics_handles_queued":             {"gauge", "Requests waiting for a server handle of a service."},
+	"ci_ics_client_calls_total":          {"counter", "RPCs this node made (Call, Go, GoFunc), by service and procedure, whatever their outcome."},
+	"ci_ics_client_errors_total":         {"counter", "RPCs this node made that failed, by service, procedure and CI status code; code=\"failed\" includes declared errors."},
+	"ci_ics_client_duration_seconds":     {"histogram", "Time a caller waited for an RPC's outcome, by service and procedure."},
+	"ci_ics_client_peer_calls_total":     {"counter", "RPCs this node made, by peer."},
+	"ci_ics_client_peer_errors_total":    {"counter", "RPCs this node made that failed, by peer and CI status code."},
+	"ci_ics_server_calls_total":          {"counter", "Requests and one-way messages this node's handlers served, by service and procedure."},
+	"ci_ics_server_errors_total":         {"counter", "Requests and one-way messages whose handler failed, by service, procedure and CI status code; code=\"failed\" includes declared errors."},
+	"ci_ics_server_duration_seconds":     {"histogram", "Time from a request's arrival until its handler returned and its reply was handed to the connection (waiting for a server handle included), by service and procedure."},
+	"ci_ics_server_refused_total":        {"counter", "Requests refused before any handler ran (unknown service or procedure, version mismatch, too many in flight), by CI status code."},
+	"ci_ics_oneway_sent_total":           {"counter", "One-way messages handed to a connection."},
+	"ci_ics_late_replies_total":          {"counter", "Replies that arrived after their caller gave up or the peer was declared down."},
+	"ci_ics_bad_frames_total":            {"counter", "Frames that did not parse; each one closes its connection."},
+	"ci_ics_cancels_sent_total":          {"counter", "Cancel frames sent for calls whose caller gave up (deadline, cancel) before the reply."},
+	"ci_ics_cancels_received_total":      {"counter", "Cancel frames that found their request still running or queued and cancelled its handler's context."},
+	"ci_ics_cancelled_replies_total":     {"counter", "Replies not sent, or handlers not run, because the caller had cancelled the request or its deadline had passed."},
+	"ci_ics_draining_refused_total":      {"counter", "Requests this node refused with ErrShuttingDown while draining (Shutdown)."},
+	"ci_ics_handshake_rejects_total":     {"counter", "Connections refused during the handshake."},
+	"ci_ics_peer_losses_total":           {"counter", "Links to a peer that ended (connection lost, peer restarted, declared down)."},
+	"ci_ics_stale_replies_dropped_total": {"counter", "Replies not sent because the link their request came on had ended: the caller was failed already, and the peer may have restarted."},
+	"ci_ics_dial_attempts_total":         {"counter", "Connections this node tried to dial, by peer."},
+	"ci_ics_dial_failures_total":         {"counter", "Dials that failed (refused, timed out, handshake refused), by peer."},
+	"ci_ics_dial_backoff_refusals_total": {"counter", "Calls failed at once because the peer's last dial failed and its backoff had not run out."},
+	"ci_ics_auth_failures_total":         {"counter", "Handshakes that failed authentication."},
+	"ci_ics_limit_hits_total":            {"counter", "Times a bound against hostile or broken peers triggered, by limit."},
+	"ci_ics_requests_by_priority_total":  {"counter", "Requests and one-way messages by ICS priority and direction."},
+	"ci_ics_frames_in_total":             {"counter", "Frames received, by peer and channel."},
+	"ci_ics_bytes_in_total":              {"counter", "Bytes received, by peer and channel."},
+	"ci_ics_frames_out_total":            {"counter", "Frames sent, by peer and channel."},
+	"ci_ics_bytes_out_total":             {"counter", "Bytes sent, by peer and channel."},
+	"ci_ics_credit_available_bytes":      {"gauge", "Send credit left on the current connection to a peer, by channel."},
+	"ci_ics_credit_waits_total":          {"counter", "Sends that had to wait for credit, by peer and channel."},
+	"ci_ics_throttled_total":             {"counter", "Sends that gave up waiting for credit (ErrThrottled), by peer and channel."},
+	"ci_ics_credit_window_bytes":         {"gauge", "Receive window granted to a peer, by channel."},
+	"ci_ics_credit_held_bytes":           {"gauge", "Bytes received from a peer and waiting for a server handle, by channel."},
+	"ci_ics_handles":                     {"gauge", "Server handles of a service, by state (busy, idle)."},
+	"ci_ics_handles_queued":              {"gauge", "Requests waiting for a server handle of a service."},
 }
 
 // exporter writes the engine's families into a user's metrics.Set, each
@@ -348,7 +352,7 @@ type nodeMetrics struct {
 	refused codeCounters
 
 	lateReplies, badFrames, handshakeRejects, peerLosses *metrics.Counter
-	oneWaySent                                           *metrics.Counter
+	oneWaySent, staleReplies, dialBackoffRefusals        *metrics.Counter
 	cancelsSent, cancelsReceived, cancelledReplies       *metrics.Counter
 	drainingRefused                                      *metrics.Counter
 
@@ -373,19 +377,21 @@ func newNodeMetrics(set *metrics.Set, node NodeNum) *nodeMetrics {
 		return e.counter(name, l+extra)
 	}
 	m := &nodeMetrics{
-		set:              set,
-		exp:              e,
-		node:             l,
-		refused:          codeCounters{exp: e, family: "ci_ics_server_refused_total", labels: l},
-		lateReplies:      c("ci_ics_late_replies_total", ""),
-		badFrames:        c("ci_ics_bad_frames_total", ""),
-		handshakeRejects: c("ci_ics_handshake_rejects_total", ""),
-		peerLosses:       c("ci_ics_peer_losses_total", ""),
-		oneWaySent:       c("ci_ics_oneway_sent_total", ""),
-		cancelsSent:      c("ci_ics_cancels_sent_total", ""),
-		cancelsReceived:  c("ci_ics_cancels_received_total", ""),
-		cancelledReplies: c("ci_ics_cancelled_replies_total", ""),
-		drainingRefused:  c("ci_ics_draining_refused_total", ""),
+		set:                 set,
+		exp:                 e,
+		node:                l,
+		refused:             codeCounters{exp: e, family: "ci_ics_server_refused_total", labels: l},
+		lateReplies:         c("ci_ics_late_replies_total", ""),
+		badFrames:           c("ci_ics_bad_frames_total", ""),
+		handshakeRejects:    c("ci_ics_handshake_rejects_total", ""),
+		peerLosses:          c("ci_ics_peer_losses_total", ""),
+		oneWaySent:          c("ci_ics_oneway_sent_total", ""),
+		staleReplies:        c("ci_ics_stale_replies_dropped_total", ""),
+		dialBackoffRefusals: c("ci_ics_dial_backoff_refusals_total", ""),
+		cancelsSent:         c("ci_ics_cancels_sent_total", ""),
+		cancelsReceived:     c("ci_ics_cancels_received_total", ""),
+		cancelledReplies:    c("ci_ics_cancelled_replies_total", ""),
+		drainingRefused:     c("ci_ics_draining_refused_total", ""),
 	}
 	m.client.m = m
 	m.client.byMethod.Store(&map[uint64]*procMetrics{})

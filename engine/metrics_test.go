@@ -362,6 +362,10 @@ func TestMetricsExposed(t *testing.T) {
 	if _, err := nodes[0].Call(ctxFor(t, 5*time.Second), 2, Method{Service: echoSvc, Proc: 9}, nil, nil); err == nil {
 		t.Fatal("call to a missing procedure succeeded")
 	}
+	// The handle is marked idle only after its reply went out, which may
+	// be after the caller has it: wait for that, do not race it.
+	pool := nodes[1].lookupService(echoSvc).pool
+	eventually(t, "the echo handle idle", func() bool { return pool.running.Load() == 0 })
 	ch := "channel=" + ChanFirstService.String()
 	checks := []struct {
 		n      *Node

@@ -84,10 +84,8 @@ type handle struct {
 	idx  uint32
 	next atomic.Uint32
 	wake chan struct{}
-	job  job // the one being served; a field so that it is not allocated per job
-	ctx  handlerCtx
-	req  Request
-	resp Response
+	job  job        // the one being served; a field so that it is not allocated per job
+	st   serveState // what its requests reuse, see Node.serve
 }
 
 const poolRingSize = 1024

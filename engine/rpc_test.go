@@ -286,6 +286,10 @@ func TestDeadlineAndLateReply(t *testing.T) {
 		resp.Body = append(resp.Body, "late"...)
 		return nil
 	}, echo}, MaxHandles: 2})
+	// Connect first: the short deadline below is for the call, not a dial.
+	if _, err := nodes[0].Call(ctxFor(t, 10*time.Second), 2, Method{Service: echoSvc, Proc: 1}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	_, err := nodes[0].Call(ctx, 2, Method{Service: echoSvc}, nil, nil)
@@ -309,8 +313,43 @@ func TestDeadlineAndLateReply(t *testing.T) {
 
 	cctx, ccancel := context.WithCancel(context.Background())
 	ccancel()
-	if _, err := nodes[0].Call(cctx, 2, Method{Service: echoSvc, Proc: 1}, nil, nil); !errors.Is(err, ErrIntr) && !errors.Is(err, context.Canceled) {
-		t.Fatalf("cancelled call: %v", err)
+	if _, err := nodes[0].Call(cctx, 2, Method{Service: echoSvc, Proc: 1}, nil, nil); !errors.Is(err, ErrIntr) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled call: %v, want ErrIntr wrapping Canceled", err)
+	}
+}
+
+// TestCancelInFlight: cancelling a call while it waits for its reply ends
+// it at once with ErrIntr (not ErrTimedOut), frees its handle, and the
+// reply that comes later is dropped: on the server, which has the
+// caller's cancel frame.
+func TestCancelInFlight(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	arrived, release := make(chan struct{}), make(chan struct{})
+	mustRegister(t, nodes[1], Service{ID: echoSvc, MaxHandles: 2, Procs: []Handler{func(context.Context, *Request, *Response) error {
+		close(arrived)
+		<-release
+		return nil
+	}}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := nodes[0].Call(ctx, 2, Method{Service: echoSvc}, nil, nil)
+		done <- err
+	}()
+	<-arrived // in flight: the request is being served
+	cancel()
+	err := <-done
+	if !errors.Is(err, ErrIntr) || errors.Is(err, ErrTimedOut) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v, want ErrIntr wrapping context.Canceled", err)
+	}
+	if n := nodes[0].handles.inUse.Load(); n != 0 {
+		t.Fatalf("%d client handles still in use", n)
+	}
+	eventually(t, "the cancel frame received", func() bool { return nodes[1].m.cancelsReceived.Get() == 1 })
+	close(release)
+	eventually(t, "the late reply dropped", func() bool { return nodes[1].m.cancelledReplies.Get() == 1 })
+	if n := nodes[0].m.lateReplies.Get(); n != 0 {
+		t.Fatalf("%d late replies reached the caller", n)
 	}
 }
 

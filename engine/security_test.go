@@ -86,19 +86,20 @@ func TestSecureRejections(t *testing.T) {
 	stranger, _ := GenerateNodeKey()
 
 	cases := []struct {
-		name string
-		num  NodeNum
-		sec  *Security
+		name   string
+		num    NodeNum
+		sec    *Security
+		reason framing.RefuseReason
 	}{
-		{"no authentication", 1, nil},
-		{"wrong cluster key", 1, &Security{Mode: SecurityEncrypt, NodeKey: keys[1], ClusterKeys: []ClusterKey{otherCK}, PeerKeys: map[NodeNum]PublicKey{2: keys[2].Public}}},
-		{"another node's number", 1, &Security{Mode: SecurityEncrypt, NodeKey: stranger, ClusterKeys: []ClusterKey{ck}, PeerKeys: map[NodeNum]PublicKey{2: keys[2].Public}}},
-		{"authenticate-only dialler", 1, &Security{Mode: SecurityAuthenticate, NodeKey: keys[1], ClusterKeys: []ClusterKey{ck}, PeerKeys: map[NodeNum]PublicKey{2: keys[2].Public}}},
-		{"wrong key for the target", 1, &Security{Mode: SecurityEncrypt, NodeKey: keys[1], ClusterKeys: []ClusterKey{ck}, PeerKeys: map[NodeNum]PublicKey{2: stranger.Public}}},
+		{"no authentication", 1, nil, framing.RefuseSecurity},
+		{"wrong cluster key", 1, &Security{Mode: SecurityEncrypt, NodeKey: keys[1], ClusterKeys: []ClusterKey{otherCK}, PeerKeys: map[NodeNum]PublicKey{2: keys[2].Public}}, framing.RefuseClusterKey},
+		{"another node's number", 1, &Security{Mode: SecurityEncrypt, NodeKey: stranger, ClusterKeys: []ClusterKey{ck}, PeerKeys: map[NodeNum]PublicKey{2: keys[2].Public}}, framing.RefuseAuth},
+		{"authenticate-only dialler", 1, &Security{Mode: SecurityAuthenticate, NodeKey: keys[1], ClusterKeys: []ClusterKey{ck}, PeerKeys: map[NodeNum]PublicKey{2: keys[2].Public}}, framing.RefuseSecurity},
+		{"wrong key for the target", 1, &Security{Mode: SecurityEncrypt, NodeKey: keys[1], ClusterKeys: []ClusterKey{ck}, PeerKeys: map[NodeNum]PublicKey{2: stranger.Public}}, framing.RefuseAuth},
 	}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			before := failures()
+			before, rejectsBefore := failures(), target.m.handshakeRejects.Get()
 			cfg := DefaultConfig()
 			cfg.Node, cfg.Cluster = tc.num, "test"
 			cfg.ListenAddr = fmt.Sprintf("127.0.1.%d:0", i+1)
@@ -109,8 +110,13 @@ func TestSecureRejections(t *testing.T) {
 			if !errors.Is(err, ErrHandshake) {
 				t.Fatalf("got %v, want ErrHandshake", err)
 			}
-			if tc.name != "wrong key for the target" { // that one is caught by the dialler itself
-				eventually(t, "rejection counted", func() bool { return failures() > before })
+			refusedAs(t, err, tc.reason)
+			// Counted before the refusal was written: no waiting.
+			if got := target.m.handshakeRejects.Get() - rejectsBefore; got != 1 {
+				t.Fatalf("%d rejections counted, want 1", got)
+			}
+			if failures() <= before {
+				t.Fatal("rejection not counted")
 			}
 		})
 	}

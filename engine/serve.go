@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/clusterinfra/ci/framing"
 )
@@ -78,24 +79,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 			}
 			args = c.scratch
 		}
-		var ctx context.Context = &c.hctx
-		if rc != nil {
-			ctx = rc
-		} else {
-			c.hctx.reset(n.ctx, f.Priority)
-		}
-		c.req = Request{From: p.num, Service: f.Service, Proc: f.Proc, Priority: f.Priority, OneWay: f.Type == framing.TypeOneWay, Args: args}
-		c.resp.Body = c.resp.Body[:0]
-		err := n.runHandler(ctx, svc, &c.req, &c.resp, start)
-		c.req.Args = nil
-		code := svc.outcome(err, c.resp.Body)
-		if rc != nil && n.requestDone(c, rc) {
-			n.m.cancelledReplies.Inc()
-		} else if f.Type == framing.TypeRequest {
-			n.sendReply(nil, p, c.linkGen, &f.Header, svc, statusFor(err), replyBody(err, c.resp.Body))
-		}
-		svc.metrics[f.Proc].observe(time.Since(start).Seconds(), code)
-		c.resp.Body = trimBuffer(c.resp.Body)
+		n.serve(nil, svc, &f.Header, p, c, args, &c.st, start, rc)
 		n.retire(c, cost, &f.Header)
 		return
 	}
@@ -137,25 +121,9 @@ func (n *Node) runJob(w *handle, j *job) {
 		n.retire(j.conn, j.cost, &j.hdr)
 		return
 	}
-	var ctx context.Context = &w.ctx
-	if j.rc != nil {
-		ctx = j.rc
-	} else {
-		w.ctx.reset(n.ctx, j.hdr.Priority)
-	}
-	w.req = Request{From: j.from.num, Service: j.hdr.Service, Proc: j.hdr.Proc, Priority: j.hdr.Priority, OneWay: j.hdr.Type == framing.TypeOneWay, Args: *j.buf}
-	w.resp.Body = w.resp.Body[:0]
-	err := n.runHandler(ctx, j.svc, &w.req, &w.resp, j.start)
-	w.req.Args = nil
+	n.serve(n.ctx, j.svc, &j.hdr, j.from, j.conn, *j.buf, &w.st, j.start, j.rc)
+	// Only now: the handler may have replied with the arguments themselves.
 	n.putBuf(j.buf)
-	code := j.svc.outcome(err, w.resp.Body)
-	if j.rc != nil && n.requestDone(j.conn, j.rc) {
-		n.m.cancelledReplies.Inc() // the caller has gone: a reply would only be dropped there
-	} else if j.hdr.Type == framing.TypeRequest {
-		n.sendReply(n.ctx, j.from, j.conn.linkGen, &j.hdr, j.svc, statusFor(err), replyBody(err, w.resp.Body))
-	}
-	j.svc.metrics[j.hdr.Proc].observe(time.Since(j.start).Seconds(), code)
-	w.resp.Body = trimBuffer(w.resp.Body)
 	n.retire(j.conn, j.cost, &j.hdr)
 }
 
@@ -164,6 +132,78 @@ func (n *Node) runJob(w *handle, j *job) {
 func (n *Node) retire(c *conn, cost int, h *framing.Header) {
 	c.finished(cost, h)
 	n.doneServing()
+}
+
+// serveState is what serving a request reuses: a server handle owns one,
+// and so does each connection for its inline handlers. req and resp are
+// fields, not locals, because the handler is called through a func value
+// and they would escape: two allocations per request.
+type serveState struct {
+	req  Request
+	resp Response
+	own  []byte // the reply buffer, kept from request to request
+}
+
+// serve runs the handler for request h from p, which arrived on c at
+// start, and sends its reply, unless its caller cancelled it. ctx is nil
+// on an event loop (see sendReply). rc is the request's own context if it
+// can be cancelled or has a deadline (cancel.go); otherwise the handler
+// gets the shared, immutable per-priority one.
+//
+// Ownership, as the Handler documentation promises: args stays valid until
+// the reply has been sent; resp.Body starts as own[:0], and whatever slice
+// the handler leaves there is only read, until the reply is sent. Only own
+// (and what append grew it into) is ever written to or kept: a handler
+// that answers with req.Args or a shared slice gives the engine nothing.
+func (n *Node) serve(ctx context.Context, svc *service, h *framing.Header, p *peer, c *conn, args []byte, st *serveState, start time.Time, rc *reqCtx) {
+	st.req = Request{From: p.num, Service: h.Service, Proc: h.Proc, Priority: h.Priority, OneWay: h.Type == framing.TypeOneWay, Args: args}
+	st.resp.Body = st.own[:0]
+	hctx := n.handlerContext(h.Priority)
+	if rc != nil {
+		hctx = rc
+	}
+	err := n.runHandler(hctx, svc, &st.req, &st.resp, start)
+	code := svc.outcome(err, st.resp.Body)
+	if rc != nil && n.requestDone(c, rc) {
+		n.m.cancelledReplies.Inc() // the caller has gone: a reply would only be dropped there
+	} else if h.Type == framing.TypeRequest {
+		body := st.resp.Body
+		if err != nil {
+			// Never into resp.Body: it may be the handler's own slice.
+			st.own = append(st.own[:0], err.Error()...)
+			body = st.own
+		}
+		n.sendReply(ctx, p, c.linkGen, h, svc, statusFor(err), body)
+	}
+	svc.metrics[h.Proc].observe(time.Since(start).Seconds(), code)
+	st.own = keepBuffer(st.own, st.resp.Body)
+	st.req.Args, st.resp.Body = nil, nil // the handler's slices are not ours to keep
+}
+
+// keepBuffer picks the reply buffer to reuse after a handler left body in
+// resp.Body. body is reused only if it is own's memory (the handler
+// appended within its capacity). Anything else may belong to the handler:
+// then own is kept, or replaced with a fresh buffer of body's size if the
+// handler needed more room than own had, so that a handler appending the
+// same size every time allocates only the first time.
+func keepBuffer(own, body []byte) []byte {
+	if cap(body) > 0 && cap(own) > 0 && unsafe.SliceData(body[:cap(body)]) == unsafe.SliceData(own[:cap(own)]) {
+		return trimBuffer(body)
+	}
+	if len(body) > cap(own) && len(body) <= maxKeptBuffer {
+		return make([]byte, 0, len(body))
+	}
+	return trimBuffer(own)
+}
+
+// maxKeptBuffer bounds the reply buffer a handle keeps between requests.
+const maxKeptBuffer = 1 << 20
+
+// handlerContext is the context handlers of requests at prio run with. One
+// per priority, built once and never changed, so a handler may hand it to
+// goroutines that outlive it (Go, GoFunc) without racing the next request.
+func (n *Node) handlerContext(prio uint8) context.Context {
+	return &n.hctx[prio]
 }
 
 func (n *Node) replyDecodeError(c *conn, h *framing.Header, err error) {
@@ -195,19 +235,20 @@ func statusFor(err error) Status {
 	return statusOf(err)
 }
 
-// replyBody is the handler's results, or the error's text on failure.
-func replyBody(err error, body []byte) []byte {
-	if err != nil {
-		return append(body[:0], err.Error()...)
-	}
-	return body
-}
-
 // sendReply answers request h from p, which arrived on p's link gen. ctx
 // is nil on an event loop, where nothing may block: if the reply
 // connection is not up yet, the reply waits in the peer's reply queue for
 // the one goroutine that dials it.
+//
+// A reply goes out only on a connection of the request's own link: once
+// that link has ended (the connection dropped, the peer restarted, it was
+// declared down), its caller has already been failed, and the xid may name
+// a call of the peer's next run. Such a reply is dropped and counted.
 func (n *Node) sendReply(ctx context.Context, p *peer, gen uint64, h *framing.Header, svc *service, status Status, body []byte) {
+	if p.linkGen.Load() != gen {
+		n.m.staleReplies.Inc()
+		return
+	}
 	ch := ChanReply
 	if h.Priority > 0 {
 		ch = ChanReplyPrio
@@ -242,6 +283,12 @@ func (n *Node) sendReply(ctx context.Context, p *peer, gen uint64, h *framing.He
 			n.replyLost(p, gen, err)
 			return
 		}
+	}
+	if c.linkGen != gen {
+		// The reply connection was dialled for a later link: p's next run
+		// must not see this run's reply.
+		n.m.staleReplies.Inc()
+		return
 	}
 	if err := c.send(ctx, &rh, body); err != nil {
 		n.replyLost(p, gen, err)
@@ -311,6 +358,7 @@ func (n *Node) drainReplies(p *peer, ch Channel, q *replyQueue) {
 				err = errConnClosed
 			}
 			if err == nil && r.gen != c.linkGen {
+				n.m.staleReplies.Inc()
 				continue // its request's link ended while we dialled: its caller has failed already
 			}
 			if err == nil {

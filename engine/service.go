@@ -6,14 +6,33 @@ import (
 	"github.com/clusterinfra/ci/framing"
 )
 
-// Handler serves one procedure. req.Args is valid only until the handler
-// returns; the handler appends its results to resp.Body. A returned error
-// travels back to the caller (see RemoteError); return ErrCantDecodeArgs
-// for arguments that do not parse.
+// Handler serves one procedure. A returned error travels back to the caller
+// (see RemoteError); return ErrCantDecodeArgs for arguments that do not
+// parse.
+//
+// Who owns which slice:
+//   - req.Args belongs to the engine. The handler may read it until it
+//     returns, and may reply with it (resp.Body = req.Args); it must not
+//     keep it, or any slice of it, after returning: copy what it keeps.
+//   - resp.Body starts as an empty buffer the engine owns. The handler
+//     either appends its results to it (the usual way, which allocates
+//     nothing once the buffer has grown to fit), or sets it to a slice of
+//     its own: req.Args, a constant, a value it shares. The engine only
+//     reads such a slice, until the reply has been sent, and never keeps it;
+//     the handler must not change it while that can happen, i.e. treat a
+//     slice it replied with as read-only from then on. The handler must not
+//     keep the engine's buffer (the initial resp.Body, or what it appended
+//     to it) after returning: the engine reuses it for the next request.
 //
 // ctx carries the priority the request arrived at, so that an RPC sent from
-// inside the handler is escalated (CI's ics_prio). It is valid only until
-// the handler returns: a goroutine that outlives the handler must not keep it.
+// inside the handler is escalated (CI's ics_prio), and ends when the node
+// closes. If the caller's ctx could end (it had a deadline, or could be
+// cancelled), ctx has the caller's deadline and ends when the caller gives
+// up or when the handler returns, as a gRPC handler's does: nested calls
+// made with it are cancelled with the request. Work that outlives the
+// handler takes context.WithoutCancel(ctx), which keeps the priority. A
+// handler's ctx never changes from request to request, so handing it (or
+// a context derived from it) to other goroutines races nothing.
 type Handler func(ctx context.Context, req *Request, resp *Response) error
 
 // Request is an incoming RPC or one-way message.
@@ -114,17 +133,13 @@ func PriorityFrom(ctx context.Context) uint8 {
 	return v.prio()
 }
 
-// handlerCtx is the context a handler runs with. Each server handle (and
-// each connection, for inline handlers) owns one and reuses it per request,
-// which is why a handler must not keep its ctx after returning.
+// handlerCtx is the context a handler runs with: the node's lifetime and
+// the request's priority. A node builds one per priority and never changes
+// it (Node.handlerContext), so a handler may pass it to goroutines that
+// outlive it without racing later requests, and serving allocates nothing.
 type handlerCtx struct {
 	context.Context     // the node's lifetime: cancelled by Close
-	prio            any // a priorityValue with inHandlerBit, boxed once per request
-}
-
-func (c *handlerCtx) reset(base context.Context, prio uint8) {
-	c.Context = base
-	c.prio = priorityValue(prio) | inHandlerBit
+	prio            any // a priorityValue with inHandlerBit, boxed once at New
 }
 
 func (c *handlerCtx) Value(key any) any {

@@ -21,13 +21,13 @@ const ProtocolVersion = 2
 // All multi-byte fields are little-endian. Layout:
 //
 //	off size field
-//	  0    1 version     ProtocolVersion; anything else closes the connection
+//	  0    1 version     ProtocolVersion; HandshakeVersion in handshake frames, for ever
 //	  1    1 type        a Type below
 //	  2    1 flags       Flags: compression algorithm bits
 //	  3    1 priority    ICS priority 0..MaxPriority the frame was sent at
 //	  4    4 service     cluster service: channel<<16 | subservice (CI's ICS_NSC_SVC)
 //	  8    4 proc        procedure number; echoed in the reply
-//	 12    8 xid         transaction id: client handle slot | generation<<32; 0 for one-way
+//	 12    8 xid         transaction id, opaque to the receiver (the engine: slot | random generation<<24); 0 for one-way
 //	 20    4 length      payload bytes that follow the header on the wire
 //	 24    4 aux         uncompressed length when compressed; credit bytes for TypeCredit
 //	 28    2 svcversion  version of the service stubs that built the frame
@@ -58,19 +58,20 @@ const (
 	TypeCredit   Type = 6 // flow-control grant; aux: bytes of credit returned to the sender; no payload
 	TypeGoAway   Type = 7 // sender is closing this connection on purpose; no payload
 	TypeConfirm  Type = 8 // dialler's third handshake message; payload: proof it holds the session keys
+	TypeRefuse   Type = 9 // acceptor's answer to a hello it will not take; payload: encoded Refusal; then it closes
 	// TypeCancel says the caller gave up the request with the same xid,
 	// sent on the connection the request went on (so it never overtakes
 	// it): the server cancels the handler's ctx and drops its reply. No
 	// payload.
-	TypeCancel Type = 9
+	TypeCancel Type = 10
 	// TypeDraining goes from an acceptor back to the dialler: this node is
 	// shutting down and takes no new requests; calls to it fail fast. No
 	// payload.
-	TypeDraining Type = 10
-	typeLimit    Type = 11 // first unused number; keep last
+	TypeDraining Type = 11
+	typeLimit    Type = 12 // first unused number; keep last
 )
 
-var typeNames = [...]string{"invalid", "hello", "hello-ack", "request", "oneway", "reply", "credit", "goaway", "confirm", "cancel", "draining"}
+var typeNames = [...]string{"invalid", "hello", "hello-ack", "request", "oneway", "reply", "credit", "goaway", "confirm", "refuse", "cancel", "draining"}
 
 func (t Type) String() string {
 	if t < typeLimit {
@@ -160,6 +161,9 @@ var (
 func (h *Header) Encode(b []byte) {
 	_ = b[HeaderSize-1]
 	b[0] = ProtocolVersion
+	if h.Type.IsHandshake() {
+		b[0] = HandshakeVersion
+	}
 	b[1] = byte(h.Type)
 	b[2] = byte(h.Flags)
 	b[3] = h.Priority
@@ -188,10 +192,10 @@ func DecodeHeader(b []byte, maxPayload uint32) (Header, error) {
 	if len(b) < HeaderSize {
 		return h, fmt.Errorf("framing: short header: %d bytes", len(b))
 	}
-	if b[0] != ProtocolVersion {
+	h.Type = Type(b[1])
+	if b[0] != ProtocolVersion && !(b[0] == HandshakeVersion && h.Type.IsHandshake()) {
 		return h, fmt.Errorf("%w: %d", ErrBadVersion, b[0])
 	}
-	h.Type = Type(b[1])
 	h.Flags = Flags(b[2])
 	h.Priority = b[3]
 	h.Service = ServiceID(binary.LittleEndian.Uint32(b[4:]))

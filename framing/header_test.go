@@ -76,8 +76,12 @@ func TestHeaderRoundTrip(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var b [HeaderSize]byte
 			tt.h.Encode(b[:])
-			if b[0] != ProtocolVersion {
-				t.Fatalf("version byte %d, want %d", b[0], ProtocolVersion)
+			want := byte(ProtocolVersion)
+			if tt.h.Type.IsHandshake() {
+				want = HandshakeVersion // the handshake's own version, for ever
+			}
+			if b[0] != want {
+				t.Fatalf("version byte %d, want %d", b[0], want)
 			}
 			got, err := DecodeHeader(b[:], tt.max)
 			if err != nil {
@@ -116,7 +120,7 @@ func TestDecodeHeaderRejects(t *testing.T) {
 		{name: "all-zero", h: valid, raw: func(b []byte) { clear(b) }, want: ErrBadVersion},
 		{name: "type-invalid", h: Header{Type: TypeInvalid}, want: ErrBadType},
 		{name: "type-limit", h: Header{Type: typeLimit, Length: 1}, want: ErrBadType},
-		{name: "type-11", h: Header{Type: 11}, want: ErrBadType},
+		{name: "type-12", h: Header{Type: 12}, want: ErrBadType},
 		{name: "type-255", h: Header{Type: 255}, want: ErrBadType},
 		{name: "flag-bit-5", h: Header{Type: TypeRequest, Flags: 1 << 5}, want: ErrBadFlags},
 		{name: "deadline-on-reply", h: Header{Type: TypeReply, Flags: FlagDeadline}, want: ErrBadFlags},
@@ -228,7 +232,10 @@ func TestTypeString(t *testing.T) {
 		{TypeCredit, "credit"},
 		{TypeGoAway, "goaway"},
 		{TypeConfirm, "confirm"},
-		{typeLimit, "type(11)"},
+		{TypeRefuse, "refuse"},
+		{TypeCancel, "cancel"},
+		{TypeDraining, "draining"},
+		{typeLimit, "type(12)"},
 		{255, "type(255)"},
 	}
 	for _, tt := range tests {

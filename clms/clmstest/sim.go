@@ -69,6 +69,9 @@ type Node struct {
 	ExtraDelay time.Duration
 	// HangCallbacks: this node's subsystem callbacks never report.
 	HangCallbacks bool
+	// SentMsgs and SentBytes count what this node sent (encoded), over all
+	// its incarnations.
+	SentMsgs, SentBytes int
 
 	Paused, Dead, Started bool
 	// Records is this process's history, as handed out by Ready.Applied.
@@ -370,6 +373,8 @@ func (s *Sim) send(from *Node, m clms.Message) {
 	if err != nil {
 		s.tb.Fatalf("encode %v: %v", m, err)
 	}
+	from.SentMsgs++
+	from.SentBytes += len(s.buf)
 	dm, err := clms.DecodeMessage(s.buf)
 	if err != nil {
 		s.tb.Fatalf("decode %v: %v", m, err)
