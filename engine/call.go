@@ -130,7 +130,21 @@ func (n *Node) GoFunc(ctx context.Context, to NodeNum, m Method, args []byte, do
 }
 
 // route picks the connection a call to m at ctx's priority travels on.
+// With WaitForReady, it waits for a peer that is not ready yet.
 func (n *Node) route(ctx context.Context, to NodeNum, m Method) (*peer, *conn, uint8, error) {
+	for {
+		p, c, prio, err := n.routeOnce(ctx, to, m)
+		if err == nil || p == nil || !notReady(err) || !waitsForReady(ctx) {
+			return p, c, prio, err
+		}
+		if err := n.awaitReady(ctx, p, err); err != nil {
+			return nil, nil, 0, err
+		}
+	}
+}
+
+// routeOnce is route's one attempt. p is set whenever the peer is known.
+func (n *Node) routeOnce(ctx context.Context, to NodeNum, m Method) (*peer, *conn, uint8, error) {
 	if n.closed.Load() {
 		return nil, nil, 0, ErrClosed
 	}
@@ -142,10 +156,10 @@ func (n *Node) route(ctx context.Context, to NodeNum, m Method) (*peer, *conn, u
 		return nil, nil, 0, fmt.Errorf("%w: node %d is not a configured peer of node %d", ErrUnknownHost, to, n.cfg.Node)
 	}
 	if p.down.Load() {
-		return nil, nil, 0, fmt.Errorf("%w: node %d", ErrNodeDown, to)
+		return p, nil, 0, fmt.Errorf("%w: node %d", ErrNodeDown, to)
 	}
 	if p.draining.Load() {
-		return nil, nil, 0, fmt.Errorf("%w: node %d", ErrShuttingDown, to)
+		return p, nil, 0, fmt.Errorf("%w: node %d", ErrShuttingDown, to)
 	}
 	prio := n.outgoingPriority(ctx)
 	ch := Channel(m.Service.Channel())
@@ -156,7 +170,7 @@ func (n *Node) route(ctx context.Context, to NodeNum, m Method) (*peer, *conn, u
 	}
 	c, err := n.outConn(ctx, p, ch)
 	if err != nil {
-		return nil, nil, 0, err
+		return p, nil, 0, err
 	}
 	return p, c, prio, nil
 }
