@@ -171,6 +171,7 @@ func memCost(cost int, h *framing.Header) int {
 func (c *conn) finished(cost int, h *framing.Header) {
 	c.peer.inflight.Add(-1)
 	c.peer.inflightBytes.Add(-int64(memCost(cost, h)))
+	c.n.doneServing() // a draining node looks at the counts again
 	r := c.recv
 	if r == nil {
 		return

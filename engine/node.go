@@ -45,9 +45,8 @@ type Node struct {
 
 	clientChain Invoker // the client interceptors around invoke; nil without any
 
-	// Shutdown (shutdown.go): requests being served, and whether new ones
-	// are refused; drainIdle is signalled when serving falls to 0.
-	serving   atomic.Int64
+	// Shutdown (shutdown.go): whether new requests are refused; drainIdle
+	// is signalled when a request finishes meanwhile.
 	draining  atomic.Bool
 	drainIdle chan struct{}
 

@@ -61,7 +61,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 	start := time.Now()
 	rc := n.requestContext(c, &f.Header)
 	if n.skipExpired(c, rc) {
-		n.retire(c, cost, &f.Header)
+		c.finished(cost, &f.Header)
 		return
 	}
 	if svc.Inline {
@@ -74,13 +74,13 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 					n.requestDone(c, rc)
 				}
 				n.replyDecodeError(c, &f.Header, err)
-				n.retire(c, cost, &f.Header)
+				c.finished(cost, &f.Header)
 				return
 			}
 			args = c.scratch
 		}
 		n.serve(nil, svc, &f.Header, p, c, args, &c.st, start, rc)
-		n.retire(c, cost, &f.Header)
+		c.finished(cost, &f.Header)
 		return
 	}
 
@@ -95,7 +95,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 				n.requestDone(c, rc)
 			}
 			n.replyDecodeError(c, &f.Header, err)
-			n.retire(c, cost, &f.Header)
+			c.finished(cost, &f.Header)
 			return
 		}
 	} else {
@@ -118,20 +118,13 @@ func (n *Node) runJob(w *handle, j *job) {
 	if n.skipExpired(j.conn, j.rc) {
 		// Cancelled, or past its deadline, while it waited for a handle.
 		n.putBuf(j.buf)
-		n.retire(j.conn, j.cost, &j.hdr)
+		j.conn.finished(j.cost, &j.hdr)
 		return
 	}
 	n.serve(n.ctx, j.svc, &j.hdr, j.from, j.conn, *j.buf, &w.st, j.start, j.rc)
 	// Only now: the handler may have replied with the arguments themselves.
 	n.putBuf(j.buf)
-	n.retire(j.conn, j.cost, &j.hdr)
-}
-
-// retire ends a request admitted by admitServing: its credit goes back
-// and a draining node counts it done.
-func (n *Node) retire(c *conn, cost int, h *framing.Header) {
-	c.finished(cost, h)
-	n.doneServing()
+	j.conn.finished(j.cost, &j.hdr)
 }
 
 // serveState is what serving a request reuses: a server handle owns one,

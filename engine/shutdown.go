@@ -27,7 +27,7 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	}
 	n.draining.Store(true)
 	n.announceDraining()
-	for n.serving.Load() > 0 {
+	for n.inflight() > 0 {
 		select {
 		case <-n.drainIdle:
 		case <-ctx.Done():
@@ -81,27 +81,34 @@ func (n *Node) peerDraining(c *conn) {
 	n.log.Info("peer is shutting down", "peer", p.num)
 }
 
-// admitServing counts a request about to be served, or reports false if
-// the node is draining and the request must be refused. The count is taken
-// before the check and Shutdown sets draining before it reads the count,
-// so one of the two always sees the other.
+// admitServing reports false if the node is draining and a request must
+// be refused. The request is already counted in its peer's inflight (by
+// conn.admit) when this checks, and Shutdown sets draining before it
+// reads those counts, so one of the two always sees the other. No counter
+// of its own: the common path pays one load of a flag nobody writes.
 func (n *Node) admitServing() bool {
-	n.serving.Add(1)
-	if n.draining.Load() {
-		n.doneServing()
-		return false
-	}
-	return true
+	return !n.draining.Load()
 }
 
-// doneServing ends what admitServing counted, once its reply is sent.
+// doneServing is called by conn.finished for every request that had been
+// admitted: while draining, it wakes Shutdown to look at the counts again.
 func (n *Node) doneServing() {
-	if n.serving.Add(-1) == 0 && n.draining.Load() {
+	if n.draining.Load() {
 		select {
 		case n.drainIdle <- struct{}{}:
 		default:
 		}
 	}
+}
+
+// inflight is the number of requests admitted from all peers and not yet
+// finished (their replies handed to the connection).
+func (n *Node) inflight() int64 {
+	var sum int64
+	for _, p := range *n.peers.Load() {
+		sum += p.inflight.Load()
+	}
+	return sum
 }
 
 // repliesPending reports whether any reply is still queued for writing.
