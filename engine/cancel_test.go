@@ -3,9 +3,12 @@ package engine
 import (
 	"context"
 	"errors"
+	"io"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/clusterinfra/ci/framing"
 )
 
 // TestHandlerGetsCallerDeadline: the handler's ctx carries the caller's
@@ -152,5 +155,73 @@ func TestCancelledWhileQueuedNeverRuns(t *testing.T) {
 	eventually(t, "queued request retired", func() bool { return nodes[1].m.cancelledReplies.Get() == 1 })
 	if r := runs.Load(); r != 1 {
 		t.Fatalf("handler ran %d times, want 1", r)
+	}
+}
+
+// TestCancelAndDrainingFramesFromAPeerThatIgnoresTheProtocol: cancels for
+// xids the node never saw are ignored however many come (they find
+// nothing, hold nothing, and the connection keeps serving), and a
+// draining frame sent the wrong way (dialler to acceptor) ends the
+// connection as a bad frame.
+func TestCancelAndDrainingFramesFromAPeerThatIgnoresTheProtocol(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	var served atomic.Int32
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Inline: true, Procs: []Handler{func(context.Context, *Request, *Response) error {
+		served.Add(1)
+		return nil
+	}}})
+	if _, err := nodes[0].Call(ctxFor(t, 5*time.Second), 2, Method{Service: echoSvc}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	served.Store(0)
+
+	c := rawMember(t, nodes[1], 1, ChanFirstService)
+	var frames []byte
+	for xid := uint64(1); xid <= 10000; xid++ {
+		h := framing.Header{Type: framing.TypeCancel, XID: xid * 7919}
+		frames = framing.AppendHeader(frames, &h)
+	}
+	ow := framing.Header{Type: framing.TypeOneWay, Service: echoSvc}
+	frames = framing.AppendHeader(frames, &ow)
+	if _, err := c.Write(frames); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the one-way after the cancels served", func() bool { return served.Load() == 1 })
+	if got := nodes[1].m.cancelsReceived.Get(); got != 0 {
+		t.Fatalf("%d cancels found a request", got)
+	}
+
+	bad := nodes[1].m.badFrames.Get()
+	d := framing.Header{Type: framing.TypeDraining}
+	if _, err := c.Write(framing.AppendHeader(nil, &d)); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		t.Fatalf("connection not ended: %v", err)
+	}
+	if got := nodes[1].m.badFrames.Get() - bad; got != 1 {
+		t.Fatalf("%d bad frames counted, want 1", got)
+	}
+	if nodes[0].peer(2).draining.Load() || nodes[1].draining.Load() {
+		t.Fatal("a misdirected draining frame made someone draining")
+	}
+}
+
+// TestOneWayCarriesNoDeadline: a one-way message's ctx bounds its sending
+// only; its handler gets no deadline from it.
+func TestOneWayCarriesNoDeadline(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	got := make(chan bool, 1)
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Procs: []Handler{func(ctx context.Context, _ *Request, _ *Response) error {
+		_, ok := ctx.Deadline()
+		got <- ok
+		return nil
+	}}})
+	if err := nodes[0].Send(ctxFor(t, 10*time.Second), 2, Method{Service: echoSvc}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if <-got {
+		t.Fatal("one-way handler got the sender's deadline")
 	}
 }
