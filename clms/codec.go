@@ -15,6 +15,7 @@ const (
 	maxStringList = 64      // key services, capabilities, failed subsystems
 	maxRecords    = 1024    // records in one push (pushBatch is 256)
 	maxRaftBytes  = 8 << 20 // one raft message (raft's MaxSizePerMsg is 1 MiB)
+	maxKeyData    = 4 << 20 // one member's PullData or HandOff for a key service
 )
 
 // ErrDecode is returned (wrapped) for any malformed message or command.

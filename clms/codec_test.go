@@ -30,6 +30,14 @@ func sampleMessages() []Message {
 		{Type: MsgLeave, From: 4, To: 1, FromInc: 3},
 		{Type: MsgSetInfo, From: 4, To: 1, FromInc: 3, Node: 2, Info: info},
 		{Type: MsgRecords, From: 1, To: 4, Records: []Record{{Seq: 9, Kind: RecordNodeInfo, Transition: Transition{Node: 2}, Info: info}}},
+		{Type: MsgRecords, From: 1, To: 4, Records: []Record{{Seq: 10, Kind: RecordKeyService, Transition: Transition{Time: tr.Time},
+			Key: KeyRecord{Name: "ks", Owner: 4, OwnerInc: 7, Epoch: 3, Phase: KeyFailover, Handover: true, From: 2, Target: 5, Panic: true}}}},
+		{Type: MsgKeyPull, From: 4, To: 2, FromInc: 7, KeyService: "ks", Epoch: 3},
+		{Type: MsgKeyData, From: 2, To: 4, KeyService: "ks", Epoch: 3, Data: []byte("pulled")},
+		{Type: MsgKeyData, From: 2, To: 4, KeyService: "ks", Epoch: 3, Status: StatusRetry, Reason: "disk on fire"},
+		{Type: MsgKeyReady, From: 4, To: 1, KeyService: "ks", Epoch: 3},
+		{Type: MsgKeyMove, From: 4, To: 1, KeyService: "ks", Node: 5, Status: StatusRetry},
+		{Type: MsgKeyReleased, From: 4, To: 1, KeyService: "ks", Epoch: 3},
 	}
 }
 
@@ -167,6 +175,8 @@ func normInfo(i NodeInfo) NodeInfo {
 func FuzzDecodeCommand(f *testing.F) {
 	c := command{Kind: RecordTransition, T: Transition{Node: 2, Incarnation: 3, To: StateComingUp}}
 	f.Add(c.encode())
+	kc := sampleKeyCommand()
+	f.Add(kc.encode())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if c, err := decodeCommand(b); err == nil {
 			if _, err := decodeCommand(c.encode()); err != nil {

@@ -1,6 +1,7 @@
 package clms
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -49,6 +50,10 @@ type Config struct {
 	WallClock func() time.Time
 	// Logger receives raft's log lines; nil discards them.
 	Logger raft.Logger
+	// Keys are the key services (the same list on every node) and their
+	// panic policy and timeouts; Info.KeyServices says which this node may
+	// run.
+	Keys KeyConfig
 }
 
 // BootstrapStorage returns the raft storage every master-eligible node starts
@@ -130,7 +135,8 @@ type Core struct {
 	infoTry     int64
 	handedAt    int64 // last leadership transfer started by handOver
 
-	m *masterState // while raft leader
+	m  *masterState // while raft leader
+	ks keyState
 
 	out     []Message
 	actions []Action
@@ -160,6 +166,9 @@ func NewCore(cfg Config) (*Core, error) {
 	if err := cfg.Timing.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
+	if err := validateKeys(cfg.Keys); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
 	if cfg.Self == 0 || cfg.Incarnation == 0 {
 		return nil, fmt.Errorf("%w: self and incarnation must be nonzero", ErrConfig)
 	}
@@ -181,6 +190,7 @@ func NewCore(cfg Config) (*Core, error) {
 	// quarter for clock-rate drift and one tick for tick granularity
 	// (docs/CLMS.md, "Safety argument").
 	c.t.grant = max(1, int64(tm.Ticks(tm.ElectionTimeout*3/4))-1)
+	c.ks = newKeyState(cfg, c.t)
 
 	seen := map[NodeNum]bool{}
 	var nums []NodeNum
@@ -256,6 +266,7 @@ func (c *Core) campaigns() bool { return c.phase == phaseJoining || c.phase == p
 // was stopped (SIGSTOP, a frozen VM) must deliver every missed tick before
 // any Step, so that an expired lease is noticed before a message is handled.
 func (c *Core) Tick() {
+	defer c.keyPoll()
 	c.now++
 	if c.rn != nil {
 		// Raft ticks even on a node that may not lead any more: its vote
@@ -323,6 +334,7 @@ func (c *Core) Stats() Stats {
 	s.IsMaster = c.isMaster()
 	s.Fenced = c.phase == phaseFenced
 	s.LeaseValid = c.Acting()
+	c.keyStats(&s)
 	return s
 }
 
@@ -355,6 +367,7 @@ func (c *Core) Step(m Message) error {
 	if _, ok := c.st.members[m.From]; !ok || m.From == c.self {
 		return fmt.Errorf("%w: %d", ErrUnknownNode, m.From)
 	}
+	defer c.keyPoll()
 	if known := c.peerInc[m.From]; m.FromInc < known {
 		return nil // from a past run of that node: never applied
 	} else if m.FromInc > known {
@@ -395,6 +408,8 @@ func (c *Core) Step(m Message) error {
 			}
 		case StatusRetry:
 			c.setJoinReason(m.Reason)
+		case StatusNotMember:
+			c.fence("declared down before it learned it had joined: " + m.Reason)
 		}
 	case MsgImAlive:
 		c.masterImAlive(m)
@@ -413,6 +428,9 @@ func (c *Core) Step(m Message) error {
 		if c.isMaster() {
 			if w := c.m.watch[m.From]; w != nil && w.inc == m.FromInc {
 				w.applied = max(w.applied, m.Applied)
+				if m.Status == StatusRetry {
+					w.sent = min(w.sent, w.applied) // a push was overtaken and dropped: resend from what it has
+				}
 				c.maybePush(m.From, w)
 			}
 		}
@@ -430,8 +448,10 @@ func (c *Core) Step(m Message) error {
 		}
 	case MsgSetInfo:
 		if mem := c.st.members[m.From]; c.isMaster() && mem.State.IsMember() && mem.Incarnation == m.FromInc {
-			c.masterSetInfo(m.Node, m.Info)
+			c.masterSetInfo(m.Node, m.Info, m.Applied)
 		}
+	case MsgKeyPull, MsgKeyData, MsgKeyReady, MsgKeyMove, MsgKeyReleased:
+		c.stepKey(m)
 	default:
 		return fmt.Errorf("%w: message type %d", ErrDecode, m.Type)
 	}
@@ -441,6 +461,9 @@ func (c *Core) Step(m Message) error {
 func (c *Core) stepRaft(m Message) error {
 	if c.rn == nil || m.Raft == nil || !c.eligible[m.From] || m.Raft.GetFrom() != uint64(m.From) || m.Raft.GetTo() != uint64(c.self) {
 		return fmt.Errorf("%w: %v", ErrBadRaft, m)
+	}
+	if t := m.Raft.GetType(); (t == raftpb.MsgVote || t == raftpb.MsgPreVote) && !c.mayVote(m.Raft) {
+		return nil
 	}
 	if err := c.rn.Step(m.Raft); err != nil {
 		return nil // raft drops what it cannot use (a local type, an unknown peer's reply)
@@ -459,6 +482,30 @@ func (c *Core) stepRaft(m Message) error {
 		}
 	}
 	return nil
+}
+
+// mayVote enforces A3 (docs/CLMS.md) where raft's CheckQuorum lease does not:
+//   - it lives in memory: our previous incarnation may have accepted the
+//     master's heartbeat just before it died, and the master counts that in
+//     its quorum contact. So a new incarnation votes for nobody until
+//     ElectionTimeout has passed on its own clock, as if it had accepted a
+//     heartbeat at its start (TestRestartedVoterKeepsLeaderLease);
+//   - raft checks it only on vote requests of a higher term: any other
+//     message of a higher term moves us to that term with no leader, and a
+//     vote request of that term then passes (a late answer to a heartbeat we
+//     sent when we led, from a voter that became a candidate since). So no
+//     vote within ElectionTimeout of accepting a leader's append or heartbeat,
+//     whatever raft's state (TestVoterKeepsLeaseAfterHigherTermAnswer).
+//
+// A forced campaign (leadership handed over, or crash proof of the leader)
+// may skip the second rule, as it skips raft's: the leader grants nothing
+// any more.
+func (c *Core) mayVote(m *raftpb.Message) bool {
+	if c.now < c.t.election {
+		return false
+	}
+	forced := bytes.Equal(m.GetContext(), []byte("CampaignTransfer")) // raft's campaignTransfer
+	return forced || c.quiet.leader == 0 || c.now-c.quiet.heard >= c.t.election
 }
 
 // HasReady reports whether Ready has anything.

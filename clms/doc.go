@@ -25,6 +25,13 @@
 //		c.Advance()
 //	}
 //
+// Key services (docs/CLMS.md, "Key services") ride on the same record
+// stream: the master assigns each to one capable node with an epoch, the
+// fencing token; the owner acts only under its membership lease
+// (Core.KeyServiceActing); services check epochs with State.CheckEpoch or an
+// EpochGuard; the runner carries out the key-service actions with a
+// KeyServices registry.
+//
 // Package clmstest runs many cores over a simulated network and clock.
 //
 // types.go and timing.go hold the vocabulary shared by the core, its runner

@@ -97,7 +97,11 @@ func (c *Core) sendImAlive() {
 		}
 	}
 	c.stats.HeartbeatsSent++
-	c.send(Message{Type: MsgImAlive, To: c.master, Seq: c.hbSeq, Applied: c.st.LastSeq()})
+	st := StatusOK
+	if c.now >= c.lease {
+		st = StatusNoLease // the master learns when its grants do not arrive
+	}
+	c.send(Message{Type: MsgImAlive, To: c.master, Seq: c.hbSeq, Applied: c.st.LastSeq(), Status: st})
 }
 
 func (c *Core) updateLease() {
@@ -132,6 +136,9 @@ func (c *Core) fence(reason string) {
 func (c *Core) Shutdown() {
 	switch c.phase {
 	case phaseMember:
+		if c.keyDrain() {
+			return // the key services are handed over first (keyPollDrain)
+		}
 		c.leaving = true
 		c.leaveTry = -1 << 40
 		c.tickMemberLeaveNow()
@@ -181,9 +188,9 @@ func (c *Core) sendInfo() {
 	c.infoTry = c.now
 	for _, n := range slices.Sorted(maps.Keys(c.pendingInfo)) {
 		if c.isMaster() {
-			c.masterSetInfo(n, c.pendingInfo[n])
+			c.masterSetInfo(n, c.pendingInfo[n], c.st.LastSeq())
 		} else if c.master != 0 {
-			c.send(Message{Type: MsgSetInfo, To: c.master, Node: n, Info: c.pendingInfo[n]})
+			c.send(Message{Type: MsgSetInfo, To: c.master, Node: n, Info: c.pendingInfo[n], Applied: c.st.LastSeq()})
 		}
 	}
 }
@@ -253,8 +260,8 @@ func (c *Core) masterChanged() {
 }
 
 func (c *Core) imAliveAck(m Message) {
-	if c.phase != phaseMember {
-		return
+	if c.phase != phaseMember || m.Node != c.self || m.Inc != c.inc {
+		return // not an answer to this incarnation's heartbeat
 	}
 	switch m.Status {
 	case StatusOK:
@@ -266,9 +273,7 @@ func (c *Core) imAliveAck(m Message) {
 			c.updateLease()
 		}
 	case StatusNotMember:
-		if m.Node == c.self && m.Inc == c.inc {
-			c.fence("the master says this incarnation is no longer a member")
-		}
+		c.fence("the master says this incarnation is no longer a member")
 	}
 }
 
@@ -276,16 +281,20 @@ func (c *Core) stepRecords(m Message) {
 	if c.rn != nil || !c.eligible[m.From] {
 		return // voters apply their own log; only a master pushes
 	}
+	gap := Status(StatusOK)
 	for _, r := range m.Records {
+		if r.Seq > c.st.LastSeq()+1 {
+			gap = StatusRetry // overtook an earlier push: ask for a resend now
+		}
 		if r.Seq != c.st.LastSeq()+1 {
-			continue // a duplicate, or a gap the sender fills on its next push
+			continue // a duplicate, or a gap
 		}
 		if !c.applyRecord(r) {
 			break
 		}
 	}
 	c.learnMaster(m.From, m.Term)
-	c.send(Message{Type: MsgRecordsAck, To: m.From, Applied: c.st.LastSeq()})
+	c.send(Message{Type: MsgRecordsAck, To: m.From, Applied: c.st.LastSeq(), Status: gap})
 }
 
 // applyRecord applies one committed record and reacts to it.
@@ -299,6 +308,12 @@ func (c *Core) applyRecord(r Record) bool {
 		return false
 	}
 	c.recs = append(c.recs, r)
+	if r.Kind == RecordKeyService {
+		c.applyKeyRecord(r)
+		c.keyPoll()
+		return true
+	}
+	defer c.keyPoll()
 	if r.Kind == RecordNodeInfo {
 		if want, ok := c.pendingInfo[r.Transition.Node]; ok && infoEqual(want, r.Info) {
 			delete(c.pendingInfo, r.Transition.Node)

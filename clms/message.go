@@ -27,14 +27,17 @@ const (
 	// MsgJoin asks the master to admit the sender's incarnation (FromInc).
 	MsgJoin // Info
 	// MsgJoinReply says the join was proposed (StatusOK), that the receiver
-	// is not the master (Node = hint), or that the sender must retry (Reason).
+	// is not the master (Node = hint), that the sender must retry (Reason),
+	// or that its incarnation was admitted and is down already (NotMember:
+	// it fences).
 	MsgJoinReply // Status, Node, Reason
 	// MsgImAlive is a member's heartbeat to the master; Seq identifies it
-	// for the lease, Applied is the last record the member applied.
-	MsgImAlive // Seq, Applied
+	// for the lease, Applied is the last record the member applied, Status
+	// is NoLease when the member holds no lease (OK when it holds one).
+	MsgImAlive // Seq, Applied, Status
 	// MsgImAliveAck answers a heartbeat: StatusOK grants the lease from the
 	// heartbeat's send time, StatusNotMember tells a declared-down node.
-	MsgImAliveAck // Seq, Status
+	MsgImAliveAck // Seq, Status, Node, Inc (the heartbeat's sender)
 	// MsgPing is the master's direct probe of a silent or suspect member:
 	// "send me an imalive now". Anyone may ping anyone to test a connection.
 	MsgPing // (header only)
@@ -50,13 +53,31 @@ const (
 	// MsgLeave asks the master for a planned shutdown of the sender.
 	MsgLeave // (header only)
 	// MsgSetInfo asks the master to replace Node's info
-	// (clusternode_setinfo).
-	MsgSetInfo // Node, Info
+	// (clusternode_setinfo); Applied is the asker's last applied record, the
+	// base below which a newer change makes this request stale.
+	MsgSetInfo // Node, Info, Applied
+	// MsgKeyPull asks a member for its PullData of KeyService in Epoch (the
+	// sender is that epoch's owner); answered with MsgKeyData.
+	MsgKeyPull // KeyService, Epoch
+	// MsgKeyData answers a pull: Status OK with Data, or StatusRetry when
+	// the member's PullData failed (Reason).
+	MsgKeyData // KeyService, Epoch, Status, Data, Reason
+	// MsgKeyReady tells the master the owner of KeyService in Epoch finished
+	// its failover (or took over a hand-over): commit it ready.
+	MsgKeyReady // KeyService, Epoch
+	// MsgKeyMove asks the master to move KeyService to Node (0: any capable
+	// node); Status StatusRetry marks the owner's own request before a
+	// planned shutdown (the master assigns it nothing more).
+	MsgKeyMove // KeyService, Node, Status
+	// MsgKeyReleased: the owner ran HandOff for Epoch and stopped acting
+	// (Status OK), or HandOff failed and it keeps serving (StatusRetry).
+	MsgKeyReleased // KeyService, Epoch, Status, Reason
 	msgTypeEnd
 )
 
 var msgNames = [...]string{"invalid", "raft", "whoismaster", "masteris", "join", "joinreply", "imalive", "imaliveack",
-	"ping", "records", "recordsack", "callbacksdone", "crashproof", "leave", "setinfo"}
+	"ping", "records", "recordsack", "callbacksdone", "crashproof", "leave", "setinfo", "keypull", "keydata", "keyready",
+	"keymove", "keyreleased"}
 
 func (t MsgType) String() string {
 	if int(t) < len(msgNames) {
@@ -102,6 +123,9 @@ type Message struct {
 	Records    []Record
 	Transition TransitionID
 	Failed     []string
+	KeyService string
+	Epoch      uint64
+	Data       []byte
 }
 
 func (m Message) String() string {
@@ -129,6 +153,9 @@ const (
 	fRecords
 	fTransition
 	fFailed
+	fKeyService
+	fEpoch
+	fData
 	fEnd
 )
 
@@ -170,6 +197,9 @@ func (m *Message) AppendEncode(b []byte) ([]byte, error) {
 	set(len(m.Records) != 0, fRecords)
 	set(m.Transition != 0, fTransition)
 	set(len(m.Failed) != 0, fFailed)
+	set(m.KeyService != "", fKeyService)
+	set(m.Epoch != 0, fEpoch)
+	set(len(m.Data) != 0, fData)
 
 	e := encoder{b: append(b, ProtocolVersion, byte(m.Type))}
 	e.uvarint(bits)
@@ -210,6 +240,15 @@ func (m *Message) AppendEncode(b []byte) ([]byte, error) {
 	}
 	if bits&fFailed != 0 {
 		e.strs(m.Failed)
+	}
+	if bits&fKeyService != 0 {
+		e.str(m.KeyService)
+	}
+	if bits&fEpoch != 0 {
+		e.uvarint(m.Epoch)
+	}
+	if bits&fData != 0 {
+		e.bytes(m.Data)
 	}
 	return e.b, nil
 }
@@ -292,6 +331,15 @@ func DecodeMessage(b []byte) (Message, error) {
 	}
 	if bits&fFailed != 0 {
 		m.Failed = d.strs()
+	}
+	if bits&fKeyService != 0 {
+		m.KeyService = d.str()
+	}
+	m.Epoch = get(fEpoch)
+	if bits&fData != 0 {
+		if p := d.bytes(maxKeyData); d.err == nil {
+			m.Data = append([]byte(nil), p...) // the result does not retain b
+		}
 	}
 	return m, d.end()
 }

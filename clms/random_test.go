@@ -2,6 +2,7 @@ package clms_test
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"strconv"
@@ -48,10 +49,19 @@ func TestRandomized(t *testing.T) {
 			if seed%2 == 0 {
 				size, eligible = 7, 5
 			}
+			keys, capable := randomKeys(size)
 			s := seededSim(t, t, clmstest.Options{Seed: seed, Nodes: clmstest.Table(size, eligible),
-				Timing: clms.LANFastTiming(), Verbose: verbose})
+				Timing: clms.LANFastTiming(), Verbose: verbose, Keys: keys, KeyCapable: capable})
 			rng := rand.New(rand.NewPCG(seed, 7))
 			form(t, s)
+			// Some messages arrive twice, the copy up to three heartbeats late
+			// (after newer ones, possibly at a restarted process).
+			s.Duplicate(0.05, 3*s.Timing().Heartbeat)
+			// Clock rates anywhere in [lo, hi], often at the ends: any two
+			// nodes' ratio stays within Timing.MinClockRatio (A1), and some
+			// pairs sit exactly at that edge.
+			lo := math.Sqrt(s.Timing().MinClockRatio())
+			hi := 1 / lo
 			pick := func() clms.NodeNum { return clms.NodeNum(1 + rng.IntN(size)) }
 			for range 60 {
 				s.Run(time.Duration(50+rng.IntN(300)) * time.Millisecond)
@@ -76,17 +86,32 @@ func TestRandomized(t *testing.T) {
 				case r < 55:
 					s.Heal()
 				case r < 62:
-					s.Drop(n.Num, pick(), rng.Float64()*0.5)
+					if rng.IntN(2) == 0 {
+						s.Drop(n.Num, pick(), 1) // one way only: the other hears it
+					} else {
+						s.Drop(n.Num, pick(), rng.Float64()*0.5)
+					}
 				case r < 70:
 					// Drift within what the lease margin covers.
-					n.Rate = 0.95 + rng.Float64()*0.1
+					switch rng.IntN(3) {
+					case 0:
+						n.Rate = lo
+					case 1:
+						n.Rate = hi
+					default:
+						n.Rate = lo + rng.Float64()*(hi-lo)
+					}
 				case r < 75:
 					if !n.Dead && !n.Paused {
 						n.Core.Shutdown()
 					}
+				case r < 78:
+					if !n.Dead && !n.Paused && n.Core.Acting() {
+						_ = n.Core.SetNodeInfo(pick(), clms.NodeInfo{CPUsTotal: uint32(rng.IntN(128)), KeyServices: capable[n.Num]})
+					}
 				case r < 82:
 					if !n.Dead && !n.Paused && n.Core.Acting() {
-						_ = n.Core.SetNodeInfo(pick(), clms.NodeInfo{CPUsTotal: uint32(rng.IntN(128))})
+						_ = n.Core.MoveKeyService(keys.Services[rng.IntN(len(keys.Services))].Name, pick())
 					}
 				default:
 					if n.Dead || n.Fenced() || n.JoinErr != nil || n.Has(clms.ActLeft, 0) {
@@ -109,12 +134,43 @@ func TestRandomized(t *testing.T) {
 						s.Restart(n.Num)
 					}
 				}
-				return s.AllUp()
+				return s.AllUp() && s.Master() != 0 && randomKeysReady(s, keys)
 			})
 			if s.Check.Checks == 0 {
 				t.Fatal("the checker never ran")
 			}
-			t.Logf("%d transitions, %d checks", len(s.Check.Canon()), s.Check.Checks)
+			st := s.Node(1).Core.Stats()
+			t.Logf("%d records, %d checks, %d key failovers, %d key hand-overs", len(s.Check.Canon()), s.Check.Checks,
+				st.KeyFailovers, st.KeyHandovers)
 		})
 	}
+}
+
+// randomKeys: a critical key service with a pull that every node may run
+// (degraded on panic, so a run where every node dies goes on), and a
+// non-critical one that only nodes 2-4 may run.
+func randomKeys(size int) (clms.KeyConfig, map[clms.NodeNum][]string) {
+	capable := map[clms.NodeNum][]string{}
+	for n := clms.NodeNum(1); n <= clms.NodeNum(size); n++ {
+		capable[n] = []string{"crit"}
+		if n >= 2 && n <= 4 {
+			capable[n] = append(capable[n], "opt")
+		}
+	}
+	return clms.KeyConfig{Panic: clms.PanicDegraded, Services: []clms.KeyServiceSpec{
+		{Name: "crit", Critical: true, Pull: true}, {Name: "opt"}}}, capable
+}
+
+// randomKeysReady: every key service has a ready owner that acts.
+func randomKeysReady(s *clmstest.Sim, keys clms.KeyConfig) bool {
+	for _, sp := range keys.Services {
+		r, _ := s.Node(1).Core.State().KeyService(sp.Name)
+		if r.Phase != clms.KeyReady {
+			return false
+		}
+		if _, ok := s.Node(r.Owner).Core.KeyServiceActing(sp.Name); !ok {
+			return false
+		}
+	}
+	return true
 }

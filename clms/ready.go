@@ -61,10 +61,39 @@ const (
 	// ActLog: something an operator should see (join retries, callbacks
 	// that did not report in time, rejected records). Reason says what.
 	ActLog
+
+	// Key services (docs/CLMS.md, "Key services"). KeyService and Epoch are
+	// set on each. A routine's result is reported with the Core method
+	// named; a routine cancelled by ActKeyOwner{Valid: false} is not
+	// reported (the core starts it again when the node acts again).
+
+	// ActKeyOwner: this node may act as owner of KeyService in Epoch (Valid),
+	// or must stop now (lease lapsed, fenced, leaving, released, or another
+	// epoch). Gate every operation of the service on it, stamp them with
+	// Epoch, and cancel the routines below when it turns false. Valid again
+	// after a HandOff (an aborted move) means serve again.
+	ActKeyOwner
+	// ActKeyFailover: run the service's Failover(ctx, Epoch) on this node,
+	// its new owner; report with KeyFailoverDone.
+	ActKeyFailover
+	// ActKeyPullData: run PullData(ctx, Epoch) for Node, the owner (which
+	// may be this node); report with KeyPullDone(KeyService, Epoch, Node, ...).
+	ActKeyPullData
+	// ActKeyFailoverData: run FailoverData(ctx, Epoch, Pulled), or, when
+	// Handover is set, TakeOver(ctx, Epoch, Pulled[From]) with the previous
+	// owner's hand-over data; report with KeyFailoverDataDone.
+	ActKeyFailoverData
+	// ActKeyHandOff: planned move to Node: stop serving, run HandOff(ctx,
+	// Epoch) and report its state with KeyHandOffDone.
+	ActKeyHandOff
+	// ActFormed: every critical key service has a ready owner: this node is
+	// ready (readyz), and on the master the cluster is formed. Once per
+	// incarnation.
+	ActFormed
 )
 
 var actionNames = [...]string{"", "run-nodeup", "run-nodedown", "peer-down", "fence", "joined", "join-failed", "left",
-	"master-changed", "lease", "log"}
+	"master-changed", "lease", "log", "key-owner", "key-failover", "key-pull-data", "key-failover-data", "key-handoff", "formed"}
 
 func (k ActionKind) String() string {
 	if int(k) < len(actionNames) {
@@ -84,10 +113,19 @@ type Action struct {
 	Valid      bool
 	Reason     string
 	Err        error
+
+	KeyService string
+	Epoch      uint64
+	Pulled     map[NodeNum][]byte // ActKeyFailoverData: each member's PullData
+	Handover   bool               // ActKeyFailoverData: TakeOver, not FailoverData
+	From       NodeNum            // ActKeyFailoverData with Handover: the previous owner
 }
 
 func (a Action) String() string {
 	s := a.Kind.String()
+	if a.KeyService != "" {
+		s += fmt.Sprintf(" key=%s epoch=%d", a.KeyService, a.Epoch)
+	}
 	if a.Node != 0 {
 		s += fmt.Sprintf(" node=%d inc=%d", a.Node, a.Inc)
 	}
@@ -112,4 +150,28 @@ type Stats struct {
 	IsMaster         bool
 	Fenced           bool
 	LeaseValid       bool
+
+	// Key services: each one's committed state as this node applied it,
+	// and what this node measured as their owner.
+	KeyServices []KeyServiceStats
+	// KeyFailovers counts new owners after an owner died (applied records;
+	// the same on every node); KeyHandovers planned moves.
+	KeyFailovers, KeyHandovers uint64
+	// KeyPullFailures counts members left out of a pull this node ran as
+	// owner: PullData failed, the member died, or the pull timed out.
+	KeyPullFailures uint64
+	// KeyDegraded names critical services without an owner under
+	// PanicDegraded: the cluster runs without them.
+	KeyDegraded []string
+}
+
+// KeyServiceStats is one key service in Stats.
+type KeyServiceStats struct {
+	KeyRecord
+	Critical bool
+	Acting   bool // this node acts as its owner now
+	// Ticks each phase of the last failover this node ran as owner took:
+	// the Failover routine, the pull, FailoverData (or TakeOver), and from
+	// reporting ready to the ready record.
+	FailoverTicks, PullTicks, DataTicks, ReadyTicks int64
 }

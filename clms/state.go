@@ -19,8 +19,9 @@ const (
 	// RecordNodeInfo replaces a node's info (clusternode_setinfo) without
 	// a transition: Transition.Node (and Time) and Info are set.
 	RecordNodeInfo
-	// Key-service assignments (owner, epoch) will be the next kind: the
-	// replicated state and the push to non-voters carry them unchanged.
+	// RecordKeyService is a key service's new state (owner, epoch, phase):
+	// Key is set, and Transition.Time (docs/CLMS.md, "Key services").
+	RecordKeyService
 	recordKindEnd
 )
 
@@ -31,7 +32,8 @@ type Record struct {
 	Seq        uint64
 	Kind       RecordKind
 	Transition Transition
-	Info       NodeInfo // the node's info, on transitions to COMINGUP
+	Info       NodeInfo  // the node's info, on transitions to COMINGUP
+	Key        KeyRecord // RecordKeyService only
 }
 
 func (e *encoder) record(r *Record) {
@@ -39,6 +41,9 @@ func (e *encoder) record(r *Record) {
 	e.uvarint(uint64(r.Kind))
 	e.transition(&r.Transition)
 	e.info(&r.Info)
+	if r.Kind == RecordKeyService {
+		e.keyRecord(&r.Key)
+	}
 }
 
 func (d *decoder) record() Record {
@@ -50,6 +55,9 @@ func (d *decoder) record() Record {
 	}
 	r.Transition = d.transition()
 	r.Info = d.info()
+	if r.Kind == RecordKeyService {
+		r.Key = d.keyRecord()
+	}
 	return r
 }
 
@@ -62,6 +70,15 @@ type command struct {
 	Kind RecordKind
 	T    Transition // ID is assigned when applied; Time set by the proposer
 	Info NodeInfo
+	// InfoBase (RecordNodeInfo) is the record the requester had applied when
+	// it asked: the change applies only if the node's info was not set after
+	// that, so a late copy of an older request cannot undo a newer one (the
+	// requester retries with a newer base until its info is in).
+	InfoBase uint64
+	// RecordKeyService: the service's new state, and what its state must
+	// be when the command is applied.
+	Key     KeyRecord
+	KeyFrom keyCAS
 }
 
 func (c *command) encode() []byte {
@@ -69,6 +86,15 @@ func (c *command) encode() []byte {
 	e.uvarint(uint64(c.Kind))
 	e.transition(&c.T)
 	e.info(&c.Info)
+	if c.Kind == RecordNodeInfo {
+		e.uvarint(c.InfoBase)
+	}
+	if c.Kind == RecordKeyService {
+		e.keyRecord(&c.Key)
+		e.uvarint(c.KeyFrom.Epoch)
+		e.uvarint(uint64(c.KeyFrom.Owner))
+		e.uvarint(uint64(c.KeyFrom.Phase))
+	}
 	return e.b
 }
 
@@ -78,6 +104,15 @@ func decodeCommand(b []byte) (command, error) {
 	c.Kind = RecordKind(d.small(uint64(recordKindEnd-1), "command kind"))
 	c.T = d.transition()
 	c.Info = d.info()
+	if c.Kind == RecordNodeInfo {
+		c.InfoBase = d.uvarint()
+	}
+	if c.Kind == RecordKeyService {
+		c.Key = d.keyRecord()
+		c.KeyFrom.Epoch = d.uvarint()
+		c.KeyFrom.Owner = NodeNum(d.small(1<<32-1, "node"))
+		c.KeyFrom.Phase = KeyPhase(d.small(uint64(keyPhaseEnd-1), "key phase"))
+	}
 	if d.err == nil && c.Kind == recordInvalid {
 		d.fail("command kind")
 	}
@@ -112,10 +147,12 @@ type State struct {
 	members map[NodeNum]*Member
 	records []Record
 	history []Transition
+	keys    map[string]*KeyRecord // key services by name
 }
 
 func newState(nodes []NodeNum) *State {
-	s := &State{nodes: slices.Sorted(slices.Values(nodes)), members: make(map[NodeNum]*Member, len(nodes))}
+	s := &State{nodes: slices.Sorted(slices.Values(nodes)), members: make(map[NodeNum]*Member, len(nodes)),
+		keys: map[string]*KeyRecord{}}
 	for _, n := range s.nodes {
 		s.members[n] = &Member{Node: n, State: StateNeverUp}
 	}
@@ -166,8 +203,14 @@ func (s *State) Records(after uint64) []Record {
 // decide turns a command into the record it makes, or reports false if it
 // does not apply to the current state.
 func (s *State) decide(c command) (Record, bool) {
+	if c.Kind == RecordKeyService {
+		return s.decideKey(c)
+	}
 	m, ok := s.members[c.T.Node]
 	if ok && c.Kind == RecordNodeInfo {
+		if m.InfoSeq > c.InfoBase {
+			return Record{}, false // set since the requester asked: a stale request
+		}
 		return Record{Seq: s.LastSeq() + 1, Kind: RecordNodeInfo, Transition: Transition{Node: c.T.Node, Time: c.T.Time}, Info: c.Info}, true
 	}
 	if !ok || c.Kind != RecordTransition || c.T.From != m.State || !legal[[2]NodeState{c.T.From, c.T.To}] {
@@ -195,13 +238,16 @@ func (s *State) apply(r Record) error {
 	if r.Seq != s.LastSeq()+1 {
 		return fmt.Errorf("%w: record %d after %d", errRecord, r.Seq, s.LastSeq())
 	}
+	if r.Kind == RecordKeyService {
+		return s.applyKey(r)
+	}
 	t := r.Transition
 	if r.Kind == RecordNodeInfo {
 		m, ok := s.members[t.Node]
 		if !ok || t.ID != 0 {
 			return fmt.Errorf("%w: info of node %d", errRecord, t.Node)
 		}
-		m.Info = r.Info
+		m.Info, m.InfoSeq = r.Info, r.Seq
 		s.records = append(s.records, r)
 		return nil
 	}
@@ -215,7 +261,7 @@ func (s *State) apply(r Record) error {
 	m := s.members[t.Node]
 	m.State, m.Incarnation, m.LastChange = t.To, t.Incarnation, t.ID
 	if t.To == StateComingUp {
-		m.Info = r.Info
+		m.Info, m.InfoSeq = r.Info, r.Seq
 	}
 	s.records = append(s.records, r)
 	s.history = append(s.history, t)

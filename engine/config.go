@@ -160,6 +160,12 @@ type Config struct {
 	// channel: each would get a window of its own.
 	MaxConnsPerChannel int
 
+	// Incarnation identifies this run of the node in every hello; 0 picks a
+	// random one. CLMS sets it to its own incarnation, which grows with
+	// every run, so that a peer can tell an old process from a new one and
+	// refuse the old one for good (NodeDownIncarnation).
+	Incarnation uint64
+
 	Logger  *slog.Logger // nil: discard
 	Metrics *metrics.Set // nil: a new set, see Node.Metrics
 }

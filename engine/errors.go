@@ -65,6 +65,10 @@ var (
 	ErrBadService       = errors.New("ics: bad service registration")             // Register
 	ErrHandshake        = errors.New("ics: handshake refused")                    // connection rejected by the peer
 	ErrEngineStopped    = errors.New("ics: event loops stopped")                  // fatal: see Node.Err
+	// ErrDeclaredDown: the peer refused our handshake because it declared
+	// us down (NodeDown, or NodeDownIncarnation of this incarnation there);
+	// a HandshakeError with RefuseDeclaredDown wraps it.
+	ErrDeclaredDown = errors.New("ics: this incarnation was declared down by the peer")
 )
 
 // Status is CI's status code of a call's outcome. Codes up to

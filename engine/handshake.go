@@ -53,9 +53,16 @@ func (n *Node) acceptHello(c *conn, f *framing.Frame) error {
 		msg := fmt.Sprintf("channel %d out of 0..%d", hello.Channel, n.cfg.MaxChannels-1)
 		return n.rejectHello(c, refused(framing.RefuseChannel, msg, errors.New(msg)))
 	}
-	if p.down.Load() {
-		// Declared down (CLMS's NODEDOWN): it may come back only after NodeUp,
-		// and must not reach a handler meanwhile.
+	if p.isRefused(hello.Incarnation) {
+		// This process was declared down for good (NodeDownIncarnation): it
+		// is told, so that it fences itself (CLMS), and never served.
+		msg := fmt.Sprintf("incarnation %#x of node %d was declared down here", hello.Incarnation, p.num)
+		return n.rejectHello(c, refused(framing.RefuseDeclaredDown, msg, errors.New(msg)))
+	}
+	if p.down.Load() && !p.liftDownFor(hello.Incarnation) {
+		// Declared down (CLMS's NODEDOWN): it may come back only after NodeUp
+		// (or, after NodeDownIncarnation, as another incarnation), and must
+		// not reach a handler meanwhile.
 		msg := fmt.Sprintf("node %d is declared down here", p.num)
 		return n.rejectHello(c, refused(framing.RefuseDeclaredDown, msg, errors.New(msg)))
 	}
@@ -144,6 +151,9 @@ func (n *Node) rejectHello(c *conn, why error) error {
 // channel the peer's requests will want.
 func (n *Node) becomeReady(c *conn) error {
 	p, ch := c.peer, c.channel
+	if ch == ChanCLMSProbe {
+		return n.answeredProbe(c)
+	}
 	c.ready = true
 	c.dec.MaxPayload = uint32(n.cfg.MaxPayload)
 	n.pendingMu.Lock()
@@ -308,16 +318,20 @@ func (n *Node) routineDial(p *peer, ch Channel, d *dialResult) {
 	}
 }
 
-// dial connects to p for channel ch, does the handshake on the plain socket
-// and then hands the socket to a gnet event loop.
-// dctx bounds all of it, the handshake's reads and the wait for the loop
-// included.
-func (n *Node) dial(dctx context.Context, p *peer, ch Channel) (*conn, error) {
+// dialHandshake connects to p for channel ch and does the handshake on the
+// plain socket: hello, the acceptor's answer, and with Security the
+// confirmation; dctx bounds it. It returns the socket (the caller owns it),
+// the acceptor's answer and the session keys. A connection refused by p's
+// address wraps both ErrNodeDown and the system's error
+// (syscall.ECONNREFUSED), which ProbePeer reports as proof that nothing
+// listens there.
+func (n *Node) dialHandshake(dctx context.Context, p *peer, ch Channel) (net.Conn, framing.Hello, session, error) {
+	var ss session
 	addr := *p.addr.Load()
 	d := net.Dialer{LocalAddr: n.localDialAddr()}
 	nc, err := d.DialContext(dctx, "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("%w: node %d at %s: %v", ErrNodeDown, p.num, addr, err)
+		return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s: %w", ErrNodeDown, p.num, addr, err)
 	}
 	ok := false
 	defer func() {
@@ -336,65 +350,88 @@ func (n *Node) dial(dctx context.Context, p *peer, ch Channel) (*conn, error) {
 	var hs *noise.HandshakeState
 	if sec != nil {
 		if hs, mine.Auth, err = sec.initiate(p.num, *mine); err != nil {
-			return nil, fmt.Errorf("%w: node %d: %v", ErrHandshake, p.num, err)
+			return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d: %v", ErrHandshake, p.num, err)
 		}
 	}
 	hello, _ := framing.AppendHello(make([]byte, framing.HeaderSize, 256), mine)
 	h := framing.Header{Type: framing.TypeHello, Length: uint32(len(hello) - framing.HeaderSize)}
 	h.Encode(hello)
 	if _, err := nc.Write(hello); err != nil {
-		return nil, fmt.Errorf("%w: node %d at %s: handshake: %v", ErrNodeDown, p.num, addr, err)
+		return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s: handshake: %v", ErrNodeDown, p.num, addr, err)
 	}
 	var hb [framing.HeaderSize]byte
 	if _, err := io.ReadFull(nc, hb[:]); err != nil {
-		return nil, fmt.Errorf("%w: node %d at %s: no handshake answer: %v", ErrNodeDown, p.num, addr, err)
+		return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s: no handshake answer: %v", ErrNodeDown, p.num, addr, err)
 	}
 	ah, err := framing.DecodeHeader(hb[:], maxHelloFrame)
 	switch {
 	case errors.Is(err, framing.ErrBadVersion):
-		return nil, fmt.Errorf("%w: node %d at %s answered in another protocol version (%v)", ErrVersMismatch, p.num, addr, err)
+		return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s answered in another protocol version (%v)", ErrVersMismatch, p.num, addr, err)
 	case err != nil || (ah.Type != framing.TypeHelloAck && ah.Type != framing.TypeRefuse):
-		return nil, fmt.Errorf("%w: node %d at %s: bad handshake answer (%v %v)", ErrHandshake, p.num, addr, ah.Type, err)
+		return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s: bad handshake answer (%v %v)", ErrHandshake, p.num, addr, ah.Type, err)
 	case ah.Type == framing.TypeHelloAck && ah.Status != 0:
 		// A bare refusal, as nodes sent before the refusal frame.
-		return nil, &HandshakeError{Node: p.num, Addr: addr}
+		return nil, framing.Hello{}, ss, &HandshakeError{Node: p.num, Addr: addr}
 	}
 	payload := make([]byte, ah.Length)
 	if _, err := io.ReadFull(nc, payload); err != nil {
-		return nil, fmt.Errorf("%w: node %d at %s: short handshake answer: %v", ErrNodeDown, p.num, addr, err)
+		return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s: short handshake answer: %v", ErrNodeDown, p.num, addr, err)
 	}
 	if ah.Type == framing.TypeRefuse {
 		r, err := framing.DecodeRefusal(payload)
 		if err != nil {
-			return nil, fmt.Errorf("%w: node %d at %s refused us: %v", ErrHandshake, p.num, addr, err)
+			return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s refused us: %v", ErrHandshake, p.num, addr, err)
 		}
-		return nil, &HandshakeError{Node: p.num, Addr: addr, Reason: r.Reason, Version: r.Version, Detail: r.Detail}
+		return nil, framing.Hello{}, ss, &HandshakeError{Node: p.num, Addr: addr, Reason: r.Reason, Version: r.Version, Detail: r.Detail}
 	}
 	ack, err := framing.DecodeHello(payload)
 	switch {
 	case err != nil:
-		return nil, fmt.Errorf("%w: node %d at %s: %v", ErrHandshake, p.num, addr, err)
+		return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s: %v", ErrHandshake, p.num, addr, err)
 	case ack.Version != n.version:
-		return nil, fmt.Errorf("%w: node %d at %s speaks version %d, we speak %d", ErrVersMismatch, p.num, addr, ack.Version, n.version)
+		return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s speaks version %d, we speak %d", ErrVersMismatch, p.num, addr, ack.Version, n.version)
 	case ack.Cluster != n.cfg.Cluster || NodeNum(ack.From) != p.num || NodeNum(ack.To) != n.cfg.Node || Channel(ack.Channel) != ch:
-		return nil, fmt.Errorf("%w: %s answered as node %d of cluster %q, expected node %d of %q", ErrHandshake, addr, ack.From, ack.Cluster, p.num, n.cfg.Cluster)
+		return nil, framing.Hello{}, ss, fmt.Errorf("%w: %s answered as node %d of cluster %q, expected node %d of %q", ErrHandshake, addr, ack.From, ack.Cluster, p.num, n.cfg.Cluster)
 	}
-	var ss session
 	if sec != nil {
 		var confirm []byte
 		if ss, confirm, err = sec.finishInitiate(hs, ack); err != nil {
 			// Our check of its answer failed: we know which.
-			return nil, fmt.Errorf("%w: node %d at %s: its answer failed our check: %v", ErrHandshake, p.num, addr, err)
+			return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s: its answer failed our check: %v", ErrHandshake, p.num, addr, err)
 		}
 		ch := framing.Header{Type: framing.TypeConfirm, Length: uint32(len(confirm))}
 		frame := make([]byte, framing.HeaderSize, framing.HeaderSize+len(confirm))
 		ch.Encode(frame)
 		if _, err := nc.Write(append(frame, confirm...)); err != nil {
-			return nil, fmt.Errorf("%w: node %d at %s: handshake: %v", ErrNodeDown, p.num, addr, err)
+			return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s: handshake: %v", ErrNodeDown, p.num, addr, err)
 		}
 	}
+	// Only after the key exchange: an unauthenticated answer must not get
+	// an incarnation refused or a link ended.
+	if p.isRefused(ack.Incarnation) {
+		return nil, framing.Hello{}, ss, fmt.Errorf("%w: node %d at %s answered as incarnation %#x, which was declared down", ErrNodeDown, p.num, addr, ack.Incarnation)
+	}
 	_ = nc.SetDeadline(time.Time{})
+	ok = true
+	return nc, ack, ss, nil
+}
 
+// dial connects to p for channel ch, does the handshake on the plain socket
+// (dialHandshake) and then hands the socket to a gnet event loop.
+// dctx bounds all of it, the handshake's reads and the wait for the loop
+// included.
+func (n *Node) dial(dctx context.Context, p *peer, ch Channel) (*conn, error) {
+	nc, ack, ss, err := n.dialHandshake(dctx, p, ch)
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			_ = nc.Close()
+		}
+	}()
+	sec := n.sec.Load()
 	c := n.newConn(true, p, ch)
 	if sec != nil && sec.Mode == SecurityEncrypt {
 		if c.tx, c.rx, err = ss.recordCiphers(); err != nil {

@@ -266,6 +266,9 @@ func (c *conn) readFramesPlain() (int, error) {
 
 // closeReason logs why the loop closes a connection and counts it.
 func (n *Node) closeReason(c *conn, gc gnet.Conn, err error) {
+	if errors.Is(err, errProbeAnswered) {
+		return // a probe connection did its job (incarnation.go)
+	}
 	switch {
 	case errors.Is(err, framing.ErrFrameTooLarge) && !c.ready && !c.outbound:
 		n.m.limitHelloSize.Inc()

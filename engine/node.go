@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"container/list"
 	"context"
 	"crypto/rand"
@@ -136,12 +137,14 @@ type peer struct {
 
 	replies [2]replyQueue // for ChanReply and ChanReplyPrio, while the loop's replies wait for a dial
 
-	linkGen       atomic.Uint64 // bumped on every loss; connections of an older link are stale
-	inflight      atomic.Int64  // requests from this peer admitted and not yet finished
-	inflightBytes atomic.Int64  // their memCost
-	down          atomic.Bool   // declared down: calls fail fast until NodeUp
-	draining      atomic.Bool   // it said TypeDraining on this link: calls fail fast with ErrShuttingDown
-	incarnation   atomic.Uint64 // the peer's boot incarnation, from its hellos
+	linkGen       atomic.Uint64            // bumped on every loss; connections of an older link are stale
+	inflight      atomic.Int64             // requests from this peer admitted and not yet finished
+	inflightBytes atomic.Int64             // their memCost
+	down          atomic.Bool              // declared down: calls fail fast until NodeUp
+	downUntilNew  atomic.Bool              // down was declared for one incarnation: a hello from another lifts it
+	draining      atomic.Bool              // it said TypeDraining on this link: calls fail fast with ErrShuttingDown
+	refused       atomic.Pointer[[]uint64] // incarnations declared down, refused for good (incarnation.go)
+	incarnation   atomic.Uint64            // the peer's boot incarnation, from its hellos
 
 	m *peerMetrics // this node's calls to the peer
 }
@@ -171,7 +174,7 @@ func New(cfg Config) (*Node, error) {
 		log:         log,
 		m:           newNodeMetrics(set, cfg.Node),
 		codec:       framing.NewCodec(cfg.MaxPayload),
-		incarnation: binary.LittleEndian.Uint64(inc[:]) | 1,
+		incarnation: cmp.Or(cfg.Incarnation, binary.LittleEndian.Uint64(inc[:])|1),
 		version:     framing.ProtocolVersion,
 		handles:     newHandleTable(cfg.MaxOutstandingCalls),
 		names:       map[string]bool{prioPoolName: true},
@@ -589,6 +592,7 @@ func (n *Node) NodeDown(num NodeNum, cause error) {
 	if p == nil {
 		return
 	}
+	p.downUntilNew.Store(false)
 	p.down.Store(true)
 	if cause == nil {
 		cause = errors.New("declared down")

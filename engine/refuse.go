@@ -42,11 +42,15 @@ func (e *HandshakeError) Error() string {
 	return msg
 }
 
-func (e *HandshakeError) Unwrap() error {
-	if e.Reason == framing.RefuseVersion {
-		return ErrVersMismatch
+func (e *HandshakeError) Unwrap() []error {
+	switch e.Reason {
+	case framing.RefuseVersion:
+		return []error{ErrVersMismatch}
+	case framing.RefuseDeclaredDown:
+		// CLMS fences on it: the peer's membership has us down.
+		return []error{ErrHandshake, ErrDeclaredDown}
 	}
-	return ErrHandshake
+	return []error{ErrHandshake}
 }
 
 // refusal is an acceptor's reason to refuse, with the text the dialler may

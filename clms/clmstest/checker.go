@@ -15,18 +15,24 @@ import (
 //   - at most one node grants membership leases at any instant;
 //   - no process acts as a member while its incarnation is SHUTDOWN,
 //     GOINGDOWN, KCLEANUP, UCLEANUP or DOWN in any node's view (the longest
-//     history is the union of the views, since all are prefixes of it).
+//     history is the union of the views, since all are prefixes of it);
+//   - key services: epochs never decrease and a new owner gets exactly the
+//     next one; at most one process acts as owner of a key service at any
+//     instant, only while it holds its membership lease, and never in an
+//     epoch older than the newest committed one (so a former owner cannot
+//     act once a new owner took over).
 type Checker struct {
 	s       *Sim
 	canon   []clms.Record
 	state   map[clms.NodeNum]clms.Member // state after canon
+	keys    map[string]clms.KeyRecord    // key services after canon
 	leaders map[uint64]clms.NodeNum
 	// Checks counts invariant evaluations, so a test can show the checker ran.
 	Checks int
 }
 
 func newChecker(s *Sim) *Checker {
-	return &Checker{s: s, state: map[clms.NodeNum]clms.Member{}, leaders: map[uint64]clms.NodeNum{}}
+	return &Checker{s: s, state: map[clms.NodeNum]clms.Member{}, keys: map[string]clms.KeyRecord{}, leaders: map[uint64]clms.NodeNum{}}
 }
 
 // Canon returns the longest history seen.
@@ -56,6 +62,14 @@ func (c *Checker) record(n *Node, r clms.Record) {
 		return
 	}
 	c.canon = append(c.canon, r)
+	if r.Kind == clms.RecordKeyService {
+		k, prev := r.Key, c.keys[r.Key.Name]
+		if k.Epoch < prev.Epoch || (k.Phase == clms.KeyFailover && k.Epoch != prev.Epoch+1) {
+			c.fail("key service %q: epoch %d after %d (%v)", k.Name, k.Epoch, prev.Epoch, k)
+		}
+		c.keys[k.Name] = k
+		return
+	}
 	if r.Kind != clms.RecordTransition {
 		return
 	}
@@ -88,6 +102,35 @@ func (c *Checker) check() {
 		}
 		if m, ok := c.state[n.Num]; ok && m.Incarnation == n.Inc && !m.State.IsMember() && n.Core.Acting() {
 			c.fail("node %d inc %d acts as a member while it is %s (transition %d)", n.Num, n.Inc, m.State, m.LastChange)
+		}
+	}
+	c.checkKeys()
+}
+
+// checkKeys: one acting owner per key service, under a lease, in the newest
+// committed epoch.
+func (c *Checker) checkKeys() {
+	c.s.tb.Helper()
+	for _, sp := range c.s.opt.Keys.Services {
+		owner := clms.NodeNum(0)
+		for _, n := range c.s.nodes {
+			if !n.Started || n.Dead || n.Paused {
+				continue
+			}
+			ep, ok := n.Core.KeyServiceActing(sp.Name)
+			if !ok {
+				continue
+			}
+			if owner != 0 {
+				c.fail("nodes %d and %d both act as owner of key service %q", owner, n.Num, sp.Name)
+			}
+			owner = n.Num
+			if !n.Core.Acting() {
+				c.fail("node %d acts as owner of %q without a membership lease", n.Num, sp.Name)
+			}
+			if k := c.keys[sp.Name]; ep < k.Epoch {
+				c.fail("node %d acts as owner of %q in epoch %d after epoch %d was committed (%v)", n.Num, sp.Name, ep, k.Epoch, k)
+			}
 		}
 	}
 }

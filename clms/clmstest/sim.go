@@ -14,6 +14,7 @@ package clmstest
 
 import (
 	"container/heap"
+	"errors"
 	"fmt"
 	"maps"
 	"math/rand/v2"
@@ -45,6 +46,13 @@ type Options struct {
 	CallbackTime time.Duration
 	// Verbose logs every action through TB.Logf.
 	Verbose bool
+	// Keys are the key services every core is configured with; KeyCapable
+	// lists, per node, the ones it may run (its NodeInfo.KeyServices).
+	Keys       clms.KeyConfig
+	KeyCapable map[clms.NodeNum][]string
+	// KeyTime is how long each key-service routine takes (default 2 ms);
+	// Node.HangPull makes a node's PullData never return.
+	KeyTime time.Duration
 }
 
 // Table returns a node table of n nodes numbered from 1, the first
@@ -69,6 +77,12 @@ type Node struct {
 	ExtraDelay time.Duration
 	// HangCallbacks: this node's subsystem callbacks never report.
 	HangCallbacks bool
+	// HangPull: this node's PullData never returns; HangHandOff: its
+	// HandOff never returns; FailHandOff: its HandOff fails.
+	HangPull, HangHandOff, FailHandOff bool
+	// KeyGot is what FailoverData (or TakeOver, under the previous owner's
+	// number) received on this process, by key service.
+	KeyGot map[string]map[clms.NodeNum][]byte
 	// SentMsgs and SentBytes count what this node sent (encoded), over all
 	// its incarnations.
 	SentMsgs, SentBytes int
@@ -85,6 +99,7 @@ type Node struct {
 	disk      *raft.MemoryStorage // what the runner persisted
 	diskHS    *raftpb.HardState
 	connected map[clms.NodeNum]bool
+	keyGen    map[string]int // bumped when ActKeyOwner turns false: cancels routines
 }
 
 // TimedAction is an action with the simulated time it was handed out.
@@ -130,6 +145,8 @@ type Sim struct {
 	seq   uint64
 	drop  map[[2]clms.NodeNum]float64
 	cut   map[[2]clms.NodeNum]bool
+	dup   float64       // probability that a message is delivered twice
+	late  time.Duration // the copy comes up to this much later
 	buf   []byte
 	Check *Checker
 	// Sent counts messages sent, by type.
@@ -152,6 +169,9 @@ func New(tb TB, opt Options) *Sim {
 	}
 	if opt.Timing.Tick == 0 {
 		opt.Timing = clms.LANFastTiming()
+	}
+	if opt.KeyTime == 0 {
+		opt.KeyTime = 2 * time.Millisecond
 	}
 	s := &Sim{tb: tb, opt: opt, rng: rand.New(rand.NewPCG(opt.Seed, opt.Seed^0x9e3779b97f4a7c15)),
 		byNum: map[clms.NodeNum]*Node{}, drop: map[[2]clms.NodeNum]float64{}, cut: map[[2]clms.NodeNum]bool{},
@@ -211,7 +231,9 @@ func (s *Sim) Start(num clms.NodeNum) {
 	now := s.Now
 	core, err := clms.NewCore(clms.Config{
 		Self: num, Nodes: s.opt.Nodes, Timing: s.opt.Timing, Incarnation: n.Inc,
-		Info:      clms.NodeInfo{CPUsTotal: 4, CPUsOnline: 4, MemoryBytes: 1 << 30, Capabilities: []string{fmt.Sprintf("n%d", num)}},
+		Info: clms.NodeInfo{CPUsTotal: 4, CPUsOnline: 4, MemoryBytes: 1 << 30, Capabilities: []string{fmt.Sprintf("n%d", num)},
+			KeyServices: s.opt.KeyCapable[num]},
+		Keys:      s.opt.Keys,
 		Storage:   storage,
 		WallClock: func() time.Time { return time.Unix(1_800_000_000, 0).Add(now) },
 	})
@@ -222,6 +244,7 @@ func (s *Sim) Start(num clms.NodeNum) {
 	n.clock, n.ticksDone = 0, 0
 	n.Records, n.transitions, n.JoinErr = nil, 0, nil
 	n.connected = map[clms.NodeNum]bool{}
+	n.KeyGot, n.keyGen = map[string]map[clms.NodeNum][]byte{}, map[string]int{}
 	s.drain(n)
 }
 
@@ -258,6 +281,15 @@ func (s *Sim) Restart(num clms.NodeNum) {
 	s.Start(num)
 }
 
+// LoseDisk throws away node n's persisted raft state, as a replaced or
+// reformatted disk would: its next Start begins from the bootstrap state. No
+// runner may do this to a node that was ever a voter (docs/CLMS.md, "What the
+// runner must do"); tests use it to show what goes wrong if one does.
+func (s *Sim) LoseDisk(num clms.NodeNum) {
+	n := s.byNum[num]
+	n.disk, n.diskHS = nil, nil
+}
+
 // Pause stops node n's processing (SIGSTOP). Its monotonic clock keeps
 // running, as CLOCK_MONOTONIC does, so on Resume it first catches up on its
 // ticks; messages to it wait in its socket buffers.
@@ -287,6 +319,12 @@ func (s *Sim) Partition(groups ...[]clms.NodeNum) {
 		}
 	}
 }
+
+// Duplicate delivers each message a second time with probability rate, the
+// copy up to late after the original: a retransmission, or a message that
+// took another path and arrives after newer ones (0 stops it). The copy is
+// from the same incarnation of the sender, even if that process died since.
+func (s *Sim) Duplicate(rate float64, late time.Duration) { s.dup, s.late = rate, late }
 
 // Heal removes every partition and drop rate.
 func (s *Sim) Heal() {
@@ -354,6 +392,8 @@ func (s *Sim) action(n *Node, a clms.Action) {
 		})
 	case clms.ActJoinFailed:
 		n.JoinErr = a.Err
+	default:
+		s.keyAction(n, a)
 	}
 }
 
@@ -381,6 +421,14 @@ func (s *Sim) send(from *Node, m clms.Message) {
 	}
 	finc := from.Inc
 	s.after(s.delay(from.Num, m.To), func() { s.deliver(from, finc, to, dm) })
+	if s.dup > 0 && s.rng.Float64() < s.dup {
+		cp, err := clms.DecodeMessage(s.buf)
+		if err != nil {
+			s.tb.Fatalf("decode %v: %v", m, err)
+		}
+		late := time.Duration(s.rng.Int64N(int64(s.late) + 1))
+		s.after(s.delay(from.Num, m.To)+late, func() { s.deliver(from, finc, to, cp) })
+	}
 }
 
 func (s *Sim) deliver(from *Node, finc uint64, to *Node, m clms.Message) {
@@ -581,4 +629,70 @@ func (s *Sim) Dump() string {
 		out += "\n"
 	}
 	return out
+}
+
+// PullData returns what node num's PullData returns for a key service in
+// an epoch: tests assert the data a new owner assembled.
+func PullData(num clms.NodeNum, inc, epoch uint64) []byte {
+	return fmt.Appendf(nil, "n%d.i%d.e%d", num, inc, epoch)
+}
+
+// HandOffData is what node num's HandOff returns.
+func HandOffData(num clms.NodeNum, epoch uint64) []byte {
+	return fmt.Appendf(nil, "handoff.n%d.e%d", num, epoch)
+}
+
+// errHandOff is the error of a HandOff with Node.FailHandOff set.
+var errHandOff = errors.New("clmstest: HandOff failed (FailHandOff)")
+
+// keyAction is the simulated runner's part for key services: each routine
+// takes KeyTime and is cancelled when ActKeyOwner turns false (the result
+// of a cancelled routine is not reported, as docs/CLMS.md asks).
+func (s *Sim) keyAction(n *Node, a clms.Action) {
+	inc, name, ep := n.Inc, a.KeyService, a.Epoch
+	gen := n.keyGen[name]
+	later := func(fn func()) {
+		s.after(s.opt.KeyTime, func() {
+			if s.live(n, inc) && n.keyGen[name] == gen {
+				fn()
+				s.drain(n)
+			}
+		})
+	}
+	switch a.Kind {
+	case clms.ActKeyOwner:
+		if !a.Valid {
+			n.keyGen[name]++
+		}
+	case clms.ActKeyFailover:
+		later(func() { n.Core.KeyFailoverDone(name, ep, nil) })
+	case clms.ActKeyPullData:
+		if n.HangPull {
+			return
+		}
+		owner := a.Node
+		// PullData runs on a member for another owner: it is not gated on
+		// this node's ownership.
+		s.after(s.opt.KeyTime, func() {
+			if s.live(n, inc) {
+				n.Core.KeyPullDone(name, ep, owner, PullData(n.Num, inc, ep), nil)
+				s.drain(n)
+			}
+		})
+	case clms.ActKeyFailoverData:
+		got := a.Pulled
+		later(func() {
+			n.KeyGot[name] = got
+			n.Core.KeyFailoverDataDone(name, ep, nil)
+		})
+	case clms.ActKeyHandOff:
+		if n.HangHandOff {
+			return
+		}
+		if n.FailHandOff {
+			later(func() { n.Core.KeyHandOffDone(name, ep, nil, errHandOff) })
+			return
+		}
+		later(func() { n.Core.KeyHandOffDone(name, ep, HandOffData(n.Num, ep), nil) })
+	}
 }

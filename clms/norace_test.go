@@ -1,0 +1,5 @@
+//go:build !race
+
+package clms_test
+
+const raceEnabled = false

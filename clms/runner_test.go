@@ -1,0 +1,375 @@
+package clms_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/clusterinfra/ci/clms"
+	"github.com/clusterinfra/ci/clms/clmstest"
+	"github.com/clusterinfra/ci/engine"
+	"github.com/clusterinfra/ci/engine/enginetest"
+)
+
+// runnerNode is one in-process node: an engine and its CLMS runner.
+type runnerNode struct {
+	num   clms.NodeNum
+	eng   *engine.Node
+	r     *clms.Runner
+	store *clms.Store
+	dir   string
+
+	mu      sync.Mutex
+	applied []clms.Transition
+	fatal   error
+}
+
+func (n *runnerNode) history() []clms.Transition {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return slices.Clone(n.applied)
+}
+
+func (n *runnerNode) close() {
+	_ = n.r.Close()
+	_ = n.eng.Close()
+}
+
+// runnerCluster is a test cluster of count nodes, all master-eligible up to
+// eligible, on 127.0.0.x with stores in the test's temporary directory.
+type runnerCluster struct {
+	t      *testing.T
+	table  []clms.NodeConfig
+	timing clms.Timing
+	addrs  map[clms.NodeNum]string
+	nodes  map[clms.NodeNum]*runnerNode
+	subs   func(clms.NodeNum) *clms.Subsystems
+}
+
+func newRunnerCluster(t *testing.T, count, eligible int, subs func(clms.NodeNum) *clms.Subsystems) *runnerCluster {
+	c := &runnerCluster{t: t, timing: testTiming(), addrs: map[clms.NodeNum]string{}, nodes: map[clms.NodeNum]*runnerNode{}, subs: subs}
+	for i := 1; i <= count; i++ {
+		c.table = append(c.table, clms.NodeConfig{Num: clms.NodeNum(i), MasterEligible: i <= eligible})
+	}
+	for _, nc := range c.table {
+		c.start(nc.Num, t.TempDir(), fmt.Sprintf("127.0.0.%d:0", nc.Num))
+	}
+	for _, a := range c.nodes {
+		for _, b := range c.nodes {
+			if a != b {
+				if err := a.eng.SetPeer(b.num, c.addrs[b.num]); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	for _, n := range c.nodes {
+		if err := n.r.Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c
+}
+
+// start builds node num's engine and runner (the runner not started).
+func (c *runnerCluster) start(num clms.NodeNum, dir, addr string) *runnerNode {
+	t := c.t
+	t.Helper()
+	store, err := clms.OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := engine.DefaultConfig()
+	cfg.Node, cfg.Cluster, cfg.ListenAddr, cfg.EventLoops = num, "test", addr, 1
+	cfg.Insecure, cfg.Incarnation, cfg.Logger = true, store.Incarnation(), enginetest.Logger()
+	cfg.DialTimeout = time.Second
+	cfg.Peers = map[clms.NodeNum]string{}
+	for n, a := range c.addrs {
+		if n != num {
+			cfg.Peers[n] = a
+		}
+	}
+	eng, err := engine.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := eng.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c.addrs[num] = eng.Addr()
+	n := &runnerNode{num: num, eng: eng, store: store, dir: dir}
+	var subs *clms.Subsystems
+	if c.subs != nil {
+		subs = c.subs(num)
+	}
+	r, err := clms.NewRunner(clms.RunnerConfig{
+		Engine: eng, Nodes: c.table, Timing: c.timing, Incarnation: store.Incarnation(), Store: store,
+		Info: clms.NodeInfo{CPUsTotal: 2, CPUsOnline: 2}, Subsystems: subs, Fencing: clms.FenceDebug,
+		OnApplied: func(rs []clms.Record) {
+			n.mu.Lock()
+			for _, r := range rs {
+				if r.Kind == clms.RecordTransition {
+					n.applied = append(n.applied, r.Transition)
+				}
+			}
+			n.mu.Unlock()
+		},
+		OnFatal: func(err error) { n.mu.Lock(); n.fatal = err; n.mu.Unlock() },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.r = r
+	c.nodes[num] = n
+	t.Cleanup(n.close)
+	return n
+}
+
+// restart starts node num again as a new incarnation on its address and
+// data directory.
+func (c *runnerCluster) restart(num clms.NodeNum) *runnerNode {
+	old := c.nodes[num]
+	old.close()
+	n := c.start(num, old.dir, c.addrs[num])
+	if ms, err := n.store.Load(c.table); err != nil {
+		c.t.Fatal(err)
+	} else if li, _ := ms.LastIndex(); li < 5 {
+		c.t.Fatalf("node %d restarts with raft log up to %d: its log was not kept", num, li)
+	}
+	if err := n.r.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	return n
+}
+
+// waitFor polls cond on every live node until it holds everywhere.
+func (c *runnerCluster) waitFor(what string, nodes []clms.NodeNum, cond func(*runnerNode, clms.RunnerStatus) bool) {
+	c.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ok := true
+		for _, num := range nodes {
+			n := c.nodes[num]
+			if !cond(n, n.r.Status()) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			var dump string
+			for _, num := range nodes {
+				s := c.nodes[num].r.Status()
+				dump += fmt.Sprintf("\nnode %d: master=%d joined=%v lease=%v fenced=%v(%s) members=%v", num, s.Master, s.Joined, s.LeaseValid, s.Fenced, s.FenceReason, s.Members)
+				var b strings.Builder
+				c.nodes[num].eng.Metrics().WritePrometheus(&b)
+				for _, l := range strings.Split(b.String(), "\n") {
+					if strings.HasPrefix(l, "ci_clms_") && !strings.HasSuffix(l, " 0") {
+						dump += "\n  " + l
+					}
+				}
+				for _, tr := range c.nodes[num].history() {
+					dump += "\n  " + tr.String()
+				}
+			}
+			c.t.Fatalf("timed out waiting for %s%s", what, dump)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// testTiming is the lan-fast profile stretched twice (four times under the
+// race detector): on a machine shared by many test processes its 300 ms
+// lease is shorter than a starved process's stalls, and a lease that runs
+// out is (correctly) a fence, not what these tests test. The multi-process
+// tests run the profile itself.
+func testTiming() clms.Timing {
+	k := time.Duration(2)
+	if raceEnabled {
+		k = 4
+	}
+	return clmstest.Stretch(clms.LANFastTiming(), k)
+}
+
+// nonMaster picks a node of all that is not the master, and the others.
+func (c *runnerCluster) nonMaster(all []clms.NodeNum) (clms.NodeNum, []clms.NodeNum) {
+	master := c.nodes[all[0]].r.Status().Master
+	victim := all[0]
+	if victim == master {
+		victim = all[1]
+	}
+	return victim, slices.DeleteFunc(slices.Clone(all), func(n clms.NodeNum) bool { return n == victim })
+}
+
+func stateOf(s clms.RunnerStatus, n clms.NodeNum) clms.Member {
+	for _, m := range s.Members {
+		if m.Node == n {
+			return m
+		}
+	}
+	return clms.Member{}
+}
+
+func allUp(nodes ...clms.NodeNum) func(*runnerNode, clms.RunnerStatus) bool {
+	return func(_ *runnerNode, s clms.RunnerStatus) bool {
+		for _, n := range nodes {
+			if stateOf(s, n).State != clms.StateUp {
+				return false
+			}
+		}
+		return s.LeaseValid
+	}
+}
+
+func TestRunnerFormationCrashRejoin(t *testing.T) {
+	c := newRunnerCluster(t, 3, 3, nil)
+	all := []clms.NodeNum{1, 2, 3}
+	c.waitFor("3 nodes UP", all, allUp(1, 2, 3))
+
+	// Crash a non-master: Close without a leave.
+	victim, survivors := c.nonMaster(all)
+	oldInc := c.nodes[victim].r.Status().Incarnation
+	c.nodes[victim].close()
+	c.waitFor("the crashed node DOWN", survivors, func(_ *runnerNode, s clms.RunnerStatus) bool {
+		return stateOf(s, victim).State == clms.StateDown
+	})
+	// Every survivor applied the same history, and the node went down
+	// through GOINGDOWN for a crash (proof, not silence).
+	h0 := c.nodes[survivors[0]].history()
+	for _, n := range survivors[1:] {
+		if h := c.nodes[n].history(); !slices.Equal(h, h0) {
+			t.Fatalf("node %d history differs from node %d's:\n%v\n%v", n, survivors[0], h, h0)
+		}
+	}
+	if i := slices.IndexFunc(h0, func(tr clms.Transition) bool {
+		return tr.Node == victim && tr.To == clms.StateGoingDown
+	}); i < 0 || h0[i].Cause != clms.CauseCrash {
+		t.Fatalf("no GOINGDOWN with cause crash for node %d in %v", victim, h0)
+	}
+	for _, n := range survivors {
+		if !c.nodes[n].eng.IsDown(victim) {
+			t.Fatalf("node %d's engine does not refuse node %d", n, victim)
+		}
+	}
+
+	// It comes back as a new incarnation, with its raft log from disk.
+	nn := c.restart(victim)
+	if inc := nn.r.Status().Incarnation; inc <= oldInc {
+		t.Fatalf("restarted incarnation %d not above %d", inc, oldInc)
+	}
+	c.waitFor("the restarted node UP", all, func(_ *runnerNode, s clms.RunnerStatus) bool {
+		m := stateOf(s, victim)
+		return m.State == clms.StateUp && m.Incarnation == nn.r.Status().Incarnation && s.LeaseValid
+	})
+	// Its history replays from its own log and continues with everyone's.
+	c.waitFor("identical histories", all, func(n *runnerNode, _ clms.RunnerStatus) bool {
+		return slices.Equal(n.history(), c.nodes[survivors[0]].history())
+	})
+}
+
+// The master's process ends (Close without a leave): another voter takes
+// over from the committed state and the old master goes DOWN; then a
+// planned shutdown goes SHUTDOWN .. DOWN under the new master.
+func TestRunnerMasterCloseAndShutdown(t *testing.T) {
+	c := newRunnerCluster(t, 4, 3, nil)
+	all := []clms.NodeNum{1, 2, 3, 4}
+	c.waitFor("4 nodes UP", all, allUp(all...))
+	master := c.nodes[1].r.Status().Master
+	var rest []clms.NodeNum
+	for _, n := range all {
+		if n != master {
+			rest = append(rest, n)
+		}
+	}
+	c.nodes[master].close()
+	c.waitFor("a new master, the old one DOWN", rest, func(_ *runnerNode, s clms.RunnerStatus) bool {
+		return s.Master != 0 && s.Master != master && stateOf(s, master).State == clms.StateDown && s.LeaseValid
+	})
+	c.waitFor("the survivors UP", rest, allUp(rest...))
+	masters := 0
+	for _, n := range rest {
+		if c.nodes[n].r.Status().IsMaster {
+			masters++
+		}
+	}
+	if masters != 1 {
+		t.Fatalf("%d survivors act as master, want 1", masters)
+	}
+
+	// Node 4 (not master-eligible) leaves on purpose.
+	const leaver = 4
+	stay := slices.DeleteFunc(slices.Clone(rest), func(n clms.NodeNum) bool { return n == leaver })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.nodes[leaver].r.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s := c.nodes[leaver].r.Status(); !s.Left || s.LeaseValid || s.Fenced {
+		t.Fatalf("leaver's status after Shutdown: left=%v lease=%v fenced=%v; want left, no lease, not fenced", s.Left, s.LeaseValid, s.Fenced)
+	}
+	c.nodes[leaver].close()
+	c.waitFor("the leaver DOWN", stay, func(_ *runnerNode, s clms.RunnerStatus) bool {
+		return stateOf(s, leaver).State == clms.StateDown
+	})
+	var path []clms.NodeState
+	for _, tr := range c.nodes[stay[0]].history() {
+		if tr.Node == leaver {
+			path = append(path, tr.To)
+		}
+	}
+	want := []clms.NodeState{clms.StateComingUp, clms.StateUp, clms.StateShutdown, clms.StateKCleanup, clms.StateUCleanup, clms.StateDown}
+	if !slices.Equal(path, want) {
+		t.Fatalf("leaver's transitions %v, want %v", path, want)
+	}
+	for _, n := range stay {
+		if !c.nodes[n].eng.IsDown(leaver) {
+			t.Fatalf("node %d's engine does not refuse the departed node", n)
+		}
+	}
+}
+
+// Subsystem callbacks run on every survivor on a NODEDOWN, in band order.
+func TestRunnerSubsystems(t *testing.T) {
+	var mu sync.Mutex
+	calls := map[clms.NodeNum][]string{}
+	record := func(self clms.NodeNum, what string) clms.Callback {
+		return func(_ context.Context, node clms.NodeNum, _ uint64) error {
+			mu.Lock()
+			calls[self] = append(calls[self], fmt.Sprintf("%s:%d", what, node))
+			mu.Unlock()
+			if what == "fails" {
+				return errors.New("failing on purpose")
+			}
+			return nil
+		}
+	}
+	cl := newRunnerCluster(t, 3, 3, func(self clms.NodeNum) *clms.Subsystems {
+		s := &clms.Subsystems{}
+		_ = s.Register("late", 2, nil, record(self, "late"))
+		_ = s.Register("fails", 1, nil, record(self, "fails"))
+		_ = s.Register("early", 0, nil, record(self, "early"))
+		return s
+	})
+	all := []clms.NodeNum{1, 2, 3}
+	cl.waitFor("3 nodes UP", all, allUp(1, 2, 3))
+	victim, survivors := cl.nonMaster(all)
+	cl.nodes[victim].close()
+	cl.waitFor("the crashed node DOWN", survivors, func(_ *runnerNode, s clms.RunnerStatus) bool {
+		return stateOf(s, victim).State == clms.StateDown
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for _, n := range survivors {
+		want := []string{fmt.Sprintf("early:%d", victim), fmt.Sprintf("fails:%d", victim), fmt.Sprintf("late:%d", victim)}
+		if !slices.Equal(calls[n], want) {
+			t.Fatalf("node %d ran %v, want %v", n, calls[n], want)
+		}
+	}
+}

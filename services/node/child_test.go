@@ -1,0 +1,150 @@
+package node_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/clusterinfra/ci/clms"
+	"github.com/clusterinfra/ci/clms/clmstest"
+	"github.com/clusterinfra/ci/engine"
+	"github.com/clusterinfra/ci/services/node"
+)
+
+// The multi-process tests re-execute this test binary as node processes
+// (as engine/nodedown_test.go does), so that a node can be killed with
+// SIGKILL or stopped with SIGSTOP like a real one.
+const (
+	envChild   = "CI_NODE_CHILD"   // set: run as a node process
+	envConfig  = "CI_NODE_CONFIG"  // cluster.toml
+	envNum     = "CI_NODE_NUM"     // node number
+	envData    = "CI_NODE_DATA"    // data directory
+	envStretch = "CI_NODE_STRETCH" // timing stretch factor (1: the file's profile as is)
+	envListen  = "CI_NODE_LISTEN"  // listen here instead of the configured address
+	envPeers   = "CI_NODE_PEERS"   // "2=host:port,3=host:port": dial peers here (through proxies)
+)
+
+// timedTransition is a transition and when (wall clock, ns) the child
+// applied it.
+type timedTransition struct {
+	T  clms.Transition `json:"t"`
+	At int64           `json:"at"`
+}
+
+type childReport struct {
+	Status  node.Status       `json:"status"`
+	Applied []timedTransition `json:"applied"`
+}
+
+// runChild runs a node process if this is one, and reports whether it was.
+// Protocol on stdin/stdout, one line each: the child prints "ready"; to
+// "status" it answers "status <json childReport>"; "shutdown" leaves the
+// cluster and exits 0; EOF closes and exits 0. A fence under halt exits
+// with node.ExitFenced, any other fatal error with 1.
+func runChild() bool {
+	if os.Getenv(envChild) == "" {
+		return false
+	}
+	os.Exit(child())
+	return true
+}
+
+func child() int {
+	fail := func(err error) int { fmt.Println("error", err); return 1 }
+	cfg, err := clms.LoadConfig(os.Getenv(envConfig))
+	if err != nil {
+		return fail(err)
+	}
+	num, _ := strconv.Atoi(os.Getenv(envNum))
+	var log *slog.Logger
+	if os.Getenv("CI_TEST_LOG") != "" {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	var mu sync.Mutex
+	var applied []timedTransition
+	ncfg := node.Config{Cluster: cfg, Node: clms.NodeNum(num), DataDir: os.Getenv(envData), Logger: log,
+		OnApplied: func(rs []clms.Record) {
+			now := time.Now().UnixNano()
+			mu.Lock()
+			for _, r := range rs {
+				if r.Kind == clms.RecordTransition {
+					applied = append(applied, timedTransition{T: r.Transition, At: now})
+				}
+			}
+			mu.Unlock()
+		},
+		Engine: func(c *engine.Config) {
+			c.EventLoops = 1
+			if l := os.Getenv(envListen); l != "" {
+				c.ListenAddr = l
+			}
+			for _, kv := range strings.Split(os.Getenv(envPeers), ",") {
+				if k, v, ok := strings.Cut(kv, "="); ok {
+					n, _ := strconv.Atoi(k)
+					c.Peers[engine.NodeNum(n)] = v
+				}
+			}
+		}}
+	if k, _ := strconv.Atoi(os.Getenv(envStretch)); k > 1 {
+		t := clmstest.Stretch(cfg.Timing, time.Duration(k))
+		ncfg.Timing = &t
+	}
+	n, err := node.New(ncfg)
+	if err != nil {
+		return fail(err)
+	}
+	if err := n.Start(); err != nil {
+		return fail(err)
+	}
+	var out sync.Mutex
+	say := func(s string) { out.Lock(); fmt.Println(s); out.Unlock() }
+	say("ready")
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	for {
+		select {
+		case <-n.Done():
+			if errors.Is(n.Err(), clms.ErrFenced) {
+				// An upper bound of the fence's time, for the parent to
+				// compare with the survivors' NODEDOWN.
+				say(fmt.Sprintf("fenced %d %s", time.Now().UnixNano(), n.Err()))
+				return node.ExitFenced
+			}
+			return fail(n.Err())
+		case l, ok := <-lines:
+			switch {
+			case !ok:
+				_ = n.Close()
+				return 0
+			case l == "status":
+				mu.Lock()
+				rep := childReport{Status: n.Status(), Applied: append([]timedTransition(nil), applied...)}
+				mu.Unlock()
+				b, _ := json.Marshal(rep)
+				say("status " + string(b))
+			case l == "shutdown":
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				err := n.Shutdown(ctx)
+				cancel()
+				if err != nil {
+					return fail(err)
+				}
+				return 0
+			}
+		}
+	}
+}
