@@ -32,6 +32,9 @@ type Invoker func(ctx context.Context, info *CallInfo, args, reply []byte) ([]by
 // ClientInterceptor wraps a call made by Call, Go, GoFunc or Send (OneWay:
 // reply is nil and ignored). It returns what next returned, or its own
 // error to refuse the call; it may change info (another peer, say).
+// A declared error of icsgen stubs travels in a successful reply: with
+// info.Method.DeclaredErrors, a non-zero first byte of the results is
+// one (the stub turns it into the error after the chain has returned).
 type ClientInterceptor func(ctx context.Context, info *CallInfo, args, reply []byte, next Invoker) ([]byte, error)
 
 // ServerInterceptor wraps a handler. Returning an error without calling
