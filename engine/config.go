@@ -116,6 +116,13 @@ type Config struct {
 	// deadlock escalation exists to prevent.
 	DisableEscalation bool
 
+	// ClientInterceptors wrap every call this node makes (Call, Go, GoFunc,
+	// Send) and ServerInterceptors every handler it runs, the first
+	// outermost: for logging, auth decisions, tracing (intercept.go).
+	// Empty: none, and calls pay nothing for them.
+	ClientInterceptors []ClientInterceptor
+	ServerInterceptors []ServerInterceptor
+
 	// Security turns on mutual authentication (and optionally encryption)
 	// of every connection. Without it a node must say Insecure: New refuses
 	// a Config that sets neither, so that running open is always a choice.

@@ -199,7 +199,9 @@ func TestHandlerContextOutlivesHandler(t *testing.T) {
 	fwd := ServiceOn(ChanFirstService, 3)
 	mustRegister(t, nodes[1], Service{ID: fwd, MaxHandles: 2, Procs: []Handler{func(ctx context.Context, req *Request, _ *Response) error {
 		args := append([]byte(nil), req.Args...)
-		nodes[1].GoFunc(ctx, 1, Method{Service: echoSvc}, args, func(reply []byte, err error) {
+		// Outliving the handler: without its cancellation (the caller's
+		// ctx has a deadline, so the handler's ends when it returns).
+		nodes[1].GoFunc(context.WithoutCancel(ctx), 1, Method{Service: echoSvc}, args, func(reply []byte, err error) {
 			if err == nil && !bytes.Equal(reply, args) {
 				err = fmt.Errorf("reply %q for %q", reply, args)
 			}

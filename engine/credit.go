@@ -77,7 +77,7 @@ func (s *sendCredit) acquire(ctx context.Context, cost int64, c *conn) (waited b
 		case <-wake:
 		case <-ctx.Done():
 			s.throttled.Inc()
-			return waited, fmt.Errorf("%w: no credit on %s to node %d: %w", ErrThrottled, c.channel, c.peer.num, ctxError(ctx))
+			return waited, fmt.Errorf("%w: no credit on %s to node %d: %w", ErrThrottled, c.channel, c.peer.num, ctx.Err())
 		}
 	}
 }
@@ -177,6 +177,7 @@ func frameCost(h *framing.Header, payload int) int {
 func (c *conn) finished(cost int) {
 	c.peer.inflight.Add(-1)
 	c.peer.inflightBytes.Add(-int64(cost))
+	c.n.doneServing() // a draining node looks at the counts again
 	r := c.recv
 	if r == nil {
 		return

@@ -22,11 +22,28 @@
 // # Calls
 //
 // Call is a synchronous RPC bounded by its context; Go and GoFunc start one
-// and return; Send is a one-way message. Errors wrap the sentinels in
-// errors.go, after CI's CLUSTER_RPC_* codes, so callers test them with
-// errors.Is. When a peer's connection drops, it restarts, or NodeDown
-// declares it down, every call outstanding to it fails at once with
-// ErrNodeDown: nothing waits for a deadline already known to be lost.
+// and return; Send is a one-way message. Every error a call returns wraps
+// exactly one of the sentinels in errors.go, after CI's CLUSTER_RPC_*
+// codes, so callers test them with errors.Is, and Code gives its Status
+// (the table is in errors.go). What the remote node answered is a
+// *RemoteError, declared errors of icsgen stubs included. When a peer's
+// connection drops, it restarts, or NodeDown declares it down, every call
+// outstanding to it fails at once with ErrNodeDown: nothing waits for a
+// deadline already known to be lost. WaitForReady(ctx) makes a call wait
+// for an unreachable peer instead, within ctx.
+//
+// The caller's deadline travels with the request: the handler's ctx has
+// it, and when the caller gives up (deadline, cancel) a cancel frame
+// cancels the handler's ctx and its reply is not sent. Calls from a ctx
+// that cannot end (context.Background) cost nothing for this.
+//
+// Config.ClientInterceptors and Config.ServerInterceptors wrap calls and
+// handlers (logging, auth decisions, tracing), the first outermost.
+// Node.Shutdown drains: peers learn it and fail new calls with
+// ErrShuttingDown, running handlers finish and reply, then the node
+// closes. Every node serves InfoService: ListServices says what a peer has
+// registered (telling ErrProgUnavail from ErrProcUnavail) and Health
+// whether it serves.
 //
 // Outstanding calls live in a lock-free table of client handles indexed by
 // transaction id (slot and generation, so a late reply to a reused slot is

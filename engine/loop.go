@@ -423,6 +423,16 @@ func (c *conn) handleFrame(f *framing.Frame) error {
 			return fmt.Errorf("credit grant on %s connection that is not throttled", c.channel)
 		}
 		c.credit.grant(int64(f.Aux))
+	case framing.TypeDraining:
+		if !c.outbound {
+			return fmt.Errorf("draining frame on an accepted connection")
+		}
+		c.n.peerDraining(c)
+	case framing.TypeCancel:
+		if c.outbound || c.channel == ChanReply || c.channel == ChanReplyPrio {
+			return fmt.Errorf("cancel frame on %s connection", c.channel)
+		}
+		c.n.cancelRequest(c, f.XID)
 	case framing.TypeGoAway:
 		return errGoAway
 	default:

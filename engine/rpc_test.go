@@ -318,6 +318,9 @@ func TestDeadlineAndLateReply(t *testing.T) {
 	if !errors.Is(err, ErrTimedOut) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("got %v, want ErrTimedOut wrapping DeadlineExceeded", err)
 	}
+	// The caller sent a TypeCancel as it gave up: once the server has it,
+	// the handler's reply is not sent at all.
+	eventually(t, "cancel received", func() bool { return nodes[1].m.cancelsReceived.Get() == 1 })
 	// The slot is free again; a new call reuses it with a new generation, and
 	// the stale reply for the old one must not complete the new call.
 	close(release)
@@ -325,7 +328,10 @@ func TestDeadlineAndLateReply(t *testing.T) {
 	if err != nil || string(got) != "fresh" {
 		t.Fatalf("got %q, %v", got, err)
 	}
-	eventually(t, "late reply counted", func() bool { return nodes[0].m.lateReplies.Get() == 1 })
+	eventually(t, "cancelled reply dropped", func() bool { return nodes[1].m.cancelledReplies.Get() == 1 })
+	if got := nodes[0].m.lateReplies.Get(); got != 0 {
+		t.Fatalf("%d late replies reached the caller", got)
+	}
 
 	cctx, ccancel := context.WithCancel(context.Background())
 	ccancel()
@@ -336,7 +342,8 @@ func TestDeadlineAndLateReply(t *testing.T) {
 
 // TestCancelInFlight: cancelling a call while it waits for its reply ends
 // it at once with ErrIntr (not ErrTimedOut), frees its handle, and the
-// reply that comes later is dropped as late.
+// reply that comes later is dropped: on the server, which has the
+// caller's cancel frame.
 func TestCancelInFlight(t *testing.T) {
 	nodes := startCluster(t, 2, nil)
 	arrived, release := make(chan struct{}), make(chan struct{})
@@ -360,8 +367,12 @@ func TestCancelInFlight(t *testing.T) {
 	if n := nodes[0].handles.inUse.Load(); n != 0 {
 		t.Fatalf("%d client handles still in use", n)
 	}
+	eventually(t, "the cancel frame received", func() bool { return nodes[1].m.cancelsReceived.Get() == 1 })
 	close(release)
-	eventually(t, "the late reply dropped", func() bool { return nodes[0].m.lateReplies.Get() == 1 })
+	eventually(t, "the late reply dropped", func() bool { return nodes[1].m.cancelledReplies.Get() == 1 })
+	if n := nodes[0].m.lateReplies.Get(); n != 0 {
+		t.Fatalf("%d late replies reached the caller", n)
+	}
 }
 
 func TestTooManyOutstandingCalls(t *testing.T) {
