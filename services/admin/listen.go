@@ -41,14 +41,13 @@ func CheckAddr(addr string) error {
 		}
 		return nil
 	}
-	host, port, err := net.SplitHostPort(addr)
+	_, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return fmt.Errorf("%w: %q: want host:port or unix:/path", ErrConfig, addr)
 	}
 	if port == "" {
 		return fmt.Errorf("%w: %q has no port", ErrConfig, addr)
 	}
-	_ = host
 	return nil
 }
 
