@@ -60,6 +60,12 @@ type Local struct {
 	// Fenced: the node learned it was declared down, or its lease ran out,
 	// and stays up isolated (fencing = "debug").
 	Fenced bool
+	// LeaseValid: the node may act as a member now (its membership lease,
+	// renewed by the master, has not run out).
+	LeaseValid bool
+	// RaftTerm is the CLMS raft term this node knows (0 on a node that is
+	// not master-eligible and has not heard one).
+	RaftTerm uint64
 }
 
 // KeyServiceSource is the key services of the cluster as a node sees them

@@ -133,7 +133,7 @@ func TestStatusMembersNode(t *testing.T) {
 	var st admin.Status
 	e.getJSON(t, "/v1/status", &st)
 	if st.Schema != admin.SchemaVersion || st.Node != 1 || st.Cluster != "test" || st.State != "UP" || st.Master != 2 ||
-		st.IsMaster || !st.Ready || st.LastTransition != 4 || st.MembersUp != 2 || st.Nodes != 3 || st.Incarnation != "0000000100000001" {
+		st.IsMaster || !st.Ready || !st.LeaseValid || st.LastTransition != 4 || st.MembersUp != 2 || st.Nodes != 3 || st.Incarnation != "0000000100000001" {
 		t.Fatalf("status %+v", st)
 	}
 	var ms admin.Members

@@ -26,6 +26,8 @@ type Status struct {
 	Ready          bool      `json:"ready"`
 	NotReady       string    `json:"not_ready,omitempty"` // why not, while not ready
 	Fenced         bool      `json:"fenced"`
+	LeaseValid     bool      `json:"lease_valid"` // may act as a member now
+	RaftTerm       uint64    `json:"raft_term"`
 	LastTransition uint64    `json:"last_transition"`
 	MembersUp      int       `json:"members_up"`
 	Nodes          int       `json:"nodes"` // in the node table

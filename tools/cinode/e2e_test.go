@@ -213,6 +213,10 @@ func TestThreeNodes(t *testing.T) {
 	if err := cl.Get(context.Background(), "/v1/status", &st); err != nil {
 		t.Fatal(err)
 	}
+	if st.Node != 1 || st.Cluster != "e2e" || st.State != "UP" || !st.Ready || !st.LeaseValid || st.RaftTerm == 0 || st.Master == 0 ||
+		st.MembersUp != 3 || st.Incarnation != ms.Members.Members[0].Incarnation {
+		t.Fatalf("node 1's /v1/status: %+v", st)
+	}
 	watch := startProc(t, bins.cluster, "-e", c.admins[0], "watch", "--json", "--since", fmt.Sprint(st.LastTransition))
 	procs[2].cmd.Process.Signal(syscall.SIGKILL)
 	eventually(t, 30*time.Second, "watch sees node 3 DOWN", func() (bool, string) {

@@ -54,7 +54,8 @@ func (m *nodeMember) Fatal() <-chan error { return m.fatal }
 // nor fenced. (Critical key services join this once they exist.)
 func (m *nodeMember) Local() admin.Local {
 	s := m.Status()
-	l := admin.Local{Node: s.Node, Cluster: s.Cluster, Incarnation: s.Incarnation, Master: s.Master, Fenced: s.Fenced}
+	l := admin.Local{Node: s.Node, Cluster: s.Cluster, Incarnation: s.Incarnation, Master: s.Master, Fenced: s.Fenced,
+		LeaseValid: s.LeaseValid, RaftTerm: s.RaftTerm}
 	state := clms.StateNeverUp.String()
 	for _, ms := range s.Members {
 		if ms.Node == s.Node {

@@ -56,7 +56,8 @@ func (s *Source) Local() admin.Local {
 	master := s.master
 	s.mu.Unlock()
 	m, _ := s.Member(s.self)
-	l := admin.Local{Node: s.self, Cluster: s.cluster, Incarnation: m.Incarnation, Master: master, Ready: m.State == clms.StateUp}
+	l := admin.Local{Node: s.self, Cluster: s.cluster, Incarnation: m.Incarnation, Master: master, Ready: m.State == clms.StateUp,
+		LeaseValid: m.State.IsMember()}
 	if !l.Ready {
 		l.NotReady = fmt.Sprintf("node %d is %s, not UP", s.self, m.State)
 	}
