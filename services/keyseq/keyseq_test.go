@@ -1,0 +1,202 @@
+package keyseq_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/clusterinfra/ci/clms"
+	"github.com/clusterinfra/ci/clms/clmstest"
+	"github.com/clusterinfra/ci/engine"
+	"github.com/clusterinfra/ci/engine/enginetest"
+	"github.com/clusterinfra/ci/services/keyseq"
+	"github.com/clusterinfra/ci/services/node"
+	"github.com/clusterinfra/ci/services/node/nodetest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, enginetest.LeakOptions()...) }
+
+// cluster is n in-process nodes on 127.0.0.x, each running keyseq.
+type cluster struct {
+	t     *testing.T
+	c     *nodetest.Cluster
+	nodes map[clms.NodeNum]*node.Node
+	seqs  map[clms.NodeNum]*keyseq.Service
+}
+
+func startCluster(t *testing.T, count int) *cluster {
+	c, err := nodetest.Write(t.TempDir(), nodetest.Options{Nodes: count,
+		KeyServices: []clms.KeyServiceEntry{{Name: keyseq.Name}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// lan-fast stretched: in-process nodes share one starved test process,
+	// and a lease that runs out in a stall is not what these tests test.
+	k := time.Duration(2)
+	if raceEnabled {
+		k = 4
+	}
+	tm := clmstest.Stretch(clms.LANFastTiming(), k)
+	cl := &cluster{t: t, c: c, nodes: map[clms.NodeNum]*node.Node{}, seqs: map[clms.NodeNum]*keyseq.Service{}}
+	for num := range c.Addrs {
+		reg := &clms.KeyServices{}
+		seq, err := keyseq.Register(reg, keyseq.Config{Block: 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := node.New(node.Config{Cluster: c.Config, Node: num, DataDir: t.TempDir(), Timing: &tm, KeyServices: reg,
+			Logger: enginetest.Logger(), Engine: func(c *engine.Config) { c.EventLoops = 1 }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := seq.Attach(n.Engine(), n.Runner()); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = n.Close() })
+		cl.nodes[num], cl.seqs[num] = n, seq
+	}
+	return cl
+}
+
+// live is every node not closed, in order.
+func (c *cluster) live() []clms.NodeNum {
+	return slices.Sorted(maps.Keys(c.nodes))
+}
+
+// waitOwner waits until every live node sees a ready owner in an epoch
+// above after, acting on its node, and returns it.
+func (c *cluster) waitOwner(after uint64) (clms.NodeNum, uint64) {
+	c.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		owner, epoch, ok := c.seqs[c.live()[0]].Owner()
+		same := ok && epoch > after
+		for _, n := range c.live() {
+			o, e, ok := c.seqs[n].Owner()
+			same = same && ok && o == owner && e == epoch && c.nodes[n].Ready()
+		}
+		if same && c.nodes[owner] != nil && c.seqs[owner].Stats().Serving {
+			return owner, epoch
+		}
+		if time.Now().After(deadline) {
+			var dump string
+			for _, n := range c.live() {
+				dump += fmt.Sprintf("\nnode %d: %+v %+v", n, c.nodes[n].Status().KeyServices, c.seqs[n].Stats())
+			}
+			c.t.Fatalf("no ready owner after epoch %d%s", after, dump)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// draw takes ids from every live node, rounds times, and returns the
+// highest; it fails the test if any id was handed out twice.
+func (c *cluster) draw(ctx context.Context, rounds int, seen map[uint64]clms.NodeNum) uint64 {
+	c.t.Helper()
+	var hi uint64
+	for range rounds {
+		for _, n := range c.live() {
+			rg, err := c.seqs[n].Next(ctx, 3)
+			if err != nil {
+				c.t.Fatalf("node %d: Next: %v", n, err)
+			}
+			for id := rg.First; id <= rg.Last(); id++ {
+				if by, dup := seen[id]; dup {
+					c.t.Fatalf("id %d handed out twice: to node %d and node %d (epoch %d)", id, by, n, rg.Epoch)
+				}
+				seen[id] = n
+			}
+			hi = max(hi, rg.Last())
+		}
+	}
+	return hi
+}
+
+// The owner stops (as a crash, seen from the others); a survivor takes
+// over in the next epoch, pulls each survivor's highest id and continues
+// after the largest: no id is handed out twice, and the first new one is
+// exactly the pulled maximum + 1. A request stamped with the old epoch is
+// refused.
+func TestOwnerCloseFailover(t *testing.T) {
+	c := startCluster(t, 3)
+	ctx := enginetest.Context(t, 30*time.Second)
+	owner, epoch := c.waitOwner(0)
+	seen := map[uint64]clms.NodeNum{}
+	handed := c.draw(ctx, 4, seen) // 36 ids in blocks of 10: several reservations
+	_ = c.nodes[owner].Close()
+	delete(c.nodes, owner)
+	survivors := c.live()
+	want := map[clms.NodeNum]uint64{}
+	for _, n := range survivors {
+		want[n] = c.seqs[n].Stats().Seen // stable: the owner is gone
+		if want[n] < handed {
+			t.Fatalf("node %d saw up to %d, but ids up to %d were handed out", n, want[n], handed)
+		}
+	}
+	newOwner, newEpoch := c.waitOwner(epoch)
+	if newOwner == owner || newEpoch != epoch+1 {
+		t.Fatalf("new owner %d in epoch %d; old %d in %d", newOwner, newEpoch, owner, epoch)
+	}
+	a := c.seqs[newOwner].Stats().Assembled
+	if a == nil || a.Epoch != newEpoch || a.Handover || !maps.Equal(a.Pulled, want) || a.Base != slices.Max(slices.Collect(maps.Values(want))) {
+		t.Fatalf("assembled %+v; want pulled %v", a, want)
+	}
+	rg, err := c.seqs[survivors[0]].Next(ctx, 1)
+	if err != nil || rg.First != a.Base+1 || rg.Epoch != newEpoch {
+		t.Fatalf("first id after failover: %+v %v; want %d in epoch %d", rg, err, a.Base+1, newEpoch)
+	}
+	c.draw(ctx, 2, seen)
+
+	// A client that remembered the old epoch.
+	other := survivors[0]
+	if other == newOwner {
+		other = survivors[1]
+	}
+	before := c.seqs[newOwner].Stats().Refused
+	if _, err := c.seqs[other].NextAt(ctx, newOwner, epoch, 1); !errors.Is(err, keyseq.ErrStaleEpoch) {
+		t.Fatalf("request in the old epoch: %v, want ErrStaleEpoch", err)
+	}
+	if got := c.seqs[newOwner].Stats().Refused; got != before+1 {
+		t.Fatalf("refused %d, want %d", got, before+1)
+	}
+}
+
+// A planned move hands the exact next id over: no pull, no gap, epoch + 1.
+func TestPlannedMove(t *testing.T) {
+	c := startCluster(t, 3)
+	ctx := enginetest.Context(t, 30*time.Second)
+	owner, epoch := c.waitOwner(0)
+	seen := map[uint64]clms.NodeNum{}
+	last := c.draw(ctx, 2, seen)
+	target := owner%3 + 1
+	if err := c.nodes[target].MoveKeyService(ctx, keyseq.Name, target); err != nil {
+		t.Fatal(err)
+	}
+	newOwner, newEpoch := c.waitOwner(epoch)
+	if newOwner != target || newEpoch != epoch+1 {
+		t.Fatalf("moved to %d in epoch %d; want %d in %d", newOwner, newEpoch, target, epoch+1)
+	}
+	a := c.seqs[target].Stats().Assembled
+	if a == nil || !a.Handover || a.Base != last {
+		t.Fatalf("assembled %+v; want the hand-over of %d", a, last)
+	}
+	rg, err := c.seqs[owner].Next(ctx, 1)
+	if err != nil || rg.First != last+1 || rg.Epoch != newEpoch {
+		t.Fatalf("first id after the move: %+v %v; want %d in epoch %d", rg, err, last+1, newEpoch)
+	}
+	if c.seqs[owner].Stats().Serving {
+		t.Fatal("the old owner still serves")
+	}
+	if st := c.nodes[owner].Status(); !st.Ready || len(st.KeyServices) != 1 || st.KeyServices[0].Owner != target || st.KeyServices[0].Acting {
+		t.Fatalf("old owner's status: %+v", st)
+	}
+}
