@@ -87,6 +87,7 @@ type Assembled struct {
 	Handover bool                    // from the previous owner's HandOff, not a pull
 	Pulled   map[clms.NodeNum]uint64 // each member's highest id, as pulled (Handover: the old owner's next-1 under its number)
 	Base     uint64                  // the largest: the first id served is Base+1
+	At       time.Time               // when FailoverData (or TakeOver) finished
 }
 
 // Stats describe this node's part of the service.
@@ -238,6 +239,7 @@ func (s *Service) TakeOver(_ context.Context, epoch uint64, state []byte) error 
 }
 
 func (s *Service) takeOver(a *Assembled) {
+	a.At = time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.seen = max(s.seen, a.Base)
