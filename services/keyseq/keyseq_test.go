@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -31,11 +32,24 @@ type cluster struct {
 }
 
 func startCluster(t *testing.T, count int) *cluster {
-	c, err := nodetest.Write(t.TempDir(), nodetest.Options{Nodes: count,
-		KeyServices: []clms.KeyServiceEntry{{Name: keyseq.Name}}})
+	c := newCluster(t, nodetest.Options{Nodes: count, KeyServices: []clms.KeyServiceEntry{{Name: keyseq.Name}}})
+	for num := range c.c.Addrs {
+		c.start(num, false)
+	}
+	return c
+}
+
+func newCluster(t *testing.T, opt nodetest.Options) *cluster {
+	c, err := nodetest.Write(t.TempDir(), opt)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return &cluster{t: t, c: c, nodes: map[clms.NodeNum]*node.Node{}, seqs: map[clms.NodeNum]*keyseq.Service{}}
+}
+
+// start starts node num with keyseq (critical as said).
+func (c *cluster) start(num clms.NodeNum, critical bool) {
+	t := c.t
 	// lan-fast stretched: in-process nodes share one starved test process,
 	// and a lease that runs out in a stall is not what these tests test.
 	k := time.Duration(2)
@@ -43,28 +57,52 @@ func startCluster(t *testing.T, count int) *cluster {
 		k = 4
 	}
 	tm := clmstest.Stretch(clms.LANFastTiming(), k)
-	cl := &cluster{t: t, c: c, nodes: map[clms.NodeNum]*node.Node{}, seqs: map[clms.NodeNum]*keyseq.Service{}}
-	for num := range c.Addrs {
-		reg := &clms.KeyServices{}
-		seq, err := keyseq.Register(reg, keyseq.Config{Block: 10})
-		if err != nil {
-			t.Fatal(err)
-		}
-		n, err := node.New(node.Config{Cluster: c.Config, Node: num, DataDir: t.TempDir(), Timing: &tm, KeyServices: reg,
-			Logger: enginetest.Logger(), Engine: func(c *engine.Config) { c.EventLoops = 1 }})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := seq.Attach(n.Engine(), n.Runner()); err != nil {
-			t.Fatal(err)
-		}
-		if err := n.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = n.Close() })
-		cl.nodes[num], cl.seqs[num] = n, seq
+	reg := &clms.KeyServices{}
+	seq, err := keyseq.Register(reg, keyseq.Config{Block: 10, Critical: critical})
+	if err != nil {
+		t.Fatal(err)
 	}
-	return cl
+	n, err := node.New(node.Config{Cluster: c.c.Config, Node: num, DataDir: t.TempDir(), Timing: &tm, KeyServices: reg,
+		Logger: enginetest.Logger(), Engine: func(c *engine.Config) { c.EventLoops = 1 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := seq.Attach(n.Engine(), n.Runner()); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = n.Close() })
+	c.nodes[num], c.seqs[num] = n, seq
+}
+
+// waitFor polls cond until it holds.
+func (c *cluster) waitFor(what string, cond func() bool) {
+	c.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			var dump string
+			for _, n := range c.live() {
+				dump += fmt.Sprintf("\nnode %d: %+v", n, c.nodes[n].Status())
+			}
+			c.t.Fatalf("timed out waiting for %s%s", what, dump)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// metric reads one series of node n.
+func (c *cluster) metric(n clms.NodeNum, series string) string {
+	var b strings.Builder
+	c.nodes[n].Metrics().WritePrometheus(&b)
+	for _, l := range strings.Split(b.String(), "\n") {
+		if name, v, ok := strings.Cut(l, " "); ok && name == series {
+			return v
+		}
+	}
+	return ""
 }
 
 // live is every node not closed, in order.
@@ -155,6 +193,17 @@ func TestOwnerCloseFailover(t *testing.T) {
 		t.Fatalf("first id after failover: %+v %v; want %d in epoch %d", rg, err, a.Base+1, newEpoch)
 	}
 	c.draw(ctx, 2, seen)
+	for series, want := range map[string]string{
+		fmt.Sprintf(`ci_clms_keysvc_owner{node="%d",service="keyseq"}`, newOwner):  fmt.Sprint(newOwner),
+		fmt.Sprintf(`ci_clms_keysvc_epoch{node="%d",service="keyseq"}`, newOwner):  fmt.Sprint(newEpoch),
+		fmt.Sprintf(`ci_clms_keysvc_acting{node="%d",service="keyseq"}`, newOwner): "1",
+		fmt.Sprintf(`ci_clms_keysvc_failovers_total{node="%d"}`, newOwner):         "1",
+		fmt.Sprintf(`ci_clms_keysvc_pull_failures_total{node="%d"}`, newOwner):     "0",
+	} {
+		if got := c.metric(newOwner, series); got != want {
+			t.Errorf("%s = %q, want %q", series, got, want)
+		}
+	}
 
 	// A client that remembered the old epoch.
 	other := survivors[0]
@@ -198,5 +247,64 @@ func TestPlannedMove(t *testing.T) {
 	}
 	if st := c.nodes[owner].Status(); !st.Ready || len(st.KeyServices) != 1 || st.KeyServices[0].Owner != target || st.KeyServices[0].Acting {
 		t.Fatalf("old owner's status: %+v", st)
+	}
+}
+
+// A critical key service holds readiness back: nodes 1 and 2 are members
+// with valid leases but not ready while the only node that may run keyseq
+// is away; node 3 joins, takes it, and every node is ready. When node 3
+// stops, no capable node is left: under key_service_panic = "degraded" the
+// others stay up and say the service is missing (status and metric).
+func TestCriticalReadinessAndDegraded(t *testing.T) {
+	c := newCluster(t, nodetest.Options{Nodes: 3, Top: []string{`key_service_panic = "degraded"`},
+		KeyServices: []clms.KeyServiceEntry{{Name: keyseq.Name, Critical: true}},
+		Capable: func(n int) []string {
+			if n == 3 {
+				return []string{keyseq.Name}
+			}
+			return nil
+		}})
+	c.start(1, true)
+	c.start(2, true)
+	c.waitFor("nodes 1 and 2 members", func() bool {
+		for _, n := range []clms.NodeNum{1, 2} {
+			if st := c.nodes[n].Status(); !st.LeaseValid || len(st.Members) < 2 {
+				return false
+			}
+		}
+		return true
+	})
+	for _, n := range []clms.NodeNum{1, 2} {
+		if st := c.nodes[n].Status(); st.Formed || st.Ready || c.nodes[n].Ready() {
+			t.Fatalf("node %d ready without its critical key service: %+v", n, st)
+		}
+	}
+	c.start(3, true)
+	c.waitFor("every node ready", func() bool {
+		for _, n := range c.live() {
+			if !c.nodes[n].Ready() {
+				return false
+			}
+		}
+		return true
+	})
+	if owner, _, ok := c.seqs[1].Owner(); !ok || owner != 3 {
+		t.Fatalf("owner %d %v, want node 3", owner, ok)
+	}
+	_ = c.nodes[3].Close()
+	delete(c.nodes, 3)
+	c.waitFor("keyseq degraded on nodes 1 and 2", func() bool {
+		for _, n := range c.live() {
+			if st := c.nodes[n].Status(); !slices.Equal(st.Degraded, []string{keyseq.Name}) || st.Fenced || !st.LeaseValid {
+				return false
+			}
+		}
+		return true
+	})
+	if got := c.metric(1, `ci_clms_keysvc_degraded{node="1"}`); got != "1" {
+		t.Fatalf("ci_clms_keysvc_degraded = %q, want 1", got)
+	}
+	if _, err := c.seqs[1].Next(enginetest.Context(t, 50*time.Millisecond), 1); !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, keyseq.ErrNoOwner) {
+		t.Fatalf("Next without an owner: %v", err)
 	}
 }
