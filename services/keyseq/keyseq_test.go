@@ -308,3 +308,27 @@ func TestCriticalReadinessAndDegraded(t *testing.T) {
 		t.Fatalf("Next without an owner: %v", err)
 	}
 }
+
+// A planned shutdown of the owner hands keyseq over before the node leaves
+// (no failover): the next owner continues right after the last id.
+func TestOwnerShutdownHandsOver(t *testing.T) {
+	c := startCluster(t, 3)
+	ctx := enginetest.Context(t, 30*time.Second)
+	owner, epoch := c.waitOwner(0)
+	last := c.draw(ctx, 2, map[uint64]clms.NodeNum{})
+	if err := c.nodes[owner].Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	delete(c.nodes, owner)
+	newOwner, newEpoch := c.waitOwner(epoch)
+	a := c.seqs[newOwner].Stats().Assembled
+	if newEpoch != epoch+1 || a == nil || !a.Handover || a.Base != last {
+		t.Fatalf("after the shutdown: owner %d epoch %d assembled %+v; want a hand-over of %d in epoch %d", newOwner, newEpoch, a, last, epoch+1)
+	}
+	if got := c.metric(newOwner, fmt.Sprintf(`ci_clms_keysvc_handovers_total{node="%d"}`, newOwner)); got != "1" {
+		t.Fatalf("handovers %q, want 1", got)
+	}
+	if rg, err := c.seqs[newOwner].Next(ctx, 1); err != nil || rg.First != last+1 {
+		t.Fatalf("first id after the hand-over: %+v %v; want %d", rg, err, last+1)
+	}
+}
