@@ -31,9 +31,12 @@ check-generate:
 	if [ "$$before" != "$$after" ]; then \
 	  echo "go generate changed files: commit the regenerated code"; git status --short; exit 1; fi
 
-# The whole suite under the race detector, plus each fuzz target briefly.
+# The whole suite under the race detector, then the allocation tests
+# without it (the race detector allocates, so they skip under -race), plus
+# each fuzz target briefly.
 test: lint check-generate
 	$(GO) test -race -count=1 -timeout 10m $(PKGS)
+	$(GO) test -count=1 -run 'Alloc' $(PKGS)
 	$(MAKE) fuzz-short
 
 # The CLMS randomized fault run over many seeds (make test runs a handful).

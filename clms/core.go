@@ -1,6 +1,7 @@
 package clms
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -407,6 +408,8 @@ func (c *Core) Step(m Message) error {
 			}
 		case StatusRetry:
 			c.setJoinReason(m.Reason)
+		case StatusNotMember:
+			c.fence("declared down before it learned it had joined: " + m.Reason)
 		}
 	case MsgImAlive:
 		c.masterImAlive(m)
@@ -445,7 +448,7 @@ func (c *Core) Step(m Message) error {
 		}
 	case MsgSetInfo:
 		if mem := c.st.members[m.From]; c.isMaster() && mem.State.IsMember() && mem.Incarnation == m.FromInc {
-			c.masterSetInfo(m.Node, m.Info)
+			c.masterSetInfo(m.Node, m.Info, m.Applied)
 		}
 	case MsgKeyPull, MsgKeyData, MsgKeyReady, MsgKeyMove, MsgKeyReleased:
 		c.stepKey(m)
@@ -458,6 +461,9 @@ func (c *Core) Step(m Message) error {
 func (c *Core) stepRaft(m Message) error {
 	if c.rn == nil || m.Raft == nil || !c.eligible[m.From] || m.Raft.GetFrom() != uint64(m.From) || m.Raft.GetTo() != uint64(c.self) {
 		return fmt.Errorf("%w: %v", ErrBadRaft, m)
+	}
+	if t := m.Raft.GetType(); (t == raftpb.MsgVote || t == raftpb.MsgPreVote) && !c.mayVote(m.Raft) {
+		return nil
 	}
 	if err := c.rn.Step(m.Raft); err != nil {
 		return nil // raft drops what it cannot use (a local type, an unknown peer's reply)
@@ -476,6 +482,30 @@ func (c *Core) stepRaft(m Message) error {
 		}
 	}
 	return nil
+}
+
+// mayVote enforces A3 (docs/CLMS.md) where raft's CheckQuorum lease does not:
+//   - it lives in memory: our previous incarnation may have accepted the
+//     master's heartbeat just before it died, and the master counts that in
+//     its quorum contact. So a new incarnation votes for nobody until
+//     ElectionTimeout has passed on its own clock, as if it had accepted a
+//     heartbeat at its start (TestRestartedVoterKeepsLeaderLease);
+//   - raft checks it only on vote requests of a higher term: any other
+//     message of a higher term moves us to that term with no leader, and a
+//     vote request of that term then passes (a late answer to a heartbeat we
+//     sent when we led, from a voter that became a candidate since). So no
+//     vote within ElectionTimeout of accepting a leader's append or heartbeat,
+//     whatever raft's state (TestVoterKeepsLeaseAfterHigherTermAnswer).
+//
+// A forced campaign (leadership handed over, or crash proof of the leader)
+// may skip the second rule, as it skips raft's: the leader grants nothing
+// any more.
+func (c *Core) mayVote(m *raftpb.Message) bool {
+	if c.now < c.t.election {
+		return false
+	}
+	forced := bytes.Equal(m.GetContext(), []byte("CampaignTransfer")) // raft's campaignTransfer
+	return forced || c.quiet.leader == 0 || c.now-c.quiet.heard >= c.t.election
 }
 
 // HasReady reports whether Ready has anything.

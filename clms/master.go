@@ -38,6 +38,11 @@ type watch struct {
 	applied uint64 // records the member applied (nodes without raft)
 	sent    uint64 // records pushed
 	pushed  int64
+	// lapsed: since lapsedAt it says it holds no lease although we could
+	// grant; withheld: since withheldAt we grant it nothing, as our grants
+	// evidently do not reach it (a link cut one way).
+	lapsed, withheld     bool
+	lapsedAt, withheldAt int64
 }
 
 // cbWait collects the members' callback reports for one transition.
@@ -143,6 +148,13 @@ func (c *Core) tickMaster() {
 			// Its lease ran out on its own clock by now, even a slow one: it
 			// has fenced itself, so declaring it down is safe.
 			c.propose(Transition{Node: n, Incarnation: w.inc, From: mem.State, To: StateGoingDown, Cause: CauseSilence})
+		case w.withheld && c.now-w.withheldAt >= c.t.lease+c.t.margin:
+			// It hears none of our grants, and the last one we sent answered
+			// an imalive received before withheldAt: by the argument above
+			// every lease it holds ran out, and it cannot act until a master
+			// that can reach it grants again. Declare it down rather than
+			// leave it UP and suspended for as long as the cut lasts.
+			c.propose(Transition{Node: n, Incarnation: w.inc, From: mem.State, To: StateGoingDown, Cause: CauseFenced})
 		case silence >= c.t.probe || w.suspect:
 			c.suspect(n, w)
 		}
@@ -224,11 +236,25 @@ func (c *Core) masterImAlive(m Message) {
 	// from the imalive's send time, which is earlier.
 	w.heard, w.suspect = c.now, false
 	w.applied = max(w.applied, m.Applied)
+	switch {
+	case m.Status != StatusNoLease:
+		w.lapsed, w.withheld = false, false // our grants reach it
+	case !c.canGrant():
+		// Its lease lapsing is our doing (no quorum contact), not the link's.
+	case !w.lapsed:
+		w.lapsed, w.lapsedAt = true, c.now
+	case !w.withheld && c.now-w.lapsedAt >= c.t.lease:
+		// A lease's worth of grants lost in a row: stop granting, so that
+		// declaring it down later is safe (tickMaster).
+		w.withheld, w.withheldAt = true, c.now
+	}
 	st := StatusNoLease
-	if c.canGrant() && c.m.downPending[m.From] != mem.Incarnation {
+	if c.canGrant() && c.m.downPending[m.From] != mem.Incarnation && !w.withheld {
 		st = StatusOK
 	}
-	c.send(Message{Type: MsgImAliveAck, To: m.From, Seq: m.Seq, Status: st})
+	// Name the incarnation: sequence numbers restart with each one, and a
+	// grant must never reach a later process (TestStaleGrantForPreviousIncarnation).
+	c.send(Message{Type: MsgImAliveAck, To: m.From, Seq: m.Seq, Status: st, Node: m.From, Inc: m.FromInc})
 	if !c.eligible[m.From] {
 		c.maybePush(m.From, w)
 	}
@@ -240,6 +266,11 @@ func (c *Core) masterJoin(n NodeNum, inc uint64, info NodeInfo) (Status, string)
 	switch {
 	case inc < mem.Incarnation:
 		return StatusRetry, "an incarnation newer than this one has joined"
+	case inc == mem.Incarnation && !mem.State.IsMember():
+		// Admitted, then declared down before it heard of either (its
+		// answers were lost): it joins once, so it must hear now that this
+		// incarnation is over (TestJoinOfIncarnationAlreadyDown).
+		return StatusNotMember, fmt.Sprintf("this incarnation was admitted and is %s since transition %d", mem.State, mem.LastChange)
 	case mem.State == StateNeverUp || mem.State == StateDown:
 		c.propose(Transition{Node: n, Incarnation: inc, From: mem.State, To: StateComingUp, Cause: CauseJoin}, info)
 		return StatusOK, ""
@@ -374,9 +405,10 @@ func (c *Core) proposeCmd(cmd command) bool {
 	return true
 }
 
-// masterSetInfo proposes node n's new info.
-func (c *Core) masterSetInfo(n NodeNum, info NodeInfo) {
+// masterSetInfo proposes node n's new info, asked for by a node that had
+// applied the records up to base.
+func (c *Core) masterSetInfo(n NodeNum, info NodeInfo, base uint64) {
 	if _, ok := c.st.members[n]; ok {
-		c.proposeCmd(command{Kind: RecordNodeInfo, T: Transition{Node: n}, Info: info})
+		c.proposeCmd(command{Kind: RecordNodeInfo, T: Transition{Node: n}, Info: info, InfoBase: base})
 	}
 }

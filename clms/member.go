@@ -97,7 +97,11 @@ func (c *Core) sendImAlive() {
 		}
 	}
 	c.stats.HeartbeatsSent++
-	c.send(Message{Type: MsgImAlive, To: c.master, Seq: c.hbSeq, Applied: c.st.LastSeq()})
+	st := StatusOK
+	if c.now >= c.lease {
+		st = StatusNoLease // the master learns when its grants do not arrive
+	}
+	c.send(Message{Type: MsgImAlive, To: c.master, Seq: c.hbSeq, Applied: c.st.LastSeq(), Status: st})
 }
 
 func (c *Core) updateLease() {
@@ -184,9 +188,9 @@ func (c *Core) sendInfo() {
 	c.infoTry = c.now
 	for _, n := range slices.Sorted(maps.Keys(c.pendingInfo)) {
 		if c.isMaster() {
-			c.masterSetInfo(n, c.pendingInfo[n])
+			c.masterSetInfo(n, c.pendingInfo[n], c.st.LastSeq())
 		} else if c.master != 0 {
-			c.send(Message{Type: MsgSetInfo, To: c.master, Node: n, Info: c.pendingInfo[n]})
+			c.send(Message{Type: MsgSetInfo, To: c.master, Node: n, Info: c.pendingInfo[n], Applied: c.st.LastSeq()})
 		}
 	}
 }
@@ -256,8 +260,8 @@ func (c *Core) masterChanged() {
 }
 
 func (c *Core) imAliveAck(m Message) {
-	if c.phase != phaseMember {
-		return
+	if c.phase != phaseMember || m.Node != c.self || m.Inc != c.inc {
+		return // not an answer to this incarnation's heartbeat
 	}
 	switch m.Status {
 	case StatusOK:
@@ -269,9 +273,7 @@ func (c *Core) imAliveAck(m Message) {
 			c.updateLease()
 		}
 	case StatusNotMember:
-		if m.Node == c.self && m.Inc == c.inc {
-			c.fence("the master says this incarnation is no longer a member")
-		}
+		c.fence("the master says this incarnation is no longer a member")
 	}
 }
 

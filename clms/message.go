@@ -27,14 +27,17 @@ const (
 	// MsgJoin asks the master to admit the sender's incarnation (FromInc).
 	MsgJoin // Info
 	// MsgJoinReply says the join was proposed (StatusOK), that the receiver
-	// is not the master (Node = hint), or that the sender must retry (Reason).
+	// is not the master (Node = hint), that the sender must retry (Reason),
+	// or that its incarnation was admitted and is down already (NotMember:
+	// it fences).
 	MsgJoinReply // Status, Node, Reason
 	// MsgImAlive is a member's heartbeat to the master; Seq identifies it
-	// for the lease, Applied is the last record the member applied.
-	MsgImAlive // Seq, Applied
+	// for the lease, Applied is the last record the member applied, Status
+	// is NoLease when the member holds no lease (OK when it holds one).
+	MsgImAlive // Seq, Applied, Status
 	// MsgImAliveAck answers a heartbeat: StatusOK grants the lease from the
 	// heartbeat's send time, StatusNotMember tells a declared-down node.
-	MsgImAliveAck // Seq, Status
+	MsgImAliveAck // Seq, Status, Node, Inc (the heartbeat's sender)
 	// MsgPing is the master's direct probe of a silent or suspect member:
 	// "send me an imalive now". Anyone may ping anyone to test a connection.
 	MsgPing // (header only)
@@ -50,8 +53,9 @@ const (
 	// MsgLeave asks the master for a planned shutdown of the sender.
 	MsgLeave // (header only)
 	// MsgSetInfo asks the master to replace Node's info
-	// (clusternode_setinfo).
-	MsgSetInfo // Node, Info
+	// (clusternode_setinfo); Applied is the asker's last applied record, the
+	// base below which a newer change makes this request stale.
+	MsgSetInfo // Node, Info, Applied
 	// MsgKeyPull asks a member for its PullData of KeyService in Epoch (the
 	// sender is that epoch's owner); answered with MsgKeyData.
 	MsgKeyPull // KeyService, Epoch

@@ -2,6 +2,7 @@ package clms_test
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"strconv"
@@ -53,6 +54,14 @@ func TestRandomized(t *testing.T) {
 				Timing: clms.LANFastTiming(), Verbose: verbose, Keys: keys, KeyCapable: capable})
 			rng := rand.New(rand.NewPCG(seed, 7))
 			form(t, s)
+			// Some messages arrive twice, the copy up to three heartbeats late
+			// (after newer ones, possibly at a restarted process).
+			s.Duplicate(0.05, 3*s.Timing().Heartbeat)
+			// Clock rates anywhere in [lo, hi], often at the ends: any two
+			// nodes' ratio stays within Timing.MinClockRatio (A1), and some
+			// pairs sit exactly at that edge.
+			lo := math.Sqrt(s.Timing().MinClockRatio())
+			hi := 1 / lo
 			pick := func() clms.NodeNum { return clms.NodeNum(1 + rng.IntN(size)) }
 			for range 60 {
 				s.Run(time.Duration(50+rng.IntN(300)) * time.Millisecond)
@@ -77,10 +86,21 @@ func TestRandomized(t *testing.T) {
 				case r < 55:
 					s.Heal()
 				case r < 62:
-					s.Drop(n.Num, pick(), rng.Float64()*0.5)
+					if rng.IntN(2) == 0 {
+						s.Drop(n.Num, pick(), 1) // one way only: the other hears it
+					} else {
+						s.Drop(n.Num, pick(), rng.Float64()*0.5)
+					}
 				case r < 70:
 					// Drift within what the lease margin covers.
-					n.Rate = 0.95 + rng.Float64()*0.1
+					switch rng.IntN(3) {
+					case 0:
+						n.Rate = lo
+					case 1:
+						n.Rate = hi
+					default:
+						n.Rate = lo + rng.Float64()*(hi-lo)
+					}
 				case r < 75:
 					if !n.Dead && !n.Paused {
 						n.Core.Shutdown()
@@ -114,7 +134,7 @@ func TestRandomized(t *testing.T) {
 						s.Restart(n.Num)
 					}
 				}
-				return s.AllUp() && randomKeysReady(s, keys)
+				return s.AllUp() && s.Master() != 0 && randomKeysReady(s, keys)
 			})
 			if s.Check.Checks == 0 {
 				t.Fatal("the checker never ran")

@@ -70,6 +70,11 @@ type command struct {
 	Kind RecordKind
 	T    Transition // ID is assigned when applied; Time set by the proposer
 	Info NodeInfo
+	// InfoBase (RecordNodeInfo) is the record the requester had applied when
+	// it asked: the change applies only if the node's info was not set after
+	// that, so a late copy of an older request cannot undo a newer one (the
+	// requester retries with a newer base until its info is in).
+	InfoBase uint64
 	// RecordKeyService: the service's new state, and what its state must
 	// be when the command is applied.
 	Key     KeyRecord
@@ -81,6 +86,9 @@ func (c *command) encode() []byte {
 	e.uvarint(uint64(c.Kind))
 	e.transition(&c.T)
 	e.info(&c.Info)
+	if c.Kind == RecordNodeInfo {
+		e.uvarint(c.InfoBase)
+	}
 	if c.Kind == RecordKeyService {
 		e.keyRecord(&c.Key)
 		e.uvarint(c.KeyFrom.Epoch)
@@ -96,6 +104,9 @@ func decodeCommand(b []byte) (command, error) {
 	c.Kind = RecordKind(d.small(uint64(recordKindEnd-1), "command kind"))
 	c.T = d.transition()
 	c.Info = d.info()
+	if c.Kind == RecordNodeInfo {
+		c.InfoBase = d.uvarint()
+	}
 	if c.Kind == RecordKeyService {
 		c.Key = d.keyRecord()
 		c.KeyFrom.Epoch = d.uvarint()
@@ -197,6 +208,9 @@ func (s *State) decide(c command) (Record, bool) {
 	}
 	m, ok := s.members[c.T.Node]
 	if ok && c.Kind == RecordNodeInfo {
+		if m.InfoSeq > c.InfoBase {
+			return Record{}, false // set since the requester asked: a stale request
+		}
 		return Record{Seq: s.LastSeq() + 1, Kind: RecordNodeInfo, Transition: Transition{Node: c.T.Node, Time: c.T.Time}, Info: c.Info}, true
 	}
 	if !ok || c.Kind != RecordTransition || c.T.From != m.State || !legal[[2]NodeState{c.T.From, c.T.To}] {
@@ -233,7 +247,7 @@ func (s *State) apply(r Record) error {
 		if !ok || t.ID != 0 {
 			return fmt.Errorf("%w: info of node %d", errRecord, t.Node)
 		}
-		m.Info = r.Info
+		m.Info, m.InfoSeq = r.Info, r.Seq
 		s.records = append(s.records, r)
 		return nil
 	}
@@ -247,7 +261,7 @@ func (s *State) apply(r Record) error {
 	m := s.members[t.Node]
 	m.State, m.Incarnation, m.LastChange = t.To, t.Incarnation, t.ID
 	if t.To == StateComingUp {
-		m.Info = r.Info
+		m.Info, m.InfoSeq = r.Info, r.Seq
 	}
 	s.records = append(s.records, r)
 	s.history = append(s.history, t)

@@ -109,4 +109,5 @@ type Member struct {
 	Incarnation uint64
 	Info        NodeInfo
 	LastChange  TransitionID // the transition that put it in State
+	InfoSeq     uint64       // the record that last set Info (its COMINGUP or a setinfo)
 }

@@ -29,12 +29,14 @@ func BenchmarkCall(b *testing.B) {
 		inline   bool
 		mode     WriteMode
 		security SecurityMode
+		deadline bool // the caller's ctx has a deadline: the cancellable path
 	}{
-		{"inline/direct", true, WriteDirect, 0},
-		{"handles/direct", false, WriteDirect, 0},
-		{"inline/eventloop", true, WriteEventLoop, 0},
-		{"inline/direct/authenticated", true, WriteDirect, SecurityAuthenticate},
-		{"inline/direct/encrypted", true, WriteDirect, SecurityEncrypt},
+		{"inline/direct", true, WriteDirect, 0, false},
+		{"handles/direct", false, WriteDirect, 0, false},
+		{"handles/direct/deadline", false, WriteDirect, 0, true},
+		{"inline/eventloop", true, WriteEventLoop, 0, false},
+		{"inline/direct/authenticated", true, WriteDirect, SecurityAuthenticate, false},
+		{"inline/direct/encrypted", true, WriteDirect, SecurityEncrypt, false},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			nodes := startCluster(b, 2, func(c *Config) {
@@ -50,6 +52,11 @@ func BenchmarkCall(b *testing.B) {
 			args := make([]byte, 64)
 			reply := make([]byte, 0, 64)
 			ctx := context.Background()
+			if bc.deadline {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, time.Hour)
+				defer cancel()
+			}
 			if _, err := nodes[0].Call(ctx, 2, m, args, reply); err != nil {
 				b.Fatal(err)
 			}

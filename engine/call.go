@@ -15,6 +15,14 @@ import (
 //
 // The priority comes from ctx (WithPriority, or escalation inside a handler).
 func (n *Node) Call(ctx context.Context, to NodeNum, m Method, args, reply []byte) ([]byte, error) {
+	if n.clientChain != nil {
+		return n.intercepted(ctx, to, m, args, reply, false)
+	}
+	return n.call(ctx, to, m, args, reply)
+}
+
+// call is Call after the client interceptors.
+func (n *Node) call(ctx context.Context, to NodeNum, m Method, args, reply []byte) ([]byte, error) {
 	start := time.Now()
 	xid, err := n.startCall(ctx, to, m, args, reply)
 	if err != nil {
@@ -31,8 +39,19 @@ func (n *Node) Call(ctx context.Context, to NodeNum, m Method, args, reply []byt
 }
 
 // Send sends a one-way message: no reply, no handle. A nil error means the
-// message was handed to the connection, not that it was served.
+// message was handed to the connection, not that it was served. ctx bounds
+// the sending only: its deadline does not travel to the handler, which has
+// no caller waiting for it.
 func (n *Node) Send(ctx context.Context, to NodeNum, m Method, args []byte) error {
+	if n.clientChain != nil {
+		_, err := n.intercepted(ctx, to, m, args, nil, true)
+		return err
+	}
+	return n.send(ctx, to, m, args)
+}
+
+// send is Send after the client interceptors.
+func (n *Node) send(ctx context.Context, to NodeNum, m Method, args []byte) error {
 	p, c, prio, err := n.route(ctx, to, m)
 	if err != nil {
 		return err
@@ -69,6 +88,20 @@ func (f *Future) Wait() ([]byte, error) {
 // ctx bounds the call as for Call.
 func (n *Node) Go(ctx context.Context, to NodeNum, m Method, args []byte) *Future {
 	f := &Future{done: make(chan struct{})}
+	if n.clientChain != nil {
+		// The chain is synchronous: run it, whole, on a goroutine of its
+		// own, with a copy of args, which the caller may reuse once Go
+		// returns.
+		args := append([]byte(nil), args...)
+		wait := func() {
+			f.reply, f.err = n.intercepted(ctx, to, m, args, nil, false)
+			close(f.done)
+		}
+		if !n.goOwned(wait) {
+			wait()
+		}
+		return f
+	}
 	start := time.Now()
 	xid, err := n.startCall(ctx, to, m, args, nil)
 	if err != nil {
@@ -97,7 +130,21 @@ func (n *Node) GoFunc(ctx context.Context, to NodeNum, m Method, args []byte, do
 }
 
 // route picks the connection a call to m at ctx's priority travels on.
+// With WaitForReady, it waits for a peer that is not ready yet.
 func (n *Node) route(ctx context.Context, to NodeNum, m Method) (*peer, *conn, uint8, error) {
+	for {
+		p, c, prio, err := n.routeOnce(ctx, to, m)
+		if err == nil || p == nil || !notReady(err) || !waitsForReady(ctx) {
+			return p, c, prio, err
+		}
+		if err := n.awaitReady(ctx, p, err); err != nil {
+			return nil, nil, 0, err
+		}
+	}
+}
+
+// routeOnce is route's one attempt. p is set whenever the peer is known.
+func (n *Node) routeOnce(ctx context.Context, to NodeNum, m Method) (*peer, *conn, uint8, error) {
 	if n.closed.Load() {
 		return nil, nil, 0, ErrClosed
 	}
@@ -109,7 +156,10 @@ func (n *Node) route(ctx context.Context, to NodeNum, m Method) (*peer, *conn, u
 		return nil, nil, 0, fmt.Errorf("%w: node %d is not a configured peer of node %d", ErrUnknownHost, to, n.cfg.Node)
 	}
 	if p.down.Load() {
-		return nil, nil, 0, fmt.Errorf("%w: node %d", ErrNodeDown, to)
+		return p, nil, 0, fmt.Errorf("%w: node %d", ErrNodeDown, to)
+	}
+	if p.draining.Load() {
+		return p, nil, 0, fmt.Errorf("%w: node %d", ErrShuttingDown, to)
 	}
 	prio := n.outgoingPriority(ctx)
 	ch := Channel(m.Service.Channel())
@@ -120,7 +170,7 @@ func (n *Node) route(ctx context.Context, to NodeNum, m Method) (*peer, *conn, u
 	}
 	c, err := n.outConn(ctx, p, ch)
 	if err != nil {
-		return nil, nil, 0, err
+		return p, nil, 0, err
 	}
 	return p, c, prio, nil
 }
@@ -164,6 +214,10 @@ func (n *Node) startCall(ctx context.Context, to NodeNum, m Method, args, reply 
 	}
 	n.m.framesOutByPrio[prio].Inc()
 	h := framing.Header{Type: framing.TypeRequest, Priority: prio, Service: m.Service, Proc: m.Proc, XID: xid, SvcVersion: m.Version}
+	if markRequest(ctx, &h) {
+		s := &n.handles.slots[idx]
+		s.cancelConn, s.prio = c, prio // for waitCall's TypeCancel if the caller gives up
+	}
 	if err := n.sendArgs(ctx, c, &h, m, args); err != nil {
 		if n.handles.abandon(xid) {
 			if errors.Is(err, ErrThrottled) || errors.Is(err, ErrCantEncodeArgs) {
@@ -198,7 +252,8 @@ func (n *Node) sendArgs(ctx context.Context, c *conn, h *framing.Header, m Metho
 	if flag == 0 {
 		return c.send(ctx, h, args)
 	}
-	h.Flags, h.Aux = flag, uint32(len(args))
+	h.Flags |= flag
+	h.Aux = uint32(len(args))
 	return c.send(ctx, h, out)
 }
 
@@ -208,7 +263,11 @@ func (n *Node) waitCall(ctx context.Context, xid uint64) ([]byte, error) {
 	select {
 	case <-s.done:
 	case <-ctx.Done():
+		c, prio := s.cancelConn, s.prio // before abandon: the slot may be reused at once
 		if n.handles.abandon(xid) {
+			if c != nil {
+				n.sendCancel(c, xid, prio)
+			}
 			return nil, ctxError(ctx)
 		}
 		<-s.done // a reply or node-down claimed it first; take that outcome

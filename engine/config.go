@@ -116,6 +116,13 @@ type Config struct {
 	// deadlock escalation exists to prevent.
 	DisableEscalation bool
 
+	// ClientInterceptors wrap every call this node makes (Call, Go, GoFunc,
+	// Send) and ServerInterceptors every handler it runs, the first
+	// outermost: for logging, auth decisions, tracing (intercept.go).
+	// Empty: none, and calls pay nothing for them.
+	ClientInterceptors []ClientInterceptor
+	ServerInterceptors []ServerInterceptor
+
 	// Security turns on mutual authentication (and optionally encryption)
 	// of every connection. Without it a node must say Insecure: New refuses
 	// a Config that sets neither, so that running open is always a choice.
@@ -152,6 +159,10 @@ type Config struct {
 	// MaxConnsPerChannel bounds a peer's accepted connections on one
 	// channel: each would get a window of its own.
 	MaxConnsPerChannel int
+	// ViolationHoldOff is how long a member whose connection broke the
+	// protocol (a bad frame, credit it was not granted) is refused before
+	// it may connect again. Each reconnect would earn a fresh window.
+	ViolationHoldOff time.Duration
 
 	// Incarnation identifies this run of the node in every hello; 0 picks a
 	// random one. CLMS sets it to its own incarnation, which grows with
@@ -186,6 +197,7 @@ func DefaultConfig() Config {
 		MaxInflightPerPeer:      65536,                     // far above what credits let a well-behaved peer queue; bounds priority-channel floods
 		MaxInflightBytesPerPeer: 256 << 20,                 // 16 max-size requests: more than credit windows and priority traffic need, a bound on what one peer pins
 		MaxConnsPerChannel:      2,                         // one, and its replacement arriving before the old one's close is seen
+		ViolationHoldOff:        time.Second,               // a correct member never pays it; a reconnecting attacker gets one window a second
 		CreditWindow:            256 << 10,                 // a few hundred small RPCs or a few bulk chunks, small enough to bound memory per peer
 		MaxCreditWindow:         1 << 20,                   // enough in flight for one bulk stream to match raw TCP on loopback (BENCHMARKS.md); reached only while handlers keep up
 	}
@@ -263,6 +275,9 @@ func (c *Config) validate() error {
 	if c.WriteTimeout == 0 {
 		c.WriteTimeout = d.WriteTimeout
 	}
+	if c.ViolationHoldOff == 0 {
+		c.ViolationHoldOff = d.ViolationHoldOff
+	}
 	switch {
 	case c.MaxChannels <= int(ChanFirstService) || c.MaxChannels > 255:
 		return fmt.Errorf("%w: MaxChannels %d: need %d..255 (8 are CI's fixed channels)", ErrBadConfig, c.MaxChannels, ChanFirstService+1)
@@ -272,7 +287,7 @@ func (c *Config) validate() error {
 		return fmt.Errorf("%w: MaxPayload %d out of 1..1GiB", ErrBadConfig, c.MaxPayload)
 	case c.MaxOutstandingCalls < 1 || c.MaxOutstandingCalls > 1<<24:
 		return fmt.Errorf("%w: MaxOutstandingCalls %d out of 1..16M", ErrBadConfig, c.MaxOutstandingCalls)
-	case c.DialTimeout < 0 || c.HandshakeTimeout < 0 || c.WriteTimeout < 0 || c.DialBackoff < 0:
+	case c.DialTimeout < 0 || c.HandshakeTimeout < 0 || c.WriteTimeout < 0 || c.DialBackoff < 0 || c.ViolationHoldOff < 0:
 		return fmt.Errorf("%w: negative timeout", ErrBadConfig)
 	case c.MaxDialBackoff < c.DialBackoff:
 		return fmt.Errorf("%w: MaxDialBackoff %v under DialBackoff %v", ErrBadConfig, c.MaxDialBackoff, c.DialBackoff)

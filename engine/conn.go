@@ -51,6 +51,11 @@ type conn struct {
 	st      serveState // what inline handlers' requests reuse
 	scratch []byte     // decompressed arguments of inline handlers
 
+	// cancels finds the running or queued cancellable requests that came
+	// on this accepted connection by xid, for TypeCancel (cancel.go).
+	cmu     sync.Mutex
+	cancels map[uint64]*reqCtx
+
 	// Write side. Frames are written straight from the sending goroutine:
 	// the first sender to find the connection idle becomes the flusher and
 	// writes with one writev everything queued meanwhile by others. Only
@@ -157,6 +162,9 @@ func (c *conn) markClosed() {
 			c.fd = -1
 		}
 	}
+	if !c.outbound {
+		c.cancelAll()
+	}
 	if c.drained != nil {
 		close(c.drained)
 		c.drained = nil
@@ -172,8 +180,8 @@ func (c *conn) markClosed() {
 // connection's queue is over MaxPendingWrite; event loops pass nil and never
 // wait. A nil error means the frame is written or queued behind a flusher.
 func (c *conn) send(ctx context.Context, h *framing.Header, payload []byte) error {
-	if c.credit != nil && h.Type != framing.TypeCredit {
-		cost := int64(framing.HeaderSize + len(payload))
+	if c.credit != nil && h.Type != framing.TypeCredit && h.Type != framing.TypeCancel {
+		cost := int64(frameCost(h, len(payload)))
 		waited, err := c.credit.acquire(ctx, cost, c)
 		if err != nil {
 			return err

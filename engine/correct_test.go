@@ -199,7 +199,9 @@ func TestHandlerContextOutlivesHandler(t *testing.T) {
 	fwd := ServiceOn(ChanFirstService, 3)
 	mustRegister(t, nodes[1], Service{ID: fwd, MaxHandles: 2, Procs: []Handler{func(ctx context.Context, req *Request, _ *Response) error {
 		args := append([]byte(nil), req.Args...)
-		nodes[1].GoFunc(ctx, 1, Method{Service: echoSvc}, args, func(reply []byte, err error) {
+		// Outliving the handler: without its cancellation (the caller's
+		// ctx has a deadline, so the handler's ends when it returns).
+		nodes[1].GoFunc(context.WithoutCancel(ctx), 1, Method{Service: echoSvc}, args, func(reply []byte, err error) {
 			if err == nil && !bytes.Equal(reply, args) {
 				err = fmt.Errorf("reply %q for %q", reply, args)
 			}
@@ -557,7 +559,9 @@ func rawMember(t *testing.T, n *Node, from NodeNum, ch Channel) net.Conn {
 // credit and queue) ends the connection, is counted as a bad frame, and
 // reaches no handler; so does a priority-0 request on a priority channel.
 func TestFrameCheckedAgainstItsChannel(t *testing.T) {
-	nodes := startCluster(t, 2, nil)
+	// Each case breaks the protocol as node 1 and reconnects at once: no
+	// hold-off (ViolationHoldOff) between them.
+	nodes := startCluster(t, 2, func(c *Config) { c.ViolationHoldOff = time.Nanosecond })
 	var served atomic.Int32
 	clmsSvc := ServiceOn(ChanCLMS, 1)
 	count := func(context.Context, *Request, *Response) error { served.Add(1); return nil }

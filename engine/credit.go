@@ -16,13 +16,16 @@ import (
 //
 // On a throttled channel the acceptor grants the dialler a window of bytes
 // (a TypeCredit frame right after the handshake). The dialler spends a
-// frame's wire size from its credit before sending it and, when the credit
+// frame's cost (frameCost: its wire size, or its decompressed size when
+// larger) from its credit before sending it and, when the credit
 // is used up, waits for more, honouring its context. The acceptor returns
 // credit only when a server handle has finished with a frame, so a slow
 // service holds its senders back, and the bytes waiting for handles on one
 // connection never exceed the window plus one frame: a frame may be sent
 // while any credit is left, even one larger than the whole window, which
-// then drives the credit negative until it is returned.
+// then drives the credit negative until it is returned. The acceptor
+// enforces it (spend): a frame sent with no credit left ends the
+// connection.
 //
 // State is per connection, so a reconnect starts from a fresh grant and
 // nothing granted on a dead connection is ever counted twice.
@@ -74,7 +77,7 @@ func (s *sendCredit) acquire(ctx context.Context, cost int64, c *conn) (waited b
 		case <-wake:
 		case <-ctx.Done():
 			s.throttled.Inc()
-			return waited, fmt.Errorf("%w: no credit on %s to node %d: %w", ErrThrottled, c.channel, c.peer.num, ctxError(ctx))
+			return waited, fmt.Errorf("%w: no credit on %s to node %d: %w", ErrThrottled, c.channel, c.peer.num, ctx.Err())
 		}
 	}
 }
@@ -134,7 +137,7 @@ const creditReturnFraction = 4
 
 // admit accounts a request or message that arrived: its bytes against the
 // connection's window, and the request against the peer's bounds on
-// requests in flight, in number and in bytes. A false return means a
+// requests in flight, in number and in bytes (cost is frameCost). A false return means a
 // bound was hit; the caller refuses the request and must still call
 // finished.
 func (c *conn) admit(cost int, h *framing.Header) bool {
@@ -149,28 +152,32 @@ func (c *conn) admit(cost int, h *framing.Header) bool {
 	if !count {
 		c.n.m.limitInflight.Inc()
 	}
-	bytes := p.inflightBytes.Add(int64(memCost(cost, h))) <= int64(c.n.cfg.MaxInflightBytesPerPeer)
+	bytes := p.inflightBytes.Add(int64(cost)) <= int64(c.n.cfg.MaxInflightBytesPerPeer)
 	if count && !bytes {
 		c.n.m.limitInflightBytes.Inc()
 	}
 	return count && bytes
 }
 
-// memCost is what a request holds while in flight: its wire size, or its
-// decompressed size when larger.
-func memCost(cost int, h *framing.Header) int {
+// frameCost is what a frame costs in credit and in the bounds on bytes in
+// flight, on both sides: its wire size, or for a compressed frame its
+// decompressed size when that is larger — what the receiver will hold.
+// Counting the wire size alone would let a window of 256 KiB admit
+// gigabytes of decompression work (compression bombs).
+func frameCost(h *framing.Header, payload int) int {
 	if h.Flags.Compressed() {
-		return max(cost, framing.HeaderSize+int(h.Aux))
+		return framing.HeaderSize + max(payload, int(h.Aux))
 	}
-	return cost
+	return framing.HeaderSize + payload
 }
 
 // finished returns a frame's credit once its handler is done with it, and
 // its place in the peer's bounds. Called from server handles and event
 // loops alike, once per admit.
-func (c *conn) finished(cost int, h *framing.Header) {
+func (c *conn) finished(cost int) {
 	c.peer.inflight.Add(-1)
-	c.peer.inflightBytes.Add(-int64(memCost(cost, h)))
+	c.peer.inflightBytes.Add(-int64(cost))
+	c.n.doneServing() // a draining node looks at the counts again
 	r := c.recv
 	if r == nil {
 		return

@@ -22,11 +22,28 @@
 // # Calls
 //
 // Call is a synchronous RPC bounded by its context; Go and GoFunc start one
-// and return; Send is a one-way message. Errors wrap the sentinels in
-// errors.go, after CI's CLUSTER_RPC_* codes, so callers test them with
-// errors.Is. When a peer's connection drops, it restarts, or NodeDown
-// declares it down, every call outstanding to it fails at once with
-// ErrNodeDown: nothing waits for a deadline already known to be lost.
+// and return; Send is a one-way message. Every error a call returns wraps
+// exactly one of the sentinels in errors.go, after CI's CLUSTER_RPC_*
+// codes, so callers test them with errors.Is, and Code gives its Status
+// (the table is in errors.go). What the remote node answered is a
+// *RemoteError, declared errors of icsgen stubs included. When a peer's
+// connection drops, it restarts, or NodeDown declares it down, every call
+// outstanding to it fails at once with ErrNodeDown: nothing waits for a
+// deadline already known to be lost. WaitForReady(ctx) makes a call wait
+// for an unreachable peer instead, within ctx.
+//
+// The caller's deadline travels with the request: the handler's ctx has
+// it, and when the caller gives up (deadline, cancel) a cancel frame
+// cancels the handler's ctx and its reply is not sent. Calls from a ctx
+// that cannot end (context.Background) cost nothing for this.
+//
+// Config.ClientInterceptors and Config.ServerInterceptors wrap calls and
+// handlers (logging, auth decisions, tracing), the first outermost.
+// Node.Shutdown drains: peers learn it and fail new calls with
+// ErrShuttingDown, running handlers finish and reply, then the node
+// closes. Every node serves InfoService: ListServices says what a peer has
+// registered (telling ErrProgUnavail from ErrProcUnavail) and Health
+// whether it serves.
 //
 // Outstanding calls live in a lock-free table of client handles indexed by
 // transaction id (slot and generation, so a late reply to a reused slot is
@@ -34,6 +51,18 @@
 // (Service.Inline, for handlers that never block) or by server handles
 // from a lock-free pool bounded by Service.MaxHandles; priority requests
 // have handles of their own.
+//
+// # Hostile and broken peers
+//
+// Every bound the engine promises is enforced by the receiver, against a
+// peer that ignores the protocol: descriptors (shed, never fatal), hellos
+// and handshakes (size, per address, node-wide, Noise rate), credit at
+// the decompressed size, requests and bytes in flight per peer, write
+// queues and a write deadline, a hold-off for members that broke the
+// protocol. Each hit counts in ci_ics_limit_hits_total;
+// docs/ARCHITECTURE.md lists them with their defaults and tests. A node
+// whose event loops die anyway closes itself: Done is closed and Err says
+// why, so its owner can restart instead of running on deaf.
 //
 // # Example
 //

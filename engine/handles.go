@@ -75,7 +75,13 @@ type clientHandle struct {
 	reply []byte
 	err   error
 
-	_ [24]byte // keep neighbouring slots off each other's cache line
+	// cancelConn is the connection a cancellable call's request went on,
+	// and prio its priority: where the caller sends TypeCancel if it gives
+	// up. Set and read only by the caller; nil for calls that cannot end.
+	cancelConn *conn
+	prio       uint8
+
+	_ [8]byte // keep neighbouring slots off each other's cache line
 }
 
 type handleTable struct {
@@ -136,6 +142,7 @@ func (t *handleTable) arm(idx uint32, peer NodeNum, reply []byte) uint64 {
 	s.peer.Store(uint32(peer))
 	s.reply = reply
 	s.err = nil
+	s.cancelConn = nil
 	s.state.Store(gen<<2 | phaseWaiting)
 	return gen<<slotBits | uint64(idx)
 }
@@ -186,7 +193,7 @@ func (t *handleTable) abandon(xid uint64) bool {
 func (t *handleTable) release(xid uint64) {
 	idx := xidSlot(xid)
 	s := &t.slots[idx]
-	s.reply, s.err = nil, nil
+	s.reply, s.err, s.cancelConn = nil, nil, nil
 	s.state.Store(xidGen(xid)<<2 | phaseFree)
 	t.push(idx)
 }

@@ -69,6 +69,10 @@ func (n *Node) acceptHello(c *conn, f *framing.Frame) error {
 	if sec := n.sec.Load(); sec == nil && len(hello.Auth) > 0 {
 		return n.rejectHello(c, refused(framing.RefuseSecurity, "this node runs without security", errors.New("dialler authenticates, this node runs without security")))
 	}
+	if until := p.holdOffUntil.Load(); until != 0 && time.Now().UnixNano() < until {
+		n.m.limitViolationHoldOff.Inc()
+		return n.rejectHello(c, fmt.Errorf("node %d broke the protocol; held off for %v", p.num, n.cfg.ViolationHoldOff))
+	}
 	ch := Channel(hello.Channel)
 	if k := n.inboundOn(p, ch); k >= n.cfg.MaxConnsPerChannel {
 		// Each would get a window of its own. (becomeReady checks again,

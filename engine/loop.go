@@ -278,12 +278,19 @@ func (n *Node) closeReason(c *conn, gc gnet.Conn, err error) {
 		n.m.badFrames.Inc()
 	case errors.Is(err, errCreditExceeded):
 		n.m.badFrames.Inc() // limit=credit counted it already
-	case errors.Is(err, errConnClosed), errors.Is(err, ErrHandshake), errors.Is(err, ErrAuth):
+	case errors.Is(err, errConnClosed), errors.Is(err, errGoAway), errors.Is(err, ErrHandshake), errors.Is(err, ErrAuth):
 	default:
 		n.m.badFrames.Inc()
 	}
+	if c.ready && !c.outbound && !errors.Is(err, errConnClosed) && !errors.Is(err, errGoAway) {
+		// A member that broke the protocol waits before it may come back.
+		c.peer.holdOffUntil.Store(time.Now().Add(n.cfg.ViolationHoldOff).UnixNano())
+	}
 	n.log.Warn("closing connection", "remote", gc.RemoteAddr(), "peer", c.peerNum(), "err", err)
 }
+
+// errGoAway is a peer closing a connection on purpose: no violation.
+var errGoAway = errors.New("peer said goaway")
 
 func (h *loopHandler) OnClose(gc gnet.Conn, err error) gnet.Action {
 	c, ok := gc.Context().(*conn)
@@ -399,7 +406,7 @@ func (c *conn) handleFrame(f *framing.Frame) error {
 			// in its own queue: one on another channel would dodge both.
 			return fmt.Errorf("%s frame for service %s on %s connection", f.Type, f.Service, c.channel)
 		}
-		if err := c.spend(framing.HeaderSize + len(f.Payload)); err != nil {
+		if err := c.spend(frameCost(&f.Header, len(f.Payload))); err != nil {
 			return err
 		}
 		c.n.serveFrame(c, f)
@@ -416,8 +423,18 @@ func (c *conn) handleFrame(f *framing.Frame) error {
 			return fmt.Errorf("credit grant on %s connection that is not throttled", c.channel)
 		}
 		c.credit.grant(int64(f.Aux))
+	case framing.TypeDraining:
+		if !c.outbound {
+			return fmt.Errorf("draining frame on an accepted connection")
+		}
+		c.n.peerDraining(c)
+	case framing.TypeCancel:
+		if c.outbound || c.channel == ChanReply || c.channel == ChanReplyPrio {
+			return fmt.Errorf("cancel frame on %s connection", c.channel)
+		}
+		c.n.cancelRequest(c, f.XID)
 	case framing.TypeGoAway:
-		return fmt.Errorf("peer said goaway")
+		return errGoAway
 	default:
 		return fmt.Errorf("unexpected %s frame", f.Type)
 	}

@@ -2,7 +2,6 @@ package engine
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"runtime"
@@ -27,7 +26,7 @@ import (
 //	ci_ics_server_errors_total{service,proc,code}     those whose handler failed
 //	ci_ics_server_duration_seconds{service,proc}      histogram from the request's arrival until its reply is handed to the connection
 //
-// code is the lower-case name of the error's sentinel (errorCodes: "timed_out", "node_down",
+// code is the lower-case name of the error's sentinel (Status.String, errors.go: "timed_out", "node_down",
 // "proc_unavail", "failed", ...). A declared error (Service.DeclaredErrors, Method.DeclaredErrors:
 // what icsgen stubs send) travels as a successful reply but counts as code="failed". Error
 // series are created at a code's first failure, so a procedure that never failed has none.
@@ -72,6 +71,10 @@ var families = map[string]familyDoc{
 	"ci_ics_oneway_sent_total":           {"counter", "One-way messages handed to a connection."},
 	"ci_ics_late_replies_total":          {"counter", "Replies that arrived after their caller gave up or the peer was declared down."},
 	"ci_ics_bad_frames_total":            {"counter", "Frames that did not parse; each one closes its connection."},
+	"ci_ics_cancels_sent_total":          {"counter", "Cancel frames sent for calls whose caller gave up (deadline, cancel) before the reply."},
+	"ci_ics_cancels_received_total":      {"counter", "Cancel frames that found their request still running or queued and cancelled its handler's context."},
+	"ci_ics_cancelled_replies_total":     {"counter", "Replies not sent, or handlers not run, because the caller had cancelled the request or its deadline had passed."},
+	"ci_ics_draining_refused_total":      {"counter", "Requests this node refused with ErrShuttingDown while draining (Shutdown)."},
 	"ci_ics_handshake_rejects_total":     {"counter", "Connections refused during the handshake."},
 	"ci_ics_peer_losses_total":           {"counter", "Links to a peer that ended (connection lost, peer restarted, declared down)."},
 	"ci_ics_stale_replies_dropped_total": {"counter", "Replies not sent because the link their request came on had ended: the caller was failed already, and the peer may have restarted."},
@@ -196,67 +199,23 @@ func (e *exporter) write(w io.Writer) {
 	_, _ = w.Write(out.Bytes())
 }
 
-// errorCodes names the CI status code of a failed call, for the code label:
-// the first sentinel the error matches (ErrThrottled before ErrTimedOut,
-// which it wraps). An error matching none counts as "failed" on a server
-// (it travels as StatusFailed) and "unknown" on a client.
-var errorCodes = [...]struct {
-	err  error
-	name string
-}{
-	{ErrThrottled, "throttled"},
-	{ErrTimedOut, "timed_out"},
-	{ErrIntr, "intr"},
-	{ErrNodeDown, "node_down"},
-	{ErrTooManyCalls, "too_many_calls"},
-	{ErrClosed, "closed"},
-	{ErrUnknownHost, "unknown_host"},
-	{ErrProgUnavail, "prog_unavail"},
-	{ErrProgVersMismatch, "prog_vers_mismatch"},
-	{ErrProcUnavail, "proc_unavail"},
-	{ErrCantEncodeArgs, "cant_encode_args"},
-	{ErrCantDecodeArgs, "cant_decode_args"},
-	{ErrCantDecodeRes, "cant_decode_res"},
-	{ErrCantSend, "cant_send"},
-	{ErrCantRecv, "cant_recv"},
-	{ErrVersMismatch, "vers_mismatch"},
-	{ErrAuth, "auth_error"},
-	{ErrHandshake, "handshake"},
-	{ErrSystem, "system_error"},
-	{ErrFailed, "failed"},
-}
-
+// Codes in the code label are Statuses (errors.go): a failed call counts
+// under Code(err), a handler's error under the status its reply carries, a
+// declared error under "failed".
 const (
-	codeUnknown = len(errorCodes)     // a client error matching no sentinel
-	numCodes    = len(errorCodes) + 1 // with codeUnknown
-	codeFailed  = len(errorCodes) - 1 // ErrFailed: handler errors, declared errors
+	codeUnknown = int(StatusUnknown) // a client error matching no sentinel
+	numCodes    = int(statusLimit)
+	codeFailed  = int(StatusFailed) // handler errors, declared errors
 )
 
-func codeName(code int) string {
-	if code == codeUnknown {
-		return "unknown"
-	}
-	return errorCodes[code].name
-}
+func codeName(code int) string { return Status(code).String() }
 
-// errorCode is err's index in errorCodes, or codeUnknown. Error path only:
-// it walks err's chain once per sentinel.
-func errorCode(err error) int {
-	for i, c := range errorCodes {
-		if errors.Is(err, c.err) {
-			return i
-		}
-	}
-	return codeUnknown
-}
+// errorCode is err's code. Error path only: it walks err's chain once per
+// sentinel.
+func errorCode(err error) int { return int(Code(err)) }
 
 // statusCode is the code of a reply status, as the caller will see it.
-func statusCode(s Status) int {
-	if s == StatusFailed {
-		return codeFailed // also the code of any handler error that is not ours
-	}
-	return errorCode(s.Err())
-}
+func statusCode(s Status) int { return int(s) }
 
 // codeCounters count failures by code. A code's series is created at its
 // first failure: most procedures never see most codes, and a series per
@@ -394,6 +353,8 @@ type nodeMetrics struct {
 
 	lateReplies, badFrames, handshakeRejects, peerLosses *metrics.Counter
 	oneWaySent, staleReplies, dialBackoffRefusals        *metrics.Counter
+	cancelsSent, cancelsReceived, cancelledReplies       *metrics.Counter
+	drainingRefused                                      *metrics.Counter
 
 	framesOutByPrio, framesInByPrio [framing.MaxPriority + 1]*metrics.Counter
 
@@ -404,6 +365,7 @@ type nodeMetrics struct {
 	limitHelloSize, limitPending, limitHandshakeRate      *metrics.Counter
 	limitPendingWrite, limitWriteTimeout                  *metrics.Counter
 	limitCredit, limitInflightBytes, limitConnsPerChannel *metrics.Counter
+	limitViolationHoldOff                                 *metrics.Counter
 }
 
 func newNodeMetrics(set *metrics.Set, node NodeNum) *nodeMetrics {
@@ -427,6 +389,10 @@ func newNodeMetrics(set *metrics.Set, node NodeNum) *nodeMetrics {
 		oneWaySent:          c("ci_ics_oneway_sent_total", ""),
 		staleReplies:        c("ci_ics_stale_replies_dropped_total", ""),
 		dialBackoffRefusals: c("ci_ics_dial_backoff_refusals_total", ""),
+		cancelsSent:         c("ci_ics_cancels_sent_total", ""),
+		cancelsReceived:     c("ci_ics_cancels_received_total", ""),
+		cancelledReplies:    c("ci_ics_cancelled_replies_total", ""),
+		drainingRefused:     c("ci_ics_draining_refused_total", ""),
 	}
 	m.client.m = m
 	m.client.byMethod.Store(&map[uint64]*procMetrics{})
@@ -446,6 +412,7 @@ func newNodeMetrics(set *metrics.Set, node NodeNum) *nodeMetrics {
 	m.limitCredit = c("ci_ics_limit_hits_total", `limit="credit"`)
 	m.limitInflightBytes = c("ci_ics_limit_hits_total", `limit="inflight_bytes_per_peer"`)
 	m.limitConnsPerChannel = c("ci_ics_limit_hits_total", `limit="conns_per_channel"`)
+	m.limitViolationHoldOff = c("ci_ics_limit_hits_total", `limit="violation_hold_off"`)
 	for p := range m.framesOutByPrio {
 		m.framesOutByPrio[p] = c("ci_ics_requests_by_priority_total", fmt.Sprintf(`direction="out",priority="%d"`, p))
 		m.framesInByPrio[p] = c("ci_ics_requests_by_priority_total", fmt.Sprintf(`direction="in",priority="%d"`, p))

@@ -44,6 +44,13 @@ type Node struct {
 	bufs     sync.Pool                           // *[]byte payload buffers handed to server handles
 	hctx     [framing.MaxPriority + 1]handlerCtx // handlers' contexts, per priority; immutable once built
 
+	clientChain Invoker // the client interceptors around invoke; nil without any
+
+	// Shutdown (shutdown.go): whether new requests are refused; drainIdle
+	// is signalled when a request finishes meanwhile.
+	draining  atomic.Bool
+	drainIdle chan struct{}
+
 	// services[channel][subservice]; written by Register, read by loops.
 	services [][]atomic.Pointer[service]
 	namesMu  sync.Mutex
@@ -132,9 +139,11 @@ type peer struct {
 
 	linkGen       atomic.Uint64            // bumped on every loss; connections of an older link are stale
 	inflight      atomic.Int64             // requests from this peer admitted and not yet finished
-	inflightBytes atomic.Int64             // their memCost
+	inflightBytes atomic.Int64             // their frameCost
+	holdOffUntil  atomic.Int64             // unix ns: hellos refused until then, after a protocol violation
 	down          atomic.Bool              // declared down: calls fail fast until NodeUp
 	downUntilNew  atomic.Bool              // down was declared for one incarnation: a hello from another lifts it
+	draining      atomic.Bool              // it said TypeDraining on this link: calls fail fast with ErrShuttingDown
 	refused       atomic.Pointer[[]uint64] // incarnations declared down, refused for good (incarnation.go)
 	incarnation   atomic.Uint64            // the peer's boot incarnation, from its hellos
 
@@ -179,6 +188,10 @@ func New(cfg Config) (*Node, error) {
 		done:            make(chan struct{}),
 		spareFD:         -1,
 		noiseJobs:       make(chan noiseJob, noiseQueue),
+		drainIdle:       make(chan struct{}, 1),
+	}
+	if len(cfg.ClientInterceptors) > 0 {
+		n.clientChain = chainClient(cfg.ClientInterceptors, n.invoke)
 	}
 	n.noiseMembers.init(cfg.MaxHandshakesPerSecond)
 	n.noiseStrangers.init(cfg.MaxHandshakesPerSecond)
@@ -207,6 +220,7 @@ func New(cfg Config) (*Node, error) {
 		}
 	}
 	n.peers.Store(&peers)
+	n.registerInfo()
 	return n, nil
 }
 
@@ -647,6 +661,7 @@ func (n *Node) peerLost(p *peer, gen uint64, cause error) {
 // link's calls have failed.
 func (n *Node) endLinkLocked(p *peer, err error) ([]*conn, int) {
 	p.linkGen.Add(1)
+	p.draining.Store(false) // that was the old link's run
 	failed := n.handles.failPeer(p.num, err)
 	var conns []*conn
 	for i := range p.out {

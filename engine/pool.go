@@ -17,9 +17,10 @@ type job struct {
 	hdr  framing.Header
 	buf  *[]byte
 	conn *conn // the connection the request came on, which gets its credit back
-	cost int   // the frame's wire size, in credit bytes
+	cost int   // the frame's frameCost, in credit bytes
 
 	start time.Time // the request's arrival, for ci_ics_server_duration_seconds
+	rc    *reqCtx   // the request's own context if it can be cancelled or times out; else nil
 }
 
 // handlePool is a set of server handles (worker goroutines) for one service,

@@ -6,11 +6,14 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/panjf2000/gnet/v2"
 
 	"github.com/clusterinfra/ci/framing"
 )
@@ -185,6 +188,10 @@ func TestManyConcurrentCallers(t *testing.T) {
 	}
 }
 
+// TestLargePayloads: each codec carries 3 MiB both ways, and each shrinks
+// what goes on the wire, requests and replies separately: compressible
+// text to under a quarter, while incompressible bytes and CompressNone go
+// as they are.
 func TestLargePayloads(t *testing.T) {
 	nodes := startCluster(t, 2, nil)
 	random := make([]byte, 3<<20)
@@ -194,25 +201,40 @@ func TestLargePayloads(t *testing.T) {
 		svc := ServiceOn(ChanFirstService, uint16(algo))
 		mustRegister(t, nodes[1], Service{ID: svc, Procs: []Handler{echo}, Compression: algo, CompressAbove: 1024})
 		m := Method{Service: svc, Compression: algo, CompressAbove: 1024}
-		for name, payload := range map[string][]byte{"random": random, "text": text} {
-			got, err := nodes[0].Call(ctxFor(t, 20*time.Second), 2, m, payload, nil)
+		for _, tc := range []struct {
+			name       string
+			payload    []byte
+			compresses bool
+		}{{"random", random, false}, {"text", text, algo != framing.CompressNone}} {
+			reqBefore, replyBefore := bytesOut(t, nodes[0]), bytesOut(t, nodes[1])
+			got, err := nodes[0].Call(ctxFor(t, 20*time.Second), 2, m, tc.payload, nil)
 			if err != nil {
-				t.Fatalf("%s/%s: %v", algo, name, err)
+				t.Fatalf("%s/%s: %v", algo, tc.name, err)
 			}
-			if !bytes.Equal(got, payload) {
-				t.Fatalf("%s/%s: reply differs (%d bytes, want %d)", algo, name, len(got), len(payload))
+			if !bytes.Equal(got, tc.payload) {
+				t.Fatalf("%s/%s: reply differs (%d bytes, want %d)", algo, tc.name, len(got), len(tc.payload))
+			}
+			req, reply := bytesOut(t, nodes[0])-reqBefore, bytesOut(t, nodes[1])-replyBefore
+			t.Logf("%s/%s: %d bytes: request %d on the wire, reply %d", algo, tc.name, len(tc.payload), req, reply)
+			limit := uint64(len(tc.payload))
+			if tc.compresses {
+				if req > limit/4 || reply > limit/4 {
+					t.Fatalf("%s/%s: request %d, reply %d bytes on the wire for %d: not compressed", algo, tc.name, req, reply, limit)
+				}
+			} else if req < limit || reply < limit {
+				t.Fatalf("%s/%s: request %d, reply %d bytes on the wire for %d incompressible", algo, tc.name, req, reply, limit)
 			}
 		}
 	}
-	// Compression must have shrunk the text on the wire: compare bytes out.
+}
+
+// bytesOut is what n has written to its peers, all channels.
+func bytesOut(t *testing.T, n *Node) uint64 {
 	var out float64
-	for _, m := range scrape(t, nodes[0].Metrics())["ci_ics_bytes_out_total"].GetMetric() {
+	for _, m := range scrape(t, n.Metrics())["ci_ics_bytes_out_total"].GetMetric() {
 		out += m.GetCounter().GetValue()
 	}
-	plain := float64(3 * (len(random) + len(text)))
-	if out >= plain {
-		t.Fatalf("sent %.0f bytes for %.0f bytes of payloads: compression did nothing", out, plain)
-	}
+	return uint64(out)
 }
 
 func TestPayloadOverMaxIsRefusedBySender(t *testing.T) {
@@ -296,6 +318,9 @@ func TestDeadlineAndLateReply(t *testing.T) {
 	if !errors.Is(err, ErrTimedOut) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("got %v, want ErrTimedOut wrapping DeadlineExceeded", err)
 	}
+	// The caller sent a TypeCancel as it gave up: once the server has it,
+	// the handler's reply is not sent at all.
+	eventually(t, "cancel received", func() bool { return nodes[1].m.cancelsReceived.Get() == 1 })
 	// The slot is free again; a new call reuses it with a new generation, and
 	// the stale reply for the old one must not complete the new call.
 	close(release)
@@ -303,7 +328,10 @@ func TestDeadlineAndLateReply(t *testing.T) {
 	if err != nil || string(got) != "fresh" {
 		t.Fatalf("got %q, %v", got, err)
 	}
-	eventually(t, "late reply counted", func() bool { return nodes[0].m.lateReplies.Get() == 1 })
+	eventually(t, "cancelled reply dropped", func() bool { return nodes[1].m.cancelledReplies.Get() == 1 })
+	if got := nodes[0].m.lateReplies.Get(); got != 0 {
+		t.Fatalf("%d late replies reached the caller", got)
+	}
 
 	cctx, ccancel := context.WithCancel(context.Background())
 	ccancel()
@@ -314,7 +342,8 @@ func TestDeadlineAndLateReply(t *testing.T) {
 
 // TestCancelInFlight: cancelling a call while it waits for its reply ends
 // it at once with ErrIntr (not ErrTimedOut), frees its handle, and the
-// reply that comes later is dropped as late.
+// reply that comes later is dropped: on the server, which has the
+// caller's cancel frame.
 func TestCancelInFlight(t *testing.T) {
 	nodes := startCluster(t, 2, nil)
 	arrived, release := make(chan struct{}), make(chan struct{})
@@ -338,8 +367,12 @@ func TestCancelInFlight(t *testing.T) {
 	if n := nodes[0].handles.inUse.Load(); n != 0 {
 		t.Fatalf("%d client handles still in use", n)
 	}
+	eventually(t, "the cancel frame received", func() bool { return nodes[1].m.cancelsReceived.Get() == 1 })
 	close(release)
-	eventually(t, "the late reply dropped", func() bool { return nodes[0].m.lateReplies.Get() == 1 })
+	eventually(t, "the late reply dropped", func() bool { return nodes[1].m.cancelledReplies.Get() == 1 })
+	if n := nodes[0].m.lateReplies.Get(); n != 0 {
+		t.Fatalf("%d late replies reached the caller", n)
+	}
 }
 
 func TestTooManyOutstandingCalls(t *testing.T) {
@@ -497,11 +530,14 @@ func TestStartFailsOnBusyAddress(t *testing.T) {
 	}
 }
 
-// TestCompressedBombRefused: a request whose payload claims to decompress
-// to more than MaxPayload (or to another size than it does) is answered
-// "cannot decode arguments" and counted, without decompressing it.
+// TestCompressedBombRefused: real bombs — 64 MiB of zeros compressed to a
+// few KiB with each codec — sent as requests to a node whose MaxPayload is
+// 64 KiB, announcing the limit or a tiny size. Each is answered "cannot
+// decode arguments" and counted, the handler never runs, and the node
+// allocates nothing near the bomb's size doing so.
 func TestCompressedBombRefused(t *testing.T) {
-	nodes := startCluster(t, 2, func(c *Config) { c.MaxPayload = 1 << 16 })
+	const limit = 1 << 16
+	nodes := startCluster(t, 2, func(c *Config) { c.MaxPayload = limit })
 	var served atomic.Int32
 	mustRegister(t, nodes[1], Service{ID: echoSvc, Procs: []Handler{func(context.Context, *Request, *Response) error {
 		served.Add(1)
@@ -511,21 +547,74 @@ func TestCompressedBombRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	idx, _ := nodes[0].handles.acquire()
-	xid := nodes[0].handles.arm(idx, 2, nil)
-	// A payload that claims 60000 bytes but is 10 bytes of nonsense.
-	h := framing.Header{Type: framing.TypeRequest, Service: echoSvc, XID: xid, Flags: framing.FlagS2, Aux: 60000}
-	if err := c.send(ctxFor(t, 5*time.Second), &h, []byte("0123456789")); err != nil {
-		t.Fatal(err)
-	}
-	_, err = nodes[0].waitCall(ctxFor(t, 5*time.Second), xid)
-	if !errors.Is(err, ErrCantDecodeArgs) {
-		t.Fatalf("got %v, want ErrCantDecodeArgs", err)
+	codec := framing.NewCodec(1 << 30)
+	defer codec.Close()
+	zeros := make([]byte, 64<<20)
+	refused := uint64(0)
+	for _, algo := range []framing.Compression{framing.CompressS2, framing.CompressZstd} {
+		bomb, flag, err := codec.Compress(nil, zeros, algo)
+		if err != nil || len(bomb) > limit {
+			t.Fatalf("%s bomb: %d bytes, %v", algo, len(bomb), err)
+		}
+		for _, aux := range []uint32{limit, 100} { // over the limit, the header itself is refused: TestReceivedFrameOverMaxPayloadCloses
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			idx, _ := nodes[0].handles.acquire()
+			xid := nodes[0].handles.arm(idx, 2, nil)
+			h := framing.Header{Type: framing.TypeRequest, Service: echoSvc, XID: xid, Flags: flag, Aux: aux}
+			if err := c.send(ctxFor(t, 5*time.Second), &h, bomb); err != nil {
+				t.Fatal(err)
+			}
+			_, err = nodes[0].waitCall(ctxFor(t, 5*time.Second), xid)
+			runtime.ReadMemStats(&after)
+			if !errors.Is(err, ErrCantDecodeArgs) {
+				t.Fatalf("%s bomb of %d bytes announcing %d: got %v, want ErrCantDecodeArgs", algo, len(bomb), aux, err)
+			}
+			if grew := after.TotalAlloc - before.TotalAlloc; grew > 8<<20 {
+				t.Fatalf("%s bomb announcing %d: %d MiB allocated", algo, aux, grew>>20)
+			}
+			refused++
+		}
 	}
 	if served.Load() != 0 {
 		t.Fatal("the handler saw an undecodable payload")
 	}
-	if nodes[1].m.limitDecompress.Get() != 1 {
-		t.Fatalf("decompression limit counted %d times", nodes[1].m.limitDecompress.Get())
+	if got := nodes[1].m.limitDecompress.Get(); got != refused {
+		t.Fatalf("decompression limit counted %d times, want %d", got, refused)
+	}
+}
+
+// TestInlineScratchTrimmed (issue 8 point 8): an inline connection does not
+// keep the scratch of its largest compressed request (16 MiB each).
+func TestInlineScratchTrimmed(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Procs: []Handler{func(_ context.Context, req *Request, resp *Response) error {
+		resp.Body = append(resp.Body, byte(len(req.Args)>>20))
+		return nil
+	}}, Inline: true})
+	m := Method{Service: echoSvc, Compression: framing.CompressS2}
+	if got, err := nodes[0].Call(ctxFor(t, 10*time.Second), 2, m, make([]byte, 4<<20), nil); err != nil || len(got) != 1 || got[0] != 4 {
+		t.Fatalf("call: %v %v", got, err)
+	}
+	p := nodes[1].peer(1)
+	p.mu.Lock()
+	var c *conn
+	for k := range p.inbound {
+		if k.channel == ChanFirstService {
+			c = k
+		}
+	}
+	p.mu.Unlock()
+	// The scratch is the loop's: read it there.
+	scratch := make(chan int, 1)
+	err := c.gc.EventLoop().Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+		scratch <- cap(c.scratch)
+		return nil
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := <-scratch; k > 1<<20 {
+		t.Fatalf("inline connection keeps a %d MiB scratch", k>>20)
 	}
 }

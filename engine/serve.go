@@ -16,7 +16,7 @@ import (
 // handler right here on the frame's bytes or hands a copy to a server handle.
 func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 	p := c.peer
-	cost := framing.HeaderSize + len(f.Payload)
+	cost := frameCost(&f.Header, len(f.Payload))
 	n.m.framesInByPrio[f.Priority].Inc()
 	if !c.admit(cost, &f.Header) {
 		// A peer that floods (priority channels are never throttled) is
@@ -25,7 +25,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		if f.Type == framing.TypeRequest {
 			n.sendReply(nil, p, c.linkGen, &f.Header, nil, StatusBusy, []byte("too many requests in flight from this node"))
 		}
-		c.finished(cost, &f.Header)
+		c.finished(cost)
 		return
 	}
 	svc := n.lookupService(f.Service)
@@ -45,45 +45,55 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 			msg := fmt.Sprintf("service %s proc %d version %d on node %d", f.Service, f.Proc, f.SvcVersion, n.cfg.Node)
 			n.sendReply(nil, p, c.linkGen, &f.Header, nil, status, []byte(msg))
 		}
-		c.finished(cost, &f.Header)
+		c.finished(cost)
 		return
 	}
 
+	if !n.admitServing() {
+		n.m.drainingRefused.Inc()
+		n.m.refused.inc(statusCode(StatusShuttingDown))
+		if f.Type == framing.TypeRequest {
+			n.sendReply(nil, p, c.linkGen, &f.Header, nil, StatusShuttingDown, []byte("node is shutting down"))
+		}
+		c.finished(cost)
+		return
+	}
 	start := time.Now()
+	rc := n.requestContext(c, &f.Header)
+	if n.skipExpired(c, rc) {
+		c.finished(cost)
+		return
+	}
 	if svc.Inline {
 		args := f.Payload
 		if f.Flags.Compressed() {
 			var err error
 			c.scratch, err = n.codec.Decompress(c.scratch[:0], &f.Header, f.Payload)
 			if err != nil {
-				n.replyDecodeError(c, &f.Header, err)
-				c.finished(cost, &f.Header)
+				if rc != nil {
+					n.requestDone(c, rc)
+				}
+				n.replyDecodeError(nil, c, &f.Header, err)
+				c.finished(cost)
 				return
 			}
 			args = c.scratch
 		}
-		n.serve(nil, svc, &f.Header, p, c.linkGen, args, &c.st, start)
-		c.finished(cost, &f.Header)
+		n.serve(nil, svc, &f.Header, p, c, args, &c.st, start, rc)
+		c.scratch = trimBuffer(c.scratch) // one large request must not pin its size per connection
+		c.finished(cost)
 		return
 	}
 
 	// The payload aliases the loop's buffer: copy it once for the handle.
+	// A compressed one is copied as it is and decompressed by the handle:
+	// decompression is the one costly step here (a real bomb makes 16 MiB
+	// of a few hundred bytes), and the loop serves every other connection.
 	bp := n.bufs.Get().(*[]byte)
-	if f.Flags.Compressed() {
-		var err error
-		*bp, err = n.codec.Decompress((*bp)[:0], &f.Header, f.Payload)
-		if err != nil {
-			n.putBuf(bp)
-			n.replyDecodeError(c, &f.Header, err)
-			c.finished(cost, &f.Header)
-			return
-		}
-	} else {
-		*bp = append((*bp)[:0], f.Payload...)
-	}
+	*bp = append((*bp)[:0], f.Payload...)
 	// The credit for this frame goes back when the handle is done with it:
 	// while handles are busy, the sender feels it.
-	j := job{svc: svc, from: p, hdr: f.Header, buf: bp, conn: c, cost: cost, start: start}
+	j := job{svc: svc, from: p, hdr: f.Header, buf: bp, conn: c, cost: cost, start: start, rc: rc}
 	if f.Priority > 0 {
 		// Priority requests have handles of their own, so they never queue
 		// behind a service whose handles are all busy.
@@ -95,10 +105,32 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 
 // runJob is a server handle serving one request.
 func (n *Node) runJob(w *handle, j *job) {
-	n.serve(n.ctx, j.svc, &j.hdr, j.from, j.conn.linkGen, *j.buf, &w.st, j.start)
+	if n.skipExpired(j.conn, j.rc) {
+		// Cancelled, or past its deadline, while it waited for a handle.
+		n.putBuf(j.buf)
+		j.conn.finished(j.cost)
+		return
+	}
+	if j.hdr.Flags.Compressed() {
+		zp := n.bufs.Get().(*[]byte)
+		var err error
+		*zp, err = n.codec.Decompress((*zp)[:0], &j.hdr, *j.buf)
+		n.putBuf(j.buf)
+		j.buf = zp
+		if err != nil {
+			n.putBuf(zp)
+			if j.rc != nil {
+				n.requestDone(j.conn, j.rc)
+			}
+			n.replyDecodeError(n.ctx, j.conn, &j.hdr, err)
+			j.conn.finished(j.cost)
+			return
+		}
+	}
+	n.serve(n.ctx, j.svc, &j.hdr, j.from, j.conn, *j.buf, &w.st, j.start, j.rc)
 	// Only now: the handler may have replied with the arguments themselves.
 	n.putBuf(j.buf)
-	j.conn.finished(j.cost, &j.hdr)
+	j.conn.finished(j.cost)
 }
 
 // serveState is what serving a request reuses: a server handle owns one,
@@ -111,28 +143,36 @@ type serveState struct {
 	own  []byte // the reply buffer, kept from request to request
 }
 
-// serve runs the handler for request h from p, which arrived on link gen
-// at start, and sends its reply. ctx is nil on an event loop (see
-// sendReply).
+// serve runs the handler for request h from p, which arrived on c at
+// start, and sends its reply, unless its caller cancelled it. ctx is nil
+// on an event loop (see sendReply). rc is the request's own context if it
+// can be cancelled or has a deadline (cancel.go); otherwise the handler
+// gets the shared, immutable per-priority one.
 //
 // Ownership, as the Handler documentation promises: args stays valid until
 // the reply has been sent; resp.Body starts as own[:0], and whatever slice
 // the handler leaves there is only read, until the reply is sent. Only own
 // (and what append grew it into) is ever written to or kept: a handler
 // that answers with req.Args or a shared slice gives the engine nothing.
-func (n *Node) serve(ctx context.Context, svc *service, h *framing.Header, p *peer, gen uint64, args []byte, st *serveState, start time.Time) {
+func (n *Node) serve(ctx context.Context, svc *service, h *framing.Header, p *peer, c *conn, args []byte, st *serveState, start time.Time, rc *reqCtx) {
 	st.req = Request{From: p.num, Service: h.Service, Proc: h.Proc, Priority: h.Priority, OneWay: h.Type == framing.TypeOneWay, Args: args}
 	st.resp.Body = st.own[:0]
-	err := svc.Procs[h.Proc](n.handlerContext(h.Priority), &st.req, &st.resp)
+	hctx := n.handlerContext(h.Priority)
+	if rc != nil {
+		hctx = rc
+	}
+	err := n.runHandler(hctx, svc, &st.req, &st.resp, start)
 	code := svc.outcome(err, st.resp.Body)
-	if h.Type == framing.TypeRequest {
+	if rc != nil && n.requestDone(c, rc) {
+		n.m.cancelledReplies.Inc() // the caller has gone: a reply would only be dropped there
+	} else if h.Type == framing.TypeRequest {
 		body := st.resp.Body
 		if err != nil {
 			// Never into resp.Body: it may be the handler's own slice.
 			st.own = append(st.own[:0], err.Error()...)
 			body = st.own
 		}
-		n.sendReply(ctx, p, gen, h, svc, statusFor(err), body)
+		n.sendReply(ctx, p, c.linkGen, h, svc, statusFor(err), body)
 	}
 	svc.metrics[h.Proc].observe(time.Since(start).Seconds(), code)
 	st.own = keepBuffer(st.own, st.resp.Body)
@@ -165,12 +205,14 @@ func (n *Node) handlerContext(prio uint8) context.Context {
 	return &n.hctx[prio]
 }
 
-func (n *Node) replyDecodeError(c *conn, h *framing.Header, err error) {
+// replyDecodeError answers a request whose arguments did not decompress;
+// ctx as for sendReply.
+func (n *Node) replyDecodeError(ctx context.Context, c *conn, h *framing.Header, err error) {
 	n.countDecodeLimit(err)
 	n.m.refused.inc(statusCode(StatusCantDecodeArgs))
 	n.log.Warn("cannot decompress request", "peer", c.peer.num, "service", h.Service, "err", err)
 	if h.Type == framing.TypeRequest {
-		n.sendReply(nil, c.peer, c.linkGen, h, nil, StatusCantDecodeArgs, []byte(err.Error()))
+		n.sendReply(ctx, c.peer, c.linkGen, h, nil, StatusCantDecodeArgs, []byte(err.Error()))
 	}
 }
 
@@ -353,7 +395,7 @@ func (n *Node) completeReply(c *conn, f *framing.Frame) {
 	}
 	switch st := Status(f.Status); {
 	case st != StatusOK:
-		s.err = &RemoteError{Code: st, Message: string(f.Payload)}
+		s.err = remoteStatus(st, f.Payload)
 	case f.Flags.Compressed():
 		var err error
 		s.reply, err = n.codec.Decompress(s.reply, &f.Header, f.Payload)

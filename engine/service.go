@@ -26,8 +26,13 @@ import (
 //
 // ctx carries the priority the request arrived at, so that an RPC sent from
 // inside the handler is escalated (CI's ics_prio), and ends when the node
-// closes. A handler may pass it on to work that outlives the handler (Go,
-// GoFunc, its own goroutines): it does not change from request to request.
+// closes. If the caller's ctx could end (it had a deadline, or could be
+// cancelled), ctx has the caller's deadline and ends when the caller gives
+// up or when the handler returns, as a gRPC handler's does: nested calls
+// made with it are cancelled with the request. Work that outlives the
+// handler takes context.WithoutCancel(ctx), which keeps the priority. A
+// handler's ctx never changes from request to request, so handing it (or
+// a context derived from it) to other goroutines races nothing.
 type Handler func(ctx context.Context, req *Request, resp *Response) error
 
 // Request is an incoming RPC or one-way message.

@@ -1,6 +1,7 @@
 package framing
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -145,9 +146,11 @@ func (c *Codec) Decompress(dst []byte, h *Header, payload []byte) ([]byte, error
 	start := len(dst)
 	switch {
 	case h.Flags&FlagS2 != 0:
-		n, err := s2.DecodedLen(payload)
+		// Walk the block before allocating: its own size field is as
+		// cheap to forge as aux, the operations it carries are not.
+		n, err := s2Length(payload, raw)
 		if err != nil || n != raw {
-			return dst, fmt.Errorf("%w: s2 size %d, header says %d (%v)", ErrDecompress, n, raw, err)
+			return dst, fmt.Errorf("%w: s2 data makes %d bytes, header says %d (%v)", ErrDecompress, n, raw, err)
 		}
 		dst = grow(dst, raw)
 		if _, err := s2.Decode(dst[start:start+raw], payload); err != nil {
@@ -155,6 +158,9 @@ func (c *Codec) Decompress(dst []byte, h *Header, payload []byte) ([]byte, error
 		}
 		return dst[:start+raw], nil
 	case h.Flags&FlagZstd != 0:
+		if max := zstdMaxOutput(len(payload)); raw > max {
+			return dst, fmt.Errorf("%w: %d bytes of zstd cannot make the %d the header says (at most %d)", ErrDecompress, len(payload), raw, max)
+		}
 		if err := c.initZstd(); err != nil {
 			return dst, err
 		}
@@ -176,4 +182,110 @@ func grow(b []byte, n int) []byte {
 	nb := make([]byte, len(b), len(b)+n)
 	copy(nb, b)
 	return nb
+}
+
+// zstdMaxOutput bounds what n bytes of zstd can decode to: a block (3
+// bytes of header and at least one of content, an RLE block) makes at most
+// 128 KiB, so a frame makes at most that per 4 bytes, plus one block.
+// Checking it first means a few bytes announcing megabytes are refused
+// before anything is allocated for them.
+func zstdMaxOutput(n int) int {
+	const maxBlock = 128 << 10
+	return (n/4 + 1) * maxBlock
+}
+
+var errS2Corrupt = errors.New("corrupt s2 block")
+
+// s2Length walks the operations of an s2 block without decoding it and
+// returns the length they produce, stopping with an error past limit or at
+// anything s2.Decode would refuse (truncation, an offset before the
+// start). It allocates nothing; FuzzS2Length checks it against s2.Decode.
+func s2Length(src []byte, limit int) (int, error) {
+	announced, k := binary.Uvarint(src)
+	if k <= 0 || announced > uint64(limit) {
+		return 0, errS2Corrupt
+	}
+	s, d, offset := k, 0, 0
+	need := func(n int) bool { return n <= len(src)-s }
+	for s < len(src) {
+		tag := src[s]
+		var length int
+		switch tag & 0x03 {
+		case 0x00: // literal
+			x := int(tag >> 2)
+			s++
+			if x >= 60 {
+				w := x - 59 // bytes of length that follow
+				if !need(w) {
+					return d, errS2Corrupt
+				}
+				x = 0
+				for i := w - 1; i >= 0; i-- {
+					x = x<<8 | int(src[s+i])
+				}
+				s += w
+			}
+			length = x + 1
+			if length <= 0 || !need(length) || length > limit-d {
+				return d, errS2Corrupt
+			}
+			s += length
+			d += length
+			continue
+		case 0x01: // copy with a 1-byte offset; offset 0 repeats the last one
+			if !need(2) {
+				return d, errS2Corrupt
+			}
+			toffset := int(uint32(tag)&0xe0<<3 | uint32(src[s+1]))
+			length = int(tag) >> 2 & 0x7
+			s += 2
+			if toffset == 0 {
+				switch length {
+				case 5:
+					if !need(1) {
+						return d, errS2Corrupt
+					}
+					length = int(src[s]) + 4
+					s++
+				case 6:
+					if !need(2) {
+						return d, errS2Corrupt
+					}
+					length = int(binary.LittleEndian.Uint16(src[s:])) + 1<<8
+					s += 2
+				case 7:
+					if !need(3) {
+						return d, errS2Corrupt
+					}
+					length = int(uint32(src[s+2])<<16|uint32(src[s+1])<<8|uint32(src[s])) + 1<<16
+					s += 3
+				}
+			} else {
+				offset = toffset
+			}
+			length += 4
+		case 0x02: // copy with a 2-byte offset
+			if !need(3) {
+				return d, errS2Corrupt
+			}
+			offset = int(binary.LittleEndian.Uint16(src[s+1:]))
+			length = 1 + int(tag)>>2
+			s += 3
+		case 0x03: // copy with a 4-byte offset
+			if !need(5) {
+				return d, errS2Corrupt
+			}
+			offset = int(binary.LittleEndian.Uint32(src[s+1:]))
+			length = 1 + int(tag)>>2
+			s += 5
+		}
+		if offset <= 0 || d < offset || length > limit-d {
+			return d, errS2Corrupt
+		}
+		d += length
+	}
+	if uint64(d) != announced {
+		return d, errS2Corrupt
+	}
+	return d, nil
 }

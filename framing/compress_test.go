@@ -2,6 +2,7 @@ package framing
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -458,4 +459,76 @@ func TestParseCompression(t *testing.T) {
 	if s := Compression(7).String(); !strings.Contains(s, "7") {
 		t.Errorf("Compression(7).String() = %q", s)
 	}
+}
+
+// TestDecompressTinyLiarsAllocateNothing (issue 8 point 8): a frame of a
+// few bytes that announces the largest size must not make the codec
+// allocate that size before finding out the bytes cannot produce it (20
+// such frames allocated 320 MiB). Both announce the size twice, in the
+// header's aux and in the codec's own size field, consistently.
+func TestDecompressTinyLiarsAllocateNothing(t *testing.T) {
+	const limit = DefaultMaxPayload
+	c := NewCodec(limit)
+	defer c.Close()
+	if _, err := c.Decompress(nil, &Header{Flags: FlagZstd, Aux: 1000}, mustZstd(t, c, compressible(1000))); err != nil {
+		t.Fatalf("warm-up: %v", err)
+	}
+	s2Liar := binary.AppendUvarint(nil, limit) // s2: the decoded length, then nothing worth it
+	s2Liar = append(s2Liar, 0x00, 'x')
+	// zstd: magic, a single-segment frame header with a 4-byte content
+	// size, and the start of a block.
+	zstdLiar := []byte{0x28, 0xb5, 0x2f, 0xfd, 0xa0}
+	zstdLiar = binary.LittleEndian.AppendUint32(zstdLiar, limit)
+	zstdLiar = append(zstdLiar, 0x01, 0x00)
+	for _, tc := range []struct {
+		name    string
+		flag    Flags
+		payload []byte
+	}{{"s2", FlagS2, s2Liar}, {"zstd", FlagZstd, zstdLiar}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var errs int
+			n := allocated(func() {
+				for i := 0; i < 20; i++ {
+					if _, err := c.Decompress(nil, &Header{Type: TypeRequest, Flags: tc.flag, Length: uint32(len(tc.payload)), Aux: limit}, tc.payload); err != nil {
+						errs++
+					}
+				}
+			})
+			if errs != 20 {
+				t.Fatalf("%d of 20 liars refused", errs)
+			}
+			if n > 1<<20 {
+				t.Fatalf("20 liars of %d bytes allocated %d MiB", len(tc.payload), n>>20)
+			}
+		})
+	}
+}
+
+// TestDecompressRealS2Bomb: a valid s2 block of a few dozen bytes that
+// does decode to 1 MiB (repeat operations) decodes correctly: the bound
+// is what the input can produce, and this input can.
+func TestDecompressRealS2Bomb(t *testing.T) {
+	c := NewCodec(0)
+	defer c.Close()
+	src := make([]byte, 1<<20)
+	comp := s2.Encode(nil, src)
+	if len(comp) > 128 {
+		t.Fatalf("s2 made %d bytes of 1 MiB of zeros: not a bomb", len(comp))
+	}
+	out, err := c.Decompress(nil, &Header{Flags: FlagS2, Aux: uint32(len(src))}, comp)
+	if err != nil || !bytes.Equal(out, src) {
+		t.Fatalf("real bomb: %d bytes, %v", len(out), err)
+	}
+	if n, err := s2Length(comp, len(src)); err != nil || n != len(src) {
+		t.Fatalf("s2Length = %d, %v", n, err)
+	}
+}
+
+func mustZstd(t *testing.T, c *Codec, src []byte) []byte {
+	t.Helper()
+	out, flag, err := c.Compress(nil, src, CompressZstd)
+	if err != nil || flag != FlagZstd {
+		t.Fatalf("zstd: %v flag %v", err, flag)
+	}
+	return out
 }

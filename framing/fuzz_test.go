@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"math"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
@@ -84,6 +86,12 @@ func FuzzDecodeHeader(f *testing.F) {
 			t.Fatalf("accepted compressed %s frame", h.Type)
 		case h.Type == TypeCredit && (h.Length != 0 || h.Aux == 0):
 			t.Fatalf("accepted credit frame with length %d, grant %d", h.Length, h.Aux)
+		case h.Flags&(FlagDeadline|FlagCancellable) != 0 && h.Type != TypeRequest:
+			t.Fatalf("accepted request flags on a %s frame", h.Type)
+		case h.Flags&FlagDeadline == 0 && h.Status != 0 && (h.Type == TypeRequest || h.Type == TypeOneWay || h.Type == TypeCancel || h.Type == TypeDraining):
+			t.Fatalf("accepted status %d in a %s frame", h.Status, h.Type)
+		case (h.Type == TypeCancel || h.Type == TypeDraining) && (h.Length != 0 || h.Aux != 0):
+			t.Fatalf("accepted %s frame with a body", h.Type)
 		}
 		// ...and encodes back to the same bytes.
 		if got := headerBytes(h); !bytes.Equal(got, b[:HeaderSize]) {
@@ -339,6 +347,57 @@ func FuzzDecompress(f *testing.F) {
 			if !bytes.Equal(got, payload) {
 				t.Fatal("uncompressed payload not copied as is")
 			}
+		}
+	})
+}
+
+// FuzzS2Length checks the walker Decompress trusts before allocating
+// against s2 itself: whatever s2.Decode accepts, s2Length measures the
+// same, and whatever s2Length accepts, s2.Decode decodes to that length.
+func FuzzS2Length(f *testing.F) {
+	for _, src := range [][]byte{nil, []byte("a"), make([]byte, 1<<16), []byte(strings.Repeat("abcdefgh", 999))} {
+		f.Add(s2.Encode(nil, src))
+		f.Add(s2.EncodeBetter(nil, src))
+	}
+	f.Fuzz(func(t *testing.T, comp []byte) {
+		const limit = 1 << 20
+		n, err := s2Length(comp, limit)
+		want, derr := s2.DecodedLen(comp)
+		var out []byte
+		if derr == nil && want <= limit {
+			out, derr = s2.Decode(nil, comp)
+		}
+		switch {
+		case derr == nil && want <= limit && (err != nil || n != len(out)):
+			t.Fatalf("s2 decodes %d bytes; s2Length says %d, %v", len(out), n, err)
+		case err == nil && derr != nil:
+			t.Fatalf("s2Length accepts %d bytes that s2 refuses: %v", n, derr)
+		}
+	})
+}
+
+// FuzzTimeout: every 16-bit value decodes to a bounded duration, and
+// encoding any duration rounds up, never down, by at most one step of its
+// unit, and decodes back to the same encoding.
+func FuzzTimeout(f *testing.F) {
+	for _, d := range []int64{0, 1, 999, 1000, 16383000, 16384000, int64(time.Hour), math.MaxInt64, -5} {
+		f.Add(d, uint16(0))
+	}
+	f.Add(int64(0), uint16(0xffff))
+	f.Fuzz(func(t *testing.T, d int64, v uint16) {
+		if got := DecodeTimeout(v); got < 0 || got > timeoutMax*time.Minute {
+			t.Fatalf("DecodeTimeout(%#x) = %v", v, got)
+		}
+		dur := time.Duration(d)
+		enc := EncodeTimeout(dur)
+		back := DecodeTimeout(enc)
+		switch {
+		case dur <= 0 && back != 0:
+			t.Fatalf("%v encoded as %v", dur, back)
+		case dur > 0 && dur <= timeoutMax*time.Minute && (back < dur || back-dur >= timeoutUnits[enc>>timeoutUnitShift]):
+			t.Fatalf("%v encoded as %v (%#x)", dur, back, enc)
+		case EncodeTimeout(back) != enc:
+			t.Fatalf("%v re-encodes as %#x, not %#x", back, EncodeTimeout(back), enc)
 		}
 	})
 }

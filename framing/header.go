@@ -4,12 +4,17 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // ProtocolVersion is the wire version carried in byte 0 of every frame
 // header and in the handshake. Bump it on any incompatible change to the
 // header layout or to the meaning of an existing frame type.
-const ProtocolVersion = 1
+//
+// Version 2 added the caller's timeout in requests (FlagDeadline, the
+// status field), FlagCancellable and TypeCancel (issue 9), and
+// FlagDraining and TypeDraining for graceful shutdown.
+const ProtocolVersion = 2
 
 // HeaderSize is the fixed size of a frame header in bytes.
 //
@@ -26,7 +31,9 @@ const ProtocolVersion = 1
 //	 20    4 length      payload bytes that follow the header on the wire
 //	 24    4 aux         uncompressed length when compressed; credit bytes for TypeCredit
 //	 28    2 svcversion  version of the service stubs that built the frame
-//	 30    2 status      reply status (a CLUSTER_RPC_* code); 0 in requests
+//	 30    2 status      reply status (a CLUSTER_RPC_* code); in a request with
+//	                     FlagDeadline, the caller's time left (EncodeTimeout); 0 in
+//	                     other requests, one-way, cancel and draining frames
 const HeaderSize = 32
 
 // MaxPriority is the highest ICS priority. Priority 0 uses the service's own
@@ -42,20 +49,29 @@ const DefaultMaxPayload = 16 << 20
 type Type uint8
 
 const (
-	TypeInvalid  Type = 0  // never sent; a zeroed header is an error
-	TypeHello    Type = 1  // dialler's handshake; payload: encoded Hello
-	TypeHelloAck Type = 2  // acceptor's answer; payload: encoded Hello of the acceptor
-	TypeRequest  Type = 3  // RPC request; payload: arguments; expects TypeReply with the same xid
-	TypeOneWay   Type = 4  // one-way message; payload: arguments; no reply, xid 0
-	TypeReply    Type = 5  // RPC reply; payload: results; status says success or which error
-	TypeCredit   Type = 6  // flow-control grant; aux: bytes of credit returned to the sender; no payload
-	TypeGoAway   Type = 7  // sender is closing this connection on purpose; no payload
-	TypeConfirm  Type = 8  // dialler's third handshake message; payload: proof it holds the session keys
-	TypeRefuse   Type = 9  // acceptor's answer to a hello it will not take; payload: encoded Refusal; then it closes
-	typeLimit    Type = 10 // first unused number; keep last
+	TypeInvalid  Type = 0 // never sent; a zeroed header is an error
+	TypeHello    Type = 1 // dialler's handshake; payload: encoded Hello
+	TypeHelloAck Type = 2 // acceptor's answer; payload: encoded Hello of the acceptor
+	TypeRequest  Type = 3 // RPC request; payload: arguments; expects TypeReply with the same xid
+	TypeOneWay   Type = 4 // one-way message; payload: arguments; no reply, xid 0
+	TypeReply    Type = 5 // RPC reply; payload: results; status says success or which error
+	TypeCredit   Type = 6 // flow-control grant; aux: bytes of credit returned to the sender; no payload
+	TypeGoAway   Type = 7 // sender is closing this connection on purpose; no payload
+	TypeConfirm  Type = 8 // dialler's third handshake message; payload: proof it holds the session keys
+	TypeRefuse   Type = 9 // acceptor's answer to a hello it will not take; payload: encoded Refusal; then it closes
+	// TypeCancel says the caller gave up the request with the same xid,
+	// sent on the connection the request went on (so it never overtakes
+	// it): the server cancels the handler's ctx and drops its reply. No
+	// payload.
+	TypeCancel Type = 10
+	// TypeDraining goes from an acceptor back to the dialler: this node is
+	// shutting down and takes no new requests; calls to it fail fast. No
+	// payload.
+	TypeDraining Type = 11
+	typeLimit    Type = 12 // first unused number; keep last
 )
 
-var typeNames = [...]string{"invalid", "hello", "hello-ack", "request", "oneway", "reply", "credit", "goaway", "confirm", "refuse"}
+var typeNames = [...]string{"invalid", "hello", "hello-ack", "request", "oneway", "reply", "credit", "goaway", "confirm", "refuse", "cancel", "draining"}
 
 func (t Type) String() string {
 	if t < typeLimit {
@@ -78,8 +94,21 @@ const (
 	// handler back.
 	FlagStarved Flags = 1 << 2
 
+	// FlagDeadline marks a request whose status field
+	// holds the caller's time left (EncodeTimeout): the handler's ctx gets
+	// that deadline. A duration, not a time, so the nodes' clocks need not
+	// agree.
+	FlagDeadline Flags = 1 << 3
+
+	// FlagCancellable marks a request whose caller may give it up before
+	// its reply (its ctx can end): the server keeps the means to cancel
+	// the handler when a TypeCancel for its xid arrives. Requests without
+	// it cost the server nothing of the kind.
+	FlagCancellable Flags = 1 << 4
+
 	flagCompressionMask = FlagS2 | FlagZstd
-	flagsKnown          = flagCompressionMask | FlagStarved
+	flagRequestOnly     = FlagDeadline | FlagCancellable
+	flagsKnown          = flagCompressionMask | FlagStarved | flagRequestOnly
 )
 
 // Compressed reports whether the payload is compressed.
@@ -197,8 +226,51 @@ func DecodeHeader(b []byte, maxPayload uint32) (Header, error) {
 			return h, fmt.Errorf("%w: %s frame marked compressed", ErrBadFlags, h.Type)
 		}
 	}
+	if h.Flags&flagRequestOnly != 0 && h.Type != TypeRequest {
+		return h, fmt.Errorf("%w: %s frame with request flags %#x", ErrBadFlags, h.Type, uint8(h.Flags))
+	}
+	if h.Flags&FlagDeadline == 0 && h.Status != 0 && (h.Type == TypeRequest || h.Type == TypeOneWay || h.Type == TypeCancel || h.Type == TypeDraining) {
+		return h, fmt.Errorf("%w: %s with status %d and no deadline", ErrBadAux, h.Type, h.Status)
+	}
+	if (h.Type == TypeCancel || h.Type == TypeDraining) && (h.Length != 0 || h.Aux != 0) {
+		return h, fmt.Errorf("%w: %s frame with length %d, aux %d", ErrBadAux, h.Type, h.Length, h.Aux)
+	}
 	if h.Type == TypeCredit && (h.Length != 0 || h.Aux == 0) {
 		return h, fmt.Errorf("%w: credit frame with length %d, grant %d", ErrBadAux, h.Length, h.Aux)
 	}
 	return h, nil
+}
+
+// A timeout travels in 16 bits: the top two say the unit (microsecond,
+// millisecond, second, minute), the other 14 a count of it, rounded up so
+// that the server's deadline is never before the caller's. That is
+// 1 µs steps up to 16 ms, 1 ms steps up to 16 s, 1 s up to 4.5 h, then
+// minutes up to 11 days: within 1/16384 + one step, as precise as a
+// deadline needs, in a field requests did not use.
+const (
+	timeoutUnitShift = 14
+	timeoutMax       = 1<<timeoutUnitShift - 1
+)
+
+var timeoutUnits = [4]time.Duration{time.Microsecond, time.Millisecond, time.Second, time.Minute}
+
+// EncodeTimeout encodes d (clamped to 0 .. about 11 days) for the status
+// field of a request with FlagDeadline.
+func EncodeTimeout(d time.Duration) uint16 {
+	if d <= 0 {
+		return 0
+	}
+	for u, unit := range timeoutUnits {
+		n := (d + unit - 1) / unit
+		if n <= timeoutMax {
+			return uint16(u)<<timeoutUnitShift | uint16(n)
+		}
+	}
+	return 3<<timeoutUnitShift | timeoutMax
+}
+
+// DecodeTimeout is the duration an EncodeTimeout value stands for: any
+// 16 bits decode to a duration between 0 and about 11 days.
+func DecodeTimeout(v uint16) time.Duration {
+	return time.Duration(v&timeoutMax) * timeoutUnits[v>>timeoutUnitShift]
 }

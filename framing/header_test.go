@@ -24,7 +24,7 @@ func TestHeaderLayout(t *testing.T) {
 		SvcVersion: 0x4142,
 		Status:     0x5152,
 	}
-	want, _ := hex.DecodeString("01050103" + "04030201" + "08070605" + "1817161514131211" + "24232221" + "34333231" + "4241" + "5251")
+	want, _ := hex.DecodeString("02050103" + "04030201" + "08070605" + "1817161514131211" + "24232221" + "34333231" + "4241" + "5251")
 	var b [HeaderSize]byte
 	h.Encode(b[:])
 	if !bytes.Equal(b[:], want) {
@@ -76,8 +76,12 @@ func TestHeaderRoundTrip(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var b [HeaderSize]byte
 			tt.h.Encode(b[:])
-			if b[0] != ProtocolVersion {
-				t.Fatalf("version byte %d, want %d", b[0], ProtocolVersion)
+			want := byte(ProtocolVersion)
+			if tt.h.Type.IsHandshake() {
+				want = HandshakeVersion // the handshake's own version, for ever
+			}
+			if b[0] != want {
+				t.Fatalf("version byte %d, want %d", b[0], want)
 			}
 			got, err := DecodeHeader(b[:], tt.max)
 			if err != nil {
@@ -116,11 +120,18 @@ func TestDecodeHeaderRejects(t *testing.T) {
 		{name: "all-zero", h: valid, raw: func(b []byte) { clear(b) }, want: ErrBadVersion},
 		{name: "type-invalid", h: Header{Type: TypeInvalid}, want: ErrBadType},
 		{name: "type-limit", h: Header{Type: typeLimit, Length: 1}, want: ErrBadType},
-		{name: "type-10", h: Header{Type: 10}, want: ErrBadType},
+		{name: "type-12", h: Header{Type: 12}, want: ErrBadType},
 		{name: "type-255", h: Header{Type: 255}, want: ErrBadType},
-		{name: "flag-bit-3", h: Header{Type: TypeRequest, Flags: 1 << 3}, want: ErrBadFlags},
+		{name: "flag-bit-5", h: Header{Type: TypeRequest, Flags: 1 << 5}, want: ErrBadFlags},
+		{name: "deadline-on-reply", h: Header{Type: TypeReply, Flags: FlagDeadline}, want: ErrBadFlags},
+		{name: "cancellable-on-credit", h: Header{Type: TypeCredit, Flags: FlagCancellable, Aux: 1}, want: ErrBadFlags},
+		{name: "request-status-without-deadline", h: Header{Type: TypeRequest, Status: 5}, want: ErrBadAux},
+		{name: "cancel-with-payload", h: Header{Type: TypeCancel, XID: 1, Length: 1}, want: ErrBadAux},
+		{name: "cancel-with-status", h: Header{Type: TypeCancel, XID: 1, Status: 1}, want: ErrBadAux},
+		{name: "deadline-on-oneway", h: Header{Type: TypeOneWay, Flags: FlagDeadline}, want: ErrBadFlags},
+		{name: "draining-with-aux", h: Header{Type: TypeDraining, Aux: 1}, want: ErrBadAux},
 		{name: "flag-bit-7", h: Header{Type: TypeRequest, Flags: 1 << 7}, want: ErrBadFlags},
-		{name: "flag-s2-and-unknown", h: Header{Type: TypeRequest, Flags: FlagS2 | 1<<4, Aux: 1}, want: ErrBadFlags},
+		{name: "flag-s2-and-unknown", h: Header{Type: TypeRequest, Flags: FlagS2 | 1<<6, Aux: 1}, want: ErrBadFlags},
 		{name: "flag-all", h: Header{Type: TypeRequest, Flags: 0xff, Aux: 1}, want: ErrBadFlags},
 		{name: "flag-s2-and-zstd", h: Header{Type: TypeRequest, Flags: FlagS2 | FlagZstd, Length: 1, Aux: 1}, want: ErrBadFlags},
 		{name: "priority-5", h: Header{Type: TypeRequest, Priority: MaxPriority + 1}, want: ErrBadPriority},
@@ -222,7 +233,9 @@ func TestTypeString(t *testing.T) {
 		{TypeGoAway, "goaway"},
 		{TypeConfirm, "confirm"},
 		{TypeRefuse, "refuse"},
-		{typeLimit, "type(10)"},
+		{TypeCancel, "cancel"},
+		{TypeDraining, "draining"},
+		{typeLimit, "type(12)"},
 		{255, "type(255)"},
 	}
 	for _, tt := range tests {

@@ -145,6 +145,8 @@ type Sim struct {
 	seq   uint64
 	drop  map[[2]clms.NodeNum]float64
 	cut   map[[2]clms.NodeNum]bool
+	dup   float64       // probability that a message is delivered twice
+	late  time.Duration // the copy comes up to this much later
 	buf   []byte
 	Check *Checker
 	// Sent counts messages sent, by type.
@@ -279,6 +281,15 @@ func (s *Sim) Restart(num clms.NodeNum) {
 	s.Start(num)
 }
 
+// LoseDisk throws away node n's persisted raft state, as a replaced or
+// reformatted disk would: its next Start begins from the bootstrap state. No
+// runner may do this to a node that was ever a voter (docs/CLMS.md, "What the
+// runner must do"); tests use it to show what goes wrong if one does.
+func (s *Sim) LoseDisk(num clms.NodeNum) {
+	n := s.byNum[num]
+	n.disk, n.diskHS = nil, nil
+}
+
 // Pause stops node n's processing (SIGSTOP). Its monotonic clock keeps
 // running, as CLOCK_MONOTONIC does, so on Resume it first catches up on its
 // ticks; messages to it wait in its socket buffers.
@@ -308,6 +319,12 @@ func (s *Sim) Partition(groups ...[]clms.NodeNum) {
 		}
 	}
 }
+
+// Duplicate delivers each message a second time with probability rate, the
+// copy up to late after the original: a retransmission, or a message that
+// took another path and arrives after newer ones (0 stops it). The copy is
+// from the same incarnation of the sender, even if that process died since.
+func (s *Sim) Duplicate(rate float64, late time.Duration) { s.dup, s.late = rate, late }
 
 // Heal removes every partition and drop rate.
 func (s *Sim) Heal() {
@@ -404,6 +421,14 @@ func (s *Sim) send(from *Node, m clms.Message) {
 	}
 	finc := from.Inc
 	s.after(s.delay(from.Num, m.To), func() { s.deliver(from, finc, to, dm) })
+	if s.dup > 0 && s.rng.Float64() < s.dup {
+		cp, err := clms.DecodeMessage(s.buf)
+		if err != nil {
+			s.tb.Fatalf("decode %v: %v", m, err)
+		}
+		late := time.Duration(s.rng.Int64N(int64(s.late) + 1))
+		s.after(s.delay(from.Num, m.To)+late, func() { s.deliver(from, finc, to, cp) })
+	}
 }
 
 func (s *Sim) deliver(from *Node, finc uint64, to *Node, m clms.Message) {

@@ -85,16 +85,12 @@ func Fail(resp *engine.Response, errs []error, err error) error {
 	return err
 }
 
-// RemoteError is a declared error as a caller receives it: errors.Is
-// matches both the sentinel and engine.ErrFailed, and its message is the
-// one the server's error had.
-type RemoteError struct {
-	sentinel error
-	msg      string
-}
-
-func (e *RemoteError) Error() string   { return e.msg }
-func (e *RemoteError) Unwrap() []error { return []error{e.sentinel, engine.ErrFailed} }
+// RemoteError is a declared error as a caller receives it: the engine's
+// own *engine.RemoteError, with Code engine.StatusFailed and Declared the
+// declared sentinel, so errors.As with either name matches it, errors.Is
+// matches both the sentinel and engine.ErrFailed, and engine.Code gives
+// engine.StatusFailed. Its message is the one the server's error had.
+type RemoteError = engine.RemoteError
 
 // ReplyBody checks a reply's status byte and returns the results after
 // it. A status i+1 with a well-formed message is the i-th of errs as a
@@ -108,7 +104,7 @@ func ReplyBody(service string, errs []error, d []byte) ([]byte, error) {
 	}
 	if i := int(d[0]) - 1; i < len(errs) {
 		if msg, rest, err := String(d[1:]); err == nil && len(rest) == 0 {
-			return nil, &RemoteError{sentinel: errs[i], msg: msg}
+			return nil, &engine.RemoteError{Code: engine.StatusFailed, Message: msg, Declared: errs[i]}
 		}
 	}
 	return nil, ResultsError(service, "reply", ErrStatus)

@@ -207,6 +207,12 @@ func TestReplyStatus(t *testing.T) {
 		!errors.As(err, &re) || err.Error() != wrapped.Error() {
 		t.Fatalf("decoded %v", err)
 	}
+	// One error model: the engine's RemoteError is the same type, and the
+	// declared error's status is StatusFailed.
+	var ere *engine.RemoteError
+	if !errors.As(err, &ere) || ere.Declared != errConflict || ere.Code != engine.StatusFailed || engine.Code(err) != engine.StatusFailed {
+		t.Fatalf("declared error as *engine.RemoteError: %#v, code %v", ere, engine.Code(err))
+	}
 	other := errors.New("disk on fire")
 	resp.Body = resp.Body[:0]
 	if err := Fail(&resp, svcErrors, other); err != other || len(resp.Body) != 0 {

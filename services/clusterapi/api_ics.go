@@ -790,7 +790,7 @@ func apiWaitTransitionsResults(d []byte) (r0 []WireTransition, err error) {
 
 // apiErrors are the errors clusterapi's handlers return that reach callers as
 // themselves: a reply with status i+1 carries apiErrors[i] and its message,
-// and the caller gets a *stub.RemoteError matching it and engine.ErrFailed.
+// and the caller gets an *engine.RemoteError matching it and engine.ErrFailed.
 var apiErrors = []error{ErrUnknownNode, ErrNoTransition, ErrCompacted, ErrInvalid, ErrBusy}
 
 // apiCheckDecoders is for fuzz targets. It feeds b to the argument decoder

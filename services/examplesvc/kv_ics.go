@@ -489,7 +489,7 @@ func kvStatsResults(d []byte) (r0 Stats, err error) {
 
 // kvErrors are the errors kv's handlers return that reach callers as
 // themselves: a reply with status i+1 carries kvErrors[i] and its message,
-// and the caller gets a *stub.RemoteError matching it and engine.ErrFailed.
+// and the caller gets an *engine.RemoteError matching it and engine.ErrFailed.
 var kvErrors = []error{ErrNotFound, ErrConflict}
 
 // kvCheckDecoders is for fuzz targets. It feeds b to the argument decoder

@@ -216,3 +216,44 @@ func TestKVBadResults(t *testing.T) {
 		}
 	}
 }
+
+// TestKVThroughInterceptors: icsgen's stubs call the engine, so the
+// engine's interceptors see them, with the service's name and procedure,
+// and see a declared error as the *engine.RemoteError it is.
+func TestKVThroughInterceptors(t *testing.T) {
+	type seen struct {
+		side string
+		name string
+		proc uint32
+		code engine.Status
+	}
+	got := make(chan seen, 4)
+	nodes := enginetest.StartCluster(t, 2, func(c *engine.Config) {
+		c.ClientInterceptors = []engine.ClientInterceptor{func(ctx context.Context, info *engine.CallInfo, args, reply []byte, next engine.Invoker) ([]byte, error) {
+			res, err := next(ctx, info, args, reply)
+			got <- seen{"client", info.Method.Name, info.Method.Proc, engine.Code(err)}
+			return res, err
+		}}
+		c.ServerInterceptors = []engine.ServerInterceptor{func(ctx context.Context, info *engine.CallInfo, req *engine.Request, resp *engine.Response, next engine.Handler) error {
+			err := next(ctx, req, resp)
+			got <- seen{"server", info.Method.Name, info.Method.Proc, engine.Code(err)}
+			return err
+		}}
+	})
+	if err := RegisterKV(nodes[1], NewStore()); err != nil {
+		t.Fatal(err)
+	}
+	_, err := NewKVClient(nodes[0]).Get(enginetest.Context(t, 10*time.Second), 2, "missing")
+	var re *engine.RemoteError
+	if !errors.As(err, &re) || re.Declared != ErrNotFound || engine.Code(err) != engine.StatusFailed {
+		t.Fatalf("Get of a missing key: %v", err)
+	}
+	// A declared error travels in a successful reply: the engine's chain
+	// sees success, and the stub makes it the error.
+	want := map[seen]bool{{"server", "kv", KVProcGet, engine.StatusOK}: true, {"client", "kv", KVProcGet, engine.StatusOK}: true}
+	for range 2 {
+		if s := <-got; !want[s] {
+			t.Fatalf("interceptor saw %+v", s)
+		}
+	}
+}

@@ -185,6 +185,9 @@ func (f *Forwarder) deliver(pid int, sig syscall.Signal) error {
 	if fd >= 0 {
 		defer unix.Close(fd)
 	}
+	if testHookPidfdOpened != nil {
+		testHookPidfdOpened(pid)
+	}
 	if !slices.Contains(p.PIDs, pid) {
 		if !p.AllowUID {
 			return fmt.Errorf("%w: pid %d is not allowed on node %d", ErrRefused, pid, num)
@@ -214,6 +217,11 @@ func (f *Forwarder) deliver(pid int, sig syscall.Signal) error {
 	}
 	return fmt.Errorf("sigfwd: signal %d to %d: %w", int(sig), pid, err)
 }
+
+// testHookPidfdOpened, when set (by a test, before deliver is called, in
+// the same goroutine), runs between the pidfd's opening and the signal:
+// where a PID can be reused under a plain kill.
+var testHookPidfdOpened func(pid int)
 
 // outcome names an error for the log.
 func outcome(err error) string {

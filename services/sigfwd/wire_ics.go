@@ -215,7 +215,7 @@ func forwardingProcessResults(d []byte) (err error) {
 
 // forwardingErrors are the errors sigfwd's handlers return that reach callers as
 // themselves: a reply with status i+1 carries forwardingErrors[i] and its message,
-// and the caller gets a *stub.RemoteError matching it and engine.ErrFailed.
+// and the caller gets an *engine.RemoteError matching it and engine.ErrFailed.
 var forwardingErrors = []error{ErrRefused, ErrNotFound, ErrInvalid}
 
 // forwardingCheckDecoders is for fuzz targets. It feeds b to the argument decoder

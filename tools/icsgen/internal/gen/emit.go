@@ -394,7 +394,7 @@ func (e *emitter) replyStatus() {
 	if len(s.Errors) > 0 {
 		e.f("\n// %sErrors are the errors %s's handlers return that reach callers as\n", p, s.Name)
 		e.f("// themselves: a reply with status i+1 carries %sErrors[i] and its message,\n", p)
-		e.f("// and the caller gets a *stub.RemoteError matching it and engine.ErrFailed.\n")
+		e.f("// and the caller gets an *engine.RemoteError matching it and engine.ErrFailed.\n")
 		e.f("var %sErrors = []error{%s}\n", p, strings.Join(s.Errors, ", "))
 	}
 }

@@ -1,0 +1,115 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"reflect"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestListServicesAndHealth: a peer lists what it registered, with
+// versions and procedures, so a caller can tell a missing service
+// (ErrProgUnavail) from a missing procedure (ErrProcUnavail); Health says
+// serving, then draining during Shutdown.
+func TestListServicesAndHealth(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	other := ServiceOn(ChanFirstService+1, 3)
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Name: "echo", Version: 7, Procs: []Handler{echo, nil, echo}})
+	mustRegister(t, nodes[1], Service{ID: other, Name: "other", Procs: []Handler{4: echo}})
+	ctx := ctxFor(t, 20*time.Second)
+
+	got, err := nodes[0].ListServices(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []ServiceInfo{
+		{ID: InfoService, Name: "ics", Procs: []uint32{0, 1}},
+		{ID: echoSvc, Name: "echo", Version: 7, Procs: []uint32{0, 2}},
+		{ID: other, Name: "other", Procs: []uint32{4}},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("services:\n%+v\nwant\n%+v", got, want)
+	}
+
+	// The two refusals differ, and the listing explains each.
+	_, err = nodes[0].Call(ctx, 2, Method{Service: ServiceOn(ChanFirstService, 4)}, nil, nil)
+	oneSentinel(t, err, ErrProgUnavail, StatusProgUnavail)
+	_, err = nodes[0].Call(ctx, 2, Method{Service: echoSvc, Proc: 1}, nil, nil)
+	oneSentinel(t, err, ErrProcUnavail, StatusProcUnavail)
+	if !got[1].HasProc(2) || got[1].HasProc(1) {
+		t.Fatal("HasProc")
+	}
+
+	if h, err := nodes[0].Health(ctx, 2); h != HealthServing || err != nil {
+		t.Fatalf("health: %v, %v", h, err)
+	}
+	// Draining: requests are refused, Health reads that as draining.
+	started, release := make(chan struct{}), make(chan struct{})
+	mustRegister(t, nodes[1], Service{ID: ServiceOn(ChanFirstService, 2), Procs: []Handler{func(context.Context, *Request, *Response) error {
+		close(started)
+		<-release
+		return nil
+	}}})
+	running := nodes[0].Go(ctx, 2, Method{Service: ServiceOn(ChanFirstService, 2)}, nil)
+	<-started
+	shut := make(chan error, 1)
+	go func() { shut <- nodes[1].Shutdown(ctx) }()
+	eventually(t, "health says draining", func() bool {
+		h, err := nodes[0].Health(ctx, 2)
+		return h == HealthDraining && err == nil
+	})
+	close(release)
+	if _, err := running.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-shut; err != nil {
+		t.Fatal(err)
+	}
+	if h, err := nodes[0].Health(ctx, 2); h != HealthUnknown || !errors.Is(err, ErrNodeDown) {
+		t.Fatalf("health of a closed node: %v, %v", h, err)
+	}
+}
+
+func TestServiceListEncoding(t *testing.T) {
+	var svcs [4][]atomic.Pointer[service]
+	for i := range svcs {
+		svcs[i] = make([]atomic.Pointer[service], 3)
+	}
+	svcs[1][2].Store(&service{Service: Service{ID: ServiceOn(1, 2), Name: "a", Version: 9, Procs: []Handler{nil, echo, echo, nil, nil, echo}}})
+	svcs[3][0].Store(&service{Service: Service{ID: ServiceOn(3, 0), Name: "", Procs: []Handler{echo}}})
+	b := appendServiceList(nil, svcs[:])
+	got, err := decodeServiceList(b)
+	want := []ServiceInfo{{ID: ServiceOn(1, 2), Name: "a", Version: 9, Procs: []uint32{1, 2, 5}}, {ID: ServiceOn(3, 0), Procs: []uint32{0}}}
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("%+v, %v", got, err)
+	}
+	for i := range b {
+		if _, err := decodeServiceList(b[:i]); err == nil {
+			t.Fatalf("truncated to %d bytes: accepted", i)
+		}
+	}
+	if _, err := decodeServiceList(append(b, 0)); err == nil {
+		t.Fatal("trailing byte accepted")
+	}
+}
+
+// FuzzDecodeServiceList: a service list from a peer never panics or
+// over-allocates, and what decodes re-encodes to the same bytes.
+func FuzzDecodeServiceList(f *testing.F) {
+	f.Add([]byte{0})
+	f.Add([]byte{1, 1, 0, 8, 0, 7, 0, 4, 'e', 'c', 'h', 'o', 2, 0, 1})
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0x0f})
+	f.Add([]byte{1, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff, 0x0f})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		l, err := decodeServiceList(b)
+		if err != nil {
+			return
+		}
+		if got := appendInfos(nil, l); !bytes.Equal(got, b) {
+			t.Fatalf("%x decoded to %+v, re-encodes to %x", b, l, got)
+		}
+	})
+}

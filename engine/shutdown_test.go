@@ -1,0 +1,106 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+// TestShutdownDrains: Shutdown lets the running handler finish and its
+// reply reach the caller, peers learn it and fail new calls fast with
+// ErrShuttingDown (its own status), and the node then closes.
+func TestShutdownDrains(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	started, release := make(chan struct{}), make(chan struct{})
+	mustRegister(t, nodes[1], Service{ID: echoSvc, MaxHandles: 2, Procs: []Handler{
+		func(_ context.Context, req *Request, resp *Response) error {
+			close(started)
+			<-release
+			resp.Body = append(resp.Body, "finished"...)
+			return nil
+		},
+		echo,
+	}})
+	ctx := ctxFor(t, 20*time.Second)
+	running := nodes[0].Go(ctx, 2, Method{Service: echoSvc}, nil)
+	<-started
+	shut := make(chan error, 1)
+	go func() { shut <- nodes[1].Shutdown(ctx) }()
+
+	// Node 1 hears of it and fails new calls at once, without sending.
+	eventually(t, "node 1 sees node 2 draining", func() bool {
+		_, err := nodes[0].Call(ctx, 2, Method{Service: echoSvc, Proc: 1}, nil, nil)
+		return errors.Is(err, ErrShuttingDown)
+	})
+	_, err := nodes[0].Call(ctx, 2, Method{Service: echoSvc, Proc: 1}, nil, nil)
+	oneSentinel(t, err, ErrShuttingDown, StatusShuttingDown)
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned %v with a handler running", err)
+	default:
+	}
+
+	close(release)
+	if got, err := running.Wait(); err != nil || string(got) != "finished" {
+		t.Fatalf("running call: %q, %v", got, err)
+	}
+	if err := <-shut; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	<-nodes[1].Done()
+}
+
+// TestShutdownRefusesLateRequests: a request that reaches a draining node
+// (its peer had not heard yet) is refused with ErrShuttingDown.
+func TestShutdownRefusesLateRequests(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	started, release := make(chan struct{}), make(chan struct{})
+	mustRegister(t, nodes[1], Service{ID: echoSvc, MaxHandles: 2, Procs: []Handler{
+		func(context.Context, *Request, *Response) error { close(started); <-release; return nil },
+		echo,
+	}})
+	ctx := ctxFor(t, 20*time.Second)
+	running := nodes[0].Go(ctx, 2, Method{Service: echoSvc}, nil)
+	<-started
+	// Drain without telling: as if the TypeDraining frame were still on
+	// its way when node 1's request left.
+	nodes[1].draining.Store(true)
+	_, err := nodes[0].Call(ctx, 2, Method{Service: echoSvc, Proc: 1}, nil, nil)
+	oneSentinel(t, err, ErrShuttingDown, StatusShuttingDown)
+	if got := nodes[1].m.drainingRefused.Get(); got != 1 {
+		t.Fatalf("draining refusals %d, want 1", got)
+	}
+	close(release)
+	if _, err := running.Wait(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestShutdownDeadline: if ctx ends before the handlers do, Shutdown closes
+// at once and returns ctx's error; the running call fails. (Close, like
+// Close always, still waits for the handler goroutine itself to return.)
+func TestShutdownDeadline(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	started, release := make(chan struct{}), make(chan struct{})
+	mustRegister(t, nodes[1], Service{ID: echoSvc, MaxHandles: 2, Procs: []Handler{
+		func(context.Context, *Request, *Response) error { close(started); <-release; return nil },
+	}})
+	running := nodes[0].Go(ctxFor(t, 20*time.Second), 2, Method{Service: echoSvc}, nil)
+	<-started
+	ctx, cancel := context.WithCancel(context.Background())
+	shut := make(chan error, 1)
+	go func() { shut <- nodes[1].Shutdown(ctx) }()
+	eventually(t, "draining", func() bool { return nodes[1].draining.Load() })
+	cancel()
+	// The connections close without waiting for the handler: its caller
+	// fails now.
+	if _, err := running.Wait(); !errors.Is(err, ErrNodeDown) {
+		t.Fatalf("running call: %v, want ErrNodeDown", err)
+	}
+	close(release)
+	if err := <-shut; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Shutdown: %v, want context.Canceled", err)
+	}
+	<-nodes[1].Done()
+}
