@@ -106,6 +106,11 @@ type Config struct {
 	KeyServices KeyServiceSource
 	// Signaller is nil when the node forwards no signals: /v1/signal is 501.
 	Signaller Signaller
+	// Extra are routes the node's own services add (pattern -> handler,
+	// patterns as http.ServeMux's, e.g. "GET /v1/keyseq"), behind the same
+	// authentication; cinode serves keyseq's here. They must not shadow
+	// the endpoints above.
+	Extra map[string]http.HandlerFunc
 	// Shutdown starts the node's planned shutdown and returns at once;
 	// POST /v1/shutdown calls it after replying. nil: 501.
 	Shutdown func(reason string)

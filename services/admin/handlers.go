@@ -45,6 +45,9 @@ func (s *Server) routes() *http.ServeMux {
 	m.HandleFunc("/v1/shutdown", s.method(http.MethodPost, s.shutdown))
 	m.HandleFunc("/v1/move", s.method(http.MethodPost, s.move))
 	m.HandleFunc("/v1/signal", s.method(http.MethodPost, s.signal))
+	for pattern, h := range s.cfg.Extra {
+		m.HandleFunc(pattern, h)
+	}
 	m.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.URL.Path+" (see docs/ADMIN.md)")
 	})

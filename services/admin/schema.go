@@ -122,6 +122,7 @@ type KeyService struct {
 	Owner    uint32 `json:"owner"` // 0: no owner
 	Epoch    uint64 `json:"epoch"` // the fencing token of the current ownership
 	Ready    bool   `json:"ready"`
+	Phase    string `json:"phase,omitempty"` // unowned, failover (the new owner pulls), ready, handover
 }
 
 // Error is the body of every /v1 error reply.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/clusterinfra/ci/clms"
 	"github.com/clusterinfra/ci/services/admin"
+	"github.com/clusterinfra/ci/services/keyseq"
 	"github.com/clusterinfra/ci/services/node"
 )
 
@@ -19,16 +20,37 @@ import (
 type nodeMember struct {
 	*node.Node
 	fatal chan error
+	seq   *keyseq.Service // nil unless cluster.toml declares the keyseq key service
 }
 
 var _ admin.Source = (*nodeMember)(nil)
 
 func newMember(st *settings, log *slog.Logger, set *metrics.Set) (member, error) {
-	n, err := node.New(node.Config{Cluster: st.cfg, Node: st.num, DataDir: st.dataDir, Logger: log, Metrics: set})
+	// keyseq, the cluster-wide id allocator, runs when the cluster file
+	// declares it: every node registers it (the registry must be the same
+	// everywhere) and the node table says which may own it.
+	reg := &clms.KeyServices{}
+	var seq *keyseq.Service
+	for _, ks := range st.cfg.KeyServices {
+		if ks.Name == keyseq.Name {
+			kc := keyseq.DefaultConfig()
+			kc.Critical = ks.Critical
+			var err error
+			if seq, err = keyseq.Register(reg, kc); err != nil {
+				return nil, err
+			}
+		}
+	}
+	n, err := node.New(node.Config{Cluster: st.cfg, Node: st.num, DataDir: st.dataDir, Logger: log, Metrics: set, KeyServices: reg})
 	if err != nil {
 		return nil, err
 	}
-	m := &nodeMember{Node: n, fatal: make(chan error, 1)}
+	if seq != nil {
+		if err := seq.Attach(n.Engine(), n.Runner()); err != nil {
+			return nil, err
+		}
+	}
+	m := &nodeMember{Node: n, fatal: make(chan error, 1), seq: seq}
 	go func() {
 		<-n.Done()
 		if err := n.Err(); err != nil {
@@ -42,7 +64,26 @@ func newMember(st *settings, log *slog.Logger, set *metrics.Set) (member, error)
 func withAdmin(cfg *admin.Config, m member) {
 	if nm, ok := m.(*nodeMember); ok {
 		cfg.Signaller = nm.Signals()
+		cfg.KeyServices = nm
+		if nm.seq != nil {
+			cfg.Extra = keyseqRoutes(nm.seq, cfg.CallTimeout)
+		}
 	}
+}
+
+// KeyServices implements admin.KeyServiceSource from the node's status.
+func (m *nodeMember) KeyServices() []admin.KeyService {
+	var out []admin.KeyService
+	for _, k := range m.Status().KeyServices {
+		out = append(out, admin.KeyService{Name: k.Name, Critical: k.Critical, Owner: uint32(k.Owner), Epoch: k.Epoch,
+			Ready: k.Phase == "ready", Phase: k.Phase})
+	}
+	return out
+}
+
+// Move implements admin.KeyServiceSource.
+func (m *nodeMember) Move(ctx context.Context, name string, to clms.NodeNum) error {
+	return m.MoveKeyService(ctx, name, to)
 }
 
 func isFenced(err error) bool { return errors.Is(err, clms.ErrFenced) }
