@@ -1,0 +1,347 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/clusterinfra/ci/services/admin"
+)
+
+// A cluster of real cinode processes on 127.0.0.1..N, for the demo and the
+// failover and membership scenarios: a temporary directory with the
+// cluster.toml, every node's data directory and log, and the processes.
+// close stops every process and removes the directory on every path.
+
+// Bounds of a spawned cluster's life cycle; generous, because a loaded
+// 2-core machine is slow to start processes. Never reached when things work.
+const (
+	cinodeUpTimeout   = 30 * time.Second // from exec to every node ready
+	cinodeExitTimeout = 10 * time.Second // from SIGTERM (or a fence) to exit
+	pollEvery         = time.Millisecond // the resolution of polled times
+)
+
+// clusterSpec is what writeClusterTOML writes.
+type clusterSpec struct {
+	nodes   int
+	profile string // CLMS timing profile: "lan-fast" or "default"
+	keyseq  bool   // declare keyseq, which every node may run
+}
+
+// cinodeProc is one cinode process, one incarnation of a node.
+type cinodeProc struct {
+	num    int
+	cmd    *exec.Cmd
+	pid    int
+	exited chan struct{} // closed when Wait returned
+	code   int           // exit status, once exited (-1: killed by a signal)
+	sig    syscall.Signal
+}
+
+// cinodeCluster is the spawned cluster.
+type cinodeCluster struct {
+	spec   clusterSpec
+	dir    string // temporary: cluster.toml, nodeN/ (data), nodeN.log
+	toml   string
+	bin    string // the cinode binary
+	ics    map[int]string
+	admins map[int]string
+	cl     map[int]*admin.Client
+	procs  map[int]*cinodeProc // the current incarnation of each node
+	dead   []*cinodeProc       // earlier incarnations, reaped
+}
+
+// findTool finds a binary of this repository: beside this executable (make
+// build puts them all in bin/), else on PATH.
+func findTool(name string) (string, error) {
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), name)
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("no %s binary beside cibench or on PATH: run make build (make demo does)", name)
+}
+
+// freePort returns a port free on host now. Another process could take it
+// before cinode binds it; on 127.0.0.x addresses of their own that is rare,
+// and the node's start then fails loudly.
+func freePort(host string) (string, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// newCinodeCluster writes the configuration; start the nodes with startAll.
+func newCinodeCluster(spec clusterSpec) (_ *cinodeCluster, err error) {
+	bin, err := findTool("cinode")
+	if err != nil {
+		return nil, err
+	}
+	if spec.nodes > 254 {
+		return nil, fmt.Errorf("%d nodes: one loopback address each, 127.0.0.1-254", spec.nodes)
+	}
+	dir, err := os.MkdirTemp("", "cibench-cluster-")
+	if err != nil {
+		return nil, err
+	}
+	c := &cinodeCluster{spec: spec, dir: dir, toml: filepath.Join(dir, "cluster.toml"), bin: bin,
+		ics: map[int]string{}, admins: map[int]string{}, cl: map[int]*admin.Client{}, procs: map[int]*cinodeProc{}}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(dir)
+		}
+	}()
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Written by cibench: %d nodes on 127.0.0.1-%d, free ports.\nname = \"cibench\"\n", spec.nodes, spec.nodes)
+	fmt.Fprintf(&b, "\n[security]\nmode = \"insecure\" # loopback only\n\n[timing]\nprofile = %q\n", spec.profile)
+	ks := "[]"
+	if spec.keyseq {
+		b.WriteString("\n[[key_services]]\nname = \"keyseq\"\ncritical = false\n")
+		ks = `["keyseq"]`
+	}
+	for n := 1; n <= spec.nodes; n++ {
+		host := fmt.Sprintf("127.0.0.%d", n)
+		if c.ics[n], err = freePort(host); err != nil {
+			return nil, err
+		}
+		if c.admins[n], err = freePort(host); err != nil {
+			return nil, err
+		}
+		// Three master-eligible nodes make the raft group: it survives one
+		// failure, and more would slow every commit of a large cluster.
+		fmt.Fprintf(&b, "\n[[nodes]]\nnumber = %d\naddress = %q\nadmin = %q\nmaster_eligible = %t\nkey_services = %s\n",
+			n, c.ics[n], c.admins[n], n <= 3, ks)
+		c.cl[n] = admin.NewClient(c.admins[n], "")
+	}
+	if err := os.WriteFile(c.toml, []byte(b.String()), 0o600); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// start starts node n (a new incarnation if it ran before); it does not wait.
+func (c *cinodeCluster) start(n int) error {
+	log, err := os.OpenFile(filepath.Join(c.dir, fmt.Sprintf("node%d.log", n)), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer log.Close() // the child has its own descriptor
+	// A short shutdown bound: at the end every node leaves at once, and the
+	// last ones may find no master to commit their SHUTDOWN.
+	cmd := exec.Command(c.bin, "-c", c.toml, "-n", fmt.Sprint(n), "--data-dir", filepath.Join(c.dir, fmt.Sprintf("node%d", n)),
+		"--shutdown-timeout", "2s")
+	cmd.Stdout, cmd.Stderr = log, log
+	// Its own process group: Ctrl-C reaches only cibench, which stops the
+	// nodes itself. Pdeathsig: if cibench dies without cleaning up (kill
+	// -9), the kernel kills the nodes.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("node %d: %w", n, err)
+	}
+	p := &cinodeProc{num: n, cmd: cmd, pid: cmd.Process.Pid, exited: make(chan struct{})}
+	go func() { // ends when the process exits: close makes sure of that
+		err := cmd.Wait()
+		p.code = cmd.ProcessState.ExitCode()
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			p.sig = ws.Signal()
+		}
+		_ = err // the code says it
+		close(p.exited)
+	}()
+	if old := c.procs[n]; old != nil {
+		c.dead = append(c.dead, old)
+	}
+	c.procs[n] = p
+	return nil
+}
+
+// startAll starts every node and waits until each is ready.
+func (c *cinodeCluster) startAll(ctx context.Context) error {
+	for n := 1; n <= c.spec.nodes; n++ {
+		if err := c.start(n); err != nil {
+			return err
+		}
+	}
+	return c.waitReady(ctx, c.nodes())
+}
+
+func (c *cinodeCluster) nodes() []int {
+	var out []int
+	for n := 1; n <= c.spec.nodes; n++ {
+		out = append(out, n)
+	}
+	return out
+}
+
+// waitReady waits until every node of ns answers /readyz with 200 and
+// every one sees all of ns UP.
+func (c *cinodeCluster) waitReady(ctx context.Context, ns []int) error {
+	ctx, cancel := context.WithTimeout(ctx, cinodeUpTimeout)
+	defer cancel()
+	return c.poll(ctx, "every node ready", func() (bool, error) {
+		for _, n := range ns {
+			if err := c.alive(n); err != nil {
+				return false, err
+			}
+			code, _, err := c.cl[n].Text(ctx, "/readyz")
+			if err != nil || code != http.StatusOK {
+				return false, nil
+			}
+			st, err := c.status(ctx, n)
+			if err != nil || st.MembersUp < len(ns) {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+}
+
+// alive is an error if node n's process has exited.
+func (c *cinodeCluster) alive(n int) error {
+	p := c.procs[n]
+	select {
+	case <-p.exited:
+		return fmt.Errorf("node %d (pid %d) exited with status %d; its log: %s", n, p.pid, p.code, c.logTail(n))
+	default:
+		return nil
+	}
+}
+
+// logTail is the last lines of node n's log, for an error message.
+func (c *cinodeCluster) logTail(n int) string {
+	b, _ := os.ReadFile(filepath.Join(c.dir, fmt.Sprintf("node%d.log", n)))
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return "\n  " + strings.Join(lines[max(0, len(lines)-5):], "\n  ")
+}
+
+// poll calls cond every pollEvery until it is true, fails, or ctx ends.
+func (c *cinodeCluster) poll(ctx context.Context, what string, cond func() (bool, error)) error {
+	for {
+		ok, err := cond()
+		if err != nil {
+			return fmt.Errorf("waiting for %s: %w", what, err)
+		}
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if context.Cause(ctx) == context.DeadlineExceeded {
+				return fmt.Errorf("waiting for %s: timed out", what)
+			}
+			return context.Cause(ctx)
+		case <-time.After(pollEvery):
+		}
+	}
+}
+
+func (c *cinodeCluster) status(ctx context.Context, n int) (admin.Status, error) {
+	var st admin.Status
+	err := c.cl[n].Get(ctx, "/v1/status", &st)
+	return st, err
+}
+
+func (c *cinodeCluster) keysvc(ctx context.Context, n int) (admin.KeyService, error) {
+	var ks admin.KeyServices
+	if err := c.cl[n].Get(ctx, "/v1/keysvc", &ks); err != nil {
+		return admin.KeyService{}, err
+	}
+	for _, s := range ks.Services {
+		if s.Name == "keyseq" {
+			return s, nil
+		}
+	}
+	return admin.KeyService{}, errors.New("no keyseq in /v1/keysvc")
+}
+
+// transitionsOf returns node n's view of the transitions after since.
+func (c *cinodeCluster) transitionsOf(ctx context.Context, n int, since uint64) ([]admin.Transition, error) {
+	var tr admin.Transitions
+	err := c.cl[n].Get(ctx, fmt.Sprintf("/v1/transitions?since=%d", since), &tr)
+	return tr.Transitions, err
+}
+
+// signal sends sig to node n's process.
+func (c *cinodeCluster) signal(n int, sig syscall.Signal) error {
+	return c.procs[n].cmd.Process.Signal(sig)
+}
+
+// waitExit waits for node n's process to exit and returns its status.
+func (c *cinodeCluster) waitExit(ctx context.Context, n int) (int, error) {
+	p := c.procs[n]
+	t := time.NewTimer(cinodeExitTimeout)
+	defer t.Stop()
+	select {
+	case <-p.exited:
+		return p.code, nil
+	case <-t.C:
+		return 0, fmt.Errorf("node %d (pid %d) did not exit within %v", n, p.pid, cinodeExitTimeout)
+	case <-ctx.Done():
+		return 0, context.Cause(ctx)
+	}
+}
+
+// pids lists every process the cluster started, for the record.
+func (c *cinodeCluster) pids() []int {
+	var out []int
+	for _, p := range c.dead {
+		out = append(out, p.pid)
+	}
+	for _, p := range c.procs {
+		out = append(out, p.pid)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// close stops every process (SIGCONT first, for a stopped one; SIGTERM, a
+// planned shutdown; SIGKILL after cinodeExitTimeout), waits for each, and
+// removes the directory. It returns what it did, for the demo to show.
+func (c *cinodeCluster) close() (stopped []string, err error) {
+	var waits []*cinodeProc
+	for _, p := range c.procs {
+		select {
+		case <-p.exited:
+			continue
+		default:
+		}
+		_ = p.cmd.Process.Signal(syscall.SIGCONT)
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		waits = append(waits, p)
+	}
+	t := time.NewTimer(cinodeExitTimeout)
+	defer t.Stop()
+	for _, p := range waits {
+		select {
+		case <-p.exited:
+		case <-t.C:
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+		stopped = append(stopped, fmt.Sprintf("node %d (pid %d, exit %d)", p.num, p.pid, p.code))
+	}
+	for _, p := range c.dead {
+		<-p.exited // reaped already; this only makes sure
+	}
+	for _, cl := range c.cl {
+		cl.Close()
+	}
+	slices.Sort(stopped)
+	return stopped, os.RemoveAll(c.dir)
+}

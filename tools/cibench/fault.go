@@ -1,0 +1,264 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/clusterinfra/ci/bench"
+	"github.com/clusterinfra/ci/services/admin"
+)
+
+// faultTimeout bounds one fault's aftermath: far above the default
+// profile's hang detection (lease 3 s + margin 1 s) and a failover.
+const faultTimeout = 30 * time.Second
+
+// keyseqState is cinode's GET /v1/keyseq (tools/cinode/keyseq.go).
+type keyseqState struct {
+	Owner     uint32 `json:"owner"`
+	Epoch     uint64 `json:"epoch"`
+	Ready     bool   `json:"ready"`
+	Seen      uint64 `json:"seen"`
+	Serving   bool   `json:"serving"`
+	Assembled *struct {
+		Epoch  uint64            `json:"epoch"`
+		Pulled map[string]uint64 `json:"pulled"`
+		Base   uint64            `json:"base"`
+		At     time.Time         `json:"at"`
+	} `json:"assembled"`
+}
+
+// keyseqRange is cinode's POST /v1/keyseq/next reply.
+type keyseqRange struct {
+	Epoch uint64 `json:"epoch"`
+	First uint64 `json:"first"`
+	Count uint64 `json:"count"`
+	Last  uint64 `json:"last"`
+}
+
+// faultOutcome is what followed one fault, every time since the fault was
+// injected; 0 for a phase that does not apply.
+type faultOutcome struct {
+	victim          int
+	fault           string // "sigkill" or "sigstop"
+	wasMaster       bool
+	wasOwner        bool // owned keyseq
+	down            admin.Transition
+	survivors       []int
+	newMaster       int
+	newOwner, third int // keyseq's new owner, and a survivor that is not it (0 if none)
+	oldEpoch        uint64
+	newEpoch        uint64
+	base            uint64 // the new owner continues after this id
+
+	detected    time.Duration // the victim's GOINGDOWN committed (its transition's time)
+	nodeDownAll time.Duration // every survivor has applied it (polled)
+	masterAt    time.Duration // every survivor names the same new master (polled; wasMaster)
+	decisionAt  time.Duration // a survivor shows keyseq in a newer epoch (polled; wasOwner)
+	pulledAt    time.Duration // the new owner's pull finished (its own clock reading)
+	readyAt     time.Duration // every survivor shows keyseq ready in the new epoch (polled)
+}
+
+// trial is the outcome as bench.Report's failover section has it.
+func (o faultOutcome) trial(n int) bench.FailoverTrial {
+	t := bench.FailoverTrial{Trial: n, Fault: o.fault, Victim: "member"}
+	switch {
+	case o.wasOwner:
+		t.Victim = "key-service-owner"
+	case o.wasMaster:
+		t.Victim = "master"
+	}
+	add := func(name string, at time.Duration) {
+		if at > 0 {
+			t.Phases = append(t.Phases, bench.FailoverPhase{Name: name, At: at})
+		}
+	}
+	add(bench.FailoverDetected, o.detected)
+	add(bench.FailoverNodeDown, o.nodeDownAll)
+	add(bench.FailoverMaster, o.masterAt)
+	add(bench.FailoverKeyReady, o.readyAt)
+	return t
+}
+
+func others(all []int, n int) []int {
+	return slices.DeleteFunc(slices.Clone(all), func(x int) bool { return x == n })
+}
+
+// injectFault sends sig to victim and follows the cluster on the
+// survivors' admin endpoints until every phase that applies is done. The
+// cluster must be formed (and keyseq ready, if declared).
+func (c *cinodeCluster) injectFault(ctx context.Context, victim int, sig syscall.Signal) (faultOutcome, error) {
+	o := faultOutcome{victim: victim, fault: "sigkill", survivors: others(c.nodes(), victim)}
+	if sig == syscall.SIGSTOP {
+		o.fault = "sigstop"
+	}
+	for _, n := range o.survivors {
+		if c.procs[n] == nil {
+			return o, fmt.Errorf("node %d is not running", n)
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, faultTimeout)
+	defer cancel()
+	s0 := o.survivors[0]
+	st, err := c.status(ctx, s0)
+	if err != nil {
+		return o, err
+	}
+	since := st.LastTransition
+	o.wasMaster = int(st.Master) == victim
+	if c.spec.keyseq {
+		ks, err := c.keysvc(ctx, s0)
+		if err != nil {
+			return o, err
+		}
+		o.wasOwner, o.oldEpoch = int(ks.Owner) == victim, ks.Epoch
+	}
+
+	t0 := time.Now()
+	if err := c.signal(victim, sig); err != nil {
+		return o, err
+	}
+	var downID uint64
+	applied := map[int]bool{}
+	err = c.poll(ctx, fmt.Sprintf("the cluster to recover from %s of node %d", o.fault, victim), func() (bool, error) {
+		masters := map[uint32]bool{}
+		ready := 0
+		for _, n := range o.survivors {
+			if err := c.alive(n); err != nil {
+				return false, err
+			}
+			st, err := c.status(ctx, n)
+			if err != nil {
+				return false, err
+			}
+			at := time.Since(t0)
+			masters[st.Master] = true
+			if downID == 0 && st.LastTransition > since {
+				trs, err := c.transitionsOf(ctx, n, since)
+				if err != nil {
+					return false, err
+				}
+				for _, tr := range trs {
+					if int(tr.Node) == victim && tr.From == "UP" {
+						o.down, downID = tr, tr.ID
+						o.detected = tr.Time.Sub(t0)
+						break
+					}
+				}
+			}
+			if downID != 0 && st.LastTransition >= downID {
+				applied[n] = true
+			}
+			if o.wasOwner {
+				ks, err := c.keysvc(ctx, n)
+				if err != nil {
+					return false, err
+				}
+				at = time.Since(t0)
+				if ks.Epoch > o.oldEpoch && o.decisionAt == 0 {
+					o.decisionAt = at
+				}
+				if ks.Epoch > o.oldEpoch && ks.Ready {
+					ready++
+					o.newOwner, o.newEpoch = int(ks.Owner), ks.Epoch
+				}
+			}
+			if len(applied) == len(o.survivors) && o.nodeDownAll == 0 {
+				o.nodeDownAll = at
+			}
+			if o.wasMaster && o.masterAt == 0 && len(masters) == 1 && !masters[0] && !masters[uint32(victim)] && n == o.survivors[len(o.survivors)-1] {
+				o.masterAt, o.newMaster = at, int(st.Master)
+			}
+			if o.wasOwner && ready == len(o.survivors) && o.readyAt == 0 {
+				o.readyAt = at
+			}
+		}
+		return o.nodeDownAll > 0 && (!o.wasMaster || o.masterAt > 0) && (!o.wasOwner || o.readyAt > 0), nil
+	})
+	if err != nil {
+		return o, err
+	}
+	if o.wasOwner {
+		var ks keyseqState
+		if err := c.cl[o.newOwner].Get(ctx, "/v1/keyseq", &ks); err != nil {
+			return o, err
+		}
+		if a := ks.Assembled; a != nil && a.Epoch == o.newEpoch {
+			o.pulledAt, o.base = a.At.Sub(t0), a.Base
+		}
+		for _, n := range o.survivors {
+			if n != o.newOwner {
+				o.third = n
+				break
+			}
+		}
+	}
+	return o, nil
+}
+
+// recover brings a fault's victim back as a new incarnation: a killed node
+// is reaped, a stopped one continued (it finds itself declared down and
+// fences: exit 4), then both restart; it returns the exit status.
+func (c *cinodeCluster) recover(ctx context.Context, o faultOutcome) (int, error) {
+	if o.fault == "sigstop" {
+		if err := c.signal(o.victim, syscall.SIGCONT); err != nil {
+			return 0, err
+		}
+	}
+	code, err := c.waitExit(ctx, o.victim)
+	if err != nil {
+		return code, err
+	}
+	return code, c.start(o.victim)
+}
+
+// pickVictim chooses the node a target names: the keyseq owner, the
+// master, or a member that is neither.
+func (c *cinodeCluster) pickVictim(ctx context.Context, target string) (int, error) {
+	st, err := c.status(ctx, 1)
+	if err != nil {
+		return 0, err
+	}
+	owner := 0
+	if c.spec.keyseq {
+		ks, err := c.keysvc(ctx, 1)
+		if err != nil {
+			return 0, err
+		}
+		owner = int(ks.Owner)
+	}
+	switch target {
+	case "keysvc-owner":
+		if owner == 0 {
+			return 0, fmt.Errorf("keyseq has no owner")
+		}
+		return owner, nil
+	case "master":
+		return int(st.Master), nil
+	}
+	// The highest-numbered member that is neither: with more than 3 nodes,
+	// one outside the raft group.
+	for n := c.spec.nodes; n >= 1; n-- {
+		if n != owner && n != int(st.Master) {
+			return n, nil
+		}
+	}
+	return 0, fmt.Errorf("every node is the master or keyseq's owner: no plain member to fault")
+}
+
+// waitKeyseqReady waits until every node sees keyseq ready.
+func (c *cinodeCluster) waitKeyseqReady(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, cinodeUpTimeout)
+	defer cancel()
+	return c.poll(ctx, "keyseq ready on every node", func() (bool, error) {
+		for _, n := range c.nodes() {
+			ks, err := c.keysvc(ctx, n)
+			if err != nil || !ks.Ready {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+}
