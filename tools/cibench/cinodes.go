@@ -310,31 +310,62 @@ func (c *cinodeCluster) pids() []int {
 	return out
 }
 
-// close stops every process (SIGCONT first, for a stopped one; SIGTERM, a
-// planned shutdown; SIGKILL after cinodeExitTimeout), waits for each, and
-// removes the directory. It returns what it did, for the demo to show.
-func (c *cinodeCluster) close() (stopped []string, err error) {
-	var waits []*cinodeProc
-	for _, p := range c.procs {
+// stopped1 is one process close stopped.
+type stopped1 struct {
+	num, pid, code int
+	last           bool // the master, stopped after the others
+}
+
+// close stops every process and removes the directory: SIGCONT first (for
+// a stopped one), then SIGTERM, a planned shutdown, to every member but the
+// master at once, then to the master, which commits the others' SHUTDOWN
+// transitions; SIGKILL after cinodeExitTimeout. It returns what it did.
+func (c *cinodeCluster) close() (stopped []stopped1, err error) {
+	master := 0
+	for _, n := range c.nodes() {
+		if p := c.procs[n]; p != nil && c.alive(n) == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			st, err := c.status(ctx, n)
+			cancel()
+			if err == nil {
+				master = int(st.Master)
+				break
+			}
+		}
+	}
+	var first, last []*cinodeProc
+	for _, n := range c.nodes() {
+		p := c.procs[n]
+		if p == nil {
+			continue
+		}
 		select {
 		case <-p.exited:
 			continue
 		default:
 		}
-		_ = p.cmd.Process.Signal(syscall.SIGCONT)
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		waits = append(waits, p)
-	}
-	t := time.NewTimer(cinodeExitTimeout)
-	defer t.Stop()
-	for _, p := range waits {
-		select {
-		case <-p.exited:
-		case <-t.C:
-			_ = p.cmd.Process.Kill()
-			<-p.exited
+		if n == master {
+			last = append(last, p)
+		} else {
+			first = append(first, p)
 		}
-		stopped = append(stopped, fmt.Sprintf("node %d (pid %d, exit %d)", p.num, p.pid, p.code))
+	}
+	for _, group := range [][]*cinodeProc{first, last} {
+		for _, p := range group {
+			_ = p.cmd.Process.Signal(syscall.SIGCONT)
+			_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		}
+		t := time.NewTimer(cinodeExitTimeout)
+		for _, p := range group {
+			select {
+			case <-p.exited:
+			case <-t.C:
+				_ = p.cmd.Process.Kill()
+				<-p.exited
+			}
+			stopped = append(stopped, stopped1{num: p.num, pid: p.pid, code: p.code, last: len(last) > 0 && p == last[0]})
+		}
+		t.Stop()
 	}
 	for _, p := range c.dead {
 		<-p.exited // reaped already; this only makes sure
@@ -342,6 +373,5 @@ func (c *cinodeCluster) close() (stopped []string, err error) {
 	for _, cl := range c.cl {
 		cl.Close()
 	}
-	slices.Sort(stopped)
 	return stopped, os.RemoveAll(c.dir)
 }

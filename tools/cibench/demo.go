@@ -26,22 +26,39 @@ import (
 type demoCmd struct {
 	Short   bool `help:"Shrink every phase to about a second (for tests and impatient people)." env:"CI_DEMO_SHORT"`
 	Callers int  `default:"16" help:"Concurrent callers on node 1 during the load phases." env:"CI_DEMO_CALLERS"`
+	ICSOnly bool `name:"ics-only" help:"Only the ICS part, as the demo was before CLMS: four ICS nodes, one SIGKILLed while calls to it are in flight and restarted, latency against raw TCP. No cinode needed." env:"CI_DEMO_ICS_ONLY"`
 }
 
 func (*demoCmd) Help() string {
-	return `Starts a local ICS cluster and shows it working: node 1 is this process on
-127.0.0.1, nodes 2, 3 and 4 are "cibench node" child processes on 127.0.0.2-4.
-In order: RPC load on all three with a table per node; node 3 killed with
-SIGKILL while calls to it are in flight (how fast node 1 knows, what happened
-to the calls, and that nodes 2 and 4 kept working); node 3 restarted as a new
-incarnation; ICS latency against raw TCP measured in the same run; and a clean
-shutdown. About 10 seconds; Ctrl-C stops everything it started.
+	return `Shows the whole system on this machine, in two parts.
 
-Exit status: 0 if every step did what it shows, 1 otherwise.
+The cluster: a cluster.toml in a temporary directory (insecure, lan-fast
+timing, 3 nodes on 127.0.0.1-3 with free ports, keyseq as a key service
+all three may run, an admin endpoint each); three cinode processes; the
+cluster as "cluster -v" shows it; ids from keyseq; SIGKILL of keyseq's
+owner, with the failover's detection, decision, pull and ready times as
+the survivors' admin endpoints show them, and ids continuing above the
+highest handed out; the killed node back as a new incarnation; SIGSTOP of
+a node and its detection time, then SIGCONT: it finds itself declared down,
+fences itself and exits 4; where the metrics are.
+
+ICS: four ICS nodes (this process and three "cibench node" children) doing
+RPC work, a load table, and ICS latency against raw TCP measured in the
+same run. --ics-only runs only this part, with the ICS-level kill and
+restart of a node that was the whole demo before CLMS existed (it needs no
+cinode binary).
+
+cinode and cluster must be beside cibench or on PATH (make demo builds
+bin/ first). About 30 seconds, --short about 15; Ctrl-C stops every
+process it started and removes the temporary directory.
+
+Exit status: 0 if every step did what it shows, 1 otherwise. Timing goals
+are reported, not enforced: this is one run on whatever machine you have.
 
 Examples:
   cibench demo              # what "make demo" runs
-  cibench demo --short      # every phase about a second`
+  cibench demo --short      # every phase about a second
+  cibench demo --ics-only   # only ICS: no CLMS, no cinode`
 }
 
 // demoCluster is the demo cluster's name.
@@ -77,19 +94,24 @@ type demo struct {
 	ctx    context.Context // cancelled by Ctrl-C or by a child exiting when it should not
 	cancel context.CancelCauseFunc
 
-	n1      *engine.Node
-	downs   *downLog                     // node 1's node-down callbacks
-	nodes   map[engine.NodeNum]*demoNode // the live child nodes
-	killed  []*demoNode                  // nodes killed on purpose, already reaped
-	raw     *child                       // the raw TCP peer of phase 5
-	rawCl   bench.Client                 // its client
-	one     *fleet                       // the ICS pair at GOMAXPROCS=1, for the latency phase
-	addrs   map[engine.NodeNum]string    // every node's current address
-	incs    map[engine.NodeNum]string    // every child's incarnation, as reported
-	order   []engine.NodeNum             // child node numbers, for printing
-	failed  []string                     // checks that did not hold
-	closed  bool                         // shutdown has run
-	callers int                          // concurrent callers in the load phases
+	n1       *engine.Node
+	downs    *downLog                     // node 1's node-down callbacks
+	nodes    map[engine.NodeNum]*demoNode // the live child nodes
+	killed   []*demoNode                  // nodes killed on purpose, already reaped
+	raw      *child                       // the raw TCP peer of phase 5
+	rawCl    bench.Client                 // its client
+	one      *fleet                       // the ICS pair at GOMAXPROCS=1, for the latency phase
+	addrs    map[engine.NodeNum]string    // every node's current address
+	incs     map[engine.NodeNum]string    // every child's incarnation, as reported
+	order    []engine.NodeNum             // child node numbers, for printing
+	failed   []string                     // checks that did not hold
+	closed   bool                         // shutdown has run
+	callers  int                          // concurrent callers in the load phases
+	step     int                          // the last heading's number
+	icsOnly  bool                         // only the ICS part
+	cl       *cinodeCluster               // the cinode cluster of the first part
+	highest  uint64                       // the highest id keyseq handed the demo
+	lastKill faultOutcome                 // the owner's kill
 }
 
 func (c *demoCmd) Run(g *globals) (err error) {
@@ -102,7 +124,7 @@ func (c *demoCmd) Run(g *globals) (err error) {
 	}
 	d := &demo{g: g, exe: exe, t: c.times(), downs: &downLog{}, callers: c.Callers,
 		nodes: make(map[engine.NodeNum]*demoNode), addrs: make(map[engine.NodeNum]string),
-		incs: make(map[engine.NodeNum]string), order: []engine.NodeNum{2, 3, 4}}
+		incs: make(map[engine.NodeNum]string), order: []engine.NodeNum{2, 3, 4}, icsOnly: c.ICSOnly}
 	d.ctx, d.cancel = context.WithCancelCause(g.ctx)
 	defer d.cancel(nil)
 	start := time.Now()
@@ -128,8 +150,15 @@ func (c *demoCmd) Run(g *globals) (err error) {
 			d.say("\ndemo ok (%.1fs)", took)
 		}
 	}()
-	d.say("cibench demo: a local ICS cluster, node 1 in this process, nodes 2-4 in child processes")
-	for _, phase := range []func() error{d.startCluster, d.loadPhase, d.killPhase, d.restartPhase, d.latencyPhase} {
+	phases := []func() error{d.startCluster, d.loadPhase, d.killPhase, d.restartPhase, d.latencyPhase}
+	if c.ICSOnly {
+		d.say("cibench demo --ics-only: a local ICS cluster, node 1 in this process, nodes 2-4 in child processes")
+	} else {
+		d.say("cibench demo: a 3-node cluster of cinode processes, then ICS load and latency")
+		phases = []func() error{d.cinodeStart, d.keyseqPhase, d.ownerKillPhase, d.hangPhase, d.metricsPhase, d.cinodeStop,
+			d.startCluster, d.loadPhase, d.latencyPhase}
+	}
+	for _, phase := range phases {
 		if err := phase(); err != nil {
 			if cause := context.Cause(d.ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 				err = cause // the child that died, not the symptom
@@ -138,6 +167,12 @@ func (c *demoCmd) Run(g *globals) (err error) {
 		}
 	}
 	return nil
+}
+
+// head prints the next step's heading.
+func (d *demo) head(format string, args ...any) {
+	d.step++
+	d.say("\n== %d. "+format+" ==", append([]any{d.step}, args...)...)
 }
 
 func (d *demo) say(format string, args ...any) {
@@ -156,7 +191,7 @@ func (d *demo) onExit(err error) { d.cancel(err) }
 // ---- phase 1 ----
 
 func (d *demo) startCluster() error {
-	d.say("\n== 1. Four nodes of cluster %q on 127.0.0.1-4 ==", demoCluster)
+	d.head("Four nodes of cluster %q on 127.0.0.1-4", demoCluster)
 	cfg := engine.DefaultConfig()
 	cfg.Node, cfg.Cluster, cfg.ListenAddr = 1, demoCluster, "127.0.0.1:0"
 	cfg.Insecure = true // the demo runs on loopback
@@ -379,7 +414,7 @@ func (d *demo) printLoad(outs []*callerOut, elapsed time.Duration) error {
 // ---- phase 2 ----
 
 func (d *demo) loadPhase() error {
-	d.say("\n== 2. Load: %d callers on node 1, %v of work calls (64 B in, SHA-256 x%d, 32 B out) ==",
+	d.head("Load: %d callers on node 1, %v of work calls (64 B in, SHA-256 x%d, 32 B out)",
 		d.callers, d.t.load, demoWorkRounds)
 	outs, elapsed := d.load(d.ctx, d.callers, afterChan(d.t.load), false)
 	if err := d.ctx.Err(); err != nil {
@@ -392,7 +427,7 @@ func (d *demo) loadPhase() error {
 
 func (d *demo) killPhase() error {
 	victim := d.nodes[3]
-	d.say("\n== 3. SIGKILL node 3 while calls to it are in flight ==")
+	d.head("SIGKILL node 3 while calls to it are in flight")
 	ctx, cancel := context.WithTimeout(d.ctx, time.Minute) // a bound, never reached when things work
 	defer cancel()
 
@@ -594,7 +629,7 @@ func (d *demo) reportKill(recs []callRec, killAt, windowEnd time.Time) {
 // ---- phase 4 ----
 
 func (d *demo) restartPhase() error {
-	d.say("\n== 4. Node 3 comes back: a new process, a new incarnation ==")
+	d.head("Node 3 comes back: a new process, a new incarnation")
 	peers := map[engine.NodeNum]string{1: d.addrs[1], 2: d.addrs[2], 4: d.addrs[4]}
 	n3, err := d.spawnNode(3, peers)
 	if err != nil {
@@ -649,7 +684,7 @@ func (d *demo) restartPhase() error {
 // ---- phase 5 ----
 
 func (d *demo) latencyPhase() error {
-	d.say("\n== 5. Latency: ICS against raw TCP, measured in this run ==")
+	d.head("Latency: ICS against raw TCP, measured in this run")
 	argv := []string{d.exe, "--quiet", "serve", "--peer=raw", "--listen=127.0.0.1:0"}
 	raw, err := spawn(d.ctx, "raw", argv, d.g.stderr, d.onExit)
 	if err != nil {
@@ -773,8 +808,11 @@ func (d *demo) shutdown() error {
 		return nil
 	}
 	d.closed = true
-	d.say("\n== 6. Shutdown ==")
+	d.head("Shutdown")
 	var errs []error
+	if d.cl != nil {
+		errs = append(errs, d.closeCinodes())
+	}
 	if d.one != nil {
 		errs = append(errs, d.one.close())
 	}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -15,15 +16,17 @@ import (
 	"time"
 )
 
-// TestDemo runs "cibench demo --short" as make demo would, and once more
-// interrupted with Ctrl-C, and checks that no process it started is left.
+// TestDemo runs "cibench demo --short" as make demo would, the ICS-only
+// demo, and the demo interrupted with Ctrl-C while a cinode node is
+// stopped, and checks that no process it started is left, nor its
+// temporary directory.
 func TestDemo(t *testing.T) {
-	exe := buildCibench(t)
+	exe := buildWithCinode(t)
 
-	t.Run("short", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	run := func(t *testing.T, args ...string) string {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		cmd := exec.CommandContext(ctx, exe, "demo", "--short")
+		cmd := exec.CommandContext(ctx, exe, args...)
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		err := cmd.Run()
@@ -31,7 +34,52 @@ func TestDemo(t *testing.T) {
 		if err != nil {
 			t.Fatalf("demo: %v\nstdout:\n%s\nstderr:\n%s", err, out, stderr.String())
 		}
-		for _, want := range []string{
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("stdout:\n%s\nstderr:\n%s", out, stderr.String())
+			}
+		})
+		return out
+	}
+	contains := func(t *testing.T, out string, wants ...string) {
+		t.Helper()
+		for _, want := range wants {
+			if !strings.Contains(out, want) {
+				t.Errorf("output lacks %q", want)
+			}
+		}
+	}
+
+	t.Run("short", func(t *testing.T) {
+		out := run(t, "demo", "--short")
+		contains(t, out,
+			"$ cluster -c cluster.toml -v", // the admin command's table
+			"via node 1: ids 1-100 (epoch 1)",
+			"via node 3: ids 201-300 (epoch 1)",
+			"UP -> GOINGDOWN committed",                         // the failover's detection
+			"pulled every survivor's highest id",                // its pull
+			"above 300, the highest handed out before the kill", // ids continue
+			"rejoined as a new incarnation",
+			"(cause silence)",        // the hang's detection
+			"exited with status 4 (", // fenced after SIGCONT
+			"/metrics",
+			"planned shutdowns, SHUTDOWN committed, exit 0",
+			"12/12 ok", // the ICS part
+			"raw TCP ping-pong",
+			"demo ok",
+		)
+		if n := len(regexp.MustCompile(`(?m)^  [123] +UP `).FindAllString(out, -1)); n != 3 {
+			t.Errorf("cluster -v shows %d nodes UP, want 3", n)
+		}
+		// Three cinode processes and two restarts; node 1, nodes 2-4 and
+		// the raw peer of the ICS part.
+		checkGone(t, out, 10)
+		checkRemoved(t, out)
+	})
+
+	t.Run("ics-only", func(t *testing.T) {
+		out := run(t, "demo", "--short", "--ics-only")
+		contains(t, out,
 			"12/12 ok",                // the cluster formed
 			"node 1 saw node 3 down",  // the node-down callback ran
 			"failed with ErrNodeDown", // outstanding calls failed at once
@@ -41,16 +89,12 @@ func TestDemo(t *testing.T) {
 			"each node called every other's echo again: 12/12 ok",
 			"raw TCP ping-pong",
 			"demo ok",
-		} {
-			if !strings.Contains(out, want) {
-				t.Errorf("output lacks %q", want)
-			}
+		)
+		if strings.Contains(out, "cinode") {
+			t.Errorf("--ics-only started cinode")
 		}
 		// Node 1, the first and second node 3, nodes 2 and 4, the raw peer.
 		checkGone(t, out, 6)
-		if t.Failed() {
-			t.Logf("stdout:\n%s\nstderr:\n%s", out, stderr.String())
-		}
 	})
 
 	t.Run("usage", func(t *testing.T) {
@@ -87,8 +131,9 @@ func TestDemo(t *testing.T) {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			out.WriteString(sc.Text() + "\n")
-			if strings.HasPrefix(sc.Text(), "== 2.") {
-				// The load is running on every node: Ctrl-C now.
+			if strings.HasPrefix(sc.Text(), "kill -STOP") {
+				// A cinode node is stopped: Ctrl-C now. The demo must
+				// continue it to stop it.
 				if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
 					t.Fatal(err)
 				}
@@ -104,6 +149,7 @@ func TestDemo(t *testing.T) {
 			t.Errorf("no word of the interruption")
 		}
 		checkGone(t, out.String(), 4)
+		checkRemoved(t, out.String())
 		if t.Failed() {
 			t.Logf("stdout:\n%s\nstderr:\n%s", out.String(), stderr.String())
 		}
@@ -128,5 +174,21 @@ func checkGone(t *testing.T, out string, want int) {
 		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
 			t.Errorf("pid %d is still there (kill 0: %v)", pid, err)
 		}
+	}
+}
+
+var dirRE = regexp.MustCompile(`cluster.toml in (\S+):`)
+
+// checkRemoved checks that the cinode cluster's temporary directory, as
+// the demo printed it, is gone.
+func checkRemoved(t *testing.T, out string) {
+	t.Helper()
+	m := dirRE.FindStringSubmatch(out)
+	if m == nil {
+		t.Errorf("no temporary directory in the output")
+		return
+	}
+	if _, err := os.Stat(m[1]); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s is still there (%v)", m[1], err)
 	}
 }

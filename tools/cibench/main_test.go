@@ -37,6 +37,22 @@ func buildCibench(t *testing.T) string {
 	return exe
 }
 
+// buildWithCinode builds cibench, cinode and cluster into one temporary
+// directory, as make build does into bin/: the scenarios that spawn a
+// cinode cluster find the other two beside cibench.
+func buildWithCinode(t *testing.T) string {
+	t.Helper()
+	exe := buildCibench(t)
+	dir := filepath.Dir(exe)
+	for _, tool := range []string{"cinode", "cluster"} {
+		out, err := exec.Command("go", "build", "-o", filepath.Join(dir, tool), "../"+tool).CombinedOutput()
+		if err != nil {
+			t.Fatalf("go build %s: %v\n%s", tool, err, out)
+		}
+	}
+	return exe
+}
+
 // runCibench runs the binary with args and extra environment and returns
 // stdout, stderr and the exit code.
 func runCibench(t *testing.T, exe string, env []string, args ...string) (string, string, int) {
