@@ -96,9 +96,15 @@ func newCinodeCluster(spec clusterSpec) (_ *cinodeCluster, err error) {
 	if spec.nodes > 254 {
 		return nil, fmt.Errorf("%d nodes: one loopback address each, 127.0.0.1-254", spec.nodes)
 	}
-	dir, err := os.MkdirTemp("", "cibench-cluster-")
+	dir, err := os.MkdirTemp("", "cicluster-")
 	if err != nil {
 		return nil, err
+	}
+	// The nodes' TMPDIR (below) holds each engine's unix socket, whose path
+	// must fit in sun_path (108 bytes).
+	if sock := filepath.Join(dir, "ics-loops-0123456789", "loops.sock"); len(sock) > 100 {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("TMPDIR is too deep for the nodes' unix sockets (%s, %d bytes): set a shorter one", sock, len(sock))
 	}
 	c := &cinodeCluster{spec: spec, dir: dir, toml: filepath.Join(dir, "cluster.toml"), bin: bin,
 		ics: map[int]string{}, admins: map[int]string{}, cl: map[int]*admin.Client{}, procs: map[int]*cinodeProc{}}
@@ -147,6 +153,9 @@ func (c *cinodeCluster) start(n int) error {
 	cmd := exec.Command(c.bin, "-c", c.toml, "-n", fmt.Sprint(n), "--data-dir", filepath.Join(c.dir, fmt.Sprintf("node%d", n)),
 		"--shutdown-timeout", "2s")
 	cmd.Stdout, cmd.Stderr = log, log
+	// The engine keeps a private directory in TMPDIR that a killed
+	// process cannot remove: keep it in ours, which close removes.
+	cmd.Env = append(os.Environ(), "TMPDIR="+c.dir)
 	// Its own process group: Ctrl-C reaches only cibench, which stops the
 	// nodes itself. Pdeathsig: if cibench dies without cleaning up (kill
 	// -9), the kernel kills the nodes.
@@ -356,13 +365,19 @@ func (c *cinodeCluster) close() (stopped []stopped1, err error) {
 			_ = p.cmd.Process.Signal(syscall.SIGTERM)
 		}
 		t := time.NewTimer(cinodeExitTimeout)
+		expired := false
 		for _, p := range group {
-			select {
-			case <-p.exited:
-			case <-t.C:
-				_ = p.cmd.Process.Kill()
-				<-p.exited
+			if !expired {
+				select {
+				case <-p.exited:
+				case <-t.C:
+					expired = true
+				}
 			}
+			if expired { // this one and every one after it: no more grace
+				_ = p.cmd.Process.Kill()
+			}
+			<-p.exited
 			stopped = append(stopped, stopped1{num: p.num, pid: p.pid, code: p.code, last: len(last) > 0 && p == last[0]})
 		}
 		t.Stop()

@@ -111,6 +111,7 @@ type demo struct {
 	icsOnly  bool                         // only the ICS part
 	cl       *cinodeCluster               // the cinode cluster of the first part
 	highest  uint64                       // the highest id keyseq handed the demo
+	tmp      string                       // TMPDIR of the ICS part's child nodes
 	lastKill faultOutcome                 // the owner's kill
 }
 
@@ -125,6 +126,14 @@ func (c *demoCmd) Run(g *globals) (err error) {
 	d := &demo{g: g, exe: exe, t: c.times(), downs: &downLog{}, callers: c.Callers,
 		nodes: make(map[engine.NodeNum]*demoNode), addrs: make(map[engine.NodeNum]string),
 		incs: make(map[engine.NodeNum]string), order: []engine.NodeNum{2, 3, 4}, icsOnly: c.ICSOnly}
+	// Every engine keeps a private directory in TMPDIR, which a node the
+	// demo kills cannot remove: the ICS part's child nodes get a TMPDIR of
+	// the demo's own, removed after everything stopped (the cinode cluster
+	// has its own).
+	if d.tmp, err = os.MkdirTemp("", "cidemo-"); err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, os.RemoveAll(d.tmp)) }()
 	d.ctx, d.cancel = context.WithCancelCause(g.ctx)
 	defer d.cancel(nil)
 	start := time.Now()
@@ -882,6 +891,7 @@ func (d *demo) spawnNode(num engine.NodeNum, peers map[engine.NodeNum]string) (*
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stderr = d.g.stderr
+	cmd.Env = append(os.Environ(), "TMPDIR="+d.tmp)       // its engine's directory, if it is killed
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // Ctrl-C reaches only us; we stop the nodes
 	stdin, err := cmd.StdinPipe()
 	if err != nil {

@@ -27,10 +27,13 @@ func TestDemo(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		cmd := exec.CommandContext(ctx, exe, args...)
+		tmp := t.TempDir()
+		cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		err := cmd.Run()
 		out := stdout.String()
+		checkEmpty(t, tmp)
 		if err != nil {
 			t.Fatalf("demo: %v\nstdout:\n%s\nstderr:\n%s", err, out, stderr.String())
 		}
@@ -118,6 +121,8 @@ func TestDemo(t *testing.T) {
 
 	t.Run("interrupt", func(t *testing.T) {
 		cmd := exec.Command(exe, "demo", "--short")
+		tmp := t.TempDir()
+		cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)
@@ -150,6 +155,7 @@ func TestDemo(t *testing.T) {
 		}
 		checkGone(t, out.String(), 4)
 		checkRemoved(t, out.String())
+		checkEmpty(t, tmp)
 		if t.Failed() {
 			t.Logf("stdout:\n%s\nstderr:\n%s", out.String(), stderr.String())
 		}
@@ -190,5 +196,14 @@ func checkRemoved(t *testing.T, out string) {
 	}
 	if _, err := os.Stat(m[1]); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("%s is still there (%v)", m[1], err)
+	}
+}
+
+// checkEmpty checks that the demo left nothing in its TMPDIR: not its
+// own directories, nor those of the engines of the nodes it killed.
+func checkEmpty(t *testing.T, tmp string) {
+	t.Helper()
+	if left, err := os.ReadDir(tmp); err != nil || len(left) != 0 {
+		t.Errorf("left in TMPDIR: %v (%v)", left, err)
 	}
 }
