@@ -25,7 +25,11 @@ var FailoverPhases = []string{FailoverDetected, FailoverNodeDown, FailoverMaster
 // percentiles over them.
 type FailoverResult struct {
 	Nodes   int    `json:"nodes"`   // cluster size at the start of each trial
-	Profile string `json:"profile"` // CLMS timing profile, e.g. "fast-lan"
+	Profile string `json:"profile"` // CLMS timing profile: "lan-fast" or "default"
+	// Fault and Target are how cibench failover was asked to fault:
+	// "kill" or "stop", "keysvc-owner", "master" or "member".
+	Fault  string `json:"fault,omitempty"`
+	Target string `json:"target,omitempty"`
 	// TargetP99 is the goal for key-service-ready p99 (issue 14: 150 ms
 	// with the fast LAN profile); 0 if none.
 	TargetP99 time.Duration     `json:"target_p99_ns,omitempty"`
@@ -37,7 +41,7 @@ type FailoverResult struct {
 type FailoverTrial struct {
 	Trial  int    `json:"trial"`  // from 1
 	Fault  string `json:"fault"`  // "sigkill" or "sigstop"
-	Victim string `json:"victim"` // "master" or "key-service-owner"
+	Victim string `json:"victim"` // "key-service-owner" (it may also have been the master), "master" or "member"
 	// Phases are the phases this trial reached, each at its time since the
 	// fault; a phase that does not apply (no new master when a non-master
 	// died) is absent.

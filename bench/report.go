@@ -61,6 +61,12 @@ type Report struct {
 	// Failover is key-service and master failover (cibench failover, once
 	// CLMS and key services exist).
 	Failover *FailoverResult `json:"failover,omitempty"`
+	// FailoverHang is the same scenario with SIGSTOP of a member that is
+	// neither master nor key-service owner: hang detection (cibench all).
+	FailoverHang *FailoverResult `json:"failover_hang,omitempty"`
+	// Membership is formation, transition propagation and the master's
+	// steady load by cluster size (cibench membership).
+	Membership *MembershipResult `json:"membership,omitempty"`
 }
 
 // NewReport starts a report for scenario: the command line, the clock and

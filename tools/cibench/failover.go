@@ -95,7 +95,7 @@ func runFailover(g *globals, nodes, trials int, fault, target, profile string, p
 	if err := c.startAll(g.ctx); err != nil {
 		return nil, err
 	}
-	res := &bench.FailoverResult{Nodes: nodes, Profile: profile, TargetP99: failoverGoal(profile)}
+	res := &bench.FailoverResult{Nodes: nodes, Profile: profile, Fault: fault, Target: target, TargetP99: failoverGoal(profile)}
 	for trial := 1; trial <= trials; trial++ {
 		if err := c.waitReady(g.ctx, c.nodes()); err != nil {
 			return nil, fmt.Errorf("trial %d: %w", trial, err)

@@ -26,15 +26,16 @@ const (
 type cli struct {
 	Quiet bool `help:"No progress bar (it is also off when stderr is not a terminal)." env:"CI_QUIET"`
 
-	Serve    serveCmd    `cmd:"" help:"Serve one peer's echo server (used by compare and rpc, one process per peer)."`
-	Compare  compareCmd  `cmd:"" help:"Latency of ICS against raw TCP, net/rpc and grpc-go, in interleaved rounds."`
-	RPC      rpcCmd      `cmd:"" name:"rpc" help:"Throughput of ICS against raw TCP, net/rpc and grpc-go with many concurrent callers on one node pair."`
-	Flow     flowCmd     `cmd:"" help:"Flow control: ICS bulk on a throttled channel vs raw TCP, and priority RPC latency idle vs under that bulk."`
-	Priority priorityCmd `cmd:"" help:"Priority RPC latency under saturation beside its raw-TCP control, and the nested-RPC deadlock with and without escalation."`
-	Failover failoverCmd `cmd:"" help:"Failover times of a spawned cinode cluster: SIGKILL or SIGSTOP of keyseq's owner, the master or a member; detection, NODEDOWN everywhere, new master, key service ready, p50/p99 over trials."`
-	All      allCmd      `cmd:"" help:"Every scenario in one run, one JSON file (make bench-report; --quick in under two minutes)."`
-	Demo     demoCmd     `cmd:"" help:"A local four-node ICS cluster doing work, losing a node and getting it back (make demo)."`
-	Node     nodeCmd     `cmd:"" help:"Serve one demo cluster node (used by demo, one process per node)."`
+	Serve      serveCmd      `cmd:"" help:"Serve one peer's echo server (used by compare and rpc, one process per peer)."`
+	Compare    compareCmd    `cmd:"" help:"Latency of ICS against raw TCP, net/rpc and grpc-go, in interleaved rounds."`
+	RPC        rpcCmd        `cmd:"" name:"rpc" help:"Throughput of ICS against raw TCP, net/rpc and grpc-go with many concurrent callers on one node pair."`
+	Flow       flowCmd       `cmd:"" help:"Flow control: ICS bulk on a throttled channel vs raw TCP, and priority RPC latency idle vs under that bulk."`
+	Priority   priorityCmd   `cmd:"" help:"Priority RPC latency under saturation beside its raw-TCP control, and the nested-RPC deadlock with and without escalation."`
+	Failover   failoverCmd   `cmd:"" help:"Failover times of a spawned cinode cluster: SIGKILL or SIGSTOP of keyseq's owner, the master or a member; detection, NODEDOWN everywhere, new master, key service ready, p50/p99 over trials."`
+	Membership membershipCmd `cmd:"" help:"Formation time, transition propagation and the master's steady CPU and bytes/s of spawned cinode clusters of 3 to 254 nodes."`
+	All        allCmd        `cmd:"" help:"Every scenario in one run, one JSON file (make bench-report; --quick in under two minutes)."`
+	Demo       demoCmd       `cmd:"" help:"A local four-node ICS cluster doing work, losing a node and getting it back (make demo)."`
+	Node       nodeCmd       `cmd:"" help:"Serve one demo cluster node (used by demo, one process per node)."`
 }
 
 // globals is what every command's Run receives.
