@@ -123,7 +123,7 @@ func checkComparisons(t *testing.T, what string, cs []*bench.Comparison, peers [
 }
 
 func TestCibench(t *testing.T) {
-	exe := buildCibench(t)
+	exe := buildWithCinode(t) // all spawns cinode clusters
 
 	t.Run("compare", func(t *testing.T) {
 		peers := []string{"raw", "netrpc", "ics"}
@@ -214,6 +214,18 @@ func TestCibench(t *testing.T) {
 		}
 		if rep.Priority == nil || rep.Priority.Flow == nil || rep.Priority.Flow.RawLoadedP99 == 0 || rep.Priority.Deadlock == nil {
 			t.Errorf("priority %+v", rep.Priority)
+		}
+		// --quick: two kills of keyseq's owner, one hang of a member, one
+		// 3-node membership run.
+		if f := rep.Failover; f == nil || len(f.Trials) != 2 || f.Fault != "kill" || f.Target != "keysvc-owner" || f.Trials[0].Victim != "key-service-owner" {
+			t.Errorf("failover %+v", f)
+		}
+		if f := rep.FailoverHang; f == nil || len(f.Trials) != 1 || f.Trials[0].Fault != "sigstop" || f.Trials[0].Victim != "member" {
+			t.Errorf("failover_hang %+v", f)
+		}
+		if m := rep.Membership; m == nil || len(m.Runs) != 1 || m.Runs[0].Nodes != 3 || m.Runs[0].Formation <= 0 ||
+			m.Runs[0].PropagationAll < m.Runs[0].PropagationFirst || m.Runs[0].FDsMaster == 0 {
+			t.Errorf("membership %+v", m)
 		}
 	})
 
