@@ -49,7 +49,7 @@ restart of a node that was the whole demo before CLMS existed (it needs no
 cinode binary).
 
 cinode and cluster must be beside cibench or on PATH (make demo builds
-bin/ first). About 30 seconds, --short about 15; Ctrl-C stops every
+bin/ first). About 10 seconds (--short: 5) on an idle machine; Ctrl-C stops every
 process it started and removes the temporary directory.
 
 Exit status: 0 if every step did what it shows, 1 otherwise. Timing goals
