@@ -285,13 +285,9 @@ func (n *Node) Start() error {
 		gnet.WithLoadBalancing(gnet.LeastConnections),
 		gnet.WithLogger(gnetLogger{n.log}),
 	}
-	// One loop per P, not per CPU as gnet's multicore would: a loop blocked
-	// in epoll_wait keeps its P until the runtime's monitor takes it back,
-	// so loops beyond GOMAXPROCS wait on each other (long tails at
-	// GOMAXPROCS=1; BENCHMARKS.md).
 	loops := n.cfg.EventLoops
 	if loops == 0 {
-		loops = runtime.GOMAXPROCS(0)
+		loops = DefaultEventLoops(runtime.GOMAXPROCS(0))
 	}
 	opts = append(opts, gnet.WithNumEventLoop(loops))
 	h := &loopHandler{n: n}
@@ -324,6 +320,20 @@ func (n *Node) Start() error {
 // boot runs on gnet's OnBoot. gnet calls it before it starts the event
 // loops, so Start waits for the first OnTick, which the ticker only makes
 // once they run.
+// DefaultEventLoops is the event loops a node runs when Config.EventLoops
+// is 0, for GOMAXPROCS procs: one per P but one, and at least one; not one
+// per CPU as gnet's multicore would. A gnet loop waits in a plain
+// epoll_wait system call, which keeps its P until the runtime's monitor
+// (sysmon) retakes it, 20 µs to 10 ms later, and a goroutine the loop
+// readied just before blocking (a caller whose reply it read, a server
+// handle) can be left in that P's run queue meanwhile. With a loop per P
+// every P can be held so and only sysmon frees the goroutine: the
+// millisecond stalls of issue 10, seen in runtime traces
+// (docs/PERFORMANCE.md, "Stalls at p99.9"). With one P that no loop holds,
+// the thread woken for that goroutine steals it at once. Loops beyond
+// GOMAXPROCS would only wait for each other.
+func DefaultEventLoops(procs int) int { return max(1, procs-1) }
+
 func (n *Node) boot(eng gnet.Engine) {
 	n.eng = eng
 }
