@@ -61,3 +61,38 @@ func TestLeaseLapseStats(t *testing.T) {
 		t.Fatalf("node %d: up %v acting %v after the cut healed", victim, s.Up(victim), n.Core.Acting())
 	}
 }
+
+// A voter that stops hearing the master (here: every message from the
+// master to it is lost, as when the voter is starved of CPU and reads its
+// socket late) has its election timer fire and pre-votes, which changes no
+// term: the master of the term is still the master, and the voter must go
+// on sending it imalives (and answering its probes). Found by TestCPUHog
+// (docs/CLMS.md, "Loaded nodes"): a pre-candidate forgot the master,
+// skipped its imalive and its answer to the master's probe, and was
+// declared down for silence.
+func TestPreCandidateKeepsImAlive(t *testing.T) {
+	tm := clms.LANFastTiming()
+	s := newSim(t, 3, 3, tm)
+	form(t, s)
+	victim := other(t, s)
+	master := s.Master()
+	n, m := s.Node(victim), s.Node(master)
+	before, mbefore := n.Core.Stats(), m.Core.Stats()
+	s.Drop(master, victim, 1)
+	s.Run(350 * time.Millisecond) // beyond 2 election timeouts, within the lease and margin
+	s.Drop(master, victim, 0)
+	st, mst := n.Core.Stats(), m.Core.Stats()
+	if st.LeaderChanges == before.LeaderChanges {
+		t.Fatalf("node %d never pre-voted: the test does not test what it says", victim)
+	}
+	if sent := st.HeartbeatsSent - before.HeartbeatsSent; sent < 3 {
+		t.Errorf("node %d sent %d imalives in 350 ms, want one every 100 ms heartbeat", victim, sent)
+	}
+	if got := mst.Suspicions - mbefore.Suspicions; got != 0 {
+		t.Errorf("the master suspected node %d %d times: its imalives stopped", victim, got)
+	}
+	s.Run(time.Second)
+	if !s.Up(victim) {
+		t.Fatalf("node %d declared down", victim)
+	}
+}

@@ -27,6 +27,9 @@ import (
 //
 //   - inproc: GOMAXPROCS busy goroutines inside the node's process, which
 //     compete with the node's own goroutines for the Go scheduler's Ps;
+//   - inproc-pinned: the same, with the node's process pinned to one CPU
+//     and the other nodes to the others, so that the hog starves the node
+//     and not the whole (small) machine;
 //   - pinned: the node's process and an external hog process (as many busy
 //     threads as the machine has CPUs) pinned to the same CPU, so the
 //     kernel gives the node a fraction of one CPU.
@@ -52,8 +55,8 @@ func TestCPUHog(t *testing.T) {
 	target := cmp(os.Getenv("CI_CPUHOG_TARGET"), "member")
 	for _, mode := range modes {
 		t.Run(mode, func(t *testing.T) {
-			if mode != "inproc" && mode != "pinned" {
-				t.Fatalf("mode %q: want inproc or pinned", mode)
+			if mode != "inproc" && mode != "inproc-pinned" && mode != "pinned" {
+				t.Fatalf("mode %q: want inproc, inproc-pinned or pinned", mode)
 			}
 			hogRun(t, mode, profile, target, time.Duration(secs)*time.Second)
 		})
@@ -74,7 +77,8 @@ type hogResult struct {
 	missed      map[clms.NodeNum]uint64 // heartbeats missed, per node
 	suspicions  uint64                  // suspicions raised by any master
 	lapses      map[clms.NodeNum]uint64 // lease lapses, per node
-	leaders     uint64                  // leader changes seen by the loaded node
+	leaders     map[clms.NodeNum]uint64 // raft leader changes (including to none: a pre-candidate), per node
+	terms       uint64                  // raft term increases (elections), the most any node saw
 	late        map[clms.NodeNum]uint64 // late ticks, per node
 	rtt         [clms.RTTBuckets]uint64 // the loaded node's imalive round trips, in ticks
 	nodeCPU     float64                 // the loaded node's CPU use, in CPUs
@@ -94,9 +98,29 @@ func hogRun(t *testing.T, mode, profile, target string, d time.Duration) {
 	}
 	p := pc.procs[victim]
 	res := hogResult{missed: map[clms.NodeNum]uint64{}, lapses: map[clms.NodeNum]uint64{}, late: map[clms.NodeNum]uint64{},
-		beforeLoad1: loadAvg()}
+		leaders: map[clms.NodeNum]uint64{}, beforeLoad1: loadAvg()}
 
 	var hogCmd *exec.Cmd
+	if mode == "inproc-pinned" {
+		// The loaded node keeps its GOMAXPROCS Ps but gets one CPU; the
+		// others get the rest, so the hog starves the node and not the
+		// machine (a 2-core machine is otherwise saturated as a whole).
+		if nCPU() < 2 {
+			t.Skip("inproc-pinned needs 2 CPUs")
+		}
+		for _, n := range all {
+			cpus := []int{nCPU() - 1}
+			if n != victim {
+				cpus = nil
+				for c := range nCPU() - 1 {
+					cpus = append(cpus, c)
+				}
+			}
+			if err := pinAll(pc.procs[n].cmd.Process.Pid, cpus...); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	if mode == "pinned" {
 		cpu := nCPU() - 1
 		if err := pinAll(p.cmd.Process.Pid, cpu); err != nil {
@@ -124,7 +148,7 @@ func hogRun(t *testing.T, mode, profile, target string, d time.Duration) {
 		hog0 = procCPU(hogCmd.Process.Pid)
 	}
 	start := time.Now()
-	if mode == "inproc" {
+	if mode != "pinned" {
 		p.command(fmt.Sprintf("hog %s", d), "hog")
 	}
 	// The run is the measured interval itself, not a synchronisation: it
@@ -181,8 +205,9 @@ func hogRun(t *testing.T, mode, profile, target string, d time.Duration) {
 		res.suspicions += a.Stats.Suspicions - b.Stats.Suspicions
 		res.lapses[n] = a.Stats.LeaseLapses - b.Stats.LeaseLapses
 		res.late[n] = a.LateTicks - b.LateTicks
+		res.leaders[n] = a.Stats.LeaderChanges - b.Stats.LeaderChanges
+		res.terms = max(res.terms, a.Stats.RaftTerm-b.Stats.RaftTerm)
 		if n == victim {
-			res.leaders = a.Stats.LeaderChanges - b.Stats.LeaderChanges
 			for i := range res.rtt {
 				res.rtt[i] = a.Stats.HeartbeatRTT[i] - b.Stats.HeartbeatRTT[i]
 			}
@@ -191,8 +216,8 @@ func hogRun(t *testing.T, mode, profile, target string, d time.Duration) {
 	tick := pc.c.Config.Timing.Tick
 	t.Logf("cpuhog: mode=%s profile=%s stretch=%d target=%s(node %d, master %d) load=%v node-cpu=%.2f hog-cpu=%.2f loadavg=%s->%s",
 		mode, profile, pc.k, target, victim, master, elapsed.Round(time.Millisecond), res.nodeCPU, res.hogCPU, res.beforeLoad1, loadAvg())
-	t.Logf("cpuhog: NODEDOWNs=%d fenced=%v heartbeats-missed=%v suspicions=%d lease-lapses=%v leader-changes=%d late-ticks=%v",
-		len(res.nodeDowns), res.fenced, res.missed, res.suspicions, res.lapses, res.leaders, res.late)
+	t.Logf("cpuhog: NODEDOWNs=%d fenced=%v heartbeats-missed=%v suspicions=%d lease-lapses=%v leader-changes=%v raft-terms=+%d late-ticks=%v",
+		len(res.nodeDowns), res.fenced, res.missed, res.suspicions, res.lapses, res.leaders, res.terms, res.late)
 	t.Logf("cpuhog: node %d imalive round trip (tick %v): n=%d p50=%v p99=%v max=%v (lease %v)", victim, tick,
 		rttCount(res.rtt), rttPct(res.rtt, 0.50, tick), rttPct(res.rtt, 0.99, tick), rttPct(res.rtt, 1, tick),
 		pc.c.Config.Timing.LeaseTimeout*time.Duration(pc.k))
@@ -249,12 +274,14 @@ func rttPct(h [clms.RTTBuckets]uint64, q float64, tick time.Duration) string {
 	return "-"
 }
 
-// pinAll pins every thread of process pid to cpu (as taskset -a): threads
+// pinAll pins every thread of process pid to cpus (as taskset -a): threads
 // it creates later inherit the mask. Two passes catch threads created
 // while the first ran.
-func pinAll(pid, cpu int) error {
+func pinAll(pid int, cpus ...int) error {
 	var set unix.CPUSet
-	set.Set(cpu)
+	for _, c := range cpus {
+		set.Set(c)
+	}
 	for range 2 {
 		tids, err := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "task"))
 		if err != nil {
@@ -263,7 +290,7 @@ func pinAll(pid, cpu int) error {
 		for _, e := range tids {
 			tid, _ := strconv.Atoi(e.Name())
 			if err := unix.SchedSetaffinity(tid, &set); err != nil && err != syscall.ESRCH {
-				return fmt.Errorf("pin thread %d of %d to CPU %d: %w", tid, pid, cpu, err)
+				return fmt.Errorf("pin thread %d of %d to CPUs %v: %w", tid, pid, cpus, err)
 			}
 		}
 	}
