@@ -39,11 +39,11 @@ import (
 // callback here instead of starting a goroutine per child.
 type reqCtx struct {
 	n             *Node
-	prio          any       // a priorityValue with inHandlerBit; boxing a byte never allocates
 	deadline      time.Time // zero: none
 	xid           uint64
-	registered    bool        // in its connection's cancels, so a TypeCancel can find it
-	peerCancelled atomic.Bool // a TypeCancel came: the caller has gone, so no reply
+	prio          priorityValue // with inHandlerBit; boxing a byte never allocates
+	registered    bool          // in its connection's cancels, so a TypeCancel can find it
+	peerCancelled atomic.Bool   // a TypeCancel came: the caller has gone, so no reply
 
 	mu      sync.Mutex
 	err     error          // set once, by cancel
