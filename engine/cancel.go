@@ -276,6 +276,8 @@ func (n *Node) watch(c *reqCtx) bool {
 	return true
 }
 
+// unwatch unlinks c, if it is still linked (prev nil and not the head:
+// cancelWatched took it already).
 func (n *Node) unwatch(c *reqCtx) {
 	n.rcMu.Lock()
 	defer n.rcMu.Unlock()
@@ -297,13 +299,22 @@ func (n *Node) cancelWatched() {
 	n.rcClosed = true
 	n.rcMu.Unlock()
 	for {
+		// Unlinked here, not left to cancel: one that another goroutine is
+		// cancelling right now would otherwise stay at the head meanwhile.
 		n.rcMu.Lock()
 		c := n.rcWatched
+		if c != nil {
+			n.rcWatched = c.next
+			if c.next != nil {
+				c.next.prev = nil
+			}
+			c.next = nil
+		}
 		n.rcMu.Unlock()
 		if c == nil {
 			return
 		}
-		c.cancel(context.Canceled) // unwatches c
+		c.cancel(context.Canceled) // its unwatch finds it unlinked: a no-op
 	}
 }
 

@@ -244,3 +244,43 @@ func TestCancelStressOverTheWire(t *testing.T) {
 		return nodes[1].rcWatched == nil
 	})
 }
+
+// TestCloseEndsWatchedRequestContexts: Close ends the request contexts
+// somebody waits on even when no connection holds them (a one-way message
+// with a deadline is not registered for cancels), and one first watched
+// after Close has ended already.
+func TestCloseEndsWatchedRequestContexts(t *testing.T) {
+	n := startCluster(t, 1, nil)[0]
+	c := &conn{n: n}
+	h := framing.Header{Type: framing.TypeOneWay, Flags: framing.FlagDeadline, Status: framing.EncodeTimeout(time.Hour)}
+	watched := make([]*reqCtx, 3)
+	for i := range watched {
+		watched[i] = n.requestContext(c, &h)
+		watched[i].Done()
+	}
+	unwatched := n.requestContext(c, &h)
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for i, rc := range watched {
+		select {
+		case <-rc.Done():
+		case <-time.After(10 * time.Second):
+			t.Fatalf("watched context %d not ended by Close", i)
+		}
+		if err := rc.Err(); err != context.Canceled {
+			t.Fatalf("watched context %d ended with %v, want Canceled", i, err)
+		}
+	}
+	select {
+	case <-unwatched.Done():
+	default:
+		t.Fatal("a context first watched after Close is still open")
+	}
+	if err := unwatched.Err(); err != context.Canceled {
+		t.Fatalf("context watched after Close: %v, want Canceled", err)
+	}
+	if n.rcWatched != nil {
+		t.Fatal("Close left contexts in the watched list")
+	}
+}
