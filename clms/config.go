@@ -76,11 +76,15 @@ type ClusterConfig struct {
 	Security SecurityConfig
 	// Profile names the timing profile ("default" or "lan-fast") and Timing
 	// is that profile with the file's overrides applied.
-	Profile     string
-	Timing      Timing
-	Fencing     FencingPolicy
-	KeyServices []KeyServiceEntry
-	Nodes       []NodeEntry // in file order
+	Profile string
+	Timing  Timing
+	Fencing FencingPolicy
+	// KeyServicePanic is what the cluster does when the owner of a critical
+	// key service dies and no capable node is left (key_service_panic):
+	// PanicHalt (the default) or PanicDegraded.
+	KeyServicePanic PanicPolicy
+	KeyServices     []KeyServiceEntry
+	Nodes           []NodeEntry // in file order
 
 	file string    // name used in errors
 	dir  string    // relative key file names are relative to it
@@ -268,6 +272,11 @@ func (c *ClusterConfig) Validate() error {
 	default:
 		at("fencing", "%q: want \"halt\" or \"debug\"", c.Fencing)
 	}
+	switch c.KeyServicePanic {
+	case PanicHalt, PanicDegraded:
+	default:
+		at("key_service_panic", "%q: want \"halt\" or \"degraded\"", c.KeyServicePanic)
+	}
 
 	ksIndex := map[string]int{}
 	for i, ks := range c.KeyServices {
@@ -440,13 +449,16 @@ func checkHostPort(addr string) string {
 // NodeSettings is one node's view of the cluster configuration, with its
 // keys loaded: what cinode needs to start that node.
 type NodeSettings struct {
-	Cluster     string
-	Self        NodeEntry   // this node's row
-	Nodes       []NodeEntry // the whole table, in file order
-	MaxNodes    NodeNum
-	Timing      Timing
-	Fencing     FencingPolicy
-	KeyServices []KeyServiceEntry
+	Cluster  string
+	Self     NodeEntry   // this node's row
+	Nodes    []NodeEntry // the whole table, in file order
+	MaxNodes NodeNum
+	Timing   Timing
+	Fencing  FencingPolicy
+	// KeyServicePanic is the cluster's panic policy for critical key
+	// services (Config.Keys.Panic).
+	KeyServicePanic PanicPolicy
+	KeyServices     []KeyServiceEntry
 	// Security is nil in insecure mode.
 	Security *engine.Security
 }
@@ -472,6 +484,8 @@ func (c *ClusterConfig) ForNode(n NodeNum) (*NodeSettings, error) {
 		Timing:      c.Timing,
 		Fencing:     c.Fencing,
 		KeyServices: slices.Clone(c.KeyServices),
+
+		KeyServicePanic: c.KeyServicePanic,
 	}
 	for _, e := range c.Nodes {
 		s.Nodes = append(s.Nodes, cloneEntry(e))
@@ -655,6 +669,7 @@ func (l errorList) first() error {
 type fileConfig struct {
 	Name        string           `toml:"name"`
 	Fencing     string           `toml:"fencing,omitempty"`
+	KeyPanic    string           `toml:"key_service_panic,omitempty"`
 	Security    fileSecurity     `toml:"security,omitempty"`
 	Timing      fileTiming       `toml:"timing,omitempty"`
 	KeyServices []fileKeyService `toml:"key_services,omitempty"`
@@ -697,7 +712,7 @@ type fileNode struct {
 
 // knownKeys lists each table's keys, for the message about an unknown one.
 var knownKeys = map[string]string{
-	"":             "name, fencing, [security], [timing], [[key_services]], [[nodes]]",
+	"":             "name, fencing, key_service_panic, [security], [timing], [[key_services]], [[nodes]]",
 	"security":     "mode, cluster_key_files, node_key_file, public_key_file",
 	"timing":       "profile, " + strings.Join(timingFieldNames, ", "),
 	"key_services": "name, critical",
@@ -733,6 +748,10 @@ func (fc *fileConfig) convert(c *ClusterConfig, errs *errorList) {
 	c.Fencing = FencingPolicy(fc.Fencing)
 	if fc.Fencing == "" && !c.pos.has("fencing") {
 		c.Fencing = DefaultFencing
+	}
+	c.KeyServicePanic = PanicPolicy(fc.KeyPanic)
+	if fc.KeyPanic == "" && !c.pos.has("key_service_panic") {
+		c.KeyServicePanic = PanicHalt // the core's default too: see KeyConfig.Panic
 	}
 	c.Security = SecurityConfig{
 		Mode:            SecurityMode(fc.Security.Mode),
@@ -797,8 +816,9 @@ func nilIfEmpty(s []string) []string {
 // configuration: timing as its profile plus the fields that differ from it.
 func (c *ClusterConfig) MarshalTOML() ([]byte, error) {
 	fc := fileConfig{
-		Name:    c.Name,
-		Fencing: string(c.Fencing),
+		Name:     c.Name,
+		Fencing:  string(c.Fencing),
+		KeyPanic: string(c.KeyServicePanic),
 		Security: fileSecurity{
 			Mode:            string(c.Security.Mode),
 			ClusterKeyFiles: c.Security.ClusterKeyFiles,

@@ -76,7 +76,7 @@ func TestParseConfigBase(t *testing.T) {
 	}
 	want := clms.LANFastTiming()
 	want.Heartbeat = 90 * time.Millisecond
-	if c.Name != "test" || c.Fencing != clms.FenceHalt || c.Profile != "lan-fast" || c.Timing != want {
+	if c.Name != "test" || c.Fencing != clms.FenceHalt || c.KeyServicePanic != clms.PanicHalt || c.Profile != "lan-fast" || c.Timing != want {
 		t.Fatalf("parsed %+v", c)
 	}
 	wantSec := clms.SecurityConfig{Mode: clms.SecurityEncrypt, ClusterKeyFiles: []string{"keys/cluster.key"},
@@ -111,9 +111,9 @@ func TestParseConfigRejects(t *testing.T) {
 		{"unknown field", edit(t, "number = 2\n", "number = 2\nadress = \"x\"\n"),
 			`cluster.toml:27:1: nodes[1].adress: unknown field (known here: number, address, admin, master_eligible, key_services, public_key_file)`},
 		{"unknown table", edit(t, "[timing]", "[timings]"),
-			`cluster.toml:10:2: timings: unknown table (known here: name, fencing, [security], [timing], [[key_services]], [[nodes]])`},
+			`cluster.toml:10:2: timings: unknown table (known here: name, fencing, key_service_panic, [security], [timing], [[key_services]], [[nodes]])`},
 		{"unknown top-level key", edit(t, "fencing = \"halt\"\n", "fencing = \"halt\"\nmaster = 1\n"),
-			`cluster.toml:3:1: master: unknown field (known here: name, fencing, [security], [timing], [[key_services]], [[nodes]])`},
+			`cluster.toml:3:1: master: unknown field (known here: name, fencing, key_service_panic, [security], [timing], [[key_services]], [[nodes]])`},
 		{"unknown field in an inline table", edit(t, "[[nodes]]\nnumber = 3\naddress = \"127.0.0.3:7100\"\npublic_key_file = \"other/three.pub\"\n",
 			"[[nodes]]\nnumber = 3\naddress = \"127.0.0.3:7100\"\npublic_key_file = \"other/three.pub\"\n[[nodes]]\nnumber = 4\naddress = \"127.0.0.4:7100\"\nsub = {x = 1}\n"),
 			`cluster.toml:37:1: nodes[3].sub: unknown field (known here: number, address, admin, master_eligible, key_services, public_key_file)`},
@@ -207,6 +207,10 @@ func TestParseConfigRejects(t *testing.T) {
 			`cluster.toml:17:3: nodes[0]: no public key file: set security.public_key_file or this node's public_key_file (mode "encrypt")`},
 		{"fencing unknown", edit(t, `fencing = "halt"`, `fencing = "reboot"`),
 			`cluster.toml:2:1: fencing: "reboot": want "halt" or "debug"`},
+		{"key service panic unknown", edit(t, "fencing = \"halt\"\n", "fencing = \"halt\"\nkey_service_panic = \"ignore\"\n"),
+			`cluster.toml:3:1: key_service_panic: "ignore": want "halt" or "degraded"`},
+		{"key service panic empty", edit(t, "fencing = \"halt\"\n", "fencing = \"halt\"\nkey_service_panic = \"\"\n"),
+			`cluster.toml:3:1: key_service_panic: "": want "halt" or "degraded"`},
 
 		// Name and key services.
 		{"name missing", edit(t, "name = \"test\"\n", ""),
@@ -271,8 +275,31 @@ func TestParseConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Fencing != clms.FenceHalt || c.Profile != "default" || c.Timing != clms.DefaultTiming() || c.MaxNodes() != 7 {
+	if c.Fencing != clms.FenceHalt || c.KeyServicePanic != clms.PanicHalt || c.Profile != "default" || c.Timing != clms.DefaultTiming() || c.MaxNodes() != 7 {
 		t.Fatalf("defaults: %+v", c)
+	}
+}
+
+// TestKeyServicePanicDegraded: key_service_panic = "degraded" is read,
+// reaches the node's settings and is written back.
+func TestKeyServicePanicDegraded(t *testing.T) {
+	c, err := clms.ParseConfig("c.toml", []byte("name = \"one\"\nkey_service_panic = \"degraded\"\n[security]\nmode = \"insecure\"\n[[nodes]]\nnumber = 1\naddress = \"10.0.0.1:7100\"\nmaster_eligible = true\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.ForNode(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.KeyServicePanic != clms.PanicDegraded || s.KeyServicePanic != clms.PanicDegraded {
+		t.Fatalf("panic policy: file %q, node %q", c.KeyServicePanic, s.KeyServicePanic)
+	}
+	out, err := c.MarshalTOML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c2, err := clms.ParseConfig("x.toml", out); err != nil || c2.KeyServicePanic != clms.PanicDegraded {
+		t.Fatalf("round trip: %v %+v\n%s", err, c2, out)
 	}
 }
 
@@ -318,7 +345,7 @@ func TestDeployExampleRoundTrip(t *testing.T) {
 
 func exported(c *clms.ClusterConfig) clms.ClusterConfig {
 	return clms.ClusterConfig{Name: c.Name, Security: c.Security, Profile: c.Profile, Timing: c.Timing,
-		Fencing: c.Fencing, KeyServices: c.KeyServices, Nodes: c.Nodes}
+		Fencing: c.Fencing, KeyServicePanic: c.KeyServicePanic, KeyServices: c.KeyServices, Nodes: c.Nodes}
 }
 
 func TestLoadConfigErrors(t *testing.T) {

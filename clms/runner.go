@@ -41,6 +41,17 @@ type RunnerConfig struct {
 	Fencing FencingPolicy // "" is DefaultFencing
 	// Subsystems whose callbacks run on NODEUP and NODEDOWN; nil: none.
 	Subsystems *Subsystems
+	// KeyServices is this node's key-service registry; nil: none registered
+	// here (the node still applies the cluster's key-service records). Every
+	// node must register the same services, or list them in cluster.toml:
+	// the core needs the same list everywhere (KeyServices.Specs).
+	KeyServices *KeyServices
+	// KeyServiceEntries is cluster.toml's [[key_services]]; with the
+	// registry it makes Config.Keys.Services. Info.KeyServices says which
+	// of them this node may run (services/node sets it from the node table).
+	KeyServiceEntries []KeyServiceEntry
+	// KeyServicePanic is cluster.toml's key_service_panic; "" is PanicHalt.
+	KeyServicePanic PanicPolicy
 	// OnFatal is called once, on its own goroutine, when this incarnation
 	// can no longer be a member: fenced under FenceHalt (the error wraps
 	// ErrFenced; the owner should exit with a distinct code), or the join
@@ -74,6 +85,8 @@ type Runner struct {
 	cmds     chan func()
 	cbQueue  chan Action // subsystem callbacks to run, in order
 	cbDone   chan cbResult
+	keyDone  chan keyResult // key-service routines' results
+	guard    EpochGuard     // fed with every applied record
 
 	outboxes map[NodeNum]*outbox // runner goroutine only
 	lastInc  map[NodeNum]uint64  // highest incarnation heard from each peer; runner goroutine only
@@ -83,7 +96,9 @@ type Runner struct {
 	probing   map[NodeNum]bool      // guarded by probeMu
 	lastProbe map[NodeNum]time.Time // guarded by probeMu
 
-	infoWaits []infoWait // SetNodeInfo calls waiting for their record; runner goroutine only
+	infoWaits []infoWait        // SetNodeInfo calls waiting for their record; runner goroutine only
+	keyWaits  []*keyWait        // MoveKeyService calls waiting for the outcome; runner goroutine only
+	keyActing map[string]uint64 // services ActKeyOwner made serve, with the epoch; runner goroutine only
 
 	status   atomic.Pointer[RunnerStatus]
 	joined   chan struct{}
@@ -117,6 +132,11 @@ type RunnerStatus struct {
 	Joined      bool // this incarnation's COMINGUP is committed
 	Left        bool // its planned SHUTDOWN is committed
 	LeaseValid  bool // it may act as a member now
+	// Formed: every critical key service has had a ready owner since this
+	// incarnation joined (Core.Formed). Ready is LeaseValid && Formed:
+	// the node's readiness (readyz).
+	Formed      bool
+	Ready       bool
 	Fenced      bool
 	FenceReason string
 	Fencing     FencingPolicy
@@ -144,9 +164,13 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 	if cfg.Subsystems == nil {
 		cfg.Subsystems = &Subsystems{}
 	}
+	if cfg.KeyServices == nil {
+		cfg.KeyServices = &KeyServices{}
+	}
 	self := cfg.Engine.Num()
 	ccfg := Config{Self: self, Nodes: cfg.Nodes, Timing: cfg.Timing, Incarnation: cfg.Incarnation, Info: cfg.Info,
-		WallClock: time.Now}
+		WallClock: time.Now,
+		Keys:      KeyConfig{Services: cfg.KeyServices.Specs(cfg.KeyServiceEntries), Panic: cfg.KeyServicePanic}}
 	for _, n := range cfg.Nodes {
 		if n.Num == self && n.MasterEligible {
 			if cfg.Store == nil {
@@ -176,6 +200,8 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 		cmds:      make(chan func()),
 		cbQueue:   make(chan Action, 1024), // transitions waiting for callbacks; more means a wedged subsystem
 		cbDone:    make(chan cbResult, 16),
+		keyDone:   make(chan keyResult, 16),
+		keyActing: map[string]uint64{},
 		outboxes:  map[NodeNum]*outbox{},
 		lastInc:   map[NodeNum]uint64{},
 		probing:   map[NodeNum]bool{},
@@ -327,6 +353,7 @@ func (r *Runner) Close() error {
 	r.closed = true
 	r.cancel()
 	r.wg.Wait()
+	r.stopServing()
 	r.stopOnce.Do(func() { close(r.done) })
 	if r.met != nil {
 		r.met.unregister()
@@ -376,6 +403,9 @@ func (r *Runner) routineCore() {
 		case res := <-r.cbDone:
 			catchUp()
 			r.core.CallbacksDone(res.t, res.failed)
+		case res := <-r.keyDone:
+			catchUp()
+			r.core.KeyReport(res.a, res.data, res.err)
 		case fn := <-r.cmds:
 			catchUp()
 			fn()
@@ -407,7 +437,11 @@ func (r *Runner) weigh(ev evidence) {
 	news := m.State.IsMember() && m.Incarnation == known
 	switch {
 	case ev.refusesUs:
-		r.core.PeerRefusesUs(n)
+		if !r.core.PeerRefusesUs(n) && r.core.Acting() {
+			// Unauthenticated, and contradicted by our valid lease.
+			r.met.refusalsIgnored.Inc()
+			r.log.Warn("clms: a peer's address refused this incarnation as declared down while its lease is valid: ignored (forged, or a stale peer)", "peer", n)
+		}
 	case ev.lost:
 		r.met.connLost.Inc()
 		r.core.PeerConnectionLost(n)
@@ -449,6 +483,8 @@ func (r *Runner) drain() {
 			changed = true
 			r.refuseDown(rd.Applied)
 			r.infoApplied(rd.Applied)
+			r.guard.Observe(rd.Applied)
+			r.keyApplied(rd.Applied)
 			if r.cfg.OnApplied != nil {
 				r.cfg.OnApplied(rd.Applied)
 			}
@@ -526,6 +562,10 @@ func (r *Runner) act(a Action) {
 		}
 	case ActLog:
 		r.log.Warn("clms: "+a.Reason, "node", a.Node, "transition", a.Transition)
+	case ActKeyOwner, ActKeyFailover, ActKeyPullData, ActKeyFailoverData, ActKeyHandOff:
+		r.actKey(a)
+	case ActFormed:
+		r.log.Info("clms: formed: every critical key service has a ready owner")
 	}
 }
 
@@ -578,7 +618,8 @@ func (r *Runner) publishStatus(membersChanged bool) {
 	c := r.core
 	self, inc := c.Self()
 	s := &RunnerStatus{Self: self, Incarnation: inc, Master: c.Master(), IsMaster: c.IsMaster(), LeaseValid: c.Acting(),
-		Fencing: r.cfg.Fencing, Stats: c.Stats(), Last: c.State().LastTransition()}
+		Formed: c.Formed(), Fencing: r.cfg.Fencing, Stats: c.Stats(), Last: c.State().LastTransition()}
+	s.Ready = s.LeaseValid && s.Formed
 	s.Fenced, s.FenceReason = c.Fenced()
 	s.Joined = c.phase == phaseMember || c.phase == phaseFenced || c.phase == phaseLeft
 	s.Left = c.phase == phaseLeft

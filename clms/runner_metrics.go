@@ -1,7 +1,9 @@
 package clms
 
 import (
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 )
@@ -17,6 +19,21 @@ type runnerMetrics struct {
 	dropped, sendErrors, badMessages *metrics.Counter
 	connLost, crashProofs, fences    *metrics.Counter
 	lateTicks                        *metrics.Counter
+	refusalsIgnored                  *metrics.Counter
+
+	// Key-service routines: durations and failures by action.
+	keyRoutines map[ActionKind]*metrics.Histogram
+	keyErrors   *metrics.Counter
+}
+
+// keyRoutine records one key-service routine run here.
+func (m *runnerMetrics) keyRoutine(k ActionKind, d time.Duration, err error) {
+	if h := m.keyRoutines[k]; h != nil {
+		h.Update(d.Seconds())
+	}
+	if err != nil && !errors.Is(err, ErrKeyCancelled) {
+		m.keyErrors.Inc()
+	}
 }
 
 func newRunnerMetrics(r *Runner) *runnerMetrics {
@@ -61,6 +78,49 @@ func newRunnerMetrics(r *Runner) *runnerMetrics {
 	gauge("ci_clms_lease_valid", "", func(s *RunnerStatus) float64 { return b(s.Stats.LeaseValid) })
 	gauge("ci_clms_fenced", "", func(s *RunnerStatus) float64 { return b(s.Stats.Fenced) })
 	gauge("ci_clms_last_transition", "", func(s *RunnerStatus) float64 { return float64(s.Last) })
+	m.refusalsIgnored = counter("ci_clms_refusals_ignored_total", "")
+	gauge("ci_clms_formed", "", func(s *RunnerStatus) float64 { return b(s.Formed) })
+	gauge("ci_clms_ready", "", func(s *RunnerStatus) float64 { return b(s.Ready) })
+
+	// Key services: the cluster-wide counters are the same on every node
+	// (they count applied records); pull failures are this node's, as owner.
+	gauge("ci_clms_keysvc_failovers_total", "", func(s *RunnerStatus) float64 { return float64(s.Stats.KeyFailovers) })
+	gauge("ci_clms_keysvc_handovers_total", "", func(s *RunnerStatus) float64 { return float64(s.Stats.KeyHandovers) })
+	gauge("ci_clms_keysvc_pull_failures_total", "", func(s *RunnerStatus) float64 { return float64(s.Stats.KeyPullFailures) })
+	gauge("ci_clms_keysvc_degraded", "", func(s *RunnerStatus) float64 { return float64(len(s.Stats.KeyDegraded)) })
+	m.keyErrors = counter("ci_clms_keysvc_routine_errors_total", "")
+	m.keyRoutines = map[ActionKind]*metrics.Histogram{}
+	for _, k := range []ActionKind{ActKeyFailover, ActKeyPullData, ActKeyFailoverData, ActKeyHandOff} {
+		m.keyRoutines[k] = m.set.NewHistogram(name("ci_clms_keysvc_routine_seconds", fmt.Sprintf(`routine="%s"`, k)))
+	}
+	tick := r.cfg.Timing.Tick.Seconds()
+	for _, sp := range r.core.KeyServiceSpecs() {
+		svc := fmt.Sprintf("service=%q", sp.Name)
+		get := func(s *RunnerStatus) KeyServiceStats {
+			for _, k := range s.Stats.KeyServices {
+				if k.Name == sp.Name {
+					return k
+				}
+			}
+			return KeyServiceStats{}
+		}
+		gauge("ci_clms_keysvc_owner", svc, func(s *RunnerStatus) float64 { return float64(get(s).Owner) })
+		gauge("ci_clms_keysvc_epoch", svc, func(s *RunnerStatus) float64 { return float64(get(s).Epoch) })
+		gauge("ci_clms_keysvc_ready", svc, func(s *RunnerStatus) float64 { return b(get(s).Phase == KeyReady) })
+		gauge("ci_clms_keysvc_acting", svc, func(s *RunnerStatus) float64 { return b(get(s).Acting) })
+		gauge("ci_clms_keysvc_critical", svc, func(s *RunnerStatus) float64 { return b(get(s).Critical) })
+		// The last failover this node ran as owner, phase by phase, in
+		// seconds (the core counts ticks).
+		for phase, f := range map[string]func(KeyServiceStats) int64{
+			"failover": func(k KeyServiceStats) int64 { return k.FailoverTicks },
+			"pull":     func(k KeyServiceStats) int64 { return k.PullTicks },
+			"data":     func(k KeyServiceStats) int64 { return k.DataTicks },
+			"ready":    func(k KeyServiceStats) int64 { return k.ReadyTicks },
+		} {
+			gauge("ci_clms_keysvc_failover_phase_seconds", svc+fmt.Sprintf(`,phase="%s"`, phase),
+				func(s *RunnerStatus) float64 { return float64(f(get(s))) * tick })
+		}
+	}
 	return m
 }
 

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clusterinfra/ci/bench"
 	"github.com/clusterinfra/ci/clms"
 	"github.com/clusterinfra/ci/services/node/nodetest"
 )
@@ -92,6 +93,124 @@ func TestDetectionTimes(t *testing.T) {
 	if out := os.Getenv("CI_CLMS_BENCH_OUT"); out != "" {
 		b, _ := json.MarshalIndent(results, "", "  ")
 		if err := os.WriteFile(out, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestKeyFailoverTimes measures key-service failover with real processes,
+// for BENCHMARKS.md (issue 12), next to TestDetectionTimes and asked the
+// same way:
+//
+//	CI_CLMS_BENCH_TRIALS=20 CI_CLMS_BENCH_PROFILE=lan-fast \
+//	  go test -run TestKeyFailoverTimes -v -timeout 30m ./services/node/
+//
+// CI_KEYSVC_BENCH_OUT names a JSON file: a bench.Report whose failover
+// section (docs/BENCH_SCHEMA.md) holds every trial. Each trial kills keyseq's
+// owner (kill -9) in a 3-node cluster and times, on the host clock, from the
+// signal to keyseq's ready record applied on the third node (the survivor
+// that did not take over), split into:
+//
+//   - detection: -> the owner's GOINGDOWN applied on the third node
+//   - decision: -> the new owner applied its assignment (epoch + 1)
+//   - pull: -> the new owner's FailoverData finished (Failover, the pull
+//     from both survivors, FailoverData)
+//   - ready: -> the ready record applied on the third node
+//
+// In the JSON the schema's phases: detected (the first survivor applied
+// the GOINGDOWN), nodedown-all (the last did) and key-service-ready. The
+// killed node restarts as a new incarnation between trials. Build without
+// -race.
+func TestKeyFailoverTimes(t *testing.T) {
+	trials, _ := strconv.Atoi(os.Getenv("CI_CLMS_BENCH_TRIALS"))
+	if trials == 0 {
+		t.Skip("set CI_CLMS_BENCH_TRIALS to measure key-service failover times")
+	}
+	profile := os.Getenv("CI_CLMS_BENCH_PROFILE")
+	if profile == "" {
+		profile = "lan-fast"
+	}
+	report := bench.NewReport("failover", os.Args)
+	res := &bench.FailoverResult{Nodes: 3, Profile: profile}
+	if profile == "lan-fast" {
+		res.TargetP99 = 150 * time.Millisecond // issue 12's goal
+	}
+	pc := newProcCluster(t, keyseqOpts(profile))
+	pc.k = 1
+	pc.startAll()
+	all := pc.all()
+	var epoch uint64
+	split := map[string][]time.Duration{}
+	names := []string{"total", "detection", "decision", "pull", "ready"}
+	for trial := 1; trial <= trials; trial++ {
+		reps := pc.waitFor("keyseq ready everywhere", all, func(r childReport) bool {
+			return readyAfter(epoch)(r) && repUp(all...)(r)
+		})
+		k := keyOf(reps[all[0]].Status)
+		owner := k.Owner
+		inc := member(reps[owner].Status, owner).Incarnation
+		epoch = k.Epoch
+		survivors := others(all, owner)
+		start := time.Now()
+		if err := pc.procs[owner].cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		reps = pc.waitFor("keyseq ready on the third node", survivors, func(r childReport) bool {
+			k := keyOf(r.Status)
+			return k.Epoch == epoch+1 && k.Phase == "ready" && keyAt(r, func(x clms.KeyRecord) bool { return x.Epoch == epoch+1 && x.Phase == clms.KeyReady }) != 0
+		})
+		newOwner := keyOf(reps[survivors[0]].Status).Owner
+		third := others(survivors, newOwner)[0]
+		a := reps[newOwner].Keyseq.Assembled
+		if a == nil || a.Epoch != epoch+1 {
+			t.Fatalf("trial %d: the new owner assembled %+v", trial, a)
+		}
+		since := func(ns int64) time.Duration { return time.Duration(ns - start.UnixNano()) }
+		gone := map[clms.NodeNum]int64{}
+		for _, n := range survivors {
+			gone[n], _ = goneAt(reps[n], owner, inc)
+		}
+		assigned := keyAt(reps[newOwner], func(x clms.KeyRecord) bool { return x.Epoch == epoch+1 && x.Phase == clms.KeyFailover })
+		ready := keyAt(reps[third], func(x clms.KeyRecord) bool { return x.Epoch == epoch+1 && x.Phase == clms.KeyReady })
+		if gone[third] == 0 || assigned == 0 {
+			t.Fatalf("trial %d: missing timestamps: gone %v assigned %d", trial, gone, assigned)
+		}
+		row := map[string]time.Duration{
+			"total": since(ready), "detection": since(gone[third]), "decision": time.Duration(assigned - gone[third]),
+			"pull": time.Duration(a.At.UnixNano() - assigned), "ready": time.Duration(ready - a.At.UnixNano()),
+		}
+		for _, n := range names {
+			split[n] = append(split[n], row[n])
+		}
+		res.Trials = append(res.Trials, bench.FailoverTrial{Trial: trial, Fault: "sigkill", Victim: "key-service-owner",
+			Phases: []bench.FailoverPhase{
+				{Name: bench.FailoverDetected, At: since(min(gone[survivors[0]], gone[survivors[1]]))},
+				{Name: bench.FailoverNodeDown, At: since(max(gone[survivors[0]], gone[survivors[1]]))},
+				{Name: bench.FailoverKeyReady, At: since(ready)},
+			}})
+		// The new owner continues after what it pulled (outside the timing).
+		if rg, errl := pc.procs[third].next("next 1"); errl != "" || rg.First != a.Base+1 {
+			t.Fatalf("trial %d: next id %+v %s, want %d", trial, rg, errl, a.Base+1)
+		}
+		<-pc.procs[owner].exit
+		pc.start(owner)
+	}
+	for _, n := range names {
+		ds := slices.Clone(split[n])
+		slices.Sort(ds)
+		q := func(f float64) time.Duration { return ds[min(len(ds)-1, int(f*float64(len(ds))))] }
+		t.Logf("%-9s %-8s n=%d p50=%v p99=%v max=%v", n, profile, len(ds), q(0.5), q(0.99), ds[len(ds)-1])
+	}
+	res.Phases = bench.SummarizeFailover(res.Trials)
+	report.Failover = res
+	report.Finish()
+	if out := os.Getenv("CI_KEYSVC_BENCH_OUT"); out != "" {
+		f, err := os.Create(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := report.WriteJSON(f); err != nil {
 			t.Fatal(err)
 		}
 	}

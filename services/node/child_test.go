@@ -16,6 +16,7 @@ import (
 	"github.com/clusterinfra/ci/clms"
 	"github.com/clusterinfra/ci/clms/clmstest"
 	"github.com/clusterinfra/ci/engine"
+	"github.com/clusterinfra/ci/services/keyseq"
 	"github.com/clusterinfra/ci/services/node"
 )
 
@@ -39,14 +40,25 @@ type timedTransition struct {
 	At int64           `json:"at"`
 }
 
+// timedKey is a key-service record and when (wall clock, ns) the child
+// applied it.
+type timedKey struct {
+	K  clms.KeyRecord `json:"k"`
+	At int64          `json:"at"`
+}
+
 type childReport struct {
 	Status  node.Status       `json:"status"`
 	Applied []timedTransition `json:"applied"`
+	Keys    []timedKey        `json:"keys"`
+	Keyseq  keyseq.Stats      `json:"keyseq"`
 }
 
 // runChild runs a node process if this is one, and reports whether it was.
 // Protocol on stdin/stdout, one line each: the child prints "ready"; to
-// "status" it answers "status <json childReport>"; "shutdown" leaves the
+// "status" it answers "status <json childReport>"; "next N" takes N ids
+// from keyseq ("next <json Range>" or "error <text>"); "nextat O E N" asks
+// node O for N ids in epoch E, once (the same answers); "shutdown" leaves the
 // cluster and exits 0; EOF closes and exits 0. A fence under halt exits
 // with node.ExitFenced, any other fatal error with 1.
 func runChild() bool {
@@ -70,13 +82,24 @@ func child() int {
 	}
 	var mu sync.Mutex
 	var applied []timedTransition
-	ncfg := node.Config{Cluster: cfg, Node: clms.NodeNum(num), DataDir: os.Getenv(envData), Logger: log,
+	var keys []timedKey
+	// Every node registers keyseq (the registry must be the same
+	// everywhere); the cluster file says which nodes may run it.
+	reg := &clms.KeyServices{}
+	seq, err := keyseq.Register(reg, keyseq.Config{Block: 10})
+	if err != nil {
+		return fail(err)
+	}
+	ncfg := node.Config{Cluster: cfg, Node: clms.NodeNum(num), DataDir: os.Getenv(envData), Logger: log, KeyServices: reg,
 		OnApplied: func(rs []clms.Record) {
 			now := time.Now().UnixNano()
 			mu.Lock()
 			for _, r := range rs {
-				if r.Kind == clms.RecordTransition {
+				switch r.Kind {
+				case clms.RecordTransition:
 					applied = append(applied, timedTransition{T: r.Transition, At: now})
+				case clms.RecordKeyService:
+					keys = append(keys, timedKey{K: r.Key, At: now})
 				}
 			}
 			mu.Unlock()
@@ -99,6 +122,9 @@ func child() int {
 	}
 	n, err := node.New(ncfg)
 	if err != nil {
+		return fail(err)
+	}
+	if err := seq.Attach(n.Engine(), n.Runner()); err != nil {
 		return fail(err)
 	}
 	if err := n.Start(); err != nil {
@@ -132,10 +158,13 @@ func child() int {
 				return 0
 			case l == "status":
 				mu.Lock()
-				rep := childReport{Status: n.Status(), Applied: append([]timedTransition(nil), applied...)}
+				rep := childReport{Status: n.Status(), Applied: append([]timedTransition(nil), applied...),
+					Keys: append([]timedKey(nil), keys...), Keyseq: seq.Stats()}
 				mu.Unlock()
 				b, _ := json.Marshal(rep)
 				say("status " + string(b))
+			case strings.HasPrefix(l, "next"):
+				say(childNext(seq, l))
 			case l == "shutdown":
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				err := n.Shutdown(ctx)
@@ -147,4 +176,25 @@ func child() int {
 			}
 		}
 	}
+}
+
+// childNext carries out "next N" or "nextat O E N".
+func childNext(seq *keyseq.Service, l string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var rg keyseq.Range
+	var err error
+	var owner, epoch, count uint64
+	if _, serr := fmt.Sscanf(l, "nextat %d %d %d", &owner, &epoch, &count); serr == nil {
+		rg, err = seq.NextAt(ctx, clms.NodeNum(owner), epoch, count)
+	} else if _, serr := fmt.Sscanf(l, "next %d", &count); serr == nil {
+		rg, err = seq.Next(ctx, count)
+	} else {
+		err = serr
+	}
+	if err != nil {
+		return "error " + err.Error()
+	}
+	b, _ := json.Marshal(rg)
+	return "next " + string(b)
 }

@@ -62,6 +62,11 @@ type Config struct {
 	// Subsystems are the CLMS subsystems whose callbacks run on NODEUP and
 	// NODEDOWN; nil: a new, empty registry (see Node.Subsystems).
 	Subsystems *clms.Subsystems
+	// KeyServices is the key-service registry (register before Start;
+	// every node of the cluster must register the same services); nil: a
+	// new, empty one (see Node.KeyServices). Which of them this node may
+	// run is its row's key_services.
+	KeyServices *clms.KeyServices
 	// SignalPolicy says which OS processes other nodes may signal; the zero
 	// policy allows none.
 	SignalPolicy sigfwd.Policy
@@ -162,6 +167,7 @@ func New(cfg Config) (*Node, error) {
 	n.runner, err = clms.NewRunner(clms.RunnerConfig{
 		Engine: n.eng, Nodes: table, Timing: settings.Timing, Incarnation: inc, Info: n.info(),
 		Store: store, Fencing: settings.Fencing, Subsystems: subs, Logger: log,
+		KeyServices: cfg.KeyServices, KeyServiceEntries: settings.KeyServices, KeyServicePanic: settings.KeyServicePanic,
 		OnApplied: n.applied,
 		OnFatal:   n.fatal,
 	})
@@ -327,6 +333,26 @@ func (n *Node) Runner() *clms.Runner { return n.runner }
 // Subsystems is the CLMS subsystem registry: register before Start to see
 // every transition.
 func (n *Node) Subsystems() *clms.Subsystems { return n.runner.Subsystems() }
+
+// KeyServices is the key-service registry: register before Start.
+func (n *Node) KeyServices() *clms.KeyServices { return n.runner.KeyServices() }
+
+// EpochGuard is fed with every record this node applies: key services
+// check the epochs their operations carry against it.
+func (n *Node) EpochGuard() *clms.EpochGuard { return n.runner.EpochGuard() }
+
+// MoveKeyService moves key service name to node to (0: any capable node)
+// by a planned hand-over (`cluster move`) and returns once the new owner
+// is ready, as this node applied it; clms.ErrKeyMoveAborted if the owner's
+// hand-over failed (it serves on).
+func (n *Node) MoveKeyService(ctx context.Context, name string, to clms.NodeNum) error {
+	return n.runner.MoveKeyService(ctx, name, to)
+}
+
+// Ready reports the node's readiness (the admin endpoint's /readyz): it
+// acts as a member (its lease is valid) and the cluster is formed (every
+// critical key service has had a ready owner since it joined).
+func (n *Node) Ready() bool { return n.runner.Status().Ready }
 
 // Backend is the committed membership as the cluster API serves it.
 func (n *Node) Backend() *Backend { return n.backend }

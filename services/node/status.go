@@ -16,7 +16,11 @@ type Status struct {
 	Joined   bool         `json:"joined"` // this incarnation's COMINGUP is committed
 	Left     bool         `json:"left"`   // its planned SHUTDOWN is committed
 	// LeaseValid: it may act as a member now (a member with a valid lease).
-	LeaseValid  bool   `json:"lease_valid"`
+	LeaseValid bool `json:"lease_valid"`
+	// Formed: every critical key service has had a ready owner since this
+	// incarnation joined. Ready = LeaseValid && Formed (readyz).
+	Formed      bool   `json:"formed"`
+	Ready       bool   `json:"ready"`
 	Fenced      bool   `json:"fenced"`
 	FenceReason string `json:"fence_reason,omitempty"`
 	Fencing     string `json:"fencing"` // "halt" or "debug"
@@ -24,6 +28,21 @@ type Status struct {
 	// LastTransition is the id of the last transition this node applied.
 	LastTransition clms.TransitionID `json:"last_transition"`
 	Members        []MemberStatus    `json:"members"`
+	// KeyServices is every key service's committed state as this node
+	// applied it; Degraded names critical ones the cluster runs without
+	// (key_service_panic = "degraded").
+	KeyServices []KeyServiceStatus `json:"key_services,omitempty"`
+	Degraded    []string           `json:"degraded,omitempty"`
+}
+
+// KeyServiceStatus is one key service in Status.
+type KeyServiceStatus struct {
+	Name     string       `json:"name"`
+	Owner    clms.NodeNum `json:"owner"` // 0: unowned
+	Epoch    uint64       `json:"epoch"`
+	Phase    string       `json:"phase"` // unowned, failover, ready, handover
+	Critical bool         `json:"critical"`
+	Acting   bool         `json:"acting"` // this node acts as its owner now
 }
 
 // MemberStatus is one row of the membership as this node applied it.
@@ -45,6 +64,11 @@ func (n *Node) Status() Status {
 		MasterEligible: n.settings.Self.MasterEligible, Master: rs.Master, IsMaster: rs.IsMaster,
 		Joined: rs.Joined, Left: rs.Left, LeaseValid: rs.LeaseValid, Fenced: rs.Fenced, FenceReason: rs.FenceReason,
 		Fencing: string(rs.Fencing), RaftTerm: rs.RaftTerm, LastTransition: rs.Last,
+		Formed: rs.Formed, Ready: rs.Ready, Degraded: rs.Stats.KeyDegraded,
+	}
+	for _, k := range rs.Stats.KeyServices {
+		s.KeyServices = append(s.KeyServices, KeyServiceStatus{Name: k.Name, Owner: k.Owner, Epoch: k.Epoch,
+			Phase: k.Phase.String(), Critical: k.Critical, Acting: k.Acting})
 	}
 	entries := map[clms.NodeNum]clms.NodeEntry{}
 	for _, e := range n.settings.Nodes {

@@ -21,6 +21,12 @@ type Options struct {
 	Fencing  string // "halt" or "debug" (default "halt")
 	// Timing adds lines to the [timing] table, as "lease_timeout = \"1s\"".
 	Timing []string
+	// Top adds top-level lines, as "key_service_panic = \"degraded\"".
+	Top []string
+	// KeyServices declares [[key_services]] tables; each node's
+	// key_services lists them all, unless Capable says which it may run.
+	KeyServices []clms.KeyServiceEntry
+	Capable     func(node int) []string
 }
 
 // Cluster is a written cluster.toml.
@@ -47,9 +53,18 @@ func Write(dir string, opt Options) (*Cluster, error) {
 	}
 	c := &Cluster{Path: filepath.Join(dir, "cluster.toml"), Addrs: map[clms.NodeNum]string{}}
 	var b strings.Builder
-	fmt.Fprintf(&b, "name = \"test\"\nfencing = %q\n\n[security]\nmode = \"insecure\"\n\n[timing]\nprofile = %q\n", opt.Fencing, opt.Profile)
+	fmt.Fprintf(&b, "name = \"test\"\nfencing = %q\n", opt.Fencing)
+	for _, l := range opt.Top {
+		b.WriteString(l + "\n")
+	}
+	fmt.Fprintf(&b, "\n[security]\nmode = \"insecure\"\n\n[timing]\nprofile = %q\n", opt.Profile)
 	for _, l := range opt.Timing {
 		b.WriteString(l + "\n")
+	}
+	var all []string
+	for _, ks := range opt.KeyServices {
+		fmt.Fprintf(&b, "\n[[key_services]]\nname = %q\ncritical = %v\n", ks.Name, ks.Critical)
+		all = append(all, ks.Name)
 	}
 	for i := 1; i <= opt.Nodes; i++ {
 		addr, err := FreeAddr(fmt.Sprintf("127.0.0.%d", i))
@@ -58,6 +73,13 @@ func Write(dir string, opt Options) (*Cluster, error) {
 		}
 		c.Addrs[clms.NodeNum(i)] = addr
 		fmt.Fprintf(&b, "\n[[nodes]]\nnumber = %d\naddress = %q\nmaster_eligible = %v\n", i, addr, i <= opt.Eligible)
+		capable := all
+		if opt.Capable != nil {
+			capable = opt.Capable(i)
+		}
+		if len(capable) > 0 {
+			fmt.Fprintf(&b, "key_services = [%s]\n", quoteList(capable))
+		}
 	}
 	if err := os.WriteFile(c.Path, []byte(b.String()), 0o600); err != nil {
 		return nil, err
@@ -78,4 +100,12 @@ func FreeAddr(host string) (string, error) {
 	}
 	addr := ln.Addr().String()
 	return addr, ln.Close()
+}
+
+func quoteList(ss []string) string {
+	q := make([]string, len(ss))
+	for i, s := range ss {
+		q[i] = fmt.Sprintf("%q", s)
+	}
+	return strings.Join(q, ", ")
 }

@@ -1,0 +1,121 @@
+// Package admintest is an admin.Source over clusterapi.MemBackend: a real
+// committed membership and transition log, fed by the test, for testing the
+// admin endpoint and the cluster command without starting a cluster.
+package admintest
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/clusterinfra/ci/clms"
+	"github.com/clusterinfra/ci/services/admin"
+	"github.com/clusterinfra/ci/services/clusterapi"
+)
+
+// Source is node self's view: the membership a MemBackend holds, and a
+// master the test sets. It is ready exactly when self is UP in that
+// membership, as a node is once it has joined.
+type Source struct {
+	*clusterapi.MemBackend
+	self    clms.NodeNum
+	cluster string
+
+	mu     sync.Mutex
+	master clms.NodeNum // guarded by mu
+	incs   map[clms.NodeNum]uint64
+}
+
+var _ admin.Source = (*Source)(nil)
+
+// New returns node self's source for a cluster whose table is nodes, all
+// NEVERUP.
+func New(cluster string, self clms.NodeNum, nodes []clms.NodeNum) (*Source, error) {
+	b, err := clusterapi.NewMemBackend(nodes, clusterapi.MemConfig{})
+	if err != nil {
+		return nil, err
+	}
+	return &Source{MemBackend: b, self: self, cluster: cluster, incs: map[clms.NodeNum]uint64{}}, nil
+}
+
+// NewWith is New over a backend the caller made (a small MaxRetained).
+func NewWith(cluster string, self clms.NodeNum, b *clusterapi.MemBackend) *Source {
+	return &Source{MemBackend: b, self: self, cluster: cluster, incs: map[clms.NodeNum]uint64{}}
+}
+
+// SetMaster says which node is the CLMS master (0: none).
+func (s *Source) SetMaster(n clms.NodeNum) {
+	s.mu.Lock()
+	s.master = n
+	s.mu.Unlock()
+}
+
+// Local implements admin.Source.
+func (s *Source) Local() admin.Local {
+	s.mu.Lock()
+	master := s.master
+	s.mu.Unlock()
+	m, _ := s.Member(s.self)
+	l := admin.Local{Node: s.self, Cluster: s.cluster, Incarnation: m.Incarnation, Master: master, Ready: m.State == clms.StateUp,
+		LeaseValid: m.State.IsMember()}
+	if !l.Ready {
+		l.NotReady = fmt.Sprintf("node %d is %s, not UP", s.self, m.State)
+	}
+	return l
+}
+
+// Move commits the transitions that take node n from its state to each of
+// to in turn, with cause, as CLMS would commit them; a move from NEVERUP or
+// DOWN to COMINGUP starts a new incarnation.
+func (s *Source) Move(n clms.NodeNum, cause clms.Cause, to ...clms.NodeState) error {
+	for _, st := range to {
+		m, ok := s.Member(n)
+		if !ok {
+			return fmt.Errorf("admintest: node %d not in the table", n)
+		}
+		_, last := s.Membership()
+		inc := m.Incarnation
+		if st == clms.StateComingUp {
+			s.mu.Lock()
+			s.incs[n]++
+			inc = uint64(n)<<32 | s.incs[n]
+			s.mu.Unlock()
+		}
+		t := clms.Transition{ID: last + 1, Time: time.Now(), Node: n, Incarnation: inc, From: m.State, To: st, Cause: cause}
+		if err := s.Append(t); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Join takes each node through COMINGUP to UP.
+func (s *Source) Join(nodes ...clms.NodeNum) error {
+	for _, n := range nodes {
+		if err := s.Move(n, clms.CauseJoin, clms.StateComingUp); err != nil {
+			return err
+		}
+		if err := s.Move(n, clms.CauseNodeUpDone, clms.StateUp); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Fail takes node n down as CLMS does after a crash: GOINGDOWN, KCLEANUP,
+// UCLEANUP, DOWN.
+func (s *Source) Fail(n clms.NodeNum) error {
+	if err := s.Move(n, clms.CauseCrash, clms.StateGoingDown); err != nil {
+		return err
+	}
+	return s.Move(n, clms.CauseCleanupDone, clms.StateKCleanup, clms.StateUCleanup, clms.StateDown)
+}
+
+// Shutdown takes node n down as a planned shutdown does: SHUTDOWN, then the
+// cleanup phases to DOWN.
+func (s *Source) Shutdown(n clms.NodeNum) error {
+	if err := s.Move(n, clms.CauseShutdown, clms.StateShutdown); err != nil {
+		return err
+	}
+	return s.Move(n, clms.CauseCleanupDone, clms.StateKCleanup, clms.StateUCleanup, clms.StateDown)
+}

@@ -1,0 +1,82 @@
+package admin_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/clusterinfra/ci/clms"
+	"github.com/clusterinfra/ci/services/admin"
+	"github.com/clusterinfra/ci/services/admin/admintest"
+)
+
+// FuzzMutatingBodies feeds any body to the POST endpoints: the server
+// decodes it (a network input) and must answer with a status it
+// documents, never a panic or a 500. Seeds: the valid bodies, an empty
+// one, unknown fields, wrong types, a truncated object.
+func FuzzMutatingBodies(f *testing.F) {
+	for _, s := range []string{
+		`{"node":1,"reason":"x"}`, ``, `{"bogus":1}`, `{"node":"1"}`, `{"node":1`,
+		`{"key_service":"demo","node":2}`, `{"node":1,"handler":"h","signal":"HUP","arg":"eA=="}`,
+		`{"node":1,"pid":1,"signal":"TERM"}`, `{"node":1,"arg":"not base64"}`, `[]`, `null`,
+	} {
+		f.Add(s)
+	}
+	src, err := admintest.New("fuzz", 1, []clms.NodeNum{1, 2})
+	if err != nil {
+		f.Fatal(err)
+	}
+	srv, err := admin.New(admin.Config{Shutdown: func(string) {}}, src)
+	if err != nil {
+		f.Fatal(err)
+	}
+	h := srv.Handler()
+	documented := map[int]bool{200: true, 202: true, 400: true, 403: true, 404: true, 409: true, 501: true, 503: true}
+	f.Fuzz(func(t *testing.T, body string) {
+		for _, path := range []string{"/v1/shutdown", "/v1/move", "/v1/signal"} {
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, path, strings.NewReader(body)))
+			if !documented[rec.Code] || !strings.Contains(rec.Body.String(), admin.SchemaVersion) {
+				t.Fatalf("%s %q: %d %s", path, body, rec.Code, rec.Body.String())
+			}
+		}
+	})
+}
+
+// FuzzWatchClient feeds any stream to Client.Watch: it must yield events
+// or an error, and end, never panic. Seeds: a hello and a transition, an
+// error line, a line that is not JSON, nothing.
+func FuzzWatchClient(f *testing.F) {
+	for _, s := range []string{
+		"{\"schema\":\"ci.admin/v1\",\"event\":\"hello\",\"node\":1}\n{\"event\":\"transition\",\"transition\":{\"id\":1}}\n",
+		"{\"event\":\"error\",\"code\":\"compacted\",\"error\":\"x\"}\n", "not json\n", "", "{\"event\":\"transition\"}\n",
+	} {
+		f.Add(s)
+	}
+	// One server for the run: a worker runs its inputs one at a time.
+	var current atomic.Pointer[string]
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, *current.Load()) }))
+	defer hs.Close()
+	c := admin.NewClient(strings.TrimPrefix(hs.URL, "http://"), "")
+	defer c.Close()
+	f.Fuzz(func(t *testing.T, stream string) {
+		current.Store(&stream)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		n := 0
+		for _, err := range c.Watch(ctx, 0, 5*time.Second) {
+			n++
+			if err != nil {
+				break
+			}
+		}
+		if n == 0 {
+			t.Fatal("Watch ended without an event or an error")
+		}
+	})
+}
