@@ -564,9 +564,21 @@ func (c *Core) softState(ss *raft.SoftState) {
 	if lead != c.lead {
 		c.lead = lead
 		c.stats.LeaderChanges++
-		c.master = NodeNum(lead)
-		c.masterTerm = c.rn.BasicStatus().GetTerm()
-		c.masterChanged()
+		term := c.rn.BasicStatus().GetTerm()
+		switch {
+		case lead == 0 && ss.RaftState == raft.StatePreCandidate && term == c.masterTerm:
+			// A pre-vote changes no term: the master of this term is still
+			// the master as far as anyone knows, and a voter starved of CPU
+			// pre-votes when it reads the master's heartbeats late. Forgetting
+			// the master here skipped its imalive and its answer to the
+			// master's probe, and got it declared down for silence
+			// (TestPreCandidateKeepsImAlive, docs/CLMS.md "Loaded nodes").
+			// The master validates what it receives, so sending to it is safe.
+		case NodeNum(lead) != c.master || term != c.masterTerm:
+			c.master = NodeNum(lead)
+			c.masterTerm = term
+			c.masterChanged()
+		}
 	}
 	if ss.RaftState == raft.StateLeader && c.m == nil && c.campaigns() {
 		li, _ := c.storage.LastIndex()

@@ -44,6 +44,11 @@ type Node struct {
 	bufs     sync.Pool                           // *[]byte payload buffers handed to server handles
 	hctx     [framing.MaxPriority + 1]handlerCtx // handlers' contexts, per priority; immutable once built
 
+	// Request contexts somebody waits on (cancel.go), for Close to end.
+	rcMu      sync.Mutex
+	rcWatched *reqCtx // head of the list linked by reqCtx.prev/next
+	rcClosed  bool    // Close has ended them: watch refuses
+
 	clientChain Invoker // the client interceptors around invoke; nil without any
 
 	// Shutdown (shutdown.go): whether new requests are refused; drainIdle
@@ -379,6 +384,7 @@ func (n *Node) Close() error {
 		return n.closeErr
 	}
 	n.cancel()
+	n.cancelWatched()
 	if n.ln != nil {
 		_ = n.ln.Close()
 		<-n.acceptDone
