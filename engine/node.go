@@ -309,6 +309,10 @@ func (n *Node) Start() error {
 		close(n.acceptDone)
 		return fmt.Errorf("ics: node %d cannot start its event loops: %w", n.cfg.Node, err)
 	}
+	// The loops' listener is bound and nobody ever connects to it by
+	// name: unlink it now, so that a node killed with SIGKILL leaves no
+	// directory behind (the socket lives on as the open descriptor).
+	_ = os.RemoveAll(n.loopDir)
 	go n.watchEngine()
 	n.startNoiseWorkers()
 	n.spareFD, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
