@@ -2,9 +2,9 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
-	"errors"
 	"os"
 	"runtime"
 	"strconv"
