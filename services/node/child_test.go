@@ -90,7 +90,11 @@ func child() int {
 	num, _ := strconv.Atoi(os.Getenv(envNum))
 	var log *slog.Logger
 	if os.Getenv("CI_TEST_LOG") != "" {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		lvl := slog.LevelInfo
+		if os.Getenv("CI_TEST_LOG") == "debug" {
+			lvl = slog.LevelDebug
+		}
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	}
 	var mu sync.Mutex
 	var applied []timedTransition
