@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -44,6 +45,14 @@ func parseICS(suffix string) (Peer, bool) {
 	if r, ok := strings.CutPrefix(suffix, "-eventloop"); ok {
 		p.WriteMode, suffix = engine.WriteEventLoop, r
 	}
+	if r, ok := strings.CutPrefix(suffix, "-loops"); ok {
+		// Event loops per node, to compare loop counts in one run.
+		n, err := strconv.Atoi(r)
+		if err != nil || n < 1 {
+			return nil, false
+		}
+		p.EventLoops, suffix = n, ""
+	}
 	return p, suffix == ""
 }
 
@@ -54,6 +63,9 @@ func (p *ICS) Name() string {
 	}
 	if p.WriteMode == engine.WriteEventLoop {
 		name += "-eventloop"
+	}
+	if p.EventLoops > 0 {
+		name += "-loops" + strconv.Itoa(p.EventLoops)
 	}
 	return name
 }

@@ -8,7 +8,7 @@ type Pair struct {
 	Cluster    string         // cluster name; "" is the benchmark's own
 	ServerNode engine.NodeNum // 0 is 2
 	ClientNode engine.NodeNum // 0 is 1
-	EventLoops int            // per node; 0 is the engine's default (one per P)
+	EventLoops int            // per node; 0 is the engine's default (engine.DefaultEventLoops)
 }
 
 func (p Pair) nodes() (server, client engine.NodeNum) {

@@ -118,8 +118,8 @@ func PeerNames() []string {
 
 // ParsePeer returns the peer called name. The ICS variants are "ics"
 // (handler inline on the event loop, direct writes), with "-handle" for
-// handlers on server handle goroutines and "-eventloop" for writes through
-// the event loop, in that order.
+// handlers on server handle goroutines, "-eventloop" for writes through
+// the event loop and "-loopsN" for N event loops per node, in that order.
 func ParsePeer(name string) (Peer, error) {
 	switch name {
 	case "raw":

@@ -498,14 +498,23 @@ func (c *Core) stepRaft(m Message) error {
 //     whatever raft's state (TestVoterKeepsLeaseAfterHigherTermAnswer).
 //
 // A forced campaign (leadership handed over, or crash proof of the leader)
-// may skip the second rule, as it skips raft's: the leader grants nothing
-// any more.
+// skips both rules, as it skips raft's: the leader grants nothing any more.
+// The first is the second for a heartbeat we may have accepted before we
+// restarted, so it yields in the same case: a forced candidate of term T+1
+// proves the leader of T gone, a leader of T+1 cannot coexist with it (raft's
+// persisted votes), and a heartbeat of a term past T+1 would have moved our
+// persisted term there, where raft refuses the request itself. Refusing it
+// cost a 3-voter cluster whose master crashed within ElectionTimeout of a
+// voter's restart its forced election: a split vote, then raft's timeout
+// (TestMasterCrashSoonAfterVoterRestart).
 func (c *Core) mayVote(m *raftpb.Message) bool {
+	if bytes.Equal(m.GetContext(), []byte("CampaignTransfer")) { // raft's campaignTransfer
+		return true
+	}
 	if c.now < c.t.election {
 		return false
 	}
-	forced := bytes.Equal(m.GetContext(), []byte("CampaignTransfer")) // raft's campaignTransfer
-	return forced || c.quiet.leader == 0 || c.now-c.quiet.heard >= c.t.election
+	return c.quiet.leader == 0 || c.now-c.quiet.heard >= c.t.election
 }
 
 // HasReady reports whether Ready has anything.
@@ -564,9 +573,21 @@ func (c *Core) softState(ss *raft.SoftState) {
 	if lead != c.lead {
 		c.lead = lead
 		c.stats.LeaderChanges++
-		c.master = NodeNum(lead)
-		c.masterTerm = c.rn.BasicStatus().GetTerm()
-		c.masterChanged()
+		term := c.rn.BasicStatus().GetTerm()
+		switch {
+		case lead == 0 && ss.RaftState == raft.StatePreCandidate && term == c.masterTerm:
+			// A pre-vote changes no term: the master of this term is still
+			// the master as far as anyone knows, and a voter starved of CPU
+			// pre-votes when it reads the master's heartbeats late. Forgetting
+			// the master here skipped its imalive and its answer to the
+			// master's probe, and got it declared down for silence
+			// (TestPreCandidateKeepsImAlive, docs/CLMS.md "Loaded nodes").
+			// The master validates what it receives, so sending to it is safe.
+		case NodeNum(lead) != c.master || term != c.masterTerm:
+			c.master = NodeNum(lead)
+			c.masterTerm = term
+			c.masterChanged()
+		}
 	}
 	if ss.RaftState == raft.StateLeader && c.m == nil && c.campaigns() {
 		li, _ := c.storage.LastIndex()

@@ -110,6 +110,7 @@ func (c *Core) updateLease() {
 		c.leaseValid = v
 		a := Action{Kind: ActLease, Valid: v}
 		if !v && c.phase == phaseMember && !c.leaving {
+			c.stats.LeaseLapses++
 			a.Reason = "membership lease expired: no answered imalive for the lease timeout; suspended until a master grants one"
 		}
 		c.act(a)
@@ -266,6 +267,7 @@ func (c *Core) imAliveAck(m Message) {
 	switch m.Status {
 	case StatusOK:
 		if at, ok := c.hbSent[m.Seq]; ok {
+			c.stats.HeartbeatRTT[min(c.now-at, RTTBuckets-1)]++
 			c.lease = max(c.lease, at+c.t.lease)
 			c.lastAck = c.now
 			c.lastAcked = max(c.lastAcked, m.Seq)

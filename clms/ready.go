@@ -138,6 +138,10 @@ func (a Action) String() string {
 	return s
 }
 
+// RTTBuckets is the size of Stats.HeartbeatRTT: 64 ticks covers the
+// lease of both profiles (30 ticks lan-fast, 60 default).
+const RTTBuckets = 64
+
 // Stats are counters and gauges the runner exports as metrics.
 type Stats struct {
 	MembersByState   [StateDown + 1]int
@@ -150,6 +154,14 @@ type Stats struct {
 	IsMaster         bool
 	Fenced           bool
 	LeaseValid       bool
+
+	// HeartbeatRTT counts answered imalives by round trip in whole ticks
+	// (bucket i: i ticks; the last bucket: that many or more): how close a
+	// loaded node comes to its lease (docs/CLMS.md, "Loaded nodes").
+	HeartbeatRTT [RTTBuckets]uint64
+	// LeaseLapses counts the times this member's lease ran out (suspended
+	// until a master grants one again): a near miss of a NODEDOWN.
+	LeaseLapses uint64
 
 	// Key services: each one's committed state as this node applied it,
 	// and what this node measured as their owner.

@@ -72,6 +72,7 @@ func newRunnerMetrics(r *Runner) *runnerMetrics {
 	gauge("ci_clms_suspicions_total", "", func(s *RunnerStatus) float64 { return float64(s.Stats.Suspicions) })
 	gauge("ci_clms_heartbeats_sent_total", "", func(s *RunnerStatus) float64 { return float64(s.Stats.HeartbeatsSent) })
 	gauge("ci_clms_heartbeats_missed_total", "", func(s *RunnerStatus) float64 { return float64(s.Stats.HeartbeatsMissed) })
+	gauge("ci_clms_lease_lapses_total", "", func(s *RunnerStatus) float64 { return float64(s.Stats.LeaseLapses) })
 	gauge("ci_clms_raft_term", "", func(s *RunnerStatus) float64 { return float64(s.Stats.RaftTerm) })
 	gauge("ci_clms_leader_changes_total", "", func(s *RunnerStatus) float64 { return float64(s.Stats.LeaderChanges) })
 	gauge("ci_clms_is_master", "", func(s *RunnerStatus) float64 { return b(s.Stats.IsMaster) })

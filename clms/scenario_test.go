@@ -202,6 +202,48 @@ func TestMasterCrash(t *testing.T) {
 	}
 }
 
+// A voter that restarted less than ElectionTimeout ago refuses ordinary
+// votes (it may have acked the master just before it died), but not a forced
+// campaign: the candidate proved the leader of the term before gone, so no
+// lease of it is left to protect. Refusing it (as mayVote did) left a 3-voter
+// cluster whose master crashed right after a voter's restart with no
+// majority for the forced election: the survivors split the vote and waited
+// for raft's timeout (~100 ms instead of a few ms). Both survivors take the
+// restarted role in turn, since only the one after the other in ring order
+// was hurt.
+func TestMasterCrashSoonAfterVoterRestart(t *testing.T) {
+	tm := clms.LANFastTiming()
+	for i := range 2 {
+		s := newSim(t, 4, 3, tm)
+		form(t, s)
+		old := s.Master()
+		var voters []clms.NodeNum // the two other voters (nodes 1..3 are eligible)
+		for n := clms.NodeNum(1); n <= 3; n++ {
+			if n != old {
+				voters = append(voters, n)
+			}
+		}
+		c := voters[i]
+		// As the process harness does: kill it, wait until it is DOWN, start
+		// its next incarnation and crash the master as soon as it is UP and
+		// follows the master.
+		s.Crash(c)
+		s.RunUntil(2*time.Second, func() bool { m, _ := s.Node(old).Core.State().Member(c); return m.State == clms.StateDown })
+		restarted := s.Now
+		s.Start(c)
+		s.RunUntil(time.Second, func() bool { return s.Up(c) && s.Node(c).Core.Master() == old })
+		if up := s.Now - restarted; up >= tm.ElectionTimeout/2 {
+			t.Fatalf("node %d took %v to rejoin: the crash must come within its first election timeout", c, up)
+		}
+		s.Crash(old)
+		took := s.RunUntil(2*time.Second, func() bool { m := s.Master(); return m != 0 && m != old })
+		t.Logf("voter %d restarted; master %d crashed %v later; node %d is master after %v", c, old, s.Now-took-restarted, s.Master(), took)
+		if took >= tm.ElectionTimeout/2 {
+			t.Errorf("new master after %v with voter %d restarted: the forced election did not win (raft's timeout is %v)", took, c, tm.ElectionTimeout)
+		}
+	}
+}
+
 func TestMasterHang(t *testing.T) {
 	tm := clms.LANFastTiming()
 	s := newSim(t, 5, 3, tm)

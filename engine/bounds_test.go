@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -684,5 +685,20 @@ func TestViolatorHeldOff(t *testing.T) {
 	})
 	if waited := time.Since(cut); waited < holdOff {
 		t.Fatalf("let back after %v, hold-off %v", waited, holdOff)
+	}
+}
+
+// TestLoopDirRemovedAtStart: the event loops' private unix listener is
+// unlinked as soon as it is bound, so a node killed with SIGKILL leaves
+// nothing in the temporary directory (1,400 ics-loops-* directories had
+// piled up in /tmp from the multi-process tests before).
+func TestLoopDirRemovedAtStart(t *testing.T) {
+	nodes := startCluster(t, 1, nil)
+	if _, err := os.Stat(nodes[0].loopDir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("loop directory %s still there after Start: %v", nodes[0].loopDir, err)
+	}
+	// The loops still run: a registered service answers a local peer's call.
+	if got := nodes[0].eng.Validate(); got != nil {
+		t.Fatalf("engine not running: %v", got)
 	}
 }

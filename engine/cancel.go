@@ -2,6 +2,9 @@ package engine
 
 import (
 	"context"
+	"math"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,26 +20,302 @@ import (
 // sends a TypeCancel for the xid on the connection the request went on,
 // and the server cancels the reqCtx and drops the reply. A request from a
 // ctx that cannot end (context.Background) has neither flag and costs
-// nothing of this: it runs with the handle's reused context, as before.
+// nothing of this: it runs with the node's shared per-priority context.
+//
+// What a reqCtx costs: one allocation, itself (docs/ARCHITECTURE.md,
+// "Handler contexts", says why it cannot be pooled). Everything else is
+// lazy: its done channel is made only when somebody calls Done, a timer
+// (from a pool) is armed only then, and only a ctx somebody watches is
+// linked where Close can find it. A handler that never looks at ctx.Done
+// (the common case) gets its deadline checked by Err, against the clock.
 
 // reqCtx is the context of one cancellable or deadline-bearing request.
 // It is never reused, so a handler may hand it to goroutines, timers and
 // context.AfterFunc children that outlive it without racing a later
 // request; it is cancelled when the handler returns.
+//
+// It implements the context package's afterFuncer interface (AfterFunc),
+// so that context.WithCancel, WithTimeout and AfterFunc on it register a
+// callback here instead of starting a goroutine per child.
 type reqCtx struct {
-	context.Context // WithTimeout or WithCancel of the node's ctx: Close cancels it too
-	cancel          context.CancelFunc
-	prio            any // a priorityValue with inHandlerBit; boxing a byte never allocates
-	xid             uint64
-	registered      bool        // in its connection's cancels, so a TypeCancel can find it
-	peerCancelled   atomic.Bool // a TypeCancel came: the caller has gone, so no reply
+	n             *Node
+	deadline      time.Time // zero: none
+	xid           uint64
+	prio          priorityValue // with inHandlerBit; boxing a byte never allocates
+	registered    bool          // in its connection's cancels, so a TypeCancel can find it
+	peerCancelled atomic.Bool   // a TypeCancel came: the caller has gone, so no reply
+
+	mu      sync.Mutex
+	err     error          // set once, by cancel
+	done    chan struct{}  // made by Done; closedChan if it ended first
+	watched bool           // linked in the node's watched list (Close cancels it)
+	timer   *deadlineTimer // armed while watched, if there is a deadline
+	funcs   []afterFunc    // AfterFunc callbacks not yet run or stopped
+	nextID  uint64
+
+	prev, next *reqCtx // the node's watched list; guarded by Node.rcMu
 }
+
+type afterFunc struct {
+	id uint64
+	f  func()
+}
+
+// closedChan is the done channel of a reqCtx that ended before anybody
+// asked for one.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+func (c *reqCtx) Deadline() (time.Time, bool) { return c.deadline, !c.deadline.IsZero() }
 
 func (c *reqCtx) Value(key any) any {
 	if _, ok := key.(priorityKey); ok {
 		return c.prio
 	}
-	return c.Context.Value(key)
+	return c.n.ctx.Value(key)
+}
+
+// Err reports why the context ended. The deadline is checked here against
+// the clock, so that no timer is needed while nobody waits on Done; once
+// Err has said DeadlineExceeded (or Canceled), it always does.
+func (c *reqCtx) Err() error {
+	c.mu.Lock()
+	err := c.err
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	switch {
+	case c.n.ctx.Err() != nil:
+		c.cancel(context.Canceled)
+	case c.expired():
+		c.cancel(context.DeadlineExceeded)
+	default:
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err // whoever cancelled first decided it
+}
+
+// expired reports whether the deadline has passed.
+func (c *reqCtx) expired() bool {
+	return !c.deadline.IsZero() && !time.Now().Before(c.deadline)
+}
+
+// Done makes the done channel on first use, and from then on the context
+// is watched: a timer ends it at the deadline, Close ends it too.
+func (c *reqCtx) Done() <-chan struct{} {
+	c.mu.Lock()
+	if c.done == nil {
+		if c.err != nil {
+			c.done = closedChan
+		} else {
+			c.done = make(chan struct{})
+		}
+	}
+	d := c.done
+	ok := c.watchLocked()
+	c.mu.Unlock()
+	if !ok {
+		c.cancelNow()
+	}
+	return d
+}
+
+// AfterFunc is the context package's afterFuncer: f runs in its own
+// goroutine when c ends (at once if it has), unless stop is called first.
+func (c *reqCtx) AfterFunc(f func()) (stop func() bool) {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		go f()
+		return func() bool { return false }
+	}
+	ok := c.watchLocked()
+	c.nextID++
+	id := c.nextID
+	c.funcs = append(c.funcs, afterFunc{id, f})
+	c.mu.Unlock()
+	if !ok {
+		c.cancelNow()
+	}
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for i := range c.funcs {
+			if c.funcs[i].id == id {
+				c.funcs = slices.Delete(c.funcs, i, i+1)
+				return true
+			}
+		}
+		return false // already run, or stopped before
+	}
+}
+
+// watchLocked links c where Close finds it and arms its deadline timer, once;
+// false means c must end now (the node closed, or the deadline passed).
+// Called with c.mu held, on a context that has not ended.
+func (c *reqCtx) watchLocked() bool {
+	if c.watched || c.err != nil {
+		return true
+	}
+	if c.expired() || !c.n.watch(c) {
+		return false
+	}
+	c.watched = true
+	if !c.deadline.IsZero() {
+		c.timer = armTimer(c, time.Until(c.deadline))
+	}
+	return true
+}
+
+// cancelNow ends c with the reason the clock or the node gives.
+func (c *reqCtx) cancelNow() {
+	if c.expired() {
+		c.cancel(context.DeadlineExceeded)
+	} else {
+		c.cancel(context.Canceled)
+	}
+}
+
+// cancel ends c with err, once: closes its done channel, starts its
+// AfterFunc callbacks, and gives back its timer and its place in the
+// node's watched list.
+func (c *reqCtx) cancel(err error) {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.err = err
+	if c.done == nil {
+		c.done = closedChan
+	} else {
+		close(c.done)
+	}
+	funcs, t, watched := c.funcs, c.timer, c.watched
+	c.funcs, c.timer = nil, nil
+	c.mu.Unlock()
+	for _, a := range funcs {
+		go a.f()
+	}
+	if t != nil {
+		t.release()
+	}
+	if watched {
+		c.n.unwatch(c)
+	}
+}
+
+// expire is the deadline timer's: it ends c only if c's deadline has
+// really passed. A timer fires late, or after its owner ended, never early;
+// but checking the clock here, rather than trusting the firing, is what
+// makes a stale firing harmless whatever it finds.
+func (c *reqCtx) expire() {
+	if c.expired() {
+		c.cancel(context.DeadlineExceeded)
+	}
+}
+
+// deadlineTimer is a reusable timer for watched reqCtxs: pooled, so that a
+// handler that waits on ctx.Done does not make a timer per request.
+type deadlineTimer struct {
+	t  *time.Timer
+	mu sync.Mutex
+	c  *reqCtx // the context it is armed for; nil while in the pool
+}
+
+var deadlineTimers sync.Pool // of *deadlineTimer, stopped and ownerless
+
+func armTimer(c *reqCtx, after time.Duration) *deadlineTimer {
+	d, _ := deadlineTimers.Get().(*deadlineTimer)
+	if d == nil {
+		d = new(deadlineTimer)
+		d.t = time.AfterFunc(math.MaxInt64, d.fire)
+	}
+	d.mu.Lock()
+	d.c = c
+	d.mu.Unlock()
+	d.t.Reset(after)
+	return d
+}
+
+// fire may run for an earlier owner, after release and even after a later
+// armTimer (Stop cannot recall a firing already started): it finds the
+// current owner, or none, and expire checks that owner's own deadline.
+func (d *deadlineTimer) fire() {
+	d.mu.Lock()
+	c := d.c
+	d.mu.Unlock()
+	if c != nil {
+		c.expire()
+	}
+}
+
+func (d *deadlineTimer) release() {
+	d.t.Stop()
+	d.mu.Lock()
+	d.c = nil
+	d.mu.Unlock()
+	deadlineTimers.Put(d)
+}
+
+// watch links c into the node's list of watched contexts, which Close
+// cancels; false once Close has done so.
+func (n *Node) watch(c *reqCtx) bool {
+	n.rcMu.Lock()
+	defer n.rcMu.Unlock()
+	if n.rcClosed {
+		return false
+	}
+	c.next = n.rcWatched
+	if c.next != nil {
+		c.next.prev = c
+	}
+	n.rcWatched = c
+	return true
+}
+
+// unwatch unlinks c, if it is still linked (prev nil and not the head:
+// cancelWatched took it already).
+func (n *Node) unwatch(c *reqCtx) {
+	n.rcMu.Lock()
+	defer n.rcMu.Unlock()
+	if c.prev != nil {
+		c.prev.next = c.next
+	} else if n.rcWatched == c {
+		n.rcWatched = c.next
+	}
+	if c.next != nil {
+		c.next.prev = c.prev
+	}
+	c.prev, c.next = nil, nil
+}
+
+// cancelWatched ends every watched request context when the node closes;
+// an unwatched one sees the node's ctx in its next Err or Done.
+func (n *Node) cancelWatched() {
+	n.rcMu.Lock()
+	n.rcClosed = true
+	n.rcMu.Unlock()
+	for {
+		// Unlinked here, not left to cancel: one that another goroutine is
+		// cancelling right now would otherwise stay at the head meanwhile.
+		n.rcMu.Lock()
+		c := n.rcWatched
+		if c != nil {
+			n.rcWatched = c.next
+			if c.next != nil {
+				c.next.prev = nil
+			}
+			c.next = nil
+		}
+		n.rcMu.Unlock()
+		if c == nil {
+			return
+		}
+		c.cancel(context.Canceled) // its unwatch finds it unlinked: a no-op
+	}
 }
 
 // requestContext builds the context for request h on c, or returns nil
@@ -47,11 +326,9 @@ func (n *Node) requestContext(c *conn, h *framing.Header) *reqCtx {
 	if h.Flags&(framing.FlagDeadline|framing.FlagCancellable) == 0 {
 		return nil
 	}
-	rc := &reqCtx{prio: priorityValue(h.Priority) | inHandlerBit, xid: h.XID}
+	rc := &reqCtx{n: n, prio: priorityValue(h.Priority) | inHandlerBit, xid: h.XID}
 	if h.Flags&framing.FlagDeadline != 0 {
-		rc.Context, rc.cancel = context.WithTimeout(n.ctx, framing.DecodeTimeout(h.Status))
-	} else {
-		rc.Context, rc.cancel = context.WithCancel(n.ctx)
+		rc.deadline = time.Now().Add(framing.DecodeTimeout(h.Status))
 	}
 	if h.Type == framing.TypeRequest && h.Flags&framing.FlagCancellable != 0 {
 		rc.registered = true
@@ -82,7 +359,7 @@ func (n *Node) requestDone(c *conn, rc *reqCtx) (gone bool) {
 		c.cmu.Unlock()
 	}
 	expired := rc.Err() == context.DeadlineExceeded
-	rc.cancel()
+	rc.cancel(context.Canceled)
 	return rc.peerCancelled.Load() || expired
 }
 
@@ -98,7 +375,7 @@ func (n *Node) cancelRequest(c *conn, xid uint64) {
 		return
 	}
 	rc.peerCancelled.Store(true)
-	rc.cancel()
+	rc.cancel(context.Canceled)
 	n.m.cancelsReceived.Inc()
 }
 
@@ -111,7 +388,7 @@ func (c *conn) cancelAll() {
 	c.cancels = nil
 	c.cmu.Unlock()
 	for _, rc := range m {
-		rc.cancel()
+		rc.cancel(context.Canceled)
 	}
 }
 

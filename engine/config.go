@@ -92,7 +92,7 @@ type Config struct {
 	DialBackoff         time.Duration // wait after a failed dial before the next; doubles per failure in a row
 	MaxDialBackoff      time.Duration // bound on that wait
 	HandshakeTimeout    time.Duration // an accepted connection must say hello within this
-	EventLoops          int           // gnet event loops; 0 means one per P (GOMAXPROCS)
+	EventLoops          int           // gnet event loops; 0 means one per P but one (GOMAXPROCS-1), at least one
 	WriteMode           WriteMode     // how frames reach the socket
 	MaxPendingWrite     int           // bytes queued on one connection before senders wait; event loops never queue more
 	// WriteTimeout ends a connection whose peer has read nothing of what
@@ -186,7 +186,7 @@ func DefaultConfig() Config {
 		DialBackoff:             20 * time.Millisecond,     // a restarting peer listens again within tens of ms; far below a human's notice
 		MaxDialBackoff:          time.Second,               // a peer back up is reached within a second; one dial a second costs an unreachable peer nothing
 		HandshakeTimeout:        5 * time.Second,           // generous for a loaded peer, short enough to shed half-open connections
-		EventLoops:              0,                         // one per P: more would only wait for Ps held by loops blocked in epoll_wait
+		EventLoops:              0,                         // GOMAXPROCS-1: a P no loop can hold in epoll_wait, so nothing waits for sysmon (DefaultEventLoops)
 		WriteMode:               WriteDirect,               // measured faster; BENCHMARKS.md
 		MaxPendingWrite:         8 << 20,                   // two max-size frames in flight, then senders feel it
 		WriteTimeout:            10 * time.Second,          // a live peer drains its socket in milliseconds; a stalled one is ended well before CLMS would notice

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"strings"
 	"sync"
@@ -788,4 +789,62 @@ func TestRegisterWaitBounded(t *testing.T) {
 		got, err := a.Call(ctxFor(t, 10*time.Second), 3, Method{Service: echoSvc}, []byte("x"), nil)
 		return err == nil && string(got) == "x"
 	})
+}
+
+// TestForgedRepliesNeverComplete (issue 8 point 20): in open mode anyone
+// can claim a member's number, so a stranger posing as node 3 opens a reply
+// channel to node 1 and sprays replies: xids for every slot with guessed
+// generations, and random ones. Node 1 meanwhile makes real calls to node
+// 2. A forged reply must never complete a real call: each call gets its own
+// echo back, and every forged frame is counted as a late reply (dropped).
+func TestForgedRepliesNeverComplete(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	caller := nodes[0]
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Procs: []Handler{echo}})
+	addFakeMember(t, 3, "", caller)
+	stranger := newFakeMember(t, caller, 3, nil)
+	c := stranger.connect(ChanReply)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var calls, wrong atomic.Int64
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ctx.Err() == nil; i++ {
+				args := []byte(fmt.Sprintf("worker %d call %d", w, i))
+				got, err := caller.Call(ctxFor(t, 10*time.Second), 2, Method{Service: echoSvc}, args, nil)
+				if err != nil {
+					t.Errorf("real call: %v", err)
+					return
+				}
+				if !bytes.Equal(got, args) {
+					wrong.Add(1)
+				}
+				calls.Add(1)
+			}
+		}()
+	}
+	eventually(t, "real calls under way", func() bool { return calls.Load() > 50 })
+	late0 := caller.m.lateReplies.Get()
+	var sent uint64
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := uint64(0); round < 20; round++ {
+		for slot := uint64(0); slot < 64; slot++ {
+			for _, xid := range []uint64{slot | round<<24, slot | round<<32, rng.Uint64()} {
+				if err := c.writeFrame(framing.Header{Type: framing.TypeReply, XID: xid}, []byte("forged")); err != nil {
+					t.Fatalf("forged reply %d: %v", sent, err)
+				}
+				sent++
+			}
+		}
+	}
+	eventually(t, "every forged reply dropped", func() bool { return caller.m.lateReplies.Get()-late0 == sent })
+	cancel()
+	wg.Wait()
+	if n := wrong.Load(); n != 0 {
+		t.Fatalf("%d of %d real calls completed with someone else's reply", n, calls.Load())
+	}
+	t.Logf("%d forged replies dropped during %d real calls", sent, calls.Load())
 }

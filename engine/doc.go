@@ -35,7 +35,8 @@
 // The caller's deadline travels with the request: the handler's ctx has
 // it, and when the caller gives up (deadline, cancel) a cancel frame
 // cancels the handler's ctx and its reply is not sent. Calls from a ctx
-// that cannot end (context.Background) cost nothing for this.
+// that cannot end (context.Background) cost nothing for this; others one
+// small allocation on the server, the request's own context.
 //
 // Config.ClientInterceptors and Config.ServerInterceptors wrap calls and
 // handlers (logging, auth decisions, tracing), the first outermost.

@@ -44,6 +44,11 @@ type Node struct {
 	bufs     sync.Pool                           // *[]byte payload buffers handed to server handles
 	hctx     [framing.MaxPriority + 1]handlerCtx // handlers' contexts, per priority; immutable once built
 
+	// Request contexts somebody waits on (cancel.go), for Close to end.
+	rcMu      sync.Mutex
+	rcWatched *reqCtx // head of the list linked by reqCtx.prev/next
+	rcClosed  bool    // Close has ended them: watch refuses
+
 	clientChain Invoker // the client interceptors around invoke; nil without any
 
 	// Shutdown (shutdown.go): whether new requests are refused; drainIdle
@@ -285,13 +290,9 @@ func (n *Node) Start() error {
 		gnet.WithLoadBalancing(gnet.LeastConnections),
 		gnet.WithLogger(gnetLogger{n.log}),
 	}
-	// One loop per P, not per CPU as gnet's multicore would: a loop blocked
-	// in epoll_wait keeps its P until the runtime's monitor takes it back,
-	// so loops beyond GOMAXPROCS wait on each other (long tails at
-	// GOMAXPROCS=1; BENCHMARKS.md).
 	loops := n.cfg.EventLoops
 	if loops == 0 {
-		loops = runtime.GOMAXPROCS(0)
+		loops = DefaultEventLoops(runtime.GOMAXPROCS(0))
 	}
 	opts = append(opts, gnet.WithNumEventLoop(loops))
 	h := &loopHandler{n: n}
@@ -308,6 +309,10 @@ func (n *Node) Start() error {
 		close(n.acceptDone)
 		return fmt.Errorf("ics: node %d cannot start its event loops: %w", n.cfg.Node, err)
 	}
+	// The loops' listener is bound and nobody ever connects to it by
+	// name: unlink it now, so that a node killed with SIGKILL leaves no
+	// directory behind (the socket lives on as the open descriptor).
+	_ = os.RemoveAll(n.loopDir)
 	go n.watchEngine()
 	n.startNoiseWorkers()
 	n.spareFD, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
@@ -324,6 +329,20 @@ func (n *Node) Start() error {
 // boot runs on gnet's OnBoot. gnet calls it before it starts the event
 // loops, so Start waits for the first OnTick, which the ticker only makes
 // once they run.
+// DefaultEventLoops is the event loops a node runs when Config.EventLoops
+// is 0, for GOMAXPROCS procs: one per P but one, and at least one; not one
+// per CPU as gnet's multicore would. A gnet loop waits in a plain
+// epoll_wait system call, which keeps its P until the runtime's monitor
+// (sysmon) retakes it, 20 µs to 10 ms later, and a goroutine the loop
+// readied just before blocking (a caller whose reply it read, a server
+// handle) can be left in that P's run queue meanwhile. With a loop per P
+// every P can be held so and only sysmon frees the goroutine: the
+// millisecond stalls of issue 10, seen in runtime traces
+// (docs/PERFORMANCE.md, "Stalls at p99.9"). With one P that no loop holds,
+// the thread woken for that goroutine steals it at once. Loops beyond
+// GOMAXPROCS would only wait for each other.
+func DefaultEventLoops(procs int) int { return max(1, procs-1) }
+
 func (n *Node) boot(eng gnet.Engine) {
 	n.eng = eng
 }
@@ -369,6 +388,7 @@ func (n *Node) Close() error {
 		return n.closeErr
 	}
 	n.cancel()
+	n.cancelWatched()
 	if n.ln != nil {
 		_ = n.ln.Close()
 		<-n.acceptDone

@@ -193,7 +193,14 @@ func DecodeHeader(b []byte, maxPayload uint32) (Header, error) {
 		return h, fmt.Errorf("framing: short header: %d bytes", len(b))
 	}
 	h.Type = Type(b[1])
-	if b[0] != ProtocolVersion && !(b[0] == HandshakeVersion && h.Type.IsHandshake()) {
+	// Handshake frames carry HandshakeVersion whatever the protocol version
+	// (so any two versions can read each other's hello and refusal), every
+	// other frame ProtocolVersion; a frame with the other one is malformed.
+	want := byte(ProtocolVersion)
+	if h.Type.IsHandshake() {
+		want = HandshakeVersion
+	}
+	if b[0] != want {
 		return h, fmt.Errorf("%w: %d", ErrBadVersion, b[0])
 	}
 	h.Flags = Flags(b[2])

@@ -277,3 +277,30 @@ func TestServiceID(t *testing.T) {
 		}
 	}
 }
+
+// A handshake frame always carries HandshakeVersion and every other frame
+// ProtocolVersion: one with the other's byte is refused, so that decoding
+// and encoding a header agree (FuzzDecodeHeader found a hello marked with
+// ProtocolVersion that decoded, then re-encoded differently).
+func TestHeaderVersionByType(t *testing.T) {
+	for _, tc := range []struct {
+		typ     Type
+		version byte
+		ok      bool
+	}{
+		{TypeHello, HandshakeVersion, true},
+		{TypeHello, ProtocolVersion, false},
+		{TypeRequest, ProtocolVersion, true},
+		{TypeRequest, HandshakeVersion, false},
+	} {
+		b := make([]byte, HeaderSize)
+		b[0], b[1] = tc.version, byte(tc.typ)
+		_, err := DecodeHeader(b, 1<<20)
+		if ok := err == nil; ok != tc.ok {
+			t.Errorf("%s with version byte %d: err %v, want ok=%v", tc.typ, tc.version, err, tc.ok)
+		}
+		if !tc.ok && !errors.Is(err, ErrBadVersion) {
+			t.Errorf("%s with version byte %d: %v, want ErrBadVersion", tc.typ, tc.version, err)
+		}
+	}
+}

@@ -16,6 +16,12 @@
 // survivor, so the new owner never hands it out again. A planned move
 // hands the exact next id over instead (HandOff, TakeOver).
 //
+// The guarantee needs one survivor: a block is known to the members that
+// acknowledged it, and a node that joins later learns the mark only at the
+// owner's next reservation. If every node that acknowledged a block dies
+// at once with the owner, ids of that block may be handed out again, as
+// with any allocator without shared storage.
+//
 // The epoch fences a former owner: members refuse a note stamped with an
 // epoch older than the newest they saw (clms.EpochGuard, fed with the
 // records the node applied and the epochs it admitted), so an owner that

@@ -3,11 +3,13 @@ package node_test
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,6 +33,7 @@ const (
 	envStretch = "CI_NODE_STRETCH" // timing stretch factor (1: the file's profile as is)
 	envListen  = "CI_NODE_LISTEN"  // listen here instead of the configured address
 	envPeers   = "CI_NODE_PEERS"   // "2=host:port,3=host:port": dial peers here (through proxies)
+	envHogProc = "CI_HOG_PROC"     // set: run as an external CPU hog process (cpuhog_test.go)
 )
 
 // timedTransition is a transition and when (wall clock, ns) the child
@@ -48,20 +51,29 @@ type timedKey struct {
 }
 
 type childReport struct {
-	Status  node.Status       `json:"status"`
-	Applied []timedTransition `json:"applied"`
-	Keys    []timedKey        `json:"keys"`
-	Keyseq  keyseq.Stats      `json:"keyseq"`
+	Status node.Status `json:"status"`
+	// Stats are the runner's counters; LateTicks is ci_clms_late_ticks_total
+	// (ticks the core received late, all at once: the process was starved).
+	Stats     clms.Stats        `json:"stats"`
+	LateTicks uint64            `json:"late_ticks"`
+	Applied   []timedTransition `json:"applied"`
+	Keys      []timedKey        `json:"keys"`
+	Keyseq    keyseq.Stats      `json:"keyseq"`
 }
 
 // runChild runs a node process if this is one, and reports whether it was.
 // Protocol on stdin/stdout, one line each: the child prints "ready"; to
-// "status" it answers "status <json childReport>"; "next N" takes N ids
+// "status" it answers "status <json childReport>"; "hog D" runs GOMAXPROCS
+// busy goroutines in the node's process for the duration D ("hog"); "next N" takes N ids
 // from keyseq ("next <json Range>" or "error <text>"); "nextat O E N" asks
 // node O for N ids in epoch E, once (the same answers); "shutdown" leaves the
 // cluster and exits 0; EOF closes and exits 0. A fence under halt exits
 // with node.ExitFenced, any other fatal error with 1.
 func runChild() bool {
+	if os.Getenv(envHogProc) != "" {
+		hogProc()
+		return true
+	}
 	if os.Getenv(envChild) == "" {
 		return false
 	}
@@ -78,7 +90,11 @@ func child() int {
 	num, _ := strconv.Atoi(os.Getenv(envNum))
 	var log *slog.Logger
 	if os.Getenv("CI_TEST_LOG") != "" {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		lvl := slog.LevelInfo
+		if os.Getenv("CI_TEST_LOG") == "debug" {
+			lvl = slog.LevelDebug
+		}
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	}
 	var mu sync.Mutex
 	var applied []timedTransition
@@ -158,11 +174,21 @@ func child() int {
 				return 0
 			case l == "status":
 				mu.Lock()
-				rep := childReport{Status: n.Status(), Applied: append([]timedTransition(nil), applied...),
-					Keys: append([]timedKey(nil), keys...), Keyseq: seq.Stats()}
+				rep := childReport{Status: n.Status(), Stats: n.Runner().Status().Stats, LateTicks: lateTicks(n),
+					Applied: append([]timedTransition(nil), applied...),
+					Keys:    append([]timedKey(nil), keys...), Keyseq: seq.Stats()}
 				mu.Unlock()
 				b, _ := json.Marshal(rep)
 				say("status " + string(b))
+			case strings.HasPrefix(l, "hog "):
+				d, err := time.ParseDuration(strings.TrimPrefix(l, "hog "))
+				if err != nil {
+					return fail(err)
+				}
+				stop := make(chan struct{})
+				defer close(stop) // the process exits right after: no goroutine outlives it
+				go hog(d, stop)
+				say("hog")
 			case strings.HasPrefix(l, "next"):
 				say(childNext(seq, l))
 			case l == "shutdown":
@@ -197,4 +223,49 @@ func childNext(seq *keyseq.Service, l string) string {
 	}
 	b, _ := json.Marshal(rg)
 	return "next " + string(b)
+}
+
+// lateTicks reads ci_clms_late_ticks_total from the node's metrics.
+func lateTicks(n *node.Node) uint64 {
+	var b strings.Builder
+	n.Metrics().WritePrometheus(&b)
+	for l := range strings.Lines(b.String()) {
+		if rest, ok := strings.CutPrefix(l, "ci_clms_late_ticks_total{"); ok {
+			_, v, _ := strings.Cut(rest, "} ")
+			x, _ := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			return x
+		}
+	}
+	return 0
+}
+
+// hog keeps GOMAXPROCS goroutines busy hashing for d (or until stop): as
+// many runnable goroutines as the scheduler has Ps, competing with the
+// node's own for every one of them.
+func hog(d time.Duration, stop <-chan struct{}) {
+	var wg sync.WaitGroup
+	end := time.Now().Add(d)
+	for range runtime.GOMAXPROCS(0) {
+		wg.Go(func() {
+			buf := make([]byte, 4096)
+			for time.Now().Before(end) {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				for range 64 {
+					s := sha256.Sum256(buf)
+					buf[0] = s[0]
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// hogProc is the external hog process: it hogs until killed (the parent
+// pins it to the node's CPU and kills it when the run ends).
+func hogProc() {
+	hog(24*time.Hour, nil)
 }

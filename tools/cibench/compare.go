@@ -296,11 +296,14 @@ func (f *fleet) start(ctx context.Context, names []string, inProcess bool) ([]be
 			ics.Cluster = "bench-" + name
 			// gnet sizes its loops by the CPUs seen at process start; after
 			// --pin this process has one, and so should the client node.
-			ics.EventLoops = f.eventLoops
-			if procs > 0 {
+			named := ics.EventLoops > 0 // the name said (ics-loops1): keep it
+			if !named {
+				ics.EventLoops = f.eventLoops
+			}
+			if procs > 0 && !named {
 				// The engine sizes its loops by GOMAXPROCS when it starts,
 				// which for this peer's client is not the one it runs at.
-				ics.EventLoops = procs
+				ics.EventLoops = engine.DefaultEventLoops(procs)
 			}
 		}
 		var c bench.Client
@@ -352,7 +355,7 @@ func (f *fleet) startChild(ctx context.Context, exe string, p bench.Peer, procs 
 			mode = "eventloop"
 		}
 		argv = append(argv, "--peer=ics", inline, "--write-mode="+mode, "--cluster="+ics.Cluster,
-			"--node=2", "--client-node=1", "--client-addr="+ic.Addr())
+			"--node=2", "--client-node=1", "--client-addr="+ic.Addr(), "--event-loops="+strconv.Itoa(ics.EventLoops))
 	} else {
 		argv = append(argv, "--peer="+p.Name())
 	}

@@ -19,6 +19,7 @@ type serveCmd struct {
 	WriteMode string `default:"direct" enum:"direct,eventloop" help:"ics: how frames reach the socket: ${enum}." env:"CI_WRITE_MODE"`
 	Node      uint32 `default:"2" help:"ics: this server's node number." env:"CI_NODE"`
 	Cluster   string `default:"bench" help:"ics: cluster name, the same on both nodes." env:"CI_CLUSTER"`
+	Loops     int    `name:"event-loops" default:"0" help:"ics: event loops; 0 is the engine's default." env:"CI_EVENT_LOOPS"`
 
 	Procs      int    `name:"gomaxprocs" default:"0" help:"GOMAXPROCS for this server; 0 leaves Go's default (one per CPU)." env:"CI_GOMAXPROCS"`
 	ClientNode uint32 `default:"1" help:"ics: the client's node number." env:"CI_CLIENT_NODE"`
@@ -58,6 +59,7 @@ func (s *serveCmd) peer() (bench.Peer, error) {
 		Pair:       bench.Pair{Cluster: s.Cluster, ServerNode: engine.NodeNum(s.Node), ClientNode: engine.NodeNum(s.ClientNode)},
 		ClientAddr: s.ClientAddr,
 	}
+	p.EventLoops = s.Loops
 	if s.WriteMode == "eventloop" {
 		p.WriteMode = engine.WriteEventLoop
 	}

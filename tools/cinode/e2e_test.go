@@ -463,3 +463,44 @@ func TestDevUnixSocket(t *testing.T) {
 		t.Fatalf("--dev's data directory %s left behind: %v", m[1], err)
 	}
 }
+
+// TestKeyseqMove: cinode runs keyseq when cluster.toml declares it; the
+// admin endpoint lists it with its owner, and `cluster move` hands it to
+// another node, which then owns it in the next epoch.
+func TestKeyseqMove(t *testing.T) {
+	c := newTestCluster(t, 3)
+	b, err := os.ReadFile(c.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := strings.Replace(string(b), "[[nodes]]", "[[key_services]]\nname = \"keyseq\"\n[[nodes]]", 1)
+	doc = strings.ReplaceAll(doc, "master_eligible = true\n", "master_eligible = true\nkey_services = [\"keyseq\"]\n")
+	if err := os.WriteFile(c.config, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 3; i++ {
+		c.start(t, i)
+	}
+	var ks struct{ admin.KeyServices }
+	eventually(t, 60*time.Second, "keyseq ready", func() (bool, string) {
+		code, js, e := runCmd(t, bins.cluster, "-c", c.config, "keysvc", "--json")
+		ks.Services = nil
+		err := json.Unmarshal([]byte(js), &ks)
+		return code == 0 && err == nil && len(ks.Services) == 1 && ks.Services[0].Ready && ks.Services[0].Owner != 0, fmt.Sprint(code, js, e)
+	})
+	k := ks.Services[0]
+	if k.Name != "keyseq" || k.Critical {
+		t.Fatalf("keysvc: %+v", k)
+	}
+	to := k.Owner%3 + 1
+	if code, out, e := runCmd(t, bins.cluster, "-c", c.config, "move", "keyseq", fmt.Sprint(to)); code != 0 {
+		t.Fatalf("move: %d %s %s", code, out, e)
+	}
+	code, js, e := runCmd(t, bins.cluster, "-c", c.config, "keysvc", "--json")
+	if err := json.Unmarshal([]byte(js), &ks); code != 0 || err != nil || len(ks.Services) != 1 {
+		t.Fatalf("keysvc after the move: %d %v %s %s", code, err, js, e)
+	}
+	if got := ks.Services[0]; got.Owner != to || got.Epoch != k.Epoch+1 || !got.Ready {
+		t.Fatalf("after moving to node %d: %+v (before: %+v)", to, got, k)
+	}
+}

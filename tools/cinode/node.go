@@ -20,35 +20,27 @@ import (
 type nodeMember struct {
 	*node.Node
 	fatal chan error
-	seq   *keyseq.Service // nil unless cluster.toml declares the keyseq key service
+	seq   *keyseq.Service // its admin routes: /v1/keyseq, /v1/keyseq/next
 }
 
 var _ admin.Source = (*nodeMember)(nil)
 
 func newMember(st *settings, log *slog.Logger, set *metrics.Set) (member, error) {
-	// keyseq, the cluster-wide id allocator, runs when the cluster file
-	// declares it: every node registers it (the registry must be the same
-	// everywhere) and the node table says which may own it.
+	// The key services this build runs: every node registers the same
+	// ones; cluster.toml's [[key_services]] and the nodes' key_services
+	// say which node may own them.
 	reg := &clms.KeyServices{}
-	var seq *keyseq.Service
-	for _, ks := range st.cfg.KeyServices {
-		if ks.Name == keyseq.Name {
-			kc := keyseq.DefaultConfig()
-			kc.Critical = ks.Critical
-			var err error
-			if seq, err = keyseq.Register(reg, kc); err != nil {
-				return nil, err
-			}
-		}
+	seq, err := keyseq.Register(reg, keyseq.Config{})
+	if err != nil {
+		return nil, err
 	}
 	n, err := node.New(node.Config{Cluster: st.cfg, Node: st.num, DataDir: st.dataDir, Logger: log, Metrics: set, KeyServices: reg})
 	if err != nil {
 		return nil, err
 	}
-	if seq != nil {
-		if err := seq.Attach(n.Engine(), n.Runner()); err != nil {
-			return nil, err
-		}
+	if err := seq.Attach(n.Engine(), n.Runner()); err != nil {
+		_ = n.Close()
+		return nil, err
 	}
 	m := &nodeMember{Node: n, fatal: make(chan error, 1), seq: seq}
 	go func() {
@@ -65,25 +57,8 @@ func withAdmin(cfg *admin.Config, m member) {
 	if nm, ok := m.(*nodeMember); ok {
 		cfg.Signaller = nm.Signals()
 		cfg.KeyServices = nm
-		if nm.seq != nil {
-			cfg.Extra = keyseqRoutes(nm.seq, cfg.CallTimeout)
-		}
+		cfg.Extra = keyseqRoutes(nm.seq, cfg.CallTimeout)
 	}
-}
-
-// KeyServices implements admin.KeyServiceSource from the node's status.
-func (m *nodeMember) KeyServices() []admin.KeyService {
-	var out []admin.KeyService
-	for _, k := range m.Status().KeyServices {
-		out = append(out, admin.KeyService{Name: k.Name, Critical: k.Critical, Owner: uint32(k.Owner), Epoch: k.Epoch,
-			Ready: k.Phase == "ready", Phase: k.Phase})
-	}
-	return out
-}
-
-// Move implements admin.KeyServiceSource.
-func (m *nodeMember) Move(ctx context.Context, name string, to clms.NodeNum) error {
-	return m.MoveKeyService(ctx, name, to)
 }
 
 func isFenced(err error) bool { return errors.Is(err, clms.ErrFenced) }
@@ -91,8 +66,9 @@ func isFenced(err error) bool { return errors.Is(err, clms.ErrFenced) }
 func (m *nodeMember) Fatal() <-chan error { return m.fatal }
 
 // Local implements admin.Source. Ready means: this incarnation joined, is
-// UP in the committed membership, holds a valid lease, and neither left
-// nor fenced. (Critical key services join this once they exist.)
+// UP in the committed membership, holds a valid lease, neither left nor
+// fenced, and every critical key service has had a ready owner since it
+// joined (node.Node.Ready, with the reason when not).
 func (m *nodeMember) Local() admin.Local {
 	s := m.Status()
 	l := admin.Local{Node: s.Node, Cluster: s.Cluster, Incarnation: s.Incarnation, Master: s.Master, Fenced: s.Fenced,
@@ -114,10 +90,28 @@ func (m *nodeMember) Local() admin.Local {
 		l.NotReady = fmt.Sprintf("node %d is %s, not UP", s.Node, state)
 	case !s.LeaseValid:
 		l.NotReady = "membership lease not valid: no word from the master"
+	case !s.Formed:
+		l.NotReady = "not formed: a critical key service has no ready owner yet"
 	default:
 		l.Ready = true
 	}
 	return l
+}
+
+// KeyServices implements admin.KeyServiceSource from the node's status.
+func (m *nodeMember) KeyServices() []admin.KeyService {
+	var out []admin.KeyService
+	for _, k := range m.Status().KeyServices {
+		out = append(out, admin.KeyService{Name: k.Name, Critical: k.Critical, Owner: uint32(k.Owner), Epoch: k.Epoch,
+			Ready: k.Phase == clms.KeyReady.String(), Phase: k.Phase})
+	}
+	return out
+}
+
+// Move implements admin.KeyServiceSource: a planned move, returning once
+// the new owner is ready here.
+func (m *nodeMember) Move(ctx context.Context, name string, to clms.NodeNum) error {
+	return m.MoveKeyService(ctx, name, to)
 }
 
 // Membership implements admin.Source from the cluster API's view.

@@ -1,0 +1,7 @@
+module github.com/clusterinfra/ci/tools/stalltrace
+
+go 1.26.0
+
+require golang.org/x/exp v0.0.0-20261113113407-e3970619a1a4
+
+require go.uber.org/goleak v1.3.0
