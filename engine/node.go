@@ -279,6 +279,7 @@ func (n *Node) Start() error {
 	// the node's own acceptLoop hands it the TCP connections.
 	if n.loopDir, err = os.MkdirTemp("", "ics-loops-"); err != nil {
 		_ = ln.Close()
+		n.ln = nil // Close must not wait for loops and an accept loop that never ran
 		return fmt.Errorf("ics: node %d: %w", n.cfg.Node, err)
 	}
 	opts := []gnet.Option{
@@ -305,6 +306,7 @@ func (n *Node) Start() error {
 	if n.eng.Validate() != nil {
 		err := <-n.engDone
 		_ = ln.Close()
+		n.ln = nil // Close must not wait for loops that never ran
 		_ = os.RemoveAll(n.loopDir)
 		close(n.acceptDone)
 		return fmt.Errorf("ics: node %d cannot start its event loops: %w", n.cfg.Node, err)
