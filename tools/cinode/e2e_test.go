@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -346,14 +347,38 @@ func TestDevAndToken(t *testing.T) {
 	if err := os.WriteFile(tok, []byte("s3cret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ports := freePorts(t, "127.0.0.1", 2)
-	port, ics := ports[0], fmt.Sprintf("127.0.0.1:%d", ports[1])
-	n := startProc(t, bins.cinode, "--dev", "--dev-addr", ics, "--admin", fmt.Sprintf(":%d", port), "--admin-token-file", tok, "--log-format", "json")
-	ep := fmt.Sprintf("127.0.0.1:%d", port)
-	eventually(t, 30*time.Second, "--dev node ready", func() (bool, string) {
-		code, out, errs := runCmd(t, bins.cluster, "-e", ep, "--token-file", tok, "-v")
-		return code == 0 && tableRow.MatchString(strings.Split(strings.TrimSpace(out), "\n")[1]), fmt.Sprint(code, out, errs)
-	})
+	// The admin endpoint binds every interface, where a port found free on
+	// 127.0.0.1 may still be taken (other test binaries run at the same
+	// time): a start that loses that race is retried on new ports.
+	var n *proc
+	var ep string
+	for attempt := 1; ; attempt++ {
+		l, err := net.Listen("tcp", ":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		ics := fmt.Sprintf("127.0.0.1:%d", freePorts(t, "127.0.0.1", 1)[0])
+		_ = l.Close()
+		n = startProc(t, bins.cinode, "--dev", "--dev-addr", ics, "--admin", fmt.Sprintf(":%d", port), "--admin-token-file", tok, "--log-format", "json")
+		ep = fmt.Sprintf("127.0.0.1:%d", port)
+		lostRace := false
+		eventually(t, 30*time.Second, "--dev node ready", func() (bool, string) {
+			select {
+			case <-n.done:
+				lostRace = strings.Contains(n.out.String(), "address already in use")
+				return lostRace && attempt < 5, "cinode exited: " + n.out.String()
+			default:
+			}
+			code, out, errs := runCmd(t, bins.cluster, "-e", ep, "--token-file", tok, "-v")
+			lines := strings.Split(strings.TrimSpace(out), "\n")
+			return code == 0 && len(lines) > 1 && tableRow.MatchString(lines[1]), fmt.Sprint(code, out, errs)
+		})
+		if !lostRace {
+			break
+		}
+		t.Logf("attempt %d: the admin port was taken meanwhile; new ports", attempt)
+	}
 	code, _, errs := runCmd(t, bins.cluster, "-e", ep, "shutdown", "1")
 	if code != 1 || !strings.Contains(errs, "send the token") {
 		t.Fatalf("shutdown without the token: %d %q", code, errs)
