@@ -80,6 +80,18 @@ type WireMember struct {
 	LastChange  uint64
 }
 
+// WireKeyService is one key service's committed state on the wire
+// (clms.KeyRecord's public part): the phase as its number (clms.KeyPhase),
+// Ready set when that phase is clms.KeyReady. Client converts to KeyService.
+type WireKeyService struct {
+	Name     string
+	Owner    uint32
+	OwnerInc uint64
+	Epoch    uint64
+	Phase    uint8
+	Ready    bool
+}
+
 //go:generate go run ../../tools/icsgen -i api.go -t API -o api_ics.go --check-decoders
 
 // API is the wire protocol of the cluster API service, CI's cluster_* and
@@ -155,4 +167,20 @@ type API interface {
 	//
 	//icsgen:proc 10
 	WaitTransitions(ctx context.Context, after uint64, max uint32, waitMillis uint32) ([]WireTransition, error)
+
+	// KeyServices returns every key service that has a committed record,
+	// by name, with owner, epoch (the fencing token) and phase, and the
+	// sequence number of the last key-service change this node applied.
+	//
+	//icsgen:proc 11
+	KeyServices(ctx context.Context) ([]WireKeyService, uint64, error)
+
+	// WaitKeyServices is KeyServices once the sequence passes afterSeq:
+	// at once if it has, else after waiting up to waitMillis (capped by
+	// Config.MaxWait) for a change; out of time it answers with what there
+	// is (the same sequence). The limits of WaitTransitions apply: only at
+	// priority 0, ErrBusy past Config.MaxWaiters (shared with it).
+	//
+	//icsgen:proc 12
+	WaitKeyServices(ctx context.Context, afterSeq uint64, waitMillis uint32) ([]WireKeyService, uint64, error)
 }

@@ -30,6 +30,8 @@ const (
 	APIProcSetNodeInfo        uint32 = 8
 	APIProcNodeAvail          uint32 = 9
 	APIProcWaitTransitions    uint32 = 10
+	APIProcKeyServices        uint32 = 11
+	APIProcWaitKeyServices    uint32 = 12
 )
 
 var (
@@ -43,6 +45,8 @@ var (
 	apiMethodSetNodeInfo        = engine.Method{Service: APIServiceID, Proc: APIProcSetNodeInfo, Version: APIVersion, Name: "clusterapi", DeclaredErrors: true}
 	apiMethodNodeAvail          = engine.Method{Service: APIServiceID, Proc: APIProcNodeAvail, Version: APIVersion, Name: "clusterapi", DeclaredErrors: true}
 	apiMethodWaitTransitions    = engine.Method{Service: APIServiceID, Proc: APIProcWaitTransitions, Version: APIVersion, Name: "clusterapi", DeclaredErrors: true}
+	apiMethodKeyServices        = engine.Method{Service: APIServiceID, Proc: APIProcKeyServices, Version: APIVersion, Name: "clusterapi", DeclaredErrors: true}
+	apiMethodWaitKeyServices    = engine.Method{Service: APIServiceID, Proc: APIProcWaitKeyServices, Version: APIVersion, Name: "clusterapi", DeclaredErrors: true}
 )
 
 // APIClient calls clusterapi on other nodes. It is safe for concurrent use; each
@@ -226,6 +230,46 @@ func (c *APIClient) WaitTransitions(ctx context.Context, to engine.NodeNum, afte
 	return r0, err
 }
 
+// KeyServices calls API.KeyServices (procedure 11) on node to.
+//
+// KeyServices returns every key service that has a committed record,
+// by name, with owner, epoch (the fencing token) and phase, and the
+// sequence number of the last key-service change this node applied.
+func (c *APIClient) KeyServices(ctx context.Context, to engine.NodeNum) ([]WireKeyService, uint64, error) {
+	bufs := apiPool.Get()
+	bufs.Args = apiKeyServicesAppendArgs(bufs.Args[:0])
+	reply, err := c.node.Call(ctx, to, apiMethodKeyServices, bufs.Args, bufs.Reply[:0])
+	bufs.Reply = reply
+	var r0 []WireKeyService
+	var r1 uint64
+	if err == nil {
+		r0, r1, err = apiKeyServicesResults(reply)
+	}
+	apiPool.Put(bufs)
+	return r0, r1, err
+}
+
+// WaitKeyServices calls API.WaitKeyServices (procedure 12) on node to.
+//
+// WaitKeyServices is KeyServices once the sequence passes afterSeq:
+// at once if it has, else after waiting up to waitMillis (capped by
+// Config.MaxWait) for a change; out of time it answers with what there
+// is (the same sequence). The limits of WaitTransitions apply: only at
+// priority 0, ErrBusy past Config.MaxWaiters (shared with it).
+func (c *APIClient) WaitKeyServices(ctx context.Context, to engine.NodeNum, afterSeq uint64, waitMillis uint32) ([]WireKeyService, uint64, error) {
+	bufs := apiPool.Get()
+	bufs.Args = apiWaitKeyServicesAppendArgs(bufs.Args[:0], afterSeq, waitMillis)
+	reply, err := c.node.Call(ctx, to, apiMethodWaitKeyServices, bufs.Args, bufs.Reply[:0])
+	bufs.Reply = reply
+	var r0 []WireKeyService
+	var r1 uint64
+	if err == nil {
+		r0, r1, err = apiWaitKeyServicesResults(reply)
+	}
+	apiPool.Put(bufs)
+	return r0, r1, err
+}
+
 // apiPool lends each call of an APIClient its argument and reply buffers.
 var apiPool stub.BufPool
 
@@ -233,7 +277,7 @@ var apiPool stub.BufPool
 // methods indexed by procedure number.
 func APIProcs(impl API) []engine.Handler {
 	s := apiServer{impl}
-	procs := make([]engine.Handler, 11)
+	procs := make([]engine.Handler, 13)
 	procs[APIProcClusterName] = s.serveClusterName
 	procs[APIProcNodeNum] = s.serveNodeNum
 	procs[APIProcMaxNodes] = s.serveMaxNodes
@@ -244,6 +288,8 @@ func APIProcs(impl API) []engine.Handler {
 	procs[APIProcSetNodeInfo] = s.serveSetNodeInfo
 	procs[APIProcNodeAvail] = s.serveNodeAvail
 	procs[APIProcWaitTransitions] = s.serveWaitTransitions
+	procs[APIProcKeyServices] = s.serveKeyServices
+	procs[APIProcWaitKeyServices] = s.serveWaitKeyServices
 	return procs
 }
 
@@ -391,6 +437,31 @@ func (s apiServer) serveWaitTransitions(ctx context.Context, req *engine.Request
 		return stub.Fail(resp, apiErrors, err)
 	}
 	resp.Body = apiWaitTransitionsAppendResults(resp.Body, r0)
+	return nil
+}
+
+func (s apiServer) serveKeyServices(ctx context.Context, req *engine.Request, resp *engine.Response) error {
+	if err := apiKeyServicesArgs(req.Args); err != nil {
+		return err
+	}
+	r0, r1, err := s.impl.KeyServices(ctx)
+	if err != nil {
+		return stub.Fail(resp, apiErrors, err)
+	}
+	resp.Body = apiKeyServicesAppendResults(resp.Body, r0, r1)
+	return nil
+}
+
+func (s apiServer) serveWaitKeyServices(ctx context.Context, req *engine.Request, resp *engine.Response) error {
+	a0, a1, err := apiWaitKeyServicesArgs(req.Args)
+	if err != nil {
+		return err
+	}
+	r0, r1, err := s.impl.WaitKeyServices(ctx, a0, a1)
+	if err != nil {
+		return stub.Fail(resp, apiErrors, err)
+	}
+	resp.Body = apiWaitKeyServicesAppendResults(resp.Body, r0, r1)
 	return nil
 }
 
@@ -788,6 +859,92 @@ func apiWaitTransitionsResults(d []byte) (r0 []WireTransition, err error) {
 	return r0, nil
 }
 
+// apiKeyServicesAppendArgs encodes the arguments of API.KeyServices.
+func apiKeyServicesAppendArgs(b []byte) []byte {
+	return b
+}
+
+// apiKeyServicesArgs decodes the arguments of API.KeyServices; errors wrap engine.ErrCantDecodeArgs.
+func apiKeyServicesArgs(d []byte) error {
+	if len(d) != 0 {
+		return stub.ArgsError("clusterapi", "KeyServices", stub.ErrTrailing)
+	}
+	return nil
+}
+
+// apiKeyServicesAppendResults encodes a successful reply of API.KeyServices.
+func apiKeyServicesAppendResults(b []byte, r0 []WireKeyService, r1 uint64) []byte {
+	b = append(b, 0) // status: results follow
+	b = apiEncSliceWireKeyService(b, r0)
+	b = stub.AppendUint64(b, r1)
+	return b
+}
+
+// apiKeyServicesResults decodes a reply of API.KeyServices; errors wrap engine.ErrCantDecodeRes,
+// or are the error the server returned.
+func apiKeyServicesResults(d []byte) (r0 []WireKeyService, r1 uint64, err error) {
+	if d, err = stub.ReplyBody("clusterapi", apiErrors, d); err != nil {
+		return nil, 0, err
+	}
+	if r0, d, err = apiDecSliceWireKeyService(d); err != nil {
+		return nil, 0, stub.ResultsError("clusterapi", "KeyServices", err)
+	}
+	if r1, d, err = stub.Uint64(d); err != nil {
+		return nil, 0, stub.ResultsError("clusterapi", "KeyServices", err)
+	}
+	if len(d) != 0 {
+		return nil, 0, stub.ResultsError("clusterapi", "KeyServices", stub.ErrTrailing)
+	}
+	return r0, r1, nil
+}
+
+// apiWaitKeyServicesAppendArgs encodes the arguments of API.WaitKeyServices.
+func apiWaitKeyServicesAppendArgs(b []byte, a0 uint64, a1 uint32) []byte {
+	b = stub.AppendUint64(b, a0)
+	b = stub.AppendUint32(b, a1)
+	return b
+}
+
+// apiWaitKeyServicesArgs decodes the arguments of API.WaitKeyServices; errors wrap engine.ErrCantDecodeArgs.
+func apiWaitKeyServicesArgs(d []byte) (a0 uint64, a1 uint32, err error) {
+	if a0, d, err = stub.Uint64(d); err != nil {
+		return 0, 0, stub.ArgsError("clusterapi", "WaitKeyServices", err)
+	}
+	if a1, d, err = stub.Uint32(d); err != nil {
+		return 0, 0, stub.ArgsError("clusterapi", "WaitKeyServices", err)
+	}
+	if len(d) != 0 {
+		return 0, 0, stub.ArgsError("clusterapi", "WaitKeyServices", stub.ErrTrailing)
+	}
+	return a0, a1, nil
+}
+
+// apiWaitKeyServicesAppendResults encodes a successful reply of API.WaitKeyServices.
+func apiWaitKeyServicesAppendResults(b []byte, r0 []WireKeyService, r1 uint64) []byte {
+	b = append(b, 0) // status: results follow
+	b = apiEncSliceWireKeyService(b, r0)
+	b = stub.AppendUint64(b, r1)
+	return b
+}
+
+// apiWaitKeyServicesResults decodes a reply of API.WaitKeyServices; errors wrap engine.ErrCantDecodeRes,
+// or are the error the server returned.
+func apiWaitKeyServicesResults(d []byte) (r0 []WireKeyService, r1 uint64, err error) {
+	if d, err = stub.ReplyBody("clusterapi", apiErrors, d); err != nil {
+		return nil, 0, err
+	}
+	if r0, d, err = apiDecSliceWireKeyService(d); err != nil {
+		return nil, 0, stub.ResultsError("clusterapi", "WaitKeyServices", err)
+	}
+	if r1, d, err = stub.Uint64(d); err != nil {
+		return nil, 0, stub.ResultsError("clusterapi", "WaitKeyServices", err)
+	}
+	if len(d) != 0 {
+		return nil, 0, stub.ResultsError("clusterapi", "WaitKeyServices", stub.ErrTrailing)
+	}
+	return r0, r1, nil
+}
+
 // apiErrors are the errors clusterapi's handlers return that reach callers as
 // themselves: a reply with status i+1 carries apiErrors[i] and its message,
 // and the caller gets an *engine.RemoteError matching it and engine.ErrFailed.
@@ -898,6 +1055,26 @@ func apiCheckDecoders(b []byte) error {
 			return fmt.Errorf("clusterapi.WaitTransitions results: %d bytes decoded, %d re-encoded", len(b), n)
 		}
 	}
+	if err := apiKeyServicesArgs(b); err == nil {
+		if n := len(apiKeyServicesAppendArgs(nil)); n != len(b) {
+			return fmt.Errorf("clusterapi.KeyServices arguments: %d bytes decoded, %d re-encoded", len(b), n)
+		}
+	}
+	if r0, r1, err := apiKeyServicesResults(b); err == nil {
+		if n := len(apiKeyServicesAppendResults(nil, r0, r1)); n != len(b) {
+			return fmt.Errorf("clusterapi.KeyServices results: %d bytes decoded, %d re-encoded", len(b), n)
+		}
+	}
+	if a0, a1, err := apiWaitKeyServicesArgs(b); err == nil {
+		if n := len(apiWaitKeyServicesAppendArgs(nil, a0, a1)); n != len(b) {
+			return fmt.Errorf("clusterapi.WaitKeyServices arguments: %d bytes decoded, %d re-encoded", len(b), n)
+		}
+	}
+	if r0, r1, err := apiWaitKeyServicesResults(b); err == nil {
+		if n := len(apiWaitKeyServicesAppendResults(nil, r0, r1)); n != len(b) {
+			return fmt.Errorf("clusterapi.WaitKeyServices results: %d bytes decoded, %d re-encoded", len(b), n)
+		}
+	}
 	return nil
 }
 
@@ -917,6 +1094,28 @@ func apiDecSliceString(d []byte) ([]string, []byte, error) {
 	v := make([]string, n)
 	for i := range v {
 		if v[i], d, err = stub.String(d); err != nil {
+			return nil, nil, err
+		}
+	}
+	return v, d, nil
+}
+
+func apiEncSliceWireKeyService(b []byte, v []WireKeyService) []byte {
+	b = stub.AppendLen(b, len(v))
+	for _, x := range v {
+		b = apiEncWireKeyService(b, x)
+	}
+	return b
+}
+
+func apiDecSliceWireKeyService(d []byte) ([]WireKeyService, []byte, error) {
+	n, d, err := stub.DecLen(d, 23)
+	if err != nil || n == 0 {
+		return nil, d, err
+	}
+	v := make([]WireKeyService, n)
+	for i := range v {
+		if v[i], d, err = apiDecWireKeyService(d); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -972,6 +1171,38 @@ func apiEncWhich(b []byte, v Which) []byte { return stub.AppendUint8(b, uint8(v)
 func apiDecWhich(d []byte) (Which, []byte, error) {
 	x, d, err := stub.Uint8(d)
 	return Which(x), d, err
+}
+
+func apiEncWireKeyService(b []byte, v WireKeyService) []byte {
+	b = stub.AppendString(b, v.Name)
+	b = stub.AppendUint32(b, v.Owner)
+	b = stub.AppendUint64(b, v.OwnerInc)
+	b = stub.AppendUint64(b, v.Epoch)
+	b = stub.AppendUint8(b, v.Phase)
+	b = stub.AppendBool(b, v.Ready)
+	return b
+}
+
+func apiDecWireKeyService(d []byte) (v WireKeyService, _ []byte, err error) {
+	if v.Name, d, err = stub.String(d); err != nil {
+		return WireKeyService{}, nil, err
+	}
+	if v.Owner, d, err = stub.Uint32(d); err != nil {
+		return WireKeyService{}, nil, err
+	}
+	if v.OwnerInc, d, err = stub.Uint64(d); err != nil {
+		return WireKeyService{}, nil, err
+	}
+	if v.Epoch, d, err = stub.Uint64(d); err != nil {
+		return WireKeyService{}, nil, err
+	}
+	if v.Phase, d, err = stub.Uint8(d); err != nil {
+		return WireKeyService{}, nil, err
+	}
+	if v.Ready, d, err = stub.Bool(d); err != nil {
+		return WireKeyService{}, nil, err
+	}
+	return v, d, nil
 }
 
 func apiEncWireMember(b []byte, v WireMember) []byte {

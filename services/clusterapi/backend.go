@@ -37,4 +37,15 @@ type Backend interface {
 	// (CI's clusternode_setinfo). A runner commits it through the master
 	// and returns once it is applied here, or ctx's error.
 	SetNodeInfo(ctx context.Context, n clms.NodeNum, info clms.NodeInfo) error
+
+	// KeyServices returns every key service with a committed record, by
+	// name, and the sequence number of the last key-service change applied
+	// to that view (0 for none): a consistent snapshot. The sequence is
+	// this node's own count, growing with every change it applies; it is
+	// not comparable between nodes.
+	KeyServices() ([]clms.KeyRecord, uint64)
+
+	// WaitKeyServices returns nil as soon as the key-service sequence is
+	// above after (at once if it is), or ctx.Err() when ctx ends first.
+	WaitKeyServices(ctx context.Context, after uint64) error
 }

@@ -1,6 +1,7 @@
 package clusterapi
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -187,33 +188,14 @@ func (c *Client) Watch(ctx context.Context, to clms.NodeNum, from clms.Transitio
 				yield(clms.Transition{}, err)
 				return
 			}
-			wait, pctx, cancel := o.Wait, ctx, context.CancelFunc(func() {})
-			if dl, ok := ctx.Deadline(); ok && time.Until(dl) < o.Wait+o.Slack {
-				// ctx ends first: let the server wait until then, rather
-				// than poll again and again in the last moments.
-				wait = max(0, time.Until(dl))
-			} else {
-				pctx, cancel = context.WithTimeout(ctx, o.Wait+o.Slack)
-			}
+			wait, pctx, cancel := o.pollWindow(ctx)
 			ts, err := c.WaitTransitions(pctx, to, last, o.Batch, wait)
 			cancel()
 			if err != nil {
-				if ctx.Err() != nil {
-					yield(clms.Transition{}, ctx.Err())
+				if !o.backoff(ctx, err, &pause) {
+					yield(clms.Transition{}, cmp.Or(ctx.Err(), err))
 					return
 				}
-				if !retryable(err) {
-					yield(clms.Transition{}, err)
-					return
-				}
-				if o.OnRetry != nil {
-					o.OnRetry(err, pause)
-				}
-				if !sleep(ctx, pause) {
-					yield(clms.Transition{}, ctx.Err())
-					return
-				}
-				pause = min(2*pause, o.RetryMax)
 				continue
 			}
 			pause = o.RetryMin
@@ -232,6 +214,138 @@ func (c *Client) Watch(ctx context.Context, to clms.NodeNum, from clms.Transitio
 			}
 		}
 	}
+}
+
+// KeyService is one key service as the cluster API reports it: its
+// committed owner (0: none), the owner's incarnation, the epoch (the
+// fencing token) and phase, and whether the cluster may use it.
+type KeyService struct {
+	Name     string
+	Owner    clms.NodeNum
+	OwnerInc uint64
+	Epoch    uint64
+	Phase    clms.KeyPhase
+	Ready    bool
+}
+
+// KeyServices is a node's view of every key service, by name, and the
+// sequence number of the last change in it (that node's own count).
+type KeyServices struct {
+	Seq      uint64
+	Services []KeyService
+}
+
+// Lookup returns the service called name, or false.
+func (v KeyServices) Lookup(name string) (KeyService, bool) {
+	for _, k := range v.Services {
+		if k.Name == name {
+			return k, true
+		}
+	}
+	return KeyService{}, false
+}
+
+func keyServicesOf(ws []WireKeyService, seq uint64) KeyServices {
+	v := KeyServices{Seq: seq, Services: make([]KeyService, len(ws))}
+	for i, w := range ws {
+		v.Services[i] = KeyService{Name: w.Name, Owner: clms.NodeNum(w.Owner), OwnerInc: w.OwnerInc,
+			Epoch: w.Epoch, Phase: clms.KeyPhase(w.Phase), Ready: w.Ready}
+	}
+	return v
+}
+
+// KeyServices returns node to's view of the key services: who owns each
+// and in which epoch.
+func (c *Client) KeyServices(ctx context.Context, to clms.NodeNum) (KeyServices, error) {
+	ws, seq, err := c.api.KeyServices(ctx, to)
+	if err != nil {
+		return KeyServices{}, err
+	}
+	return keyServicesOf(ws, seq), nil
+}
+
+// WaitKeyServices returns node to's view of the key services once its
+// sequence is above after, waiting up to wait for that; out of time it
+// returns the view as it is. Sent at priority 0, as WaitTransitions.
+func (c *Client) WaitKeyServices(ctx context.Context, to clms.NodeNum, after uint64, wait time.Duration) (KeyServices, error) {
+	ms := max(0, min(wait.Milliseconds(), 1<<31))
+	ws, seq, err := c.api.WaitKeyServices(engine.WithPriority(ctx, 0), to, after, uint32(ms))
+	if err != nil {
+		return KeyServices{}, err
+	}
+	return keyServicesOf(ws, seq), nil
+}
+
+// WatchKeyServices follows node to's view of the key services: it yields
+// each new view once, the first with a sequence above fromSeq (0: the
+// first change), then every later one, by long-polling WaitKeyServices.
+// Views between two polls are folded into the newer: a watcher sees the
+// latest state, not every record. Failures, retries and the end are as
+// for Watch (only WatchOptions.Batch does not apply). A view whose sequence
+// is below the last yielded (the server restarted and counts again) is
+// yielded too, and the watch follows it from there.
+func (c *Client) WatchKeyServices(ctx context.Context, to clms.NodeNum, fromSeq uint64, opts *WatchOptions) iter.Seq2[KeyServices, error] {
+	var o WatchOptions
+	if opts != nil {
+		o = *opts
+	}
+	o.fill()
+	return func(yield func(KeyServices, error) bool) {
+		last := fromSeq
+		pause := o.RetryMin
+		for {
+			if err := ctx.Err(); err != nil {
+				yield(KeyServices{}, err)
+				return
+			}
+			wait, pctx, cancel := o.pollWindow(ctx)
+			v, err := c.WaitKeyServices(pctx, to, last, wait)
+			cancel()
+			if err != nil {
+				if !o.backoff(ctx, err, &pause) {
+					yield(KeyServices{}, cmp.Or(ctx.Err(), err))
+					return
+				}
+				continue
+			}
+			pause = o.RetryMin
+			if v.Seq == last {
+				continue // out of time with no change
+			}
+			if !yield(v, nil) {
+				return
+			}
+			last = v.Seq
+		}
+	}
+}
+
+// pollWindow returns the server-side wait of one poll and the poll's
+// context: when ctx ends before a whole poll, the server waits until then
+// rather than the watch polling again and again in the last moments.
+func (o *WatchOptions) pollWindow(ctx context.Context) (time.Duration, context.Context, context.CancelFunc) {
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < o.Wait+o.Slack {
+		return max(0, time.Until(dl)), ctx, func() {}
+	}
+	pctx, cancel := context.WithTimeout(ctx, o.Wait+o.Slack)
+	return o.Wait, pctx, cancel
+}
+
+// backoff handles a failed poll: false if the watch must end (ctx ended,
+// or err is not retryable), else it pauses (doubling *pause up to
+// RetryMax) and returns true once the poll may be tried again.
+func (o *WatchOptions) backoff(ctx context.Context, err error, pause *time.Duration) bool {
+	if ctx.Err() != nil || !retryable(err) {
+		return false
+	}
+	if o.OnRetry != nil {
+		o.OnRetry(err, *pause)
+	}
+	if !sleep(ctx, *pause) {
+		return false
+	}
+	*pause = min(2**pause, o.RetryMax)
+	return true
 }
 
 // retryable reports whether a failed poll may succeed if tried again.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 
@@ -40,11 +41,13 @@ type MemBackend struct {
 	cfg MemConfig
 
 	mu      sync.Mutex
-	members []clms.Member        // by node number; guarded by mu
-	index   map[clms.NodeNum]int // node -> position in members
-	log     []clms.Transition    // retained transitions, consecutive ids, ending at last
-	last    clms.TransitionID    // id of the last transition applied; 0 for none
-	changed chan struct{}        // closed and replaced by every Append: wakes the waiters
+	members []clms.Member             // by node number; guarded by mu
+	index   map[clms.NodeNum]int      // node -> position in members
+	log     []clms.Transition         // retained transitions, consecutive ids, ending at last
+	last    clms.TransitionID         // id of the last transition applied; 0 for none
+	keys    map[string]clms.KeyRecord // key services by name; guarded by mu
+	keySeq  uint64                    // bumped by every SetKeyService; 0 for none
+	changed chan struct{}             // closed and replaced by every Append and SetKeyService: wakes the waiters
 }
 
 var _ Backend = (*MemBackend)(nil)
@@ -58,7 +61,7 @@ func NewMemBackend(nodes []clms.NodeNum, cfg MemConfig) (*MemBackend, error) {
 	if cfg.MaxRetained < 1 {
 		return nil, fmt.Errorf("%w: MaxRetained %d", ErrInvalid, cfg.MaxRetained)
 	}
-	b := &MemBackend{cfg: cfg, index: map[clms.NodeNum]int{}, changed: make(chan struct{})}
+	b := &MemBackend{cfg: cfg, index: map[clms.NodeNum]int{}, keys: map[string]clms.KeyRecord{}, changed: make(chan struct{})}
 	sorted := slices.Clone(nodes)
 	slices.Sort(sorted)
 	for _, n := range sorted {
@@ -95,10 +98,60 @@ func (b *MemBackend) Append(ts ...clms.Transition) error {
 			// memory goes too.
 			b.log = append([]clms.Transition(nil), b.log[over:]...)
 		}
-		close(b.changed)
-		b.changed = make(chan struct{})
+		b.wakeLocked()
 	}
 	return err
+}
+
+// wakeLocked wakes every waiter (of transitions and of key services alike:
+// each checks its own condition again).
+func (b *MemBackend) wakeLocked() {
+	close(b.changed)
+	b.changed = make(chan struct{})
+}
+
+// SetKeyService applies a committed key-service record, in commit order:
+// it replaces the service's state, bumps the sequence and wakes the
+// waiters. Every record counts as a change, as committed.
+func (b *MemBackend) SetKeyService(r clms.KeyRecord) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.keys[r.Name] = r
+	b.keySeq++
+	b.wakeLocked()
+}
+
+// KeyServices implements Backend.
+func (b *MemBackend) KeyServices() ([]clms.KeyRecord, uint64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]clms.KeyRecord, 0, len(b.keys))
+	for _, name := range slices.Sorted(maps.Keys(b.keys)) {
+		out = append(out, b.keys[name])
+	}
+	return out, b.keySeq
+}
+
+// WaitKeyServices implements Backend.
+func (b *MemBackend) WaitKeyServices(ctx context.Context, after uint64) error {
+	return b.wait(ctx, func() bool { return b.keySeq > after })
+}
+
+// wait returns nil once done (called with mu held) is true, or ctx's error.
+func (b *MemBackend) wait(ctx context.Context, done func() bool) error {
+	for {
+		b.mu.Lock()
+		ok, changed := done(), b.changed
+		b.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 func (b *MemBackend) applyLocked(t clms.Transition) error {
@@ -148,19 +201,7 @@ func (b *MemBackend) Transitions(after clms.TransitionID, max int) []clms.Transi
 
 // WaitTransition implements Backend.
 func (b *MemBackend) WaitTransition(ctx context.Context, after clms.TransitionID) error {
-	for {
-		b.mu.Lock()
-		last, changed := b.last, b.changed
-		b.mu.Unlock()
-		if last > after {
-			return nil
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	return b.wait(ctx, func() bool { return b.last > after })
 }
 
 // Member implements Backend.

@@ -239,3 +239,58 @@ func TestMemBackendConcurrent(t *testing.T) {
 	appenders.Wait()
 	readers.Wait()
 }
+
+// TestMemBackendKeyServices: every SetKeyService bumps the sequence by one
+// and replaces that service's row; the view is by name; a waiter for the
+// next sequence is woken by it (and only by a key change), and a wait with
+// nothing new ends with its ctx.
+func TestMemBackendKeyServices(t *testing.T) {
+	b := newMem(t, 0, 1, 2)
+	if ks, seq := b.KeyServices(); len(ks) != 0 || seq != 0 {
+		t.Fatalf("empty backend: %v seq %d", ks, seq)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := b.WaitKeyServices(ctx, 0); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("wait with no key service: %v", err)
+	}
+
+	done := make(chan error, 1)
+	go func() { done <- b.WaitKeyServices(context.Background(), 0) }()
+	// A transition wakes the shared channel, but the key waiter must go
+	// back to sleep: it is still waiting after the transition is applied.
+	if err := b.Append(newHistory().next(1)); err != nil {
+		t.Fatal(err)
+	}
+	tctx, tcancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer tcancel()
+	if err := b.WaitKeyServices(tctx, 0); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a transition satisfied a key-service wait: %v", err)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("the key-service waiter returned on a transition: %v", err)
+	default:
+	}
+	zb := clms.KeyRecord{Name: "zb", Owner: 2, OwnerInc: 4, Epoch: 1, Phase: clms.KeyFailover}
+	b.SetKeyService(zb)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	a := clms.KeyRecord{Name: "a", Owner: 1, OwnerInc: 3, Epoch: 1, Phase: clms.KeyReady}
+	b.SetKeyService(a)
+	zb.Phase = clms.KeyReady
+	b.SetKeyService(zb)
+	ks, seq := b.KeyServices()
+	if want := []clms.KeyRecord{a, zb}; seq != 3 || !reflect.DeepEqual(ks, want) {
+		t.Fatalf("after 3 records: %v seq %d, want %v seq 3", ks, seq, want)
+	}
+	if err := b.WaitKeyServices(context.Background(), 2); err != nil { // already past: at once
+		t.Fatal(err)
+	}
+	// The caller's copy is its own.
+	ks[0].Owner = 9
+	if again, _ := b.KeyServices(); again[0].Owner != 1 {
+		t.Fatalf("KeyServices returned the backend's own storage: %v", again)
+	}
+}

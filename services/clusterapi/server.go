@@ -16,11 +16,13 @@ type Config struct {
 	// highest node number of the table, clms.ClusterConfig.MaxNodes.
 	// Required.
 	MaxNodes clms.NodeNum
-	// MaxWait bounds how long one WaitTransitions holds a server handle.
+	// MaxWait bounds how long one WaitTransitions or WaitKeyServices holds
+	// a server handle.
 	MaxWait time.Duration
 	// MaxBatch bounds the transitions in one WaitTransitions reply.
 	MaxBatch int
-	// MaxWaiters bounds the WaitTransitions waiting at once; more get
+	// MaxWaiters bounds the long polls (WaitTransitions and WaitKeyServices
+	// together) waiting at once; more get
 	// ErrBusy. Below the service's 64 handles, so that waiting watchers
 	// never keep the other calls from a handle.
 	MaxWaiters int
@@ -71,7 +73,7 @@ type Server struct {
 	node    *engine.Node
 	backend Backend
 	cfg     Config
-	waiters atomic.Int32 // WaitTransitions calls waiting now
+	waiters atomic.Int32 // long polls waiting now
 }
 
 var _ API = (*Server)(nil)
@@ -240,14 +242,32 @@ func (s *Server) WaitTransitions(ctx context.Context, after uint64, max uint32, 
 	if err != nil || len(ts) > 0 || waitMillis == 0 {
 		return wireTransitions(ts), err
 	}
+	if err := s.longPoll(ctx, waitMillis, func(wctx context.Context) error {
+		return s.backend.WaitTransition(wctx, clms.TransitionID(after))
+	}); err != nil {
+		return nil, err
+	}
+	// Woken, out of time, or the node is closing: answer with what there
+	// is, so that the caller just polls again.
+	ts, err = s.transitions(clms.TransitionID(after), n)
+	return wireTransitions(ts), err
+}
+
+// longPoll runs wait, a backend's wait for a change, for up to waitMillis
+// (capped by Config.MaxWait) under the limits every long poll shares: only
+// at priority 0, at most Config.MaxWaiters at once (ErrBusy). It returns
+// nil when woken, out of time or when the node closes (the caller answers
+// with what there is, and its caller polls again), or the backend's
+// failure.
+func (s *Server) longPoll(ctx context.Context, waitMillis uint32, wait func(context.Context) error) error {
 	if p := engine.PriorityFrom(ctx); p > 0 {
 		// Requests at priority run on the node's shared priority handles,
 		// which CLMS's own traffic needs: a long poll must not sit on one.
-		return nil, fmt.Errorf("%w: a wait at priority %d would hold a shared priority handle; wait at priority 0", ErrInvalid, p)
+		return fmt.Errorf("%w: a wait at priority %d would hold a shared priority handle; wait at priority 0", ErrInvalid, p)
 	}
 	if s.waiters.Add(1) > int32(s.cfg.MaxWaiters) {
 		s.waiters.Add(-1)
-		return nil, fmt.Errorf("%w: %d waiting", ErrBusy, s.cfg.MaxWaiters)
+		return fmt.Errorf("%w: %d waiting", ErrBusy, s.cfg.MaxWaiters)
 	}
 	defer s.waiters.Add(-1)
 	// The wait's timer must not hang off the handler's ctx: the engine
@@ -260,13 +280,48 @@ func (s *Server) WaitTransitions(ctx context.Context, after uint64, max uint32, 
 	defer cancel()
 	stop := context.AfterFunc(ctx, cancel)
 	defer stop()
-	if err := s.backend.WaitTransition(wctx, clms.TransitionID(after)); err != nil && wctx.Err() == nil {
-		return nil, err // the backend failed
+	if err := wait(wctx); err != nil && wctx.Err() == nil {
+		return err // the backend failed
 	}
-	// Woken, out of time, or the node is closing: answer with what there
-	// is, so that the caller just polls again.
-	ts, err = s.transitions(clms.TransitionID(after), n)
-	return wireTransitions(ts), err
+	return nil
+}
+
+// KeyServices implements API.
+func (s *Server) KeyServices(context.Context) ([]WireKeyService, uint64, error) {
+	ks, seq := s.backend.KeyServices()
+	return wireKeyServices(ks), seq, nil
+}
+
+// WaitKeyServices implements API.
+func (s *Server) WaitKeyServices(ctx context.Context, afterSeq uint64, waitMillis uint32) ([]WireKeyService, uint64, error) {
+	ks, seq := s.backend.KeyServices()
+	if seq > afterSeq || waitMillis == 0 {
+		return wireKeyServices(ks), seq, nil
+	}
+	if err := s.longPoll(ctx, waitMillis, func(wctx context.Context) error {
+		return s.backend.WaitKeyServices(wctx, afterSeq)
+	}); err != nil {
+		return nil, 0, err
+	}
+	ks, seq = s.backend.KeyServices()
+	return wireKeyServices(ks), seq, nil
+}
+
+func wireKeyServices(ks []clms.KeyRecord) []WireKeyService {
+	if len(ks) == 0 {
+		return nil
+	}
+	out := make([]WireKeyService, len(ks))
+	for i, k := range ks {
+		out[i] = WireKeyServiceOf(k)
+	}
+	return out
+}
+
+// WireKeyServiceOf converts a key service's committed record for the wire.
+func WireKeyServiceOf(k clms.KeyRecord) WireKeyService {
+	return WireKeyService{Name: k.Name, Owner: uint32(k.Owner), OwnerInc: k.OwnerInc, Epoch: k.Epoch,
+		Phase: uint8(k.Phase), Ready: k.Phase == clms.KeyReady}
 }
 
 func wireTransitions(ts []clms.Transition) []WireTransition {

@@ -165,6 +165,10 @@ func FuzzAPIDecoders(f *testing.F) {
 	f.Add(apiNextTransitionAppendResults(nil, tr, true))
 	f.Add(apiDetailedTransitionAppendArgs(nil, WhichPrevious, 42))
 	f.Add(apiClusterNameAppendResults(nil, "demo"))
+	ks := []WireKeyService{{Name: "ks", Owner: 2, OwnerInc: 5, Epoch: 3, Phase: 2, Ready: true}, {Name: "", Epoch: 1}}
+	f.Add(apiKeyServicesAppendResults(nil, ks, 7))
+	f.Add(apiWaitKeyServicesAppendArgs(nil, 6, 20000))
+	f.Add(apiWaitKeyServicesAppendResults(nil, ks[:1], 1<<40))
 	// A declared error reply (ErrCompacted is status 3), an unknown status.
 	f.Add(append([]byte{3}, stub.AppendString(nil, "transition no longer kept")...))
 	f.Add([]byte{200, 0})

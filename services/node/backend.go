@@ -12,7 +12,7 @@ import (
 // Backend is what the node's cluster API serves: a clusterapi.MemBackend
 // fed, in commit order, with the records the CLMS runner applies (each
 // joining node's info with its COMINGUP, and clusternode_setinfo's
-// records), and SetNodeInfo committed through the CLMS master.
+// records, and the key services' records), and SetNodeInfo committed through the CLMS master.
 type Backend struct {
 	*clusterapi.MemBackend
 	runner *clms.Runner
@@ -37,6 +37,10 @@ func (b *Backend) apply(recs []clms.Record) {
 	ctx := context.Background()
 	for _, r := range recs {
 		switch r.Kind {
+		case clms.RecordKeyService:
+			// Every committed owner, epoch and phase change, so that every
+			// node's cluster API answers who owns a key service.
+			b.SetKeyService(r.Key)
 		case clms.RecordNodeInfo:
 			_ = b.MemBackend.SetNodeInfo(ctx, r.Transition.Node, r.Info)
 		case clms.RecordTransition:

@@ -39,18 +39,25 @@ func testTiming() *clms.Timing {
 }
 
 type inproc struct {
-	t     *testing.T
-	c     *nodetest.Cluster
-	dirs  map[clms.NodeNum]string
-	nodes map[clms.NodeNum]*node.Node
+	t *testing.T
+	// newKeys, if set, makes each node's key-service registry (a node
+	// that restarts needs a new one).
+	newKeys func() *clms.KeyServices
+	c       *nodetest.Cluster
+	dirs    map[clms.NodeNum]string
+	nodes   map[clms.NodeNum]*node.Node
 }
 
 func startInproc(t *testing.T, opt nodetest.Options) *inproc {
+	return startInprocKeys(t, opt, nil)
+}
+
+func startInprocKeys(t *testing.T, opt nodetest.Options, newKeys func() *clms.KeyServices) *inproc {
 	c, err := nodetest.Write(t.TempDir(), opt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &inproc{t: t, c: c, dirs: map[clms.NodeNum]string{}, nodes: map[clms.NodeNum]*node.Node{}}
+	p := &inproc{t: t, newKeys: newKeys, c: c, dirs: map[clms.NodeNum]string{}, nodes: map[clms.NodeNum]*node.Node{}}
 	for num := range c.Addrs {
 		p.dirs[num] = t.TempDir()
 		p.start(num)
@@ -60,8 +67,12 @@ func startInproc(t *testing.T, opt nodetest.Options) *inproc {
 
 func (p *inproc) start(num clms.NodeNum) *node.Node {
 	p.t.Helper()
+	var keys *clms.KeyServices
+	if p.newKeys != nil {
+		keys = p.newKeys()
+	}
 	n, err := node.New(node.Config{Cluster: p.c.Config, Node: num, DataDir: p.dirs[num], Timing: testTiming(),
-		Logger: enginetest.Logger(), Engine: func(c *engine.Config) { c.EventLoops = 1 }})
+		KeyServices: keys, Logger: enginetest.Logger(), Engine: func(c *engine.Config) { c.EventLoops = 1 }})
 	if err != nil {
 		p.t.Fatal(err)
 	}
