@@ -72,13 +72,11 @@ func TestDetectionTimes(t *testing.T) {
 		var samples []time.Duration
 		for range trials {
 			pc.waitFor("3 nodes UP", all, repUp(all...))
-			master := pc.master(all)
-			victim := master
-			if !sc.master {
-				victim = all[0]
-				if victim == master {
-					victim = all[1]
-				}
+			var victim clms.NodeNum
+			if sc.master {
+				victim = pc.master(all)
+			} else {
+				victim = pc.nonMaster(all)
 			}
 			samples = append(samples, pc.crashTrial(victim, others(all, victim), sc.cause, sc.sig))
 			p := pc.procs[victim]

@@ -234,6 +234,15 @@ func goneAt(r childReport, n clms.NodeNum, inc uint64) (int64, clms.Transition) 
 	return 0, clms.Transition{}
 }
 
+// nonMaster is a node of on that is not the master: the victim of the
+// tests whose fault must not also cost an election.
+func (pc *procCluster) nonMaster(on []clms.NodeNum) clms.NodeNum {
+	if m := pc.master(on); on[0] == m {
+		return on[1]
+	}
+	return on[0]
+}
+
 func (pc *procCluster) master(on []clms.NodeNum) clms.NodeNum {
 	reps := pc.waitFor("a master", on, func(r childReport) bool { return r.Status.Master != 0 })
 	return reps[on[0]].Status.Master
@@ -308,11 +317,7 @@ func TestProcFormationAndCrash(t *testing.T) {
 	pc.startAll()
 	all := pc.all()
 	pc.waitFor("3 nodes UP", all, repUp(all...))
-	master := pc.master(all)
-	victim := all[0]
-	if victim == master {
-		victim = all[1]
-	}
+	victim := pc.nonMaster(all)
 	survivors := others(all, victim)
 	rep, _ := pc.procs[victim].report()
 	d := pc.crashTrial(victim, survivors, clms.CauseCrash, syscall.SIGKILL)
@@ -326,11 +331,7 @@ func TestProcHangFences(t *testing.T) {
 	pc.startAll()
 	all := pc.all()
 	pc.waitFor("3 nodes UP", all, repUp(all...))
-	master := pc.master(all)
-	victim := all[0]
-	if victim == master {
-		victim = all[1]
-	}
+	victim := pc.nonMaster(all)
 	survivors := others(all, victim)
 	d := pc.crashTrial(victim, survivors, clms.CauseSilence, syscall.SIGSTOP)
 	t.Logf("SIGSTOP of node %d: GOINGDOWN applied on every survivor after %v", victim, d)
