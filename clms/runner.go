@@ -21,6 +21,13 @@ var (
 	ErrStopped    = errors.New("clms: runner stopped")
 	ErrNoStore    = errors.New("clms: a master-eligible node needs a store")
 	ErrNotStarted = errors.New("clms: runner not started")
+	// ErrNoQuorum: a planned shutdown that cannot be recorded, because
+	// fewer than a majority of the master-eligible nodes are members in
+	// this node's view, so no master can commit its SHUTDOWN. It is what
+	// the last nodes of a cluster stopped as a whole see; the node may
+	// still stop (it is not fenced), and when the cluster starts again its
+	// next incarnation replaces this one as after a crash.
+	ErrNoQuorum = errors.New("clms: no majority of master-eligible nodes is left to commit the SHUTDOWN")
 )
 
 // RunnerConfig builds a Runner.
@@ -75,6 +82,8 @@ type Runner struct {
 	core *Core
 	log  *slog.Logger
 	met  *runnerMetrics
+
+	eligible map[NodeNum]bool // the voters, for ErrNoQuorum; fixed at NewRunner
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
@@ -206,9 +215,15 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 		lastInc:   map[NodeNum]uint64{},
 		probing:   map[NodeNum]bool{},
 		lastProbe: map[NodeNum]time.Time{},
+		eligible:  map[NodeNum]bool{},
 		joined:    make(chan struct{}),
 		left:      make(chan struct{}),
 		done:      make(chan struct{}),
+	}
+	for _, n := range cfg.Nodes {
+		if n.MasterEligible {
+			r.eligible[n.Num] = true
+		}
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.publishStatus(true)
@@ -265,14 +280,46 @@ func (r *Runner) Shutdown(ctx context.Context) error {
 	if err := r.do(ctx, r.core.Shutdown); err != nil {
 		return err
 	}
-	select {
-	case <-r.left:
-		return nil
-	case <-r.done:
-		return ErrStopped
-	case <-ctx.Done():
-		return ctx.Err()
+	// Waiting out ctx would be pointless once no majority is left: the
+	// other voters left or died, and only their return could commit it.
+	poll := time.NewTicker(quorumPoll)
+	defer poll.Stop()
+	for {
+		select {
+		case <-r.left:
+			return nil
+		case <-r.done:
+			return ErrStopped
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-poll.C:
+			if s := r.Status(); !s.Left && !r.quorumOfMembers(s) {
+				return fmt.Errorf("%w: %d of %d master-eligible nodes are members", ErrNoQuorum, r.eligibleMembers(s), len(r.eligible))
+			}
+		}
 	}
+}
+
+// quorumPoll is how often a waiting Shutdown looks at the published status
+// for a lost majority: an atomic load, so cheap, and a small delay beside
+// the seconds a whole-cluster stop would otherwise wait.
+const quorumPoll = 20 * time.Millisecond
+
+// quorumOfMembers reports whether a majority of the master-eligible nodes
+// are members (COMINGUP or UP) in s: only then can a master commit
+// anything. A node in SHUTDOWN is on its way out and is not counted.
+func (r *Runner) quorumOfMembers(s RunnerStatus) bool {
+	return r.eligibleMembers(s) > len(r.eligible)/2
+}
+
+func (r *Runner) eligibleMembers(s RunnerStatus) int {
+	k := 0
+	for _, m := range s.Members {
+		if r.eligible[m.Node] && m.State.IsMember() {
+			k++
+		}
+	}
+	return k
 }
 
 // SetNodeInfo commits node n's new info through the master (CI's

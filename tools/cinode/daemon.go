@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/clusterinfra/ci/clms"
 	"github.com/clusterinfra/ci/services/admin"
 )
 
@@ -106,6 +108,15 @@ func runNode(ctx context.Context, st *settings, base *slog.Logger) int {
 	go func() { done <- m.Shutdown(sctx) }()
 	select {
 	case err := <-done:
+		if errors.Is(err, clms.ErrNoQuorum) {
+			// The cluster is being stopped as a whole and this is one of
+			// its last voters: nobody is left to record the leave, and
+			// waiting would not change that. Stopping is still what the
+			// operator asked for; the next start rejoins as after a crash.
+			log.Warn("leaving without a recorded SHUTDOWN: no majority of master-eligible nodes is left to commit it", "err", err)
+			log.Info("shutdown complete")
+			return exitOK
+		}
 		if err != nil {
 			log.Error("planned shutdown did not complete", "err", err)
 			return exitFailed
