@@ -83,8 +83,6 @@ type Runner struct {
 	log  *slog.Logger
 	met  *runnerMetrics
 
-	eligible map[NodeNum]bool // the voters, for ErrNoQuorum; fixed at NewRunner
-
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // every goroutine of the runner
@@ -151,9 +149,13 @@ type RunnerStatus struct {
 	Fencing     FencingPolicy
 	RaftTerm    uint64
 	RaftLeader  NodeNum
-	Members     []Member // every node of the table, in node order
-	Last        TransitionID
-	Stats       Stats
+	// VotersAlive of Voters (the master-eligible nodes) are members in this
+	// node's view whose process is not proven gone (Core.VotersAlive): at
+	// most half means nothing can be committed until some come back.
+	Voters, VotersAlive int
+	Members             []Member // every node of the table, in node order
+	Last                TransitionID
+	Stats               Stats
 }
 
 // NewRunner builds a runner for cfg; nothing runs until Start.
@@ -215,15 +217,9 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 		lastInc:   map[NodeNum]uint64{},
 		probing:   map[NodeNum]bool{},
 		lastProbe: map[NodeNum]time.Time{},
-		eligible:  map[NodeNum]bool{},
 		joined:    make(chan struct{}),
 		left:      make(chan struct{}),
 		done:      make(chan struct{}),
-	}
-	for _, n := range cfg.Nodes {
-		if n.MasterEligible {
-			r.eligible[n.Num] = true
-		}
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.publishStatus(true)
@@ -281,7 +277,8 @@ func (r *Runner) Shutdown(ctx context.Context) error {
 		return err
 	}
 	// Waiting out ctx would be pointless once no majority is left: the
-	// other voters left or died, and only their return could commit it.
+	// other voters left or are proven gone, and only their return could
+	// commit it.
 	poll := time.NewTicker(quorumPoll)
 	defer poll.Stop()
 	for {
@@ -293,8 +290,8 @@ func (r *Runner) Shutdown(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-poll.C:
-			if s := r.Status(); !s.Left && !r.quorumOfMembers(s) {
-				return fmt.Errorf("%w: %d of %d master-eligible nodes are members", ErrNoQuorum, r.eligibleMembers(s), len(r.eligible))
+			if s := r.Status(); !s.Left && s.VotersAlive <= s.Voters/2 {
+				return fmt.Errorf("%w: %d of %d master-eligible nodes are members not proven gone", ErrNoQuorum, s.VotersAlive, s.Voters)
 			}
 		}
 	}
@@ -304,23 +301,6 @@ func (r *Runner) Shutdown(ctx context.Context) error {
 // for a lost majority: an atomic load, so cheap, and a small delay beside
 // the seconds a whole-cluster stop would otherwise wait.
 const quorumPoll = 20 * time.Millisecond
-
-// quorumOfMembers reports whether a majority of the master-eligible nodes
-// are members (COMINGUP or UP) in s: only then can a master commit
-// anything. A node in SHUTDOWN is on its way out and is not counted.
-func (r *Runner) quorumOfMembers(s RunnerStatus) bool {
-	return r.eligibleMembers(s) > len(r.eligible)/2
-}
-
-func (r *Runner) eligibleMembers(s RunnerStatus) int {
-	k := 0
-	for _, m := range s.Members {
-		if r.eligible[m.Node] && m.State.IsMember() {
-			k++
-		}
-	}
-	return k
-}
 
 // SetNodeInfo commits node n's new info through the master (CI's
 // clusternode_setinfo) and returns once the record is applied on this node,
@@ -667,6 +647,7 @@ func (r *Runner) publishStatus(membersChanged bool) {
 	s := &RunnerStatus{Self: self, Incarnation: inc, Master: c.Master(), IsMaster: c.IsMaster(), LeaseValid: c.Acting(),
 		Formed: c.Formed(), Fencing: r.cfg.Fencing, Stats: c.Stats(), Last: c.State().LastTransition()}
 	s.Ready = s.LeaseValid && s.Formed
+	s.VotersAlive, s.Voters = c.VotersAlive()
 	s.Fenced, s.FenceReason = c.Fenced()
 	s.Joined = c.phase == phaseMember || c.phase == phaseFenced || c.phase == phaseLeft
 	s.Left = c.phase == phaseLeft

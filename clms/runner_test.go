@@ -372,6 +372,32 @@ func TestRunnerLastVoterShutdownNoQuorum(t *testing.T) {
 	c.nodes[last].close()
 }
 
+// The other voters' processes end without a leave (the last of a whole
+// cluster stopped at once may never learn their SHUTDOWN was committed;
+// here they just stop): the survivor's view still has them UP, but their
+// addresses refuse connections, which proves them gone, so its shutdown
+// ends with ErrNoQuorum rather than waiting out its ctx.
+func TestRunnerShutdownVotersProvenGone(t *testing.T) {
+	c := newRunnerCluster(t, 3, 3, nil)
+	all := []clms.NodeNum{1, 2, 3}
+	c.waitFor("3 nodes UP", all, allUp(all...))
+	const survivor = 2
+	for _, n := range []clms.NodeNum{1, 3} {
+		c.nodes[n].close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err := c.nodes[survivor].r.Shutdown(ctx)
+	if !errors.Is(err, clms.ErrNoQuorum) {
+		t.Fatalf("shutdown with both other voters' processes gone returned %v, want ErrNoQuorum", err)
+	}
+	s := c.nodes[survivor].r.Status()
+	if s.Voters != 3 || s.VotersAlive > 1 {
+		t.Fatalf("status says %d of %d voters alive, want at most 1 of 3", s.VotersAlive, s.Voters)
+	}
+	c.nodes[survivor].close()
+}
+
 // Subsystem callbacks run on every survivor on a NODEDOWN, in band order.
 func TestRunnerSubsystems(t *testing.T) {
 	var mu sync.Mutex
