@@ -91,6 +91,12 @@ func runNode(ctx context.Context, st *settings, base *slog.Logger) int {
 			log.Error("fenced: this incarnation is no longer a member; exiting so that a restart rejoins as a new one", "err", err, "exit", exitFenced)
 			return exitFenced
 		}
+		if errors.Is(err, clms.ErrConfigMismatch) {
+			// Not restarted by systemd (RestartPreventExitStatus=2): the
+			// same file would be refused again.
+			log.Error("refused by the cluster: its cluster.toml differs from this node's", "err", err, "exit", exitBadUsage)
+			return exitBadUsage
+		}
 		log.Error("node failed", "err", err)
 		return exitFailed
 	case <-ctx.Done():

@@ -529,3 +529,40 @@ func TestKeyseqMove(t *testing.T) {
 		t.Fatalf("after moving to node %d: %+v (before: %+v)", to, got, k)
 	}
 }
+
+// TestConfigMismatchExit: a node started with a cluster.toml whose timing
+// differs from the running cluster's is refused at its join, exits 2 (so
+// systemd does not restart it into the same refusal) and says why.
+func TestConfigMismatchExit(t *testing.T) {
+	c := newTestCluster(t, 3)
+	c.start(t, 1)
+	c.start(t, 2)
+	for i := 1; i <= 2; i++ {
+		eventually(t, 60*time.Second, fmt.Sprintf("node %d ready", i), func() (bool, string) {
+			code, body := c.readyz(i)
+			return code == 200, fmt.Sprint(code, body)
+		})
+	}
+	body, err := os.ReadFile(c.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	odd := strings.Replace(string(body), "profile = \"lan-fast\"\n", "profile = \"lan-fast\"\ncallback_timeout = \"3s\"\n", 1)
+	if odd == string(body) {
+		t.Fatal("test setup: no [timing] profile line to extend")
+	}
+	oddConfig := filepath.Join(c.dir, "odd.toml")
+	if err := os.WriteFile(oddConfig, []byte(odd), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startProc(t, bins.cinode, "--config", oddConfig, "--node", "3", "--data-dir", filepath.Join(c.dir, "node3"))
+	if code := p.wait(t, 60*time.Second); code != exitBadUsage {
+		t.Fatalf("node 3 with another timing: exit %d, want %d; log:\n%s", code, exitBadUsage, p.out.String())
+	}
+	if out := p.out.String(); !strings.Contains(out, "differs from the master's") || !strings.Contains(out, "same cluster.toml") {
+		t.Fatalf("node 3's log does not say why:\n%s", out)
+	}
+	if m := c.memberOf(t, 1, 3); m.State != "NEVERUP" {
+		t.Fatalf("the refused node is %s in node 1's view, want NEVERUP", m.State)
+	}
+}

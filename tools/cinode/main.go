@@ -30,7 +30,7 @@ import (
 const (
 	exitOK       = 0               // planned shutdown (SIGTERM, SIGINT, cluster shutdown) completed
 	exitFailed   = 1               // runtime error: could not listen, join timed out, the node failed
-	exitBadUsage = 2               // bad flags or bad configuration (one line on stderr names the problem)
+	exitBadUsage = 2               // bad flags or bad configuration (one line on stderr names the problem), or a cluster.toml the master's differs from
 	exitFenced   = node.ExitFenced // 4: fenced (declared down, lease expired); restart to rejoin as a new incarnation
 )
 
