@@ -14,7 +14,7 @@ import (
 // metric set through engine.MetricFamilies (so each family has HELP and
 // TYPE), each labelled node="N" like the engine's. Gauges and the counters
 // kept in Stats read the status snapshot the runner publishes after every
-// input, so a scrape never touches the core. docs/CLMS.md ("Metrics")
+// input, so a scrape never touches the core. docs/ADMIN.md ("Metrics")
 // lists them.
 type runnerMetrics struct {
 	fams   *engine.Families
@@ -32,7 +32,8 @@ type runnerMetrics struct {
 
 // keyRoutineBuckets are ci_clms_keysvc_routine_seconds' upper bounds, in
 // seconds: 1-2-5 steps from 1 ms (a routine with nothing to do) to 5
-// minutes (beyond the routine timeouts a cluster would configure).
+// minutes, well past a routine's bound (CallbackTimeout, 10 s by default,
+// twice that for HandOff and TakeOver) should an operator raise it.
 var keyRoutineBuckets = []float64{
 	1e-3, 2e-3, 5e-3, 10e-3, 20e-3, 50e-3, 100e-3, 200e-3, 500e-3,
 	1, 2, 5, 10, 20, 50, 100, 200, 300,
