@@ -16,7 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/VictoriaMetrics/metrics"
 	"github.com/alecthomas/kong"
 
 	"github.com/clusterinfra/ci/clms"
@@ -103,9 +102,6 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 	}
 	// The engine and CLMS label their own lines with the node's number.
 	log := newLogger(stderr, c.LogFormat, c.LogLevel)
-	// This process owns the metrics library's switch: HELP and TYPE lines
-	// on every family (the engine writes its own; the runtime's get TYPE).
-	metrics.ExposeMetadata(true)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return runNode(ctx, st, log)
