@@ -6,16 +6,33 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/clusterinfra/ci/bench"
 	"github.com/clusterinfra/ci/services/admin"
 )
+
+// procState is the state letter of /proc/PID/stat (R, S, T...), "" when
+// there is no such process.
+func procState(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) == 0 {
+		return ""
+	}
+	return f[0]
+}
 
 // supervisor restarts every node of a spawned cluster that exits, as
 // deploy/cinode.service does (on any exit but 0 and 2), until stopped:
@@ -175,6 +192,44 @@ func TestTarget(t *testing.T) {
 		rep := run("failover", "--target="+strings.Join(all, ","), "--trials=1", "--fault=stop", "--victim=member")
 		checkTrials(t, rep.Failover, all, 1, "sigstop", bench.FailoverDetected, bench.FailoverNodeDown)
 	})
+	t.Run("interrupted-while-stopped", func(t *testing.T) {
+		// Ctrl-C while the victim is stopped: cibench continues it on
+		// the way out.
+		cmd := exec.Command(exe, "failover", "--target="+one[0], "--trials=1", "--fault=stop", "--victim=member")
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }() // ends when cibench exits
+		stopped := 0
+		for stopped == 0 {
+			sup.mu.Lock()
+			for _, p := range c.procs {
+				if procState(p.pid) == "T" {
+					stopped = p.pid
+				}
+			}
+			sup.mu.Unlock()
+			select {
+			case err := <-exited:
+				t.Fatalf("cibench exited (%v) before a node was seen stopped:\n%s", err, stderr.String())
+			case <-time.After(pollEvery):
+			}
+		}
+		if err := cmd.Process.Signal(os.Interrupt); err != nil {
+			t.Fatal(err)
+		}
+		err := <-exited
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != exitFailed {
+			t.Errorf("interrupted: %v, want exit %d\n%s", err, exitFailed, stderr.String())
+		}
+		if st := procState(stopped); st == "T" {
+			t.Errorf("node process %d left stopped\n%s", stopped, stderr.String())
+		}
+	})
 	t.Run("kill-master-forwarded", func(t *testing.T) {
 		// Repeated flags; every kill through a survivor's /v1/signal.
 		rep := run("failover", "--target="+all[0], "--target="+all[2], "--trials=1", "--victim=master", "--kill-via=cluster")
@@ -246,6 +301,8 @@ func TestTargetUsage(t *testing.T) {
 		{[]string{"failover", "--target=127.0.0.1:7180", "--token-file=" + tok}, "chmod 600"},
 		{[]string{"failover", "--token-file=" + tok}, "give --target"},
 		{[]string{"membership", "--allow-faults"}, "--allow-faults is for --target"},
+		{[]string{"all", "--allow-faults"}, "--allow-faults is for --target"},
+		{[]string{"all", "--target=nohost"}, "host:port"},
 		{[]string{"failover", "--target=127.0.0.1:7180", "--rejoin-timeout=0s"}, "--rejoin-timeout"},
 	} {
 		_, stderr, code := runCibench(t, exe, nil, tc.args...)
