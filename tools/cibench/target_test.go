@@ -94,13 +94,14 @@ func (s *supervisor) stop(t *testing.T) {
 }
 
 // startSupervised starts a 3-node cinode cluster (keyseq, lan-fast, every
-// node killable through signal forwarding) under a supervisor, with cinode
-// on PATH for the cluster itself; cleanup stops both.
-func startSupervised(t *testing.T, exe string) (*cinodeCluster, *supervisor) {
+// node killable through signal forwarding if allowKill) under a
+// supervisor, with cinode on PATH for the cluster itself; cleanup stops
+// both.
+func startSupervised(t *testing.T, exe string, allowKill bool) (*cinodeCluster, *supervisor) {
 	t.Helper()
 	t.Setenv("PATH", filepath.Dir(exe)+string(os.PathListSeparator)+os.Getenv("PATH"))
 	t.Setenv("TMPDIR", t.TempDir())
-	c, err := newCinodeCluster(clusterSpec{nodes: 3, profile: "lan-fast", keyseq: true, allowFaultKill: true})
+	c, err := newCinodeCluster(clusterSpec{nodes: 3, profile: "lan-fast", keyseq: true, allowFaultKill: allowKill})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +171,7 @@ func checkTrials(t *testing.T, f *bench.FailoverResult, endpoints []string, n in
 // Correctness, not speed.
 func TestTarget(t *testing.T) {
 	exe := buildWithCinode(t)
-	c, sup := startSupervised(t, exe)
+	c, sup := startSupervised(t, exe, true)
 	one := []string{c.admins[1]}
 	all := []string{c.admins[1], c.admins[2], c.admins[3]}
 	run := func(args ...string) *bench.Report {
@@ -278,6 +279,27 @@ func TestTarget(t *testing.T) {
 			t.Errorf("exit %d, want %d with one line about the supervisor:\n%s", code, exitFailed, stderr)
 		}
 	})
+}
+
+// TestTargetKillRefused: a node whose cinode runs without
+// --allow-fault-kill refuses a forwarded SIGKILL; cibench says so and how
+// to allow it, and no node died.
+func TestTargetKillRefused(t *testing.T) {
+	exe := buildWithCinode(t)
+	c, sup := startSupervised(t, exe, false)
+	pidsNow := func() []int {
+		sup.mu.Lock()
+		defer sup.mu.Unlock()
+		return c.pids()
+	}
+	pids := pidsNow()
+	_, stderr, code := runCibench(t, exe, nil, "failover", "--target="+c.admins[1], "--trials=1", "--victim=member", "--kill-via=cluster")
+	if code != exitFailed || !strings.Contains(stderr, "refused") || !strings.Contains(stderr, "--allow-fault-kill") {
+		t.Errorf("exit %d, want %d with the refusal and the flag that allows it:\n%s", code, exitFailed, stderr)
+	}
+	if now := pidsNow(); !slices.Equal(now, pids) {
+		t.Errorf("node processes %v, then %v: a refused kill killed", pids, now)
+	}
 }
 
 // TestTargetUsage: bad --target input is one line and exit 2, before
