@@ -31,8 +31,8 @@ type cli struct {
 	RPC        rpcCmd        `cmd:"" name:"rpc" help:"Throughput of ICS against raw TCP, net/rpc and grpc-go with many concurrent callers on one node pair."`
 	Flow       flowCmd       `cmd:"" help:"Flow control: ICS bulk on a throttled channel vs raw TCP, and priority RPC latency idle vs under that bulk."`
 	Priority   priorityCmd   `cmd:"" help:"Priority RPC latency under saturation beside its raw-TCP control, and the nested-RPC deadlock with and without escalation."`
-	Failover   failoverCmd   `cmd:"" help:"Failover times of a spawned cinode cluster: SIGKILL or SIGSTOP of keyseq's owner, the master or a member; detection, NODEDOWN everywhere, new master, key service ready, p50/p99 over trials."`
-	Membership membershipCmd `cmd:"" help:"Formation time, transition propagation and the master's steady CPU and bytes/s of spawned cinode clusters of 3 to 254 nodes."`
+	Failover   failoverCmd   `cmd:"" help:"Failover times of a spawned cinode cluster, or a running one (--target): SIGKILL or SIGSTOP of keyseq's owner, the master or a member; detection, NODEDOWN everywhere, new master, key service ready, p50/p99 over trials."`
+	Membership membershipCmd `cmd:"" help:"Formation time, transition propagation and the master's steady CPU and bytes/s of spawned cinode clusters of 3 to 254 nodes, or of a running one (--target)."`
 	All        allCmd        `cmd:"" help:"Every scenario in one run, one JSON file (make bench-report; --quick in under two minutes)."`
 	Demo       demoCmd       `cmd:"" help:"A local four-node ICS cluster doing work, losing a node and getting it back (make demo)."`
 	Node       nodeCmd       `cmd:"" help:"Serve one demo cluster node (used by demo, one process per node)."`

@@ -271,6 +271,21 @@ func TestTarget(t *testing.T) {
 			t.Errorf("exit %d\n%s\n%s", code, stdout, stderr)
 		}
 	})
+	t.Run("all", func(t *testing.T) {
+		// Only failover and membership are checked here: they are the
+		// sections this mode of all adds.
+		stdout, stderr, code := runCibench(t, exe, nil, "all", "--quick", "--out=-", "--peers=raw", "--sizes=64", "--rounds=1",
+			"--calls=100", "--duration=100ms", "--trials=1", "--target="+one[0], "--allow-faults")
+		if code != 0 {
+			t.Fatalf("exit %d\n%s", code, stderr)
+		}
+		rep := readReport(t, stdout, "all")
+		checkTrials(t, rep.Failover, one, 2, "sigkill", bench.FailoverDetected, bench.FailoverNodeDown, bench.FailoverKeyReady)
+		checkTrials(t, rep.FailoverHang, one, 1, "sigstop", bench.FailoverDetected, bench.FailoverNodeDown)
+		if m := rep.Membership; m == nil || m.Mode != bench.ModeTarget || len(m.Runs) != 1 || m.Runs[0].PropagationBy != "kill-rejoin" {
+			t.Errorf("membership %+v", m)
+		}
+	})
 	t.Run("never-back", func(t *testing.T) {
 		sup.stop(t)
 		_, stderr, code := runCibench(t, exe, nil, "failover", "--target="+one[0], "--trials=1", "--victim=member", "--rejoin-timeout=1s")
