@@ -163,13 +163,13 @@ func checkTrials(t *testing.T, f *bench.FailoverResult, endpoints []string, n in
 	}
 }
 
-// TestTarget runs failover and membership against a running cluster that
+// TestFaultTarget runs failover and membership against a running cluster that
 // cibench did not spawn: kills of keyseq's owner found from one endpoint,
 // a hang of a member on this machine, a kill of the master forwarded by a
 // survivor's signal forwarding, membership with --allow-faults, and last,
 // with the supervisor stopped, a victim that never comes back.
 // Correctness, not speed.
-func TestTarget(t *testing.T) {
+func TestFaultTarget(t *testing.T) {
 	exe := buildWithCinode(t)
 	c, sup := startSupervised(t, exe, true)
 	one := []string{c.admins[1]}
@@ -296,10 +296,10 @@ func TestTarget(t *testing.T) {
 	})
 }
 
-// TestTargetKillRefused: a node whose cinode runs without
+// TestFaultTargetKillRefused: a node whose cinode runs without
 // --allow-fault-kill refuses a forwarded SIGKILL; cibench says so and how
 // to allow it, and no node died.
-func TestTargetKillRefused(t *testing.T) {
+func TestFaultTargetKillRefused(t *testing.T) {
 	exe := buildWithCinode(t)
 	c, sup := startSupervised(t, exe, false)
 	pidsNow := func() []int {
@@ -317,9 +317,9 @@ func TestTargetKillRefused(t *testing.T) {
 	}
 }
 
-// TestTargetUsage: bad --target input is one line and exit 2, before
+// TestFaultTargetUsage: bad --target input is one line and exit 2, before
 // anything runs.
-func TestTargetUsage(t *testing.T) {
+func TestFaultTargetUsage(t *testing.T) {
 	exe := buildCibench(t)
 	dead, err := freePort("127.0.0.1") // nothing listens there once freed
 	if err != nil {
