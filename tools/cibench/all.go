@@ -77,15 +77,19 @@ func (c *allCmd) Validate() error {
 	if _, err := c.profile(); err != nil {
 		return err
 	}
-	if c.AllowFaults && !c.enabled() {
+	if c.AllowFaults && !c.faultTarget().enabled() {
 		return usagef("--allow-faults is for --target: spawned clusters are faulted anyway")
 	}
 	if c.RejoinTimeout <= 0 {
 		return usagef("--rejoin-timeout must be positive")
 	}
-	_, err := c.targetFlags.validate()
+	_, err := c.faultTarget().validate()
 	return err
 }
+
+// faultTarget is --target and --token-file as failover and membership
+// take them.
+func (c *allCmd) faultTarget() targetFlags { return c.targetFlags }
 
 // scale is how much of everything cibench all runs.
 type scale struct {
@@ -263,11 +267,11 @@ func (c *allCmd) Run(g *globals) (err error) {
 	// Failover and membership spawn cinode clusters with the lan-fast
 	// profile, the one the goals are stated for, or use the target.
 	if err := step("failover", func() error {
-		if c.enabled() && !c.AllowFaults {
+		if c.faultTarget().enabled() && !c.AllowFaults {
 			fmt.Fprintln(text, "\nfailover: not run: it kills nodes of the --target cluster; give --allow-faults")
 			return nil
 		}
-		kill := failoverPlan{nodes: 3, trials: p.killTrials, fault: "kill", victim: "keysvc-owner", profile: "lan-fast", target: c.targetFlags, faults: c.faultFlags}
+		kill := failoverPlan{nodes: 3, trials: p.killTrials, fault: "kill", victim: "keysvc-owner", profile: "lan-fast", target: c.faultTarget(), faults: c.faultFlags}
 		hang := kill
 		hang.trials, hang.fault, hang.victim = p.hangTrials, "stop", "member"
 		if rep.Failover, err = runFailover(g, kill, g.stderr); err != nil {
@@ -290,7 +294,7 @@ func (c *allCmd) Run(g *globals) (err error) {
 		return err
 	}
 	if err := step("membership", func() error {
-		mp := membershipPlan{sizes: p.memberSizes, steady: p.steady, profile: "lan-fast", target: c.targetFlags, faults: c.faultFlags, allowFaults: c.AllowFaults}
+		mp := membershipPlan{sizes: p.memberSizes, steady: p.steady, profile: "lan-fast", target: c.faultTarget(), faults: c.faultFlags, allowFaults: c.AllowFaults}
 		if rep.Membership, err = runMembership(g, mp, g.stderr); err != nil {
 			return err
 		}
