@@ -40,7 +40,7 @@ type cli struct {
 
 // globals is what every command's Run receives.
 type globals struct {
-	ctx    context.Context // cancelled on SIGINT/SIGTERM
+	ctx    context.Context // cancelled on SIGINT/SIGTERM/SIGHUP
 	args   []string        // the command line, for the result's record
 	quiet  bool
 	stdout io.Writer
@@ -78,7 +78,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "Run 'cibench --help' for usage.")
 		return exitBadUsage
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGHUP too (the terminal went away): a run against a --target
+	// cluster must continue the node it stopped on the way out.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	err = kctx.Run(&globals{ctx: ctx, args: append([]string{"cibench"}, args...), quiet: c.Quiet, stdout: stdout, stderr: stderr})
 	var usage usageError

@@ -427,3 +427,27 @@ func TestForwardRefused(t *testing.T) {
 		t.Errorf("transport error: %v, want nil", err)
 	}
 }
+
+// TestMemberAdmin: a node no --target names is reached at the node
+// table's admin address, or the default one on its loopback ICS host; any
+// other node's endpoint is unknown, and the error says what to pass.
+func TestMemberAdmin(t *testing.T) {
+	for _, tc := range []struct {
+		m    admin.Member
+		want string // "" for an error
+	}{
+		{admin.Member{Node: 2, Address: "10.0.0.2:7100", Admin: "10.0.0.2:7180"}, "10.0.0.2:7180"},
+		{admin.Member{Node: 2, Address: "10.0.0.2:7100", Admin: "unix:/run/ci/admin.sock"}, "unix:/run/ci/admin.sock"},
+		{admin.Member{Node: 3, Address: "127.0.0.3:7100"}, "127.0.0.3:" + admin.DefaultPort},
+		{admin.Member{Node: 4, Address: "10.0.0.4:7100"}, ""},
+		{admin.Member{Node: 5, Address: "node5.example:7100"}, ""},
+	} {
+		got, err := memberAdmin(tc.m)
+		switch {
+		case tc.want != "" && (err != nil || got != tc.want):
+			t.Errorf("%+v: %q %v, want %q", tc.m, got, err, tc.want)
+		case tc.want == "" && (err == nil || !strings.Contains(err.Error(), fmt.Sprintf("node %d", tc.m.Node)) || !strings.Contains(err.Error(), "--target")):
+			t.Errorf("%+v: %q %v, want an error naming the node and --target", tc.m, got, err)
+		}
+	}
+}
