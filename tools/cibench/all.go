@@ -272,6 +272,9 @@ func (c *allCmd) Run(g *globals) (err error) {
 			return nil
 		}
 		kill := failoverPlan{nodes: 3, trials: p.killTrials, fault: "kill", victim: "keysvc-owner", profile: "lan-fast", target: c.faultTarget(), faults: c.faultFlags}
+		if kill.target.enabled() {
+			kill.victim = "owner-or-master" // a running cluster may not declare keyseq
+		}
 		hang := kill
 		hang.trials, hang.fault, hang.victim = p.hangTrials, "stop", "member"
 		if rep.Failover, err = runFailover(g, kill, g.stderr); err != nil {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"syscall"
@@ -253,7 +252,9 @@ func (c *cinodeCluster) restore(ctx context.Context, o faultOutcome) (int, error
 }
 
 // pickVictim chooses the node --victim names: the keyseq owner, the
-// master, or a member that is neither.
+// master, or a member that is neither; "owner-or-master" (cibench all
+// against a target) is keyseq's owner when the cluster declares keyseq,
+// else the master.
 func (c *adminView) pickVictim(ctx context.Context, victim string) (int, error) {
 	n0 := c.table[0]
 	st, err := c.status(ctx, n0)
@@ -268,10 +269,16 @@ func (c *adminView) pickVictim(ctx context.Context, victim string) (int, error) 
 		}
 		owner = int(ks.Owner)
 	}
+	if victim == "owner-or-master" {
+		victim = "master"
+		if c.keyseq {
+			victim = "keysvc-owner"
+		}
+	}
 	switch victim {
 	case "keysvc-owner":
 		if !c.keyseq {
-			return 0, errors.New("--victim=keysvc-owner: the cluster declares no keyseq key service; use --victim=master or member")
+			return 0, usagef("--victim=keysvc-owner: the cluster declares no keyseq key service ([[key_services]] in its cluster.toml); use --victim=master or member")
 		}
 		if owner == 0 {
 			return 0, fmt.Errorf("keyseq has no owner")

@@ -62,19 +62,21 @@ const (
 // supervisor restarts it.
 type targetCluster struct {
 	adminView
-	endpoints []string       // --target as given
-	addrs     map[int]string // each node's admin endpoint
-	rejoin    time.Duration  // --rejoin-timeout
-	killVia   string         // --kill-via: auto, local or cluster
-	procRoot  string         // /proc; tests may point elsewhere
+	addrs   map[int]string // each node's admin endpoint
+	rejoin  time.Duration  // --rejoin-timeout
+	killVia string         // --kill-via: auto, local or cluster
 
-	wg sync.WaitGroup // forwarded kills in flight
+	// Forwarded kills run beside the measurement: wg counts them, and
+	// stop (close) ends them.
+	wg       sync.WaitGroup
+	stopCtx  context.Context
+	stopCall context.CancelFunc
+
 	mu sync.Mutex
 	// Guarded by mu:
 	stopped  map[int]int    // node -> pid this run SIGSTOPped and has not continued
 	before   map[int]string // node -> its incarnation when it was faulted
 	faultErr error          // a forwarded kill that was refused
-	cancels  []context.CancelFunc
 }
 
 var _ faultCluster = (*targetCluster)(nil)
@@ -88,10 +90,12 @@ func dialTarget(ctx context.Context, f targetFlags, rejoin time.Duration, killVi
 	if err != nil {
 		return nil, err
 	}
-	c := &targetCluster{endpoints: f.Target, addrs: map[int]string{}, rejoin: rejoin, killVia: killVia, procRoot: "/proc",
+	c := &targetCluster{addrs: map[int]string{}, rejoin: rejoin, killVia: killVia,
 		stopped: map[int]int{}, before: map[int]string{}, adminView: adminView{cl: map[int]*admin.Client{}}}
+	c.stopCtx, c.stopCall = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
+			c.stopCall()
 			c.closeClients()
 		}
 	}()
@@ -247,7 +251,7 @@ func (c *targetCluster) inject(ctx context.Context, n int, sig syscall.Signal) (
 	if st.PID == 0 {
 		return nil, fmt.Errorf("node %d's admin endpoint %s reports no pid: its cinode is older than this cibench", n, c.addrs[n])
 	}
-	local, why := localCinode(c.procRoot, c.addrs[n], st.PID)
+	local, why := localCinode("/proc", c.addrs[n], st.PID)
 	route, err := faultRoute(sig, c.killVia, n, local, why)
 	if err != nil {
 		return nil, err
@@ -279,10 +283,7 @@ func (c *targetCluster) inject(ctx context.Context, n int, sig syscall.Signal) (
 		// The victim may die before its reply leaves, so the call runs
 		// beside the measurement, which must not wait for it; a refusal
 		// ends the trial through check.
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), targetCallTimeout)
-		c.mu.Lock()
-		c.cancels = append(c.cancels, cancel)
-		c.mu.Unlock()
+		fctx, cancel := context.WithTimeout(c.stopCtx, targetCallTimeout)
 		c.wg.Add(1)
 		go func() { // ends within targetCallTimeout
 			defer c.wg.Done()
@@ -391,13 +392,11 @@ func (c *targetCluster) close() error {
 	for n := range c.stopped {
 		ns = append(ns, n)
 	}
-	for _, cancel := range c.cancels {
-		cancel()
-	}
 	c.mu.Unlock()
-	for _, n := range ns {
+	for _, n := range ns { // first: nothing else matters as much
 		errs = append(errs, c.cont(n))
 	}
+	c.stopCall()
 	c.wg.Wait()
 	c.closeClients()
 	return errors.Join(errs...)
