@@ -26,16 +26,28 @@ var FailoverPhases = []string{FailoverDetected, FailoverNodeDown, FailoverMaster
 type FailoverResult struct {
 	Nodes   int    `json:"nodes"`   // cluster size at the start of each trial
 	Profile string `json:"profile"` // CLMS timing profile: "lan-fast" or "default"
-	// Fault and Target are how cibench failover was asked to fault:
-	// "kill" or "stop", "keysvc-owner", "master" or "member".
+	// Fault and Victim are how cibench failover was asked to fault:
+	// "kill" or "stop", "keysvc-owner", "master" or "member" (--victim;
+	// the JSON name predates target mode and stays for version 1).
 	Fault  string `json:"fault,omitempty"`
-	Target string `json:"target,omitempty"`
+	Victim string `json:"target,omitempty"`
+	// Mode is ModeSpawned (cibench's own cinode processes) or ModeTarget
+	// (a running cluster: Endpoints are the --target admin endpoints,
+	// Profile is empty because cibench cannot read the cluster's).
+	Mode      string   `json:"mode,omitempty"`
+	Endpoints []string `json:"endpoints,omitempty"`
 	// TargetP99 is the goal for key-service-ready p99 (issue 14: 150 ms
 	// with the fast LAN profile); 0 if none.
 	TargetP99 time.Duration     `json:"target_p99_ns,omitempty"`
 	Trials    []FailoverTrial   `json:"trials"`
 	Phases    []FailoverSummary `json:"phases"` // SummarizeFailover(Trials)
 }
+
+// Modes of the failover and membership scenarios.
+const (
+	ModeSpawned = "spawned" // a cluster of cinode processes cibench started
+	ModeTarget  = "target"  // a running cluster, through --target admin endpoints
+)
 
 // FailoverTrial is one fault and what followed it.
 type FailoverTrial struct {

@@ -9,8 +9,11 @@ import "time"
 
 // MembershipResult is every cluster size of one run.
 type MembershipResult struct {
-	Profile string          `json:"profile"` // CLMS timing profile
-	Runs    []MembershipRun `json:"runs"`
+	Profile string `json:"profile"` // CLMS timing profile; empty in target mode
+	// Mode and Endpoints are as in FailoverResult.
+	Mode      string          `json:"mode,omitempty"`
+	Endpoints []string        `json:"endpoints,omitempty"`
+	Runs      []MembershipRun `json:"runs"`
 }
 
 // MembershipRun is one cluster size.
@@ -18,13 +21,23 @@ type MembershipRun struct {
 	Nodes int `json:"nodes"`
 	// Formation: from starting every node process at once to every node
 	// ready (joined, UP, lease valid) and seeing all of them UP (polled).
-	Formation time.Duration `json:"formation_ns"`
+	// Absent in target mode, where FormationNotMeasured says why.
+	Formation            time.Duration `json:"formation_ns,omitempty"`
+	FormationNotMeasured string        `json:"formation_not_measured,omitempty"`
 	// PropagationFirst and PropagationAll: from a transition's commit (its
 	// time, on the master) to the first and the last other node streaming
 	// it from its admin watch. The transition is a member's planned
-	// SHUTDOWN.
-	PropagationFirst time.Duration `json:"propagation_first_ns"`
-	PropagationAll   time.Duration `json:"propagation_all_ns"`
+	// SHUTDOWN (PropagationBy "shutdown", spawned), or a killed member's
+	// NODEDOWN (UP... -> DOWN; PropagationBy "kill-rejoin", target mode
+	// with --allow-faults), whose rejoin's NODEUP (-> UP) gives
+	// PropagationUpFirst and PropagationUpAll. Without a transition to
+	// measure, PropagationNotMeasured says why and the times are absent.
+	PropagationFirst       time.Duration `json:"propagation_first_ns,omitempty"`
+	PropagationAll         time.Duration `json:"propagation_all_ns,omitempty"`
+	PropagationBy          string        `json:"propagation_by,omitempty"`
+	PropagationUpFirst     time.Duration `json:"propagation_up_first_ns,omitempty"`
+	PropagationUpAll       time.Duration `json:"propagation_up_all_ns,omitempty"`
+	PropagationNotMeasured string        `json:"propagation_not_measured,omitempty"`
 	// Steady is the window over which the loads below were measured, with
 	// every node UP and nothing happening.
 	Steady time.Duration `json:"steady_ns"`

@@ -66,6 +66,10 @@ type Local struct {
 	// RaftTerm is the CLMS raft term this node knows (0 on a node that is
 	// not master-eligible and has not heard one).
 	RaftTerm uint64
+	// PID is the process that runs the node (cinode's), for tools that
+	// signal it (cibench failover --target); 0 when the node does not say
+	// (in-process test nodes share one process).
+	PID int
 }
 
 // KeyServiceSource is the key services of the cluster as a node sees them

@@ -116,7 +116,7 @@ func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
 		Schema: SchemaVersion, Node: uint32(l.Node), Cluster: l.Cluster, Incarnation: FormatIncarnation(l.Incarnation),
 		State: clms.StateNeverUp.String(), Master: uint32(l.Master), IsMaster: l.Master != 0 && l.Master == l.Node,
 		Ready: l.Ready, NotReady: l.NotReady, Fenced: l.Fenced, LeaseValid: l.LeaseValid, RaftTerm: l.RaftTerm, LastTransition: uint64(last),
-		Nodes: len(ms), Started: s.started.UTC(), Admin: s.Addr(),
+		Nodes: len(ms), Started: s.started.UTC(), Admin: s.Addr(), PID: l.PID,
 	}
 	if !l.Ready && st.NotReady == "" {
 		st.NotReady = "not ready"

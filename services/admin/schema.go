@@ -33,6 +33,9 @@ type Status struct {
 	Nodes          int       `json:"nodes"` // in the node table
 	Started        time.Time `json:"started"`
 	Admin          string    `json:"admin"` // where this endpoint listens
+	// PID is the process that runs the node, as its machine numbers it
+	// (not this client's): 0 when the node does not say.
+	PID int `json:"pid"`
 }
 
 // Member is one row of /v1/members and /v1/node/N.

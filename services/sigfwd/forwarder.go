@@ -97,7 +97,7 @@ func (f *Forwarder) SetPolicy(p Policy) error {
 	}
 	p = p.clone()
 	f.policy.Store(&p)
-	f.log.Info("signal policy set", "allow_processes", p.AllowProcesses, "pids", p.PIDs, "allow_uid", p.AllowUID, "uid", p.UID)
+	f.log.Info("signal policy set", "allow_processes", p.AllowProcesses, "pids", p.PIDs, "allow_uid", p.AllowUID, "uid", p.UID, "allow_self", p.AllowSelf)
 	return nil
 }
 
@@ -167,11 +167,14 @@ func (f *Forwarder) deliver(pid int, sig syscall.Signal) error {
 		return fmt.Errorf("%w: pid %d signal %d", ErrInvalid, pid, int(sig))
 	}
 	p := f.policy.Load()
+	self := pid == f.self && p.AllowSelf
 	switch {
-	case !p.AllowProcesses:
+	case pid == 1:
+		return fmt.Errorf("%w: node %d never signals init", ErrRefused, num)
+	case pid == f.self && !p.AllowSelf:
+		return fmt.Errorf("%w: node %d does not let other nodes signal its own process (policy AllowSelf is off)", ErrRefused, num)
+	case !p.AllowProcesses && !self:
 		return fmt.Errorf("%w: node %d does not forward OS signals", ErrRefused, num)
-	case pid == 1 || pid == f.self:
-		return fmt.Errorf("%w: node %d never signals init or itself", ErrRefused, num)
 	}
 	fd, err := unix.PidfdOpen(pid, 0)
 	switch {
@@ -188,7 +191,7 @@ func (f *Forwarder) deliver(pid int, sig syscall.Signal) error {
 	if testHookPidfdOpened != nil {
 		testHookPidfdOpened(pid)
 	}
-	if !slices.Contains(p.PIDs, pid) {
+	if !self && !slices.Contains(p.PIDs, pid) {
 		if !p.AllowUID {
 			return fmt.Errorf("%w: pid %d is not allowed on node %d", ErrRefused, pid, num)
 		}

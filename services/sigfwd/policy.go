@@ -23,6 +23,11 @@ type Policy struct {
 	// and effective user IDs (/proc/PID/status, Uid:) are both UID.
 	AllowUID bool
 	UID      uint32
+	// AllowSelf lets other nodes signal this node's own process, the one
+	// that runs the forwarder, whatever AllowProcesses says: fault
+	// injection, as cibench failover --target does to a node on another
+	// machine. Off by default: with it, any member can kill this one.
+	AllowSelf bool
 }
 
 // ErrBadPolicy is returned for a policy that makes no sense.

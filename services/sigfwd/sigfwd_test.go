@@ -230,7 +230,7 @@ func TestProcessSignalRefused(t *testing.T) {
 	if err := p.f1.Kill(ctx, 2, s.pid(), syscall.SIGKILL); !errors.Is(err, ErrRefused) {
 		t.Fatalf("pid and uid not allowed: %v, want ErrRefused", err)
 	}
-	// The node's own process and init are never signalled.
+	// The node's own process (without AllowSelf) and init are never signalled.
 	if err := p.f2.SetPolicy(Policy{AllowProcesses: true, PIDs: []int{os.Getpid(), 1}}); err != nil {
 		t.Fatal(err)
 	}
@@ -244,6 +244,26 @@ func TestProcessSignalRefused(t *testing.T) {
 	}
 	if l := p.log.String(); strings.Count(l, "outcome=refused") != 4 || !strings.Contains(l, "from=1") {
 		t.Fatalf("refusals not logged:\n%s", l)
+	}
+}
+
+// TestProcessSignalSelf: AllowSelf opens the node's own process, and only
+// it, to other nodes, without AllowProcesses; init stays refused. The
+// signal is SIGCONT: this test's process is the node's.
+func TestProcessSignalSelf(t *testing.T) {
+	s := startSleeper(t)
+	p := startPair(t, Policy{AllowSelf: true})
+	ctx := ctxFor(t)
+	if err := p.f1.Kill(ctx, 2, os.Getpid(), syscall.SIGCONT); err != nil {
+		t.Fatalf("own process with AllowSelf: %v", err)
+	}
+	for _, pid := range []int{s.pid(), 1} {
+		if err := p.f1.Kill(ctx, 2, pid, syscall.SIGKILL); !errors.Is(err, ErrRefused) {
+			t.Fatalf("pid %d with only AllowSelf: %v, want ErrRefused", pid, err)
+		}
+	}
+	if !s.alive() {
+		t.Fatal("a refused signal reached a process")
 	}
 }
 

@@ -521,7 +521,7 @@ func (g *gen) failover(plotDir, plotRel string) error {
 		return nil
 	}
 	table := func(f *bench.FailoverResult, what string) {
-		g.f("%s: %d trials on %d nodes, %s profile; times since the fault.\n\n", what, len(f.Trials), f.Nodes, f.Profile)
+		g.f("%s: %d trials on %d nodes, %s; times since the fault.\n\n", what, len(f.Trials), f.Nodes, clusterOf(f.Mode, f.Profile, f.Endpoints))
 		g.f("| phase | trials | p50 | p99 | max |\n| --- | ---: | ---: | ---: | ---: |\n")
 		for _, s := range bench.SummarizeFailover(f.Trials) {
 			g.f("| %s | %d | %s | %s | %s |\n", s.Name, s.Trials, dur(s.P50), dur(s.P99), dur(s.Max))
@@ -530,7 +530,7 @@ func (g *gen) failover(plotDir, plotRel string) error {
 	}
 	table(f, "SIGKILL of keyseq's owner (`cibench failover`)")
 	if h := g.rep.FailoverHang; h != nil {
-		table(h, "SIGSTOP of a member that is neither master nor owner (`cibench failover --fault=stop --target=member`)")
+		table(h, "SIGSTOP of a member that is neither master nor owner (`cibench failover --fault=stop --victim=member`)")
 	}
 	const name = "failover.png"
 	if err := benchplot.Failover(f, filepath.Join(plotDir, name)); err != nil {
@@ -547,14 +547,42 @@ func (g *gen) membership() {
 		return
 	}
 	g.f("## Membership\n\n")
-	g.f("Spawned cinode clusters, %s profile (`cibench membership`). Propagation: from a member's planned SHUTDOWN committed to the first and the last other node streaming it from its admin watch. Steady load: CPU per second and ICS bytes in+out per second with nothing happening.\n\n", m.Profile)
+	if m.Mode == bench.ModeTarget {
+		g.f("The %s (`cibench membership --target`). Propagation, when measured: from a killed member's NODEDOWN committed to the first and the last other node streaming it from its admin watch. Steady load: CPU per second and ICS bytes in+out per second with nothing happening.\n\n", clusterOf(m.Mode, m.Profile, m.Endpoints))
+	} else {
+		g.f("Spawned cinode clusters, %s profile (`cibench membership`). Propagation: from a member's planned SHUTDOWN committed to the first and the last other node streaming it from its admin watch. Steady load: CPU per second and ICS bytes in+out per second with nothing happening.\n\n", m.Profile)
+	}
 	g.f("| nodes | formation | propagation, first | propagation, all | master CPU | member CPU | master ICS bytes/s | descriptors, master / member |\n")
 	g.f("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, r := range m.Runs {
-		g.f("| %d | %s | %s | %s | %.1f%% | %.1f%% | %.0f | %d / %d |\n", r.Nodes, dur(r.Formation), dur(r.PropagationFirst),
-			dur(r.PropagationAll), 100*r.MasterCPU, 100*r.MemberCPU, r.MasterBytesPerSec, r.FDsMaster, r.FDsMember)
+		g.f("| %d | %s | %s | %s | %.1f%% | %.1f%% | %.0f | %d / %d |\n", r.Nodes, measured(r.Formation, r.FormationNotMeasured),
+			measured(r.PropagationFirst, r.PropagationNotMeasured), measured(r.PropagationAll, r.PropagationNotMeasured),
+			100*r.MasterCPU, 100*r.MemberCPU, r.MasterBytesPerSec, r.FDsMaster, r.FDsMember)
 	}
 	g.f("\n")
+	for _, r := range m.Runs {
+		for _, why := range []string{r.FormationNotMeasured, r.PropagationNotMeasured} {
+			if why != "" {
+				g.f("Not measured on %d nodes: %s.\n\n", r.Nodes, why)
+			}
+		}
+	}
+}
+
+// clusterOf says which cluster a failover or membership section measured.
+func clusterOf(mode, profile string, endpoints []string) string {
+	if mode == bench.ModeTarget {
+		return "running cluster at " + strings.Join(endpoints, ", ")
+	}
+	return profile + " profile"
+}
+
+// measured is a duration, or "not measured" when there is a reason.
+func measured(d time.Duration, why string) string {
+	if why != "" {
+		return "not measured"
+	}
+	return dur(d)
 }
 
 func (g *gen) machine() {

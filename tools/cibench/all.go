@@ -26,6 +26,13 @@ type allCmd struct {
 	Calls    int           `help:"Timed latency calls per peer per round (default 20000; --quick 2000)." env:"CI_CALLS"`
 	Duration time.Duration `help:"Length of each throughput run and each priority phase (default 5s and 2s; --quick 1s and 500ms)." env:"CI_DURATION"`
 	Trials   int           `help:"Deadlock trials per case (default 5; --quick 2)." env:"CI_TRIALS"`
+
+	// Target mode: the scenarios that can run against a running cluster
+	// do; failover and membership's propagation fault it only when
+	// --allow-faults says so.
+	targetFlags
+	faultFlags
+	AllowFaults bool `help:"With --target: run failover (SIGKILL of keyseq's owner or the master, SIGSTOP of a member on this machine) and membership's kill-and-rejoin propagation against the running cluster. Each cinode must run under a supervisor that restarts it." env:"CI_ALLOW_FAULTS"`
 }
 
 func (*allCmd) Help() string {
@@ -40,8 +47,15 @@ every figure, with the machine and the command line, to one JSON file.
 The full run takes about 15 minutes and wants a quiet machine; --quick
 takes under two.
 
+With --target, failover and membership run against the running cluster
+whose admin endpoints are given (see cibench failover --help); failover,
+and membership's propagation, only with --allow-faults, since they kill
+its nodes. Hang trials need a member on this machine and are skipped,
+with a line saying so, when there is none.
+
 Examples:
   cibench all --out=bench/results/latest.json       # make bench-report
+  cibench all --quick --target=10.0.0.1:7180 --token-file=/etc/ci/admin.token --allow-faults --out=target.json
   cibench all --quick --out=/tmp/quick.json
   cibench all --quick --sizes=64 --peers=raw,ics --out=-`
 }
@@ -60,9 +74,22 @@ type allProfile struct {
 }
 
 func (c *allCmd) Validate() error {
-	_, err := c.profile()
+	if _, err := c.profile(); err != nil {
+		return err
+	}
+	if c.AllowFaults && !c.faultTarget().enabled() {
+		return usagef("--allow-faults is for --target: spawned clusters are faulted anyway")
+	}
+	if c.RejoinTimeout <= 0 {
+		return usagef("--rejoin-timeout must be positive")
+	}
+	_, err := c.faultTarget().validate()
 	return err
 }
+
+// faultTarget is --target and --token-file as failover and membership
+// take them.
+func (c *allCmd) faultTarget() targetFlags { return c.targetFlags }
 
 // scale is how much of everything cibench all runs.
 type scale struct {
@@ -238,16 +265,31 @@ func (c *allCmd) Run(g *globals) (err error) {
 		return err
 	}
 	// Failover and membership spawn cinode clusters with the lan-fast
-	// profile, the one the goals are stated for.
+	// profile, the one the goals are stated for, or use the target.
 	if err := step("failover", func() error {
-		if rep.Failover, err = runFailover(g, 3, p.killTrials, "kill", "keysvc-owner", "lan-fast", g.stderr); err != nil {
-			return err
+		if c.faultTarget().enabled() && !c.AllowFaults {
+			fmt.Fprintln(text, "\nfailover: not run: it kills nodes of the --target cluster; give --allow-faults")
+			return nil
 		}
-		if rep.FailoverHang, err = runFailover(g, 3, p.hangTrials, "stop", "member", "lan-fast", g.stderr); err != nil {
+		kill := failoverPlan{nodes: 3, trials: p.killTrials, fault: "kill", victim: "keysvc-owner", profile: "lan-fast", target: c.faultTarget(), faults: c.faultFlags}
+		if kill.target.enabled() {
+			kill.victim = "owner-or-master" // a running cluster may not declare keyseq
+		}
+		hang := kill
+		hang.trials, hang.fault, hang.victim = p.hangTrials, "stop", "member"
+		if rep.Failover, err = runFailover(g, kill, g.stderr); err != nil {
 			return err
 		}
 		fmt.Fprintln(text)
 		if err := writeFailoverText(text, rep.Failover); err != nil {
+			return err
+		}
+		rep.FailoverHang, err = runFailover(g, hang, g.stderr)
+		if errors.Is(err, errNotLocal) {
+			fmt.Fprintf(text, "failover: hang trials not run: %v\n", err)
+			return nil
+		}
+		if err != nil {
 			return err
 		}
 		return writeFailoverText(text, rep.FailoverHang)
@@ -255,7 +297,8 @@ func (c *allCmd) Run(g *globals) (err error) {
 		return err
 	}
 	if err := step("membership", func() error {
-		if rep.Membership, err = runMembership(g, p.memberSizes, p.steady, "lan-fast", g.stderr); err != nil {
+		mp := membershipPlan{sizes: p.memberSizes, steady: p.steady, profile: "lan-fast", target: c.faultTarget(), faults: c.faultFlags, allowFaults: c.AllowFaults}
+		if rep.Membership, err = runMembership(g, mp, g.stderr); err != nil {
 			return err
 		}
 		fmt.Fprintln(text)

@@ -35,6 +35,9 @@ type clusterSpec struct {
 	nodes   int
 	profile string // CLMS timing profile: "lan-fast" or "default"
 	keyseq  bool   // declare keyseq, which every node may run
+	// allowFaultKill starts every node with --allow-fault-kill: other
+	// nodes may kill it through signal forwarding (target mode's tests).
+	allowFaultKill bool
 }
 
 // cinodeProc is one cinode process, one incarnation of a node.
@@ -49,16 +52,28 @@ type cinodeProc struct {
 
 // cinodeCluster is the spawned cluster.
 type cinodeCluster struct {
+	adminView
 	spec   clusterSpec
 	dir    string // temporary: cluster.toml, nodeN/ (data), nodeN.log
 	toml   string
 	bin    string // the cinode binary
 	ics    map[int]string
 	admins map[int]string
-	cl     map[int]*admin.Client
 	procs  map[int]*cinodeProc // the current incarnation of each node
 	dead   []*cinodeProc       // earlier incarnations, reaped
 }
+
+var _ faultCluster = (*cinodeCluster)(nil)
+
+// adminView is a cluster as its nodes' admin endpoints show it: what the
+// failover and membership scenarios read, spawned or target.
+type adminView struct {
+	cl     map[int]*admin.Client
+	table  []int // every node of the node table, in number order
+	keyseq bool  // keyseq is a key service of the cluster
+}
+
+func (v *adminView) nodes() []int { return v.table }
 
 // findTool finds a binary of this repository: beside this executable (make
 // build puts them all in bin/), else on PATH.
@@ -107,7 +122,8 @@ func newCinodeCluster(spec clusterSpec) (_ *cinodeCluster, err error) {
 		return nil, fmt.Errorf("TMPDIR is too deep for the nodes' unix sockets (%s, %d bytes): set a shorter one", sock, len(sock))
 	}
 	c := &cinodeCluster{spec: spec, dir: dir, toml: filepath.Join(dir, "cluster.toml"), bin: bin,
-		ics: map[int]string{}, admins: map[int]string{}, cl: map[int]*admin.Client{}, procs: map[int]*cinodeProc{}}
+		ics: map[int]string{}, admins: map[int]string{}, procs: map[int]*cinodeProc{},
+		adminView: adminView{cl: map[int]*admin.Client{}, keyseq: spec.keyseq}}
 	defer func() {
 		if err != nil {
 			os.RemoveAll(dir)
@@ -134,6 +150,7 @@ func newCinodeCluster(spec clusterSpec) (_ *cinodeCluster, err error) {
 		fmt.Fprintf(&b, "\n[[nodes]]\nnumber = %d\naddress = %q\nadmin = %q\nmaster_eligible = %t\nkey_services = %s\n",
 			n, c.ics[n], c.admins[n], n <= 3, ks)
 		c.cl[n] = admin.NewClient(c.admins[n], "")
+		c.table = append(c.table, n)
 	}
 	if err := os.WriteFile(c.toml, []byte(b.String()), 0o600); err != nil {
 		return nil, err
@@ -152,6 +169,9 @@ func (c *cinodeCluster) start(n int) error {
 	// last ones may find no master to commit their SHUTDOWN.
 	cmd := exec.Command(c.bin, "-c", c.toml, "-n", fmt.Sprint(n), "--data-dir", filepath.Join(c.dir, fmt.Sprintf("node%d", n)),
 		"--shutdown-timeout", "2s")
+	if c.spec.allowFaultKill {
+		cmd.Args = append(cmd.Args, "--allow-fault-kill")
+	}
 	cmd.Stdout, cmd.Stderr = log, log
 	// The engine keeps a private directory in TMPDIR that a killed
 	// process cannot remove: keep it in ours, which close removes.
@@ -190,14 +210,6 @@ func (c *cinodeCluster) startAll(ctx context.Context) error {
 	return c.waitReady(ctx, c.nodes())
 }
 
-func (c *cinodeCluster) nodes() []int {
-	var out []int
-	for n := 1; n <= c.spec.nodes; n++ {
-		out = append(out, n)
-	}
-	return out
-}
-
 // waitReady waits until every node of ns answers /readyz with 200 and
 // every one sees all of ns UP.
 func (c *cinodeCluster) waitReady(ctx context.Context, ns []int) error {
@@ -224,6 +236,9 @@ func (c *cinodeCluster) waitReady(ctx context.Context, ns []int) error {
 // alive is an error if node n's process has exited.
 func (c *cinodeCluster) alive(n int) error {
 	p := c.procs[n]
+	if p == nil {
+		return fmt.Errorf("node %d is not running", n)
+	}
 	select {
 	case <-p.exited:
 		return fmt.Errorf("node %d (pid %d) exited with status %d; its log: %s", n, p.pid, p.code, c.logTail(n))
@@ -240,7 +255,7 @@ func (c *cinodeCluster) logTail(n int) string {
 }
 
 // poll calls cond every pollEvery until it is true, fails, or ctx ends.
-func (c *cinodeCluster) poll(ctx context.Context, what string, cond func() (bool, error)) error {
+func (v *adminView) poll(ctx context.Context, what string, cond func() (bool, error)) error {
 	for {
 		ok, err := cond()
 		if err != nil {
@@ -260,15 +275,15 @@ func (c *cinodeCluster) poll(ctx context.Context, what string, cond func() (bool
 	}
 }
 
-func (c *cinodeCluster) status(ctx context.Context, n int) (admin.Status, error) {
+func (v *adminView) status(ctx context.Context, n int) (admin.Status, error) {
 	var st admin.Status
-	err := c.cl[n].Get(ctx, "/v1/status", &st)
+	err := v.cl[n].Get(ctx, "/v1/status", &st)
 	return st, err
 }
 
-func (c *cinodeCluster) keysvc(ctx context.Context, n int) (admin.KeyService, error) {
+func (v *adminView) keysvc(ctx context.Context, n int) (admin.KeyService, error) {
 	var ks admin.KeyServices
-	if err := c.cl[n].Get(ctx, "/v1/keysvc", &ks); err != nil {
+	if err := v.cl[n].Get(ctx, "/v1/keysvc", &ks); err != nil {
 		return admin.KeyService{}, err
 	}
 	for _, s := range ks.Services {
@@ -280,9 +295,9 @@ func (c *cinodeCluster) keysvc(ctx context.Context, n int) (admin.KeyService, er
 }
 
 // transitionsOf returns node n's view of the transitions after since.
-func (c *cinodeCluster) transitionsOf(ctx context.Context, n int, since uint64) ([]admin.Transition, error) {
+func (v *adminView) transitionsOf(ctx context.Context, n int, since uint64) ([]admin.Transition, error) {
 	var tr admin.Transitions
-	err := c.cl[n].Get(ctx, fmt.Sprintf("/v1/transitions?since=%d", since), &tr)
+	err := v.cl[n].Get(ctx, fmt.Sprintf("/v1/transitions?since=%d", since), &tr)
 	return tr.Transitions, err
 }
 

@@ -113,7 +113,7 @@ func (d *demo) ownerKillPhase() error {
 	}
 	d.say("kill -9 node %d (pid %d): keyseq's owner, %s; the survivors' admin endpoints, polled every %v, show:",
 		victim, d.cl.procs[victim].pid, role, pollEvery)
-	o, err := d.cl.injectFault(d.ctx, victim, syscall.SIGKILL)
+	o, err := injectFault(d.ctx, d.cl, victim, syscall.SIGKILL)
 	if err != nil {
 		return err
 	}
@@ -145,7 +145,7 @@ func (d *demo) ownerKillPhase() error {
 	d.highest = rg.Last
 
 	t0 := time.Now()
-	code, err := d.cl.recover(d.ctx, o)
+	code, err := d.cl.restore(d.ctx, o)
 	if err != nil {
 		return err
 	}
@@ -169,7 +169,7 @@ func (d *demo) hangPhase() error {
 	}
 	d.say("kill -STOP node %d (pid %d), neither master nor keyseq's owner: it stops answering but its sockets stay open",
 		victim, d.cl.procs[victim].pid)
-	o, err := d.cl.injectFault(d.ctx, victim, syscall.SIGSTOP)
+	o, err := injectFault(d.ctx, d.cl, victim, syscall.SIGSTOP)
 	if err != nil {
 		return err
 	}
@@ -177,7 +177,7 @@ func (d *demo) hangPhase() error {
 		fmtDur(o.detected), victim, o.down.Cause, fmtDur(o.nodeDownAll))
 	d.say("(lan-fast goal for a hang: < %s; a crash is quicker because the closed connection says so)", fmtDur(goalHangDetect))
 	d.say("kill -CONT node %d: it learns it was declared down and fences itself", victim)
-	code, err := d.cl.recover(d.ctx, o)
+	code, err := d.cl.restore(d.ctx, o)
 	if err != nil {
 		return err
 	}

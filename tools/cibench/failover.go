@@ -1,8 +1,11 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -12,12 +15,21 @@ import (
 
 // failoverCmd is cibench failover.
 type failoverCmd struct {
-	Nodes   int    `default:"3" help:"Cluster size (3 to 254; nodes 1-3 are master-eligible)." env:"CI_NODES"`
+	Nodes   int    `default:"3" help:"Cluster size (3 to 254; nodes 1-3 are master-eligible). Spawned clusters only." env:"CI_NODES"`
 	Trials  int    `default:"20" help:"Faults to inject, one after the other." env:"CI_TRIALS"`
 	Fault   string `default:"kill" enum:"kill,stop" help:"kill: SIGKILL (a crash); stop: SIGSTOP (a hang; the node is continued afterwards, finds itself declared down and exits 4)." env:"CI_FAULT"`
-	Target  string `default:"keysvc-owner" enum:"keysvc-owner,master,member" help:"Which node to fault: keyseq's owner, the CLMS master, or a member that is neither." env:"CI_TARGET"`
-	Profile string `default:"lan-fast" enum:"lan-fast,default" help:"CLMS timing profile of the spawned cluster." env:"CI_PROFILE"`
+	Victim  string `default:"keysvc-owner" enum:"keysvc-owner,master,member" help:"Which node to fault: keyseq's owner, the CLMS master, or a member that is neither." env:"CI_VICTIM"`
+	Profile string `default:"lan-fast" enum:"lan-fast,default" help:"CLMS timing profile of the spawned cluster (a target cluster has its own)." env:"CI_PROFILE"`
 	JSON    bool   `name:"json" help:"Print the result as JSON (docs/BENCH_SCHEMA.md, the failover section) instead of tables." env:"CI_JSON"`
+	targetFlags
+	faultFlags
+}
+
+// faultFlags are target mode's fault options, shared by failover,
+// membership and all.
+type faultFlags struct {
+	RejoinTimeout time.Duration `default:"60s" help:"With --target: how long a faulted node's supervisor has to restart it and the cluster to re-form (every node UP again, the victim a new incarnation) before the run fails." env:"CI_REJOIN_TIMEOUT"`
+	KillVia       string        `default:"auto" enum:"auto,local,cluster" help:"With --target: how SIGKILL reaches the victim: auto (directly when it is a cinode of this machine, else forwarded), local (directly only), cluster (always through a survivor's POST /v1/signal; the victim's cinode needs --allow-fault-kill)." env:"CI_KILL_VIA"`
 }
 
 func (*failoverCmd) Help() string {
@@ -27,13 +39,27 @@ run, then, trial after trial, faults one node and follows the survivors'
 admin endpoints until the cluster has recovered; the victim then restarts
 as a new incarnation and the next trial waits for the cluster to re-form.
 
+With --target, the same trials run against a running cluster found from
+its admin endpoints; every node must be UP and cibench must reach every
+node's admin endpoint (those not given are taken from /v1/members). Faults
+are real: run it on a test cluster. SIGKILL goes to a victim on this
+machine directly, to one elsewhere through a survivor's POST /v1/signal,
+which the victim accepts only when its cinode runs with --allow-fault-kill.
+--fault=stop needs the victim on this machine (cibench continues it after
+each trial and on every exit, Ctrl-C included). cibench never restarts a
+target's node: each cinode must run under a supervisor that restarts it
+(deploy/cinode.service restarts on exit 1 and 4), or the trial fails after
+--rejoin-timeout.
+
 Phases, each timed from the signal:
   detected           the victim's UP -> GOINGDOWN committed (the transition's time)
   nodedown-all       every survivor has applied it
   new-master         every survivor names one new master (when the master was the victim)
   key-service-ready  every survivor sees keyseq ready in a new epoch (when its owner was the victim)
 Polled phases are seen by polling every survivor each millisecond: they
-include up to a poll round of delay. Percentiles are nearest-rank.
+include up to a poll round of delay. Percentiles are nearest-rank. In
+target mode, detected compares the master's clock with this machine's:
+keep them synchronised (NTP) or read only the polled phases.
 
 Goals (issues 11, 12, 14), lan-fast: crash detection p99 < 100 ms, hang
 detection p99 < 500 ms, key-service failover p99 < 150 ms and at most 1.5x
@@ -41,8 +67,11 @@ the same run's crash detection.
 
 Examples:
   cibench failover --trials=20                      # kill keyseq's owner 20 times
-  cibench failover --fault=stop --target=master --trials=10
-  cibench failover --profile=default --trials=5 --json > failover.json`
+  cibench failover --fault=stop --victim=master --trials=10
+  cibench failover --profile=default --trials=5 --json > failover.json
+  cibench failover --target=10.0.0.1:7180,10.0.0.2:7180,10.0.0.3:7180 \
+      --token-file=/etc/ci/admin.token --trials=5  # a running test cluster
+  cibench failover --target=127.0.0.1:7180 --fault=stop --victim=member --trials=3`
 }
 
 func (c *failoverCmd) Validate() error {
@@ -52,12 +81,17 @@ func (c *failoverCmd) Validate() error {
 	if c.Trials < 1 {
 		return usagef("--trials must be at least 1")
 	}
-	return nil
+	if c.RejoinTimeout <= 0 {
+		return usagef("--rejoin-timeout must be positive")
+	}
+	_, err := c.targetFlags.validate()
+	return err
 }
 
 func (c *failoverCmd) Run(g *globals) error {
 	rep := bench.NewReport("failover", g.args) // started now
-	res, err := runFailover(g, c.Nodes, c.Trials, c.Fault, c.Target, c.Profile, g.stderr)
+	res, err := runFailover(g, failoverPlan{nodes: c.Nodes, trials: c.Trials, fault: c.Fault, victim: c.Victim, profile: c.Profile,
+		target: c.targetFlags, faults: c.faultFlags}, g.stderr)
 	if err != nil {
 		return err
 	}
@@ -77,53 +111,90 @@ func failoverGoal(profile string) time.Duration {
 	return 0
 }
 
+// failoverPlan is one cibench failover run.
+type failoverPlan struct {
+	nodes, trials          int
+	fault, victim, profile string
+	target                 targetFlags // spawn a cluster when empty
+	faults                 faultFlags
+}
+
+// openCluster spawns the cluster (nodes, profile, keyseq) or dials the
+// target; close stops what was spawned, or continues what was stopped.
+func openCluster(g *globals, spec clusterSpec, target targetFlags, faults faultFlags) (faultCluster, func() error, error) {
+	if target.enabled() {
+		tc, err := dialTarget(g.ctx, target, faults.RejoinTimeout, faults.KillVia)
+		if err != nil {
+			return nil, nil, err
+		}
+		return tc, tc.close, nil
+	}
+	c, err := newCinodeCluster(spec)
+	if err != nil {
+		return nil, nil, err
+	}
+	closeFn := func() error { _, err := c.close(); return err }
+	if err := c.startAll(g.ctx); err != nil {
+		return nil, nil, errors.Join(err, closeFn())
+	}
+	return c, closeFn, nil
+}
+
 // runFailover runs the trials; progress lines go to progress.
-func runFailover(g *globals, nodes, trials int, fault, target, profile string, progress io.Writer) (_ *bench.FailoverResult, err error) {
+func runFailover(g *globals, p failoverPlan, progress io.Writer) (_ *bench.FailoverResult, err error) {
 	sig := syscall.SIGKILL
-	if fault == "stop" {
+	if p.fault == "stop" {
 		sig = syscall.SIGSTOP
 	}
-	c, err := newCinodeCluster(clusterSpec{nodes: nodes, profile: profile, keyseq: true})
+	fc, closeFn, err := openCluster(g, clusterSpec{nodes: p.nodes, profile: p.profile, keyseq: true}, p.target, p.faults)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if _, cerr := c.close(); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
-	if err := c.startAll(g.ctx); err != nil {
-		return nil, err
+	defer func() { err = errors.Join(err, closeFn()) }()
+	c := fc.view()
+	res := &bench.FailoverResult{Nodes: len(c.nodes()), Profile: p.profile, Fault: p.fault, Victim: p.victim, TargetP99: failoverGoal(p.profile), Mode: bench.ModeSpawned}
+	if p.target.enabled() {
+		// The cluster's own profile, which cibench cannot read: no goal.
+		res.Mode, res.Endpoints, res.Profile, res.TargetP99 = bench.ModeTarget, p.target.Target, "", 0
 	}
-	res := &bench.FailoverResult{Nodes: nodes, Profile: profile, Fault: fault, Target: target, TargetP99: failoverGoal(profile)}
-	for trial := 1; trial <= trials; trial++ {
-		if err := c.waitReady(g.ctx, c.nodes()); err != nil {
-			return nil, fmt.Errorf("trial %d: %w", trial, err)
-		}
-		if err := c.waitKeyseqReady(g.ctx); err != nil {
-			return nil, fmt.Errorf("trial %d: %w", trial, err)
-		}
-		victim, err := c.pickVictim(g.ctx, target)
+	for trial := 1; trial <= p.trials; trial++ {
+		o, code, err := failoverTrial(g.ctx, fc, p.victim, sig)
 		if err != nil {
 			return nil, fmt.Errorf("trial %d: %w", trial, err)
 		}
-		o, err := c.injectFault(g.ctx, victim, sig)
-		if err != nil {
-			return nil, fmt.Errorf("trial %d: %w", trial, err)
-		}
-		code, err := c.recover(g.ctx, o)
-		if err != nil {
-			return nil, fmt.Errorf("trial %d: %w", trial, err)
-		}
-		if sig == syscall.SIGSTOP && code != exitFencedCinode {
-			return nil, fmt.Errorf("trial %d: node %d, continued after SIGSTOP, exited %d, want %d (fenced)", trial, victim, code, exitFencedCinode)
+		if sig == syscall.SIGSTOP && code >= 0 && code != exitFencedCinode {
+			return nil, fmt.Errorf("trial %d: node %d, continued after SIGSTOP, exited %d, want %d (fenced)", trial, o.victim, code, exitFencedCinode)
 		}
 		res.Trials = append(res.Trials, o.trial(trial))
-		fmt.Fprintf(progress, "failover trial %d/%d: %s node %d: detected %s, nodedown-all %s%s%s\n", trial, trials, o.fault, victim,
+		fmt.Fprintf(progress, "failover trial %d/%d: %s node %d: detected %s, nodedown-all %s%s%s\n", trial, p.trials, o.fault, o.victim,
 			fmtDur(o.detected), fmtDur(o.nodeDownAll), optPhase(", new master", o.masterAt), optPhase(", keyseq ready", o.readyAt))
 	}
 	res.Phases = bench.SummarizeFailover(res.Trials)
 	return res, nil
+}
+
+// failoverTrial waits for the cluster to be formed, faults the victim,
+// follows the recovery and brings the victim back.
+func failoverTrial(ctx context.Context, fc faultCluster, victim string, sig syscall.Signal) (faultOutcome, int, error) {
+	c := fc.view()
+	if err := fc.waitFormed(ctx); err != nil {
+		return faultOutcome{}, 0, err
+	}
+	if c.keyseq {
+		if err := c.waitKeyseqReady(ctx); err != nil {
+			return faultOutcome{}, 0, err
+		}
+	}
+	n, err := c.pickVictim(ctx, victim)
+	if err != nil {
+		return faultOutcome{}, 0, err
+	}
+	o, err := injectFault(ctx, fc, n, sig)
+	if err != nil {
+		return o, 0, err
+	}
+	code, err := fc.restore(ctx, o)
+	return o, code, err
 }
 
 // exitFencedCinode is cinode's exit status when it fenced itself.
@@ -142,8 +213,12 @@ func writeFailoverText(w io.Writer, res *bench.FailoverResult) error {
 	if len(res.Trials) > 0 {
 		fault, victim = res.Trials[0].Fault, res.Trials[0].Victim
 	}
-	fmt.Fprintf(w, "failover: %d trials, %s of the %s, %d nodes, profile %s (times since the signal)\n",
-		len(res.Trials), fault, victim, res.Nodes, res.Profile)
+	where := "profile " + res.Profile
+	if res.Mode == bench.ModeTarget {
+		where = "running cluster at " + strings.Join(res.Endpoints, ",")
+	}
+	fmt.Fprintf(w, "failover: %d trials, %s of the %s, %d nodes, %s (times since the signal)\n",
+		len(res.Trials), fault, victim, res.Nodes, where)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "phase\ttrials\tp50\tp99\tmax\t\n")
 	for _, p := range res.Phases {

@@ -80,7 +80,7 @@ func TestFailover(t *testing.T) {
 	})
 
 	t.Run("stop-member", func(t *testing.T) {
-		rep := runScenarioJSON(t, exe, "failover", "--trials=1", "--fault=stop", "--target=member", "--json")
+		rep := runScenarioJSON(t, exe, "failover", "--trials=1", "--fault=stop", "--victim=member", "--json")
 		tr := rep.Failover.Trials
 		if len(tr) != 1 || tr[0].Fault != "sigstop" || tr[0].Victim != "member" {
 			t.Fatalf("trials %+v", tr)
@@ -98,7 +98,9 @@ func TestFailover(t *testing.T) {
 			{"failover", "--nodes=2"},
 			{"failover", "--trials=0"},
 			{"failover", "--fault=hup"},
-			{"failover", "--target=nobody"},
+			{"failover", "--victim=nobody"},
+			{"failover", "--target=nohostport"},
+			{"failover", "--target=unix:relative"},
 		} {
 			if _, stderr, code := runCibench(t, exe, nil, args...); code != exitBadUsage {
 				t.Errorf("%v: exit %d, want %d\n%s", args, code, exitBadUsage, stderr)

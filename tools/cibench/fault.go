@@ -82,6 +82,38 @@ func (o faultOutcome) trial(n int) bench.FailoverTrial {
 	return t
 }
 
+// faultCluster is what the failover and membership scenarios drive: a
+// cluster cibench spawned (cinodeCluster) or a running one it was pointed
+// at (targetCluster). The measuring code reads both through view's admin
+// endpoints alike; only how a fault is injected and undone differs.
+type faultCluster interface {
+	view() *adminView
+	// check is an error once the run cannot go on: node n's spawned
+	// process exited, or a fault could not be injected.
+	check(n int) error
+	// inject prepares sig (SIGKILL, SIGSTOP, SIGTERM) for node n's
+	// process, or says why it cannot be sent; fire sends it, at once.
+	inject(ctx context.Context, n int, sig syscall.Signal) (fire func() error, err error)
+	// restore brings a fault's victim back as a new incarnation: a
+	// spawned one is restarted (waitFormed waits for it to rejoin), a
+	// target one is waited for until its supervisor restarted it and the
+	// cluster re-formed. It returns the victim's exit status, -1 when
+	// cibench cannot know it (target mode).
+	restore(ctx context.Context, o faultOutcome) (int, error)
+	// waitFormed waits until every node is ready and sees all UP.
+	waitFormed(ctx context.Context) error
+}
+
+func (c *cinodeCluster) view() *adminView  { return &c.adminView }
+func (c *cinodeCluster) check(n int) error { return c.alive(n) }
+func (c *cinodeCluster) inject(_ context.Context, n int, sig syscall.Signal) (func() error, error) {
+	if err := c.alive(n); err != nil {
+		return nil, err
+	}
+	return func() error { return c.signal(n, sig) }, nil
+}
+func (c *cinodeCluster) waitFormed(ctx context.Context) error { return c.waitReady(ctx, c.nodes()) }
+
 func others(all []int, n int) []int {
 	return slices.DeleteFunc(slices.Clone(all), func(x int) bool { return x == n })
 }
@@ -89,14 +121,15 @@ func others(all []int, n int) []int {
 // injectFault sends sig to victim and follows the cluster on the
 // survivors' admin endpoints until every phase that applies is done. The
 // cluster must be formed (and keyseq ready, if declared).
-func (c *cinodeCluster) injectFault(ctx context.Context, victim int, sig syscall.Signal) (faultOutcome, error) {
+func injectFault(ctx context.Context, fc faultCluster, victim int, sig syscall.Signal) (faultOutcome, error) {
+	c := fc.view()
 	o := faultOutcome{victim: victim, fault: "sigkill", survivors: others(c.nodes(), victim)}
 	if sig == syscall.SIGSTOP {
 		o.fault = "sigstop"
 	}
 	for _, n := range o.survivors {
-		if c.procs[n] == nil {
-			return o, fmt.Errorf("node %d is not running", n)
+		if err := fc.check(n); err != nil {
+			return o, err
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, faultTimeout)
@@ -108,7 +141,7 @@ func (c *cinodeCluster) injectFault(ctx context.Context, victim int, sig syscall
 	}
 	since := st.LastTransition
 	o.wasMaster = int(st.Master) == victim
-	if c.spec.keyseq {
+	if c.keyseq {
 		ks, err := c.keysvc(ctx, s0)
 		if err != nil {
 			return o, err
@@ -116,8 +149,12 @@ func (c *cinodeCluster) injectFault(ctx context.Context, victim int, sig syscall
 		o.wasOwner, o.oldEpoch = int(ks.Owner) == victim, ks.Epoch
 	}
 
+	fire, err := fc.inject(ctx, victim, sig)
+	if err != nil {
+		return o, err
+	}
 	t0 := time.Now()
-	if err := c.signal(victim, sig); err != nil {
+	if err := fire(); err != nil {
 		return o, err
 	}
 	var downID uint64
@@ -126,7 +163,7 @@ func (c *cinodeCluster) injectFault(ctx context.Context, victim int, sig syscall
 		masters := map[uint32]bool{}
 		ready := 0
 		for _, n := range o.survivors {
-			if err := c.alive(n); err != nil {
+			if err := fc.check(n); err != nil {
 				return false, err
 			}
 			st, err := c.status(ctx, n)
@@ -198,10 +235,10 @@ func (c *cinodeCluster) injectFault(ctx context.Context, victim int, sig syscall
 	return o, nil
 }
 
-// recover brings a fault's victim back as a new incarnation: a killed node
+// restore brings a fault's victim back as a new incarnation: a killed node
 // is reaped, a stopped one continued (it finds itself declared down and
 // fences: exit 4), then both restart; it returns the exit status.
-func (c *cinodeCluster) recover(ctx context.Context, o faultOutcome) (int, error) {
+func (c *cinodeCluster) restore(ctx context.Context, o faultOutcome) (int, error) {
 	if o.fault == "sigstop" {
 		if err := c.signal(o.victim, syscall.SIGCONT); err != nil {
 			return 0, err
@@ -214,23 +251,35 @@ func (c *cinodeCluster) recover(ctx context.Context, o faultOutcome) (int, error
 	return code, c.start(o.victim)
 }
 
-// pickVictim chooses the node a target names: the keyseq owner, the
-// master, or a member that is neither.
-func (c *cinodeCluster) pickVictim(ctx context.Context, target string) (int, error) {
-	st, err := c.status(ctx, 1)
+// pickVictim chooses the node --victim names: the keyseq owner, the
+// master, or a member that is neither; "owner-or-master" (cibench all
+// against a target) is keyseq's owner when the cluster declares keyseq,
+// else the master.
+func (c *adminView) pickVictim(ctx context.Context, victim string) (int, error) {
+	n0 := c.table[0]
+	st, err := c.status(ctx, n0)
 	if err != nil {
 		return 0, err
 	}
 	owner := 0
-	if c.spec.keyseq {
-		ks, err := c.keysvc(ctx, 1)
+	if c.keyseq {
+		ks, err := c.keysvc(ctx, n0)
 		if err != nil {
 			return 0, err
 		}
 		owner = int(ks.Owner)
 	}
-	switch target {
+	if victim == "owner-or-master" {
+		victim = "master"
+		if c.keyseq {
+			victim = "keysvc-owner"
+		}
+	}
+	switch victim {
 	case "keysvc-owner":
+		if !c.keyseq {
+			return 0, usagef("--victim=keysvc-owner: the cluster declares no keyseq key service ([[key_services]] in its cluster.toml); use --victim=master or member")
+		}
 		if owner == 0 {
 			return 0, fmt.Errorf("keyseq has no owner")
 		}
@@ -240,7 +289,7 @@ func (c *cinodeCluster) pickVictim(ctx context.Context, target string) (int, err
 	}
 	// The highest-numbered member that is neither: with more than 3 nodes,
 	// one outside the raft group.
-	for n := c.spec.nodes; n >= 1; n-- {
+	for _, n := range slices.Backward(c.table) {
 		if n != owner && n != int(st.Master) {
 			return n, nil
 		}
@@ -249,7 +298,7 @@ func (c *cinodeCluster) pickVictim(ctx context.Context, target string) (int, err
 }
 
 // waitKeyseqReady waits until every node sees keyseq ready.
-func (c *cinodeCluster) waitKeyseqReady(ctx context.Context) error {
+func (c *adminView) waitKeyseqReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, cinodeUpTimeout)
 	defer cancel()
 	return c.poll(ctx, "keyseq ready on every node", func() (bool, error) {

@@ -31,8 +31,8 @@ type cli struct {
 	RPC        rpcCmd        `cmd:"" name:"rpc" help:"Throughput of ICS against raw TCP, net/rpc and grpc-go with many concurrent callers on one node pair."`
 	Flow       flowCmd       `cmd:"" help:"Flow control: ICS bulk on a throttled channel vs raw TCP, and priority RPC latency idle vs under that bulk."`
 	Priority   priorityCmd   `cmd:"" help:"Priority RPC latency under saturation beside its raw-TCP control, and the nested-RPC deadlock with and without escalation."`
-	Failover   failoverCmd   `cmd:"" help:"Failover times of a spawned cinode cluster: SIGKILL or SIGSTOP of keyseq's owner, the master or a member; detection, NODEDOWN everywhere, new master, key service ready, p50/p99 over trials."`
-	Membership membershipCmd `cmd:"" help:"Formation time, transition propagation and the master's steady CPU and bytes/s of spawned cinode clusters of 3 to 254 nodes."`
+	Failover   failoverCmd   `cmd:"" help:"Failover times of a spawned cinode cluster, or a running one (--target): SIGKILL or SIGSTOP of keyseq's owner, the master or a member; detection, NODEDOWN everywhere, new master, key service ready, p50/p99 over trials."`
+	Membership membershipCmd `cmd:"" help:"Formation time, transition propagation and the master's steady CPU and bytes/s of spawned cinode clusters of 3 to 254 nodes, or of a running one (--target)."`
 	All        allCmd        `cmd:"" help:"Every scenario in one run, one JSON file (make bench-report; --quick in under two minutes)."`
 	Demo       demoCmd       `cmd:"" help:"A local four-node ICS cluster doing work, losing a node and getting it back (make demo)."`
 	Node       nodeCmd       `cmd:"" help:"Serve one demo cluster node (used by demo, one process per node)."`
@@ -40,7 +40,7 @@ type cli struct {
 
 // globals is what every command's Run receives.
 type globals struct {
-	ctx    context.Context // cancelled on SIGINT/SIGTERM
+	ctx    context.Context // cancelled on SIGINT/SIGTERM/SIGHUP
 	args   []string        // the command line, for the result's record
 	quiet  bool
 	stdout io.Writer
@@ -78,7 +78,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "Run 'cibench --help' for usage.")
 		return exitBadUsage
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGHUP too (the terminal went away): a run against a --target
+	// cluster must continue the node it stopped on the way out.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	err = kctx.Run(&globals{ctx: ctx, args: append([]string{"cibench"}, args...), quiet: c.Quiet, stdout: stdout, stderr: stderr})
 	var usage usageError

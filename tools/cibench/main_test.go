@@ -217,7 +217,7 @@ func TestCibench(t *testing.T) {
 		}
 		// --quick: two kills of keyseq's owner, one hang of a member, one
 		// 3-node membership run.
-		if f := rep.Failover; f == nil || len(f.Trials) != 2 || f.Fault != "kill" || f.Target != "keysvc-owner" || f.Trials[0].Victim != "key-service-owner" {
+		if f := rep.Failover; f == nil || len(f.Trials) != 2 || f.Fault != "kill" || f.Victim != "keysvc-owner" || f.Mode != bench.ModeSpawned || f.Trials[0].Victim != "key-service-owner" {
 			t.Errorf("failover %+v", f)
 		}
 		if f := rep.FailoverHang; f == nil || len(f.Trials) != 1 || f.Trials[0].Fault != "sigstop" || f.Trials[0].Victim != "member" {

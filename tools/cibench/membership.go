@@ -3,9 +3,11 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -18,10 +20,13 @@ import (
 
 // membershipCmd is cibench membership.
 type membershipCmd struct {
-	Nodes   []int         `default:"3,16" sep:"," help:"Cluster sizes, one spawned cluster each (3 to 254; --nodes=64 wants about 64 x 40 descriptors)." env:"CI_NODES"`
-	Steady  time.Duration `default:"2s" help:"Window over which the master's steady CPU and bytes/s are measured." env:"CI_STEADY"`
-	Profile string        `default:"lan-fast" enum:"lan-fast,default" help:"CLMS timing profile of the spawned clusters." env:"CI_PROFILE"`
-	JSON    bool          `name:"json" help:"Print the result as JSON (docs/BENCH_SCHEMA.md, the membership section) instead of a table." env:"CI_JSON"`
+	Nodes       []int         `default:"3,16" sep:"," help:"Cluster sizes, one spawned cluster each (3 to 254; --nodes=64 wants about 64 x 40 descriptors). Spawned clusters only." env:"CI_NODES"`
+	Steady      time.Duration `default:"2s" help:"Window over which the master's steady CPU and bytes/s are measured." env:"CI_STEADY"`
+	Profile     string        `default:"lan-fast" enum:"lan-fast,default" help:"CLMS timing profile of the spawned clusters (a target cluster has its own)." env:"CI_PROFILE"`
+	AllowFaults bool          `help:"With --target: measure propagation by SIGKILL of a member that is not the master and timing its NODEDOWN and its rejoin's NODEUP; its supervisor must restart it. Without it, a target's propagation is not measured." env:"CI_ALLOW_FAULTS"`
+	JSON        bool          `name:"json" help:"Print the result as JSON (docs/BENCH_SCHEMA.md, the membership section) instead of a table." env:"CI_JSON"`
+	targetFlags
+	faultFlags
 }
 
 func (*membershipCmd) Help() string {
@@ -35,10 +40,24 @@ func (*membershipCmd) Help() string {
                  and the master's ICS bytes in+out per second, over --steady
                  with nothing happening; open descriptors of each
 
+With --target, measures a running cluster found from its admin endpoints
+instead (every node UP, every admin endpoint reachable). Formation cannot
+be measured on a formed cluster and is reported as not measured. A running
+cluster has no transition cibench can cause harmlessly, so propagation is
+measured only with --allow-faults: SIGKILL of a member that is not the
+master (as cibench failover --target injects it), its NODEDOWN and, once
+its supervisor has restarted it, its rejoin's NODEUP, each committed ->
+streamed by the first and the last other node's watch; the run fails if
+the node is not back within --rejoin-timeout. Steady load reads /proc for
+a node on this machine and its /metrics (process_cpu_seconds_total,
+process_open_fds) otherwise.
+
 Examples:
   cibench membership                      # 3 and 16 nodes
   cibench membership --nodes=64 --steady=5s
-  cibench membership --nodes=3 --json`
+  cibench membership --nodes=3 --json
+  cibench membership --target=10.0.0.1:7180 --token-file=/etc/ci/admin.token --steady=10s
+  cibench membership --target=127.0.0.1:7180 --allow-faults --json`
 }
 
 func (c *membershipCmd) Validate() error {
@@ -50,12 +69,20 @@ func (c *membershipCmd) Validate() error {
 	if c.Steady <= 0 {
 		return usagef("--steady must be positive")
 	}
-	return nil
+	if c.RejoinTimeout <= 0 {
+		return usagef("--rejoin-timeout must be positive")
+	}
+	if c.AllowFaults && !c.enabled() {
+		return usagef("--allow-faults is for --target: a spawned cluster's propagation is measured without faults")
+	}
+	_, err := c.targetFlags.validate()
+	return err
 }
 
 func (c *membershipCmd) Run(g *globals) error {
 	rep := bench.NewReport("membership", g.args)
-	res, err := runMembership(g, c.Nodes, c.Steady, c.Profile, g.stderr)
+	res, err := runMembership(g, membershipPlan{sizes: c.Nodes, steady: c.Steady, profile: c.Profile,
+		target: c.targetFlags, faults: c.faultFlags, allowFaults: c.AllowFaults}, g.stderr)
 	if err != nil {
 		return err
 	}
@@ -67,10 +94,36 @@ func (c *membershipCmd) Run(g *globals) error {
 	return writeMembershipText(g.stdout, res)
 }
 
-func runMembership(g *globals, sizes []int, steady time.Duration, profile string, progress io.Writer) (*bench.MembershipResult, error) {
-	res := &bench.MembershipResult{Profile: profile}
-	for _, n := range sizes {
-		run, err := membershipRun(g.ctx, n, steady, profile)
+// membershipPlan is one cibench membership run.
+type membershipPlan struct {
+	sizes       []int
+	steady      time.Duration
+	profile     string
+	target      targetFlags // spawn clusters when empty
+	faults      faultFlags
+	allowFaults bool
+}
+
+// Why a target run does not measure what a spawned one does.
+const (
+	formationOnTarget  = "the target cluster was already formed: formation is measured on spawned clusters only"
+	propagationNoFault = "a running cluster has no transition cibench can cause without a fault: give --allow-faults to kill a member and time its NODEDOWN and rejoin"
+)
+
+func runMembership(g *globals, p membershipPlan, progress io.Writer) (*bench.MembershipResult, error) {
+	res := &bench.MembershipResult{Profile: p.profile, Mode: bench.ModeSpawned}
+	if p.target.enabled() {
+		res.Mode, res.Endpoints, res.Profile = bench.ModeTarget, p.target.Target, ""
+		run, err := membershipRun(g, 0, p)
+		if err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(progress, "membership: running cluster of %d nodes measured\n", run.Nodes)
+		res.Runs = append(res.Runs, run)
+		return res, nil
+	}
+	for _, n := range p.sizes {
+		run, err := membershipRun(g, n, p)
 		if err != nil {
 			return nil, fmt.Errorf("%d nodes: %w", n, err)
 		}
@@ -80,90 +133,142 @@ func runMembership(g *globals, sizes []int, steady time.Duration, profile string
 	return res, nil
 }
 
-func membershipRun(ctx context.Context, nodes int, steady time.Duration, profile string) (run bench.MembershipRun, err error) {
-	run.Nodes, run.Steady = nodes, steady
-	c, err := newCinodeCluster(clusterSpec{nodes: nodes, profile: profile})
+// membershipRun measures one cluster: a spawned one of nodes nodes, or the
+// target (nodes 0).
+func membershipRun(g *globals, nodes int, p membershipPlan) (run bench.MembershipRun, err error) {
+	ctx := g.ctx
+	run.Steady = p.steady
+	t0 := time.Now()
+	fc, closeFn, err := openCluster(g, clusterSpec{nodes: nodes, profile: p.profile}, p.target, p.faults)
 	if err != nil {
 		return run, err
 	}
-	defer func() {
-		if _, cerr := c.close(); cerr != nil && err == nil {
-			err = cerr
+	defer func() { err = errors.Join(err, closeFn()) }()
+	c := fc.view()
+	run.Nodes = len(c.nodes())
+	if p.target.enabled() {
+		run.FormationNotMeasured = formationOnTarget
+		if err := fc.waitFormed(ctx); err != nil {
+			return run, err
 		}
-	}()
-	t0 := time.Now()
-	if err := c.startAll(ctx); err != nil {
-		return run, err
+	} else {
+		run.Formation = time.Since(t0) // startAll waited for every node
 	}
-	run.Formation = time.Since(t0)
 
-	st, err := c.status(ctx, 1)
+	st, err := c.status(ctx, c.nodes()[0])
 	if err != nil {
 		return run, err
 	}
 	master := int(st.Master)
-	member := nodes // the highest-numbered: outside the raft group when nodes > 3
-	if member == master {
-		member--
+	// A member that is neither master nor keyseq's owner when there is
+	// one: the highest-numbered, outside the raft group when nodes > 3.
+	member, err := c.pickVictim(ctx, "member")
+	if err != nil {
+		member = slices.Max(others(c.nodes(), master))
 	}
-	mp, pp := c.procs[master].pid, c.procs[member].pid
-	run.FDsMaster, run.FDsMember = countFDs(mp), countFDs(pp)
 
-	// Steady state: nothing but the two reads on each side of the window.
-	cpu0m, cpu0p := procCPU(mp), procCPU(pp)
-	b0, err := icsBytes(ctx, c.cl[master])
+	// Steady state: nothing but the reads on each side of the window.
+	read := func() (ms, ps procUse, bytes float64, err error) {
+		if ms, err = c.procStats(ctx, master); err != nil {
+			return
+		}
+		if ps, err = c.procStats(ctx, member); err != nil {
+			return
+		}
+		bytes, err = icsBytes(ctx, c.cl[master])
+		return
+	}
+	m0, p0, b0, err := read()
 	if err != nil {
 		return run, err
 	}
+	run.FDsMaster, run.FDsMember = m0.fds, p0.fds
 	w0 := time.Now()
 	select {
-	case <-time.After(steady):
+	case <-time.After(p.steady):
 	case <-ctx.Done():
 		return run, context.Cause(ctx)
 	}
-	b1, err := icsBytes(ctx, c.cl[master])
+	m1, p1, b1, err := read()
 	if err != nil {
 		return run, err
 	}
 	window := time.Since(w0).Seconds()
-	run.MasterCPU = (procCPU(mp) - cpu0m) / window
-	run.MemberCPU = (procCPU(pp) - cpu0p) / window
+	run.MasterCPU = (m1.cpu - m0.cpu) / window
+	run.MemberCPU = (p1.cpu - p0.cpu) / window
 	run.MasterBytesPerSec = (b1 - b0) / window
 
-	run.PropagationFirst, run.PropagationAll, err = propagation(ctx, c, member, st.LastTransition)
+	since := st.LastTransition
+	switch {
+	case !p.target.enabled():
+		// A planned shutdown: the member's first transition.
+		run.PropagationBy = "shutdown"
+		times, err := propagation(ctx, fc, member, since, syscall.SIGTERM, faultTimeout,
+			func(admin.Transition) bool { return true })
+		if err != nil {
+			return run, err
+		}
+		run.PropagationFirst, run.PropagationAll = times[0].first, times[0].all
+		cc := fc.(*cinodeCluster)
+		code, err := cc.waitExit(ctx, member)
+		if err == nil && code != 0 {
+			err = fmt.Errorf("node %d's planned shutdown exited %d", member, code)
+		}
+		return run, err
+	case !p.allowFaults:
+		run.PropagationNotMeasured = propagationNoFault
+		return run, nil
+	}
+	run.PropagationBy = "kill-rejoin"
+	times, err := propagation(ctx, fc, member, since, syscall.SIGKILL, faultTimeout+p.faults.RejoinTimeout,
+		func(tr admin.Transition) bool { return tr.To == "DOWN" },
+		func(tr admin.Transition) bool { return tr.To == "UP" })
+	if err != nil {
+		return run, err
+	}
+	run.PropagationFirst, run.PropagationAll = times[0].first, times[0].all
+	run.PropagationUpFirst, run.PropagationUpAll = times[1].first, times[1].all
+	_, err = fc.restore(ctx, faultOutcome{victim: member})
 	return run, err
 }
 
-// propagation shuts member down (a planned SHUTDOWN) and times, from the
-// commit of its first transition, when each other node's watch streams it.
-func propagation(ctx context.Context, c *cinodeCluster, member int, since uint64) (first, all time.Duration, err error) {
-	ctx, cancel := context.WithTimeout(ctx, faultTimeout)
+// spread is when a transition reached the first and the last watcher.
+type spread struct{ first, all time.Duration }
+
+// propagation watches every node but member from since, sends sig to
+// member, and times, for each of want in turn, the first transition of
+// member it accepts: from its commit (its time) to each other node's watch
+// streaming it.
+func propagation(ctx context.Context, fc faultCluster, member int, since uint64, sig syscall.Signal, bound time.Duration,
+	want ...func(admin.Transition) bool) ([]spread, error) {
+	c := fc.view()
+	ctx, cancel := context.WithTimeout(ctx, bound)
 	defer cancel()
 	type seen struct {
+		i   int // which of want
 		tr  admin.Transition
 		at  time.Time
 		err error
 	}
-	got := make(chan seen, c.spec.nodes)
-	hello := make(chan struct{}, c.spec.nodes)
-	watchers := 0
-	for _, n := range c.nodes() {
-		if n == member {
-			continue
-		}
-		watchers++
-		go func() { // ends with ctx (cancelled on return) or the first transition of member
+	watchers := others(c.nodes(), member)
+	got := make(chan seen, len(watchers)*len(want))
+	hello := make(chan struct{}, len(watchers))
+	for _, n := range watchers {
+		go func() { // ends with ctx (cancelled on return) or the last of want
+			i := 0
 			for ev, err := range c.cl[n].Watch(ctx, since, faultTimeout) {
 				if err != nil {
-					got <- seen{err: err}
+					got <- seen{err: fmt.Errorf("node %d's watch: %w", n, err)}
 					return
 				}
 				if ev.Event == "hello" {
 					hello <- struct{}{}
 				}
-				if ev.Event == "transition" && int(ev.Transition.Node) == member {
-					got <- seen{tr: *ev.Transition, at: time.Now()}
-					return
+				if ev.Event == "transition" && int(ev.Transition.Node) == member && want[i](*ev.Transition) {
+					got <- seen{i: i, tr: *ev.Transition, at: time.Now()}
+					if i++; i == len(want) {
+						return
+					}
 				}
 			}
 		}()
@@ -172,34 +277,70 @@ func propagation(ctx context.Context, c *cinodeCluster, member int, since uint64
 		select {
 		case <-hello:
 		case s := <-got:
-			return 0, 0, fmt.Errorf("watch: %v", s.err)
+			return nil, s.err
 		case <-ctx.Done():
-			return 0, 0, fmt.Errorf("waiting for the watch streams: %w", context.Cause(ctx))
+			return nil, fmt.Errorf("waiting for the watch streams: %w", context.Cause(ctx))
 		}
 	}
-	if err := c.signal(member, syscall.SIGTERM); err != nil {
-		return 0, 0, err
+	fire, err := fc.inject(ctx, member, sig)
+	if err != nil {
+		return nil, err
 	}
-	for i := range watchers {
+	if err := fire(); err != nil {
+		return nil, err
+	}
+	out := make([]spread, len(want))
+	count := make([]int, len(want))
+	tick := time.NewTicker(10 * pollEvery)
+	defer tick.Stop()
+	for left := len(watchers) * len(want); left > 0; {
 		select {
 		case s := <-got:
 			if s.err != nil {
-				return 0, 0, fmt.Errorf("watch: %w", s.err)
+				return nil, s.err
 			}
 			d := s.at.Sub(s.tr.Time)
-			if i == 0 {
-				first = d
+			if count[s.i] == 0 {
+				out[s.i].first = d
 			}
-			all = max(all, d)
+			count[s.i]++
+			out[s.i].all = max(out[s.i].all, d)
+			left--
+		case <-tick.C:
+			if err := fc.check(member); err != nil {
+				return nil, err
+			}
 		case <-ctx.Done():
-			return 0, 0, fmt.Errorf("waiting for node %d's shutdown on every node: %w", member, context.Cause(ctx))
+			if context.Cause(ctx) == context.DeadlineExceeded && sig == syscall.SIGKILL {
+				return nil, fmt.Errorf("node %d's transitions after %s did not reach every other node within %v: did its supervisor restart it?", member, sig, bound)
+			}
+			return nil, fmt.Errorf("waiting for node %d's transitions on every node: %w", member, context.Cause(ctx))
 		}
 	}
-	code, err := c.waitExit(ctx, member)
-	if err == nil && code != 0 {
-		err = fmt.Errorf("node %d's planned shutdown exited %d", member, code)
+	return out, nil
+}
+
+// procUse is a process's CPU seconds (user+system) and open descriptors.
+type procUse struct {
+	cpu float64
+	fds int
+}
+
+// procStats reads node n's process: from /proc when it is a cinode of
+// this machine, else from its /metrics.
+func (v *adminView) procStats(ctx context.Context, n int) (procUse, error) {
+	st, err := v.status(ctx, n)
+	if err != nil {
+		return procUse{}, err
 	}
-	return first, all, err
+	if local, _ := localCinode("/proc", v.cl[n].Addr, st.PID); local {
+		return procUse{cpu: procCPU(st.PID), fds: countFDs(st.PID)}, nil
+	}
+	m, err := metricSums(ctx, v.cl[n], "process_cpu_seconds_total", "process_open_fds")
+	if err != nil {
+		return procUse{}, fmt.Errorf("node %d: %w", n, err)
+	}
+	return procUse{cpu: m[0], fds: int(m[1])}, nil
 }
 
 // procCPU is a process's user+system CPU time in seconds, from
@@ -229,37 +370,73 @@ func countFDs(pid int) int {
 // icsBytes sums ci_ics_bytes_in_total and ci_ics_bytes_out_total over
 // every label set of a node's /metrics.
 func icsBytes(ctx context.Context, cl *admin.Client) (float64, error) {
+	m, err := metricSums(ctx, cl, "ci_ics_bytes_in_total", "ci_ics_bytes_out_total")
+	return m[0] + m[1], err
+}
+
+// metricSums reads a node's /metrics and sums each named family over its
+// label sets.
+func metricSums(ctx context.Context, cl *admin.Client, names ...string) ([]float64, error) {
+	sums := make([]float64, len(names))
 	code, body, err := cl.Text(ctx, "/metrics")
 	if err != nil {
-		return 0, err
+		return sums, err
 	}
 	if code != 200 {
-		return 0, fmt.Errorf("/metrics answered %d", code)
+		return sums, fmt.Errorf("/metrics answered %d", code)
 	}
-	var sum float64
 	sc := bufio.NewScanner(strings.NewReader(body))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		l := sc.Text()
-		if !strings.HasPrefix(l, "ci_ics_bytes_in_total") && !strings.HasPrefix(l, "ci_ics_bytes_out_total") {
-			continue
+		for i, name := range names {
+			rest, ok := strings.CutPrefix(l, name)
+			if !ok || rest == "" || (rest[0] != ' ' && rest[0] != '{') {
+				continue
+			}
+			v, err := strconv.ParseFloat(l[strings.LastIndexByte(l, ' ')+1:], 64)
+			if err != nil {
+				return sums, fmt.Errorf("/metrics line %q: %w", l, err)
+			}
+			sums[i] += v
 		}
-		v, err := strconv.ParseFloat(l[strings.LastIndexByte(l, ' ')+1:], 64)
-		if err != nil {
-			return 0, fmt.Errorf("/metrics line %q: %w", l, err)
-		}
-		sum += v
 	}
-	return sum, sc.Err()
+	return sums, sc.Err()
 }
 
 func writeMembershipText(w io.Writer, res *bench.MembershipResult) error {
-	fmt.Fprintf(w, "membership: %s profile; propagation from commit to the first / last other node's watch; steady load per second\n", res.Profile)
+	where := res.Profile + " profile"
+	if res.Mode == bench.ModeTarget {
+		where = "running cluster at " + strings.Join(res.Endpoints, ",")
+	}
+	fmt.Fprintf(w, "membership: %s; propagation from commit to the first / last other node's watch; steady load per second\n", where)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "nodes\tformation\tpropagation first\tall\tmaster CPU\tmember CPU\tmaster ICS bytes/s\tfds master\tmember\t\n")
-	for _, r := range res.Runs {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%.1f%%\t%.1f%%\t%.0f\t%d\t%d\t\n", r.Nodes, fmtDur(r.Formation), fmtDur(r.PropagationFirst),
-			fmtDur(r.PropagationAll), 100*r.MasterCPU, 100*r.MemberCPU, r.MasterBytesPerSec, r.FDsMaster, r.FDsMember)
+	measured := func(d time.Duration, why string) string {
+		if why != "" {
+			return "not measured"
+		}
+		return fmtDur(d)
 	}
-	return tw.Flush()
+	for _, r := range res.Runs {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%.1f%%\t%.1f%%\t%.0f\t%d\t%d\t\n", r.Nodes, measured(r.Formation, r.FormationNotMeasured),
+			measured(r.PropagationFirst, r.PropagationNotMeasured), measured(r.PropagationAll, r.PropagationNotMeasured),
+			100*r.MasterCPU, 100*r.MemberCPU, r.MasterBytesPerSec, r.FDsMaster, r.FDsMember)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, r := range res.Runs {
+		if r.FormationNotMeasured != "" {
+			fmt.Fprintf(w, "%d nodes: formation not measured: %s\n", r.Nodes, r.FormationNotMeasured)
+		}
+		if r.PropagationNotMeasured != "" {
+			fmt.Fprintf(w, "%d nodes: propagation not measured: %s\n", r.Nodes, r.PropagationNotMeasured)
+		}
+		if r.PropagationBy == "kill-rejoin" {
+			fmt.Fprintf(w, "%d nodes: propagation of a killed member's NODEDOWN (above) and of its rejoin's NODEUP: first %s, all %s\n",
+				r.Nodes, fmtDur(r.PropagationUpFirst), fmtDur(r.PropagationUpAll))
+		}
+	}
+	return nil
 }

@@ -46,6 +46,7 @@ type cli struct {
 	ShutdownTimeout time.Duration `help:"Bound on a planned shutdown (SHUTDOWN committed, calls drained) before the process exits anyway." default:"30s" env:"CI_SHUTDOWN_TIMEOUT"`
 	Dev             bool          `help:"A single-node cluster with no configuration file, for a first try: insecure, loopback only, temporary data directory." env:"CI_DEV"`
 	DevAddr         string        `help:"ICS address of the --dev node." default:"127.0.0.1:7100" env:"CI_DEV_ADDR" placeholder:"ADDR"`
+	AllowFaultKill  bool          `help:"Let other nodes kill this cinode process through signal forwarding (POST /v1/signal with its pid, sigfwd policy AllowSelf), as cibench failover --target does when this node is on another machine. Off by default: with it, any member can kill this node." env:"CI_ALLOW_FAULT_KILL"`
 	Check           bool          `help:"Check the configuration and this node's key files, then exit: 0 if cinode would start, 2 if not." env:"CI_CHECK"`
 }
 
@@ -58,6 +59,7 @@ Examples:
   CI_CONFIG=/etc/ci/cluster.toml CI_NODE=2 cinode  the same from the environment (systemd)
   cinode -c cluster.toml -n 2 --check              is the file, and node 2's keys, fine?
   cinode -c cluster.toml -n 1 --admin unix:/run/ci/admin.sock --log-format json
+  cinode -c cluster.toml -n 3 --allow-fault-kill   cibench failover --target may kill it from afar
 
 SIGTERM or SIGINT: planned shutdown (this node goes through SHUTDOWN, its
 calls are drained) and exit 0; a second signal exits at once.
@@ -122,13 +124,16 @@ type settings struct {
 	tempDir bool // dataDir is --dev's temporary directory: removed on exit
 	admin   admin.Config
 	timeout time.Duration
+	// allowSelfKill is --allow-fault-kill: other nodes may signal this
+	// process through sigfwd.
+	allowSelfKill bool
 }
 
 // settings loads and checks the configuration, the keys, the data
 // directory and the admin endpoint's settings: every problem an operator
 // can fix is found here, before anything starts, and is one line.
 func (c *cli) settings() (*settings, error) {
-	st := &settings{timeout: c.ShutdownTimeout}
+	st := &settings{timeout: c.ShutdownTimeout, allowSelfKill: c.AllowFaultKill}
 	switch {
 	case c.Dev && c.Config != "":
 		return nil, errors.New("--dev starts a cluster without a configuration file: drop --config or --dev")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 
 	"github.com/VictoriaMetrics/metrics"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/clusterinfra/ci/services/admin"
 	"github.com/clusterinfra/ci/services/keyseq"
 	"github.com/clusterinfra/ci/services/node"
+	"github.com/clusterinfra/ci/services/sigfwd"
 )
 
 // nodeMember is a services/node.Node as cinode drives it and as the admin
@@ -34,7 +36,8 @@ func newMember(st *settings, log *slog.Logger, set *metrics.Set) (member, error)
 	if err != nil {
 		return nil, err
 	}
-	n, err := node.New(node.Config{Cluster: st.cfg, Node: st.num, DataDir: st.dataDir, Logger: log, Metrics: set, KeyServices: reg})
+	n, err := node.New(node.Config{Cluster: st.cfg, Node: st.num, DataDir: st.dataDir, Logger: log, Metrics: set, KeyServices: reg,
+		SignalPolicy: sigfwd.Policy{AllowSelf: st.allowSelfKill}})
 	if err != nil {
 		return nil, err
 	}
@@ -72,7 +75,7 @@ func (m *nodeMember) Fatal() <-chan error { return m.fatal }
 func (m *nodeMember) Local() admin.Local {
 	s := m.Status()
 	l := admin.Local{Node: s.Node, Cluster: s.Cluster, Incarnation: s.Incarnation, Master: s.Master, Fenced: s.Fenced,
-		LeaseValid: s.LeaseValid, RaftTerm: s.RaftTerm}
+		LeaseValid: s.LeaseValid, RaftTerm: s.RaftTerm, PID: os.Getpid()}
 	state := clms.StateNeverUp.String()
 	for _, ms := range s.Members {
 		if ms.Node == s.Node {
