@@ -54,6 +54,7 @@ type PingRequest struct {
 	Concurrency int    `json:"concurrency,omitempty"` // callers at once; default 1
 	Priority    int    `json:"priority,omitempty"`    // ICS priority 0..4
 	Warmup      int    `json:"warmup,omitempty"`      // untimed calls first (connections, buffers, CPU clock)
+	Histogram   bool   `json:"histogram,omitempty"`   // also return every latency bucket (PingResult.Histogram)
 }
 
 // PingResult is /v1/ping's reply. Latencies are of the timed calls that
@@ -90,6 +91,11 @@ type PingLatency struct {
 	// CDF samples the distribution, dense in the tail, for plots; empty
 	// when no call succeeded.
 	CDF []PingQuantile `json:"cdf"`
+	// Histogram, when asked for, is the whole distribution: [ns, count]
+	// for every non-empty bucket of an HdrHistogram of 1 ns..10 s at 3
+	// significant digits, ascending by ns (the bucket's lowest value), so
+	// that a client merges several runs exactly (cibench's rounds).
+	Histogram [][2]int64 `json:"histogram,omitempty"`
 }
 
 // PingQuantile is one point of a CDF: the fraction of calls (0..1) that
@@ -112,6 +118,7 @@ type pingPlan struct {
 	concurrency int
 	prio        uint8
 	warmup      int
+	histogram   bool
 }
 
 // pingPlan checks req against the bounds and fills the defaults. self is
@@ -149,7 +156,7 @@ func (req *PingRequest) plan(self clms.NodeNum, maxPayload int) (pingPlan, error
 	case int64(p.concurrency)*int64(p.size) > MaxPingInFlight:
 		return p, fmt.Errorf("concurrency %d x size %d: over %d bytes in flight", p.concurrency, p.size, MaxPingInFlight)
 	}
-	p.prio = uint8(req.Priority)
+	p.prio, p.histogram = uint8(req.Priority), req.Histogram
 	if p.calls == 0 && p.duration == 0 {
 		p.calls = DefaultPingCalls
 	}
@@ -253,6 +260,13 @@ func runPing(parent context.Context, pinger Pinger, p pingPlan) PingResult {
 			P999: quantile(h, 99.9), Max: time.Duration(h.Max())}
 		for _, q := range pingQuantiles {
 			res.Latency.CDF = append(res.Latency.CDF, PingQuantile{Fraction: q / 100, Latency: quantile(h, q)})
+		}
+		if p.histogram {
+			for _, b := range h.Distribution() {
+				if b.Count > 0 {
+					res.Latency.Histogram = append(res.Latency.Histogram, [2]int64{b.From, b.Count})
+				}
+			}
 		}
 	}
 	return res

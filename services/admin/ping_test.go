@@ -61,6 +61,20 @@ func TestPing(t *testing.T) {
 		res.Stopped != "" || res.BytesPerSec != res.CallsPerSec*100 {
 		t.Errorf("counted run: %+v", res)
 	}
+	if res.Latency.Histogram != nil {
+		t.Error("a histogram nobody asked for")
+	}
+	res = e.ping(t, `{"node":2,"calls":20,"histogram":true}`)
+	var n int64
+	for i, b := range res.Latency.Histogram {
+		if b[0] <= 0 || b[1] <= 0 || (i > 0 && b[0] <= res.Latency.Histogram[i-1][0]) {
+			t.Fatalf("histogram bucket %d: %v", i, b)
+		}
+		n += b[1]
+	}
+	if n != 20 || res.Calls != 20 {
+		t.Errorf("histogram counts %d calls, the run %d, want 20", n, res.Calls)
+	}
 	res = e.ping(t, `{"node":2,"duration":"30ms"}`)
 	checkLatency(t, "timed", res)
 	if res.Size != admin.DefaultPingSize || res.Concurrency != 1 || res.Priority != 0 || res.Errors != 0 {
