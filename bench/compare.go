@@ -48,12 +48,12 @@ type Comparison struct {
 	Baseline    string        `json:"baseline"`
 	Env         Env           `json:"env"`
 
-	Peers     []PeerStats `json:"peers"`      // in the order the targets were given
+	Peers []PeerStats `json:"peers"` // in the order the targets were given
 	// NotMeasured lists the peers asked for that this run could not
 	// measure (against a running cluster: all but ICS); absent when none.
 	NotMeasured []NotMeasured `json:"not_measured,omitempty"`
-	PerRound  []Round     `json:"per_round"`  // what every round measured
-	StartedAt time.Time   `json:"started_at"` // wall clock, for the record
+	PerRound    []Round       `json:"per_round"`  // what every round measured
+	StartedAt   time.Time     `json:"started_at"` // wall clock, for the record
 }
 
 // Env describes where the numbers come from; a ratio means little without it.
