@@ -151,7 +151,7 @@ func (f *rpcTargetFlags) connect(ctx context.Context) (_ *targetPair, err error)
 		tp.from = admin.NewClient(ms.Members[i].Admin, token)
 		tp.clients = append(tp.clients, tp.from)
 	}
-	tp.info.From, tp.info.To = from, to
+	tp.info.From, tp.info.To, tp.to = from, to, to
 	return tp, nil
 }
 
