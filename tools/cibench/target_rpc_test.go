@@ -136,6 +136,23 @@ func TestTarget(t *testing.T) {
 		}
 	})
 
+	t.Run("all", func(t *testing.T) {
+		stdout, stderr, code := runCibench(t, exe, nil, "all", "--quick", targets, "--sizes=64", "--rounds=1", "--calls=20",
+			"--duration=100ms", "--out=-")
+		if code != 0 {
+			t.Fatalf("exit %d\n%s", code, stderr)
+		}
+		rep := readReport(t, stdout, "all")
+		if rep.Target == nil || rep.Target.To != 2 || len(rep.Latency) != 1 || len(rep.Throughput) != 1 || rep.Priority == nil ||
+			rep.Priority.TargetFlow == nil || rep.Allocs != nil || rep.Failover != nil || rep.Membership != nil {
+			t.Fatalf("%+v", rep)
+		}
+		checkLatencySummary(t, "all: latency", rep.Latency[0].Peers[0].All, 20)
+		if rep.Throughput[0].Concurrency != 256 || rep.Throughput[0].Peers[0].CallsPerSec <= 0 {
+			t.Errorf("all: throughput %+v", rep.Throughput[0])
+		}
+	})
+
 	t.Run("text", func(t *testing.T) {
 		stdout, stderr, code := runCibench(t, exe, nil, "compare", targets, "--rounds=1", "--calls=10", "--warmup=0", "--peers=ics,raw")
 		if code != 0 || !strings.Contains(stdout, "not measured: raw (") || !strings.Contains(stdout, "called by node 1") {
