@@ -196,7 +196,8 @@ func (s *Server) ping(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res.From = uint32(self)
-	s.cfg.Logger.Debug("ping run", "to", p.to, "calls", res.Calls, "errors", res.Errors, "p50", res.Latency.P50, "remote", r.RemoteAddr)
+	s.cfg.Logger.Info("ping run on an admin request", "to", p.to, "size", p.size, "concurrency", p.concurrency, "priority", p.prio,
+		"calls", res.Calls, "errors", res.Errors, "p50", res.Latency.P50, "remote", r.RemoteAddr)
 	s.reply(w, http.StatusOK, res)
 }
 
@@ -293,7 +294,7 @@ func (run *pingRun) phase(ctx context.Context, calls int, timed bool) *hdrhistog
 	for i := range run.p.concurrency {
 		sh := &shards[i%len(shards)]
 		wg.Go(func() {
-			reply := make([]byte, 0, run.p.size)
+			var reply []byte // grown by the first echo, reused after: nothing held for calls that fail
 			for ctx.Err() == nil {
 				if calls > 0 && run.next.Add(1) > int64(calls) {
 					return
