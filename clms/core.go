@@ -101,6 +101,7 @@ type Core struct {
 	t        ticks
 	now      int64
 	eligible map[NodeNum]bool
+	digest   uint64 // ConfigDigest(cfg): a joiner's must be the same
 	voters   []NodeNum
 	st       *State
 	storage  *raft.MemoryStorage
@@ -173,7 +174,7 @@ func NewCore(cfg Config) (*Core, error) {
 		return nil, fmt.Errorf("%w: self and incarnation must be nonzero", ErrConfig)
 	}
 	c := &Core{
-		cfg: cfg, self: cfg.Self, inc: cfg.Incarnation, eligible: map[NodeNum]bool{},
+		cfg: cfg, self: cfg.Self, inc: cfg.Incarnation, eligible: map[NodeNum]bool{}, digest: ConfigDigest(cfg),
 		hbSent: map[uint64]int64{}, peerInc: map[NodeNum]uint64{}, gone: map[NodeNum]uint64{},
 		cbDone: map[TransitionID][]string{}, pendingInfo: map[NodeNum]NodeInfo{},
 	}
@@ -394,6 +395,15 @@ func (c *Core) Step(m Message) error {
 			c.send(Message{Type: MsgJoinReply, To: m.From, Status: StatusNotMaster, Node: c.master})
 			return nil
 		}
+		if m.Digest != 0 && m.Digest != c.digest {
+			// Checked before anything is proposed: a node with another node
+			// table or lease must never count as a member. (0: a peer of a
+			// version that does not send one.)
+			reason := configMismatch(c.self, c.digest, m.From, m.Digest)
+			c.act(Action{Kind: ActLog, Node: m.From, Reason: fmt.Sprintf("refusing node %d's join: %s", m.From, reason)})
+			c.send(Message{Type: MsgJoinReply, To: m.From, Status: StatusConfigMismatch, Reason: reason})
+			return nil
+		}
 		st, reason := c.masterJoin(m.From, m.FromInc, m.Info)
 		c.send(Message{Type: MsgJoinReply, To: m.From, Status: st, Reason: reason})
 	case MsgJoinReply:
@@ -410,6 +420,10 @@ func (c *Core) Step(m Message) error {
 			c.setJoinReason(m.Reason)
 		case StatusNotMember:
 			c.fence("declared down before it learned it had joined: " + m.Reason)
+		case StatusConfigMismatch:
+			c.phase = phaseFailed
+			c.dropMaster()
+			c.act(Action{Kind: ActJoinFailed, Err: fmt.Errorf("%w: %s", ErrConfigMismatch, m.Reason)})
 		}
 	case MsgImAlive:
 		c.masterImAlive(m)

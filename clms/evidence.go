@@ -108,6 +108,21 @@ func (c *Core) PeerCrashProof(n NodeNum, inc uint64) {
 	c.crashProof(n, inc)
 }
 
+// VotersAlive counts the master-eligible nodes that may still vote as far as
+// this node knows: members (COMINGUP or UP) in its applied state whose
+// process is not proven gone. With at most half of the voters alive no
+// master can commit anything until some come back (a cluster stopped as a
+// whole); Runner.Shutdown stops waiting then (ErrNoQuorum).
+func (c *Core) VotersAlive() (alive, voters int) {
+	for n := range c.eligible {
+		m, ok := c.st.Member(n)
+		if ok && m.State.IsMember() && c.gone[n] < m.Incarnation {
+			alive++
+		}
+	}
+	return alive, len(c.eligible)
+}
+
 func (c *Core) crashProof(n NodeNum, inc uint64) {
 	if inc <= c.gone[n] {
 		return

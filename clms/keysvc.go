@@ -40,7 +40,8 @@ const (
 
 // KeyServiceSpec is one key service as the core needs it. Every node must
 // have the same list (it comes from cluster.toml's [[key_services]] and the
-// registrations: KeyServices.Specs).
+// registrations: KeyServices.Specs); the master refuses the join of a node
+// whose list differs (ConfigDigest).
 type KeyServiceSpec struct {
 	Name string
 	// Critical holds back cluster formation until the service has a ready

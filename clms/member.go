@@ -24,7 +24,7 @@ func (c *Core) tickJoin() {
 	case c.master == c.self && c.m != nil && c.m.ready:
 		c.masterJoin(c.self, c.inc, c.cfg.Info)
 	case c.master != 0 && c.master != c.self:
-		c.send(Message{Type: MsgJoin, To: c.master, Info: c.cfg.Info})
+		c.send(Message{Type: MsgJoin, To: c.master, Info: c.cfg.Info, Digest: c.digest})
 	default:
 		c.setJoinReason("no master known yet (election in progress or no quorum)")
 		c.probeEligible()

@@ -25,7 +25,9 @@ const (
 	// (Node = master or 0 when unknown, Term = its raft term).
 	MsgMasterIs // Node, Term
 	// MsgJoin asks the master to admit the sender's incarnation (FromInc).
-	MsgJoin // Info
+	// Digest fingerprints the sender's boot configuration (ConfigDigest):
+	// the master refuses a join whose digest is not its own.
+	MsgJoin // Info, Digest
 	// MsgJoinReply says the join was proposed (StatusOK), that the receiver
 	// is not the master (Node = hint), that the sender must retry (Reason),
 	// or that its incarnation was admitted and is down already (NotMember:
@@ -95,6 +97,10 @@ const (
 	StatusRetry                   // try again later; Reason says why
 	StatusNotMember               // the sender's incarnation is not (any longer) a member
 	StatusNoLease                 // the master cannot grant leases now (no quorum contact)
+	// StatusConfigMismatch refuses a join whose boot configuration (node
+	// table, timing, key services) is not the master's; Reason says which
+	// digest each side has. The joining node gives up (ErrConfigMismatch).
+	StatusConfigMismatch
 	statusEnd
 )
 
@@ -126,6 +132,7 @@ type Message struct {
 	KeyService string
 	Epoch      uint64
 	Data       []byte
+	Digest     uint64
 }
 
 func (m Message) String() string {
@@ -156,6 +163,7 @@ const (
 	fKeyService
 	fEpoch
 	fData
+	fDigest
 	fEnd
 )
 
@@ -200,6 +208,7 @@ func (m *Message) AppendEncode(b []byte) ([]byte, error) {
 	set(m.KeyService != "", fKeyService)
 	set(m.Epoch != 0, fEpoch)
 	set(len(m.Data) != 0, fData)
+	set(m.Digest != 0, fDigest)
 
 	e := encoder{b: append(b, ProtocolVersion, byte(m.Type))}
 	e.uvarint(bits)
@@ -249,6 +258,9 @@ func (m *Message) AppendEncode(b []byte) ([]byte, error) {
 	}
 	if bits&fData != 0 {
 		e.bytes(m.Data)
+	}
+	if bits&fDigest != 0 {
+		e.uvarint(m.Digest)
 	}
 	return e.b, nil
 }
@@ -341,5 +353,6 @@ func DecodeMessage(b []byte) (Message, error) {
 			m.Data = append([]byte(nil), p...) // the result does not retain b
 		}
 	}
+	m.Digest = get(fDigest)
 	return m, d.end()
 }

@@ -21,6 +21,13 @@ var (
 	ErrStopped    = errors.New("clms: runner stopped")
 	ErrNoStore    = errors.New("clms: a master-eligible node needs a store")
 	ErrNotStarted = errors.New("clms: runner not started")
+	// ErrNoQuorum: a planned shutdown that cannot be recorded, because
+	// fewer than a majority of the master-eligible nodes are members in
+	// this node's view, so no master can commit its SHUTDOWN. It is what
+	// the last nodes of a cluster stopped as a whole see; the node may
+	// still stop (it is not fenced), and when the cluster starts again its
+	// next incarnation replaces this one as after a crash.
+	ErrNoQuorum = errors.New("clms: no majority of master-eligible nodes is left to commit the SHUTDOWN")
 )
 
 // RunnerConfig builds a Runner.
@@ -142,9 +149,13 @@ type RunnerStatus struct {
 	Fencing     FencingPolicy
 	RaftTerm    uint64
 	RaftLeader  NodeNum
-	Members     []Member // every node of the table, in node order
-	Last        TransitionID
-	Stats       Stats
+	// VotersAlive of Voters (the master-eligible nodes) are members in this
+	// node's view whose process is not proven gone (Core.VotersAlive): at
+	// most half means nothing can be committed until some come back.
+	Voters, VotersAlive int
+	Members             []Member // every node of the table, in node order
+	Last                TransitionID
+	Stats               Stats
 }
 
 // NewRunner builds a runner for cfg; nothing runs until Start.
@@ -265,15 +276,31 @@ func (r *Runner) Shutdown(ctx context.Context) error {
 	if err := r.do(ctx, r.core.Shutdown); err != nil {
 		return err
 	}
-	select {
-	case <-r.left:
-		return nil
-	case <-r.done:
-		return ErrStopped
-	case <-ctx.Done():
-		return ctx.Err()
+	// Waiting out ctx would be pointless once no majority is left: the
+	// other voters left or are proven gone, and only their return could
+	// commit it.
+	poll := time.NewTicker(quorumPoll)
+	defer poll.Stop()
+	for {
+		select {
+		case <-r.left:
+			return nil
+		case <-r.done:
+			return ErrStopped
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-poll.C:
+			if s := r.Status(); !s.Left && s.VotersAlive <= s.Voters/2 {
+				return fmt.Errorf("%w: %d of %d master-eligible nodes are members not proven gone", ErrNoQuorum, s.VotersAlive, s.Voters)
+			}
+		}
 	}
 }
+
+// quorumPoll is how often a waiting Shutdown looks at the published status
+// for a lost majority: an atomic load, so cheap, and a small delay beside
+// the seconds a whole-cluster stop would otherwise wait.
+const quorumPoll = 20 * time.Millisecond
 
 // SetNodeInfo commits node n's new info through the master (CI's
 // clusternode_setinfo) and returns once the record is applied on this node,
@@ -620,6 +647,7 @@ func (r *Runner) publishStatus(membersChanged bool) {
 	s := &RunnerStatus{Self: self, Incarnation: inc, Master: c.Master(), IsMaster: c.IsMaster(), LeaseValid: c.Acting(),
 		Formed: c.Formed(), Fencing: r.cfg.Fencing, Stats: c.Stats(), Last: c.State().LastTransition()}
 	s.Ready = s.LeaseValid && s.Formed
+	s.VotersAlive, s.Voters = c.VotersAlive()
 	s.Fenced, s.FenceReason = c.Fenced()
 	s.Joined = c.phase == phaseMember || c.phase == phaseFenced || c.phase == phaseLeft
 	s.Left = c.phase == phaseLeft

@@ -335,6 +335,69 @@ func TestRunnerMasterCloseAndShutdown(t *testing.T) {
 	}
 }
 
+// A cluster stopped as a whole: the first voters' planned shutdowns are
+// committed, and the last one, with no majority left to commit its own,
+// is told so at once (ErrNoQuorum) instead of waiting out its ctx.
+func TestRunnerLastVoterShutdownNoQuorum(t *testing.T) {
+	c := newRunnerCluster(t, 3, 3, nil)
+	all := []clms.NodeNum{1, 2, 3}
+	c.waitFor("3 nodes UP", all, allUp(all...))
+	// The master leaves last, so both earlier leaves go through the
+	// ordinary path (another voter commits for them).
+	last := c.nodes[1].r.Status().Master
+	var first []clms.NodeNum
+	for _, n := range all {
+		if n != last {
+			first = append(first, n)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, n := range first {
+		if err := c.nodes[n].r.Shutdown(ctx); err != nil {
+			t.Fatalf("node %d's shutdown with a majority left: %v", n, err)
+		}
+		c.nodes[n].close()
+	}
+	err := c.nodes[last].r.Shutdown(ctx)
+	if !errors.Is(err, clms.ErrNoQuorum) {
+		t.Fatalf("the last voter's shutdown returned %v, want ErrNoQuorum", err)
+	}
+	if !strings.Contains(err.Error(), "1 of 3 master-eligible nodes") {
+		t.Fatalf("error %q does not say how many voters are left", err)
+	}
+	if s := c.nodes[last].r.Status(); s.Fenced || s.Left {
+		t.Fatalf("last voter after ErrNoQuorum: fenced=%v left=%v; want neither (it stops unrecorded)", s.Fenced, s.Left)
+	}
+	c.nodes[last].close()
+}
+
+// The other voters' processes end without a leave (the last of a whole
+// cluster stopped at once may never learn their SHUTDOWN was committed;
+// here they just stop): the survivor's view still has them UP, but their
+// addresses refuse connections, which proves them gone, so its shutdown
+// ends with ErrNoQuorum rather than waiting out its ctx.
+func TestRunnerShutdownVotersProvenGone(t *testing.T) {
+	c := newRunnerCluster(t, 3, 3, nil)
+	all := []clms.NodeNum{1, 2, 3}
+	c.waitFor("3 nodes UP", all, allUp(all...))
+	const survivor = 2
+	for _, n := range []clms.NodeNum{1, 3} {
+		c.nodes[n].close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err := c.nodes[survivor].r.Shutdown(ctx)
+	if !errors.Is(err, clms.ErrNoQuorum) {
+		t.Fatalf("shutdown with both other voters' processes gone returned %v, want ErrNoQuorum", err)
+	}
+	s := c.nodes[survivor].r.Status()
+	if s.Voters != 3 || s.VotersAlive > 1 {
+		t.Fatalf("status says %d of %d voters alive, want at most 1 of 3", s.VotersAlive, s.Voters)
+	}
+	c.nodes[survivor].close()
+}
+
 // Subsystem callbacks run on every survivor on a NODEDOWN, in band order.
 func TestRunnerSubsystems(t *testing.T) {
 	var mu sync.Mutex

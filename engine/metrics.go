@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"maps"
 	"runtime"
 	"slices"
 	"strings"
@@ -97,17 +98,26 @@ var families = map[string]familyDoc{
 	"ci_ics_handles_queued":              {"gauge", "Requests waiting for a server handle of a service."},
 }
 
-// exporter writes the engine's families into a user's metrics.Set, each
-// with its HELP and TYPE lines. VictoriaMetrics/metrics writes metadata only
-// behind a process-wide switch (metrics.ExposeMetadata), which a library
-// must not flip for its host, and then with empty help text. So each family's
-// series live in a private set, and the user's set gets one writer
-// (Set.RegisterMetricsWriter) that prints a family's metadata, then its
-// series. Nodes that share a set share its exporter, so that each family's
-// metadata appears once in a scrape.
+// exporter writes the families of a user's metrics.Set that go through it
+// (the engine's, and those MetricFamilies registers for CLMS and the
+// services), each with its HELP and TYPE lines. VictoriaMetrics/metrics
+// writes metadata only behind a process-wide switch (metrics.ExposeMetadata),
+// which a library must not flip for its host, and then with empty help
+// text. So each family's series live in a private set, and the user's set
+// gets one writer (Set.RegisterMetricsWriter) that prints a family's
+// metadata, then its series. Nodes that share a set share its exporter, so
+// that each family's metadata appears once in a scrape.
 type exporter struct {
 	mu   sync.Mutex
-	fams map[string]*metrics.Set // family name -> its series; guarded by mu
+	fams map[string]*family // family name -> its doc and series; guarded by mu
+}
+
+// family is one metric family: its TYPE and HELP (typ empty: not
+// documented, written without metadata, which the tests catch) and the
+// set holding its series.
+type family struct {
+	typ, help string
+	set       *metrics.Set
 }
 
 // exporters maps a user's set to its exporter. Package-level because the
@@ -129,7 +139,7 @@ func exporterFor(set *metrics.Set) *exporter {
 	if exporters.m == nil {
 		exporters.m = make(map[weak.Pointer[metrics.Set]]*exporter)
 	}
-	e := &exporter{fams: make(map[string]*metrics.Set)}
+	e := &exporter{fams: make(map[string]*family)}
 	exporters.m[k] = e
 	set.RegisterMetricsWriter(e.write)
 	runtime.AddCleanup(set, func(k weak.Pointer[metrics.Set]) {
@@ -140,16 +150,28 @@ func exporterFor(set *metrics.Set) *exporter {
 	return e
 }
 
-// family returns the set holding family name's series.
-func (e *exporter) family(name string) *metrics.Set {
+// documented is the set holding family name's series, created with typ and
+// help at its first use. A family is one type: registering it again as
+// another is a bug in the caller, and panics as metrics.Set does on a
+// duplicate name.
+func (e *exporter) documented(name, typ, help string) *metrics.Set {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	s := e.fams[name]
-	if s == nil {
-		s = metrics.NewSet()
-		e.fams[name] = s
+	f := e.fams[name]
+	if f == nil {
+		f = &family{typ: typ, help: help, set: metrics.NewSet()}
+		e.fams[name] = f
+	} else if f.typ != typ {
+		panic(fmt.Sprintf("engine: metric family %s is a %s, not a %s", name, f.typ, typ))
 	}
-	return s
+	return f.set
+}
+
+// family is the set of one of the engine's own families, documented in
+// the families table.
+func (e *exporter) family(name string) *metrics.Set {
+	d := families[name]
+	return e.documented(name, d.typ, d.help)
 }
 
 func (e *exporter) counter(name, labels string) *metrics.Counter {
@@ -165,31 +187,25 @@ func (e *exporter) histogram(name, labels string) *metrics.PrometheusHistogram {
 }
 
 // write is the user's set's metrics writer: families in name order, each
-// with HELP and TYPE (a family missing from the families table gets none,
-// which TestMetricsPrometheus catches), the library's own metadata lines
-// dropped in case the host turned metrics.ExposeMetadata on.
+// with HELP and TYPE (an engine family missing from the families table
+// gets none, which TestMetricsPrometheus catches), the library's own
+// metadata lines dropped in case the host turned metrics.ExposeMetadata on.
 func (e *exporter) write(w io.Writer) {
 	e.mu.Lock()
-	names := make([]string, 0, len(e.fams))
-	for name := range e.fams {
-		names = append(names, name)
-	}
-	sets := make([]*metrics.Set, len(names))
-	slices.Sort(names)
+	names := slices.Sorted(maps.Keys(e.fams))
+	fams := make([]family, len(names))
 	for i, name := range names {
-		sets[i] = e.fams[name]
+		fams[i] = *e.fams[name]
 	}
 	e.mu.Unlock()
 	var series, out bytes.Buffer
 	for i, name := range names {
 		series.Reset()
-		sets[i].WritePrometheus(&series) // outside e.mu: gauges take engine locks
+		fams[i].set.WritePrometheus(&series) // outside e.mu: gauges take engine locks
 		if series.Len() == 0 {
 			continue
 		}
-		if doc, ok := families[name]; ok {
-			fmt.Fprintf(&out, "# HELP %s %s\n# TYPE %s %s\n", name, doc.help, name, doc.typ)
-		}
+		writeMetadata(&out, name, fams[i].typ, fams[i].help)
 		for line := range bytes.Lines(series.Bytes()) {
 			if line[0] != '#' {
 				out.Write(line)
@@ -197,6 +213,18 @@ func (e *exporter) write(w io.Writer) {
 		}
 	}
 	_, _ = w.Write(out.Bytes())
+}
+
+// helpEscaper escapes HELP text as the exposition format wants.
+var helpEscaper = strings.NewReplacer(`\`, `\\`, "\n", `\n`)
+
+// writeMetadata writes a family's HELP and TYPE lines; none when typ is
+// empty (an undocumented family).
+func writeMetadata(w *bytes.Buffer, name, typ, help string) {
+	if typ == "" {
+		return
+	}
+	fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", name, helpEscaper.Replace(help), name, typ)
 }
 
 // Codes in the code label are Statuses (errors.go): a failed call counts

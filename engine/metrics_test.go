@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,6 +16,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/clusterinfra/ci/engine/metricstest"
 )
 
 // scrape writes set as a /metrics endpoint would and parses it with
@@ -332,14 +333,10 @@ func TestMetricsSharedSet(t *testing.T) {
 	}
 }
 
-// TestMetricsPromtool runs Prometheus' own linter on a node's scrape,
-// where it is installed (Debian: apt-get install prometheus); the suite
-// does not need it, TestMetricsPrometheus checks the same with expfmt.
+// TestMetricsPromtool lints a node's scrape with promlint, the library
+// promtool uses (metricstest.Lint), and with promtool itself where it is
+// installed (Debian: apt-get install prometheus).
 func TestMetricsPromtool(t *testing.T) {
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		t.Skip("promtool not installed")
-	}
 	nodes := startCluster(t, 2, nil)
 	mustRegister(t, nodes[1], Service{ID: echoSvc, Name: "echo", Procs: []Handler{echo}})
 	if _, err := nodes[0].Call(ctxFor(t, 10*time.Second), 2, Method{Service: echoSvc, Name: "echo"}, nil, nil); err != nil {
@@ -348,11 +345,8 @@ func TestMetricsPromtool(t *testing.T) {
 	for _, n := range nodes {
 		var b bytes.Buffer
 		n.Metrics().WritePrometheus(&b)
-		cmd := exec.Command(promtool, "check", "metrics")
-		cmd.Stdin = &b
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Errorf("node %d: promtool check metrics: %v\n%s", n.Num(), err, out)
-		}
+		metricstest.Lint(t, b.String())
+		metricstest.Promtool(t, b.String())
 	}
 }
 

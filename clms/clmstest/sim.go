@@ -75,6 +75,9 @@ type Node struct {
 	Rate float64
 	// ExtraDelay is added to every message to or from this node.
 	ExtraDelay time.Duration
+	// Timing, when set before Start, replaces the simulation's timing for
+	// this node: a node started with another cluster.toml.
+	Timing *clms.Timing
 	// HangCallbacks: this node's subsystem callbacks never report.
 	HangCallbacks bool
 	// HangPull: this node's PullData never returns; HangHandOff: its
@@ -229,8 +232,12 @@ func (s *Sim) Start(num clms.NodeNum) {
 		}
 	}
 	now := s.Now
+	timing := s.opt.Timing
+	if n.Timing != nil {
+		timing = *n.Timing
+	}
 	core, err := clms.NewCore(clms.Config{
-		Self: num, Nodes: s.opt.Nodes, Timing: s.opt.Timing, Incarnation: n.Inc,
+		Self: num, Nodes: s.opt.Nodes, Timing: timing, Incarnation: n.Inc,
 		Info: clms.NodeInfo{CPUsTotal: 4, CPUsOnline: 4, MemoryBytes: 1 << 30, Capabilities: []string{fmt.Sprintf("n%d", num)},
 			KeyServices: s.opt.KeyCapable[num]},
 		Keys:      s.opt.Keys,

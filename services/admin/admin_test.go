@@ -15,13 +15,12 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"go.uber.org/goleak"
 
 	"github.com/clusterinfra/ci/clms"
 	"github.com/clusterinfra/ci/engine"
 	"github.com/clusterinfra/ci/engine/enginetest"
+	"github.com/clusterinfra/ci/engine/metricstest"
 	"github.com/clusterinfra/ci/services/admin"
 	"github.com/clusterinfra/ci/services/admin/admintest"
 	"github.com/clusterinfra/ci/services/clusterapi"
@@ -448,13 +447,10 @@ func TestMetrics(t *testing.T) {
 	if code != 200 {
 		t.Fatal(code)
 	}
-	p := expfmt.NewTextParser(model.LegacyValidation)
-	fams, err := p.TextToMetricFamilies(strings.NewReader(body))
-	if err != nil {
-		t.Fatalf("%v in\n%s", err, body)
-	}
-	// VictoriaMetrics writes its runtime and process families with TYPE
-	// and an empty HELP; the engine's have both.
+	// Every family has HELP and TYPE, the engine's and the runtime's
+	// alike, with the library's metadata switch on (TestMain) as off.
+	fams := metricstest.Lint(t, body)
+	metricstest.Promtool(t, body)
 	for name, typ := range map[string]dto.MetricType{
 		"go_goroutines":                  dto.MetricType_GAUGE,
 		"go_memstats_alloc_bytes_total":  dto.MetricType_COUNTER,
@@ -468,7 +464,7 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("no family %s", name)
 			continue
 		}
-		if f.GetType() != typ || (strings.HasPrefix(name, "ci_") && f.GetHelp() == "") {
+		if f.GetType() != typ || f.GetHelp() == "" {
 			t.Errorf("%s: type %v, help %q", name, f.GetType(), f.GetHelp())
 		}
 	}

@@ -14,7 +14,6 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/VictoriaMetrics/metrics"
 	"golang.org/x/sys/unix"
 
 	"github.com/clusterinfra/ci/clms"
@@ -98,7 +97,7 @@ func (s *Server) metrics(w http.ResponseWriter, _ *http.Request) {
 	if s.cfg.Metrics != nil {
 		s.cfg.Metrics.WritePrometheus(w)
 	}
-	metrics.WriteProcessMetrics(w)
+	engine.WriteProcessMetrics(w)
 }
 
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/clusterinfra/ci/clms"
 	"github.com/clusterinfra/ci/services/admin"
 )
 
@@ -89,6 +91,12 @@ func runNode(ctx context.Context, st *settings, base *slog.Logger) int {
 			log.Error("fenced: this incarnation is no longer a member; exiting so that a restart rejoins as a new one", "err", err, "exit", exitFenced)
 			return exitFenced
 		}
+		if errors.Is(err, clms.ErrConfigMismatch) {
+			// Not restarted by systemd (RestartPreventExitStatus=2): the
+			// same file would be refused again.
+			log.Error("refused by the cluster: its cluster.toml differs from this node's", "err", err, "exit", exitBadUsage)
+			return exitBadUsage
+		}
 		log.Error("node failed", "err", err)
 		return exitFailed
 	case <-ctx.Done():
@@ -106,6 +114,15 @@ func runNode(ctx context.Context, st *settings, base *slog.Logger) int {
 	go func() { done <- m.Shutdown(sctx) }()
 	select {
 	case err := <-done:
+		if errors.Is(err, clms.ErrNoQuorum) {
+			// The cluster is being stopped as a whole and this is one of
+			// its last voters: nobody is left to record the leave, and
+			// waiting would not change that. Stopping is still what the
+			// operator asked for; the next start rejoins as after a crash.
+			log.Warn("leaving without a recorded SHUTDOWN: no majority of master-eligible nodes is left to commit it", "err", err)
+			log.Info("shutdown complete")
+			return exitOK
+		}
 		if err != nil {
 			log.Error("planned shutdown did not complete", "err", err)
 			return exitFailed

@@ -14,10 +14,9 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	"github.com/clusterinfra/ci/engine"
+	"github.com/clusterinfra/ci/engine/metricstest"
 	"github.com/clusterinfra/ci/services/admin"
 )
 
@@ -266,21 +265,28 @@ func TestThreeNodes(t *testing.T) {
 	}
 }
 
-// checkMetrics parses node 1's /metrics with the Prometheus parser and
-// checks the families and labels an operator's dashboards rely on.
-func checkMetrics(t *testing.T, c *testCluster) {
+// lintMetrics scrapes node n's /metrics, a whole cinode's (engine, CLMS,
+// services, Go runtime, process), and fails t on anything Prometheus would
+// refuse or promtool check metrics would report (metricstest.Lint, and
+// promtool itself where it is installed). It returns the families.
+func lintMetrics(t *testing.T, c *testCluster, n int) map[string]*dto.MetricFamily {
 	t.Helper()
-	cl := c.client(1)
+	cl := c.client(n)
 	defer cl.Close()
 	code, body, err := cl.Text(context.Background(), "/metrics")
 	if err != nil || code != 200 {
-		t.Fatalf("/metrics: %d %v", code, err)
+		t.Fatalf("node %d /metrics: %d %v", n, code, err)
 	}
-	p := expfmt.NewTextParser(model.LegacyValidation)
-	fams, err := p.TextToMetricFamilies(strings.NewReader(body))
-	if err != nil {
-		t.Fatalf("/metrics does not parse: %v", err)
-	}
+	fams := metricstest.Lint(t, body)
+	metricstest.Promtool(t, body)
+	return fams
+}
+
+// checkMetrics lints node 1's /metrics and checks the families and labels
+// an operator's dashboards rely on.
+func checkMetrics(t *testing.T, c *testCluster) {
+	t.Helper()
+	fams := lintMetrics(t, c, 1)
 	want := map[string]struct {
 		typ    dto.MetricType
 		labels []string // every series has them
@@ -527,5 +533,53 @@ func TestKeyseqMove(t *testing.T) {
 	}
 	if got := ks.Services[0]; got.Owner != to || got.Epoch != k.Epoch+1 || !got.Ready {
 		t.Fatalf("after moving to node %d: %+v (before: %+v)", to, got, k)
+	}
+	// The old and new owners have run key-service routines (hand-off,
+	// failover data): their scrapes have every ci_clms_keysvc_* family
+	// with series, and must still pass the linter.
+	for _, n := range []uint32{k.Owner, to} {
+		fams := lintMetrics(t, c, int(n))
+		for _, name := range []string{"ci_clms_keysvc_owner", "ci_clms_keysvc_epoch", "ci_clms_keysvc_handovers_total", "ci_clms_keysvc_routine_seconds"} {
+			if len(fams[name].GetMetric()) == 0 {
+				t.Errorf("node %d: no %s series", n, name)
+			}
+		}
+	}
+}
+
+// TestConfigMismatchExit: a node started with a cluster.toml whose timing
+// differs from the running cluster's is refused at its join, exits 2 (so
+// systemd does not restart it into the same refusal) and says why.
+func TestConfigMismatchExit(t *testing.T) {
+	c := newTestCluster(t, 3)
+	c.start(t, 1)
+	c.start(t, 2)
+	for i := 1; i <= 2; i++ {
+		eventually(t, 60*time.Second, fmt.Sprintf("node %d ready", i), func() (bool, string) {
+			code, body := c.readyz(i)
+			return code == 200, fmt.Sprint(code, body)
+		})
+	}
+	body, err := os.ReadFile(c.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	odd := strings.Replace(string(body), "profile = \"lan-fast\"\n", "profile = \"lan-fast\"\ncallback_timeout = \"3s\"\n", 1)
+	if odd == string(body) {
+		t.Fatal("test setup: no [timing] profile line to extend")
+	}
+	oddConfig := filepath.Join(c.dir, "odd.toml")
+	if err := os.WriteFile(oddConfig, []byte(odd), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startProc(t, bins.cinode, "--config", oddConfig, "--node", "3", "--data-dir", filepath.Join(c.dir, "node3"))
+	if code := p.wait(t, 60*time.Second); code != exitBadUsage {
+		t.Fatalf("node 3 with another timing: exit %d, want %d; log:\n%s", code, exitBadUsage, p.out.String())
+	}
+	if out := p.out.String(); !strings.Contains(out, "differs from the master's") || !strings.Contains(out, "same cluster.toml") {
+		t.Fatalf("node 3's log does not say why:\n%s", out)
+	}
+	if m := c.memberOf(t, 1, 3); m.State != "NEVERUP" {
+		t.Fatalf("the refused node is %s in node 1's view, want NEVERUP", m.State)
 	}
 }

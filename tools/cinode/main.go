@@ -16,7 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/VictoriaMetrics/metrics"
 	"github.com/alecthomas/kong"
 
 	"github.com/clusterinfra/ci/clms"
@@ -30,7 +29,7 @@ import (
 const (
 	exitOK       = 0               // planned shutdown (SIGTERM, SIGINT, cluster shutdown) completed
 	exitFailed   = 1               // runtime error: could not listen, join timed out, the node failed
-	exitBadUsage = 2               // bad flags or bad configuration (one line on stderr names the problem)
+	exitBadUsage = 2               // bad flags or bad configuration (one line on stderr names the problem), or a cluster.toml the master's differs from
 	exitFenced   = node.ExitFenced // 4: fenced (declared down, lease expired); restart to rejoin as a new incarnation
 )
 
@@ -103,9 +102,6 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 	}
 	// The engine and CLMS label their own lines with the node's number.
 	log := newLogger(stderr, c.LogFormat, c.LogLevel)
-	// This process owns the metrics library's switch: HELP and TYPE lines
-	// on every family (the engine writes its own; the runtime's get TYPE).
-	metrics.ExposeMetadata(true)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return runNode(ctx, st, log)
