@@ -50,7 +50,7 @@ Against a running cluster (--target), latency, throughput and priority are
 measured between two of its nodes (see cibench compare --help); raw TCP,
 net/rpc, gRPC-go, allocations, the raw-TCP control and the deadlock need
 processes cibench spawns and are reported as not measured:
-  cibench all --quick --target=127.0.0.1:7180,127.0.0.2:7180 --out=/tmp/cluster.json`
+  cibench all --target=127.0.0.1:7180,127.0.0.2:7180 --quick --out=/tmp/cluster.json`
 }
 
 // allProfile is what each scenario of cibench all runs.

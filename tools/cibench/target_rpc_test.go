@@ -160,6 +160,15 @@ func TestTarget(t *testing.T) {
 		}
 	})
 
+	t.Run("help", func(t *testing.T) {
+		for _, cmd := range []string{"compare", "rpc", "flow", "priority", "all"} {
+			stdout, _, code := runCibench(t, exe, nil, cmd, "--help")
+			if code != 0 || !strings.Contains(stdout, "cibench "+cmd+" --target=127.0.0.1:7180,127.0.0.2:7180") {
+				t.Errorf("%s --help: exit %d, no --target example\n%s", cmd, code, stdout)
+			}
+		}
+	})
+
 	t.Run("usage", func(t *testing.T) {
 		for _, args := range [][]string{
 			{"compare", "--target=nohost"},
