@@ -20,6 +20,10 @@ type Target struct {
 	// calls with (a peer named "ics@1" in cibench): the Go scheduler's
 	// idle-P wake-ups are part of what a configuration costs.
 	Procs int
+	// Run, when set, replaces Run(ctx, Client, cfg): a target whose calls
+	// are made elsewhere (a cluster node, cibench --target) and reported
+	// with their histogram. Client is then unused.
+	Run func(ctx context.Context, cfg RunConfig) (Result, error)
 }
 
 // CompareConfig configures Compare.
@@ -44,9 +48,12 @@ type Comparison struct {
 	Baseline    string        `json:"baseline"`
 	Env         Env           `json:"env"`
 
-	Peers     []PeerStats `json:"peers"`      // in the order the targets were given
-	PerRound  []Round     `json:"per_round"`  // what every round measured
-	StartedAt time.Time   `json:"started_at"` // wall clock, for the record
+	Peers []PeerStats `json:"peers"` // in the order the targets were given
+	// NotMeasured lists the peers asked for that this run could not
+	// measure (against a running cluster: all but ICS); absent when none.
+	NotMeasured []NotMeasured `json:"not_measured,omitempty"`
+	PerRound    []Round       `json:"per_round"`  // what every round measured
+	StartedAt   time.Time     `json:"started_at"` // wall clock, for the record
 }
 
 // Env describes where the numbers come from; a ratio means little without it.
@@ -60,7 +67,8 @@ type Env struct {
 	// (cibench compare --pin); Pinning says how.
 	Pinned  bool   `json:"pinned"`
 	Pinning string `json:"pinning,omitempty"`
-	// Servers is where the servers ran: "this process" or "child processes".
+	// Servers is where the servers ran: "this process", "child processes",
+	// or a running cluster's node ("node 2 of cluster x, called by node 1").
 	Servers string `json:"servers,omitempty"`
 }
 
@@ -383,6 +391,7 @@ func (c *Comparison) WriteText(w io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	writeNotMeasured(&b, c.NotMeasured)
 	if err := c.writeModes(&b); err != nil {
 		return err
 	}
@@ -434,6 +443,9 @@ func (c *Comparison) writeModes(b *strings.Builder) error {
 
 // runWithProcs runs one target, under its own GOMAXPROCS if it has one.
 func runWithProcs(ctx context.Context, t Target, cfg RunConfig) (Result, error) {
+	if t.Run != nil {
+		return t.Run(ctx, cfg)
+	}
 	if t.Procs > 0 {
 		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(t.Procs))
 	}

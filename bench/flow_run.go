@@ -280,12 +280,6 @@ func (f *FlowResult) WriteText(w io.Writer) error {
 	}
 	b.WriteString("\nmedians over rounds; ratios are medians of per-round ratios; MB = 10^6 bytes\n\n")
 
-	met := func(ok bool) string {
-		if ok {
-			return "met"
-		}
-		return "NOT MET"
-	}
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "bulk\traw MB/s\tICS MB/s\tICS/raw\ttarget\t\t\n")
 	fmt.Fprintf(tw, "\t%.0f\t%.0f\t%.2f\t>= %.2f\t%s\t\n", f.RawMBPerSec, f.ICSMBPerSec, f.BulkRatio, f.BulkTarget, met(f.BulkMet))

@@ -44,6 +44,37 @@ func (h *Hist) Record(d time.Duration) {
 	_ = h.h.RecordValue(v) // cannot fail: v is clamped into range
 }
 
+// MaxHistBuckets bounds HistFromBuckets' input: more than the non-empty
+// buckets a histogram of 1 ns..10 s at 3 digits can have with calls of
+// 1 µs and up (2048 per power of two, 24 powers of two).
+const MaxHistBuckets = 1 << 16
+
+// HistFromBuckets rebuilds a histogram from [value ns, count] pairs, one
+// per non-empty bucket in ascending order, as a node's POST /v1/ping
+// returns them (services/admin PingLatency.Histogram): the pairs come
+// from the network and are checked before anything is recorded.
+func HistFromBuckets(buckets [][2]int64) (*Hist, error) {
+	if len(buckets) > MaxHistBuckets {
+		return nil, fmt.Errorf("bench: histogram of %d buckets, at most %d", len(buckets), MaxHistBuckets)
+	}
+	h := NewHist()
+	var total int64
+	for i, b := range buckets {
+		v, n := b[0], b[1]
+		switch {
+		case v < histLowest || v > histHighest:
+			return nil, fmt.Errorf("bench: histogram bucket %d: %d ns out of 1..%d", i, v, histHighest)
+		case i > 0 && v <= buckets[i-1][0]:
+			return nil, fmt.Errorf("bench: histogram bucket %d: %d ns after %d: not ascending", i, v, buckets[i-1][0])
+		case n < 1 || n > 1<<40 || total+n > 1<<40:
+			return nil, fmt.Errorf("bench: histogram bucket %d: count %d out of 1..2^40 (or the total is)", i, n)
+		}
+		total += n
+		_ = h.h.RecordValues(v, n) // cannot fail: v is in range
+	}
+	return h, nil
+}
+
 // Merge adds every value of o to h.
 func (h *Hist) Merge(o *Hist) {
 	h.h.Merge(o.h)

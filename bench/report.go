@@ -45,6 +45,9 @@ type Report struct {
 	Started  time.Time `json:"started"`
 	Finished time.Time `json:"finished"`
 	Machine  Machine   `json:"machine"`
+	// Target is set when the run measured a running cluster (--target)
+	// instead of processes cibench spawned; absent otherwise.
+	Target *TargetRun `json:"target,omitempty"`
 
 	// Latency is one comparison per payload size, one caller at a time
 	// (cibench compare).
@@ -231,6 +234,9 @@ type AllocResult struct {
 type PriorityResult struct {
 	Flow     *FlowResult     `json:"flow,omitempty"`
 	Deadlock *DeadlockResult `json:"deadlock,omitempty"`
+	// TargetFlow replaces Flow, and Deadlock is absent, in a run against a
+	// running cluster (--target).
+	TargetFlow *TargetFlowResult `json:"target_flow,omitempty"`
 	// The nodes' ci_ics_* metrics at the end (cibench flow --metrics).
 	ClientMetrics []string `json:"client_metrics,omitempty"`
 	ServerMetrics []string `json:"server_metrics,omitempty"`

@@ -58,6 +58,27 @@ func TestCallAllocs(t *testing.T) {
 	}
 }
 
+// TestPingAllocs: Ping, the info service's echo, allocates nothing at
+// priority 0 or 1 from a ctx that cannot end, as any call does.
+func TestPingAllocs(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	args, reply := make([]byte, 64), make([]byte, 0, 64)
+	for _, prio := range []uint8{0, 1} {
+		ctx := WithPriority(context.Background(), prio)
+		ping := func() {
+			if _, err := nodes[0].Ping(ctx, 2, args, reply[:0]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for range 100 {
+			ping()
+		}
+		if got := testing.AllocsPerRun(2000, ping); got != 0 {
+			t.Errorf("priority %d: %v allocations per ping, want 0", prio, got)
+		}
+	}
+}
+
 // TestHandlerWaitingOnDoneAllocs: a handler that watches ctx.Done (as a
 // nested call does) adds one allocation, its done channel; the deadline
 // timer comes from a pool.

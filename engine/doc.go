@@ -43,8 +43,10 @@
 // Node.Shutdown drains: peers learn it and fail new calls with
 // ErrShuttingDown, running handlers finish and reply, then the node
 // closes. Every node serves InfoService: ListServices says what a peer has
-// registered (telling ErrProgUnavail from ErrProcUnavail) and Health
-// whether it serves.
+// registered (telling ErrProgUnavail from ErrProcUnavail), Health
+// whether it serves, and Ping echoes a payload at any priority (an ICS
+// round trip between two members, which the admin endpoint's /v1/ping
+// measures).
 //
 // Outstanding calls live in a lock-free table of client handles indexed by
 // transaction id (slot and generation, so a late reply to a reused slot is

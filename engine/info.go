@@ -10,10 +10,12 @@ import (
 
 // The info service (issue 9 point 10): every node serves, on a reserved
 // subservice of ChanCLMS, the list of its registered services with their
-// versions and procedures, and a health check. A caller that got
-// ErrProgUnavail or ErrProcUnavail can ask the peer what it does serve.
+// versions and procedures, a health check, and an echo. A caller that got
+// ErrProgUnavail or ErrProcUnavail can ask the peer what it does serve; an
+// operator or a benchmark measures ICS round trips between two members
+// with the echo (Ping; the admin endpoint's /v1/ping drives it).
 
-// InfoService is where every node serves ListServices and Health:
+// InfoService is where every node serves ListServices, Health and Ping:
 // ChanCLMS subservice 5, the last of CI's six (CLMS takes 0, the cluster
 // API 1, signal forwarding 2). A node whose MaxSubservices is under 6
 // does not serve it.
@@ -23,6 +25,7 @@ var InfoService = ServiceOn(ChanCLMS, 5)
 const (
 	InfoProcList   uint32 = 0
 	InfoProcHealth uint32 = 1
+	InfoProcEcho   uint32 = 2 // the arguments back, unchanged
 )
 
 // infoServiceName is the info service's registered name.
@@ -67,6 +70,7 @@ func (h Health) String() string {
 
 var infoMethodList = Method{Service: InfoService, Proc: InfoProcList, Name: infoServiceName}
 var infoMethodHealth = Method{Service: InfoService, Proc: InfoProcHealth, Name: infoServiceName}
+var infoMethodEcho = Method{Service: InfoService, Proc: InfoProcEcho, Name: infoServiceName}
 
 // ListServices asks node to what it has registered, the info service
 // included, in (channel, subservice) order.
@@ -98,7 +102,27 @@ func (n *Node) Health(ctx context.Context, to NodeNum) (Health, error) {
 	return HealthServing, nil
 }
 
-// registerInfo registers the info service; inline, as it only reads.
+// Ping sends payload to node to's echo and returns the echoed bytes
+// appended to reply, as Call does: one ICS round trip, at the priority
+// ctx carries (WithPriority; 0 travels on ChanCLMS, which CLMS's raft
+// traffic shares, 1..4 on the priority channels). The payload is the
+// caller's and is not kept; it is bounded by MaxPayload on both nodes.
+// Only the length of the echo is checked, so that a bulk ping measures the
+// transport rather than a comparison. With a reply buffer that fits and a
+// ctx that cannot end, a ping allocates nothing.
+func (n *Node) Ping(ctx context.Context, to NodeNum, payload, reply []byte) ([]byte, error) {
+	out, err := n.Call(ctx, to, infoMethodEcho, payload, reply)
+	if err != nil {
+		return out, err
+	}
+	if got := len(out) - len(reply); got != len(payload) {
+		return out, fmt.Errorf("%w: echo from node %d: %d bytes, sent %d", ErrCantDecodeRes, to, got, len(payload))
+	}
+	return out, nil
+}
+
+// registerInfo registers the info service; inline, as it only reads (the
+// echo replies with the request's own bytes: no copy, no allocation).
 func (n *Node) registerInfo() {
 	if int(InfoService.Subservice()) >= n.cfg.MaxSubservices {
 		return
@@ -113,6 +137,10 @@ func (n *Node) registerInfo() {
 			// the caller sees ErrShuttingDown, which Health reads as
 			// HealthDraining.
 			resp.Body = append(resp.Body, byte(HealthServing))
+			return nil
+		},
+		InfoProcEcho: func(_ context.Context, req *Request, resp *Response) error {
+			resp.Body = req.Args // read-only until sent; the engine's buffer, not kept
 			return nil
 		},
 	}})

@@ -26,7 +26,7 @@ func TestListServicesAndHealth(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []ServiceInfo{
-		{ID: InfoService, Name: "ics", Procs: []uint32{0, 1}},
+		{ID: InfoService, Name: "ics", Procs: []uint32{0, 1, 2}},
 		{ID: echoSvc, Name: "echo", Version: 7, Procs: []uint32{0, 2}},
 		{ID: other, Name: "other", Procs: []uint32{4}},
 	}
@@ -70,6 +70,41 @@ func TestListServicesAndHealth(t *testing.T) {
 	}
 	if h, err := nodes[0].Health(ctx, 2); h != HealthUnknown || !errors.Is(err, ErrNodeDown) {
 		t.Fatalf("health of a closed node: %v, %v", h, err)
+	}
+}
+
+// TestPing: the echo returns the payload unchanged, appended to the reply
+// buffer, at priority 0 and at every priority channel, from either side,
+// empty and at MaxPayload; one byte over MaxPayload is refused by the
+// caller, and a node that is not a peer is an error that names it.
+func TestPing(t *testing.T) {
+	const maxPayload = 64 << 10 // small, so that the largest ping is quick under -race
+	nodes := startCluster(t, 2, func(c *Config) { c.MaxPayload = maxPayload })
+	ctx := ctxFor(t, 20*time.Second)
+	big := make([]byte, maxPayload)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	for prio := uint8(0); prio <= 4; prio++ {
+		pctx := WithPriority(ctx, prio)
+		for _, payload := range [][]byte{nil, []byte("ping"), big} {
+			for _, from := range []int{0, 1} {
+				to := NodeNum(2 - from)
+				got, err := nodes[from].Ping(pctx, to, payload, []byte("prefix:"))
+				if err != nil {
+					t.Fatalf("priority %d, %d bytes, node %d to %d: %v", prio, len(payload), from+1, to, err)
+				}
+				if want := append([]byte("prefix:"), payload...); !bytes.Equal(got, want) {
+					t.Fatalf("priority %d, %d bytes: echo differs (%d bytes back)", prio, len(payload), len(got))
+				}
+			}
+		}
+	}
+	if _, err := nodes[0].Ping(ctx, 2, make([]byte, maxPayload+1), nil); !errors.Is(err, ErrCantEncodeArgs) {
+		t.Fatalf("ping over MaxPayload: %v, want ErrCantEncodeArgs", err)
+	}
+	if _, err := nodes[0].Ping(ctx, 9, nil, nil); !errors.Is(err, ErrUnknownHost) {
+		t.Fatalf("ping of node 9: %v, want ErrUnknownHost", err)
 	}
 }
 

@@ -256,6 +256,10 @@ func (n *Node) Incarnation() uint64 { return n.incarnation }
 // Metrics is the node's metric set, for a /metrics endpoint.
 func (n *Node) Metrics() *metrics.Set { return n.m.set }
 
+// MaxPayload is the largest payload this node sends or accepts
+// (Config.MaxPayload): the bound of a Ping's payload.
+func (n *Node) MaxPayload() int { return n.cfg.MaxPayload }
+
 // Addr is the address the node listens on, valid after Start.
 func (n *Node) Addr() string { return n.addr }
 

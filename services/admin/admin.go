@@ -110,6 +110,8 @@ type Config struct {
 	KeyServices KeyServiceSource
 	// Signaller is nil when the node forwards no signals: /v1/signal is 501.
 	Signaller Signaller
+	// Pinger makes /v1/ping's ICS calls (the node's engine); nil: 501.
+	Pinger Pinger
 	// Extra are routes the node's own services add (pattern -> handler,
 	// patterns as http.ServeMux's, e.g. "GET /v1/keyseq"), behind the same
 	// authentication; cinode serves keyseq's here. They must not shadow
@@ -122,6 +124,8 @@ type Config struct {
 
 	// MaxWatchers bounds /v1/watch streams at once; more get 503.
 	MaxWatchers int
+	// MaxPings bounds /v1/ping runs at once; more get 429.
+	MaxPings int
 	// Heartbeat is how often a quiet watch stream says it is alive.
 	Heartbeat time.Duration
 	// MaxTransitions bounds one /v1/transitions reply (and a watch batch).
@@ -138,6 +142,7 @@ func DefaultConfig() Config {
 	return Config{
 		Addr:              "127.0.0.1:" + DefaultPort, // only this machine's users
 		MaxWatchers:       64,                         // operators and a few scripts; each is a goroutine and a socket
+		MaxPings:          2,                          // a load and a probe beside it (cibench priority); more would measure each other
 		Heartbeat:         5 * time.Second,            // a hung node shows within seconds on a quiet cluster
 		MaxTransitions:    1000,                       // ~150 KB of JSON; a client pages with since
 		ReadHeaderTimeout: 5 * time.Second,            // a slow client on localhost still fits
@@ -152,6 +157,9 @@ func (c *Config) fill() error {
 	}
 	if c.MaxWatchers == 0 {
 		c.MaxWatchers = d.MaxWatchers
+	}
+	if c.MaxPings == 0 {
+		c.MaxPings = d.MaxPings
 	}
 	if c.Heartbeat == 0 {
 		c.Heartbeat = d.Heartbeat
@@ -168,7 +176,7 @@ func (c *Config) fill() error {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	if c.MaxWatchers < 0 || c.Heartbeat < 0 || c.MaxTransitions < 0 || c.ReadHeaderTimeout < 0 || c.CallTimeout < 0 {
+	if c.MaxWatchers < 0 || c.MaxPings < 0 || c.Heartbeat < 0 || c.MaxTransitions < 0 || c.ReadHeaderTimeout < 0 || c.CallTimeout < 0 {
 		return fmt.Errorf("%w: negative limit", ErrConfig)
 	}
 	if err := CheckAddr(c.Addr); err != nil {
@@ -188,6 +196,7 @@ type Server struct {
 	started time.Time
 	mux     *http.ServeMux
 	watch   chan struct{} // a slot per watch stream
+	pings   chan struct{} // a slot per /v1/ping run
 
 	mu     sync.Mutex
 	http   *http.Server // nil until Start; guarded by mu
@@ -207,7 +216,8 @@ func New(cfg Config, src Source) (*Server, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, src: src, started: time.Now(), watch: make(chan struct{}, cfg.MaxWatchers), done: make(chan struct{})}
+	s := &Server{cfg: cfg, src: src, started: time.Now(), watch: make(chan struct{}, cfg.MaxWatchers),
+		pings: make(chan struct{}, cfg.MaxPings), done: make(chan struct{})}
 	if cfg.TokenFile != "" {
 		tok, err := ReadToken(cfg.TokenFile)
 		if err != nil {

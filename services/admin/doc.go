@@ -14,6 +14,7 @@
 //	POST /v1/shutdown           planned shutdown of this node (SHUTDOWN transition)
 //	POST /v1/move               move a key service to another node
 //	POST /v1/signal             forward a signal to a handler or a process on a node
+//	POST /v1/ping               this node makes ICS round trips to another's echo: latency, calls/s
 //	GET  /debug/pprof/...       net/http/pprof
 //
 // The JSON schema is versioned (SchemaVersion, in every object) and

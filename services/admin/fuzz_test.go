@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/clusterinfra/ci/clms"
+	"github.com/clusterinfra/ci/engine"
 	"github.com/clusterinfra/ci/services/admin"
 	"github.com/clusterinfra/ci/services/admin/admintest"
 )
@@ -18,12 +19,18 @@ import (
 // FuzzMutatingBodies feeds any body to the POST endpoints: the server
 // decodes it (a network input) and must answer with a status it
 // documents, never a panic or a 500. Seeds: the valid bodies, an empty
-// one, unknown fields, wrong types, a truncated object.
+// one, unknown fields, wrong types, a truncated object, pings at and over
+// every bound. The pinger fails every call at once, so that a valid ping
+// ends after MaxPingErrors calls instead of running for its duration.
 func FuzzMutatingBodies(f *testing.F) {
 	for _, s := range []string{
 		`{"node":1,"reason":"x"}`, ``, `{"bogus":1}`, `{"node":"1"}`, `{"node":1`,
 		`{"key_service":"demo","node":2}`, `{"node":1,"handler":"h","signal":"HUP","arg":"eA=="}`,
 		`{"node":1,"pid":1,"signal":"TERM"}`, `{"node":1,"arg":"not base64"}`, `[]`, `null`,
+		`{"node":2,"calls":10,"size":64,"concurrency":2,"priority":1,"duration":"1s","warmup":1}`,
+		`{"node":2,"calls":10000001}`, `{"node":2,"size":1048577}`, `{"node":2,"concurrency":1025}`, `{"node":2,"priority":5}`,
+		`{"node":2,"duration":"61s"}`, `{"node":2,"duration":"-1s"}`, `{"node":2,"concurrency":1024,"size":1048576}`,
+		`{"node":2,"calls":1e3}`, `{"node":4294967296}`,
 	} {
 		f.Add(s)
 	}
@@ -31,14 +38,15 @@ func FuzzMutatingBodies(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	srv, err := admin.New(admin.Config{Shutdown: func(string) {}}, src)
+	down := &fakePinger{fn: func(_ context.Context, _, r []byte) ([]byte, error) { return r, engine.ErrNodeDown }}
+	srv, err := admin.New(admin.Config{Shutdown: func(string) {}, Pinger: down}, src)
 	if err != nil {
 		f.Fatal(err)
 	}
 	h := srv.Handler()
-	documented := map[int]bool{200: true, 202: true, 400: true, 403: true, 404: true, 409: true, 501: true, 503: true}
+	documented := map[int]bool{200: true, 202: true, 400: true, 403: true, 404: true, 409: true, 429: true, 501: true, 503: true}
 	f.Fuzz(func(t *testing.T, body string) {
-		for _, path := range []string{"/v1/shutdown", "/v1/move", "/v1/signal"} {
+		for _, path := range []string{"/v1/shutdown", "/v1/move", "/v1/signal", "/v1/ping"} {
 			rec := httptest.NewRecorder()
 			h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, path, strings.NewReader(body)))
 			if !documented[rec.Code] || !strings.Contains(rec.Body.String(), admin.SchemaVersion) {

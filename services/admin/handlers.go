@@ -44,6 +44,7 @@ func (s *Server) routes() *http.ServeMux {
 	m.HandleFunc("/v1/shutdown", s.method(http.MethodPost, s.shutdown))
 	m.HandleFunc("/v1/move", s.method(http.MethodPost, s.move))
 	m.HandleFunc("/v1/signal", s.method(http.MethodPost, s.signal))
+	m.HandleFunc("/v1/ping", s.method(http.MethodPost, s.ping))
 	for pattern, h := range s.cfg.Extra {
 		m.HandleFunc(pattern, h)
 	}

@@ -177,6 +177,10 @@ func (g *gen) headline() {
 	g.f("One run of `%s`, %s, on %d × %s (%s), GOMAXPROCS %d. Ratios are medians of per-round ratios (rounds are interleaved, so both sides of a ratio ran minutes apart at most).\n\n",
 		strings.Join(rep.Command, " "), rep.Started.Format("2006-01-02 15:04 MST"), rep.Machine.Cores, orDash(rep.Machine.CPUModel),
 		rep.Machine.Kernel, rep.Machine.GOMAXPROCS)
+	if t := rep.Target; t != nil {
+		g.f("> **Against a running cluster** (`--target` %s, cluster %q): node %d called node %d's ICS echo through its admin endpoint (POST /v1/ping). Raw TCP, net/rpc, gRPC-go, allocations, the raw-TCP control and the deadlock need processes cibench spawns and were not measured: the goals that compare with them say so.\n\n",
+			strings.Join(t.Endpoints, ", "), t.Cluster, t.From, t.To)
+	}
 	if rep.Quick {
 		g.f("> **Quick run** (`cibench all --quick`): small sizes and short runs, to check that the suite works end to end. Its numbers are not for quoting; `make bench-report` on a quiet machine replaces them.\n\n")
 	}
@@ -437,6 +441,9 @@ func (g *gen) latency(plotDir, plotRel string) error {
 			g.f("| %s | %s | %s | %s | %s | %d of %d | %.2f | %.2f | %.2f | %s | %s |\n", peerName(p.Peer), dur(p.P50), dur(p.P99), dur(p.P999),
 				dur(p.Max), p.SlowCalls, p.All.Count, p.P50Ratio, p.P99Ratio, p.P999Ratio, modeCell(p.Fast), modeCell(p.Slow))
 		}
+		for _, n := range c.NotMeasured {
+			g.f("| %s | not measured: %s |%s\n", peerName(n.What), n.Reason, strings.Repeat(" |", 9))
+		}
 		name := fmt.Sprintf("latency-%d.png", c.ReqSize)
 		if err := benchplot.LatencyCDF(c, filepath.Join(plotDir, name)); err != nil {
 			return err
@@ -466,6 +473,9 @@ func (g *gen) throughput(plotDir, plotRel string) error {
 			g.f("| %s | %s | %.0f | %s | %s | %s | %s |\n", bench.SizeString(c.ReqSize), peerName(p.Peer), p.CallsPerSec,
 				cell("raw"), cell("netrpc"), cell("grpc"), dur(p.P99))
 		}
+		for _, n := range c.NotMeasured {
+			g.f("| %s | %s | not measured: %s | | | | |\n", bench.SizeString(c.ReqSize), peerName(n.What), n.Reason)
+		}
 	}
 	const name = "throughput.png"
 	if err := benchplot.Throughput(cs, filepath.Join(plotDir, name)); err != nil {
@@ -481,6 +491,9 @@ func (g *gen) priority() {
 		return
 	}
 	g.f("## Flow control and priority\n\n")
+	if f := pr.TargetFlow; f != nil {
+		g.targetFlow(f)
+	}
 	if f := pr.Flow; f != nil {
 		g.f("%d rounds; each phase %s; %s bulk messages from %d senders, credit window %s; the probe is a %d-byte RPC at priority %d.\n\n",
 			f.Rounds, f.Duration, bench.SizeString(f.Size), f.Senders, bench.SizeString(f.Window), f.ProbeSize, f.ProbePriority)
@@ -511,6 +524,20 @@ func (g *gen) priority() {
 		}
 		g.f("\n")
 	}
+}
+
+// targetFlow writes the flow phases of a run against a running cluster.
+func (g *gen) targetFlow(f *bench.TargetFlowResult) {
+	g.f("Between two nodes of a running cluster: %d rounds; each phase %s; bulk echoes of %s from %d callers at priority 0; the probe is a %d-byte echo at priority %d. MB/s are payload bytes each way.\n\n",
+		f.Rounds, f.Duration, bench.SizeString(f.Size), f.Senders, f.ProbeSize, f.ProbePriority)
+	g.f("| priority probe | p50 | p99 | p99 / idle p99 | target |\n| --- | ---: | ---: | ---: | --- |\n")
+	g.f("| idle | %s | %s | 1.00 | |\n", dur(f.IdleP50), dur(f.IdleP99))
+	g.f("| under ICS bulk (%.0f MB/s; %.0f MB/s alone) | %s | %s | %.2f | ≤ %.1f×: %s |\n", f.LoadedMBPerSec, f.BulkMBPerSec,
+		dur(f.LoadedP50), dur(f.LoadedP99), f.P99Ratio, f.P99Target, verdict(f.P99Ratio, f.P99Target, false))
+	for _, n := range f.NotMeasured {
+		g.f("| %s | not measured: %s | | | |\n", n.What, n.Reason)
+	}
+	g.f("\n")
 }
 
 func (g *gen) failover(plotDir, plotRel string) error {

@@ -30,7 +30,7 @@ type allCmd struct {
 	// Target mode: the scenarios that can run against a running cluster
 	// do; failover and membership's propagation fault it only when
 	// --allow-faults says so.
-	targetFlags
+	rpcTargetFlags
 	faultFlags
 	AllowFaults bool `help:"With --target: run failover (SIGKILL of keyseq's owner or the master, SIGSTOP of a member on this machine) and membership's kill-and-rejoin propagation against the running cluster. Each cinode must run under a supervisor that restarts it." env:"CI_ALLOW_FAULTS"`
 }
@@ -57,7 +57,13 @@ Examples:
   cibench all --out=bench/results/latest.json       # make bench-report
   cibench all --quick --target=10.0.0.1:7180 --token-file=/etc/ci/admin.token --allow-faults --out=target.json
   cibench all --quick --out=/tmp/quick.json
-  cibench all --quick --sizes=64 --peers=raw,ics --out=-`
+  cibench all --quick --sizes=64 --peers=raw,ics --out=-
+
+Against a running cluster (--target), latency, throughput and priority are
+measured between two of its nodes (see cibench compare --help); raw TCP,
+net/rpc, gRPC-go, allocations, the raw-TCP control and the deadlock need
+processes cibench spawns and are reported as not measured:
+  cibench all --target=127.0.0.1:7180,127.0.0.2:7180 --quick --out=/tmp/cluster.json`
 }
 
 // allProfile is what each scenario of cibench all runs.
@@ -183,9 +189,16 @@ func (c *allCmd) profile() (allProfile, error) {
 		bench.RunConfig{Duration: sc.tputDur, Concurrency: 256, Warmup: sc.tputWarmup}, outputFlags{}); err != nil {
 		return p, err
 	}
+	if err := p.latency.withTarget(c.rpcTargetFlags); err != nil {
+		return p, err
+	}
+	if err := p.throughput.withTarget(c.rpcTargetFlags); err != nil {
+		return p, err
+	}
 	p.allocPeers, p.allocCalls = tputPeers, sc.allocCalls
 	// The bulk and probe sizes are issue 3's: 64 KiB messages, 64-byte probes.
-	p.flow = flowFlags{Rounds: sc.flowRounds, Duration: sc.phase, Warmup: sc.flowWarmup, Size: 64 << 10, Senders: 4, ProbeSize: 64}
+	p.flow = flowFlags{Rounds: sc.flowRounds, Duration: sc.phase, Warmup: sc.flowWarmup, Size: 64 << 10, Senders: 4, ProbeSize: 64,
+		rpcTargetFlags: c.rpcTargetFlags}
 	if err := p.flow.Validate(); err != nil {
 		return p, err
 	}
@@ -217,6 +230,9 @@ func (c *allCmd) Run(g *globals) (err error) {
 
 	rep := bench.NewReport("all", g.args)
 	rep.Quick = c.Quick
+	if c.active() {
+		rep.Target = p.latency.tinfo // the same pair for every RPC scenario
+	}
 	step := func(name string, f func() error) error {
 		t0 := time.Now()
 		if err := f(); err != nil {
@@ -242,6 +258,10 @@ func (c *allCmd) Run(g *globals) (err error) {
 		return err
 	}
 	if err := step("allocations", func() error {
+		if c.active() {
+			fmt.Fprintln(text, "allocations: not measured against --target (client and server in cibench's own process)")
+			return nil
+		}
 		rep.Allocs, err = measureAllocs(g.ctx, p.allocPeers, p.allocCalls)
 		for _, a := range rep.Allocs {
 			fmt.Fprintf(text, "allocations: %s %.2f allocs and %.0f bytes per %s call, client and server in one process\n",
@@ -252,6 +272,14 @@ func (c *allCmd) Run(g *globals) (err error) {
 		return err
 	}
 	if err := step("priority", func() error {
+		if c.active() {
+			rep.Priority, _, err = p.flow.runTargetFlow(g, true)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(text)
+			return writePriorityText(text, rep.Priority)
+		}
 		rep.Priority, _, err = p.flow.run(g, true)
 		if err != nil {
 			return err

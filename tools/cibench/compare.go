@@ -24,6 +24,7 @@ type compareCmd struct {
 	ResponseSize int      `default:"-1" help:"Response bytes; -1 is the same as the request." env:"CI_RESPONSE_SIZE"`
 	Concurrency  int      `default:"1" help:"Concurrent callers; 1 measures latency." env:"CI_CONCURRENCY"`
 	outputFlags
+	rpcTargetFlags
 }
 
 func (*compareCmd) Help() string {
@@ -37,7 +38,13 @@ Examples:
   cibench compare --peers=raw,ics,raw@1,ics@1       # each also with GOMAXPROCS=1
   cibench compare --sizes=64,4096,65536 --json > latency.json
   cibench compare --sizes=4096 --response-size=64
-  CI_ROUNDS=15 cibench compare --quiet`
+  CI_ROUNDS=15 cibench compare --quiet
+
+Against a running cluster (--target): node --from's admin endpoint calls
+node --to's ICS echo (POST /v1/ping) and returns the latencies; only ICS is
+measured, the other peers are listed as not measured:
+  cibench compare --target=127.0.0.1:7180,127.0.0.2:7180 --rounds=3 --calls=5000
+  cibench compare --target=10.0.0.1:7180 --from=1 --to=3 --token-file=/etc/ci/admin.token --json`
 }
 
 type rpcCmd struct {
@@ -49,6 +56,7 @@ type rpcCmd struct {
 	Sizes        []int         `default:"64" sep:"," help:"Request sizes in bytes (at least 4), comma-separated; each is a comparison of its own (64,4096,65536)." env:"CI_SIZES"`
 	ResponseSize int           `default:"-1" help:"Response bytes; -1 is the same as the request." env:"CI_RESPONSE_SIZE"`
 	outputFlags
+	rpcTargetFlags
 }
 
 func (*rpcCmd) Help() string {
@@ -65,7 +73,10 @@ Examples:
   cibench rpc                                        # raw, ics, netrpc, grpc; 256 callers, 3 rounds of 5s
   cibench rpc --sizes=64,4096,65536 --json > throughput.json
   cibench rpc --concurrency=64 --duration=10s --sizes=1024
-  cibench rpc --peers=raw,ics,ics-handle --json`
+  cibench rpc --peers=raw,ics,ics-handle --json
+
+Against a running cluster: node 1's endpoint runs the callers, to node 2:
+  cibench rpc --target=127.0.0.1:7180,127.0.0.2:7180 --duration=2s --sizes=64,4096`
 }
 
 // outputFlags are shared by compare and rpc.
@@ -84,6 +95,8 @@ type plan struct {
 	respSize int // -1: the request's size
 	cfg      bench.CompareConfig
 	out      outputFlags
+	target   rpcTargetFlags   // --target: a running cluster instead of spawned servers
+	tinfo    *bench.TargetRun // filled in by executeTarget: the pair it measured
 }
 
 func (c *compareCmd) Validate() error {
@@ -96,7 +109,11 @@ func (c *compareCmd) plan() (plan, error) {
 	if c.Calls < 1 {
 		return plan{}, usagef("--calls must be at least 1")
 	}
-	return newPlan("compare", c.Peers, c.Sizes, c.ResponseSize, c.Rounds, run, c.outputFlags)
+	p, err := newPlan("compare", c.Peers, c.Sizes, c.ResponseSize, c.Rounds, run, c.outputFlags)
+	if err != nil {
+		return p, err
+	}
+	return p, p.withTarget(c.rpcTargetFlags)
 }
 
 func (c *rpcCmd) Validate() error {
@@ -109,7 +126,11 @@ func (c *rpcCmd) plan() (plan, error) {
 	if c.Duration <= 0 {
 		return plan{}, usagef("--duration must be positive")
 	}
-	return newPlan("rpc", c.Peers, c.Sizes, c.ResponseSize, c.Rounds, run, c.outputFlags)
+	p, err := newPlan("rpc", c.Peers, c.Sizes, c.ResponseSize, c.Rounds, run, c.outputFlags)
+	if err != nil {
+		return p, err
+	}
+	return p, p.withTarget(c.rpcTargetFlags)
 }
 
 func respSize(size, resp int) int {
@@ -179,6 +200,9 @@ func runPlan(g *globals, mk func() (plan, error)) error {
 		return err
 	}
 	rep.Finish()
+	if p.target.active() {
+		rep.Target = p.tinfo
+	}
 	if p.out.Pin {
 		rep.Machine.Pinned, rep.Machine.Pinning = true, res[0].Env.Pinning
 	}
@@ -210,6 +234,9 @@ func (p plan) writeText(w io.Writer, res []*bench.Comparison) error {
 // execute starts the servers, runs one comparison per size, and stops
 // everything it started, whatever happened.
 func (p plan) execute(g *globals) (res []*bench.Comparison, err error) {
+	if p.target.active() {
+		return p.executeTarget(g)
+	}
 	// A server dying mid-run cancels the run with the reason.
 	ctx, cancel := context.WithCancelCause(g.ctx)
 	defer cancel(nil)

@@ -35,6 +35,7 @@ type flowFlags struct {
 	JSON      bool          `name:"json" help:"Print the result as JSON (the schema of docs/BENCH_SCHEMA.md) instead of tables." env:"CI_JSON"`
 	Metrics   bool          `help:"Also print both nodes' ci_ics_* counters and gauges at the end (credit waits, throttling, handles)." env:"CI_METRICS"`
 	Profile   string        `type:"path" placeholder:"DIR" help:"Write CPU profiles of the timed rounds to DIR/flow-client.pprof and DIR/flow-server.pprof (go tool pprof)." env:"CI_PROFILE"`
+	rpcTargetFlags
 }
 
 // flowCmd is issue 3's measurement: ICS bulk throughput on a throttled
@@ -73,7 +74,15 @@ Examples:
   cibench flow --control                             # is the loaded latency the engine's or the machine's?
   cibench flow --window=1048576 --senders=8 --json > flow.json
   cibench flow --profile=/tmp/flow --metrics         # then: go tool pprof bin/cibench /tmp/flow/flow-server.pprof
-  CI_ROUNDS=9 CI_DURATION=3s cibench flow --quiet`
+  CI_ROUNDS=9 CI_DURATION=3s cibench flow --quiet
+
+Against a running cluster (--target), node --from's admin endpoint drives
+three phases of ICS echoes to node --to (POST /v1/ping): bulk (--size
+payloads from --senders callers, priority 0, on ChanCLMS beside CLMS's raft
+traffic: keep it short on a production cluster), idle (the probe at priority
+1) and loaded (the probe under that bulk). The raw TCP phases are listed as
+not measured:
+  cibench flow --target=127.0.0.1:7180,127.0.0.2:7180 --rounds=3 --duration=1s`
 }
 
 // priorityCmd is priority under load and escalation, the figures issue 10
@@ -103,7 +112,12 @@ reported); without it the outer call is stuck until --deadline.
 Examples:
   cibench priority                                   # 7 rounds of 5 phases, then 5+5 deadlock trials
   cibench priority --rounds=3 --duration=1s --trials=2 --deadline=300ms
-  cibench priority --json > priority.json`
+  cibench priority --json > priority.json
+
+Against a running cluster (--target): the probe idle and under bulk between
+two nodes, as cibench flow --target does; the raw-TCP control and the
+deadlock (in-process node pairs) are listed as not measured:
+  cibench priority --target=127.0.0.1:7180,127.0.0.2:7180 --rounds=3 --duration=1s --json`
 }
 
 func (c *flowFlags) runConfig(control bool) bench.FlowRunConfig {
@@ -132,7 +146,7 @@ func (c *flowFlags) Validate() error {
 	case c.Pin && c.InProcess:
 		return usagef("--pin needs the server in a child process, not --in-process")
 	}
-	return nil
+	return c.checkTarget()
 }
 
 func (c *priorityCmd) Validate() error {
@@ -156,6 +170,17 @@ func (c *priorityCmd) deadlockConfig() bench.DeadlockConfig {
 
 func (c *flowCmd) Run(g *globals) error {
 	rep := bench.NewReport("flow", g.args)
+	if c.active() {
+		if c.Control {
+			return usagef("--control does not apply with --target: the control is a raw TCP stream between processes cibench spawns")
+		}
+		pr, target, err := c.runTargetFlow(g, false)
+		if err != nil {
+			return err
+		}
+		rep.Target = target
+		return c.output(g, rep, pr, "", "cibench flow --target: ICS bulk echoes between two nodes of a running cluster; priority echoes idle vs under that bulk")
+	}
 	pr, pinning, err := c.run(g, c.Control)
 	if err != nil {
 		return err
@@ -165,6 +190,14 @@ func (c *flowCmd) Run(g *globals) error {
 
 func (c *priorityCmd) Run(g *globals) error {
 	rep := bench.NewReport("priority", g.args)
+	if c.active() {
+		pr, target, err := c.runTargetFlow(g, true)
+		if err != nil {
+			return err
+		}
+		rep.Target = target
+		return c.output(g, rep, pr, "", "cibench priority --target: priority echoes idle vs under ICS bulk between two nodes of a running cluster")
+	}
 	pr, pinning, err := c.run(g, true)
 	if err != nil {
 		return err
@@ -195,6 +228,11 @@ func (c *flowFlags) output(g *globals, rep *bench.Report, pr *bench.PriorityResu
 
 // writePriorityText prints a priority result's parts that ran.
 func writePriorityText(w io.Writer, pr *bench.PriorityResult) error {
+	if pr.TargetFlow != nil {
+		if err := pr.TargetFlow.WriteText(w); err != nil {
+			return err
+		}
+	}
 	if pr.Flow != nil {
 		if err := pr.Flow.WriteText(w); err != nil {
 			return err

@@ -52,7 +52,9 @@ const description = `Load tests and benchmarks for ICS, the cluster's RPC transp
 compare and rpc start every server peer in its own child process ("cibench
 serve") and drive them all from this one, in interleaved rounds, so that a
 noisy machine's drift hits every peer alike. Quote the medians of the
-per-round ratios.
+per-round ratios. With --target=ADMIN1,ADMIN2 they (and flow, priority and
+all) measure ICS between two nodes of a running cluster instead, through a
+node's admin endpoint (POST /v1/ping).
 
 Exit status: 0 ok, 1 the run failed or was interrupted, 2 bad usage.`
 

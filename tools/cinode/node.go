@@ -59,6 +59,7 @@ func newMember(st *settings, log *slog.Logger, set *metrics.Set) (member, error)
 func withAdmin(cfg *admin.Config, m member) {
 	if nm, ok := m.(*nodeMember); ok {
 		cfg.Signaller = nm.Signals()
+		cfg.Pinger = nm.Engine() // /v1/ping: ICS round trips to another member's echo
 		cfg.KeyServices = nm
 		cfg.Extra = keyseqRoutes(nm.seq, cfg.CallTimeout)
 	}

@@ -46,6 +46,7 @@ type cli struct {
 	Move        moveCmd        `cmd:"" help:"Move a key service to another node (planned; no failover)."`
 	Shutdown    shutdownCmd    `cmd:"" help:"Planned shutdown of a node: it goes through SHUTDOWN and its process exits 0."`
 	Signal      signalCmd      `cmd:"" help:"Forward a signal to a named handler or a process on a node."`
+	Ping        pingCmd        `cmd:"" help:"ICS round trips between two members: latency percentiles, calls/s, errors."`
 	Completion  completionCmd  `cmd:"" help:"Print a shell completion script: source <(cluster completion bash)."`
 }
 
@@ -61,6 +62,7 @@ Examples:
   cluster shutdown 3                        node 3 leaves the cluster on purpose
   cluster signal 2 --handler reload HUP     run node 2's "reload" handler
   cluster signal 2 --pid 4242 TERM          SIGTERM to process 4242 on node 2 (if its policy allows)
+  cluster ping 2 --from 1 --calls 1000      ICS round trips from node 1 to node 2's echo
 
 Endpoints: --endpoint first, then the node table of --config (each node's
 admin address, or cinode's default: port ${defport} on the node's loopback

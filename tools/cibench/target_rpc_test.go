@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clusterinfra/ci/bench"
+)
+
+// startTargetCluster starts a real 2-node cinode cluster, built beside
+// exe, for cibench to measure with --target, and stops it at the end.
+func startTargetCluster(t *testing.T, exe string) *cinodeCluster {
+	t.Helper()
+	// findTool looks beside this (test) executable, then on PATH.
+	t.Setenv("PATH", filepath.Dir(exe)+string(os.PathListSeparator)+os.Getenv("PATH"))
+	t.Setenv("TMPDIR", t.TempDir())
+	c, err := newCinodeCluster(clusterSpec{nodes: 2, profile: "lan-fast"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := c.close(); err != nil {
+			t.Errorf("stopping the cluster: %v", err)
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := c.startAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// checkLatencySummary: a latency summary of n calls (any number when n
+// is 0) is positive and in order.
+func checkLatencySummary(t *testing.T, what string, s bench.Summary, n int64) {
+	t.Helper()
+	if s.Count <= 0 || (n > 0 && s.Count != n) || s.P50 <= 0 || s.P50 > s.P99 || s.P99 > s.P999 || s.P999 > s.Max {
+		t.Errorf("%s: %v (want %d calls)", what, s, n)
+	}
+}
+
+// TestTarget runs compare, rpc and priority against a real 2-node cinode
+// cluster through its admin endpoints, and checks that the ICS figures
+// are there and sane and that the other peers are marked not measured,
+// not zero. Correctness, not speed: tiny sizes.
+func TestTarget(t *testing.T) {
+	exe := buildWithCinode(t)
+	c := startTargetCluster(t, exe)
+	targets := "--target=" + c.admins[1] + "," + c.admins[2]
+
+	t.Run("compare", func(t *testing.T) {
+		stdout, stderr, code := runCibench(t, exe, nil, "compare", targets, "--rounds=2", "--calls=40", "--warmup=5", "--sizes=64,1024", "--json")
+		if code != 0 {
+			t.Fatalf("exit %d\n%s", code, stderr)
+		}
+		rep := readReport(t, stdout, "compare")
+		if tr := rep.Target; tr == nil || tr.From != 1 || tr.To != 2 || tr.Cluster != "cibench" || !slices.Equal(tr.Endpoints, []string{c.admins[1], c.admins[2]}) {
+			t.Fatalf("target %+v", rep.Target)
+		}
+		if len(rep.Latency) != 2 {
+			t.Fatalf("%d comparisons, want 2", len(rep.Latency))
+		}
+		for i, cmp := range rep.Latency {
+			if cmp.ReqSize != []int{64, 1024}[i] || cmp.RespSize != cmp.ReqSize || len(cmp.Peers) != 1 || len(cmp.PerRound) != 2 ||
+				!strings.Contains(cmp.Env.Servers, "node 2") {
+				t.Fatalf("comparison %d: %+v", i, cmp)
+			}
+			p := cmp.Peers[0]
+			checkLatencySummary(t, "ics, all rounds", p.All, 80)
+			if p.Peer != "ics" || p.P50 <= 0 || p.P50 > p.P99 || p.P99 > p.Max || p.CallsPerSec <= 0 || len(p.CDF) == 0 {
+				t.Errorf("size %d: %+v", cmp.ReqSize, p)
+			}
+			for _, r := range cmp.PerRound {
+				checkLatencySummary(t, "a round", r.Results[0].Latency, 40)
+			}
+			var nm []string
+			for _, n := range cmp.NotMeasured {
+				nm = append(nm, n.What)
+				if n.Reason == "" {
+					t.Errorf("%s not measured without a reason", n.What)
+				}
+			}
+			if !slices.Equal(nm, []string{"raw", "ics@1", "netrpc", "grpc"}) {
+				t.Errorf("not measured: %v", nm)
+			}
+		}
+		// The JSON says nothing of the other peers but that they were not
+		// measured: no zero figures.
+		if strings.Contains(stdout, `"peer": "raw"`) || strings.Contains(stdout, `"peer": "grpc"`) {
+			t.Error("a peer that was not measured has figures")
+		}
+	})
+
+	t.Run("rpc-one-endpoint", func(t *testing.T) {
+		// One endpoint: node 2 calls the other member that is UP.
+		stdout, stderr, code := runCibench(t, exe, nil, "rpc", "--target="+c.admins[2], "--rounds=1", "--duration=100ms",
+			"--concurrency=4", "--warmup=8", "--peers=ics,grpc", "--json")
+		if code != 0 {
+			t.Fatalf("exit %d\n%s", code, stderr)
+		}
+		rep := readReport(t, stdout, "rpc")
+		if rep.Target == nil || rep.Target.From != 2 || rep.Target.To != 1 || len(rep.Throughput) != 1 {
+			t.Fatalf("%+v", rep)
+		}
+		cmp := rep.Throughput[0]
+		checkLatencySummary(t, "rpc", cmp.Peers[0].All, 0)
+		if cmp.Concurrency != 4 || cmp.Peers[0].CallsPerSec <= 0 || len(cmp.NotMeasured) != 1 || cmp.NotMeasured[0].What != "grpc" {
+			t.Errorf("%+v", cmp)
+		}
+	})
+
+	t.Run("priority", func(t *testing.T) {
+		stdout, stderr, code := runCibench(t, exe, nil, "priority", targets, "--rounds=1", "--duration=100ms", "--warmup=0",
+			"--size=4096", "--senders=2", "--json")
+		if code != 0 {
+			t.Fatalf("exit %d\n%s", code, stderr)
+		}
+		rep := readReport(t, stdout, "priority")
+		pr := rep.Priority
+		if rep.Target == nil || pr == nil || pr.TargetFlow == nil || pr.Flow != nil || pr.Deadlock != nil {
+			t.Fatalf("%+v", rep)
+		}
+		f := pr.TargetFlow
+		r := f.PerRound[0]
+		checkLatencySummary(t, "idle", r.Idle, 0)
+		checkLatencySummary(t, "loaded", r.Loaded, 0)
+		if len(f.PerRound) != 1 || len(r.Order) != 3 || r.Bulk.MBPerSec <= 0 || r.LoadedBulk.MBPerSec <= 0 || r.Bulk.Calls <= 0 ||
+			f.P99Ratio <= 0 || f.ProbePriority != 1 || f.Size != 4096 || f.Senders != 2 || len(f.NotMeasured) != 3 {
+			t.Errorf("%+v", f)
+		}
+	})
+
+	t.Run("all", func(t *testing.T) {
+		stdout, stderr, code := runCibench(t, exe, nil, "all", "--quick", targets, "--sizes=64", "--rounds=1", "--calls=20",
+			"--duration=100ms", "--out=-")
+		if code != 0 {
+			t.Fatalf("exit %d\n%s", code, stderr)
+		}
+		rep := readReport(t, stdout, "all")
+		if rep.Target == nil || rep.Target.To != 2 || len(rep.Latency) != 1 || len(rep.Throughput) != 1 || rep.Priority == nil ||
+			rep.Priority.TargetFlow == nil || rep.Allocs != nil || rep.Failover != nil ||
+			rep.Membership == nil || rep.Membership.Mode != bench.ModeTarget {
+			t.Fatalf("%+v", rep)
+		}
+		checkLatencySummary(t, "all: latency", rep.Latency[0].Peers[0].All, 20)
+		if rep.Throughput[0].Concurrency != 256 || rep.Throughput[0].Peers[0].CallsPerSec <= 0 {
+			t.Errorf("all: throughput %+v", rep.Throughput[0])
+		}
+	})
+
+	t.Run("text", func(t *testing.T) {
+		stdout, stderr, code := runCibench(t, exe, nil, "compare", targets, "--rounds=1", "--calls=10", "--warmup=0", "--peers=ics,raw")
+		if code != 0 || !strings.Contains(stdout, "not measured: raw (") || !strings.Contains(stdout, "called by node 1") {
+			t.Errorf("exit %d\n%s\n%s", code, stdout, stderr)
+		}
+	})
+
+	t.Run("help", func(t *testing.T) {
+		for _, cmd := range []string{"compare", "rpc", "flow", "priority", "all"} {
+			stdout, _, code := runCibench(t, exe, nil, cmd, "--help")
+			if code != 0 || !strings.Contains(stdout, "cibench "+cmd+" --target=127.0.0.1:7180,127.0.0.2:7180") {
+				t.Errorf("%s --help: exit %d, no --target example\n%s", cmd, code, stdout)
+			}
+		}
+	})
+
+	t.Run("usage", func(t *testing.T) {
+		for _, args := range [][]string{
+			{"compare", "--target=nohost"},
+			{"compare", targets, "--pin"},
+			{"compare", targets, "--peers=raw"},
+			{"compare", targets, "--response-size=8"},
+			{"compare", "--from=1"},
+			{"rpc", targets, "--duration=2m"},
+			{"compare", targets, "--from=2", "--to=2"},
+			{"flow", targets, "--control"},
+			{"flow", targets, "--window=65536"},
+		} {
+			if _, stderr, code := runCibench(t, exe, nil, args...); code != exitBadUsage || strings.Count(strings.TrimSpace(stderr), "\n") > 1 {
+				t.Errorf("%v: exit %d, want %d with a one-line reason\n%s", args, code, exitBadUsage, stderr)
+			}
+		}
+	})
+}
