@@ -15,13 +15,15 @@ import (
 	"github.com/clusterinfra/ci/engine"
 )
 
-// POST /v1/ping: this node calls another member's ICS echo (the engine's
-// info service) and reports the round trips' latency and rate. cibench
+// POST /v1/ping: this node calls another member's ICS echo (cinode's
+// ci.bench.echo on a channel of its own; the engine's info service echo,
+// Node.Ping, serves too) and reports the round trips' latency and rate. cibench
 // drives it to measure a running cluster (cibench compare --target), since
 // cibench itself is not a member and cannot make ICS calls.
 
-// Pinger makes one ICS echo round trip: *engine.Node. MaxPayload bounds a
-// ping's size.
+// Pinger makes one ICS echo round trip: *engine.Node (its info service,
+// on ChanCLMS) or an echo service of the program's own. MaxPayload bounds
+// a ping's size.
 type Pinger interface {
 	Ping(ctx context.Context, to engine.NodeNum, payload, reply []byte) ([]byte, error)
 	MaxPayload() int

@@ -23,6 +23,7 @@ type nodeMember struct {
 	*node.Node
 	fatal chan error
 	seq   *keyseq.Service // its admin routes: /v1/keyseq, /v1/keyseq/next
+	echo  *benchEcho      // what /v1/ping calls
 }
 
 var _ admin.Source = (*nodeMember)(nil)
@@ -45,7 +46,12 @@ func newMember(st *settings, log *slog.Logger, set *metrics.Set) (member, error)
 		_ = n.Close()
 		return nil, err
 	}
-	m := &nodeMember{Node: n, fatal: make(chan error, 1), seq: seq}
+	echo, err := registerBenchEcho(n.Engine())
+	if err != nil {
+		_ = n.Close()
+		return nil, err
+	}
+	m := &nodeMember{Node: n, fatal: make(chan error, 1), seq: seq, echo: echo}
 	go func() {
 		<-n.Done()
 		if err := n.Err(); err != nil {
@@ -59,7 +65,7 @@ func newMember(st *settings, log *slog.Logger, set *metrics.Set) (member, error)
 func withAdmin(cfg *admin.Config, m member) {
 	if nm, ok := m.(*nodeMember); ok {
 		cfg.Signaller = nm.Signals()
-		cfg.Pinger = nm.Engine() // /v1/ping: ICS round trips to another member's echo
+		cfg.Pinger = nm.echo // /v1/ping: ICS round trips to another member's echo
 		cfg.KeyServices = nm
 		cfg.Extra = keyseqRoutes(nm.seq, cfg.CallTimeout)
 	}
