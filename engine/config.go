@@ -349,9 +349,7 @@ func (c *Config) validate() error {
 		// A whole frame must always fit, or a max-size frame could never be sent.
 		c.MaxPendingWrite = c.MaxPayload + framing.HeaderSize
 	}
-	if c.ReadMode == ReadAuto {
-		c.ReadMode = autoReadMode(c.WriteMode)
-	}
+	c.ReadMode = c.EffectiveReadMode()
 	for ch, w := range c.ChannelWindows {
 		if !ch.Throttled() {
 			return fmt.Errorf("%w: ChannelWindows[%s]: channel is never throttled", ErrBadConfig, ch)
@@ -383,6 +381,15 @@ func defaultMaxConnections() int {
 		return 1 << 16
 	}
 	return max(int(rl.Cur/4), 16)
+}
+
+// EffectiveReadMode is the read mode a node built from c runs: ReadMode,
+// or what ReadAuto stands for with c's WriteMode.
+func (c *Config) EffectiveReadMode() ReadMode {
+	if c.ReadMode != ReadAuto {
+		return c.ReadMode
+	}
+	return autoReadMode(c.WriteMode)
 }
 
 // autoReadMode is what ReadAuto means: the netpoller readers, which beat
