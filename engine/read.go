@@ -13,7 +13,9 @@ import (
 // loops (loop.go) and the netpoller readers (netpoll.go) both hand a
 // connection's buffered bytes to traffic, and its end to connClosed. All
 // of it runs on the goroutine that reads the connection, which alone
-// touches the conn's loop-side fields.
+// touches the conn's loop-side fields. Comments across the engine that say
+// "the loop" or "an event loop" mean that goroutine, in either mode: it
+// must never block, and what it hands to other goroutines it copies.
 
 // inbound is the bytes a connection has received and not yet consumed:
 // gnet's buffer on an event loop (gnet.Conn implements it), a netReader's
