@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"time"
 
@@ -207,6 +208,13 @@ func (n *Node) connClosed(c *conn, err error) {
 			// news about the current link.
 			return
 		}
+		if errors.Is(err, io.EOF) && p.draining.Load() && n.repliesOpen(p, c.linkGen) {
+			// A draining peer closing (Shutdown): the replies it wrote
+			// before may still be on their way on its reply connection,
+			// which another goroutine reads, in no order with this one.
+			// That connection's own end, after its last reply, ends the link.
+			return
+		}
 	} else {
 		p.mu.Lock()
 		delete(p.inbound, c)
@@ -218,6 +226,19 @@ func (n *Node) connClosed(c *conn, err error) {
 		}
 		n.peerLost(p, c.linkGen, fmt.Errorf("%s connection lost: %w", c.channel, err))
 	}
+}
+
+// repliesOpen reports whether p's reply connections to this node (accepted,
+// of link gen) include one still open.
+func (n *Node) repliesOpen(p *peer, gen uint64) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.inbound {
+		if (c.channel == ChanReply || c.channel == ChanReplyPrio) && c.linkGen == gen && !c.wclosedFast() {
+			return true
+		}
+	}
+	return false
 }
 
 // shedLateHandshakes closes accepted connections that have not finished
