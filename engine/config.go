@@ -136,7 +136,7 @@ type Config struct {
 	MaxDialBackoff      time.Duration // bound on that wait
 	HandshakeTimeout    time.Duration // an accepted connection must say hello within this
 	ReadMode            ReadMode      // what reads the sockets; ReadAuto picks the measured best (ReadNetpoller)
-	EventLoops          int           // gnet event loops, with ReadEventLoops only; 0 means one per P but one (GOMAXPROCS-1), at least one
+	EventLoops          int           // gnet event loops with ReadEventLoops (ignored by ReadAuto otherwise, refused with ReadNetpoller); 0: GOMAXPROCS-1, at least one
 	WriteMode           WriteMode     // how frames reach the socket
 	MaxPendingWrite     int           // bytes queued on one connection before senders wait; event loops never queue more
 	// WriteTimeout ends a connection whose peer has read nothing of what
