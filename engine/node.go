@@ -83,7 +83,7 @@ type Node struct {
 
 	eng      gnet.Engine
 	engDone  chan error
-	booted   chan struct{} // closed once the event loops run, or Run failed
+	booted   chan struct{} // closed once the event loops run, or Run failed; at Start with netpoller readers
 	bootOnce sync.Once
 	addr     string
 	started  atomic.Bool
@@ -296,10 +296,10 @@ func (n *Node) Start() error {
 	n.spareFD, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	go n.acceptLoop()
 	if sec := n.sec.Load(); sec != nil {
-		n.log.Info("ics node listening", "addr", n.addr, "cluster", n.cfg.Cluster, "security", sec.Mode)
+		n.log.Info("ics node listening", "addr", n.addr, "cluster", n.cfg.Cluster, "security", sec.Mode, "read", n.cfg.ReadMode)
 	} else {
 		n.log.Warn("ics node listening WITHOUT authentication: anyone who reaches this address can claim to be a member",
-			"addr", n.addr, "cluster", n.cfg.Cluster)
+			"addr", n.addr, "cluster", n.cfg.Cluster, "read", n.cfg.ReadMode)
 	}
 	return nil
 }
