@@ -8,9 +8,9 @@
 // goroutine blocked in Read, parked in Go's netpoller (ReadNetpoller, what
 // the default ReadAuto picks); Config.ReadMode = ReadEventLoops reads with
 // gnet event loops instead (Config.EventLoops of them). Both run the same
-// frame handling and enforce the same bounds; the netpoller mode measured
-// as fast or faster on every latency and throughput figure on a 2-vCPU
-// machine, and far better at p99.9 (docs/ARCHITECTURE.md, "Reading").
+// frame handling and enforce the same bounds; on a 2-vCPU machine the
+// netpoller mode measured as fast at p50 (within noise), better at p99.9
+// and at least as fast with 256 callers (docs/ARCHITECTURE.md, "Reading").
 // Frames are written straight from the sending goroutine in either mode.
 //
 // # Channels and services
