@@ -131,10 +131,15 @@ func (c *conn) attach(gc gnet.Conn) error {
 	if err != nil {
 		return fmt.Errorf("dup: %w", err)
 	}
+	c.setWriteFD(fd)
+	return nil
+}
+
+// setWriteFD gives the write side its own descriptor of the socket.
+func (c *conn) setWriteFD(fd int) {
 	c.wmu.Lock()
 	c.fd = fd
 	c.wmu.Unlock()
-	return nil
 }
 
 // close asks what reads the connection to close it: its event loop, and

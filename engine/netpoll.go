@@ -122,9 +122,7 @@ func (c *conn) attachSocket(nc net.Conn) error {
 	if derr != nil {
 		return fmt.Errorf("dup: %w", derr)
 	}
-	c.wmu.Lock()
-	c.fd = fd
-	c.wmu.Unlock()
+	c.setWriteFD(fd)
 	return nil
 }
 
