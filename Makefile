@@ -33,10 +33,13 @@ check-generate:
 
 # The whole suite under the race detector, then the allocation tests
 # without it (the race detector allocates, so they skip under -race), plus
-# each fuzz target briefly.
+# each fuzz target briefly. The engine's suite runs again with gnet's event
+# loops, the read mode that is not the default (engine.ReadMode).
 test: lint check-generate
 	$(GO) test -race -count=1 -timeout 10m $(PKGS)
+	CI_ENGINE_READ_MODE=loops $(GO) test -race -count=1 -timeout 10m ./engine/
 	$(GO) test -count=1 -run 'Alloc' $(PKGS)
+	CI_ENGINE_READ_MODE=loops $(GO) test -count=1 -run 'Alloc' ./engine/
 	$(MAKE) fuzz-short
 
 # The CLMS randomized fault run over many seeds (make test runs a handful).

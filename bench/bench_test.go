@@ -152,9 +152,15 @@ func TestReply(t *testing.T) {
 }
 
 func TestParsePeer(t *testing.T) {
-	for _, bad := range []string{"", "tcp", "icsx", "ics-eventloop-handle", "raw2"} {
+	for _, bad := range []string{"", "tcp", "icsx", "ics-eventloop-handle", "raw2", "ics-netpoll-loops1", "ics-netpoll-gnet", "ics-gnet-handle"} {
 		if _, err := ParsePeer(bad); !errors.Is(err, ErrUnknown) {
 			t.Errorf("ParsePeer(%q) = %v, want ErrUnknown", bad, err)
+		}
+	}
+	for _, name := range append(PeerNames(), "ics-loops2", "ics-handle-eventloop-loops1") {
+		p, err := ParsePeer(name)
+		if err != nil || p.Name() != name {
+			t.Errorf("ParsePeer(%q) = %v, %v; want a peer of that name", name, p, err)
 		}
 	}
 }

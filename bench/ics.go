@@ -45,13 +45,18 @@ func parseICS(suffix string) (Peer, bool) {
 	if r, ok := strings.CutPrefix(suffix, "-eventloop"); ok {
 		p.WriteMode, suffix = engine.WriteEventLoop, r
 	}
+	if r, ok := strings.CutPrefix(suffix, "-netpoll"); ok {
+		p.ReadMode, suffix = engine.ReadNetpoller, r
+	} else if r, ok := strings.CutPrefix(suffix, "-gnet"); ok {
+		p.ReadMode, suffix = engine.ReadEventLoops, r
+	}
 	if r, ok := strings.CutPrefix(suffix, "-loops"); ok {
 		// Event loops per node, to compare loop counts in one run.
 		n, err := strconv.Atoi(r)
-		if err != nil || n < 1 {
+		if err != nil || n < 1 || p.ReadMode == engine.ReadNetpoller {
 			return nil, false
 		}
-		p.EventLoops, suffix = n, ""
+		p.ReadMode, p.EventLoops, suffix = engine.ReadEventLoops, n, ""
 	}
 	return p, suffix == ""
 }
@@ -64,8 +69,13 @@ func (p *ICS) Name() string {
 	if p.WriteMode == engine.WriteEventLoop {
 		name += "-eventloop"
 	}
-	if p.EventLoops > 0 {
+	switch {
+	case p.EventLoops > 0:
 		name += "-loops" + strconv.Itoa(p.EventLoops)
+	case p.ReadMode == engine.ReadNetpoller:
+		name += "-netpoll"
+	case p.ReadMode == engine.ReadEventLoops:
+		name += "-gnet"
 	}
 	return name
 }

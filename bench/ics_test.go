@@ -3,9 +3,10 @@ package bench
 import "testing"
 
 // TestICS runs every ICS variant: handler inline or on server handles,
-// writes direct or through the event loop.
+// writes direct or through the event loop, sockets read by event loops or
+// netpoller goroutines.
 func TestICS(t *testing.T) {
-	for _, name := range []string{"ics", "ics-handle", "ics-eventloop", "ics-handle-eventloop"} {
+	for _, name := range []string{"ics", "ics-handle", "ics-eventloop", "ics-handle-eventloop", "ics-gnet", "ics-netpoll", "ics-handle-netpoll", "ics-loops1"} {
 		t.Run(name, func(t *testing.T) {
 			c := startPeer(t, name)
 			checkEcho(t, c)

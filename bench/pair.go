@@ -8,7 +8,10 @@ type Pair struct {
 	Cluster    string         // cluster name; "" is the benchmark's own
 	ServerNode engine.NodeNum // 0 is 2
 	ClientNode engine.NodeNum // 0 is 1
-	EventLoops int            // per node; 0 is the engine's default (engine.DefaultEventLoops)
+	EventLoops int            // per node, with event loops; 0 is the engine's default (engine.DefaultEventLoops)
+	// ReadMode is what reads both nodes' sockets; ReadAuto is the engine's
+	// default.
+	ReadMode engine.ReadMode
 }
 
 func (p Pair) nodes() (server, client engine.NodeNum) {
@@ -35,6 +38,7 @@ func (p Pair) config(num engine.NodeNum, listen, cluster string) engine.Config {
 		cfg.ListenAddr = listen
 	}
 	cfg.EventLoops = p.EventLoops
+	cfg.ReadMode = p.ReadMode
 	cfg.Insecure = true // benchmarks measure the open transport on loopback
 	return cfg
 }

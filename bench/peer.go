@@ -113,13 +113,16 @@ func responseSize(req []byte) int {
 
 // PeerNames lists the names ParsePeer accepts.
 func PeerNames() []string {
-	return []string{"raw", "netrpc", "grpc", "ics", "ics-handle", "ics-eventloop", "ics-handle-eventloop"}
+	return []string{"raw", "netrpc", "grpc", "ics", "ics-handle", "ics-eventloop", "ics-handle-eventloop", "ics-gnet", "ics-netpoll", "ics-handle-gnet", "ics-handle-netpoll"}
 }
 
 // ParsePeer returns the peer called name. The ICS variants are "ics"
-// (handler inline on the event loop, direct writes), with "-handle" for
-// handlers on server handle goroutines, "-eventloop" for writes through
-// the event loop and "-loopsN" for N event loops per node, in that order.
+// (handler inline on the reading goroutine, direct writes, the engine's
+// default read mode), with "-handle" for handlers on server handle
+// goroutines, "-eventloop" for writes through the event loop, "-gnet" or
+// "-netpoll" for sockets read by gnet's event loops or by netpoller
+// goroutines (engine.ReadMode), and "-loopsN" for N event loops per node,
+// in that order.
 func ParsePeer(name string) (Peer, error) {
 	switch name {
 	case "raw":

@@ -9,7 +9,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// acceptLoop accepts TCP connections and hands each to an event loop.
+// acceptLoop accepts TCP connections and hands each to an event loop or a
+// netpoller reader (enrollAccepted).
 //
 // It is the node's own, not gnet's, because running out of descriptors must
 // not kill the node: gnet's acceptor ends the whole engine (every member's
@@ -85,14 +86,19 @@ func (n *Node) shedWithSpare() {
 	n.spareFD, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 }
 
-// enrollAccepted hands an accepted connection to an event loop (OnOpen
-// starts its handshake) and waits until the loop has it, so that the
-// queue of connections being handed over never grows.
+// enrollAccepted starts serving an accepted connection. With event loops
+// it hands it to one (OnOpen starts its handshake) and waits until the
+// loop has it, so that the queue of connections being handed over never
+// grows; with netpoller readers it starts its reader.
 func (n *Node) enrollAccepted(nc *net.TCPConn) {
 	n.enrollMu.RLock()
 	defer n.enrollMu.RUnlock()
 	if n.closed.Load() {
 		shed(nc)
+		return
+	}
+	if n.cfg.ReadMode == ReadNetpoller {
+		n.readAccepted(nc)
 		return
 	}
 	res, err := n.eng.Register(gnet.NewNetConnContext(n.ctx, nc))
@@ -105,4 +111,96 @@ func (n *Node) enrollAccepted(nc *net.TCPConn) {
 		n.m.limitDescriptors.Inc()
 		n.log.Warn("cannot hand an accepted connection to an event loop", "err", r.Err)
 	}
+}
+
+// admitPending records an accepted connection as in its handshake. Two
+// bounds apply: per source address (one address opening hundreds of
+// connections is an attack or a bug, not a peer) and node-wide (a flood
+// from many addresses). At either, the oldest connection still in its
+// handshake is shed rather than the newcomer: a member's handshake takes
+// milliseconds, so only an idle stranger stays long enough to be oldest,
+// and refusing newcomers instead would let strangers keep members out
+// until their handshake timeout.
+func (n *Node) admitPending(c *conn) {
+	var shed []*conn
+	n.pendingMu.Lock()
+	if n.pendingBySource[c.source] >= n.cfg.MaxUnauthPerSource {
+		if v := n.oldestPendingLocked(func(v *conn) bool { return v.bySource && v.source == c.source }); v != nil {
+			n.m.limitUnauthPerSource.Inc()
+			n.unpendLocked(v)
+			shed = append(shed, v)
+		}
+	}
+	if n.pending.Len() >= n.cfg.MaxPendingHandshakes {
+		v := n.oldestPendingLocked(func(v *conn) bool { return v.bySource })
+		if v == nil {
+			v = n.pending.Front().Value.(*conn)
+		}
+		n.m.limitPending.Inc()
+		n.unpendLocked(v)
+		shed = append(shed, v)
+	}
+	c.pendingSince = time.Now()
+	c.pendingElem = n.pending.PushBack(c)
+	c.bySource = true
+	n.pendingBySource[c.source]++
+	n.pendingMu.Unlock()
+	for _, v := range shed {
+		n.log.Debug("shedding a connection still in its handshake to make room", "remote", v.remote, "for", c.remote)
+		v.close()
+	}
+}
+
+// oldestPendingLocked is the oldest connection in its handshake that
+// matches, or nil.
+func (n *Node) oldestPendingLocked(match func(*conn) bool) *conn {
+	for e := n.pending.Front(); e != nil; e = e.Next() {
+		if v := e.Value.(*conn); match(v) {
+			return v
+		}
+	}
+	return nil
+}
+
+// namedMember moves a connection whose hello named a configured member
+// (and, with Security, proved it holds that member's key) out of its
+// source address's count: the members' own room, which strangers from the
+// same address cannot fill.
+func (n *Node) namedMember(c *conn) {
+	n.pendingMu.Lock()
+	if c.pendingElem != nil && c.bySource {
+		c.bySource = false
+		n.dropSourceLocked(c.source)
+	}
+	n.pendingMu.Unlock()
+}
+
+// unpendLocked forgets a connection that finished (or failed) its handshake.
+func (n *Node) unpendLocked(c *conn) {
+	if c.pendingElem == nil {
+		return
+	}
+	n.pending.Remove(c.pendingElem)
+	c.pendingElem = nil
+	if c.bySource {
+		c.bySource = false
+		n.dropSourceLocked(c.source)
+	}
+}
+
+func (n *Node) dropSourceLocked(src string) {
+	if k := n.pendingBySource[src] - 1; k > 0 {
+		n.pendingBySource[src] = k
+	} else {
+		delete(n.pendingBySource, src)
+	}
+}
+
+// remoteIP is the address an accepted connection comes from, without its
+// port: what MaxUnauthPerSource counts.
+func remoteIP(a net.Addr) string {
+	if t, ok := a.(*net.TCPAddr); ok {
+		return t.IP.String()
+	}
+	return a.String()
 }

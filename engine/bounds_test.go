@@ -693,7 +693,7 @@ func TestViolatorHeldOff(t *testing.T) {
 // nothing in the temporary directory (1,400 ics-loops-* directories had
 // piled up in /tmp from the multi-process tests before).
 func TestLoopDirRemovedAtStart(t *testing.T) {
-	nodes := startCluster(t, 1, nil)
+	nodes := startCluster(t, 1, func(c *Config) { c.ReadMode = ReadEventLoops })
 	if _, err := os.Stat(nodes[0].loopDir); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("loop directory %s still there after Start: %v", nodes[0].loopDir, err)
 	}

@@ -72,6 +72,49 @@ const (
 	WriteEventLoop
 )
 
+// ReadMode selects what reads the sockets: gnet event loops, or a goroutine
+// per connection parked in Go's netpoller. Both parse frames in place and
+// run the same frame handling, and every bound holds in both; see
+// docs/ARCHITECTURE.md ("Reading") for the measurements that chose the
+// default.
+type ReadMode uint8
+
+const (
+	// ReadAuto is the mode measured best: ReadNetpoller, as fast at p50
+	// and better at p99.9 and under 256 callers on a 2-vCPU machine; or
+	// ReadEventLoops when WriteMode is WriteEventLoop (which needs gnet's
+	// loops to write). No machine was measured on which the loops won.
+	ReadAuto ReadMode = iota
+	// ReadEventLoops reads every socket on gnet event loops
+	// (Config.EventLoops of them).
+	ReadEventLoops
+	// ReadNetpoller reads each socket on a goroutine of its own, blocked
+	// in Read and so parked in Go's netpoller: the runtime wakes it, and
+	// the caller it then readies, without a loop holding a P in epoll_wait.
+	ReadNetpoller
+)
+
+var readModeNames = [...]string{"auto", "loops", "netpoll"}
+
+// String is the mode's name as ParseReadMode reads it: auto, loops, netpoll.
+func (m ReadMode) String() string {
+	if int(m) < len(readModeNames) {
+		return readModeNames[m]
+	}
+	return fmt.Sprintf("ReadMode(%d)", m)
+}
+
+// ParseReadMode reads a ReadMode by name (auto, loops, netpoll), for flags
+// and environment variables.
+func ParseReadMode(s string) (ReadMode, error) {
+	for i, name := range readModeNames {
+		if s == name {
+			return ReadMode(i), nil
+		}
+	}
+	return 0, fmt.Errorf("%w: read mode %q: want auto, loops or netpoll", ErrBadConfig, s)
+}
+
 // Config configures a Node. Start from DefaultConfig.
 type Config struct {
 	Node    NodeNum // this node's number; required
@@ -92,7 +135,8 @@ type Config struct {
 	DialBackoff         time.Duration // wait after a failed dial before the next; doubles per failure in a row
 	MaxDialBackoff      time.Duration // bound on that wait
 	HandshakeTimeout    time.Duration // an accepted connection must say hello within this
-	EventLoops          int           // gnet event loops; 0 means one per P but one (GOMAXPROCS-1), at least one
+	ReadMode            ReadMode      // what reads the sockets; ReadAuto picks the measured best (ReadNetpoller)
+	EventLoops          int           // gnet event loops with ReadEventLoops (ignored by ReadAuto otherwise, refused with ReadNetpoller); 0: GOMAXPROCS-1, at least one
 	WriteMode           WriteMode     // how frames reach the socket
 	MaxPendingWrite     int           // bytes queued on one connection before senders wait; event loops never queue more
 	// WriteTimeout ends a connection whose peer has read nothing of what
@@ -186,7 +230,8 @@ func DefaultConfig() Config {
 		DialBackoff:             20 * time.Millisecond,     // a restarting peer listens again within tens of ms; far below a human's notice
 		MaxDialBackoff:          time.Second,               // a peer back up is reached within a second; one dial a second costs an unreachable peer nothing
 		HandshakeTimeout:        5 * time.Second,           // generous for a loaded peer, short enough to shed half-open connections
-		EventLoops:              0,                         // GOMAXPROCS-1: a P no loop can hold in epoll_wait, so nothing waits for sysmon (DefaultEventLoops)
+		ReadMode:                ReadAuto,                  // netpoller readers: measured faster on p50 and the tail (docs/ARCHITECTURE.md, "Reading")
+		EventLoops:              0,                         // with ReadEventLoops: GOMAXPROCS-1: a P no loop can hold in epoll_wait, so nothing waits for sysmon (DefaultEventLoops)
 		WriteMode:               WriteDirect,               // measured faster; BENCHMARKS.md
 		MaxPendingWrite:         8 << 20,                   // two max-size frames in flight, then senders feel it
 		WriteTimeout:            10 * time.Second,          // a live peer drains its socket in milliseconds; a stalled one is ended well before CLMS would notice
@@ -297,10 +342,17 @@ func (c *Config) validate() error {
 		return fmt.Errorf("%w: EventLoops %d is negative", ErrBadConfig, c.EventLoops)
 	case c.WriteMode > WriteEventLoop:
 		return fmt.Errorf("%w: unknown WriteMode %d", ErrBadConfig, c.WriteMode)
+	case c.ReadMode > ReadNetpoller:
+		return fmt.Errorf("%w: unknown ReadMode %d (ReadAuto, ReadEventLoops or ReadNetpoller)", ErrBadConfig, c.ReadMode)
+	case c.ReadMode == ReadNetpoller && c.WriteMode == WriteEventLoop:
+		return fmt.Errorf("%w: WriteMode WriteEventLoop needs ReadMode ReadEventLoops: without event loops nothing would write", ErrBadConfig)
+	case c.ReadMode == ReadNetpoller && c.EventLoops > 0:
+		return fmt.Errorf("%w: EventLoops %d with ReadMode ReadNetpoller: event loops apply to ReadEventLoops only", ErrBadConfig, c.EventLoops)
 	case c.MaxPendingWrite < c.MaxPayload+framing.HeaderSize:
 		// A whole frame must always fit, or a max-size frame could never be sent.
 		c.MaxPendingWrite = c.MaxPayload + framing.HeaderSize
 	}
+	c.ReadMode = c.EffectiveReadMode()
 	for ch, w := range c.ChannelWindows {
 		if !ch.Throttled() {
 			return fmt.Errorf("%w: ChannelWindows[%s]: channel is never throttled", ErrBadConfig, ch)
@@ -332,4 +384,23 @@ func defaultMaxConnections() int {
 		return 1 << 16
 	}
 	return max(int(rl.Cur/4), 16)
+}
+
+// EffectiveReadMode is the read mode a node built from c runs: ReadMode,
+// or what ReadAuto stands for with c's WriteMode.
+func (c *Config) EffectiveReadMode() ReadMode {
+	if c.ReadMode != ReadAuto {
+		return c.ReadMode
+	}
+	return autoReadMode(c.WriteMode)
+}
+
+// autoReadMode is what ReadAuto means: the netpoller readers, which beat
+// gnet's loops on this project's measurements (docs/ARCHITECTURE.md,
+// "Reading"), unless writes go through the loops.
+func autoReadMode(w WriteMode) ReadMode {
+	if w == WriteEventLoop {
+		return ReadEventLoops
+	}
+	return ReadNetpoller
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -42,8 +43,10 @@ type conn struct {
 	linkGen uint64
 	met     connMetrics
 	enrol   atomic.Int32 // a dialled connection's hand-over to a loop: enrolPending, then attached or abandoned
+	nc      net.Conn     // with ReadNetpoller, the socket its reader reads; set before c is shared, closed to end the reader
 
-	// Loop side: touched only by the event loop the connection belongs to.
+	// Loop side: touched only by the goroutine that reads the connection,
+	// its event loop or its netpoller reader (Config.ReadMode).
 	gc      gnet.Conn
 	ready   bool // handshake done
 	need    int  // bytes the frame at the head of the buffer needs
@@ -128,17 +131,30 @@ func (c *conn) attach(gc gnet.Conn) error {
 	if err != nil {
 		return fmt.Errorf("dup: %w", err)
 	}
-	c.wmu.Lock()
-	c.fd = fd
-	c.wmu.Unlock()
+	c.setWriteFD(fd)
 	return nil
 }
 
-// close asks the event loop to close the connection; OnClose follows.
+// setWriteFD gives the write side its own descriptor of the socket.
+func (c *conn) setWriteFD(fd int) {
+	c.wmu.Lock()
+	c.fd = fd
+	c.wmu.Unlock()
+}
+
+// close asks what reads the connection to close it: its event loop, and
+// OnClose follows, or its netpoller reader, whose Read then fails.
 func (c *conn) close() {
 	c.markClosed()
+	c.endReader()
+}
+
+// endReader closes the reading side's socket, which ends the connection.
+func (c *conn) endReader() {
 	if c.gc != nil {
 		_ = c.gc.Close()
+	} else if c.nc != nil {
+		_ = c.nc.Close()
 	}
 }
 
@@ -309,8 +325,8 @@ func (c *conn) flushLocked(async bool) error {
 	return nil
 }
 
-// failWriteLocked closes the connection after a write error; the loop's
-// OnClose then reports the link lost.
+// failWriteLocked closes the connection after a write error; the reader's
+// end (connClosed) then reports the link lost.
 func (c *conn) failWriteLocked(err error) {
 	c.n.log.Debug("write failed", "peer", c.peer.num, "channel", c.channel, "err", err)
 	if !c.wclosed {
@@ -332,9 +348,7 @@ func (c *conn) failWriteLocked(err error) {
 		c.fd = -1
 	}
 	c.batch.Reset()
-	if c.gc != nil {
-		_ = c.gc.Close()
-	}
+	c.endReader()
 }
 
 // routineFlush owns the queue while the socket is full: it waits for the

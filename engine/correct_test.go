@@ -753,10 +753,11 @@ func TestHelloTamperingFailsPrologue(t *testing.T) {
 // it (gnet's Register). With the node's only loop stuck (here in a
 // misbehaving inline handler), that wait is bounded by DialTimeout instead
 // of holding the caller until the loop frees, and the socket the loop takes
-// late is closed, not published.
+// late is closed, not published. (Netpoller readers have no such wait: a
+// stuck inline handler holds only its own connection's reader.)
 func TestRegisterWaitBounded(t *testing.T) {
 	nodes := startCluster(t, 3, func(c *Config) {
-		c.EventLoops = 1
+		c.ReadMode, c.EventLoops = ReadEventLoops, 1
 		c.DialTimeout = 500 * time.Millisecond
 	})
 	a := nodes[0]

@@ -421,7 +421,8 @@ func (n *Node) dialHandshake(dctx context.Context, p *peer, ch Channel) (net.Con
 }
 
 // dial connects to p for channel ch, does the handshake on the plain socket
-// (dialHandshake) and then hands the socket to a gnet event loop.
+// (dialHandshake) and then hands the socket to a gnet event loop, or to a
+// netpoller reader of its own (Config.ReadMode).
 // dctx bounds all of it, the handshake's reads and the wait for the loop
 // included.
 func (n *Node) dial(dctx context.Context, p *peer, ch Channel) (*conn, error) {
@@ -450,6 +451,14 @@ func (n *Node) dial(dctx context.Context, p *peer, ch Channel) (*conn, error) {
 		return nil, err
 	}
 	c.ready = true
+	if n.cfg.ReadMode == ReadNetpoller {
+		if err := n.readDialled(dctx, c, nc); err != nil {
+			return nil, err
+		}
+		ok = true // the reader owns nc
+		n.log.Debug("dialled connection", "peer", p.num, "channel", ch)
+		return c, nil
+	}
 	// gnet's enrolment waits for the event loop to take the socket; a loop
 	// stopped meanwhile would leave that wait hanging for ever. Close waits
 	// for enrolments in progress before it stops the loops.

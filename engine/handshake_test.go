@@ -162,7 +162,7 @@ func TestVersionMismatch(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Node, cfg.Cluster, cfg.ListenAddr, cfg.Insecure = 3, "test", "127.0.0.3:0", true
 	cfg.Peers = map[NodeNum]string{1: nodes[0].Addr()}
-	next, err := New(cfg)
+	next, err := New(testMode(cfg))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +223,7 @@ func TestHandshakeTimeout(t *testing.T) {
 func startNode(t testing.TB, cfg Config) *Node {
 	t.Helper()
 	cfg.Logger = testLogger(t)
-	n, err := New(cfg)
+	n, err := New(testMode(cfg))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,7 +18,7 @@ func restartAs(t *testing.T, old *Node, inc uint64, peer *Node) *Node {
 	cfg.Node, cfg.Cluster, cfg.ListenAddr, cfg.EventLoops = old.Num(), "test", addr, 1
 	cfg.Insecure, cfg.Incarnation = true, inc
 	cfg.Peers = map[NodeNum]string{peer.Num(): peer.Addr()}
-	n, err := New(cfg)
+	n, err := New(testMode(cfg))
 	if err != nil {
 		t.Fatal(err)
 	}

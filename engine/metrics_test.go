@@ -415,7 +415,7 @@ func TestClientProcsBounded(t *testing.T) {
 func BenchmarkMetricsObserve(b *testing.B) {
 	cfg := DefaultConfig()
 	cfg.Node, cfg.Cluster, cfg.Peers, cfg.Insecure = 1, "test", map[NodeNum]string{2: "127.0.0.2:1"}, true
-	n, err := New(cfg)
+	n, err := New(testMode(cfg))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -83,7 +83,7 @@ type Node struct {
 
 	eng      gnet.Engine
 	engDone  chan error
-	booted   chan struct{} // closed once the event loops run, or Run failed
+	booted   chan struct{} // closed once the event loops run, or Run failed; at Start with netpoller readers
 	bootOnce sync.Once
 	addr     string
 	started  atomic.Bool
@@ -104,6 +104,13 @@ type Node struct {
 	// Handshake workers and their budgets (noise.go).
 	noiseJobs                    chan noiseJob
 	noiseMembers, noiseStrangers tokenBucket
+
+	// Netpoller readers (ReadNetpoller): one per connection, ended by
+	// stopReaders, which refuses new ones from then on.
+	readersMu     sync.Mutex
+	readers       map[*conn]struct{} // guarded by readersMu
+	readersClosed bool               // guarded by readersMu
+	readersWG     sync.WaitGroup
 
 	engStopped chan struct{}         // closed when gnet.Run has returned; engErr is then set
 	engErr     error                 // what gnet.Run returned
@@ -278,12 +285,37 @@ func (n *Node) Start() error {
 	}
 	n.ln = ln.(*net.TCPListener)
 	n.addr = ln.Addr().String()
+	if n.cfg.ReadMode == ReadNetpoller {
+		// No event loops: each connection gets a reader goroutine, and a
+		// ticker of the node's sheds the handshakes that take too long.
+		n.bootOnce.Do(func() { close(n.booted) })
+		n.goOwned(n.routineTick)
+	} else if err := n.startLoops(); err != nil {
+		_ = ln.Close()
+		n.ln = nil // Close must not wait for loops and an accept loop that never ran
+		close(n.acceptDone)
+		return err
+	}
+	n.startNoiseWorkers()
+	n.spareFD, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	go n.acceptLoop()
+	if sec := n.sec.Load(); sec != nil {
+		n.log.Info("ics node listening", "addr", n.addr, "cluster", n.cfg.Cluster, "security", sec.Mode, "read", n.cfg.ReadMode)
+	} else {
+		n.log.Warn("ics node listening WITHOUT authentication: anyone who reaches this address can claim to be a member",
+			"addr", n.addr, "cluster", n.cfg.Cluster, "read", n.cfg.ReadMode)
+	}
+	return nil
+}
+
+// startLoops starts the gnet event loops (ReadEventLoops) and returns once
+// they run.
+func (n *Node) startLoops() error {
 	// gnet runs event loops only behind a listener of its own; it gets a
 	// unix socket in a private directory that nobody else can reach, and
 	// the node's own acceptLoop hands it the TCP connections.
+	var err error
 	if n.loopDir, err = os.MkdirTemp("", "ics-loops-"); err != nil {
-		_ = ln.Close()
-		n.ln = nil // Close must not wait for loops and an accept loop that never ran
 		return fmt.Errorf("ics: node %d: %w", n.cfg.Node, err)
 	}
 	opts := []gnet.Option{
@@ -309,10 +341,7 @@ func (n *Node) Start() error {
 	<-n.booted
 	if n.eng.Validate() != nil {
 		err := <-n.engDone
-		_ = ln.Close()
-		n.ln = nil // Close must not wait for loops that never ran
 		_ = os.RemoveAll(n.loopDir)
-		close(n.acceptDone)
 		return fmt.Errorf("ics: node %d cannot start its event loops: %w", n.cfg.Node, err)
 	}
 	// The loops' listener is bound and nobody ever connects to it by
@@ -320,15 +349,6 @@ func (n *Node) Start() error {
 	// directory behind (the socket lives on as the open descriptor).
 	_ = os.RemoveAll(n.loopDir)
 	go n.watchEngine()
-	n.startNoiseWorkers()
-	n.spareFD, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	go n.acceptLoop()
-	if sec := n.sec.Load(); sec != nil {
-		n.log.Info("ics node listening", "addr", n.addr, "cluster", n.cfg.Cluster, "security", sec.Mode)
-	} else {
-		n.log.Warn("ics node listening WITHOUT authentication: anyone who reaches this address can claim to be a member",
-			"addr", n.addr, "cluster", n.cfg.Cluster)
-	}
 	return nil
 }
 
@@ -405,7 +425,9 @@ func (n *Node) Close() error {
 	n.enrollMu.Lock() // no socket is half-way into a loop when the loops stop
 	n.enrollMu.Unlock()
 	n.handles.failPeer(0, ErrClosed)
-	if n.started.Load() && n.ln != nil {
+	if n.started.Load() && n.ln != nil && n.cfg.ReadMode == ReadNetpoller {
+		n.stopReaders()
+	} else if n.started.Load() && n.ln != nil {
 		// Engine.Stop polls for the end every 500ms; with a context that is
 		// already done it only triggers the shutdown, and Run's return is
 		// the real end.
@@ -416,7 +438,7 @@ func (n *Node) Close() error {
 		n.closeErr = n.engErr
 		_ = os.RemoveAll(n.loopDir)
 	}
-	// The loops are gone, so no new job can be dispatched.
+	// The loops (or readers) are gone, so no new job can be dispatched.
 	for _, byCh := range n.services {
 		for i := range byCh {
 			if s := byCh[i].Load(); s != nil {

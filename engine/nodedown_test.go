@@ -33,7 +33,7 @@ func runHelperNode() int {
 	cfg.ListenAddr = os.Getenv("CI_HELPER_LISTEN")
 	cfg.Peers = map[NodeNum]string{1: os.Getenv("CI_HELPER_PEER")}
 	cfg.MaxConnections, _ = strconv.Atoi(os.Getenv("CI_HELPER_MAXCONNS"))
-	n, err := New(cfg)
+	n, err := New(testMode(cfg))
 	if err == nil {
 		err = n.Start()
 	}

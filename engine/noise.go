@@ -14,8 +14,9 @@ import (
 
 // The Noise key exchange of an accepted hello costs ~0.3 ms of CPU, which
 // anyone who has seen a hello (the cluster key's id is in clear) can make
-// the node spend. So it never runs on an event loop, where it would delay
-// every connection of the loop: handshake workers do it, fed by a short
+// the node spend. So it never runs on a connection's reader, where it would
+// delay the connection (with event loops, every connection of the loop):
+// handshake workers do it, fed by a short
 // queue, and only as often as Config.MaxHandshakesPerSecond allows.
 // Members dialling from their configured address have a budget of their
 // own, which strangers cannot spend.

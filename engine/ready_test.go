@@ -66,7 +66,7 @@ func TestWaitForReady(t *testing.T) {
 	cfg2.Node, cfg2.Cluster, cfg2.Insecure, cfg2.EventLoops = 2, "test", true, 2
 	cfg2.ListenAddr = addr2
 	cfg2.Peers = map[NodeNum]string{1: n1.Addr()}
-	n2, err := New(cfg2)
+	n2, err := New(testMode(cfg2))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,9 +11,10 @@ import (
 	"github.com/clusterinfra/ci/framing"
 )
 
-// serveFrame handles a request or one-way message on the event loop: it
-// checks the service, procedure and version, then either runs an inline
-// handler right here on the frame's bytes or hands a copy to a server handle.
+// serveFrame handles a request or one-way message on the connection's
+// reader (netpoller goroutine or event loop): it checks the service,
+// procedure and version, then either runs an inline handler right here on
+// the frame's bytes or hands a copy to a server handle.
 func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 	p := c.peer
 	cost := frameCost(&f.Header, len(f.Payload))
@@ -85,7 +86,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		return
 	}
 
-	// The payload aliases the loop's buffer: copy it once for the handle.
+	// The payload aliases the reader's buffer: copy it once for the handle.
 	// A compressed one is copied as it is and decompressed by the handle:
 	// decompression is the one costly step here (a real bomb makes 16 MiB
 	// of a few hundred bytes), and the loop serves every other connection.
@@ -386,7 +387,8 @@ func (n *Node) replyLost(p *peer, gen uint64, err error) {
 	}
 }
 
-// completeReply hands a reply to the call waiting for it, on the event loop.
+// completeReply hands a reply to the call waiting for it, on the reply
+// connection's reader.
 func (n *Node) completeReply(c *conn, f *framing.Frame) {
 	s := n.handles.begin(f.XID, c.peer.num)
 	if s == nil {

@@ -65,9 +65,11 @@ type Service struct {
 	// at most MaxHandles handlers run at once, later requests wait for one.
 	MinHandles, MaxHandles int
 
-	// Inline runs handlers on the event loop that read the request, with no
-	// hand-off and no copy. Only for handlers that never block and finish in
-	// microseconds: a slow inline handler stalls every connection of its loop.
+	// Inline runs handlers on the goroutine that read the request (its
+	// connection's netpoller reader, or event loop), with no hand-off and no
+	// copy. Only for handlers that never block and finish in microseconds: a
+	// slow inline handler stalls its connection (with event loops, every
+	// connection of its loop).
 	Inline bool
 
 	// Compression applies to replies larger than CompressAbove bytes.

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/clusterinfra/ci/framing"
 )
 
 // TestShutdownDrains: Shutdown lets the running handler finish and its
@@ -103,4 +105,43 @@ func TestShutdownDeadline(t *testing.T) {
 		t.Fatalf("Shutdown: %v, want context.Canceled", err)
 	}
 	<-nodes[1].Done()
+}
+
+// TestDrainingPeerRepliesBeforeLinkEnds: a peer that shuts down writes its
+// last replies, then closes every connection. The caller reads the closed
+// request connection and the reply connection on different goroutines, in
+// no order; the request connection's end must not fail a call whose reply
+// is still on the reply connection. Here the request connection's end is
+// seen first, for certain, and the reply still completes the call; the
+// reply connection's end then ends the link.
+func TestDrainingPeerRepliesBeforeLinkEnds(t *testing.T) {
+	target := startCluster(t, 1, nil)[0]
+	m := newFakeMember(t, target, 2, nil)
+	addFakeMember(t, 2, m.listen("127.0.0.2", false), target)
+	call := target.Go(WithPriority(ctxFor(t, 20*time.Second), 1), 2, Method{Service: echoSvc}, []byte("q"))
+	req := <-m.acceptedConns()
+	h, body, err := req.readUntil(framing.TypeRequest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replies := m.connect(ChanReplyPrio)
+	if err := req.writeFrame(framing.Header{Type: framing.TypeDraining}, nil); err != nil {
+		t.Fatal(err)
+	}
+	losses := target.m.peerLosses.Get()
+	_ = req.Close()
+	p := target.peer(2)
+	eventually(t, "the request connection's end", func() bool { return p.out[ChanPrio1].Load() == nil })
+	if got := target.m.peerLosses.Get(); got != losses {
+		t.Fatal("the request connection's end ended the link before the replies")
+	}
+	rh := framing.Header{Type: framing.TypeReply, Priority: h.Priority, Service: h.Service, Proc: h.Proc, XID: h.XID}
+	if err := replies.writeFrame(rh, body); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := call.Wait(); err != nil || string(got) != "q" {
+		t.Fatalf("call: %q, %v", got, err)
+	}
+	_ = replies.Close()
+	eventually(t, "the reply connection's end to end the link", func() bool { return target.m.peerLosses.Get() > losses })
 }

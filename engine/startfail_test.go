@@ -20,6 +20,7 @@ func TestCloseAfterFailedStart(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Node, cfg.Cluster, cfg.Insecure = 1, "test", true
 	cfg.ListenAddr = "127.0.0.1:0"
+	cfg.ReadMode = ReadEventLoops // the loops' socket is what fails
 	n, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -33,5 +34,29 @@ func TestCloseAfterFailedStart(t *testing.T) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close blocked after a failed Start")
+	}
+}
+
+// TestNetpollerStartsWithoutLoops: netpoller readers start no gnet engine,
+// so the deep temporary directory that makes the loops' Start fail does
+// not matter, and nothing is made in it.
+func TestNetpollerStartsWithoutLoops(t *testing.T) {
+	deep := filepath.Join(t.TempDir(), strings.Repeat("d", 60), strings.Repeat("e", 60))
+	if err := os.MkdirAll(deep, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("TMPDIR", deep)
+	nodes := startCluster(t, 2, func(c *Config) { c.ReadMode, c.EventLoops = ReadNetpoller, 0 })
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Procs: []Handler{echo}})
+	if got, err := nodes[0].Call(ctxFor(t, 10*time.Second), 2, Method{Service: echoSvc}, []byte("np"), nil); err != nil || string(got) != "np" {
+		t.Fatalf("call: %q %v", got, err)
+	}
+	if ents, err := os.ReadDir(deep); err != nil || len(ents) != 0 {
+		t.Fatalf("temporary directory holds %v (%v), want nothing", ents, err)
+	}
+	for _, n := range nodes {
+		if n.loopDir != "" {
+			t.Fatalf("node %d made a loop directory %s", n.Num(), n.loopDir)
+		}
 	}
 }

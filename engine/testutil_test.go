@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -22,6 +23,33 @@ func TestMain(m *testing.M) {
 		goleak.IgnoreAnyFunction("github.com/panjf2000/ants/v2.(*poolCommon).purgeStaleWorkers"),
 		goleak.IgnoreAnyFunction("github.com/panjf2000/ants/v2.(*poolCommon).ticktock"),
 	)
+}
+
+// readModeEnv sets the read mode of every node the tests build:
+// CI_ENGINE_READ_MODE=loops or netpoll (unset or auto: the default), so that
+// the whole suite runs in either mode.
+const readModeEnv = "CI_ENGINE_READ_MODE"
+
+// testReadMode is the mode readModeEnv asks for, ReadAuto when unset.
+var testReadMode = func() ReadMode {
+	m, err := ParseReadMode(cmp.Or(os.Getenv(readModeEnv), "auto"))
+	if err != nil {
+		panic(fmt.Sprintf("%s: %v", readModeEnv, err))
+	}
+	return m
+}()
+
+// testMode applies readModeEnv to cfg, unless the test chose a mode
+// itself or writes through the event loops (which need them).
+func testMode(cfg Config) Config {
+	if cfg.ReadMode != ReadAuto || testReadMode == ReadAuto || cfg.WriteMode == WriteEventLoop {
+		return cfg
+	}
+	cfg.ReadMode = testReadMode
+	if cfg.ReadMode == ReadNetpoller {
+		cfg.EventLoops = 0 // the tests' loop counts mean nothing here
+	}
+	return cfg
 }
 
 var echoSvc = ServiceOn(ChanFirstService, 1)
@@ -57,7 +85,7 @@ func startCluster(t testing.TB, count int, tweak func(*Config)) []*Node {
 		if cfg.Security == nil {
 			cfg.Insecure = true // test clusters run open unless tweak secures them
 		}
-		n, err := New(cfg)
+		n, err := New(testMode(cfg))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -33,7 +33,7 @@ func TestWriterBackpressure(t *testing.T) {
 	cfg.Node, cfg.Cluster = 1, "test"
 	cfg.MaxPayload = 1 << 16
 	cfg.MaxPendingWrite = 256 << 10
-	n, err := New(cfg)
+	n, err := New(testMode(cfg))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +124,7 @@ func TestCloseDuringFlush(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Insecure = true
 	cfg.Node, cfg.Cluster = 1, "test"
-	n, err := New(cfg)
+	n, err := New(testMode(cfg))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +183,7 @@ func TestCreditRefundedWhenSendGivesUp(t *testing.T) {
 	cfg.Node, cfg.Cluster = 1, "test"
 	cfg.MaxPayload = 1 << 16
 	cfg.MaxPendingWrite = 128 << 10
-	n, err := New(cfg)
+	n, err := New(testMode(cfg))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,7 +16,7 @@ import (
 )
 
 type compareCmd struct {
-	Peers        []string `default:"raw,ics,ics@1,netrpc,grpc" sep:"," help:"Peers to compare, comma-separated: raw, netrpc, grpc, ics, ics-handle, ics-eventloop, ics-handle-eventloop; append @N to run a peer, client and server, with GOMAXPROCS=N (ics@1)." env:"CI_PEERS"`
+	Peers        []string `default:"raw,ics,ics@1,netrpc,grpc" sep:"," help:"Peers to compare, comma-separated: raw, netrpc, grpc, ics, ics-handle, ics-eventloop, ics-handle-eventloop, ics-gnet, ics-netpoll (-gnet/-netpoll: sockets read by event loops or netpoller goroutines; plain ics is the engine's default); append @N to run a peer, client and server, with GOMAXPROCS=N (ics@1)." env:"CI_PEERS"`
 	Rounds       int      `default:"7" help:"Rounds; each runs every peer once, in an order rotated per round." env:"CI_ROUNDS"`
 	Calls        int      `default:"20000" help:"Timed calls per peer per round." env:"CI_CALLS"`
 	Warmup       int      `default:"1000" help:"Untimed calls before each timed run." env:"CI_WARMUP"`
@@ -35,6 +35,7 @@ Examples:
   cibench compare                                    # raw, ics, ics@1, netrpc, grpc; 7 rounds
   cibench compare --peers=raw,netrpc,grpc --rounds=3 --calls=5000
   cibench compare --peers=raw,ics,ics-handle,ics-eventloop --pin
+  cibench compare --peers=raw,ics-gnet,ics-netpoll,netrpc,grpc    # both read modes, interleaved
   cibench compare --peers=raw,ics,raw@1,ics@1       # each also with GOMAXPROCS=1
   cibench compare --sizes=64,4096,65536 --json > latency.json
   cibench compare --sizes=4096 --response-size=64
@@ -324,6 +325,9 @@ func (f *fleet) start(ctx context.Context, names []string, inProcess bool) ([]be
 			// gnet sizes its loops by the CPUs seen at process start; after
 			// --pin this process has one, and so should the client node.
 			named := ics.EventLoops > 0 // the name said (ics-loops1): keep it
+			if !readsWithLoops(ics) {
+				named = true // netpoller readers: no loops to size
+			}
 			if !named {
 				ics.EventLoops = f.eventLoops
 			}
@@ -345,6 +349,13 @@ func (f *fleet) start(ctx context.Context, names []string, inProcess bool) ([]be
 		targets = append(targets, bench.Target{Name: name, Client: c, Procs: procs})
 	}
 	return targets, nil
+}
+
+// readsWithLoops reports whether ics's nodes read with gnet's event
+// loops: asked for, or the engine's choice for its write mode.
+func readsWithLoops(ics *bench.ICS) bool {
+	cfg := engine.Config{ReadMode: ics.ReadMode, WriteMode: ics.WriteMode}
+	return cfg.EffectiveReadMode() == engine.ReadEventLoops
 }
 
 func (f *fleet) startInProcess(p bench.Peer) (bench.Client, error) {
@@ -381,7 +392,7 @@ func (f *fleet) startChild(ctx context.Context, exe string, p bench.Peer, procs 
 		if ics.WriteMode == engine.WriteEventLoop {
 			mode = "eventloop"
 		}
-		argv = append(argv, "--peer=ics", inline, "--write-mode="+mode, "--cluster="+ics.Cluster,
+		argv = append(argv, "--peer=ics", inline, "--write-mode="+mode, "--read-mode="+ics.ReadMode.String(), "--cluster="+ics.Cluster,
 			"--node=2", "--client-node=1", "--client-addr="+ic.Addr(), "--event-loops="+strconv.Itoa(ics.EventLoops))
 	} else {
 		argv = append(argv, "--peer="+p.Name())

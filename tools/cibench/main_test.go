@@ -141,12 +141,13 @@ func TestCibench(t *testing.T) {
 	})
 
 	t.Run("compare text", func(t *testing.T) {
+		// Both read modes, as their own peers, in one run.
 		stdout, stderr, code := runCibench(t, exe, nil,
-			"compare", "--peers=raw,ics", "--sizes=64", "--rounds=1", "--calls=100", "--warmup=10")
+			"compare", "--peers=raw,ics-gnet,ics-netpoll", "--sizes=64", "--rounds=1", "--calls=100", "--warmup=10")
 		if code != 0 {
 			t.Fatalf("exit %d\n%s", code, stderr)
 		}
-		for _, want := range []string{"p99.9/raw", "by raw TCP's mode", "raw mode"} {
+		for _, want := range []string{"p99.9/raw", "by raw TCP's mode", "raw mode", "ics-gnet", "ics-netpoll"} {
 			if !strings.Contains(stdout, want) {
 				t.Errorf("no %q in\n%s", want, stdout)
 			}

@@ -19,7 +19,8 @@ type serveCmd struct {
 	WriteMode string `default:"direct" enum:"direct,eventloop" help:"ics: how frames reach the socket: ${enum}." env:"CI_WRITE_MODE"`
 	Node      uint32 `default:"2" help:"ics: this server's node number." env:"CI_NODE"`
 	Cluster   string `default:"bench" help:"ics: cluster name, the same on both nodes." env:"CI_CLUSTER"`
-	Loops     int    `name:"event-loops" default:"0" help:"ics: event loops; 0 is the engine's default." env:"CI_EVENT_LOOPS"`
+	ReadMode  string `default:"auto" enum:"auto,loops,netpoll" help:"ics: what reads the sockets: ${enum} (gnet event loops, or a goroutine per connection parked in Go's netpoller; auto is the engine's default)." env:"CI_READ_MODE"`
+	Loops     int    `name:"event-loops" default:"0" help:"ics: event loops, with --read-mode=loops; 0 is the engine's default." env:"CI_EVENT_LOOPS"`
 
 	Procs      int    `name:"gomaxprocs" default:"0" help:"GOMAXPROCS for this server; 0 leaves Go's default (one per CPU)." env:"CI_GOMAXPROCS"`
 	ClientNode uint32 `default:"1" help:"ics: the client's node number." env:"CI_CLIENT_NODE"`
@@ -39,6 +40,7 @@ Examples:
   cibench serve --peer=grpc --listen=127.0.0.1:9000 < /dev/null &   # stdin closed: exits at once
   cibench serve --peer=ics --no-inline --write-mode=eventloop \
       --node=2 --client-node=1 --client-addr=127.0.0.1:40123
+  cibench serve --peer=ics --read-mode=netpoll --client-addr=127.0.0.1:40123
   cibench serve --peer=flow --client-addr=127.0.0.1:40123 --window=262144`
 }
 
@@ -60,6 +62,11 @@ func (s *serveCmd) peer() (bench.Peer, error) {
 		ClientAddr: s.ClientAddr,
 	}
 	p.EventLoops = s.Loops
+	mode, err := engine.ParseReadMode(s.ReadMode)
+	if err != nil {
+		return nil, usagef("--read-mode: %v", err)
+	}
+	p.ReadMode = mode
 	if s.WriteMode == "eventloop" {
 		p.WriteMode = engine.WriteEventLoop
 	}
