@@ -6,6 +6,7 @@ import (
 	"errors"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -98,15 +99,19 @@ func TestKVAcrossNodes(t *testing.T) {
 // made slow.
 type recorder struct {
 	*Store
-	prio  chan uint8
-	delay time.Duration
+	prio chan uint8
+	// delay is atomic: the test sets it, a handler reads it, and the
+	// request between them crosses the kernel, which the race detector
+	// cannot see as ordering.
+	delay atomic.Int64
 }
 
 func (r *recorder) Add(ctx context.Context, name string, delta int64) (int64, error) {
+	delay := time.Duration(r.delay.Load())
 	r.prio <- engine.PriorityFrom(ctx)
-	if r.delay > 0 {
+	if delay > 0 {
 		select {
-		case <-time.After(r.delay):
+		case <-time.After(delay):
 		case <-ctx.Done():
 		}
 	}
@@ -135,7 +140,7 @@ func TestKVPriorityAndDeadline(t *testing.T) {
 		t.Fatalf("handler ran at priority %d, want 0", p)
 	}
 
-	rec.delay = 5 * time.Second
+	rec.delay.Store(int64(5 * time.Second))
 	start := time.Now()
 	_, err := kv.Add(enginetest.Context(t, 100*time.Millisecond), 2, "x", 1)
 	if !errors.Is(err, engine.ErrTimedOut) || !errors.Is(err, context.DeadlineExceeded) {

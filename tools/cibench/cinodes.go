@@ -337,7 +337,8 @@ func (c *cinodeCluster) pids() []int {
 // stopped1 is one process close stopped.
 type stopped1 struct {
 	num, pid, code int
-	last           bool // the master, stopped after the others
+	last           bool   // the master, stopped after the others
+	logTail        string // the end of its log when it did not exit 0: the directory goes with close
 }
 
 // close stops every process and removes the directory: SIGCONT first (for
@@ -393,7 +394,11 @@ func (c *cinodeCluster) close() (stopped []stopped1, err error) {
 				_ = p.cmd.Process.Kill()
 			}
 			<-p.exited
-			stopped = append(stopped, stopped1{num: p.num, pid: p.pid, code: p.code, last: len(last) > 0 && p == last[0]})
+			st := stopped1{num: p.num, pid: p.pid, code: p.code, last: len(last) > 0 && p == last[0]}
+			if p.code != 0 {
+				st.logTail = c.logTail(p.num)
+			}
+			stopped = append(stopped, st)
 		}
 		t.Stop()
 	}

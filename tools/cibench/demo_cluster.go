@@ -239,7 +239,7 @@ func (d *demo) closeCinodes() error {
 	for _, p := range stopped {
 		if !p.last {
 			planned = append(planned, fmt.Sprintf("node %d (pid %d)", p.num, p.pid))
-			d.check(p.code == 0, "node %d's planned shutdown exited %d", p.num, p.code)
+			d.check(p.code == 0, "node %d's planned shutdown exited %d; its log ends:%s", p.num, p.code, p.logTail)
 		}
 	}
 	if len(planned) > 0 {
@@ -252,7 +252,7 @@ func (d *demo) closeCinodes() error {
 			// (clms.ErrNoQuorum) and stops anyway.
 			d.say("then the master, node %d (pid %d), the last of the raft group: no majority is left to commit its own", p.num, p.pid)
 			d.say("SHUTDOWN; it says so and stops unrecorded, exit %d (its next start rejoins as after a crash)", p.code)
-			d.check(p.code == 0, "the last voter, node %d, exited %d", p.num, p.code)
+			d.check(p.code == 0, "the last voter, node %d, exited %d; its log ends:%s", p.num, p.code, p.logTail)
 		}
 	}
 	if dead := cl.dead; len(dead) > 0 {
