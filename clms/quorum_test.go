@@ -33,13 +33,49 @@ func TestNoQuorumNotWhileVoterRejoins(t *testing.T) {
 	s.Node(1).Core.Shutdown()
 	var hopeless []time.Duration
 	s.RunUntil(10*time.Second, func() bool {
+		if s.Node(1).Has(clms.ActLeft, 1) {
+			return true // Runner.Shutdown returns then, whatever NoQuorum says
+		}
 		if s.Node(1).Core.NoQuorum() {
 			hopeless = append(hopeless, s.Now)
 		}
-		return s.Node(1).Has(clms.ActLeft, 1)
+		return false
 	})
 	if len(hopeless) > 0 {
 		t.Errorf("node 1 said no quorum %d times (first at %v) before its SHUTDOWN was committed", len(hopeless), hopeless[0])
+	}
+}
+
+// The same for a node that is not master-eligible: it hears from the
+// master only, never from voter 2's new incarnation, so its count stays at
+// one voter of three. Its lease, granted by a master with quorum contact,
+// is what tells it a majority is there.
+func TestNoQuorumNotWhileVoterRejoinsNonVoter(t *testing.T) {
+	s := newSim(t, 4, 3, clms.LANFastTiming())
+	form(t, s)
+	s.Crash(3)
+	s.RunUntil(10*time.Second, func() bool { return s.DownEverywhere(3, s.Node(3).Inc) })
+	s.Node(1).HangCallbacks = true
+	s.Restart(2)
+	s.Run(300 * time.Millisecond)
+	if m, _ := s.Node(4).Core.State().Member(2); m.State.IsMember() {
+		t.Fatalf("node 2 is a member again in node 4's view (%v): the test needs it rejoining", m)
+	}
+	s.Node(4).Core.Shutdown()
+	var hopeless []time.Duration
+	s.RunUntil(10*time.Second, func() bool {
+		if s.Node(4).Has(clms.ActLeft, 4) {
+			return true
+		}
+		if s.Node(4).Core.NoQuorum() {
+			hopeless = append(hopeless, s.Now)
+		}
+		return false
+	})
+	if len(hopeless) > 0 {
+		alive, voters := s.Node(4).Core.VotersAlive()
+		t.Errorf("node 4 said no quorum %d times (first at %v; it counts %d of %d voters) before its SHUTDOWN was committed",
+			len(hopeless), hopeless[0], alive, voters)
 	}
 }
 
