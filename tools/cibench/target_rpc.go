@@ -223,6 +223,9 @@ func (p *plan) checkTarget() error {
 	if p.cfg.Run.Concurrency > admin.MaxPingConcurrency {
 		return usagef("--concurrency %d: a node's /v1/ping runs at most %d callers", p.cfg.Run.Concurrency, admin.MaxPingConcurrency)
 	}
+	if big := slices.Max(p.sizes); int64(big)*int64(p.cfg.Run.Concurrency) > admin.MaxPingInFlight {
+		return usagef("--concurrency %d x --sizes %d: over the %d bytes a node's /v1/ping holds in flight", p.cfg.Run.Concurrency, big, admin.MaxPingInFlight)
+	}
 	return nil
 }
 

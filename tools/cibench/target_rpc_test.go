@@ -217,3 +217,32 @@ func TestFlowTargetBounds(t *testing.T) {
 		}
 	}
 }
+
+// compare and rpc against a target: the node refuses a run whose callers
+// x size is over MaxPingInFlight, so that is a usage error naming both
+// flags before any size is measured (else the run fails at the first size
+// over it, after the smaller ones took their time).
+func TestRPCTargetInFlight(t *testing.T) {
+	target := rpcTargetFlags{targetFlags: targetFlags{Target: []string{"127.0.0.1:7180"}}}
+	for _, tc := range []struct {
+		sizes       []int
+		concurrency int
+		ok          bool
+	}{
+		{[]int{64, 65536}, 1024, true}, // 64 MiB: the bound itself
+		{[]int{64, 1 << 20}, 256, false},
+	} {
+		p, err := newPlan("rpc", []string{"ics"}, tc.sizes, -1, 1, bench.RunConfig{Duration: time.Second, Concurrency: tc.concurrency}, outputFlags{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = p.withTarget(target)
+		var ue usageError
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("sizes %v x %d callers: %v", tc.sizes, tc.concurrency, err)
+		case !tc.ok && (!errors.As(err, &ue) || !strings.Contains(err.Error(), "--concurrency") || !strings.Contains(err.Error(), "--sizes")):
+			t.Errorf("sizes %v x %d callers: %v, want a usage error naming --concurrency and --sizes", tc.sizes, tc.concurrency, err)
+		}
+	}
+}
