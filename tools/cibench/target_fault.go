@@ -275,11 +275,24 @@ func listeners(procRoot, addr string) (map[string]bool, error) {
 		if err != nil {
 			return nil, err
 		}
+		// The path as the listener bound it: the endpoint may name it
+		// through a symlink (/var/run is /run).
+		resolved, rerr := filepath.EvalSymlinks(path)
+		same := func(p string) bool {
+			if p == path {
+				return true
+			}
+			if rerr != nil || filepath.Base(p) != filepath.Base(resolved) {
+				return false
+			}
+			r, err := filepath.EvalSymlinks(p)
+			return err == nil && r == resolved
+		}
 		// Num RefCount Protocol Flags Type St Inode Path; accepted
 		// connections show the path too: only __SO_ACCEPTCON (listening).
 		for _, line := range strings.Split(string(b), "\n")[1:] {
 			f := strings.Fields(line)
-			if len(f) >= 8 && f[3] == "00010000" && f[7] == path {
+			if len(f) >= 8 && f[3] == "00010000" && same(f[7]) {
 				out[f[6]] = true
 			}
 		}

@@ -388,6 +388,32 @@ type fakeProcess struct {
 	sockets []int // inodes
 }
 
+// A unix socket's path in /proc/net/unix is the one its listener bound;
+// the endpoint may name it through a symlink (/var/run is /run on most
+// systems): still the same socket.
+func TestLocalCinodeUnixSymlink(t *testing.T) {
+	dir := t.TempDir()
+	real := filepath.Join(dir, "run")
+	if err := os.Mkdir(real, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(real, filepath.Join(dir, "varrun")); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(real, "admin.sock")
+	if err := os.WriteFile(sock, nil, 0o600); err != nil { // a stand-in: only its path is resolved
+		t.Fatal(err)
+	}
+	proc := fakeProc(t, map[int]fakeProcess{100: {"cinode", []int{7777}}}, nil, nil, []string{
+		"0000000000000000: 00000002 00000000 00010000 0001 01  7777 " + sock,
+	})
+	for _, addr := range []string{"unix:" + sock, "unix:" + filepath.Join(dir, "varrun", "admin.sock")} {
+		if local, why := localCinode(proc, addr, 100); !local {
+			t.Errorf("localCinode(%s) = false (%s), want true", addr, why)
+		}
+	}
+}
+
 // TestFaultRoute is the decision of how a fault reaches a victim: SIGSTOP
 // only to a cinode of this machine, SIGKILL directly or forwarded. A
 // process of this machine is the victim only if it holds the socket its
