@@ -52,7 +52,8 @@ type RunnerConfig struct {
 	// KeyServices is this node's key-service registry; nil: none registered
 	// here (the node still applies the cluster's key-service records). Every
 	// node must register the same services, or list them in cluster.toml:
-	// the core needs the same list everywhere (KeyServices.Specs).
+	// the core needs the same list everywhere (KeyServices.Specs). NewRunner
+	// takes the list: register before it (later registrations fail).
 	KeyServices *KeyServices
 	// KeyServiceEntries is cluster.toml's [[key_services]]; with the
 	// registry it makes Config.Keys.Services. Info.KeyServices says which
@@ -185,7 +186,7 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 	self := cfg.Engine.Num()
 	ccfg := Config{Self: self, Nodes: cfg.Nodes, Timing: cfg.Timing, Incarnation: cfg.Incarnation, Info: cfg.Info,
 		WallClock: time.Now,
-		Keys:      KeyConfig{Services: cfg.KeyServices.Specs(cfg.KeyServiceEntries), Panic: cfg.KeyServicePanic}}
+		Keys:      KeyConfig{Services: cfg.KeyServices.build(cfg.KeyServiceEntries), Panic: cfg.KeyServicePanic}}
 	for _, n := range cfg.Nodes {
 		if n.Num == self && n.MasterEligible {
 			if cfg.Store == nil {
