@@ -26,6 +26,9 @@ var ErrConfigMismatch = errors.New("clms: this node's boot configuration differs
 //     margin on both sides, raft one election timeout;
 //   - the key services: names, critical, pull, and the panic policy.
 //
+// Vote requests carry it as well: no voter votes for a candidate whose
+// digest is not its own, so a node with another file is never elected.
+//
 // What a node may run (NodeInfo) and node-local bounds (PullTimeout,
 // DrainTimeout) are its own and not included. Never 0 (0 on the wire
 // means "not sent").
@@ -88,9 +91,9 @@ func ConfigDigest(cfg Config) uint64 {
 	return 1
 }
 
-// configMismatch is the reason a master gives for refusing a join whose
-// digest is not its own; both sides log it.
-func configMismatch(master NodeNum, own uint64, joiner NodeNum, theirs uint64) string {
-	return fmt.Sprintf("boot configurations differ (node table, timing or key services): master node %d has digest %016x, node %d %016x: give every node the same cluster.toml",
-		master, own, joiner, theirs)
+// configMismatch is the reason a node gives for refusing a join or a vote
+// whose digest is not its own; a refused joiner logs it too.
+func configMismatch(self NodeNum, own uint64, other NodeNum, theirs uint64) string {
+	return fmt.Sprintf("boot configurations differ (node table, timing or key services): node %d has digest %016x, node %d %016x: give every node the same cluster.toml",
+		self, own, other, theirs)
 }

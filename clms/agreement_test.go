@@ -102,3 +102,43 @@ func TestJoinRefusedOnConfigMismatch(t *testing.T) {
 		}
 	}
 }
+
+// A master-eligible node with another cluster.toml must not become master:
+// a master refuses every join whose digest is not its own, so one odd voter
+// elected first (node 1 wins the first election of this seed) would lock
+// the whole cluster out, each legitimate node giving up with
+// ErrConfigMismatch. The voters refuse it their vote instead; the majority
+// that shares a configuration forms, and the odd node is the one refused.
+func TestOddVoterNeverMaster(t *testing.T) {
+	for odd := clms.NodeNum(1); odd <= 3; odd++ {
+		s := newSim(t, 4, 3, clms.LANFastTiming())
+		tm := clms.LANFastTiming()
+		tm.CallbackTimeout *= 2
+		s.Node(odd).Timing = &tm
+		s.StartAll()
+		s.RunUntil(10*time.Second, func() bool {
+			return s.Node(odd).JoinErr != nil
+		})
+		if err := s.Node(odd).JoinErr; !errors.Is(err, clms.ErrConfigMismatch) {
+			t.Errorf("odd voter %d: join ended with %v, want ErrConfigMismatch", odd, err)
+		}
+		s.RunUntil(10*time.Second, func() bool {
+			for n := clms.NodeNum(1); n <= 4; n++ {
+				if n != odd && !s.Up(n) {
+					return false
+				}
+			}
+			return true
+		})
+		for n := clms.NodeNum(1); n <= 4; n++ {
+			if n == odd {
+				continue
+			}
+			if err := s.Node(n).JoinErr; err != nil {
+				t.Errorf("odd voter %d: node %d (the cluster's configuration) refused: %v", odd, n, err)
+			} else if !s.Up(n) {
+				t.Errorf("odd voter %d: node %d not UP", odd, n)
+			}
+		}
+	}
+}

@@ -102,12 +102,15 @@ type Core struct {
 	now      int64
 	eligible map[NodeNum]bool
 	digest   uint64 // ConfigDigest(cfg): a joiner's must be the same
-	voters   []NodeNum
-	st       *State
-	storage  *raft.MemoryStorage
-	rn       *raft.RawNode // nil on nodes that are not master-eligible
-	rd       *raft.Ready   // handed out by Ready, not yet Advanced
-	applied  uint64        // raft index applied (voters)
+	// voteRefused: the digest each voter was last refused a vote for
+	// (logged once per digest).
+	voteRefused map[NodeNum]uint64
+	voters      []NodeNum
+	st          *State
+	storage     *raft.MemoryStorage
+	rn          *raft.RawNode // nil on nodes that are not master-eligible
+	rd          *raft.Ready   // handed out by Ready, not yet Advanced
+	applied     uint64        // raft index applied (voters)
 
 	phase       phase
 	joinStart   int64
@@ -175,7 +178,8 @@ func NewCore(cfg Config) (*Core, error) {
 	}
 	c := &Core{
 		cfg: cfg, self: cfg.Self, inc: cfg.Incarnation, eligible: map[NodeNum]bool{}, digest: ConfigDigest(cfg),
-		hbSent: map[uint64]int64{}, peerInc: map[NodeNum]uint64{}, gone: map[NodeNum]uint64{},
+		voteRefused: map[NodeNum]uint64{},
+		hbSent:      map[uint64]int64{}, peerInc: map[NodeNum]uint64{}, gone: map[NodeNum]uint64{},
 		cbDone: map[TransitionID][]string{}, pendingInfo: map[NodeNum]NodeInfo{},
 	}
 	tm := cfg.Timing
@@ -476,8 +480,24 @@ func (c *Core) stepRaft(m Message) error {
 	if c.rn == nil || m.Raft == nil || !c.eligible[m.From] || m.Raft.GetFrom() != uint64(m.From) || m.Raft.GetTo() != uint64(c.self) {
 		return fmt.Errorf("%w: %v", ErrBadRaft, m)
 	}
-	if t := m.Raft.GetType(); (t == raftpb.MsgVote || t == raftpb.MsgPreVote) && !c.mayVote(m.Raft) {
-		return nil
+	if t := m.Raft.GetType(); t == raftpb.MsgVote || t == raftpb.MsgPreVote {
+		if m.Digest != 0 && m.Digest != c.digest {
+			// A master refuses every join whose digest is not its own: a
+			// voter with another cluster.toml, elected, would lock out
+			// every node of the cluster's configuration. No vote for it,
+			// whatever the request (a transfer too): only a majority that
+			// shares a configuration can elect, and the odd node is the
+			// one refused at its join. (0: a peer that does not send one.)
+			if c.voteRefused[m.From] != m.Digest {
+				c.voteRefused[m.From] = m.Digest
+				c.act(Action{Kind: ActLog, Node: m.From, Reason: fmt.Sprintf("no vote for node %d: %s",
+					m.From, configMismatch(c.self, c.digest, m.From, m.Digest))})
+			}
+			return nil
+		}
+		if !c.mayVote(m.Raft) {
+			return nil
+		}
 	}
 	if err := c.rn.Step(m.Raft); err != nil {
 		return nil // raft drops what it cannot use (a local type, an unknown peer's reply)
@@ -557,7 +577,11 @@ func (c *Core) Ready() Ready {
 			rd.Snapshot = r.Snapshot
 		}
 		for _, m := range r.Messages {
-			c.send(Message{Type: MsgRaft, To: NodeNum(m.GetTo()), Raft: m})
+			out := Message{Type: MsgRaft, To: NodeNum(m.GetTo()), Raft: m}
+			if t := m.GetType(); t == raftpb.MsgVote || t == raftpb.MsgPreVote {
+				out.Digest = c.digest // stepRaft: no vote for another configuration
+			}
+			c.send(out)
 		}
 		if r.SoftState != nil {
 			c.softState(r.SoftState)

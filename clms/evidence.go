@@ -110,17 +110,43 @@ func (c *Core) PeerCrashProof(n NodeNum, inc uint64) {
 
 // VotersAlive counts the master-eligible nodes that may still vote as far as
 // this node knows: members (COMINGUP or UP) in its applied state whose
-// process is not proven gone. With at most half of the voters alive no
-// master can commit anything until some come back (a cluster stopped as a
-// whole); Runner.Shutdown stops waiting then (ErrNoQuorum).
+// process is not proven gone, and voters whose newer incarnation than the
+// one in that state spoke to this node and is not proven gone (restarted,
+// its join not committed yet: it votes in raft all the same). A voter that
+// left, was declared down or never started, and was not heard from since,
+// is not counted.
 func (c *Core) VotersAlive() (alive, voters int) {
 	for n := range c.eligible {
 		m, ok := c.st.Member(n)
-		if ok && m.State.IsMember() && c.gone[n] < m.Incarnation {
+		member := ok && m.State.IsMember() && c.gone[n] < m.Incarnation
+		newer := c.peerInc[n] > m.Incarnation && c.gone[n] < c.peerInc[n]
+		if n == c.self || member || newer {
 			alive++
 		}
 	}
 	return alive, len(c.eligible)
+}
+
+// NoQuorum reports whether no master can commit anything for this member
+// until voters come back: Runner.Shutdown stops waiting then (ErrNoQuorum).
+// Two conditions, because the count alone comes from this node's view and
+// may be short of the truth (a voter's new incarnation it never heard
+// from, a join it has not applied yet):
+//   - at most half of the voters are alive by VotersAlive, and
+//   - this node's lease has run out. A master grants leases only while it
+//     has quorum contact, and a master's own lease is its quorum contact, so
+//     a lease still valid means a majority answered within LeaseTimeout.
+//     The lease is renewed while a shutdown waits (a leaving node is not
+//     Acting, but still a member until its SHUTDOWN is committed).
+//
+// So a cluster stopped as a whole tells its last voter at most a lease
+// after its majority went, and never while a master could still commit.
+func (c *Core) NoQuorum() bool {
+	if c.phase == phaseMember && c.now < c.lease {
+		return false
+	}
+	alive, voters := c.VotersAlive()
+	return alive <= voters/2
 }
 
 func (c *Core) crashProof(n NodeNum, inc uint64) {

@@ -123,6 +123,9 @@ type keyEntry struct {
 type KeyServices struct {
 	mu   sync.Mutex
 	list []*keyEntry
+	// built: a runner took its key-service list from here (NewRunner);
+	// later registrations would not be in it, so they are refused.
+	built bool
 }
 
 // Register adds key service name; pull says it has a PullData routine (a
@@ -135,6 +138,9 @@ func (r *KeyServices) Register(name string, critical, pull bool, ks KeyService) 
 	}
 	if slices.ContainsFunc(r.list, func(e *keyEntry) bool { return e.name == name }) {
 		return fmt.Errorf("%w: %q", ErrKeyServiceExists, name)
+	}
+	if r.built {
+		return fmt.Errorf("%w: key service %q registered after the node's CLMS runner was built, which took the list it agrees on with the other nodes: register before clms.NewRunner (node.New)", ErrConfig, name)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel() // not acting until ActKeyOwner says so
@@ -159,6 +165,19 @@ func (r *KeyServices) RegisterKeyService(name string, critical bool,
 func (r *KeyServices) Specs(cluster []KeyServiceEntry) []KeyServiceSpec {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.specs(cluster)
+}
+
+// build is Specs for NewRunner: the list is final, and Register refuses
+// from now on.
+func (r *KeyServices) build(cluster []KeyServiceEntry) []KeyServiceSpec {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.built = true
+	return r.specs(cluster)
+}
+
+func (r *KeyServices) specs(cluster []KeyServiceEntry) []KeyServiceSpec {
 	var out []KeyServiceSpec
 	for _, e := range cluster {
 		sp := KeyServiceSpec{Name: e.Name, Critical: e.Critical}

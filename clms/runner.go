@@ -22,8 +22,9 @@ var (
 	ErrNoStore    = errors.New("clms: a master-eligible node needs a store")
 	ErrNotStarted = errors.New("clms: runner not started")
 	// ErrNoQuorum: a planned shutdown that cannot be recorded, because
-	// fewer than a majority of the master-eligible nodes are members in
-	// this node's view, so no master can commit its SHUTDOWN. It is what
+	// fewer than a majority of the master-eligible nodes may vote in this
+	// node's view and its lease ran out, so no master can commit its
+	// SHUTDOWN (Core.NoQuorum). It is what
 	// the last nodes of a cluster stopped as a whole see; the node may
 	// still stop (it is not fenced), and when the cluster starts again its
 	// next incarnation replaces this one as after a crash.
@@ -51,7 +52,8 @@ type RunnerConfig struct {
 	// KeyServices is this node's key-service registry; nil: none registered
 	// here (the node still applies the cluster's key-service records). Every
 	// node must register the same services, or list them in cluster.toml:
-	// the core needs the same list everywhere (KeyServices.Specs).
+	// the core needs the same list everywhere (KeyServices.Specs). NewRunner
+	// takes the list: register before it (later registrations fail).
 	KeyServices *KeyServices
 	// KeyServiceEntries is cluster.toml's [[key_services]]; with the
 	// registry it makes Config.Keys.Services. Info.KeyServices says which
@@ -149,10 +151,13 @@ type RunnerStatus struct {
 	Fencing     FencingPolicy
 	RaftTerm    uint64
 	RaftLeader  NodeNum
-	// VotersAlive of Voters (the master-eligible nodes) are members in this
-	// node's view whose process is not proven gone (Core.VotersAlive): at
-	// most half means nothing can be committed until some come back.
+	// VotersAlive of Voters (the master-eligible nodes) may vote as far as
+	// this node knows (Core.VotersAlive): members in its view, and newer
+	// incarnations it heard from, not proven gone. At most half, once this
+	// node's lease has run out too, means nothing can be committed until
+	// some come back (Core.NoQuorum; Shutdown returns ErrNoQuorum).
 	Voters, VotersAlive int
+	noQuorum            bool     // Core.NoQuorum
 	Members             []Member // every node of the table, in node order
 	Last                TransitionID
 	Stats               Stats
@@ -181,7 +186,7 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 	self := cfg.Engine.Num()
 	ccfg := Config{Self: self, Nodes: cfg.Nodes, Timing: cfg.Timing, Incarnation: cfg.Incarnation, Info: cfg.Info,
 		WallClock: time.Now,
-		Keys:      KeyConfig{Services: cfg.KeyServices.Specs(cfg.KeyServiceEntries), Panic: cfg.KeyServicePanic}}
+		Keys:      KeyConfig{Services: cfg.KeyServices.build(cfg.KeyServiceEntries), Panic: cfg.KeyServicePanic}}
 	for _, n := range cfg.Nodes {
 		if n.Num == self && n.MasterEligible {
 			if cfg.Store == nil {
@@ -290,7 +295,7 @@ func (r *Runner) Shutdown(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-poll.C:
-			if s := r.Status(); !s.Left && s.VotersAlive <= s.Voters/2 {
+			if s := r.Status(); !s.Left && s.noQuorum {
 				return fmt.Errorf("%w: %d of %d master-eligible nodes are members not proven gone", ErrNoQuorum, s.VotersAlive, s.Voters)
 			}
 		}
@@ -648,6 +653,7 @@ func (r *Runner) publishStatus(membersChanged bool) {
 		Formed: c.Formed(), Fencing: r.cfg.Fencing, Stats: c.Stats(), Last: c.State().LastTransition()}
 	s.Ready = s.LeaseValid && s.Formed
 	s.VotersAlive, s.Voters = c.VotersAlive()
+	s.noQuorum = c.NoQuorum()
 	s.Fenced, s.FenceReason = c.Fenced()
 	s.Joined = c.phase == phaseMember || c.phase == phaseFenced || c.phase == phaseLeft
 	s.Left = c.phase == phaseLeft

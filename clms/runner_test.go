@@ -436,3 +436,35 @@ func TestRunnerSubsystems(t *testing.T) {
 		}
 	}
 }
+
+// The core's key-service list (and the ConfigDigest every node must share)
+// is taken from the registry when the runner is built: a service
+// registered afterwards would never be assigned an owner on this node, and
+// a Pull routine registered for a service cluster.toml lists would never
+// be pulled. Registering then is refused, naming the service, rather than
+// silently lost.
+func TestKeyServiceRegisteredAfterNewRunner(t *testing.T) {
+	cfg := engine.DefaultConfig()
+	cfg.Node, cfg.Cluster, cfg.ListenAddr, cfg.EventLoops = 2, "test", "127.0.0.2:0", 1
+	cfg.Insecure, cfg.Incarnation, cfg.Logger = true, clms.NewIncarnation(), enginetest.Logger()
+	eng, err := engine.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	reg := &clms.KeyServices{}
+	noop := func(context.Context, uint64) error { return nil }
+	if err := reg.RegisterKeyService("early", false, noop, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	r, err := clms.NewRunner(clms.RunnerConfig{Engine: eng, Incarnation: cfg.Incarnation, KeyServices: reg,
+		Nodes: []clms.NodeConfig{{Num: 1, MasterEligible: true}, {Num: 2}}, Timing: testTiming()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	err = r.KeyServices().RegisterKeyService("late", false, noop, nil, nil)
+	if !errors.Is(err, clms.ErrConfig) || !strings.Contains(err.Error(), `"late"`) {
+		t.Fatalf("registering after NewRunner: %v, want ErrConfig naming the service", err)
+	}
+}

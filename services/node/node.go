@@ -62,10 +62,11 @@ type Config struct {
 	// Subsystems are the CLMS subsystems whose callbacks run on NODEUP and
 	// NODEDOWN; nil: a new, empty registry (see Node.Subsystems).
 	Subsystems *clms.Subsystems
-	// KeyServices is the key-service registry (register before Start;
+	// KeyServices is the key-service registry (register before New, which
+	// takes the list every node must agree on: later registrations fail;
 	// every node of the cluster must register the same services); nil: a
-	// new, empty one (see Node.KeyServices). Which of them this node may
-	// run is its row's key_services.
+	// new, empty one. Which of them this node may run is its row's
+	// key_services.
 	KeyServices *clms.KeyServices
 	// SignalPolicy says which OS processes other nodes may signal; the zero
 	// policy allows none.
@@ -334,7 +335,8 @@ func (n *Node) Runner() *clms.Runner { return n.runner }
 // every transition.
 func (n *Node) Subsystems() *clms.Subsystems { return n.runner.Subsystems() }
 
-// KeyServices is the key-service registry: register before Start.
+// KeyServices is the key-service registry. Its list was taken by New:
+// register in Config.KeyServices before New (a registration here fails).
 func (n *Node) KeyServices() *clms.KeyServices { return n.runner.KeyServices() }
 
 // EpochGuard is fed with every record this node applies: key services

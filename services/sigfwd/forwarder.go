@@ -173,6 +173,11 @@ func (f *Forwarder) deliver(pid int, sig syscall.Signal) error {
 		return fmt.Errorf("%w: node %d never signals init", ErrRefused, num)
 	case pid == f.self && !p.AllowSelf:
 		return fmt.Errorf("%w: node %d does not let other nodes signal its own process (policy AllowSelf is off)", ErrRefused, num)
+	case self && sig != syscall.SIGKILL:
+		// Policy.AllowSelf: a kill, which the node's supervisor repairs,
+		// and nothing more (a stop would hang it for good, SIGQUIT exit 2
+		// unrestarted, SIGTERM make it leave).
+		return fmt.Errorf("%w: node %d lets other nodes send its own process SIGKILL only, not %v (policy AllowSelf)", ErrRefused, num, sig)
 	case !p.AllowProcesses && !self:
 		return fmt.Errorf("%w: node %d does not forward OS signals", ErrRefused, num)
 	}

@@ -23,10 +23,13 @@ type Policy struct {
 	// and effective user IDs (/proc/PID/status, Uid:) are both UID.
 	AllowUID bool
 	UID      uint32
-	// AllowSelf lets other nodes signal this node's own process, the one
-	// that runs the forwarder, whatever AllowProcesses says: fault
+	// AllowSelf lets other nodes send SIGKILL to this node's own process,
+	// the one that runs the forwarder, whatever AllowProcesses says: fault
 	// injection, as cibench failover --target does to a node on another
-	// machine. Off by default: with it, any member can kill this one.
+	// machine. Off by default: with it, any member can kill this one. No
+	// other signal: SIGSTOP would hang the node for good (its process never
+	// exits, so no supervisor restarts it), SIGQUIT make it exit 2, which
+	// deploy/cinode.service does not restart, SIGTERM make it leave.
 	AllowSelf bool
 }
 

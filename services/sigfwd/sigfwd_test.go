@@ -248,23 +248,53 @@ func TestProcessSignalRefused(t *testing.T) {
 }
 
 // TestProcessSignalSelf: AllowSelf opens the node's own process, and only
-// it, to other nodes, without AllowProcesses; init stays refused. The
-// signal is SIGCONT: this test's process is the node's.
+// it, to other nodes, without AllowProcesses; init stays refused. A sleeper
+// stands in for the node's process (this test's is the node's).
+//
+// Only SIGKILL: that is what --allow-fault-kill says, and the fault a
+// supervisor repairs. Any other signal would let a member do more than
+// kill: SIGSTOP leaves the node hung for good (its process never exits,
+// so nothing restarts it), SIGQUIT makes a Go program exit 2, which
+// deploy/cinode.service does not restart (a bad configuration), SIGTERM
+// or SIGINT make it leave the cluster as if its operator had asked.
 func TestProcessSignalSelf(t *testing.T) {
-	s := startSleeper(t)
+	self, other := startSleeper(t), startSleeper(t)
 	p := startPair(t, Policy{AllowSelf: true})
+	p.f2.self = self.pid()
 	ctx := ctxFor(t)
-	if err := p.f1.Kill(ctx, 2, os.Getpid(), syscall.SIGCONT); err != nil {
-		t.Fatalf("own process with AllowSelf: %v", err)
+	for _, sig := range []syscall.Signal{syscall.SIGSTOP, syscall.SIGQUIT, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGCONT} {
+		if err := p.f1.Kill(ctx, 2, self.pid(), sig); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "SIGKILL") {
+			t.Errorf("%v to the node's own process with AllowSelf: %v, want ErrRefused saying only SIGKILL", sig, err)
+		}
 	}
-	for _, pid := range []int{s.pid(), 1} {
+	if st := procState(self.pid()); st != "S" && st != "R" {
+		t.Fatalf("the node's process after refused signals: state %q", st)
+	}
+	for _, pid := range []int{other.pid(), 1} {
 		if err := p.f1.Kill(ctx, 2, pid, syscall.SIGKILL); !errors.Is(err, ErrRefused) {
 			t.Fatalf("pid %d with only AllowSelf: %v, want ErrRefused", pid, err)
 		}
 	}
-	if !s.alive() {
+	if !other.alive() {
 		t.Fatal("a refused signal reached a process")
 	}
+	if err := p.f1.Kill(ctx, 2, self.pid(), syscall.SIGKILL); err != nil {
+		t.Fatalf("SIGKILL to the node's own process with AllowSelf: %v", err)
+	}
+	self.diedOf(t, syscall.SIGKILL)
+}
+
+// procState is the state letter of /proc/PID/stat (S sleeping, T stopped).
+func procState(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	s := string(b)
+	if f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:]); len(f) > 0 {
+		return f[0]
+	}
+	return ""
 }
 
 func TestProcessSignalNotFoundAndInvalid(t *testing.T) {

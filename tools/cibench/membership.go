@@ -48,9 +48,12 @@ measured only with --allow-faults: SIGKILL of a member that is not the
 master (as cibench failover --target injects it), its NODEDOWN and, once
 its supervisor has restarted it, its rejoin's NODEUP, each committed ->
 streamed by the first and the last other node's watch; the run fails if
-the node is not back within --rejoin-timeout. Steady load reads /proc for
-a node on this machine and its /metrics (process_cpu_seconds_total,
-process_open_fds) otherwise.
+the node is not back within --rejoin-timeout. Propagation compares the
+transition's time (the master's clock) with this machine's when the watch
+delivered it: with the master on another machine it is only as good as
+their synchronisation (NTP), and can even come out negative. Steady load
+reads /proc for a node on this machine and its /metrics
+(process_cpu_seconds_total, process_open_fds) otherwise.
 
 Examples:
   cibench membership                      # 3 and 16 nodes

@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -221,8 +224,13 @@ func faultRoute(sig syscall.Signal, via string, n int, local bool, why string) (
 
 // localCinode reports whether pid, which node admin's status names, is a
 // cinode process of this machine: its admin endpoint is on loopback or a
-// unix socket, and procRoot/pid is a process named cinode. If not, it says
-// why.
+// unix socket, procRoot/pid is a process named cinode, and that process
+// holds the socket listening at the endpoint in this network namespace.
+// The last check is what ties the pid to the endpoint: a status's pid is
+// the node's own view, and an endpoint on loopback may be forwarded from
+// another machine or container (ssh -L, a published port), whose pid here
+// may be another cinode (in containers often pid 1, as the one beside
+// cibench). If not, it says why.
 func localCinode(procRoot, adminAddr string, pid int) (bool, string) {
 	if !admin.IsLocal(adminAddr) {
 		return false, fmt.Sprintf("its admin endpoint %s is not on loopback", adminAddr)
@@ -237,7 +245,116 @@ func localCinode(procRoot, adminAddr string, pid int) (bool, string) {
 	if name := strings.TrimSpace(string(comm)); name != "cinode" {
 		return false, fmt.Sprintf("process %d here is %s, not cinode", pid, name)
 	}
-	return true, ""
+	inodes, err := listeners(procRoot, adminAddr)
+	if err != nil {
+		return false, fmt.Sprintf("cannot tell which process listens on %s: %v", adminAddr, err)
+	}
+	if len(inodes) == 0 {
+		return false, fmt.Sprintf("no socket of this machine listens on %s (forwarded from elsewhere?)", adminAddr)
+	}
+	fds, err := os.ReadDir(filepath.Join(procRoot, fmt.Sprint(pid), "fd"))
+	if err != nil {
+		return false, fmt.Sprintf("cannot read process %d's descriptors: %v", pid, err)
+	}
+	for _, fd := range fds {
+		link, err := os.Readlink(filepath.Join(procRoot, fmt.Sprint(pid), "fd", fd.Name()))
+		if ino, ok := strings.CutPrefix(link, "socket:["); err == nil && ok && inodes[strings.TrimSuffix(ino, "]")] {
+			return true, ""
+		}
+	}
+	return false, fmt.Sprintf("process %d here does not hold the socket listening on %s (the endpoint is another process's, or forwarded from elsewhere)", pid, adminAddr)
+}
+
+// listeners returns the inodes of the sockets listening at admin address
+// addr (host:port on loopback, or unix:/path), from procRoot/net: a
+// listener on the address itself or on the wildcard of its family.
+func listeners(procRoot, addr string) (map[string]bool, error) {
+	out := map[string]bool{}
+	if path, ok := strings.CutPrefix(addr, admin.UnixPrefix); ok {
+		b, err := os.ReadFile(filepath.Join(procRoot, "net", "unix"))
+		if err != nil {
+			return nil, err
+		}
+		// The path as the listener bound it: the endpoint may name it
+		// through a symlink (/var/run is /run).
+		resolved, rerr := filepath.EvalSymlinks(path)
+		same := func(p string) bool {
+			if p == path {
+				return true
+			}
+			if rerr != nil || filepath.Base(p) != filepath.Base(resolved) {
+				return false
+			}
+			r, err := filepath.EvalSymlinks(p)
+			return err == nil && r == resolved
+		}
+		// Num RefCount Protocol Flags Type St Inode Path; accepted
+		// connections show the path too: only __SO_ACCEPTCON (listening).
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) >= 8 && f[3] == "00010000" && same(f[7]) {
+				out[f[6]] = true
+			}
+		}
+		return out, nil
+	}
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil {
+		return nil, err
+	}
+	var ips []net.IP // the addresses a client of addr reaches
+	if host == "localhost" {
+		ips = []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	} else if ip := net.ParseIP(host); ip != nil {
+		ips = []net.IP{ip}
+	}
+	for _, file := range []string{"tcp", "tcp6"} {
+		b, err := os.ReadFile(filepath.Join(procRoot, "net", file))
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // no IPv6
+			}
+			return nil, err
+		}
+		// sl local_address rem_address st ... inode; st 0A is LISTEN.
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) < 10 || f[3] != "0A" {
+				continue
+			}
+			ip, p, ok := procNetAddr(f[1])
+			if !ok || p != uint16(port) {
+				continue
+			}
+			for _, want := range ips {
+				if ip.Equal(want) || (ip.IsUnspecified() && (ip.To4() != nil) == (want.To4() != nil)) {
+					out[f[9]] = true
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// procNetAddr parses a local_address of /proc/net/tcp or tcp6: the IP in
+// hex as 32-bit words in host (little-endian) order, a colon, the port in
+// hex.
+func procNetAddr(s string) (net.IP, uint16, bool) {
+	ipHex, portHex, ok := strings.Cut(s, ":")
+	raw, err := hex.DecodeString(ipHex)
+	port, perr := strconv.ParseUint(portHex, 16, 16)
+	if !ok || err != nil || perr != nil || (len(raw) != 4 && len(raw) != 16) {
+		return nil, 0, false
+	}
+	ip := make(net.IP, len(raw))
+	for w := 0; w < len(raw); w += 4 {
+		ip[w], ip[w+1], ip[w+2], ip[w+3] = raw[w+3], raw[w+2], raw[w+1], raw[w]
+	}
+	return ip, uint16(port), true
 }
 
 // inject prepares the signal of node n's process, directly or through a

@@ -349,30 +349,117 @@ func TestFaultTargetUsage(t *testing.T) {
 	}
 }
 
-// TestFaultRoute is the decision of how a fault reaches a victim: SIGSTOP
-// only to a cinode of this machine, SIGKILL directly or forwarded.
-func TestFaultRoute(t *testing.T) {
+// fakeProc builds a /proc tree under a temporary directory: for each pid
+// its comm and the socket inodes it holds as descriptors, and the
+// listening sockets of this network namespace (net/tcp, net/tcp6,
+// net/unix), as Linux writes them.
+func fakeProc(t *testing.T, procs map[int]fakeProcess, tcp, tcp6, unix []string) string {
+	t.Helper()
 	proc := t.TempDir()
-	for pid, comm := range map[int]string{100: "cinode", 200: "sleep"} {
-		dir := filepath.Join(proc, fmt.Sprint(pid))
-		if err := os.MkdirAll(dir, 0o755); err != nil {
+	write := func(path, body string) {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(dir, "comm"), []byte(comm+"\n"), 0o644); err != nil {
+		if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
+	for pid, p := range procs {
+		dir := filepath.Join(proc, fmt.Sprint(pid))
+		write(filepath.Join(dir, "comm"), p.comm+"\n")
+		if err := os.MkdirAll(filepath.Join(dir, "fd"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for i, ino := range p.sockets {
+			if err := os.Symlink(fmt.Sprintf("socket:[%d]", ino), filepath.Join(dir, "fd", fmt.Sprint(3+i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	const tcpHead = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+	write(filepath.Join(proc, "net", "tcp"), tcpHead+strings.Join(tcp, "\n")+"\n")
+	write(filepath.Join(proc, "net", "tcp6"), tcpHead+strings.Join(tcp6, "\n")+"\n")
+	write(filepath.Join(proc, "net", "unix"), "Num       RefCount Protocol Flags    Type St Inode Path\n"+strings.Join(unix, "\n")+"\n")
+	return proc
+}
+
+type fakeProcess struct {
+	comm    string
+	sockets []int // inodes
+}
+
+// A unix socket's path in /proc/net/unix is the one its listener bound;
+// the endpoint may name it through a symlink (/var/run is /run on most
+// systems): still the same socket.
+func TestLocalCinodeUnixSymlink(t *testing.T) {
+	dir := t.TempDir()
+	real := filepath.Join(dir, "run")
+	if err := os.Mkdir(real, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(real, filepath.Join(dir, "varrun")); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(real, "admin.sock")
+	if err := os.WriteFile(sock, nil, 0o600); err != nil { // a stand-in: only its path is resolved
+		t.Fatal(err)
+	}
+	proc := fakeProc(t, map[int]fakeProcess{100: {"cinode", []int{7777}}}, nil, nil, []string{
+		"0000000000000000: 00000002 00000000 00010000 0001 01  7777 " + sock,
+	})
+	for _, addr := range []string{"unix:" + sock, "unix:" + filepath.Join(dir, "varrun", "admin.sock")} {
+		if local, why := localCinode(proc, addr, 100); !local {
+			t.Errorf("localCinode(%s) = false (%s), want true", addr, why)
+		}
+	}
+}
+
+// TestFaultRoute is the decision of how a fault reaches a victim: SIGSTOP
+// only to a cinode of this machine, SIGKILL directly or forwarded. A
+// process of this machine is the victim only if it holds the socket its
+// admin endpoint listens on: the pid a status reports may name another
+// process here (an endpoint forwarded from another machine or container,
+// whose cinode is often pid 1 like the one beside cibench).
+func TestFaultRoute(t *testing.T) {
+	proc := fakeProc(t, map[int]fakeProcess{
+		100: {"cinode", []int{5555}}, // listens on 127.0.0.2:7180
+		101: {"cinode", []int{6666}}, // another cinode: its ICS socket
+		102: {"cinode", []int{7777}}, // listens on unix:/run/ci/admin.sock
+		103: {"cinode", []int{8888}}, // listens on 0.0.0.0:7181
+		104: {"cinode", []int{9999}}, // listens on [::1]:7182
+		105: {"ssh", []int{4444}},    // forwards 127.0.0.1:7183 to another machine
+		1:   {"cinode", []int{1111}}, // this container's own node
+		200: {"sleep", []int{5555}},
+	}, []string{
+		"   0: 0200007F:1C0C 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 5555 1 0000000000000000 100 0 0 10 0",
+		"   1: 0200007F:9C40 0300007F:1C0C 01 00000000:00000000 00:00000000 00000000  1000        0 6666 1 0000000000000000 20 4 30 10 -1",
+		"   2: 00000000:1C0D 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 8888 1 0000000000000000 100 0 0 10 0",
+		"   3: 0100007F:1C0F 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 4444 1 0000000000000000 100 0 0 10 0",
+	}, []string{
+		"   0: 00000000000000000000000001000000:1C0E 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 9999 1 0000000000000000 100 0 0 10 0",
+	}, []string{
+		"0000000000000000: 00000002 00000000 00010000 0001 01  7777 /run/ci/admin.sock",
+		"0000000000000000: 00000003 00000000 00000000 0001 03  1112 /run/ci/admin.sock",
+	})
 	for _, tc := range []struct {
 		addr  string
 		pid   int
 		local bool
 	}{
 		{"127.0.0.2:7180", 100, true},
-		{"unix:/run/ci/admin.sock", 100, true},
-		{"10.0.0.5:7180", 100, false}, // another machine that happens to reuse the pid
+		{"unix:/run/ci/admin.sock", 102, true},
+		{"127.0.0.1:7181", 103, true}, // a wildcard listener answers on loopback too
+		{"localhost:7181", 103, true},
+		{"[::1]:7182", 104, true},
+		{"10.0.0.5:7180", 100, false},  // another machine that happens to reuse the pid
+		{"127.0.0.2:7180", 101, false}, // a cinode, but not the one behind the endpoint
+		{"unix:/run/ci/admin.sock", 100, false},
+		{"127.0.0.1:7183", 1, false},   // a forwarded endpoint: its status's pid 1 is this container's cinode
+		{"127.0.0.1:7183", 105, false}, // the forwarder itself is no cinode
 		{"127.0.0.2:7180", 200, false},
 		{"127.0.0.2:7180", 300, false},
 		{"127.0.0.2:7180", 0, false},
+		{"127.0.0.2:7199", 100, false}, // nothing listens there
 	} {
 		local, why := localCinode(proc, tc.addr, tc.pid)
 		if local != tc.local || local == (why != "") {

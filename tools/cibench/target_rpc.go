@@ -223,6 +223,9 @@ func (p *plan) checkTarget() error {
 	if p.cfg.Run.Concurrency > admin.MaxPingConcurrency {
 		return usagef("--concurrency %d: a node's /v1/ping runs at most %d callers", p.cfg.Run.Concurrency, admin.MaxPingConcurrency)
 	}
+	if big := slices.Max(p.sizes); int64(big)*int64(p.cfg.Run.Concurrency) > admin.MaxPingInFlight {
+		return usagef("--concurrency %d x --sizes %d: over the %d bytes a node's /v1/ping holds in flight", p.cfg.Run.Concurrency, big, admin.MaxPingInFlight)
+	}
 	return nil
 }
 
@@ -299,6 +302,11 @@ func (c *flowFlags) checkTarget() error {
 		notOnTarget(t, c.Profile != "", "--profile", "use the nodes' /debug/pprof instead"),
 		notOnTarget(t, c.Duration+flowLoadLead > admin.MaxPingDuration, "a --duration over "+(admin.MaxPingDuration-flowLoadLead).String(),
 			"a node's /v1/ping runs at most "+admin.MaxPingDuration.String()),
+		// The warm-up runs each phase too, the loaded one as long plus the lead.
+		notOnTarget(t, c.Warmup+flowLoadLead > admin.MaxPingDuration, "a --warmup over "+(admin.MaxPingDuration-flowLoadLead).String(),
+			"a node's /v1/ping runs at most "+admin.MaxPingDuration.String()),
+		notOnTarget(t, c.Senders > admin.MaxPingConcurrency, fmt.Sprintf("--senders over %d", admin.MaxPingConcurrency),
+			"a node's /v1/ping runs at most that many callers"),
 		notOnTarget(t, int64(c.Size)*int64(c.Senders) > admin.MaxPingInFlight, "--size x --senders over 64 MiB",
 			"a node's /v1/ping holds at most that in flight"),
 	} {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/clusterinfra/ci/bench"
+	"github.com/clusterinfra/ci/services/admin"
 )
 
 // startTargetCluster starts a real 2-node cinode cluster, built beside
@@ -187,4 +189,60 @@ func TestTarget(t *testing.T) {
 			}
 		}
 	})
+}
+
+// Every flow phase against a target is a node's /v1/ping run, the warm-up
+// too, and a node refuses one over its bounds only once the run is under
+// way, with a message about a request the user never wrote ("duration
+// 1m0.2s"). So the flags that become a run's duration or callers are
+// checked against those bounds before anything runs, naming the flag.
+func TestFlowTargetBounds(t *testing.T) {
+	base := func() flowFlags {
+		return flowFlags{Rounds: 1, Duration: time.Second, Warmup: 500 * time.Millisecond, Size: 64 << 10, Senders: 4, ProbeSize: 64,
+			rpcTargetFlags: rpcTargetFlags{targetFlags: targetFlags{Target: []string{"127.0.0.1:7180"}}}}
+	}
+	if err := func() error { c := base(); return c.Validate() }(); err != nil {
+		t.Fatalf("flags within the bounds: %v", err)
+	}
+	for name, change := range map[string]func(*flowFlags){
+		"--warmup":  func(c *flowFlags) { c.Warmup = admin.MaxPingDuration },
+		"--senders": func(c *flowFlags) { c.Senders, c.Size = admin.MaxPingConcurrency+1, 64 },
+	} {
+		c := base()
+		change(&c)
+		err := c.Validate()
+		var ue usageError
+		if !errors.As(err, &ue) || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s over a node's /v1/ping bound: %v, want a usage error naming it", name, err)
+		}
+	}
+}
+
+// compare and rpc against a target: the node refuses a run whose callers
+// x size is over MaxPingInFlight, so that is a usage error naming both
+// flags before any size is measured (else the run fails at the first size
+// over it, after the smaller ones took their time).
+func TestRPCTargetInFlight(t *testing.T) {
+	target := rpcTargetFlags{targetFlags: targetFlags{Target: []string{"127.0.0.1:7180"}}}
+	for _, tc := range []struct {
+		sizes       []int
+		concurrency int
+		ok          bool
+	}{
+		{[]int{64, 65536}, 1024, true}, // 64 MiB: the bound itself
+		{[]int{64, 1 << 20}, 256, false},
+	} {
+		p, err := newPlan("rpc", []string{"ics"}, tc.sizes, -1, 1, bench.RunConfig{Duration: time.Second, Concurrency: tc.concurrency}, outputFlags{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = p.withTarget(target)
+		var ue usageError
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("sizes %v x %d callers: %v", tc.sizes, tc.concurrency, err)
+		case !tc.ok && (!errors.As(err, &ue) || !strings.Contains(err.Error(), "--concurrency") || !strings.Contains(err.Error(), "--sizes")):
+			t.Errorf("sizes %v x %d callers: %v, want a usage error naming --concurrency and --sizes", tc.sizes, tc.concurrency, err)
+		}
+	}
 }

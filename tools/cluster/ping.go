@@ -20,17 +20,18 @@ type pingCmd struct {
 	Duration    time.Duration `help:"Stop after this long, if --calls are not made first (at most 60s)."`
 	Size        int           `default:"64" help:"Payload bytes each way."`
 	Concurrency int           `default:"1" help:"Callers at once."`
-	Priority    int           `default:"0" help:"ICS priority 0..4: 0 travels on the CLMS channel, 1..4 on the priority channels."`
+	Priority    int           `default:"0" help:"ICS priority 0..4: 0 travels on the echo's own service channel, 1..4 on the never-throttled priority channels (1 beside CLMS's heartbeats)."`
 	Warmup      int           `help:"Untimed calls first."`
 }
 
 func (*pingCmd) Help() string {
-	return `Node --from calls node N's ICS echo (the engine's info service) and reports
-the round trips: p50/p90/p99/p99.9/max latency, calls/s and errors by ICS
-status. The nodes do the calls; this command only asks node --from's admin
-endpoint (POST /v1/ping, docs/ADMIN.md), so it works from outside the
-cluster. A run at priority 0 shares the CLMS channel with its raft traffic:
-keep large or long runs for quiet times.
+	return `Node --from calls node N's ICS echo (cinode's ci.bench.echo, on a service
+channel of its own) and reports the round trips: p50/p90/p99/p99.9/max
+latency, calls/s and errors by ICS status. The nodes do the calls; this
+command only asks node --from's admin endpoint (POST /v1/ping,
+docs/ADMIN.md), so it works from outside the cluster. Priorities 1..4
+travel on the priority channels, 1 beside CLMS's heartbeats, and every run
+shares the nodes' CPUs with CLMS: keep large or long runs for quiet times.
 
 Examples:
   cluster ping 2                                 10 round trips to node 2 from the first other node
