@@ -25,7 +25,7 @@ func TestMain(m *testing.M) {
 }
 
 // basePeers are the peers that do not need the engine.
-var basePeers = []string{"raw", "netrpc", "grpc"}
+var basePeers = []string{"raw", "raw-split", "netrpc", "grpc"}
 
 // startPeer serves and dials name in-process and stops both at test end.
 func startPeer(t testing.TB, name string) Client {
@@ -152,7 +152,7 @@ func TestReply(t *testing.T) {
 }
 
 func TestParsePeer(t *testing.T) {
-	for _, bad := range []string{"", "tcp", "icsx", "ics-eventloop-handle", "raw2", "ics-netpoll-loops1", "ics-netpoll-gnet", "ics-gnet-handle"} {
+	for _, bad := range []string{"", "tcp", "icsx", "ics-eventloop-handle", "raw2", "raw-splitx", "ics-netpoll-loops1", "ics-netpoll-gnet", "ics-gnet-handle"} {
 		if _, err := ParsePeer(bad); !errors.Is(err, ErrUnknown) {
 			t.Errorf("ParsePeer(%q) = %v, want ErrUnknown", bad, err)
 		}

@@ -113,7 +113,7 @@ func responseSize(req []byte) int {
 
 // PeerNames lists the names ParsePeer accepts.
 func PeerNames() []string {
-	return []string{"raw", "netrpc", "grpc", "ics", "ics-handle", "ics-eventloop", "ics-handle-eventloop", "ics-gnet", "ics-netpoll", "ics-handle-gnet", "ics-handle-netpoll"}
+	return []string{"raw", "raw-split", "netrpc", "grpc", "ics", "ics-handle", "ics-eventloop", "ics-handle-eventloop", "ics-gnet", "ics-netpoll", "ics-handle-gnet", "ics-handle-netpoll"}
 }
 
 // ParsePeer returns the peer called name. The ICS variants are "ics"
@@ -127,6 +127,8 @@ func ParsePeer(name string) (Peer, error) {
 	switch name {
 	case "raw":
 		return &Raw{}, nil
+	case "raw-split":
+		return &RawSplit{}, nil
 	case "netrpc":
 		return &NetRPC{}, nil
 	case "grpc":

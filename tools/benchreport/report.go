@@ -45,7 +45,7 @@ const (
 // peerName is how the report names a peer.
 func peerName(p string) string {
 	base, procs, _ := strings.Cut(p, "@")
-	name := map[string]string{"raw": "raw TCP", "netrpc": "net/rpc", "grpc": "gRPC-go", "ics": "ICS",
+	name := map[string]string{"raw": "raw TCP", "raw-split": "raw TCP, replies on a second connection", "netrpc": "net/rpc", "grpc": "gRPC-go", "ics": "ICS",
 		"ics-handle": "ICS (handler on handles)", "ics-eventloop": "ICS (event-loop writes)",
 		"ics-handle-eventloop": "ICS (handles, event-loop writes)"}[base]
 	if name == "" {

@@ -119,24 +119,27 @@ type scale struct {
 
 // fullScale is what BENCHMARKS.md quotes (about 15 minutes on 2 CPUs).
 var fullScale = scale{
-	peers:       []string{"raw", "ics", "ics@1", "netrpc", "grpc"}, // the floor, ICS by default and at GOMAXPROCS=1, the two alternatives
-	sizes:       []int{64, 4096, 65536},                            // issue 10: a small RPC, a page, a bulk-sized message
-	latRounds:   7,                                                 // medians of 7 per-round ratios, as the issues ask
-	calls:       20000,                                             // 20 calls above the p99.9 per round; 140,000 per peer, over issue 10's 100,000
-	latWarmup:   1000,                                              // connections, buffers, CPU clock
-	tputRounds:  3,                                                 // throughput drifts less between rounds than tails do
-	tputDur:     5 * time.Second,                                   // long enough for 256 callers to reach a steady state
-	tputWarmup:  5000,                                              // a few calls per caller
-	flowRounds:  7,                                                 // issue 10: bulk as the median of at least 7 rounds
-	phase:       2 * time.Second,                                   // ~10^4 probes per phase for a p99
-	flowWarmup:  500 * time.Millisecond,                            // handle pools, windows, CPU clock
-	trials:      5,                                                 // escalation's time spread; stuck trials cost a deadline each
-	deadline:    time.Second,                                       // far above any completion, so "stuck" is unambiguous
-	allocCalls:  20000,                                             // allocations per call to two decimals
-	killTrials:  20,                                                // a p99 of 20 is the worst trial: honest for a goal stated as a bound
-	hangTrials:  10,                                                // each costs a lease timeout and a restart
-	memberSizes: []int{3, 16},                                      // the smallest cluster and a larger one; 64 by hand (descriptors)
-	steady:      5 * time.Second,                                   // enough ticks and heartbeats to average
+	// The floor, the floor with ICS's connection layout (replies on a
+	// second connection), ICS by default and at GOMAXPROCS=1, the two
+	// alternatives.
+	peers:       []string{"raw", "raw-split", "ics", "ics@1", "netrpc", "grpc"},
+	sizes:       []int{64, 4096, 65536}, // issue 10: a small RPC, a page, a bulk-sized message
+	latRounds:   7,                      // medians of 7 per-round ratios, as the issues ask
+	calls:       20000,                  // 20 calls above the p99.9 per round; 140,000 per peer, over issue 10's 100,000
+	latWarmup:   1000,                   // connections, buffers, CPU clock
+	tputRounds:  3,                      // throughput drifts less between rounds than tails do
+	tputDur:     5 * time.Second,        // long enough for 256 callers to reach a steady state
+	tputWarmup:  5000,                   // a few calls per caller
+	flowRounds:  7,                      // issue 10: bulk as the median of at least 7 rounds
+	phase:       2 * time.Second,        // ~10^4 probes per phase for a p99
+	flowWarmup:  500 * time.Millisecond, // handle pools, windows, CPU clock
+	trials:      5,                      // escalation's time spread; stuck trials cost a deadline each
+	deadline:    time.Second,            // far above any completion, so "stuck" is unambiguous
+	allocCalls:  20000,                  // allocations per call to two decimals
+	killTrials:  20,                     // a p99 of 20 is the worst trial: honest for a goal stated as a bound
+	hangTrials:  10,                     // each costs a lease timeout and a restart
+	memberSizes: []int{3, 16},           // the smallest cluster and a larger one; 64 by hand (descriptors)
+	steady:      5 * time.Second,        // enough ticks and heartbeats to average
 }
 
 // quickScale checks that everything works in well under two minutes.

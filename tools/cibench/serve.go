@@ -13,7 +13,7 @@ import (
 )
 
 type serveCmd struct {
-	Peer      string `required:"" enum:"raw,netrpc,grpc,ics,flow" help:"Peer to serve: ${enum} (flow: the server of cibench flow)." env:"CI_PEER"`
+	Peer      string `required:"" enum:"raw,raw-split,netrpc,grpc,ics,flow" help:"Peer to serve: ${enum} (raw-split: raw TCP with replies on a second connection, as ICS sends them; flow: the server of cibench flow)." env:"CI_PEER"`
 	Listen    string `default:"127.0.0.1:0" help:"Address to listen on; port 0 picks one." env:"CI_LISTEN"`
 	Inline    bool   `default:"true" negatable:"" help:"ics: run the handler on the event loop (--no-inline: on server handle goroutines)." env:"CI_INLINE"`
 	WriteMode string `default:"direct" enum:"direct,eventloop" help:"ics: how frames reach the socket: ${enum}." env:"CI_WRITE_MODE"`
