@@ -108,3 +108,31 @@ func TestHandlerWaitingOnDoneAllocs(t *testing.T) {
 		t.Errorf("%v allocations per call, want 2 (the context and its done channel)", got)
 	}
 }
+
+// TestCreditWaitAllocs: a sender that waits for credit, is queued and
+// served by a grant allocates nothing once its connection has waited
+// before (waiters are recycled), so a throttled channel under load stays
+// allocation-free too.
+func TestCreditWaitAllocs(t *testing.T) {
+	s, c := newCreditForTest(0)
+	start, done := make(chan struct{}), make(chan error)
+	go func() {
+		for range start {
+			_, err := s.acquire(context.Background(), frameCostTest, c)
+			done <- err
+		}
+	}()
+	defer close(start)
+	wait := func() {
+		start <- struct{}{}
+		waitQueued(s, 1)
+		s.grant(frameCostTest)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	wait() // warm: the first wait makes the waiter
+	if n := testing.AllocsPerRun(100, wait); n != 0 {
+		t.Fatalf("a wait for credit allocates %v objects, want 0", n)
+	}
+}

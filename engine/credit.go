@@ -31,76 +31,224 @@ import (
 // nothing granted on a dead connection is ever counted twice.
 
 // sendCredit is the dialler's side.
+//
+// Waits are first come, first served. A sender that finds no credit
+// queues, and a grant serves the queue from its head while credit lasts
+// (the head may take more than is left, driving it negative, like any
+// sender). The invariant that keeps newcomers from barging without a lock
+// on the fast path: while anyone is queued, avail is at most 0. Credit
+// only ever rises under mu, in addLocked, which in one compare-and-swap
+// adds it and takes the cost of every waiter it serves; so a sender that
+// sees avail > 0 knows nobody is waiting and spends it with a CAS, and
+// one that sees avail <= 0 takes the lock and queues behind the others.
+// Before, a grant woke every waiter at once and they raced each other and
+// every newcomer for it, so the unlucky ones waited through many grants
+// (the p99 of issue 10's throughput runs).
 type sendCredit struct {
-	avail  atomic.Int64 // bytes that may still be sent; sending is allowed while > 0
+	avail  atomic.Int64 // bytes that may still be sent; sending is allowed while > 0, and it is <= 0 while anyone waits
 	primed atomic.Bool  // the first grant arrived; waiting before it says nothing of the window
 
-	mu     sync.Mutex
-	wake   chan struct{} // closed when credit arrives or the connection closes; guarded by mu
-	closed bool          // guarded by mu
+	mu         sync.Mutex
+	head, tail *creditWaiter // senders waiting, in arrival order; guarded by mu
+	queued     int           // length of the queue; guarded by mu
+	free       *creditWaiter // waiters to reuse, so waiting allocates nothing once warm; guarded by mu
+	closed     bool          // guarded by mu
 
 	waits     *metrics.Counter // sends that had to wait for credit
 	throttled *metrics.Counter // sends that gave up waiting (ErrThrottled)
 }
 
-// acquire spends cost bytes, waiting while no credit is left. ctx nil
-// means the caller cannot wait (an event loop): it spends regardless. It
-// reports whether it had to wait, which the frame then tells the receiver.
+// creditWaiter is one sender waiting for credit. Its fields are guarded by
+// the sendCredit's mu, except that the waiter may read state once it has
+// received from ready (the send happens after the write, under mu).
+type creditWaiter struct {
+	cost       int64
+	state      waiterState
+	ready      chan struct{} // capacity 1: one token when state leaves waiterQueued
+	prev, next *creditWaiter
+}
+
+type waiterState uint8
+
+const (
+	waiterQueued  waiterState = iota
+	waiterGranted             // its cost is taken from avail; it may send
+	waiterClosed              // the connection closed; it fails
+)
+
+// acquire spends cost bytes, waiting while no credit is left or others
+// wait before it. ctx nil means the caller cannot wait (an event loop): it
+// spends regardless, and never queues. It reports whether it had to wait,
+// which the frame then tells the receiver.
 func (s *sendCredit) acquire(ctx context.Context, cost int64, c *conn) (waited bool, err error) {
-	for {
-		cur := s.avail.Load()
-		if cur > 0 || ctx == nil {
-			if s.avail.CompareAndSwap(cur, cur-cost) {
-				return waited, nil
-			}
-			continue
-		}
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
+	if ctx == nil {
+		s.avail.Add(-cost)
+		return false, nil
+	}
+	if s.trySpend(cost) {
+		return false, nil
+	}
+	w, primed, err := s.enqueue(cost)
+	if w == nil {
+		return false, err
+	}
+	if primed {
+		waited = true
+		s.waits.Inc()
+	}
+	select {
+	case <-w.ready:
+		st := w.state
+		s.release(w)
+		if st == waiterClosed {
 			return waited, errConnClosed
 		}
-		if s.avail.Load() > 0 {
-			s.mu.Unlock()
-			continue
+		return waited, nil
+	case <-ctx.Done():
+		s.leave(w)
+		s.throttled.Inc()
+		return waited, fmt.Errorf("%w: no credit on %s to node %d: %w", ErrThrottled, c.channel, c.peer.num, ctx.Err())
+	}
+}
+
+// trySpend is the fast path: credit left means nobody waits (the
+// invariant above), so spending it barges past no one.
+func (s *sendCredit) trySpend(cost int64) bool {
+	for {
+		cur := s.avail.Load()
+		if cur <= 0 {
+			return false
 		}
-		if s.wake == nil {
-			s.wake = make(chan struct{})
-		}
-		wake := s.wake
-		s.mu.Unlock()
-		if !waited && s.primed.Load() {
-			waited = true
-			s.waits.Inc()
-		}
-		select {
-		case <-wake:
-		case <-ctx.Done():
-			s.throttled.Inc()
-			return waited, fmt.Errorf("%w: no credit on %s to node %d: %w", ErrThrottled, c.channel, c.peer.num, ctx.Err())
+		if s.avail.CompareAndSwap(cur, cur-cost) {
+			return true
 		}
 	}
 }
 
-// grant adds credit from a TypeCredit frame and wakes the waiting senders.
-func (s *sendCredit) grant(n int64) {
-	s.avail.Add(n)
-	s.primed.Store(true)
+// enqueue queues a sender at the tail, or spends at once if credit came
+// back meanwhile (then there is no queue either). It returns a nil waiter
+// when it spent (err nil) or the connection is closed (errConnClosed), and
+// whether the first grant had come (waiting before it says nothing of the
+// window).
+func (s *sendCredit) enqueue(cost int64) (_ *creditWaiter, primed bool, _ error) {
 	s.mu.Lock()
-	if s.wake != nil {
-		close(s.wake)
-		s.wake = nil
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, false, errConnClosed
 	}
+	if s.trySpend(cost) {
+		return nil, false, nil
+	}
+	// avail <= 0 with mu held: it can only fall until we unlock, so the
+	// next grant finds us queued.
+	w := s.free
+	if w != nil {
+		s.free = w.next
+	} else {
+		w = &creditWaiter{ready: make(chan struct{}, 1)}
+	}
+	*w = creditWaiter{cost: cost, ready: w.ready, prev: s.tail}
+	if s.tail != nil {
+		s.tail.next = w
+	} else {
+		s.head = w
+	}
+	s.tail = w
+	s.queued++
+	return w, s.primed.Load(), nil
+}
+
+// leave is a waiter whose ctx ended. Still queued, it just leaves (credit
+// is <= 0, so the ones behind it were not going to be served before the
+// next grant anyway). Already granted (the grant and the ctx ended
+// together), it had its cost taken: that goes back and serves the next in
+// line, so nothing is lost or stranded: the caller gave up either way.
+func (s *sendCredit) leave(w *creditWaiter) {
+	s.mu.Lock()
+	switch w.state {
+	case waiterQueued:
+		s.unlinkLocked(w)
+	case waiterGranted:
+		<-w.ready // the token sent with the grant
+		s.addLocked(w.cost)
+	case waiterClosed:
+		<-w.ready
+	}
+	s.freeLocked(w)
 	s.mu.Unlock()
 }
 
-// close wakes every waiting sender for good.
+// release recycles a waiter that was woken.
+func (s *sendCredit) release(w *creditWaiter) {
+	s.mu.Lock()
+	s.freeLocked(w)
+	s.mu.Unlock()
+}
+
+func (s *sendCredit) freeLocked(w *creditWaiter) {
+	*w = creditWaiter{ready: w.ready, next: s.free}
+	s.free = w
+}
+
+func (s *sendCredit) unlinkLocked(w *creditWaiter) {
+	if w.prev != nil {
+		w.prev.next = w.next
+	} else {
+		s.head = w.next
+	}
+	if w.next != nil {
+		w.next.prev = w.prev
+	} else {
+		s.tail = w.prev
+	}
+	w.prev, w.next = nil, nil
+	s.queued--
+}
+
+// addLocked adds n bytes of credit and serves waiters from the head while
+// any is left, in one CAS so that avail is never seen > 0 with anyone
+// queued. Senders spending on the fast path or from event loops may move
+// avail meanwhile; the CAS then fails and it counts again.
+func (s *sendCredit) addLocked(n int64) {
+	for {
+		cur := s.avail.Load()
+		next, k := cur+n, 0
+		for w := s.head; w != nil && next > 0; w = w.next {
+			next -= w.cost
+			k++
+		}
+		if !s.avail.CompareAndSwap(cur, next) {
+			continue
+		}
+		for ; k > 0; k-- {
+			w := s.head
+			s.unlinkLocked(w)
+			w.state = waiterGranted
+			w.ready <- struct{}{}
+		}
+		return
+	}
+}
+
+// grant adds credit from a TypeCredit frame (or gives back what a send
+// that never went out had taken) and serves the waiting senders in order.
+func (s *sendCredit) grant(n int64) {
+	s.mu.Lock()
+	s.primed.Store(true)
+	s.addLocked(n)
+	s.mu.Unlock()
+}
+
+// close fails every waiting sender, and every later one that finds no
+// credit.
 func (s *sendCredit) close() {
 	s.mu.Lock()
 	s.closed = true
-	if s.wake != nil {
-		close(s.wake)
-		s.wake = nil
+	for s.head != nil {
+		w := s.head
+		s.unlinkLocked(w)
+		w.state = waiterClosed
+		w.ready <- struct{}{}
 	}
 	s.mu.Unlock()
 }
