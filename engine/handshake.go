@@ -167,8 +167,7 @@ func (n *Node) becomeReady(c *conn) error {
 	if w > 0 {
 		c.recv = newRecvCredit(w, n.cfg.MaxCreditWindow) // before joinLink publishes c to the gauges
 	}
-	var err error
-	if c.linkGen, err = n.joinLink(p, c.incarnation, c); err != nil {
+	if _, err := n.joinLink(p, c.incarnation, c); err != nil { // sets c.linkGen
 		c.ready = false // never joined: its close is no link loss
 		return n.rejectHello(c, err)
 	}

@@ -764,6 +764,9 @@ func (n *Node) joinLink(p *peer, inc uint64, accepted *conn) (uint64, error) {
 	}
 	gen := p.linkGen.Load()
 	if accepted != nil {
+		// Set before it is in p.inbound, under p.mu: other goroutines read
+		// the linkGen of p.inbound's connections (repliesOpen, endLink).
+		accepted.linkGen = gen
 		p.inbound[accepted] = struct{}{}
 		// It dialled us: whatever made our dials fail is over.
 		p.dialFailures, p.retryAt, p.lastDialErr = 0, time.Time{}, nil

@@ -125,12 +125,15 @@ func TestDrainingPeerRepliesBeforeLinkEnds(t *testing.T) {
 		t.Fatal(err)
 	}
 	replies := m.connect(ChanReplyPrio)
+	p := target.peer(2)
+	// The fake member's side of the handshake ends before the target has
+	// recorded the connection: the rule under test needs it recorded.
+	eventually(t, "the target to hold the reply connection", func() bool { return target.repliesOpen(p, p.linkGen.Load()) })
 	if err := req.writeFrame(framing.Header{Type: framing.TypeDraining}, nil); err != nil {
 		t.Fatal(err)
 	}
 	losses := target.m.peerLosses.Get()
 	_ = req.Close()
-	p := target.peer(2)
 	eventually(t, "the request connection's end", func() bool { return p.out[ChanPrio1].Load() == nil })
 	if got := target.m.peerLosses.Get(); got != losses {
 		t.Fatal("the request connection's end ended the link before the replies")
