@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -335,6 +336,15 @@ func (c *conn) sendFrame(ctx context.Context, rd *conn, h *framing.Header, paylo
 		return nil
 	}
 	c.flushing = true
+	if ctx != nil && c.n.handles.inUse.Load() > 1 {
+		// Other calls are in flight, and their callers, readied by the
+		// reader that delivered their replies, are likely waiting to run
+		// on this P to send their next requests: let them queue behind
+		// this frame first, and write them all with one system call.
+		c.wmu.Unlock()
+		runtime.Gosched()
+		c.wmu.Lock()
+	}
 	err := c.flushLocked(false)
 	c.wmu.Unlock()
 	return err
