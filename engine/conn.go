@@ -336,15 +336,13 @@ func (c *conn) sendFrame(ctx context.Context, rd *conn, h *framing.Header, paylo
 		return nil
 	}
 	c.flushing = true
-	if ctx != nil && len(payload) < framing.LargePayload && (c.n.handles.inUse.Load() > 1 || (c.peer != nil && c.peer.inflight.Load() > 1)) {
+	if ctx != nil && (c.n.handles.inUse.Load() > 1 || (c.peer != nil && c.peer.inflight.Load() > 1)) {
 		// Other calls are in flight, and their callers, readied by the
 		// reader that delivered their replies, are likely waiting to run
 		// on this P to send their next requests; or other requests of
 		// the peer are being served, and their handles are about to
 		// reply. Let them queue behind this frame first, and write them
-		// all with one system call. Only for small frames: a large one
-		// is worth its own system call, and those queued behind it
-		// would be copied.
+		// all with one system call.
 		c.wmu.Unlock()
 		runtime.Gosched()
 		c.wmu.Lock()
