@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"net"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -174,4 +175,38 @@ func readFull(c net.Conn, buf []byte) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// BenchmarkCallParallel: 256 callers at once on one node pair (issue 10's
+// throughput case, both nodes in this process), 64 B echo, inline and
+// through server handles. ns/op is per call across all callers.
+func BenchmarkCallParallel(b *testing.B) {
+	for _, inline := range []bool{true, false} {
+		name := "handles"
+		if inline {
+			name = "inline"
+		}
+		b.Run(name, func(b *testing.B) {
+			nodes := startCluster(b, 2, nil)
+			if err := nodes[1].Register(Service{ID: echoSvc, Procs: []Handler{echo}, MinHandles: 1, MaxHandles: 64, Inline: inline}); err != nil {
+				b.Fatal(err)
+			}
+			m := Method{Service: echoSvc}
+			if _, err := nodes[0].Call(context.Background(), 2, m, make([]byte, 64), nil); err != nil {
+				b.Fatal(err)
+			}
+			b.SetParallelism(max(1, 256/runtime.GOMAXPROCS(0)))
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				args, reply := make([]byte, 64), make([]byte, 0, 64)
+				for pb.Next() {
+					if _, err := nodes[0].Call(context.Background(), 2, m, args, reply[:0]); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -72,6 +73,16 @@ type conn struct {
 	wclosed  bool
 	dead     atomic.Bool   // wclosed, readable without wmu: the loop checks it per frame
 	drained  chan struct{} // closed when the queue falls under MaxPendingWrite
+	// corked: the flusher is a reader that queued its replies here without
+	// writing, and writes them all once its batch of requests is served
+	// (uncork). Others queue behind it as behind any flusher.
+	corked bool
+
+	// Read side again: the connections whose writes this connection's
+	// reader has corked during the frames it is handling; uncorkAll
+	// writes them at the end of the batch. Only that reader touches it.
+	corks  [2]*conn
+	ncorks int
 
 	// Flow control on throttled channels: the dialler spends credit, the
 	// acceptor returns it. At most one of them is set.
@@ -205,7 +216,7 @@ func (c *conn) send(ctx context.Context, h *framing.Header, payload []byte) erro
 		if waited {
 			h.Flags |= framing.FlagStarved
 		}
-		if err := c.sendFrame(ctx, h, payload); err != nil {
+		if err := c.sendFrame(ctx, nil, h, payload); err != nil {
 			if errors.Is(err, ErrThrottled) {
 				// Not sent over a live connection, so never to be returned
 				// by the receiver: give it back. A dead connection's credit
@@ -216,11 +227,58 @@ func (c *conn) send(ctx context.Context, h *framing.Header, payload []byte) erro
 		}
 		return nil
 	}
-	return c.sendFrame(ctx, h, payload)
+	return c.sendFrame(ctx, nil, h, payload)
 }
 
-// sendFrame is send after flow control.
-func (c *conn) sendFrame(ctx context.Context, h *framing.Header, payload []byte) error {
+// sendCorked is send from the reader of connection rd, in the middle of
+// the frames one read brought: the frame is queued without a system call
+// when it can be, and rd.uncorkAll writes it, with every other reply of
+// the batch, once the batch has been handled. One write per read instead
+// of one per reply. The frame is copied, as behind any flusher.
+func (c *conn) sendCorked(rd *conn, h *framing.Header, payload []byte) error {
+	if c.credit != nil || len(payload) >= framing.LargePayload || !rd.canCork(c) {
+		return c.send(nil, h, payload) // nothing to gain, or a payload worth writing from where it is
+	}
+	return c.sendFrame(nil, rd, h, payload)
+}
+
+// canCork reports whether c's reader can take on w's writes: it already
+// has, or has room to remember w.
+func (c *conn) canCork(w *conn) bool {
+	return c.ncorks < len(c.corks) || c.corks[0] == w || c.corks[1] == w
+}
+
+// addCork remembers that c's reader corked w (canCork said it may).
+func (c *conn) addCork(w *conn) {
+	if c.corks[0] != w && c.corks[1] != w {
+		c.corks[c.ncorks] = w
+		c.ncorks++
+	}
+}
+
+// corkMax is the most a cork holds back: beyond it the reader writes at
+// once, so a batch of large replies never waits whole in memory.
+const corkMax = 64 << 10
+
+// uncorkAll writes what c's reader corked while handling its frames. It
+// runs after every batch, whatever ended it: a corked connection has no
+// other flusher.
+func (c *conn) uncorkAll() {
+	for i := range c.ncorks {
+		w := c.corks[i]
+		c.corks[i] = nil
+		w.wmu.Lock()
+		if w.corked {
+			w.corked = false
+			_ = w.flushLocked(false) // an error ends w's link (failWriteLocked); nobody waits for it here
+		}
+		w.wmu.Unlock()
+	}
+	c.ncorks = 0
+}
+
+// sendFrame is send after flow control; rd as for sendCorked, or nil.
+func (c *conn) sendFrame(ctx context.Context, rd *conn, h *framing.Header, payload []byte) error {
 	if c.n.cfg.WriteMode == WriteEventLoop {
 		return c.sendViaLoop(h, payload)
 	}
@@ -257,20 +315,38 @@ func (c *conn) sendFrame(ctx context.Context, h *framing.Header, payload []byte)
 			c.wmu.Unlock()
 			return err
 		}
-		if c.flushing {
-			c.wmu.Unlock()
-			return nil
-		}
-	} else if c.flushing {
-		// Someone else is writing and will pick this frame up; it must not
-		// reference memory the caller reuses once send returns.
+	} else if c.flushing || rd != nil {
+		// Someone else is writing and will pick this frame up, or rd's
+		// reader will: it must not reference memory the caller reuses
+		// once send returns.
 		c.batch.AppendCopy(h, payload)
-		c.wmu.Unlock()
-		return nil
 	} else {
 		c.batch.Append(h, payload)
 	}
+	switch {
+	case c.flushing && c.corked && c.batch.Len() >= corkMax:
+		c.corked = false // enough to be worth a system call now
+	case c.flushing:
+		c.wmu.Unlock()
+		return nil
+	case rd != nil:
+		c.flushing, c.corked = true, true
+		rd.addCork(c)
+		c.wmu.Unlock()
+		return nil
+	}
 	c.flushing = true
+	if ctx != nil && (c.n.handles.inUse.Load() > 1 || (c.peer != nil && c.peer.inflight.Load() > 1)) {
+		// Other calls are in flight, and their callers, readied by the
+		// reader that delivered their replies, are likely waiting to run
+		// on this P to send their next requests; or other requests of
+		// the peer are being served, and their handles are about to
+		// reply. Let them queue behind this frame first, and write them
+		// all with one system call.
+		c.wmu.Unlock()
+		runtime.Gosched()
+		c.wmu.Lock()
+	}
 	err := c.flushLocked(false)
 	c.wmu.Unlock()
 	return err

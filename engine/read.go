@@ -36,7 +36,16 @@ const keepBufferMax = 4 << 20
 // traffic handles the whole frames buffered in in and consumes them. It
 // reports false when the connection must close (the reason is logged and
 // counted already); frames alias in's buffer only while they are handled.
+// The replies inline handlers made meanwhile go out together at the end,
+// one write per reply connection (conn.sendCorked).
 func (n *Node) traffic(c *conn, in inbound) bool {
+	ok := n.trafficFrames(c, in)
+	c.uncorkAll()
+	return ok
+}
+
+// trafficFrames is traffic before the corked replies are written.
+func (n *Node) trafficFrames(c *conn, in inbound) bool {
 	if c.wclosedFast() {
 		return false // closed by the node (NodeDown, a loss): serve nothing more from it
 	}

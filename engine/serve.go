@@ -24,7 +24,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		// answered "busy" instead of queueing without bound.
 		n.m.refused.inc(statusCode(StatusBusy))
 		if f.Type == framing.TypeRequest {
-			n.sendReply(nil, p, c.linkGen, &f.Header, nil, StatusBusy, []byte("too many requests in flight from this node"))
+			n.sendReply(nil, c, p, c.linkGen, &f.Header, nil, StatusBusy, []byte("too many requests in flight from this node"))
 		}
 		c.finished(cost)
 		return
@@ -44,7 +44,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		n.m.refused.inc(statusCode(status))
 		if f.Type == framing.TypeRequest {
 			msg := fmt.Sprintf("service %s proc %d version %d on node %d", f.Service, f.Proc, f.SvcVersion, n.cfg.Node)
-			n.sendReply(nil, p, c.linkGen, &f.Header, nil, status, []byte(msg))
+			n.sendReply(nil, c, p, c.linkGen, &f.Header, nil, status, []byte(msg))
 		}
 		c.finished(cost)
 		return
@@ -54,7 +54,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		n.m.drainingRefused.Inc()
 		n.m.refused.inc(statusCode(StatusShuttingDown))
 		if f.Type == framing.TypeRequest {
-			n.sendReply(nil, p, c.linkGen, &f.Header, nil, StatusShuttingDown, []byte("node is shutting down"))
+			n.sendReply(nil, c, p, c.linkGen, &f.Header, nil, StatusShuttingDown, []byte("node is shutting down"))
 		}
 		c.finished(cost)
 		return
@@ -173,7 +173,7 @@ func (n *Node) serve(ctx context.Context, svc *service, h *framing.Header, p *pe
 			st.own = append(st.own[:0], err.Error()...)
 			body = st.own
 		}
-		n.sendReply(ctx, p, c.linkGen, h, svc, statusFor(err), body)
+		n.sendReply(ctx, readerOf(ctx, c), p, c.linkGen, h, svc, statusFor(err), body)
 	}
 	svc.metrics[h.Proc].observe(time.Since(start).Seconds(), code)
 	st.own = keepBuffer(st.own, st.resp.Body)
@@ -213,7 +213,7 @@ func (n *Node) replyDecodeError(ctx context.Context, c *conn, h *framing.Header,
 	n.m.refused.inc(statusCode(StatusCantDecodeArgs))
 	n.log.Warn("cannot decompress request", "peer", c.peer.num, "service", h.Service, "err", err)
 	if h.Type == framing.TypeRequest {
-		n.sendReply(ctx, c.peer, c.linkGen, h, nil, StatusCantDecodeArgs, []byte(err.Error()))
+		n.sendReply(ctx, readerOf(ctx, c), c.peer, c.linkGen, h, nil, StatusCantDecodeArgs, []byte(err.Error()))
 	}
 }
 
@@ -246,7 +246,10 @@ func statusFor(err error) Status {
 // that link has ended (the connection dropped, the peer restarted, it was
 // declared down), its caller has already been failed, and the xid may name
 // a call of the peer's next run. Such a reply is dropped and counted.
-func (n *Node) sendReply(ctx context.Context, p *peer, gen uint64, h *framing.Header, svc *service, status Status, body []byte) {
+//
+// rd is the connection whose reader is sending (ctx nil): the reply is
+// then corked, written with the rest of that read's replies. nil elsewhere.
+func (n *Node) sendReply(ctx context.Context, rd *conn, p *peer, gen uint64, h *framing.Header, svc *service, status Status, body []byte) {
 	if p.linkGen.Load() != gen {
 		n.m.staleReplies.Inc()
 		return
@@ -292,9 +295,24 @@ func (n *Node) sendReply(ctx context.Context, p *peer, gen uint64, h *framing.He
 		n.m.staleReplies.Inc()
 		return
 	}
-	if err := c.send(ctx, &rh, body); err != nil {
+	var err error
+	if rd != nil {
+		err = c.sendCorked(rd, &rh, body)
+	} else {
+		err = c.send(ctx, &rh, body)
+	}
+	if err != nil {
 		n.replyLost(p, gen, err)
 	}
+}
+
+// readerOf is the connection c when ctx says its reader is the one serving
+// (nil), for sendReply's cork; nil on a server handle.
+func readerOf(ctx context.Context, c *conn) *conn {
+	if ctx == nil {
+		return c
+	}
+	return nil
 }
 
 // replyQueue holds the replies an event loop made while the peer's reply

@@ -1,10 +1,13 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -210,4 +213,41 @@ func TestCreditRefundedWhenSendGivesUp(t *testing.T) {
 		}
 	}
 	c.markClosed()
+}
+
+// TestCorkedInlineReplies: inline handlers' replies to the requests of one
+// read are queued and written together at the end of the read
+// (conn.sendCorked). Many callers at once put many requests in each read;
+// with replies of every size, small ones (corked), ones that fill the cork
+// past corkMax (written early) and large ones (written from the handler's
+// buffer), every caller still gets its own reply, whole.
+func TestCorkedInlineReplies(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Procs: []Handler{echo}, Inline: true})
+	sizes := []int{0, 1, 64, 3000, framing.LargePayload - 1, framing.LargePayload, 40 << 10}
+	const callers, calls = 32, 40
+	var wg sync.WaitGroup
+	errs := make(chan error, callers)
+	for g := range callers {
+		wg.Go(func() {
+			ctx := ctxFor(t, time.Minute)
+			for i := range calls {
+				args := bytes.Repeat([]byte{byte(g*calls + i)}, sizes[(g+i)%len(sizes)])
+				reply, err := nodes[0].Call(ctx, 2, Method{Service: echoSvc}, args, nil)
+				if err != nil {
+					errs <- fmt.Errorf("caller %d call %d: %w", g, i, err)
+					return
+				}
+				if !bytes.Equal(reply, args) {
+					errs <- fmt.Errorf("caller %d call %d: %d bytes back for %d sent, or not its own", g, i, len(reply), len(args))
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -86,6 +87,7 @@ type outputFlags struct {
 	Pin       bool   `help:"Pin the client to one CPU and all servers to another (taskset); reported in the output." env:"CI_PIN"`
 	InProcess bool   `help:"Run the servers in this process instead of child processes (quick checks only: they share the client's CPUs and GC)." env:"CI_IN_PROCESS"`
 	JSON      bool   `name:"json" help:"Print the result as JSON (the schema of docs/BENCH_SCHEMA.md) instead of tables." env:"CI_JSON"`
+	Profile   string `name:"cpu-profile" type:"path" placeholder:"DIR" help:"Write CPU profiles to DIR: client.pprof of this process (every peer's client, for the whole run; profile one peer at a time to tell them apart) and <peer>-server.pprof of each child server (go tool pprof -top -cum FILE)." env:"CI_CPU_PROFILE"`
 }
 
 // plan is a validated compare or rpc run: one comparison per size.
@@ -158,6 +160,8 @@ func newPlan(title string, peers []string, sizes []int, resp, rounds int, run be
 		return p, usagef("--warmup must not be negative")
 	case out.Pin && out.InProcess:
 		return p, usagef("--pin needs the servers in child processes, not --in-process")
+	case out.Profile != "" && out.InProcess:
+		return p, usagef("--cpu-profile needs the servers in child processes, not --in-process (one profile would mix client and servers)")
 	case out.Baseline != "" && !slices.Contains(peers, out.Baseline):
 		return p, usagef("--baseline %q is not in --peers", out.Baseline)
 	}
@@ -252,7 +256,7 @@ func (p plan) execute(g *globals) (res []*bench.Comparison, err error) {
 		}
 	}
 
-	f := &fleet{stderr: g.stderr, onExit: func(err error) { cancel(err) }}
+	f := &fleet{stderr: g.stderr, onExit: func(err error) { cancel(err) }, profile: p.out.Profile}
 	if p.out.Pin {
 		f.wrap, f.eventLoops = cpus.wrap, 1
 	}
@@ -260,6 +264,13 @@ func (p plan) execute(g *globals) (res []*bench.Comparison, err error) {
 	targets, err := f.start(ctx, p.peers, p.out.InProcess)
 	if err != nil {
 		return nil, err
+	}
+	if p.out.Profile != "" {
+		stop, err := startCPUProfile(filepath.Join(p.out.Profile, "client.pprof"))
+		if err != nil {
+			return nil, err
+		}
+		defer func() { err = errors.Join(err, stop()) }()
 	}
 
 	for _, size := range p.sizes {
@@ -298,6 +309,7 @@ type fleet struct {
 	wrap   func([]string) []string // taskset prefix for --pin
 	// eventLoops for ICS client nodes; 0 is the engine's default.
 	eventLoops int
+	profile    string // --cpu-profile: the directory child servers write their profiles to
 	children   []*child
 	stops      []func() error // in-process servers
 	clients    []bench.Client
@@ -341,7 +353,7 @@ func (f *fleet) start(ctx context.Context, names []string, inProcess bool) ([]be
 		if inProcess {
 			c, err = f.startInProcess(p)
 		} else {
-			c, err = f.startChild(ctx, exe, p, procs)
+			c, err = f.startChild(ctx, exe, name, p, procs)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
@@ -375,7 +387,7 @@ func (f *fleet) startInProcess(p bench.Peer) (bench.Client, error) {
 // startChild runs "cibench serve" for p and connects to it. For ICS the
 // client node starts first: the server node must know the client's
 // address before its first reply, so it is passed on the command line.
-func (f *fleet) startChild(ctx context.Context, exe string, p bench.Peer, procs int) (bench.Client, error) {
+func (f *fleet) startChild(ctx context.Context, exe, name string, p bench.Peer, procs int) (bench.Client, error) {
 	argv := []string{exe, "--quiet", "serve", "--listen=127.0.0.1:0", "--gomaxprocs=" + strconv.Itoa(procs)}
 	ics, isICS := p.(*bench.ICS)
 	var ic *bench.ICSClient
@@ -396,6 +408,9 @@ func (f *fleet) startChild(ctx context.Context, exe string, p bench.Peer, procs 
 			"--node=2", "--client-node=1", "--client-addr="+ic.Addr(), "--event-loops="+strconv.Itoa(ics.EventLoops))
 	} else {
 		argv = append(argv, "--peer="+p.Name())
+	}
+	if f.profile != "" {
+		argv = append(argv, "--cpu-profile="+filepath.Join(f.profile, name+"-server.pprof"))
 	}
 	if f.wrap != nil {
 		argv = f.wrap(argv)

@@ -27,7 +27,7 @@ type serveCmd struct {
 	ClientAddr string `help:"ics: the client node's address; the server must know it to reply." env:"CI_CLIENT_ADDR"`
 
 	Window     int    `default:"0" help:"flow: credit window in bytes (engine CreditWindow); 0 is the engine's default." env:"CI_WINDOW"`
-	CPUProfile string `type:"path" help:"flow: write a CPU profile of this server to the file." env:"CI_CPUPROFILE"`
+	CPUProfile string `type:"path" help:"Write a CPU profile of this server to the file, from start to stop." env:"CI_CPUPROFILE"`
 }
 
 func (*serveCmd) Help() string {
@@ -79,7 +79,7 @@ func (s *serveCmd) peer() (bench.Peer, error) {
 	return p, nil
 }
 
-func (s *serveCmd) Run(g *globals) error {
+func (s *serveCmd) Run(g *globals) (err error) {
 	if s.Procs < 0 {
 		return usagef("--gomaxprocs must be 0 or more")
 	}
@@ -88,6 +88,13 @@ func (s *serveCmd) Run(g *globals) error {
 	}
 	if s.Peer == "flow" {
 		return s.serveFlow(g)
+	}
+	if s.CPUProfile != "" {
+		stop, err := startCPUProfile(s.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer func() { err = errors.Join(err, stop()) }()
 	}
 	p, err := s.peer()
 	if err != nil {
