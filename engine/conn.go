@@ -282,8 +282,21 @@ func (c *conn) sendFrame(ctx context.Context, rd *conn, h *framing.Header, paylo
 	if c.n.cfg.WriteMode == WriteEventLoop {
 		return c.sendViaLoop(h, payload)
 	}
+	wait := ctx
+	if wait == nil && h.Type == framing.TypeReply && c.n.cfg.ReadMode == ReadNetpoller {
+		// An inline handler's reply, from a netpoller reader: a goroutine
+		// of the connection's own, which may wait for the peer to read.
+		// Waiting holds back the requests behind it (backpressure) where
+		// refusing would end the link under nothing worse than load. A
+		// peer that never reads is ended by WriteTimeout, which wakes the
+		// wait (markClosed). Event loops serve every connection: they
+		// cannot wait.
+		wait = c.n.ctx
+	}
 	c.wmu.Lock()
-	for ctx != nil && c.flushing && !c.wclosed && c.batch.Len() >= c.n.cfg.MaxPendingWrite {
+	// A reader never waits behind a cork: the cork may be its own, which
+	// only it will write (at the end of its batch, or past corkMax).
+	for wait != nil && (ctx != nil || !c.corked) && c.flushing && !c.wclosed && c.batch.Len() >= c.n.cfg.MaxPendingWrite {
 		if c.drained == nil {
 			c.drained = make(chan struct{})
 		}
@@ -291,7 +304,7 @@ func (c *conn) sendFrame(ctx context.Context, rd *conn, h *framing.Header, paylo
 		c.wmu.Unlock()
 		select {
 		case <-ch:
-		case <-ctx.Done():
+		case <-wait.Done():
 			return fmt.Errorf("%w: %d bytes queued on %s to node %d", ErrThrottled, c.n.cfg.MaxPendingWrite, c.channel, c.peer.num)
 		}
 		c.wmu.Lock()
@@ -300,7 +313,7 @@ func (c *conn) sendFrame(ctx context.Context, rd *conn, h *framing.Header, paylo
 		c.wmu.Unlock()
 		return errConnClosed
 	}
-	if ctx == nil && c.flushing && h.Type != framing.TypeCredit && c.batch.Len()+framing.HeaderSize+len(payload) > c.n.cfg.MaxPendingWrite {
+	if wait == nil && c.flushing && h.Type != framing.TypeCredit && c.batch.Len()+framing.HeaderSize+len(payload) > c.n.cfg.MaxPendingWrite {
 		// An event loop cannot wait for the peer to read, and must not
 		// queue without bound for one that does not: the frame is refused
 		// (a reply's link then ends). Credit grants are tiny and go.

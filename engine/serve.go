@@ -278,13 +278,23 @@ func (n *Node) sendReply(ctx context.Context, rd *conn, p *peer, gen uint64, h *
 		}
 	}()
 	c := p.out[ch].Load()
-	if c == nil && ctx == nil {
+	if c == nil && ctx == nil && n.cfg.ReadMode != ReadNetpoller {
 		n.queueReply(p, gen, ch, &rh, body)
 		return
 	}
 	if c == nil {
+		dctx := ctx
+		if dctx == nil {
+			// A netpoller reader, which may wait for the dial (bounded as
+			// every dial is), rather than queue replies by the megabyte
+			// for one that an event loop would have to hand off. Only
+			// the first replies of a link come here.
+			var cancel context.CancelFunc
+			dctx, cancel = context.WithTimeout(n.ctx, n.cfg.DialTimeout)
+			defer cancel()
+		}
 		var err error
-		if c, err = n.outConn(ctx, p, ch); err != nil {
+		if c, err = n.outConn(dctx, p, ch); err != nil {
 			n.replyLost(p, gen, err)
 			return
 		}
