@@ -617,6 +617,10 @@ func TestCallsRacingTeardownFailAtOnce(t *testing.T) {
 	var ok, down atomic.Int64
 	for g := 0; g < 6; g++ {
 		wg.Add(1)
+		// One context per caller: ctxFor registers a cleanup with t, and
+		// one per call piled up hundreds of thousands of them behind t's
+		// lock once calls got fast, stalling the callers.
+		ctx := ctxFor(t, time.Minute)
 		go func() {
 			defer wg.Done()
 			for {
@@ -626,7 +630,7 @@ func TestCallsRacingTeardownFailAtOnce(t *testing.T) {
 				default:
 				}
 				start := time.Now()
-				_, err := nodes[0].Call(ctxFor(t, 30*time.Second), 2, Method{Service: echoSvc}, []byte("x"), nil)
+				_, err := nodes[0].Call(ctx, 2, Method{Service: echoSvc}, []byte("x"), nil)
 				switch took := time.Since(start); {
 				case took > 5*time.Second:
 					t.Errorf("call took %v (%v): it waited on a dead link", took, err)

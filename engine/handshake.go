@@ -307,6 +307,17 @@ func (n *Node) routineDial(p *peer, ch Channel, d *dialResult) {
 		err = fmt.Errorf("%w: node %d: link lost while dialling", ErrNodeDown, p.num)
 	default:
 		p.out[ch].Store(c)
+		if c.dead.Load() {
+			// Its reader saw it end before it was published, and took
+			// that for no news (connClosed: a connection never published
+			// says nothing of the link). Published now, it would stay,
+			// dead, and fail every call at once without a redial. The
+			// check after the store: a reader that ends it from here on
+			// finds it published and unpublishes it itself.
+			p.out[ch].CompareAndSwap(c, nil)
+			err = fmt.Errorf("%w: node %d: %s connection closed while dialling", ErrNodeDown, p.num, ch)
+			break
+		}
 		p.dialFailures, p.retryAt, p.lastDialErr = 0, time.Time{}, nil
 	}
 	if err != nil && c != nil {
