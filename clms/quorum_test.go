@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/clusterinfra/ci/clms"
+	"github.com/clusterinfra/ci/clms/clmstest"
 )
 
 // Runner.Shutdown gives up with ErrNoQuorum when Core.NoQuorum says no
@@ -17,33 +18,11 @@ import (
 // and node 1's SHUTDOWN is committed: counted as hopeless, the planned
 // leave would have gone unrecorded (a crash, for the others).
 func TestNoQuorumNotWhileVoterRejoins(t *testing.T) {
-	s := newSim(t, 3, 3, clms.LANFastTiming())
-	form(t, s)
-	s.Crash(3)
-	s.RunUntil(10*time.Second, func() bool { return s.DownEverywhere(3, s.Node(3).Inc) })
-	s.Node(1).HangCallbacks = true
-	s.Restart(2)
-	s.Run(300 * time.Millisecond)
-	if m, _ := s.Node(1).Core.State().Member(2); m.State.IsMember() {
-		t.Fatalf("node 2 is a member again in node 1's view (%v): the test needs it rejoining", m)
-	}
+	s := rejoiningVoter(t, 3, 1)
 	if alive, voters := s.Node(1).Core.VotersAlive(); alive < 2 {
 		t.Errorf("node 1 counts %d of %d voters alive; node 2's new incarnation spoke to it", alive, voters)
 	}
-	s.Node(1).Core.Shutdown()
-	var hopeless []time.Duration
-	s.RunUntil(10*time.Second, func() bool {
-		if s.Node(1).Has(clms.ActLeft, 1) {
-			return true // Runner.Shutdown returns then, whatever NoQuorum says
-		}
-		if s.Node(1).Core.NoQuorum() {
-			hopeless = append(hopeless, s.Now)
-		}
-		return false
-	})
-	if len(hopeless) > 0 {
-		t.Errorf("node 1 said no quorum %d times (first at %v) before its SHUTDOWN was committed", len(hopeless), hopeless[0])
-	}
+	checkShutdownNotHopeless(t, s, 1)
 }
 
 // The same for a node that is not master-eligible: it hears from the
@@ -51,31 +30,46 @@ func TestNoQuorumNotWhileVoterRejoins(t *testing.T) {
 // one voter of three. Its lease, granted by a master with quorum contact,
 // is what tells it a majority is there.
 func TestNoQuorumNotWhileVoterRejoinsNonVoter(t *testing.T) {
-	s := newSim(t, 4, 3, clms.LANFastTiming())
+	checkShutdownNotHopeless(t, rejoiningVoter(t, 4, 4), 4)
+}
+
+// rejoiningVoter forms a cluster of n nodes (voters 1-3), crashes voter 3
+// for good and restarts voter 2 while node 1's callbacks hang, so that in
+// viewer's view node 2 is not a member again yet.
+func rejoiningVoter(t *testing.T, n int, viewer clms.NodeNum) *clmstest.Sim {
+	t.Helper()
+	s := newSim(t, n, 3, clms.LANFastTiming())
 	form(t, s)
 	s.Crash(3)
 	s.RunUntil(10*time.Second, func() bool { return s.DownEverywhere(3, s.Node(3).Inc) })
 	s.Node(1).HangCallbacks = true
 	s.Restart(2)
 	s.Run(300 * time.Millisecond)
-	if m, _ := s.Node(4).Core.State().Member(2); m.State.IsMember() {
-		t.Fatalf("node 2 is a member again in node 4's view (%v): the test needs it rejoining", m)
+	if m, _ := s.Node(viewer).Core.State().Member(2); m.State.IsMember() {
+		t.Fatalf("node 2 is a member again in node %d's view (%v): the test needs it rejoining", viewer, m)
 	}
-	s.Node(4).Core.Shutdown()
+	return s
+}
+
+// checkShutdownNotHopeless starts leaver's planned shutdown and fails if
+// Core.NoQuorum says hopeless before its SHUTDOWN is committed.
+func checkShutdownNotHopeless(t *testing.T, s *clmstest.Sim, leaver clms.NodeNum) {
+	t.Helper()
+	s.Node(leaver).Core.Shutdown()
 	var hopeless []time.Duration
 	s.RunUntil(10*time.Second, func() bool {
-		if s.Node(4).Has(clms.ActLeft, 4) {
-			return true
+		if s.Node(leaver).Has(clms.ActLeft, leaver) {
+			return true // Runner.Shutdown returns then, whatever NoQuorum says
 		}
-		if s.Node(4).Core.NoQuorum() {
+		if s.Node(leaver).Core.NoQuorum() {
 			hopeless = append(hopeless, s.Now)
 		}
 		return false
 	})
 	if len(hopeless) > 0 {
-		alive, voters := s.Node(4).Core.VotersAlive()
-		t.Errorf("node 4 said no quorum %d times (first at %v; it counts %d of %d voters) before its SHUTDOWN was committed",
-			len(hopeless), hopeless[0], alive, voters)
+		alive, voters := s.Node(leaver).Core.VotersAlive()
+		t.Errorf("node %d said no quorum %d times (first at %v; it counts %d of %d voters) before its SHUTDOWN was committed",
+			leaver, len(hopeless), hopeless[0], alive, voters)
 	}
 }
 
