@@ -27,34 +27,41 @@ func (n *Node) acceptLoop() {
 	var backoff time.Duration
 	for {
 		nc, err := n.ln.AcceptTCP()
-		if err != nil {
-			if n.closed.Load() || errors.Is(err, net.ErrClosed) {
-				return
+		if err == nil {
+			if n.accepted.Load() >= int64(n.cfg.MaxConnections) {
+				n.m.limitConnections.Inc()
+				shed(nc)
+				continue
 			}
-			if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
-				n.m.limitDescriptors.Inc()
-				if backoff == 0 {
-					n.log.Warn("out of file descriptors: shedding new connections", "err", err)
-				}
+			// A netpoller reader needs a second descriptor (its write
+			// dup): when accept took the last one, the dup is what runs
+			// out, and the shortage is the same as accept's own EMFILE,
+			// except that the newcomer has already been shed.
+			if err = n.enrollAccepted(nc); err == nil {
+				backoff = 0
+				continue
+			}
+		}
+		if n.closed.Load() || errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
+			n.m.limitDescriptors.Inc()
+			if backoff == 0 {
+				n.log.Warn("out of file descriptors: shedding new connections", "err", err)
+			}
+			if nc == nil { // accept's own failure: the newcomer is still queued
 				n.shedWithSpare()
-			} else {
-				n.log.Warn("accept failed", "err", err)
 			}
-			backoff = min(max(2*backoff, 5*time.Millisecond), 500*time.Millisecond)
-			select {
-			case <-time.After(backoff):
-			case <-n.ctx.Done():
-				return
-			}
-			continue
+		} else {
+			n.log.Warn("accept failed", "err", err)
 		}
-		backoff = 0
-		if n.accepted.Load() >= int64(n.cfg.MaxConnections) {
-			n.m.limitConnections.Inc()
-			shed(nc)
-			continue
+		backoff = min(max(2*backoff, 5*time.Millisecond), 500*time.Millisecond)
+		select {
+		case <-time.After(backoff):
+		case <-n.ctx.Done():
+			return
 		}
-		n.enrollAccepted(nc)
 	}
 }
 
@@ -89,28 +96,30 @@ func (n *Node) shedWithSpare() {
 // enrollAccepted starts serving an accepted connection. With event loops
 // it hands it to one (OnOpen starts its handshake) and waits until the
 // loop has it, so that the queue of connections being handed over never
-// grows; with netpoller readers it starts its reader.
-func (n *Node) enrollAccepted(nc *net.TCPConn) {
+// grows; with netpoller readers it starts its reader. The connection is
+// the node's either way: on error it has been shed, and the error says
+// whether the process is out of descriptors.
+func (n *Node) enrollAccepted(nc *net.TCPConn) error {
 	n.enrollMu.RLock()
 	defer n.enrollMu.RUnlock()
 	if n.closed.Load() {
 		shed(nc)
-		return
+		return nil
 	}
 	if n.cfg.ReadMode == ReadNetpoller {
-		n.readAccepted(nc)
-		return
+		return n.readAccepted(nc)
 	}
 	res, err := n.eng.Register(gnet.NewNetConnContext(n.ctx, nc))
 	if err != nil {
 		shed(nc)
-		return
+		return nil
 	}
 	// gnet duplicates the socket and closes nc itself, also on failure.
 	if r := <-res; r.Err != nil {
 		n.m.limitDescriptors.Inc()
 		n.log.Warn("cannot hand an accepted connection to an event loop", "err", r.Err)
 	}
+	return nil
 }
 
 // admitPending records an accepted connection as in its handshake. Two

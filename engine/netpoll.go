@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -126,23 +127,36 @@ func (c *conn) attachSocket(nc net.Conn) error {
 	return nil
 }
 
+// testHookAttachAccepted, when set, can fail an accepted connection's
+// attachSocket as though its write dup had found no descriptor.
+var testHookAttachAccepted atomic.Pointer[func() error]
+
 // readAccepted starts serving an accepted connection with a netpoller
-// reader: what OnOpen does for the event loops.
-func (n *Node) readAccepted(nc *net.TCPConn) {
+// reader: what OnOpen does for the event loops. An error means the
+// connection was shed because its write descriptor could not be had
+// (acceptLoop counts that as the descriptor limit).
+func (n *Node) readAccepted(nc *net.TCPConn) error {
 	c := n.newConn(false, nil, 0)
 	n.accepted.Add(1) // connClosed undoes it, whatever happens from here
 	c.source, c.remote = remoteIP(nc.RemoteAddr()), nc.RemoteAddr().String()
-	if err := c.attachSocket(nc); err != nil {
-		n.log.Warn("cannot attach accepted connection", "remote", c.remote, "err", err)
+	var err error
+	if h := testHookAttachAccepted.Load(); h != nil {
+		err = (*h)()
+	}
+	if err == nil {
+		err = c.attachSocket(nc)
+	}
+	if err != nil {
 		shed(nc)
 		n.connClosed(c, err)
-		return
+		return err
 	}
 	n.admitPending(c)
 	if !n.startReader(c) {
 		c.close()
 		n.connClosed(c, ErrClosed)
 	}
+	return nil
 }
 
 // readDialled starts the netpoller reader of a dialled, handshaken

@@ -3,8 +3,14 @@ package engine
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/clusterinfra/ci/framing"
 )
@@ -267,4 +273,46 @@ func TestReadModeConfig(t *testing.T) {
 			t.Errorf("%s: %v, mode %v, want %v", name, err, cfg.ReadMode, tc.want)
 		}
 	}
+}
+
+// TestNetpollAcceptOutOfWriteDescriptors: a netpoller reader needs a
+// second descriptor (its write dup). When accept takes the process's last
+// descriptor and the dup finds none, that is the descriptor limit as much
+// as accept's own EMFILE: the newcomer is shed, the limit counted, and the
+// node accepts again once descriptors free. (Before, the dup's failure was
+// shed uncounted and without backing off, and which of the two failed
+// depended on the parity of the process's descriptor count.)
+func TestNetpollAcceptOutOfWriteDescriptors(t *testing.T) {
+	target := netpollCluster(t, 1, nil)[0]
+	var failing atomic.Bool
+	failing.Store(true)
+	hook := func() error {
+		if failing.Load() {
+			return fmt.Errorf("dup: %w", unix.EMFILE)
+		}
+		return nil
+	}
+	testHookAttachAccepted.Store(&hook)
+	defer testHookAttachAccepted.Store(nil)
+
+	// On loopback the reset can beat connect's own completion.
+	if nc, err := net.Dial("tcp", target.Addr()); err == nil {
+		c := &fakeConn{Conn: nc, t: t}
+		if !c.closedWithin(5 * time.Second) {
+			t.Fatal("a connection without a write descriptor was not shed")
+		}
+	} else if !errors.Is(err, unix.ECONNRESET) {
+		t.Fatal(err)
+	}
+	eventually(t, "the descriptor limit to be counted", func() bool {
+		return target.m.limitDescriptors.Get() >= 1
+	})
+	if got := target.accepted.Load(); got != 0 {
+		t.Fatalf("%d accepted connections still counted after the shed", got)
+	}
+
+	failing.Store(false)
+	m := newFakeMember(t, target, 2, nil)
+	addFakeMember(t, 2, "", target)
+	m.connect(ChanFirstService) // the handshake completes: accepted again
 }
