@@ -22,18 +22,21 @@ type Channel uint8
 
 // The CI channel set. Priority p (1..4) travels on ChanPrio1+p-1.
 const (
-	ChanPrio1        Channel = 0 // RPCs and messages sent at priority 1; never throttled
-	ChanPrio2        Channel = 1 // priority 2
-	ChanPrio3        Channel = 2 // priority 3
-	ChanPrio4        Channel = 3 // priority 4
-	ChanReply        Channel = 4 // replies to priority-0 RPCs; never throttled
-	ChanReplyPrio    Channel = 5 // replies to priority >0 RPCs; never throttled
-	ChanCLMS         Channel = 6 // CLMS, cluster API and signal forwarding services
-	ChanCLMSProbe    Channel = 7 // transient: a coming-up node asks who the master is
-	ChanFirstService Channel = 8 // first channel for application cluster services
+	ChanPrio1 Channel = 0 // RPCs and messages sent at priority 1; never throttled
+	ChanPrio2 Channel = 1 // priority 2
+	ChanPrio3 Channel = 2 // priority 3
+	ChanPrio4 Channel = 3 // priority 4
+	// Channels 4 and 5 were CI's reply channels. Replies now travel back
+	// on their request's own connection (see sendReply); the numbers stay
+	// reserved, so that the other channels keep theirs on the wire.
+	chanReservedReply     Channel = 4
+	chanReservedReplyPrio Channel = 5
+	ChanCLMS              Channel = 6 // CLMS, cluster API and signal forwarding services
+	ChanCLMSProbe         Channel = 7 // transient: a coming-up node asks who the master is
+	ChanFirstService      Channel = 8 // first channel for application cluster services
 )
 
-var channelNames = [...]string{"prio1", "prio2", "prio3", "prio4", "reply", "reply_prio", "clms", "clms_probe"}
+var channelNames = [...]string{"prio1", "prio2", "prio3", "prio4", "reserved4", "reserved5", "clms", "clms_probe"}
 
 func (c Channel) String() string {
 	if int(c) < len(channelNames) {
@@ -43,12 +46,16 @@ func (c Channel) String() string {
 }
 
 // IsServiceChannel reports whether services may be registered on c: the
-// priority and reply channels only carry traffic for services that live on
-// a service channel.
+// priority channels only carry traffic for services that live on a service
+// channel.
 func (c Channel) IsServiceChannel() bool { return c >= ChanCLMS }
 
+// reserved reports whether c is one of the numbers no connection uses.
+func (c Channel) reserved() bool { return c == chanReservedReply || c == chanReservedReplyPrio }
+
 // Throttled reports whether senders on c spend credit: every channel but the
-// priority and reply channels, which must always get through (CI).
+// priority channels, which must always get through (CI). Replies travel
+// back on their request's connection and are never throttled either.
 func (c Channel) Throttled() bool { return c >= ChanCLMS }
 
 // ServiceID names a cluster service: channel<<16 | subservice.

@@ -797,18 +797,43 @@ func TestRegisterWaitBounded(t *testing.T) {
 }
 
 // TestForgedRepliesNeverComplete (issue 8 point 20): in open mode anyone
-// can claim a member's number, so a stranger posing as node 3 opens a reply
-// channel to node 1 and sprays replies: xids for every slot with guessed
-// generations, and random ones. Node 1 meanwhile makes real calls to node
-// 2. A forged reply must never complete a real call: each call gets its own
-// echo back, and every forged frame is counted as a late reply (dropped).
+// can claim a member's number. Replies are read only on connections the
+// caller dialled, so a stranger posing as node 3 first gets node 1 to dial
+// it (a one-way message to node 3), then sprays replies on that connection:
+// xids for every slot with guessed generations, and random ones. Node 1
+// meanwhile makes real calls to node 2. A forged reply must never complete
+// a real call: each call gets its own echo back, and every forged frame is
+// counted as a late reply (dropped). A reply on a connection the stranger
+// dialled itself is a protocol violation: the connection is closed.
 func TestForgedRepliesNeverComplete(t *testing.T) {
 	nodes := startCluster(t, 2, nil)
 	caller := nodes[0]
 	mustRegister(t, nodes[1], Service{ID: echoSvc, Procs: []Handler{echo}})
-	addFakeMember(t, 3, "", caller)
 	stranger := newFakeMember(t, caller, 3, nil)
-	c := stranger.connect(ChanReply)
+	addFakeMember(t, 3, stranger.listen("127.0.0.3", false), caller)
+
+	dialled := stranger.connect(ChanFirstService)
+	bad := caller.m.badFrames.Get()
+	if err := dialled.writeFrame(framing.Header{Type: framing.TypeReply, XID: 1<<32 | 1}, []byte("forged")); err != nil {
+		t.Fatal(err)
+	}
+	if !dialled.closedWithin(5 * time.Second) {
+		t.Fatal("a reply on an accepted connection was not refused")
+	}
+	if got := caller.m.badFrames.Get(); got != bad+1 {
+		t.Fatalf("bad frames %d, want %d", got, bad+1)
+	}
+
+	// At priority 1, unthrottled: the stranger grants no credit.
+	if err := caller.Send(WithPriority(ctxFor(t, 10*time.Second), 1), 3, Method{Service: echoSvc}, []byte("dial me")); err != nil {
+		t.Fatal(err)
+	}
+	var c *fakeConn
+	select {
+	case c = <-stranger.acceptedConns():
+	case <-time.After(10 * time.Second):
+		t.Fatal("node 1 never dialled the stranger")
+	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -838,7 +863,7 @@ func TestForgedRepliesNeverComplete(t *testing.T) {
 	for round := uint64(0); round < 20; round++ {
 		for slot := uint64(0); slot < 64; slot++ {
 			for _, xid := range []uint64{slot | round<<24, slot | round<<32, rng.Uint64()} {
-				if err := c.writeFrame(framing.Header{Type: framing.TypeReply, XID: xid}, []byte("forged")); err != nil {
+				if err := c.writeFrame(framing.Header{Type: framing.TypeReply, Priority: 1, XID: xid}, []byte("forged")); err != nil {
 					t.Fatalf("forged reply %d: %v", sent, err)
 				}
 				sent++

@@ -315,8 +315,10 @@ func TestPriorityRouting(t *testing.T) {
 			t.Fatalf("priority %d did not use its priority channel", want)
 		}
 	}
-	if nodes[1].peer(1).out[ChanReplyPrio].Load() == nil {
-		t.Fatal("priority replies did not use reply_prio")
+	for ch := range nodes[1].peer(1).out {
+		if nodes[1].peer(1).out[ch].Load() != nil {
+			t.Fatalf("node 2 dialled %s to reply: replies travel back on their request's connection", Channel(ch))
+		}
 	}
 }
 

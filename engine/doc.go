@@ -15,17 +15,19 @@
 //
 // # Channels and services
 //
-// The channel set follows CI: four priority channels (ChanPrio1..4), two
-// reply channels (ChanReply for priority-0 RPCs, ChanReplyPrio for the
-// rest), ChanCLMS for CLMS, the cluster API and signal forwarding,
+// The channel set follows CI: four priority channels (ChanPrio1..4),
+// ChanCLMS for CLMS, the cluster API and signal forwarding,
 // ChanCLMSProbe for coming-up nodes, and service channels from
 // ChanFirstService up to Config.MaxChannels-1. A cluster service is
 // registered on a service channel and subservice, ServiceOn(ch, ss), which
 // is CI's ICS_NSC_SVC(ch, ss) = ch<<16 | ss.
 //
 // Each node dials its own connection to each peer for each channel it sends
-// on; requests go from dialler to acceptor, replies come back on the reply
-// channel the replier dials. Every connection opens with a handshake (the
+// on; requests go from dialler to acceptor, and their replies come back on
+// the same connection, in the direction that otherwise carries only credit
+// grants, so a reply never waits behind a request, for a dial, or for
+// credit. (CI had two reply channels; their numbers, 4 and 5, stay
+// reserved.) Every connection opens with a handshake (the
 // framing.Hello) that names the cluster, both node numbers and the channel:
 // a connection from another cluster, an unknown node or another protocol
 // version is closed before any service sees a byte.

@@ -53,6 +53,10 @@ func (n *Node) acceptHello(c *conn, f *framing.Frame) error {
 		msg := fmt.Sprintf("channel %d out of 0..%d", hello.Channel, n.cfg.MaxChannels-1)
 		return n.rejectHello(c, refused(framing.RefuseChannel, msg, errors.New(msg)))
 	}
+	if ch := Channel(hello.Channel); ch.reserved() {
+		msg := fmt.Sprintf("channel %d is reserved: replies travel back on their request's connection", hello.Channel)
+		return n.rejectHello(c, refused(framing.RefuseChannel, msg, errors.New(msg)))
+	}
 	if p.isRefused(hello.Incarnation) {
 		// This process was declared down for good (NodeDownIncarnation): it
 		// is told, so that it fences itself (CLMS), and never served.
@@ -151,8 +155,7 @@ func (n *Node) rejectHello(c *conn, why error) error {
 }
 
 // becomeReady puts an accepted, authenticated connection to work: it joins
-// the peer's link, grants credit on throttled channels, and dials the reply
-// channel the peer's requests will want.
+// the peer's link and grants credit on throttled channels.
 func (n *Node) becomeReady(c *conn) error {
 	p, ch := c.peer, c.channel
 	if ch == ChanCLMSProbe {
@@ -185,15 +188,6 @@ func (n *Node) becomeReady(c *conn) error {
 		n.m.watchReceiveWindow(n, p, ch)
 		c.sendGrant(int64(w))
 	}
-	// Requests from p will want replies: dial the reply channel now rather
-	// than on the first reply, which may be sent from an event loop.
-	if reply := replyChannelFor(ch); reply != ch && p.out[reply].Load() == nil && !p.down.Load() {
-		n.goOwned(func() {
-			ctx, cancel := context.WithTimeout(n.ctx, n.cfg.DialTimeout)
-			defer cancel()
-			_, _ = n.outConn(ctx, p, reply)
-		})
-	}
 	n.log.Debug("accepted connection", "peer", p.num, "channel", ch)
 	return nil
 }
@@ -209,17 +203,6 @@ func (n *Node) inboundOn(p *peer, ch Channel) int {
 		}
 	}
 	return k
-}
-
-// replyChannelFor is the channel replies to requests received on ch use.
-func replyChannelFor(ch Channel) Channel {
-	switch {
-	case ch == ChanReply || ch == ChanReplyPrio:
-		return ch
-	case ch <= ChanPrio4:
-		return ChanReplyPrio
-	}
-	return ChanReply
 }
 
 func (n *Node) hello(to NodeNum, ch Channel) *framing.Hello {

@@ -135,6 +135,7 @@ func TestHandshakeRejections(t *testing.T) {
 		{"request before hello", request(), framing.RefuseBadHello},
 		{"garbage", []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\nxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"), framing.RefuseVersion},
 		{"channel out of range", withChannel(200), framing.RefuseChannel},
+		{"reserved channel (replies travel on their request's connection)", withChannel(uint8(chanReservedReply)), framing.RefuseChannel},
 		{"authenticating dialler, open node", func() []byte { h := good; h.Auth = []byte("x"); return hello(h) }(), framing.RefuseSecurity},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -319,6 +319,7 @@ func TestHostilePeers(t *testing.T) {
 				if err != nil {
 					continue
 				}
+				before := target.m.limitWriteTimeout.Get()
 				h := framing.Header{Type: framing.TypeRequest, Priority: 1, Service: bigSvc}
 				for j := uint64(1); j < 200 && ctx.Err() == nil; j++ {
 					h.XID = j<<32 | 1
@@ -326,17 +327,22 @@ func TestHostilePeers(t *testing.T) {
 						break
 					}
 				}
-				_ = c.closedWithin(5 * time.Second)
+				// Its replies come back on this connection: reading them
+				// would be reading. Wait for the node to give up on it.
+				for ctx.Err() == nil && target.m.limitWriteTimeout.Get() == before {
+					time.Sleep(5 * time.Millisecond)
+				}
+				_ = c.Close()
 			}
 		}, target.m.limitWriteTimeout.Get},
-		{"a member whose reply address is a tarpit", func(ctx context.Context) {
+		{"a member that sends the node replies it never asked for", func(ctx context.Context) {
 			m := member(5, "127.0.0.5", true)
 			for ctx.Err() == nil {
 				c, err := m.tryConnect(ChanPrio1)
 				if err != nil {
 					continue
 				}
-				h := framing.Header{Type: framing.TypeRequest, Priority: 1, Service: echoSvc}
+				h := framing.Header{Type: framing.TypeReply, Priority: 1, Service: echoSvc}
 				for j := uint64(1); j < 500 && ctx.Err() == nil; j++ {
 					h.XID = j<<32 | 1
 					if c.writeFrame(h, []byte("x")) != nil {
@@ -345,7 +351,7 @@ func TestHostilePeers(t *testing.T) {
 				}
 				_ = c.closedWithin(5 * time.Second)
 			}
-		}, target.m.peerLosses.Get},
+		}, target.m.badFrames.Get},
 		{"a member's reconnect storm", func(ctx context.Context) {
 			m := member(6, "", false)
 			for ctx.Err() == nil {

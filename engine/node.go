@@ -147,8 +147,6 @@ type peer struct {
 	dialAttempts *metrics.Counter
 	dialErrors   *metrics.Counter
 
-	replies [2]replyQueue // for ChanReply and ChanReplyPrio, while the loop's replies wait for a dial
-
 	linkGen       atomic.Uint64            // bumped on every loss; connections of an older link are stale
 	inflight      atomic.Int64             // requests from this peer admitted and not yet finished
 	inflightBytes atomic.Int64             // their frameCost

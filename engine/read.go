@@ -217,17 +217,18 @@ func (n *Node) connClosed(c *conn, err error) {
 			// news about the current link.
 			return
 		}
-		if errors.Is(err, io.EOF) && p.draining.Load() && n.repliesOpen(p, c.linkGen) {
-			// A draining peer closing (Shutdown): the replies it wrote
-			// before may still be on their way on its reply connection,
-			// which another goroutine reads, in no order with this one.
-			// That connection's own end, after its last reply, ends the link.
-			return
-		}
 	} else {
 		p.mu.Lock()
 		delete(p.inbound, c)
 		p.mu.Unlock()
+	}
+	if errors.Is(err, io.EOF) && p.draining.Load() && n.repliesOpen(p, c.linkGen) {
+		// A draining peer closing (Shutdown) after writing its last
+		// replies: each connection's replies come before its end, but
+		// other connections' readers may not have read theirs yet. The
+		// last of the connections this node dialled, after its last
+		// reply, ends the link.
+		return
 	}
 	if !n.closed.Load() {
 		if err == nil {
@@ -237,13 +238,11 @@ func (n *Node) connClosed(c *conn, err error) {
 	}
 }
 
-// repliesOpen reports whether p's reply connections to this node (accepted,
-// of link gen) include one still open.
+// repliesOpen reports whether p still has a connection of link gen that
+// this node dialled open: one on which replies may still arrive.
 func (n *Node) repliesOpen(p *peer, gen uint64) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for c := range p.inbound {
-		if (c.channel == ChanReply || c.channel == ChanReplyPrio) && c.linkGen == gen && !c.wclosedFast() {
+	for i := range p.out {
+		if c := p.out[i].Load(); c != nil && c.linkGen == gen && !c.wclosedFast() {
 			return true
 		}
 	}
@@ -314,7 +313,7 @@ func (c *conn) handleFrame(f *framing.Frame) error {
 	c.met.bytesIn.Add(framing.HeaderSize + len(f.Payload))
 	switch f.Type {
 	case framing.TypeRequest, framing.TypeOneWay:
-		if c.outbound || c.channel == ChanReply || c.channel == ChanReplyPrio {
+		if c.outbound {
 			return fmt.Errorf("%s frame on %s connection", f.Type, c.channel)
 		}
 		if !priorityFits(c.channel, f.Priority) {
@@ -331,10 +330,12 @@ func (c *conn) handleFrame(f *framing.Frame) error {
 		}
 		c.n.serveFrame(c, f)
 	case framing.TypeReply:
-		if c.outbound || (c.channel != ChanReply && c.channel != ChanReplyPrio) {
-			return fmt.Errorf("reply on %s connection", c.channel)
+		// Replies come back on the connection their requests went out
+		// on, so at their requests' priority.
+		if !c.outbound {
+			return fmt.Errorf("reply on an accepted %s connection", c.channel)
 		}
-		if (c.channel == ChanReplyPrio) != (f.Priority > 0) {
+		if !priorityFits(c.channel, f.Priority) {
 			return fmt.Errorf("reply of priority %d on %s connection", f.Priority, c.channel)
 		}
 		c.n.completeReply(c, f)
@@ -349,8 +350,8 @@ func (c *conn) handleFrame(f *framing.Frame) error {
 		}
 		c.n.peerDraining(c)
 	case framing.TypeCancel:
-		if c.outbound || c.channel == ChanReply || c.channel == ChanReplyPrio {
-			return fmt.Errorf("cancel frame on %s connection", c.channel)
+		if c.outbound {
+			return fmt.Errorf("cancel frame on a dialled %s connection", c.channel)
 		}
 		c.n.cancelRequest(c, f.XID)
 	case framing.TypeGoAway:

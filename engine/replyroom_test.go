@@ -8,7 +8,8 @@ import (
 )
 
 // TestInlineRepliesWaitForRoom: 256 callers of 64 KiB echoes answered by an
-// inline handler fill the reply connection's queue past MaxPendingWrite.
+// inline handler fill the request connection's queue of replies past
+// MaxPendingWrite.
 // A netpoller reader waits for room, which holds back the requests behind
 // it, instead of refusing the reply and ending the link (cibench rpc at
 // 64 KiB lost its link about one run in five: "write queue full ... on

@@ -274,7 +274,7 @@ func TestRPCErrors(t *testing.T) {
 		{"procedure past the table", Method{Service: echoSvc, Proc: 99}, ErrProcUnavail, ""},
 		{"handler error", Method{Service: echoSvc, Proc: 2}, ErrFailed, "disk on fire"},
 		{"cannot decode args", Method{Service: echoSvc, Proc: 3}, ErrCantDecodeArgs, "bad input"},
-		{"not a service channel", Method{Service: ServiceOn(ChanReply, 0)}, ErrProgUnavail, ""},
+		{"not a service channel", Method{Service: ServiceOn(chanReservedReply, 0)}, ErrProgUnavail, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -400,11 +400,11 @@ func TestRegisterValidation(t *testing.T) {
 	nodes := startCluster(t, 1, nil)
 	n := nodes[0]
 	cases := []Service{
-		{ID: ServiceOn(ChanPrio1, 0), Procs: []Handler{echo}},        // priority channel
-		{ID: ServiceOn(ChanReply, 0), Procs: []Handler{echo}},        // reply channel
-		{ID: ServiceOn(12, 0), Procs: []Handler{echo}},               // past MaxChannels
-		{ID: ServiceOn(ChanFirstService, 6), Procs: []Handler{echo}}, // past MaxSubservices
-		{ID: ServiceOn(ChanFirstService, 0)},                         // no procedures
+		{ID: ServiceOn(ChanPrio1, 0), Procs: []Handler{echo}},         // priority channel
+		{ID: ServiceOn(chanReservedReply, 0), Procs: []Handler{echo}}, // reserved channel
+		{ID: ServiceOn(12, 0), Procs: []Handler{echo}},                // past MaxChannels
+		{ID: ServiceOn(ChanFirstService, 6), Procs: []Handler{echo}},  // past MaxSubservices
+		{ID: ServiceOn(ChanFirstService, 0)},                          // no procedures
 		{ID: ServiceOn(ChanFirstService, 0), Procs: []Handler{echo}, MinHandles: 5, MaxHandles: 2},
 	}
 	for i, s := range cases {

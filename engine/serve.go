@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 	"unsafe"
 
@@ -24,7 +23,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		// answered "busy" instead of queueing without bound.
 		n.m.refused.inc(statusCode(StatusBusy))
 		if f.Type == framing.TypeRequest {
-			n.sendReply(nil, c, p, c.linkGen, &f.Header, nil, StatusBusy, []byte("too many requests in flight from this node"))
+			n.sendReply(nil, c, &f.Header, nil, StatusBusy, []byte("too many requests in flight from this node"))
 		}
 		c.finished(cost)
 		return
@@ -44,7 +43,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		n.m.refused.inc(statusCode(status))
 		if f.Type == framing.TypeRequest {
 			msg := fmt.Sprintf("service %s proc %d version %d on node %d", f.Service, f.Proc, f.SvcVersion, n.cfg.Node)
-			n.sendReply(nil, c, p, c.linkGen, &f.Header, nil, status, []byte(msg))
+			n.sendReply(nil, c, &f.Header, nil, status, []byte(msg))
 		}
 		c.finished(cost)
 		return
@@ -54,7 +53,7 @@ func (n *Node) serveFrame(c *conn, f *framing.Frame) {
 		n.m.drainingRefused.Inc()
 		n.m.refused.inc(statusCode(StatusShuttingDown))
 		if f.Type == framing.TypeRequest {
-			n.sendReply(nil, c, p, c.linkGen, &f.Header, nil, StatusShuttingDown, []byte("node is shutting down"))
+			n.sendReply(nil, c, &f.Header, nil, StatusShuttingDown, []byte("node is shutting down"))
 		}
 		c.finished(cost)
 		return
@@ -146,7 +145,7 @@ type serveState struct {
 
 // serve runs the handler for request h from p, which arrived on c at
 // start, and sends its reply, unless its caller cancelled it. ctx is nil
-// on an event loop (see sendReply). rc is the request's own context if it
+// on c's reader (see sendReply). rc is the request's own context if it
 // can be cancelled or has a deadline (cancel.go); otherwise the handler
 // gets the shared, immutable per-priority one.
 //
@@ -173,7 +172,7 @@ func (n *Node) serve(ctx context.Context, svc *service, h *framing.Header, p *pe
 			st.own = append(st.own[:0], err.Error()...)
 			body = st.own
 		}
-		n.sendReply(ctx, readerOf(ctx, c), p, c.linkGen, h, svc, statusFor(err), body)
+		n.sendReply(ctx, c, h, svc, statusFor(err), body)
 	}
 	svc.metrics[h.Proc].observe(time.Since(start).Seconds(), code)
 	st.own = keepBuffer(st.own, st.resp.Body)
@@ -213,7 +212,7 @@ func (n *Node) replyDecodeError(ctx context.Context, c *conn, h *framing.Header,
 	n.m.refused.inc(statusCode(StatusCantDecodeArgs))
 	n.log.Warn("cannot decompress request", "peer", c.peer.num, "service", h.Service, "err", err)
 	if h.Type == framing.TypeRequest {
-		n.sendReply(ctx, readerOf(ctx, c), c.peer, c.linkGen, h, nil, StatusCantDecodeArgs, []byte(err.Error()))
+		n.sendReply(ctx, c, h, nil, StatusCantDecodeArgs, []byte(err.Error()))
 	}
 }
 
@@ -237,26 +236,24 @@ func statusFor(err error) Status {
 	return statusOf(err)
 }
 
-// sendReply answers request h from p, which arrived on p's link gen. ctx
-// is nil on an event loop, where nothing may block: if the reply
-// connection is not up yet, the reply waits in the peer's reply queue for
-// the one goroutine that dials it.
+// sendReply answers request h, which arrived on c, on c itself: a reply
+// travels back on its request's own connection (protocol version 3), which
+// in the other direction carries nothing but credit grants and draining
+// notices, so a reply never waits behind a request nor for a dial, and is
+// never throttled. ctx is nil on the connection's reader (event loop or
+// netpoller goroutine), where the reply is corked: written with the rest
+// of that read's replies, in one system call.
 //
-// A reply goes out only on a connection of the request's own link: once
-// that link has ended (the connection dropped, the peer restarted, it was
-// declared down), its caller has already been failed, and the xid may name
-// a call of the peer's next run. Such a reply is dropped and counted.
-//
-// rd is the connection whose reader is sending (ctx nil): the reply is
-// then corked, written with the rest of that read's replies. nil elsewhere.
-func (n *Node) sendReply(ctx context.Context, rd *conn, p *peer, gen uint64, h *framing.Header, svc *service, status Status, body []byte) {
+// A reply can only reach the run of the peer that sent the request: the
+// connection belongs to one incarnation at each end. Once c's link has
+// ended (the connection dropped, the peer restarted, it was declared
+// down), its caller has already been failed; the reply is dropped and
+// counted.
+func (n *Node) sendReply(ctx context.Context, c *conn, h *framing.Header, svc *service, status Status, body []byte) {
+	p, gen := c.peer, c.linkGen
 	if p.linkGen.Load() != gen {
 		n.m.staleReplies.Inc()
 		return
-	}
-	ch := ChanReply
-	if h.Priority > 0 {
-		ch = ChanReplyPrio
 	}
 	if len(body) > n.cfg.MaxPayload {
 		n.log.Warn("reply over MaxPayload", "peer", p.num, "service", h.Service, "proc", h.Proc, "bytes", len(body))
@@ -277,129 +274,14 @@ func (n *Node) sendReply(ctx context.Context, rd *conn, p *peer, gen uint64, h *
 			n.putBuf(zbuf)
 		}
 	}()
-	c := p.out[ch].Load()
-	if c == nil && ctx == nil && n.cfg.ReadMode != ReadNetpoller {
-		n.queueReply(p, gen, ch, &rh, body)
-		return
-	}
-	if c == nil {
-		dctx := ctx
-		if dctx == nil {
-			// A netpoller reader, which may wait for the dial (bounded as
-			// every dial is), rather than queue replies by the megabyte
-			// for one that an event loop would have to hand off. Only
-			// the first replies of a link come here.
-			var cancel context.CancelFunc
-			dctx, cancel = context.WithTimeout(n.ctx, n.cfg.DialTimeout)
-			defer cancel()
-		}
-		var err error
-		if c, err = n.outConn(dctx, p, ch); err != nil {
-			n.replyLost(p, gen, err)
-			return
-		}
-	}
-	if c.linkGen != gen {
-		// The reply connection was dialled for a later link: p's next run
-		// must not see this run's reply.
-		n.m.staleReplies.Inc()
-		return
-	}
 	var err error
-	if rd != nil {
-		err = c.sendCorked(rd, &rh, body)
+	if ctx == nil {
+		err = c.sendCorked(c, &rh, body)
 	} else {
 		err = c.send(ctx, &rh, body)
 	}
 	if err != nil {
 		n.replyLost(p, gen, err)
-	}
-}
-
-// readerOf is the connection c when ctx says its reader is the one serving
-// (nil), for sendReply's cork; nil on a server handle.
-func readerOf(ctx context.Context, c *conn) *conn {
-	if ctx == nil {
-		return c
-	}
-	return nil
-}
-
-// replyQueue holds the replies an event loop made while the peer's reply
-// connection was being dialled, for the single goroutine that dials it;
-// MaxPendingWrite bounds it like any connection's queue.
-type replyQueue struct {
-	mu       sync.Mutex
-	replies  []queuedReply
-	bytes    int
-	draining bool // a drainReplies goroutine owns the queue
-}
-
-type queuedReply struct {
-	gen  uint64
-	hdr  framing.Header
-	body []byte
-}
-
-// queueReply queues a copy of a reply for drainReplies. Apart from
-// sendReply so that the header it captures does not make every reply
-// allocate.
-func (n *Node) queueReply(p *peer, gen uint64, ch Channel, rh *framing.Header, body []byte) {
-	q := &p.replies[ch-ChanReply]
-	q.mu.Lock()
-	if q.bytes+framing.HeaderSize+len(body) > n.cfg.MaxPendingWrite {
-		q.mu.Unlock()
-		n.m.limitPendingWrite.Inc()
-		n.replyLost(p, gen, fmt.Errorf("%w: %d bytes of replies waiting for %s to be dialled", errQueueFull, q.bytes, ch))
-		return
-	}
-	q.replies = append(q.replies, queuedReply{gen: gen, hdr: *rh, body: append([]byte(nil), body...)})
-	q.bytes += framing.HeaderSize + len(body)
-	start := !q.draining
-	q.draining = true
-	q.mu.Unlock()
-	if start && !n.goOwned(func() { n.drainReplies(p, ch, q) }) {
-		q.mu.Lock()
-		q.replies, q.bytes, q.draining = nil, 0, false // closing: nobody will read them
-		q.mu.Unlock()
-	}
-}
-
-// drainReplies dials p's reply channel ch and sends what is queued,
-// until the queue is empty. A failure drops the queue and ends the links
-// the replies belonged to, each once.
-func (n *Node) drainReplies(p *peer, ch Channel, q *replyQueue) {
-	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.DialTimeout)
-	c, err := n.outConn(ctx, p, ch)
-	cancel()
-	for {
-		q.mu.Lock()
-		batch := q.replies
-		q.replies, q.bytes = nil, 0
-		if len(batch) == 0 {
-			q.draining = false
-			q.mu.Unlock()
-			return
-		}
-		q.mu.Unlock()
-		for i := range batch {
-			r := &batch[i]
-			if err == nil && c.dead.Load() {
-				err = errConnClosed
-			}
-			if err == nil && r.gen != c.linkGen {
-				n.m.staleReplies.Inc()
-				continue // its request's link ended while we dialled: its caller has failed already
-			}
-			if err == nil {
-				wctx, cancel := context.WithTimeout(n.ctx, n.cfg.WriteTimeout)
-				err = c.send(wctx, &r.hdr, r.body)
-				cancel()
-			}
-			if err != nil {
-				n.replyLost(p, r.gen, err)
-			}
-		}
 	}
 }
 

@@ -111,20 +111,18 @@ func (n *Node) inflight() int64 {
 	return sum
 }
 
-// repliesPending reports whether any reply is still queued for writing.
+// repliesPending reports whether any reply is still queued for writing:
+// replies travel on the connections peers dialled to this node.
 func (n *Node) repliesPending() bool {
 	for _, p := range *n.peers.Load() {
-		for i := range p.replies {
-			q := &p.replies[i]
-			q.mu.Lock()
-			busy := q.draining
-			q.mu.Unlock()
-			if busy {
-				return true
-			}
+		p.mu.Lock()
+		conns := make([]*conn, 0, len(p.inbound))
+		for c := range p.inbound {
+			conns = append(conns, c)
 		}
-		for _, ch := range [...]Channel{ChanReply, ChanReplyPrio} {
-			if c := p.out[ch].Load(); c != nil && c.writing() {
+		p.mu.Unlock()
+		for _, c := range conns { // not under p.mu: wmu is never taken inside it
+			if c.writing() {
 				return true
 			}
 		}

@@ -108,43 +108,54 @@ func TestShutdownDeadline(t *testing.T) {
 }
 
 // TestDrainingPeerRepliesBeforeLinkEnds: a peer that shuts down writes its
-// last replies, then closes every connection. The caller reads the closed
-// request connection and the reply connection on different goroutines, in
-// no order; the request connection's end must not fail a call whose reply
-// is still on the reply connection. Here the request connection's end is
-// seen first, for certain, and the reply still completes the call; the
-// reply connection's end then ends the link.
+// last replies, then closes every connection. Each connection's replies
+// come before its end, but the caller reads its connections on different
+// goroutines, in no order: one connection's end must not fail a call whose
+// reply is still on another. Here the first connection's end is seen
+// first, for certain, and the second's reply still completes its call; the
+// last connection's end then ends the link.
 func TestDrainingPeerRepliesBeforeLinkEnds(t *testing.T) {
 	target := startCluster(t, 1, nil)[0]
 	m := newFakeMember(t, target, 2, nil)
 	addFakeMember(t, 2, m.listen("127.0.0.2", false), target)
-	call := target.Go(WithPriority(ctxFor(t, 20*time.Second), 1), 2, Method{Service: echoSvc}, []byte("q"))
-	req := <-m.acceptedConns()
-	h, body, err := req.readUntil(framing.TypeRequest)
-	if err != nil {
+	first := target.Go(WithPriority(ctxFor(t, 20*time.Second), 1), 2, Method{Service: echoSvc}, []byte("first"))
+	a := <-m.acceptedConns()
+	// Unthrottled too: the fake member grants no credit.
+	second := target.Go(WithPriority(ctxFor(t, 20*time.Second), 2), 2, Method{Service: echoSvc}, []byte("second"))
+	b := <-m.acceptedConns()
+	if Channel(a.ack.Channel) != ChanPrio1 || Channel(b.ack.Channel) != ChanPrio2 {
+		t.Fatalf("dialled %d then %d", a.ack.Channel, b.ack.Channel)
+	}
+	answer := func(c *fakeConn) {
+		t.Helper()
+		h, body, err := c.readUntil(framing.TypeRequest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rh := framing.Header{Type: framing.TypeReply, Priority: h.Priority, Service: h.Service, Proc: h.Proc, XID: h.XID}
+		if err := c.writeFrame(rh, body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.writeFrame(framing.Header{Type: framing.TypeDraining}, nil); err != nil {
 		t.Fatal(err)
 	}
-	replies := m.connect(ChanReplyPrio)
 	p := target.peer(2)
-	// The fake member's side of the handshake ends before the target has
-	// recorded the connection: the rule under test needs it recorded.
-	eventually(t, "the target to hold the reply connection", func() bool { return target.repliesOpen(p, p.linkGen.Load()) })
-	if err := req.writeFrame(framing.Header{Type: framing.TypeDraining}, nil); err != nil {
-		t.Fatal(err)
-	}
+	eventually(t, "the draining notice", func() bool { return p.draining.Load() })
 	losses := target.m.peerLosses.Get()
-	_ = req.Close()
-	eventually(t, "the request connection's end", func() bool { return p.out[ChanPrio1].Load() == nil })
+	answer(a)
+	_ = a.Close()
+	if got, err := first.Wait(); err != nil || string(got) != "first" {
+		t.Fatalf("first call: %q, %v", got, err)
+	}
+	eventually(t, "the first connection's end", func() bool { return p.out[ChanPrio1].Load() == nil })
 	if got := target.m.peerLosses.Get(); got != losses {
-		t.Fatal("the request connection's end ended the link before the replies")
+		t.Fatal("the first connection's end ended the link before the other's replies")
 	}
-	rh := framing.Header{Type: framing.TypeReply, Priority: h.Priority, Service: h.Service, Proc: h.Proc, XID: h.XID}
-	if err := replies.writeFrame(rh, body); err != nil {
-		t.Fatal(err)
+	answer(b)
+	if got, err := second.Wait(); err != nil || string(got) != "second" {
+		t.Fatalf("second call: %q, %v", got, err)
 	}
-	if got, err := call.Wait(); err != nil || string(got) != "q" {
-		t.Fatalf("call: %q, %v", got, err)
-	}
-	_ = replies.Close()
-	eventually(t, "the reply connection's end to end the link", func() bool { return target.m.peerLosses.Get() > losses })
+	_ = b.Close()
+	eventually(t, "the last connection's end to end the link", func() bool { return target.m.peerLosses.Get() > losses })
 }

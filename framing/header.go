@@ -14,7 +14,12 @@ import (
 // Version 2 added the caller's timeout in requests (FlagDeadline, the
 // status field), FlagCancellable and TypeCancel (issue 9), and
 // FlagDraining and TypeDraining for graceful shutdown.
-const ProtocolVersion = 2
+//
+// Version 3 sends a reply back on its request's own connection, where it
+// once went on a reply channel (4 or 5) the replier dialled: a version-2
+// node would wait for replies on a connection a version-3 node never
+// dials, so the two must refuse each other at the handshake.
+const ProtocolVersion = 3
 
 // HeaderSize is the fixed size of a frame header in bytes.
 //

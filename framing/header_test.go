@@ -24,7 +24,7 @@ func TestHeaderLayout(t *testing.T) {
 		SvcVersion: 0x4142,
 		Status:     0x5152,
 	}
-	want, _ := hex.DecodeString("02050103" + "04030201" + "08070605" + "1817161514131211" + "24232221" + "34333231" + "4241" + "5251")
+	want, _ := hex.DecodeString("03050103" + "04030201" + "08070605" + "1817161514131211" + "24232221" + "34333231" + "4241" + "5251")
 	var b [HeaderSize]byte
 	h.Encode(b[:])
 	if !bytes.Equal(b[:], want) {
