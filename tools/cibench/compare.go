@@ -32,6 +32,19 @@ func (*compareCmd) Help() string {
 	return `Latency, one caller at a time by default. Each peer's server runs in its own
 child process; this process is the client for all of them.
 
+Ratios are taken round by round against raw TCP's run in that round. On a
+small VM loopback latency is bimodal (raw TCP p50 about 20 µs or 40-60 µs,
+changing from minute to minute), so every round is also classified: raw TCP
+runs a short bracket (500 calls, fewer if --calls is smaller) before the
+first round and after every round, and a round is "fast" when raw TCP's p50
+was under 30 µs in the bracket before it, in its own run and in the bracket
+after it, "slow" when it was over at all three, and "mixed" otherwise (the
+machine changed mode while the peers ran). The "by raw TCP's mode" table
+splits the ratios into fast and slow rounds and leaves mixed rounds out,
+counting them; the per-round table shows every round, its mode and the two
+brackets. Brackets only classify: no ratio or merged figure includes them.
+Without raw among --peers there are no brackets and no modes.
+
 Examples:
   cibench compare                                    # raw, ics, ics@1, netrpc, grpc; 7 rounds
   cibench compare --peers=raw,netrpc,grpc --rounds=3 --calls=5000
