@@ -77,6 +77,16 @@ func TestGolden(t *testing.T) {
 	}
 }
 
+// hasLines fails t for every line of want that md lacks.
+func hasLines(t *testing.T, md string, want []string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(md, w) {
+			t.Errorf("no line\n%s\nin\n%s", w, md)
+		}
+	}
+}
+
 // firstDiff shows the first line where got and want differ.
 func firstDiff(got, want string) string {
 	g, w := strings.Split(got, "\n"), strings.Split(want, "\n")
@@ -103,7 +113,7 @@ func TestHeadlineRows(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{
+	hasLines(t, md, []string{
 		// ICS's per-round p50 ratios to raw are 1.83 and 1.95: median 1.89, 45% over 1.3.
 		"| ICS p50 ≤ 1.3× raw TCP | 43.3 µs against 22.9 µs | 1.89× | ≤ 1.3× | **missed** by 45% |",
 		// Both rounds were fast-mode rounds (raw p50 under 30 µs); the worst
@@ -123,11 +133,7 @@ func TestHeadlineRows(t *testing.T) {
 		"| key-service failover p99 ≤ 1.5× crash detection p99 | 129.99 ms against 109.70 ms | 1.18× | ≤ 1.5× | met (21% below) |",
 		"| 16 | ", // the membership table's larger cluster
 		"> **Quick run**",
-	} {
-		if !strings.Contains(md, want) {
-			t.Errorf("no line\n%s\nin\n%s", want, md)
-		}
-	}
+	})
 }
 
 func TestVerdict(t *testing.T) {
@@ -224,16 +230,12 @@ func TestMixedRounds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{
+	hasLines(t, md, []string{
 		// Round 1: ICS 41.3 µs against raw 22.6 µs, 1.83×, 41% over 1.3.
 		"| … in every fast-mode round (raw p50 < 30.0 µs before, in and after the round; worst of 1; 1 mixed round left out) | median 1.83× | 1.83× | ≤ 1.3× | **missed** by 41% |",
 		"A round is fast when raw TCP's p50 was under 30.0 µs in a 500-call bracket just before it, in its own run and in a bracket just after it, slow when it was over at all three, and mixed otherwise: 1 fast, 0 slow and 1 mixed rounds here; mixed rounds are in neither column",
 		"| ICS | 43.3 µs |", // the all-rounds median still holds both rounds
-	} {
-		if !strings.Contains(md, want) {
-			t.Errorf("no line\n%s\nin\n%s", want, md)
-		}
-	}
+	})
 
 	// Every round mixed: no fast-mode verdict, and the row says why.
 	c.Modes = &bench.ModeCounts{Mixed: 2}
@@ -244,7 +246,5 @@ func TestMixedRounds(t *testing.T) {
 	if md, err = Generate(rep, "", t.TempDir(), "p"); err != nil {
 		t.Fatal(err)
 	}
-	if want := "| … in every fast-mode round (raw p50 < 30.0 µs before, in and after the round; 2 mixed rounds left out) | no round was in raw TCP's fast mode | – | ≤ 1.3× | – |"; !strings.Contains(md, want) {
-		t.Errorf("no line\n%s\nin\n%s", want, md)
-	}
+	hasLines(t, md, []string{"| … in every fast-mode round (raw p50 < 30.0 µs before, in and after the round; 2 mixed rounds left out) | no round was in raw TCP's fast mode | – | ≤ 1.3× | – |"})
 }
