@@ -43,7 +43,9 @@ machine changed mode while the peers ran). The "by raw TCP's mode" table
 splits the ratios into fast and slow rounds and leaves mixed rounds out,
 counting them; the per-round table shows every round, its mode and the two
 brackets. Brackets only classify: no ratio or merged figure includes them.
-Without raw among --peers there are no brackets and no modes.
+Without raw among --peers there are no brackets and no modes. Modes change
+often on a 2-vCPU VM, so many rounds can be mixed: ask for more rounds
+(--rounds=15) when the fast-mode figures rest on too few.
 
 Examples:
   cibench compare                                    # raw, ics, ics@1, netrpc, grpc; 7 rounds
@@ -54,6 +56,8 @@ Examples:
   cibench compare --sizes=64,4096,65536 --json > latency.json
   cibench compare --sizes=4096 --response-size=64
   CI_ROUNDS=15 cibench compare --quiet
+  # every round's mode and the raw TCP brackets that decided it:
+  cibench compare --rounds=15 --json | jq -c '.latency[0].per_round[] | [.round, .mode, .bracket_before_p50_ns, .raw_mode, .bracket_after_p50_ns]'
 
 Against a running cluster (--target): node --from's admin endpoint calls
 node --to's ICS echo (POST /v1/ping) and returns the latencies; only ICS is
