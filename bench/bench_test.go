@@ -250,10 +250,22 @@ func TestRunFails(t *testing.T) {
 	}
 }
 
+// countingClient counts the calls made through it.
+type countingClient struct {
+	Client
+	n atomic.Int64
+}
+
+func (c *countingClient) Call(req, resp []byte) ([]byte, error) {
+	c.n.Add(1)
+	return c.Client.Call(req, resp)
+}
+
 func TestCompare(t *testing.T) {
+	raw := &countingClient{Client: startPeer(t, "raw")}
 	targets := []Target{
 		{Name: "netrpc", Client: startPeer(t, "netrpc")},
-		{Name: "raw", Client: startPeer(t, "raw")},
+		{Name: "raw", Client: raw},
 	}
 	cfg := CompareConfig{Rounds: 3, Run: DefaultRunConfig()}
 	cfg.Run.Calls, cfg.Run.Warmup = 50, 5
@@ -272,9 +284,31 @@ func TestCompare(t *testing.T) {
 		if raw := round.Results[1]; raw.P50Ratio != 1 || raw.P99Ratio != 1 || raw.RateRatio != 1 {
 			t.Errorf("round %d: baseline ratios %+v", r+1, raw)
 		}
+		// Each round is classified from its brackets and raw TCP's run,
+		// and a round's closing bracket is the next one's opening.
+		if round.BracketBeforeP50 <= 0 || round.BracketAfterP50 <= 0 ||
+			round.Mode != RoundMode(round.BracketBeforeP50, round.Results[1].Latency.P50, round.BracketAfterP50) {
+			t.Errorf("round %d: mode %q from brackets %v, %v and raw %v", r+1, round.Mode, round.BracketBeforeP50,
+				round.BracketAfterP50, round.Results[1].Latency.P50)
+		}
+		if r > 0 && round.BracketBeforeP50 != c.PerRound[r-1].BracketAfterP50 {
+			t.Errorf("round %d opens with bracket %v, round %d closed with %v", r+1, round.BracketBeforeP50, r, c.PerRound[r-1].BracketAfterP50)
+		}
+	}
+	if n := c.Modes; c.BracketCalls != 50 || n == nil || n.Fast+n.Slow+n.Mixed != 3 {
+		t.Errorf("%d calls per bracket (want the run's 50), mode counts %+v", c.BracketCalls, n)
+	}
+	// The four brackets (5 warm-up and 50 timed calls each) went to raw
+	// TCP's client but are in none of its figures: its merged histogram
+	// holds the three rounds' 50 calls each.
+	if got, want := raw.n.Load(), int64(3*(5+50)+4*(5+50)); got != want {
+		t.Errorf("raw TCP's client made %d calls, want %d: 3 runs and 4 brackets", got, want)
 	}
 	if p := c.Peers[1]; p.Peer != "raw" || p.P50Ratio != 1 || p.All.Count != 150 {
 		t.Errorf("raw stats %+v", p)
+	}
+	if p := c.Peers[0]; p.All.Count != 150 {
+		t.Errorf("netrpc stats %+v", p)
 	}
 
 	js, err := json.Marshal(c)
@@ -293,7 +327,7 @@ func TestCompare(t *testing.T) {
 	if err := c.WriteText(&text); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"netrpc", "raw", "p50/raw", "per round"} {
+	for _, want := range []string{"netrpc", "raw", "p50/raw", "per round", "raw bracket", "by raw TCP's mode"} {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("text output lacks %q:\n%s", want, text.String())
 		}
@@ -301,6 +335,33 @@ func TestCompare(t *testing.T) {
 
 	if _, err := Compare(context.Background(), targets, CompareConfig{Rounds: 1, Baseline: "grpc", Run: cfg.Run}); err == nil {
 		t.Error("unknown baseline accepted")
+	}
+
+	// Without raw TCP: no brackets, no modes.
+	c, err = Compare(context.Background(), targets[:1], CompareConfig{Rounds: 1, Run: cfg.Run})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := c.PerRound[0]; c.BracketCalls != 0 || c.Modes != nil || r.Mode != "" || r.BracketBeforeP50 != 0 || r.BracketAfterP50 != 0 {
+		t.Errorf("without raw TCP: %d bracket calls, modes %+v, round %+v", c.BracketCalls, c.Modes, r)
+	}
+}
+
+func TestBracketConfig(t *testing.T) {
+	for _, c := range []struct {
+		name          string
+		run           RunConfig
+		calls, warmup int
+	}{
+		{"a default latency run", RunConfig{Calls: 20000, Concurrency: 1, Warmup: 1000}, BracketCalls, bracketWarmup},
+		{"a run shorter than a bracket", RunConfig{Calls: 200, Concurrency: 1, Warmup: 20}, 200, 20},
+		{"no warm-up asked for", RunConfig{Calls: 20000, Concurrency: 1}, BracketCalls, 0},
+		{"a timed run with many callers: a few calls each", RunConfig{Duration: time.Second, Concurrency: 256, Warmup: 5000}, 1024, bracketWarmup},
+	} {
+		b := bracketConfig(c.run)
+		if b.Calls != c.calls || b.Warmup != c.warmup || b.Duration != 0 || b.Progress != nil || b.Concurrency != c.run.Concurrency {
+			t.Errorf("%s: bracket %+v, want %d calls after %d", c.name, b, c.calls, c.warmup)
+		}
 	}
 }
 

@@ -47,6 +47,12 @@ type Comparison struct {
 	Warmup      int           `json:"warmup_calls"`
 	Baseline    string        `json:"baseline"`
 	Env         Env           `json:"env"`
+	// BracketCalls is the timed calls of each raw TCP bracket (see
+	// Round.Mode); absent when raw TCP is not among the peers.
+	BracketCalls int `json:"bracket_calls,omitempty"`
+	// Modes counts the rounds of each mode; nil when raw TCP is not among
+	// the peers (and in reports from before the brackets).
+	Modes *ModeCounts `json:"modes,omitempty"`
 
 	Peers []PeerStats `json:"peers"` // in the order the targets were given
 	// NotMeasured lists the peers asked for that this run could not
@@ -104,10 +110,10 @@ type PeerStats struct {
 	// SlowCalls counts the calls of all rounds slower than
 	// SlowCallThreshold.
 	SlowCalls int64 `json:"calls_over_5ms"`
-	// Fast and Slow split the per-round ratios by raw TCP's mode in that
-	// round (see RawMode); nil when no round was in that mode or raw TCP
-	// did not run. A median over all rounds hides the fast-mode rounds when
-	// they are the minority: these do not.
+	// Fast and Slow split the per-round ratios by the round's mode (see
+	// Round.Mode); mixed rounds are in neither. Nil when no round was in
+	// that mode or raw TCP did not run. A median over all rounds hides the
+	// fast-mode rounds when they are the minority: these do not.
 	Fast *ModeStats `json:"fast_mode,omitempty"`
 	Slow *ModeStats `json:"slow_mode,omitempty"`
 }
@@ -122,13 +128,14 @@ const SlowCallThreshold = 5 * time.Millisecond
 // (docs/PERFORMANCE.md, "Bimodal latency"); 30 µs separates the two.
 const FastModeThreshold = 30 * time.Microsecond
 
-// Raw TCP's modes, as Round.RawMode says them.
+// Raw TCP's modes, as RawMode and RoundMode say them.
 const (
-	ModeFast = "fast"
-	ModeSlow = "slow"
+	ModeFast  = "fast"
+	ModeSlow  = "slow"
+	ModeMixed = "mixed" // a round only: raw TCP changed mode while it ran
 )
 
-// RawMode classifies a round by raw TCP's p50 in it.
+// RawMode classifies one raw TCP measurement by its p50.
 func RawMode(rawP50 time.Duration) string {
 	if rawP50 < FastModeThreshold {
 		return ModeFast
@@ -136,8 +143,49 @@ func RawMode(rawP50 time.Duration) string {
 	return ModeSlow
 }
 
-// ModeStats is one peer's ratios to the baseline over the rounds raw TCP
-// ran in one mode.
+// RoundMode classifies a round by raw TCP's p50 in the bracket just
+// before it, in its own run in the round and in the bracket just after
+// it: ModeFast or ModeSlow when all three are in that mode, ModeMixed
+// otherwise. The machine can change mode within a round, and one raw TCP
+// run cannot say whether the peers that ran after it (or before it) saw
+// the same mode; the brackets enclose every peer's run. A change of mode
+// and back between the brackets is caught only if raw TCP's own run falls
+// in it. "" when a measurement is missing (raw TCP is not among the peers).
+func RoundMode(before, raw, after time.Duration) string {
+	if before <= 0 || raw <= 0 || after <= 0 {
+		return ""
+	}
+	m := RawMode(before)
+	if RawMode(raw) != m || RawMode(after) != m {
+		return ModeMixed
+	}
+	return m
+}
+
+// BracketCalls is the timed calls of one raw TCP bracket, fewer when a
+// run has fewer calls. The bracket only has to place raw TCP's p50 on one
+// side of FastModeThreshold: with 500 calls the sample median lies within
+// about the 48th to 52nd percentile (one standard error, 0.5/sqrt(500)),
+// and the two modes' p50s (about 20 and 40-60 µs) are far from 30 µs, so a
+// bracket misreads its mode only when raw TCP is switching while it runs,
+// which makes the round mixed either way. 500 calls take 10-30 ms: the
+// brackets between rounds add 500 calls to a round of 20,000 per peer.
+const BracketCalls = 500
+
+// bracketWarmup is the untimed calls before a bracket: the connection is
+// warm already, but the first calls after another peer's run pay for
+// waking raw TCP's server.
+const bracketWarmup = 50
+
+// ModeCounts is how many rounds were in each mode.
+type ModeCounts struct {
+	Fast  int `json:"fast"`
+	Slow  int `json:"slow"`
+	Mixed int `json:"mixed"`
+}
+
+// ModeStats is one peer's ratios to the baseline over the rounds of one
+// mode (Round.Mode).
 type ModeStats struct {
 	Rounds      int     `json:"rounds"`
 	P50Ratio    float64 `json:"p50_ratio"`     // median
@@ -150,10 +198,22 @@ type ModeStats struct {
 type Round struct {
 	Round int      `json:"round"` // from 1
 	Order []string `json:"order"` // the order the targets ran in
-	// RawMode is raw TCP's mode this round (ModeFast or ModeSlow), "" when
-	// raw TCP is not among the targets.
-	RawMode string        `json:"raw_mode,omitempty"`
-	Results []RoundResult `json:"results"`
+	// Mode is the round's class, RoundMode of the two brackets and raw
+	// TCP's run: ModeFast, ModeSlow or ModeMixed; "" when raw TCP is not
+	// among the targets. Fast and slow rounds feed PeerStats.Fast and
+	// .Slow, mixed rounds neither.
+	Mode string `json:"mode,omitempty"`
+	// RawMode is RawMode of raw TCP's own run in the round (its ratio
+	// baseline), "" when raw TCP is not among the targets.
+	RawMode string `json:"raw_mode,omitempty"`
+	// BracketBeforeP50 and BracketAfterP50 are raw TCP's p50 in the
+	// brackets: Comparison.BracketCalls calls just before the round's first
+	// target and just after its last (the bracket between two rounds
+	// serves both). They classify the round and nothing else: no ratio
+	// divides by them and no merged histogram holds them. 0 without raw TCP.
+	BracketBeforeP50 time.Duration `json:"bracket_before_p50_ns,omitempty"`
+	BracketAfterP50  time.Duration `json:"bracket_after_p50_ns,omitempty"`
+	Results          []RoundResult `json:"results"`
 }
 
 // RoundResult is one target in one round.
@@ -226,8 +286,29 @@ func Compare(ctx context.Context, targets []Target, cfg CompareConfig) (*Compari
 	for i := range merged {
 		merged[i] = NewHist()
 	}
+	// Raw TCP's brackets: one before the first round and one after every
+	// round, so that each round's peers all ran between two of them.
+	raw := rawIndex(targets)
+	bcfg := bracketConfig(cfg.Run)
+	bracket := func(when string) (time.Duration, error) {
+		if raw < 0 {
+			return 0, nil
+		}
+		res, err := runWithProcs(ctx, targets[raw], bcfg)
+		if err != nil {
+			return 0, fmt.Errorf("raw TCP bracket %s: %w", when, err)
+		}
+		return res.Latency.P50, nil
+	}
+	if raw >= 0 {
+		c.BracketCalls = bcfg.Calls
+	}
+	before, err := bracket("before round 1")
+	if err != nil {
+		return nil, err
+	}
 	for r := range cfg.Rounds {
-		round := Round{Round: r + 1, Results: make([]RoundResult, len(targets))}
+		round := Round{Round: r + 1, Results: make([]RoundResult, len(targets)), BracketBeforeP50: before}
 		for k := range targets {
 			i := (k + r) % len(targets)
 			t := targets[i]
@@ -240,14 +321,60 @@ func Compare(ctx context.Context, targets []Target, cfg CompareConfig) (*Compari
 			merged[i].Merge(res.Hist)
 			round.Results[i] = RoundResult{Result: res}
 		}
+		if round.BracketAfterP50, err = bracket(fmt.Sprintf("after round %d", r+1)); err != nil {
+			return nil, err
+		}
+		before = round.BracketAfterP50
 		c.PerRound = append(c.PerRound, round)
 	}
 	c.Peers = summarize(c.PerRound, base, merged)
+	c.Modes = countModes(c.PerRound)
 	return c, nil
 }
 
+// rawIndex is the index of raw TCP among targets, or -1.
+func rawIndex(targets []Target) int {
+	return slices.IndexFunc(targets, func(t Target) bool { return t.Name == "raw" })
+}
+
+// bracketConfig is the load of one raw TCP bracket: run's sizes and
+// concurrency, BracketCalls timed calls (no more than run's own, and a few
+// per caller when there are many), a short warm-up, and no progress
+// reports, which count the peers' calls.
+func bracketConfig(run RunConfig) RunConfig {
+	b := run
+	b.Duration, b.Progress = 0, nil
+	b.Calls = max(BracketCalls, 4*run.Concurrency)
+	if run.Duration <= 0 {
+		b.Calls = min(b.Calls, run.Calls)
+	}
+	b.Warmup = min(run.Warmup, bracketWarmup)
+	return b
+}
+
+// countModes counts the rounds of each mode; nil when no round has one.
+func countModes(rounds []Round) *ModeCounts {
+	var n ModeCounts
+	for _, r := range rounds {
+		switch r.Mode {
+		case ModeFast:
+			n.Fast++
+		case ModeSlow:
+			n.Slow++
+		case ModeMixed:
+			n.Mixed++
+		}
+	}
+	if n == (ModeCounts{}) {
+		return nil
+	}
+	return &n
+}
+
 // summarize fills in each round's ratios to the baseline (index base) and
-// raw TCP's mode, and condenses the rounds into one PeerStats per target.
+// its modes (from raw TCP's run and the brackets already in the round),
+// and condenses the rounds into one PeerStats per target: all rounds, and
+// the fast and the slow rounds apart.
 // merged holds each target's histogram over all rounds (nil: no CDF).
 func summarize(rounds []Round, base int, merged []*Hist) []PeerStats {
 	if len(rounds) == 0 {
@@ -268,7 +395,9 @@ func summarize(rounds []Round, base int, merged []*Hist) []PeerStats {
 			}
 		}
 		if raw >= 0 {
-			round.RawMode = RawMode(round.Results[raw].Latency.P50)
+			p50 := round.Results[raw].Latency.P50
+			round.RawMode = RawMode(p50)
+			round.Mode = RoundMode(round.BracketBeforeP50, p50, round.BracketAfterP50)
 		}
 	}
 	var peers []PeerStats
@@ -290,7 +419,7 @@ func summarize(rounds []Round, base int, merged []*Hist) []PeerStats {
 			ps.All, ps.CDF, ps.SlowCalls = merged[i].Summary(), merged[i].CDF(), merged[i].CountAbove(SlowCallThreshold)
 		}
 		for _, mode := range []string{ModeFast, ModeSlow} {
-			in := slices.DeleteFunc(slices.Clone(rounds), func(r Round) bool { return r.RawMode != mode })
+			in := slices.DeleteFunc(slices.Clone(rounds), func(r Round) bool { return r.Mode != mode })
 			if len(in) == 0 {
 				continue
 			}
@@ -396,19 +525,26 @@ func (c *Comparison) WriteText(w io.Writer) error {
 		return err
 	}
 
-	b.WriteString("\nper round (pos: when the peer ran in its round)\n")
+	b.WriteString("\nper round (pos: when the peer ran in its round; raw TCP's brackets, at 0 and after the last, only classify the round)\n")
 	tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "round\traw mode\tpeer\tpos\tp50\tp99\tp99.9\tmax\tcalls/s\tp50/%s\tp99/%s\tp99.9/%s\t\n", bl, bl, bl)
+	fmt.Fprintf(tw, "round\tmode\tpeer\tpos\tp50\tp99\tp99.9\tmax\tcalls/s\tp50/%s\tp99/%s\tp99.9/%s\t\n", bl, bl, bl)
 	for _, r := range c.PerRound {
-		mode := r.RawMode
+		mode := r.Mode
 		if mode == "" {
 			mode = "-"
 		}
+		bracket := func(name string, pos int, p50 time.Duration) {
+			if p50 > 0 {
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t-\t-\t-\t-\t-\t-\t-\t\n", r.Round, mode, name, pos, us(p50))
+			}
+		}
+		bracket("raw bracket", 0, r.BracketBeforeP50)
 		for _, res := range r.Results {
 			fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%.0f\t%.2f\t%.2f\t%.2f\t\n", r.Round, mode, res.Peer,
 				slices.Index(r.Order, res.Peer)+1, us(res.Latency.P50), us(res.Latency.P99), us(res.Latency.P999),
 				us(res.Latency.Max), res.CallsPerSec, res.P50Ratio, res.P99Ratio, res.P999Ratio)
 		}
+		bracket("raw bracket", len(r.Order)+1, r.BracketAfterP50)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -419,10 +555,16 @@ func (c *Comparison) WriteText(w io.Writer) error {
 
 // writeModes renders the per-mode split of the ratios, when raw TCP ran.
 func (c *Comparison) writeModes(b *strings.Builder) error {
-	if len(c.PerRound) == 0 || c.PerRound[0].RawMode == "" {
+	n := c.Modes
+	if n == nil {
 		return nil
 	}
-	fmt.Fprintf(b, "\nby raw TCP's mode (fast: raw p50 under %s): median ratio, worst-round p50 ratio in brackets\n", us(FastModeThreshold))
+	fmt.Fprintf(b, "\nby raw TCP's mode (a fast round: raw p50 under %s in the brackets before and after the round and in its own run;\n"+
+		"slow: over at all three; mixed: anything else): %d fast, %d slow, %d mixed rounds, and the mixed ones are in neither row.\n"+
+		"Median ratio, worst-round p50 ratio in parentheses.\n", us(FastModeThreshold), n.Fast, n.Slow, n.Mixed)
+	if n.Fast+n.Slow == 0 {
+		return nil
+	}
 	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', tabwriter.AlignRight)
 	bl := c.Baseline
 	fmt.Fprintf(tw, "peer\tmode\trounds\tp50/%s\t(worst)\tp99/%s\tp99.9/%s\t\n", bl, bl, bl)

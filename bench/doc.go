@@ -7,6 +7,17 @@
 // several peers in interleaved rounds and reports per-round ratios to the
 // raw peer, whose medians are the numbers worth quoting on a noisy machine.
 //
+// Loopback latency on a small VM is bimodal (raw TCP p50 about 20 µs or
+// 40-60 µs) and changes mode from minute to minute, sometimes within a
+// round. So Compare also runs raw TCP in short brackets (BracketCalls
+// calls) before the first round and after every round, and RoundMode
+// calls a round fast or slow only when raw TCP was in that mode in the
+// bracket before it, in its own run and in the bracket after it; otherwise
+// the round is mixed. PeerStats.Fast and .Slow hold the ratios of the fast
+// and the slow rounds, and mixed rounds are in neither. The brackets only
+// classify: ratios divide by raw TCP's run in the round, and no bracket is
+// in a merged histogram.
+//
 // In one process:
 //
 //	var targets []bench.Target

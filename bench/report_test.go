@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +22,12 @@ func round(n int, names []string, p50, p99, p999 []int) Round {
 	return r
 }
 
+// bracketed sets r's raw TCP brackets, in microseconds, as Compare does.
+func bracketed(r Round, before, after int) Round {
+	r.BracketBeforeP50, r.BracketAfterP50 = time.Duration(before)*time.Microsecond, time.Duration(after)*time.Microsecond
+	return r
+}
+
 // TestModeSplit: two fast rounds of five, where ICS is 1.6x raw, cannot
 // hide behind the slow rounds' 0.8x: the median over all rounds is 0.8,
 // the fast-mode median 1.6 and its worst round 1.7.
@@ -33,9 +40,17 @@ func TestModeSplit(t *testing.T) {
 		round(4, names, []int{50, 40}, []int{150, 150}, []int{300, 300}), // slow: 0.8
 		round(5, names, []int{30, 24}, []int{150, 150}, []int{300, 300}), // slow (30 µs is not under 30): 0.8
 	}
+	// Each round fast or slow throughout: the brackets agree with raw TCP.
+	for i := range rounds {
+		raw := rounds[i].Results[0].Latency.P50
+		rounds[i].BracketBeforeP50, rounds[i].BracketAfterP50 = raw, raw
+	}
 	peers := summarize(rounds, 0, nil)
-	if got := []string{rounds[0].RawMode, rounds[1].RawMode, rounds[4].RawMode}; got[0] != ModeFast || got[1] != ModeSlow || got[2] != ModeSlow {
+	if got := []string{rounds[0].Mode, rounds[1].Mode, rounds[4].Mode}; got[0] != ModeFast || got[1] != ModeSlow || got[2] != ModeSlow {
 		t.Fatalf("modes %v", got)
+	}
+	if got := []string{rounds[0].RawMode, rounds[1].RawMode, rounds[4].RawMode}; got[0] != ModeFast || got[1] != ModeSlow || got[2] != ModeSlow {
+		t.Fatalf("raw modes %v", got)
 	}
 	ics := peers[1]
 	if ics.P50Ratio != 0.8 {
@@ -57,8 +72,84 @@ func TestModeSplit(t *testing.T) {
 
 	// Without raw TCP there are no modes.
 	noRaw := []Round{round(1, []string{"ics", "grpc"}, []int{20, 40}, []int{1, 1}, []int{1, 1})}
-	if p := summarize(noRaw, 0, nil); noRaw[0].RawMode != "" || p[1].Fast != nil || p[1].Slow != nil || p[1].P50Ratio != 2 {
-		t.Errorf("without raw: mode %q, %+v", noRaw[0].RawMode, p[1])
+	if p := summarize(noRaw, 0, nil); noRaw[0].RawMode != "" || noRaw[0].Mode != "" || p[1].Fast != nil || p[1].Slow != nil ||
+		p[1].P50Ratio != 2 || countModes(noRaw) != nil {
+		t.Errorf("without raw: mode %q/%q, %+v", noRaw[0].Mode, noRaw[0].RawMode, p[1])
+	}
+}
+
+// TestRoundMode: a round is fast or slow only when raw TCP was in that
+// mode in the bracket before it, in its own run and in the bracket after
+// it; any disagreement is mixed, and a missing measurement no mode.
+func TestRoundMode(t *testing.T) {
+	const fast, slow, edge = 18 * time.Microsecond, 45 * time.Microsecond, FastModeThreshold
+	for _, c := range []struct {
+		name               string
+		before, raw, after time.Duration
+		want               string
+	}{
+		{"fast/fast", fast, fast, fast, ModeFast},
+		{"slow/slow", slow, slow, slow, ModeSlow},
+		{"fast/slow: slowed down during the round", fast, fast, slow, ModeMixed},
+		{"slow/fast: sped up during the round", slow, slow, fast, ModeMixed},
+		{"fast brackets, raw TCP's run slow", fast, slow, fast, ModeMixed},
+		{"slow brackets, raw TCP's run fast", slow, fast, slow, ModeMixed},
+		{"the threshold itself is slow", edge, edge, edge, ModeSlow},
+		{"just under the threshold is fast", edge - 1, edge - 1, edge - 1, ModeFast},
+		{"no bracket before: raw TCP not among the targets", 0, fast, fast, ""},
+		{"no bracket after", fast, fast, 0, ""},
+		{"no raw TCP run", fast, 0, fast, ""},
+	} {
+		if got := RoundMode(c.before, c.raw, c.after); got != c.want {
+			t.Errorf("%s: RoundMode(%v, %v, %v) = %q, want %q", c.name, c.before, c.raw, c.after, got, c.want)
+		}
+	}
+}
+
+// TestMixedRoundsExcluded replays the round of the report that prompted
+// the brackets: raw TCP ran first at 17 µs, then the machine slowed down
+// and ICS measured 68 µs (4x raw). Bracketed by 17 and 52 µs it is mixed:
+// its ratio is in the round and in the all-rounds median, but in neither
+// mode's figures, which hold only the rounds fast or slow throughout.
+func TestMixedRoundsExcluded(t *testing.T) {
+	names := []string{"raw", "raw-split", "ics"}
+	rounds := []Round{
+		bracketed(round(1, names, []int{20, 24, 24}, []int{60, 60, 60}, []int{90, 90, 90}), 19, 21),       // fast: ICS 1.2
+		bracketed(round(2, names, []int{17, 27, 68}, []int{60, 60, 60}, []int{90, 90, 90}), 17, 52),       // fast, then slow: mixed
+		bracketed(round(3, names, []int{50, 50, 55}, []int{120, 120, 120}, []int{200, 200, 200}), 52, 48), // slow: ICS 1.1
+		bracketed(round(4, names, []int{50, 50, 40}, []int{120, 120, 120}, []int{200, 200, 200}), 20, 21), // fast brackets, raw slow: mixed
+		bracketed(round(5, names, []int{25, 26, 25}, []int{60, 60, 60}, []int{90, 90, 90}), 21, 20),       // fast: ICS 1.0
+	}
+	peers := summarize(rounds, 0, nil)
+	var modes []string
+	for _, r := range rounds {
+		modes = append(modes, r.Mode)
+	}
+	if want := []string{ModeFast, ModeMixed, ModeSlow, ModeMixed, ModeFast}; !slices.Equal(modes, want) {
+		t.Fatalf("modes %v, want %v", modes, want)
+	}
+	if n := countModes(rounds); n == nil || *n != (ModeCounts{Fast: 2, Slow: 1, Mixed: 2}) {
+		t.Errorf("mode counts %+v, want 2 fast, 1 slow, 2 mixed", n)
+	}
+	ics := peers[2]
+	if r := rounds[1].Results[2].P50Ratio; !near(r, 4) {
+		t.Errorf("the mixed round's ICS ratio %v, want 4 (reported, not dropped)", r)
+	}
+	// All rounds: 1.2, 4, 1.1, 0.8, 1.0 -> 1.1.
+	if !near(ics.P50Ratio, 1.1) {
+		t.Errorf("all-rounds ICS p50 ratio %v, want 1.1 (mixed rounds count there)", ics.P50Ratio)
+	}
+	if ics.Fast == nil || ics.Fast.Rounds != 2 || !near(ics.Fast.P50RatioMax, 1.2) || !near(ics.Fast.P50Ratio, 1.1) {
+		t.Errorf("fast %+v, want rounds 1 and 5 only: median 1.1, worst 1.2 (not the mixed round's 4)", ics.Fast)
+	}
+	if ics.Slow == nil || ics.Slow.Rounds != 1 || !near(ics.Slow.P50Ratio, 1.1) || !near(ics.Slow.P50RatioMax, 1.1) {
+		t.Errorf("slow %+v, want round 3 only: 1.1", ics.Slow)
+	}
+
+	// Every round mixed: neither mode has figures.
+	allMixed := []Round{rounds[1], rounds[3]}
+	if p := summarize(allMixed, 0, nil); p[2].Fast != nil || p[2].Slow != nil || *countModes(allMixed) != (ModeCounts{Mixed: 2}) {
+		t.Errorf("all mixed: fast %+v slow %+v", p[2].Fast, p[2].Slow)
 	}
 }
 

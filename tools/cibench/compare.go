@@ -32,6 +32,21 @@ func (*compareCmd) Help() string {
 	return `Latency, one caller at a time by default. Each peer's server runs in its own
 child process; this process is the client for all of them.
 
+Ratios are taken round by round against raw TCP's run in that round. On a
+small VM loopback latency is bimodal (raw TCP p50 about 20 µs or 40-60 µs,
+changing from minute to minute), so every round is also classified: raw TCP
+runs a short bracket (500 calls, fewer if --calls is smaller) before the
+first round and after every round, and a round is "fast" when raw TCP's p50
+was under 30 µs in the bracket before it, in its own run and in the bracket
+after it, "slow" when it was over at all three, and "mixed" otherwise (the
+machine changed mode while the peers ran). The "by raw TCP's mode" table
+splits the ratios into fast and slow rounds and leaves mixed rounds out,
+counting them; the per-round table shows every round, its mode and the two
+brackets. Brackets only classify: no ratio or merged figure includes them.
+Without raw among --peers there are no brackets and no modes. Modes change
+often on a 2-vCPU VM, so many rounds can be mixed: ask for more rounds
+(--rounds=15) when the fast-mode figures rest on too few.
+
 Examples:
   cibench compare                                    # raw, ics, ics@1, netrpc, grpc; 7 rounds
   cibench compare --peers=raw,netrpc,grpc --rounds=3 --calls=5000
@@ -41,6 +56,8 @@ Examples:
   cibench compare --sizes=64,4096,65536 --json > latency.json
   cibench compare --sizes=4096 --response-size=64
   CI_ROUNDS=15 cibench compare --quiet
+  # every round's mode and the raw TCP brackets that decided it:
+  cibench compare --rounds=15 --json | jq -c '.latency[0].per_round[] | [.round, .mode, .bracket_before_p50_ns, .raw_mode, .bracket_after_p50_ns]'
 
 Against a running cluster (--target): node --from's admin endpoint calls
 node --to's ICS echo (POST /v1/ping) and returns the latencies; only ICS is

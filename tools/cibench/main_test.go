@@ -109,15 +109,22 @@ func checkComparisons(t *testing.T, what string, cs []*bench.Comparison, peers [
 				t.Errorf("%s %d, %s: %d calls (want %d), p99.9 %v max %v, %d CDF points", what, sizes[i], p.Peer,
 					p.All.Count, calls, p.P999, p.Max, len(p.CDF))
 			}
-			if p.Fast == nil && p.Slow == nil {
-				t.Errorf("%s %d, %s: no raw-TCP mode split", what, sizes[i], p.Peer)
+			// A mode's figures exactly when a round was in it; mixed
+			// rounds (raw TCP changed mode during one) are in neither.
+			if n := c.Modes; n == nil || (p.Fast != nil) != (n.Fast > 0) || (p.Slow != nil) != (n.Slow > 0) {
+				t.Errorf("%s %d, %s: mode split fast %+v slow %+v, rounds by mode %+v", what, sizes[i], p.Peer, p.Fast, p.Slow, n)
 			}
 		}
 		if !slices.Equal(got, peers) {
 			t.Errorf("%s %d: peers %v, want %v", what, sizes[i], got, peers)
 		}
-		if m := c.PerRound[0].RawMode; m != bench.ModeFast && m != bench.ModeSlow {
-			t.Errorf("%s %d: raw mode %q", what, sizes[i], m)
+		if r := c.PerRound[0]; !slices.Contains([]string{bench.ModeFast, bench.ModeSlow, bench.ModeMixed}, r.Mode) ||
+			r.BracketBeforeP50 <= 0 || r.BracketAfterP50 <= 0 || c.BracketCalls < 1 {
+			t.Errorf("%s %d: round mode %q, brackets %v and %v of %d calls", what, sizes[i], r.Mode, r.BracketBeforeP50,
+				r.BracketAfterP50, c.BracketCalls)
+		}
+		if n := c.Modes; n != nil && n.Fast+n.Slow+n.Mixed != c.Rounds {
+			t.Errorf("%s %d: rounds by mode %+v, %d rounds", what, sizes[i], n, c.Rounds)
 		}
 	}
 }
@@ -147,7 +154,7 @@ func TestCibench(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("exit %d\n%s", code, stderr)
 		}
-		for _, want := range []string{"p99.9/raw", "by raw TCP's mode", "raw mode", "ics-gnet", "ics-netpoll"} {
+		for _, want := range []string{"p99.9/raw", "by raw TCP's mode", "raw bracket", "ics-gnet", "ics-netpoll"} {
 			if !strings.Contains(stdout, want) {
 				t.Errorf("no %q in\n%s", want, stdout)
 			}
