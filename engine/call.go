@@ -214,9 +214,12 @@ func (n *Node) startCall(ctx context.Context, to NodeNum, m Method, args, reply 
 	}
 	n.m.framesOutByPrio[prio].Inc()
 	h := framing.Header{Type: framing.TypeRequest, Priority: prio, Service: m.Service, Proc: m.Proc, XID: xid, SvcVersion: m.Version}
+	s := &n.handles.slots[idx]
 	if markRequest(ctx, &h) {
-		s := &n.handles.slots[idx]
 		s.cancelConn, s.prio = c, prio // for waitCall's TypeCancel if the caller gives up
+	}
+	if c.reads != nil {
+		s.sentOn = c // its reply comes back on c, which the caller may read itself
 	}
 	if err := n.sendArgs(ctx, c, &h, m, args); err != nil {
 		if n.handles.abandon(xid) {
@@ -257,9 +260,18 @@ func (n *Node) sendArgs(ctx context.Context, c *conn, h *framing.Header, m Metho
 	return c.send(ctx, h, out)
 }
 
-// waitCall waits for the call xid to finish and frees its handle.
+// waitCall waits for the call xid to finish and frees its handle. A
+// caller that cannot be cancelled reads its reply itself (callread.go).
 func (n *Node) waitCall(ctx context.Context, xid uint64) ([]byte, error) {
 	s := &n.handles.slots[xidSlot(xid)]
+	if c := s.sentOn; c != nil {
+		if ctx.Done() == nil {
+			n.readForReply(c, s)
+		} else {
+			c.reads.awaitOther()
+			defer c.reads.doneOther()
+		}
+	}
 	select {
 	case <-s.done:
 	case <-ctx.Done():

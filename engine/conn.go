@@ -84,6 +84,14 @@ type conn struct {
 	corks  [2]*conn
 	ncorks int
 
+	// superseded: an accepted connection that a newer one of its channel
+	// replaced (supersede); it has left the link.
+	superseded atomic.Bool
+
+	// reads is the read side of a dialled netpoller connection, which the
+	// callers waiting on it read themselves (callread.go); nil otherwise.
+	reads *callerReads
+
 	// Flow control on throttled channels: the dialler spends credit, the
 	// acceptor returns it. At most one of them is set.
 	credit *sendCredit
@@ -161,11 +169,16 @@ func (c *conn) close() {
 }
 
 // endReader closes the reading side's socket, which ends the connection.
+// A dialled netpoller connection may have nobody in Read: its watcher is
+// told to look.
 func (c *conn) endReader() {
 	if c.gc != nil {
 		_ = c.gc.Close()
 	} else if c.nc != nil {
 		_ = c.nc.Close()
+	}
+	if c.reads != nil {
+		c.reads.kick()
 	}
 }
 

@@ -812,7 +812,10 @@ func TestForgedRepliesNeverComplete(t *testing.T) {
 	stranger := newFakeMember(t, caller, 3, nil)
 	addFakeMember(t, 3, stranger.listen("127.0.0.3", false), caller)
 
-	dialled := stranger.connect(ChanFirstService)
+	// Another stranger, as node 4 (a violation holds its sender off for a
+	// while): a reply on a connection it dialled itself.
+	addFakeMember(t, 4, "", caller)
+	dialled := newFakeMember(t, caller, 4, nil).connect(ChanFirstService)
 	bad := caller.m.badFrames.Get()
 	if err := dialled.writeFrame(framing.Header{Type: framing.TypeReply, XID: 1<<32 | 1}, []byte("forged")); err != nil {
 		t.Fatal(err)

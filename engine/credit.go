@@ -96,6 +96,11 @@ func (s *sendCredit) acquire(ctx context.Context, cost int64, c *conn) (waited b
 		waited = true
 		s.waits.Inc()
 	}
+	if c.reads != nil {
+		// The grant comes on c: someone must be reading it.
+		c.reads.awaitOther()
+		defer c.reads.doneOther()
+	}
 	select {
 	case <-w.ready:
 		st := w.state

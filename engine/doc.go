@@ -13,6 +13,14 @@
 // and at least as fast with 256 callers (docs/ARCHITECTURE.md, "Reading").
 // Frames are written straight from the sending goroutine in either mode.
 //
+// With netpoller reads, a caller whose context cannot end (Background, or
+// any context whose Done is nil) reads its reply from the connection
+// itself, as a raw TCP client would, instead of being handed it by the
+// connection's reader goroutine: on small machines that hand-over cost
+// more than everything else in a call (docs/ARCHITECTURE.md, "Callers read
+// their own replies"). Callers with a deadline or a cancel are handed
+// their replies, so that they return the moment their context ends.
+//
 // # Channels and services
 //
 // The channel set follows CI: four priority channels (ChanPrio1..4),

@@ -81,6 +81,11 @@ type clientHandle struct {
 	cancelConn *conn
 	prio       uint8
 
+	// sentOn is the dialled netpoller connection the request went on
+	// (callread.go), whose reply the caller may read itself; nil with
+	// event loops. Set and read only by the caller.
+	sentOn *conn
+
 	_ [8]byte // keep neighbouring slots off each other's cache line
 }
 
@@ -142,7 +147,7 @@ func (t *handleTable) arm(idx uint32, peer NodeNum, reply []byte) uint64 {
 	s.peer.Store(uint32(peer))
 	s.reply = reply
 	s.err = nil
-	s.cancelConn = nil
+	s.cancelConn, s.sentOn = nil, nil
 	s.state.Store(gen<<2 | phaseWaiting)
 	return gen<<slotBits | uint64(idx)
 }
@@ -193,7 +198,7 @@ func (t *handleTable) abandon(xid uint64) bool {
 func (t *handleTable) release(xid uint64) {
 	idx := xidSlot(xid)
 	s := &t.slots[idx]
-	s.reply, s.err, s.cancelConn = nil, nil, nil
+	s.reply, s.err, s.cancelConn, s.sentOn = nil, nil, nil, nil
 	s.state.Store(xidGen(xid)<<2 | phaseFree)
 	t.push(idx)
 }

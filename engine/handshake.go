@@ -78,9 +78,11 @@ func (n *Node) acceptHello(c *conn, f *framing.Frame) error {
 		return n.rejectHello(c, fmt.Errorf("node %d broke the protocol; held off for %v", p.num, n.cfg.ViolationHoldOff))
 	}
 	ch := Channel(hello.Channel)
-	if k := n.inboundOn(p, ch); k >= n.cfg.MaxConnsPerChannel {
-		// Each would get a window of its own. (becomeReady checks again,
-		// race-free; this refuses before any work, and clearly.)
+	if k := n.inboundOn(p, ch); k > n.cfg.MaxConnsPerChannel {
+		// Each would get a window of its own. One over the bound may
+		// still come: once authenticated, it replaces the oldest
+		// (becomeReady), as a member redialling after its side of the
+		// link ended does before this side has seen the old one close.
 		n.m.limitConnsPerChannel.Inc()
 		return n.rejectHello(c, refused(framing.RefuseBusy, "too many connections on this channel", fmt.Errorf("node %d already has %d connections on %s", p.num, k, ch)))
 	}
@@ -174,15 +176,12 @@ func (n *Node) becomeReady(c *conn) error {
 		c.ready = false // never joined: its close is no link loss
 		return n.rejectHello(c, err)
 	}
-	if k := n.inboundOn(p, ch); k > n.cfg.MaxConnsPerChannel {
+	if old := n.supersede(p, ch); old != nil {
 		// Counted after joining, so two racing handshakes cannot both
-		// slip under the bound. Not ready: its close is no link loss.
-		p.mu.Lock()
-		delete(p.inbound, c)
-		p.mu.Unlock()
-		c.ready = false
+		// slip under the bound.
 		n.m.limitConnsPerChannel.Inc()
-		return n.rejectHello(c, refused(framing.RefuseBusy, "too many connections on this channel", fmt.Errorf("node %d already has %d connections on %s", p.num, k-1, ch)))
+		n.log.Debug("a new connection replaces the oldest on its channel", "peer", p.num, "channel", ch, "bound", n.cfg.MaxConnsPerChannel)
+		old.close()
 	}
 	if w > 0 {
 		n.m.watchReceiveWindow(n, p, ch)
@@ -190,6 +189,37 @@ func (n *Node) becomeReady(c *conn) error {
 	}
 	n.log.Debug("accepted connection", "peer", p.num, "channel", ch)
 	return nil
+}
+
+// supersede makes room for a connection p's current run just opened on ch
+// past MaxConnsPerChannel: the oldest of p's accepted connections on ch
+// leaves the link, and is returned for closing; nil when there is room.
+// A dialler keeps one connection per channel and dials another only once
+// the first has ended on its side, so the oldest is one whose end this
+// node has not seen yet (or a peer opening connection after connection,
+// which so gets no more than the bound). Leaving the link, its close is
+// no link loss, and replies still due on it are dropped: their callers
+// were failed when the dialler's side of it ended.
+func (n *Node) supersede(p *peer, ch Channel) *conn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var oldest *conn
+	k := 0
+	for c := range p.inbound {
+		if c.channel != ch {
+			continue
+		}
+		k++
+		if oldest == nil || c.pendingSince.Before(oldest.pendingSince) {
+			oldest = c
+		}
+	}
+	if k <= n.cfg.MaxConnsPerChannel {
+		return nil
+	}
+	delete(p.inbound, oldest)
+	oldest.superseded.Store(true)
+	return oldest
 }
 
 // inboundOn counts p's accepted connections on ch.
@@ -483,9 +513,14 @@ func (n *Node) dial(dctx context.Context, p *peer, ch Channel) (*conn, error) {
 	attached := c.fd >= 0
 	c.wmu.Unlock()
 	if !attached {
+		c.close()
+		if c.enrol.Load() == enrolAttached {
+			// OnOpen took it, and it has closed since (the peer ended the
+			// link it joined): a link lost, like any other.
+			return nil, fmt.Errorf("%w: node %d: link lost while dialling", ErrNodeDown, p.num)
+		}
 		// gnet reports success even when registering with epoll failed and
 		// OnOpen never ran; such a connection can never carry a frame.
-		c.close()
 		return nil, fmt.Errorf("%w: node %d: the event loop did not take the connection", ErrCantSend, p.num)
 	}
 	n.log.Debug("dialled connection", "peer", p.num, "channel", ch)

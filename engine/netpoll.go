@@ -196,6 +196,12 @@ func (n *Node) startReader(c *conn) bool {
 	}
 	n.readers[c] = struct{}{}
 	n.readersWG.Add(1)
+	if c.outbound && c.ready {
+		// Its callers read their replies themselves (callread.go).
+		c.reads = newCallerReads(rd, n.callerIdle)
+		go n.routineWatch(c)
+		return true
+	}
 	go n.routineRead(c, rd)
 	return true
 }
@@ -231,10 +237,13 @@ func (n *Node) readLoop(c *conn, rd *netReader) error {
 			if c.wclosedFast() {
 				return nil // closed by the node
 			}
-			return fmt.Errorf("read: %w", err)
+			return readError(err)
 		}
 	}
 }
+
+// readError is why a peer's connection ended, from the read that saw it.
+func readError(err error) error { return fmt.Errorf("read: %w", err) }
 
 // stopReaders closes every connection a netpoller reader serves and waits
 // until all the readers have ended; none starts after it.

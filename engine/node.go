@@ -111,6 +111,10 @@ type Node struct {
 	readers       map[*conn]struct{} // guarded by readersMu
 	readersClosed bool               // guarded by readersMu
 	readersWG     sync.WaitGroup
+	// selfReadReplies counts the replies their callers read themselves
+	// (callread.go); tests look at it.
+	selfReadReplies atomic.Uint64
+	callerIdle      time.Duration // callread.go's callerIdle; tests lengthen it
 
 	engStopped chan struct{}         // closed when gnet.Run has returned; engErr is then set
 	engErr     error                 // what gnet.Run returned
@@ -185,6 +189,7 @@ func New(cfg Config) (*Node, error) {
 		log:         log,
 		m:           newNodeMetrics(set, cfg.Node),
 		codec:       framing.NewCodec(cfg.MaxPayload),
+		callerIdle:  callerIdle,
 		incarnation: cmp.Or(cfg.Incarnation, binary.LittleEndian.Uint64(inc[:])|1),
 		version:     framing.ProtocolVersion,
 		handles:     newHandleTable(cfg.MaxOutstandingCalls),

@@ -221,6 +221,9 @@ func (n *Node) connClosed(c *conn, err error) {
 		p.mu.Lock()
 		delete(p.inbound, c)
 		p.mu.Unlock()
+		if c.superseded.Load() {
+			return // it left the link when a newer one replaced it
+		}
 	}
 	if errors.Is(err, io.EOF) && p.draining.Load() && n.repliesOpen(p, c.linkGen) {
 		// A draining peer closing (Shutdown) after writing its last

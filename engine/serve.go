@@ -251,7 +251,7 @@ func statusFor(err error) Status {
 // counted.
 func (n *Node) sendReply(ctx context.Context, c *conn, h *framing.Header, svc *service, status Status, body []byte) {
 	p, gen := c.peer, c.linkGen
-	if p.linkGen.Load() != gen {
+	if p.linkGen.Load() != gen || c.superseded.Load() {
 		n.m.staleReplies.Inc()
 		return
 	}
@@ -280,7 +280,7 @@ func (n *Node) sendReply(ctx context.Context, c *conn, h *framing.Header, svc *s
 	} else {
 		err = c.send(ctx, &rh, body)
 	}
-	if err != nil {
+	if err != nil && !c.superseded.Load() {
 		n.replyLost(p, gen, err)
 	}
 }

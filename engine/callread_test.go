@@ -1,0 +1,161 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Callers that cannot be cancelled read their own replies (callread.go);
+// these force netpoller reads, where that happens.
+
+// TestCallerReadsOwnReply: calls one after another with a context that
+// cannot end are read by their callers, not handed over by a reader
+// goroutine; a caller with a deadline still gets its reply (the watcher or
+// another caller reads it).
+func TestCallerReadsOwnReply(t *testing.T) {
+	nodes := netpollCluster(t, 2, nil)
+	// The watcher then never reads on its own between these calls, however
+	// slow the machine; it reads when a cancellable caller asks.
+	nodes[0].callerIdle = time.Hour
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Procs: []Handler{echo}, Inline: true})
+	for i := range 200 {
+		want := fmt.Sprint("call ", i)
+		ctx := context.Background()
+		if i%10 == 9 {
+			ctx = ctxFor(t, 10*time.Second)
+		}
+		got, err := nodes[0].Call(ctx, 2, Method{Service: echoSvc}, []byte(want), nil)
+		if err != nil || string(got) != want {
+			t.Fatalf("call %d: %q %v", i, got, err)
+		}
+	}
+	// Not every one: the connection's first call finds its watcher
+	// reading, and each of the 20 cancellable calls wakes the watcher to
+	// read for it, once or twice (a wake-up it asked for while the watcher
+	// was reading anyway is seen after), so the next call or two find the
+	// watcher reading; the watcher steps back after each.
+	if got := nodes[0].selfReadReplies.Load(); got < 180-1-2*20 {
+		t.Fatalf("%d of 180 uncancellable calls read their own replies, want at least 139", got)
+	}
+}
+
+// TestCallerReadersShareAConnection: many callers on one connection take
+// turns reading it, and every call completes: uncancellable callers (who
+// read), cancellable ones (who do not), and senders out of credit on the
+// same throttled channel (whose grants someone must read), all at once,
+// with replies of every size.
+func TestCallerReadersShareAConnection(t *testing.T) {
+	nodes := netpollCluster(t, 2, func(c *Config) {
+		c.ChannelWindows = map[Channel]int{ChanFirstService: 16 << 10}
+		c.MaxCreditWindow = 16 << 10
+	})
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Procs: []Handler{echo}, Inline: true})
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for w := range 24 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 150 {
+				args := make([]byte, (w*131+i*17)%(12<<10))
+				args = append(args, fmt.Sprint(w, "/", i)...)
+				var err error
+				var got []byte
+				switch w % 3 {
+				case 0, 1: // readers
+					got, err = nodes[0].Call(context.Background(), 2, Method{Service: echoSvc}, args, nil)
+				case 2: // cancellable: waits for others to read
+					got, err = nodes[0].Call(ctxFor(t, 20*time.Second), 2, Method{Service: echoSvc}, args, nil)
+				}
+				if err == nil && string(got) != string(args) {
+					err = fmt.Errorf("worker %d call %d: wrong reply", w, i)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	for range 4 { // one-way senders, out of credit most of the time
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 100 {
+				if err := nodes[0].Send(ctxFor(t, 20*time.Second), 2, Method{Service: echoSvc}, make([]byte, 8<<10)); err != nil {
+					errs <- fmt.Errorf("send: %w", err)
+					return
+				}
+			}
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("callers sharing a connection did not all finish: a reply or a grant went unread")
+	}
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := nodes[0].handles.inUse.Load(); n != 0 {
+		t.Fatalf("%d client handles leaked", n)
+	}
+}
+
+// TestCallerReaderSeesLinkEnd: a caller reading its connection for a
+// reply that will never come returns ErrNodeDown as soon as the link ends
+// (the peer closes), without a deadline.
+func TestCallerReaderSeesLinkEnd(t *testing.T) {
+	nodes := netpollCluster(t, 2, nil)
+	started, release := make(chan struct{}, 4), make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	mustRegister(t, nodes[1], Service{ID: slowSvc, Procs: []Handler{func(context.Context, *Request, *Response) error {
+		started <- struct{}{}
+		<-release // never answers while the test runs
+		return nil
+	}}})
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := nodes[0].Call(context.Background(), 2, Method{Service: slowSvc}, nil, nil)
+			errs <- err
+		}()
+	}
+	<-started
+	<-started
+	go func() { _ = nodes[1].Close() }() // it may wait for its handlers
+
+	for range 2 {
+		select {
+		case err := <-errs:
+			if !errors.Is(err, ErrNodeDown) {
+				t.Fatalf("call ended with %v, want ErrNodeDown", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("a caller reading its connection never saw the link end")
+		}
+	}
+}
+
+// TestIdleDialledConnectionSeesPeerClose: with no caller waiting, the
+// connection's watcher reads it, so a peer that closes an idle link is
+// noticed without a call.
+func TestIdleDialledConnectionSeesPeerClose(t *testing.T) {
+	nodes := netpollCluster(t, 2, nil)
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Procs: []Handler{echo}, Inline: true})
+	if _, err := nodes[0].Call(context.Background(), 2, Method{Service: echoSvc}, []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	losses := nodes[0].m.peerLosses.Get()
+	if err := nodes[1].Close(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the idle link's end to be seen", func() bool { return nodes[0].m.peerLosses.Get() > losses })
+}
