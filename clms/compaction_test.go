@@ -31,7 +31,12 @@ func churn(t *testing.T, s *clmstest.Sim, victim clms.NodeNum, transitions clms.
 		s.Node(victim).Dead = true // a crash loop faster than detection: the join takes the old one down
 		s.Start(victim)
 		s.RunUntil(5*time.Second, func() bool {
-			return s.AllUp() && s.DownEverywhere(victim, s.Node(victim).Inc-1)
+			m := s.Master()
+			if m == 0 {
+				return false
+			}
+			st, _ := s.Node(m).Core.State().Member(victim)
+			return st.State == clms.StateUp && st.Incarnation == s.Node(victim).Inc && s.Node(victim).Core.Acting()
 		})
 	}
 }
@@ -92,4 +97,98 @@ func TestSnapshotAtThreshold(t *testing.T) {
 	st := s.Node(s.Master()).Core.Stats()
 	t.Logf("%d transitions; master: %d snapshots, last at %d, %d raft entries, %d records and %d transitions kept",
 		s.Node(s.Master()).Core.State().LastTransition(), st.Snapshots, st.SnapshotIndex, st.RaftLogEntries, st.RecordsKept, st.HistoryKept)
+}
+
+// TestFollowerCatchesUpBySnapshot: a voter cut off while the log moved on
+// past its compacted start receives the leader's snapshot, restores its
+// State from it, and ends with the others' State; restarted, it rejoins.
+func TestFollowerCatchesUpBySnapshot(t *testing.T) {
+	c := smallCompaction
+	s := compactSim(t, 5, 3, c)
+	form(t, s)
+	lagger := other(t, s, 4, 5) // a voter, not the master
+	s.Partition([]clms.NodeNum{lagger})
+	start := s.Node(s.Master()).Core.State().LastTransition()
+	churn(t, s, 5, start+3*clms.TransitionID(c.SnapshotEvery+c.LogMargin))
+	if st := s.Node(lagger).Core.State(); st.LastSeq() >= s.Node(s.Master()).Core.State().FirstSeq() {
+		t.Fatalf("node %d applied %d records while cut off: the test needs it behind the compacted log", lagger, st.LastSeq())
+	}
+	s.Heal()
+	m := s.Master()
+	s.RunUntil(5*time.Second, func() bool {
+		return s.Node(lagger).Core.State().LastSeq() == s.Node(m).Core.State().LastSeq()
+	})
+	if s.Node(lagger).Restores == 0 {
+		t.Fatalf("node %d caught up without restoring a snapshot", lagger)
+	}
+	sameState(t, s, m)
+	// It was declared down while cut off: a supervisor restarts it.
+	if !s.Node(lagger).Fenced() {
+		t.Fatalf("node %d was not fenced while cut off", lagger)
+	}
+	s.Restart(lagger)
+	s.RunUntil(5*time.Second, s.AllUp)
+	sameState(t, s, s.Master())
+}
+
+// TestRestartFromCompactedStore: a voter restarted after compaction starts
+// from its stored snapshot (Ready.Restored) and replays only the entries
+// after it, with the same State as the others.
+func TestRestartFromCompactedStore(t *testing.T) {
+	c := smallCompaction
+	s := compactSim(t, 4, 3, c)
+	form(t, s)
+	churn(t, s, 4, 3*clms.TransitionID(c.SnapshotEvery))
+	s.Run(time.Second)
+	voter := other(t, s, 4)
+	if s.Node(voter).Compactions == 0 {
+		t.Fatalf("node %d stored no snapshot", voter)
+	}
+	_, _, stored := s.Node(voter).DiskBytes()
+	restores := s.Node(voter).Restores
+	s.Restart(voter)
+	if s.Node(voter).Restores != restores+1 {
+		t.Fatal("the restarted voter did not start from its stored snapshot")
+	}
+	st := s.Node(voter).Core.State()
+	rs, _ := s.Node(voter).Core.RaftStatus()
+	// Its State holds only the records of the replayed tail.
+	snapAt := s.Node(voter).Core.Stats().SnapshotIndex
+	if uint64(stored) > c.SnapshotEvery || snapAt <= 1 || st.LastSeq()+1-st.FirstSeq() > rs.Applied-snapAt {
+		t.Fatalf("restarted with %d stored entries, records %d..%d, applied %d", stored, st.FirstSeq(), st.LastSeq(), rs.Applied)
+	}
+	s.RunUntil(5*time.Second, s.AllUp)
+	sameState(t, s, s.Master())
+	// And it goes on: the log grows past another snapshot on every voter.
+	churn(t, s, 4, s.Node(s.Master()).Core.State().LastTransition()+clms.TransitionID(c.SnapshotEvery))
+	s.Run(time.Second)
+	sameState(t, s, s.Master())
+}
+
+// TestCompactionBounds: after 5,000 transitions of a crash loop, the raft
+// log, the stored entries and the State's records and history stay under
+// their bounds on every node, and every node has the same State.
+func TestCompactionBounds(t *testing.T) {
+	c := clms.Compaction{SnapshotEvery: 256, LogMargin: 64, HistoryKeep: 200}
+	s := compactSim(t, 5, 3, c)
+	form(t, s)
+	churn(t, s, 5, 5000)
+	s.Run(time.Second)
+	keep := uint64(c.HistoryKeep + c.HistoryKeep/4)
+	for _, n := range s.Nodes() {
+		st := n.Core.Stats()
+		if st.RecordsKept > keep || st.HistoryKept > keep {
+			t.Errorf("node %d keeps %d records and %d transitions, bound %d", n.Num, st.RecordsKept, st.HistoryKept, keep)
+		}
+		if st.RaftLogEntries > c.SnapshotEvery+c.LogMargin {
+			t.Errorf("node %d keeps %d raft entries, bound %d", n.Num, st.RaftLogEntries, c.SnapshotEvery+c.LogMargin)
+		}
+		if _, _, count := n.DiskBytes(); uint64(count) > c.SnapshotEvery {
+			t.Errorf("node %d stored %d entries, bound %d", n.Num, count, c.SnapshotEvery)
+		}
+	}
+	sameState(t, s, s.Master())
+	if got := s.Node(s.Master()).Core.State().LastTransition(); got < 5000 {
+		t.Fatalf("%d transitions, want 5000", got)
+	}
 }
