@@ -169,8 +169,9 @@ func New(cfg Config) (*Node, error) {
 		Engine: n.eng, Nodes: table, Timing: settings.Timing, Incarnation: inc, Info: n.info(),
 		Store: store, Fencing: settings.Fencing, Subsystems: subs, Logger: log,
 		KeyServices: cfg.KeyServices, KeyServiceEntries: settings.KeyServices, KeyServicePanic: settings.KeyServicePanic,
-		OnApplied: n.applied,
-		OnFatal:   n.fatal,
+		OnApplied:  n.applied,
+		OnRestored: n.backend.Restore,
+		OnFatal:    n.fatal,
 	})
 	if err != nil {
 		return nil, err
