@@ -193,11 +193,11 @@ func (c *Compaction) Validate() error {
 	}
 	switch {
 	case c.SnapshotEvery < 8:
-		return fmt.Errorf("clms: Compaction.SnapshotEvery %d is below 8 entries: a snapshot at every few entries only costs", c.SnapshotEvery)
+		return fmt.Errorf("snapshot_every (Compaction.SnapshotEvery) %d is below 8 entries: a snapshot every few entries only costs", c.SnapshotEvery)
 	case c.LogMargin > 1<<20:
-		return fmt.Errorf("clms: Compaction.LogMargin %d is above %d entries", c.LogMargin, 1<<20)
+		return fmt.Errorf("log_margin (Compaction.LogMargin) %d is above %d entries", c.LogMargin, 1<<20)
 	case c.HistoryKeep < 16 || c.HistoryKeep > maxHistoryKeep:
-		return fmt.Errorf("clms: Compaction.HistoryKeep %d is outside 16..%d records", c.HistoryKeep, maxHistoryKeep)
+		return fmt.Errorf("history_keep (Compaction.HistoryKeep) %d is outside 16..%d records", c.HistoryKeep, maxHistoryKeep)
 	}
 	return nil
 }
