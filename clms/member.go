@@ -406,6 +406,9 @@ func (c *Core) restore(data []byte, what string) bool {
 		t := st.last[n]
 		if n == c.self {
 			if m.Incarnation == c.inc {
+				if t.To == StateUp {
+					t.To = StateComingUp // its COMINGUP is skipped: join now
+				}
 				c.react(t)
 			}
 			continue

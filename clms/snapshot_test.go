@@ -3,6 +3,7 @@ package clms
 import (
 	"errors"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 )
@@ -158,4 +159,66 @@ func FuzzDecodeImage(f *testing.F) {
 
 func normalizeState(s *State) []any {
 	return []any{s.Members(), s.KeyServices(), s.last, s.LastSeq(), s.History(0), s.FirstTransition()}
+}
+
+// TestRestoreReacts: a node without a log that receives a state image in
+// which its incarnation is already UP (its COMINGUP among the skipped
+// records) joins; one in which it is down fences; a peer's incarnation that
+// the image replaced is refused and the new one reached.
+func TestRestoreReacts(t *testing.T) {
+	nodes := []NodeConfig{{Num: 1, MasterEligible: true}, {Num: 2}, {Num: 3}}
+	image := func(steps ...Transition) []byte {
+		s := newState([]NodeNum{1, 2, 3}, 0)
+		for _, tr := range steps {
+			r, ok := s.decide(command{Kind: RecordTransition, T: tr})
+			if !ok {
+				t.Fatalf("%v does not apply", tr)
+			}
+			if err := s.apply(r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return s.encodeImage()
+	}
+	up := func(n NodeNum, inc uint64, from NodeState) []Transition {
+		return []Transition{{Node: n, Incarnation: inc, From: from, To: StateComingUp}, {Node: n, Incarnation: inc, From: StateComingUp, To: StateUp}}
+	}
+	down := func(n NodeNum, inc uint64) []Transition {
+		return []Transition{{Node: n, Incarnation: inc, From: StateUp, To: StateGoingDown}, {Node: n, Incarnation: inc, From: StateGoingDown, To: StateKCleanup},
+			{Node: n, Incarnation: inc, From: StateKCleanup, To: StateUCleanup}, {Node: n, Incarnation: inc, From: StateUCleanup, To: StateDown}}
+	}
+	kinds := func(c *Core) map[ActionKind][]NodeNum {
+		got := map[ActionKind][]NodeNum{}
+		for _, a := range c.actions {
+			got[a.Kind] = append(got[a.Kind], a.Node)
+		}
+		c.actions = nil
+		return got
+	}
+	c, err := NewCore(Config{Self: 3, Nodes: nodes, Timing: LANFastTiming(), Incarnation: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := append(append(up(1, 1, StateNeverUp), up(2, 1, StateNeverUp)...), up(3, 5, StateNeverUp)...)
+	if !c.restore(image(base...), "test") || c.phase != phaseMember || c.restored == nil {
+		t.Fatalf("not joined from an image where it is UP: phase %d", c.phase)
+	}
+	if got := kinds(c); len(got[ActJoined]) != 1 || got[ActJoined][0] != 3 {
+		t.Fatalf("actions %v, want joined", got)
+	}
+	// Node 2 restarted (incarnation 2) in records this node skips.
+	next := append(append(slices.Clone(base), down(2, 1)...), up(2, 2, StateDown)...)
+	if !c.restore(image(next...), "test") {
+		t.Fatal("a newer image was not taken")
+	}
+	if got := kinds(c); !slices.Equal(got[ActPeerDown], []NodeNum{2}) || !slices.Equal(got[ActRunNodeUp], []NodeNum{2}) {
+		t.Fatalf("actions %v, want node 2's old incarnation down and the new one up", got)
+	}
+	if c.restore(image(base...), "test") {
+		t.Fatal("an older image replaced the State")
+	}
+	// This incarnation declared down in skipped records: it fences.
+	if !c.restore(image(append(slices.Clone(next), down(3, 5)...)...), "test") || c.phase != phaseFenced {
+		t.Fatalf("not fenced by an image where it is DOWN: phase %d", c.phase)
+	}
 }
