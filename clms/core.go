@@ -115,6 +115,7 @@ type Core struct {
 	rd          *raft.Ready   // handed out by Ready, not yet Advanced
 	applied     uint64        // raft index applied (voters)
 	snapIndex   uint64        // index of the storage's snapshot (voters)
+	snapSent    []uint64      // followers sent a raft snapshot in the Ready not yet Advanced
 	restored    *Restored     // State replaced by an image, not yet in a Ready
 
 	phase       phase
@@ -606,6 +607,8 @@ func (c *Core) Ready() Ready {
 			out := Message{Type: MsgRaft, To: NodeNum(m.GetTo()), Raft: m}
 			if t := m.GetType(); t == raftpb.MsgVote || t == raftpb.MsgPreVote {
 				out.Digest = c.digest // stepRaft: no vote for another configuration
+			} else if t == raftpb.MsgSnap {
+				c.snapSent = append(c.snapSent, m.GetTo())
 			}
 			c.send(out)
 		}
@@ -633,6 +636,14 @@ func (c *Core) Advance() {
 		c.rn.Advance(*c.rd)
 		c.rd = nil
 	}
+	for _, to := range c.snapSent {
+		// Raft pauses a follower it sent a snapshot to until told the send
+		// is over. Sends are fire-and-forget here: report each as done, so
+		// raft probes the follower again, and sends the snapshot anew if
+		// it was lost (TestRandomizedCompaction).
+		c.rn.ReportSnapshot(to, raft.SnapshotFinish)
+	}
+	c.snapSent = c.snapSent[:0]
 }
 
 // compact snapshots the applied State into the raft storage and drops the

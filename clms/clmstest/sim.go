@@ -655,8 +655,9 @@ func (s *Sim) Dump() string {
 		}
 		f, why := n.Core.Fenced()
 		rs, _ := n.Core.RaftStatus()
-		out += fmt.Sprintf("node %d inc %d %s acting=%v master=%v fenced=%v(%s) raft=%v/%d lead=%d view:", n.Num, n.Inc, st,
-			n.Core.Acting(), n.Core.IsMaster(), f, why, rs.RaftState, rs.GetTerm(), rs.Lead)
+		cs := n.Core.Stats()
+		out += fmt.Sprintf("node %d inc %d %s acting=%v master=%v fenced=%v(%s) raft=%v/%d lead=%d applied=%d snapshot=%d log=%d records=%d view:", n.Num, n.Inc, st,
+			n.Core.Acting(), n.Core.IsMaster(), f, why, rs.RaftState, rs.GetTerm(), rs.Lead, rs.Applied, cs.SnapshotIndex, cs.RaftLogEntries, n.Core.State().LastSeq())
 		for _, m := range n.Core.State().Members() {
 			out += fmt.Sprintf(" %d:%s/%d", m.Node, m.State, m.Incarnation)
 		}
