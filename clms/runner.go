@@ -180,6 +180,12 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 	if cfg.Incarnation == 0 || cfg.Engine.Incarnation() != cfg.Incarnation {
 		return nil, fmt.Errorf("%w: incarnation %d, the engine's is %d: they must be one", ErrConfig, cfg.Incarnation, cfg.Engine.Incarnation())
 	}
+	if comp := cfg.Compaction; comp.Validate() == nil {
+		if max := comp.maxImageBytes(len(cfg.Nodes)); max > cfg.Engine.MaxPayload() {
+			return nil, fmt.Errorf("%w: compaction.history_keep %d makes state snapshots of up to ~%d bytes, over the engine's MaxPayload %d: lower history_keep or raise MaxPayload",
+				ErrConfig, comp.HistoryKeep, max, cfg.Engine.MaxPayload())
+		}
+	}
 	if cfg.Fencing == "" {
 		cfg.Fencing = DefaultFencing
 	}

@@ -535,3 +535,27 @@ func TestRunnerCompaction(t *testing.T) {
 		return len(h) > 0 && len(h) <= len(full) && slices.Equal(h, full[len(full)-len(h):])
 	})
 }
+
+// TestRunnerRefusesSnapshotsOverMaxPayload: a history_keep whose state
+// snapshots would not fit the engine's MaxPayload is a configuration error
+// naming both, not a follower that can never catch up.
+func TestRunnerRefusesSnapshotsOverMaxPayload(t *testing.T) {
+	store, err := clms.OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	cfg := engine.DefaultConfig()
+	cfg.Node, cfg.Cluster, cfg.ListenAddr, cfg.Insecure, cfg.Incarnation = 1, "test", "127.0.0.1:0", true, store.Incarnation()
+	cfg.MaxPayload = 64 << 10
+	eng, err := engine.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	_, err = clms.NewRunner(clms.RunnerConfig{Engine: eng, Nodes: []clms.NodeConfig{{Num: 1, MasterEligible: true}}, Timing: testTiming(),
+		Incarnation: store.Incarnation(), Store: store})
+	if !errors.Is(err, clms.ErrConfig) || !strings.Contains(err.Error(), "history_keep 4096") || !strings.Contains(err.Error(), "MaxPayload 65536") {
+		t.Fatalf("NewRunner with MaxPayload 64 KiB: %v", err)
+	}
+}

@@ -170,6 +170,13 @@ type Compaction struct {
 // carry.
 const maxHistoryKeep = 1 << 15
 
+// maxImageBytes bounds a state image of a cluster of n nodes with typical
+// node info: 40 bytes a kept transition (its largest encoding) and 1 KiB a
+// node (its row, last transition and info), plus 64 KiB of key services.
+// The runner checks it against the engine's MaxPayload, which a raft
+// snapshot or a pushed image must fit in.
+func (c Compaction) maxImageBytes(n int) int { return c.HistoryKeep*40 + n*1024 + 64<<10 }
+
 // DefaultCompaction returns the defaults, each with its reason.
 func DefaultCompaction() Compaction {
 	return Compaction{
