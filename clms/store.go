@@ -224,6 +224,11 @@ func (s *Store) Compact(snap *raftpb.Snapshot) error {
 	if snap == nil || raft.IsEmptySnap(snap) {
 		return nil
 	}
+	// Fsynced whatever the write path's sync strategy: the runner's
+	// goroutine is the only writer.
+	noSync := s.db.NoSync
+	s.db.NoSync = false
+	defer func() { s.db.NoSync = noSync }()
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		meta, eb := tx.Bucket(bucketMeta), tx.Bucket(bucketEntries)
 		if v := meta.Get(keySnapshot); v != nil {
