@@ -11,8 +11,8 @@ import (
 //  1. write HardState, Entries and Snapshot durably (fsync when MustSync),
 //  2. send Messages (each to Message.To; a failed send is just lost: the
 //     protocol retries),
-//  3. if Restored, rebuild its watchers' views from it; hand Applied
-//     to its watchers (the cluster API) and carry out Actions in order,
+//  3. hand Applied to its watchers (the cluster API) and carry out Actions
+//     in order,
 //  4. call Advance.
 //
 // The slices belong to the runner once returned.
@@ -26,9 +26,9 @@ type Ready struct {
 	MustSync  bool
 	// Compact is a snapshot the core took of its applied State (a voter,
 	// every Compaction.SnapshotEvery entries; nil otherwise). After
-	// persisting the above, store it and drop the stored entries it covers
-	// (Store.Compact); until then the stored log stays whole, which is
-	// safe, only longer.
+	// persisting HardState, Entries and Snapshot, store it and drop the
+	// stored entries it covers (Store.Compact); until then the stored log
+	// stays whole, which is safe, only longer.
 	Compact *raftpb.Snapshot
 
 	// Restored, when set, says the State was replaced by a state image

@@ -395,16 +395,22 @@ func (s *Sim) drain(n *Node) {
 		for _, a := range rd.Actions {
 			s.action(n, a)
 		}
-		if rd.Compact != nil {
-			// As Store.Compact: the snapshot, and no entry it covers.
-			n.diskSnap = rd.Compact
-			if err := n.disk.Compact(rd.Compact.GetMetadata().GetIndex()); err != nil && !errors.Is(err, raft.ErrCompacted) {
-				s.tb.Fatalf("node %d: compact disk: %v", n.Num, err)
-			}
-			n.Compactions++
-		}
+		s.compact(n, rd.Compact)
 		n.Core.Advance()
 	}
+}
+
+// compact stores a snapshot the core took (Ready.Compact) on n's disk as
+// Store.Compact does: the snapshot, and no entry it covers.
+func (s *Sim) compact(n *Node, snap *raftpb.Snapshot) {
+	if snap == nil {
+		return
+	}
+	n.diskSnap = snap
+	if err := n.disk.Compact(snap.GetMetadata().GetIndex()); err != nil && !errors.Is(err, raft.ErrCompacted) {
+		s.tb.Fatalf("node %d: compact disk: %v", n.Num, err)
+	}
+	n.Compactions++
 }
 
 func (s *Sim) action(n *Node, a clms.Action) {
