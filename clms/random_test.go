@@ -44,125 +44,133 @@ func randomSeeds(t *testing.T) (first, n uint64, verbose bool) {
 func TestRandomized(t *testing.T) {
 	first, n, verbose := randomSeeds(t)
 	for seed := first; seed < first+n; seed++ {
-		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) { randomRun(t, seed, verbose, clms.Compaction{}) })
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			size, eligible := 5, 3
+			if seed%2 == 0 {
+				size, eligible = 7, 5
+			}
+			keys, capable := randomKeys(size)
+			s := seededSim(t, t, clmstest.Options{Seed: seed, Nodes: clmstest.Table(size, eligible),
+				Timing: clms.LANFastTiming(), Verbose: verbose, Keys: keys, KeyCapable: capable})
+			rng := rand.New(rand.NewPCG(seed, 7))
+			s.SetCompaction(randomCompaction(t))
+			form(t, s)
+			// Some messages arrive twice, the copy up to three heartbeats late
+			// (after newer ones, possibly at a restarted process).
+			s.Duplicate(0.05, 3*s.Timing().Heartbeat)
+			// Clock rates anywhere in [lo, hi], often at the ends: any two
+			// nodes' ratio stays within Timing.MinClockRatio (A1), and some
+			// pairs sit exactly at that edge.
+			lo := math.Sqrt(s.Timing().MinClockRatio())
+			hi := 1 / lo
+			pick := func() clms.NodeNum { return clms.NodeNum(1 + rng.IntN(size)) }
+			for range 60 {
+				s.Run(time.Duration(50+rng.IntN(300)) * time.Millisecond)
+				n := s.Node(pick())
+				switch r := rng.IntN(100); {
+				case r < 12:
+					s.Crash(n.Num)
+				case r < 22:
+					if !n.Dead {
+						s.Pause(n.Num)
+					}
+				case r < 35:
+					s.Resume(n.Num)
+				case r < 45:
+					var a []clms.NodeNum
+					for _, x := range s.Nodes() {
+						if rng.IntN(2) == 0 {
+							a = append(a, x.Num)
+						}
+					}
+					s.Partition(a)
+				case r < 55:
+					s.Heal()
+				case r < 62:
+					if rng.IntN(2) == 0 {
+						s.Drop(n.Num, pick(), 1) // one way only: the other hears it
+					} else {
+						s.Drop(n.Num, pick(), rng.Float64()*0.5)
+					}
+				case r < 70:
+					// Drift within what the lease margin covers.
+					switch rng.IntN(3) {
+					case 0:
+						n.Rate = lo
+					case 1:
+						n.Rate = hi
+					default:
+						n.Rate = lo + rng.Float64()*(hi-lo)
+					}
+				case r < 75:
+					if !n.Dead && !n.Paused {
+						n.Core.Shutdown()
+					}
+				case r < 78:
+					if !n.Dead && !n.Paused && n.Core.Acting() {
+						_ = n.Core.SetNodeInfo(pick(), clms.NodeInfo{CPUsTotal: uint32(rng.IntN(128)), KeyServices: capable[n.Num]})
+					}
+				case r < 82:
+					if !n.Dead && !n.Paused && n.Core.Acting() {
+						_ = n.Core.MoveKeyService(keys.Services[rng.IntN(len(keys.Services))].Name, pick())
+					}
+				default:
+					if n.Dead || n.Fenced() || n.JoinErr != nil || n.Has(clms.ActLeft, 0) {
+						s.Restart(n.Num)
+					}
+				}
+			}
+			// Heal and bring everything back: the cluster must form again.
+			s.Heal()
+			for _, n := range s.Nodes() {
+				s.Resume(n.Num)
+				n.Rate = 1
+			}
+			// A node may learn only now that it was declared down (it fences
+			// when it hears from the master): restart such nodes as they
+			// turn up, as a supervisor would.
+			s.RunUntil(20*time.Second, func() bool {
+				for _, n := range s.Nodes() {
+					if n.Dead || n.Fenced() || n.JoinErr != nil || n.Has(clms.ActLeft, 0) {
+						s.Restart(n.Num)
+					}
+				}
+				return s.AllUp() && s.Master() != 0 && randomKeysReady(s, keys)
+			})
+			if s.Check.Checks == 0 {
+				t.Fatal("the checker never ran")
+			}
+			st := s.Node(1).Core.Stats()
+			t.Logf("%d records, %d checks, %d key failovers, %d key hand-overs", len(s.Check.Canon()), s.Check.Checks,
+				st.KeyFailovers, st.KeyHandovers)
+			restores, compactions := 0, 0
+			for _, n := range s.Nodes() {
+				restores, compactions = restores+n.Restores, compactions+n.Compactions
+			}
+			t.Logf("%d snapshots stored, %d states restored", compactions, restores)
+		})
 	}
 }
 
 // TestRandomizedCompaction is TestRandomized with compaction bounds small
 // enough that voters snapshot, fall behind the compacted log and restore
 // snapshots, and nodes without a log receive state images, all under the
-// invariant checker (which checks every restored State against the records).
+// invariant checker (which checks every restored State against the
+// records). CLMS_COMPACTION=every,margin,keep runs TestRandomized so too.
 func TestRandomizedCompaction(t *testing.T) {
-	first, n, verbose := randomSeeds(t)
-	for seed := first; seed < first+n; seed++ {
-		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
-			randomRun(t, seed, verbose, clms.Compaction{SnapshotEvery: 16, LogMargin: 4, HistoryKeep: 16})
-		})
-	}
+	t.Setenv("CLMS_COMPACTION", "16,4,16")
+	TestRandomized(t)
 }
 
-func randomRun(t *testing.T, seed uint64, verbose bool, comp clms.Compaction) {
-	size, eligible := 5, 3
-	if seed%2 == 0 {
-		size, eligible = 7, 5
-	}
-	keys, capable := randomKeys(size)
-	s := seededSim(t, t, clmstest.Options{Seed: seed, Nodes: clmstest.Table(size, eligible),
-		Timing: clms.LANFastTiming(), Verbose: verbose, Keys: keys, KeyCapable: capable, Compaction: comp})
-	rng := rand.New(rand.NewPCG(seed, 7))
-	form(t, s)
-	// Some messages arrive twice, the copy up to three heartbeats late
-	// (after newer ones, possibly at a restarted process).
-	s.Duplicate(0.05, 3*s.Timing().Heartbeat)
-	// Clock rates anywhere in [lo, hi], often at the ends: any two
-	// nodes' ratio stays within Timing.MinClockRatio (A1), and some
-	// pairs sit exactly at that edge.
-	lo := math.Sqrt(s.Timing().MinClockRatio())
-	hi := 1 / lo
-	pick := func() clms.NodeNum { return clms.NodeNum(1 + rng.IntN(size)) }
-	for range 60 {
-		s.Run(time.Duration(50+rng.IntN(300)) * time.Millisecond)
-		n := s.Node(pick())
-		switch r := rng.IntN(100); {
-		case r < 12:
-			s.Crash(n.Num)
-		case r < 22:
-			if !n.Dead {
-				s.Pause(n.Num)
-			}
-		case r < 35:
-			s.Resume(n.Num)
-		case r < 45:
-			var a []clms.NodeNum
-			for _, x := range s.Nodes() {
-				if rng.IntN(2) == 0 {
-					a = append(a, x.Num)
-				}
-			}
-			s.Partition(a)
-		case r < 55:
-			s.Heal()
-		case r < 62:
-			if rng.IntN(2) == 0 {
-				s.Drop(n.Num, pick(), 1) // one way only: the other hears it
-			} else {
-				s.Drop(n.Num, pick(), rng.Float64()*0.5)
-			}
-		case r < 70:
-			// Drift within what the lease margin covers.
-			switch rng.IntN(3) {
-			case 0:
-				n.Rate = lo
-			case 1:
-				n.Rate = hi
-			default:
-				n.Rate = lo + rng.Float64()*(hi-lo)
-			}
-		case r < 75:
-			if !n.Dead && !n.Paused {
-				n.Core.Shutdown()
-			}
-		case r < 78:
-			if !n.Dead && !n.Paused && n.Core.Acting() {
-				_ = n.Core.SetNodeInfo(pick(), clms.NodeInfo{CPUsTotal: uint32(rng.IntN(128)), KeyServices: capable[n.Num]})
-			}
-		case r < 82:
-			if !n.Dead && !n.Paused && n.Core.Acting() {
-				_ = n.Core.MoveKeyService(keys.Services[rng.IntN(len(keys.Services))].Name, pick())
-			}
-		default:
-			if n.Dead || n.Fenced() || n.JoinErr != nil || n.Has(clms.ActLeft, 0) {
-				s.Restart(n.Num)
-			}
+// randomCompaction is CLMS_COMPACTION's bounds (zero: the defaults).
+func randomCompaction(t *testing.T) clms.Compaction {
+	var c clms.Compaction
+	if v := os.Getenv("CLMS_COMPACTION"); v != "" {
+		if _, err := fmt.Sscanf(v, "%d,%d,%d", &c.SnapshotEvery, &c.LogMargin, &c.HistoryKeep); err != nil {
+			t.Fatalf("CLMS_COMPACTION %q: want every,margin,keep (e.g. 16,4,16): %v", v, err)
 		}
 	}
-	// Heal and bring everything back: the cluster must form again.
-	s.Heal()
-	for _, n := range s.Nodes() {
-		s.Resume(n.Num)
-		n.Rate = 1
-	}
-	// A node may learn only now that it was declared down (it fences
-	// when it hears from the master): restart such nodes as they
-	// turn up, as a supervisor would.
-	s.RunUntil(20*time.Second, func() bool {
-		for _, n := range s.Nodes() {
-			if n.Dead || n.Fenced() || n.JoinErr != nil || n.Has(clms.ActLeft, 0) {
-				s.Restart(n.Num)
-			}
-		}
-		return s.AllUp() && s.Master() != 0 && randomKeysReady(s, keys)
-	})
-	if s.Check.Checks == 0 {
-		t.Fatal("the checker never ran")
-	}
-	st := s.Node(1).Core.Stats()
-	restores, compactions := 0, 0
-	for _, n := range s.Nodes() {
-		restores, compactions = restores+n.Restores, compactions+n.Compactions
-	}
-	t.Logf("%d records, %d checks, %d key failovers, %d key hand-overs, %d snapshots stored, %d states restored", len(s.Check.Canon()), s.Check.Checks,
-		st.KeyFailovers, st.KeyHandovers, compactions, restores)
+	return c
 }
 
 // randomKeys: a critical key service with a pull that every node may run

@@ -270,6 +270,9 @@ func (s *Sim) Start(num clms.NodeNum) {
 	s.drain(n)
 }
 
+// SetCompaction sets every core's Compaction from the next Start on.
+func (s *Sim) SetCompaction(c clms.Compaction) { s.opt.Compaction = c }
+
 // StartAll starts every node.
 func (s *Sim) StartAll() {
 	for _, n := range s.nodes {
