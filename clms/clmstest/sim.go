@@ -36,12 +36,14 @@ type TB interface {
 
 // Options configure a simulation. Zero values take the defaults noted.
 type Options struct {
-	Seed   uint64
-	Nodes  []clms.NodeConfig
-	Timing clms.Timing
-	Step   time.Duration // simulated time per step (default 1 ms)
-	Delay  time.Duration // one-way network delay (default 1 ms)
-	Jitter time.Duration // extra random delay up to this (default 1 ms)
+	Seed  uint64
+	Nodes []clms.NodeConfig
+	// Compaction is every core's (zero: the defaults).
+	Compaction clms.Compaction
+	Timing     clms.Timing
+	Step       time.Duration // simulated time per step (default 1 ms)
+	Delay      time.Duration // one-way network delay (default 1 ms)
+	Jitter     time.Duration // extra random delay up to this (default 1 ms)
 	// CallbackTime is how long a node's subsystem callbacks take (default
 	// 2 ms); Node.HangCallbacks makes them never finish.
 	CallbackTime time.Duration
@@ -54,8 +56,6 @@ type Options struct {
 	// KeyTime is how long each key-service routine takes (default 2 ms);
 	// Node.HangPull makes a node's PullData never return.
 	KeyTime time.Duration
-	// Compaction is every core's (zero: the defaults).
-	Compaction clms.Compaction
 }
 
 // Table returns a node table of n nodes numbered from 1, the first
