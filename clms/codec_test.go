@@ -26,6 +26,8 @@ func sampleMessages() []Message {
 		{Type: MsgPing, From: 1, To: 4},
 		{Type: MsgRecords, From: 1, To: 4, Records: []Record{{Seq: 7, Kind: RecordTransition, Transition: tr, Info: info}, {Seq: 8, Kind: RecordTransition}}},
 		{Type: MsgRecordsAck, From: 4, To: 1, Applied: 8},
+		// A state image pushed to a node behind the master's kept records.
+		{Type: MsgRecords, From: 1, To: 4, Data: newState([]NodeNum{1, 4}, 0).encodeImage()},
 		{Type: MsgCallbacksDone, From: 4, To: 1, Transition: 7, Failed: []string{"fs", "net"}},
 		{Type: MsgCrashProof, From: 4, To: 1, Node: 3, Inc: 9},
 		{Type: MsgLeave, From: 4, To: 1, FromInc: 3},

@@ -85,6 +85,12 @@ type ClusterConfig struct {
 	KeyServicePanic PanicPolicy
 	KeyServices     []KeyServiceEntry
 	Nodes           []NodeEntry // in file order
+	// Compaction is the [compaction] table: the raft log and history each
+	// node keeps (zero fields: DefaultCompaction), and APIHistory the
+	// transitions each node's cluster API keeps (0: its default). Each node
+	// applies its own: they need not agree.
+	Compaction Compaction
+	APIHistory int
 
 	file string    // name used in errors
 	dir  string    // relative key file names are relative to it
@@ -265,6 +271,14 @@ func (c *ClusterConfig) Validate() error {
 	if err := c.Timing.Validate(); err != nil {
 		field, msg := c.timingField(err)
 		at(field, "%s", msg)
+	}
+
+	comp := c.Compaction
+	if err := comp.Validate(); err != nil {
+		at("compaction", "%v", err)
+	}
+	if c.APIHistory < 0 || c.APIHistory > maxAPIHistory {
+		at("compaction.api_history", "%d is outside 1..%d transitions (0: the default)", c.APIHistory, maxAPIHistory)
 	}
 
 	switch c.Fencing {
@@ -459,6 +473,8 @@ type NodeSettings struct {
 	// services (Config.Keys.Panic).
 	KeyServicePanic PanicPolicy
 	KeyServices     []KeyServiceEntry
+	Compaction      Compaction // zero fields: the defaults
+	APIHistory      int        // transitions the cluster API keeps; 0: its default
 	// Security is nil in insecure mode.
 	Security *engine.Security
 }
@@ -484,6 +500,8 @@ func (c *ClusterConfig) ForNode(n NodeNum) (*NodeSettings, error) {
 		Timing:      c.Timing,
 		Fencing:     c.Fencing,
 		KeyServices: slices.Clone(c.KeyServices),
+		Compaction:  c.Compaction,
+		APIHistory:  c.APIHistory,
 
 		KeyServicePanic: c.KeyServicePanic,
 	}
@@ -674,7 +692,18 @@ type fileConfig struct {
 	Timing      fileTiming       `toml:"timing,omitempty"`
 	KeyServices []fileKeyService `toml:"key_services,omitempty"`
 	Nodes       []fileNode       `toml:"nodes,omitempty"`
+	Compaction  *fileCompaction  `toml:"compaction,omitempty"`
 }
+
+type fileCompaction struct {
+	SnapshotEvery int64 `toml:"snapshot_every,omitempty"`
+	LogMargin     int64 `toml:"log_margin,omitempty"`
+	HistoryKeep   int64 `toml:"history_keep,omitempty"`
+	APIHistory    int64 `toml:"api_history,omitempty"`
+}
+
+// maxAPIHistory bounds compaction.api_history: ~60 bytes a transition, 1 GiB.
+const maxAPIHistory = 1 << 24
 
 type fileSecurity struct {
 	Mode            string   `toml:"mode,omitempty"`
@@ -712,7 +741,8 @@ type fileNode struct {
 
 // knownKeys lists each table's keys, for the message about an unknown one.
 var knownKeys = map[string]string{
-	"":             "name, fencing, key_service_panic, [security], [timing], [[key_services]], [[nodes]]",
+	"":             "name, fencing, key_service_panic, [security], [timing], [compaction], [[key_services]], [[nodes]]",
+	"compaction":   "snapshot_every, log_margin, history_keep, api_history",
 	"security":     "mode, cluster_key_files, node_key_file, public_key_file",
 	"timing":       "profile, " + strings.Join(timingFieldNames, ", "),
 	"key_services": "name, critical",
@@ -784,6 +814,21 @@ func (fc *fileConfig) convert(c *ClusterConfig, errs *errorList) {
 	}
 	c.Timing = t
 
+	if fc.Compaction != nil {
+		fcomp := fc.Compaction
+		for _, f := range []struct {
+			name string
+			v    int64
+		}{{"snapshot_every", fcomp.SnapshotEvery}, {"log_margin", fcomp.LogMargin}, {"history_keep", fcomp.HistoryKeep}, {"api_history", fcomp.APIHistory}} {
+			if f.v < 0 || f.v > math.MaxInt32 {
+				at("compaction."+f.name, "%d is out of range: want a count of entries (0: the default)", f.v)
+			}
+		}
+		c.Compaction = Compaction{SnapshotEvery: uint64(max(0, fcomp.SnapshotEvery)), LogMargin: uint64(max(0, fcomp.LogMargin)),
+			HistoryKeep: int(min(max(0, fcomp.HistoryKeep), math.MaxInt32))}
+		c.APIHistory = int(min(max(0, fcomp.APIHistory), math.MaxInt32))
+	}
+
 	for _, ks := range fc.KeyServices {
 		c.KeyServices = append(c.KeyServices, KeyServiceEntry(ks))
 	}
@@ -826,6 +871,10 @@ func (c *ClusterConfig) MarshalTOML() ([]byte, error) {
 			PublicKeyFile:   c.Security.PublicKeyFile,
 		},
 		Timing: fileTiming{Profile: c.Profile},
+	}
+	if c.Compaction != (Compaction{}) || c.APIHistory != 0 {
+		fc.Compaction = &fileCompaction{SnapshotEvery: int64(c.Compaction.SnapshotEvery), LogMargin: int64(c.Compaction.LogMargin),
+			HistoryKeep: int64(c.Compaction.HistoryKeep), APIHistory: int64(c.APIHistory)}
 	}
 	base, err := TimingProfile(c.Profile)
 	if err != nil {

@@ -111,9 +111,9 @@ func TestParseConfigRejects(t *testing.T) {
 		{"unknown field", edit(t, "number = 2\n", "number = 2\nadress = \"x\"\n"),
 			`cluster.toml:27:1: nodes[1].adress: unknown field (known here: number, address, admin, master_eligible, key_services, public_key_file)`},
 		{"unknown table", edit(t, "[timing]", "[timings]"),
-			`cluster.toml:10:2: timings: unknown table (known here: name, fencing, key_service_panic, [security], [timing], [[key_services]], [[nodes]])`},
+			`cluster.toml:10:2: timings: unknown table (known here: name, fencing, key_service_panic, [security], [timing], [compaction], [[key_services]], [[nodes]])`},
 		{"unknown top-level key", edit(t, "fencing = \"halt\"\n", "fencing = \"halt\"\nmaster = 1\n"),
-			`cluster.toml:3:1: master: unknown field (known here: name, fencing, key_service_panic, [security], [timing], [[key_services]], [[nodes]])`},
+			`cluster.toml:3:1: master: unknown field (known here: name, fencing, key_service_panic, [security], [timing], [compaction], [[key_services]], [[nodes]])`},
 		{"unknown field in an inline table", edit(t, "[[nodes]]\nnumber = 3\naddress = \"127.0.0.3:7100\"\npublic_key_file = \"other/three.pub\"\n",
 			"[[nodes]]\nnumber = 3\naddress = \"127.0.0.3:7100\"\npublic_key_file = \"other/three.pub\"\n[[nodes]]\nnumber = 4\naddress = \"127.0.0.4:7100\"\nsub = {x = 1}\n"),
 			`cluster.toml:37:1: nodes[3].sub: unknown field (known here: number, address, admin, master_eligible, key_services, public_key_file)`},
@@ -637,4 +637,40 @@ func ExampleLoadConfig() {
 	// Output:
 	// demo encrypt default 3 nodes, master-eligible: [1 2 3]
 	// cluster.toml:5:1: nodes[0].address: "127.0.0.3" has no port (want host:port)
+}
+
+// TestCompactionConfig: the [compaction] table is read, reaches the node's
+// settings, is written back, and a bad value is an error naming its key.
+func TestCompactionConfig(t *testing.T) {
+	const head = "name = \"one\"\n[security]\nmode = \"insecure\"\n[[nodes]]\nnumber = 1\naddress = \"10.0.0.1:7100\"\nmaster_eligible = true\n"
+	c, err := clms.ParseConfig("c.toml", []byte(head+"[compaction]\nsnapshot_every = 1000\nhistory_keep = 500\napi_history = 9000\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.ForNode(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := clms.Compaction{SnapshotEvery: 1000, HistoryKeep: 500}
+	if c.Compaction != want || s.Compaction != want || s.APIHistory != 9000 {
+		t.Fatalf("compaction: file %+v, node %+v (api history %d)", c.Compaction, s.Compaction, s.APIHistory)
+	}
+	out, err := c.MarshalTOML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c2, err := clms.ParseConfig("x.toml", out); err != nil || c2.Compaction != want || c2.APIHistory != 9000 {
+		t.Fatalf("round trip: %v %+v\n%s", err, c2, out)
+	}
+	for doc, msg := range map[string]string{
+		"[compaction]\nhistory_keep = 5\n":      "history_keep (Compaction.HistoryKeep) 5 is outside 16..32768 records",
+		"[compaction]\nsnapshot_every = 2\n":    "snapshot_every (Compaction.SnapshotEvery) 2 is below 8 entries",
+		"[compaction]\napi_history = -1\n":      "compaction.api_history: -1 is out of range",
+		"[compaction]\nsnapshot_evry = 2000\n":  "known here: snapshot_every, log_margin, history_keep, api_history",
+		"[compaction]\nlog_margin = 99999999\n": "log_margin (Compaction.LogMargin) 99999999 is above 1048576 entries",
+	} {
+		if _, err := clms.ParseConfig("c.toml", []byte(head+doc)); err == nil || !strings.Contains(err.Error(), msg) {
+			t.Errorf("%q: %v, want %q", doc, err, msg)
+		}
+	}
 }

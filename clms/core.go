@@ -54,6 +54,9 @@ type Config struct {
 	// panic policy and timeouts; Info.KeyServices says which this node may
 	// run.
 	Keys KeyConfig
+	// Compaction bounds the raft log and the history kept; zero fields
+	// take DefaultCompaction's.
+	Compaction Compaction
 }
 
 // BootstrapStorage returns the raft storage every master-eligible node starts
@@ -111,6 +114,9 @@ type Core struct {
 	rn          *raft.RawNode // nil on nodes that are not master-eligible
 	rd          *raft.Ready   // handed out by Ready, not yet Advanced
 	applied     uint64        // raft index applied (voters)
+	snapIndex   uint64        // index of the storage's snapshot (voters)
+	snapSent    []uint64      // followers sent a raft snapshot in the Ready not yet Advanced
+	restored    *Restored     // State replaced by an image, not yet in a Ready
 
 	phase       phase
 	joinStart   int64
@@ -173,6 +179,9 @@ func NewCore(cfg Config) (*Core, error) {
 	if err := validateKeys(cfg.Keys); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
+	if err := cfg.Compaction.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
 	if cfg.Self == 0 || cfg.Incarnation == 0 {
 		return nil, fmt.Errorf("%w: self and incarnation must be nonzero", ErrConfig)
 	}
@@ -217,7 +226,7 @@ func NewCore(cfg Config) (*Core, error) {
 	if len(c.voters) == 0 {
 		return nil, fmt.Errorf("%w: no master-eligible node", ErrConfig)
 	}
-	c.st = newState(nums)
+	c.st = newState(nums, cfg.Compaction.HistoryKeep)
 	c.joinStart, c.joinTry = 0, -1<<40
 	if c.eligible[c.self] {
 		if err := c.startRaft(); err != nil {
@@ -255,6 +264,14 @@ func (c *Core) startRaft() error {
 		return fmt.Errorf("%w: raft: %w", ErrConfig, err)
 	}
 	c.rn = rn
+	if snap, err := c.storage.Snapshot(); err == nil {
+		c.snapIndex = snap.GetMetadata().GetIndex()
+		if len(snap.GetData()) > 0 {
+			// A restart from a compacted store: the State up to the
+			// snapshot, then raft replays the log after it.
+			c.restore(snap.GetData(), "stored snapshot")
+		}
+	}
 	if len(c.voters) == 1 {
 		// Alone, there is nobody to wait for.
 		_ = c.rn.Campaign()
@@ -335,7 +352,12 @@ func (c *Core) Stats() Stats {
 	c.st.countByState(&s.MembersByState)
 	if c.rn != nil {
 		s.RaftTerm = c.rn.BasicStatus().GetTerm()
+		fi, _ := c.storage.FirstIndex()
+		li, _ := c.storage.LastIndex()
+		s.RaftLogEntries, s.SnapshotIndex = li+1-fi, c.snapIndex
 	}
+	s.HistoryKept = uint64(c.st.LastTransition() + 1 - c.st.FirstTransition())
+	s.RecordsKept = c.st.LastSeq() + 1 - c.st.FirstSeq()
 	s.IsMaster = c.isMaster()
 	s.Fenced = c.phase == phaseFenced
 	s.LeaseValid = c.Acting()
@@ -553,7 +575,7 @@ func (c *Core) mayVote(m *raftpb.Message) bool {
 
 // HasReady reports whether Ready has anything.
 func (c *Core) HasReady() bool {
-	return len(c.out) > 0 || len(c.actions) > 0 || len(c.recs) > 0 || (c.rn != nil && c.rd == nil && c.rn.HasReady())
+	return len(c.out) > 0 || len(c.actions) > 0 || len(c.recs) > 0 || c.restored != nil || (c.rn != nil && c.rd == nil && c.rn.HasReady())
 }
 
 // Ready returns what the runner must persist, send and do (see Ready). Call
@@ -575,11 +597,18 @@ func (c *Core) Ready() Ready {
 		rd.HardState, rd.Entries, rd.MustSync = r.HardState, r.Entries, r.MustSync
 		if !raft.IsEmptySnap(r.Snapshot) {
 			rd.Snapshot = r.Snapshot
+			// We fell behind the leader's compacted log: its snapshot
+			// replaces our State, and raft applies the log after it.
+			c.snapIndex = r.Snapshot.GetMetadata().GetIndex()
+			c.applied = max(c.applied, c.snapIndex)
+			c.restore(r.Snapshot.GetData(), "raft snapshot")
 		}
 		for _, m := range r.Messages {
 			out := Message{Type: MsgRaft, To: NodeNum(m.GetTo()), Raft: m}
 			if t := m.GetType(); t == raftpb.MsgVote || t == raftpb.MsgPreVote {
 				out.Digest = c.digest // stepRaft: no vote for another configuration
+			} else if t == raftpb.MsgSnap {
+				c.snapSent = append(c.snapSent, m.GetTo())
 			}
 			c.send(out)
 		}
@@ -592,9 +621,12 @@ func (c *Core) Ready() Ready {
 		if c.m != nil && !c.m.ready && c.applied >= c.m.readyIndex {
 			c.masterReady()
 		}
+		if c.applied >= c.snapIndex+c.cfg.Compaction.SnapshotEvery {
+			rd.Compact = c.compact()
+		}
 	}
-	rd.Messages, rd.Actions, rd.Applied = c.out, c.actions, c.recs
-	c.out, c.actions, c.recs = nil, nil, nil
+	rd.Messages, rd.Actions, rd.Applied, rd.Restored = c.out, c.actions, c.recs, c.restored
+	c.out, c.actions, c.recs, c.restored = nil, nil, nil, nil
 	return rd
 }
 
@@ -604,6 +636,38 @@ func (c *Core) Advance() {
 		c.rn.Advance(*c.rd)
 		c.rd = nil
 	}
+	for _, to := range c.snapSent {
+		// Raft pauses a follower it sent a snapshot to until told the send
+		// is over. Sends are fire-and-forget here: report each as done, so
+		// raft probes the follower again, and sends the snapshot anew if
+		// it was lost (TestRandomizedCompaction).
+		c.rn.ReportSnapshot(to, raft.SnapshotFinish)
+	}
+	c.snapSent = c.snapSent[:0]
+}
+
+// compact snapshots the applied State into the raft storage and drops the
+// log before it but for Compaction.LogMargin entries, which a follower a
+// little behind still catches up from. It returns the snapshot for the
+// runner to store (Ready.Compact).
+func (c *Core) compact() *raftpb.Snapshot {
+	prev, err := c.storage.Snapshot()
+	if err != nil {
+		return nil
+	}
+	snap, err := c.storage.CreateSnapshot(c.applied, prev.GetMetadata().GetConfState(), c.st.encodeImage())
+	if err != nil {
+		c.act(Action{Kind: ActLog, Reason: fmt.Sprintf("snapshot at raft index %d: %v", c.applied, err)})
+		return nil
+	}
+	c.snapIndex = c.applied
+	if margin := c.cfg.Compaction.LogMargin; c.applied > margin {
+		if err := c.storage.Compact(c.applied - margin); err != nil && !errors.Is(err, raft.ErrCompacted) {
+			c.act(Action{Kind: ActLog, Reason: fmt.Sprintf("compact the raft log at index %d: %v", c.applied-margin, err)})
+		}
+	}
+	c.stats.Snapshots++
+	return snap
 }
 
 func (c *Core) softState(ss *raft.SoftState) {

@@ -21,9 +21,17 @@
 //	for c.HasReady() {
 //		rd := c.Ready()
 //		// persist rd.HardState, rd.Entries, rd.Snapshot; send rd.Messages;
-//		// publish rd.Applied; carry out rd.Actions (callbacks, fencing ...)
+//		// rebuild views from rd.Restored if set; publish rd.Applied; carry
+//		// out rd.Actions (callbacks, fencing ...); store rd.Compact
 //		c.Advance()
 //	}
+//
+// Config.Compaction bounds what a core keeps (docs/CLMS.md, "Log
+// compaction"): a voter snapshots its State and compacts its raft log every
+// SnapshotEvery entries (Ready.Compact, Store.Compact), the State keeps
+// HistoryKeep records and transitions, and a node that falls behind receives
+// the State whole (a raft snapshot, or a state image from the master) and
+// reports it in Ready.Restored.
 //
 // Key services (docs/CLMS.md, "Key services") ride on the same record
 // stream: the master assigns each to one capable node with an epoch, the

@@ -247,7 +247,7 @@ func (s *State) applyKey(r Record) error {
 	}
 	k := r.Key
 	s.keys[k.Name] = &k
-	s.records = append(s.records, r)
+	s.appendRecord(r)
 	return nil
 }
 

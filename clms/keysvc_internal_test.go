@@ -39,7 +39,7 @@ func TestKeyDataBounded(t *testing.T) {
 
 // decideKey enforces the safety rules whatever a master proposes.
 func TestDecideKeyRules(t *testing.T) {
-	s := newState([]NodeNum{1, 2, 3})
+	s := newState([]NodeNum{1, 2, 3}, 0)
 	for n, st := range map[NodeNum]NodeState{1: StateUp, 2: StateUp, 3: StateGoingDown} {
 		s.members[n].State, s.members[n].Incarnation = st, 1
 	}

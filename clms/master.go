@@ -102,7 +102,7 @@ func (c *Core) masterReady() {
 		}
 		switch mem.State {
 		case StateComingUp, StateKCleanup:
-			c.startWait(c.st.History(mem.LastChange - 1)[0])
+			c.startWait(c.st.last[n])
 		case StateGoingDown, StateShutdown:
 			c.propose(Transition{Node: n, Incarnation: mem.Incarnation, From: mem.State, To: StateKCleanup, Cause: CauseCleanupDone})
 		case StateUCleanup:
@@ -201,6 +201,13 @@ func (c *Core) maybePush(n NodeNum, w *watch) {
 		from = w.applied // resend what was not acknowledged
 	}
 	if from >= last {
+		return
+	}
+	if from < c.st.FirstSeq()-1 {
+		// It needs records we no longer keep: push the whole State, and
+		// the records after it from the next push on.
+		w.sent, w.pushed = last, c.now
+		c.send(Message{Type: MsgRecords, To: n, Data: c.st.encodeImage()})
 		return
 	}
 	recs := c.st.Records(from)

@@ -97,3 +97,32 @@ func TestMeasureScale(t *testing.T) {
 			n, took, float64(m.SentMsgs-msgs)/sec, float64(m.SentBytes-bytes)/sec/1024)
 	}
 }
+
+// TestMeasureCompaction prints what a voter keeps after a crash loop of
+// 5,000 transitions (a non-voter restarting over and over, 5 nodes of
+// which 3 voters), with compaction at its defaults and with bounds too
+// large to reach (the log and history kept whole, as before compaction).
+// CLMS_MEASURE=1 runs it; docs/CLMS.md ("Log compaction") has the results.
+func TestMeasureCompaction(t *testing.T) {
+	if os.Getenv("CLMS_MEASURE") == "" {
+		t.Skip("CLMS_MEASURE=1 to measure")
+	}
+	for _, tc := range []struct {
+		name string
+		c    clms.Compaction
+	}{
+		{"whole", clms.Compaction{SnapshotEvery: 1 << 40, HistoryKeep: 1 << 15}},
+		{"defaults", clms.Compaction{}},
+	} {
+		s := compactSim(t, 5, 3, tc.c)
+		form(t, s)
+		churn(t, s, 5, 20000)
+		s.Run(time.Second)
+		v := s.Node(other(t, s, 4, 5))
+		st := v.Core.Stats()
+		snap, ents, count := v.DiskBytes()
+		recs := v.Core.State().Records(v.Core.State().FirstSeq() - 1)
+		t.Logf("%-8s %d transitions, %d records: stored snapshot %d B + %d entries %d B; in memory %d raft entries, %d records, %d transitions",
+			tc.name, v.Core.State().LastTransition(), v.Core.State().LastSeq(), snap, count, ents, st.RaftLogEntries, len(recs), st.HistoryKept)
+	}
+}

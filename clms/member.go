@@ -218,11 +218,12 @@ func (c *Core) reportCallbacks(id TransitionID) {
 // in progress: it cannot know who reported to its predecessor.
 func (c *Core) resendCallbackReports() {
 	for _, id := range slices.Sorted(maps.Keys(c.cbDone)) {
-		h := c.st.History(id - 1)
-		if len(h) == 0 {
+		t, ok := c.st.Transition(id)
+		if !ok {
+			delete(c.cbDone, id)
 			continue
 		}
-		if m, _ := c.st.Member(h[0].Node); m.LastChange != id {
+		if m, _ := c.st.Member(t.Node); m.LastChange != id {
 			delete(c.cbDone, id)
 			continue
 		}
@@ -283,6 +284,10 @@ func (c *Core) stepRecords(m Message) {
 	if c.rn != nil || !c.eligible[m.From] {
 		return // voters apply their own log; only a master pushes
 	}
+	if len(m.Data) > 0 {
+		// A state image: we need records the master no longer keeps.
+		c.restore(m.Data, fmt.Sprintf("state image from node %d", m.From))
+	}
 	gap := Status(StatusOK)
 	for _, r := range m.Records {
 		if r.Seq > c.st.LastSeq()+1 {
@@ -327,7 +332,16 @@ func (c *Core) applyRecord(r Record) bool {
 	}
 	delete(c.cbDone, prev) // that transition is over: no report to resend
 	c.stats.Transitions++
-	t := r.Transition
+	c.react(r.Transition)
+	if c.m != nil && c.m.ready {
+		c.masterApplied(r)
+	}
+	return true
+}
+
+// react does what transition t asks of this node: join, leave or fence for
+// its own incarnation; callbacks and refusals for a peer's.
+func (c *Core) react(t Transition) {
 	if t.Node == c.self && t.Incarnation == c.inc {
 		switch t.To {
 		case StateComingUp:
@@ -359,8 +373,62 @@ func (c *Core) applyRecord(r Record) bool {
 			c.act(Action{Kind: ActRunNodeDown, Node: t.Node, Inc: t.Incarnation, Transition: t.ID})
 		}
 	}
-	if c.m != nil && c.m.ready {
-		c.masterApplied(r)
+}
+
+// restore replaces the State with a state image (raft snapshot data, or a
+// master's push) if it is newer, and reacts to what changed as if the
+// records it skips had been applied: a peer's incarnation gone is refused,
+// a new one's callbacks run, this incarnation joins or fences.
+func (c *Core) restore(data []byte, what string) bool {
+	st, err := decodeImage(data, c.cfg.Compaction.HistoryKeep)
+	if err == nil && !st.sameNodes(c.st) {
+		err = fmt.Errorf("node table %v, this node's %v", st.nodes, c.st.nodes)
+	}
+	if err != nil {
+		c.act(Action{Kind: ActLog, Reason: fmt.Sprintf("%s refused: %v", what, err)})
+		return false
+	}
+	if st.LastSeq() <= c.st.LastSeq() {
+		return false // nothing we lack
+	}
+	old := c.st
+	c.st = st
+	c.recs = nil // the image covers them; the runner rebuilds from Restored
+	c.stats.Transitions += uint64(st.LastTransition() - old.LastTransition())
+	r := &Restored{Seq: st.LastSeq(), Members: st.Members(), LastTransition: st.LastTransition(),
+		History: slices.Clone(st.history), Keys: st.KeyServices()}
+	c.restored = r
+	for _, n := range st.nodes {
+		o, m := old.members[n], st.members[n]
+		if o.LastChange == m.LastChange {
+			continue
+		}
+		t := st.last[n]
+		if n == c.self {
+			if m.Incarnation == c.inc {
+				if t.To == StateUp {
+					t.To = StateComingUp // its COMINGUP is skipped: join now
+				}
+				c.react(t)
+			}
+			continue
+		}
+		if c.phase != phaseMember {
+			continue
+		}
+		gone := o.State.IsMember() && (o.Incarnation != m.Incarnation || !m.State.IsMember())
+		if gone && (o.Incarnation != m.Incarnation || (t.To != StateGoingDown && t.To != StateShutdown)) {
+			// The records that took that incarnation down are skipped.
+			c.act(Action{Kind: ActPeerDown, Node: n, Inc: o.Incarnation, Transition: t.ID})
+		}
+		if t.To == StateUp && o.Incarnation != m.Incarnation {
+			// Its COMINGUP is skipped: it is up, reach it.
+			c.act(Action{Kind: ActRunNodeUp, Node: n, Inc: m.Incarnation, Transition: t.ID})
+			continue
+		}
+		if m.Incarnation != o.Incarnation || m.State != o.State {
+			c.react(t)
+		}
 	}
 	return true
 }

@@ -53,6 +53,7 @@ func TestRandomized(t *testing.T) {
 			s := seededSim(t, t, clmstest.Options{Seed: seed, Nodes: clmstest.Table(size, eligible),
 				Timing: clms.LANFastTiming(), Verbose: verbose, Keys: keys, KeyCapable: capable})
 			rng := rand.New(rand.NewPCG(seed, 7))
+			s.SetCompaction(randomCompaction(t))
 			form(t, s)
 			// Some messages arrive twice, the copy up to three heartbeats late
 			// (after newer ones, possibly at a restarted process).
@@ -142,8 +143,34 @@ func TestRandomized(t *testing.T) {
 			st := s.Node(1).Core.Stats()
 			t.Logf("%d records, %d checks, %d key failovers, %d key hand-overs", len(s.Check.Canon()), s.Check.Checks,
 				st.KeyFailovers, st.KeyHandovers)
+			restores, compactions := 0, 0
+			for _, n := range s.Nodes() {
+				restores, compactions = restores+n.Restores, compactions+n.Compactions
+			}
+			t.Logf("%d snapshots stored, %d states restored", compactions, restores)
 		})
 	}
+}
+
+// TestRandomizedCompaction is TestRandomized with compaction bounds small
+// enough that voters snapshot, fall behind the compacted log and restore
+// snapshots, and nodes without a log receive state images, all under the
+// invariant checker (which checks every restored State against the
+// records). CLMS_COMPACTION=every,margin,keep runs TestRandomized so too.
+func TestRandomizedCompaction(t *testing.T) {
+	t.Setenv("CLMS_COMPACTION", "16,4,16")
+	TestRandomized(t)
+}
+
+// randomCompaction is CLMS_COMPACTION's bounds (zero: the defaults).
+func randomCompaction(t *testing.T) clms.Compaction {
+	var c clms.Compaction
+	if v := os.Getenv("CLMS_COMPACTION"); v != "" {
+		if _, err := fmt.Sscanf(v, "%d,%d,%d", &c.SnapshotEvery, &c.LogMargin, &c.HistoryKeep); err != nil {
+			t.Fatalf("CLMS_COMPACTION %q: want every,margin,keep (e.g. 16,4,16): %v", v, err)
+		}
+	}
+	return c
 }
 
 // randomKeys: a critical key service with a pull that every node may run

@@ -24,11 +24,37 @@ type Ready struct {
 	Entries   []*raftpb.Entry
 	Snapshot  *raftpb.Snapshot
 	MustSync  bool
+	// Compact is a snapshot the core took of its applied State (a voter,
+	// every Compaction.SnapshotEvery entries; nil otherwise). After
+	// persisting HardState, Entries and Snapshot, store it and drop the
+	// stored entries it covers (Store.Compact); until then the stored log
+	// stays whole, which is safe, only longer.
+	Compact *raftpb.Snapshot
+
+	// Restored, when set, says the State was replaced by a state image
+	// covering records 1..Restored.Seq (a restart from a compacted store, a
+	// voter that fell behind the leader's compacted log, a node without a
+	// log that fell behind the master's kept records): those records are
+	// not in Applied. Rebuild what was built from Applied from it before
+	// taking Applied, which continues at Restored.Seq+1.
+	Restored *Restored
 
 	// Applied are the records committed and applied since the last Ready,
 	// in order: every node sees the same sequence.
 	Applied []Record
 	Actions []Action
+}
+
+// Restored is the replicated state a state image put in place of the
+// records up to Seq: a copy, the runner's to keep.
+type Restored struct {
+	Seq            uint64
+	Members        []Member
+	LastTransition TransitionID
+	// History is the kept transitions, oldest first, ending at
+	// LastTransition (it may be empty).
+	History []Transition
+	Keys    []KeyRecord // by name
 }
 
 // ActionKind says what the runner must do.
@@ -151,9 +177,15 @@ type Stats struct {
 	HeartbeatsMissed uint64 // imalives not answered before the next one was due
 	RaftTerm         uint64
 	LeaderChanges    uint64
-	IsMaster         bool
-	Fenced           bool
-	LeaseValid       bool
+	Snapshots        uint64 // raft snapshots this core took (Ready.Compact)
+	// What compaction bounds (docs/CLMS.md, "Log compaction"): entries in
+	// the in-memory raft log and the index of its snapshot (voters), and
+	// the records and transitions the State keeps.
+	RaftLogEntries, SnapshotIndex uint64
+	RecordsKept, HistoryKept      uint64
+	IsMaster                      bool
+	Fenced                        bool
+	LeaseValid                    bool
 
 	// HeartbeatRTT counts answered imalives by round trip in whole ticks
 	// (bucket i: i ticks; the last bucket: that many or more): how close a

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go.etcd.io/raft/v3/raftpb"
 	"log/slog"
 	"slices"
 	"sync"
@@ -72,7 +73,15 @@ type RunnerConfig struct {
 	// must return quickly and must not call the Runner. The slice is the
 	// callee's.
 	OnApplied func([]Record)
-	Logger    *slog.Logger // nil: the engine's; the runner adds node=N
+	// OnRestored is called, on the runner's goroutine, when the core's
+	// State was replaced by a state image (Ready.Restored): what OnApplied
+	// built must be rebuilt from it, and OnApplied continues after it. Nil:
+	// ignored (then OnApplied's consumer sees a gap in the records).
+	OnRestored func(*Restored)
+	// Compaction bounds the raft log and the history the core keeps
+	// (docs/CLMS.md, "Log compaction"); zero fields take the defaults.
+	Compaction Compaction
+	Logger     *slog.Logger // nil: the engine's; the runner adds node=N
 }
 
 // Runner runs a Core for real: one goroutine serialises every call to it
@@ -171,6 +180,12 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 	if cfg.Incarnation == 0 || cfg.Engine.Incarnation() != cfg.Incarnation {
 		return nil, fmt.Errorf("%w: incarnation %d, the engine's is %d: they must be one", ErrConfig, cfg.Incarnation, cfg.Engine.Incarnation())
 	}
+	if comp := cfg.Compaction; comp.Validate() == nil {
+		if max := comp.maxImageBytes(len(cfg.Nodes)); max > cfg.Engine.MaxPayload() {
+			return nil, fmt.Errorf("%w: compaction.history_keep %d makes state snapshots of up to ~%d bytes, over the engine's MaxPayload %d: lower history_keep or raise MaxPayload",
+				ErrConfig, comp.HistoryKeep, max, cfg.Engine.MaxPayload())
+		}
+	}
 	if cfg.Fencing == "" {
 		cfg.Fencing = DefaultFencing
 	}
@@ -185,8 +200,8 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 	}
 	self := cfg.Engine.Num()
 	ccfg := Config{Self: self, Nodes: cfg.Nodes, Timing: cfg.Timing, Incarnation: cfg.Incarnation, Info: cfg.Info,
-		WallClock: time.Now,
-		Keys:      KeyConfig{Services: cfg.KeyServices.build(cfg.KeyServiceEntries), Panic: cfg.KeyServicePanic}}
+		WallClock: time.Now, Compaction: cfg.Compaction,
+		Keys: KeyConfig{Services: cfg.KeyServices.build(cfg.KeyServiceEntries), Panic: cfg.KeyServicePanic}}
 	for _, n := range cfg.Nodes {
 		if n.Num == self && n.MasterEligible {
 			if cfg.Store == nil {
@@ -511,6 +526,10 @@ func (r *Runner) drain() {
 		for i := range rd.Messages {
 			r.send(&rd.Messages[i])
 		}
+		if rd.Restored != nil {
+			changed = true
+			r.restored(rd.Restored)
+		}
 		if len(rd.Applied) > 0 {
 			changed = true
 			r.refuseDown(rd.Applied)
@@ -524,9 +543,41 @@ func (r *Runner) drain() {
 		for _, a := range rd.Actions {
 			r.act(a)
 		}
+		r.compacted(rd.Compact)
 		r.core.Advance()
 	}
 	r.publishStatus(changed)
+}
+
+// compacted stores the snapshot the core took and drops the stored entries
+// it covers. A failure is logged, not fatal: the stored log stays whole,
+// which Load still starts from.
+func (r *Runner) compacted(snap *raftpb.Snapshot) {
+	if snap == nil || r.cfg.Store == nil {
+		return
+	}
+	if err := r.cfg.Store.Compact(snap); err != nil {
+		r.log.Warn("clms: storing a snapshot of the log failed; the stored log stays whole", "index", snap.GetMetadata().GetIndex(), "err", err)
+	}
+}
+
+// restored rebuilds what the runner built from applied records from a
+// state image the core took instead of records: epochs seen, waits for
+// info and key-service records, and OnApplied's view (OnRestored).
+func (r *Runner) restored(st *Restored) {
+	var recs []Record
+	for _, k := range st.Keys {
+		recs = append(recs, Record{Kind: RecordKeyService, Key: k})
+	}
+	for _, m := range st.Members {
+		recs = append(recs, Record{Kind: RecordNodeInfo, Transition: Transition{Node: m.Node}, Info: m.Info})
+	}
+	r.infoApplied(recs)
+	r.guard.Observe(recs)
+	r.keyApplied(recs)
+	if r.cfg.OnRestored != nil {
+		r.cfg.OnRestored(st)
+	}
 }
 
 // refuseDown refuses every incarnation that reached DOWN, whichever way:
@@ -552,7 +603,7 @@ func (r *Runner) act(a Action) {
 	case ActRunNodeDown:
 		r.queueCallbacks(a)
 	case ActPeerDown:
-		if h := r.core.State().History(a.Transition - 1); len(h) > 0 && h[0].To == StateShutdown {
+		if t, ok := r.core.State().Transition(a.Transition); ok && t.To == StateShutdown {
 			// A planned leave: the leaver still needs the commit of its
 			// SHUTDOWN (a voter learns it from the raft log, others from
 			// the master's push), so it is refused only once DOWN (refuseDown).

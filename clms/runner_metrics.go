@@ -94,6 +94,7 @@ func newRunnerMetrics(r *Runner) *runnerMetrics {
 	stat("ci_clms_heartbeats_missed_total", "Heartbeats this node sent that the master did not answer before the next one was due.", func(s *Stats) uint64 { return s.HeartbeatsMissed })
 	stat("ci_clms_lease_lapses_total", "Times this node's membership lease ran out, suspending it until a master granted one again: a near miss of a NODEDOWN.", func(s *Stats) uint64 { return s.LeaseLapses })
 	stat("ci_clms_leader_changes_total", "Raft leader changes this node saw.", func(s *Stats) uint64 { return s.LeaderChanges })
+	stat("ci_clms_snapshots_total", "Snapshots of the CLMS state this node took to compact its raft log (voters).", func(s *Stats) uint64 { return s.Snapshots })
 	// The cluster-wide key-service counters are the same on every node
 	// (they count applied records); pull failures are this node's, as
 	// owner.
@@ -107,6 +108,8 @@ func newRunnerMetrics(r *Runner) *runnerMetrics {
 			func(s *RunnerStatus) float64 { return float64(s.Stats.MembersByState[st]) })
 	}
 	gauge("ci_clms_raft_term", "The raft term this node is in.", "", func(s *RunnerStatus) float64 { return float64(s.Stats.RaftTerm) })
+	gauge("ci_clms_raft_log_entries", "Entries in this node's in-memory raft log (voters): compaction keeps it under snapshot_every + log_margin.", "", func(s *RunnerStatus) float64 { return float64(s.Stats.RaftLogEntries) })
+	gauge("ci_clms_history_kept", "Transitions the CLMS core keeps (history_keep and a quarter at most).", "", func(s *RunnerStatus) float64 { return float64(s.Stats.HistoryKept) })
 	gauge("ci_clms_is_master", "1 if this node is the CLMS master, else 0.", "", func(s *RunnerStatus) float64 { return b(s.Stats.IsMaster) })
 	gauge("ci_clms_lease_valid", "1 while this node holds a valid membership lease (it may act as a member), else 0.", "", func(s *RunnerStatus) float64 { return b(s.Stats.LeaseValid) })
 	gauge("ci_clms_fenced", "1 once this incarnation is fenced (declared down or its lease ran out), else 0.", "", func(s *RunnerStatus) float64 { return b(s.Stats.Fenced) })

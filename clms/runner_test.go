@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -24,9 +25,10 @@ type runnerNode struct {
 	store *clms.Store
 	dir   string
 
-	mu      sync.Mutex
-	applied []clms.Transition
-	fatal   error
+	mu       sync.Mutex
+	applied  []clms.Transition
+	restored []*clms.Restored
+	fatal    error
 }
 
 func (n *runnerNode) history() []clms.Transition {
@@ -49,10 +51,15 @@ type runnerCluster struct {
 	addrs  map[clms.NodeNum]string
 	nodes  map[clms.NodeNum]*runnerNode
 	subs   func(clms.NodeNum) *clms.Subsystems
+	comp   clms.Compaction
 }
 
 func newRunnerCluster(t *testing.T, count, eligible int, subs func(clms.NodeNum) *clms.Subsystems) *runnerCluster {
-	c := &runnerCluster{t: t, timing: testTiming(), addrs: map[clms.NodeNum]string{}, nodes: map[clms.NodeNum]*runnerNode{}, subs: subs}
+	return newRunnerClusterCompaction(t, count, eligible, subs, clms.Compaction{})
+}
+
+func newRunnerClusterCompaction(t *testing.T, count, eligible int, subs func(clms.NodeNum) *clms.Subsystems, comp clms.Compaction) *runnerCluster {
+	c := &runnerCluster{t: t, timing: testTiming(), addrs: map[clms.NodeNum]string{}, nodes: map[clms.NodeNum]*runnerNode{}, subs: subs, comp: comp}
 	for i := 1; i <= count; i++ {
 		c.table = append(c.table, clms.NodeConfig{Num: clms.NodeNum(i), MasterEligible: i <= eligible})
 	}
@@ -119,7 +126,15 @@ func (c *runnerCluster) start(num clms.NodeNum, dir, addr string) *runnerNode {
 			}
 			n.mu.Unlock()
 		},
-		OnFatal: func(err error) { n.mu.Lock(); n.fatal = err; n.mu.Unlock() },
+		OnRestored: func(r *clms.Restored) {
+			n.mu.Lock()
+			// The view OnApplied built is replaced by the image's history.
+			n.applied = slices.Clone(r.History)
+			n.restored = append(n.restored, r)
+			n.mu.Unlock()
+		},
+		Compaction: c.comp,
+		OnFatal:    func(err error) { n.mu.Lock(); n.fatal = err; n.mu.Unlock() },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -466,5 +481,81 @@ func TestKeyServiceRegisteredAfterNewRunner(t *testing.T) {
 	err = r.KeyServices().RegisterKeyService("late", false, noop, nil, nil)
 	if !errors.Is(err, clms.ErrConfig) || !strings.Contains(err.Error(), `"late"`) {
 		t.Fatalf("registering after NewRunner: %v, want ErrConfig naming the service", err)
+	}
+}
+
+// TestRunnerCompaction: runners with real stores snapshot and compact
+// their logs on disk; a voter restarted from its compacted store restores
+// its State from the stored snapshot (OnRestored), replays the rest, and
+// ends with the others' membership and history.
+func TestRunnerCompaction(t *testing.T) {
+	comp := clms.Compaction{SnapshotEvery: 8, LogMargin: 2, HistoryKeep: 16}
+	c := newRunnerClusterCompaction(t, 3, 3, nil, comp)
+	all := []clms.NodeNum{1, 2, 3}
+	c.waitFor("3 nodes UP", all, allUp(1, 2, 3))
+	victim, _ := c.nonMaster(all)
+	for range 3 {
+		nn := c.restart(victim)
+		c.waitFor("the restarted node UP", all, func(_ *runnerNode, s clms.RunnerStatus) bool {
+			m := stateOf(s, victim)
+			return m.State == clms.StateUp && m.Incarnation == nn.r.Status().Incarnation && s.LeaseValid
+		})
+	}
+	nn := c.nodes[victim]
+	nn.mu.Lock()
+	restored := len(nn.restored)
+	nn.mu.Unlock()
+	if restored == 0 {
+		t.Fatalf("node %d restarted from its store without restoring a snapshot", victim)
+	}
+	for _, num := range all {
+		n := c.nodes[num]
+		st := n.r.Status()
+		// A read-only bbolt transaction, beside the runner's writes.
+		snap, _, count, err := n.store.Size()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if snap == 0 || uint64(count) > comp.SnapshotEvery+comp.LogMargin || st.Stats.Snapshots == 0 && num != victim {
+			t.Fatalf("node %d stored a %d-byte snapshot and %d entries (%d snapshots taken)", num, snap, count, st.Stats.Snapshots)
+		}
+	}
+	c.waitFor("identical members", all, func(n *runnerNode, s clms.RunnerStatus) bool {
+		return reflect.DeepEqual(s.Members, c.nodes[victim].r.Status().Members)
+	})
+	// The restarted node's history (the snapshot's, then what it applied)
+	// is the tail of a survivor's, which never restarted.
+	_, survivors := c.nonMaster(all)
+	ref := survivors[0]
+	if ref == victim {
+		ref = survivors[1]
+	}
+	c.waitFor("the same history", all, func(n *runnerNode, _ clms.RunnerStatus) bool {
+		h, full := n.history(), c.nodes[ref].history()
+		return len(h) > 0 && len(h) <= len(full) && slices.Equal(h, full[len(full)-len(h):])
+	})
+}
+
+// TestRunnerRefusesSnapshotsOverMaxPayload: a history_keep whose state
+// snapshots would not fit the engine's MaxPayload is a configuration error
+// naming both, not a follower that can never catch up.
+func TestRunnerRefusesSnapshotsOverMaxPayload(t *testing.T) {
+	store, err := clms.OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	cfg := engine.DefaultConfig()
+	cfg.Node, cfg.Cluster, cfg.ListenAddr, cfg.Insecure, cfg.Incarnation = 1, "test", "127.0.0.1:0", true, store.Incarnation()
+	cfg.MaxPayload = 64 << 10
+	eng, err := engine.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	_, err = clms.NewRunner(clms.RunnerConfig{Engine: eng, Nodes: []clms.NodeConfig{{Num: 1, MasterEligible: true}}, Timing: testTiming(),
+		Incarnation: store.Incarnation(), Store: store})
+	if !errors.Is(err, clms.ErrConfig) || !strings.Contains(err.Error(), "history_keep 4096") || !strings.Contains(err.Error(), "MaxPayload 65536") {
+		t.Fatalf("NewRunner with MaxPayload 64 KiB: %v", err)
 	}
 }

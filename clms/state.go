@@ -139,20 +139,29 @@ var legal = map[[2]NodeState]bool{
 // duplicate, an illegal transition): the stream is broken, never applied.
 var errRecord = errors.New("clms: record does not follow the replicated state")
 
-// State is the replicated state machine: every member's state and the
-// history of records. Each node holds one; the same records in the same
-// order give the same State everywhere.
+// State is the replicated state machine: every member's state, the key
+// services, and a window of the latest records and transitions. Each node
+// holds one; the same records in the same order give the same State
+// everywhere (the windows may differ in length: each node keeps its own
+// Compaction.HistoryKeep).
 type State struct {
 	nodes   []NodeNum // the node table, sorted
 	members map[NodeNum]*Member
-	records []Record
-	history []Transition
-	keys    map[string]*KeyRecord // key services by name
+	last    map[NodeNum]Transition // each member's last transition (Member.LastChange)
+	keys    map[string]*KeyRecord  // key services by name
+	// keep bounds the windows: records holds the last records (seq
+	// recBase+1 on), history the last transitions (id histBase+1 on).
+	// Each is cut back to keep once it grows a quarter past it.
+	keep     int
+	records  []Record
+	recBase  uint64
+	history  []Transition
+	histBase TransitionID
 }
 
-func newState(nodes []NodeNum) *State {
+func newState(nodes []NodeNum, keep int) *State {
 	s := &State{nodes: slices.Sorted(slices.Values(nodes)), members: make(map[NodeNum]*Member, len(nodes)),
-		keys: map[string]*KeyRecord{}}
+		last: map[NodeNum]Transition{}, keys: map[string]*KeyRecord{}, keep: keep}
 	for _, n := range s.nodes {
 		s.members[n] = &Member{Node: n, State: StateNeverUp}
 	}
@@ -160,10 +169,17 @@ func newState(nodes []NodeNum) *State {
 }
 
 // LastSeq is the number of records applied.
-func (s *State) LastSeq() uint64 { return uint64(len(s.records)) }
+func (s *State) LastSeq() uint64 { return s.recBase + uint64(len(s.records)) }
+
+// FirstSeq is the seq of the oldest record kept (LastSeq()+1 when none is).
+func (s *State) FirstSeq() uint64 { return s.recBase + 1 }
 
 // LastTransition is the id of the last transition applied (0 before any).
-func (s *State) LastTransition() TransitionID { return TransitionID(len(s.history)) }
+func (s *State) LastTransition() TransitionID { return s.histBase + TransitionID(len(s.history)) }
+
+// FirstTransition is the id of the oldest transition kept
+// (LastTransition()+1 when none is).
+func (s *State) FirstTransition() TransitionID { return s.histBase + 1 }
 
 // Member returns node n's committed state.
 func (s *State) Member(n NodeNum) (Member, bool) {
@@ -183,21 +199,63 @@ func (s *State) Members() []Member {
 	return out
 }
 
-// History returns the transitions from id `after`+1 on. The slice is shared
-// with the State until the next apply: do not modify it.
+// History returns the kept transitions from id `after`+1 on: from the
+// oldest kept (FirstTransition) if `after`+1 is no longer kept. The slice
+// is shared with the State until the next apply: do not modify it.
 func (s *State) History(after TransitionID) []Transition {
-	if uint64(after) >= uint64(len(s.history)) {
+	after = max(after, s.histBase)
+	if after >= s.LastTransition() {
 		return nil
 	}
-	return s.history[after:len(s.history):len(s.history)]
+	i := int(after - s.histBase)
+	return s.history[i:len(s.history):len(s.history)]
 }
 
-// Records returns records after seq; shared like History.
+// Transition returns transition id if it is kept, or the last transition of
+// the node it moved if that is the one (a member's LastChange is always
+// found).
+func (s *State) Transition(id TransitionID) (Transition, bool) {
+	if id > s.histBase && id <= s.LastTransition() {
+		return s.history[id-s.histBase-1], true
+	}
+	for _, t := range s.last {
+		if t.ID == id && id != 0 {
+			return t, true
+		}
+	}
+	return Transition{}, false
+}
+
+// Records returns the kept records after seq, or nil if record seq+1 is no
+// longer kept (seq < FirstSeq()-1) or none is after it; shared like History.
 func (s *State) Records(after uint64) []Record {
-	if after >= uint64(len(s.records)) {
+	if after < s.recBase || after >= s.LastSeq() {
 		return nil
 	}
-	return s.records[after:len(s.records):len(s.records)]
+	i := int(after - s.recBase)
+	return s.records[i:len(s.records):len(s.records)]
+}
+
+// appendRecord adds r (and its transition) to the windows, cutting them
+// back to keep when they grew a quarter past it. The cut copies, so the
+// dropped records' memory goes too, and slices handed out before stay valid.
+func (s *State) appendRecord(r Record) {
+	s.records = append(s.records, r)
+	if r.Kind == RecordTransition {
+		s.history = append(s.history, r.Transition)
+		s.last[r.Transition.Node] = r.Transition
+	}
+	if s.keep <= 0 {
+		return
+	}
+	if over := len(s.records) - s.keep; over > s.keep/4 {
+		s.records = append([]Record(nil), s.records[over:]...)
+		s.recBase += uint64(over)
+	}
+	if over := len(s.history) - s.keep; over > s.keep/4 {
+		s.history = append([]Transition(nil), s.history[over:]...)
+		s.histBase += TransitionID(over)
+	}
 }
 
 // decide turns a command into the record it makes, or reports false if it
@@ -248,7 +306,7 @@ func (s *State) apply(r Record) error {
 			return fmt.Errorf("%w: info of node %d", errRecord, t.Node)
 		}
 		m.Info, m.InfoSeq = r.Info, r.Seq
-		s.records = append(s.records, r)
+		s.appendRecord(r)
 		return nil
 	}
 	if t.ID != s.LastTransition()+1 {
@@ -263,8 +321,7 @@ func (s *State) apply(r Record) error {
 	if t.To == StateComingUp {
 		m.Info, m.InfoSeq = r.Info, r.Seq
 	}
-	s.records = append(s.records, r)
-	s.history = append(s.history, t)
+	s.appendRecord(r)
 	return nil
 }
 

@@ -214,3 +214,54 @@ func deleteFrom(b *bolt.Bucket, from, to uint64) error {
 	}
 	return nil
 }
+
+// Compact stores snap, a snapshot the core took (Ready.Compact), and drops
+// the entries it covers, in one fsynced transaction: a crash leaves either
+// the old snapshot with every entry or the new one with the entries after
+// it, and Load starts from either. A snapshot older than the stored one is
+// ignored.
+func (s *Store) Compact(snap *raftpb.Snapshot) error {
+	if snap == nil || raft.IsEmptySnap(snap) {
+		return nil
+	}
+	// Fsynced whatever the write path's sync strategy: the runner's
+	// goroutine is the only writer.
+	noSync := s.db.NoSync
+	s.db.NoSync = false
+	defer func() { s.db.NoSync = noSync }()
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		meta, eb := tx.Bucket(bucketMeta), tx.Bucket(bucketEntries)
+		if v := meta.Get(keySnapshot); v != nil {
+			var cur raftpb.Snapshot
+			if err := proto.Unmarshal(v, &cur); err == nil && cur.GetMetadata().GetIndex() >= snap.GetMetadata().GetIndex() {
+				return nil
+			}
+		}
+		b, err := proto.Marshal(snap)
+		if err != nil {
+			return err
+		}
+		if err := meta.Put(keySnapshot, b); err != nil {
+			return err
+		}
+		return deleteFrom(eb, 0, snap.GetMetadata().GetIndex()+1)
+	})
+	if err != nil {
+		return fmt.Errorf("%w: compact: %w", ErrStore, err)
+	}
+	return nil
+}
+
+// Size reports the stored snapshot's and entries' bytes and the number of
+// entries: what compaction bounds.
+func (s *Store) Size() (snapshot, entries, count int, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		snapshot = len(tx.Bucket(bucketMeta).Get(keySnapshot))
+		return tx.Bucket(bucketEntries).ForEach(func(k, v []byte) error {
+			entries += len(k) + len(v)
+			count++
+			return nil
+		})
+	})
+	return snapshot, entries, count, err
+}

@@ -82,6 +82,14 @@ func (r *Runner) send(m *Message) {
 		r.log.Error("clms: cannot encode message", "msg", m.String(), "err", err)
 		return
 	}
+	if max := r.cfg.Engine.MaxPayload(); len(b) > max {
+		// A state snapshot (raft's or a pushed image) over the bound the
+		// engine refuses to send: the peer can never catch up this way.
+		r.met.sendErrors.Inc()
+		r.log.Error("clms: message over the engine's MaxPayload: not sent; lower compaction.history_keep or raise MaxPayload",
+			"msg", m.Type.String(), "peer", m.To, "bytes", len(b), "max_payload", max)
+		return
+	}
 	o := r.outboxFor(m.To)
 	q := o.bulk
 	if urgent(m) {

@@ -3,6 +3,7 @@ package clmstest
 import (
 	"fmt"
 	"reflect"
+	"slices"
 
 	"github.com/clusterinfra/ci/clms"
 	"go.etcd.io/raft/v3"
@@ -133,4 +134,60 @@ func (c *Checker) checkKeys() {
 			}
 		}
 	}
+}
+
+// restored checks a state image n took (Ready.Restored) against the
+// sequence: it must be the state after record r.Seq as the others applied
+// it. n's history then continues from there.
+func (c *Checker) restored(n *Node, r *clms.Restored) {
+	c.s.tb.Helper()
+	n.Restores++
+	if r.Seq > uint64(len(c.canon)) || r.Seq < uint64(len(n.Records)) {
+		c.fail("node %d restored to record %d; it had %d, the longest history has %d", n.Num, r.Seq, len(n.Records), len(c.canon))
+	}
+	recs := c.canon[:r.Seq]
+	members := map[clms.NodeNum]clms.Member{}
+	keys := map[string]clms.KeyRecord{}
+	transitions := 0
+	for _, rec := range recs {
+		switch rec.Kind {
+		case clms.RecordTransition:
+			t := rec.Transition
+			transitions++
+			m := members[t.Node]
+			m.Node, m.State, m.Incarnation, m.LastChange = t.Node, t.To, t.Incarnation, t.ID
+			if t.To == clms.StateComingUp {
+				m.Info, m.InfoSeq = rec.Info, rec.Seq
+			}
+			members[t.Node] = m
+		case clms.RecordNodeInfo:
+			m := members[rec.Transition.Node]
+			m.Node, m.Info, m.InfoSeq = rec.Transition.Node, rec.Info, rec.Seq
+			members[rec.Transition.Node] = m
+		case clms.RecordKeyService:
+			keys[rec.Key.Name] = rec.Key
+		}
+	}
+	if r.LastTransition != clms.TransitionID(transitions) {
+		c.fail("node %d restored to transition %d, record %d is at transition %d", n.Num, r.LastTransition, r.Seq, transitions)
+	}
+	for _, m := range r.Members {
+		want, ok := members[m.Node]
+		if !ok {
+			want = clms.Member{Node: m.Node, State: clms.StateNeverUp}
+		}
+		if !reflect.DeepEqual(m, want) {
+			c.fail("node %d restored node %d as %+v, the records say %+v", n.Num, m.Node, m, want)
+		}
+	}
+	for _, k := range r.Keys {
+		if keys[k.Name] != k {
+			c.fail("node %d restored key service %+v, the records say %+v", n.Num, k, keys[k.Name])
+		}
+	}
+	if len(r.Keys) != len(keys) {
+		c.fail("node %d restored %d key services, the records have %d", n.Num, len(r.Keys), len(keys))
+	}
+	n.Records = slices.Clone(recs)
+	n.transitions = transitions
 }

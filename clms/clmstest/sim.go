@@ -24,6 +24,7 @@ import (
 	"github.com/clusterinfra/ci/clms"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
 )
 
 // TB is the part of testing.TB the simulator uses.
@@ -35,12 +36,14 @@ type TB interface {
 
 // Options configure a simulation. Zero values take the defaults noted.
 type Options struct {
-	Seed   uint64
-	Nodes  []clms.NodeConfig
-	Timing clms.Timing
-	Step   time.Duration // simulated time per step (default 1 ms)
-	Delay  time.Duration // one-way network delay (default 1 ms)
-	Jitter time.Duration // extra random delay up to this (default 1 ms)
+	Seed  uint64
+	Nodes []clms.NodeConfig
+	// Compaction is every core's (zero: the defaults).
+	Compaction clms.Compaction
+	Timing     clms.Timing
+	Step       time.Duration // simulated time per step (default 1 ms)
+	Delay      time.Duration // one-way network delay (default 1 ms)
+	Jitter     time.Duration // extra random delay up to this (default 1 ms)
 	// CallbackTime is how long a node's subsystem callbacks take (default
 	// 2 ms); Node.HangCallbacks makes them never finish.
 	CallbackTime time.Duration
@@ -91,15 +94,21 @@ type Node struct {
 	SentMsgs, SentBytes int
 
 	Paused, Dead, Started bool
-	// Records is this process's history, as handed out by Ready.Applied.
-	Records     []clms.Record
-	transitions int // among Records
-	Actions     []TimedAction
-	JoinErr     error
+	// Records is this process's history, as handed out by Ready.Applied
+	// (and, for the records a state image replaced, as the checker saw
+	// them applied elsewhere).
+	Records []clms.Record
+	// Restores counts this process's Ready.Restored; Compactions the
+	// snapshots it stored (Ready.Compact), over its incarnations.
+	Restores, Compactions int
+	transitions           int // among Records
+	Actions               []TimedAction
+	JoinErr               error
 
 	clock     float64 // nanoseconds of this incarnation on its own clock
 	ticksDone int64
 	disk      *raft.MemoryStorage // what the runner persisted
+	diskSnap  *raftpb.Snapshot    // the newest snapshot persisted (Ready.Snapshot or Ready.Compact)
 	diskHS    *raftpb.HardState
 	connected map[clms.NodeNum]bool
 	keyGen    map[string]int // bumped when ActKeyOwner turns false: cancels routines
@@ -211,6 +220,11 @@ func (s *Sim) Start(num clms.NodeNum) {
 	var storage *raft.MemoryStorage
 	if n.Eligible {
 		storage = clms.BootstrapStorage(s.opt.Nodes)
+		if n.diskSnap != nil {
+			if err := storage.ApplySnapshot(n.diskSnap); err != nil {
+				s.tb.Fatalf("node %d: restore snapshot: %v", num, err)
+			}
+		}
 		if n.disk != nil {
 			fi, _ := n.disk.FirstIndex()
 			li, _ := n.disk.LastIndex()
@@ -240,9 +254,10 @@ func (s *Sim) Start(num clms.NodeNum) {
 		Self: num, Nodes: s.opt.Nodes, Timing: timing, Incarnation: n.Inc,
 		Info: clms.NodeInfo{CPUsTotal: 4, CPUsOnline: 4, MemoryBytes: 1 << 30, Capabilities: []string{fmt.Sprintf("n%d", num)},
 			KeyServices: s.opt.KeyCapable[num]},
-		Keys:      s.opt.Keys,
-		Storage:   storage,
-		WallClock: func() time.Time { return time.Unix(1_800_000_000, 0).Add(now) },
+		Keys:       s.opt.Keys,
+		Storage:    storage,
+		Compaction: s.opt.Compaction,
+		WallClock:  func() time.Time { return time.Unix(1_800_000_000, 0).Add(now) },
 	})
 	if err != nil {
 		s.tb.Fatalf("node %d: %v", num, err)
@@ -254,6 +269,9 @@ func (s *Sim) Start(num clms.NodeNum) {
 	n.KeyGot, n.keyGen = map[string]map[clms.NodeNum][]byte{}, map[string]int{}
 	s.drain(n)
 }
+
+// SetCompaction sets every core's Compaction from the next Start on.
+func (s *Sim) SetCompaction(c clms.Compaction) { s.opt.Compaction = c }
 
 // StartAll starts every node.
 func (s *Sim) StartAll() {
@@ -294,7 +312,7 @@ func (s *Sim) Restart(num clms.NodeNum) {
 // runner must do"); tests use it to show what goes wrong if one does.
 func (s *Sim) LoseDisk(num clms.NodeNum) {
 	n := s.byNum[num]
-	n.disk, n.diskHS = nil, nil
+	n.disk, n.diskHS, n.diskSnap = nil, nil, nil
 }
 
 // Pause stops node n's processing (SIGSTOP). Its monotonic clock keeps
@@ -356,6 +374,7 @@ func (s *Sim) drain(n *Node) {
 		if n.Eligible {
 			if rd.Snapshot != nil {
 				_ = n.disk.ApplySnapshot(rd.Snapshot)
+				n.diskSnap = rd.Snapshot
 			}
 			if len(rd.Entries) > 0 {
 				if err := n.disk.Append(rd.Entries); err != nil {
@@ -369,6 +388,9 @@ func (s *Sim) drain(n *Node) {
 		for _, m := range rd.Messages {
 			s.send(n, m)
 		}
+		if rd.Restored != nil {
+			s.Check.restored(n, rd.Restored)
+		}
 		for _, r := range rd.Applied {
 			n.Records = append(n.Records, r)
 			s.Check.record(n, r)
@@ -376,8 +398,22 @@ func (s *Sim) drain(n *Node) {
 		for _, a := range rd.Actions {
 			s.action(n, a)
 		}
+		s.compact(n, rd.Compact)
 		n.Core.Advance()
 	}
+}
+
+// compact stores a snapshot the core took (Ready.Compact) on n's disk as
+// Store.Compact does: the snapshot, and no entry it covers.
+func (s *Sim) compact(n *Node, snap *raftpb.Snapshot) {
+	if snap == nil {
+		return
+	}
+	n.diskSnap = snap
+	if err := n.disk.Compact(snap.GetMetadata().GetIndex()); err != nil && !errors.Is(err, raft.ErrCompacted) {
+		s.tb.Fatalf("node %d: compact disk: %v", n.Num, err)
+	}
+	n.Compactions++
 }
 
 func (s *Sim) action(n *Node, a clms.Action) {
@@ -628,8 +664,9 @@ func (s *Sim) Dump() string {
 		}
 		f, why := n.Core.Fenced()
 		rs, _ := n.Core.RaftStatus()
-		out += fmt.Sprintf("node %d inc %d %s acting=%v master=%v fenced=%v(%s) raft=%v/%d lead=%d view:", n.Num, n.Inc, st,
-			n.Core.Acting(), n.Core.IsMaster(), f, why, rs.RaftState, rs.GetTerm(), rs.Lead)
+		cs := n.Core.Stats()
+		out += fmt.Sprintf("node %d inc %d %s acting=%v master=%v fenced=%v(%s) raft=%v/%d lead=%d applied=%d snapshot=%d log=%d records=%d view:", n.Num, n.Inc, st,
+			n.Core.Acting(), n.Core.IsMaster(), f, why, rs.RaftState, rs.GetTerm(), rs.Lead, rs.Applied, cs.SnapshotIndex, cs.RaftLogEntries, n.Core.State().LastSeq())
 		for _, m := range n.Core.State().Members() {
 			out += fmt.Sprintf(" %d:%s/%d", m.Node, m.State, m.Incarnation)
 		}
@@ -702,4 +739,25 @@ func (s *Sim) keyAction(n *Node, a clms.Action) {
 		}
 		later(func() { n.Core.KeyHandOffDone(name, ep, HandOffData(n.Num, ep), nil) })
 	}
+}
+
+// DiskBytes is what node n's runner persisted of its raft log: the
+// snapshot's bytes, the entries' bytes (protobuf) and their count.
+func (n *Node) DiskBytes() (snapshot, entries, count int) {
+	if n.diskSnap != nil {
+		snapshot = proto.Size(n.diskSnap)
+	}
+	if n.disk == nil {
+		return snapshot, 0, 0
+	}
+	fi, _ := n.disk.FirstIndex()
+	li, _ := n.disk.LastIndex()
+	if li < fi {
+		return snapshot, 0, 0
+	}
+	ents, _ := n.disk.Entries(fi, li+1, 1<<62)
+	for _, e := range ents {
+		entries += proto.Size(e)
+	}
+	return snapshot, entries, len(ents)
 }

@@ -33,4 +33,10 @@
 // server, bounded by Config.MaxWait and the caller's context. A server that
 // goes away is retried with a backoff from the last id delivered, so a
 // restart costs time, never a transition.
+//
+// History is bounded: MemBackend keeps MemConfig.MaxRetained transitions
+// (cinode: cluster.toml's compaction.api_history), and a request for
+// transitions after an id no longer kept fails with ErrCompacted, naming the
+// oldest kept, rather than skip any. A runner whose CLMS core restored a
+// snapshot rebuilds the view with MemBackend.Restore.
 package clusterapi

@@ -103,6 +103,41 @@ func (b *MemBackend) Append(ts ...clms.Transition) error {
 	return err
 }
 
+// Restore replaces the view with a CLMS state image (clms.Restored: the
+// runner's OnRestored, when its core took a snapshot instead of records):
+// every member's row, the key services, and the log, continued with the
+// image's history when that reaches back to the last transition applied
+// here, else replaced by it (asking for what falls in between is then
+// ErrCompacted). The waiters wake; Append continues after
+// r.LastTransition.
+func (b *MemBackend) Restore(r *clms.Restored) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, m := range r.Members {
+		if i, ok := b.index[m.Node]; ok {
+			b.members[i] = m
+		}
+	}
+	switch h := r.History; {
+	case r.LastTransition <= b.last:
+		// Nothing newer: keep the log we have.
+	case len(h) > 0 && h[0].ID <= b.last+1:
+		b.log = append(b.log, h[b.last+1-h[0].ID:]...)
+	default:
+		b.log = slices.Clone(h)
+	}
+	if over := len(b.log) - b.cfg.MaxRetained; over > 0 {
+		b.log = append([]clms.Transition(nil), b.log[over:]...)
+	}
+	b.last = max(b.last, r.LastTransition)
+	b.keys = map[string]clms.KeyRecord{}
+	for _, k := range r.Keys {
+		b.keys[k.Name] = k
+	}
+	b.keySeq++
+	b.wakeLocked()
+}
+
 // wakeLocked wakes every waiter (of transitions and of key services alike:
 // each checks its own condition again).
 func (b *MemBackend) wakeLocked() {

@@ -294,3 +294,58 @@ func TestMemBackendKeyServices(t *testing.T) {
 		t.Fatalf("KeyServices returned the backend's own storage: %v", again)
 	}
 }
+
+// TestMemBackendRestore: a state image continues the log when its history
+// reaches back to the last transition applied, replaces it when it does
+// not (what falls between is then compacted), wakes the waiters, and
+// Append goes on after it.
+func TestMemBackendRestore(t *testing.T) {
+	b := newMem(t, 100, 1, 2)
+	h := newHistory()
+	var all []clms.Transition
+	for range 12 {
+		all = append(all, h.next(clms.NodeNum(1+len(all)%2)))
+	}
+	if err := b.Append(all[:3]...); err != nil {
+		t.Fatal(err)
+	}
+	members := func(upTo int) []clms.Member {
+		ms := []clms.Member{{Node: 1, State: clms.StateNeverUp}, {Node: 2, State: clms.StateNeverUp}}
+		for _, tr := range all[:upTo] {
+			m := &ms[tr.Node-1]
+			m.State, m.Incarnation, m.LastChange = tr.To, tr.Incarnation, tr.ID
+		}
+		return ms
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	woke := make(chan error, 1)
+	go func() { woke <- b.WaitTransition(ctx, 3) }()
+	key := clms.KeyRecord{Name: "ks", Owner: 1, OwnerInc: 1, Epoch: 2, Phase: clms.KeyReady}
+	b.Restore(&clms.Restored{Seq: 6, Members: members(6), LastTransition: 6, History: all[1:6], Keys: []clms.KeyRecord{key}})
+	if err := <-woke; err != nil {
+		t.Fatal(err)
+	}
+	if got := b.Transitions(0, 100); !reflect.DeepEqual(got, all[:6]) {
+		t.Fatalf("continued log %v, want 1..6", got)
+	}
+	if ms, last := b.Membership(); last != 6 || !reflect.DeepEqual(ms, members(6)) {
+		t.Fatalf("membership %v at %d", ms, last)
+	}
+	if ks, seq := b.KeyServices(); seq == 0 || !reflect.DeepEqual(ks, []clms.KeyRecord{key}) {
+		t.Fatalf("key services %v (seq %d)", ks, seq)
+	}
+	// A gap: the image's history starts after 7.
+	b.Restore(&clms.Restored{Seq: 10, Members: members(10), LastTransition: 10, History: all[8:10]})
+	if got := b.Transitions(6, 100); !reflect.DeepEqual(got, all[8:10]) {
+		t.Fatalf("after a gap the log is %v, want 9..10 (7..8 compacted)", got)
+	}
+	if err := b.Append(all[10:]...); err != nil {
+		t.Fatalf("append after a restore: %v", err)
+	}
+	// An image older than the view changes no transition.
+	b.Restore(&clms.Restored{Seq: 2, Members: members(12), LastTransition: 2, History: all[:2]})
+	if got := b.Transitions(0, 100); !reflect.DeepEqual(got, all[8:]) {
+		t.Fatalf("an older image changed the log to %v", got)
+	}
+}

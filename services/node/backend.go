@@ -21,8 +21,9 @@ type Backend struct {
 
 var _ clusterapi.Backend = (*Backend)(nil)
 
-func newBackend(nodes []clms.NodeNum, log *slog.Logger) (*Backend, error) {
-	mb, err := clusterapi.NewMemBackend(nodes, clusterapi.MemConfig{})
+// newBackend keeps `retained` transitions (0: MemConfig's default).
+func newBackend(nodes []clms.NodeNum, retained int, log *slog.Logger) (*Backend, error) {
+	mb, err := clusterapi.NewMemBackend(nodes, clusterapi.MemConfig{MaxRetained: retained})
 	if err != nil {
 		return nil, err
 	}

@@ -158,7 +158,7 @@ func New(cfg Config) (*Node, error) {
 	if n.eng, err = engine.New(ecfg); err != nil {
 		return nil, err
 	}
-	if n.backend, err = newBackend(nums, log); err != nil {
+	if n.backend, err = newBackend(nums, settings.APIHistory, log); err != nil {
 		return nil, err
 	}
 	subs := cfg.Subsystems
@@ -167,10 +167,11 @@ func New(cfg Config) (*Node, error) {
 	}
 	n.runner, err = clms.NewRunner(clms.RunnerConfig{
 		Engine: n.eng, Nodes: table, Timing: settings.Timing, Incarnation: inc, Info: n.info(),
-		Store: store, Fencing: settings.Fencing, Subsystems: subs, Logger: log,
+		Store: store, Fencing: settings.Fencing, Subsystems: subs, Logger: log, Compaction: settings.Compaction,
 		KeyServices: cfg.KeyServices, KeyServiceEntries: settings.KeyServices, KeyServicePanic: settings.KeyServicePanic,
-		OnApplied: n.applied,
-		OnFatal:   n.fatal,
+		OnApplied:  n.applied,
+		OnRestored: n.backend.Restore,
+		OnFatal:    n.fatal,
 	})
 	if err != nil {
 		return nil, err
