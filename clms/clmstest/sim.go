@@ -53,13 +53,14 @@ type Options struct {
 	// KeyTime is how long each key-service routine takes (default 2 ms);
 	// Node.HangPull makes a node's PullData never return.
 	KeyTime time.Duration
-	// SaveTime is how long a master-eligible node's write of a Ready's raft
-	// state takes (its fsync). The node sends what clms.SendBeforeSave
-	// allows, is busy for SaveTime (no tick, message or report is handled,
-	// as the runner's goroutine is in Store.Save), then persists and sends
-	// the rest. A crash meanwhile loses the write and the messages held
-	// back, as a crash loses a write not yet synced. 0: the write is
-	// instant (the order of sends is the same).
+	// SaveTime is how long a master-eligible node's synced write of a
+	// Ready's raft state takes (Ready.MustSync: its fsync; a write without
+	// one is instant, and a crashed process does not lose it). The node
+	// sends what clms.SendBeforeSave allows, is busy for SaveTime (no tick,
+	// message or report is handled, as the runner's goroutine is in
+	// Store.Save), then persists and sends the rest. A crash meanwhile
+	// loses the write and the messages held back, as it loses a write not
+	// yet synced. 0: every write is instant (the order of sends is the same).
 	SaveTime time.Duration
 }
 
@@ -397,7 +398,7 @@ func (s *Sim) drain(n *Node) {
 				held = append(held, m)
 			}
 		}
-		if n.Eligible && s.opt.SaveTime > 0 && writes(&rd) {
+		if n.Eligible && s.opt.SaveTime > 0 && rd.MustSync {
 			n.saving = &rd
 			s.saveDone(n, n.Inc, s.opt.SaveTime, held)
 			return
@@ -423,11 +424,6 @@ func (s *Sim) saveDone(n *Node, inc uint64, d time.Duration, held []clms.Message
 			s.drain(n)
 		}
 	})
-}
-
-// writes reports whether rd has raft state to persist.
-func writes(rd *clms.Ready) bool {
-	return (rd.HardState != nil && !raft.IsEmptyHardState(rd.HardState)) || len(rd.Entries) > 0 || rd.Snapshot != nil
 }
 
 // saved persists rd's raft state to n's disk, then sends the held messages,
