@@ -472,10 +472,18 @@ func TestCheckerCatchesTwoOwners(t *testing.T) {
 // assignment), pull (-> FailoverData handed out: Failover, then the pull
 // from 4 members) and ready (-> the ready record applied on a node without
 // raft that is neither owner). CLMS_MEASURE=1 runs it; docs/CLMS.md has
-// the results.
+// the results. CLMS_SAVE_TIME=3ms makes each voter's disk write take that
+// long (Options.SaveTime).
 func TestMeasureKeyFailover(t *testing.T) {
 	if os.Getenv("CLMS_MEASURE") == "" {
 		t.Skip("CLMS_MEASURE=1 to measure")
+	}
+	var save time.Duration
+	if v := os.Getenv("CLMS_SAVE_TIME"); v != "" {
+		var err error
+		if save, err = time.ParseDuration(v); err != nil {
+			t.Fatalf("CLMS_SAVE_TIME: %v", err)
+		}
 	}
 	const trials = 20
 	for _, p := range []struct {
@@ -498,7 +506,7 @@ func TestMeasureKeyFailover(t *testing.T) {
 					cap[n] = []string{ks}
 				}
 				s := seededSim(t, t, clmstest.Options{Seed: seed, Nodes: clmstest.Table(5, 3), Timing: p.tm,
-					Keys: clms.KeyConfig{Services: []clms.KeyServiceSpec{{Name: ks, Pull: true}}}, KeyCapable: cap})
+					Keys: clms.KeyConfig{Services: []clms.KeyServiceSpec{{Name: ks, Pull: true}}}, KeyCapable: cap, SaveTime: save})
 				old := formKeys(t, s)
 				s.Run(time.Duration(seed) * p.tm.Heartbeat / trials) // vary the phase against the heartbeats
 				watcher := other(t, s, 1, 2, 3, old.Owner)

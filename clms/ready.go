@@ -6,14 +6,48 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 )
 
+// SendBeforeSave reports whether m may be sent before the HardState and
+// Entries of the Ready that carries it are durable: every message but a
+// raft MsgAppResp, MsgVoteResp or MsgPreVoteResp, which raft (raft.send)
+// keeps for after the write, exactly as its AsyncStorageWrites mode does.
+//
+// Why the rest is safe (raft thesis 10.2.1, etcd's raft loop): those three
+// are the only messages that promise something about this node's disk ("I
+// hold entries up to i", "I voted for you"); a leader's MsgApp, a
+// candidate's MsgVote, heartbeats and CLMS's own messages promise nothing
+// about it. The leader counts its own entries toward a commit, and a
+// candidate its own vote toward a win, only through a response raft
+// addresses to itself and steps in Advance, after the write. So a leader
+// that sends its append and dies before writing it has committed nothing
+// with it: a commit still needs a majority of disks
+// (TestLeaderCrashWhileSaving). CLMS's messages carry committed records,
+// which a majority already holds, or in-memory state (leases, echoes) that
+// a restart loses anyway.
+func SendBeforeSave(m *Message) bool {
+	if m.Type != MsgRaft || m.Raft == nil {
+		return true
+	}
+	switch m.Raft.GetType() {
+	case raftpb.MsgAppResp, raftpb.MsgVoteResp, raftpb.MsgPreVoteResp:
+		return false
+	}
+	return true
+}
+
 // Ready is what the core asks of its runner after one or more inputs. The
 // runner must, in this order:
-//  1. write HardState, Entries and Snapshot durably (fsync when MustSync),
-//  2. send Messages (each to Message.To; a failed send is just lost: the
-//     protocol retries),
-//  3. hand Applied to its watchers (the cluster API) and carry out Actions
+//  1. send the Messages that SendBeforeSave allows (each to Message.To; a
+//     failed send is just lost: the protocol retries),
+//  2. write HardState, Entries and Snapshot durably (fsync when MustSync),
+//  3. send the other Messages, in order,
+//  4. hand Applied to its watchers (the cluster API) and carry out Actions
 //     in order,
-//  4. call Advance.
+//  5. call Advance, and only then take the next Ready (whose messages may
+//     depend on this one's write).
+//
+// Sending everything after the write (2, then 1 and 3 together) is also
+// correct, only slower: the leader's append would reach its followers one
+// fsync later (docs/CLMS.md, "The fsync of each raft round").
 //
 // The slices belong to the runner once returned.
 type Ready struct {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/clusterinfra/ci/clms"
 	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
 )
 
 // Checker holds the invariants every step of a simulation must keep:
@@ -17,6 +18,9 @@ import (
 //   - no process acts as a member while its incarnation is SHUTDOWN,
 //     GOINGDOWN, KCLEANUP, UCLEANUP or DOWN in any node's view (the longest
 //     history is the union of the views, since all are prefixes of it);
+//   - durability (raft thesis 3.8): a voter acknowledges entries and grants
+//     a vote only once they are on its disk, and the newest committed entry
+//     is on a majority of the voters' disks, dead processes' included;
 //   - key services: epochs never decrease and a new owner gets exactly the
 //     next one; at most one process acts as owner of a key service at any
 //     instant, only while it holds its membership lease, and never in an
@@ -28,6 +32,9 @@ type Checker struct {
 	state   map[clms.NodeNum]clms.Member // state after canon
 	keys    map[string]clms.KeyRecord    // key services after canon
 	leaders map[uint64]clms.NodeNum
+	// commit is the highest raft index any voter persisted as committed,
+	// and its entry's term there.
+	commit, commitTerm uint64
 	// Checks counts invariant evaluations, so a test can show the checker ran.
 	Checks int
 }
@@ -78,9 +85,68 @@ func (c *Checker) record(n *Node, r clms.Record) {
 	c.state[t.Node] = clms.Member{Node: t.Node, State: t.To, Incarnation: t.Incarnation, LastChange: t.ID}
 }
 
+// promise checks a message n is about to send against n's disk: an
+// acknowledgement of entries up to i needs them there, a granted vote the
+// vote.
+func (c *Checker) promise(n *Node, m clms.Message) {
+	c.s.tb.Helper()
+	rm := m.Raft
+	if m.Type != clms.MsgRaft || rm == nil || rm.GetReject() {
+		return
+	}
+	switch rm.GetType() {
+	case raftpb.MsgAppResp:
+		if li, _ := n.disk.LastIndex(); li < rm.GetIndex() {
+			c.fail("node %d acknowledges entries up to %d with %d on its disk", n.Num, rm.GetIndex(), li)
+		}
+	case raftpb.MsgVoteResp:
+		if hs := n.diskHS; hs.GetTerm() != rm.GetTerm() || hs.GetVote() != rm.GetTo() {
+			c.fail("node %d grants its vote in term %d to %d with term %d, vote %d on its disk",
+				n.Num, rm.GetTerm(), rm.GetTo(), hs.GetTerm(), hs.GetVote())
+		}
+	}
+}
+
+// committed notes the commit index n just persisted.
+func (c *Checker) committed(n *Node) {
+	c.s.tb.Helper()
+	i := n.diskHS.GetCommit()
+	if i <= c.commit {
+		return
+	}
+	t, err := n.disk.Term(i)
+	if err != nil {
+		c.fail("node %d persisted commit index %d without the entry: %v", n.Num, i, err)
+	}
+	c.commit, c.commitTerm = i, t
+}
+
+// durable: the newest committed entry is on a majority of voters' disks
+// (so are the older ones: raft's logs that agree at an index agree before
+// it).
+func (c *Checker) durable() {
+	c.s.tb.Helper()
+	if c.commit == 0 {
+		return
+	}
+	voters, have := 0, 0
+	for _, n := range c.s.nodes {
+		if n.Eligible {
+			voters++
+			if n.OnDisk(c.commit, c.commitTerm) {
+				have++
+			}
+		}
+	}
+	if have <= voters/2 {
+		c.fail("committed raft entry %d (term %d) is on %d of %d voters' disks", c.commit, c.commitTerm, have, voters)
+	}
+}
+
 func (c *Checker) check() {
 	c.s.tb.Helper()
 	c.Checks++
+	c.durable()
 	granting := clms.NodeNum(0)
 	for _, n := range c.s.nodes {
 		if !n.Started || n.Dead {
@@ -92,7 +158,7 @@ func (c *Checker) check() {
 			}
 			c.leaders[st.GetTerm()] = n.Num
 		}
-		if n.Paused {
+		if n.Paused || n.stalled {
 			continue // a stopped process does nothing; it ticks before anything on resume
 		}
 		if n.Core.GrantsLeases() {
@@ -115,7 +181,7 @@ func (c *Checker) checkKeys() {
 	for _, sp := range c.s.opt.Keys.Services {
 		owner := clms.NodeNum(0)
 		for _, n := range c.s.nodes {
-			if !n.Started || n.Dead || n.Paused {
+			if !n.Started || n.Dead || n.Paused || n.stalled {
 				continue
 			}
 			ep, ok := n.Core.KeyServiceActing(sp.Name)

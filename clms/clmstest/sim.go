@@ -56,6 +56,15 @@ type Options struct {
 	// KeyTime is how long each key-service routine takes (default 2 ms);
 	// Node.HangPull makes a node's PullData never return.
 	KeyTime time.Duration
+	// SaveTime is how long a master-eligible node's synced write of a
+	// Ready's raft state takes (Ready.MustSync: its fsync; a write without
+	// one is instant, and a crashed process does not lose it). The node
+	// sends what clms.SendBeforeSave allows, is busy for SaveTime (no tick,
+	// message or report is handled, as the runner's goroutine is in
+	// Store.Save), then persists and sends the rest. A crash meanwhile
+	// loses the write and the messages held back, as it loses a write not
+	// yet synced. 0: every write is instant (the order of sends is the same).
+	SaveTime time.Duration
 }
 
 // Table returns a node table of n nodes numbered from 1, the first
@@ -110,6 +119,11 @@ type Node struct {
 	disk      *raft.MemoryStorage // what the runner persisted
 	diskSnap  *raftpb.Snapshot    // the newest snapshot persisted (Ready.Snapshot or Ready.Compact)
 	diskHS    *raftpb.HardState
+	saving    *clms.Ready // the Ready whose write is under way (SaveTime)
+	// stalled: stopped (Pause) and not yet caught up on its ticks since
+	// (a write in the catch-up takes SaveTime): the checker treats it as
+	// still stopped.
+	stalled   bool
 	connected map[clms.NodeNum]bool
 	keyGen    map[string]int // bumped when ActKeyOwner turns false: cancels routines
 }
@@ -163,6 +177,10 @@ type Sim struct {
 	Check *Checker
 	// Sent counts messages sent, by type.
 	Sent map[clms.MsgType]int
+	// UnsafeSendBeforeSave sends every message before the write, the
+	// acknowledgements and votes too: a broken runner, for tests that show
+	// the checker catches it.
+	UnsafeSendBeforeSave bool
 }
 
 // New builds a simulation; nodes do not run until Start.
@@ -262,7 +280,7 @@ func (s *Sim) Start(num clms.NodeNum) {
 	if err != nil {
 		s.tb.Fatalf("node %d: %v", num, err)
 	}
-	n.Core, n.Started, n.Dead, n.Paused = core, true, false, false
+	n.Core, n.Started, n.Dead, n.Paused, n.saving, n.stalled = core, true, false, false, nil, false
 	n.clock, n.ticksDone = 0, 0
 	n.Records, n.transitions, n.JoinErr = nil, 0, nil
 	n.connected = map[clms.NodeNum]bool{}
@@ -292,10 +310,7 @@ func (s *Sim) Crash(num clms.NodeNum) {
 		p := s.byNum[peer]
 		pinc := p.Inc
 		s.after(s.delay(num, peer), func() {
-			if s.live(p, pinc) {
-				p.Core.PeerConnectionLost(num)
-				s.drain(p)
-			}
+			s.input(p, pinc, func() { p.Core.PeerConnectionLost(num) })
 		})
 	}
 }
@@ -321,7 +336,11 @@ func (s *Sim) LoseDisk(num clms.NodeNum) {
 func (s *Sim) Pause(num clms.NodeNum) { s.byNum[num].Paused = true }
 
 // Resume continues a paused node.
-func (s *Sim) Resume(num clms.NodeNum) { s.byNum[num].Paused = false }
+func (s *Sim) Resume(num clms.NodeNum) {
+	n := s.byNum[num]
+	n.stalled = n.stalled || n.Paused
+	n.Paused = false
+}
 
 // Drop drops messages from -> to with probability rate (0 heals).
 func (s *Sim) Drop(from, to clms.NodeNum, rate float64) { s.drop[[2]clms.NodeNum{from, to}] = rate }
@@ -367,40 +386,97 @@ func (s *Sim) delay(a, b clms.NodeNum) time.Duration {
 	return d
 }
 
-// drain hands out every Ready of n: persist, send, act, advance.
-func (s *Sim) drain(n *Node) {
-	for n.Core.HasReady() {
-		rd := n.Core.Ready()
-		if n.Eligible {
-			if rd.Snapshot != nil {
-				_ = n.disk.ApplySnapshot(rd.Snapshot)
-				n.diskSnap = rd.Snapshot
-			}
-			if len(rd.Entries) > 0 {
-				if err := n.disk.Append(rd.Entries); err != nil {
-					s.tb.Fatalf("node %d: persist: %v", n.Num, err)
-				}
-			}
-			if rd.HardState != nil && !raft.IsEmptyHardState(rd.HardState) {
-				n.diskHS = rd.HardState
-			}
-		}
-		for _, m := range rd.Messages {
-			s.send(n, m)
-		}
-		if rd.Restored != nil {
-			s.Check.restored(n, rd.Restored)
-		}
-		for _, r := range rd.Applied {
-			n.Records = append(n.Records, r)
-			s.Check.record(n, r)
-		}
-		for _, a := range rd.Actions {
-			s.action(n, a)
-		}
-		s.compact(n, rd.Compact)
-		n.Core.Advance()
+// input runs fn on the core of n's incarnation inc and hands out what
+// follows; while n writes to its disk it waits, as the runner's goroutine
+// is busy in Store.Save.
+func (s *Sim) input(n *Node, inc uint64, fn func()) {
+	if !s.live(n, inc) {
+		return
 	}
+	if n.saving != nil {
+		s.after(s.opt.Step, func() { s.input(n, inc, fn) })
+		return
+	}
+	s.catchUp(n)
+	fn()
+	s.drain(n)
+}
+
+// drain hands out every Ready of n in the runner's order (clms.Ready): send
+// what may go before the write, persist, send the rest, act, advance. With
+// SaveTime the write takes that long, and the rest waits for it.
+func (s *Sim) drain(n *Node) {
+	for n.saving == nil && n.Core.HasReady() {
+		rd := n.Core.Ready()
+		var held []clms.Message
+		for _, m := range rd.Messages {
+			if s.UnsafeSendBeforeSave || clms.SendBeforeSave(&m) {
+				s.send(n, m)
+			} else {
+				held = append(held, m)
+			}
+		}
+		if n.Eligible && s.opt.SaveTime > 0 && rd.MustSync {
+			n.saving = &rd
+			s.saveDone(n, n.Inc, s.opt.SaveTime, held)
+			return
+		}
+		s.saved(n, &rd, held)
+	}
+}
+
+// saveDone ends n's write after d, unless the process died (the write is
+// lost with it). A process stopped (SIGSTOP) meanwhile finishes when it is
+// resumed.
+func (s *Sim) saveDone(n *Node, inc uint64, d time.Duration, held []clms.Message) {
+	s.after(d, func() {
+		switch {
+		case !s.live(n, inc):
+		case n.Paused:
+			s.saveDone(n, inc, s.opt.Step, held)
+		default:
+			rd := n.saving
+			n.saving = nil
+			s.saved(n, rd, held)
+			s.catchUp(n) // ticks that fell due during the write come first
+			s.drain(n)
+		}
+	})
+}
+
+// saved persists rd's raft state to n's disk, then sends the held messages,
+// hands out the records and actions and advances the core.
+func (s *Sim) saved(n *Node, rd *clms.Ready, held []clms.Message) {
+	if n.Eligible {
+		if rd.Snapshot != nil {
+			_ = n.disk.ApplySnapshot(rd.Snapshot)
+			n.diskSnap = rd.Snapshot
+		}
+		if len(rd.Entries) > 0 {
+			if err := n.disk.Append(rd.Entries); err != nil {
+				s.tb.Fatalf("node %d: persist: %v", n.Num, err)
+			}
+		}
+		if rd.HardState != nil && !raft.IsEmptyHardState(rd.HardState) {
+			n.diskHS = rd.HardState
+			s.Check.committed(n)
+		}
+	}
+	for _, m := range held {
+		s.send(n, m)
+	}
+	if rd.Restored != nil {
+		s.Check.restored(n, rd.Restored)
+	}
+	for _, r := range rd.Applied {
+		n.Records = append(n.Records, r)
+		s.Check.record(n, r)
+	}
+	for _, a := range rd.Actions {
+		s.action(n, a)
+	}
+	s.compact(n, rd.Compact)
+	n.Core.Advance()
 }
 
 // compact stores a snapshot the core took (Ready.Compact) on n's disk as
@@ -428,10 +504,7 @@ func (s *Sim) action(n *Node, a clms.Action) {
 		}
 		inc, id := n.Inc, a.Transition
 		s.after(s.opt.CallbackTime, func() {
-			if s.live(n, inc) {
-				n.Core.CallbacksDone(id, nil)
-				s.drain(n)
-			}
+			s.input(n, inc, func() { n.Core.CallbacksDone(id, nil) })
 		})
 	case clms.ActJoinFailed:
 		n.JoinErr = a.Err
@@ -446,6 +519,7 @@ func (s *Sim) send(from *Node, m clms.Message) {
 	if to == nil || m.To == from.Num {
 		s.tb.Fatalf("node %d sent to %d", from.Num, m.To)
 	}
+	s.Check.promise(from, m)
 	key := [2]clms.NodeNum{from.Num, m.To}
 	if s.cut[key] || (s.drop[key] > 0 && s.rng.Float64() < s.drop[key]) {
 		return
@@ -482,14 +556,11 @@ func (s *Sim) deliver(from *Node, finc uint64, to *Node, m clms.Message) {
 		// Connection refused: the sender learns the process is gone.
 		tinc := to.Inc
 		s.after(s.delay(to.Num, from.Num), func() {
-			if s.live(from, finc) {
-				from.Core.PeerCrashProof(to.Num, tinc)
-				s.drain(from)
-			}
+			s.input(from, finc, func() { from.Core.PeerCrashProof(to.Num, tinc) })
 		})
 		return
 	}
-	if to.Paused {
+	if to.Paused || to.saving != nil {
 		s.after(s.opt.Step, func() { s.deliver(from, finc, to, m) }) // waits in the socket buffer
 		return
 	}
@@ -509,26 +580,36 @@ func (s *Sim) deliver(from *Node, finc uint64, to *Node, m clms.Message) {
 func (s *Sim) Step() {
 	s.tb.Helper()
 	s.Now += s.opt.Step
-	tick := float64(s.opt.Timing.Tick)
 	for _, n := range s.nodes {
 		if !n.Started || n.Dead {
 			continue
 		}
 		n.clock += n.Rate * float64(s.opt.Step)
-		if n.Paused {
-			continue
-		}
-		for n.ticksDone < int64(n.clock/tick) {
-			n.ticksDone++
-			n.Core.Tick()
-			s.drain(n)
-		}
+		s.catchUp(n)
 	}
 	for len(s.q) > 0 && s.q[0].at <= s.Now {
 		e := heap.Pop(&s.q).(*event)
 		e.fn()
 	}
 	s.Check.check()
+}
+
+// catchUp delivers the ticks n's clock says are due, as the runner does
+// before any other input; not while n is stopped or writing (then when it
+// can take them again). A resumed node counts as stopped until it has
+// caught up: its catch-up takes SaveTime for each write on the way, as the
+// runner's does (a node stopped during a write first finishes that Ready,
+// as the runner returns from Store.Save).
+func (s *Sim) catchUp(n *Node) {
+	tick := float64(s.opt.Timing.Tick)
+	for !n.Paused && n.saving == nil && n.ticksDone < int64(n.clock/tick) {
+		n.ticksDone++
+		n.Core.Tick()
+		s.drain(n)
+	}
+	if n.saving == nil {
+		n.stalled = false
+	}
 }
 
 // Run advances simulated time by d.
@@ -634,6 +715,25 @@ func (n *Node) RaftPending() bool {
 	return li > n.diskHS.GetCommit()
 }
 
+// Saving returns the entries n is writing to its disk now (Options.SaveTime)
+// and whether a write is under way.
+func (n *Node) Saving() ([]*raftpb.Entry, bool) {
+	if n.saving == nil {
+		return nil, false
+	}
+	return n.saving.Entries, true
+}
+
+// OnDisk reports whether n's disk holds the raft entry at index with term
+// (compacted into its snapshot counts).
+func (n *Node) OnDisk(index, term uint64) bool {
+	if n.disk == nil {
+		return false
+	}
+	t, err := n.disk.Term(index)
+	return errors.Is(err, raft.ErrCompacted) || (err == nil && t == term)
+}
+
 // Fenced reports whether node num's current incarnation fenced itself.
 func (n *Node) Fenced() bool {
 	f, _ := n.Core.Fenced()
@@ -661,6 +761,8 @@ func (s *Sim) Dump() string {
 			st = "dead"
 		case n.Paused:
 			st = "paused"
+		case n.saving != nil:
+			st = "writing"
 		}
 		f, why := n.Core.Fenced()
 		rs, _ := n.Core.RaftStatus()
@@ -697,10 +799,11 @@ func (s *Sim) keyAction(n *Node, a clms.Action) {
 	gen := n.keyGen[name]
 	later := func(fn func()) {
 		s.after(s.opt.KeyTime, func() {
-			if s.live(n, inc) && n.keyGen[name] == gen {
-				fn()
-				s.drain(n)
-			}
+			s.input(n, inc, func() {
+				if n.keyGen[name] == gen {
+					fn()
+				}
+			})
 		})
 	}
 	switch a.Kind {
@@ -718,10 +821,7 @@ func (s *Sim) keyAction(n *Node, a clms.Action) {
 		// PullData runs on a member for another owner: it is not gated on
 		// this node's ownership.
 		s.after(s.opt.KeyTime, func() {
-			if s.live(n, inc) {
-				n.Core.KeyPullDone(name, ep, owner, PullData(n.Num, inc, ep), nil)
-				s.drain(n)
-			}
+			s.input(n, inc, func() { n.Core.KeyPullDone(name, ep, owner, PullData(n.Num, inc, ep), nil) })
 		})
 	case clms.ActKeyFailoverData:
 		got := a.Pulled
