@@ -260,17 +260,12 @@ func (n *Node) sendArgs(ctx context.Context, c *conn, h *framing.Header, m Metho
 	return c.send(ctx, h, out)
 }
 
-// waitCall waits for the call xid to finish and frees its handle. A
-// caller that cannot be cancelled reads its reply itself (callread.go).
+// waitCall waits for the call xid to finish and frees its handle. With
+// netpoller reads the caller reads its reply itself (callread.go).
 func (n *Node) waitCall(ctx context.Context, xid uint64) ([]byte, error) {
 	s := &n.handles.slots[xidSlot(xid)]
 	if c := s.sentOn; c != nil {
-		if ctx.Done() == nil {
-			n.readForReply(c, s)
-		} else {
-			c.reads.awaitOther()
-			defer c.reads.doneOther()
-		}
+		n.readForReply(ctx, c, s)
 	}
 	select {
 	case <-s.done:

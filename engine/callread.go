@@ -1,6 +1,9 @@
 package engine
 
 import (
+	"context"
+	"errors"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,9 +36,9 @@ import (
 // the watcher reading waits on its handle as before, and the watcher hands
 // the role back after that batch.
 //
-// Only callers that cannot be cancelled (ctx.Done() == nil) read: one that
-// reads is blocked in the socket, where only the connection's end or data
-// wakes it, and a cancellable call must return the moment its context ends.
+// A reader is blocked in the socket, where only data, the connection's end
+// or a read deadline wakes it: a caller whose context can end reads in
+// slices (readSlice) and looks at its context between them.
 
 // callerIdle is how long a dialled connection goes without a waiting caller
 // before its watcher reads it (Node.callerIdle; tests change it). Short
@@ -54,14 +57,18 @@ type callerReads struct {
 	waiting atomic.Int32  // callers between their request and their reply on this connection
 	arrived atomic.Uint64 // callers that came to read, ever: the watcher steps back after a read they came during
 	// others counts goroutines waiting for what this connection brings
-	// without reading it: cancellable callers and senders out of credit.
-	// While there are some, the watcher reads as soon as no caller does,
-	// not callerIdle later.
+	// without reading it: senders out of credit. While there are some, the
+	// watcher reads as soon as no caller does, not callerIdle later.
 	others    atomic.Int32
 	turn      chan struct{} // capacity 1: the role was let go while callers wait
 	wake      chan struct{} // capacity 1: the watcher should look again
 	idle      *time.Timer   // fires idleAfter after the last waiting caller left
 	idleAfter time.Duration
+	leftAt    atomic.Int64 // when the last waiting caller left (UnixNano); the connection's start before the first
+
+	// deadline is the read deadline on rd.nc, set by the role holder
+	// (zero: none). Only the holder reads or writes it.
+	deadline time.Time
 
 	// ended is set, under role, by whoever read the connection's end; err
 	// is why (nil: the frame handling closed it and said why already).
@@ -71,8 +78,11 @@ type callerReads struct {
 
 func newCallerReads(rd *netReader, idleAfter time.Duration) *callerReads {
 	cr := &callerReads{rd: rd, turn: make(chan struct{}, 1), wake: make(chan struct{}, 1), idleAfter: idleAfter}
-	cr.idle = time.AfterFunc(time.Hour, cr.kick)
-	cr.idle.Stop()
+	// A new connection counts as just left by a caller: the call that
+	// dialled it is about to read it, and the watcher reads only after
+	// idleAfter (or for a sender waiting for the first grant).
+	cr.leftAt.Store(time.Now().UnixNano())
+	cr.idle = time.AfterFunc(idleAfter, cr.kick)
 	return cr
 }
 
@@ -108,6 +118,9 @@ func (n *Node) readOnce(c *conn, cr *callerReads) bool {
 		return true
 	}
 	if err != nil {
+		if k == 0 && errors.Is(err, os.ErrDeadlineExceeded) && !c.wclosedFast() {
+			return false // a reading caller's own deadline (readSlice): its turn to look at its context
+		}
 		if !c.wclosedFast() { // else closed by the node
 			cr.err = readError(err)
 		}
@@ -117,25 +130,64 @@ func (n *Node) readOnce(c *conn, cr *callerReads) bool {
 	return false
 }
 
-// readForReply is how a caller that cannot be cancelled waits for call s,
-// sent on c: it reads c itself while it holds the role, and otherwise waits
-// for its reply or its turn. It returns once s is done; the caller then
-// takes s.done's value, which is there or comes with the link's end.
-func (n *Node) readForReply(c *conn, s *clientHandle) {
+// Reading callers whose context can end read in slices: the read deadline
+// is the context's deadline or the end of the slice, whichever is sooner,
+// and between slices the caller looks at its context. A slice starts at
+// readSliceMin and doubles, up to readSliceMax: a cancelled call returns
+// within a millisecond or two while its reply is due soon, and a call
+// waiting seconds for a slow handler costs a few wake-ups a second. No
+// allocation, unlike context.AfterFunc, which would interrupt the read the
+// moment the context ends.
+const (
+	readSliceMin = time.Millisecond
+	readSliceMax = 32 * time.Millisecond
+)
+
+// setReadDeadline sets the role holder's read deadline (zero: none),
+// skipping the call when it would not change it.
+func (cr *callerReads) setReadDeadline(t time.Time) {
+	if t.Equal(cr.deadline) {
+		return
+	}
+	cr.deadline = t
+	_ = cr.rd.nc.SetReadDeadline(t)
+}
+
+// readForReply is how a caller waits for call s, sent on c: it reads c
+// itself while it holds the role, and otherwise waits for its reply, its
+// turn or its context's end. It returns once s is done, c has ended or ctx
+// has; waitCall then takes s.done's value (there, or coming with the
+// link's end) or gives the call up.
+func (n *Node) readForReply(ctx context.Context, c *conn, s *clientHandle) {
 	cr := c.reads
+	ctxDone := ctx.Done() // nil when it cannot end: no slices, no checks
 	cr.arrived.Add(1)
 	cr.waiting.Add(1)
-	for len(s.done) == 0 && !cr.ended.Load() {
+	slice := readSliceMin
+	for len(s.done) == 0 && !cr.ended.Load() && (ctxDone == nil || ctx.Err() == nil) {
 		if !cr.role.TryLock() {
 			select {
 			case <-s.done:
 				s.done <- struct{}{} // put it back for waitCall
 			case <-cr.turn:
+			case <-ctxDone:
 			}
 			continue
 		}
 		ended := false
 		for len(s.done) == 0 && !cr.ended.Load() && !ended {
+			var until time.Time
+			if ctxDone != nil {
+				if ctx.Err() != nil {
+					break
+				}
+				until = time.Now().Add(slice)
+				if d, ok := ctx.Deadline(); ok && d.Before(until) {
+					until = d
+				}
+				slice = min(2*slice, readSliceMax)
+			}
+			cr.setReadDeadline(until)
 			ended = n.readOnce(c, cr)
 		}
 		if len(s.done) > 0 {
@@ -152,8 +204,34 @@ func (n *Node) readForReply(c *conn, s *clientHandle) {
 	case cr.others.Load() > 0:
 		cr.kick()
 	default:
+		cr.leftAt.Store(time.Now().UnixNano())
 		cr.idle.Reset(cr.idleAfter)
 	}
+}
+
+// watchNow reports whether the watcher should act now: a caller read the
+// connection's end (the watcher tears it down), or no caller is reading
+// and one of these holds: a sender waits for credit, the node closed the
+// connection, or the last caller left idleAfter ago. A wake-up
+// left over from earlier (the buffered kick of a credit wait the callers
+// then served) must not make the watcher take the role between one
+// caller's reply and the next one's call; it re-arms the idle timer for
+// what is left instead.
+func (cr *callerReads) watchNow(c *conn) bool {
+	if cr.ended.Load() {
+		return true
+	}
+	if cr.waiting.Load() > 0 {
+		return false
+	}
+	if cr.others.Load() > 0 || c.wclosedFast() {
+		return true
+	}
+	if rest := cr.idleAfter - time.Since(time.Unix(0, cr.leftAt.Load())); rest > 0 {
+		cr.idle.Reset(rest)
+		return false
+	}
+	return true
 }
 
 // awaitOther records a goroutine that waits for something c brings (a
@@ -184,7 +262,8 @@ func (n *Node) routineWatch(c *conn) {
 func (n *Node) watchLoop(c *conn) error {
 	cr := c.reads
 	for {
-		if cr.role.TryLock() {
+		if cr.watchNow(c) && cr.role.TryLock() {
+			cr.setReadDeadline(time.Time{}) // a caller's slice is not the watcher's
 			// Until a caller comes: one that came during a read has been
 			// handed its reply (or waits for it), and the next one should
 			// find the role free, so the watcher steps back even if that

@@ -12,42 +12,84 @@ import (
 // Callers that cannot be cancelled read their own replies (callread.go);
 // these force netpoller reads, where that happens.
 
-// TestCallerReadsOwnReply: calls one after another with a context that
-// cannot end are read by their callers, not handed over by a reader
-// goroutine; a caller with a deadline still gets its reply (the watcher or
-// another caller reads it).
+// TestCallerReadsOwnReply: calls one after another are read by their
+// callers, not handed over by a reader goroutine, whether their context
+// can end or not.
 func TestCallerReadsOwnReply(t *testing.T) {
 	nodes := netpollCluster(t, 2, nil)
 	// The watcher then never reads on its own between these calls, however
-	// slow the machine; it reads when a cancellable caller asks.
+	// slow the machine.
 	nodes[0].callerIdle = time.Hour
 	mustRegister(t, nodes[1], Service{ID: echoSvc, Procs: []Handler{echo}, Inline: true})
-	for i := range 200 {
+	cancellable, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := range 300 {
 		want := fmt.Sprint("call ", i)
-		ctx := context.Background()
-		if i%10 == 9 {
-			ctx = ctxFor(t, 10*time.Second)
-		}
+		ctx := [...]context.Context{context.Background(), ctxFor(t, 10*time.Second), cancellable}[i%3]
 		got, err := nodes[0].Call(ctx, 2, Method{Service: echoSvc}, []byte(want), nil)
 		if err != nil || string(got) != want {
 			t.Fatalf("call %d: %q %v", i, got, err)
 		}
 	}
-	// Not every one: the connection's first call finds its watcher
-	// reading, and each of the 20 cancellable calls wakes the watcher to
-	// read for it, once or twice (a wake-up it asked for while the watcher
-	// was reading anyway is seen after), so the next call or two find the
-	// watcher reading; the watcher steps back after each.
-	if got := nodes[0].selfReadReplies.Load(); got < 180-1-2*20 {
-		t.Fatalf("%d of 180 uncancellable calls read their own replies, want at least 139", got)
+	// All but possibly the connection's first, whose wait for the first
+	// credit grant made the watcher read.
+	if got := nodes[0].selfReadReplies.Load(); got < 299 {
+		t.Fatalf("%d of 300 calls read their own replies, want at least 299", got)
+	}
+}
+
+// TestReadingCallerCancelled: a caller reading its connection for a reply
+// that does not come returns when its context is cancelled (between read
+// slices) or reaches its deadline, gives the call up (the server's handler
+// sees the cancel), and the connection serves the next call.
+func TestReadingCallerCancelled(t *testing.T) {
+	nodes := netpollCluster(t, 2, nil)
+	nodes[0].callerIdle = time.Hour
+	cancelled := make(chan struct{}, 4)
+	mustRegister(t, nodes[1], Service{ID: slowSvc, Procs: []Handler{func(ctx context.Context, _ *Request, _ *Response) error {
+		<-ctx.Done()
+		cancelled <- struct{}{}
+		return ctx.Err()
+	}}})
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Procs: []Handler{echo}, Inline: true})
+	echoOnce := func() {
+		t.Helper()
+		if got, err := nodes[0].Call(context.Background(), 2, Method{Service: echoSvc}, []byte("x"), nil); err != nil || string(got) != "x" {
+			t.Fatalf("echo: %q %v", got, err)
+		}
+	}
+	echoOnce() // the watcher steps back: the calls below read
+
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		_, err := nodes[0].Call(ctx, 2, Method{Service: slowSvc}, nil, nil)
+		errc <- err
+	}()
+	eventually(t, "the caller reading", func() bool { return nodes[0].peer(2).out[ChanFirstService].Load().reads.waiting.Load() == 1 })
+	cancel()
+	if err := <-errc; !errors.Is(err, ErrIntr) {
+		t.Fatalf("cancelled call: %v, want ErrIntr", err)
+	}
+	<-cancelled // its TypeCancel reached the handler
+
+	dctx, dcancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer dcancel()
+	if _, err := nodes[0].Call(dctx, 2, Method{Service: slowSvc}, nil, nil); !errors.Is(err, ErrTimedOut) {
+		t.Fatalf("call past its deadline: %v, want ErrTimedOut", err)
+	}
+	<-cancelled
+	echoOnce()
+	if n := nodes[0].handles.inUse.Load(); n != 0 {
+		t.Fatalf("%d client handles leaked", n)
 	}
 }
 
 // TestCallerReadersShareAConnection: many callers on one connection take
-// turns reading it, and every call completes: uncancellable callers (who
-// read), cancellable ones (who do not), and senders out of credit on the
-// same throttled channel (whose grants someone must read), all at once,
-// with replies of every size.
+// turns reading it, and every call completes: callers whose context cannot
+// end, callers with a deadline (who read in slices), and senders out of
+// credit on the same throttled channel (whose grants someone must read),
+// all at once, with replies of every size.
 func TestCallerReadersShareAConnection(t *testing.T) {
 	nodes := netpollCluster(t, 2, func(c *Config) {
 		c.ChannelWindows = map[Channel]int{ChanFirstService: 16 << 10}
@@ -66,9 +108,9 @@ func TestCallerReadersShareAConnection(t *testing.T) {
 				var err error
 				var got []byte
 				switch w % 3 {
-				case 0, 1: // readers
+				case 0, 1:
 					got, err = nodes[0].Call(context.Background(), 2, Method{Service: echoSvc}, args, nil)
-				case 2: // cancellable: waits for others to read
+				case 2:
 					got, err = nodes[0].Call(ctxFor(t, 20*time.Second), 2, Method{Service: echoSvc}, args, nil)
 				}
 				if err == nil && string(got) != string(args) {

@@ -13,13 +13,13 @@
 // and at least as fast with 256 callers (docs/ARCHITECTURE.md, "Reading").
 // Frames are written straight from the sending goroutine in either mode.
 //
-// With netpoller reads, a caller whose context cannot end (Background, or
-// any context whose Done is nil) reads its reply from the connection
+// With netpoller reads, a caller reads its reply from the connection
 // itself, as a raw TCP client would, instead of being handed it by the
 // connection's reader goroutine: on small machines that hand-over cost
 // more than everything else in a call (docs/ARCHITECTURE.md, "Callers read
-// their own replies"). Callers with a deadline or a cancel are handed
-// their replies, so that they return the moment their context ends.
+// their own replies"). A caller whose context can end reads in slices of
+// 1 to 32 ms and looks at its context between them, so a cancelled call
+// returns within a slice; one with a deadline stops reading at it.
 //
 // # Channels and services
 //
