@@ -164,16 +164,20 @@ func (n *Node) readForReply(ctx context.Context, c *conn, s *clientHandle) {
 	cr.arrived.Add(1)
 	cr.waiting.Add(1)
 	slice := readSliceMin
+	turn := false // holding a turn token not yet used
 	for len(s.done) == 0 && !cr.ended.Load() && (ctxDone == nil || ctx.Err() == nil) {
 		if !cr.role.TryLock() {
+			turn = false // the token is spent on this try: the holder passes another
 			select {
 			case <-s.done:
 				s.done <- struct{}{} // put it back for waitCall
 			case <-cr.turn:
+				turn = true
 			case <-ctxDone:
 			}
 			continue
 		}
+		turn = false
 		ended := false
 		for len(s.done) == 0 && !cr.ended.Load() && !ended {
 			var until time.Time
@@ -197,10 +201,16 @@ func (n *Node) readForReply(ctx context.Context, c *conn, s *clientHandle) {
 		if ended {
 			cr.kick() // the watcher tears the connection down
 		}
+		turn = true // the role is free: another waiter may take it
 	}
-	switch {
-	case cr.waiting.Add(-1) > 0:
-		cr.passTurn()
+	// Only a goroutine that let the role go, or got a turn it did not use,
+	// passes one on: waiters that are simply handed their replies do not,
+	// or every completed call would wake another waiter for nothing.
+	switch left := cr.waiting.Add(-1); {
+	case left > 0:
+		if turn {
+			cr.passTurn()
+		}
 	case cr.others.Load() > 0:
 		cr.kick()
 	default:
