@@ -59,8 +59,11 @@ type callerReads struct {
 	// others counts goroutines waiting for what this connection brings
 	// without reading it: senders out of credit. While there are some, the
 	// watcher reads as soon as no caller does, not callerIdle later.
-	others    atomic.Int32
-	turn      chan struct{} // capacity 1: the role was let go while callers wait
+	others atomic.Int32
+	turn   chan struct{} // capacity 1: the role was let go while callers wait
+	// handed: a caller let the role go with two or more others waiting;
+	// the watcher reads for them (see readForReply's end).
+	handed    atomic.Bool
 	wake      chan struct{} // capacity 1: the watcher should look again
 	idle      *time.Timer   // fires idleAfter after the last waiting caller left
 	idleAfter time.Duration
@@ -205,10 +208,20 @@ func (n *Node) readForReply(ctx context.Context, c *conn, s *clientHandle) {
 	}
 	// Only a goroutine that let the role go, or got a turn it did not use,
 	// passes one on: waiters that are simply handed their replies do not,
-	// or every completed call would wake another waiter for nothing.
+	// or every completed call would wake another waiter for nothing. With
+	// two or more waiting the watcher takes the role and reads for them
+	// all, as a connection's reader did before callers read: passing it
+	// from caller to caller, each reading only until its own reply, left
+	// the connection unread between one leaving and the next waking, and
+	// 256 callers made 20% fewer calls a second.
 	switch left := cr.waiting.Add(-1); {
 	case left > 0:
-		if turn {
+		switch {
+		case !turn:
+		case left >= 2:
+			cr.handed.Store(true)
+			cr.kick()
+		default:
 			cr.passTurn()
 		}
 	case cr.others.Load() > 0:
@@ -228,7 +241,7 @@ func (n *Node) readForReply(ctx context.Context, c *conn, s *clientHandle) {
 // caller's reply and the next one's call; it re-arms the idle timer for
 // what is left instead.
 func (cr *callerReads) watchNow(c *conn) bool {
-	if cr.ended.Load() {
+	if cr.ended.Load() || cr.handed.Load() {
 		return true
 	}
 	if cr.waiting.Load() > 0 {
@@ -274,11 +287,19 @@ func (n *Node) watchLoop(c *conn) error {
 	for {
 		if cr.watchNow(c) && cr.role.TryLock() {
 			cr.setReadDeadline(time.Time{}) // a caller's slice is not the watcher's
-			// Until a caller comes: one that came during a read has been
-			// handed its reply (or waits for it), and the next one should
-			// find the role free, so the watcher steps back even if that
-			// caller has already left (its leaving re-arms the idle timer).
-			for seen := cr.arrived.Load(); !cr.ended.Load() && cr.waiting.Load() == 0 && cr.arrived.Load() == seen; {
+			if !cr.handed.Swap(false) {
+				// Idle: until a caller comes. One that came during a read
+				// has been handed its reply (or waits for it), and the
+				// next one should find the role free, so the watcher
+				// steps back even if that caller has already left (its
+				// leaving re-arms the idle timer).
+				for seen := cr.arrived.Load(); !cr.ended.Load() && cr.waiting.Load() == 0 && cr.arrived.Load() == seen; {
+					n.readOnce(c, cr)
+				}
+			}
+			// Handed the role, or callers crowding in: read for them
+			// while two or more wait; the last one reads for itself.
+			for !cr.ended.Load() && cr.waiting.Load() >= 2 {
 				n.readOnce(c, cr)
 			}
 			ended := cr.ended.Load()
@@ -289,7 +310,9 @@ func (n *Node) watchLoop(c *conn) error {
 				cr.role.Unlock()
 				return err
 			}
-			cr.passTurn() // callers came while this read
+			if cr.waiting.Load() > 0 {
+				cr.passTurn() // a caller waits: it reads for itself
+			}
 		}
 		<-cr.wake
 	}
