@@ -1,6 +1,7 @@
 package clms
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"slices"
@@ -189,15 +190,9 @@ func DefaultCompaction() Compaction {
 // Validate fills zero fields with their defaults and rejects nonsense.
 func (c *Compaction) Validate() error {
 	d := DefaultCompaction()
-	if c.SnapshotEvery == 0 {
-		c.SnapshotEvery = d.SnapshotEvery
-	}
-	if c.LogMargin == 0 {
-		c.LogMargin = d.LogMargin
-	}
-	if c.HistoryKeep == 0 {
-		c.HistoryKeep = d.HistoryKeep
-	}
+	c.SnapshotEvery = cmp.Or(c.SnapshotEvery, d.SnapshotEvery)
+	c.LogMargin = cmp.Or(c.LogMargin, d.LogMargin)
+	c.HistoryKeep = cmp.Or(c.HistoryKeep, d.HistoryKeep)
 	switch {
 	case c.SnapshotEvery < 8:
 		return fmt.Errorf("snapshot_every (Compaction.SnapshotEvery) %d is below 8 entries: a snapshot every few entries only costs", c.SnapshotEvery)

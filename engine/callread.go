@@ -2,8 +2,6 @@ package engine
 
 import (
 	"context"
-	"errors"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,9 +21,10 @@ import (
 // whatever the server's GOMAXPROCS. So the caller reads instead, as a raw
 // TCP client does: after sending, it takes the connection's read role and
 // reads until its own reply is in, handling every frame on the way (other
-// callers' replies, credit grants), then passes the role to another waiting
-// caller if there is one. The runtime then wakes the caller itself from
-// the netpoller, on the thread that polled, and nothing else.
+// callers' replies, credit grants), then passes the role on: to the one
+// caller still waiting, or, with two or more waiting, to the connection's
+// goroutine, which reads for them all. The runtime then wakes the caller
+// itself from the netpoller, on the thread that polled, and nothing else.
 //
 // The connection's own goroutine (routineWatch) stays its owner: it reads
 // only while no caller waits (so that credit grants, late replies and the
@@ -38,7 +37,7 @@ import (
 //
 // A reader is blocked in the socket, where only data, the connection's end
 // or a read deadline wakes it: a caller whose context can end reads in
-// slices (readSlice) and looks at its context between them.
+// slices (readSliceMin..readSliceMax) and looks at its context between them.
 
 // callerIdle is how long a dialled connection goes without a waiting caller
 // before its watcher reads it (Node.callerIdle; tests change it). Short
@@ -56,6 +55,9 @@ type callerReads struct {
 	rd      *netReader
 	waiting atomic.Int32  // callers between their request and their reply on this connection
 	arrived atomic.Uint64 // callers that came to read, ever: the watcher steps back after a read they came during
+	// selfReads counts the replies their callers read themselves (tests
+	// look at it); beside the counters every caller touches already.
+	selfReads atomic.Uint64
 	// others counts goroutines waiting for what this connection brings
 	// without reading it: senders out of credit. While there are some, the
 	// watcher reads as soon as no caller does, not callerIdle later.
@@ -65,7 +67,8 @@ type callerReads struct {
 	// the watcher reads for them (see readForReply's end).
 	handed    atomic.Bool
 	wake      chan struct{} // capacity 1: the watcher should look again
-	idle      *time.Timer   // fires idleAfter after the last waiting caller left
+	idle      *time.Timer   // fires idleAfter after the last waiting caller left, or later
+	idleArmed atomic.Bool   // idle is running
 	idleAfter time.Duration
 	leftAt    atomic.Int64 // when the last waiting caller left (UnixNano); the connection's start before the first
 
@@ -85,7 +88,8 @@ func newCallerReads(rd *netReader, idleAfter time.Duration) *callerReads {
 	// dialled it is about to read it, and the watcher reads only after
 	// idleAfter (or for a sender waiting for the first grant).
 	cr.leftAt.Store(time.Now().UnixNano())
-	cr.idle = time.AfterFunc(idleAfter, cr.kick)
+	cr.idleArmed.Store(true)
+	cr.idle = time.AfterFunc(idleAfter, cr.idleFired)
 	return cr
 }
 
@@ -108,29 +112,12 @@ func (cr *callerReads) passTurn() {
 // readOnce reads the socket once and handles what came, with the role
 // held. It reports whether the connection has ended (and records why).
 func (n *Node) readOnce(c *conn, cr *callerReads) bool {
-	rd := cr.rd
-	if err := rd.makeRoom(c); err != nil {
-		n.closeReason(c, rd, err)
+	ended, err := n.readStep(c, cr.rd)
+	if ended {
+		cr.err = err
 		cr.ended.Store(true)
-		return true
 	}
-	k, err := rd.nc.Read(rd.buf[rd.w:])
-	rd.w += k
-	if k > 0 && !n.traffic(c, rd) {
-		cr.ended.Store(true)
-		return true
-	}
-	if err != nil {
-		if k == 0 && errors.Is(err, os.ErrDeadlineExceeded) && !c.wclosedFast() {
-			return false // a reading caller's own deadline (readSlice): its turn to look at its context
-		}
-		if !c.wclosedFast() { // else closed by the node
-			cr.err = readError(err)
-		}
-		cr.ended.Store(true)
-		return true
-	}
-	return false
+	return ended
 }
 
 // Reading callers whose context can end read in slices: the read deadline
@@ -198,7 +185,7 @@ func (n *Node) readForReply(ctx context.Context, c *conn, s *clientHandle) {
 			ended = n.readOnce(c, cr)
 		}
 		if len(s.done) > 0 {
-			n.selfReadReplies.Add(1)
+			cr.selfReads.Add(1)
 		}
 		cr.role.Unlock()
 		if ended {
@@ -228,8 +215,23 @@ func (n *Node) readForReply(ctx context.Context, c *conn, s *clientHandle) {
 		cr.kick()
 	default:
 		cr.leftAt.Store(time.Now().UnixNano())
-		cr.idle.Reset(cr.idleAfter)
+		cr.armIdle(cr.idleAfter)
 	}
+}
+
+// armIdle starts the idle timer unless it is already running: a caller
+// leaving does not move it (a timer reset per call on the RPC path), the
+// watcher re-arms it for what is left when it fires early (watchNow).
+func (cr *callerReads) armIdle(d time.Duration) {
+	if !cr.idleArmed.Swap(true) {
+		cr.idle.Reset(d)
+	}
+}
+
+// idleFired is the idle timer's function.
+func (cr *callerReads) idleFired() {
+	cr.idleArmed.Store(false)
+	cr.kick()
 }
 
 // watchNow reports whether the watcher should act now: a caller read the
@@ -251,7 +253,7 @@ func (cr *callerReads) watchNow(c *conn) bool {
 		return true
 	}
 	if rest := cr.idleAfter - time.Since(time.Unix(0, cr.leftAt.Load())); rest > 0 {
-		cr.idle.Reset(rest)
+		cr.armIdle(rest)
 		return false
 	}
 	return true

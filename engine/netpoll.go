@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -224,22 +225,35 @@ func (n *Node) routineRead(c *conn, rd *netReader) {
 // reason is logged already), the read error when the peer did.
 func (n *Node) readLoop(c *conn, rd *netReader) error {
 	for {
-		if err := rd.makeRoom(c); err != nil {
-			n.closeReason(c, rd, err)
-			return nil
-		}
-		k, err := rd.nc.Read(rd.buf[rd.w:])
-		rd.w += k
-		if k > 0 && !n.traffic(c, rd) {
-			return nil
-		}
-		if err != nil {
-			if c.wclosedFast() {
-				return nil // closed by the node
-			}
-			return readError(err)
+		if ended, err := n.readStep(c, rd); ended {
+			return err
 		}
 	}
+}
+
+// readStep reads rd's socket once and handles what came. ended reports
+// that the connection must end, and err why (as readLoop returns it). A
+// read deadline that passed with nothing read is not an end: only callers
+// reading their replies set one (callread.go).
+func (n *Node) readStep(c *conn, rd *netReader) (ended bool, err error) {
+	if err := rd.makeRoom(c); err != nil {
+		n.closeReason(c, rd, err)
+		return true, nil
+	}
+	k, err := rd.nc.Read(rd.buf[rd.w:])
+	rd.w += k
+	if k > 0 && !n.traffic(c, rd) {
+		return true, nil
+	}
+	switch {
+	case err == nil:
+		return false, nil
+	case c.wclosedFast():
+		return true, nil // closed by the node
+	case k == 0 && errors.Is(err, os.ErrDeadlineExceeded):
+		return false, nil
+	}
+	return true, readError(err)
 }
 
 // readError is why a peer's connection ended, from the read that saw it.

@@ -111,10 +111,7 @@ type Node struct {
 	readers       map[*conn]struct{} // guarded by readersMu
 	readersClosed bool               // guarded by readersMu
 	readersWG     sync.WaitGroup
-	// selfReadReplies counts the replies their callers read themselves
-	// (callread.go); tests look at it.
-	selfReadReplies atomic.Uint64
-	callerIdle      time.Duration // callread.go's callerIdle; tests lengthen it
+	callerIdle    time.Duration // callread.go's callerIdle; tests lengthen it
 
 	engStopped chan struct{}         // closed when gnet.Run has returned; engErr is then set
 	engErr     error                 // what gnet.Run returned
