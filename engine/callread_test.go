@@ -37,11 +37,11 @@ func TestCallerReadsOwnReply(t *testing.T) {
 		}
 	}
 	// All but the connection's first, whose wait for the first credit
-	// grant made the watcher read; with the whole suite racing on two CPUs
-	// one or two more have been seen handed over (not explained yet: the
-	// failure lists which).
-	if len(handed) > 3 {
-		t.Fatalf("calls %v were handed their replies, want at most 3 (the first, and a couple under load)", handed)
+	// grant made the watcher read. (A reply the watcher reads before its
+	// caller comes to read makes it step back as an arrival would: counting
+	// only arrivals, the next call was handed its reply too.)
+	if len(handed) > 1 || len(handed) == 1 && handed[0] != 0 {
+		t.Fatalf("calls %v were handed their replies, want at most the first", handed)
 	}
 }
 

@@ -305,6 +305,12 @@ func (n *Node) completeReply(c *conn, f *framing.Frame) {
 		n.m.lateReplies.Inc() // its caller gave up, or the node went down meanwhile
 		return
 	}
+	if c.reads != nil {
+		// A reply the watcher reads may be for a caller that has sent but
+		// not yet come to read: it comes next, so the watcher steps back
+		// (watchLoop) as if that caller had arrived.
+		c.reads.arrived.Add(1)
+	}
 	switch st := Status(f.Status); {
 	case st != StatusOK:
 		s.err = remoteStatus(st, f.Payload)
