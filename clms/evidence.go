@@ -105,6 +105,9 @@ func (c *Core) PeerCrashProof(n NodeNum, inc uint64) {
 	if n == c.self || inc == 0 || inc < c.peerInc[n] {
 		return // about an older process than the one we heard from
 	}
+	// On the master, the new owner of the crashed node's key services is
+	// proposed in this same step, right behind its GOINGDOWN (masterKeys).
+	defer c.keyPoll()
 	c.crashProof(n, inc)
 }
 

@@ -91,7 +91,14 @@ func (c *Core) masterKeys() {
 	km := c.km()
 	for _, sp := range c.ks.specs {
 		r, _ := c.st.KeyService(sp.Name)
-		alive := r.Owner != 0 && c.st.holds(r.Owner, r.OwnerInc)
+		// An owner whose GOINGDOWN this master has proposed counts as gone
+		// already: its new owner is proposed right behind it, in the same
+		// raft append, rather than a raft round later. The log orders the
+		// two, and decideKey admits the new owner only once the old
+		// incarnation is out of membership where it is applied, so an owner
+		// record that overtook nothing still cannot overlap the old owner;
+		// if the GOINGDOWN is lost, so is the record, or it is refused.
+		alive := r.Owner != 0 && c.st.holds(r.Owner, r.OwnerInc) && c.m.downPending[r.Owner] != r.OwnerInc
 		switch {
 		case alive && r.Phase == KeyHandover && km.released[sp.Name] == r.Epoch:
 			to := r.Target

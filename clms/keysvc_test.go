@@ -130,6 +130,56 @@ func TestKeyServiceOwnerCrash(t *testing.T) {
 	}
 }
 
+// The master proposes a crashed owner's successor right behind the owner's
+// GOINGDOWN, in the same raft append: no node ever applies the one without
+// the other, where proposing the successor only once the GOINGDOWN was
+// applied cost the failover a whole raft round (a write on a majority).
+func TestKeyServiceSuccessorBehindGoingDown(t *testing.T) {
+	for _, victim := range []string{"member", "master"} {
+		t.Run(victim, func(t *testing.T) {
+			s := keySim(t, t, clms.LANFastTiming(), clms.KeyServiceSpec{Name: ks, Pull: true}, "")
+			old := formKeys(t, s)
+			if victim == "member" && old.Owner == s.Master() {
+				// Move the service off the master first.
+				to := clms.NodeNum(4)
+				if err := s.Node(old.Owner).Core.MoveKeyService(ks, to); err != nil {
+					t.Fatal(err)
+				}
+				s.RunUntil(5*time.Second, func() bool { r, ok := keyReadyEverywhere(s, ks, old.Epoch); return ok && r.Owner == to })
+				old, _ = keyReadyEverywhere(s, ks, old.Epoch)
+			}
+			if (old.Owner == s.Master()) != (victim == "master") {
+				t.Fatalf("owner %d, master %d: not the %s case", old.Owner, s.Master(), victim)
+			}
+			s.Crash(old.Owner)
+			var apart []string
+			s.RunUntil(2*time.Second, func() bool {
+				for _, n := range s.Nodes() {
+					if !n.Started || n.Dead {
+						continue
+					}
+					st := n.Core.State()
+					m, _ := st.Member(old.Owner)
+					r, _ := st.KeyService(ks)
+					if down := m.Incarnation == old.OwnerInc && !m.State.IsMember(); down && r.Epoch == old.Epoch {
+						apart = append(apart, fmt.Sprintf("node %d at %v", n.Num, s.Now))
+					}
+				}
+				_, ok := keyReadyEverywhere(s, ks, old.Epoch)
+				return ok
+			})
+			if r, ok := keyReadyEverywhere(s, ks, old.Epoch); !ok || r.Epoch != old.Epoch+1 {
+				t.Fatalf("not failed over: %v", r)
+			}
+			// A crashed master's successor declares it down once it leads, and
+			// proposes the new owner in that same step too.
+			if len(apart) > 0 {
+				t.Fatalf("the owner's GOINGDOWN applied without its successor (%d node-steps), first: %v", len(apart), apart[:min(4, len(apart))])
+			}
+		})
+	}
+}
+
 // A hung owner (SIGSTOP) is replaced only after its lease ran out; resumed,
 // it does not act (the checker checks every step) and learns it is down.
 func TestKeyServiceOwnerHang(t *testing.T) {
