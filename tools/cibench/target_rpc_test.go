@@ -226,13 +226,15 @@ func TestRPCTargetInFlight(t *testing.T) {
 	target := rpcTargetFlags{targetFlags: targetFlags{Target: []string{"127.0.0.1:7180"}}}
 	for _, tc := range []struct {
 		sizes       []int
-		concurrency int
+		concurrency []int
 		ok          bool
 	}{
-		{[]int{64, 65536}, 1024, true}, // 64 MiB: the bound itself
-		{[]int{64, 1 << 20}, 256, false},
+		{[]int{64, 65536}, []int{1024}, true}, // 64 MiB: the bound itself
+		{[]int{64, 1 << 20}, []int{256}, false},
+		{[]int{64, 1 << 20}, []int{1, 16, 256}, false}, // the largest of a list counts
+		{[]int{64, 65536}, []int{1, 1024}, true},
 	} {
-		p, err := newPlan("rpc", []string{"ics"}, tc.sizes, -1, 1, bench.RunConfig{Duration: time.Second, Concurrency: tc.concurrency}, outputFlags{})
+		p, err := newPlan("rpc", []string{"ics"}, tc.sizes, tc.concurrency, -1, 1, bench.RunConfig{Duration: time.Second}, outputFlags{})
 		if err != nil {
 			t.Fatal(err)
 		}
