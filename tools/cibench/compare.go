@@ -114,7 +114,8 @@ type outputFlags struct {
 	Profile   string `name:"cpu-profile" type:"path" placeholder:"DIR" help:"Write CPU profiles to DIR: client.pprof of this process (every peer's client, for the whole run; profile one peer at a time to tell them apart) and <peer>-server.pprof of each child server (go tool pprof -top -cum FILE)." env:"CI_CPU_PROFILE"`
 }
 
-// plan is a validated compare or rpc run: one comparison per size.
+// plan is a validated compare or rpc run: one comparison per size and
+// concurrency (runs).
 type plan struct {
 	title    string
 	peers    []string
@@ -284,7 +285,7 @@ func (p plan) writeText(w io.Writer, res []*bench.Comparison) error {
 	return nil
 }
 
-// execute starts the servers, runs one comparison per size, and stops
+// execute starts the servers, runs one comparison per size and concurrency, and stops
 // everything it started, whatever happened.
 func (p plan) execute(g *globals) (res []*bench.Comparison, err error) {
 	if p.target.active() {

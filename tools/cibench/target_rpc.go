@@ -247,7 +247,7 @@ func notMeasuredPeers(peers []string) []bench.NotMeasured {
 }
 
 // executeTarget is execute against a running cluster: ICS only, one
-// comparison per size, the other peers listed as not measured.
+// comparison per size and concurrency, the other peers listed as not measured.
 func (p plan) executeTarget(g *globals) ([]*bench.Comparison, error) {
 	tp, err := p.target.connect(g.ctx)
 	if err != nil {

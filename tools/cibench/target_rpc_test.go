@@ -145,14 +145,17 @@ func TestTarget(t *testing.T) {
 			t.Fatalf("exit %d\n%s", code, stderr)
 		}
 		rep := readReport(t, stdout, "all")
-		if rep.Target == nil || rep.Target.To != 2 || len(rep.Latency) != 1 || len(rep.Throughput) != 1 || rep.Priority == nil ||
+		// Throughput: 256 callers, then --quick's sweep at 1 and 16.
+		if rep.Target == nil || rep.Target.To != 2 || len(rep.Latency) != 1 || len(rep.Throughput) != 3 || rep.Priority == nil ||
 			rep.Priority.TargetFlow == nil || rep.Allocs != nil || rep.Failover != nil ||
 			rep.Membership == nil || rep.Membership.Mode != bench.ModeTarget {
 			t.Fatalf("%+v", rep)
 		}
 		checkLatencySummary(t, "all: latency", rep.Latency[0].Peers[0].All, 20)
-		if rep.Throughput[0].Concurrency != 256 || rep.Throughput[0].Peers[0].CallsPerSec <= 0 {
-			t.Errorf("all: throughput %+v", rep.Throughput[0])
+		for i, want := range []int{256, 1, 16} {
+			if c := rep.Throughput[i]; c.Concurrency != want || c.ReqSize != 64 || c.Peers[0].Peer != "ics" || c.Peers[0].CallsPerSec <= 0 {
+				t.Errorf("all: throughput %d: %+v, want 64 B with %d callers", i, c, want)
+			}
 		}
 	})
 
