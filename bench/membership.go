@@ -9,7 +9,9 @@ import "time"
 
 // MembershipResult is every cluster size of one run.
 type MembershipResult struct {
-	Profile string `json:"profile"` // CLMS timing profile; empty in target mode
+	// Profile is the CLMS timing profile of the runs that were not given
+	// their own (cibench membership --profile); empty in target mode.
+	Profile string `json:"profile"`
 	// Mode and Endpoints are as in FailoverResult.
 	Mode      string          `json:"mode,omitempty"`
 	Endpoints []string        `json:"endpoints,omitempty"`
@@ -19,6 +21,10 @@ type MembershipResult struct {
 // MembershipRun is one cluster size.
 type MembershipRun struct {
 	Nodes int `json:"nodes"`
+	// Profile is this run's CLMS timing profile (a spawned cluster's
+	// --nodes=64:default, or --profile); empty in target mode and in
+	// version 1 files, where every run had MembershipResult.Profile.
+	Profile string `json:"profile,omitempty"`
 	// Formation: from starting every node process at once to every node
 	// ready (joined, UP, lease valid) and seeing all of them UP (polled).
 	// Absent in target mode, where FormationNotMeasured says why.
@@ -51,4 +57,13 @@ type MembershipRun struct {
 	// FDsMaster and FDsMember are open descriptors of those processes.
 	FDsMaster int `json:"fds_master"`
 	FDsMember int `json:"fds_member"`
+}
+
+// RunProfile is run i's timing profile: its own, or in a version 1 file
+// the result's.
+func (m *MembershipResult) RunProfile(i int) string {
+	if p := m.Runs[i].Profile; p != "" {
+		return p
+	}
+	return m.Profile
 }

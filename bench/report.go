@@ -25,9 +25,17 @@ import (
 //     scenario did not run;
 //   - renaming, removing or changing the meaning or unit of a field bumps
 //     SchemaVersion, and ReadReport refuses a version it does not know.
+//
+// Version 2: throughput holds one comparison per (payload size,
+// concurrency) rather than per size, and membership runs carry their own
+// profile. A version 1 file is a version 2 file with one concurrency and
+// one profile, so ReadReport reads both (MinSchemaVersion); code that
+// reads only version 1 refuses version 2 files rather than take a
+// throughput entry with 1 caller for the 256-caller one.
 const (
-	SchemaName    = "cibench-result"
-	SchemaVersion = 1
+	SchemaName       = "cibench-result"
+	SchemaVersion    = 2
+	MinSchemaVersion = 1 // the oldest version ReadReport still reads
 )
 
 // ErrSchema means a file is not a cibench result this code can read.
@@ -52,8 +60,9 @@ type Report struct {
 	// Latency is one comparison per payload size, one caller at a time
 	// (cibench compare).
 	Latency []*Comparison `json:"latency,omitempty"`
-	// Throughput is one comparison per payload size with many callers
-	// (cibench rpc).
+	// Throughput is one comparison per payload size and number of
+	// concurrent callers (cibench rpc; cibench all: every size at 256
+	// callers, then the concurrency sweep at 64 B). ThroughputAt picks one.
 	Throughput []*Comparison `json:"throughput,omitempty"`
 	// Allocs is heap allocations per RPC for each peer, client and server
 	// in one process (cibench all).
@@ -99,17 +108,29 @@ func (r *Report) WriteJSON(w io.Writer) error {
 	return enc.Encode(r)
 }
 
-// ReadReport reads a report and checks its schema and version.
+// ReadReport reads a report and checks its schema and version: versions
+// MinSchemaVersion to SchemaVersion are read as the current one.
 func ReadReport(rd io.Reader) (*Report, error) {
 	var r Report
 	if err := json.NewDecoder(rd).Decode(&r); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrSchema, err)
 	}
-	if r.Schema != SchemaName || r.Version != SchemaVersion {
-		return nil, fmt.Errorf("%w: schema %q version %d, this code reads %q version %d",
-			ErrSchema, r.Schema, r.Version, SchemaName, SchemaVersion)
+	if r.Schema != SchemaName || r.Version < MinSchemaVersion || r.Version > SchemaVersion {
+		return nil, fmt.Errorf("%w: schema %q version %d, this code reads %q versions %d to %d",
+			ErrSchema, r.Schema, r.Version, SchemaName, MinSchemaVersion, SchemaVersion)
 	}
 	return &r, nil
+}
+
+// ThroughputAt is the throughput comparison of size-byte requests with
+// concurrency callers, or nil when the run did not measure it.
+func (r *Report) ThroughputAt(size, concurrency int) *Comparison {
+	for _, c := range r.Throughput {
+		if c.ReqSize == size && c.Concurrency == concurrency {
+			return c
+		}
+	}
+	return nil
 }
 
 // Machine is where the numbers were taken. Ratios between peers in one run

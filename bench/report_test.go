@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -225,9 +226,12 @@ func TestReportRoundTrip(t *testing.T) {
 		t.Errorf("round trip lost something: %+v", back)
 	}
 
-	wrong := strings.Replace(b.String(), `"version": 1`, `"version": 99`, 1)
-	if _, err := ReadReport(strings.NewReader(wrong)); !errors.Is(err, ErrSchema) {
-		t.Errorf("version 99: %v, want ErrSchema", err)
+	current := fmt.Sprintf(`"version": %d`, SchemaVersion)
+	for _, v := range []int{0, SchemaVersion + 1, 99} {
+		wrong := strings.Replace(b.String(), current, fmt.Sprintf(`"version": %d`, v), 1)
+		if _, err := ReadReport(strings.NewReader(wrong)); !errors.Is(err, ErrSchema) {
+			t.Errorf("version %d: %v, want ErrSchema", v, err)
+		}
 	}
 	if _, err := ReadReport(strings.NewReader(`{"rounds": 3}`)); !errors.Is(err, ErrSchema) {
 		t.Errorf("a bare comparison: %v, want ErrSchema", err)
@@ -251,5 +255,69 @@ func TestDeadlock(t *testing.T) {
 	}
 	if _, err := RunDeadlock(t.Context(), DeadlockConfig{}); !errors.Is(err, ErrDeadlockSetup) {
 		t.Errorf("zero config: %v", err)
+	}
+}
+
+// TestReportRoundTripV2: version 2's fields (throughput by size and
+// concurrency, a profile per membership run) survive the round trip, and
+// a version 1 file (one concurrency, one profile for every run) still
+// reads, as the same thing.
+func TestReportRoundTripV2(t *testing.T) {
+	r := NewReport("all", []string{"cibench", "all"})
+	tput := func(size, conc int, rate float64) *Comparison {
+		return &Comparison{Rounds: 1, Duration: time.Second, Concurrency: conc, ReqSize: size, RespSize: size, Baseline: "raw",
+			Peers: []PeerStats{{Peer: "raw", CallsPerSec: rate}, {Peer: "ics", CallsPerSec: 2 * rate}}}
+	}
+	// cibench all's order: every size at 256 callers, then the sweep.
+	r.Throughput = []*Comparison{tput(64, 256, 90000), tput(4096, 256, 70000), tput(64, 1, 20000), tput(64, 16, 60000)}
+	r.Membership = &MembershipResult{Profile: "lan-fast", Mode: ModeSpawned, Runs: []MembershipRun{
+		{Nodes: 3, Profile: "lan-fast", Formation: time.Second}, {Nodes: 64, Profile: "default", Formation: 3 * time.Second}}}
+	r.Finish()
+	var b bytes.Buffer
+	if err := r.WriteJSON(&b); err != nil {
+		t.Fatal(err)
+	}
+	back, err := ReadReport(bytes.NewReader(b.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.Version != SchemaVersion || len(back.Throughput) != 4 {
+		t.Fatalf("version %d, %d throughput entries", back.Version, len(back.Throughput))
+	}
+	for _, tc := range []struct{ size, conc int }{{64, 256}, {4096, 256}, {64, 1}, {64, 16}} {
+		c := back.ThroughputAt(tc.size, tc.conc)
+		if c == nil || c.ReqSize != tc.size || c.Concurrency != tc.conc || c.Peers[1].Peer != "ics" ||
+			c.Peers[1].CallsPerSec != 2*c.Peers[0].CallsPerSec {
+			t.Errorf("ThroughputAt(%d, %d) = %+v", tc.size, tc.conc, c)
+		}
+	}
+	if c := back.ThroughputAt(4096, 16); c != nil {
+		t.Errorf("ThroughputAt(4096, 16) = %+v, want nil: not measured", c)
+	}
+	m := back.Membership
+	if len(m.Runs) != 2 || m.RunProfile(0) != "lan-fast" || m.RunProfile(1) != "default" || m.Runs[1].Nodes != 64 {
+		t.Errorf("membership %+v", m)
+	}
+
+	// The same report as version 1 wrote it: no per-run profile.
+	var doc map[string]any
+	if err := json.Unmarshal(b.Bytes(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	doc["version"] = 1
+	for _, run := range doc["membership"].(map[string]any)["runs"].([]any) {
+		delete(run.(map[string]any), "profile")
+	}
+	v1, err := json.Marshal(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := ReadReport(bytes.NewReader(v1))
+	if err != nil {
+		t.Fatalf("version 1: %v", err)
+	}
+	if old.Version != 1 || old.Membership.Runs[0].Profile != "" || old.Membership.Runs[1].Profile != "" ||
+		old.Membership.RunProfile(1) != "lan-fast" || old.ThroughputAt(64, 256) == nil {
+		t.Errorf("version 1 read as %+v, membership %+v", old, old.Membership)
 	}
 }

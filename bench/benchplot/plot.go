@@ -1,6 +1,7 @@
 // Package benchplot draws the result schema's figures (package bench's
 // Report) with gonum.org/v1/plot: a latency CDF per peer, throughput by
-// payload size and the failover-time distribution by phase. The file's
+// payload size and by concurrency, and the failover-time distribution by
+// phase. The file's
 // extension picks the format (.png, .svg, .pdf).
 package benchplot
 
@@ -9,7 +10,11 @@ import (
 	"fmt"
 	"image/color"
 	"math"
+	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"gonum.org/v1/plot"
@@ -50,7 +55,7 @@ func LatencyCDF(c *bench.Comparison, path string) error {
 	// The bottom right is empty: every curve rises from the bottom left and
 	// ends at the top, at its slowest call.
 	p.Legend.Top, p.Legend.Left = false, false
-	p.Legend.XOffs, p.Legend.YOffs = -vg.Centimeter, vg.Centimeter/2
+	p.Legend.XOffs, p.Legend.YOffs = -vg.Centimeter/2, vg.Centimeter/2
 	p.Add(plotter.NewGrid())
 	n := 0
 	for i, ps := range c.Peers {
@@ -73,7 +78,7 @@ func LatencyCDF(c *bench.Comparison, path string) error {
 	if n == 0 {
 		return fmt.Errorf("%w: no peer has a CDF", ErrNoData)
 	}
-	return p.Save(width, height, path)
+	return save(p, path)
 }
 
 // maxFraction is where the nines scale stops: the slowest call (fraction
@@ -102,21 +107,85 @@ func Throughput(cs []*bench.Comparison, path string) error {
 	}
 	cs = slices.Clone(cs)
 	slices.SortFunc(cs, func(a, b *bench.Comparison) int { return a.ReqSize - b.ReqSize })
+	return rateFigure(cs, rateAxes{
+		title:  fmt.Sprintf("Throughput by payload size, %d concurrent callers", cs[0].Concurrency),
+		xLabel: "request and response size (bytes, log scale)",
+		x:      func(c *bench.Comparison) float64 { return float64(c.ReqSize) },
+		tick:   func(c *bench.Comparison) string { return bench.SizeString(c.ReqSize) },
+		// The top right is empty: calls per second fall as the payload grows.
+		legendLeft: false,
+	}, path)
+}
+
+// ThroughputByConcurrency plots each peer's calls per second against the
+// number of concurrent callers, one point per comparison in cs (one size,
+// one per concurrency, same peers), log-scale x.
+func ThroughputByConcurrency(cs []*bench.Comparison, path string) error {
+	if len(cs) < 2 {
+		return fmt.Errorf("%w: %d concurrencies, a curve needs two", ErrNoData, len(cs))
+	}
+	cs = slices.Clone(cs)
+	slices.SortFunc(cs, func(a, b *bench.Comparison) int { return a.Concurrency - b.Concurrency })
+	return rateFigure(cs, rateAxes{
+		title: fmt.Sprintf("Throughput by concurrency, %s request / %s response",
+			bench.SizeString(cs[0].ReqSize), bench.SizeString(cs[0].RespSize)),
+		xLabel: "concurrent callers on one client (log scale)",
+		x:      func(c *bench.Comparison) float64 { return float64(c.Concurrency) },
+		tick:   func(c *bench.Comparison) string { return strconv.Itoa(c.Concurrency) },
+		// The top left is empty: one caller is the slowest point of
+		// every curve.
+		legendLeft: true,
+	}, path)
+}
+
+// rateAxes is what the throughput figures differ in: the x of a
+// comparison and its tick label, and the top corner the legend goes in.
+type rateAxes struct {
+	title, xLabel string
+	x             func(*bench.Comparison) float64
+	tick          func(*bench.Comparison) string
+	legendLeft    bool
+}
+
+// rateFigure plots calls per second (linear from 0, SI-labelled) against
+// a.x on a log scale, a tick at each comparison of cs.
+func rateFigure(cs []*bench.Comparison, a rateAxes, path string) error {
 	p := plot.New()
-	p.Title.Text = fmt.Sprintf("Throughput by payload size, %d concurrent callers", cs[0].Concurrency)
-	p.X.Label.Text = "request and response size (bytes, log scale)"
+	p.Title.Text = a.title
+	p.X.Label.Text = a.xLabel
 	p.Y.Label.Text = "calls per second (median of rounds)"
 	p.X.Scale = plot.LogScale{}
-	p.X.Tick.Marker = sizeTicks(cs)
+	var ticks plot.ConstantTicks
+	for _, c := range cs {
+		ticks = append(ticks, plot.Tick{Value: a.x(c), Label: a.tick(c)})
+	}
+	p.X.Tick.Marker = ticks
 	p.Y.Min = 0
-	p.Legend.Top = true
+	p.Y.Tick.Marker = siTicks{}
+	p.Legend.Top, p.Legend.Left = true, a.legendLeft
+	p.Legend.XOffs, p.Legend.YOffs = -vg.Centimeter/2, -vg.Centimeter/4
+	if a.legendLeft {
+		p.Legend.XOffs = vg.Centimeter / 2
+	}
 	p.Add(plotter.NewGrid())
+	if err := ratePerPeer(p, cs, a.x); err != nil {
+		return err
+	}
+	// Room around the first and last points, which would sit on the frame.
+	p.X.Min, p.X.Max = p.X.Min/1.5, p.X.Max*1.5
+	p.Y.Max *= 1.15 // headroom for the legend
+	return save(p, path)
+}
+
+// ratePerPeer adds a line with points per peer of cs[0]: its calls per
+// second in each comparison, at x(comparison).
+func ratePerPeer(p *plot.Plot, cs []*bench.Comparison, x func(*bench.Comparison) float64) error {
 	for i, ps := range cs[0].Peers {
 		xy := make(plotter.XYs, 0, len(cs))
 		for _, c := range cs {
 			for _, q := range c.Peers {
 				if q.Peer == ps.Peer {
-					xy = append(xy, plotter.XY{X: float64(c.ReqSize), Y: q.CallsPerSec})
+					xy = append(xy, plotter.XY{X: x(c), Y: q.CallsPerSec})
 				}
 			}
 		}
@@ -130,10 +199,37 @@ func Throughput(cs []*bench.Comparison, path string) error {
 		p.Add(l, pts)
 		p.Legend.Add(ps.Peer, l, pts)
 	}
-	// Room around the first and last sizes, whose points sit on the frame.
-	p.X.Min, p.X.Max = p.X.Min/1.5, p.X.Max*1.5
-	p.Y.Max *= 1.15 // headroom for the legend
-	return p.Save(width, height, path)
+	return nil
+}
+
+// siTicks are gonum's default ticks labelled with SI prefixes: 750k, not
+// 750000.00.
+type siTicks struct{}
+
+func (siTicks) Ticks(lo, hi float64) []plot.Tick {
+	ticks := plot.DefaultTicks{}.Ticks(lo, hi)
+	for i := range ticks {
+		if ticks[i].Label != "" {
+			ticks[i].Label = siLabel(ticks[i].Value)
+		}
+	}
+	return ticks
+}
+
+// siLabel writes v with k, M or G and at most three significant digits:
+// 0, 250, 2.5k, 750k, 1.25M.
+func siLabel(v float64) string {
+	prefixes := []struct {
+		scale  float64
+		suffix string
+	}{{1e9, "G"}, {1e6, "M"}, {1e3, "k"}, {1, ""}}
+	for _, p := range prefixes {
+		if math.Abs(v) >= p.scale || p.scale == 1 {
+			x, _ := strconv.ParseFloat(strconv.FormatFloat(v/p.scale, 'g', 3, 64), 64)
+			return strconv.FormatFloat(x, 'f', -1, 64) + p.suffix
+		}
+	}
+	return "" // not reached: the last scale always matches
 }
 
 // Failover plots, for each phase, the fraction of trials that had reached
@@ -149,8 +245,11 @@ func Failover(f *bench.FailoverResult, path string) error {
 	p.X.Label.Text = "time since the fault (ms)"
 	p.Y.Label.Text = "fraction of trials that reached the phase"
 	p.X.Min, p.Y.Min, p.Y.Max = 0, 0, 1
-	p.Legend.Top, p.Legend.Left = true, true // every curve starts at the bottom left
-	p.Legend.XOffs = vg.Centimeter
+	// The bottom right is empty: a curve reaches 1 (or its phase's share
+	// of the trials) at its slowest trial and stays there, and the target
+	// line is at the right edge; the legend's right end stays clear of it.
+	p.Legend.Top, p.Legend.Left = false, false
+	p.Legend.XOffs, p.Legend.YOffs = -vg.Centimeter, vg.Centimeter/2
 	p.Add(plotter.NewGrid())
 	n := 0
 	for i, name := range bench.FailoverPhases {
@@ -189,7 +288,32 @@ func Failover(f *bench.FailoverResult, path string) error {
 		p.Legend.Add("target p99", l)
 	}
 	p.X.Max *= 1.05 // the last step or the target line off the frame
-	return p.Save(width, height, path)
+	return save(p, path)
+}
+
+// save writes p to path, in the format its extension names, with the
+// legend placed inside the data area (gonum places it in the area right
+// of the y axis, which on a log x axis with padding can run past the last
+// data point and off the frame): its Top, Left and offsets are taken from
+// the data area's corners.
+func save(p *plot.Plot, path string) (err error) {
+	format := strings.TrimPrefix(strings.ToLower(filepath.Ext(path)), ".")
+	c, err := draw.NewFormattedCanvas(width, height, format)
+	if err != nil {
+		return err
+	}
+	legend := p.Legend
+	p.Legend = plot.NewLegend() // no entries: Draw leaves the legend to us
+	dc := draw.New(c)
+	p.Draw(dc)
+	legend.Draw(p.DataCanvas(dc))
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, f.Close()) }()
+	_, err = c.WriteTo(f)
+	return err
 }
 
 func style(s *draw.LineStyle, i int) {
@@ -199,12 +323,3 @@ func style(s *draw.LineStyle, i int) {
 }
 
 func micros(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
-
-// sizeTicks labels the sizes measured, as 64 B, 4 KiB, 64 KiB.
-func sizeTicks(cs []*bench.Comparison) plot.Ticker {
-	var ticks plot.ConstantTicks
-	for _, c := range cs {
-		ticks = append(ticks, plot.Tick{Value: float64(c.ReqSize), Label: bench.SizeString(c.ReqSize)})
-	}
-	return ticks
-}

@@ -88,6 +88,47 @@ func TestThroughput(t *testing.T) {
 	}
 }
 
+// TestThroughputByConcurrency: one curve per peer over the concurrencies,
+// in any order given; a single concurrency is no curve.
+func TestThroughputByConcurrency(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "conc.png")
+	var cs []*bench.Comparison
+	for i, n := range []int{256, 1, 64, 16} {
+		c := syntheticComparison(64, time.Duration(10*(i+1))*time.Microsecond)
+		c.Concurrency = n
+		cs = append(cs, c)
+	}
+	if err := ThroughputByConcurrency(cs, path); err != nil {
+		t.Fatal(err)
+	}
+	checkPNG(t, path)
+	if dst := os.Getenv("BENCHPLOT_KEEP"); dst != "" { // to look at the figure by hand
+		b, _ := os.ReadFile(path)
+		_ = os.WriteFile(filepath.Join(dst, "concurrency.png"), b, 0o644)
+	}
+	if err := ThroughputByConcurrency(cs[:1], path); !errors.Is(err, ErrNoData) {
+		t.Errorf("one concurrency: %v, want ErrNoData", err)
+	}
+}
+
+// TestSILabel: rate ticks read 750k, not 750000.00.
+func TestSILabel(t *testing.T) {
+	for _, c := range []struct {
+		v    float64
+		want string
+	}{{0, "0"}, {250, "250"}, {2500, "2.5k"}, {250000, "250k"}, {750000.0000001, "750k"}, {1.25e6, "1.25M"},
+		{2e9, "2G"}, {123456, "123k"}, {-5000, "-5k"}} {
+		if got := siLabel(c.v); got != c.want {
+			t.Errorf("siLabel(%v) = %q, want %q", c.v, got, c.want)
+		}
+	}
+	for _, tk := range (siTicks{}).Ticks(0, 750000) {
+		if tk.Label != "" && (strings.Contains(tk.Label, ".00") || len(tk.Label) > 5) {
+			t.Errorf("tick %v labelled %q", tk.Value, tk.Label)
+		}
+	}
+}
+
 // TestFailover plots synthetic trials: cibench failover does not exist yet
 // (it needs CLMS), but its section of the schema does.
 func TestFailover(t *testing.T) {

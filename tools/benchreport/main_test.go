@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"flag"
+	"fmt"
 	"image/png"
 	"os"
 	"path/filepath"
@@ -25,8 +26,12 @@ var update = flag.Bool("update", false, "rewrite testdata/BENCHMARKS.golden.md f
 // testdata/result.json is a real "cibench all --quick" run on the team's
 // 2-CPU VM (2026-12-01), with its failover, failover_hang and membership
 // sections from real runs of cibench failover (3 kills of keyseq's owner;
-// 2 stops of a member) and cibench membership (3 and 16 nodes) on the same
-// VM, merged in by hand (the --quick run predates them).
+// 2 stops of a member) and cibench membership (3 and 16 nodes, lan-fast)
+// on the same VM, merged in by hand (the --quick run predates them). For
+// schema version 2, the 64 B sweep at 1 and 16 callers of a later --quick
+// run (its raw-split peer dropped) and a 64-node run with the default
+// profile (cibench membership --nodes=64:default, 22:40 UTC) were merged
+// in the same way.
 func readFixture(t *testing.T) *bench.Report {
 	t.Helper()
 	f, err := os.Open("testdata/result.json")
@@ -63,7 +68,7 @@ func TestGolden(t *testing.T) {
 	if md != string(want) {
 		t.Errorf("output differs from %s (go test -run TestGolden -update to accept, after reading the diff):\n%s", golden, firstDiff(md, string(want)))
 	}
-	for _, name := range []string{"latency-64.png", "latency-4096.png", "throughput.png", "failover.png"} {
+	for _, name := range []string{"latency-64.png", "latency-4096.png", "throughput.png", "throughput-concurrency.png", "failover.png"} {
 		if !strings.Contains(md, "(docs/bench/"+name+")") {
 			t.Errorf("the report does not link %s", name)
 		}
@@ -131,9 +136,63 @@ func TestHeadlineRows(t *testing.T) {
 		"| key-service failover p99 < 150.00 ms (lan-fast) | p99 129.99 ms (p50 126.22 ms) over 3 trials | 0.87× | ≤ 1.0× | met (13% below) |",
 		// 129.99 / 109.70 = 1.18.
 		"| key-service failover p99 ≤ 1.5× crash detection p99 | 129.99 ms against 109.70 ms | 1.18× | ≤ 1.5× | met (21% below) |",
-		"| 16 | ", // the membership table's larger cluster
+		"| 16 | lan-fast | ", // the membership table's larger cluster
+		"| 64 | default | 2.52 s | ",
+		"64 nodes ran with the default profile (3 s lease) rather than lan-fast (300 ms)",
 		"> **Quick run**",
+		// The headline and the per-size table stay on 256 callers though the
+		// sweep's 1- and 16-caller runs are in the same list.
+		"## Throughput, 256 concurrent callers",
+		"| calls/s, 256 callers | " + rates(t, rep, 64, 256) + " |",
+		// The sweep: 1 and 16 callers, then the 256-caller run, in order.
+		"## Throughput by concurrency, 64 B",
+		"| 1 | 1 × 300ms | " + rates(t, rep, 64, 1) + " | ",
+		"| 16 | 1 × 300ms | " + rates(t, rep, 64, 16) + " | ",
+		"| 256 | 2 × 300ms | " + rates(t, rep, 64, 256) + " | ",
 	})
+	if strings.Count(md, "| 64 B | ICS |") != 1 {
+		t.Error("the 256-caller table has more than one 64 B ICS row: the sweep leaked into it")
+	}
+}
+
+// rates is the fixture's calls/s of raw TCP, ICS, net/rpc and gRPC-go at
+// size and concurrency, as the tables print them.
+func rates(t *testing.T, rep *bench.Report, size, concurrency int) string {
+	t.Helper()
+	c := rep.ThroughputAt(size, concurrency)
+	if c == nil {
+		t.Fatalf("the fixture has no %d B run with %d callers", size, concurrency)
+	}
+	var cells []string
+	for _, p := range []string{"raw", "ics", "netrpc", "grpc"} {
+		cells = append(cells, fmt.Sprintf("%.0f", peerStats(c, p).CallsPerSec))
+	}
+	return strings.Join(cells, " | ")
+}
+
+// TestVersion1 renders a version 1 report, as bench/results/latest.json was
+// committed: one concurrency, no profile per membership run. The runs take
+// the section's profile, and there is no sweep section nor a word about
+// the default profile.
+func TestVersion1(t *testing.T) {
+	rep := readFixture(t)
+	rep.Version = 1
+	rep.Throughput = atConcurrency(rep.Throughput, 256)
+	m := rep.Membership
+	m.Runs = m.Runs[:2]
+	for i := range m.Runs {
+		m.Runs[i].Profile = ""
+	}
+	md, err := Generate(rep, "", t.TempDir(), "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hasLines(t, md, []string{"| 3 | lan-fast | ", "| 16 | lan-fast | ", "## Throughput, 256 concurrent callers", "schema cibench-result version 1"})
+	for _, not := range []string{"Throughput by concurrency", "default profile", "throughput-concurrency.png"} {
+		if strings.Contains(md, not) {
+			t.Errorf("a version 1 report renders %q", not)
+		}
+	}
 }
 
 func TestVerdict(t *testing.T) {

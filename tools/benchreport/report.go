@@ -71,6 +71,9 @@ func Generate(rep *bench.Report, old, plotDir, plotRel string) (string, error) {
 	if err := g.throughput(plotDir, plotRel); err != nil {
 		return "", err
 	}
+	if err := g.throughputByConcurrency(plotDir, plotRel); err != nil {
+		return "", err
+	}
 	g.priority()
 	if err := g.failover(plotDir, plotRel); err != nil {
 		return "", err
@@ -186,7 +189,7 @@ func (g *gen) headline() {
 	}
 
 	lat := comparison(rep.Latency, headlineSize)
-	tput := comparison(rep.Throughput, headlineSize)
+	tput := rep.ThroughputAt(headlineSize, headlineConcurrency(rep.Throughput))
 	peers := []string{"raw", "ics", "netrpc", "grpc"}
 	g.f("| %d B echo, default settings |", headlineSize)
 	for _, p := range peers {
@@ -482,8 +485,33 @@ func (g *gen) latency(plotDir, plotRel string) error {
 	return nil
 }
 
+// headlineConcurrency is the callers of the throughput figures by size
+// and of the headline: 256 (issue 10's) when measured, else the most
+// callers of any throughput run.
+func headlineConcurrency(cs []*bench.Comparison) int {
+	n := 0
+	for _, c := range cs {
+		if c.Concurrency == 256 {
+			return 256
+		}
+		n = max(n, c.Concurrency)
+	}
+	return n
+}
+
+// atConcurrency is the comparisons of cs with n callers, in order.
+func atConcurrency(cs []*bench.Comparison, n int) []*bench.Comparison {
+	var out []*bench.Comparison
+	for _, c := range cs {
+		if c.Concurrency == n {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 func (g *gen) throughput(plotDir, plotRel string) error {
-	cs := g.rep.Throughput
+	cs := atConcurrency(g.rep.Throughput, headlineConcurrency(g.rep.Throughput))
 	if len(cs) == 0 {
 		return nil
 	}
@@ -511,6 +539,56 @@ func (g *gen) throughput(plotDir, plotRel string) error {
 		return err
 	}
 	g.f("\n![Throughput by payload size](%s/%s)\n\n", plotRel, name)
+	return nil
+}
+
+// throughputByConcurrency writes the concurrency sweep at the headline
+// size: one row per number of callers, every peer's calls per second, and
+// the plot. Absent when the run measured that size at one concurrency only.
+func (g *gen) throughputByConcurrency(plotDir, plotRel string) error {
+	var cs []*bench.Comparison
+	for _, c := range g.rep.Throughput {
+		if c.ReqSize == headlineSize {
+			cs = append(cs, c)
+		}
+	}
+	if len(cs) < 2 {
+		return nil
+	}
+	slices.SortStableFunc(cs, func(a, b *bench.Comparison) int { return a.Concurrency - b.Concurrency })
+	size := bench.SizeString(headlineSize)
+	g.f("## Throughput by concurrency, %s\n\n", size)
+	g.f("Calls per second of %s echoes against the number of concurrent callers on one client (for ICS one node pair, for raw TCP a connection per caller): medians of rounds. Each row is a comparison of its own, with its rounds and run length; the %d-caller row is the %s row of the table above.\n\n",
+		size, headlineConcurrency(g.rep.Throughput), size)
+	peers := cs[0].Peers
+	g.f("| callers | rounds × run |")
+	for _, p := range peers {
+		g.f(" %s |", peerName(p.Peer))
+	}
+	g.f(" ICS/raw TCP | ICS/gRPC-go |\n| ---: | ---: |%s ---: | ---: |\n", strings.Repeat(" ---: |", len(peers)))
+	for _, c := range cs {
+		g.f("| %d | %d × %s |", c.Concurrency, c.Rounds, c.Duration)
+		for _, p := range peers {
+			if s := peerStats(c, p.Peer); s != nil {
+				g.f(" %.0f |", s.CallsPerSec)
+			} else {
+				g.f(" – |")
+			}
+		}
+		for _, other := range []string{"raw", "grpc"} {
+			if r, ok := roundRatio(c, "ics", other, rate); ok {
+				g.f(" %.2f |", r)
+			} else {
+				g.f(" – |")
+			}
+		}
+		g.f("\n")
+	}
+	const name = "throughput-concurrency.png"
+	if err := benchplot.ThroughputByConcurrency(cs, filepath.Join(plotDir, name)); err != nil {
+		return err
+	}
+	g.f("\n![Throughput by concurrency, %s](%s/%s)\n\n", size, plotRel, name)
 	return nil
 }
 
@@ -606,16 +684,32 @@ func (g *gen) membership() {
 	if m.Mode == bench.ModeTarget {
 		g.f("The %s (`cibench membership --target`). Propagation, when measured: from a killed member's NODEDOWN committed to the first and the last other node streaming it from its admin watch. Steady load: CPU per second and ICS bytes in+out per second with nothing happening.\n\n", clusterOf(m.Mode, m.Profile, m.Endpoints))
 	} else {
-		g.f("Spawned cinode clusters, %s profile (`cibench membership`). Propagation: from a member's planned SHUTDOWN committed to the first and the last other node streaming it from its admin watch. Steady load: CPU per second and ICS bytes in+out per second with nothing happening.\n\n", m.Profile)
+		g.f("Spawned cinode clusters, each with the CLMS timing profile in its row (`cibench membership`). Propagation: from a member's planned SHUTDOWN committed to the first and the last other node streaming it from its admin watch. Steady load: CPU per second and ICS bytes in+out per second with nothing happening.\n\n")
 	}
-	g.f("| nodes | formation | propagation, first | propagation, all | master CPU | member CPU | master ICS bytes/s | descriptors, master / member |\n")
-	g.f("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
-	for _, r := range m.Runs {
-		g.f("| %d | %s | %s | %s | %.1f%% | %.1f%% | %.0f | %d / %d |\n", r.Nodes, measured(r.Formation, r.FormationNotMeasured),
+	g.f("| nodes | profile | formation | propagation, first | propagation, all | master CPU | member CPU | master ICS bytes/s | descriptors, master / member |\n")
+	g.f("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	for i, r := range m.Runs {
+		g.f("| %d | %s | %s | %s | %s | %.1f%% | %.1f%% | %.0f | %d / %d |\n", r.Nodes, orDash(m.RunProfile(i)), measured(r.Formation, r.FormationNotMeasured),
 			measured(r.PropagationFirst, r.PropagationNotMeasured), measured(r.PropagationAll, r.PropagationNotMeasured),
 			100*r.MasterCPU, 100*r.MemberCPU, r.MasterBytesPerSec, r.FDsMaster, r.FDsMember)
 	}
 	g.f("\n")
+	// Sizes run with the default profile beside lan-fast ones: say why,
+	// or the table reads as lan-fast failing to scale where it was not tried.
+	var defaults []string
+	lanFast := false
+	for i, r := range m.Runs {
+		switch m.RunProfile(i) {
+		case "default":
+			defaults = append(defaults, strconv.Itoa(r.Nodes))
+		case "lan-fast":
+			lanFast = true
+		}
+	}
+	if m.Mode != bench.ModeTarget && lanFast && len(defaults) > 0 {
+		g.f("%s nodes ran with the default profile (3 s lease) rather than lan-fast (300 ms): with every node process started at once on one machine, one can stay silent longer than lan-fast's lease and be declared down before the cluster forms, as 64 nodes on a 2-CPU VM did three times in four (docs/CLMS.md, \"Not done yet\"). lan-fast is for a quiet LAN, not dozens of processes per CPU.\n\n",
+			strings.Join(defaults, " and "))
+	}
 	for _, r := range m.Runs {
 		for _, why := range []string{r.FormationNotMeasured, r.PropagationNotMeasured} {
 			if why != "" {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -24,7 +25,7 @@ type allCmd struct {
 	Sizes    []int         `sep:"," help:"Payload sizes for latency and throughput (default 64,4096,65536; --quick 64,4096)." env:"CI_SIZES"`
 	Rounds   int           `help:"Rounds of every scenario (default 7 for latency and priority, 3 for throughput; --quick 2 and 1)." env:"CI_ROUNDS"`
 	Calls    int           `help:"Timed latency calls per peer per round (default 20000; --quick 2000)." env:"CI_CALLS"`
-	Duration time.Duration `help:"Length of each throughput run and each priority phase (default 5s and 2s; --quick 1s and 500ms)." env:"CI_DURATION"`
+	Duration time.Duration `help:"Length of each throughput run, each run of the concurrency sweep and each priority phase (default 5s, 2s and 2s; --quick 1s, 300ms and 500ms)." env:"CI_DURATION"`
 	Trials   int           `help:"Deadlock trials per case (default 5; --quick 2)." env:"CI_TRIALS"`
 
 	// Target mode: the scenarios that can run against a running cluster
@@ -37,15 +38,19 @@ type allCmd struct {
 
 func (*allCmd) Help() string {
 	return `Runs, in this order and one after the other: latency (compare) at each size,
-throughput with 256 callers (rpc) at each size, heap allocations per call
-(in this process), priority under load with its control and the nested-RPC
-deadlock (priority), failover of a spawned 3-node cinode cluster (keyseq's
-owner killed, a member stopped; lan-fast) and membership (3 and 16 nodes).
-Failover and membership need cinode beside cibench (make build). Prints each scenario's tables as it finishes and writes
-every figure, with the machine and the command line, to one JSON file.
+throughput with 256 callers (rpc) at each size, throughput by concurrency
+at 64 B with 1, 16 and 64 callers (rpc --concurrency=1,16,64; 2 s runs, the
+256-caller point is the 64 B run before), heap allocations per call (in this
+process), priority under load with its control and the nested-RPC deadlock
+(priority), failover of a spawned 3-node cinode cluster (keyseq's owner
+killed, a member stopped; lan-fast) and membership (3 and 16 nodes with
+lan-fast, 64 with the default profile: membership --nodes=3,16,64:default).
+Failover and membership need cinode beside cibench (make build). Prints
+each scenario's tables as it finishes and writes every figure, with the
+machine and the command line, to one JSON file.
 
 The full run takes about 15 minutes and wants a quiet machine; --quick
-takes under two.
+takes under two (the sweep at 1 and 16 callers, membership at 3 nodes).
 
 With --target, failover and membership run against the running cluster
 whose admin endpoints are given (see cibench failover --help); failover,
@@ -69,13 +74,14 @@ processes cibench spawns and are reported as not measured:
 // allProfile is what each scenario of cibench all runs.
 type allProfile struct {
 	latency, throughput plan
+	sweep               plan // throughput by concurrency; no sizes when there is nothing left to measure
 	allocPeers          []string
 	allocCalls          int
 	flow                flowFlags
 	deadlock            bench.DeadlockConfig
 	killTrials          int
 	hangTrials          int
-	memberSizes         []int
+	memberSizes         []memberSize
 	steady              time.Duration
 }
 
@@ -106,6 +112,8 @@ type scale struct {
 	tputRounds        int
 	tputDur           time.Duration
 	tputWarmup        int
+	sweepConc         []int         // callers of the concurrency sweep at sweepSize, besides tputConc
+	sweepDur          time.Duration // each sweep run
 	flowRounds        int
 	phase, flowWarmup time.Duration
 	trials            int
@@ -113,41 +121,58 @@ type scale struct {
 	allocCalls        int
 	killTrials        int           // cibench failover --fault=kill --target=keysvc-owner
 	hangTrials        int           // cibench failover --fault=stop --target=member
-	memberSizes       []int         // cibench membership --nodes
+	memberSizes       []memberSize  // cibench membership --nodes
 	steady            time.Duration // cibench membership --steady
 }
+
+// The throughput runs' callers, and the size the concurrency sweep runs at
+// (the headline's: issue 10's small RPC).
+const (
+	tputConc  = 256
+	sweepSize = 64
+)
 
 // fullScale is what BENCHMARKS.md quotes (about 15 minutes on 2 CPUs).
 var fullScale = scale{
 	// The floor, the floor with ICS's connection layout (replies on a
 	// second connection), ICS by default and at GOMAXPROCS=1, the two
 	// alternatives.
-	peers:       []string{"raw", "raw-split", "ics", "ics@1", "netrpc", "grpc"},
-	sizes:       []int{64, 4096, 65536}, // issue 10: a small RPC, a page, a bulk-sized message
-	latRounds:   7,                      // medians of 7 per-round ratios, as the issues ask
-	calls:       20000,                  // 20 calls above the p99.9 per round; 140,000 per peer, over issue 10's 100,000
-	latWarmup:   1000,                   // connections, buffers, CPU clock
-	tputRounds:  3,                      // throughput drifts less between rounds than tails do
-	tputDur:     5 * time.Second,        // long enough for 256 callers to reach a steady state
-	tputWarmup:  5000,                   // a few calls per caller
-	flowRounds:  7,                      // issue 10: bulk as the median of at least 7 rounds
-	phase:       2 * time.Second,        // ~10^4 probes per phase for a p99
-	flowWarmup:  500 * time.Millisecond, // handle pools, windows, CPU clock
-	trials:      5,                      // escalation's time spread; stuck trials cost a deadline each
-	deadline:    time.Second,            // far above any completion, so "stuck" is unambiguous
-	allocCalls:  20000,                  // allocations per call to two decimals
-	killTrials:  20,                     // a p99 of 20 is the worst trial: honest for a goal stated as a bound
-	hangTrials:  10,                     // each costs a lease timeout and a restart
-	memberSizes: []int{3, 16},           // the smallest cluster and a larger one; 64 by hand (descriptors)
-	steady:      5 * time.Second,        // enough ticks and heartbeats to average
+	peers:      []string{"raw", "raw-split", "ics", "ics@1", "netrpc", "grpc"},
+	sizes:      []int{64, 4096, 65536}, // issue 10: a small RPC, a page, a bulk-sized message
+	latRounds:  7,                      // medians of 7 per-round ratios, as the issues ask
+	calls:      20000,                  // 20 calls above the p99.9 per round; 140,000 per peer, over issue 10's 100,000
+	latWarmup:  1000,                   // connections, buffers, CPU clock
+	tputRounds: 3,                      // throughput drifts less between rounds than tails do
+	tputDur:    5 * time.Second,        // long enough for 256 callers to reach a steady state
+	tputWarmup: 5000,                   // a few calls per caller
+	// Three more points on the 64 B curve. 2 s is ~40,000 calls for one
+	// caller and far more for 16 and 64, plenty for a rate; the sweep then
+	// adds 3 concurrencies × 3 rounds × 5 peers × 2 s, about 1.5 minutes,
+	// where 5 s runs would add almost 4.
+	sweepConc:  []int{1, 16, 64},
+	sweepDur:   2 * time.Second,
+	flowRounds: 7,                      // issue 10: bulk as the median of at least 7 rounds
+	phase:      2 * time.Second,        // ~10^4 probes per phase for a p99
+	flowWarmup: 500 * time.Millisecond, // handle pools, windows, CPU clock
+	trials:     5,                      // escalation's time spread; stuck trials cost a deadline each
+	deadline:   time.Second,            // far above any completion, so "stuck" is unambiguous
+	allocCalls: 20000,                  // allocations per call to two decimals
+	killTrials: 20,                     // a p99 of 20 is the worst trial: honest for a goal stated as a bound
+	hangTrials: 10,                     // each costs a lease timeout and a restart
+	// The smallest cluster, a larger one, and 64 nodes with the default
+	// profile: under lan-fast, 64 processes booting at once on 2 CPUs
+	// mostly fail to form (docs/CLMS.md, "Not done yet").
+	memberSizes: []memberSize{{3, "lan-fast"}, {16, "lan-fast"}, {64, "default"}},
+	steady:      5 * time.Second, // enough ticks and heartbeats to average
 }
 
 // quickScale checks that everything works in well under two minutes.
 var quickScale = scale{
 	peers: fullScale.peers, sizes: []int{64, 4096}, latRounds: 2, calls: 2000, latWarmup: 200,
-	tputRounds: 1, tputDur: time.Second, tputWarmup: 1000, flowRounds: 1, phase: 500 * time.Millisecond,
+	tputRounds: 1, tputDur: time.Second, tputWarmup: 1000, sweepConc: []int{1, 16}, sweepDur: 300 * time.Millisecond,
+	flowRounds: 1, phase: 500 * time.Millisecond,
 	flowWarmup: 200 * time.Millisecond, trials: 2, deadline: 300 * time.Millisecond, allocCalls: 2000,
-	killTrials: 2, hangTrials: 1, memberSizes: []int{3}, steady: time.Second,
+	killTrials: 2, hangTrials: 1, memberSizes: []memberSize{{3, "lan-fast"}}, steady: time.Second,
 }
 
 func (c *allCmd) profile() (allProfile, error) {
@@ -169,6 +194,7 @@ func (c *allCmd) profile() (allProfile, error) {
 	}
 	if c.Duration > 0 {
 		sc.tputDur, sc.phase = c.Duration, c.Duration
+		sc.sweepDur = min(sc.sweepDur, c.Duration)
 		sc.flowWarmup = min(sc.flowWarmup, c.Duration)
 	}
 	if c.Trials > 0 {
@@ -184,19 +210,28 @@ func (c *allCmd) profile() (allProfile, error) {
 	}
 	var p allProfile
 	var err error
-	if p.latency, err = newPlan("compare", sc.peers, sc.sizes, -1, sc.latRounds,
-		bench.RunConfig{Calls: sc.calls, Concurrency: 1, Warmup: sc.latWarmup}, outputFlags{}); err != nil {
+	if p.latency, err = newPlan("compare", sc.peers, sc.sizes, []int{1}, -1, sc.latRounds,
+		bench.RunConfig{Calls: sc.calls, Warmup: sc.latWarmup}, outputFlags{}); err != nil {
 		return p, err
 	}
-	if p.throughput, err = newPlan("rpc", tputPeers, sc.sizes, -1, sc.tputRounds,
-		bench.RunConfig{Duration: sc.tputDur, Concurrency: 256, Warmup: sc.tputWarmup}, outputFlags{}); err != nil {
+	if p.throughput, err = newPlan("rpc", tputPeers, sc.sizes, []int{tputConc}, -1, sc.tputRounds,
+		bench.RunConfig{Duration: sc.tputDur, Warmup: sc.tputWarmup}, outputFlags{}); err != nil {
 		return p, err
 	}
-	if err := p.latency.withTarget(c.rpcTargetFlags); err != nil {
+	// The sweep's 256-caller point is the throughput run's at the same
+	// size, when --sizes has it.
+	conc := slices.Clone(sc.sweepConc)
+	if !slices.Contains(sc.sizes, sweepSize) {
+		conc = append(conc, tputConc)
+	}
+	if p.sweep, err = newPlan("rpc", tputPeers, []int{sweepSize}, conc, -1, sc.tputRounds,
+		bench.RunConfig{Duration: sc.sweepDur, Warmup: sc.tputWarmup}, outputFlags{}); err != nil {
 		return p, err
 	}
-	if err := p.throughput.withTarget(c.rpcTargetFlags); err != nil {
-		return p, err
+	for _, pl := range []*plan{&p.latency, &p.throughput, &p.sweep} {
+		if err := pl.withTarget(c.rpcTargetFlags); err != nil {
+			return p, err
+		}
 	}
 	p.allocPeers, p.allocCalls = tputPeers, sc.allocCalls
 	// The bulk and probe sizes are issue 3's: 64 KiB messages, 64-byte probes.
@@ -260,6 +295,11 @@ func (c *allCmd) Run(g *globals) (err error) {
 	if err := step("throughput", comparisons(p.throughput, &rep.Throughput)); err != nil {
 		return err
 	}
+	var sweep []*bench.Comparison
+	if err := step("throughput by concurrency", comparisons(p.sweep, &sweep)); err != nil {
+		return err
+	}
+	rep.Throughput = append(rep.Throughput, sweep...)
 	if err := step("allocations", func() error {
 		if c.active() {
 			fmt.Fprintln(text, "allocations: not measured against --target (client and server in cibench's own process)")
@@ -328,7 +368,7 @@ func (c *allCmd) Run(g *globals) (err error) {
 		return err
 	}
 	if err := step("membership", func() error {
-		mp := membershipPlan{sizes: p.memberSizes, steady: p.steady, profile: "lan-fast", target: c.faultTarget(), faults: c.faultFlags, allowFaults: c.AllowFaults}
+		mp := membershipPlan{sizes: p.memberSizes, steady: p.steady, profile: p.memberSizes[0].profile, target: c.faultTarget(), faults: c.faultFlags, allowFaults: c.AllowFaults}
 		if rep.Membership, err = runMembership(g, mp, g.stderr); err != nil {
 			return err
 		}

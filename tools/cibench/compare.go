@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"os"
 	"path/filepath"
 	"slices"
@@ -68,7 +69,7 @@ measured, the other peers are listed as not measured:
 
 type rpcCmd struct {
 	Peers        []string      `default:"raw,ics,netrpc,grpc" sep:"," help:"Peers to run, comma-separated (as for compare)." env:"CI_PEERS"`
-	Concurrency  int           `default:"256" help:"Concurrent callers, all on one client (one node pair for ICS)." env:"CI_CONCURRENCY"`
+	Concurrency  []int         `default:"256" sep:"," help:"Concurrent callers, all on one client (one node pair for ICS); a comma-separated list (1,16,64,256) measures each, a comparison per size and number of callers." env:"CI_CONCURRENCY"`
 	Duration     time.Duration `default:"5s" help:"How long each peer runs per round." env:"CI_DURATION"`
 	Rounds       int           `default:"3" help:"Rounds; each runs every peer once, in an order rotated per round." env:"CI_ROUNDS"`
 	Warmup       int           `default:"5000" help:"Untimed calls before each timed run." env:"CI_WARMUP"`
@@ -88,10 +89,16 @@ want different runs: compare counts calls with one caller (a p99.9 needs
 10^4 samples per round), rpc runs for a time with hundreds (a rate needs a
 steady state); cibench all runs both.
 
+With a list of concurrencies (--concurrency=1,16,64,256) every size runs
+at each of them in turn, sizes outermost; each pair is a comparison of its
+own with its own rounds, and the JSON's throughput list has one entry per
+(request_bytes, concurrency).
+
 Examples:
   cibench rpc                                        # raw, ics, netrpc, grpc; 256 callers, 3 rounds of 5s
   cibench rpc --sizes=64,4096,65536 --json > throughput.json
   cibench rpc --concurrency=64 --duration=10s --sizes=1024
+  cibench rpc --concurrency=1,16,64,256 --duration=2s --json   # throughput by concurrency, 64 B
   cibench rpc --peers=raw,ics,ics-handle --json
 
 Against a running cluster: node 1's endpoint runs the callers, to node 2:
@@ -107,12 +114,14 @@ type outputFlags struct {
 	Profile   string `name:"cpu-profile" type:"path" placeholder:"DIR" help:"Write CPU profiles to DIR: client.pprof of this process (every peer's client, for the whole run; profile one peer at a time to tell them apart) and <peer>-server.pprof of each child server (go tool pprof -top -cum FILE)." env:"CI_CPU_PROFILE"`
 }
 
-// plan is a validated compare or rpc run: one comparison per size.
+// plan is a validated compare or rpc run: one comparison per size and
+// concurrency (runs).
 type plan struct {
 	title    string
 	peers    []string
 	sizes    []int
-	respSize int // -1: the request's size
+	conc     []int // concurrent callers: each size runs at each (cfg.Run.Concurrency is set per run)
+	respSize int   // -1: the request's size
 	cfg      bench.CompareConfig
 	out      outputFlags
 	target   rpcTargetFlags   // --target: a running cluster instead of spawned servers
@@ -129,7 +138,7 @@ func (c *compareCmd) plan() (plan, error) {
 	if c.Calls < 1 {
 		return plan{}, usagef("--calls must be at least 1")
 	}
-	p, err := newPlan("compare", c.Peers, c.Sizes, c.ResponseSize, c.Rounds, run, c.outputFlags)
+	p, err := newPlan("compare", c.Peers, c.Sizes, []int{c.Concurrency}, c.ResponseSize, c.Rounds, run, c.outputFlags)
 	if err != nil {
 		return p, err
 	}
@@ -142,11 +151,11 @@ func (c *rpcCmd) Validate() error {
 }
 
 func (c *rpcCmd) plan() (plan, error) {
-	run := bench.RunConfig{Duration: c.Duration, Concurrency: c.Concurrency, Warmup: c.Warmup}
+	run := bench.RunConfig{Duration: c.Duration, Warmup: c.Warmup}
 	if c.Duration <= 0 {
 		return plan{}, usagef("--duration must be positive")
 	}
-	p, err := newPlan("rpc", c.Peers, c.Sizes, c.ResponseSize, c.Rounds, run, c.outputFlags)
+	p, err := newPlan("rpc", c.Peers, c.Sizes, c.Concurrency, c.ResponseSize, c.Rounds, run, c.outputFlags)
 	if err != nil {
 		return p, err
 	}
@@ -160,10 +169,14 @@ func respSize(size, resp int) int {
 	return resp
 }
 
-// newPlan checks what compare and rpc have in common.
-func newPlan(title string, peers []string, sizes []int, resp, rounds int, run bench.RunConfig, out outputFlags) (plan, error) {
-	p := plan{title: title, peers: peers, sizes: sizes, respSize: resp,
+// newPlan checks what compare and rpc have in common: every size runs at
+// every concurrency of conc.
+func newPlan(title string, peers []string, sizes, conc []int, resp, rounds int, run bench.RunConfig, out outputFlags) (plan, error) {
+	p := plan{title: title, peers: peers, sizes: sizes, conc: conc, respSize: resp,
 		cfg: bench.CompareConfig{Rounds: rounds, Baseline: out.Baseline, Run: run}, out: out}
+	if err := checkConcurrency(conc); err != nil {
+		return p, err
+	}
 	switch {
 	case len(sizes) == 0:
 		return p, usagef("--sizes is empty")
@@ -171,8 +184,6 @@ func newPlan(title string, peers []string, sizes []int, resp, rounds int, run be
 		return p, usagef("--peers is empty")
 	case rounds < 1:
 		return p, usagef("--rounds must be at least 1")
-	case run.Concurrency < 1:
-		return p, usagef("--concurrency must be at least 1")
 	case run.Warmup < 0:
 		return p, usagef("--warmup must not be negative")
 	case out.Pin && out.InProcess:
@@ -205,6 +216,27 @@ func newPlan(title string, peers []string, sizes []int, resp, rounds int, run be
 	return p, nil
 }
 
+// maxConcurrency bounds --concurrency: every caller is a goroutine with
+// its own buffers, and raw TCP opens a connection per caller.
+const maxConcurrency = 4096
+
+// checkConcurrency checks a --concurrency list: at least one number, each
+// 1 to maxConcurrency, none twice.
+func checkConcurrency(conc []int) error {
+	if len(conc) == 0 {
+		return usagef("--concurrency is empty: give a number of concurrent callers, or a list like 1,16,64,256")
+	}
+	for i, n := range conc {
+		if n < 1 || n > maxConcurrency {
+			return usagef("--concurrency: %d is not a number of callers from 1 to %d", n, maxConcurrency)
+		}
+		if slices.Contains(conc[:i], n) {
+			return usagef("--concurrency: %d listed twice", n)
+		}
+	}
+	return nil
+}
+
 func (c *compareCmd) Run(g *globals) error { return runPlan(g, c.plan) }
 
 func (c *rpcCmd) Run(g *globals) error { return runPlan(g, c.plan) }
@@ -225,7 +257,7 @@ func runPlan(g *globals, mk func() (plan, error)) error {
 	if p.target.active() {
 		rep.Target = p.tinfo
 	}
-	if p.out.Pin {
+	if p.out.Pin && len(res) > 0 {
 		rep.Machine.Pinned, rep.Machine.Pinning = true, res[0].Env.Pinning
 	}
 	if p.title == "rpc" {
@@ -239,13 +271,13 @@ func runPlan(g *globals, mk func() (plan, error)) error {
 	return p.writeText(g.stdout, res)
 }
 
-// writeText prints each size's comparison under a heading.
+// writeText prints each comparison under a heading.
 func (p plan) writeText(w io.Writer, res []*bench.Comparison) error {
 	for i, c := range res {
 		if i > 0 {
 			fmt.Fprintln(w)
 		}
-		fmt.Fprintf(w, "cibench %s: %s; %s\n", p.title, strings.Join(p.peers, ", "), bench.SizeString(c.ReqSize))
+		fmt.Fprintf(w, "cibench %s: %s; %s\n", p.title, strings.Join(p.peers, ", "), runLabel(c.ReqSize, c.Concurrency))
 		if err := c.WriteText(w); err != nil {
 			return err
 		}
@@ -253,7 +285,7 @@ func (p plan) writeText(w io.Writer, res []*bench.Comparison) error {
 	return nil
 }
 
-// execute starts the servers, runs one comparison per size, and stops
+// execute starts the servers, runs one comparison per size and concurrency, and stops
 // everything it started, whatever happened.
 func (p plan) execute(g *globals) (res []*bench.Comparison, err error) {
 	if p.target.active() {
@@ -290,14 +322,13 @@ func (p plan) execute(g *globals) (res []*bench.Comparison, err error) {
 		defer func() { err = errors.Join(err, stop()) }()
 	}
 
-	for _, size := range p.sizes {
-		cfg := p.cfg
-		cfg.Run.ReqSize, cfg.Run.RespSize = size, respSize(size, p.respSize)
+	for cfg := range p.runs() {
 		total := int64(-1)
 		if cfg.Run.Duration == 0 {
 			total = int64(cfg.Rounds) * int64(len(targets)) * int64(cfg.Run.Calls)
 		}
-		bar := newProgress(g, total, fmt.Sprintf("%s %s", p.title, bench.SizeString(size)))
+		label := runLabel(cfg.Run.ReqSize, cfg.Run.Concurrency)
+		bar := newProgress(g, total, fmt.Sprintf("%s %s", p.title, label))
 		cfg.Run.Progress = bar.add
 		c, err := bench.Compare(ctx, targets, cfg)
 		bar.done()
@@ -305,7 +336,7 @@ func (p plan) execute(g *globals) (res []*bench.Comparison, err error) {
 			if cause := context.Cause(ctx); cause != nil {
 				err = cause // "interrupted" or the server that died, not the symptom
 			}
-			return nil, fmt.Errorf("%s: %w", bench.SizeString(size), err)
+			return nil, fmt.Errorf("%s: %w", label, err)
 		}
 		c.Env.Servers = "child processes"
 		if p.out.InProcess {
@@ -317,6 +348,31 @@ func (p plan) execute(g *globals) (res []*bench.Comparison, err error) {
 		res = append(res, c)
 	}
 	return res, nil
+}
+
+// runs yields the configuration of each comparison of the plan: every
+// size, and at each size every concurrency, in the order given.
+func (p plan) runs() iter.Seq[bench.CompareConfig] {
+	return func(yield func(bench.CompareConfig) bool) {
+		for _, size := range p.sizes {
+			for _, n := range p.conc {
+				cfg := p.cfg
+				cfg.Run.ReqSize, cfg.Run.RespSize, cfg.Run.Concurrency = size, respSize(size, p.respSize), n
+				if !yield(cfg) {
+					return
+				}
+			}
+		}
+	}
+}
+
+// runLabel names one comparison: "64 B, 16 callers".
+func runLabel(size, concurrency int) string {
+	callers := "callers"
+	if concurrency == 1 {
+		callers = "caller"
+	}
+	return fmt.Sprintf("%s, %d %s", bench.SizeString(size), concurrency, callers)
 }
 
 // fleet owns the servers and clients of one run.

@@ -175,6 +175,40 @@ func TestCibench(t *testing.T) {
 		}
 	})
 
+	t.Run("rpc concurrency sweep", func(t *testing.T) {
+		// Every size at every concurrency, sizes outermost: one
+		// comparison per (size, callers), each with every peer.
+		peers := []string{"raw", "ics"}
+		stdout, stderr, code := runCibench(t, exe, []string{"CI_CONCURRENCY=1,4,16"}, "rpc", "--peers="+strings.Join(peers, ","),
+			"--sizes=64,4096", "--duration=50ms", "--rounds=1", "--warmup=10", "--json")
+		if code != 0 {
+			t.Fatalf("exit %d\n%s", code, stderr)
+		}
+		rep := readReport(t, stdout, "rpc")
+		checkComparisons(t, "throughput", rep.Throughput, peers, []int{64, 64, 64, 4096, 4096, 4096}, 0)
+		for i, c := range rep.Throughput {
+			if want := []int{1, 4, 16}[i%3]; c.Concurrency != want || rep.ThroughputAt(c.ReqSize, want) != c {
+				t.Errorf("comparison %d: %s with %d callers, want %d", i, bench.SizeString(c.ReqSize), c.Concurrency, want)
+			}
+			for _, p := range c.Peers {
+				if p.CallsPerSec <= 0 {
+					t.Errorf("%s, %d callers, %s: %.0f calls/s", bench.SizeString(c.ReqSize), c.Concurrency, p.Peer, p.CallsPerSec)
+				}
+			}
+		}
+		// The text form heads each comparison with its size and callers.
+		stdout, stderr, code = runCibench(t, exe, nil, "rpc", "--peers=raw,ics", "--concurrency=1,4", "--duration=50ms",
+			"--rounds=1", "--warmup=10")
+		if code != 0 {
+			t.Fatalf("exit %d\n%s", code, stderr)
+		}
+		for _, want := range []string{"cibench rpc: raw, ics; 64 B, 1 caller\n", "cibench rpc: raw, ics; 64 B, 4 callers\n"} {
+			if !strings.Contains(stdout, want) {
+				t.Errorf("no %q in\n%s", want, stdout)
+			}
+		}
+	})
+
 	t.Run("priority", func(t *testing.T) {
 		stdout, stderr, code := runCibench(t, exe, nil, "priority", "--rounds=1", "--duration=100ms", "--warmup=0s",
 			"--size=4096", "--trials=1", "--deadline=1s", "--json")
@@ -213,9 +247,12 @@ func TestCibench(t *testing.T) {
 			t.Error("not marked quick")
 		}
 		checkComparisons(t, "latency", rep.Latency, peers, []int{64}, 100)
-		checkComparisons(t, "throughput", rep.Throughput, []string{"raw", "ics"}, []int{64}, 0)
-		if rep.Throughput[0].Concurrency != 256 {
-			t.Errorf("throughput with %d callers, want 256", rep.Throughput[0].Concurrency)
+		// 256 callers at each size, then --quick's sweep at 64 B.
+		checkComparisons(t, "throughput", rep.Throughput, []string{"raw", "ics"}, []int{64, 64, 64}, 0)
+		for i, want := range []int{256, 1, 16} {
+			if c := rep.Throughput[i]; c.Concurrency != want {
+				t.Errorf("throughput %d with %d callers, want %d", i, c.Concurrency, want)
+			}
 		}
 		if len(rep.Allocs) != 2 || rep.Allocs[0].Peer != "raw" || rep.Allocs[1].Peer != "ics" || rep.Allocs[1].Calls != 100 {
 			t.Errorf("allocs %+v", rep.Allocs)
@@ -231,7 +268,7 @@ func TestCibench(t *testing.T) {
 		if f := rep.FailoverHang; f == nil || len(f.Trials) != 1 || f.Trials[0].Fault != "sigstop" || f.Trials[0].Victim != "member" {
 			t.Errorf("failover_hang %+v", f)
 		}
-		if m := rep.Membership; m == nil || len(m.Runs) != 1 || m.Runs[0].Nodes != 3 || m.Runs[0].Formation <= 0 ||
+		if m := rep.Membership; m == nil || len(m.Runs) != 1 || m.Runs[0].Nodes != 3 || m.Runs[0].Profile != "lan-fast" || m.Runs[0].Formation <= 0 ||
 			m.Runs[0].PropagationAll < m.Runs[0].PropagationFirst || m.Runs[0].FDsMaster == 0 {
 			t.Errorf("membership %+v", m)
 		}
@@ -239,7 +276,7 @@ func TestCibench(t *testing.T) {
 
 	t.Run("help", func(t *testing.T) {
 		for _, args := range [][]string{{"--help"}, {"compare", "--help"}, {"rpc", "--help"}, {"serve", "--help"},
-			{"priority", "--help"}, {"all", "--help"}} {
+			{"priority", "--help"}, {"all", "--help"}, {"membership", "--help"}} {
 			stdout, _, code := runCibench(t, exe, nil, args...)
 			if code != 0 || !strings.Contains(stdout, "Usage: cibench") {
 				t.Errorf("%v: exit %d\n%s", args, code, stdout)
@@ -258,6 +295,11 @@ func TestCibench(t *testing.T) {
 			{"compare", "--sizes=2"},
 			{"compare", "--sizes=64,64"},
 			{"rpc", "--sizes="},
+			{"rpc", "--concurrency=0"},
+			{"rpc", "--concurrency=16,1,16"},
+			{"rpc", "--concurrency=1,x"},
+			{"membership", "--nodes=3,64:fast"},
+			{"membership", "--nodes=3,3:lan-fast"},
 			{"priority", "--trials=0"},
 			{"all", "--sizes=3"},
 			{"compare", "--rounds=0"},

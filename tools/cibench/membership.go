@@ -20,9 +20,9 @@ import (
 
 // membershipCmd is cibench membership.
 type membershipCmd struct {
-	Nodes       []int         `default:"3,16" sep:"," help:"Cluster sizes, one spawned cluster each (3 to 254; --nodes=64 wants about 64 x 40 descriptors). Spawned clusters only." env:"CI_NODES"`
+	Nodes       []string      `default:"3,16" sep:"," placeholder:"N[:PROFILE]" help:"Cluster sizes, one spawned cluster each, in order (3 to 254); N:PROFILE runs that size with its own CLMS timing profile (64:default), others with --profile. Each node wants about 40 descriptors. Spawned clusters only." env:"CI_NODES"`
 	Steady      time.Duration `default:"2s" help:"Window over which the master's steady CPU and bytes/s are measured." env:"CI_STEADY"`
-	Profile     string        `default:"lan-fast" enum:"lan-fast,default" help:"CLMS timing profile of the spawned clusters (a target cluster has its own)." env:"CI_PROFILE"`
+	Profile     string        `default:"lan-fast" enum:"lan-fast,default" help:"CLMS timing profile of the spawned clusters whose size in --nodes names none (a target cluster has its own)." env:"CI_PROFILE"`
 	AllowFaults bool          `help:"With --target: measure propagation by SIGKILL of a member that is not the master and timing its NODEDOWN and its rejoin's NODEUP; its supervisor must restart it. Without it, a target's propagation is not measured." env:"CI_ALLOW_FAULTS"`
 	JSON        bool          `name:"json" help:"Print the result as JSON (docs/BENCH_SCHEMA.md, the membership section) instead of a table." env:"CI_JSON"`
 	targetFlags
@@ -55,19 +55,31 @@ their synchronisation (NTP), and can even come out negative. Steady load
 reads /proc for a node on this machine and its /metrics
 (process_cpu_seconds_total, process_open_fds) otherwise.
 
+Each size of --nodes runs with --profile unless it names its own after a
+colon: --nodes=3,16,64:default runs 3 and 16 nodes with lan-fast and 64
+with the default profile, as cibench all does. lan-fast's 300 ms lease is
+for a quiet LAN: 64 processes starting at once on 2 CPUs leave one silent
+for longer than that, and it is declared down before the cluster forms
+(docs/CLMS.md, "Not done yet"); the default profile's 3 s lease forms it.
+The same size may run twice with different profiles (3,3:default). Before
+spawning anything, cibench checks that its open-file limit (RLIMIT_NOFILE)
+allows about 40 descriptors per node of the largest cluster, raising the
+soft limit to the hard one if it must, and stops with the limit's name
+when even the hard limit is too low (ulimit -Hn).
+
 Examples:
-  cibench membership                      # 3 and 16 nodes
-  cibench membership --nodes=64 --steady=5s
+  cibench membership                      # 3 and 16 nodes, lan-fast
+  cibench membership --nodes=3,16,64:default   # 64 nodes with the default profile (cibench all)
+  cibench membership --nodes=64 --profile=default --steady=5s
+  cibench membership --nodes=16,16:default    # one size, both profiles
   cibench membership --nodes=3 --json
   cibench membership --target=10.0.0.1:7180 --token-file=/etc/ci/admin.token --steady=10s
   cibench membership --target=127.0.0.1:7180 --allow-faults --json`
 }
 
 func (c *membershipCmd) Validate() error {
-	for _, n := range c.Nodes {
-		if n < 3 || n > 254 {
-			return usagef("--nodes: %d is not 3 to 254", n)
-		}
+	if _, err := parseMemberSizes(c.Nodes, c.Profile); err != nil {
+		return err
 	}
 	if c.Steady <= 0 {
 		return usagef("--steady must be positive")
@@ -84,7 +96,11 @@ func (c *membershipCmd) Validate() error {
 
 func (c *membershipCmd) Run(g *globals) error {
 	rep := bench.NewReport("membership", g.args)
-	res, err := runMembership(g, membershipPlan{sizes: c.Nodes, steady: c.Steady, profile: c.Profile,
+	sizes, err := parseMemberSizes(c.Nodes, c.Profile)
+	if err != nil {
+		return err
+	}
+	res, err := runMembership(g, membershipPlan{sizes: sizes, steady: c.Steady, profile: c.Profile,
 		target: c.targetFlags, faults: c.faultFlags, allowFaults: c.AllowFaults}, g.stderr)
 	if err != nil {
 		return err
@@ -97,11 +113,63 @@ func (c *membershipCmd) Run(g *globals) error {
 	return writeMembershipText(g.stdout, res)
 }
 
+// memberSize is one spawned cluster of a membership run: its size and the
+// CLMS timing profile it runs with.
+type memberSize struct {
+	nodes   int
+	profile string
+}
+
+func (m memberSize) String() string { return fmt.Sprintf("%d:%s", m.nodes, m.profile) }
+
+// Cluster sizes cibench membership spawns: three master-eligible nodes at
+// least, and one loopback address each (127.0.0.1 to .254).
+const (
+	minMemberNodes = 3
+	maxMemberNodes = 254
+)
+
+// timingProfiles are the CLMS timing profiles a spawned cluster can run
+// with (clms.TimingProfile).
+var timingProfiles = []string{"lan-fast", "default"}
+
+// parseMemberSizes reads --nodes: sizes, each optionally followed by
+// ":PROFILE"; a size without one runs with profile. The same size may
+// appear with different profiles, not twice with the same one.
+func parseMemberSizes(specs []string, profile string) ([]memberSize, error) {
+	if len(specs) == 0 {
+		return nil, usagef("--nodes is empty: give cluster sizes, such as 3,16,64:default")
+	}
+	var out []memberSize
+	for _, spec := range specs {
+		num, prof, named := strings.Cut(strings.TrimSpace(spec), ":")
+		n, err := strconv.Atoi(num)
+		if err != nil {
+			return nil, usagef("--nodes: %q is not a cluster size (N or N:PROFILE, such as 64:default)", spec)
+		}
+		if n < minMemberNodes || n > maxMemberNodes {
+			return nil, usagef("--nodes: %d is not %d to %d", n, minMemberNodes, maxMemberNodes)
+		}
+		if !named {
+			prof = profile
+		}
+		if !slices.Contains(timingProfiles, prof) {
+			return nil, usagef("--nodes: %q: profile %q is not one of %s", spec, prof, strings.Join(timingProfiles, ", "))
+		}
+		m := memberSize{nodes: n, profile: prof}
+		if slices.Contains(out, m) {
+			return nil, usagef("--nodes: %d nodes with the %s profile listed twice", n, prof)
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
 // membershipPlan is one cibench membership run.
 type membershipPlan struct {
-	sizes       []int
+	sizes       []memberSize
 	steady      time.Duration
-	profile     string
+	profile     string      // of the sizes that name none; the result's Profile
 	target      targetFlags // spawn clusters when empty
 	faults      faultFlags
 	allowFaults bool
@@ -117,7 +185,7 @@ func runMembership(g *globals, p membershipPlan, progress io.Writer) (*bench.Mem
 	res := &bench.MembershipResult{Profile: p.profile, Mode: bench.ModeSpawned}
 	if p.target.enabled() {
 		res.Mode, res.Endpoints, res.Profile = bench.ModeTarget, p.target.Target, ""
-		run, err := membershipRun(g, 0, p)
+		run, err := membershipRun(g, memberSize{}, p)
 		if err != nil {
 			return nil, err
 		}
@@ -125,24 +193,33 @@ func runMembership(g *globals, p membershipPlan, progress io.Writer) (*bench.Mem
 		res.Runs = append(res.Runs, run)
 		return res, nil
 	}
-	for _, n := range p.sizes {
-		run, err := membershipRun(g, n, p)
+	// Every cluster's descriptors, checked before the first is spawned:
+	// the largest is the one that needs most.
+	largest := 0
+	for _, m := range p.sizes {
+		largest = max(largest, m.nodes)
+	}
+	if err := ensureDescriptors(largest); err != nil {
+		return nil, err
+	}
+	for _, m := range p.sizes {
+		run, err := membershipRun(g, m, p)
 		if err != nil {
-			return nil, fmt.Errorf("%d nodes: %w", n, err)
+			return nil, fmt.Errorf("%d nodes (%s profile): %w", m.nodes, m.profile, err)
 		}
-		fmt.Fprintf(progress, "membership: %d nodes formed in %s\n", n, fmtDur(run.Formation))
+		fmt.Fprintf(progress, "membership: %d nodes formed in %s (%s profile)\n", m.nodes, fmtDur(run.Formation), m.profile)
 		res.Runs = append(res.Runs, run)
 	}
 	return res, nil
 }
 
-// membershipRun measures one cluster: a spawned one of nodes nodes, or the
-// target (nodes 0).
-func membershipRun(g *globals, nodes int, p membershipPlan) (run bench.MembershipRun, err error) {
+// membershipRun measures one cluster: a spawned one of m.nodes nodes with
+// m.profile, or the target (m zero).
+func membershipRun(g *globals, m memberSize, p membershipPlan) (run bench.MembershipRun, err error) {
 	ctx := g.ctx
-	run.Steady = p.steady
+	run.Steady, run.Profile = p.steady, m.profile
 	t0 := time.Now()
-	fc, closeFn, err := openCluster(g, clusterSpec{nodes: nodes, profile: p.profile}, p.target, p.faults)
+	fc, closeFn, err := openCluster(g, clusterSpec{nodes: m.nodes, profile: m.profile}, p.target, p.faults)
 	if err != nil {
 		return run, err
 	}
@@ -408,21 +485,21 @@ func metricSums(ctx context.Context, cl *admin.Client, names ...string) ([]float
 }
 
 func writeMembershipText(w io.Writer, res *bench.MembershipResult) error {
-	where := res.Profile + " profile"
+	where := "spawned clusters"
 	if res.Mode == bench.ModeTarget {
 		where = "running cluster at " + strings.Join(res.Endpoints, ",")
 	}
 	fmt.Fprintf(w, "membership: %s; propagation from commit to the first / last other node's watch; steady load per second\n", where)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "nodes\tformation\tpropagation first\tall\tmaster CPU\tmember CPU\tmaster ICS bytes/s\tfds master\tmember\t\n")
+	fmt.Fprintf(tw, "nodes\tprofile\tformation\tpropagation first\tall\tmaster CPU\tmember CPU\tmaster ICS bytes/s\tfds master\tmember\t\n")
 	measured := func(d time.Duration, why string) string {
 		if why != "" {
 			return "not measured"
 		}
 		return fmtDur(d)
 	}
-	for _, r := range res.Runs {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%.1f%%\t%.1f%%\t%.0f\t%d\t%d\t\n", r.Nodes, measured(r.Formation, r.FormationNotMeasured),
+	for i, r := range res.Runs {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%.1f%%\t%.1f%%\t%.0f\t%d\t%d\t\n", r.Nodes, orDash(res.RunProfile(i)), measured(r.Formation, r.FormationNotMeasured),
 			measured(r.PropagationFirst, r.PropagationNotMeasured), measured(r.PropagationAll, r.PropagationNotMeasured),
 			100*r.MasterCPU, 100*r.MemberCPU, r.MasterBytesPerSec, r.FDsMaster, r.FDsMember)
 	}
@@ -442,4 +519,12 @@ func writeMembershipText(w io.Writer, res *bench.MembershipResult) error {
 		}
 	}
 	return nil
+}
+
+// orDash is s, or a dash when s is empty (a target cluster's profile).
+func orDash(s string) string {
+	if s == "" {
+		return "–"
+	}
+	return s
 }

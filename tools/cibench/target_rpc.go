@@ -220,11 +220,12 @@ func (p *plan) checkTarget() error {
 	if p.cfg.Run.Duration > admin.MaxPingDuration {
 		return usagef("--duration %v: a node's /v1/ping runs at most %v", p.cfg.Run.Duration, admin.MaxPingDuration)
 	}
-	if p.cfg.Run.Concurrency > admin.MaxPingConcurrency {
-		return usagef("--concurrency %d: a node's /v1/ping runs at most %d callers", p.cfg.Run.Concurrency, admin.MaxPingConcurrency)
+	conc := slices.Max(p.conc)
+	if conc > admin.MaxPingConcurrency {
+		return usagef("--concurrency %d: a node's /v1/ping runs at most %d callers", conc, admin.MaxPingConcurrency)
 	}
-	if big := slices.Max(p.sizes); int64(big)*int64(p.cfg.Run.Concurrency) > admin.MaxPingInFlight {
-		return usagef("--concurrency %d x --sizes %d: over the %d bytes a node's /v1/ping holds in flight", p.cfg.Run.Concurrency, big, admin.MaxPingInFlight)
+	if big := slices.Max(p.sizes); int64(big)*int64(conc) > admin.MaxPingInFlight {
+		return usagef("--concurrency %d x --sizes %d: over the %d bytes a node's /v1/ping holds in flight", conc, big, admin.MaxPingInFlight)
 	}
 	return nil
 }
@@ -246,7 +247,7 @@ func notMeasuredPeers(peers []string) []bench.NotMeasured {
 }
 
 // executeTarget is execute against a running cluster: ICS only, one
-// comparison per size, the other peers listed as not measured.
+// comparison per size and concurrency, the other peers listed as not measured.
 func (p plan) executeTarget(g *globals) ([]*bench.Comparison, error) {
 	tp, err := p.target.connect(g.ctx)
 	if err != nil {
@@ -265,20 +266,20 @@ func (p plan) executeTarget(g *globals) ([]*bench.Comparison, error) {
 		return bench.Result{Calls: res.Calls, Elapsed: res.Elapsed, CallsPerSec: res.CallsPerSec, Latency: h.Summary(), Hist: h}, nil
 	}}
 	var out []*bench.Comparison
-	for _, size := range p.sizes {
-		cfg := p.cfg
+	for cfg := range p.runs() {
 		cfg.Baseline = "ics"
-		cfg.Run.ReqSize, cfg.Run.RespSize = size, size
+		cfg.Run.RespSize = cfg.Run.ReqSize // the nodes' echo answers with the request's size
 		total := int64(-1)
 		if cfg.Run.Duration == 0 {
 			total = int64(cfg.Rounds) * int64(cfg.Run.Calls)
 		}
-		bar := newProgress(g, total, fmt.Sprintf("%s %s against node %d", p.title, bench.SizeString(size), tp.to))
+		label := runLabel(cfg.Run.ReqSize, cfg.Run.Concurrency)
+		bar := newProgress(g, total, fmt.Sprintf("%s %s against node %d", p.title, label, tp.to))
 		cfg.Run.Progress = bar.add
 		c, err := bench.Compare(g.ctx, []bench.Target{target}, cfg)
 		bar.done()
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", bench.SizeString(size), err)
+			return nil, fmt.Errorf("%s: %w", label, err)
 		}
 		c.Env.Servers = tp.servers()
 		c.NotMeasured = notMeasuredPeers(p.peers)

@@ -145,14 +145,17 @@ func TestTarget(t *testing.T) {
 			t.Fatalf("exit %d\n%s", code, stderr)
 		}
 		rep := readReport(t, stdout, "all")
-		if rep.Target == nil || rep.Target.To != 2 || len(rep.Latency) != 1 || len(rep.Throughput) != 1 || rep.Priority == nil ||
+		// Throughput: 256 callers, then --quick's sweep at 1 and 16.
+		if rep.Target == nil || rep.Target.To != 2 || len(rep.Latency) != 1 || len(rep.Throughput) != 3 || rep.Priority == nil ||
 			rep.Priority.TargetFlow == nil || rep.Allocs != nil || rep.Failover != nil ||
 			rep.Membership == nil || rep.Membership.Mode != bench.ModeTarget {
 			t.Fatalf("%+v", rep)
 		}
 		checkLatencySummary(t, "all: latency", rep.Latency[0].Peers[0].All, 20)
-		if rep.Throughput[0].Concurrency != 256 || rep.Throughput[0].Peers[0].CallsPerSec <= 0 {
-			t.Errorf("all: throughput %+v", rep.Throughput[0])
+		for i, want := range []int{256, 1, 16} {
+			if c := rep.Throughput[i]; c.Concurrency != want || c.ReqSize != 64 || c.Peers[0].Peer != "ics" || c.Peers[0].CallsPerSec <= 0 {
+				t.Errorf("all: throughput %d: %+v, want 64 B with %d callers", i, c, want)
+			}
 		}
 	})
 
@@ -226,13 +229,15 @@ func TestRPCTargetInFlight(t *testing.T) {
 	target := rpcTargetFlags{targetFlags: targetFlags{Target: []string{"127.0.0.1:7180"}}}
 	for _, tc := range []struct {
 		sizes       []int
-		concurrency int
+		concurrency []int
 		ok          bool
 	}{
-		{[]int{64, 65536}, 1024, true}, // 64 MiB: the bound itself
-		{[]int{64, 1 << 20}, 256, false},
+		{[]int{64, 65536}, []int{1024}, true}, // 64 MiB: the bound itself
+		{[]int{64, 1 << 20}, []int{256}, false},
+		{[]int{64, 1 << 20}, []int{1, 16, 256}, false}, // the largest of a list counts
+		{[]int{64, 65536}, []int{1, 1024}, true},
 	} {
-		p, err := newPlan("rpc", []string{"ics"}, tc.sizes, -1, 1, bench.RunConfig{Duration: time.Second, Concurrency: tc.concurrency}, outputFlags{})
+		p, err := newPlan("rpc", []string{"ics"}, tc.sizes, tc.concurrency, -1, 1, bench.RunConfig{Duration: time.Second}, outputFlags{})
 		if err != nil {
 			t.Fatal(err)
 		}
