@@ -429,6 +429,8 @@ func (r *Runner) routineCore() {
 		due := int64(time.Since(start) / tick)
 		if behind := due - ticks; behind > 1 {
 			r.met.lateTicks.Add(int(behind - 1))
+			// As master, our stall is not the members' silence.
+			r.core.Late(int(behind - 1))
 		}
 		for ticks < due {
 			ticks++

@@ -73,6 +73,10 @@ type Options struct {
 	// queued messages stepped before one Ready (a raft message ends the
 	// batch: clms.BatchEnds).
 	OneQueue bool
+	// Unaware models the runner before local health awareness: it does not
+	// tell the core that ticks came late (clms.Core.Late), so a master
+	// counts its own stall as its members' silence.
+	Unaware bool
 }
 
 // Table returns a node table of n nodes numbered from 1, the first
@@ -124,6 +128,7 @@ type Node struct {
 
 	clock     float64 // nanoseconds of this incarnation on its own clock
 	ticksDone int64
+	lateTo    int64               // the last tick reported to the core as late (Core.Late)
 	disk      *raft.MemoryStorage // what the runner persisted
 	diskSnap  *raftpb.Snapshot    // the newest snapshot persisted (Ready.Snapshot or Ready.Compact)
 	diskHS    *raftpb.HardState
@@ -299,7 +304,7 @@ func (s *Sim) Start(num clms.NodeNum) {
 		s.tb.Fatalf("node %d: %v", num, err)
 	}
 	n.Core, n.Started, n.Dead, n.Paused, n.saving, n.stalled = core, true, false, false, nil, false
-	n.clock, n.ticksDone = 0, 0
+	n.clock, n.ticksDone, n.lateTo = 0, 0, 0
 	n.Records, n.transitions, n.JoinErr = nil, 0, nil
 	n.connected, n.inbox = map[clms.NodeNum]bool{}, nil
 	n.KeyGot, n.keyGen = map[string]map[clms.NodeNum][]byte{}, map[string]int{}
@@ -660,6 +665,12 @@ func (s *Sim) Step() {
 // as the runner returns from Store.Save).
 func (s *Sim) catchUp(n *Node) {
 	tick := float64(s.opt.Timing.Tick)
+	if due := int64(n.clock / tick); !s.opt.Unaware && !n.Paused && n.saving == nil && due-1 > max(n.ticksDone, n.lateTo) {
+		// Ticks delivered at once, as the runner tells the core (each
+		// stalled tick once, though a write may cut the catch-up short).
+		n.Core.Late(int(due - 1 - max(n.ticksDone, n.lateTo)))
+		n.lateTo = due - 1
+	}
 	for !n.Paused && n.saving == nil && n.ticksDone < int64(n.clock/tick) {
 		n.ticksDone++
 		n.Core.Tick()
