@@ -445,6 +445,8 @@ func (r *Runner) routineCore() {
 		// up, each possibly followed by a synced write, and an imalive
 		// waiting behind them is silence to the master.
 		select {
+		case <-r.ctx.Done():
+			return
 		case m := <-r.urgentIn:
 			catchUp()
 			r.stepBatch(m, catchUp)
