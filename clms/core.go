@@ -147,6 +147,9 @@ type Core struct {
 
 	m  *masterState // while raft leader
 	ks keyState
+	// stalled counts the ticks the runner delivered late, at once (Late):
+	// time in which this process could not hear anyone.
+	stalled int64
 
 	out     []Message
 	actions []Action
@@ -306,6 +309,18 @@ func (c *Core) Tick() {
 	}
 	if c.m != nil && c.m.ready {
 		c.tickMaster()
+	}
+}
+
+// Late tells the core that the runner could not run it for the last n
+// ticks, which it delivers now, at once, before any other input: the
+// process was descheduled, stopped, or busy in a synced write. As master it
+// does not count that time as a member's silence (up to LeaseTimeout per
+// silence): an imalive that arrived meanwhile is still waiting to be read
+// (docs/CLMS.md, "Local health"). Declaring later is always safe.
+func (c *Core) Late(n int) {
+	if n > 0 {
+		c.stalled += int64(n)
 	}
 }
 

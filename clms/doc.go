@@ -15,6 +15,7 @@
 //
 //	c, err := clms.NewCore(clms.Config{Self: 2, Nodes: table, Timing: clms.LANFastTiming(), Incarnation: boot})
 //	// every Timing.Tick:             c.Tick()
+//	// n+1 ticks due at once:         c.Late(n), then c.Tick() n+1 times
 //	// every message off the wire:    m, err := clms.DecodeMessage(b); c.Step(m)
 //	// engine evidence:               c.PeerConnectionLost(n), c.PeerCrashProof(n, inc)
 //	// then, after each input:

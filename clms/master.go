@@ -43,6 +43,11 @@ type watch struct {
 	// evidently do not reach it (a link cut one way).
 	lapsed, withheld     bool
 	lapsedAt, withheldAt int64
+	// stalledAt is Core.stalled at heard: the ticks stalled since then were
+	// our own deafness, not its silence. deferred: this silence was long
+	// enough but for our stall (Stats.DownsDeferred).
+	stalledAt int64
+	deferred  bool
 }
 
 // cbWait collects the members' callback reports for one transition.
@@ -139,10 +144,10 @@ func (c *Core) tickMaster() {
 			continue
 		}
 		if w == nil || w.inc != mem.Incarnation {
-			w = &watch{inc: mem.Incarnation, heard: c.now}
+			w = &watch{inc: mem.Incarnation, heard: c.now, stalledAt: c.stalled}
 			m.watch[n] = w
 		}
-		silence := c.now - w.heard
+		silence := c.silence(w)
 		switch {
 		case silence >= c.t.lease+c.t.margin:
 			// Its lease ran out on its own clock by now, even a slow one: it
@@ -176,6 +181,23 @@ func (c *Core) tickMaster() {
 			c.completeWait(wt)
 		}
 	}
+}
+
+// silence is how long member w has not been heard from, less the ticks in
+// which we could not have heard it because this process was stalled (Late)
+// — Lifeguard's local health awareness (memberlist's "awareness"), in the
+// form of a deadline extended by our own deafness. At most LeaseTimeout is
+// forgiven per silence, so a dead member is still declared, at most
+// LeaseTimeout later than by a master that never stalls. Safe because
+// declaring later is: the member's lease ended LeaseTimeout+LeaseMargin of
+// the master's clock after the receipt, however late we declare.
+func (c *Core) silence(w *watch) int64 {
+	forgiven := min(c.stalled-w.stalledAt, c.t.lease)
+	if forgiven > 0 && !w.deferred && c.now-w.heard >= c.t.lease+c.t.margin && c.now-w.heard-forgiven < c.t.lease+c.t.margin {
+		w.deferred = true
+		c.stats.DownsDeferred++
+	}
+	return c.now - w.heard - forgiven
 }
 
 // suspect probes a member directly, at most once per heartbeat: its answer
@@ -241,7 +263,7 @@ func (c *Core) masterImAlive(m Message) {
 	}
 	// Counting silence from the receipt is safe: the lease we grant runs
 	// from the imalive's send time, which is earlier.
-	w.heard, w.suspect = c.now, false
+	w.heard, w.stalledAt, w.suspect, w.deferred = c.now, c.stalled, false, false
 	w.applied = max(w.applied, m.Applied)
 	switch {
 	case m.Status != StatusNoLease:

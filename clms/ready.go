@@ -228,6 +228,10 @@ type Stats struct {
 	// LeaseLapses counts the times this member's lease ran out (suspended
 	// until a master grants one again): a near miss of a NODEDOWN.
 	LeaseLapses uint64
+	// DownsDeferred counts silences the master did not declare when they
+	// reached LeaseTimeout+LeaseMargin, because part of them was its own
+	// stall (Core.Late): it declares them later, or hears the member.
+	DownsDeferred uint64
 
 	// Key services: each one's committed state as this node applied it,
 	// and what this node measured as their owner.

@@ -89,6 +89,7 @@ func newRunnerMetrics(r *Runner) *runnerMetrics {
 
 	// Counted by the core, in Stats.
 	stat("ci_clms_transitions_total", "Membership transitions this node applied.", func(s *Stats) uint64 { return s.Transitions })
+	stat("ci_clms_downs_deferred_total", "Silences this node, as master, did not declare down when they reached lease_timeout+lease_margin, because part of them was its own stall (late ticks).", func(s *Stats) uint64 { return s.DownsDeferred })
 	stat("ci_clms_suspicions_total", "Members this node, as master, probed after silence or a lost connection.", func(s *Stats) uint64 { return s.Suspicions })
 	stat("ci_clms_heartbeats_sent_total", "Heartbeats (imalives) this node sent to the master.", func(s *Stats) uint64 { return s.HeartbeatsSent })
 	stat("ci_clms_heartbeats_missed_total", "Heartbeats this node sent that the master did not answer before the next one was due.", func(s *Stats) uint64 { return s.HeartbeatsMissed })

@@ -31,6 +31,7 @@ func TestRunnerMetricsLint(t *testing.T) {
 			"ci_clms_heartbeats_sent_total":      dto.MetricType_COUNTER,
 			"ci_clms_heartbeats_missed_total":    dto.MetricType_COUNTER,
 			"ci_clms_suspicions_total":           dto.MetricType_COUNTER,
+			"ci_clms_downs_deferred_total":       dto.MetricType_COUNTER,
 			"ci_clms_lease_lapses_total":         dto.MetricType_COUNTER,
 			"ci_clms_leader_changes_total":       dto.MetricType_COUNTER,
 			"ci_clms_keysvc_failovers_total":     dto.MetricType_COUNTER,

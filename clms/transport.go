@@ -28,8 +28,9 @@ const procMessage = 0
 
 var methodMessage = engine.Method{Service: ServiceID, Proc: procMessage, Name: ServiceName}
 
-// urgent reports whether m goes at priority 1.
-func urgent(m *Message) bool {
+// Urgent reports whether m goes at priority 1, and is taken before other
+// input by the receiving runner.
+func Urgent(m *Message) bool {
 	switch m.Type {
 	case MsgImAlive, MsgImAliveAck, MsgPing:
 		return true
@@ -92,7 +93,7 @@ func (r *Runner) send(m *Message) {
 	}
 	o := r.outboxFor(m.To)
 	q := o.bulk
-	if urgent(m) {
+	if Urgent(m) {
 		q = o.urgent
 	}
 	select {
@@ -143,8 +144,16 @@ func (r *Runner) handleMessage(_ context.Context, req *engine.Request, _ *engine
 		r.met.badMessages.Inc()
 		return engine.ErrCantDecodeArgs
 	}
+	in := r.inbox
+	if Urgent(&m) {
+		// Imalives, their answers, pings and raft's heartbeats and votes
+		// must not wait behind bulk input and the writes it causes: a
+		// queued imalive is silence to the master (docs/CLMS.md, "Loaded
+		// nodes").
+		in = r.urgentIn
+	}
 	select {
-	case r.inbox <- m:
+	case in <- m:
 	case <-r.ctx.Done():
 	default:
 		r.met.dropped.Inc() // the runner is behind; the protocol retries

@@ -65,6 +65,18 @@ type Options struct {
 	// loses the write and the messages held back, as it loses a write not
 	// yet synced. 0: every write is instant (the order of sends is the same).
 	SaveTime time.Duration
+	// OneQueue models the runner before urgent input went first: messages
+	// that arrive while a node is busy (writing, stopped) wait in one queue
+	// and are handed to the core one at a time, each followed by its own
+	// Ready (and write). By default the simulator does what clms.Runner
+	// does: urgent messages (clms.Urgent) first, and up to clms.StepBatch
+	// queued messages stepped before one Ready (a raft message ends the
+	// batch: clms.BatchEnds).
+	OneQueue bool
+	// Unaware models the runner before local health awareness: it does not
+	// tell the core that ticks came late (clms.Core.Late), so a master
+	// counts its own stall as its members' silence.
+	Unaware bool
 }
 
 // Table returns a node table of n nodes numbered from 1, the first
@@ -116,6 +128,7 @@ type Node struct {
 
 	clock     float64 // nanoseconds of this incarnation on its own clock
 	ticksDone int64
+	lateTo    int64               // the last tick reported to the core as late (Core.Late)
 	disk      *raft.MemoryStorage // what the runner persisted
 	diskSnap  *raftpb.Snapshot    // the newest snapshot persisted (Ready.Snapshot or Ready.Compact)
 	diskHS    *raftpb.HardState
@@ -126,6 +139,16 @@ type Node struct {
 	stalled   bool
 	connected map[clms.NodeNum]bool
 	keyGen    map[string]int // bumped when ActKeyOwner turns false: cancels routines
+	// inbox holds the messages that arrived while the process was busy or
+	// stopped, in arrival order: the runner's input queues.
+	inbox []queued
+}
+
+// queued is a message waiting in a node's inbox.
+type queued struct {
+	from *Node
+	finc uint64
+	m    clms.Message
 }
 
 // TimedAction is an action with the simulated time it was handed out.
@@ -281,9 +304,9 @@ func (s *Sim) Start(num clms.NodeNum) {
 		s.tb.Fatalf("node %d: %v", num, err)
 	}
 	n.Core, n.Started, n.Dead, n.Paused, n.saving, n.stalled = core, true, false, false, nil, false
-	n.clock, n.ticksDone = 0, 0
+	n.clock, n.ticksDone, n.lateTo = 0, 0, 0
 	n.Records, n.transitions, n.JoinErr = nil, 0, nil
-	n.connected = map[clms.NodeNum]bool{}
+	n.connected, n.inbox = map[clms.NodeNum]bool{}, nil
 	n.KeyGot, n.keyGen = map[string]map[clms.NodeNum][]byte{}, map[string]int{}
 	s.drain(n)
 }
@@ -305,7 +328,7 @@ func (s *Sim) Crash(num clms.NodeNum) {
 	if n.Dead || !n.Started {
 		return
 	}
-	n.Dead, n.Paused = true, false
+	n.Dead, n.Paused, n.inbox = true, false, nil // what its sockets held is lost
 	for _, peer := range slices.Sorted(maps.Keys(n.connected)) {
 		p := s.byNum[peer]
 		pinc := p.Inc
@@ -440,6 +463,7 @@ func (s *Sim) saveDone(n *Node, inc uint64, d time.Duration, held []clms.Message
 			s.saved(n, rd, held)
 			s.catchUp(n) // ticks that fell due during the write come first
 			s.drain(n)
+			s.serve(n)
 		}
 	})
 }
@@ -560,10 +584,49 @@ func (s *Sim) deliver(from *Node, finc uint64, to *Node, m clms.Message) {
 		})
 		return
 	}
-	if to.Paused || to.saving != nil {
-		s.after(s.opt.Step, func() { s.deliver(from, finc, to, m) }) // waits in the socket buffer
+	if to.Paused || to.saving != nil || len(to.inbox) > 0 || to.stalled {
+		to.inbox = append(to.inbox, queued{from, finc, m}) // waits in the runner's queue
+		s.serve(to)
 		return
 	}
+	s.receive(from, finc, to, m)
+	s.drain(to)
+}
+
+// serve hands n's core the messages that waited while it was busy, as the
+// runner's loop does: urgent ones first and a batch before one Ready, or
+// (OneQueue) one at a time in arrival order, a Ready each. It stops when a
+// write makes the node busy again (saveDone serves the rest).
+func (s *Sim) serve(n *Node) {
+	for len(n.inbox) > 0 && n.saving == nil && !n.Paused && !n.Dead {
+		s.catchUp(n)
+		if n.saving != nil {
+			return
+		}
+		batch := clms.StepBatch
+		if s.opt.OneQueue {
+			batch = 1
+		}
+		for k := 0; k < batch && len(n.inbox) > 0; k++ {
+			i := 0
+			if !s.opt.OneQueue {
+				if j := slices.IndexFunc(n.inbox, func(q queued) bool { return clms.Urgent(&q.m) }); j >= 0 {
+					i = j
+				}
+			}
+			q := n.inbox[i]
+			n.inbox = slices.Delete(n.inbox, i, i+1)
+			s.receive(q.from, q.finc, n, q.m)
+			if clms.BatchEnds(&q.m) {
+				break
+			}
+		}
+		s.drain(n)
+	}
+}
+
+// receive steps m into to's core.
+func (s *Sim) receive(from *Node, finc uint64, to *Node, m clms.Message) {
 	to.connected[from.Num] = true
 	if s.live(from, finc) {
 		from.connected[to.Num] = true
@@ -571,7 +634,6 @@ func (s *Sim) deliver(from *Node, finc uint64, to *Node, m clms.Message) {
 	if err := to.Core.Step(m); err != nil {
 		s.tb.Fatalf("node %d step %v: %v", to.Num, m, err)
 	}
-	s.drain(to)
 }
 
 // Step advances simulated time by one step: clocks and ticks first (a
@@ -586,6 +648,7 @@ func (s *Sim) Step() {
 		}
 		n.clock += n.Rate * float64(s.opt.Step)
 		s.catchUp(n)
+		s.serve(n)
 	}
 	for len(s.q) > 0 && s.q[0].at <= s.Now {
 		e := heap.Pop(&s.q).(*event)
@@ -602,6 +665,12 @@ func (s *Sim) Step() {
 // as the runner returns from Store.Save).
 func (s *Sim) catchUp(n *Node) {
 	tick := float64(s.opt.Timing.Tick)
+	if due := int64(n.clock / tick); !s.opt.Unaware && !n.Paused && n.saving == nil && due-1 > max(n.ticksDone, n.lateTo) {
+		// Ticks delivered at once, as the runner tells the core (each
+		// stalled tick once, though a write may cut the catch-up short).
+		n.Core.Late(int(due - 1 - max(n.ticksDone, n.lateTo)))
+		n.lateTo = due - 1
+	}
 	for !n.Paused && n.saving == nil && n.ticksDone < int64(n.clock/tick) {
 		n.ticksDone++
 		n.Core.Tick()
