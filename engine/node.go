@@ -405,7 +405,9 @@ func (n *Node) Err() error {
 }
 
 // Close shuts the node down: outstanding calls fail with ErrClosed, peers
-// see the connections drop, server handles finish what they run, and every
+// see the connections drop, server handles finish what they run (their
+// ctx ends, and what they answer is not sent: their callers get
+// ErrNodeDown; Shutdown is the drain that lets them reply), and every
 // goroutine the node started has returned when Close does.
 func (n *Node) Close() error {
 	n.closeMu.Lock()

@@ -26,7 +26,8 @@ import (
 //
 // ctx carries the priority the request arrived at, so that an RPC sent from
 // inside the handler is escalated (CI's ics_prio), and ends when the node
-// closes. If the caller's ctx could end (it had a deadline, or could be
+// closes (the handler's reply is then not sent; its caller gets
+// ErrNodeDown). If the caller's ctx could end (it had a deadline, or could be
 // cancelled), ctx has the caller's deadline and ends when the caller gives
 // up or when the handler returns, as a gRPC handler's does: nested calls
 // made with it are cancelled with the request. Work that outlives the
