@@ -274,8 +274,16 @@ func (n *Node) Addr() string { return n.addr }
 func (n *Node) Logger() *slog.Logger { return n.log }
 
 // Start opens the listener and the event loops. It returns once the node
-// accepts connections.
+// accepts connections. A node is started once; after Close, Start fails
+// with ErrClosed.
 func (n *Node) Start() error {
+	// Under Close's lock: a node closed before it ever started must not
+	// start listening and serving afterwards, with nothing left to stop it.
+	n.closeMu.Lock()
+	defer n.closeMu.Unlock()
+	if n.closed.Load() {
+		return fmt.Errorf("%w: node %d cannot start after Close", ErrClosed, n.cfg.Node)
+	}
 	if !n.started.CompareAndSwap(false, true) {
 		return fmt.Errorf("ics: node %d already started", n.cfg.Node)
 	}

@@ -569,6 +569,34 @@ func TestStartFailsOnBusyAddress(t *testing.T) {
 	}
 }
 
+// TestStartAfterCloseRefused: Start after Close fails with ErrClosed, and
+// a node closed before it ever started does not start listening then (it
+// did: an accept loop and a port nothing would ever close; TestMain's
+// goleak caught the loop).
+func TestStartAfterCloseRefused(t *testing.T) {
+	for _, startFirst := range []bool{false, true} {
+		cfg := DefaultConfig()
+		cfg.Node, cfg.Cluster, cfg.Insecure = 1, "test", true
+		n, err := New(testMode(cfg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if startFirst {
+			if err := n.Start(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_ = n.Close()
+		if err := n.Start(); !errors.Is(err, ErrClosed) {
+			t.Errorf("started first %v: Start after Close: %v, want ErrClosed", startFirst, err)
+		}
+		if !startFirst && n.Addr() != "" {
+			t.Errorf("a node closed before Start listens on %s", n.Addr())
+		}
+		_ = n.Close()
+	}
+}
+
 // TestCompressedBombRefused: real bombs — 64 MiB of zeros compressed to a
 // few KiB with each codec — sent as requests to a node whose MaxPayload is
 // 64 KiB, announcing the limit or a tiny size. Each is answered "cannot
