@@ -84,8 +84,13 @@ func (f *Future) Wait() ([]byte, error) {
 	return f.reply, f.err
 }
 
-// Go starts an RPC and returns at once; the Future reports its outcome.
-// ctx bounds the call as for Call.
+// Go sends an RPC and returns without waiting for its reply; the Future
+// reports its outcome. ctx bounds the call as for Call. Sending happens
+// before Go returns, so Go waits, within ctx, for what sending needs: a
+// dial to the peer, the channel's credit (a throttled channel whose
+// window is spent), room in a full write queue, and with WaitForReady the
+// peer itself. If ctx ends meanwhile, the Future is already done with
+// that error. args may be reused once Go returns.
 func (n *Node) Go(ctx context.Context, to NodeNum, m Method, args []byte) *Future {
 	f := &Future{done: make(chan struct{})}
 	if n.clientChain != nil {
@@ -121,7 +126,8 @@ func (n *Node) Go(ctx context.Context, to NodeNum, m Method, args []byte) *Futur
 	return f
 }
 
-// GoFunc is Go with a callback, run on its own goroutine when the call ends.
+// GoFunc is Go with a callback, run on its own goroutine when the call
+// ends. Like Go, it returns once the request is sent.
 func (n *Node) GoFunc(ctx context.Context, to NodeNum, m Method, args []byte, done func(reply []byte, err error)) {
 	f := n.Go(ctx, to, m, args)
 	if !n.goOwned(func() { done(f.Wait()) }) {
