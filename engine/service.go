@@ -55,8 +55,8 @@ type Response struct {
 // registration routine told ICS.
 type Service struct {
 	ID      ServiceID // channel<<16 | subservice; the channel must be a service channel
-	Name    string    // for logs and metrics
-	Version uint16    // stub version; calls made with another non-zero version fail with ErrProgVersMismatch
+	Name    string    // for logs and metrics: one service per name on a node (Register refuses a second); empty: "svc" and the ID
+	Version uint16    // stub version; calls made with another non-zero version fail with ErrProgVersMismatch; 0 accepts every version
 
 	// Procs is the dispatch table, indexed by procedure number. A nil entry,
 	// or a number past the end, answers ErrProcUnavail.
@@ -120,8 +120,9 @@ func (v priorityValue) prio() uint8     { return uint8(v &^ inHandlerBit) }
 func (v priorityValue) inHandler() bool { return v&inHandlerBit != 0 }
 
 // WithPriority returns a context whose RPCs and messages go out at priority
-// p (0..4). Priority 0 uses the service's own throttled channel; 1..4 use
-// the never-throttled priority channels. It overrides escalation.
+// p (0..4; a larger p is taken as 4). Priority 0 uses the service's own
+// throttled channel; 1..4 use the never-throttled priority channels. It
+// overrides escalation.
 func WithPriority(ctx context.Context, p uint8) context.Context {
 	if p > framing.MaxPriority {
 		p = framing.MaxPriority
