@@ -8,7 +8,7 @@ import (
 
 // Handler serves one procedure. A returned error travels back to the caller
 // (see RemoteError); return ErrCantDecodeArgs for arguments that do not
-// parse.
+// parse. A panic is not recovered: it ends the process, as in grpc-go.
 //
 // Who owns which slice:
 //   - req.Args belongs to the engine. The handler may read it until it
