@@ -127,7 +127,9 @@ func (n *Node) Go(ctx context.Context, to NodeNum, m Method, args []byte) *Futur
 }
 
 // GoFunc is Go with a callback, run on its own goroutine when the call
-// ends. Like Go, it returns once the request is sent.
+// ends. Like Go, it returns once the request is sent. The node owns that
+// goroutine: Close waits for a running callback to return, so a callback
+// must not wait for anything that happens only after Close.
 func (n *Node) GoFunc(ctx context.Context, to NodeNum, m Method, args []byte, done func(reply []byte, err error)) {
 	f := n.Go(ctx, to, m, args)
 	if !n.goOwned(func() { done(f.Wait()) }) {

@@ -637,6 +637,8 @@ func (n *Node) peer(num NodeNum) *peer {
 
 // OnNodeDown registers fn to run, on its own goroutine, each time a peer is
 // lost: a connection to it dropped, it restarted, or NodeDown declared it.
+// The node owns that goroutine: Close waits for a running fn to return, so
+// fn must not wait for anything that happens only after Close.
 func (n *Node) OnNodeDown(fn func(NodeNum, error)) {
 	n.downMu.Lock()
 	n.downCallbacks = append(n.downCallbacks, fn)
