@@ -416,7 +416,9 @@ func (n *Node) Err() error {
 // see the connections drop, server handles finish what they run (their
 // ctx ends, and what they answer is not sent: their callers get
 // ErrNodeDown; Shutdown is the drain that lets them reply), and every
-// goroutine the node started has returned when Close does.
+// goroutine the node started has returned when Close does. Close waits
+// for running handlers, inline ones included: a handler that ignores its
+// ctx holds Close until it returns.
 func (n *Node) Close() error {
 	n.closeMu.Lock()
 	defer n.closeMu.Unlock()
