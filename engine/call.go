@@ -167,7 +167,11 @@ func (n *Node) routeOnce(ctx context.Context, to NodeNum, m Method) (*peer, *con
 		return p, nil, 0, fmt.Errorf("%w: node %d", ErrNodeDown, to)
 	}
 	if p.draining.Load() {
-		return p, nil, 0, fmt.Errorf("%w: node %d", ErrShuttingDown, to)
+		// The peer said so (TypeDraining): its answer, as a RemoteError
+		// like the one it sends a request that still arrives. A handler
+		// returning it then fails as itself (ErrFailed), instead of
+		// telling its own caller that this node shuts down.
+		return p, nil, 0, &RemoteError{Code: StatusShuttingDown, Message: fmt.Sprintf("node %d is draining", to)}
 	}
 	prio := n.outgoingPriority(ctx)
 	ch := Channel(m.Service.Channel())
