@@ -84,8 +84,13 @@ func (f *Future) Wait() ([]byte, error) {
 	return f.reply, f.err
 }
 
-// Go starts an RPC and returns at once; the Future reports its outcome.
-// ctx bounds the call as for Call.
+// Go sends an RPC and returns without waiting for its reply; the Future
+// reports its outcome. ctx bounds the call as for Call. Sending happens
+// before Go returns, so Go waits, within ctx, for what sending needs: a
+// dial to the peer, the channel's credit (a throttled channel whose
+// window is spent), room in a full write queue, and with WaitForReady the
+// peer itself. If ctx ends meanwhile, the Future is already done with
+// that error. args may be reused once Go returns.
 func (n *Node) Go(ctx context.Context, to NodeNum, m Method, args []byte) *Future {
 	f := &Future{done: make(chan struct{})}
 	if n.clientChain != nil {
@@ -121,7 +126,10 @@ func (n *Node) Go(ctx context.Context, to NodeNum, m Method, args []byte) *Futur
 	return f
 }
 
-// GoFunc is Go with a callback, run on its own goroutine when the call ends.
+// GoFunc is Go with a callback, run on its own goroutine when the call
+// ends. Like Go, it returns once the request is sent. The node owns that
+// goroutine: Close waits for a running callback to return, so a callback
+// must not wait for anything that happens only after Close.
 func (n *Node) GoFunc(ctx context.Context, to NodeNum, m Method, args []byte, done func(reply []byte, err error)) {
 	f := n.Go(ctx, to, m, args)
 	if !n.goOwned(func() { done(f.Wait()) }) {
@@ -159,7 +167,11 @@ func (n *Node) routeOnce(ctx context.Context, to NodeNum, m Method) (*peer, *con
 		return p, nil, 0, fmt.Errorf("%w: node %d", ErrNodeDown, to)
 	}
 	if p.draining.Load() {
-		return p, nil, 0, fmt.Errorf("%w: node %d", ErrShuttingDown, to)
+		// The peer said so (TypeDraining): its answer, as a RemoteError
+		// like the one it sends a request that still arrives. A handler
+		// returning it then fails as itself (ErrFailed), instead of
+		// telling its own caller that this node shuts down.
+		return p, nil, 0, &RemoteError{Code: StatusShuttingDown, Message: fmt.Sprintf("node %d is draining", to)}
 	}
 	prio := n.outgoingPriority(ctx)
 	ch := Channel(m.Service.Channel())

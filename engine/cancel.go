@@ -404,6 +404,9 @@ func (n *Node) skipExpired(c *conn, rc *reqCtx) bool {
 	return true
 }
 
+// maxSentTimeout is the longest time left a request's header carries.
+var maxSentTimeout = framing.DecodeTimeout(^uint16(0))
+
 // markRequest sets the flags and the time left that let the server bound
 // and cancel a request sent with ctx. It reports whether the request is
 // cancellable: then the caller sends a TypeCancel if it gives up.
@@ -412,8 +415,14 @@ func markRequest(ctx context.Context, h *framing.Header) bool {
 		return false // context.Background and the like: the common path
 	}
 	if dl, ok := ctx.Deadline(); ok {
-		h.Flags |= framing.FlagDeadline
-		h.Status = framing.EncodeTimeout(time.Until(dl))
+		// A deadline past what the header can say (about 11 days) is sent
+		// as none: clamped, the server's would come first, and end the
+		// handler and drop its reply while the caller still waits. The
+		// caller's cancel frame ends it instead.
+		if left := time.Until(dl); left <= maxSentTimeout {
+			h.Flags |= framing.FlagDeadline
+			h.Status = framing.EncodeTimeout(left)
+		}
 	}
 	if h.Type == framing.TypeRequest {
 		h.Flags |= framing.FlagCancellable

@@ -51,6 +51,44 @@ func TestHandlerGetsCallerDeadline(t *testing.T) {
 	}
 }
 
+// TestFarDeadlineNeverCutShort: a caller's deadline further away than the
+// header can carry (about 11 days) is not sent clamped, which would end
+// the handler, and drop its reply, days before the caller gives up; the
+// handler's ctx then has no deadline and still ends with the caller.
+func TestFarDeadlineNeverCutShort(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	got := make(chan time.Time, 1)
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Procs: []Handler{func(ctx context.Context, _ *Request, _ *Response) error {
+		d, ok := ctx.Deadline()
+		got <- d
+		if !ok {
+			<-ctx.Done() // cancellable all the same: the caller's cancel ends it
+		}
+		return nil
+	}}})
+	for _, far := range []time.Duration{maxSentTimeout - time.Minute, maxSentTimeout + time.Hour, 30 * 24 * time.Hour} {
+		ctx, cancel := context.WithTimeout(context.Background(), far)
+		want, _ := ctx.Deadline()
+		errc := make(chan error, 1)
+		go func() {
+			_, err := nodes[0].Call(ctx, 2, Method{Service: echoSvc}, nil, nil)
+			errc <- err
+		}()
+		if d := <-got; far <= maxSentTimeout && d.Before(want) || far > maxSentTimeout && !d.IsZero() {
+			t.Errorf("caller's deadline in %v: the handler's is %v (caller's %v)", far, d, want)
+		}
+		if far > maxSentTimeout {
+			cancel()
+			if err := <-errc; !errors.Is(err, ErrIntr) {
+				t.Errorf("cancelled: %v", err)
+			}
+		} else if err := <-errc; err != nil {
+			t.Errorf("deadline in %v: %v", far, err)
+		}
+		cancel()
+	}
+}
+
 // TestAbandonedCallCancelsHandler: a caller that cancels its call makes
 // the server cancel the handler's ctx (context.Canceled, not a deadline:
 // the cancel frame did it), and the handler's reply is not sent.

@@ -259,23 +259,49 @@ func DefaultConfig() Config {
 func (c *Config) validate() error {
 	d := DefaultConfig()
 	if c.Node == 0 {
-		return fmt.Errorf("%w: node number must be set (1 or more)", ErrBadConfig)
+		return fmt.Errorf("%w: Node must be set (1 or more)", ErrBadConfig)
 	}
 	if c.Cluster == "" || len(c.Cluster) > framing.MaxClusterName {
-		return fmt.Errorf("%w: cluster name must be 1..%d bytes", ErrBadConfig, framing.MaxClusterName)
+		return fmt.Errorf("%w: Cluster has %d bytes: a cluster name has 1..%d", ErrBadConfig, len(c.Cluster), framing.MaxClusterName)
 	}
 	if c.ListenAddr == "" {
 		c.ListenAddr = d.ListenAddr
 	}
 	if _, _, err := net.SplitHostPort(c.ListenAddr); err != nil {
-		return fmt.Errorf("%w: listen address %q: %v", ErrBadConfig, c.ListenAddr, err)
+		return fmt.Errorf("%w: ListenAddr %q: %v", ErrBadConfig, c.ListenAddr, err)
 	}
 	for num, addr := range c.Peers {
 		if num == 0 {
-			return fmt.Errorf("%w: peer table has node 0", ErrBadConfig)
+			return fmt.Errorf("%w: Peers has node 0: nodes are numbered from 1", ErrBadConfig)
 		}
 		if _, _, err := net.SplitHostPort(addr); err != nil && num != c.Node {
-			return fmt.Errorf("%w: node %d address %q: %v", ErrBadConfig, num, addr, err)
+			return fmt.Errorf("%w: Peers[%d] %q: %v", ErrBadConfig, num, addr, err)
+		}
+	}
+	// Zero means the default; a negative bound is a mistake, never "off".
+	for _, f := range []struct {
+		name string
+		v    int
+	}{
+		{"MaxPendingWrite", c.MaxPendingWrite}, {"MaxCreditWindow", c.MaxCreditWindow},
+		{"MaxUnauthPerSource", c.MaxUnauthPerSource}, {"MaxPendingHandshakes", c.MaxPendingHandshakes},
+		{"MaxHandshakesPerSecond", c.MaxHandshakesPerSecond}, {"MaxConnections", c.MaxConnections},
+		{"MaxInflightPerPeer", c.MaxInflightPerPeer}, {"MaxInflightBytesPerPeer", c.MaxInflightBytesPerPeer},
+		{"MaxConnsPerChannel", c.MaxConnsPerChannel},
+	} {
+		if f.v < 0 {
+			return fmt.Errorf("%w: %s %d is negative (0: the default)", ErrBadConfig, f.name, f.v)
+		}
+	}
+	for _, f := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"DialTimeout", c.DialTimeout}, {"HandshakeTimeout", c.HandshakeTimeout}, {"WriteTimeout", c.WriteTimeout},
+		{"DialBackoff", c.DialBackoff}, {"MaxDialBackoff", c.MaxDialBackoff}, {"ViolationHoldOff", c.ViolationHoldOff},
+	} {
+		if f.v < 0 {
+			return fmt.Errorf("%w: %s %v is negative (0: the default)", ErrBadConfig, f.name, f.v)
 		}
 	}
 	fill := func(v *int, def int) {
@@ -339,8 +365,6 @@ func (c *Config) validate() error {
 		return fmt.Errorf("%w: MaxPayload %d out of 1..1GiB", ErrBadConfig, c.MaxPayload)
 	case c.MaxOutstandingCalls < 1 || c.MaxOutstandingCalls > 1<<24:
 		return fmt.Errorf("%w: MaxOutstandingCalls %d out of 1..16M", ErrBadConfig, c.MaxOutstandingCalls)
-	case c.DialTimeout < 0 || c.HandshakeTimeout < 0 || c.WriteTimeout < 0 || c.DialBackoff < 0 || c.ViolationHoldOff < 0:
-		return fmt.Errorf("%w: negative timeout", ErrBadConfig)
 	case c.MaxDialBackoff < c.DialBackoff:
 		return fmt.Errorf("%w: MaxDialBackoff %v under DialBackoff %v", ErrBadConfig, c.MaxDialBackoff, c.DialBackoff)
 	case c.CreditWindow < framing.HeaderSize || c.CreditWindow > 1<<30:
@@ -363,6 +387,9 @@ func (c *Config) validate() error {
 	for ch, w := range c.ChannelWindows {
 		if !ch.Throttled() {
 			return fmt.Errorf("%w: ChannelWindows[%s]: channel is never throttled", ErrBadConfig, ch)
+		}
+		if int(ch) >= c.MaxChannels {
+			return fmt.Errorf("%w: ChannelWindows[%s]: channel %d is past MaxChannels %d", ErrBadConfig, ch, ch, c.MaxChannels)
 		}
 		if w < framing.HeaderSize || w > 1<<30 {
 			return fmt.Errorf("%w: ChannelWindows[%s] = %d out of %d..1GiB", ErrBadConfig, ch, w, framing.HeaderSize)

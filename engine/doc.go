@@ -42,8 +42,9 @@
 //
 // # Calls
 //
-// Call is a synchronous RPC bounded by its context; Go and GoFunc start one
-// and return; Send is a one-way message. Every error a call returns wraps
+// Call is a synchronous RPC bounded by its context; Go and GoFunc send one
+// and return without waiting for the reply (but after any wait for a dial
+// or credit, within the context); Send is a one-way message. Every error a call returns wraps
 // exactly one of the sentinels in errors.go, after CI's CLUSTER_RPC_*
 // codes, so callers test them with errors.Is, and Code gives its Status
 // (the table is in errors.go). What the remote node answered is a

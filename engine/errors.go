@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // RPC errors, after CI's CLUSTER_RPC_* codes. Every error a call (Call, Go,
@@ -208,10 +209,15 @@ func (e *RemoteError) Error() string {
 	if e.Declared != nil {
 		return e.Message
 	}
-	if e.Message == "" {
-		return e.Code.Err().Error()
+	// A handler that wrapped the sentinel (fmt.Errorf("...: %w",
+	// ErrCantDecodeArgs), or a stub's ArgsError) sent its text too: say it
+	// once.
+	status := e.Code.Err().Error()
+	msg := strings.TrimSuffix(strings.TrimPrefix(e.Message, status+": "), ": "+status)
+	if msg == "" || msg == status {
+		return status
 	}
-	return e.Code.Err().Error() + ": " + e.Message
+	return status + ": " + msg
 }
 
 // Unwrap gives the status's sentinel and, for a declared error, the

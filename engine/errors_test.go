@@ -155,3 +155,24 @@ func TestThrottledIsNotTimedOut(t *testing.T) {
 	}
 	oneSentinel(t, err, ErrThrottled, StatusThrottled)
 }
+
+// TestRemoteErrorSaysStatusOnce: a handler that wraps the sentinel it
+// means (as Handler asks for ErrCantDecodeArgs, and icsgen's stubs do)
+// sends the sentinel's text along; the caller's error says it once.
+func TestRemoteErrorSaysStatusOnce(t *testing.T) {
+	for _, tc := range []struct {
+		code     Status
+		msg, err string
+	}{
+		{StatusCantDecodeArgs, "arg 0 is nonsense: " + ErrCantDecodeArgs.Error(), "ics: server cannot decode arguments: arg 0 is nonsense"},
+		{StatusCantDecodeArgs, ErrCantDecodeArgs.Error() + ": store.Get: stub: input truncated", "ics: server cannot decode arguments: store.Get: stub: input truncated"},
+		{StatusCantDecodeArgs, ErrCantDecodeArgs.Error(), "ics: server cannot decode arguments"},
+		{StatusCantDecodeArgs, "", "ics: server cannot decode arguments"},
+		{StatusFailed, "disk on fire", "ics: remote procedure failed: disk on fire"},
+		{StatusAuthError, "not you: " + ErrAuth.Error() + ": really", "ics: authentication error: not you: ics: authentication error: really"},
+	} {
+		if got := (&RemoteError{Code: tc.code, Message: tc.msg}).Error(); got != tc.err {
+			t.Errorf("%v %q: %q, want %q", tc.code, tc.msg, got, tc.err)
+		}
+	}
+}

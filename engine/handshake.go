@@ -272,6 +272,12 @@ func (n *Node) outConn(ctx context.Context, p *peer, ch Channel) (*conn, error) 
 			last := p.lastDialErr
 			p.mu.Unlock()
 			n.m.dialBackoffRefusals.Inc()
+			if refusedDial(last) {
+				// The peer answered, and said no: that stays the answer (a
+				// version mismatch must not read as a dead node), and the
+				// error answers one sentinel, not ErrNodeDown too.
+				return nil, fmt.Errorf("%w (next dial in %v)", last, wait.Round(time.Millisecond))
+			}
 			return nil, fmt.Errorf("%w: node %d: next dial in %v after %w", ErrNodeDown, p.num, wait.Round(time.Millisecond), last)
 		}
 		d = &dialResult{done: make(chan struct{})}
@@ -289,6 +295,16 @@ func (n *Node) outConn(ctx context.Context, p *peer, ch Channel) (*conn, error) 
 	case <-ctx.Done():
 		return nil, ctxError(ctx)
 	}
+}
+
+// refusedDial reports whether a dial failed on the peer's refusal (its
+// handshake said no, or spoke another version), not on the way to it.
+func refusedDial(err error) bool {
+	switch Code(err) {
+	case StatusHandshake, StatusVersMismatch, StatusAuthError:
+		return true
+	}
+	return false
 }
 
 // dialResult is the outcome of one dial, shared by every caller waiting for

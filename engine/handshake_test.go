@@ -44,6 +44,7 @@ func TestHandshakeRejections(t *testing.T) {
 		cfg := DefaultConfig()
 		cfg.Insecure = true
 		cfg.Node, cfg.Cluster, cfg.ListenAddr, cfg.Peers = num, cluster, addr, peers
+		cfg.DialBackoff, cfg.MaxDialBackoff = time.Minute, time.Minute // the second call below meets the backoff
 		return startNode(t, cfg)
 	}
 	for _, tc := range []struct {
@@ -72,6 +73,14 @@ func TestHandshakeRejections(t *testing.T) {
 				t.Errorf("the refusal told a stranger the cluster's name: %v", err)
 			}
 			counted(t, r0, b0)
+			// While the dial backs off, the call fails at once with the
+			// refusal, as itself: not ErrNodeDown as well.
+			_, err = d.Call(ctxFor(t, 5*time.Second), tc.to, Method{Service: echoSvc}, nil, nil)
+			oneSentinel(t, err, ErrHandshake, StatusHandshake)
+			refusedAs(t, err, tc.reason)
+			if !strings.Contains(err.Error(), "next dial in") {
+				t.Errorf("during the backoff: %v, want it to say when the next dial is", err)
+			}
 		})
 	}
 
@@ -191,6 +200,10 @@ func TestVersionMismatch(t *testing.T) {
 		err := call()
 		if !errors.Is(err, ErrVersMismatch) || errors.Is(err, ErrNodeDown) || errors.Is(err, ErrHandshake) {
 			t.Fatalf("%s: got %v, want ErrVersMismatch alone", name, err)
+		}
+		// Again at once: the dial backs off, and says why, as itself.
+		if err := call(); !errors.Is(err, ErrVersMismatch) || errors.Is(err, ErrNodeDown) || errors.Is(err, ErrHandshake) {
+			t.Fatalf("%s, again: got %v, want ErrVersMismatch alone", name, err)
 		}
 		he := refusedAs(t, err, framing.RefuseVersion)
 		want := map[string]uint16{"new to old": framing.ProtocolVersion, "old to new": framing.ProtocolVersion + 1}[name]

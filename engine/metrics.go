@@ -78,7 +78,7 @@ var families = map[string]familyDoc{
 	"ci_ics_draining_refused_total":      {"counter", "Requests this node refused with ErrShuttingDown while draining (Shutdown)."},
 	"ci_ics_handshake_rejects_total":     {"counter", "Connections refused during the handshake."},
 	"ci_ics_peer_losses_total":           {"counter", "Links to a peer that ended (connection lost, peer restarted, declared down)."},
-	"ci_ics_stale_replies_dropped_total": {"counter", "Replies not sent because the link their request came on had ended: the caller was failed already, and the peer may have restarted."},
+	"ci_ics_stale_replies_dropped_total": {"counter", "Replies not sent because the link their request came on had ended (the caller was failed already, and the peer may have restarted) or this node was closing."},
 	"ci_ics_dial_attempts_total":         {"counter", "Connections this node tried to dial, by peer."},
 	"ci_ics_dial_failures_total":         {"counter", "Dials that failed (refused, timed out, handshake refused), by peer."},
 	"ci_ics_dial_backoff_refusals_total": {"counter", "Calls failed at once because the peer's last dial failed and its backoff had not run out."},

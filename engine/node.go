@@ -274,8 +274,16 @@ func (n *Node) Addr() string { return n.addr }
 func (n *Node) Logger() *slog.Logger { return n.log }
 
 // Start opens the listener and the event loops. It returns once the node
-// accepts connections.
+// accepts connections. A node is started once; after Close, Start fails
+// with ErrClosed.
 func (n *Node) Start() error {
+	// Under Close's lock: a node closed before it ever started must not
+	// start listening and serving afterwards, with nothing left to stop it.
+	n.closeMu.Lock()
+	defer n.closeMu.Unlock()
+	if n.closed.Load() {
+		return fmt.Errorf("%w: node %d cannot start after Close", ErrClosed, n.cfg.Node)
+	}
 	if !n.started.CompareAndSwap(false, true) {
 		return fmt.Errorf("ics: node %d already started", n.cfg.Node)
 	}
@@ -405,8 +413,12 @@ func (n *Node) Err() error {
 }
 
 // Close shuts the node down: outstanding calls fail with ErrClosed, peers
-// see the connections drop, server handles finish what they run, and every
-// goroutine the node started has returned when Close does.
+// see the connections drop, server handles finish what they run (their
+// ctx ends, and what they answer is not sent: their callers get
+// ErrNodeDown; Shutdown is the drain that lets them reply), and every
+// goroutine the node started has returned when Close does. Close waits
+// for running handlers, inline ones included: a handler that ignores its
+// ctx holds Close until it returns.
 func (n *Node) Close() error {
 	n.closeMu.Lock()
 	defer n.closeMu.Unlock()
@@ -627,6 +639,8 @@ func (n *Node) peer(num NodeNum) *peer {
 
 // OnNodeDown registers fn to run, on its own goroutine, each time a peer is
 // lost: a connection to it dropped, it restarted, or NodeDown declared it.
+// The node owns that goroutine: Close waits for a running fn to return, so
+// fn must not wait for anything that happens only after Close.
 func (n *Node) OnNodeDown(fn func(NodeNum, error)) {
 	n.downMu.Lock()
 	n.downCallbacks = append(n.downCallbacks, fn)

@@ -482,28 +482,69 @@ func TestOpenModeIsExplicit(t *testing.T) {
 	}
 }
 
+// TestConfigValidation: every bad value is refused with ErrBadConfig and a
+// one-line message that names the field to fix. Zero means the default
+// everywhere; a negative bound is never taken for "off".
 func TestConfigValidation(t *testing.T) {
 	base := DefaultConfig()
 	base.Insecure = true
 	base.Node, base.Cluster = 1, "c"
-	cases := map[string]func(*Config){
-		"no node":         func(c *Config) { c.Node = 0 },
-		"no cluster":      func(c *Config) { c.Cluster = "" },
-		"bad listen addr": func(c *Config) { c.ListenAddr = "nonsense" },
-		"node 0 peer":     func(c *Config) { c.Peers = map[NodeNum]string{0: "127.0.0.1:1"} },
-		"bad peer addr":   func(c *Config) { c.Peers = map[NodeNum]string{2: "nowhere"} },
-		"few channels":    func(c *Config) { c.MaxChannels = 8 },
-		"many channels":   func(c *Config) { c.MaxChannels = 300 },
-		"negative loops":  func(c *Config) { c.EventLoops = -1 },
-		"huge payload":    func(c *Config) { c.MaxPayload = 2 << 30 },
-		"open by default": func(c *Config) { c.Insecure = false },
-		"open and secure": func(c *Config) { c.Security = &Security{Mode: SecurityAuthenticate} },
+	nk, err := GenerateNodeKey()
+	if err != nil {
+		t.Fatal(err)
 	}
-	for name, tweak := range cases {
+	cases := []struct {
+		name, field string
+		tweak       func(*Config)
+	}{
+		{"no node", "Node", func(c *Config) { c.Node = 0 }},
+		{"no cluster", "Cluster", func(c *Config) { c.Cluster = "" }},
+		{"long cluster", "Cluster", func(c *Config) { c.Cluster = strings.Repeat("c", 256) }},
+		{"bad listen addr", "ListenAddr", func(c *Config) { c.ListenAddr = "nonsense" }},
+		{"node 0 peer", "Peers", func(c *Config) { c.Peers = map[NodeNum]string{0: "127.0.0.1:1"} }},
+		{"bad peer addr", "Peers[2]", func(c *Config) { c.Peers = map[NodeNum]string{2: "nowhere"} }},
+		{"few channels", "MaxChannels", func(c *Config) { c.MaxChannels = 8 }},
+		{"many channels", "MaxChannels", func(c *Config) { c.MaxChannels = 300 }},
+		{"negative loops", "EventLoops", func(c *Config) { c.EventLoops = -1 }},
+		{"huge payload", "MaxPayload", func(c *Config) { c.MaxPayload = 2 << 30 }},
+		{"open by default", "Insecure", func(c *Config) { c.Insecure = false }},
+		{"open and secure", "Security", func(c *Config) { c.Security = &Security{Mode: SecurityAuthenticate} }},
+		{"security mode", "Security.Mode", func(c *Config) { c.Insecure, c.Security = false, &Security{Mode: 9} }},
+		{"no node key", "Security.NodeKey", func(c *Config) { c.Insecure, c.Security = false, &Security{Mode: SecurityEncrypt} }},
+		{"no cluster key", "Security.ClusterKeys", func(c *Config) {
+			c.Insecure, c.Security = false, &Security{Mode: SecurityEncrypt, NodeKey: nk}
+		}},
+		{"negative dial timeout", "DialTimeout", func(c *Config) { c.DialTimeout = -1 }},
+		{"negative handshake timeout", "HandshakeTimeout", func(c *Config) { c.HandshakeTimeout = -1 }},
+		{"negative write timeout", "WriteTimeout", func(c *Config) { c.WriteTimeout = -1 }},
+		{"negative dial backoff", "DialBackoff", func(c *Config) { c.DialBackoff = -1 }},
+		{"negative max dial backoff", "MaxDialBackoff", func(c *Config) { c.MaxDialBackoff = -1 }},
+		{"backoff bound under backoff", "MaxDialBackoff", func(c *Config) { c.DialBackoff, c.MaxDialBackoff = 2e9, 1e9 }},
+		{"negative hold-off", "ViolationHoldOff", func(c *Config) { c.ViolationHoldOff = -1 }},
+		{"negative pending write", "MaxPendingWrite", func(c *Config) { c.MaxPendingWrite = -1 }},
+		{"negative window", "CreditWindow", func(c *Config) { c.CreditWindow = -1 }},
+		{"negative max window", "MaxCreditWindow", func(c *Config) { c.MaxCreditWindow = -1 }},
+		{"negative unauth per source", "MaxUnauthPerSource", func(c *Config) { c.MaxUnauthPerSource = -1 }},
+		{"negative pending handshakes", "MaxPendingHandshakes", func(c *Config) { c.MaxPendingHandshakes = -1 }},
+		{"negative handshake rate", "MaxHandshakesPerSecond", func(c *Config) { c.MaxHandshakesPerSecond = -1 }},
+		{"negative connections", "MaxConnections", func(c *Config) { c.MaxConnections = -1 }},
+		{"negative inflight", "MaxInflightPerPeer", func(c *Config) { c.MaxInflightPerPeer = -1 }},
+		{"negative inflight bytes", "MaxInflightBytesPerPeer", func(c *Config) { c.MaxInflightBytesPerPeer = -1 }},
+		{"negative conns per channel", "MaxConnsPerChannel", func(c *Config) { c.MaxConnsPerChannel = -1 }},
+		{"window of a priority channel", "ChannelWindows", func(c *Config) { c.ChannelWindows = map[Channel]int{ChanPrio1: 1 << 10} }},
+		{"window past MaxChannels", "ChannelWindows", func(c *Config) { c.ChannelWindows = map[Channel]int{200: 1 << 10} }},
+	}
+	for _, tc := range cases {
 		cfg := base
-		tweak(&cfg)
-		if _, err := New(cfg); !errors.Is(err, ErrBadConfig) {
-			t.Errorf("%s: got %v, want ErrBadConfig", name, err)
+		tc.tweak(&cfg)
+		n, err := New(cfg)
+		if err == nil {
+			_ = n.Close()
+			t.Errorf("%s: accepted", tc.name)
+			continue
+		}
+		if msg := err.Error(); !errors.Is(err, ErrBadConfig) || !strings.Contains(msg, tc.field) || strings.Contains(msg, "\n") {
+			t.Errorf("%s: got %q, want ErrBadConfig naming %s on one line", tc.name, msg, tc.field)
 		}
 	}
 	n, err := New(base)
@@ -525,6 +566,34 @@ func TestStartFailsOnBusyAddress(t *testing.T) {
 	defer n.Close()
 	if err := n.Start(); err == nil {
 		t.Fatal("second node started on a busy address")
+	}
+}
+
+// TestStartAfterCloseRefused: Start after Close fails with ErrClosed, and
+// a node closed before it ever started does not start listening then (it
+// did: an accept loop and a port nothing would ever close; TestMain's
+// goleak caught the loop).
+func TestStartAfterCloseRefused(t *testing.T) {
+	for _, startFirst := range []bool{false, true} {
+		cfg := DefaultConfig()
+		cfg.Node, cfg.Cluster, cfg.Insecure = 1, "test", true
+		n, err := New(testMode(cfg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if startFirst {
+			if err := n.Start(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_ = n.Close()
+		if err := n.Start(); !errors.Is(err, ErrClosed) {
+			t.Errorf("started first %v: Start after Close: %v, want ErrClosed", startFirst, err)
+		}
+		if !startFirst && n.Addr() != "" {
+			t.Errorf("a node closed before Start listens on %s", n.Addr())
+		}
+		_ = n.Close()
 	}
 }
 

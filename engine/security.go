@@ -52,17 +52,17 @@ type Security struct {
 
 func (s *Security) validate() error {
 	if s.Mode != SecurityAuthenticate && s.Mode != SecurityEncrypt {
-		return fmt.Errorf("%w: security mode %d: want authenticate or encrypt", ErrBadConfig, s.Mode)
+		return fmt.Errorf("%w: Security.Mode %d: want SecurityAuthenticate or SecurityEncrypt", ErrBadConfig, s.Mode)
 	}
 	if s.NodeKey.Public == (PublicKey{}) {
-		return fmt.Errorf("%w: security: no node key", ErrBadConfig)
+		return fmt.Errorf("%w: Security.NodeKey is not set", ErrBadConfig)
 	}
 	if len(s.ClusterKeys) == 0 {
-		return fmt.Errorf("%w: security: no cluster key", ErrBadConfig)
+		return fmt.Errorf("%w: Security.ClusterKeys is empty", ErrBadConfig)
 	}
 	for num, k := range s.PeerKeys {
 		if k == (PublicKey{}) {
-			return fmt.Errorf("%w: security: node %d has an empty public key", ErrBadConfig, num)
+			return fmt.Errorf("%w: Security.PeerKeys[%d] is an empty public key", ErrBadConfig, num)
 		}
 	}
 	return nil

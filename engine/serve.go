@@ -248,10 +248,14 @@ func statusFor(err error) Status {
 // connection belongs to one incarnation at each end. Once c's link has
 // ended (the connection dropped, the peer restarted, it was declared
 // down), its caller has already been failed; the reply is dropped and
-// counted.
+// counted. So is every reply once Close has begun: Close is the immediate
+// stop, and a handler it cancelled answers with what its ended ctx made of
+// its work ("context canceled"), which its caller must not take for the
+// handler's result: the connection's close tells it ErrNodeDown instead
+// (Shutdown is the way to let running handlers reply).
 func (n *Node) sendReply(ctx context.Context, c *conn, h *framing.Header, svc *service, status Status, body []byte) {
 	p, gen := c.peer, c.linkGen
-	if p.linkGen.Load() != gen || c.superseded.Load() {
+	if p.linkGen.Load() != gen || c.superseded.Load() || n.closed.Load() {
 		n.m.staleReplies.Inc()
 		return
 	}

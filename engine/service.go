@@ -8,7 +8,7 @@ import (
 
 // Handler serves one procedure. A returned error travels back to the caller
 // (see RemoteError); return ErrCantDecodeArgs for arguments that do not
-// parse.
+// parse. A panic is not recovered: it ends the process, as in grpc-go.
 //
 // Who owns which slice:
 //   - req.Args belongs to the engine. The handler may read it until it
@@ -26,7 +26,8 @@ import (
 //
 // ctx carries the priority the request arrived at, so that an RPC sent from
 // inside the handler is escalated (CI's ics_prio), and ends when the node
-// closes. If the caller's ctx could end (it had a deadline, or could be
+// closes (the handler's reply is then not sent; its caller gets
+// ErrNodeDown). If the caller's ctx could end (it had a deadline, or could be
 // cancelled), ctx has the caller's deadline and ends when the caller gives
 // up or when the handler returns, as a gRPC handler's does: nested calls
 // made with it are cancelled with the request. Work that outlives the
@@ -54,8 +55,8 @@ type Response struct {
 // registration routine told ICS.
 type Service struct {
 	ID      ServiceID // channel<<16 | subservice; the channel must be a service channel
-	Name    string    // for logs and metrics
-	Version uint16    // stub version; calls made with another non-zero version fail with ErrProgVersMismatch
+	Name    string    // for logs and metrics: one service per name on a node (Register refuses a second); empty: "svc" and the ID
+	Version uint16    // stub version; calls made with another non-zero version fail with ErrProgVersMismatch; 0 accepts every version
 
 	// Procs is the dispatch table, indexed by procedure number. A nil entry,
 	// or a number past the end, answers ErrProcUnavail.
@@ -119,8 +120,9 @@ func (v priorityValue) prio() uint8     { return uint8(v &^ inHandlerBit) }
 func (v priorityValue) inHandler() bool { return v&inHandlerBit != 0 }
 
 // WithPriority returns a context whose RPCs and messages go out at priority
-// p (0..4). Priority 0 uses the service's own throttled channel; 1..4 use
-// the never-throttled priority channels. It overrides escalation.
+// p (0..4; a larger p is taken as 4). Priority 0 uses the service's own
+// throttled channel; 1..4 use the never-throttled priority channels. It
+// overrides escalation.
 func WithPriority(ctx context.Context, p uint8) context.Context {
 	if p > framing.MaxPriority {
 		p = framing.MaxPriority

@@ -53,6 +53,52 @@ func TestShutdownDrains(t *testing.T) {
 	<-nodes[1].Done()
 }
 
+// TestNestedCallToDrainingPeerFails: a handler whose nested call failed
+// because that call's peer drains, and that returns the error, fails as
+// itself (ErrFailed, the nested text): its caller must not read that the
+// handler's own node shuts down. The draining notice is the peer's
+// answer, a RemoteError, like its refusal of a request that still comes.
+func TestNestedCallToDrainingPeerFails(t *testing.T) {
+	nodes := startCluster(t, 3, nil)
+	started, release := make(chan struct{}), make(chan struct{})
+	mustRegister(t, nodes[2], Service{ID: echoSvc, Procs: []Handler{
+		func(context.Context, *Request, *Response) error { close(started); <-release; return nil },
+		echo,
+	}})
+	mustRegister(t, nodes[1], Service{ID: echoSvc, Procs: []Handler{
+		func(ctx context.Context, _ *Request, _ *Response) error {
+			_, err := nodes[1].Call(ctx, 3, Method{Service: echoSvc, Proc: 1}, nil, nil)
+			return err
+		},
+	}})
+	ctx := ctxFor(t, 20*time.Second)
+	running := nodes[1].Go(ctx, 3, Method{Service: echoSvc}, nil) // keeps node 3 draining
+	<-started
+	shut := make(chan error, 1)
+	go func() { shut <- nodes[2].Shutdown(ctx) }()
+	eventually(t, "node 2 sees node 3 draining", func() bool {
+		_, err := nodes[1].Call(ctx, 3, Method{Service: echoSvc, Proc: 1}, nil, nil)
+		return errors.Is(err, ErrShuttingDown)
+	})
+	_, err := nodes[1].Call(ctx, 3, Method{Service: echoSvc, Proc: 1}, nil, nil)
+	var re *RemoteError
+	if !errors.As(err, &re) {
+		t.Errorf("draining notice: %v, want a *RemoteError", err)
+	}
+	oneSentinel(t, err, ErrShuttingDown, StatusShuttingDown)
+
+	_, err = nodes[0].Call(ctx, 2, Method{Service: echoSvc}, nil, nil)
+	oneSentinel(t, err, ErrFailed, StatusFailed)
+
+	close(release)
+	if _, err := running.Wait(); err != nil {
+		t.Fatalf("running call: %v", err)
+	}
+	if err := <-shut; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+}
+
 // TestShutdownRefusesLateRequests: a request that reaches a draining node
 // (its peer had not heard yet) is refused with ErrShuttingDown.
 func TestShutdownRefusesLateRequests(t *testing.T) {
