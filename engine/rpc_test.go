@@ -628,6 +628,9 @@ func TestCompressedBombRefused(t *testing.T) {
 			runtime.ReadMemStats(&before)
 			idx, _ := nodes[0].handles.acquire()
 			xid := nodes[0].handles.arm(idx, 2, nil)
+			if c.reads != nil {
+				nodes[0].handles.slots[idx].sentOn = c // as startCall: the caller reads its reply
+			}
 			h := framing.Header{Type: framing.TypeRequest, Service: echoSvc, XID: xid, Flags: flag, Aux: aux}
 			if err := c.send(ctxFor(t, 5*time.Second), &h, bomb); err != nil {
 				t.Fatal(err)

@@ -311,7 +311,9 @@ func (n *Node) completeReply(c *conn, f *framing.Frame) {
 	}
 	if c.reads != nil {
 		// A reply the watcher reads may be for a caller that has sent but
-		// not yet come to read: it comes next, so the watcher steps back
+		// not yet come to read: it comes next (every call sent on a
+		// dialled netpoller connection waits in readForReply), and its
+		// leaving re-arms the idle timer, so the watcher steps back
 		// (watchLoop) as if that caller had arrived.
 		c.reads.arrived.Add(1)
 	}
