@@ -82,7 +82,14 @@ type proc struct {
 
 func startProc(t *testing.T, bin string, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(bin, args...), out: &syncBuf{}, done: make(chan struct{})}
+	return startCmd(t, exec.Command(bin, args...))
+}
+
+// startCmd starts cmd as a proc (startProc for a command made elsewhere,
+// as one run in a network namespace).
+func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
+	t.Helper()
+	p := &proc{cmd: cmd, out: &syncBuf{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	p.cmd.Env = cleanEnv()
 	if err := p.cmd.Start(); err != nil {
@@ -100,7 +107,7 @@ func startProc(t *testing.T, bin string, args ...string) *proc {
 		p.cmd.Process.Kill()
 		<-p.done
 		if t.Failed() {
-			t.Logf("%s %s:\n%s", filepath.Base(bin), strings.Join(args, " "), p.out.String())
+			t.Logf("%s:\n%s", strings.Join(cmd.Args, " "), p.out.String())
 		}
 	})
 	return p

@@ -1,0 +1,314 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clusterinfra/ci/clms"
+	"github.com/clusterinfra/ci/services/admin"
+	"github.com/clusterinfra/ci/services/node/netnstest"
+)
+
+// Tests of real partitions: each cinode runs in a network namespace of its
+// own (netnstest), and a partition takes a node's link down, so the kernel
+// does what it does across a real network (silence, full send buffers,
+// retransmissions, unanswered SYNs), where the proxies of
+// services/node/multiproc_test.go read and drop bytes.
+
+// icsPort is every node's ICS port: each node has an address of its own.
+const icsPort = 7100
+
+// nsCluster is a cluster of cinode processes, one per namespace, with
+// keyseq and the lan-fast profile; admin endpoints are Unix sockets, which
+// no partition touches, so the test sees a cut-off node too.
+type nsCluster struct {
+	*testCluster
+	nw    *netnstest.Net
+	procs []*proc // by node number - 1; the latest process of each
+}
+
+func newNSCluster(t *testing.T, n int) *nsCluster {
+	t.Helper()
+	nw := netnstest.New(t, n)
+	c := &nsCluster{testCluster: &testCluster{dir: t.TempDir()}, nw: nw, procs: make([]*proc, n)}
+	var b strings.Builder
+	b.WriteString("name = \"netns\"\nfencing = \"halt\"\n[security]\nmode = \"insecure\"\n[timing]\nprofile = \"lan-fast\"\n")
+	b.WriteString("[[key_services]]\nname = \"keyseq\"\n")
+	for i, h := range nw.Hosts {
+		c.ics = append(c.ics, fmt.Sprintf("%s:%d", h.IP, icsPort))
+		c.admins = append(c.admins, "unix:"+filepath.Join(c.dir, fmt.Sprintf("admin%d.sock", i+1)))
+		fmt.Fprintf(&b, "[[nodes]]\nnumber = %d\naddress = %q\nmaster_eligible = true\nkey_services = [\"keyseq\"]\n", i+1, c.ics[i])
+	}
+	c.config = filepath.Join(c.dir, "cluster.toml")
+	if err := os.WriteFile(c.config, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// start starts node n in its namespace (again, after it exited: a new
+// incarnation, as its supervisor would).
+func (c *nsCluster) start(t *testing.T, n int) *proc {
+	t.Helper()
+	sock := strings.TrimPrefix(c.admins[n-1], "unix:")
+	_ = os.Remove(sock) // left by a killed predecessor
+	cmd := c.nw.Hosts[n-1].Command(bins.cinode, "--config", c.config, "--node", fmt.Sprint(n),
+		"--data-dir", filepath.Join(c.dir, fmt.Sprintf("node%d", n)), "--admin", c.admins[n-1], "--log-format", "json")
+	cmd.Env = cleanEnv()
+	p := startCmd(t, cmd)
+	c.procs[n-1] = p
+	return p
+}
+
+// startAll starts every node and waits until each is ready and keyseq has
+// a ready owner.
+func (c *nsCluster) startAll(t *testing.T) {
+	t.Helper()
+	for i := range c.procs {
+		c.start(t, i+1)
+	}
+	c.waitHealthy(t, nil)
+}
+
+// waitHealthy waits until every node (but those in skip) is UP in every
+// other's view with one master, and keyseq is ready.
+func (c *nsCluster) waitHealthy(t *testing.T, skip map[int]bool) {
+	t.Helper()
+	for i := range c.procs {
+		if skip[i+1] {
+			continue
+		}
+		eventually(t, 60*time.Second, fmt.Sprintf("node %d ready", i+1), func() (bool, string) {
+			code, body := c.readyz(i + 1)
+			return code == 200, fmt.Sprint(code, body)
+		})
+	}
+	for i := range c.procs {
+		if skip[i+1] {
+			continue
+		}
+		eventually(t, 30*time.Second, fmt.Sprintf("every node UP as node %d sees it", i+1), func() (bool, string) {
+			var ms admin.Members
+			if err := c.get(i+1, "/v1/members", &ms); err != nil {
+				return false, err.Error()
+			}
+			for _, m := range ms.Members {
+				if m.State != "UP" {
+					return false, fmt.Sprintf("node %d %s", m.Node, m.State)
+				}
+			}
+			return ms.Master != 0, "no master"
+		})
+	}
+	for i := range c.procs {
+		if !skip[i+1] {
+			c.keyseq(t, i+1, func(k admin.KeyService) bool { return k.Ready && k.Owner != 0 })
+			return
+		}
+	}
+}
+
+// get is a GET of node n's admin endpoint, bounded.
+func (c *nsCluster) get(n int, path string, v any) error {
+	cl := c.client(n)
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return cl.Get(ctx, path, v)
+}
+
+// status is node n's /v1/status.
+func (c *nsCluster) status(t *testing.T, n int) admin.Status {
+	t.Helper()
+	var st admin.Status
+	if err := c.get(n, "/v1/status", &st); err != nil {
+		t.Fatalf("node %d /v1/status: %v", n, err)
+	}
+	return st
+}
+
+// keyseq waits until keyseq, as node n sees it, satisfies cond.
+func (c *nsCluster) keyseq(t *testing.T, n int, cond func(admin.KeyService) bool) admin.KeyService {
+	t.Helper()
+	var k admin.KeyService
+	eventually(t, 30*time.Second, fmt.Sprintf("keyseq as node %d sees it", n), func() (bool, string) {
+		var ks admin.KeyServices
+		if err := c.get(n, "/v1/keysvc", &ks); err != nil {
+			return false, err.Error()
+		}
+		if len(ks.Services) != 1 {
+			return false, fmt.Sprint(ks)
+		}
+		k = ks.Services[0]
+		return cond(k), fmt.Sprintf("%+v", k)
+	})
+	return k
+}
+
+// logLine is one line of cinode's JSON log.
+type logLine struct {
+	Time time.Time      `json:"time"`
+	Msg  string         `json:"msg"`
+	Rest map[string]any `json:"-"`
+}
+
+// logged returns the lines of p's log whose msg starts with prefix and
+// whose attributes include every key=value of attrs.
+func logged(p *proc, prefix string, attrs ...any) []logLine {
+	var out []logLine
+	sc := bufio.NewScanner(strings.NewReader(p.out.String()))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var l logLine
+		if json.Unmarshal(sc.Bytes(), &l) != nil || !strings.HasPrefix(l.Msg, prefix) {
+			continue
+		}
+		_ = json.Unmarshal(sc.Bytes(), &l.Rest)
+		ok := true
+		for i := 0; i+1 < len(attrs); i += 2 {
+			if fmt.Sprint(l.Rest[attrs[i].(string)]) != fmt.Sprint(attrs[i+1]) {
+				ok = false
+			}
+		}
+		if ok {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// firstLogged is the time of the first such line, or the zero time.
+func firstLogged(p *proc, prefix string, attrs ...any) time.Time {
+	if ls := logged(p, prefix, attrs...); len(ls) > 0 {
+		return ls[0].Time
+	}
+	return time.Time{}
+}
+
+func others3(n int) []int {
+	var o []int
+	for i := 1; i <= 3; i++ {
+		if i != n {
+			o = append(o, i)
+		}
+	}
+	return o
+}
+
+// TestNetnsFormation: three cinode processes in three namespaces form a
+// cluster with the lan-fast profile, and keyseq hands out ids.
+func TestNetnsFormation(t *testing.T) {
+	c := newNSCluster(t, 3)
+	c.startAll(t)
+	st := c.status(t, 1)
+	if st.MembersUp != 3 || st.Master == 0 || !st.LeaseValid {
+		t.Fatalf("node 1: %+v", st)
+	}
+	var ms admin.Members
+	if err := c.get(2, "/v1/members", &ms); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms.Members {
+		if m.Address != c.ics[m.Node-1] || m.Incarnation == "" {
+			t.Fatalf("member %+v", m)
+		}
+	}
+}
+
+// lanFast is the profile the clusters here run.
+var lanFast = clms.LANFastTiming()
+
+// TestNetnsPartitionedMaster cuts the master's link (no close, no RST):
+// the cut-off master stops acting (its lease lapses) before the majority
+// declares it down, which the majority does within the documented bound;
+// a new master is elected and keyseq fails over to a survivor. Healed, the
+// old master learns it was declared down and exits fenced (4); restarted,
+// it rejoins as a new incarnation and every node is UP.
+func TestNetnsPartitionedMaster(t *testing.T) {
+	c := newNSCluster(t, 3)
+	c.startAll(t)
+	m := int(c.status(t, 1).Master)
+	// keyseq on the master, so that the cut costs a key-service failover too.
+	if k := c.keyseq(t, m, func(admin.KeyService) bool { return true }); int(k.Owner) != m {
+		if code, out, e := runCmd(t, bins.cluster, "-e", c.admins[m-1], "move", "keyseq", fmt.Sprint(m)); code != 0 {
+			t.Fatalf("move keyseq to node %d: %d %s %s", m, code, out, e)
+		}
+	}
+	k0 := c.keyseq(t, m, func(k admin.KeyService) bool { return int(k.Owner) == m && k.Ready })
+	oldInc := c.status(t, m).Incarnation
+	survivors := others3(m)
+
+	cutAt := time.Now()
+	c.nw.Hosts[m-1].Cut()
+	// The majority: a new master, the old one DOWN, keyseq on a survivor.
+	for _, s := range survivors {
+		eventually(t, 30*time.Second, fmt.Sprintf("node %d: node %d DOWN and a new master", s, m), func() (bool, string) {
+			st := c.status(t, s)
+			mb := c.memberOf(t, s, m)
+			return mb.State == "DOWN" && st.Master != 0 && int(st.Master) != m, fmt.Sprintf("%s master %d", mb.State, st.Master)
+		})
+	}
+	k1 := c.keyseq(t, survivors[0], func(k admin.KeyService) bool { return k.Ready && int(k.Owner) != m && k.Epoch > k0.Epoch })
+	// The cut-off master, seen through its Unix socket: not acting, not master.
+	eventually(t, 30*time.Second, "the cut-off master suspended", func() (bool, string) {
+		st := c.status(t, m)
+		return !st.LeaseValid && !st.IsMaster && !st.Ready, fmt.Sprintf("%+v", st)
+	})
+
+	// The order, from the logs (one machine, one clock).
+	old := c.procs[m-1]
+	suspended := firstLogged(old, "clms: lease not valid")
+	if suspended.IsZero() {
+		t.Fatal("the cut-off master never logged its lease lapsing")
+	}
+	var firstDown time.Time
+	for _, s := range survivors {
+		d := firstLogged(c.procs[s-1], "clms: NODEDOWN", "peer", m)
+		if d.IsZero() {
+			t.Fatalf("node %d logged no NODEDOWN of node %d", s, m)
+		}
+		if !suspended.Before(d) {
+			t.Fatalf("node %d declared node %d down at %v, before it stopped acting (%v)", s, m, d.Format(time.RFC3339Nano), suspended.Format(time.RFC3339Nano))
+		}
+		if firstDown.IsZero() || d.Before(firstDown) {
+			firstDown = d
+		}
+	}
+	if stopped := firstLogged(old, "clms: stopped acting as key-service owner"); !stopped.IsZero() {
+		if acting := firstLogged(c.procs[k1.Owner-1], "clms: acting as key-service owner", "epoch", k1.Epoch); !acting.IsZero() && !stopped.Before(acting) {
+			t.Fatalf("the new keyseq owner acted at %v, before the old one stopped (%v)", acting, stopped)
+		}
+	}
+	// The bound: the survivors elect (up to two election timeouts), and the
+	// new master declares the silent node down LeaseTimeout+LeaseMargin
+	// after its election, at a tick; the rest is slack for a loaded
+	// 2-CPU machine.
+	bound := 2*lanFast.ElectionTimeout + lanFast.LeaseTimeout + lanFast.LeaseMargin + lanFast.Tick
+	const slack = 3 * time.Second
+	if d := firstDown.Sub(cutAt); d > bound+slack {
+		t.Fatalf("NODEDOWN of the cut-off master %v after the cut; the documented bound is %v (+%v slack)", d, bound, slack)
+	}
+	t.Logf("cut of master %d: suspended after %v, NODEDOWN after %v (bound %v), keyseq epoch %d -> %d on node %d",
+		m, suspended.Sub(cutAt), firstDown.Sub(cutAt), bound, k0.Epoch, k1.Epoch, k1.Owner)
+
+	// Healed: it hears it was declared down and halts.
+	c.nw.Hosts[m-1].Heal()
+	if code := old.wait(t, 30*time.Second); code != exitFenced {
+		t.Fatalf("the healed old master exited %d, want %d (fenced)", code, exitFenced)
+	}
+	if len(logged(old, "clms: FENCED")) == 0 {
+		t.Fatalf("the healed old master exited 4 without logging FENCED")
+	}
+	c.start(t, m)
+	c.waitHealthy(t, nil)
+	if inc := c.memberOf(t, survivors[0], m).Incarnation; inc == oldInc {
+		t.Fatalf("node %d back with its old incarnation %s", m, inc)
+	}
+}
