@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/clusterinfra/ci/services/admin"
+	"github.com/clusterinfra/ci/services/node/netnstest"
 )
 
 // bins holds the cinode and cluster binaries TestMain builds.
@@ -208,17 +209,7 @@ func (c *testCluster) client(n int) *admin.Client { return admin.NewClient(c.adm
 // other processes, which the test cannot be told about.
 func eventually(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	last := ""
-	for time.Now().Before(deadline) {
-		ok, s := cond()
-		if ok {
-			return
-		}
-		last = s
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("%s: not within %v; last: %s", what, d, last)
+	netnstest.Eventually(t, d, what, cond)
 }
 
 // readyz returns node n's /readyz status and body.

@@ -312,3 +312,176 @@ func TestNetnsPartitionedMaster(t *testing.T) {
 		t.Fatalf("node %d back with its old incarnation %s", m, inc)
 	}
 }
+
+// text is a GET of node n's admin endpoint returning text.
+func (c *nsCluster) text(t *testing.T, n int, path string) string {
+	t.Helper()
+	cl := c.client(n)
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	code, body, err := cl.Text(ctx, path)
+	if err != nil || code != 200 {
+		t.Fatalf("node %d %s: %d %v", n, path, code, err)
+	}
+	return body
+}
+
+// bytesTo sums node n's ci_ics_bytes_out_total series to peer.
+func (c *nsCluster) bytesTo(t *testing.T, n, peer int) float64 {
+	t.Helper()
+	var sum float64
+	for _, l := range strings.Split(c.text(t, n, "/metrics"), "\n") {
+		if strings.HasPrefix(l, "ci_ics_bytes_out_total{") && strings.Contains(l, fmt.Sprintf(`peer="%d"`, peer)) {
+			var v float64
+			if _, err := fmt.Sscan(l[strings.LastIndexByte(l, ' ')+1:], &v); err == nil {
+				sum += v
+			}
+		}
+	}
+	return sum
+}
+
+// goroutines is node n's goroutine dump (pprof, debug=2).
+func (c *nsCluster) goroutines(t *testing.T, n int) string {
+	t.Helper()
+	return c.text(t, n, "/debug/pprof/goroutine?debug=2")
+}
+
+// stacksWith returns the goroutines of a dump whose stack has every one of
+// the substrings.
+func stacksWith(dump string, subs ...string) []string {
+	var out []string
+	for _, g := range strings.Split(dump, "\n\n") {
+		ok := true
+		for _, s := range subs {
+			ok = ok && strings.Contains(g, s)
+		}
+		if ok {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+// engineRoutines counts node n's per-connection engine goroutines.
+func engineRoutines(dump string) int {
+	return len(stacksWith(dump, "engine.(*Node).routineRead")) + len(stacksWith(dump, "engine.(*Node).routineWatch")) +
+		len(stacksWith(dump, "engine.(*conn).routineFlush")) + len(stacksWith(dump, "engine.(*Node).routineDial"))
+}
+
+// ping runs POST /v1/ping on node from.
+func (c *nsCluster) ping(from int, req admin.PingRequest) (admin.PingResult, error) {
+	cl := c.client(from)
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var res admin.PingResult
+	err := cl.Post(ctx, "/v1/ping", req, &res)
+	return res, err
+}
+
+// TestNetnsMemberCutMidCall cuts a member's link while another node's ICS
+// calls to it are in flight with more bytes than the sockets hold: the
+// sender's writes block in the kernel. The calls fail with node_down when
+// CLMS declares the member down (nothing waits on a blocked write), the
+// caller's connection goroutines to it end, and after the heal the member,
+// fenced, restarts as a new incarnation and answers calls again.
+func TestNetnsMemberCutMidCall(t *testing.T) {
+	c := newNSCluster(t, 3)
+	c.startAll(t)
+	m := int(c.status(t, 1).Master)
+	var victim, caller int
+	for _, n := range others3(m) {
+		if victim == 0 {
+			victim = n
+		} else {
+			caller = n
+		}
+	}
+	// Connections on the echo's channel exist before the baseline.
+	if res, err := c.ping(caller, admin.PingRequest{Node: uint32(victim), Calls: 20}); err != nil || res.Errors != 0 {
+		t.Fatalf("ping before the cut: %+v %v", res, err)
+	}
+	baseline := engineRoutines(c.goroutines(t, caller))
+	oldInc := c.status(t, victim).Incarnation
+
+	// 4 callers of 12 MiB each way: far more than a socket's buffers.
+	const size = 12 << 20
+	type result struct {
+		res admin.PingResult
+		err error
+	}
+	done := make(chan result, 1)
+	before := c.bytesTo(t, caller, victim)
+	go func() {
+		res, err := c.ping(caller, admin.PingRequest{Node: uint32(victim), Size: size, Concurrency: 4, Duration: "50s"})
+		done <- result{res, err}
+	}()
+	eventually(t, 30*time.Second, "bulk calls flowing", func() (bool, string) {
+		b := c.bytesTo(t, caller, victim)
+		return b-before >= 8*size, fmt.Sprint(b - before)
+	})
+	cutAt := time.Now()
+	c.nw.Hosts[victim-1].Cut()
+	// The premise: the caller's socket is full (the kernel takes no more),
+	// which a proxy that reads and drops never causes. The engine writes
+	// without blocking; a full socket shows as its flusher waiting in poll.
+	// The cut-off node, seen through its Unix socket, has one too: the
+	// echo's replies it cannot send.
+	var blocked string
+	eventually(t, 10*time.Second, "a full socket on the cut link", func() (bool, string) {
+		for _, n := range []int{caller, victim} {
+			if gs := stacksWith(c.goroutines(t, n), "engine.(*conn).routineFlush"); len(gs) > 0 {
+				blocked = fmt.Sprintf("node %d: %s", n, gs[0])
+				return true, ""
+			}
+		}
+		return false, "no flusher"
+	})
+	t.Logf("flusher of a full socket: %s", blocked)
+
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the ping run to the cut-off node did not end; node %d's goroutines:\n%s", caller, c.goroutines(t, caller))
+	}
+	ended := time.Since(cutAt)
+	if r.err != nil {
+		t.Fatalf("ping: %v", r.err)
+	}
+	if r.res.Stopped != "errors" || r.res.ErrorCodes["node_down"] == 0 {
+		t.Fatalf("the ping run did not end on node_down errors: %+v", r.res)
+	}
+	down := firstLogged(c.procs[caller-1], "clms: NODEDOWN", "peer", victim)
+	if down.IsZero() {
+		t.Fatalf("node %d logged no NODEDOWN of node %d", caller, victim)
+	}
+	t.Logf("cut of member %d mid-call: NODEDOWN on node %d after %v, its ping run ended after %v: %v",
+		victim, caller, down.Sub(cutAt), ended, r.res.ErrorCodes)
+	// Nothing stays blocked on the dead link once it is declared down.
+	eventually(t, 10*time.Second, "no flusher or sender left after NODEDOWN", func() (bool, string) {
+		dump := c.goroutines(t, caller)
+		gs := append(stacksWith(dump, "engine.(*conn).routineFlush"), stacksWith(dump, "engine.(*conn).sendFrame")...)
+		return len(gs) == 0, strings.Join(gs, "\n\n")
+	})
+
+	c.nw.Hosts[victim-1].Heal()
+	if code := c.procs[victim-1].wait(t, 30*time.Second); code != exitFenced {
+		t.Fatalf("the healed member exited %d, want %d (fenced)", code, exitFenced)
+	}
+	c.start(t, victim)
+	c.waitHealthy(t, nil)
+	if inc := c.memberOf(t, caller, victim).Incarnation; inc == oldInc {
+		t.Fatalf("node %d back with its old incarnation", victim)
+	}
+	if res, err := c.ping(caller, admin.PingRequest{Node: uint32(victim), Calls: 20}); err != nil || res.Errors != 0 {
+		t.Fatalf("ping after the heal: %+v %v", res, err)
+	}
+	// No connection goroutine of the old link is left.
+	eventually(t, 10*time.Second, "the caller's engine goroutines back to the baseline", func() (bool, string) {
+		n := engineRoutines(c.goroutines(t, caller))
+		return n <= baseline, fmt.Sprintf("%d, baseline %d", n, baseline)
+	})
+}

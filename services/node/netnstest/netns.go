@@ -22,11 +22,16 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Name prefixes; every name carries the pid of the test process that made
@@ -118,6 +123,41 @@ func New(t testing.TB, n int) *Net {
 // cmd.Process reach it.
 func (h *Host) Command(name string, args ...string) *exec.Cmd {
 	return exec.Command(ipBin, append([]string{"netns", "exec", h.NS, name}, args...)...)
+}
+
+// Do runs fn on an OS thread inside h's namespace: the sockets fn
+// creates (a listener, an engine node's Start) belong to h's network for
+// their whole life, whichever goroutine uses them later. Dials made later
+// from other goroutines are made from the test's namespace.
+func (h *Host) Do(fn func()) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked if the thread cannot go back: it then ends with the goroutine
+		self, err := os.Open(fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid()))
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer self.Close()
+		target, err := os.Open(filepath.Join("/var/run/netns", h.NS))
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer target.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("netnstest: enter %s: %w", h.NS, err)
+			return
+		}
+		fn()
+		if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("netnstest: leave %s: %w", h.NS, err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- nil
+	}()
+	return <-errc
 }
 
 // Cut takes h's link down: nothing reaches h and nothing leaves it, and
@@ -219,4 +259,22 @@ func run(args ...string) error {
 func isGone(err error) bool {
 	s := err.Error()
 	return strings.Contains(s, "Cannot find device") || strings.Contains(s, "No such file") || strings.Contains(s, "does not exist")
+}
+
+// Eventually polls cond until it holds, or fails t after d with what and
+// cond's last word: for conditions of other processes and of the kernel,
+// which a test cannot be told about.
+func Eventually(t testing.TB, d time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	last := ""
+	for time.Now().Before(deadline) {
+		ok, s := cond()
+		if ok {
+			return
+		}
+		last = s
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within %v; last: %s", what, d, last)
 }
