@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -152,6 +153,86 @@ func (c *nsCluster) keyseq(t *testing.T, n int, cond func(admin.KeyService) bool
 	return k
 }
 
+// idDraw asks every node for keyseq ids until stopped.
+type idDraw struct {
+	t     *testing.T
+	stopc chan struct{}
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	got   []KeyseqRange
+	errs  map[string]int // failed draws by error, for a failure's message
+}
+
+func (c *nsCluster) drawIDs(t *testing.T) *idDraw {
+	d := &idDraw{t: t, stopc: make(chan struct{}), errs: map[string]int{}}
+	for n := range c.procs {
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			cl := c.client(n + 1)
+			defer cl.Close()
+			for {
+				select {
+				case <-d.stopc:
+					return
+				case <-time.After(5 * time.Millisecond): // pacing, not a wait for anything
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				var r KeyseqRange
+				err := cl.Post(ctx, "/v1/keyseq/next", nil, &r)
+				cancel()
+				d.mu.Lock()
+				if err == nil {
+					d.got = append(d.got, r)
+				} else {
+					d.errs[fmt.Sprintf("node %d: %v", n+1, err)]++
+				}
+				d.mu.Unlock()
+			}
+		}()
+	}
+	t.Cleanup(func() { d.stop() })
+	return d
+}
+
+// wait waits until every node has drawn ids handed out in epoch.
+func (d *idDraw) wait(t *testing.T, epoch uint64, when string) {
+	t.Helper()
+	eventually(t, 30*time.Second, "keyseq ids of epoch "+fmt.Sprint(epoch)+" "+when, func() (bool, string) {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		for _, r := range d.got {
+			if r.Epoch == epoch {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("%d ranges; failed draws: %v", len(d.got), d.errs)
+	})
+}
+
+// stop ends the draws and returns the ranges handed out, failing the test
+// if any id was handed out twice.
+func (d *idDraw) stop() []KeyseqRange {
+	select {
+	case <-d.stopc:
+	default:
+		close(d.stopc)
+	}
+	d.wg.Wait()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	seen := map[uint64]KeyseqRange{}
+	for _, r := range d.got {
+		for id := r.First; id <= r.Last; id++ {
+			if prev, dup := seen[id]; dup {
+				d.t.Errorf("keyseq id %d handed out twice: epoch %d and epoch %d", id, prev.Epoch, r.Epoch)
+			}
+			seen[id] = r
+		}
+	}
+	return d.got
+}
+
 // logLine is one line of cinode's JSON log.
 type logLine struct {
 	Time time.Time      `json:"time"`
@@ -245,6 +326,12 @@ func TestNetnsPartitionedMaster(t *testing.T) {
 	oldInc := c.status(t, m).Incarnation
 	survivors := others3(m)
 
+	// ids asked of every node throughout (a node not the owner asks it
+	// over ICS): none may be handed out twice, and the new owner's all
+	// follow the old one's.
+	ids := c.drawIDs(t)
+	ids.wait(t, k0.Epoch, "before the cut")
+
 	cutAt := time.Now()
 	c.nw.Hosts[m-1].Cut()
 	// The majority: a new master, the old one DOWN, keyseq on a survivor.
@@ -261,6 +348,26 @@ func TestNetnsPartitionedMaster(t *testing.T) {
 		st := c.status(t, m)
 		return !st.LeaseValid && !st.IsMaster && !st.Ready, fmt.Sprintf("%+v", st)
 	})
+
+	ids.wait(t, k1.Epoch, "after the failover")
+	got := ids.stop()
+	var lastOld, firstNew uint64
+	for _, r := range got {
+		switch {
+		case r.Epoch <= k0.Epoch:
+			lastOld = max(lastOld, r.Last)
+		case firstNew == 0 || r.First < firstNew:
+			firstNew = r.First
+		}
+	}
+	if firstNew == 0 || lastOld == 0 {
+		t.Fatalf("keyseq handed out no ids in epoch %d or none after it: %d ranges; failed draws: %v", k0.Epoch, len(got), ids.errs)
+	}
+	if firstNew <= lastOld {
+		t.Fatalf("keyseq's new owner handed out %d, the old one had handed out up to %d", firstNew, lastOld)
+	}
+	t.Logf("keyseq: %d ids handed out across the failover, none twice; epoch %d up to %d, the next from %d; failed draws: %v",
+		len(got), k0.Epoch, lastOld, firstNew, ids.errs)
 
 	// The order, from the logs (one machine, one clock).
 	old := c.procs[m-1]
