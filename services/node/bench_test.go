@@ -54,19 +54,27 @@ func TestDetectionTimes(t *testing.T) {
 	var results []result
 	for _, sc := range []struct {
 		name   string
-		sig    syscall.Signal
+		sig    syscall.Signal // 0: a partition through the proxies
 		master bool
 		cause  clms.Cause
 	}{
 		{"crash", syscall.SIGKILL, false, clms.CauseCrash},
 		{"hang", syscall.SIGSTOP, false, clms.CauseSilence},
 		{"master-crash", syscall.SIGKILL, true, clms.CauseCrash},
+		// The proxies' partition, to compare with the kernel's
+		// (tools/cinode TestNetnsDetectionTimes, docs/CLMS.md).
+		{"partition", 0, false, clms.CauseSilence},
+		{"master-partition", 0, true, clms.CauseSilence},
 	} {
 		if o := os.Getenv("CI_CLMS_BENCH_ONLY"); o != "" && o != sc.name {
 			continue
 		}
 		pc := newProcCluster(t, nodetest.Options{Nodes: 3, Profile: profile})
 		pc.k = 1
+		var proxies map[clms.NodeNum]map[clms.NodeNum]*nodetest.Proxy
+		if sc.sig == 0 {
+			proxies = pc.partitionable()
+		}
 		pc.startAll()
 		all := pc.all()
 		var samples []time.Duration
@@ -78,7 +86,12 @@ func TestDetectionTimes(t *testing.T) {
 			} else {
 				victim = pc.nonMaster(all)
 			}
-			samples = append(samples, pc.crashTrial(victim, others(all, victim), sc.cause, sc.sig))
+			if sc.sig == 0 {
+				samples = append(samples, pc.faultTrial(victim, others(all, victim), sc.cause, func() { pc.cut(proxies, victim, true) }))
+				pc.cut(proxies, victim, false)
+			} else {
+				samples = append(samples, pc.crashTrial(victim, others(all, victim), sc.cause, sc.sig))
+			}
 			p := pc.procs[victim]
 			_ = p.cmd.Process.Signal(syscall.SIGCONT)
 			_ = p.cmd.Process.Kill()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -591,4 +592,147 @@ func TestNetnsMemberCutMidCall(t *testing.T) {
 		n := engineRoutines(c.goroutines(t, caller))
 		return n <= baseline, fmt.Sprintf("%d, baseline %d", n, baseline)
 	})
+}
+
+// TestNetnsDetectionTimes measures, over CI_NETNS_TRIALS real partitions
+// (a link taken down) per scenario, how long after the cut the last
+// survivor logged NODEDOWN of the cut-off node and, for the master, how
+// long until keyseq's new owner took over. It asserts nothing beyond what
+// the other tests do: it is for docs/CLMS.md ("Real partitions").
+//
+//	CI_NETNS_TRIALS=5 go test -run TestNetnsDetectionTimes -v ./tools/cinode/
+func TestNetnsDetectionTimes(t *testing.T) {
+	trials, _ := strconv.Atoi(os.Getenv("CI_NETNS_TRIALS"))
+	if trials == 0 {
+		t.Skip("set CI_NETNS_TRIALS to measure detection under real partitions")
+	}
+	c := newNSCluster(t, 3)
+	c.startAll(t)
+	for _, master := range []bool{false, true} {
+		var downs, takeovers []time.Duration
+		for range trials {
+			c.waitHealthy(t, nil)
+			m := int(c.status(t, 1).Master)
+			victim := m
+			if !master {
+				victim = others3(m)[0]
+				if k := c.keyseq(t, m, func(admin.KeyService) bool { return true }); int(k.Owner) == victim {
+					victim = others3(m)[1] // keyseq stays put: a member's cut measures detection only
+				}
+			} else if k := c.keyseq(t, m, func(admin.KeyService) bool { return true }); int(k.Owner) != m {
+				if code, out, e := runCmd(t, bins.cluster, "-e", c.admins[m-1], "move", "keyseq", fmt.Sprint(m)); code != 0 {
+					t.Fatalf("move keyseq: %d %s %s", code, out, e)
+				}
+				c.keyseq(t, m, func(k admin.KeyService) bool { return int(k.Owner) == m && k.Ready })
+			}
+			k0 := c.keyseq(t, m, func(admin.KeyService) bool { return true })
+			survivors := others3(victim)
+			cutAt := time.Now()
+			c.nw.Hosts[victim-1].Cut()
+			var last time.Time
+			for _, s := range survivors {
+				eventually(t, 30*time.Second, fmt.Sprintf("node %d logs NODEDOWN of node %d", s, victim), func() (bool, string) {
+					at := lastLogged(c.procs[s-1], "clms: NODEDOWN", "peer", victim)
+					if at.After(cutAt) && at.After(last) {
+						last = at
+					}
+					return at.After(cutAt), ""
+				})
+			}
+			downs = append(downs, last.Sub(cutAt))
+			if master {
+				k1 := c.keyseq(t, survivors[0], func(k admin.KeyService) bool { return k.Ready && k.Epoch > k0.Epoch })
+				at := lastLogged(c.procs[k1.Owner-1], "keyseq: took over", "epoch", k1.Epoch)
+				takeovers = append(takeovers, at.Sub(cutAt))
+			}
+			c.nw.Hosts[victim-1].Heal()
+			if code := c.procs[victim-1].wait(t, 30*time.Second); code != exitFenced {
+				t.Fatalf("node %d after the heal: exit %d", victim, code)
+			}
+			c.start(t, victim)
+		}
+		t.Logf("master=%v: cut -> NODEDOWN on the last survivor %v", master, downs)
+		if master {
+			t.Logf("master=%v: cut -> keyseq taken over %v", master, takeovers)
+		}
+	}
+}
+
+// lastLogged is the time of the last such line, or the zero time.
+func lastLogged(p *proc, prefix string, attrs ...any) time.Time {
+	if ls := logged(p, prefix, attrs...); len(ls) > 0 {
+		return ls[len(ls)-1].Time
+	}
+	return time.Time{}
+}
+
+// TestNetnsBlips measures what short partitions (a member's link down for
+// each of CI_NETNS_BLIPS, a comma-separated list of durations) cost: over
+// TCP a segment lost in the cut is resent only at the retransmission
+// timer (at least 200 ms on Linux, doubling), so a cut shorter than the
+// lease can still silence a node for longer than LeaseTimeout+LeaseMargin.
+// For each blip it reports whether the member was declared down; it
+// asserts nothing (docs/CLMS.md, "Real partitions").
+//
+//	CI_NETNS_BLIPS=50ms,100ms,150ms,200ms,250ms CI_NETNS_TRIALS=3 go test -run TestNetnsBlips -v ./tools/cinode/
+func TestNetnsBlips(t *testing.T) {
+	spec := os.Getenv("CI_NETNS_BLIPS")
+	if spec == "" {
+		t.Skip("set CI_NETNS_BLIPS (and CI_NETNS_TRIALS) to measure short partitions")
+	}
+	trials, _ := strconv.Atoi(os.Getenv("CI_NETNS_TRIALS"))
+	trials = max(trials, 1)
+	block := os.Getenv("CI_NETNS_BLOCK") != "" // the bridge port blocked, not the link down
+	c := newNSCluster(t, 3)
+	// CI_NETNS_SYSCTL tunes every node's namespace: key=value,key=value.
+	for _, kv := range strings.Split(os.Getenv("CI_NETNS_SYSCTL"), ",") {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			for _, h := range c.nw.Hosts {
+				if err := h.Sysctl(k, v); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	c.startAll(t)
+	for _, f := range strings.Split(spec, ",") {
+		blip, err := time.ParseDuration(f)
+		if err != nil {
+			t.Fatalf("CI_NETNS_BLIPS: %v", err)
+		}
+		downs := 0
+		for range trials {
+			c.waitHealthy(t, nil)
+			m := int(c.status(t, 1).Master)
+			victim := others3(m)[0]
+			if k := c.keyseq(t, m, func(admin.KeyService) bool { return true }); int(k.Owner) == victim {
+				victim = others3(m)[1]
+			}
+			cutAt := time.Now()
+			h := c.nw.Hosts[victim-1]
+			if block {
+				h.Block()
+			} else {
+				h.Cut()
+			}
+			time.Sleep(blip) // the fault's length, not a wait for anything
+			if block {
+				h.Unblock()
+			} else {
+				h.Heal()
+			}
+			// Watch long enough for any NODEDOWN it caused: the lease and
+			// margin, and TCP's backed-off retransmissions.
+			time.Sleep(2 * time.Second) // an observation window of a measurement
+			if at := lastLogged(c.procs[m-1], "clms: NODEDOWN", "peer", victim); at.After(cutAt) {
+				downs++
+				t.Logf("blip %v: node %d declared down %v after the cut", blip, victim, at.Sub(cutAt))
+				if code := c.procs[victim-1].wait(t, 30*time.Second); code != exitFenced {
+					t.Fatalf("node %d: exit %d", victim, code)
+				}
+				c.start(t, victim)
+			}
+		}
+		t.Logf("blip %v (block=%v): declared down in %d of %d trials", blip, block, downs, trials)
+	}
 }

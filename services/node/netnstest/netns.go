@@ -160,6 +160,46 @@ func (h *Host) Do(fn func()) error {
 	return <-errc
 }
 
+// Block stops the bridge forwarding anything to or from h, while h's own
+// link stays up: a partition further into the network (a switch's
+// uplink), where Cut is h's own link lost (a cable, a port): a lost
+// carrier also makes h's kernel forget its neighbours (ARP), and h then
+// re-resolves them only at its next ARP retry (1 s by default) after the
+// link is back.
+func (h *Host) Block() {
+	h.t.Helper()
+	if err := bridgePortState(h.veth, "4"); err != nil { // blocking
+		h.t.Fatalf("netnstest: block host %d: %v", h.Index, err)
+	}
+}
+
+// Unblock lets the bridge forward h's frames again.
+func (h *Host) Unblock() {
+	h.t.Helper()
+	if err := bridgePortState(h.veth, "3"); err != nil { // forwarding
+		h.t.Fatalf("netnstest: unblock host %d: %v", h.Index, err)
+	}
+}
+
+func bridgePortState(port, state string) error {
+	out, err := exec.Command("bridge", "link", "set", "dev", port, "state", state).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("bridge link set dev %s state %s: %v: %s", port, state, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// Sysctl sets a sysctl of h's namespace, as "net.ipv4.tcp_rto_min_us"
+// (the net.* ones are per namespace): a machine's tuning, before the
+// processes whose sockets should see it start.
+func (h *Host) Sysctl(key, value string) error {
+	out, err := exec.Command(ipBin, "netns", "exec", h.NS, "sysctl", "-qw", key+"="+value).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("netnstest: sysctl %s=%s in %s: %v: %s", key, value, h.NS, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
 // Cut takes h's link down: nothing reaches h and nothing leaves it, and
 // no one is told (no RST, no ICMP, no close).
 func (h *Host) Cut() {
