@@ -150,7 +150,7 @@ func flushers() []string {
 // connection whose socket stalled (no goroutine is left waiting on one);
 // after the heal a new call redials and works.
 func TestBlockedWriteBounded(t *testing.T) {
-	const writeTimeout = time.Second
+	const writeTimeout = 2 * time.Second
 	p := newPair(t, time.Second, writeTimeout)
 	payload := make([]byte, 8<<20)
 	const callers = 4
@@ -162,51 +162,93 @@ func TestBlockedWriteBounded(t *testing.T) {
 	var (
 		mu       sync.Mutex
 		ok       int
-		failures []outcome
+		cut      bool      // the link is down
+		early    []outcome // failures before the cut: a loaded machine under -race can take 3 s for 16 MiB
+		failures []outcome // after the cut
 		wg       sync.WaitGroup
 	)
-	stop := make(chan struct{})
-	for range callers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), perCall)
-				dl, _ := ctx.Deadline()
-				err := p.call(ctx, payload)
-				late := time.Since(dl)
-				cancel()
-				mu.Lock()
-				if err == nil {
-					ok++
-				} else {
-					failures = append(failures, outcome{late, err})
-				}
-				mu.Unlock()
-				if err != nil {
-					return // one failed call per caller: the cut's
-				}
+	caller := func(stop <-chan struct{}) {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
 			}
-		}()
+			ctx, cancel := context.WithTimeout(context.Background(), perCall)
+			dl, _ := ctx.Deadline()
+			err := p.call(ctx, payload)
+			late := time.Since(dl)
+			cancel()
+			mu.Lock()
+			after := cut
+			switch {
+			case err == nil:
+				ok++
+			case after:
+				failures = append(failures, outcome{late, err})
+			default:
+				early = append(early, outcome{late, err})
+			}
+			mu.Unlock()
+			if err != nil && after {
+				return // one failed call per caller: the cut's
+			}
+		}
 	}
-	netnstest.Eventually(t, 30*time.Second, "bulk calls flowing", func() (bool, string) {
+	var stop chan struct{}
+	start := func() {
+		stop = make(chan struct{})
+		for range callers {
+			wg.Add(1)
+			go caller(stop)
+		}
+	}
+	end := func() {
+		close(stop)
+		wg.Wait()
+	}
+	// The premise: a socket full of what the cut link cannot carry, the
+	// engine's flusher waiting on it. At the cut's instant every byte may
+	// already be in the peer's buffers (the calls then wait for credit or
+	// replies): then heal, wait out the calls, and cut again.
+	h := p.nw.Hosts[0]
+	full := false
+	for attempt := 1; !full; attempt++ {
+		if attempt > 5 {
+			t.Fatalf("no socket full at any of %d cuts", attempt-1)
+		}
+		start()
+		netnstest.Eventually(t, 30*time.Second, "bulk calls flowing", func() (bool, string) {
+			mu.Lock()
+			defer mu.Unlock()
+			return ok >= 2*callers, fmt.Sprint(ok, " calls done; failed: ", early)
+		})
 		mu.Lock()
-		defer mu.Unlock()
-		return ok >= 2*callers && len(failures) == 0, fmt.Sprint(ok, failures)
-	})
-	p.nw.Hosts[0].Cut()
-	netnstest.Eventually(t, 10*time.Second, "a full socket", func() (bool, string) { return len(flushers()) > 0, "no flusher" })
+		cut, ok = true, 0
+		mu.Unlock()
+		h.Cut()
+		for deadline := time.Now().Add(writeTimeout / 2); time.Now().Before(deadline) && !full; time.Sleep(10 * time.Millisecond) {
+			full = len(flushers()) > 0
+		}
+		if !full {
+			t.Logf("cut %d: no socket full; again", attempt)
+			h.Heal()
+			end()
+			mu.Lock()
+			cut, failures = false, nil
+			mu.Unlock()
+		}
+	}
+	for _, f := range early {
+		t.Logf("before the cut: a call failed %v past its deadline: %v", f.late.Round(time.Millisecond), f.err)
+	}
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(perCall + writeTimeout + 2*slack):
-		close(stop)
+		end()
 		t.Fatalf("callers still waiting after the cut; flushers:\n%s", strings.Join(flushers(), "\n\n"))
 	}
 	close(stop)
