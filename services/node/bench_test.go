@@ -5,6 +5,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -227,5 +228,59 @@ func TestKeyFailoverTimes(t *testing.T) {
 		if err := report.WriteJSON(f); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestProcBlips is tools/cinode's TestNetnsBlips through the proxies: a
+// member cut off for each of CI_CLMS_BENCH_BLIPS (comma-separated
+// durations), CI_CLMS_BENCH_TRIALS times each, and whether it was declared
+// down. It asserts nothing; docs/CLMS.md, "Real partitions", compares the
+// two.
+//
+//	CI_CLMS_BENCH_BLIPS=50ms,150ms,250ms CI_CLMS_BENCH_TRIALS=3 go test -run TestProcBlips -v ./services/node/
+func TestProcBlips(t *testing.T) {
+	spec := os.Getenv("CI_CLMS_BENCH_BLIPS")
+	if spec == "" {
+		t.Skip("set CI_CLMS_BENCH_BLIPS (and CI_CLMS_BENCH_TRIALS) to measure short partitions through the proxies")
+	}
+	trials, _ := strconv.Atoi(os.Getenv("CI_CLMS_BENCH_TRIALS"))
+	trials = max(trials, 1)
+	pc := newProcCluster(t, nodetest.Options{Nodes: 3})
+	pc.k = 1
+	proxies := pc.partitionable()
+	pc.startAll()
+	all := pc.all()
+	tm := clms.LANFastTiming()
+	for _, f := range strings.Split(spec, ",") {
+		blip, err := time.ParseDuration(f)
+		if err != nil {
+			t.Fatalf("CI_CLMS_BENCH_BLIPS: %v", err)
+		}
+		downs := 0
+		for range trials {
+			pc.waitFor("3 nodes UP", all, repUp(all...))
+			victim := pc.nonMaster(all)
+			rep, _ := pc.procs[victim].report()
+			inc := rep.Status.Incarnation
+			pc.cut(proxies, victim, true)
+			time.Sleep(blip) // the fault's length, not a wait for anything
+			pc.cut(proxies, victim, false)
+			time.Sleep(tm.LeaseTimeout + tm.LeaseMargin + 1500*time.Millisecond) // an observation window of a measurement
+			gone := false
+			for _, n := range others(all, victim) {
+				r, _ := pc.procs[n].report()
+				if at, _ := goneAt(r, victim, inc); at != 0 {
+					gone = true
+				}
+			}
+			if gone {
+				downs++
+				p := pc.procs[victim]
+				_ = p.cmd.Process.Kill()
+				<-p.exit
+				pc.start(victim)
+			}
+		}
+		t.Logf("blip %v through the proxies: declared down in %d of %d trials", blip, downs, trials)
 	}
 }
