@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os/exec"
 	"runtime/pprof"
 	"strings"
 	"sync"
@@ -275,4 +276,32 @@ func TestBlockedWriteBounded(t *testing.T) {
 		err := p.call(ctx, payload)
 		return err == nil, fmt.Sprint(err)
 	})
+}
+
+// TestSweepsLeftovers: what a test process that died without its cleanups
+// (a -timeout panic) left behind, named with its pid, goes at the next New.
+func TestSweepsLeftovers(t *testing.T) {
+	// A pid that ran and is gone.
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Skipf("cannot run true: %v", err)
+	}
+	dead := cmd.Process.Pid
+	ns := fmt.Sprintf("cins%d-1-1", dead)
+	link := fmt.Sprintf("civ%dx1x1", dead)
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Skipf("cannot make a namespace here: %v: %s", err, out) // New skips the same way below
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	if out, err := exec.Command("ip", "link", "add", link, "type", "veth", "peer", "name", link+"p").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", link).Run() })
+	netnstest.New(t, 1)
+	if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), ns) {
+		t.Errorf("namespace %s of dead pid %d left: %s", ns, dead, out)
+	}
+	if err := exec.Command("ip", "link", "show", link).Run(); err == nil {
+		t.Errorf("link %s of dead pid %d left", link, dead)
+	}
 }
