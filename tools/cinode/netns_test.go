@@ -345,7 +345,22 @@ var lanFast = clms.LANFastTiming()
 // a new master is elected and keyseq fails over to a survivor. Healed, the
 // old master learns it was declared down and exits fenced (4); restarted,
 // it rejoins as a new incarnation and every node is UP.
+//
+// Both kinds of partition: the master's own link down (its carrier lost),
+// and its bridge port blocked (a partition further into the network).
 func TestNetnsPartitionedMaster(t *testing.T) {
+	for _, k := range []struct {
+		name      string
+		cut, heal func(*netnstest.Host)
+	}{
+		{"link down", (*netnstest.Host).Cut, (*netnstest.Host).Heal},
+		{"port blocked", (*netnstest.Host).Block, (*netnstest.Host).Unblock},
+	} {
+		t.Run(k.name, func(t *testing.T) { partitionedMaster(t, k.cut, k.heal) })
+	}
+}
+
+func partitionedMaster(t *testing.T, cut, heal func(*netnstest.Host)) {
 	c := newNSCluster(t, 3)
 	c.startAll(t)
 	m := int(c.status(t, 1).Master)
@@ -366,7 +381,7 @@ func TestNetnsPartitionedMaster(t *testing.T) {
 	ids.wait(t, k0.Epoch, "before the cut")
 
 	cutAt := time.Now()
-	c.nw.Hosts[m-1].Cut()
+	cut(c.nw.Hosts[m-1])
 	// The majority: a new master, the old one DOWN, keyseq on a survivor.
 	for _, s := range survivors {
 		eventually(t, 30*time.Second, fmt.Sprintf("node %d: node %d DOWN and a new master", s, m), func() (bool, string) {
@@ -433,7 +448,7 @@ func TestNetnsPartitionedMaster(t *testing.T) {
 		m, suspended.Sub(cutAt), firstDown.Sub(cutAt), bound, k0.Epoch, k1.Epoch, k1.Owner)
 
 	// Healed: it hears it was declared down and halts.
-	c.nw.Hosts[m-1].Heal()
+	heal(c.nw.Hosts[m-1])
 	if code := old.wait(t, 30*time.Second); code != exitFenced {
 		t.Fatalf("the healed old master exited %d, want %d (fenced)", code, exitFenced)
 	}

@@ -305,3 +305,24 @@ func TestSweepsLeftovers(t *testing.T) {
 		t.Errorf("link %s of dead pid %d left", link, dead)
 	}
 }
+
+// TestBlockBlocks: Block partitions a host while its link stays up, and
+// Unblock ends the partition. (Setting the bridge port to "blocking"
+// instead was silently ignored with STP off, and partitioned nothing.)
+func TestBlockBlocks(t *testing.T) {
+	p := newPair(t, 500*time.Millisecond, 0)
+	h := p.nw.Hosts[0]
+	ctx := context.Background()
+	h.Block()
+	if _, err := p.n1.ProbePeer(ctx, 2); err == nil {
+		t.Fatal("a probe went through a blocked port")
+	}
+	if out, err := exec.Command("ip", "-n", h.NS, "link", "show", "eth0").Output(); err != nil || !strings.Contains(string(out), "LOWER_UP") {
+		t.Fatalf("the blocked host's link is not up: %v %s", err, out)
+	}
+	h.Unblock()
+	netnstest.Eventually(t, 10*time.Second, "a probe after Unblock", func() (bool, string) {
+		_, err := p.n1.ProbePeer(ctx, 2)
+		return err == nil, fmt.Sprint(err)
+	})
+}
