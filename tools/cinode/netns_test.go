@@ -339,6 +339,17 @@ func TestNetnsFormation(t *testing.T) {
 // lanFast is the profile the clusters here run.
 var lanFast = clms.LANFastTiming()
 
+// partitionKinds are the two partitions netnstest makes: a node's own link
+// down (its carrier lost, its ARP entries with it) and its bridge port
+// disabled (a partition further into the network, its link up).
+var partitionKinds = []struct {
+	name      string
+	cut, heal func(*netnstest.Host)
+}{
+	{"link down", (*netnstest.Host).Cut, (*netnstest.Host).Heal},
+	{"port blocked", (*netnstest.Host).Block, (*netnstest.Host).Unblock},
+}
+
 // TestNetnsPartitionedMaster cuts the master's link (no close, no RST):
 // the cut-off master stops acting (its lease lapses) before the majority
 // declares it down, which the majority does within the documented bound;
@@ -349,13 +360,7 @@ var lanFast = clms.LANFastTiming()
 // Both kinds of partition: the master's own link down (its carrier lost),
 // and its bridge port blocked (a partition further into the network).
 func TestNetnsPartitionedMaster(t *testing.T) {
-	for _, k := range []struct {
-		name      string
-		cut, heal func(*netnstest.Host)
-	}{
-		{"link down", (*netnstest.Host).Cut, (*netnstest.Host).Heal},
-		{"port blocked", (*netnstest.Host).Block, (*netnstest.Host).Unblock},
-	} {
+	for _, k := range partitionKinds {
 		t.Run(k.name, func(t *testing.T) { partitionedMaster(t, k.cut, k.heal) })
 	}
 }
@@ -577,8 +582,15 @@ func (c *nsCluster) ping(from int, req admin.PingRequest) (admin.PingResult, err
 // sender's writes block in the kernel. The calls fail with node_down when
 // CLMS declares the member down (nothing waits on a blocked write), the
 // caller's connection goroutines to it end, and after the heal the member,
-// fenced, restarts as a new incarnation and answers calls again.
+// fenced, restarts as a new incarnation and answers calls again. With the
+// link down and with the bridge port blocked.
 func TestNetnsMemberCutMidCall(t *testing.T) {
+	for _, k := range partitionKinds {
+		t.Run(k.name, func(t *testing.T) { memberCutMidCall(t, k.cut, k.heal) })
+	}
+}
+
+func memberCutMidCall(t *testing.T, cut, heal func(*netnstest.Host)) {
 	c := newNSCluster(t, 3)
 	c.startAll(t)
 	m := int(c.status(t, 1).Master)
@@ -596,8 +608,9 @@ func TestNetnsMemberCutMidCall(t *testing.T) {
 	c.readersMatchSockets(t, caller, "before the cut")
 	oldInc := c.status(t, victim).Incarnation
 
-	// 4 callers of 12 MiB each way: far more than a socket's buffers.
-	const size = 12 << 20
+	// 8 callers of 8 MiB each way (/v1/ping allows 64 MiB in flight): far
+	// more than a socket's buffers, so that a cut finds some of it mid-write.
+	const size = 8 << 20
 	type result struct {
 		res admin.PingResult
 		err error
@@ -605,7 +618,7 @@ func TestNetnsMemberCutMidCall(t *testing.T) {
 	done := make(chan result, 1)
 	before := c.bytesTo(t, caller, victim)
 	go func() {
-		res, err := c.ping(caller, admin.PingRequest{Node: uint32(victim), Size: size, Concurrency: 4, Duration: "50s"})
+		res, err := c.ping(caller, admin.PingRequest{Node: uint32(victim), Size: size, Concurrency: 8, Duration: "50s"})
 		done <- result{res, err}
 	}()
 	eventually(t, 30*time.Second, "bulk calls flowing", func() (bool, string) {
@@ -613,7 +626,7 @@ func TestNetnsMemberCutMidCall(t *testing.T) {
 		return b-before >= 8*size, fmt.Sprint(b - before)
 	})
 	cutAt := time.Now()
-	c.nw.Hosts[victim-1].Cut()
+	cut(c.nw.Hosts[victim-1])
 	// The premise: data the kernel cannot deliver piles up in a sender's
 	// socket (megabytes in its Send-Q), which a proxy that reads and drops
 	// never causes; once the socket is full the engine's flusher waits in
@@ -623,8 +636,11 @@ func TestNetnsMemberCutMidCall(t *testing.T) {
 	// the caller's side ends at NODEDOWN, a few hundred ms later.
 	var blocked string
 	eventually(t, 10*time.Second, "a full socket on the cut link", func() (bool, string) {
+		seen := ""
 		for _, n := range []int{caller, victim} {
-			if q := c.maxSendQ(t, n); q >= 1<<20 {
+			q := c.maxSendQ(t, n)
+			seen += fmt.Sprintf(" node %d: Send-Q %d;", n, q)
+			if q >= 1<<20 {
 				blocked = fmt.Sprintf("node %d: %d bytes in a socket's Send-Q", n, q)
 				return true, ""
 			}
@@ -633,7 +649,7 @@ func TestNetnsMemberCutMidCall(t *testing.T) {
 				return true, ""
 			}
 		}
-		return false, "no full socket"
+		return false, "no full socket:" + seen
 	})
 	t.Logf("full socket: %s", blocked)
 
@@ -660,7 +676,7 @@ func TestNetnsMemberCutMidCall(t *testing.T) {
 		return len(gs) == 0, strings.Join(gs, "\n\n")
 	})
 
-	c.nw.Hosts[victim-1].Heal()
+	heal(c.nw.Hosts[victim-1])
 	if code := c.procs[victim-1].wait(t, 30*time.Second); code != exitFenced {
 		t.Fatalf("the healed member exited %d, want %d (fenced)", code, exitFenced)
 	}
