@@ -696,13 +696,18 @@ func memberCutMidCall(t *testing.T, cut, heal func(*netnstest.Host)) {
 // (a link taken down) per scenario, how long after the cut the last
 // survivor logged NODEDOWN of the cut-off node and, for the master, how
 // long until keyseq's new owner took over. It asserts nothing beyond what
-// the other tests do: it is for docs/CLMS.md ("Real partitions").
+// the other tests do: it is for docs/CLMS.md ("Real partitions"). With
+// CI_NETNS_BLOCK the bridge port is disabled instead of the link taken down.
 //
 //	CI_NETNS_TRIALS=5 go test -run TestNetnsDetectionTimes -v ./tools/cinode/
 func TestNetnsDetectionTimes(t *testing.T) {
 	trials, _ := strconv.Atoi(os.Getenv("CI_NETNS_TRIALS"))
 	if trials == 0 {
 		t.Skip("set CI_NETNS_TRIALS to measure detection under real partitions")
+	}
+	kind := partitionKinds[0]
+	if os.Getenv("CI_NETNS_BLOCK") != "" {
+		kind = partitionKinds[1]
 	}
 	c := newNSCluster(t, 3)
 	c.startAll(t)
@@ -726,7 +731,7 @@ func TestNetnsDetectionTimes(t *testing.T) {
 			k0 := c.keyseq(t, m, func(admin.KeyService) bool { return true })
 			survivors := others3(victim)
 			cutAt := time.Now()
-			c.nw.Hosts[victim-1].Cut()
+			kind.cut(c.nw.Hosts[victim-1])
 			var last time.Time
 			for _, s := range survivors {
 				eventually(t, 30*time.Second, fmt.Sprintf("node %d logs NODEDOWN of node %d", s, victim), func() (bool, string) {
@@ -743,13 +748,13 @@ func TestNetnsDetectionTimes(t *testing.T) {
 				at := lastLogged(c.procs[k1.Owner-1], "keyseq: took over", "epoch", k1.Epoch)
 				takeovers = append(takeovers, at.Sub(cutAt))
 			}
-			c.nw.Hosts[victim-1].Heal()
+			kind.heal(c.nw.Hosts[victim-1])
 			if code := c.procs[victim-1].wait(t, 30*time.Second); code != exitFenced {
 				t.Fatalf("node %d after the heal: exit %d", victim, code)
 			}
 			c.start(t, victim)
 		}
-		t.Logf("master=%v: cut -> NODEDOWN on the last survivor %v", master, downs)
+		t.Logf("%s, master=%v: cut -> NODEDOWN on the last survivor %v", kind.name, master, downs)
 		if master {
 			t.Logf("master=%v: cut -> keyseq taken over %v", master, takeovers)
 		}
