@@ -4,7 +4,10 @@
 // Cut takes a host's link down: its packets and everyone's packets to it
 // vanish, with no RST and no close; TCP senders fill their send buffers and
 // block, unacknowledged data is retransmitted, SYNs go unanswered, and Heal
-// brings the stale connections' packets back.
+// brings the stale connections' packets back. Cut also drops the host's
+// carrier, as a pulled cable does, and with it the host's ARP entries;
+// Block partitions it further into the network (its bridge port disabled,
+// its link up).
 //
 //	nw := netnstest.New(t, 3) // skips unless root with a working `ip netns`
 //	cmd := nw.Hosts[0].Command("/path/cinode", "-c", cfg, "-n", "1")
