@@ -692,7 +692,7 @@ func (c *Core) softState(ss *raft.SoftState) {
 		c.stats.LeaderChanges++
 		term := c.rn.BasicStatus().GetTerm()
 		switch {
-		case lead == 0 && ss.RaftState == raft.StatePreCandidate && term == c.masterTerm:
+		case lead == 0 && ss.RaftState == raft.StatePreCandidate && term == c.masterTerm && c.master != c.self:
 			// A pre-vote changes no term: the master of this term is still
 			// the master as far as anyone knows, and a voter starved of CPU
 			// pre-votes when it reads the master's heartbeats late. Forgetting
@@ -700,6 +700,9 @@ func (c *Core) softState(ss *raft.SoftState) {
 			// master's probe, and got it declared down for silence
 			// (TestPreCandidateKeepsImAlive, docs/CLMS.md "Loaded nodes").
 			// The master validates what it receives, so sending to it is safe.
+			// Not when the master of the term was this node: it stepped
+			// down (no quorum) and pre-campaigns in the same tick, and is
+			// certainly not the master any more (TestCutMasterForgetsItself).
 		case NodeNum(lead) != c.master || term != c.masterTerm:
 			c.master = NodeNum(lead)
 			c.masterTerm = term

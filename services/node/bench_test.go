@@ -5,6 +5,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -54,19 +55,27 @@ func TestDetectionTimes(t *testing.T) {
 	var results []result
 	for _, sc := range []struct {
 		name   string
-		sig    syscall.Signal
+		sig    syscall.Signal // 0: a partition through the proxies
 		master bool
 		cause  clms.Cause
 	}{
 		{"crash", syscall.SIGKILL, false, clms.CauseCrash},
 		{"hang", syscall.SIGSTOP, false, clms.CauseSilence},
 		{"master-crash", syscall.SIGKILL, true, clms.CauseCrash},
+		// The proxies' partition, to compare with the kernel's
+		// (tools/cinode TestNetnsDetectionTimes, docs/CLMS.md).
+		{"partition", 0, false, clms.CauseSilence},
+		{"master-partition", 0, true, clms.CauseSilence},
 	} {
 		if o := os.Getenv("CI_CLMS_BENCH_ONLY"); o != "" && o != sc.name {
 			continue
 		}
 		pc := newProcCluster(t, nodetest.Options{Nodes: 3, Profile: profile})
 		pc.k = 1
+		var proxies map[clms.NodeNum]map[clms.NodeNum]*nodetest.Proxy
+		if sc.sig == 0 {
+			proxies = pc.partitionable()
+		}
 		pc.startAll()
 		all := pc.all()
 		var samples []time.Duration
@@ -78,7 +87,12 @@ func TestDetectionTimes(t *testing.T) {
 			} else {
 				victim = pc.nonMaster(all)
 			}
-			samples = append(samples, pc.crashTrial(victim, others(all, victim), sc.cause, sc.sig))
+			if sc.sig == 0 {
+				samples = append(samples, pc.faultTrial(victim, others(all, victim), sc.cause, func() { pc.cut(proxies, victim, true) }))
+				pc.cut(proxies, victim, false)
+			} else {
+				samples = append(samples, pc.crashTrial(victim, others(all, victim), sc.cause, sc.sig))
+			}
 			p := pc.procs[victim]
 			_ = p.cmd.Process.Signal(syscall.SIGCONT)
 			_ = p.cmd.Process.Kill()
@@ -214,5 +228,59 @@ func TestKeyFailoverTimes(t *testing.T) {
 		if err := report.WriteJSON(f); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestProcBlips is tools/cinode's TestNetnsBlips through the proxies: a
+// member cut off for each of CI_CLMS_BENCH_BLIPS (comma-separated
+// durations), CI_CLMS_BENCH_TRIALS times each, and whether it was declared
+// down. It asserts nothing; docs/CLMS.md, "Real partitions", compares the
+// two.
+//
+//	CI_CLMS_BENCH_BLIPS=50ms,150ms,250ms CI_CLMS_BENCH_TRIALS=3 go test -run TestProcBlips -v ./services/node/
+func TestProcBlips(t *testing.T) {
+	spec := os.Getenv("CI_CLMS_BENCH_BLIPS")
+	if spec == "" {
+		t.Skip("set CI_CLMS_BENCH_BLIPS (and CI_CLMS_BENCH_TRIALS) to measure short partitions through the proxies")
+	}
+	trials, _ := strconv.Atoi(os.Getenv("CI_CLMS_BENCH_TRIALS"))
+	trials = max(trials, 1)
+	pc := newProcCluster(t, nodetest.Options{Nodes: 3})
+	pc.k = 1
+	proxies := pc.partitionable()
+	pc.startAll()
+	all := pc.all()
+	tm := clms.LANFastTiming()
+	for _, f := range strings.Split(spec, ",") {
+		blip, err := time.ParseDuration(f)
+		if err != nil {
+			t.Fatalf("CI_CLMS_BENCH_BLIPS: %v", err)
+		}
+		downs := 0
+		for range trials {
+			pc.waitFor("3 nodes UP", all, repUp(all...))
+			victim := pc.nonMaster(all)
+			rep, _ := pc.procs[victim].report()
+			inc := rep.Status.Incarnation
+			pc.cut(proxies, victim, true)
+			time.Sleep(blip) // the fault's length, not a wait for anything
+			pc.cut(proxies, victim, false)
+			time.Sleep(tm.LeaseTimeout + tm.LeaseMargin + 1500*time.Millisecond) // an observation window of a measurement
+			gone := false
+			for _, n := range others(all, victim) {
+				r, _ := pc.procs[n].report()
+				if at, _ := goneAt(r, victim, inc); at != 0 {
+					gone = true
+				}
+			}
+			if gone {
+				downs++
+				p := pc.procs[victim]
+				_ = p.cmd.Process.Kill()
+				<-p.exit
+				pc.start(victim)
+			}
+		}
+		t.Logf("blip %v through the proxies: declared down in %d of %d trials", blip, downs, trials)
 	}
 }

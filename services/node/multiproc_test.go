@@ -291,12 +291,20 @@ func (pc *procCluster) sameHistory(on []clms.NodeNum) {
 // until every survivor applied its GOINGDOWN, checking the cause.
 func (pc *procCluster) crashTrial(victim clms.NodeNum, survivors []clms.NodeNum, wantCause clms.Cause, sig syscall.Signal) time.Duration {
 	pc.t.Helper()
+	return pc.faultTrial(victim, survivors, wantCause, func() {
+		if err := pc.procs[victim].cmd.Process.Signal(sig); err != nil {
+			pc.t.Fatal(err)
+		}
+	})
+}
+
+// faultTrial is crashTrial with any fault.
+func (pc *procCluster) faultTrial(victim clms.NodeNum, survivors []clms.NodeNum, wantCause clms.Cause, fault func()) time.Duration {
+	pc.t.Helper()
 	rep, _ := pc.procs[victim].report()
 	inc := rep.Status.Incarnation
 	start := time.Now()
-	if err := pc.procs[victim].cmd.Process.Signal(sig); err != nil {
-		pc.t.Fatal(err)
-	}
+	fault()
 	reps := pc.waitFor(fmt.Sprintf("GOINGDOWN of node %d on every survivor", victim), survivors, func(r childReport) bool {
 		at, _ := goneAt(r, victim, inc)
 		return at != 0
@@ -410,6 +418,14 @@ func (pc *procCluster) partitionable() map[clms.NodeNum]map[clms.NodeNum]*nodete
 	return proxies
 }
 
+// cut blackholes (on) or restores every proxy to and from node n.
+func (pc *procCluster) cut(proxies map[clms.NodeNum]map[clms.NodeNum]*nodetest.Proxy, n clms.NodeNum, on bool) {
+	for _, j := range others(pc.all(), n) {
+		proxies[n][j].Blackhole(on)
+		proxies[j][n].Blackhole(on)
+	}
+}
+
 // The master is cut off from the others by a partition: its lease lapses
 // and it stops acting as a member (suspended) before the majority declares
 // it down; the majority elects a new master and carries on; at no time do
@@ -426,10 +442,7 @@ func TestProcPartitionedMaster(t *testing.T) {
 	rep, _ := pc.procs[cut].report()
 	inc := rep.Status.Incarnation
 	survivors := others(all, cut)
-	for _, j := range survivors {
-		proxies[cut][j].Blackhole(true)
-		proxies[j][cut].Blackhole(true)
-	}
+	pc.cut(proxies, cut, true)
 	masters := map[uint64]map[clms.NodeNum]bool{} // term -> nodes acting as master in it
 	var suspendedAt int64                         // when the cut-off node was first seen not acting
 	deadline := time.Now().Add(30 * time.Second)
@@ -481,10 +494,7 @@ func TestProcPartitionedMaster(t *testing.T) {
 	pc.sameHistory(survivors)
 
 	// Healed, it hears that it was declared down, and halts.
-	for _, j := range survivors {
-		proxies[cut][j].Blackhole(false)
-		proxies[j][cut].Blackhole(false)
-	}
+	pc.cut(proxies, cut, false)
 	p := pc.procs[cut]
 	select {
 	case <-p.exit:

@@ -83,6 +83,9 @@ func runNode(ctx context.Context, st *settings, base *slog.Logger) int {
 		return exitFailed
 	}
 	log.Info("cinode running", "cluster", st.cfg.Name, "ics", st.node.Self.Address, "admin", srv.Addr(), "data_dir", st.dataDir)
+	if msg, dev, retry := machineNeigh.arpRetryWarning(st.node.Timing, st.node.Self.Address); msg != "" {
+		log.Warn(msg, "interface", dev, "arp_retry", retry, "lease_timeout", st.node.Timing.LeaseTimeout)
+	}
 
 	var reason string
 	select {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/clusterinfra/ci/services/admin"
+	"github.com/clusterinfra/ci/services/node/netnstest"
 )
 
 // bins holds the cinode and cluster binaries TestMain builds.
@@ -82,7 +83,14 @@ type proc struct {
 
 func startProc(t *testing.T, bin string, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(bin, args...), out: &syncBuf{}, done: make(chan struct{})}
+	return startCmd(t, exec.Command(bin, args...))
+}
+
+// startCmd starts cmd as a proc (startProc for a command made elsewhere,
+// as one run in a network namespace).
+func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
+	t.Helper()
+	p := &proc{cmd: cmd, out: &syncBuf{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	p.cmd.Env = cleanEnv()
 	if err := p.cmd.Start(); err != nil {
@@ -100,7 +108,7 @@ func startProc(t *testing.T, bin string, args ...string) *proc {
 		p.cmd.Process.Kill()
 		<-p.done
 		if t.Failed() {
-			t.Logf("%s %s:\n%s", filepath.Base(bin), strings.Join(args, " "), p.out.String())
+			t.Logf("%s:\n%s", strings.Join(cmd.Args, " "), p.out.String())
 		}
 	})
 	return p
@@ -201,17 +209,7 @@ func (c *testCluster) client(n int) *admin.Client { return admin.NewClient(c.adm
 // other processes, which the test cannot be told about.
 func eventually(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	last := ""
-	for time.Now().Before(deadline) {
-		ok, s := cond()
-		if ok {
-			return
-		}
-		last = s
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("%s: not within %v; last: %s", what, d, last)
+	netnstest.Eventually(t, d, what, cond)
 }
 
 // readyz returns node n's /readyz status and body.
