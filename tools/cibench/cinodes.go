@@ -286,6 +286,11 @@ func (v *adminView) keysvc(ctx context.Context, n int) (admin.KeyService, error)
 	if err := v.cl[n].Get(ctx, "/v1/keysvc", &ks); err != nil {
 		return admin.KeyService{}, err
 	}
+	return keyseqOf(ks)
+}
+
+// keyseqOf is keyseq's entry of a /v1/keysvc reply.
+func keyseqOf(ks admin.KeyServices) (admin.KeyService, error) {
 	for _, s := range ks.Services {
 		if s.Name == "keyseq" {
 			return s, nil

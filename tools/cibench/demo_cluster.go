@@ -111,8 +111,8 @@ func (d *demo) ownerKillPhase() error {
 	if st.IsMaster {
 		role = "also the CLMS master"
 	}
-	d.say("kill -9 node %d (pid %d): keyseq's owner, %s; the survivors' admin endpoints, polled every %v, show:",
-		victim, d.cl.procs[victim].pid, role, pollEvery)
+	d.say("kill -9 node %d (pid %d): keyseq's owner, %s; the survivors' admin endpoints (watch streams and long polls) show:",
+		victim, d.cl.procs[victim].pid, role)
 	o, err := injectFault(d.ctx, d.cl, victim, syscall.SIGKILL)
 	if err != nil {
 		return err

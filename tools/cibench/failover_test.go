@@ -49,7 +49,7 @@ func TestFailover(t *testing.T) {
 	t.Run("kill-owner", func(t *testing.T) {
 		rep := runScenarioJSON(t, exe, "failover", "--trials=2", "--json")
 		f := rep.Failover
-		if rep.Scenario != "failover" || f == nil || f.Nodes != 3 || f.Profile != "lan-fast" || f.TargetP99 != 150*time.Millisecond {
+		if rep.Scenario != "failover" || f == nil || f.Nodes != 3 || f.Profile != "lan-fast" || f.TargetP99 != 150*time.Millisecond || f.Observed != "push" {
 			t.Fatalf("report: %+v", rep)
 		}
 		if len(f.Trials) != 2 {
