@@ -65,6 +65,11 @@ type FailoverTrial struct {
 	// fault; a phase that does not apply (no new master when a non-master
 	// died) is absent.
 	Phases []FailoverPhase `json:"phases"`
+	// SurvivorCPU is the CPU seconds (user+system) the survivors'
+	// processes used from just before the fault to the end of its last
+	// phase, summed: /proc (10 ms ticks) for a node of this machine, else
+	// its /metrics; 0 when not measured.
+	SurvivorCPU float64 `json:"survivor_cpu_s,omitempty"`
 }
 
 // FailoverPhase is one phase of one trial.

@@ -21,6 +21,7 @@ type failoverCmd struct {
 	Victim  string `default:"keysvc-owner" enum:"keysvc-owner,master,member" help:"Which node to fault: keyseq's owner, the CLMS master, or a member that is neither." env:"CI_VICTIM"`
 	Profile string `default:"lan-fast" enum:"lan-fast,default" help:"CLMS timing profile of the spawned cluster (a target cluster has its own)." env:"CI_PROFILE"`
 	JSON    bool   `name:"json" help:"Print the result as JSON (docs/BENCH_SCHEMA.md, the failover section) instead of tables." env:"CI_JSON"`
+	Observe string `default:"push" enum:"push,poll" help:"How the phases after detected are observed: push (watch streams and long polls; polling still for a cinode without the long poll) or poll (every survivor every millisecond, as before: to compare the two)." env:"CI_OBSERVE"`
 	targetFlags
 	faultFlags
 }
@@ -75,6 +76,7 @@ Examples:
   cibench failover --trials=20                      # kill keyseq's owner 20 times
   cibench failover --fault=stop --victim=master --trials=10
   cibench failover --profile=default --trials=5 --json > failover.json
+  cibench failover --observe=poll --trials=15      # the old way, to compare its cost
   cibench failover --target=10.0.0.1:7180,10.0.0.2:7180,10.0.0.3:7180 \
       --token-file=/etc/ci/admin.token --trials=5  # a running test cluster
   cibench failover --target=127.0.0.1:7180 --fault=stop --victim=member --trials=3`
@@ -97,7 +99,7 @@ func (c *failoverCmd) Validate() error {
 func (c *failoverCmd) Run(g *globals) error {
 	rep := bench.NewReport("failover", g.args) // started now
 	res, err := runFailover(g, failoverPlan{nodes: c.Nodes, trials: c.Trials, fault: c.Fault, victim: c.Victim, profile: c.Profile,
-		target: c.targetFlags, faults: c.faultFlags}, g.stderr)
+		target: c.targetFlags, faults: c.faultFlags, poll: c.Observe == observedPoll}, g.stderr)
 	if err != nil {
 		return err
 	}
@@ -123,6 +125,7 @@ type failoverPlan struct {
 	fault, victim, profile string
 	target                 targetFlags // spawn a cluster when empty
 	faults                 faultFlags
+	poll                   bool // observe by polling (--observe=poll)
 }
 
 // openCluster spawns the cluster (nodes, profile, keyseq) or dials the
@@ -164,7 +167,7 @@ func runFailover(g *globals, p failoverPlan, progress io.Writer) (_ *bench.Failo
 		res.Mode, res.Endpoints, res.Profile, res.TargetP99 = bench.ModeTarget, p.target.Target, "", 0
 	}
 	for trial := 1; trial <= p.trials; trial++ {
-		o, code, err := failoverTrial(g.ctx, fc, p.victim, sig)
+		o, code, err := failoverTrial(g.ctx, fc, p.victim, sig, p.poll)
 		if err != nil {
 			return nil, fmt.Errorf("trial %d: %w", trial, err)
 		}
@@ -175,8 +178,8 @@ func runFailover(g *globals, p failoverPlan, progress io.Writer) (_ *bench.Failo
 		if res.Observed != observedPoll { // one polled trial makes the run's times polled
 			res.Observed = o.observed
 		}
-		fmt.Fprintf(progress, "failover trial %d/%d: %s node %d: detected %s, nodedown-all %s%s%s\n", trial, p.trials, o.fault, o.victim,
-			fmtDur(o.detected), fmtDur(o.nodeDownAll), optPhase(", new master", o.masterAt), optPhase(", keyseq ready", o.readyAt))
+		fmt.Fprintf(progress, "failover trial %d/%d: %s node %d: detected %s, nodedown-all %s%s%s; survivors' CPU %.2fs (%s)\n", trial, p.trials, o.fault, o.victim,
+			fmtDur(o.detected), fmtDur(o.nodeDownAll), optPhase(", new master", o.masterAt), optPhase(", keyseq ready", o.readyAt), o.survivorCPU, o.observed)
 	}
 	res.Phases = bench.SummarizeFailover(res.Trials)
 	return res, nil
@@ -184,7 +187,7 @@ func runFailover(g *globals, p failoverPlan, progress io.Writer) (_ *bench.Failo
 
 // failoverTrial waits for the cluster to be formed, faults the victim,
 // follows the recovery and brings the victim back.
-func failoverTrial(ctx context.Context, fc faultCluster, victim string, sig syscall.Signal) (faultOutcome, int, error) {
+func failoverTrial(ctx context.Context, fc faultCluster, victim string, sig syscall.Signal, poll bool) (faultOutcome, int, error) {
 	c := fc.view()
 	if err := fc.waitFormed(ctx); err != nil {
 		return faultOutcome{}, 0, err
@@ -198,7 +201,7 @@ func failoverTrial(ctx context.Context, fc faultCluster, victim string, sig sysc
 	if err != nil {
 		return faultOutcome{}, 0, err
 	}
-	o, err := injectFault(ctx, fc, n, sig)
+	o, err := injectFault(ctx, fc, n, sig, poll)
 	if err != nil {
 		return o, 0, err
 	}
@@ -229,7 +232,7 @@ func writeFailoverText(w io.Writer, res *bench.FailoverResult) error {
 	fmt.Fprintf(w, "failover: %d trials, %s of the %s, %d nodes, %s (times since the signal)\n",
 		len(res.Trials), fault, victim, res.Nodes, where)
 	if res.Observed == observedPoll {
-		fmt.Fprintf(w, "note: observed by polling every survivor every %v (its cinode has no long poll on /v1/status: an older build): the later phases include up to a poll round\n", pollEvery)
+		fmt.Fprintf(w, "note: observed by polling every survivor every %v (--observe=poll, or a cinode without the long poll on /v1/status: an older build): the later phases include up to a poll round\n", pollEvery)
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "phase\ttrials\tp50\tp99\tmax\t\n")

@@ -93,8 +93,22 @@ func TestFailover(t *testing.T) {
 		}
 	})
 
+	t.Run("observe-poll", func(t *testing.T) {
+		// The old way, kept to compare: the same phases, polled.
+		rep := runScenarioJSON(t, exe, "failover", "--trials=1", "--observe=poll", "--json")
+		f := rep.Failover
+		if f.Observed != "poll" || len(f.Trials) != 1 {
+			t.Fatalf("failover %+v", f)
+		}
+		m := phaseMap(f.Trials[0])
+		if m[bench.FailoverDetected] <= 0 || m[bench.FailoverNodeDown] < m[bench.FailoverDetected] || m[bench.FailoverKeyReady] < m[bench.FailoverDetected] {
+			t.Errorf("phases %v", f.Trials[0].Phases)
+		}
+	})
+
 	t.Run("usage", func(t *testing.T) {
 		for _, args := range [][]string{
+			{"failover", "--observe=sometimes"},
 			{"failover", "--nodes=2"},
 			{"failover", "--trials=0"},
 			{"failover", "--fault=hup"},

@@ -60,6 +60,7 @@ type faultOutcome struct {
 	decisionAt  time.Duration // a survivor shows keyseq in a newer epoch (wasOwner)
 	pulledAt    time.Duration // the new owner's pull finished (its own clock reading)
 	readyAt     time.Duration // every survivor shows keyseq ready in the new epoch
+	survivorCPU float64       // CPU seconds of the survivors, from before the fault to the end
 	// observed is how: observedPush (watch streams and long polls, each
 	// time when the change arrived) or observedPoll (a poll round).
 	observed string
@@ -67,7 +68,7 @@ type faultOutcome struct {
 
 // trial is the outcome as bench.Report's failover section has it.
 func (o faultOutcome) trial(n int) bench.FailoverTrial {
-	t := bench.FailoverTrial{Trial: n, Fault: o.fault, Victim: "member"}
+	t := bench.FailoverTrial{Trial: n, Fault: o.fault, Victim: "member", SurvivorCPU: o.survivorCPU}
 	switch {
 	case o.wasOwner:
 		t.Victim = "key-service-owner"
@@ -123,9 +124,10 @@ func others(all []int, n int) []int {
 }
 
 // injectFault sends sig to victim and follows the cluster on the
-// survivors' admin endpoints until every phase that applies is done. The
-// cluster must be formed (and keyseq ready, if declared).
-func injectFault(ctx context.Context, fc faultCluster, victim int, sig syscall.Signal) (faultOutcome, error) {
+// survivors' admin endpoints until every phase that applies is done; by
+// polling when poll is set or a survivor has no long poll. The cluster must
+// be formed (and keyseq ready, if declared).
+func injectFault(ctx context.Context, fc faultCluster, victim int, sig syscall.Signal, poll bool) (faultOutcome, error) {
 	c := fc.view()
 	o := faultOutcome{victim: victim, fault: "sigkill", survivors: others(c.nodes(), victim)}
 	if sig == syscall.SIGSTOP {
@@ -156,16 +158,21 @@ func injectFault(ctx context.Context, fc faultCluster, victim int, sig syscall.S
 	// Push: every survivor's watch stream and long polls are open before
 	// the fault, so that nothing it causes is missed. A survivor without
 	// the long poll (an older cinode) makes it a poll.
-	o.observed = observedPush
-	views, stopViews, err := c.followViews(ctx, o.survivors)
-	if errors.Is(err, errNoLongPoll) {
-		o.observed = observedPoll
-	} else if err != nil {
-		return o, err
+	o.observed = observedPoll
+	var views <-chan viewEvent
+	if !poll {
+		var stopViews func()
+		views, stopViews, err = c.followViews(ctx, o.survivors)
+		switch {
+		case err == nil:
+			o.observed = observedPush
+			defer stopViews()
+		case !errors.Is(err, errNoLongPoll):
+			return o, err
+		}
 	}
 	var got <-chan watched
 	if o.observed == observedPush {
-		defer stopViews()
 		var stopWatch func()
 		got, stopWatch, err = c.watchNodes(ctx, o.survivors, since, func(int) func(admin.Transition) (bool, bool) {
 			return func(tr admin.Transition) (bool, bool) {
@@ -179,6 +186,7 @@ func injectFault(ctx context.Context, fc faultCluster, victim int, sig syscall.S
 		defer stopWatch()
 	}
 
+	cpu0, cpuErr := c.cpuOf(ctx, o.survivors)
 	fire, err := fc.inject(ctx, victim, sig)
 	if err != nil {
 		return o, err
@@ -194,6 +202,9 @@ func injectFault(ctx context.Context, fc faultCluster, victim int, sig syscall.S
 	}
 	if err != nil {
 		return o, err
+	}
+	if cpu1, err := c.cpuOf(ctx, o.survivors); err == nil && cpuErr == nil {
+		o.survivorCPU = cpu1 - cpu0
 	}
 	if o.wasOwner {
 		var ks keyseqState
@@ -430,4 +441,18 @@ func (c *adminView) waitKeyseqReady(ctx context.Context) error {
 		}
 		return true, nil
 	})
+}
+
+// cpuOf is the CPU seconds the processes of nodes ns used so far, summed
+// (procStats: /proc or /metrics).
+func (v *adminView) cpuOf(ctx context.Context, ns []int) (float64, error) {
+	sum := 0.0
+	for _, n := range ns {
+		u, err := v.procStats(ctx, n)
+		if err != nil {
+			return 0, err
+		}
+		sum += u.cpu
+	}
+	return sum, nil
 }
