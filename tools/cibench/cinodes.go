@@ -71,6 +71,9 @@ type adminView struct {
 	cl     map[int]*admin.Client
 	table  []int // every node of the node table, in number order
 	keyseq bool  // keyseq is a key service of the cluster
+	// localPID caches localCinode by "admin address/pid" for cpuOf; only
+	// the goroutine running the trials uses it.
+	localPID map[string]bool
 }
 
 func (v *adminView) nodes() []int { return v.table }

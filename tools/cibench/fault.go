@@ -186,7 +186,7 @@ func injectFault(ctx context.Context, fc faultCluster, victim int, sig syscall.S
 		defer stopWatch()
 	}
 
-	cpu0, cpuErr := c.cpuOf(ctx, o.survivors)
+	cpu0, cpuErr := cpuOf(ctx, fc, o.survivors)
 	fire, err := fc.inject(ctx, victim, sig)
 	if err != nil {
 		return o, err
@@ -203,7 +203,7 @@ func injectFault(ctx context.Context, fc faultCluster, victim int, sig syscall.S
 	if err != nil {
 		return o, err
 	}
-	if cpu1, err := c.cpuOf(ctx, o.survivors); err == nil && cpuErr == nil {
+	if cpu1, err := cpuOf(ctx, fc, o.survivors); err == nil && cpuErr == nil {
 		o.survivorCPU = cpu1 - cpu0
 	}
 	if o.wasOwner {
@@ -443,16 +443,40 @@ func (c *adminView) waitKeyseqReady(ctx context.Context) error {
 	})
 }
 
-// cpuOf is the CPU seconds the processes of nodes ns used so far, summed
-// (procStats: /proc or /metrics).
-func (v *adminView) cpuOf(ctx context.Context, ns []int) (float64, error) {
+// cpuOf is the CPU seconds the processes of nodes ns used so far, summed:
+// /proc for a process of this machine (a spawned node; a target's cinode
+// that localCinode proves local, once per process, since it reads the
+// machine's socket table), else the node's /metrics.
+func cpuOf(ctx context.Context, fc faultCluster, ns []int) (float64, error) {
+	v := fc.view()
 	sum := 0.0
 	for _, n := range ns {
-		u, err := v.procStats(ctx, n)
+		if c, ok := fc.(*cinodeCluster); ok {
+			sum += procCPU(c.procs[n].pid)
+			continue
+		}
+		st, err := v.status(ctx, n)
 		if err != nil {
 			return 0, err
 		}
-		sum += u.cpu
+		key := fmt.Sprintf("%s/%d", v.cl[n].Addr, st.PID)
+		local, ok := v.localPID[key]
+		if !ok {
+			local, _ = localCinode("/proc", v.cl[n].Addr, st.PID)
+			if v.localPID == nil {
+				v.localPID = map[string]bool{}
+			}
+			v.localPID[key] = local
+		}
+		if local {
+			sum += procCPU(st.PID)
+			continue
+		}
+		m, err := metricSums(ctx, v.cl[n], "process_cpu_seconds_total")
+		if err != nil {
+			return 0, fmt.Errorf("node %d: %w", n, err)
+		}
+		sum += m[0]
 	}
 	return sum, nil
 }
