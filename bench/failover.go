@@ -68,8 +68,8 @@ type FailoverTrial struct {
 	// SurvivorCPU is the CPU seconds (user+system) the survivors'
 	// processes used from just before the fault to the end of its last
 	// phase, summed: /proc (10 ms ticks) for a node of this machine, else
-	// its /metrics; 0 when not measured.
-	SurvivorCPU float64 `json:"survivor_cpu_s,omitempty"`
+	// its /metrics; nil when not measured (0: under one tick).
+	SurvivorCPU *float64 `json:"survivor_cpu_s,omitempty"`
 }
 
 // FailoverPhase is one phase of one trial.

@@ -178,8 +178,8 @@ func runFailover(g *globals, p failoverPlan, progress io.Writer) (_ *bench.Failo
 		if res.Observed != observedPoll { // one polled trial makes the run's times polled
 			res.Observed = o.observed
 		}
-		fmt.Fprintf(progress, "failover trial %d/%d: %s node %d: detected %s, nodedown-all %s%s%s; survivors' CPU %.2fs (%s)\n", trial, p.trials, o.fault, o.victim,
-			fmtDur(o.detected), fmtDur(o.nodeDownAll), optPhase(", new master", o.masterAt), optPhase(", keyseq ready", o.readyAt), o.survivorCPU, o.observed)
+		fmt.Fprintf(progress, "failover trial %d/%d: %s node %d: detected %s, nodedown-all %s%s%s; survivors' CPU %s (%s)\n", trial, p.trials, o.fault, o.victim,
+			fmtDur(o.detected), fmtDur(o.nodeDownAll), optPhase(", new master", o.masterAt), optPhase(", keyseq ready", o.readyAt), fmtCPU(o.survivorCPU), o.observed)
 	}
 	res.Phases = bench.SummarizeFailover(res.Trials)
 	return res, nil
@@ -254,4 +254,12 @@ func writeFailoverText(w io.Writer, res *bench.FailoverResult) error {
 		}
 	}
 	return nil
+}
+
+// fmtCPU writes CPU seconds, "-" when not measured.
+func fmtCPU(s *float64) string {
+	if s == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fs", *s)
 }

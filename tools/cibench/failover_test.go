@@ -66,6 +66,9 @@ func TestFailover(t *testing.T) {
 			if det <= 0 || all < det || ready < det {
 				t.Errorf("trial %d: phases out of order: %v", tr.Trial, tr.Phases)
 			}
+			if tr.SurvivorCPU == nil || *tr.SurvivorCPU < 0 { // a spawned cluster's /proc
+				t.Errorf("trial %d: survivors' CPU %v", tr.Trial, tr.SurvivorCPU)
+			}
 		}
 		var names []string
 		for _, p := range f.Phases {

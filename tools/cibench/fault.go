@@ -60,7 +60,7 @@ type faultOutcome struct {
 	decisionAt  time.Duration // a survivor shows keyseq in a newer epoch (wasOwner)
 	pulledAt    time.Duration // the new owner's pull finished (its own clock reading)
 	readyAt     time.Duration // every survivor shows keyseq ready in the new epoch
-	survivorCPU float64       // CPU seconds of the survivors, from before the fault to the end
+	survivorCPU *float64      // CPU seconds of the survivors, from before the fault to the end; nil: not measured
 	// observed is how: observedPush (watch streams and long polls, each
 	// time when the change arrived) or observedPoll (a poll round).
 	observed string
@@ -204,7 +204,8 @@ func injectFault(ctx context.Context, fc faultCluster, victim int, sig syscall.S
 		return o, err
 	}
 	if cpu1, err := cpuOf(ctx, fc, o.survivors); err == nil && cpuErr == nil {
-		o.survivorCPU = cpu1 - cpu0
+		d := cpu1 - cpu0
+		o.survivorCPU = &d
 	}
 	if o.wasOwner {
 		var ks keyseqState
