@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,26 +15,6 @@ import (
 	"github.com/clusterinfra/ci/services/admin"
 	"github.com/clusterinfra/ci/services/admin/admintest"
 )
-
-// fakeKeys is a KeyServiceSource whose services the test sets.
-type fakeKeys struct {
-	mu  sync.Mutex
-	svc []admin.KeyService
-}
-
-func (f *fakeKeys) KeyServices() []admin.KeyService {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]admin.KeyService(nil), f.svc...)
-}
-
-func (f *fakeKeys) Move(context.Context, string, clms.NodeNum) error { return admin.ErrNotImplemented }
-
-func (f *fakeKeys) set(ks ...admin.KeyService) {
-	f.mu.Lock()
-	f.svc = ks
-	f.mu.Unlock()
-}
 
 // waitingPoll starts the long poll path and returns once it waits on the
 // server (the source counts it), with its result channel.
@@ -87,8 +66,8 @@ func TestLongPollAtOnce(t *testing.T) {
 // and returns the new view once the master changes (status) or a key
 // service does (keysvc).
 func TestLongPollWaitsForChange(t *testing.T) {
-	keys := &fakeKeys{}
-	keys.set(admin.KeyService{Name: "demo", Owner: 1, Epoch: 1, Ready: true})
+	keys := &admintest.Keys{}
+	keys.Set(admin.KeyService{Name: "demo", Owner: 1, Epoch: 1, Ready: true})
 	e := start(t, admin.Config{MaxWatchers: 1, KeyServices: keys})
 	var st admin.Status
 	e.getJSON(t, "/v1/status", &st)
@@ -128,7 +107,7 @@ func TestLongPollWaitsForChange(t *testing.T) {
 	if code, body := e.do(t, "GET", fmt.Sprintf("/v1/status?after=%d&wait=1s", now.Seq), "", ""); code != http.StatusServiceUnavailable || !strings.Contains(body, `"busy"`) {
 		t.Fatalf("a second long poll: %d %s", code, body)
 	}
-	keys.set(admin.KeyService{Name: "demo", Owner: 3, Epoch: 2, Ready: true})
+	keys.Set(admin.KeyService{Name: "demo", Owner: 3, Epoch: 2, Ready: true})
 	e.src.Touch()
 	if ks := <-got; ks.Seq <= now.Seq || len(ks.Services) != 1 || ks.Services[0].Owner != 3 || ks.Services[0].Epoch != 2 {
 		t.Fatalf("keysvc after the change: %+v", ks)

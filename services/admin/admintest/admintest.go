@@ -179,3 +179,29 @@ func (s *Source) Shutdown(n clms.NodeNum) error {
 	}
 	return s.Move(n, clms.CauseCleanupDone, clms.StateKCleanup, clms.StateUCleanup, clms.StateDown)
 }
+
+// Keys is an admin.KeyServiceSource whose key services the test sets
+// (Set; then Source.Touch, for the long polls); Move is not implemented.
+type Keys struct {
+	mu  sync.Mutex
+	svc []admin.KeyService // guarded by mu
+}
+
+var _ admin.KeyServiceSource = (*Keys)(nil)
+
+// KeyServices implements admin.KeyServiceSource.
+func (k *Keys) KeyServices() []admin.KeyService {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return append([]admin.KeyService(nil), k.svc...)
+}
+
+// Move implements admin.KeyServiceSource: admin.ErrNotImplemented.
+func (k *Keys) Move(context.Context, string, clms.NodeNum) error { return admin.ErrNotImplemented }
+
+// Set replaces the key services.
+func (k *Keys) Set(ks ...admin.KeyService) {
+	k.mu.Lock()
+	k.svc = ks
+	k.mu.Unlock()
+}
