@@ -58,13 +58,15 @@ Phases, each timed from the signal:
   new-master         every survivor names one new master (when the master was the victim)
   key-service-ready  every survivor sees keyseq ready in a new epoch (when its owner was the victim)
 The later phases are pushed, not polled: before each fault cibench opens
-every survivor's /v1/watch stream (a phase of nodedown-all ends when the
-last survivor's stream delivers the GOINGDOWN) and long polls of its
+every survivor's /v1/watch stream (nodedown-all ends when the last
+survivor's stream delivers the GOINGDOWN) and long polls of its
 /v1/status and /v1/keysvc (?after=SEQ&wait=DUR, docs/ADMIN.md), which
 answer as each survivor's view changes: a phase ends when the last change
 it needs arrives. A target whose cinode has no long poll (an older build)
 is polled every millisecond instead, up to a poll round late; the output
-and the JSON ("observed": "poll") say so. Percentiles are nearest-rank. In
+and the JSON ("observed": "poll") say so; --observe=poll polls on purpose.
+Each trial also records the CPU seconds the survivors used (survivor_cpu_s;
+/proc, 10 ms ticks). Percentiles are nearest-rank. In
 target mode, detected compares the master's clock with this machine's:
 keep them synchronised (NTP) or read only the later phases.
 
