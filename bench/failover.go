@@ -38,9 +38,16 @@ type FailoverResult struct {
 	Endpoints []string `json:"endpoints,omitempty"`
 	// TargetP99 is the goal for key-service-ready p99 (issue 14: 150 ms
 	// with the fast LAN profile); 0 if none.
-	TargetP99 time.Duration     `json:"target_p99_ns,omitempty"`
-	Trials    []FailoverTrial   `json:"trials"`
-	Phases    []FailoverSummary `json:"phases"` // SummarizeFailover(Trials)
+	TargetP99 time.Duration `json:"target_p99_ns,omitempty"`
+	// Observed is how the phases after detected were seen: "push" (each
+	// survivor's /v1/watch stream and long polls of /v1/status and
+	// /v1/keysvc: a phase ends when the last change arrives) or "poll"
+	// (every survivor polled every millisecond, for a cluster whose
+	// cinode has no long poll: up to a poll round late). Empty in reports
+	// from before the push.
+	Observed string            `json:"observed,omitempty"`
+	Trials   []FailoverTrial   `json:"trials"`
+	Phases   []FailoverSummary `json:"phases"` // SummarizeFailover(Trials)
 }
 
 // Modes of the failover and membership scenarios.
@@ -58,6 +65,11 @@ type FailoverTrial struct {
 	// fault; a phase that does not apply (no new master when a non-master
 	// died) is absent.
 	Phases []FailoverPhase `json:"phases"`
+	// SurvivorCPU is the CPU seconds (user+system) the survivors'
+	// processes used from just before the fault to the end of its last
+	// phase, summed: /proc (10 ms ticks) for a node of this machine, else
+	// its /metrics; nil when not measured (0: under one tick).
+	SurvivorCPU *float64 `json:"survivor_cpu_s,omitempty"`
 }
 
 // FailoverPhase is one phase of one trial.

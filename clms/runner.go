@@ -120,6 +120,8 @@ type Runner struct {
 	keyActing map[string]uint64 // services ActKeyOwner made serve, with the epoch; runner goroutine only
 
 	status   atomic.Pointer[RunnerStatus]
+	viewMu   sync.Mutex
+	viewCh   chan struct{} // closed and replaced when the published view changes; guarded by viewMu
 	joined   chan struct{}
 	left     chan struct{}
 	done     chan struct{}
@@ -171,6 +173,11 @@ type RunnerStatus struct {
 	Members             []Member // every node of the table, in node order
 	Last                TransitionID
 	Stats               Stats
+	// View counts the changes of what an admin endpoint shows of this
+	// node (viewChanged: the master, readiness, lease, fencing, the last
+	// applied transition, the key services); 1 for the first snapshot.
+	// WaitView waits for it to pass a value.
+	View uint64
 }
 
 // NewRunner builds a runner for cfg; nothing runs until Start.
@@ -239,6 +246,7 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 		lastInc:   map[NodeNum]uint64{},
 		probing:   map[NodeNum]bool{},
 		lastProbe: map[NodeNum]time.Time{},
+		viewCh:    make(chan struct{}),
 		joined:    make(chan struct{}),
 		left:      make(chan struct{}),
 		done:      make(chan struct{}),
@@ -790,6 +798,17 @@ func (r *Runner) publishStatus(membersChanged bool) {
 	} else {
 		s.Members = c.State().Members()
 	}
+	old := r.status.Load()
+	if old == nil || viewChanged(old, s) {
+		s.View = 1
+		if old != nil {
+			s.View = old.View + 1
+		}
+		r.status.Store(s)
+		r.viewChangedNow()
+		return
+	}
+	s.View = old.View
 	r.status.Store(s)
 }
 

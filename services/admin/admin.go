@@ -47,6 +47,20 @@ type Source interface {
 	WaitTransition(ctx context.Context, after clms.TransitionID) error
 }
 
+// ViewWaiter is a Source whose view (Local, the membership's last
+// transition, the key services) carries a change sequence: the long polls
+// of /v1/status and /v1/keysvc (?after=SEQ&wait=DUR) wait on it. A Source
+// without it answers those at once, without "seq".
+type ViewWaiter interface {
+	// ViewSeq is the sequence of the view now: 1 or more, growing by at
+	// least one with every change of what /v1/status or /v1/keysvc show
+	// (and possibly more often); a view read after it is at least as new.
+	ViewSeq() uint64
+	// WaitView returns nil once ViewSeq is above after (at once if it
+	// is), or ctx's error.
+	WaitView(ctx context.Context, after uint64) error
+}
+
 // Local is what a node knows of itself that the membership does not say.
 type Local struct {
 	Node        clms.NodeNum
@@ -122,8 +136,11 @@ type Config struct {
 	Shutdown func(reason string)
 	Logger   *slog.Logger
 
-	// MaxWatchers bounds /v1/watch streams at once; more get 503.
+	// MaxWatchers bounds /v1/watch streams and waiting long polls at
+	// once; more get 503.
 	MaxWatchers int
+	// MaxWait caps a long poll's ?wait= (longer is a 400).
+	MaxWait time.Duration
 	// MaxPings bounds /v1/ping runs at once; more get 429.
 	MaxPings int
 	// Heartbeat is how often a quiet watch stream says it is alive.
@@ -142,6 +159,7 @@ func DefaultConfig() Config {
 	return Config{
 		Addr:              "127.0.0.1:" + DefaultPort, // only this machine's users
 		MaxWatchers:       64,                         // operators and a few scripts; each is a goroutine and a socket
+		MaxWait:           60 * time.Second,           // under common proxies' idle timeouts; a client asks again
 		MaxPings:          2,                          // a load and a probe beside it (cibench priority); more would measure each other
 		Heartbeat:         5 * time.Second,            // a hung node shows within seconds on a quiet cluster
 		MaxTransitions:    1000,                       // ~150 KB of JSON; a client pages with since
@@ -157,6 +175,9 @@ func (c *Config) fill() error {
 	}
 	if c.MaxWatchers == 0 {
 		c.MaxWatchers = d.MaxWatchers
+	}
+	if c.MaxWait == 0 {
+		c.MaxWait = d.MaxWait
 	}
 	if c.MaxPings == 0 {
 		c.MaxPings = d.MaxPings
@@ -176,7 +197,7 @@ func (c *Config) fill() error {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	if c.MaxWatchers < 0 || c.MaxPings < 0 || c.Heartbeat < 0 || c.MaxTransitions < 0 || c.ReadHeaderTimeout < 0 || c.CallTimeout < 0 {
+	if c.MaxWatchers < 0 || c.MaxWait < 0 || c.MaxPings < 0 || c.Heartbeat < 0 || c.MaxTransitions < 0 || c.ReadHeaderTimeout < 0 || c.CallTimeout < 0 {
 		return fmt.Errorf("%w: negative limit", ErrConfig)
 	}
 	if err := CheckAddr(c.Addr); err != nil {

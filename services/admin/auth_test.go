@@ -64,7 +64,7 @@ func TestTokenRequired(t *testing.T) {
 	asked := make(chan string, 1)
 	e := start(t, admin.Config{Addr: ":0", TokenFile: writeToken(t, 0o600, "s3cret\n"), Shutdown: func(r string) { asked <- r }})
 	for _, c := range []struct{ method, path, token string }{
-		{"GET", "/v1/status", ""}, {"GET", "/metrics", ""}, {"GET", "/healthz", ""}, {"GET", "/debug/pprof/", ""},
+		{"GET", "/v1/status", ""}, {"GET", "/v1/status?after=0&wait=1s", ""}, {"GET", "/v1/keysvc?after=0&wait=1s", ""}, {"GET", "/metrics", ""}, {"GET", "/healthz", ""}, {"GET", "/debug/pprof/", ""},
 		{"POST", "/v1/shutdown", ""}, {"POST", "/v1/signal", ""}, {"POST", "/v1/move", ""},
 	} {
 		code, body := e.do(t, c.method, c.path, "", "")

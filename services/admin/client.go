@@ -197,3 +197,24 @@ func (c *Client) Watch(ctx context.Context, since uint64, stall time.Duration) i
 		yield(WatchEvent{}, err)
 	}
 }
+
+// WaitStatus is the long poll GET /v1/status?after=after&wait=wait: the
+// status once the node's view sequence passed after (Status.Seq), or the
+// unchanged status when wait ran out first. A node without the long poll
+// (an older build) answers at once, with Seq 0.
+func (c *Client) WaitStatus(ctx context.Context, after uint64, wait time.Duration) (Status, error) {
+	var st Status
+	err := c.Get(ctx, longPollPath("/v1/status", after, wait), &st)
+	return st, err
+}
+
+// WaitKeyServices is WaitStatus's GET /v1/keysvc?after=after&wait=wait.
+func (c *Client) WaitKeyServices(ctx context.Context, after uint64, wait time.Duration) (KeyServices, error) {
+	var ks KeyServices
+	err := c.Get(ctx, longPollPath("/v1/keysvc", after, wait), &ks)
+	return ks, err
+}
+
+func longPollPath(path string, after uint64, wait time.Duration) string {
+	return fmt.Sprintf("%s?after=%d&wait=%dms", path, after, wait.Milliseconds())
+}

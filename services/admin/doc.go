@@ -6,11 +6,13 @@
 //	GET  /healthz               200 while the process serves at all
 //	GET  /readyz                200 once the node is ready (joined; critical key services owned)
 //	GET  /v1/status             this node: number, state, master, incarnation, readiness
+//	     ?after=SEQ&wait=DUR    a long poll: once the view's seq passed SEQ (ViewWaiter)
 //	GET  /v1/members            the membership as this node has it committed
 //	GET  /v1/transitions?since=ID&limit=N   the history after ID, newest last
 //	GET  /v1/watch?since=ID     newline-delimited JSON, one line per transition, as committed
 //	GET  /v1/node/N             node N's row of the membership
 //	GET  /v1/keysvc             key services, owners, epochs (says so while there are none)
+//	     ?after=SEQ&wait=DUR    a long poll, as /v1/status's (the same sequence)
 //	POST /v1/shutdown           planned shutdown of this node (SHUTDOWN transition)
 //	POST /v1/move               move a key service to another node
 //	POST /v1/signal             forward a signal to a handler or a process on a node

@@ -88,3 +88,39 @@ func FuzzWatchClient(f *testing.F) {
 		}
 	})
 }
+
+// FuzzLongPollQuery feeds any query string to the long polls of
+// /v1/status and /v1/keysvc (after and wait are network input): the reply
+// is 200 with the view or 400 naming the parameter, never a panic, a 500,
+// or a wait past MaxWait (5 ms here, so that a valid wait ends quickly).
+// Seeds: no parameters, valid ones, each bound, non-numbers, repeated and
+// escaped parameters, overflow.
+func FuzzLongPollQuery(f *testing.F) {
+	for _, s := range []string{
+		``, `after=1&wait=1ms`, `after=0&wait=5ms`, `wait=6ms`, `wait=0s`, `wait=-1s`, `wait=1e9`, `wait=soon`,
+		`after=x`, `after=-1`, `after=18446744073709551616`, `after=18446744073709551615&wait=1ms`,
+		`after=1&after=2&wait=1ms`, `wait=%31ms`, `wait=1ms;after=2`, `%zz`, `wait=9223372036854775807ns`,
+	} {
+		f.Add(s)
+	}
+	src, err := admintest.New("fuzz", 1, []clms.NodeNum{1, 2})
+	if err != nil {
+		f.Fatal(err)
+	}
+	srv, err := admin.New(admin.Config{MaxWait: 5 * time.Millisecond, KeyServices: &admintest.Keys{}}, src)
+	if err != nil {
+		f.Fatal(err)
+	}
+	h := srv.Handler()
+	f.Fuzz(func(t *testing.T, query string) {
+		for _, path := range []string{"/v1/status", "/v1/keysvc"} {
+			req := httptest.NewRequest(http.MethodGet, path, nil)
+			req.URL.RawQuery = query
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if (rec.Code != 200 && rec.Code != 400) || !strings.Contains(rec.Body.String(), admin.SchemaVersion) {
+				t.Fatalf("%s?%s: %d %s", path, query, rec.Code, rec.Body.String())
+			}
+		}
+	})
+}

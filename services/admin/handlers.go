@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -110,14 +111,18 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 	io.WriteString(w, "ready\n")
 }
 
-func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	seq, ok := s.longPoll(w, r)
+	if !ok {
+		return
+	}
 	l := s.src.Local()
 	ms, last := s.src.Membership()
 	st := Status{
 		Schema: SchemaVersion, Node: uint32(l.Node), Cluster: l.Cluster, Incarnation: FormatIncarnation(l.Incarnation),
 		State: clms.StateNeverUp.String(), Master: uint32(l.Master), IsMaster: l.Master != 0 && l.Master == l.Node,
 		Ready: l.Ready, NotReady: l.NotReady, Fenced: l.Fenced, LeaseValid: l.LeaseValid, RaftTerm: l.RaftTerm, LastTransition: uint64(last),
-		Nodes: len(ms), Started: s.started.UTC(), Admin: s.Addr(), PID: l.PID,
+		Nodes: len(ms), Started: s.started.UTC(), Admin: s.Addr(), PID: l.PID, Seq: seq,
 	}
 	if !l.Ready && st.NotReady == "" {
 		st.NotReady = "not ready"
@@ -306,8 +311,12 @@ func (s *Server) watchStream(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (s *Server) keysvc(w http.ResponseWriter, _ *http.Request) {
-	out := KeyServices{Schema: SchemaVersion, Services: []KeyService{}}
+func (s *Server) keysvc(w http.ResponseWriter, r *http.Request) {
+	seq, ok := s.longPoll(w, r)
+	if !ok {
+		return
+	}
+	out := KeyServices{Schema: SchemaVersion, Services: []KeyService{}, Seq: seq}
 	if s.cfg.KeyServices == nil {
 		out.Reason = "this build has no key services yet (issue 12): nothing owns anything"
 	} else {
@@ -315,6 +324,66 @@ func (s *Server) keysvc(w http.ResponseWriter, _ *http.Request) {
 		out.Services = nonNil(s.cfg.KeyServices.KeyServices())
 	}
 	s.reply(w, http.StatusOK, out)
+}
+
+// longPoll serves ?after=SEQ&wait=DUR of /v1/status and /v1/keysvc: with
+// wait, it returns once the source's view sequence is above after, wait
+// has passed, or the request ended (the client went away, or Close). It
+// returns the sequence for the reply's "seq", read before the caller reads
+// the view, so that a change made while the reply is built is above it and
+// the next request with after=seq returns at once: no change falls between
+// two requests. An after above the sequence is another process's (the node
+// restarted): it returns at once. false: it answered (400, 501, 503), or
+// the client is gone.
+func (s *Server) longPoll(w http.ResponseWriter, r *http.Request) (uint64, bool) {
+	q := r.URL.Query()
+	var after uint64
+	if v := q.Get("after"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			s.fail(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("after=%q: want the seq of an earlier reply, 0 or more", v))
+			return 0, false
+		}
+		after = n
+	}
+	var wait time.Duration
+	if v := q.Get("wait"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 || d > s.cfg.MaxWait {
+			s.fail(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("wait=%q: want a duration above 0 and at most %v, e.g. wait=10s", v, s.cfg.MaxWait))
+			return 0, false
+		}
+		wait = d
+	}
+	vw, ok := s.src.(ViewWaiter)
+	if !ok {
+		if wait > 0 {
+			s.fail(w, http.StatusNotImplemented, "not_implemented", "this node's view has no change sequence: ask without wait= (and poll)")
+			return 0, false
+		}
+		return 0, true
+	}
+	if seq := vw.ViewSeq(); wait == 0 || seq != after {
+		return seq, true
+	}
+	select {
+	case s.watch <- struct{}{}:
+		defer func() { <-s.watch }()
+	default:
+		s.fail(w, http.StatusServiceUnavailable, "busy", fmt.Sprintf("%d watch streams and long polls already open on this node", s.cfg.MaxWatchers))
+		return 0, false
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), wait)
+	err := vw.WaitView(ctx, after)
+	cancel()
+	switch {
+	case r.Context().Err() != nil:
+		return 0, false // the client went away, or Close
+	case err != nil && !errors.Is(err, context.DeadlineExceeded):
+		s.fail(w, http.StatusServiceUnavailable, "unavailable", "waiting for a change: "+err.Error())
+		return 0, false
+	}
+	return vw.ViewSeq(), true
 }
 
 func (s *Server) shutdown(w http.ResponseWriter, r *http.Request) {

@@ -36,6 +36,10 @@ type Status struct {
 	// PID is the process that runs the node, as its machine numbers it
 	// (not this client's): 0 when the node does not say.
 	PID int `json:"pid"`
+	// Seq is this view's change sequence, for a long poll: GET
+	// /v1/status?after=SEQ&wait=DUR answers once the view passed SEQ.
+	// Absent from a node without one (an older build).
+	Seq uint64 `json:"seq,omitempty"`
 }
 
 // Member is one row of /v1/members and /v1/node/N.
@@ -116,6 +120,9 @@ type KeyServices struct {
 	Available bool         `json:"available"`
 	Reason    string       `json:"reason,omitempty"`
 	Services  []KeyService `json:"services"`
+	// Seq is as Status.Seq: the same sequence, for
+	// /v1/keysvc?after=SEQ&wait=DUR.
+	Seq uint64 `json:"seq,omitempty"`
 }
 
 // KeyService is one key service's owner.

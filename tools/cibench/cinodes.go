@@ -71,6 +71,9 @@ type adminView struct {
 	cl     map[int]*admin.Client
 	table  []int // every node of the node table, in number order
 	keyseq bool  // keyseq is a key service of the cluster
+	// localPID caches localCinode by "admin address/pid" for cpuOf; only
+	// the goroutine running the trials uses it.
+	localPID map[string]bool
 }
 
 func (v *adminView) nodes() []int { return v.table }
@@ -286,6 +289,11 @@ func (v *adminView) keysvc(ctx context.Context, n int) (admin.KeyService, error)
 	if err := v.cl[n].Get(ctx, "/v1/keysvc", &ks); err != nil {
 		return admin.KeyService{}, err
 	}
+	return keyseqOf(ks)
+}
+
+// keyseqOf is keyseq's entry of a /v1/keysvc reply.
+func keyseqOf(ks admin.KeyServices) (admin.KeyService, error) {
 	for _, s := range ks.Services {
 		if s.Name == "keyseq" {
 			return s, nil

@@ -111,9 +111,9 @@ func (d *demo) ownerKillPhase() error {
 	if st.IsMaster {
 		role = "also the CLMS master"
 	}
-	d.say("kill -9 node %d (pid %d): keyseq's owner, %s; the survivors' admin endpoints, polled every %v, show:",
-		victim, d.cl.procs[victim].pid, role, pollEvery)
-	o, err := injectFault(d.ctx, d.cl, victim, syscall.SIGKILL)
+	d.say("kill -9 node %d (pid %d): keyseq's owner, %s; the survivors' admin endpoints (watch streams and long polls) show:",
+		victim, d.cl.procs[victim].pid, role)
+	o, err := injectFault(d.ctx, d.cl, victim, syscall.SIGKILL, false)
 	if err != nil {
 		return err
 	}
@@ -169,7 +169,7 @@ func (d *demo) hangPhase() error {
 	}
 	d.say("kill -STOP node %d (pid %d), neither master nor keyseq's owner: it stops answering but its sockets stay open",
 		victim, d.cl.procs[victim].pid)
-	o, err := injectFault(d.ctx, d.cl, victim, syscall.SIGSTOP)
+	o, err := injectFault(d.ctx, d.cl, victim, syscall.SIGSTOP, false)
 	if err != nil {
 		return err
 	}

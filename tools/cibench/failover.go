@@ -21,6 +21,7 @@ type failoverCmd struct {
 	Victim  string `default:"keysvc-owner" enum:"keysvc-owner,master,member" help:"Which node to fault: keyseq's owner, the CLMS master, or a member that is neither." env:"CI_VICTIM"`
 	Profile string `default:"lan-fast" enum:"lan-fast,default" help:"CLMS timing profile of the spawned cluster (a target cluster has its own)." env:"CI_PROFILE"`
 	JSON    bool   `name:"json" help:"Print the result as JSON (docs/BENCH_SCHEMA.md, the failover section) instead of tables." env:"CI_JSON"`
+	Observe string `default:"push" enum:"push,poll" help:"How the phases after detected are observed: push (watch streams and long polls; polling still for a cinode without the long poll) or poll (every survivor every millisecond, as before: to compare the two)." env:"CI_OBSERVE"`
 	targetFlags
 	faultFlags
 }
@@ -56,10 +57,18 @@ Phases, each timed from the signal:
   nodedown-all       every survivor has applied it
   new-master         every survivor names one new master (when the master was the victim)
   key-service-ready  every survivor sees keyseq ready in a new epoch (when its owner was the victim)
-Polled phases are seen by polling every survivor each millisecond: they
-include up to a poll round of delay. Percentiles are nearest-rank. In
+The later phases are pushed, not polled: before each fault cibench opens
+every survivor's /v1/watch stream (nodedown-all ends when the last
+survivor's stream delivers the GOINGDOWN) and long polls of its
+/v1/status and /v1/keysvc (?after=SEQ&wait=DUR, docs/ADMIN.md), which
+answer as each survivor's view changes: a phase ends when the last change
+it needs arrives. A target whose cinode has no long poll (an older build)
+is polled every millisecond instead, up to a poll round late; the output
+and the JSON ("observed": "poll") say so; --observe=poll polls on purpose.
+Each trial also records the CPU seconds the survivors used (survivor_cpu_s;
+/proc, 10 ms ticks). Percentiles are nearest-rank. In
 target mode, detected compares the master's clock with this machine's:
-keep them synchronised (NTP) or read only the polled phases.
+keep them synchronised (NTP) or read only the later phases.
 
 Goals (issues 11, 12, 14), lan-fast: crash detection p99 < 100 ms, hang
 detection p99 < 500 ms, key-service failover p99 < 150 ms and at most 1.5x
@@ -69,6 +78,7 @@ Examples:
   cibench failover --trials=20                      # kill keyseq's owner 20 times
   cibench failover --fault=stop --victim=master --trials=10
   cibench failover --profile=default --trials=5 --json > failover.json
+  cibench failover --observe=poll --trials=15      # the old way, to compare its cost
   cibench failover --target=10.0.0.1:7180,10.0.0.2:7180,10.0.0.3:7180 \
       --token-file=/etc/ci/admin.token --trials=5  # a running test cluster
   cibench failover --target=127.0.0.1:7180 --fault=stop --victim=member --trials=3`
@@ -91,7 +101,7 @@ func (c *failoverCmd) Validate() error {
 func (c *failoverCmd) Run(g *globals) error {
 	rep := bench.NewReport("failover", g.args) // started now
 	res, err := runFailover(g, failoverPlan{nodes: c.Nodes, trials: c.Trials, fault: c.Fault, victim: c.Victim, profile: c.Profile,
-		target: c.targetFlags, faults: c.faultFlags}, g.stderr)
+		target: c.targetFlags, faults: c.faultFlags, poll: c.Observe == observedPoll}, g.stderr)
 	if err != nil {
 		return err
 	}
@@ -117,6 +127,7 @@ type failoverPlan struct {
 	fault, victim, profile string
 	target                 targetFlags // spawn a cluster when empty
 	faults                 faultFlags
+	poll                   bool // observe by polling (--observe=poll)
 }
 
 // openCluster spawns the cluster (nodes, profile, keyseq) or dials the
@@ -158,7 +169,7 @@ func runFailover(g *globals, p failoverPlan, progress io.Writer) (_ *bench.Failo
 		res.Mode, res.Endpoints, res.Profile, res.TargetP99 = bench.ModeTarget, p.target.Target, "", 0
 	}
 	for trial := 1; trial <= p.trials; trial++ {
-		o, code, err := failoverTrial(g.ctx, fc, p.victim, sig)
+		o, code, err := failoverTrial(g.ctx, fc, p.victim, sig, p.poll)
 		if err != nil {
 			return nil, fmt.Errorf("trial %d: %w", trial, err)
 		}
@@ -166,8 +177,11 @@ func runFailover(g *globals, p failoverPlan, progress io.Writer) (_ *bench.Failo
 			return nil, fmt.Errorf("trial %d: node %d, continued after SIGSTOP, exited %d, want %d (fenced)", trial, o.victim, code, exitFencedCinode)
 		}
 		res.Trials = append(res.Trials, o.trial(trial))
-		fmt.Fprintf(progress, "failover trial %d/%d: %s node %d: detected %s, nodedown-all %s%s%s\n", trial, p.trials, o.fault, o.victim,
-			fmtDur(o.detected), fmtDur(o.nodeDownAll), optPhase(", new master", o.masterAt), optPhase(", keyseq ready", o.readyAt))
+		if res.Observed != observedPoll { // one polled trial makes the run's times polled
+			res.Observed = o.observed
+		}
+		fmt.Fprintf(progress, "failover trial %d/%d: %s node %d: detected %s, nodedown-all %s%s%s; survivors' CPU %s (%s)\n", trial, p.trials, o.fault, o.victim,
+			fmtDur(o.detected), fmtDur(o.nodeDownAll), optPhase(", new master", o.masterAt), optPhase(", keyseq ready", o.readyAt), fmtCPU(o.survivorCPU), o.observed)
 	}
 	res.Phases = bench.SummarizeFailover(res.Trials)
 	return res, nil
@@ -175,7 +189,7 @@ func runFailover(g *globals, p failoverPlan, progress io.Writer) (_ *bench.Failo
 
 // failoverTrial waits for the cluster to be formed, faults the victim,
 // follows the recovery and brings the victim back.
-func failoverTrial(ctx context.Context, fc faultCluster, victim string, sig syscall.Signal) (faultOutcome, int, error) {
+func failoverTrial(ctx context.Context, fc faultCluster, victim string, sig syscall.Signal, poll bool) (faultOutcome, int, error) {
 	c := fc.view()
 	if err := fc.waitFormed(ctx); err != nil {
 		return faultOutcome{}, 0, err
@@ -189,7 +203,7 @@ func failoverTrial(ctx context.Context, fc faultCluster, victim string, sig sysc
 	if err != nil {
 		return faultOutcome{}, 0, err
 	}
-	o, err := injectFault(ctx, fc, n, sig)
+	o, err := injectFault(ctx, fc, n, sig, poll)
 	if err != nil {
 		return o, 0, err
 	}
@@ -219,6 +233,9 @@ func writeFailoverText(w io.Writer, res *bench.FailoverResult) error {
 	}
 	fmt.Fprintf(w, "failover: %d trials, %s of the %s, %d nodes, %s (times since the signal)\n",
 		len(res.Trials), fault, victim, res.Nodes, where)
+	if res.Observed == observedPoll {
+		fmt.Fprintf(w, "note: observed by polling every survivor every %v (--observe=poll, or a cinode without the long poll on /v1/status: an older build): the later phases include up to a poll round\n", pollEvery)
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "phase\ttrials\tp50\tp99\tmax\t\n")
 	for _, p := range res.Phases {
@@ -239,4 +256,12 @@ func writeFailoverText(w io.Writer, res *bench.FailoverResult) error {
 		}
 	}
 	return nil
+}
+
+// fmtCPU writes CPU seconds, "-" when not measured.
+func fmtCPU(s *float64) string {
+	if s == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fs", *s)
 }

@@ -49,7 +49,7 @@ func TestFailover(t *testing.T) {
 	t.Run("kill-owner", func(t *testing.T) {
 		rep := runScenarioJSON(t, exe, "failover", "--trials=2", "--json")
 		f := rep.Failover
-		if rep.Scenario != "failover" || f == nil || f.Nodes != 3 || f.Profile != "lan-fast" || f.TargetP99 != 150*time.Millisecond {
+		if rep.Scenario != "failover" || f == nil || f.Nodes != 3 || f.Profile != "lan-fast" || f.TargetP99 != 150*time.Millisecond || f.Observed != "push" {
 			t.Fatalf("report: %+v", rep)
 		}
 		if len(f.Trials) != 2 {
@@ -65,6 +65,9 @@ func TestFailover(t *testing.T) {
 			// and keyseq's new owner is chosen after the old one is down.
 			if det <= 0 || all < det || ready < det {
 				t.Errorf("trial %d: phases out of order: %v", tr.Trial, tr.Phases)
+			}
+			if tr.SurvivorCPU == nil || *tr.SurvivorCPU < 0 { // a spawned cluster's /proc
+				t.Errorf("trial %d: survivors' CPU %v", tr.Trial, tr.SurvivorCPU)
 			}
 		}
 		var names []string
@@ -93,8 +96,22 @@ func TestFailover(t *testing.T) {
 		}
 	})
 
+	t.Run("observe-poll", func(t *testing.T) {
+		// The old way, kept to compare: the same phases, polled.
+		rep := runScenarioJSON(t, exe, "failover", "--trials=1", "--observe=poll", "--json")
+		f := rep.Failover
+		if f.Observed != "poll" || len(f.Trials) != 1 {
+			t.Fatalf("failover %+v", f)
+		}
+		m := phaseMap(f.Trials[0])
+		if m[bench.FailoverDetected] <= 0 || m[bench.FailoverNodeDown] < m[bench.FailoverDetected] || m[bench.FailoverKeyReady] < m[bench.FailoverDetected] {
+			t.Errorf("phases %v", f.Trials[0].Phases)
+		}
+	})
+
 	t.Run("usage", func(t *testing.T) {
 		for _, args := range [][]string{
+			{"failover", "--observe=sometimes"},
 			{"failover", "--nodes=2"},
 			{"failover", "--trials=0"},
 			{"failover", "--fault=hup"},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"syscall"
@@ -54,16 +55,20 @@ type faultOutcome struct {
 	base            uint64 // the new owner continues after this id
 
 	detected    time.Duration // the victim's GOINGDOWN committed (its transition's time)
-	nodeDownAll time.Duration // every survivor has applied it (polled)
-	masterAt    time.Duration // every survivor names the same new master (polled; wasMaster)
-	decisionAt  time.Duration // a survivor shows keyseq in a newer epoch (polled; wasOwner)
+	nodeDownAll time.Duration // every survivor has applied it (its watch stream delivered it)
+	masterAt    time.Duration // every survivor names the same new master (wasMaster)
+	decisionAt  time.Duration // a survivor shows keyseq in a newer epoch (wasOwner)
 	pulledAt    time.Duration // the new owner's pull finished (its own clock reading)
-	readyAt     time.Duration // every survivor shows keyseq ready in the new epoch (polled)
+	readyAt     time.Duration // every survivor shows keyseq ready in the new epoch
+	survivorCPU *float64      // CPU seconds of the survivors, from before the fault to the end; nil: not measured
+	// observed is how: observedPush (watch streams and long polls, each
+	// time when the change arrived) or observedPoll (a poll round).
+	observed string
 }
 
 // trial is the outcome as bench.Report's failover section has it.
 func (o faultOutcome) trial(n int) bench.FailoverTrial {
-	t := bench.FailoverTrial{Trial: n, Fault: o.fault, Victim: "member"}
+	t := bench.FailoverTrial{Trial: n, Fault: o.fault, Victim: "member", SurvivorCPU: o.survivorCPU}
 	switch {
 	case o.wasOwner:
 		t.Victim = "key-service-owner"
@@ -119,9 +124,10 @@ func others(all []int, n int) []int {
 }
 
 // injectFault sends sig to victim and follows the cluster on the
-// survivors' admin endpoints until every phase that applies is done. The
-// cluster must be formed (and keyseq ready, if declared).
-func injectFault(ctx context.Context, fc faultCluster, victim int, sig syscall.Signal) (faultOutcome, error) {
+// survivors' admin endpoints until every phase that applies is done; by
+// polling when poll is set or a survivor has no long poll. The cluster must
+// be formed (and keyseq ready, if declared).
+func injectFault(ctx context.Context, fc faultCluster, victim int, sig syscall.Signal, poll bool) (faultOutcome, error) {
 	c := fc.view()
 	o := faultOutcome{victim: victim, fault: "sigkill", survivors: others(c.nodes(), victim)}
 	if sig == syscall.SIGSTOP {
@@ -149,6 +155,38 @@ func injectFault(ctx context.Context, fc faultCluster, victim int, sig syscall.S
 		o.wasOwner, o.oldEpoch = int(ks.Owner) == victim, ks.Epoch
 	}
 
+	// Push: every survivor's watch stream and long polls are open before
+	// the fault, so that nothing it causes is missed. A survivor without
+	// the long poll (an older cinode) makes it a poll.
+	o.observed = observedPoll
+	var views <-chan viewEvent
+	if !poll {
+		var stopViews func()
+		views, stopViews, err = c.followViews(ctx, o.survivors)
+		switch {
+		case err == nil:
+			o.observed = observedPush
+			defer stopViews()
+		case !errors.Is(err, errNoLongPoll):
+			return o, err
+		}
+	}
+	var got <-chan watched
+	if o.observed == observedPush {
+		var stopWatch func()
+		got, stopWatch, err = c.watchNodes(ctx, o.survivors, since, func(int) func(admin.Transition) (bool, bool) {
+			return func(tr admin.Transition) (bool, bool) {
+				down := int(tr.Node) == victim && tr.From == "UP"
+				return down, !down
+			}
+		})
+		if err != nil {
+			return o, err
+		}
+		defer stopWatch()
+	}
+
+	cpu0, cpuErr := cpuOf(ctx, fc, o.survivors)
 	fire, err := fc.inject(ctx, victim, sig)
 	if err != nil {
 		return o, err
@@ -157,9 +195,122 @@ func injectFault(ctx context.Context, fc faultCluster, victim int, sig syscall.S
 	if err := fire(); err != nil {
 		return o, err
 	}
+	if o.observed == observedPush {
+		err = o.followPushed(ctx, fc, t0, views, got)
+	} else {
+		err = o.poll(ctx, fc, t0, since)
+	}
+	if err != nil {
+		return o, err
+	}
+	if cpu1, err := cpuOf(ctx, fc, o.survivors); err == nil && cpuErr == nil {
+		d := cpu1 - cpu0
+		o.survivorCPU = &d
+	}
+	if o.wasOwner {
+		var ks keyseqState
+		if err := c.cl[o.newOwner].Get(ctx, "/v1/keyseq", &ks); err != nil {
+			return o, err
+		}
+		if a := ks.Assembled; a != nil && a.Epoch == o.newEpoch {
+			o.pulledAt, o.base = a.At.Sub(t0), a.Base
+		}
+		for _, n := range o.survivors {
+			if n != o.newOwner {
+				o.third = n
+				break
+			}
+		}
+	}
+	return o, nil
+}
+
+// recovered: every phase that applies is done.
+func (o *faultOutcome) recovered() bool {
+	return o.nodeDownAll > 0 && (!o.wasMaster || o.masterAt > 0) && (!o.wasOwner || o.readyAt > 0)
+}
+
+// followPushed times the phases from what the survivors' watch streams
+// (got: each one's delivery of the victim's GOINGDOWN) and long polls
+// (views: each one's status and keyseq as they change) push, at the time
+// each arrives.
+func (o *faultOutcome) followPushed(ctx context.Context, fc faultCluster, t0 time.Time, views <-chan viewEvent, got <-chan watched) error {
+	applied := map[int]bool{}
+	status := map[int]admin.Status{}
+	keys := map[int]admin.KeyService{}
+	tick := time.NewTicker(10 * pollEvery) // only to notice a survivor's exit
+	defer tick.Stop()
+	for !o.recovered() {
+		var at time.Duration
+		select {
+		case w := <-got:
+			if w.err != nil {
+				return w.err
+			}
+			at = w.at.Sub(t0)
+			if o.detected == 0 {
+				o.down, o.detected = w.tr, w.tr.Time.Sub(t0)
+			}
+			if applied[w.node] = true; len(applied) == len(o.survivors) && o.nodeDownAll == 0 {
+				o.nodeDownAll = at
+			}
+		case e := <-views:
+			if e.err != nil {
+				return e.err
+			}
+			at = e.at.Sub(t0)
+			if e.st != nil {
+				status[e.node] = *e.st
+			}
+			if e.ks != nil {
+				keys[e.node] = *e.ks
+			}
+		case <-tick.C:
+			for _, n := range o.survivors {
+				if err := fc.check(n); err != nil {
+					return err
+				}
+			}
+			continue
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the cluster to recover from %s of node %d: %w", o.fault, o.victim, context.Cause(ctx))
+		}
+		if o.wasMaster && o.masterAt == 0 && len(status) == len(o.survivors) {
+			masters := map[uint32]bool{}
+			for _, st := range status {
+				masters[st.Master] = true
+			}
+			if m := status[o.survivors[0]].Master; len(masters) == 1 && m != 0 && int(m) != o.victim {
+				o.masterAt, o.newMaster = at, int(m)
+			}
+		}
+		if o.wasOwner {
+			ready := 0
+			for _, ks := range keys {
+				if ks.Epoch > o.oldEpoch && o.decisionAt == 0 {
+					o.decisionAt = at
+				}
+				if ks.Epoch > o.oldEpoch && ks.Ready {
+					ready++
+					o.newOwner, o.newEpoch = int(ks.Owner), ks.Epoch
+				}
+			}
+			if ready == len(o.survivors) && o.readyAt == 0 {
+				o.readyAt = at
+			}
+		}
+	}
+	return nil
+}
+
+// poll times the phases by polling every survivor every pollEvery: for
+// survivors without the long poll. A phase includes up to a poll round.
+func (o *faultOutcome) poll(ctx context.Context, fc faultCluster, t0 time.Time, since uint64) error {
+	c := fc.view()
+	victim := o.victim
 	var downID uint64
 	applied := map[int]bool{}
-	err = c.poll(ctx, fmt.Sprintf("the cluster to recover from %s of node %d", o.fault, victim), func() (bool, error) {
+	return c.poll(ctx, fmt.Sprintf("the cluster to recover from %s of node %d", o.fault, victim), func() (bool, error) {
 		masters := map[uint32]bool{}
 		ready := 0
 		for _, n := range o.survivors {
@@ -212,27 +363,8 @@ func injectFault(ctx context.Context, fc faultCluster, victim int, sig syscall.S
 				o.readyAt = at
 			}
 		}
-		return o.nodeDownAll > 0 && (!o.wasMaster || o.masterAt > 0) && (!o.wasOwner || o.readyAt > 0), nil
+		return o.recovered(), nil
 	})
-	if err != nil {
-		return o, err
-	}
-	if o.wasOwner {
-		var ks keyseqState
-		if err := c.cl[o.newOwner].Get(ctx, "/v1/keyseq", &ks); err != nil {
-			return o, err
-		}
-		if a := ks.Assembled; a != nil && a.Epoch == o.newEpoch {
-			o.pulledAt, o.base = a.At.Sub(t0), a.Base
-		}
-		for _, n := range o.survivors {
-			if n != o.newOwner {
-				o.third = n
-				break
-			}
-		}
-	}
-	return o, nil
 }
 
 // restore brings a fault's victim back as a new incarnation: a killed node
@@ -310,4 +442,42 @@ func (c *adminView) waitKeyseqReady(ctx context.Context) error {
 		}
 		return true, nil
 	})
+}
+
+// cpuOf is the CPU seconds the processes of nodes ns used so far, summed:
+// /proc for a process of this machine (a spawned node; a target's cinode
+// that localCinode proves local, once per process, since it reads the
+// machine's socket table), else the node's /metrics.
+func cpuOf(ctx context.Context, fc faultCluster, ns []int) (float64, error) {
+	v := fc.view()
+	sum := 0.0
+	for _, n := range ns {
+		if c, ok := fc.(*cinodeCluster); ok {
+			sum += procCPU(c.procs[n].pid)
+			continue
+		}
+		st, err := v.status(ctx, n)
+		if err != nil {
+			return 0, err
+		}
+		key := fmt.Sprintf("%s/%d", v.cl[n].Addr, st.PID)
+		local, ok := v.localPID[key]
+		if !ok {
+			local, _ = localCinode("/proc", v.cl[n].Addr, st.PID)
+			if v.localPID == nil {
+				v.localPID = map[string]bool{}
+			}
+			v.localPID[key] = local
+		}
+		if local {
+			sum += procCPU(st.PID)
+			continue
+		}
+		m, err := metricSums(ctx, v.cl[n], "process_cpu_seconds_total")
+		if err != nil {
+			return 0, fmt.Errorf("node %d: %w", n, err)
+		}
+		sum += m[0]
+	}
+	return sum, nil
 }

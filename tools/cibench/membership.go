@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -315,6 +316,70 @@ func membershipRun(g *globals, m memberSize, p membershipPlan) (run bench.Member
 // spread is when a transition reached the first and the last watcher.
 type spread struct{ first, all time.Duration }
 
+// watched is a transition a node's /v1/watch stream delivered, and when;
+// or the error that ended the stream.
+type watched struct {
+	node int
+	tr   admin.Transition
+	at   time.Time
+	err  error
+}
+
+// watchNodes opens the /v1/watch stream of every node of ns from since and
+// returns once each has said hello, so that nothing committed afterwards
+// can be missed. keep(n) is node n's filter, called once on n's goroutine:
+// each transition it sends arrives on the channel with the time n's stream
+// delivered it, and the stream ends when it says no more. A stream's error
+// arrives once and ends it. Every stream ends with ctx; stop cancels them
+// and waits for their goroutines.
+func (v *adminView) watchNodes(ctx context.Context, ns []int, since uint64,
+	keep func(n int) func(admin.Transition) (send, more bool)) (_ <-chan watched, stop func(), _ error) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	stop = func() { cancel(); wg.Wait() }
+	got := make(chan watched, 4*len(ns))
+	hello := make(chan struct{}, len(ns))
+	for _, n := range ns {
+		wg.Add(1)
+		go func() { // ends with ctx, an error, or keep's last
+			defer wg.Done()
+			filter := keep(n)
+			send := func(w watched) bool { return sendUnlessDone(ctx, got, w) }
+			for ev, err := range v.cl[n].Watch(ctx, since, faultTimeout) {
+				if err != nil {
+					send(watched{node: n, err: fmt.Errorf("node %d's watch: %w", n, err)})
+					return
+				}
+				if ev.Event == "hello" {
+					hello <- struct{}{}
+				}
+				if ev.Event != "transition" {
+					continue
+				}
+				ok, more := filter(*ev.Transition)
+				if ok && !send(watched{node: n, tr: *ev.Transition, at: time.Now()}) {
+					return
+				}
+				if !more {
+					return
+				}
+			}
+		}()
+	}
+	for range ns {
+		select {
+		case <-hello:
+		case w := <-got:
+			stop()
+			return nil, nil, w.err
+		case <-ctx.Done():
+			stop()
+			return nil, nil, fmt.Errorf("waiting for the watch streams: %w", context.Cause(ctx))
+		}
+	}
+	return got, stop, nil
+}
+
 // propagation watches every node but member from since, sends sig to
 // member, and times, for each of want in turn, the first transition of
 // member it accepts: from its commit (its time) to each other node's watch
@@ -324,44 +389,21 @@ func propagation(ctx context.Context, fc faultCluster, member int, since uint64,
 	c := fc.view()
 	ctx, cancel := context.WithTimeout(ctx, bound)
 	defer cancel()
-	type seen struct {
-		i   int // which of want
-		tr  admin.Transition
-		at  time.Time
-		err error
-	}
 	watchers := others(c.nodes(), member)
-	got := make(chan seen, len(watchers)*len(want))
-	hello := make(chan struct{}, len(watchers))
-	for _, n := range watchers {
-		go func() { // ends with ctx (cancelled on return) or the last of want
-			i := 0
-			for ev, err := range c.cl[n].Watch(ctx, since, faultTimeout) {
-				if err != nil {
-					got <- seen{err: fmt.Errorf("node %d's watch: %w", n, err)}
-					return
-				}
-				if ev.Event == "hello" {
-					hello <- struct{}{}
-				}
-				if ev.Event == "transition" && int(ev.Transition.Node) == member && want[i](*ev.Transition) {
-					got <- seen{i: i, tr: *ev.Transition, at: time.Now()}
-					if i++; i == len(want) {
-						return
-					}
-				}
+	got, stop, err := c.watchNodes(ctx, watchers, since, func(int) func(admin.Transition) (bool, bool) {
+		i := 0 // which of want this node's stream waits for
+		return func(tr admin.Transition) (bool, bool) {
+			if int(tr.Node) != member || !want[i](tr) {
+				return false, true
 			}
-		}()
-	}
-	for range watchers {
-		select {
-		case <-hello:
-		case s := <-got:
-			return nil, s.err
-		case <-ctx.Done():
-			return nil, fmt.Errorf("waiting for the watch streams: %w", context.Cause(ctx))
+			i++
+			return true, i < len(want)
 		}
+	})
+	if err != nil {
+		return nil, err
 	}
+	defer stop()
 	fire, err := fc.inject(ctx, member, sig)
 	if err != nil {
 		return nil, err
@@ -371,6 +413,7 @@ func propagation(ctx context.Context, fc faultCluster, member int, since uint64,
 	}
 	out := make([]spread, len(want))
 	count := make([]int, len(want))
+	next := map[int]int{} // node -> which of want its next delivery is
 	tick := time.NewTicker(10 * pollEvery)
 	defer tick.Stop()
 	for left := len(watchers) * len(want); left > 0; {
@@ -379,12 +422,14 @@ func propagation(ctx context.Context, fc faultCluster, member int, since uint64,
 			if s.err != nil {
 				return nil, s.err
 			}
+			i := next[s.node]
+			next[s.node]++
 			d := s.at.Sub(s.tr.Time)
-			if count[s.i] == 0 {
-				out[s.i].first = d
+			if count[i] == 0 {
+				out[i].first = d
 			}
-			count[s.i]++
-			out[s.i].all = max(out[s.i].all, d)
+			count[i]++
+			out[i].all = max(out[i].all, d)
 			left--
 		case <-tick.C:
 			if err := fc.check(member); err != nil {

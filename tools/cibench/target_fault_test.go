@@ -131,7 +131,7 @@ func startSupervised(t *testing.T, exe string, allowKill bool) (*cinodeCluster, 
 func checkTrials(t *testing.T, f *bench.FailoverResult, endpoints []string, n int, fault string, phases ...string) {
 	t.Helper()
 	if f == nil || f.Mode != bench.ModeTarget || strings.Join(f.Endpoints, ",") != strings.Join(endpoints, ",") ||
-		f.Nodes != 3 || f.Profile != "" || f.TargetP99 != 0 || len(f.Trials) != n {
+		f.Nodes != 3 || f.Profile != "" || f.TargetP99 != 0 || len(f.Trials) != n || f.Observed != "push" {
 		t.Fatalf("failover section %+v", f)
 	}
 	for _, tr := range f.Trials {

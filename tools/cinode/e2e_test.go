@@ -524,8 +524,29 @@ func TestKeyseqMove(t *testing.T) {
 		t.Fatalf("keysvc: %+v", k)
 	}
 	to := k.Owner%3 + 1
+	// A long poll of node 1's /v1/keysvc from its view now: the move
+	// changes the view (the runner's sequence), so it answers with the
+	// new owner without polling.
+	cl := c.client(1)
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	before, err := cl.WaitKeyServices(ctx, 0, time.Second)
+	if err != nil || before.Seq == 0 {
+		t.Fatalf("keysvc before the move: seq %d, %v", before.Seq, err)
+	}
 	if code, out, e := runCmd(t, bins.cluster, "-c", c.config, "move", "keyseq", fmt.Sprint(to)); code != 0 {
 		t.Fatalf("move: %d %s %s", code, out, e)
+	}
+	for after := before.Seq; ; {
+		got, err := cl.WaitKeyServices(ctx, after, 30*time.Second)
+		if err != nil || got.Seq <= after {
+			t.Fatalf("long poll after %d: seq %d, %v", after, got.Seq, err)
+		}
+		if s := got.Services; len(s) == 1 && s[0].Owner == to && s[0].Ready {
+			break
+		}
+		after = got.Seq
 	}
 	code, js, e := runCmd(t, bins.cluster, "-c", c.config, "keysvc", "--json")
 	if err := json.Unmarshal([]byte(js), &ks); code != 0 || err != nil || len(ks.Services) != 1 {

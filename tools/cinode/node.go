@@ -26,7 +26,10 @@ type nodeMember struct {
 	echo  *benchEcho      // what /v1/ping calls
 }
 
-var _ admin.Source = (*nodeMember)(nil)
+var (
+	_ admin.Source     = (*nodeMember)(nil)
+	_ admin.ViewWaiter = (*nodeMember)(nil)
+)
 
 func newMember(st *settings, log *slog.Logger, set *metrics.Set) (member, error) {
 	// The key services this build runs: every node registers the same
@@ -135,4 +138,14 @@ func (m *nodeMember) Transitions(after clms.TransitionID, max int) []clms.Transi
 // WaitTransition implements admin.Source.
 func (m *nodeMember) WaitTransition(ctx context.Context, after clms.TransitionID) error {
 	return m.Backend().WaitTransition(ctx, after)
+}
+
+// ViewSeq implements admin.ViewWaiter: the runner's view sequence, which
+// grows with every change of the master, readiness, the last applied
+// transition and the key services (clms.RunnerStatus.View).
+func (m *nodeMember) ViewSeq() uint64 { return m.Runner().ViewSeq() }
+
+// WaitView implements admin.ViewWaiter.
+func (m *nodeMember) WaitView(ctx context.Context, after uint64) error {
+	return m.Runner().WaitView(ctx, after)
 }

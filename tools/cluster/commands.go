@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -292,9 +293,18 @@ func (c *watchCmd) Run(g *globals) error {
 	}
 }
 
-type keysvcCmd struct{}
+type keysvcCmd struct {
+	Watch bool `help:"Print the key services again each time one changes (a long poll of /v1/keysvc, docs/ADMIN.md); Ctrl-C to stop. With --json, one object per line."`
+	Count int  `help:"With --watch: stop after this many views, the first included (0: never)." default:"0"`
+}
 
-func (keysvcCmd) Run(g *globals) error {
+func (c *keysvcCmd) Run(g *globals) error {
+	if c.Count < 0 || (c.Count > 0 && !c.Watch) {
+		return usagef("--count wants --watch and 1 or more")
+	}
+	if c.Watch {
+		return c.watch(g)
+	}
 	var ks admin.KeyServices
 	if err := g.first(func(ctx context.Context, c *admin.Client) error { return c.Get(ctx, "/v1/keysvc", &ks) }); err != nil {
 		return err
@@ -303,22 +313,73 @@ func (keysvcCmd) Run(g *globals) error {
 		if err := g.printJSON(ks); err != nil {
 			return err
 		}
-	} else if !ks.Available {
-		fmt.Fprintf(g.stdout, "no key services: %s\n", ks.Reason)
-	} else {
-		rows := make([][]string, len(ks.Services))
-		for i, k := range ks.Services {
-			owner := "-"
-			if k.Owner != 0 {
-				owner = strconv.Itoa(int(k.Owner))
-			}
-			rows[i] = []string{k.Name, yesNo(k.Critical), owner, strconv.FormatUint(k.Epoch, 10), yesNo(k.Ready)}
+	} else if err := printKeysvc(g.stdout, ks); err != nil {
+		return err
+	}
+	return g.unhealthy(keysvcHealth(ks))
+}
+
+// watch prints the key services, then again each time they change: a
+// long poll of the first endpoint that answers, from the seq of its last
+// reply (another endpoint's sequence differs: switching costs at most a
+// view printed twice, which the comparison drops).
+func (c *keysvcCmd) watch(g *globals) error {
+	wait := max(g.Timeout/2, time.Millisecond) // under --timeout, the bound of each request
+	var after uint64
+	var last []admin.KeyService
+	for shown := 0; c.Count == 0 || shown < c.Count; {
+		var ks admin.KeyServices
+		err := g.first(func(ctx context.Context, cl *admin.Client) error {
+			var err error
+			ks, err = cl.WaitKeyServices(ctx, after, wait)
+			return err
+		})
+		switch {
+		case g.ctx.Err() != nil:
+			return g.ctx.Err()
+		case err != nil:
+			return err
+		case ks.Seq == 0:
+			return errors.New("--watch: the admin endpoint has no long poll of /v1/keysvc (an older cinode): run cluster keysvc without --watch")
 		}
-		if err := table(g.stdout, "KEYSVC\tCRITICAL\tOWNER\tEPOCH\tREADY", rows); err != nil {
+		after = ks.Seq
+		if shown > 0 && slices.Equal(ks.Services, last) {
+			continue // another part of the node's view changed
+		}
+		shown, last = shown+1, ks.Services
+		if g.JSON {
+			b, err := json.Marshal(ks)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "%s\n", b)
+			continue
+		}
+		if shown > 1 {
+			fmt.Fprintln(g.stdout)
+		}
+		if err := printKeysvc(g.stdout, ks); err != nil {
 			return err
 		}
 	}
-	return g.unhealthy(keysvcHealth(ks))
+	return nil
+}
+
+// printKeysvc writes the key services as a table.
+func printKeysvc(w io.Writer, ks admin.KeyServices) error {
+	if !ks.Available {
+		_, err := fmt.Fprintf(w, "no key services: %s\n", ks.Reason)
+		return err
+	}
+	rows := make([][]string, len(ks.Services))
+	for i, k := range ks.Services {
+		owner := "-"
+		if k.Owner != 0 {
+			owner = strconv.Itoa(int(k.Owner))
+		}
+		rows[i] = []string{k.Name, yesNo(k.Critical), owner, strconv.FormatUint(k.Epoch, 10), yesNo(k.Ready)}
+	}
+	return table(w, "KEYSVC\tCRITICAL\tOWNER\tEPOCH\tREADY", rows)
 }
 
 type moveCmd struct {

@@ -59,6 +59,7 @@ Examples:
   cluster -v --json | jq '.members[] | select(.state != "UP")'
   cluster transitions --since 40            what happened after transition 40
   cluster watch                             follow the transitions as they happen
+  cluster keysvc --watch                    the key services again each time one changes
   cluster shutdown 3                        node 3 leaves the cluster on purpose
   cluster signal 2 --handler reload HUP     run node 2's "reload" handler
   cluster signal 2 --pid 4242 TERM          SIGTERM to process 4242 on node 2 (if its policy allows)
@@ -70,7 +71,7 @@ address, else 127.0.0.1). Read-only commands ask the first that answers;
 shutdown asks the node itself.
 
 Exit status: 0 ok; 1 error (no endpoint answered, a request refused);
-2 bad usage; 3 the cluster is unhealthy: members and keysvc exit 3 when a
+2 bad usage; 3 the cluster is unhealthy: members and keysvc (without --watch) exit 3 when a
 node of the table is not UP, when there is no master, or when a critical
 key service has no owner or is not ready (each reason is printed on
 stderr).`

@@ -325,3 +325,50 @@ func TestCompletionBash(t *testing.T) {
 		}
 	}
 }
+
+// TestKeysvcWatch: keysvc --watch prints the key services, waits on the
+// long poll, and prints them again when the owner changes; a change of the
+// node's view elsewhere (the master) prints nothing.
+func TestKeysvcWatch(t *testing.T) {
+	keys := &admintest.Keys{}
+	keys.Set(admin.KeyService{Name: "keyseq", Owner: 1, Epoch: 1, Ready: true})
+	n1 := startNode(t, 1, admin.Config{KeyServices: keys})
+	type result struct {
+		code     int
+		out, err string
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, out, errs := cluster(t, "-e", n1.srv.Addr(), "keysvc", "--watch", "--count", "2", "--json")
+		done <- result{code, out, errs}
+	}()
+	waiting := func() { // the command's long poll waits on the node
+		for n1.src.Waiting() == 0 {
+			select {
+			case r := <-done:
+				t.Fatalf("keysvc --watch ended early: %+v", r)
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}
+	waiting()
+	n1.src.SetMaster(2) // the view moves, the key services do not
+	waiting()
+	keys.Set(admin.KeyService{Name: "keyseq", Owner: 3, Epoch: 2, Ready: true})
+	n1.src.Touch()
+	r := <-done
+	var owners []string
+	for _, l := range strings.Split(strings.TrimSpace(r.out), "\n") {
+		var ks admin.KeyServices
+		if err := json.Unmarshal([]byte(l), &ks); err != nil || len(ks.Services) != 1 {
+			t.Fatalf("%q: %v", l, err)
+		}
+		owners = append(owners, fmt.Sprintf("%d@%d", ks.Services[0].Owner, ks.Services[0].Epoch))
+	}
+	if got := strings.Join(owners, " "); r.code != 0 || got != "1@1 3@2" {
+		t.Fatalf("keysvc --watch: %d %q %s", r.code, got, r.err)
+	}
+	if code, _, errs := cluster(t, "-e", n1.srv.Addr(), "keysvc", "--count", "2"); code != 2 || !strings.Contains(errs, "--count wants --watch") {
+		t.Fatalf("--count without --watch: %d %s", code, errs)
+	}
+}

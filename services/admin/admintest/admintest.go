@@ -4,6 +4,7 @@
 package admintest
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"time"
@@ -24,9 +25,15 @@ type Source struct {
 	mu     sync.Mutex
 	master clms.NodeNum // guarded by mu
 	incs   map[clms.NodeNum]uint64
+	seq    uint64        // the view sequence; guarded by mu
+	seqCh  chan struct{} // closed and replaced when seq grows; guarded by mu
+	wait   int           // WaitView calls waiting now; guarded by mu
 }
 
-var _ admin.Source = (*Source)(nil)
+var (
+	_ admin.Source     = (*Source)(nil)
+	_ admin.ViewWaiter = (*Source)(nil)
+)
 
 // New returns node self's source for a cluster whose table is nodes, all
 // NEVERUP.
@@ -35,12 +42,63 @@ func New(cluster string, self clms.NodeNum, nodes []clms.NodeNum) (*Source, erro
 	if err != nil {
 		return nil, err
 	}
-	return &Source{MemBackend: b, self: self, cluster: cluster, incs: map[clms.NodeNum]uint64{}}, nil
+	return NewWith(cluster, self, b), nil
 }
 
 // NewWith is New over a backend the caller made (a small MaxRetained).
 func NewWith(cluster string, self clms.NodeNum, b *clusterapi.MemBackend) *Source {
-	return &Source{MemBackend: b, self: self, cluster: cluster, incs: map[clms.NodeNum]uint64{}}
+	return &Source{MemBackend: b, self: self, cluster: cluster, incs: map[clms.NodeNum]uint64{}, seq: 1, seqCh: make(chan struct{})}
+}
+
+// Touch says the view changed (SetMaster and Move do): the view sequence
+// grows and the long polls waiting on it return. A test calls it after
+// changing what its Config.KeyServices returns, or after appending to the
+// backend directly.
+func (s *Source) Touch() {
+	s.mu.Lock()
+	s.seq++
+	close(s.seqCh)
+	s.seqCh = make(chan struct{})
+	s.mu.Unlock()
+}
+
+// ViewSeq implements admin.ViewWaiter.
+func (s *Source) ViewSeq() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.seq
+}
+
+// Waiting is how many WaitView calls wait now: a test's proof that a long
+// poll is held on the server.
+func (s *Source) Waiting() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.wait
+}
+
+// WaitView implements admin.ViewWaiter.
+func (s *Source) WaitView(ctx context.Context, after uint64) error {
+	s.mu.Lock()
+	seq, ch := s.seq, s.seqCh
+	if seq <= after {
+		s.wait++
+	}
+	s.mu.Unlock()
+	if seq > after {
+		return nil
+	}
+	defer func() {
+		s.mu.Lock()
+		s.wait--
+		s.mu.Unlock()
+	}()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // SetMaster says which node is the CLMS master (0: none).
@@ -48,6 +106,7 @@ func (s *Source) SetMaster(n clms.NodeNum) {
 	s.mu.Lock()
 	s.master = n
 	s.mu.Unlock()
+	s.Touch()
 }
 
 // Local implements admin.Source.
@@ -85,6 +144,7 @@ func (s *Source) Move(n clms.NodeNum, cause clms.Cause, to ...clms.NodeState) er
 		if err := s.Append(t); err != nil {
 			return err
 		}
+		s.Touch()
 	}
 	return nil
 }
@@ -118,4 +178,30 @@ func (s *Source) Shutdown(n clms.NodeNum) error {
 		return err
 	}
 	return s.Move(n, clms.CauseCleanupDone, clms.StateKCleanup, clms.StateUCleanup, clms.StateDown)
+}
+
+// Keys is an admin.KeyServiceSource whose key services the test sets
+// (Set; then Source.Touch, for the long polls); Move is not implemented.
+type Keys struct {
+	mu  sync.Mutex
+	svc []admin.KeyService // guarded by mu
+}
+
+var _ admin.KeyServiceSource = (*Keys)(nil)
+
+// KeyServices implements admin.KeyServiceSource.
+func (k *Keys) KeyServices() []admin.KeyService {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return append([]admin.KeyService(nil), k.svc...)
+}
+
+// Move implements admin.KeyServiceSource: admin.ErrNotImplemented.
+func (k *Keys) Move(context.Context, string, clms.NodeNum) error { return admin.ErrNotImplemented }
+
+// Set replaces the key services.
+func (k *Keys) Set(ks ...admin.KeyService) {
+	k.mu.Lock()
+	k.svc = ks
+	k.mu.Unlock()
 }
