@@ -202,7 +202,9 @@ var errS2Corrupt = errors.New("corrupt s2 block")
 // start). It allocates nothing; FuzzS2Length checks it against s2.Decode.
 func s2Length(src []byte, limit int) (int, error) {
 	announced, k := binary.Uvarint(src)
-	if k <= 0 || announced > uint64(limit) {
+	// s2 reads the length as a uint32 varint: longer encodings of a small
+	// number (0x80 0x80 0x80 0x80 0x80 0x00 is 0) are corrupt to it too.
+	if k <= 0 || k > binary.MaxVarintLen32 || announced > uint64(limit) {
 		return 0, errS2Corrupt
 	}
 	s, d, offset := k, 0, 0
