@@ -374,9 +374,12 @@ func (n *Node) cancelRequest(c *conn, xid uint64) {
 	if rc == nil {
 		return
 	}
+	// Counted before the handler can see it: what the cancel causes (the
+	// handler returning, its reply dropped and counted) comes after, in
+	// the metrics too.
+	n.m.cancelsReceived.Inc()
 	rc.peerCancelled.Store(true)
 	rc.cancel(context.Canceled)
-	n.m.cancelsReceived.Inc()
 }
 
 // cancelAll cancels the context of every request still registered on c,
