@@ -1,6 +1,7 @@
 package engine_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -59,9 +60,18 @@ func Example() {
 	}
 	fmt.Printf("%s\n", reply)
 
+	// Arguments over CompressAbove bytes travel compressed (a Service's
+	// Compression does the same for its replies); the receiver needs no
+	// setting to read them.
+	big := bytes.Repeat([]byte("ics "), 1024)
+	m := engine.Method{Service: echo, Compression: engine.CompressS2, CompressAbove: 512}
+	reply, err = n1.Call(ctx, 2, m, big, nil)
+	fmt.Println(len(reply), bytes.Equal(reply, big), err)
+
 	_, err = n1.Call(ctx, 2, engine.Method{Service: echo, Proc: 7}, nil, nil)
 	fmt.Println(errors.Is(err, engine.ErrProcUnavail))
 	// Output:
 	// hello, node 2
+	// 4096 true <nil>
 	// true
 }
