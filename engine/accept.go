@@ -45,7 +45,7 @@ func (n *Node) acceptLoop() {
 		if n.closed.Load() || errors.Is(err, net.ErrClosed) {
 			return
 		}
-		if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
+		if outOfDescriptors(err) {
 			n.m.limitDescriptors.Inc()
 			if backoff == 0 {
 				n.log.Warn("out of file descriptors: shedding new connections", "err", err)
@@ -115,11 +115,32 @@ func (n *Node) enrollAccepted(nc *net.TCPConn) error {
 		return nil
 	}
 	// gnet duplicates the socket and closes nc itself, also on failure.
-	if r := <-res; r.Err != nil {
-		n.m.limitDescriptors.Inc()
-		n.log.Warn("cannot hand an accepted connection to an event loop", "err", r.Err)
+	// Either duplicate (gnet's, or OnOpen's for the write side) can be the
+	// one that finds the process out of descriptors, depending on how many
+	// are left; both are the same shortage as accept's own EMFILE and go
+	// back to acceptLoop, which counts it once and backs off. (Left in
+	// OnOpen, a shortage of exactly two descriptors went uncounted, with
+	// a warning per connection and no backoff, for as long as it lasted.)
+	r := <-res
+	if r.Err == nil {
+		if p := n.attachFailed.Swap(nil); p != nil {
+			r.Err = *p
+		}
 	}
+	if r.Err == nil {
+		return nil
+	}
+	if outOfDescriptors(r.Err) {
+		return r.Err
+	}
+	n.log.Warn("cannot hand an accepted connection to an event loop", "err", r.Err)
 	return nil
+}
+
+// outOfDescriptors reports whether err is the process or the system
+// running out of file descriptors.
+func outOfDescriptors(err error) bool {
+	return errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE)
 }
 
 // admitPending records an accepted connection as in its handshake. Two

@@ -39,7 +39,7 @@ func (h *loopHandler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	gc.SetContext(c)
 	n.accepted.Add(1) // OnClose undoes it, whatever happens from here
 	if err := c.attach(gc); err != nil {
-		n.log.Warn("cannot attach accepted connection", "remote", gc.RemoteAddr(), "err", err)
+		n.attachFailed.Store(&err) // enrollAccepted reports it to acceptLoop
 		return nil, gnet.Close
 	}
 	c.source, c.remote = remoteIP(gc.RemoteAddr()), gc.RemoteAddr().String()

@@ -100,6 +100,12 @@ type Node struct {
 	acceptDone chan struct{} // closed when acceptLoop returns
 	spareFD    int           // a reserved descriptor, freed to shed a connection at EMFILE; acceptLoop's
 	accepted   atomic.Int64  // accepted connections open, handshaking or not
+	// attachFailed is OnOpen's report, for enrollAccepted, that the
+	// connection being enrolled could not be attached (its write side's
+	// duplicate failed). acceptLoop enrolls one connection at a time and
+	// gnet runs OnOpen before it answers the enrolment, so the report
+	// always belongs to the connection enrollAccepted is waiting for.
+	attachFailed atomic.Pointer[error]
 
 	// Handshake workers and their budgets (noise.go).
 	noiseJobs                    chan noiseJob
