@@ -432,8 +432,13 @@ func propagation(ctx context.Context, fc faultCluster, member int, since uint64,
 			out[i].all = max(out[i].all, d)
 			left--
 		case <-tick.C:
-			if err := fc.check(member); err != nil {
-				return nil, err
+			// The watchers must live; the member's exit is what sig asks
+			// for (a planned shutdown exits 0 as soon as its SHUTDOWN is
+			// committed, often before every stream has delivered it).
+			for _, w := range watchers {
+				if err := fc.check(w); err != nil {
+					return nil, err
+				}
 			}
 		case <-ctx.Done():
 			if context.Cause(ctx) == context.DeadlineExceeded && sig == syscall.SIGKILL {
