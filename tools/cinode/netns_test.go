@@ -627,15 +627,21 @@ func memberCutMidCall(t *testing.T, cut, heal func(*netnstest.Host)) {
 	})
 	cutAt := time.Now()
 	cut(c.nw.Hosts[victim-1])
-	// The premise: data the kernel cannot deliver piles up in a sender's
-	// socket (megabytes in its Send-Q), which a proxy that reads and drops
-	// never causes; once the socket is full the engine's flusher waits in
-	// poll. Either end may be the one sending (the requests, or the
-	// echo's replies the cut-off node cannot send; its side is seen
-	// through its Unix socket and its own namespace). Looked for at once:
-	// the caller's side ends at NODEDOWN, a few hundred ms later.
+	// The premise: a sender is stuck on the cut link, which a proxy that
+	// reads and drops never causes. Data the kernel cannot deliver piles
+	// up in a sender's socket (megabytes in its Send-Q, and once it is
+	// full the engine's flusher waits in poll), or, when the cut came
+	// while the callers had spent their window, the caller's senders wait
+	// for credit the cut-off node can no longer return. Either end may be
+	// the one sending (the requests, or the echo's replies the cut-off
+	// node cannot send; its side is seen through its Unix socket and its
+	// own namespace). Looked for at once: the caller's side ends at
+	// NODEDOWN, a few hundred ms later. (Asking only for a full socket
+	// failed a CI run: the cut found the callers waiting for credit, 47
+	// KiB stuck in the cut-off node's Send-Q.)
 	var blocked string
-	eventually(t, 10*time.Second, "a full socket on the cut link", func() (bool, string) {
+	lastQ := map[int]int{}
+	eventually(t, 10*time.Second, "a sender stuck on the cut link", func() (bool, string) {
 		seen := ""
 		for _, n := range []int{caller, victim} {
 			q := c.maxSendQ(t, n)
@@ -644,14 +650,26 @@ func memberCutMidCall(t *testing.T, cut, heal func(*netnstest.Host)) {
 				blocked = fmt.Sprintf("node %d: %d bytes in a socket's Send-Q", n, q)
 				return true, ""
 			}
-			if gs := stacksWith(c.goroutines(t, n), "engine.(*conn).routineFlush"); len(gs) > 0 {
+			if n == victim && q > 0 && q == lastQ[n] {
+				// Every link of the cut-off node is cut: bytes that stay
+				// in its Send-Q from one look to the next are stuck.
+				blocked = fmt.Sprintf("node %d: %d bytes stay in a socket's Send-Q", n, q)
+				return true, ""
+			}
+			lastQ[n] = q
+			dump := c.goroutines(t, n)
+			if gs := stacksWith(dump, "engine.(*conn).routineFlush"); len(gs) > 0 {
 				blocked = fmt.Sprintf("node %d: the engine's flusher waits: %s", n, gs[0])
 				return true, ""
 			}
+			if gs := stacksWith(dump, "engine.(*sendCredit).acquire"); n == caller && len(gs) > 0 {
+				blocked = fmt.Sprintf("node %d: %d senders wait for credit: %s", n, len(gs), gs[0])
+				return true, ""
+			}
 		}
-		return false, "no full socket:" + seen
+		return false, "no sender stuck:" + seen
 	})
-	t.Logf("full socket: %s", blocked)
+	t.Logf("stuck: %s", blocked)
 
 	var r result
 	select {
@@ -673,6 +691,7 @@ func memberCutMidCall(t *testing.T, cut, heal func(*netnstest.Host)) {
 	eventually(t, 10*time.Second, "no flusher or sender left after NODEDOWN", func() (bool, string) {
 		dump := c.goroutines(t, caller)
 		gs := append(stacksWith(dump, "engine.(*conn).routineFlush"), stacksWith(dump, "engine.(*conn).sendFrame")...)
+		gs = append(gs, stacksWith(dump, "engine.(*sendCredit).acquire")...)
 		return len(gs) == 0, strings.Join(gs, "\n\n")
 	})
 
