@@ -59,7 +59,11 @@ func newRunnerCluster(t *testing.T, count, eligible int, subs func(clms.NodeNum)
 }
 
 func newRunnerClusterCompaction(t *testing.T, count, eligible int, subs func(clms.NodeNum) *clms.Subsystems, comp clms.Compaction) *runnerCluster {
-	c := &runnerCluster{t: t, timing: testTiming(), addrs: map[clms.NodeNum]string{}, nodes: map[clms.NodeNum]*runnerNode{}, subs: subs, comp: comp}
+	return newRunnerClusterTiming(t, count, eligible, subs, comp, testTiming())
+}
+
+func newRunnerClusterTiming(t *testing.T, count, eligible int, subs func(clms.NodeNum) *clms.Subsystems, comp clms.Compaction, timing clms.Timing) *runnerCluster {
+	c := &runnerCluster{t: t, timing: timing, addrs: map[clms.NodeNum]string{}, nodes: map[clms.NodeNum]*runnerNode{}, subs: subs, comp: comp}
 	for i := 1; i <= count; i++ {
 		c.table = append(c.table, clms.NodeConfig{Num: clms.NodeNum(i), MasterEligible: i <= eligible})
 	}
