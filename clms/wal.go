@@ -145,12 +145,14 @@ var errWALCorrupt = errors.New("corrupt")
 // right and whose contents are not (a payload that does not decode, a gap
 // between entries), or anything else that no crash can explain.
 func replayWAL(b []byte) (log walLog, end int, err error) {
-	data := trimZeros(b)
 	off := 0
-	for off < len(data) {
-		typ, payload, ok := walRecordAt(data, off)
+	for off < len(b) {
+		typ, payload, ok := walRecordAt(b, off)
 		if !ok {
-			if next := nextWALRecord(data, off+1); next >= 0 {
+			if allZero(b[off:]) { // the preallocated space, or a write never begun
+				return log, off, nil
+			}
+			if next := nextWALRecord(b, off+1); next >= 0 {
 				return walLog{}, off, fmt.Errorf("%w: bad record at offset %d, followed by a valid one at offset %d", errWALCorrupt, off, next)
 			}
 			return log, off, nil
@@ -274,22 +276,45 @@ func walRecordAt(b []byte, off int) (typ byte, payload []byte, ok bool) {
 }
 
 // nextWALRecord is the offset of the first valid record at or after from,
-// or -1: whether a bad record is the torn last one or corruption.
+// or -1: whether a bad record is the torn last one or corruption. Only
+// offsets whose type byte is a record type are tried, found with
+// bytes.IndexByte, so that a long run of zeros is skipped quickly.
 func nextWALRecord(b []byte, from int) int {
-	for p := from; p+walHeaderSize <= len(b); p++ {
-		if t := b[p+8]; t < walEntries || t > walSnapshot {
-			continue
+	var next [walSnapshot + 1]int // per type, the next offset with that type byte; -1: none
+	for t := walEntries; t <= walSnapshot; t++ {
+		next[t] = -2
+	}
+	for p := from; p+walHeaderSize <= len(b); {
+		cand := -1
+		for t := walEntries; t <= walSnapshot; t++ {
+			if next[t] == -2 || next[t] >= 0 && next[t] < p {
+				next[t] = -1
+				if i := bytes.IndexByte(b[p+8:], t); i >= 0 {
+					next[t] = p + i
+				}
+			}
+			if next[t] >= 0 && (cand < 0 || next[t] < cand) {
+				cand = next[t]
+			}
 		}
-		if _, _, ok := walRecordAt(b, p); ok {
-			return p
+		if cand < 0 {
+			return -1
 		}
+		if _, _, ok := walRecordAt(b, cand); ok {
+			return cand
+		}
+		p = cand + 1
 	}
 	return -1
 }
 
-// trimZeros cuts the trailing zeros (preallocated, never written) off b,
-// comparing 4 KiB at a time so that a store's open does not walk its
-// preallocated space byte by byte.
+// allZero says whether b holds zeros only, comparing 4 KiB at a time so
+// that a store's open does not walk its preallocated space byte by byte.
+func allZero(b []byte) bool {
+	return len(trimZeros(b)) == 0
+}
+
+// trimZeros cuts the trailing zeros off b.
 func trimZeros(b []byte) []byte {
 	var zero [4096]byte
 	for len(b) >= len(zero) && bytes.Equal(b[len(b)-len(zero):], zero[:]) {
