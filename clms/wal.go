@@ -60,6 +60,12 @@ const (
 	// when it opens, and compaction rewrites the WAL every SnapshotEvery
 	// entries, so it rarely outgrows one step.
 	walPrealloc = 4 << 20
+
+	// walScanBudget bounds the bytes whose CRC a search for a valid record
+	// after a bad one computes (CRC-32C runs at several GB/s: a fraction of
+	// a second), so that a large corrupt region cannot make an open take
+	// hours.
+	walScanBudget = 1 << 30
 )
 
 var crc32c = crc32.MakeTable(crc32.Castagnoli)
@@ -152,8 +158,12 @@ func replayWAL(b []byte) (log walLog, end int, err error) {
 			if allZero(b[off:]) { // the preallocated space, or a write never begun
 				return log, off, nil
 			}
-			if next := nextWALRecord(b, off+1); next >= 0 {
+			next, exhausted := nextWALRecord(b, off+1)
+			switch {
+			case next >= 0:
 				return walLog{}, off, fmt.Errorf("%w: bad record at offset %d, followed by a valid one at offset %d", errWALCorrupt, off, next)
+			case exhausted:
+				return walLog{}, off, fmt.Errorf("%w: bad record at offset %d, followed by %d bytes too costly to search for valid records", errWALCorrupt, off, len(b)-off)
 			}
 			return log, off, nil
 		}
@@ -278,34 +288,43 @@ func walRecordAt(b []byte, off int) (typ byte, payload []byte, ok bool) {
 // nextWALRecord is the offset of the first valid record at or after from,
 // or -1: whether a bad record is the torn last one or corruption. Only
 // offsets whose type byte is a record type are tried, found with
-// bytes.IndexByte, so that a long run of zeros is skipped quickly.
-func nextWALRecord(b []byte, from int) int {
-	var next [walSnapshot + 1]int // per type, the next offset with that type byte; -1: none
+// bytes.IndexByte, so that a long run of zeros is skipped quickly. The
+// CRCs it computes are bounded (walScanBudget): exhausted says it gave up,
+// which the caller takes for corruption (a torn write leaves one record's
+// worth after the last good one, not more than that budget).
+func nextWALRecord(b []byte, from int) (next int, exhausted bool) {
+	var at [walSnapshot + 1]int // per type, the next offset with that type byte; -1: none
 	for t := walEntries; t <= walSnapshot; t++ {
-		next[t] = -2
+		at[t] = -2
 	}
+	budget := walScanBudget
 	for p := from; p+walHeaderSize <= len(b); {
 		cand := -1
 		for t := walEntries; t <= walSnapshot; t++ {
-			if next[t] == -2 || next[t] >= 0 && next[t] < p {
-				next[t] = -1
+			if at[t] == -2 || at[t] >= 0 && at[t] < p {
+				at[t] = -1
 				if i := bytes.IndexByte(b[p+8:], t); i >= 0 {
-					next[t] = p + i
+					at[t] = p + i
 				}
 			}
-			if next[t] >= 0 && (cand < 0 || next[t] < cand) {
-				cand = next[t]
+			if at[t] >= 0 && (cand < 0 || at[t] < cand) {
+				cand = at[t]
 			}
 		}
-		if cand < 0 {
-			return -1
+		if cand < 0 || cand+walHeaderSize > len(b) {
+			return -1, false
+		}
+		if n := int(binary.LittleEndian.Uint32(b[cand:])); n <= walMaxRecord && n <= len(b)-cand-walHeaderSize {
+			if budget -= n; budget < 0 {
+				return -1, true
+			}
 		}
 		if _, _, ok := walRecordAt(b, cand); ok {
-			return cand
+			return cand, false
 		}
 		p = cand + 1
 	}
-	return -1
+	return -1, false
 }
 
 // allZero says whether b holds zeros only, comparing 4 KiB at a time so
