@@ -227,6 +227,11 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 		log = cfg.Logger.With("node", self)
 	}
 	log = log.With("subsystem", "clms")
+	if cfg.Store != nil && cfg.Store.Torn() > 0 {
+		// A crash in the middle of a write; nothing it held was reported
+		// saved, so the node goes on, but an operator may want to know.
+		log.Warn("clms: the store's WAL ended in a torn record, which was cut off", "bytes", cfg.Store.Torn())
+	}
 	ccfg.Logger = raftLogger{log}
 	core, err := NewCore(ccfg)
 	if err != nil {

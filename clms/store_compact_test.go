@@ -8,17 +8,20 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 )
 
-// copyStore copies the store file of dir into a new directory, as a crash
-// right now would leave it (every committed transaction is in the file).
+// copyStore copies the store's files of dir into a new directory, as a
+// crash right now would leave them (every committed bbolt transaction and
+// every WAL write is in the files).
 func copyStore(t *testing.T, dir string) string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(dir, StoreFile))
-	if err != nil {
-		t.Fatal(err)
-	}
 	to := t.TempDir()
-	if err := os.WriteFile(filepath.Join(to, StoreFile), b, 0o600); err != nil {
-		t.Fatal(err)
+	for _, name := range []string{StoreFile, WALFile} {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(to, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return to
 }
