@@ -51,7 +51,8 @@ func runNode(ctx context.Context, st *settings, base *slog.Logger) int {
 		log.Error("cannot build the node", "err", err)
 		return exitFailed
 	}
-	defer m.Close()
+	closeBound := st.closeGrace
+	defer func() { closeWithin(m, closeBound, log) }()
 
 	shutdownAsked := make(chan string, 1)
 	acfg := st.admin
@@ -115,7 +116,17 @@ func runNode(ctx context.Context, st *settings, base *slog.Logger) int {
 	defer signal.Stop(second)
 	done := make(chan error, 1)
 	go func() { done <- m.Shutdown(sctx) }()
+	// Shutdown returns soon after sctx ends, closing the node; but Close
+	// waits for running handlers, and one that ignores its context would
+	// hold it, and the process, for ever.
+	exitAnyway := time.NewTimer(st.timeout + st.closeGrace)
+	defer exitAnyway.Stop()
 	select {
+	case <-exitAnyway.C:
+		log.Error("planned shutdown did not finish: exiting anyway (a handler or callback ignores its context?)",
+			"timeout", st.timeout, "grace", st.closeGrace, "exit", exitFailed)
+		closeBound = 0 // its Close is the one that hangs
+		return exitFailed
 	case err := <-done:
 		if errors.Is(err, clms.ErrNoQuorum) {
 			// The cluster is being stopped as a whole and this is one of
@@ -143,4 +154,30 @@ func runNode(ctx context.Context, st *settings, base *slog.Logger) int {
 	}
 	log.Info("shutdown complete")
 	return exitOK
+}
+
+// closeGrace is how long closeWithin waits: Close normally takes
+// milliseconds (handlers' contexts end at once).
+const closeGrace = 5 * time.Second
+
+// closeWithin closes m, waiting at most bound for it: Close waits for the
+// node's running handlers, and one that ignores its context would keep
+// the process from exiting, which a supervisor (and an operator's SIGTERM)
+// counts on. The process exits right after, which ends what Close left
+// running.
+func closeWithin(m member, bound time.Duration, log *slog.Logger) {
+	done := make(chan struct{})
+	go func() {
+		_ = m.Close()
+		close(done)
+	}()
+	t := time.NewTimer(bound)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		if bound > 0 {
+			log.Error("the node did not close in time: exiting anyway (a handler or callback ignores its context?)", "bound", bound)
+		}
+	}
 }

@@ -43,7 +43,7 @@ type cli struct {
 	AdminTokenFile  string        `help:"Bearer token file (mode 0600) that admin clients must present; required when --admin is not loopback or a unix socket." env:"CI_ADMIN_TOKEN_FILE" type:"path" placeholder:"FILE"`
 	LogFormat       string        `help:"Log format: text or json." enum:"text,json" default:"text" env:"CI_LOG_FORMAT"`
 	LogLevel        string        `help:"Log level: debug, info, warn or error." enum:"debug,info,warn,error" default:"info" env:"CI_LOG_LEVEL"`
-	ShutdownTimeout time.Duration `help:"Bound on a planned shutdown (SHUTDOWN committed, calls drained) before the process exits anyway." default:"30s" env:"CI_SHUTDOWN_TIMEOUT"`
+	ShutdownTimeout time.Duration `help:"Bound on a planned shutdown (SHUTDOWN committed, calls drained) before the process exits anyway (exit 1; at most 5s more if a handler ignores its context)." default:"30s" env:"CI_SHUTDOWN_TIMEOUT"`
 	Dev             bool          `help:"A single-node cluster with no configuration file, for a first try: insecure, loopback only, temporary data directory." env:"CI_DEV"`
 	DevAddr         string        `help:"ICS address of the --dev node." default:"127.0.0.1:7100" env:"CI_DEV_ADDR" placeholder:"ADDR"`
 	AllowFaultKill  bool          `help:"Let other nodes kill this cinode process through signal forwarding (POST /v1/signal with its pid, sigfwd policy AllowSelf), as cibench failover --target does when this node is on another machine. Off by default: with it, any member can kill this node." env:"CI_ALLOW_FAULT_KILL"`
@@ -124,6 +124,9 @@ type settings struct {
 	tempDir bool // dataDir is --dev's temporary directory: removed on exit
 	admin   admin.Config
 	timeout time.Duration
+	// closeGrace bounds closing the node once it must stop: after a
+	// planned shutdown's timeout, and on every way out (closeWithin).
+	closeGrace time.Duration
 	// allowSelfKill is --allow-fault-kill: other nodes may signal this
 	// process through sigfwd.
 	allowSelfKill bool
@@ -133,7 +136,7 @@ type settings struct {
 // directory and the admin endpoint's settings: every problem an operator
 // can fix is found here, before anything starts, and is one line.
 func (c *cli) settings() (*settings, error) {
-	st := &settings{timeout: c.ShutdownTimeout, allowSelfKill: c.AllowFaultKill}
+	st := &settings{timeout: c.ShutdownTimeout, closeGrace: closeGrace, allowSelfKill: c.AllowFaultKill}
 	switch {
 	case c.Dev && c.Config != "":
 		return nil, errors.New("--dev starts a cluster without a configuration file: drop --config or --dev")

@@ -31,7 +31,11 @@ var (
 	_ admin.ViewWaiter = (*nodeMember)(nil)
 )
 
-func newMember(st *settings, log *slog.Logger, set *metrics.Set) (member, error) {
+// newMember builds the node runNode drives; a variable so that tests can
+// drive runNode with a member of their own.
+var newMember = newNodeMember
+
+func newNodeMember(st *settings, log *slog.Logger, set *metrics.Set) (member, error) {
 	// The key services this build runs: every node registers the same
 	// ones; cluster.toml's [[key_services]] and the nodes' key_services
 	// say which node may own them.
