@@ -193,17 +193,22 @@ func (c *reqCtx) cancel(err error) {
 	} else {
 		close(c.done)
 	}
-	funcs, t, watched := c.funcs, c.timer, c.watched
+	funcs, t := c.funcs, c.timer
 	c.funcs, c.timer = nil, nil
+	if c.watched {
+		// Unlinked before c.mu is let go (c.mu before rcMu, as in
+		// watchLocked): whoever sees c ended also finds it gone from the
+		// list. Unlinked after, a deadline timer's cancel could still be
+		// on its way to the list when the handler's requestDone had
+		// returned (a stress test saw one left there).
+		c.n.unwatch(c)
+	}
 	c.mu.Unlock()
 	for _, a := range funcs {
 		go a.f()
 	}
 	if t != nil {
 		t.release()
-	}
-	if watched {
-		c.n.unwatch(c)
 	}
 }
 
