@@ -675,9 +675,11 @@ func keyDataFailure(m Message) string {
 // keyHoldPushed keeps a member's answer that came before this node started
 // the pull it answers: for the epoch this node is failing over in, before
 // the pull, or for a later epoch than it applied (its record is on its way
-// here). One per member and service, the newest epoch; keyPollPushed drops
-// it once that epoch cannot be this node's pull any more. It reports
-// whether m was taken (or dropped as one of those).
+// here). One per member and service: the lowest such epoch, the next to be
+// pulled (a peer that sends far-off epochs cannot push out the answer that
+// will be used); keyPollPushed drops it once that epoch cannot be this
+// node's pull any more. It reports whether m was taken (or dropped as one
+// of those).
 func (c *Core) keyHoldPushed(m Message, member bool) bool {
 	r := c.st.keys[m.KeyService]
 	run := c.ks.runs[m.KeyService]
@@ -686,7 +688,7 @@ func (c *Core) keyHoldPushed(m Message, member bool) bool {
 		return false // the pull it answers runs, is over, or is someone else's
 	}
 	k := pushKey{m.KeyService, m.From}
-	if old, ok := c.ks.pushed[k]; member && (!ok || old.Epoch <= m.Epoch) {
+	if old, ok := c.ks.pushed[k]; member && (!ok || m.Epoch <= old.Epoch) {
 		c.ks.pushed[k] = m
 	}
 	return true
