@@ -163,14 +163,7 @@ func TestKeyPushNewOwnerDies(t *testing.T) {
 		s.Node(n).FailoverTime = slowFailover
 	}
 	s.Crash(old.Owner)
-	var second clms.KeyRecord
-	s.RunUntil(2*time.Second, func() bool {
-		if s.Master() == 0 {
-			return false
-		}
-		second, _ = s.Node(s.Master()).Core.State().KeyService(ks)
-		return second.Epoch == old.Epoch+1
-	})
+	second := masterKeyEpoch(s, old.Epoch+1)
 	survivors := without(five, old.Owner, second.Owner)
 	s.RunUntil(time.Second, func() bool {
 		for _, n := range survivors {
@@ -181,12 +174,7 @@ func TestKeyPushNewOwnerDies(t *testing.T) {
 		return true
 	})
 	s.Crash(second.Owner)
-	var third clms.NodeNum
-	s.RunUntil(2*time.Second, func() bool {
-		r, _ := s.Node(s.Master()).Core.State().KeyService(ks)
-		third = r.Owner
-		return r.Epoch == old.Epoch+2
-	})
+	third := masterKeyEpoch(s, old.Epoch+2).Owner
 	before := pullsSent(s, third)
 	r := readyAfter(t, s, second.Epoch)
 	if r.Epoch != old.Epoch+2 || r.From != second.Owner {
