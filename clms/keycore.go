@@ -44,7 +44,7 @@ type pullKey struct {
 }
 
 // pushKey names the answer a member pushed for a pull this node has not
-// started yet: one per member and key service, the newest epoch.
+// started yet: one per member and key service (keyHoldPushed).
 type pushKey struct {
 	name string
 	from NodeNum
