@@ -43,6 +43,13 @@ type pullKey struct {
 	to    NodeNum
 }
 
+// pushKey names the answer a member pushed for a pull this node has not
+// started yet: one per member and key service (keyHoldPushed).
+type pushKey struct {
+	name string
+	from NodeNum
+}
+
 type pullServe struct {
 	done bool
 	data []byte
@@ -68,6 +75,11 @@ type keyState struct {
 	lastSend     map[string]int64   // release/abort reports
 	last         map[string][4]int64
 	formed       bool
+	// pushed holds members' answers that came unasked before this node, as
+	// the new owner, started its pull (docs/CLMS.md, "Failover"): at most
+	// one per member and service, kept only while its epoch may still be
+	// this node's to pull in.
+	pushed map[pushKey]Message
 	// halt is a cluster panic under PanicHalt, pending on the master until
 	// every member without raft applied the record (haltSeq) or haltAt:
 	// the master's push is how they learn it.
@@ -82,7 +94,7 @@ type keyState struct {
 
 func newKeyState(cfg Config, t ticks) keyState {
 	ks := keyState{specs: slices.Clone(cfg.Keys.Services), spec: map[string]KeyServiceSpec{}, panic: cfg.Keys.Panic,
-		acting: map[string]uint64{}, runs: map[string]*keyRun{}, served: map[pullKey]*pullServe{}, early: map[string]Message{},
+		acting: map[string]uint64{}, runs: map[string]*keyRun{}, served: map[pullKey]*pullServe{}, early: map[string]Message{}, pushed: map[pushKey]Message{},
 		handing: map[string]uint64{}, released: map[string]uint64{}, handData: map[string][]byte{},
 		abort: map[string]uint64{}, lastSend: map[string]int64{}, last: map[string][4]int64{}}
 	if ks.panic == "" {
@@ -284,18 +296,36 @@ func (c *Core) keyBegin(name string, run *keyRun) {
 	c.act(Action{Kind: ActKeyFailover, KeyService: name, Epoch: run.epoch})
 }
 
+// keyStartPull asks every member in from for its data, but for those whose
+// answer for this epoch came already, pushed unasked: those count as
+// answered (a failover only: in a hand-over nobody pushes).
 func (c *Core) keyStartPull(name string, run *keyRun, from map[NodeNum]uint64) {
 	run.stage, run.stageAt, run.lastSend = stagePull, c.now, c.now
 	run.expect, run.pulled = from, map[NodeNum][]byte{}
+	var answered []Message
 	for _, n := range slices.Sorted(maps.Keys(from)) {
+		if m, ok := c.ks.pushed[pushKey{name, n}]; ok && !run.handover && m.Epoch == run.epoch && m.FromInc == from[n] {
+			answered = append(answered, m)
+			continue
+		}
 		if n == c.self {
 			c.act(Action{Kind: ActKeyPullData, KeyService: name, Epoch: run.epoch, Node: c.self})
 		} else {
 			c.send(Message{Type: MsgKeyPull, To: n, KeyService: name, Epoch: run.epoch})
 		}
 	}
+	for k, m := range c.ks.pushed {
+		if k.name == name && m.Epoch <= run.epoch {
+			delete(c.ks.pushed, k)
+		}
+	}
 	if len(from) == 0 {
 		c.keyFinishPull(name, run)
+		return
+	}
+	for _, m := range answered {
+		c.stats.KeyPullsPushed++
+		c.keyPulled(name, m.Epoch, m.From, m.FromInc, m.Data, keyDataFailure(m))
 	}
 }
 
@@ -358,6 +388,12 @@ func (c *Core) applyKeyRecord(r Record) {
 			c.stats.KeyHandovers++
 		} else if k.From != 0 {
 			c.stats.KeyFailovers++
+		}
+		if !k.Handover && c.ks.spec[k.Name].Pull && k.Owner != c.self && c.Acting() {
+			// The new owner will pull from every member: run PullData now,
+			// beside its Failover, and push the answer unasked, rather than
+			// wait a hop for its request (docs/CLMS.md, "Failover").
+			c.keyServe(k.Name, k.Epoch, k.Owner)
 		}
 	case KeyReady:
 		if run := c.ks.runs[k.Name]; run != nil && run.epoch == k.Epoch && k.Owner == c.self && k.OwnerInc == c.inc {
@@ -425,6 +461,9 @@ func (c *Core) keyPoll() {
 		if mine && r.Phase == KeyHandover {
 			c.keyPollHandOff(name, r, acting)
 		}
+	}
+	if len(ks.pushed) > 0 {
+		c.keyPollPushed()
 	}
 	c.keyPollDrain()
 	if !ks.formed && c.phase == phaseMember && c.st.formed(ks.specs) {
@@ -599,14 +638,10 @@ func (c *Core) stepKey(m Message) {
 	case MsgKeyPull:
 		c.servePull(m)
 	case MsgKeyData:
-		msg := ""
-		if m.Status != StatusOK {
-			msg = m.Reason
-			if msg == "" {
-				msg = "failed"
-			}
+		if c.keyHoldPushed(m, member) {
+			return
 		}
-		c.keyPulled(m.KeyService, m.Epoch, m.From, m.FromInc, m.Data, msg)
+		c.keyPulled(m.KeyService, m.Epoch, m.From, m.FromInc, m.Data, keyDataFailure(m))
 	case MsgKeyReady:
 		if c.isMaster() {
 			c.masterKeyReady(m.From, m.FromInc, m.KeyService, m.Epoch)
@@ -621,6 +656,54 @@ func (c *Core) stepKey(m Message) {
 	case MsgKeyReleased:
 		if c.isMaster() {
 			c.masterKeyReleased(m.From, m.FromInc, m.KeyService, m.Epoch, m.Status)
+		}
+	}
+}
+
+// keyDataFailure is the PullData failure a keydata message reports ("": it
+// carries the data).
+func keyDataFailure(m Message) string {
+	if m.Status == StatusOK {
+		return ""
+	}
+	if m.Reason == "" {
+		return "failed"
+	}
+	return m.Reason
+}
+
+// keyHoldPushed keeps a member's answer that came before this node started
+// the pull it answers: for the epoch this node is failing over in, before
+// the pull, or for a later epoch than it applied (its record is on its way
+// here). One per member and service: the lowest such epoch, the next to be
+// pulled (a peer that sends far-off epochs cannot push out the answer that
+// will be used); keyPollPushed drops it once that epoch cannot be this
+// node's pull any more. It reports whether m was taken (or dropped as one
+// of those).
+func (c *Core) keyHoldPushed(m Message, member bool) bool {
+	r := c.st.keys[m.KeyService]
+	run := c.ks.runs[m.KeyService]
+	mine := run != nil && run.epoch == m.Epoch && run.stage < stagePull
+	if !mine && (r != nil && r.Epoch >= m.Epoch) {
+		return false // the pull it answers runs, is over, or is someone else's
+	}
+	k := pushKey{m.KeyService, m.From}
+	if old, ok := c.ks.pushed[k]; member && (!ok || m.Epoch <= old.Epoch) {
+		c.ks.pushed[k] = m
+	}
+	return true
+}
+
+// keyPollPushed drops held answers whose epoch is over here, or whose pull
+// is someone else's, or started, or whose sender left membership.
+func (c *Core) keyPollPushed() {
+	for k, m := range c.ks.pushed {
+		r := c.st.keys[k.name]
+		run := c.ks.runs[k.name]
+		later := r == nil || r.Epoch < m.Epoch
+		mine := run != nil && run.epoch == m.Epoch && run.stage < stagePull
+		if (!later && !mine) || !c.st.holds(m.From, m.FromInc) {
+			delete(c.ks.pushed, k)
 		}
 	}
 }
@@ -645,19 +728,28 @@ func (c *Core) servePull(m Message) {
 		}
 		return
 	}
-	k := pullKey{m.KeyService, m.Epoch, m.From}
+	c.keyServe(m.KeyService, m.Epoch, m.From)
+}
+
+// keyServe runs PullData of service name for owner in epoch, once: a
+// repeated request (or the owner's request after this node pushed the
+// answer unasked) gets the same answer, once there is one (KeyPullDone
+// sends it).
+func (c *Core) keyServe(name string, epoch uint64, owner NodeNum) {
+	k := pullKey{name, epoch, owner}
 	if sv := c.ks.served[k]; sv != nil {
 		if sv.done {
-			c.sendKeyData(m.KeyService, m.Epoch, m.From, sv)
+			c.sendKeyData(name, epoch, owner, sv)
 		}
 		return
 	}
 	c.ks.served[k] = &pullServe{}
-	c.act(Action{Kind: ActKeyPullData, KeyService: m.KeyService, Epoch: m.Epoch, Node: m.From})
+	c.act(Action{Kind: ActKeyPullData, KeyService: name, Epoch: epoch, Node: owner})
 }
 
 // keyStats fills the key-service part of s.
 func (c *Core) keyStats(s *Stats) {
+	s.KeyPushedHeld = len(c.ks.pushed)
 	for _, sp := range c.ks.specs {
 		r, _ := c.st.KeyService(sp.Name)
 		_, acting := c.KeyServiceActing(sp.Name)

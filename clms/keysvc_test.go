@@ -259,14 +259,7 @@ func TestKeyServiceNewOwnerDiesMidFailover(t *testing.T) {
 	s := keySim(t, t, clms.LANFastTiming(), clms.KeyServiceSpec{Name: ks, Pull: true}, "", 3, 4, 5)
 	old := formKeys(t, s)
 	s.Crash(old.Owner)
-	var second clms.KeyRecord
-	s.RunUntil(2*time.Second, func() bool {
-		if s.Master() == 0 {
-			return false
-		}
-		second, _ = s.Node(s.Master()).Core.State().KeyService(ks)
-		return second.Epoch == old.Epoch+1
-	})
+	second := masterKeyEpoch(s, old.Epoch+1)
 	if second.Phase != clms.KeyFailover {
 		t.Fatalf("second owner already %v", second)
 	}
@@ -277,6 +270,20 @@ func TestKeyServiceNewOwnerDiesMidFailover(t *testing.T) {
 		t.Fatalf("third record %v after %v", r, second)
 	}
 	wantPulled(t, s, r, without(five, old.Owner, second.Owner)...)
+}
+
+// masterKeyEpoch runs until a master committed the service in epoch, and
+// returns that record as the master has it.
+func masterKeyEpoch(s *clmstest.Sim, epoch uint64) clms.KeyRecord {
+	var r clms.KeyRecord
+	s.RunUntil(2*time.Second, func() bool {
+		if s.Master() == 0 {
+			return false
+		}
+		r, _ = s.Node(s.Master()).Core.State().KeyService(ks)
+		return r.Epoch == epoch
+	})
+	return r
 }
 
 // A member dies while the new owner pulls (its PullData hangs, then its

@@ -145,8 +145,8 @@ func TestRandomized(t *testing.T) {
 				t.Fatal("the checker never ran")
 			}
 			st := s.Node(1).Core.Stats()
-			t.Logf("%d records, %d checks, %d key failovers, %d key hand-overs", len(s.Check.Canon()), s.Check.Checks,
-				st.KeyFailovers, st.KeyHandovers)
+			t.Logf("%d records, %d checks, %d key failovers, %d key hand-overs, %d keypulls and %d keydata sent (pushed or asked)",
+				len(s.Check.Canon()), s.Check.Checks, st.KeyFailovers, st.KeyHandovers, s.Sent[clms.MsgKeyPull], s.Sent[clms.MsgKeyData])
 			restores, compactions := 0, 0
 			for _, n := range s.Nodes() {
 				restores, compactions = restores+n.Restores, compactions+n.Compactions

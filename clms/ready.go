@@ -242,6 +242,12 @@ type Stats struct {
 	// KeyPullFailures counts members left out of a pull this node ran as
 	// owner: PullData failed, the member died, or the pull timed out.
 	KeyPullFailures uint64
+	// KeyPullsPushed counts members' answers this node, as owner, took
+	// from their unasked push (sent when they applied its record), so it
+	// did not ask them; KeyPushedHeld is how many such answers wait now
+	// for a pull not yet started (at most one per member and service).
+	KeyPullsPushed uint64
+	KeyPushedHeld  int
 	// KeyDegraded names critical services without an owner under
 	// PanicDegraded: the cluster runs without them.
 	KeyDegraded []string

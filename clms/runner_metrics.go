@@ -102,6 +102,7 @@ func newRunnerMetrics(r *Runner) *runnerMetrics {
 	stat("ci_clms_keysvc_failovers_total", "Key services that got a new owner after their owner died (applied records, the same on every node).", func(s *Stats) uint64 { return s.KeyFailovers })
 	stat("ci_clms_keysvc_handovers_total", "Planned moves of a key service to another owner (applied records, the same on every node).", func(s *Stats) uint64 { return s.KeyHandovers })
 	stat("ci_clms_keysvc_pull_failures_total", "Members left out of a key-service data pull this node ran as owner (PullData failed, the member died, or the pull timed out).", func(s *Stats) uint64 { return s.KeyPullFailures })
+	stat("ci_clms_keysvc_pulls_pushed_total", "Members' answers to a key-service data pull this node ran as owner that came unasked (pushed when the member applied the new owner's record), so the member was not asked.", func(s *Stats) uint64 { return s.KeyPullsPushed })
 
 	// States.
 	for st := StateNeverUp; st <= StateDown; st++ {

@@ -37,6 +37,7 @@ func TestRunnerMetricsLint(t *testing.T) {
 			"ci_clms_keysvc_failovers_total":     dto.MetricType_COUNTER,
 			"ci_clms_keysvc_handovers_total":     dto.MetricType_COUNTER,
 			"ci_clms_keysvc_pull_failures_total": dto.MetricType_COUNTER,
+			"ci_clms_keysvc_pulls_pushed_total":  dto.MetricType_COUNTER,
 			"ci_clms_messages_dropped_total":     dto.MetricType_COUNTER,
 			"ci_clms_members":                    dto.MetricType_GAUGE,
 			"ci_clms_raft_term":                  dto.MetricType_GAUGE,

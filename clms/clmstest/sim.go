@@ -104,9 +104,13 @@ type Node struct {
 	Timing *clms.Timing
 	// HangCallbacks: this node's subsystem callbacks never report.
 	HangCallbacks bool
-	// HangPull: this node's PullData never returns; HangHandOff: its
-	// HandOff never returns; FailHandOff: its HandOff fails.
-	HangPull, HangHandOff, FailHandOff bool
+	// HangPull: this node's PullData never returns; FailPull: it fails;
+	// HangHandOff: its HandOff never returns; FailHandOff: its HandOff
+	// fails.
+	HangPull, FailPull, HangHandOff, FailHandOff bool
+	// FailoverTime, if set, is how long this node's Failover routine takes
+	// (instead of Options.KeyTime).
+	FailoverTime time.Duration
 	// KeyGot is what FailoverData (or TakeOver, under the previous owner's
 	// number) received on this process, by key service.
 	KeyGot map[string]map[clms.NodeNum][]byte
@@ -198,8 +202,10 @@ type Sim struct {
 	late  time.Duration // the copy comes up to this much later
 	buf   []byte
 	Check *Checker
-	// Sent counts messages sent, by type.
-	Sent map[clms.MsgType]int
+	// Sent counts messages sent, by type; SentOn by link and type. Both
+	// count what a node handed the network, lost or not.
+	Sent   map[clms.MsgType]int
+	SentOn map[Link]int
 	// UnsafeSendBeforeSave sends every message before the write, the
 	// acknowledgements and votes too: a broken runner, for tests that show
 	// the checker catches it.
@@ -228,7 +234,7 @@ func New(tb TB, opt Options) *Sim {
 	}
 	s := &Sim{tb: tb, opt: opt, rng: rand.New(rand.NewPCG(opt.Seed, opt.Seed^0x9e3779b97f4a7c15)),
 		byNum: map[clms.NodeNum]*Node{}, drop: map[[2]clms.NodeNum]float64{}, cut: map[[2]clms.NodeNum]bool{},
-		Sent: map[clms.MsgType]int{}}
+		Sent: map[clms.MsgType]int{}, SentOn: map[Link]int{}}
 	s.Check = newChecker(s)
 	for _, nc := range opt.Nodes {
 		n := &Node{Num: nc.Num, Eligible: nc.MasterEligible, Rate: 1, connected: map[clms.NodeNum]bool{}}
@@ -537,8 +543,15 @@ func (s *Sim) action(n *Node, a clms.Action) {
 	}
 }
 
+// Link names messages of one type from one node to another (Sim.SentOn).
+type Link struct {
+	From, To clms.NodeNum
+	Type     clms.MsgType
+}
+
 func (s *Sim) send(from *Node, m clms.Message) {
 	s.Sent[m.Type]++
+	s.SentOn[Link{from.Num, m.To, m.Type}]++
 	to := s.byNum[m.To]
 	if to == nil || m.To == from.Num {
 		s.tb.Fatalf("node %d sent to %d", from.Num, m.To)
@@ -860,14 +873,17 @@ func HandOffData(num clms.NodeNum, epoch uint64) []byte {
 // errHandOff is the error of a HandOff with Node.FailHandOff set.
 var errHandOff = errors.New("clmstest: HandOff failed (FailHandOff)")
 
+// ErrPull is the error of a PullData with Node.FailPull set.
+var ErrPull = errors.New("clmstest: PullData failed (FailPull)")
+
 // keyAction is the simulated runner's part for key services: each routine
 // takes KeyTime and is cancelled when ActKeyOwner turns false (the result
 // of a cancelled routine is not reported, as docs/CLMS.md asks).
 func (s *Sim) keyAction(n *Node, a clms.Action) {
 	inc, name, ep := n.Inc, a.KeyService, a.Epoch
 	gen := n.keyGen[name]
-	later := func(fn func()) {
-		s.after(s.opt.KeyTime, func() {
+	after := func(d time.Duration, fn func()) {
+		s.after(d, func() {
 			s.input(n, inc, func() {
 				if n.keyGen[name] == gen {
 					fn()
@@ -875,13 +891,18 @@ func (s *Sim) keyAction(n *Node, a clms.Action) {
 			})
 		})
 	}
+	later := func(fn func()) { after(s.opt.KeyTime, fn) }
 	switch a.Kind {
 	case clms.ActKeyOwner:
 		if !a.Valid {
 			n.keyGen[name]++
 		}
 	case clms.ActKeyFailover:
-		later(func() { n.Core.KeyFailoverDone(name, ep, nil) })
+		d := s.opt.KeyTime
+		if n.FailoverTime > 0 {
+			d = n.FailoverTime
+		}
+		after(d, func() { n.Core.KeyFailoverDone(name, ep, nil) })
 	case clms.ActKeyPullData:
 		if n.HangPull {
 			return
@@ -889,8 +910,15 @@ func (s *Sim) keyAction(n *Node, a clms.Action) {
 		owner := a.Node
 		// PullData runs on a member for another owner: it is not gated on
 		// this node's ownership.
+		fail := n.FailPull
 		s.after(s.opt.KeyTime, func() {
-			s.input(n, inc, func() { n.Core.KeyPullDone(name, ep, owner, PullData(n.Num, inc, ep), nil) })
+			s.input(n, inc, func() {
+				if fail {
+					n.Core.KeyPullDone(name, ep, owner, nil, ErrPull)
+					return
+				}
+				n.Core.KeyPullDone(name, ep, owner, PullData(n.Num, inc, ep), nil)
+			})
 		})
 	case clms.ActKeyFailoverData:
 		got := a.Pulled
