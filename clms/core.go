@@ -111,12 +111,17 @@ type Core struct {
 	voters      []NodeNum
 	st          *State
 	storage     *raft.MemoryStorage
-	rn          *raft.RawNode // nil on nodes that are not master-eligible
-	rd          *raft.Ready   // handed out by Ready, not yet Advanced
-	applied     uint64        // raft index applied (voters)
-	snapIndex   uint64        // index of the storage's snapshot (voters)
-	snapSent    []uint64      // followers sent a raft snapshot in the Ready not yet Advanced
-	restored    *Restored     // State replaced by an image, not yet in a Ready
+	rn          *raft.RawNode // nil on nodes that are not master-eligible; call it through raft()
+	// props are the commands proposed since raft was last called, in order:
+	// raft() hands them to raft as one MsgProp before any other call, so
+	// the proposals of one input (and of the inputs a runner steps before
+	// its next Ready) are appended together and go out in one MsgApp.
+	props     [][]byte
+	rd        *raft.Ready // handed out by Ready, not yet Advanced
+	applied   uint64      // raft index applied (voters)
+	snapIndex uint64      // index of the storage's snapshot (voters)
+	snapSent  []uint64    // followers sent a raft snapshot in the Ready not yet Advanced
+	restored  *Restored   // State replaced by an image, not yet in a Ready
 
 	phase       phase
 	joinStart   int64
@@ -277,7 +282,7 @@ func (c *Core) startRaft() error {
 	}
 	if len(c.voters) == 1 {
 		// Alone, there is nobody to wait for.
-		_ = c.rn.Campaign()
+		_ = c.raft().Campaign()
 	}
 	return nil
 }
@@ -296,7 +301,7 @@ func (c *Core) Tick() {
 	if c.rn != nil {
 		// Raft ticks even on a node that may not lead any more: its vote
 		// and its election timer keep the others' elections going.
-		c.rn.Tick()
+		c.raft().Tick()
 		c.maybeForce()
 		c.maybeCampaign()
 		c.handOver()
@@ -358,7 +363,7 @@ func (c *Core) RaftStatus() (raft.BasicStatus, bool) {
 	if c.rn == nil {
 		return raft.BasicStatus{}, false
 	}
-	return c.rn.BasicStatus(), true
+	return c.raft().BasicStatus(), true
 }
 
 // Stats returns the counters and gauges for metrics.
@@ -366,7 +371,7 @@ func (c *Core) Stats() Stats {
 	s := c.stats
 	c.st.countByState(&s.MembersByState)
 	if c.rn != nil {
-		s.RaftTerm = c.rn.BasicStatus().GetTerm()
+		s.RaftTerm = c.raft().BasicStatus().GetTerm()
 		fi, _ := c.storage.FirstIndex()
 		li, _ := c.storage.LastIndex()
 		s.RaftLogEntries, s.SnapshotIndex = li+1-fi, c.snapIndex
@@ -426,7 +431,7 @@ func (c *Core) Step(m Message) error {
 		return c.stepRaft(m)
 	case MsgWhoIsMaster:
 		if c.rn != nil {
-			st := c.rn.BasicStatus()
+			st := c.raft().BasicStatus()
 			c.send(Message{Type: MsgMasterIs, To: m.From, Node: NodeNum(st.Lead), Term: st.GetTerm()})
 		}
 	case MsgMasterIs:
@@ -536,19 +541,19 @@ func (c *Core) stepRaft(m Message) error {
 			return nil
 		}
 	}
-	if err := c.rn.Step(m.Raft); err != nil {
+	if err := c.raft().Step(m.Raft); err != nil {
 		return nil // raft drops what it cannot use (a local type, an unknown peer's reply)
 	}
 	switch m.Raft.GetType() {
 	case raftpb.MsgApp, raftpb.MsgHeartbeat, raftpb.MsgSnap:
 		// raft reset its election timer for an accepted leader: echo the
 		// leader's stamp so it can count us in its quorum contact.
-		if st := c.rn.BasicStatus(); st.Lead == uint64(m.From) && st.GetTerm() == m.Raft.GetTerm() && m.Stamp != 0 {
+		if st := c.raft().BasicStatus(); st.Lead == uint64(m.From) && st.GetTerm() == m.Raft.GetTerm() && m.Stamp != 0 {
 			if c.echo.lead != m.From || c.echo.term != st.GetTerm() || c.echo.stamp < m.Stamp {
 				c.echo = echoState{lead: m.From, term: st.GetTerm(), stamp: m.Stamp}
 			}
 		}
-		if st := c.rn.BasicStatus(); st.Lead == uint64(m.From) && st.GetTerm() == m.Raft.GetTerm() {
+		if st := c.raft().BasicStatus(); st.Lead == uint64(m.From) && st.GetTerm() == m.Raft.GetTerm() {
 			c.quiet = quietState{leader: m.From, heard: c.now}
 		}
 	}
@@ -590,15 +595,15 @@ func (c *Core) mayVote(m *raftpb.Message) bool {
 
 // HasReady reports whether Ready has anything.
 func (c *Core) HasReady() bool {
-	return len(c.out) > 0 || len(c.actions) > 0 || len(c.recs) > 0 || c.restored != nil || (c.rn != nil && c.rd == nil && c.rn.HasReady())
+	return len(c.out) > 0 || len(c.actions) > 0 || len(c.recs) > 0 || c.restored != nil || (c.rn != nil && c.rd == nil && c.raft().HasReady())
 }
 
 // Ready returns what the runner must persist, send and do (see Ready). Call
 // Advance after acting on it, before the next Ready.
 func (c *Core) Ready() Ready {
 	var rd Ready
-	if c.rn != nil && c.rd == nil && c.rn.HasReady() {
-		r := c.rn.Ready()
+	if c.rn != nil && c.rd == nil && c.raft().HasReady() {
+		r := c.raft().Ready()
 		c.rd = &r
 		if !raft.IsEmptySnap(r.Snapshot) {
 			_ = c.storage.ApplySnapshot(r.Snapshot)
@@ -633,8 +638,15 @@ func (c *Core) Ready() Ready {
 		for _, e := range r.CommittedEntries {
 			c.applyEntry(e)
 		}
+		if c.m != nil && c.m.pushDue {
+			c.pushAll()
+		}
 		if c.m != nil && !c.m.ready && c.applied >= c.m.readyIndex {
 			c.masterReady()
+			// masterReady declares down the members with crash proof: their
+			// key services' new owners go right behind, in the same append
+			// (masterKeys), not at the next input's poll.
+			c.keyPoll()
 		}
 		if c.applied >= c.snapIndex+c.cfg.Compaction.SnapshotEvery {
 			rd.Compact = c.compact()
@@ -648,7 +660,7 @@ func (c *Core) Ready() Ready {
 // Advance tells the core the last Ready was acted on.
 func (c *Core) Advance() {
 	if c.rd != nil {
-		c.rn.Advance(*c.rd)
+		c.raft().Advance(*c.rd)
 		c.rd = nil
 	}
 	for _, to := range c.snapSent {
@@ -656,7 +668,7 @@ func (c *Core) Advance() {
 		// is over. Sends are fire-and-forget here: report each as done, so
 		// raft probes the follower again, and sends the snapshot anew if
 		// it was lost (TestRandomizedCompaction).
-		c.rn.ReportSnapshot(to, raft.SnapshotFinish)
+		c.raft().ReportSnapshot(to, raft.SnapshotFinish)
 	}
 	c.snapSent = c.snapSent[:0]
 }
@@ -690,7 +702,7 @@ func (c *Core) softState(ss *raft.SoftState) {
 	if lead != c.lead {
 		c.lead = lead
 		c.stats.LeaderChanges++
-		term := c.rn.BasicStatus().GetTerm()
+		term := c.raft().BasicStatus().GetTerm()
 		switch {
 		case lead == 0 && ss.RaftState == raft.StatePreCandidate && term == c.masterTerm && c.master != c.self:
 			// A pre-vote changes no term: the master of this term is still
@@ -711,7 +723,7 @@ func (c *Core) softState(ss *raft.SoftState) {
 	}
 	if ss.RaftState == raft.StateLeader && c.m == nil && c.campaigns() {
 		li, _ := c.storage.LastIndex()
-		c.m = newMasterState(c.rn.BasicStatus().GetTerm(), c.now, li)
+		c.m = newMasterState(c.raft().BasicStatus().GetTerm(), c.now, li)
 	} else if ss.RaftState != raft.StateLeader && c.m != nil {
 		c.m = nil
 	}

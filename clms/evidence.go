@@ -49,7 +49,7 @@ func (c *Core) maybeCampaign() {
 	if q.leader == 0 || !c.campaigns() {
 		return
 	}
-	st := c.rn.BasicStatus()
+	st := c.raft().BasicStatus()
 	if st.RaftState == raft.StateLeader || (st.Lead != 0 && st.Lead != uint64(q.leader)) {
 		return
 	}
@@ -62,7 +62,7 @@ func (c *Core) maybeCampaign() {
 		return
 	}
 	c.quiet.tried, c.quiet.triedAt = true, c.now
-	_ = c.rn.Campaign()
+	_ = c.raft().Campaign()
 }
 
 // maybeForce starts the forced election when its turn came, unless raft
@@ -73,11 +73,11 @@ func (c *Core) maybeForce() {
 		return
 	}
 	c.force = forceState{}
-	st := c.rn.BasicStatus()
+	st := c.raft().BasicStatus()
 	if !c.campaigns() || st.RaftState != raft.StateFollower || st.GetTerm() != f.term || (st.Lead != uint64(f.leader) && st.Lead != 0) {
 		return
 	}
-	_ = c.rn.Step(&raftpb.Message{Type: raftpb.MsgTimeoutNow.Enum(), From: new(uint64(f.leader)),
+	_ = c.raft().Step(&raftpb.Message{Type: raftpb.MsgTimeoutNow.Enum(), From: new(uint64(f.leader)),
 		To: new(uint64(c.self)), Term: new(f.term)})
 }
 
@@ -162,7 +162,7 @@ func (c *Core) crashProof(n NodeNum, inc uint64) {
 		return
 	}
 	if c.rn != nil && c.campaigns() {
-		if st := c.rn.BasicStatus(); st.RaftState == raft.StateFollower && st.Lead == uint64(n) {
+		if st := c.raft().BasicStatus(); st.RaftState == raft.StateFollower && st.Lead == uint64(n) {
 			// The leader's process is gone, so it grants nothing any more:
 			// campaign as if it had handed leadership over, rather than wait
 			// an election timeout (docs/CLMS.md, "Forced election"). The
@@ -182,11 +182,11 @@ func (c *Core) crashProof(n NodeNum, inc uint64) {
 // (fenced, left): to the most up-to-date voter raft heard from recently that
 // is a member, again each election timeout until a transfer succeeds.
 func (c *Core) handOver() {
-	if c.campaigns() || c.rn.BasicStatus().RaftState != raft.StateLeader || c.now-c.handedAt < c.t.election {
+	if c.campaigns() || c.raft().BasicStatus().RaftState != raft.StateLeader || c.now-c.handedAt < c.t.election {
 		return
 	}
 	c.handedAt = c.now
-	st := c.rn.Status()
+	st := c.raft().Status()
 	best, bestMatch := NodeNum(0), uint64(0)
 	for _, v := range c.voters {
 		pr, ok := st.Progress[uint64(v)]
@@ -198,7 +198,7 @@ func (c *Core) handOver() {
 		}
 	}
 	if best != 0 {
-		c.rn.TransferLeader(uint64(best))
+		c.raft().TransferLeader(uint64(best))
 	}
 }
 

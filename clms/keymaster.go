@@ -43,7 +43,7 @@ func (c *Core) proposeKey(cur, next KeyRecord) {
 	km.proposed[next.Name] = keyProposal{next, c.now}
 	cmd := command{Kind: RecordKeyService, T: Transition{Time: wallTime(c.cfg.WallClock)}, Key: next,
 		KeyFrom: keyCAS{cur.Epoch, cur.Owner, cur.Phase}}
-	_ = c.rn.Propose(cmd.encode())
+	c.proposeData(cmd.encode())
 }
 
 func (c *Core) keyLog(name, msg string) {

@@ -27,6 +27,10 @@ type masterState struct {
 	// outlive the commit of its GOINGDOWN.
 	downPending map[NodeNum]uint64
 	keys        *keyMaster // key services (keymaster.go); made on first use
+	// pushDue: records were applied in this Ready, and are pushed to the
+	// members without raft once all are (pushAll): the records one raft
+	// append committed together reach them in one MsgRecords.
+	pushDue bool
 }
 
 // watch is the master's view of one member's liveness.
@@ -243,7 +247,7 @@ func (c *Core) maybePush(n NodeNum, w *watch) {
 func (c *Core) masterImAlive(m Message) {
 	if !c.isMaster() {
 		if c.rn != nil {
-			st := c.rn.BasicStatus()
+			st := c.raft().BasicStatus()
 			c.send(Message{Type: MsgMasterIs, To: m.From, Node: NodeNum(st.Lead), Term: st.GetTerm()})
 		}
 		return
@@ -347,8 +351,8 @@ func (c *Core) masterApplied(r Record) {
 			delete(c.m.proposed, k)
 		}
 	}
+	c.m.pushDue = true // Ready pushes once everything committed is applied
 	if r.Kind != RecordTransition {
-		c.pushAll()
 		return
 	}
 	switch t.To {
@@ -367,13 +371,23 @@ func (c *Core) masterApplied(r Record) {
 	case StateUCleanup:
 		c.propose(Transition{Node: t.Node, Incarnation: t.Incarnation, From: t.To, To: StateDown, Cause: CauseCleanupDone})
 	}
-	c.pushAll()
 }
 
+// pushAll pushes the records applied in this Ready to the members without
+// raft, all of them, pushBatch records a message. Pushed one record at a
+// time, as each was applied, the records one raft append committed together
+// (a failed owner's GOINGDOWN and its successor) went in separate messages
+// that the network may deliver apart.
 func (c *Core) pushAll() {
+	c.m.pushDue = false
 	for _, n := range slices.Sorted(maps.Keys(c.m.watch)) {
-		if !c.eligible[n] {
-			c.maybePush(n, c.m.watch[n])
+		if w := c.m.watch[n]; !c.eligible[n] {
+			for sent := w.sent; ; sent = w.sent {
+				c.maybePush(n, w)
+				if w.sent == sent || w.sent >= c.st.LastSeq() {
+					break
+				}
+			}
 		}
 	}
 }
@@ -430,7 +444,7 @@ func (c *Core) proposeCmd(cmd command) bool {
 	}
 	c.m.proposed[k] = c.now
 	cmd.T.Time = wallTime(c.cfg.WallClock)
-	_ = c.rn.Propose(cmd.encode())
+	c.proposeData(cmd.encode())
 	return true
 }
 

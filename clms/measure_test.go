@@ -126,3 +126,46 @@ func TestMeasureCompaction(t *testing.T) {
 			tc.name, v.Core.State().LastTransition(), v.Core.State().LastSeq(), snap, count, ents, st.RaftLogEntries, len(recs), st.HistoryKept)
 	}
 }
+
+// TestMeasureMassJoin prints how long 60 nodes starting at once take to be
+// UP everywhere in a formed 5-node cluster (3 voters), with voters' synced
+// writes of 2, 10 and 30 ms, in simulated time over 30 seeds, and the raft
+// messages the cluster sent meanwhile, and the master's proposals and the
+// raft appends that carried them (medians). CLMS_MEASURE=1 runs it;
+// docs/CLMS.md has the results ("The runner").
+func TestMeasureMassJoin(t *testing.T) {
+	if os.Getenv("CLMS_MEASURE") == "" {
+		t.Skip("CLMS_MEASURE=1 to measure")
+	}
+	const trials = 30
+	for _, save := range []time.Duration{2 * time.Millisecond, 10 * time.Millisecond, 30 * time.Millisecond} {
+		var took []time.Duration
+		var msgs, props, appends []int
+		for seed := uint64(1); seed <= trials; seed++ {
+			s := seededSim(t, t, clmstest.Options{Seed: seed, Nodes: clmstest.Table(65, 3), Timing: clms.LANFastTiming(), SaveTime: save})
+			startSome(t, s, 1, 2, 3, 4, 5)
+			raftBefore := s.Sent[clms.MsgRaft]
+			before := s.Node(s.Master()).Core.Stats()
+			for n := clms.NodeNum(6); n <= 65; n++ {
+				s.Start(n)
+			}
+			took = append(took, s.RunUntil(10*time.Second, s.AllUp))
+			if !s.AllUp() {
+				t.Fatalf("save %v seed %d: not all up", save, seed)
+			}
+			m := s.Node(s.Master()).Core.Stats()
+			msgs = append(msgs, s.Sent[clms.MsgRaft]-raftBefore)
+			props, appends = append(props, int(m.Proposals-before.Proposals)), append(appends, int(m.ProposalBatches-before.ProposalBatches))
+		}
+		slices.Sort(took)
+		for _, v := range [][]int{msgs, props, appends} {
+			slices.Sort(v)
+		}
+		var sum time.Duration
+		for _, d := range took {
+			sum += d
+		}
+		t.Logf("save %-4v: 60 joins all up in %v/%v/%v (min/p50/max), mean %v; %d raft messages; the master proposed %d commands in %d raft appends",
+			save, took[0], took[trials/2], took[trials-1], (sum / trials).Round(time.Millisecond), msgs[trials/2], props[trials/2], appends[trials/2])
+	}
+}

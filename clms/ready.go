@@ -212,6 +212,10 @@ type Stats struct {
 	RaftTerm         uint64
 	LeaderChanges    uint64
 	Snapshots        uint64 // raft snapshots this core took (Ready.Compact)
+	// Proposals counts the commands this core proposed to raft, and
+	// ProposalBatches the MsgProps that carried them (each appended as one
+	// batch and sent in one MsgApp per follower).
+	Proposals, ProposalBatches uint64
 	// What compaction bounds (docs/CLMS.md, "Log compaction"): entries in
 	// the in-memory raft log and the index of its snapshot (voters), and
 	// the records and transitions the State keeps.

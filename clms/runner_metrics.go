@@ -95,6 +95,8 @@ func newRunnerMetrics(r *Runner) *runnerMetrics {
 	stat("ci_clms_heartbeats_missed_total", "Heartbeats this node sent that the master did not answer before the next one was due.", func(s *Stats) uint64 { return s.HeartbeatsMissed })
 	stat("ci_clms_lease_lapses_total", "Times this node's membership lease ran out, suspending it until a master granted one again: a near miss of a NODEDOWN.", func(s *Stats) uint64 { return s.LeaseLapses })
 	stat("ci_clms_leader_changes_total", "Raft leader changes this node saw.", func(s *Stats) uint64 { return s.LeaderChanges })
+	stat("ci_clms_raft_proposals_total", "Commands this node, as master, proposed to raft.", func(s *Stats) uint64 { return s.Proposals })
+	stat("ci_clms_raft_proposal_batches_total", "Raft appends that carried this node's proposals: the proposals of the inputs stepped before one Ready go out together.", func(s *Stats) uint64 { return s.ProposalBatches })
 	stat("ci_clms_snapshots_total", "Snapshots of the CLMS state this node took to compact its raft log (voters).", func(s *Stats) uint64 { return s.Snapshots })
 	// The cluster-wide key-service counters are the same on every node
 	// (they count applied records); pull failures are this node's, as

@@ -1,0 +1,126 @@
+package clms
+
+import (
+	"testing"
+
+	"go.etcd.io/raft/v3/raftpb"
+)
+
+// coreNet is a lossless, instant network of cores for tests that look at
+// single Readies: pump delivers every message until none is left.
+type coreNet struct {
+	t     *testing.T
+	cores map[NodeNum]*Core
+}
+
+func newCoreNet(t *testing.T, nodes, voters int) *coreNet {
+	t.Helper()
+	var table []NodeConfig
+	for i := 1; i <= nodes; i++ {
+		table = append(table, NodeConfig{Num: NodeNum(i), MasterEligible: i <= voters})
+	}
+	n := &coreNet{t: t, cores: map[NodeNum]*Core{}}
+	for i := 1; i <= voters; i++ { // the other nodes never start
+		c, err := NewCore(Config{Self: NodeNum(i), Nodes: table, Timing: LANFastTiming(), Incarnation: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.cores[NodeNum(i)] = c
+	}
+	return n
+}
+
+// drain takes node n's Readies until it has none and returns their messages.
+func (n *coreNet) drain(num NodeNum) []Message {
+	var out []Message
+	c := n.cores[num]
+	for c.HasReady() {
+		rd := c.Ready()
+		out = append(out, rd.Messages...)
+		c.Advance()
+	}
+	return out
+}
+
+// pump delivers messages among the started cores until there are none.
+func (n *coreNet) pump() {
+	for range 10000 {
+		var msgs []Message
+		for num := NodeNum(1); int(num) <= len(n.cores); num++ {
+			msgs = append(msgs, n.drain(num)...)
+		}
+		if len(msgs) == 0 {
+			return
+		}
+		for _, m := range msgs {
+			if to := n.cores[m.To]; to != nil {
+				_ = to.Step(m)
+			}
+		}
+	}
+	n.t.Fatal("the cores never went quiet")
+}
+
+// master ticks every core until one is a ready master whom every voter
+// knows as such, and the network is quiet.
+func (n *coreNet) master() *Core {
+	for range 2000 {
+		for num := NodeNum(1); int(num) <= len(n.cores); num++ {
+			n.cores[num].Tick()
+		}
+		n.pump()
+		for _, c := range n.cores {
+			if c.isMaster() && c.st.members[c.self].State == StateUp {
+				return c
+			}
+		}
+	}
+	n.t.Fatal("no master")
+	return nil
+}
+
+// The proposals a master makes before its next Ready (the joins of one
+// runner batch, or the records of one input) reach raft as one MsgProp:
+// raft appends them together and sends each follower one MsgApp carrying
+// all of them, so a follower writes and acknowledges them at once and they
+// commit together. One RawNode.Propose each, they went out as one MsgApp
+// each.
+func TestProposalsOfABatchTravelTogether(t *testing.T) {
+	n := newCoreNet(t, 7, 3)
+	m := n.master()
+	before := m.Stats()
+	joiners := []NodeNum{4, 5, 6, 7}
+	for _, j := range joiners {
+		if err := m.Step(Message{Type: MsgJoin, From: j, FromInc: 1, To: m.self, Digest: m.digest}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apps := map[NodeNum][]int{} // follower -> entries in each MsgApp
+	for _, out := range n.drain(m.self) {
+		if out.Type == MsgRaft && out.Raft.GetType() == raftpb.MsgApp {
+			apps[out.To] = append(apps[out.To], len(out.Raft.GetEntries()))
+		}
+		if to := n.cores[out.To]; to != nil {
+			_ = to.Step(out)
+		}
+	}
+	for _, f := range m.voters {
+		if f == m.self {
+			continue
+		}
+		if got := apps[f]; len(got) != 1 || got[0] != len(joiners) {
+			t.Errorf("follower %d got MsgApps with %v entries, want one with %d", f, got, len(joiners))
+		}
+	}
+	after := m.Stats()
+	if p, b := after.Proposals-before.Proposals, after.ProposalBatches-before.ProposalBatches; p != uint64(len(joiners)) || b != 1 {
+		t.Errorf("%d proposals in %d batches, want %d in 1", p, b, len(joiners))
+	}
+	// They commit together, in order, and the joiners are COMINGUP.
+	n.pump()
+	for _, j := range joiners {
+		if st := m.st.members[j].State; st != StateComingUp {
+			t.Errorf("node %d is %s, want %s", j, st, StateComingUp)
+		}
+	}
+}
