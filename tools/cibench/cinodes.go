@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -38,6 +39,8 @@ type clusterSpec struct {
 	// allowFaultKill starts every node with --allow-fault-kill: other
 	// nodes may kill it through signal forwarding (target mode's tests).
 	allowFaultKill bool
+	// keepLogs is where close copies the nodes' logs ("": nowhere).
+	keepLogs string
 }
 
 // cinodeProc is one cinode process, one incarnation of a node.
@@ -416,5 +419,30 @@ func (c *cinodeCluster) close() (stopped []stopped1, err error) {
 	for _, cl := range c.cl {
 		cl.Close()
 	}
-	return stopped, os.RemoveAll(c.dir)
+	return stopped, errors.Join(c.keepLogs(), os.RemoveAll(c.dir))
+}
+
+// keepLogs copies every node's log into the spec's keepLogs directory
+// (created 0700), before close removes the cluster's own.
+func (c *cinodeCluster) keepLogs() error {
+	if c.spec.keepLogs == "" {
+		return nil
+	}
+	if err := os.MkdirAll(c.spec.keepLogs, 0o700); err != nil {
+		return fmt.Errorf("--keep-logs: %w", err)
+	}
+	for _, n := range c.nodes() {
+		name := fmt.Sprintf("node%d.log", n)
+		b, err := os.ReadFile(filepath.Join(c.dir, name))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // never started
+		}
+		if err == nil {
+			err = os.WriteFile(filepath.Join(c.spec.keepLogs, name), b, 0o600)
+		}
+		if err != nil {
+			return fmt.Errorf("--keep-logs: %w", err)
+		}
+	}
+	return nil
 }

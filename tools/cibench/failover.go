@@ -15,13 +15,14 @@ import (
 
 // failoverCmd is cibench failover.
 type failoverCmd struct {
-	Nodes   int    `default:"3" help:"Cluster size (3 to 254; nodes 1-3 are master-eligible). Spawned clusters only." env:"CI_NODES"`
-	Trials  int    `default:"20" help:"Faults to inject, one after the other." env:"CI_TRIALS"`
-	Fault   string `default:"kill" enum:"kill,stop" help:"kill: SIGKILL (a crash); stop: SIGSTOP (a hang; the node is continued afterwards, finds itself declared down and exits 4)." env:"CI_FAULT"`
-	Victim  string `default:"keysvc-owner" enum:"keysvc-owner,master,member" help:"Which node to fault: keyseq's owner, the CLMS master, or a member that is neither." env:"CI_VICTIM"`
-	Profile string `default:"lan-fast" enum:"lan-fast,default" help:"CLMS timing profile of the spawned cluster (a target cluster has its own)." env:"CI_PROFILE"`
-	JSON    bool   `name:"json" help:"Print the result as JSON (docs/BENCH_SCHEMA.md, the failover section) instead of tables." env:"CI_JSON"`
-	Observe string `default:"push" enum:"push,poll" help:"How the phases after detected are observed: push (watch streams and long polls; polling still for a cinode without the long poll) or poll (every survivor every millisecond, as before: to compare the two)." env:"CI_OBSERVE"`
+	Nodes    int    `default:"3" help:"Cluster size (3 to 254; nodes 1-3 are master-eligible). Spawned clusters only." env:"CI_NODES"`
+	Trials   int    `default:"20" help:"Faults to inject, one after the other." env:"CI_TRIALS"`
+	Fault    string `default:"kill" enum:"kill,stop" help:"kill: SIGKILL (a crash); stop: SIGSTOP (a hang; the node is continued afterwards, finds itself declared down and exits 4)." env:"CI_FAULT"`
+	Victim   string `default:"keysvc-owner" enum:"keysvc-owner,master,member" help:"Which node to fault: keyseq's owner, the CLMS master, or a member that is neither." env:"CI_VICTIM"`
+	Profile  string `default:"lan-fast" enum:"lan-fast,default" help:"CLMS timing profile of the spawned cluster (a target cluster has its own)." env:"CI_PROFILE"`
+	JSON     bool   `name:"json" help:"Print the result as JSON (docs/BENCH_SCHEMA.md, the failover section) instead of tables." env:"CI_JSON"`
+	Observe  string `default:"push" enum:"push,poll" help:"How the phases after detected are observed: push (watch streams and long polls; polling still for a cinode without the long poll) or poll (every survivor every millisecond, as before: to compare the two)." env:"CI_OBSERVE"`
+	KeepLogs string `placeholder:"DIR" help:"Copy every spawned node's log (node<N>.log, all its incarnations) into DIR at the end, to look at a slow trial afterwards; with CI_LOG_LEVEL=debug in cibench's environment the nodes log at debug. Spawned clusters only." env:"CI_KEEP_LOGS"`
 	targetFlags
 	faultFlags
 }
@@ -79,6 +80,7 @@ Examples:
   cibench failover --fault=stop --victim=master --trials=10
   cibench failover --profile=default --trials=5 --json > failover.json
   cibench failover --observe=poll --trials=15      # the old way, to compare its cost
+  CI_LOG_LEVEL=debug cibench failover --keep-logs=/tmp/fo-logs  # the nodes' logs, to read a slow trial
   cibench failover --target=10.0.0.1:7180,10.0.0.2:7180,10.0.0.3:7180 \
       --token-file=/etc/ci/admin.token --trials=5  # a running test cluster
   cibench failover --target=127.0.0.1:7180 --fault=stop --victim=member --trials=3`
@@ -94,6 +96,9 @@ func (c *failoverCmd) Validate() error {
 	if c.RejoinTimeout <= 0 {
 		return usagef("--rejoin-timeout must be positive")
 	}
+	if c.KeepLogs != "" && c.targetFlags.enabled() {
+		return usagef("--keep-logs keeps the logs of nodes cibench spawns; a --target cluster's logs are where its cinodes write them")
+	}
 	_, err := c.targetFlags.validate()
 	return err
 }
@@ -101,7 +106,7 @@ func (c *failoverCmd) Validate() error {
 func (c *failoverCmd) Run(g *globals) error {
 	rep := bench.NewReport("failover", g.args) // started now
 	res, err := runFailover(g, failoverPlan{nodes: c.Nodes, trials: c.Trials, fault: c.Fault, victim: c.Victim, profile: c.Profile,
-		target: c.targetFlags, faults: c.faultFlags, poll: c.Observe == observedPoll}, g.stderr)
+		target: c.targetFlags, faults: c.faultFlags, poll: c.Observe == observedPoll, keepLogs: c.KeepLogs}, g.stderr)
 	if err != nil {
 		return err
 	}
@@ -127,7 +132,8 @@ type failoverPlan struct {
 	fault, victim, profile string
 	target                 targetFlags // spawn a cluster when empty
 	faults                 faultFlags
-	poll                   bool // observe by polling (--observe=poll)
+	poll                   bool   // observe by polling (--observe=poll)
+	keepLogs               string // copy the spawned nodes' logs here at the end (--keep-logs)
 }
 
 // openCluster spawns the cluster (nodes, profile, keyseq) or dials the
@@ -157,7 +163,7 @@ func runFailover(g *globals, p failoverPlan, progress io.Writer) (_ *bench.Failo
 	if p.fault == "stop" {
 		sig = syscall.SIGSTOP
 	}
-	fc, closeFn, err := openCluster(g, clusterSpec{nodes: p.nodes, profile: p.profile, keyseq: true}, p.target, p.faults)
+	fc, closeFn, err := openCluster(g, clusterSpec{nodes: p.nodes, profile: p.profile, keyseq: true, keepLogs: p.keepLogs}, p.target, p.faults)
 	if err != nil {
 		return nil, err
 	}

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -47,7 +49,22 @@ func TestFailover(t *testing.T) {
 	exe := buildWithCinode(t)
 
 	t.Run("kill-owner", func(t *testing.T) {
-		rep := runScenarioJSON(t, exe, "failover", "--trials=2", "--json")
+		logs := filepath.Join(t.TempDir(), "logs")
+		rep := runScenarioJSON(t, exe, "failover", "--trials=2", "--json", "--keep-logs="+logs)
+		// --keep-logs: every node's log, a killed one's with each of its
+		// incarnations (three starts, and the first victim's restart
+		// before the second trial).
+		starts := 0
+		for n := 1; n <= 3; n++ {
+			b, err := os.ReadFile(filepath.Join(logs, fmt.Sprintf("node%d.log", n)))
+			if err != nil {
+				t.Fatalf("--keep-logs: %v", err)
+			}
+			starts += strings.Count(string(b), "cinode running")
+		}
+		if starts < 3+1 {
+			t.Errorf("--keep-logs: %d starts in the nodes' logs, want at least 4", starts)
+		}
 		f := rep.Failover
 		if rep.Scenario != "failover" || f == nil || f.Nodes != 3 || f.Profile != "lan-fast" || f.TargetP99 != 150*time.Millisecond || f.Observed != "push" {
 			t.Fatalf("report: %+v", rep)
@@ -118,6 +135,7 @@ func TestFailover(t *testing.T) {
 			{"failover", "--victim=nobody"},
 			{"failover", "--target=nohostport"},
 			{"failover", "--target=unix:relative"},
+			{"failover", "--target=127.0.0.1:7180", "--keep-logs=/tmp/x"},
 		} {
 			if _, stderr, code := runCibench(t, exe, nil, args...); code != exitBadUsage {
 				t.Errorf("%v: exit %d, want %d\n%s", args, code, exitBadUsage, stderr)
