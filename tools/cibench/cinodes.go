@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/http"
@@ -433,16 +434,28 @@ func (c *cinodeCluster) keepLogs() error {
 	}
 	for _, n := range c.nodes() {
 		name := fmt.Sprintf("node%d.log", n)
-		b, err := os.ReadFile(filepath.Join(c.dir, name))
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // never started
-		}
-		if err == nil {
-			err = os.WriteFile(filepath.Join(c.spec.keepLogs, name), b, 0o600)
-		}
-		if err != nil {
+		if err := copyFile(filepath.Join(c.spec.keepLogs, name), filepath.Join(c.dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("--keep-logs: %w", err)
 		}
 	}
 	return nil
+}
+
+// copyFile copies src to dst (created 0600), streaming: a debug log of
+// many trials can be large.
+func copyFile(dst, src string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err // a node never started has no log: fs.ErrNotExist
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		_ = out.Close()
+		return err
+	}
+	return out.Close()
 }
