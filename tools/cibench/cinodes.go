@@ -101,12 +101,32 @@ func findTool(name string) (string, error) {
 // before cinode binds it; on 127.0.0.x addresses of their own that is rare,
 // and the node's start then fails loudly.
 func freePort(host string) (string, error) {
+	var r portReserver
+	defer r.release()
+	return r.reserve(host)
+}
+
+// portReserver hands out ports free on their host, all different: each
+// listener stays open until release. Closing each at once lets the kernel
+// hand the same port out again, and a node's ICS and admin addresses then
+// collide (seen in CI: "nodes[1].admin ... is also the node's ICS address").
+type portReserver struct{ held []net.Listener }
+
+func (r *portReserver) reserve(host string) (string, error) {
 	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		return "", err
 	}
-	defer ln.Close()
+	r.held = append(r.held, ln)
 	return ln.Addr().String(), nil
+}
+
+// release closes the listeners: call it just before the ports are bound.
+func (r *portReserver) release() {
+	for _, ln := range r.held {
+		ln.Close()
+	}
+	r.held = nil
 }
 
 // newCinodeCluster writes the configuration; start the nodes with startAll.
@@ -144,12 +164,14 @@ func newCinodeCluster(spec clusterSpec) (_ *cinodeCluster, err error) {
 		b.WriteString("\n[[key_services]]\nname = \"keyseq\"\ncritical = false\n")
 		ks = `["keyseq"]`
 	}
+	var ports portReserver
+	defer ports.release()
 	for n := 1; n <= spec.nodes; n++ {
 		host := fmt.Sprintf("127.0.0.%d", n)
-		if c.ics[n], err = freePort(host); err != nil {
+		if c.ics[n], err = ports.reserve(host); err != nil {
 			return nil, err
 		}
-		if c.admins[n], err = freePort(host); err != nil {
+		if c.admins[n], err = ports.reserve(host); err != nil {
 			return nil, err
 		}
 		// Three master-eligible nodes make the raft group: it survives one
