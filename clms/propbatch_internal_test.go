@@ -1,6 +1,7 @@
 package clms
 
 import (
+	"strings"
 	"testing"
 
 	"go.etcd.io/raft/v3/raftpb"
@@ -34,10 +35,19 @@ func newCoreNet(t *testing.T, nodes, voters int) *coreNet {
 func (n *coreNet) drain(num NodeNum) []Message {
 	var out []Message
 	c := n.cores[num]
+	if c == nil { // stopped
+		return nil
+	}
 	for c.HasReady() {
 		rd := c.Ready()
 		out = append(out, rd.Messages...)
 		c.Advance()
+		// Subsystems with no callbacks: each reports at once.
+		for _, a := range rd.Actions {
+			if a.Kind == ActRunNodeUp || a.Kind == ActRunNodeDown {
+				c.CallbacksDone(a.Transition, nil)
+			}
+		}
 	}
 	return out
 }
@@ -122,5 +132,69 @@ func TestProposalsOfABatchTravelTogether(t *testing.T) {
 		if st := m.st.members[j].State; st != StateComingUp {
 			t.Errorf("node %d is %s, want %s", j, st, StateComingUp)
 		}
+	}
+}
+
+// A NODEDOWN's steps that wait for nothing are proposed with the step
+// before them: GOINGDOWN with KCLEANUP, UCLEANUP with DOWN. Each pair is
+// one raft append (the survivors' writes once, not twice in a row), and
+// nothing is proposed twice: a node's death costs two raft rounds, not
+// four.
+func TestNodeDownStepsCommitInPairs(t *testing.T) {
+	n := newCoreNet(t, 3, 3)
+	m := n.master()
+	for range 2000 { // every voter joins
+		if up := m.st.Members(); len(up) == 3 && up[0].State == StateUp && up[1].State == StateUp && up[2].State == StateUp {
+			break
+		}
+		for _, c := range n.cores {
+			c.Tick()
+		}
+		n.pump()
+	}
+	var victim, follower NodeNum
+	for num := range n.cores {
+		if num != m.self {
+			if victim == 0 {
+				victim = num
+			} else {
+				follower = num
+			}
+		}
+	}
+	inc := m.st.members[victim].Incarnation
+	n.cores[victim] = nil // killed
+	before := m.Stats()
+	m.PeerCrashProof(victim, inc)
+	var apps []int
+	for _, out := range n.drain(m.self) {
+		if out.Type == MsgRaft && out.Raft.GetType() == raftpb.MsgApp && out.To == follower {
+			apps = append(apps, len(out.Raft.GetEntries()))
+		}
+		if to := n.cores[out.To]; to != nil {
+			_ = to.Step(out)
+		}
+	}
+	if len(apps) != 1 || apps[0] != 2 {
+		t.Errorf("the follower got MsgApps with %v entries, want one with 2 (GOINGDOWN and KCLEANUP)", apps)
+	}
+	n.pump() // the survivors' NODEDOWN callbacks report at once
+	for _, c := range []*Core{m, n.cores[follower]} {
+		if st := c.st.members[victim].State; st != StateDown {
+			t.Errorf("node %d sees the victim %s, want DOWN", c.self, st)
+		}
+	}
+	var path []string
+	for _, r := range m.st.Records(0) {
+		if r.Kind == RecordTransition && r.Transition.Node == victim && r.Transition.Incarnation == inc {
+			path = append(path, r.Transition.To.String())
+		}
+	}
+	if want := "COMINGUP UP GOINGDOWN KCLEANUP UCLEANUP DOWN"; strings.Join(path, " ") != want {
+		t.Errorf("victim's transitions %v, want %s", path, want)
+	}
+	after := m.Stats()
+	if p, b := after.Proposals-before.Proposals, after.ProposalBatches-before.ProposalBatches; p != 4 || b != 2 {
+		t.Errorf("%d proposals in %d raft appends, want 4 in 2", p, b)
 	}
 }
