@@ -92,7 +92,10 @@ type Runner struct {
 	cfg  RunnerConfig
 	core *Core
 	log  *slog.Logger
-	met  *runnerMetrics
+	// traced: the logger takes debug lines, so the runner logs its steps
+	// (runner_trace.go).
+	traced bool
+	met    *runnerMetrics
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
@@ -238,7 +241,7 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 		return nil, err
 	}
 	r := &Runner{
-		cfg: cfg, core: core, log: log,
+		cfg: cfg, core: core, log: log, traced: tracing(log),
 		inbox:     make(chan Message, 4096), // a burst from every node of a large cluster
 		urgentIn:  make(chan Message, 1024), // an imalive from every node of the largest cluster, four times
 		evidence:  make(chan evidence, 256),
@@ -485,6 +488,9 @@ func (r *Runner) routineCore() {
 			catchUp()
 			r.core.CallbacksDone(res.t, res.failed)
 		case res := <-r.keyDone:
+			if r.traced {
+				r.log.Debug("clms: key-service routine done", "action", res.a.String(), "err", res.err)
+			}
 			catchUp()
 			r.core.KeyReport(res.a, res.data, res.err)
 		case fn := <-r.cmds:
@@ -535,6 +541,7 @@ func BatchEnds(m *Message) bool { return m.Type == MsgRaft }
 const StepBatch = 64
 
 func (r *Runner) step(m Message) {
+	r.traceMsg("step", &m)
 	if m.FromInc > r.lastInc[m.From] {
 		r.lastInc[m.From] = m.FromInc
 	}
@@ -548,6 +555,9 @@ func (r *Runner) step(m Message) {
 // refused connection or a newer incarnation is proof that a process is
 // gone; a lost connection is only a reason to look.
 func (r *Runner) weigh(ev evidence) {
+	if r.traced {
+		r.log.Debug("clms: evidence", "peer", ev.node, "lost", ev.lost, "refused", ev.refused, "probed", ev.probed, "refuses_us", ev.refusesUs)
+	}
 	n := ev.node
 	known := r.lastInc[n]
 	m, _ := r.core.State().Member(n)
@@ -601,6 +611,7 @@ func (r *Runner) drain() {
 				after = append(after, m)
 			}
 		}
+		saveStart := time.Now()
 		if r.cfg.Store != nil {
 			if err := r.cfg.Store.Save(rd.HardState, rd.Entries, rd.Snapshot, rd.MustSync); err != nil {
 				// Without its log on disk a voter could vote twice after a
@@ -613,6 +624,7 @@ func (r *Runner) drain() {
 		for _, m := range after {
 			r.send(m)
 		}
+		r.traceDrained(&rd, time.Since(saveStart))
 		if rd.Restored != nil {
 			changed = true
 			r.restored(rd.Restored)

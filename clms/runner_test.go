@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -52,6 +54,26 @@ type runnerCluster struct {
 	nodes  map[clms.NodeNum]*runnerNode
 	subs   func(clms.NodeNum) *clms.Subsystems
 	comp   clms.Compaction
+	// logs, when set, takes each node's log at debug level.
+	logs map[clms.NodeNum]*lockedBuffer
+}
+
+// lockedBuffer is a log sink shared by a node's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func newRunnerCluster(t *testing.T, count, eligible int, subs func(clms.NodeNum) *clms.Subsystems) *runnerCluster {
@@ -63,7 +85,11 @@ func newRunnerClusterCompaction(t *testing.T, count, eligible int, subs func(clm
 }
 
 func newRunnerClusterTiming(t *testing.T, count, eligible int, subs func(clms.NodeNum) *clms.Subsystems, comp clms.Compaction, timing clms.Timing) *runnerCluster {
-	c := &runnerCluster{t: t, timing: timing, addrs: map[clms.NodeNum]string{}, nodes: map[clms.NodeNum]*runnerNode{}, subs: subs, comp: comp}
+	return newRunnerClusterLogged(t, count, eligible, subs, comp, timing, nil)
+}
+
+func newRunnerClusterLogged(t *testing.T, count, eligible int, subs func(clms.NodeNum) *clms.Subsystems, comp clms.Compaction, timing clms.Timing, logs map[clms.NodeNum]*lockedBuffer) *runnerCluster {
+	c := &runnerCluster{t: t, timing: timing, addrs: map[clms.NodeNum]string{}, nodes: map[clms.NodeNum]*runnerNode{}, subs: subs, comp: comp, logs: logs}
 	for i := 1; i <= count; i++ {
 		c.table = append(c.table, clms.NodeConfig{Num: clms.NodeNum(i), MasterEligible: i <= eligible})
 	}
@@ -104,6 +130,9 @@ func (c *runnerCluster) start(num clms.NodeNum, dir, addr string) *runnerNode {
 		if n != num {
 			cfg.Peers[n] = a
 		}
+	}
+	if l := c.logs[num]; l != nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	eng, err := engine.New(cfg)
 	if err != nil {
@@ -217,6 +246,19 @@ func testTiming() clms.Timing {
 	return clmstest.Stretch(clms.LANFastTiming(), k)
 }
 
+// crashNonMaster waits for all to be UP, crashes a node that is not the
+// master (Close without a leave) and waits until the others see it DOWN.
+func (c *runnerCluster) crashNonMaster(all []clms.NodeNum) (victim clms.NodeNum, survivors []clms.NodeNum) {
+	c.t.Helper()
+	c.waitFor(fmt.Sprintf("%d nodes UP", len(all)), all, allUp(all...))
+	victim, survivors = c.nonMaster(all)
+	c.nodes[victim].close()
+	c.waitFor("the crashed node DOWN", survivors, func(_ *runnerNode, s clms.RunnerStatus) bool {
+		return stateOf(s, victim).State == clms.StateDown
+	})
+	return victim, survivors
+}
+
 // nonMaster picks a node of all that is not the master, and the others.
 func (c *runnerCluster) nonMaster(all []clms.NodeNum) (clms.NodeNum, []clms.NodeNum) {
 	master := c.nodes[all[0]].r.Status().Master
@@ -244,6 +286,39 @@ func allUp(nodes ...clms.NodeNum) func(*runnerNode, clms.RunnerStatus) bool {
 			}
 		}
 		return s.LeaseValid
+	}
+}
+
+// TestRunnerStepTrace: at debug level a runner logs its steps, enough to
+// follow a NODEDOWN through the nodes' logs (docs/CLMS.md, "The fsync of
+// each raft round"): the evidence, the messages, each write and its time,
+// the records applied (GOINGDOWN and KCLEANUP in one Ready) and the
+// actions.
+func TestRunnerStepTrace(t *testing.T) {
+	logs := map[clms.NodeNum]*lockedBuffer{1: {}, 2: {}, 3: {}}
+	c := newRunnerClusterLogged(t, 3, 3, nil, clms.Compaction{}, testTiming(), logs)
+	all := []clms.NodeNum{1, 2, 3}
+	victim, survivors := c.crashNonMaster(all)
+	master := c.nodes[survivors[0]].r.Status().Master
+	pair := fmt.Sprintf("%d:UP->GOINGDOWN %d:GOINGDOWN->KCLEANUP", victim, victim)
+	for _, n := range survivors {
+		log := logs[n].String()
+		want := []string{
+			`msg="clms: step" .*message="raft .* MsgApp`,
+			`msg="clms: received" .*message="raft `,
+			`msg="clms: send" .*message="raft `,
+			`msg="clms: saved" .*entries=2 sync=true took=`,
+			`msg="clms: applied" .*records="` + pair,
+			fmt.Sprintf(`msg="clms: action" .*action="peer-down node=%d `, victim),
+		}
+		if n == master {
+			want = append(want, fmt.Sprintf(`msg="clms: evidence" .*peer=%d `, victim))
+		}
+		for _, w := range want {
+			if !regexp.MustCompile(w).MatchString(log) {
+				t.Errorf("node %d's debug log has no line matching %s", n, w)
+			}
+		}
 	}
 }
 
@@ -440,12 +515,7 @@ func TestRunnerSubsystems(t *testing.T) {
 		return s
 	})
 	all := []clms.NodeNum{1, 2, 3}
-	cl.waitFor("3 nodes UP", all, allUp(1, 2, 3))
-	victim, survivors := cl.nonMaster(all)
-	cl.nodes[victim].close()
-	cl.waitFor("the crashed node DOWN", survivors, func(_ *runnerNode, s clms.RunnerStatus) bool {
-		return stateOf(s, victim).State == clms.StateDown
-	})
+	victim, survivors := cl.crashNonMaster(all)
 	mu.Lock()
 	defer mu.Unlock()
 	for _, n := range survivors {

@@ -91,6 +91,7 @@ func (r *Runner) send(m *Message) {
 			"msg", m.Type.String(), "peer", m.To, "bytes", len(b), "max_payload", max)
 		return
 	}
+	r.traceMsg("send", m)
 	o := r.outboxFor(m.To)
 	q := o.bulk
 	if Urgent(m) {
@@ -144,6 +145,7 @@ func (r *Runner) handleMessage(_ context.Context, req *engine.Request, _ *engine
 		r.met.badMessages.Inc()
 		return engine.ErrCantDecodeArgs
 	}
+	r.traceMsg("received", &m)
 	in := r.inbox
 	if Urgent(&m) {
 		// Imalives, their answers, pings and raft's heartbeats and votes

@@ -22,7 +22,7 @@ type failoverCmd struct {
 	Profile  string `default:"lan-fast" enum:"lan-fast,default" help:"CLMS timing profile of the spawned cluster (a target cluster has its own)." env:"CI_PROFILE"`
 	JSON     bool   `name:"json" help:"Print the result as JSON (docs/BENCH_SCHEMA.md, the failover section) instead of tables." env:"CI_JSON"`
 	Observe  string `default:"push" enum:"push,poll" help:"How the phases after detected are observed: push (watch streams and long polls; polling still for a cinode without the long poll) or poll (every survivor every millisecond, as before: to compare the two)." env:"CI_OBSERVE"`
-	KeepLogs string `placeholder:"DIR" help:"Copy every spawned node's log (node<N>.log, all its incarnations) into DIR at the end, to look at a slow trial afterwards; with CI_LOG_LEVEL=debug in cibench's environment the nodes log at debug. Spawned clusters only." env:"CI_KEEP_LOGS"`
+	KeepLogs string `placeholder:"DIR" help:"Copy every spawned node's log (node<N>.log, all its incarnations) into DIR at the end, to look at a slow trial afterwards; with CI_LOG_LEVEL=debug in cibench's environment the nodes log at debug, every step of their CLMS runner (messages, writes and their time, records applied, actions) stamped to the microsecond. Spawned clusters only." env:"CI_KEEP_LOGS"`
 	targetFlags
 	faultFlags
 }

@@ -226,7 +226,16 @@ func newLogger(w io.Writer, format, level string) *slog.Logger {
 	_ = lv.UnmarshalText([]byte(level)) // kong checked the enum
 	opts := &slog.HandlerOptions{Level: lv}
 	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return slog.New(slog.NewJSONHandler(w, opts)) // stamps to the nanosecond
+	}
+	// The text handler stamps to the millisecond; a failover's steps are
+	// tens of microseconds apart (clms's debug trace), and reading one
+	// from several nodes' logs needs their order.
+	opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+		if len(groups) == 0 && a.Key == slog.TimeKey && a.Value.Kind() == slog.KindTime {
+			return slog.String(slog.TimeKey, a.Value.Time().Format("2006-01-02T15:04:05.000000Z07:00"))
+		}
+		return a
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
 }
