@@ -495,8 +495,11 @@ func (c *Core) Step(m Message) error {
 			}
 		}
 	case MsgCallbacksDone:
-		if c.isMaster() {
+		switch {
+		case c.isMaster():
 			c.masterCallbacksDone(m.From, m.Transition, m.Failed)
+		case c.m != nil && !c.m.ready && c.campaigns():
+			c.holdEarlyReport(m.From, m.Transition, m.Failed)
 		}
 	case MsgCrashProof:
 		if mem := c.st.members[m.From]; mem.State.IsMember() && mem.Incarnation == m.FromInc {

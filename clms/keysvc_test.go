@@ -145,21 +145,27 @@ func TestKeyServiceOwnerCrash(t *testing.T) {
 // whatever order and timing the simulated network delivers messages in: 40
 // seeds (CLMS_SEEDS=N for more).
 func TestKeyServiceSuccessorBehindGoingDown(t *testing.T) {
-	seeds := uint64(40)
-	if v := os.Getenv("CLMS_SEEDS"); v != "" {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			t.Fatalf("CLMS_SEEDS: %v", err)
-		}
-		seeds = n
-	}
-	for seed := uint64(1); seed <= seeds; seed++ {
+	for seed := uint64(1); seed <= seedCount(t, 40); seed++ {
 		for _, victim := range []string{"member", "master"} {
 			t.Run(fmt.Sprintf("seed=%d/%s", seed, victim), func(t *testing.T) {
 				successorBehindGoingDown(t, seed, victim)
 			})
 		}
 	}
+}
+
+// seedCount is how many seeds a test that runs over seeds runs: def, or
+// CLMS_SEEDS.
+func seedCount(t *testing.T, def uint64) uint64 {
+	t.Helper()
+	if v := os.Getenv("CLMS_SEEDS"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			t.Fatalf("CLMS_SEEDS: %v", err)
+		}
+		return n
+	}
+	return def
 }
 
 func successorBehindGoingDown(t *testing.T, seed uint64, victim string) {

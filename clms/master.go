@@ -1,6 +1,7 @@
 package clms
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"slices"
@@ -31,7 +32,24 @@ type masterState struct {
 	// members without raft once all are (pushAll): the records one raft
 	// append committed together reach them in one MsgRecords.
 	pushDue bool
+	// early holds the callback reports that reached this leader before it
+	// was ready (its term's first entry not applied yet): members resend
+	// their reports when they see a new leader, which is at its first
+	// append, before it may act. Replayed by masterReady; without them a
+	// wait started there would last its whole CallbackTimeout.
+	early map[earlyReport][]string
 }
+
+type earlyReport struct {
+	from NodeNum
+	id   TransitionID
+}
+
+// maxEarlyReports bounds the reports a leader holds until it is ready: far
+// more than a cluster's members have outstanding (one per transition whose
+// callbacks they ran and the master has not moved on from), so a peer
+// spraying reports cannot grow it; one dropped falls to CallbackTimeout.
+const maxEarlyReports = 16384
 
 // watch is the master's view of one member's liveness.
 type watch struct {
@@ -121,6 +139,12 @@ func (c *Core) masterReady() {
 			c.masterCrashProof(n, g)
 		}
 	}
+	for _, k := range slices.SortedFunc(maps.Keys(m.early), func(a, b earlyReport) int {
+		return cmp.Or(cmp.Compare(a.id, b.id), cmp.Compare(a.from, b.from))
+	}) {
+		c.masterCallbacksDone(k.from, k.id, m.early[k])
+	}
+	m.early = nil
 	// Every member's silence clock starts now: we cannot know when our
 	// predecessor last renewed its lease (watches are made by tickMaster).
 	c.resendCallbackReports()
@@ -327,6 +351,19 @@ func (c *Core) masterCrashProof(n NodeNum, inc uint64) {
 	if mem := c.st.members[n]; mem.State.IsMember() && mem.Incarnation <= inc && n != c.self {
 		c.propose(Transition{Node: n, Incarnation: mem.Incarnation, From: mem.State, To: StateGoingDown, Cause: CauseCrash})
 	}
+}
+
+// holdEarlyReport keeps a callback report that reached this leader before
+// it was ready, for masterReady.
+func (c *Core) holdEarlyReport(from NodeNum, id TransitionID, failed []string) {
+	k := earlyReport{from, id}
+	if _, dup := c.m.early[k]; !dup && len(c.m.early) >= maxEarlyReports {
+		return
+	}
+	if c.m.early == nil {
+		c.m.early = map[earlyReport][]string{}
+	}
+	c.m.early[k] = slices.Clone(failed)
 }
 
 func (c *Core) masterCallbacksDone(from NodeNum, id TransitionID, failed []string) {

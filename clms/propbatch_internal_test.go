@@ -198,3 +198,28 @@ func TestNodeDownStepsCommitInPairs(t *testing.T) {
 		t.Errorf("%d proposals in %d raft appends, want 4 in 2", p, b)
 	}
 }
+
+// A leader not yet ready keeps the callback reports it hears for when it
+// is (TestMasterShutdownCallbacksNotLost), but no more than
+// maxEarlyReports of them, whatever a peer sprays at it.
+func TestEarlyCallbackReportsBounded(t *testing.T) {
+	n := newCoreNet(t, 3, 3)
+	m := n.master()
+	var from NodeNum = 1
+	if from == m.self {
+		from = 2
+	}
+	m.m.ready = false // as between winning the election and applying its term's first entry
+	for i := range maxEarlyReports + 5000 {
+		if err := m.Step(Message{Type: MsgCallbacksDone, From: from, FromInc: 1, To: m.self, Transition: TransitionID(1000 + i), Failed: []string{"x"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := len(m.m.early); got != maxEarlyReports {
+		t.Fatalf("%d reports held, want the bound %d", got, maxEarlyReports)
+	}
+	m.masterReady() // none of them is awaited: all dropped
+	if m.m.early != nil {
+		t.Fatalf("%d reports still held after masterReady", len(m.m.early))
+	}
+}

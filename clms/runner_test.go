@@ -290,10 +290,10 @@ func allUp(nodes ...clms.NodeNum) func(*runnerNode, clms.RunnerStatus) bool {
 }
 
 // TestRunnerStepTrace: at debug level a runner logs its steps, enough to
-// follow a NODEDOWN through the nodes' logs (docs/CLMS.md, "The fsync of
-// each raft round"): the evidence, the messages, each write and its time,
-// the records applied (GOINGDOWN and KCLEANUP in one Ready) and the
-// actions.
+// follow a NODEDOWN through the nodes' logs (docs/CLMS.md, "Where a
+// failover's milliseconds go"): the evidence, the messages, each write and
+// its time, the records applied (GOINGDOWN and KCLEANUP in one Ready) and
+// the actions.
 func TestRunnerStepTrace(t *testing.T) {
 	logs := map[clms.NodeNum]*lockedBuffer{1: {}, 2: {}, 3: {}}
 	c := newRunnerClusterLogged(t, 3, 3, nil, clms.Compaction{}, testTiming(), logs)

@@ -14,8 +14,8 @@ import (
 // step from the nodes' logs (cibench failover --keep-logs with
 // CI_LOG_LEVEL=debug; cinode stamps its log lines to the microsecond). That
 // is how the second raft round of a NODEDOWN was found holding the runners'
-// loops in the middle of a failover (docs/CLMS.md, "The fsync of each raft
-// round"). Off, it costs one bool test per step.
+// loops in the middle of a failover (docs/CLMS.md, "Where a failover's
+// milliseconds go"). Off, it costs one bool test per step.
 
 // tracing says whether the runner's logger takes debug lines; decided once.
 func tracing(l *slog.Logger) bool { return l.Enabled(context.Background(), slog.LevelDebug) }
