@@ -487,7 +487,7 @@ func (c *Core) Step(m Message) error {
 	case MsgRecordsAck:
 		if c.isMaster() {
 			if w := c.m.watch[m.From]; w != nil && w.inc == m.FromInc {
-				w.applied = max(w.applied, m.Applied)
+				w.learnApplied(m.Applied)
 				if m.Status == StatusRetry {
 					w.sent = min(w.sent, w.applied) // a push was overtaken and dropped: resend from what it has
 				}

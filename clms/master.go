@@ -60,6 +60,10 @@ type watch struct {
 	applied uint64 // records the member applied (nodes without raft)
 	sent    uint64 // records pushed
 	pushed  int64
+	// guessed: sent is a new master's guess (what was committed when it
+	// became ready), not what it pushed; the member's first word on what
+	// it applied replaces it (learnApplied).
+	guessed bool
 	// lapsed: since lapsedAt it says it holds no lease although we could
 	// grant; withheld: since withheldAt we grant it nothing, as our grants
 	// evidently do not reach it (a link cut one way).
@@ -127,6 +131,21 @@ func (c *Core) masterReady() {
 		if n != c.self && !c.eligible[n] && mem.State != StateNeverUp {
 			c.send(Message{Type: MsgMasterIs, To: n, Node: c.self})
 		}
+		if n != c.self && mem.State.IsMember() && m.watch[n] == nil {
+			// Watched now, not at the first tick: the members without raft
+			// learn this term's records (a crashed master's GOINGDOWN, a
+			// key service's new owner) as each Ready applies them
+			// (pushAll), not up to a Tick later. Every member's silence
+			// clock starts here, after the election, as the lease argument
+			// needs: we cannot know when our predecessor last renewed its
+			// lease. What they applied is not known yet: pushes start
+			// after what is committed now (the guess), and a member
+			// missing earlier records gets them at its first word (a gap
+			// in a push: StatusRetry; an imalive) or, silent until the
+			// first tick (a joiner, a lost imalive), from the start then,
+			// as before (tickMaster).
+			m.watch[n] = &watch{inc: mem.Incarnation, heard: c.now, stalledAt: c.stalled, sent: c.st.LastSeq(), pushed: c.now, guessed: true}
+		}
 		switch mem.State {
 		case StateComingUp, StateKCleanup:
 			c.startWait(c.st.last[n])
@@ -145,8 +164,6 @@ func (c *Core) masterReady() {
 		c.masterCallbacksDone(k.from, k.id, m.early[k])
 	}
 	m.early = nil
-	// Every member's silence clock starts now: we cannot know when our
-	// predecessor last renewed its lease (watches are made by tickMaster).
 	c.resendCallbackReports()
 	if c.phase == phaseJoining {
 		c.masterJoin(c.self, c.inc, c.cfg.Info)
@@ -190,6 +207,9 @@ func (c *Core) tickMaster() {
 			c.propose(Transition{Node: n, Incarnation: w.inc, From: mem.State, To: StateGoingDown, Cause: CauseFenced})
 		case silence >= c.t.probe || w.suspect:
 			c.suspect(n, w)
+		}
+		if w.guessed {
+			w.learnApplied(0) // no word yet: push from what it acknowledged, as a new watch does
 		}
 		if !c.eligible[n] && w.applied < last {
 			c.maybePush(n, w)
@@ -238,6 +258,16 @@ func (c *Core) suspect(n NodeNum, w *watch) {
 		w.suspect = true
 		w.pinged = c.now
 		c.send(Message{Type: MsgPing, To: n})
+	}
+}
+
+// learnApplied takes what the member says it applied. The first word after
+// a new master guessed (masterReady) also corrects the guess, so that a
+// member behind it gets the rest at once, not a heartbeat later.
+func (w *watch) learnApplied(applied uint64) {
+	w.applied = max(w.applied, applied)
+	if w.guessed {
+		w.sent, w.guessed = min(w.sent, w.applied), false
 	}
 }
 
@@ -292,7 +322,7 @@ func (c *Core) masterImAlive(m Message) {
 	// Counting silence from the receipt is safe: the lease we grant runs
 	// from the imalive's send time, which is earlier.
 	w.heard, w.stalledAt, w.suspect, w.deferred = c.now, c.stalled, false, false
-	w.applied = max(w.applied, m.Applied)
+	w.learnApplied(m.Applied)
 	switch {
 	case m.Status != StatusNoLease:
 		w.lapsed, w.withheld = false, false // our grants reach it
