@@ -212,25 +212,30 @@ func (c *runnerCluster) waitFor(what string, nodes []clms.NodeNum, cond func(*ru
 			return
 		}
 		if time.Now().After(deadline) {
-			var dump string
-			for _, num := range nodes {
-				s := c.nodes[num].r.Status()
-				dump += fmt.Sprintf("\nnode %d: master=%d joined=%v lease=%v fenced=%v(%s) members=%v", num, s.Master, s.Joined, s.LeaseValid, s.Fenced, s.FenceReason, s.Members)
-				var b strings.Builder
-				c.nodes[num].eng.Metrics().WritePrometheus(&b)
-				for _, l := range strings.Split(b.String(), "\n") {
-					if strings.HasPrefix(l, "ci_clms_") && !strings.HasSuffix(l, " 0") {
-						dump += "\n  " + l
-					}
-				}
-				for _, tr := range c.nodes[num].history() {
-					dump += "\n  " + tr.String()
-				}
-			}
-			c.t.Fatalf("timed out waiting for %s%s", what, dump)
+			c.t.Fatalf("timed out waiting for %s%s", what, c.dump(nodes))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// dump is what nodes see: status, CLMS metrics that are not 0, history.
+func (c *runnerCluster) dump(nodes []clms.NodeNum) string {
+	var dump string
+	for _, num := range nodes {
+		s := c.nodes[num].r.Status()
+		dump += fmt.Sprintf("\nnode %d: master=%d is_master=%v joined=%v lease=%v left=%v fenced=%v(%s) members=%v", num, s.Master, s.IsMaster, s.Joined, s.LeaseValid, s.Left, s.Fenced, s.FenceReason, s.Members)
+		var b strings.Builder
+		c.nodes[num].eng.Metrics().WritePrometheus(&b)
+		for _, l := range strings.Split(b.String(), "\n") {
+			if strings.HasPrefix(l, "ci_clms_") && !strings.HasSuffix(l, " 0") {
+				dump += "\n  " + l
+			}
+		}
+		for _, tr := range c.nodes[num].history() {
+			dump += "\n  " + tr.String()
+		}
+	}
+	return dump
 }
 
 // testTiming is the lan-fast profile stretched twice (four times under the
@@ -403,7 +408,9 @@ func TestRunnerMasterCloseAndShutdown(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := c.nodes[leaver].r.Shutdown(ctx); err != nil {
-		t.Fatal(err)
+		// Seen once in about twenty runs of the package (CLMS_SEEDS=100),
+		// not reproduced since: say what every node saw.
+		t.Fatalf("node %d's Shutdown: %v%s", leaver, err, c.dump(rest))
 	}
 	if s := c.nodes[leaver].r.Status(); !s.Left || s.LeaseValid || s.Fenced {
 		t.Fatalf("leaver's status after Shutdown: left=%v lease=%v fenced=%v; want left, no lease, not fenced", s.Left, s.LeaseValid, s.Fenced)
