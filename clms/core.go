@@ -123,12 +123,15 @@ type Core struct {
 	snapSent  []uint64    // followers sent a raft snapshot in the Ready not yet Advanced
 	restored  *Restored   // State replaced by an image, not yet in a Ready
 
-	phase       phase
-	joinStart   int64
-	joinTry     int64
-	joinReason  string
-	leaving     bool
-	leaveTry    int64
+	phase      phase
+	joinStart  int64
+	joinTry    int64
+	joinReason string
+	leaving    bool
+	leaveTry   int64
+	// leaveDenied: when a leaving node was first told it is no longer a
+	// member (imAliveAck), 0 before.
+	leaveDenied int64
 	master      NodeNum // who this node believes is the master
 	masterTerm  uint64
 	lead        uint64 // raft's leader, as last reported (voters)
@@ -508,6 +511,7 @@ func (c *Core) Step(m Message) error {
 	case MsgLeave:
 		if c.isMaster() {
 			c.masterLeave(m.From, m.FromInc)
+			c.masterLeftAlready(m.From, m.FromInc, m.Applied)
 		}
 	case MsgSetInfo:
 		if mem := c.st.members[m.From]; c.isMaster() && mem.State.IsMember() && mem.Incarnation == m.FromInc {

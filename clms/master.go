@@ -377,6 +377,27 @@ func (c *Core) masterLeave(n NodeNum, inc uint64) {
 	}
 }
 
+// masterLeftAlready answers a leave request from an incarnation that is no
+// longer a member, from a node without raft: it still asks, so it missed
+// the push that carried its SHUTDOWN (or its GOINGDOWN), and once it is
+// DOWN the master keeps no watch of it that would resend. Pushed again from
+// what it says it applied; it asks every heartbeat, so a push lost again is
+// sent again, and a history longer than one push goes a push per request.
+func (c *Core) masterLeftAlready(n NodeNum, inc uint64, applied uint64) {
+	mem := c.st.members[n]
+	if mem == nil || c.eligible[n] || mem.Incarnation != inc || mem.State.IsMember() || mem.State == StateNeverUp {
+		return
+	}
+	w := c.m.watch[n]
+	if w == nil || w.inc != inc {
+		w = &watch{inc: inc, heard: c.now, stalledAt: c.stalled}
+		c.m.watch[n] = w // until tickMaster drops it (DOWN): long enough for the acks
+	}
+	w.learnApplied(applied)
+	w.sent = min(w.sent, w.applied)
+	c.maybePush(n, w)
+}
+
 func (c *Core) masterCrashProof(n NodeNum, inc uint64) {
 	if mem := c.st.members[n]; mem.State.IsMember() && mem.Incarnation <= inc && n != c.self {
 		c.propose(Transition{Node: n, Incarnation: mem.Incarnation, From: mem.State, To: StateGoingDown, Cause: CauseCrash})

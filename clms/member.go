@@ -62,7 +62,7 @@ func (c *Core) tickMember() {
 		if c.isMaster() {
 			c.masterLeave(c.self, c.inc)
 		} else if c.master != 0 {
-			c.send(Message{Type: MsgLeave, To: c.master})
+			c.sendLeave()
 		}
 	}
 	c.sendInfo()
@@ -155,8 +155,16 @@ func (c *Core) tickMemberLeaveNow() {
 	if c.isMaster() {
 		c.masterLeave(c.self, c.inc)
 	} else if c.master != 0 {
-		c.send(Message{Type: MsgLeave, To: c.master})
+		c.sendLeave()
 	}
+}
+
+// sendLeave asks the master for our SHUTDOWN, saying what we applied: a
+// master whose records already have it pushes us the rest (masterLeave),
+// which is how a node without raft that missed that push still learns it
+// left. The field is one an older master decodes and ignores.
+func (c *Core) sendLeave() {
+	c.send(Message{Type: MsgLeave, To: c.master, Applied: c.st.LastSeq()})
 }
 
 // SetNodeInfo asks the master to replace node n's info (clusternode_setinfo).
@@ -276,6 +284,21 @@ func (c *Core) imAliveAck(m Message) {
 			c.updateLease()
 		}
 	case StatusNotMember:
+		if c.leaving {
+			// Our SHUTDOWN may be committed and its push lost: the
+			// records say whether we left or were declared down, and a
+			// leave request gets them pushed (masterLeftAlready). Asking
+			// costs nothing: a leaving node acts as a member no longer.
+			// Not told within a lease (a master of an older version
+			// does not push), it fences as before.
+			if c.leaveDenied == 0 {
+				c.leaveDenied = c.now
+			}
+			if c.now-c.leaveDenied < c.t.lease {
+				c.sendLeave()
+				return
+			}
+		}
 		c.fence("the master says this incarnation is no longer a member")
 	}
 }

@@ -180,3 +180,40 @@ func TestNewMasterMemberBehindGuess(t *testing.T) {
 		}
 	}
 }
+
+// A node without raft leaving on purpose learns its SHUTDOWN from the
+// master's push. If that push is lost, the master used to resend it only
+// while the node was not yet DOWN (it drops its watch then), and with the
+// NODEDOWN's steps committed in pairs DOWN follows within milliseconds:
+// the leaver asked again and again and was never told, and the first
+// imalive answer saying it was no longer a member fenced it. Its leave
+// request now says what it applied, a master whose records already have it
+// out pushes the rest, and a leaver told it is no longer a member asks
+// again instead of fencing. Perhaps what TestRunnerMasterCloseAndShutdown's
+// leaver hit once (a 10 s hang); 10 seeds (CLMS_SEEDS=N).
+func TestLeaverMissingItsShutdownPush(t *testing.T) {
+	tm := clms.LANFastTiming()
+	const leaver = 4
+	for seed := uint64(1); seed <= seedCount(t, 10); seed++ {
+		s := seededSim(t, t, clmstest.Options{Seed: seed, Nodes: clmstest.Table(5, 3), Timing: tm})
+		form(t, s)
+		master := s.Master()
+		s.Drop(master, leaver, 1) // every push from now on is lost
+		s.Node(leaver).Core.Shutdown()
+		s.RunUntil(5*time.Second, func() bool {
+			st, _ := s.Node(master).Core.State().Member(leaver)
+			return st.State == clms.StateDown
+		})
+		if s.Node(leaver).Has(clms.ActLeft, 0) {
+			t.Fatalf("seed %d: the leaver left with every push to it lost", seed)
+		}
+		s.Drop(master, leaver, 0)
+		took := s.RunUntil(5*time.Second, func() bool { return s.Node(leaver).Has(clms.ActLeft, 0) })
+		if !s.Node(leaver).Has(clms.ActLeft, 0) || took > 3*tm.Heartbeat {
+			t.Errorf("seed %d: the leaver learned it left %v after the pushes got through again (left: %v); want within a few heartbeats", seed, took, s.Node(leaver).Has(clms.ActLeft, 0))
+		}
+		if s.Node(leaver).Fenced() {
+			t.Errorf("seed %d: the leaver fenced instead of leaving", seed)
+		}
+	}
+}
