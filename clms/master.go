@@ -383,6 +383,9 @@ func (c *Core) masterLeave(n NodeNum, inc uint64) {
 // DOWN the master keeps no watch of it that would resend. Pushed again from
 // what it says it applied; it asks every heartbeat, so a push lost again is
 // sent again, and a history longer than one push goes a push per request.
+// At most one push per half heartbeat: a node spraying requests (each
+// could ask for a whole batch of records) gets no more
+// (TestLeaveRequestsOfALeftNodeBounded).
 func (c *Core) masterLeftAlready(n NodeNum, inc uint64, applied uint64) {
 	mem := c.st.members[n]
 	if mem == nil || c.eligible[n] || mem.Incarnation != inc || mem.State.IsMember() || mem.State == StateNeverUp {
@@ -390,8 +393,11 @@ func (c *Core) masterLeftAlready(n NodeNum, inc uint64, applied uint64) {
 	}
 	w := c.m.watch[n]
 	if w == nil || w.inc != inc {
-		w = &watch{inc: inc, heard: c.now, stalledAt: c.stalled}
+		w = &watch{inc: inc, heard: c.now, stalledAt: c.stalled, pushed: -1 << 40}
 		c.m.watch[n] = w // until tickMaster drops it (DOWN): long enough for the acks
+	}
+	if c.now-w.pushed < c.t.heartbeat/2 {
+		return
 	}
 	w.learnApplied(applied)
 	w.sent = min(w.sent, w.applied)

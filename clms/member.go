@@ -160,7 +160,7 @@ func (c *Core) tickMemberLeaveNow() {
 }
 
 // sendLeave asks the master for our SHUTDOWN, saying what we applied: a
-// master whose records already have it pushes us the rest (masterLeave),
+// master whose records already have it pushes us the rest (masterLeftAlready),
 // which is how a node without raft that missed that push still learns it
 // left. The field is one an older master decodes and ignores.
 func (c *Core) sendLeave() {

@@ -56,6 +56,28 @@ func TestNewMasterPushesAtOnce(t *testing.T) {
 // member not heard from by then); with only the guess they waited a
 // Heartbeat (990 ms against 40 ms).
 
+// masterStopsUntilReplaced pauses the master old until another node leads,
+// then lets it run again.
+func masterStopsUntilReplaced(s *clmstest.Sim, old clms.NodeNum) {
+	s.Pause(old)
+	s.RunUntil(10*time.Second, func() bool { m := s.Master(); return m != 0 && m != old })
+	s.Resume(old)
+}
+
+// comingUpOnVoters runs until incarnation inc of node n is COMINGUP on
+// every voter (nodes 1-3).
+func comingUpOnVoters(s *clmstest.Sim, n clms.NodeNum, inc uint64) {
+	s.RunUntil(10*time.Second, func() bool {
+		for _, v := range []clms.NodeNum{1, 2, 3} {
+			m, _ := s.Node(v).Core.State().Member(n)
+			if m.State != clms.StateComingUp || m.Incarnation != inc {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 // A node without raft joins; its COMINGUP commits but the master's answer
 // and push are lost (link master->5 down). The master then loses leadership
 // without any new record (it stops for a while: SIGSTOP). The new master's
@@ -79,19 +101,8 @@ func TestNewMasterJoinerBehindGuess(t *testing.T) {
 		old := s.Master()
 		s.Drop(old, 5, 1)
 		s.Start(5)
-		// Its COMINGUP committed on every voter.
-		s.RunUntil(10*time.Second, func() bool {
-			for _, v := range []clms.NodeNum{1, 2, 3} {
-				m, _ := s.Node(v).Core.State().Member(5)
-				if m.State != clms.StateComingUp {
-					return false
-				}
-			}
-			return true
-		})
-		s.Pause(old)
-		s.RunUntil(10*time.Second, func() bool { m := s.Master(); return m != 0 && m != old })
-		s.Resume(old) // the link old->5 stays down: only the new master can tell 5
+		comingUpOnVoters(s, 5, 1)
+		masterStopsUntilReplaced(s, old) // the link old->5 stays down: only the new master can tell 5
 		elected := s.Now
 		took := s.RunUntil(10*time.Second, func() bool { return s.Node(5).Has(clms.ActJoined, 5) })
 		if took > 4*tm.Tick {
@@ -117,18 +128,8 @@ func TestNewMasterJoinerNeedsImage(t *testing.T) {
 		old := s.Master()
 		s.Drop(old, 4, 1)
 		s.Restart(4)
-		s.RunUntil(10*time.Second, func() bool {
-			for _, v := range []clms.NodeNum{1, 2, 3} {
-				m, _ := s.Node(v).Core.State().Member(4)
-				if m.State != clms.StateComingUp || m.Incarnation != 2 {
-					return false
-				}
-			}
-			return true
-		})
-		s.Pause(old)
-		s.RunUntil(10*time.Second, func() bool { m := s.Master(); return m != 0 && m != old })
-		s.Resume(old)
+		comingUpOnVoters(s, 4, 2)
+		masterStopsUntilReplaced(s, old)
 		ready := s.Now
 		s.RunUntil(10*time.Second, func() bool { return s.Node(4).Has(clms.ActJoined, 4) })
 		if took := s.Now - ready; took > 4*tm.Tick || s.Node(4).Restores == 0 {
@@ -215,5 +216,34 @@ func TestLeaverMissingItsShutdownPush(t *testing.T) {
 		if s.Node(leaver).Fenced() {
 			t.Errorf("seed %d: the leaver fenced instead of leaving", seed)
 		}
+	}
+}
+
+// The adversary's side of masterLeftAlready: a node whose incarnation has
+// left, spraying leave requests that each claim it applied nothing, gets at
+// most one push (a batch of records) per half heartbeat, not one a request.
+func TestLeaveRequestsOfALeftNodeBounded(t *testing.T) {
+	tm := clms.LANFastTiming()
+	const leaver = 4
+	s := seededSim(t, t, clmstest.Options{Seed: 1, Nodes: clmstest.Table(5, 3), Timing: tm})
+	form(t, s)
+	master := s.Master()
+	s.Drop(master, leaver, 1)
+	s.Node(leaver).Core.Shutdown()
+	s.RunUntil(5*time.Second, func() bool {
+		st, _ := s.Node(master).Core.State().Member(leaver)
+		return st.State == clms.StateDown
+	})
+	pushes := func() int { return s.SentOn[clmstest.Link{From: master, To: leaver, Type: clms.MsgRecords}] }
+	before := pushes()
+	for range 1000 {
+		s.Inject(clms.Message{Type: clms.MsgLeave, From: leaver, To: master, Applied: 0})
+	}
+	if got := pushes() - before; got > 1 {
+		t.Fatalf("1000 leave requests at once got %d pushes, want at most 1", got)
+	}
+	s.Run(tm.Heartbeat) // the node's own requests, every heartbeat
+	if got := pushes() - before; got < 1 || got > 3 {
+		t.Fatalf("%d pushes within a heartbeat of the spray, want 1 to 3", got)
 	}
 }
